@@ -1,0 +1,75 @@
+"""The `sftlab` command: discovers subcommands in `sftlab.commands` and runs one.
+
+Each module in `sftlab/commands/` defines `register(registry)`; it adds its parsers with
+`registry.top.add_parser(...)` or, for grouped commands, `registry.group("data").add_parser(...)`
+and sets `func=handler`, where `handler(args) -> int | None`. Heavy imports (torch, transformers)
+belong inside handlers so `sftlab --help` stays fast. User errors (`SftlabError`) print one line
+and exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from sftlab.errors import SftlabError
+
+GROUPS = {
+    "data": "build, check, clean, augment, balance and preview datasets",
+    "model": "import, pull and list models",
+    "policy": "the policy-push application",
+}
+
+
+class CommandRegistry:
+    """Hands command modules the top-level subparsers and the named groups' subparsers."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.top = parser.add_subparsers(dest="command", metavar="COMMAND")
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def group(self, name: str) -> argparse._SubParsersAction:
+        if name not in self._groups:
+            group_parser = self.top.add_parser(name, help=GROUPS.get(name, ""))
+            group_parser.set_defaults(func=lambda args, p=group_parser: p.print_help() or 2)
+            self._groups[name] = group_parser.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND")
+        return self._groups[name]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Create the parser with every command module's subcommands registered."""
+    parser = argparse.ArgumentParser(prog="sftlab", description="Supervised fine-tuning on your own machines.")
+    registry = CommandRegistry(parser)
+    for name in GROUPS:
+        registry.group(name)
+    import sftlab.commands as commands_pkg
+
+    for info in sorted(pkgutil.iter_modules(commands_pkg.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"sftlab.commands.{info.name}")
+        if hasattr(module, "register"):
+            module.register(registry)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sftlab` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        code = args.func(args)
+    except SftlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

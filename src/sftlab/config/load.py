@@ -1,0 +1,106 @@
+"""Load a run config from YAML plus dotted command-line overrides, with one-line errors.
+
+    cfg = load_config("run.yaml", ["train.lr=2e-5", "strategy.kind=lora"])
+
+Unknown keys fail with a "did you mean" suggestion; wrong types name the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sftlab.config.schema import RunConfig
+from sftlab.errors import SftlabError
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
+    """Read YAML at `path` (or start from `base`), apply `key.sub=value` overrides, validate."""
+    raw: dict[str, Any] = dict(base or {})
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise SftlabError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise SftlabError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(loaded, dict):
+            raise SftlabError(f"{path}: expected a mapping of groups (model, data, ...), got {type(loaded).__name__}")
+        raw.update(loaded)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_config(raw, source)
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set `a.b.c=value` in the nested dict `raw`; the value is parsed as YAML (numbers, lists, null)."""
+    if "=" not in item:
+        raise SftlabError(f"override {item!r} must look like key.sub=value")
+    key, _, text = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = text
+
+
+def validate_config(raw: dict, source: str = "config") -> RunConfig:
+    """Validate a nested dict into a RunConfig, raising the first problem as a one-line SftlabError."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise SftlabError(f"{source}: {describe_error(exc.errors()[0])}") from None
+
+
+def describe_error(err: dict) -> str:
+    """Turn one pydantic error into 'key: message', with a suggestion for unknown keys."""
+    loc = [str(part) for part in err.get("loc", ())]
+    key = ".".join(loc) or "(top level)"
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"unknown key {key!r}" + _suggestion(loc)
+    if kind == "missing":
+        return f"missing required key {key!r}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"{key}: got {err.get('input')!r}, expected one of {expected}"
+    message = err.get("msg", "invalid value").removeprefix("Value error, ")
+    if "input" in err and kind not in {"value_error", "assertion_error"}:
+        return f"{key}: {message} (got {err['input']!r})"
+    return f"{key}: {message}" if loc else message
+
+
+def _suggestion(loc: list[str]) -> str:
+    """Find the model the unknown key sat in and suggest the closest known field."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    if close:
+        return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
+    return f"; known keys here: {', '.join(model.model_fields)}"
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML, written next to every output."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,164 @@
+"""Typed run configuration, one small model per concern: model, data, strategy, train, eval, output.
+
+Every group forbids unknown keys; `sftlab.config.load` turns pydantic's errors into one-line
+messages with a "did you mean" suggestion. The key names listed in the README (`model.path`,
+`data.train`, `train.lr`, ...) are a public contract: do not rename them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """Which weights to start from and how to load them."""
+
+    path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights")
+    tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
+    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+
+class DatasetSpec(_Strict):
+    """One dataset in a mixture: a file or a registry name, with an optional sampling weight."""
+
+    path: str
+    format: str | None = Field(None, description="overrides data.format for this dataset")
+    weight: float = Field(1.0, gt=0)
+    columns: dict[str, str] | None = None
+
+
+class DataConfig(_Strict):
+    """Where the examples come from and how they become token ids and labels."""
+
+    train: str | list[str | DatasetSpec] = Field(..., description="file, registry name, or a list of them (mixed by weight)")
+    validation: str | None = Field(None, description="file or registry name of the validation set")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "label"] = "auto"
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical field -> column name in the file")
+    registry: str | None = Field(None, description="path to a dataset_info.json-style registry")
+    val_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when data.validation is unset")
+    split: Literal["random", "stratified"] = "random"
+    max_samples: int | None = Field(None, gt=0)
+    template: str = Field("auto", description="'auto' (tokenizer's own chat template, else chatml) or a built-in name")
+    mask: Literal["assistant", "last_assistant", "all"] = "assistant"
+    truncation: Literal["drop", "left"] = "drop"
+    packing: bool = Field(False, description="pack several samples per row; attention never crosses samples")
+    pt_mode: Literal["concat", "document"] = Field("concat", description="pt: concatenate with EOS into blocks, or one document per row")
+    labels: list[str] | None = Field(None, description="cls/label tasks: the label set (default: sorted labels seen in train)")
+    balance: Literal["none", "oversample", "undersample", "class_weight"] = "none"
+    cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
+    num_workers: int = Field(1, ge=1, description="processes for tokenisation (datasets.map num_proc)")
+    seed: int = 0
+
+
+class FreezeConfig(_Strict):
+    """Which layers and modules train under strategy.kind=freeze."""
+
+    layers: Literal["none", "all"] | str | list[int] = Field("none", description="'last:N', 'first:N', a list of indices, 'all' or 'none'")
+    modules: list[str] = Field(default_factory=list, description="globs on parameter names, e.g. lm_head, *.self_attn.*, *.bias, *norm*")
+
+
+class LoraConfig(_Strict):
+    """LoRA adapter settings (peft)."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    rslora: bool = False
+    dora: bool = False
+    modules_to_save: list[str] = Field(default_factory=list)
+    quantize_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit (needs CUDA + bitsandbytes)")
+
+
+class AutoConfig(_Strict):
+    """Importance-based selection of the units to train (strategy.kind=auto)."""
+
+    budget: float = Field(0.05, gt=0, description="fraction of all parameters (0-1], or an absolute count if > 1")
+    score: Literal["fisher", "grad_weight"] = "fisher"
+    granularity: Literal["linear", "block", "layer"] = "linear"
+    batches: int = Field(8, gt=0, description="calibration batches used for scoring")
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_shape(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError("budget above 1 must be a whole parameter count")
+        return value
+
+
+class StrategyConfig(_Strict):
+    """Which parameters train: full, freeze, lora or auto (importance-based)."""
+
+    kind: Literal["full", "freeze", "lora", "auto"] = "full"
+    freeze: FreezeConfig = Field(default_factory=FreezeConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    auto: AutoConfig = Field(default_factory=AutoConfig)
+
+
+class TrainConfig(_Strict):
+    """The optimisation: stage, steps, batch, learning rate, precision."""
+
+    stage: Literal["pt", "sft", "cls"] = "sft"
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides train.epochs when set")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, gt=0, description="samples (or packed rows) per micro-batch")
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    max_length: int = Field(512, gt=1)
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU (AMX) or GPU")
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    log_every_n_steps: int = Field(1, gt=0)
+    save_every_n_steps: int | None = Field(None, gt=0)
+
+
+class EvalConfig(_Strict):
+    """Validation during training, early stopping and best-checkpoint selection."""
+
+    every_n_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    metric: str = Field("loss", description="metric that picks the best checkpoint, e.g. loss, accuracy, macro_f1")
+    mode: Literal["min", "max"] = "min"
+    patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    max_samples: int | None = Field(None, gt=0)
+
+
+class OutputConfig(_Strict):
+    """Where the run writes its model, checkpoints, logs and report."""
+
+    dir: str = "runs/latest"
+    tensorboard: bool = True
+    keep_checkpoints: int = Field(1, ge=1, description="recent step checkpoints kept besides the best")
+
+
+class RunConfig(_Strict):
+    """A whole run: one YAML file, grouped by concern."""
+
+    model: ModelConfig
+    data: DataConfig
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
+            from sftlab.config.checks import require_cuda_for_qlora
+
+            require_cuda_for_qlora()
+        if self.data.split == "stratified" and self.train.stage == "pt":
+            raise ValueError("data.split=stratified needs labels; stage pt has none")
+        return self

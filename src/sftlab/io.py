@@ -1,0 +1,77 @@
+"""Atomic file and directory writes: outputs appear complete or not at all.
+
+Write to a temporary sibling, then `os.replace` it into place, so an interrupted run never leaves a
+half-written file where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from sftlab.errors import SftlabError
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write `obj` as indented UTF-8 JSON, atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Write one JSON object per line, atomically."""
+    body = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    return atomic_write_text(path, body)
+
+
+def check_output_dir(path: str | Path, overwrite: bool) -> Path:
+    """Fail before any work if `path` exists, is not empty and `overwrite` is off."""
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise SftlabError(f"output directory {path} already exists and is not empty; pass --overwrite to replace it")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; on success it replaces `final` in one rename.
+
+    On error the temporary directory is removed and `final` is left untouched.
+    """
+    final = Path(final)
+    check_output_dir(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        os.replace(tmp, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, final)

@@ -1,0 +1,66 @@
+"""Config loading: typed groups, dotted overrides, one-line errors with suggestions."""
+
+import pytest
+
+from sftlab.config import dump_config, load_config
+from sftlab.errors import SftlabError
+
+BASE = {"model": {"path": "m"}, "data": {"train": "a.jsonl"}}
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config(None, ["train.lr=2e-5", "strategy.kind=lora", "train.max_steps=3"], base=BASE)
+    assert cfg.train.lr == 2e-5 and cfg.strategy.kind == "lora" and cfg.train.max_steps == 3
+
+
+def test_public_key_names_exist():
+    cfg = load_config(None, [], base=BASE)
+    for group, key in [("model", "path"), ("data", "train"), ("data", "format"), ("data", "validation"),
+                       ("strategy", "kind"), ("train", "max_steps"), ("train", "epochs"), ("train", "batch_size"),
+                       ("train", "lr"), ("train", "max_length"), ("output", "dir")]:
+        assert hasattr(getattr(cfg, group), key)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lrr=1", "unknown key 'train.lrr'; did you mean 'train.lr'?"),
+    ("trian.lr=1", "unknown key 'trian'; did you mean 'train'?"),
+    ("train.lr=abc", "train.lr: Input should be a valid number"),
+    ("strategy.kind=foo", "strategy.kind: got 'foo', expected one of 'full', 'freeze', 'lora' or 'auto'"),
+    ("strategy.auto.budget=0", "strategy.auto.budget: Input should be greater than 0"),
+    ("train.batch_size=2.5", "train.batch_size: Input should be a valid integer"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(SftlabError) as err:
+        load_config(None, [override], base=BASE)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_qlora_without_cuda_fails_at_config_time():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SftlabError, match="needs a CUDA GPU"):
+        load_config(None, ["strategy.kind=lora", "strategy.lora.quantize_4bit=true"], base=BASE)
+
+
+def test_yaml_file_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  path: m\n data: [\n")
+    with pytest.raises(SftlabError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(SftlabError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_missing_required_key():
+    with pytest.raises(SftlabError, match="missing required key 'model.path'"):
+        load_config(None, [], base={"model": {}, "data": {"train": "x"}})
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["train.lr=3e-4"], base=BASE)
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
