@@ -1,5 +1,5 @@
 # sftlab developer commands. `make demo` and `make test` create .venv on first use.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
