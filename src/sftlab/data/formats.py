@@ -1,0 +1,458 @@
+"""Data files -> rows -> canonical examples, and canonical examples back to files.
+
+    rows = read_rows("train.jsonl")                       # list of dicts, each with "_src": "train.jsonl:3"
+    examples = to_canonical(rows, "auto", stage="sft")    # [{"messages": [...], "_src": ...}, ...]
+    write_rows("out.json", examples, "alpaca")            # atomic
+
+Readers: .json (a list of objects, or an object holding one list; JSON lines in a .json file are
+accepted too, as Hugging Face's json loader does), .jsonl, .csv/.tsv (header on line 1), .parquet, .txt
+(one text per non-empty line). `_src` is `file:line`; for a JSON list it is `file:line[#i]`, the line
+where item i (0-based) starts; for parquet `file[#i]`.
+
+Canonical shapes (see DEVELOPERS.md): sft `{"messages": [{"role", "content"}]}`, pt `{"text"}`,
+cls `{"text", "label"}` (label as str). Every problem raises a one-line `SftlabError` naming file:line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "label")
+WRITE_FORMATS = ("alpaca", "sharegpt", "messages", "jsonl", "csv")
+STAGE_OF_FORMAT = {"alpaca": "sft", "sharegpt": "sft", "messages": "sft", "prompt_completion": "sft", "text": "pt", "label": "cls"}
+READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+ROLES = ("system", "user", "assistant")
+# ShareGPT / LLaMA-Factory role tags accepted when no registry says otherwise.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value"}
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """Read every row of a data file as a dict with `_src`; never modifies the file."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in READ_EXTENSIONS:
+        raise SftlabError(f"{path}: unknown data file extension {ext or '(none)'!r}; expected one of {', '.join(READ_EXTENSIONS)}")
+    if not path.is_file():
+        raise SftlabError(f"data file not found: {path}")
+    if ext == ".parquet":
+        rows = _read_parquet(path)
+    else:
+        text = _decode(path)
+        if ext == ".json":
+            rows = _read_json(path, text)
+        elif ext == ".jsonl":
+            rows = _read_jsonl(path, text)
+        elif ext == ".txt":
+            rows = [{"text": line, "_src": f"{path}:{i}"} for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+        else:
+            rows = _read_csv(path, text, "\t" if ext == ".tsv" else ",")
+    if not rows:
+        raise SftlabError(f"{path}: empty dataset (no rows)")
+    return rows
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise SftlabError(f"{path}: binary content (NUL bytes), not a {path.suffix} text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SftlabError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x}); re-save the file as UTF-8") from None
+
+
+def _read_jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SftlabError(f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(obj, dict):
+            raise SftlabError(f"{path}:{number}: expected one JSON object per line, got {type(obj).__name__}")
+        rows.append({**obj, "_src": f"{path}:{number}"})
+    return rows
+
+
+def _read_json(path: Path, text: str) -> list[dict]:
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    if stripped[0] not in "[{":
+        raise SftlabError(
+            f"{path}:1: not JSON: starts with {stripped[:30]!r}; a .json file must hold a list of objects "
+            "(is it CSV or plain text? rename it to .csv/.txt)"
+        )
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if stripped[0] == "{" and _first_line_is_object(stripped):
+            return _read_jsonl(path, text)  # JSON lines saved as .json, as HF's json loader allows
+        raise SftlabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+    items, start = _json_items(path, data, text)
+    rows = []
+    for index, (item, offset) in enumerate(zip(items, _item_offsets(text, start, len(items)))):
+        line = text.count("\n", 0, offset) + 1
+        src = f"{path}:{line}[#{index}]"
+        if not isinstance(item, dict):
+            raise SftlabError(f"{src}: expected a JSON object, got {type(item).__name__}")
+        rows.append({**item, "_src": src})
+    return rows
+
+
+def _first_line_is_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text.splitlines()[0]), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _json_items(path: Path, data: Any, text: str) -> tuple[list, int]:
+    """The list of records in a JSON document and the offset where that list starts in `text`."""
+    if isinstance(data, list):
+        return data, text.index("[")
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if isinstance(value, list)]
+        if len(lists) == 1:
+            return data[lists[0]], _value_offset(text, lists[0])
+        if not lists:
+            return [data], text.index("{")  # a single object is a one-row dataset
+        raise SftlabError(f"{path}:1: JSON object holds several lists ({', '.join(lists)}); expected a list of records or one list")
+    raise SftlabError(f"{path}:1: expected a list of JSON objects, got {type(data).__name__}")
+
+
+def _value_offset(text: str, key: str) -> int:
+    """Offset of the value of top-level `key` in a JSON object (walks the object with raw_decode)."""
+    decoder = json.JSONDecoder()
+    pos = text.index("{") + 1
+    while True:
+        pos = _skip(text, pos, ", \t\r\n")
+        name, pos = decoder.raw_decode(text, pos)
+        pos = _skip(text, pos, " \t\r\n:")
+        if name == key:
+            return pos
+        _, pos = decoder.raw_decode(text, pos)
+
+
+def _item_offsets(text: str, start: int, count: int) -> list[int]:
+    """Start offsets of the `count` items of the JSON array that begins at `start` (or the object itself)."""
+    if text[start] == "{":
+        return [start]
+    decoder = json.JSONDecoder()
+    offsets, pos = [], start + 1
+    for _ in range(count):
+        pos = _skip(text, pos, ", \t\r\n")
+        offsets.append(pos)
+        _, pos = decoder.raw_decode(text, pos)
+    return offsets
+
+
+def _skip(text: str, pos: int, chars: str) -> int:
+    while pos < len(text) and text[pos] in chars:
+        pos += 1
+    return pos
+
+
+def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader, None)
+        if not header:
+            return []
+        rows, start = [], reader.line_num + 1
+        for record in reader:
+            if record and len(record) != len(header):
+                raise SftlabError(f"{path}:{start}: row has {len(record)} fields, the header has {len(header)}")
+            if any(field.strip() for field in record):
+                rows.append({**dict(zip(header, record)), "_src": f"{path}:{start}"})
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise SftlabError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[dict]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pyarrow.ArrowInvalid, OSError) as exc:
+        raise SftlabError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+    return [{**row, "_src": f"{path}[#{i}]"} for i, row in enumerate(table.to_pylist())]
+
+
+# ----------------------------------------------------------------------------------------------- detection
+
+
+def detect_format(row: dict) -> str:
+    """Name the format of one row from its keys (after column mapping)."""
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        first = next((m for m in messages if isinstance(m, dict)), {})
+        return "sharegpt" if "from" in first or "value" in first else "messages"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row and "label" in row:
+        return "label"
+    if "text" in row:
+        return "text"
+    keys = [key for key in row if not key.startswith("_")]
+    raise SftlabError(
+        f"{row.get('_src', 'row')}: cannot tell the data format from the keys {keys}; set data.format "
+        f"({', '.join(FORMATS)}) and data.columns"
+    )
+
+
+def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
+    """Rename file columns to canonical names: `columns` maps canonical name -> column in the file."""
+    if not columns:
+        return row
+    out = dict(row)
+    for canonical, column in columns.items():
+        if column == canonical:
+            continue
+        if column not in row:
+            keys = [key for key in row if not key.startswith("_")]
+            raise SftlabError(f"{row.get('_src', 'row')}: column {column!r} (data.columns.{canonical}) not found; the row has {keys}")
+        out[canonical] = out.pop(column)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- conversion
+
+
+def to_canonical(
+    rows: list[dict], fmt: str = "auto", stage: str | None = None, columns: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> list[dict]:
+    """Convert raw rows to canonical examples for `stage` (default: the stage the format implies).
+
+    `fmt="auto"` detects the format from the first row and rejects rows of another format.
+    `tags` are LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, system_tag).
+    """
+    if not rows:
+        raise SftlabError("empty dataset (no rows)")
+    if fmt != "auto" and fmt not in FORMATS:
+        raise SftlabError(f"unknown data format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+    rows = [apply_columns(row, columns) for row in rows]
+    chosen = detect_format(rows[0]) if fmt == "auto" else fmt
+    stage = stage or STAGE_OF_FORMAT[chosen]
+    if STAGE_OF_FORMAT[chosen] != stage:
+        raise SftlabError(
+            f"{rows[0].get('_src', 'row')}: format {chosen!r} gives {STAGE_OF_FORMAT[chosen]} examples, but train.stage is "
+            f"{stage!r} (sft needs conversations, pt needs text, cls needs text+label); check data.format / data.columns"
+        )
+    examples = []
+    for row in rows:
+        if fmt == "auto" and row is not rows[0]:
+            found = detect_format(row)
+            if found != chosen:
+                raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} ({rows[0]['_src']}); mixed formats")
+        examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
+    return examples
+
+
+def _field(row: dict, key: str, required: bool = True, kind: type = str) -> Any:
+    value = row.get(key)
+    if value is None:
+        if required:
+            raise SftlabError(f"{row.get('_src', 'row')}: missing required field {key!r}")
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise SftlabError(f"{row.get('_src', 'row')}: field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _from_alpaca(row: dict, tags: dict) -> dict:
+    instruction = _field(row, "instruction")
+    query = _field(row, "input", required=False) or ""
+    prompt = f"{instruction}\n{query}" if query else instruction
+    messages = []
+    if system := _field(row, "system", required=False):
+        messages.append({"role": "system", "content": system})
+    for turn, pair in enumerate(_field(row, "history", required=False, kind=list) or []):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise SftlabError(f"{row['_src']}: history[{turn}] must be a [user, assistant] pair of strings")
+        messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": _field(row, "output")}]
+    return {"messages": _check_conversation(row, messages)}
+
+
+def _from_sharegpt(row: dict, tags: dict) -> dict:
+    key = "conversations" if "conversations" in row else "messages"
+    turns = _field(row, key, kind=list)
+    role_tag = tags.get("role_tag") or DEFAULT_TAGS["role_tag"]
+    content_tag = tags.get("content_tag") or DEFAULT_TAGS["content_tag"]
+    if turns and isinstance(turns[0], dict) and role_tag not in turns[0] and "role" in turns[0] and not tags:
+        role_tag, content_tag = "role", "content"  # OpenAI-style tags inside a sharegpt file
+    roles = dict(SHAREGPT_ROLES)
+    for name, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system")):
+        if tags.get(name):
+            roles[tags[name]] = role
+    messages = []
+    if system := _field(row, "system", required=False):
+        messages.append({"role": "system", "content": system})
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise SftlabError(f"{row['_src']}: {key}[{i}] must be an object with {role_tag!r} and {content_tag!r}")
+        tag, content = turn.get(role_tag), turn.get(content_tag)
+        if tag not in roles:
+            raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {tag!r}; expected one of {sorted(roles)}")
+        if not isinstance(content, str):
+            raise SftlabError(f"{row['_src']}: {key}[{i}].{content_tag} must be a string, got {type(content).__name__}")
+        messages.append({"role": roles[tag], "content": content})
+    return {"messages": _check_conversation(row, messages)}
+
+
+def _from_messages(row: dict, tags: dict) -> dict:
+    return {"messages": _check_conversation(row, _openai_messages(row, "messages", _field(row, "messages", kind=list)))}
+
+
+def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
+    messages = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise SftlabError(f"{row['_src']}: {key}[{i}] must be an object with 'role' and 'content'")
+        role, content = item.get("role"), item.get("content")
+        if role not in ROLES:
+            raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {role!r}; expected one of {list(ROLES)}")
+        if isinstance(content, list):  # OpenAI content parts: keep text parts only when all are text
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise SftlabError(f"{row['_src']}: {key}[{i}].content has non-text parts; only text is supported")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise SftlabError(f"{row['_src']}: {key}[{i}].content must be a string, got {type(content).__name__}")
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _from_prompt_completion(row: dict, tags: dict) -> dict:
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion (TRL style)
+        messages = _openai_messages(row, "prompt", prompt) + _openai_messages(row, "completion", completion)
+    else:
+        messages = []
+        if system := _field(row, "system", required=False):
+            messages.append({"role": "system", "content": system})
+        messages += [{"role": "user", "content": _field(row, "prompt")}, {"role": "assistant", "content": _field(row, "completion")}]
+    return {"messages": _check_conversation(row, messages)}
+
+
+def _check_conversation(row: dict, messages: list[dict]) -> list[dict]:
+    src = row.get("_src", "row")
+    for i, message in enumerate(messages):
+        if message["role"] == "system" and i != 0:
+            raise SftlabError(f"{src}: a system message may only come first (found at turn {i})")
+    if not any(m["role"] == "user" for m in messages) or not any(m["role"] == "assistant" for m in messages):
+        raise SftlabError(f"{src}: a conversation needs at least one user and one assistant message")
+    return messages
+
+
+def _from_text(row: dict, tags: dict) -> dict:
+    text = _field(row, "text")
+    if not text.strip():
+        raise SftlabError(f"{row['_src']}: field 'text' is empty")
+    return {"text": text}
+
+
+def _from_label(row: dict, tags: dict) -> dict:
+    label = row.get("label")
+    if label is None or label == "":
+        raise SftlabError(f"{row.get('_src', 'row')}: missing required field 'label'")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        raise SftlabError(f"{row['_src']}: field 'label' must be a string or integer, got {type(label).__name__}")
+    return {"text": _from_text(row, tags)["text"], "label": str(label)}
+
+
+_CONVERTERS = {
+    "alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages,
+    "prompt_completion": _from_prompt_completion, "text": _from_text, "label": _from_label,
+}
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_rows(path: str | Path, examples: list[dict], fmt: str) -> Path:
+    """Write canonical examples atomically as alpaca / sharegpt / messages records, canonical jsonl, or csv.
+
+    alpaca/sharegpt/messages go to a JSON list when `path` ends in .json, else to JSON lines.
+    `jsonl` writes the canonical dicts themselves; `csv` holds flat (pt/cls) examples only.
+    """
+    if fmt not in WRITE_FORMATS:
+        raise SftlabError(f"unknown output format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}")
+    path = Path(path)
+    if fmt == "csv":
+        return atomic_write_text(path, _csv_text(examples))
+    records = [_RECORD_WRITERS[fmt](ex) for ex in examples]
+    if fmt != "jsonl" and path.suffix.lower() == ".json":
+        return atomic_write_json(path, records)
+    return atomic_write_jsonl(path, records)
+
+
+def _public(example: dict) -> dict:
+    return {key: value for key, value in example.items() if not key.startswith("_")}
+
+
+def _conversation(example: dict, fmt: str) -> list[dict]:
+    if "messages" not in example:
+        raise SftlabError(f"{example.get('_src', 'example')}: {fmt} output needs a conversation; this example is {sorted(_public(example))}")
+    return example["messages"]
+
+
+def _to_alpaca(example: dict) -> dict:
+    messages = list(_conversation(example, "alpaca"))
+    record: dict[str, Any] = {}
+    if messages and messages[0]["role"] == "system":
+        record["system"] = messages.pop(0)["content"]
+    roles = [m["role"] for m in messages]
+    if len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
+        raise SftlabError(f"{example.get('_src', 'example')}: alpaca needs alternating user/assistant turns ending with the assistant")
+    pairs = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages), 2)]
+    record = {"instruction": pairs[-1][0], "input": "", "output": pairs[-1][1], **record}
+    if len(pairs) > 1:
+        record["history"] = pairs[:-1]
+    return record
+
+
+def _to_sharegpt(example: dict) -> dict:
+    names = {"user": "human", "assistant": "gpt", "system": "system"}
+    return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in _conversation(example, "sharegpt")]}
+
+
+def _to_messages(example: dict) -> dict:
+    return {"messages": [dict(m) for m in _conversation(example, "messages")]}
+
+
+_RECORD_WRITERS = {"alpaca": _to_alpaca, "sharegpt": _to_sharegpt, "messages": _to_messages, "jsonl": _public}
+
+
+def _csv_text(examples: list[dict]) -> str:
+    fields = ["text", "label"] if any("label" in ex for ex in examples) else ["text"]
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for example in examples:
+        if "text" not in example or "messages" in example:
+            raise SftlabError(f"{example.get('_src', 'example')}: csv holds text/label examples; write conversations as alpaca, sharegpt or messages")
+        writer.writerow({key: example.get(key, "") for key in fields})
+    return buffer.getvalue()
