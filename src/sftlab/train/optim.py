@@ -1,0 +1,41 @@
+"""Optimizer and learning-rate schedule: AdamW with decoupled weight decay and a warmup schedule.
+
+Biases and normalisation weights (every parameter with fewer than 2 dimensions) get no weight decay.
+AdamW runs fused on CUDA and with the multi-tensor (foreach) kernels elsewhere.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sftlab.errors import SftlabError
+
+_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters split into a decayed group (matrices) and an undecayed one (biases, norms)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; fused kernels on CUDA, foreach kernels otherwise."""
+    groups = parameter_groups(model, weight_decay)
+    if not groups:
+        raise SftlabError("strategy: no trainable parameters are left; the strategy froze the whole model")
+    on_cuda = all(p.is_cuda for group in groups for p in group["params"])
+    kernel = {"fused": True} if on_cuda else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, **kernel)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
+    """A per-optimizer-step LR schedule: linear or cosine decay to 0, or constant, after linear warmup."""
+    from transformers import get_scheduler
+
+    return get_scheduler(_SCHEDULES[kind], optimizer, num_warmup_steps=min(warmup_steps, total_steps),
+                         num_training_steps=total_steps)

@@ -1,0 +1,68 @@
+"""The supervised-position causal-LM loss matches transformers' full-logits loss and its gradients."""
+
+import pytest
+import torch
+
+from sftlab.models.tiny import ARCH_TEMPLATE, make_tiny_model, make_tokenizer
+from sftlab.train.loss import IGNORE_INDEX, causal_lm_loss_sum, classification_loss_sum, count_supervised_tokens
+
+
+def _lm_batch(vocab: int, pad_id: int):
+    gen = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, vocab, (3, 12), generator=gen)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0  # a padded row
+    input_ids[1, 9:] = pad_id
+    labels = input_ids.clone()
+    labels[:, :4] = IGNORE_INDEX  # prompt positions
+    labels[attention_mask == 0] = IGNORE_INDEX
+    labels[2, 6] = IGNORE_INDEX  # a hole in the middle
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
+@pytest.mark.parametrize("chunk", [1024, 5])
+def test_head_on_supervised_positions_matches_full_logits(arch, chunk):
+    tok = make_tokenizer(ARCH_TEMPLATE[arch])
+    model = make_tiny_model(arch, tok, hidden=32, layers=1)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 0.5  # small cap so soft-capping changes the loss
+    model.eval()  # no dropout, so both passes see the same network
+    batch = _lm_batch(len(tok), tok.pad_token_id)
+
+    model.zero_grad()
+    reference = model(**batch).loss
+    count = count_supervised_tokens(batch["labels"])
+    (reference * count).backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    model.zero_grad()
+    total, n = causal_lm_loss_sum(model, batch, chunk=chunk)
+    total.backward()
+    assert n == count == 3 * 11 - 3 * 3 - 3 - 1
+    torch.testing.assert_close(total / n, reference, rtol=1e-5, atol=1e-6)
+    for name, grad in expected.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
+
+
+def test_no_supervised_positions_gives_zero_and_backward_works():
+    tok = make_tokenizer("chatml")
+    model = make_tiny_model("qwen2", tok, hidden=32, layers=1)
+    batch = _lm_batch(len(tok), tok.pad_token_id)
+    batch["labels"][:] = IGNORE_INDEX
+    total, n = causal_lm_loss_sum(model, batch)
+    total.backward()
+    assert n == 0 and float(total.detach()) == 0.0
+
+
+def test_classification_loss_is_summed_and_weighted():
+    tok = make_tokenizer("none")
+    model = make_tiny_model("bert", tok, num_labels=3, hidden=32, layers=1).eval()
+    batch = {"input_ids": torch.randint(5, len(tok), (4, 7)), "attention_mask": torch.ones(4, 7, dtype=torch.long),
+             "labels": torch.tensor([0, 1, 2, 1])}
+    total, n = classification_loss_sum(model, batch)
+    mean = torch.nn.functional.cross_entropy(model(input_ids=batch["input_ids"]).logits, batch["labels"])
+    assert n == 4
+    torch.testing.assert_close(total / n, mean)
+    weighted, _ = classification_loss_sum(model, batch, class_weights=torch.tensor([2.0, 1.0, 1.0]))
+    assert float(weighted) > float(total)
