@@ -222,8 +222,14 @@ def detect_format(row: dict) -> str:
     )
 
 
+OPTIONAL_FIELDS = ("input", "system", "history")
+
+
 def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
-    """Rename file columns to canonical names: `columns` maps canonical name -> column in the file."""
+    """Rename file columns to canonical names: `columns` maps canonical name -> column in the file.
+
+    A mapped column that a row lacks is an error, except for the optional fields input, system, history.
+    """
     if not columns:
         return row
     out = dict(row)
@@ -231,6 +237,8 @@ def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
         if column == canonical:
             continue
         if column not in row:
+            if canonical in OPTIONAL_FIELDS:
+                continue
             keys = [key for key in row if not key.startswith("_")]
             raise SftlabError(f"{row.get('_src', 'row')}: column {column!r} (data.columns.{canonical}) not found; the row has {keys}")
         out[canonical] = out.pop(column)
