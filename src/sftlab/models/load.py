@@ -1,0 +1,169 @@
+"""Local-only model and tokenizer loading: this machine never talks to a model hub.
+
+    path = resolve_model_path(cfg.model.path)        # directory, embedded name, or .gguf file
+    tok = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, "cls", num_labels=3, label_names=["a", "b", "c"])
+
+`model.path` may be a local directory written by `save_pretrained`, an embedded default name
+(`gemma-3-270m`, `minilm`; see `sftlab.models.pull`), or a `.gguf` file (imported once into the cache,
+see `sftlab.models.gguf`). Anything that looks like a hub id (`org/name`) and is not on disk fails at
+once with a one-line `SftlabError`; no network request is ever attempted (HF_HUB_OFFLINE=1 and
+`local_files_only=True`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def sftlab_home() -> Path:
+    """Root of sftlab's caches: `$SFTLAB_HOME`, default `~/.cache/sftlab`."""
+    return Path(os.environ.get("SFTLAB_HOME") or Path.home() / ".cache" / "sftlab").expanduser()
+
+
+def offline_message(path: str) -> str:
+    """The one-line error for a model path that is neither on disk nor embedded."""
+    return (f"model.path {path!r} not found locally; this machine is offline (no model hub): point model.path at a "
+            "local directory (e.g. one written by `sftlab model import-gguf` or `save_pretrained`)")
+
+
+def resolve_model_path(path: str) -> Path:
+    """Turn `model.path` into a local model directory, or raise a one-line SftlabError.
+
+    A directory is returned as is; `gemma-3-270m` / `minilm` resolve to their cached converted
+    directory (converted on first use when the wheel is installed); a `.gguf` file is imported once
+    into `$SFTLAB_HOME/models/gguf/`. Nothing is downloaded.
+    """
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.is_dir():
+        return local
+    from sftlab.models import pull
+
+    if text in pull.EMBEDDED:
+        return pull.ensure_embedded(text, install=False)
+    if local.suffix.lower() == ".gguf":
+        if not local.is_file():
+            raise SftlabError(f"model.path {text!r}: GGUF file not found")
+        return import_gguf_cached(local)
+    if local.exists():
+        raise SftlabError(f"model.path {text!r} is a file; expected a model directory, a .gguf file, "
+                          f"or one of {', '.join(pull.EMBEDDED)}")
+    if _HUB_ID.match(text):
+        raise SftlabError(offline_message(text))
+    raise SftlabError(f"model.path {text!r}: no such directory")
+
+
+def import_gguf_cached(gguf_file: Path) -> Path:
+    """Import `gguf_file` once into the cache (keyed by name, size and mtime) and return the directory."""
+    from sftlab.models.gguf import import_gguf
+
+    stat = gguf_file.stat()
+    key = hashlib.sha256(f"{gguf_file.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = sftlab_home() / "models" / "gguf" / f"{gguf_file.stem}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    return import_gguf(gguf_file, out, overwrite=True)
+
+
+def check_model_dir(directory: Path, key: str = "model.path") -> dict:
+    """Read `config.json` of a model directory; fail clearly when missing or of an unknown architecture."""
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise SftlabError(f"{key} {str(directory)!r} has no config.json; it is not a Hugging Face model directory "
+                          "(write one with save_pretrained or `sftlab model import-gguf`)")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{config_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = raw.get("model_type")
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise SftlabError(f"{config_file}: model_type {model_type!r} is not an architecture this transformers "
+                          "version knows; upgrade transformers or convert the model")
+    return raw
+
+
+def load_tokenizer(model_cfg):
+    """Load the tokenizer of `model.tokenizer` (else `model.path`) from disk.
+
+    When the tokenizer has no pad token but has an EOS token, EOS is used for padding (the collator
+    masks padded positions out of the loss, so this never teaches the model to stop early).
+    """
+    from transformers import AutoTokenizer
+
+    key = "model.tokenizer" if model_cfg.tokenizer else "model.path"
+    directory = resolve_model_path(model_cfg.tokenizer or model_cfg.path)
+    try:
+        tok = AutoTokenizer.from_pretrained(directory, local_files_only=True,
+                                            trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftlabError(f"{key} {str(directory)!r}: cannot load a tokenizer ({first})") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names: list[str] | None = None,
+               tokenizer=None):
+    """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
+
+    For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
+    id2label/label2id maps; a decoder classifier gets `pad_token_id` from the tokenizer (it needs it to
+    find the last real token). dtype and attention implementation come from `model.dtype` and
+    `model.attn_implementation`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    directory = resolve_model_path(model_cfg.path)
+    raw = check_model_dir(directory)
+    kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
+                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation)
+    if stage == "cls":
+        kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer))
+        auto = AutoModelForSequenceClassification
+    elif stage in ("pt", "sft"):
+        auto = AutoModelForCausalLM
+    else:
+        raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
+    try:
+        return auto.from_pretrained(directory, **kwargs)
+    except ValueError as exc:
+        first = str(exc).strip().splitlines()[0]
+        what = "sequence classifier" if stage == "cls" else "causal language model"
+        raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
+
+
+def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer) -> dict:
+    """num_labels, id2label/label2id and (for decoders) pad_token_id for a classification head."""
+    if label_names is not None:
+        if num_labels is not None and num_labels != len(label_names):
+            raise SftlabError(f"data.labels: {len(label_names)} names given but num_labels={num_labels}")
+        num_labels = len(label_names)
+    if not num_labels or num_labels < 2:
+        raise SftlabError("data.labels: a classifier needs at least 2 labels")
+    names = list(label_names) if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
+    kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(names)),
+                  label2id={name: i for i, name in enumerate(names)})
+    if raw.get("pad_token_id") is None and not raw.get("is_encoder_decoder"):
+        tokenizer = tokenizer or load_tokenizer(model_cfg)
+        if tokenizer.pad_token_id is None:
+            raise SftlabError(f"model.path {model_cfg.path!r}: the tokenizer has neither a pad nor an EOS token; "
+                              "a decoder classifier needs one to find the last token")
+        kwargs["pad_token_id"] = tokenizer.pad_token_id
+    return kwargs

@@ -1,0 +1,87 @@
+"""The single entry point that decides which parameters train: full, freeze, lora or auto.
+
+    model, trainable = select_trainable(model, cfg.strategy, calibration_batches, loss_fn)
+    log(trainable.summary())      # "trainable 1,234 / 56,789 (2.17%)"
+
+The training loop never branches on the strategy: it optimises the parameters that have
+`requires_grad=True` on the returned model (which is a peft wrapper for lora).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from sftlab.errors import SftlabError
+
+
+@dataclass
+class TrainableSet:
+    """What will train: parameter names, their element count, the model total, the strategy kind.
+
+    `details` carries strategy-specific facts (freeze: layers and heads; lora: the peft settings;
+    auto: the importance report) and `notes` the lines worth showing the user (e.g. tied weights).
+    """
+
+    names: list[str]
+    trainable: int
+    total: int
+    kind: str
+    details: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def summary(self) -> str:
+        """One log line: 'trainable 1,234 / 56,789 (2.17%)', then the strategy and any notes."""
+        line = f"trainable {self.trainable:,} / {self.total:,} ({100 * self.fraction:.2f}%) [{self.kind}]"
+        return "; ".join([line, *self.notes])
+
+
+def trainable_set(model, kind: str, details: dict | None = None, notes: list[str] | None = None) -> TrainableSet:
+    """Count what `requires_grad` says on `model` now; fail if nothing would train."""
+    params = list(model.named_parameters())  # tied parameters appear once, under their first name
+    names = [name for name, param in params if param.requires_grad]
+    trainable = sum(param.numel() for _, param in params if param.requires_grad)
+    total = sum(param.numel() for _, param in params)
+    if not names:
+        raise SftlabError(f"strategy.kind={kind}: the settings leave no parameter trainable")
+    return TrainableSet(names=names, trainable=trainable, total=total, kind=kind,
+                        details=details or {}, notes=notes or [])
+
+
+def select_trainable(model, strategy_cfg, calibration_batches: Iterable[dict] | None = None,
+                     loss_fn: Callable | None = None):
+    """Set `requires_grad` per the strategy and return `(model, TrainableSet)`.
+
+    `strategy_cfg` is a `StrategyConfig` (or the equivalent dict). `auto` needs
+    `calibration_batches` (batch dicts) and `loss_fn(model, batch) -> loss tensor`; the other kinds
+    ignore them. For lora the returned model is a peft `PeftModel`.
+    """
+    from sftlab.config.schema import StrategyConfig
+
+    if not isinstance(strategy_cfg, StrategyConfig):
+        strategy_cfg = StrategyConfig.model_validate(strategy_cfg)
+    kind = strategy_cfg.kind
+    if kind == "full":
+        for param in model.parameters():
+            param.requires_grad_(True)
+        return model, trainable_set(model, "full")
+    if kind == "freeze":
+        from sftlab.strategy.freeze import apply_freeze
+
+        details, notes = apply_freeze(model, strategy_cfg.freeze)
+        return model, trainable_set(model, "freeze", details, notes)
+    if kind == "lora":
+        from sftlab.strategy.lora import apply_lora
+
+        peft_model, details, notes = apply_lora(model, strategy_cfg.lora)
+        return peft_model, trainable_set(peft_model, "lora", details, notes)
+    if kind == "auto":
+        from sftlab.strategy.importance import apply_auto
+
+        details, notes = apply_auto(model, strategy_cfg.auto, calibration_batches, loss_fn)
+        return model, trainable_set(model, "auto", details, notes)
+    raise SftlabError(f"strategy.kind {kind!r}: expected full, freeze, lora or auto")

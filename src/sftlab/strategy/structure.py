@@ -1,0 +1,110 @@
+"""Find things in a model by its structure: the block list, the classification head, tied weights, globs.
+
+Shared by the freeze, lora and auto strategies so they agree on what "layer 3", "the head" and
+"`*.self_attn.*`" mean for every architecture.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from sftlab.errors import SftlabError
+
+GLOB_CHARS = set("*?[")
+
+
+def layer_count(model) -> int | None:
+    """Number of transformer blocks the config declares (num_hidden_layers / n_layer), if any."""
+    config = model.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def find_layer_list(model) -> tuple[str, list]:
+    """The ModuleList of transformer blocks (e.g. `model.layers`, `transformer.h`, `bert.encoder.layer`).
+
+    Picks the ModuleList whose length equals the configured block count and whose children share a
+    class; raises SftlabError when the model has none (or several equally plausible ones).
+    """
+    import torch
+
+    expected = layer_count(model)
+    candidates = []
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        if expected is None or len(module) == expected:
+            candidates.append((name, list(module)))
+    if not candidates:
+        raise SftlabError(f"strategy: cannot find the list of transformer blocks in {type(model).__name__} "
+                          f"(no ModuleList of {expected} identical blocks); use strategy.freeze.modules globs instead")
+    if len(candidates) > 1 and expected is None:
+        names = ", ".join(name for name, _ in candidates)
+        raise SftlabError(f"strategy: several block lists in {type(model).__name__} ({names}); "
+                          "use strategy.freeze.modules globs instead")
+    return candidates[0]
+
+
+def is_classifier(model) -> bool:
+    """True for sequence-classification models (their head is new and always trains)."""
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def head_module_names(model) -> list[str]:
+    """Top-level modules of a classifier outside its base model that own parameters (e.g. `score`, `classifier`)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    names = []
+    for name, module in model.named_children():
+        if name != prefix and any(True for _ in module.parameters()):
+            names.append(name)
+    return names
+
+
+def glob_matches(pattern: str, name: str) -> bool:
+    """Whether a glob names this parameter or module: exactly, as a prefix module, or as a suffix/segment.
+
+    `lm_head` matches `lm_head.weight`; `*.bias` matches every bias; `score` matches `score.weight`;
+    `self_attn` matches `model.layers.0.self_attn.q_proj.weight`. Case is ignored, so `*norm*` also
+    matches BERT's `LayerNorm`.
+    """
+    name, pattern = name.lower(), pattern.lower()
+    return any(fnmatch.fnmatchcase(name, form) for form in (pattern, f"{pattern}.*", f"*.{pattern}", f"*.{pattern}.*"))
+
+
+def match_globs(patterns: list[str], names: list[str], key: str) -> set[str]:
+    """Names matched by any pattern; a pattern that matches nothing raises SftlabError naming `key`."""
+    matched: set[str] = set()
+    for pattern in patterns:
+        hits = {name for name in names if glob_matches(pattern, name)}
+        if not hits:
+            examples = ", ".join(names[:4])
+            raise SftlabError(f"{key}: {pattern!r} matches no parameter (names look like {examples}, ...)")
+        matched |= hits
+    return matched
+
+
+def tied_groups(model) -> list[list[str]]:
+    """Groups of parameter names that share one tensor (e.g. `lm_head.weight` and `model.embed_tokens.weight`)."""
+    by_tensor: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        by_tensor.setdefault(id(param), []).append(name)
+    return [names for names in by_tensor.values() if len(names) > 1]
+
+
+def tie_notes(model, selected: set[str]) -> list[str]:
+    """Say so when a selected parameter is tied to one that was not asked for (training one trains both)."""
+    notes = []
+    for group in tied_groups(model):
+        asked = [name for name in group if name in selected]
+        others = [name for name in group if name not in selected]
+        if asked and others:
+            notes.append(f"{asked[0]} is tied to {', '.join(others)}: training it also changes "
+                         f"{'them' if len(others) > 1 else 'that one'}")
+    return notes

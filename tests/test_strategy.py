@@ -1,0 +1,111 @@
+"""select_trainable: full / freeze / lora on tiny models of every family; frozen weights stay bit-identical."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sftlab.errors import SftlabError
+from sftlab.models.tiny import make_tiny_model, make_tokenizer
+from sftlab.strategy import TrainableSet, select_trainable
+
+ARCHS = ["llama", "qwen2", "gemma3", "gpt2", "bert"]
+TEMPLATE = {"llama": "llama3", "qwen2": "chatml", "gemma3": "gemma", "gpt2": "chatml", "bert": "none"}
+
+
+def tiny(arch: str, task: str = "causal_lm"):
+    tok = make_tokenizer(TEMPLATE[arch])
+    return make_tiny_model(arch, tok, task=task, num_labels=3), tok
+
+
+def make_batch(model, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, model.config.get_text_config().vocab_size, (2, 8), generator=gen)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    batch["labels"] = torch.tensor([0, 2]) if "ForSequenceClassification" in type(model).__name__ else ids.clone()
+    return batch
+
+
+def train_steps(model, steps: int = 3) -> None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        loss = model(**make_batch(model, step)).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad()
+
+
+def check_only_trainable_change(model, trainable: TrainableSet) -> None:
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    train_steps(model)
+    after = dict(model.named_parameters())
+    assert set(trainable.names) == {n for n, p in after.items() if p.requires_grad}
+    assert trainable.trainable == sum(after[n].numel() for n in trainable.names)
+    assert trainable.total == sum(p.numel() for p in after.values())
+    for name, old in before.items():
+        if name in trainable.names:
+            assert not torch.equal(old, after[name]), f"{name} should have changed"
+        else:
+            assert torch.equal(old, after[name]), f"{name} is frozen but changed"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_full_trains_everything(arch):
+    model, _ = tiny(arch)
+    model, trainable = select_trainable(model, {"kind": "full"})
+    assert trainable.trainable == trainable.total and trainable.kind == "full"
+    assert trainable.summary().startswith(f"trainable {trainable.total:,} / {trainable.total:,} (100.00%)")
+    check_only_trainable_change(model, trainable)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_freeze_last_layer_and_globs(arch):
+    model, _ = tiny(arch)
+    cfg = {"kind": "freeze", "freeze": {"layers": "last:1", "modules": ["*norm*"] if arch != "gpt2" else ["*ln_f*"]}}
+    model, trainable = select_trainable(model, cfg)
+    assert 0 < trainable.trainable < trainable.total
+    assert trainable.details["layers"] == [1]
+    assert not any(".0." in name and "norm" not in name.lower() for name in trainable.names)
+    check_only_trainable_change(model, trainable)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "bert"])
+def test_freeze_classifier_head_always_trains(arch):
+    model, _ = tiny(arch, task="cls")
+    model, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": "none"}})
+    head = "classifier" if arch == "bert" else "score"
+    assert trainable.details["head"] == [head]
+    assert all(name.startswith(head + ".") for name in trainable.names)
+    assert "classification head" in trainable.summary()
+    check_only_trainable_change(model, trainable)
+
+
+def test_freeze_layer_list_and_first():
+    model, _ = tiny("llama")
+    _, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": [0]}})
+    assert trainable.names and all(name.startswith("model.layers.0.") for name in trainable.names)
+    _, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": "first:2"}})
+    assert {name.split(".")[2] for name in trainable.names} == {"0", "1"}
+
+
+def test_freeze_tied_lm_head_is_reported():
+    model, _ = tiny("gemma3")  # gemma ties lm_head to the input embedding
+    model, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"modules": ["lm_head"]}})
+    assert trainable.names == ["model.embed_tokens.weight"]
+    assert any("lm_head.weight is tied to model.embed_tokens.weight" in note for note in trainable.notes)
+    assert "tied" in trainable.summary()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"layers": "none", "modules": ["*.nothing_here.*"]}, "matches no parameter"),
+    ({"layers": [5]}, "out of range"),
+    ({"layers": "last:9"}, "between 1 and"),
+    ({"layers": "middle:1"}, "expected 'last:N'"),
+    ({"layers": "none"}, "no parameter trainable"),
+])
+def test_freeze_bad_input(cfg, message):
+    model, _ = tiny("llama")
+    with pytest.raises(SftlabError, match=message):
+        select_trainable(model, {"kind": "freeze", "freeze": cfg})
