@@ -1,0 +1,75 @@
+"""`sftlab data clean`: normalise text, filter poor examples, remove exact and near duplicates, and remove
+training examples that leak into validation/test sets, reporting every removal with its reason.
+
+    kept, report = clean_examples(examples, CleanOptions(...), tokenizer=None, eval_sets={"test": test})
+
+Order: normalisation -> filters -> in-set deduplication -> leakage against evaluation sets. Evaluation sets
+are normalised the same way before comparison, and are never changed or written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sftlab.datawork.dedup import DedupOptions, dedup_examples, find_leaks
+from sftlab.datawork.filters import FilterOptions, filter_examples
+from sftlab.datawork.normalize import NormalizeOptions, Normalizer
+from sftlab.datawork.records import map_texts
+from sftlab.datawork.report import Report, reason_kind
+
+
+@dataclass
+class CleanOptions:
+    """All settings of one clean run; `normalize=None` skips normalisation, `dedup=None` deduplication."""
+
+    normalize: NormalizeOptions | None = field(default_factory=NormalizeOptions)
+    filters: FilterOptions = field(default_factory=FilterOptions)
+    dedup: DedupOptions | None = field(default_factory=DedupOptions)
+    drop_leaks: bool = True
+
+
+def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
+                   eval_sets: dict[str, list[dict]] | None = None, report: Report | None = None) -> tuple[list[dict], Report]:
+    """Cleaned copies of `examples` (inputs untouched) and the report of what happened."""
+    report = report or Report("clean", inputs=[], before=len(examples))
+    report.data["before"] = len(examples)
+    current = examples
+    if options.normalize is not None:
+        normalizer = Normalizer(options.normalize)
+        current = [map_texts(example, normalizer) for example in examples]
+        changed = sum(1 for old, new in zip(examples, current) if old != new)
+        report.section("normalisation", {"changed_examples": changed, "options": vars(options.normalize)})
+        eval_sets = {name: [map_texts(e, normalizer) for e in rows] for name, rows in (eval_sets or {}).items()}
+    current, removed = filter_examples(current, options.filters, tokenizer)
+    report.removed_all(removed, kind_of=_filter_kind)
+    if options.dedup is not None:
+        current, removed = dedup_examples(current, options.dedup)
+        report.removed_all(removed)
+        report.section("deduplication", {"exact": options.dedup.exact, "near_threshold": options.dedup.near_threshold,
+                                         "ngram": options.dedup.ngram, "removed": len(removed)})
+    if eval_sets:
+        current = _remove_leaks(current, eval_sets, options, report)
+    report.data["after"] = len(current)
+    return current, report
+
+
+def _remove_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: CleanOptions, report: Report) -> list[dict]:
+    dedup = options.dedup or DedupOptions(near_threshold=None)
+    leaks = find_leaks(train, eval_sets, dedup)
+    report.section("leakage", {"eval_sets": {name: len(rows) for name, rows in eval_sets.items()},
+                               "leaking_train_examples": len(leaks), "removed": options.drop_leaks, "leaks": leaks})
+    if not options.drop_leaks:
+        return train
+    leaked = {leak["train_index"]: leak for leak in leaks}
+    for index, leak in sorted(leaked.items()):
+        detail = f"{leak['kind']} match of {leak['eval_set']} example {leak['eval_src']} (jaccard {leak['jaccard']:.2f})"
+        report.removed(f"leaks into {leak['eval_set']}", train[index], detail)
+    return [example for index, example in enumerate(train) if index not in leaked]
+
+
+def _filter_kind(detail: str) -> str:
+    if detail.startswith("refusal/boilerplate"):
+        return "refusal/boilerplate"
+    if detail.startswith("language "):
+        return "wrong language"
+    return reason_kind(detail)

@@ -1,0 +1,22 @@
+"""Conversion between dataset formats (alpaca, sharegpt, messages, canonical jsonl, csv) through the
+canonical examples of `sftlab.data.formats`, so the result reads back exactly as the trainer reads it.
+
+    n = convert_file("raw.json", "train.jsonl", to_fmt="messages")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftlab.datawork.records import load_examples, save_examples
+from sftlab.errors import SftlabError
+
+
+def convert_file(source: str | Path, target: str | Path, to_fmt: str, from_fmt: str = "auto",
+                 stage: str | None = None, columns: dict | None = None) -> int:
+    """Read `source`, write it to `target` in `to_fmt`; returns the number of examples written."""
+    if Path(source).resolve() == Path(target).resolve():
+        raise SftlabError(f"{target}: output would overwrite the input file; choose another path")
+    examples = load_examples(source, from_fmt, stage, columns)
+    save_examples(target, examples, to_fmt)
+    return len(examples)

@@ -1,0 +1,158 @@
+"""Deduplication: exact (hash of normalised text) and near-duplicate (MinHash LSH over character n-grams,
+so Chinese without spaces works), within one set and between a training set and evaluation sets (leakage).
+
+    kept, removed = dedup_examples(examples, DedupOptions(near_threshold=0.8))
+    leaks = find_leaks(train, {"validation": val, "test": test}, DedupOptions())
+
+The first occurrence is kept; every removed example names the one it duplicates and the similarity
+(Jaccard similarity of the character n-gram sets, computed exactly after the LSH proposes candidates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from sftlab.datawork.records import full_text, src
+from sftlab.errors import SftlabError
+
+_NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
+
+
+@dataclass
+class DedupOptions:
+    """exact: drop identical normalised texts; near_threshold: Jaccard threshold for MinHash LSH (None = off)."""
+
+    exact: bool = True
+    near_threshold: float | None = 0.8
+    ngram: int = 3
+    num_perm: int = 128
+    seed: int = 1
+
+    def __post_init__(self):
+        if self.near_threshold is not None and not 0.0 < self.near_threshold <= 1.0:
+            raise SftlabError(f"near-duplicate threshold must be in (0, 1], got {self.near_threshold}")
+        if self.ngram < 1:
+            raise SftlabError(f"n-gram size must be at least 1, got {self.ngram}")
+
+
+def dedup_key(text: str) -> str:
+    """Text reduced for comparison: NFKC, case-folded, punctuation and whitespace removed."""
+    return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
+
+
+def text_hash(text: str) -> str:
+    """SHA-1 of the normalised text (exact-duplicate identity)."""
+    return hashlib.sha1(dedup_key(text).encode("utf-8")).hexdigest()
+
+
+def shingles(text: str, n: int) -> set[str]:
+    """Character n-grams of the normalised text (the whole text when shorter than n)."""
+    key = dedup_key(text)
+    if len(key) <= n:
+        return {key} if key else set()
+    return {key[i : i + n] for i in range(len(key) - n + 1)}
+
+
+def jaccard(a: set[str], b: set[str]) -> float:
+    """|a & b| / |a | b| (1.0 for two empty sets)."""
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+class NearIndex:
+    """A MinHash LSH index of examples' shingle sets that answers 'which indexed item is this close to'."""
+
+    def __init__(self, options: DedupOptions):
+        from datasketch import MinHashLSH
+
+        self.options = options
+        # Candidates are verified with the exact Jaccard, so the LSH is tuned to miss few true pairs.
+        self.lsh = MinHashLSH(threshold=options.near_threshold, num_perm=options.num_perm, weights=(0.1, 0.9))
+        self.sets: dict[str, set[str]] = {}
+
+    def signature(self, grams: set[str]):
+        from datasketch import MinHash
+
+        signature = MinHash(num_perm=self.options.num_perm, seed=self.options.seed)
+        signature.update_batch([g.encode("utf-8") for g in sorted(grams)])
+        return signature
+
+    def add(self, key: str, grams: set[str], signature=None) -> None:
+        self.lsh.insert(key, signature if signature is not None else self.signature(grams))
+        self.sets[key] = grams
+
+    def best_match(self, grams: set[str], signature=None) -> tuple[str, float] | None:
+        """The most similar indexed key with exact Jaccard >= threshold, or None."""
+        if not grams:
+            return None
+        signature = signature if signature is not None else self.signature(grams)
+        best = None
+        for key in sorted(self.lsh.query(signature)):
+            score = jaccard(grams, self.sets[key])
+            if score >= self.options.near_threshold and (best is None or score > best[1]):
+                best = (key, score)
+        return best
+
+
+def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """Drop exact and near duplicates within `examples`; returns (kept, [(removed, reason)])."""
+    seen_hash: dict[str, dict] = {}
+    index = NearIndex(options) if options.near_threshold is not None else None
+    kept, removed = [], []
+    for position, example in enumerate(examples):
+        text = full_text(example)
+        digest = text_hash(text)
+        if options.exact and digest in seen_hash:
+            removed.append((example, f"exact duplicate of {src(seen_hash[digest])}"))
+            continue
+        if index is not None:
+            grams = shingles(text, options.ngram)
+            signature = index.signature(grams) if grams else None
+            match = index.best_match(grams, signature)
+            if match is not None:
+                original = kept[int(match[0])]
+                removed.append((example, f"near duplicate of {src(original)} (jaccard {match[1]:.2f})"))
+                continue
+            if grams:
+                index.add(str(len(kept)), grams, signature)
+        seen_hash.setdefault(digest, example)
+        kept.append(example)
+    return kept, removed
+
+
+def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: DedupOptions) -> list[dict]:
+    """Training examples that equal or nearly equal an example of an evaluation set.
+
+    Returns one record per leaking training example: its index, src, the eval set name, the eval src,
+    the kind (exact/near) and the similarity.
+    """
+    hashes: dict[str, tuple[str, dict]] = {}
+    index = NearIndex(options) if options.near_threshold is not None else None
+    owners: dict[str, tuple[str, dict]] = {}
+    for name, examples in eval_sets.items():
+        for position, example in enumerate(examples):
+            text = full_text(example)
+            hashes.setdefault(text_hash(text), (name, example))
+            grams = shingles(text, options.ngram)
+            if index is not None and grams:
+                key = f"{name}#{position}"
+                index.add(key, grams)
+                owners[key] = (name, example)
+    leaks = []
+    for position, example in enumerate(train):
+        text = full_text(example)
+        hit = hashes.get(text_hash(text))
+        if hit is not None:
+            leaks.append(_leak(position, example, hit, "exact", 1.0))
+        elif index is not None:
+            match = index.best_match(shingles(text, options.ngram))
+            if match is not None:
+                leaks.append(_leak(position, example, owners[match[0]], "near", match[1]))
+    return leaks
+
+
+def _leak(position: int, example: dict, hit: tuple[str, dict], kind: str, score: float) -> dict:
+    return {"train_index": position, "train_src": src(example), "eval_set": hit[0], "eval_src": src(hit[1]),
+            "kind": kind, "jaccard": round(score, 4)}

@@ -1,0 +1,131 @@
+"""Quality filters: empty or too short/long responses (in tokens), wrong language, responses that repeat the
+prompt, and refusal/boilerplate patterns from a configurable list.
+
+`filter_examples` returns the kept examples and, for each removed one, the reason, so reports can show
+examples of what went and why. Language detection tells writing systems apart (Han -> zh, kana -> ja,
+hangul -> ko, Latin -> en, Cyrillic -> ru); it cannot tell apart languages that share a script.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from sftlab.datawork.records import prompt_text, response_text, stage_of
+from sftlab.errors import SftlabError
+
+_SCRIPTS = (
+    ("zh", re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")),
+    ("ja", re.compile(r"[\u3040-\u30ff]")),
+    ("ko", re.compile(r"[\uac00-\ud7af\u1100-\u11ff]")),
+    ("en", re.compile(r"[A-Za-z\u00c0-\u024f]")),
+    ("ru", re.compile(r"[\u0400-\u04ff]")),
+)
+
+
+@dataclass
+class FilterOptions:
+    """Thresholds of the quality filters; None switches a filter off."""
+
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    languages: list[str] | None = None
+    drop_prompt_repeats: bool = True
+    repeat_similarity: float = 0.9
+    refusal_patterns: list[str] = field(default_factory=list)
+
+
+def detect_language(text: str) -> str:
+    """The dominant writing system of `text` as zh, ja, ko, en, ru, or 'unknown' when it has no letters.
+
+    Japanese mixes kana with Han characters, so any kana share above 20% of letters counts as ja.
+    """
+    counts = {code: len(pattern.findall(text)) for code, pattern in _SCRIPTS}
+    letters = sum(counts.values())
+    if letters == 0:
+        return "unknown"
+    if counts["ja"] / letters > 0.2:
+        return "ja"
+    return max(counts, key=lambda code: counts[code])
+
+
+def load_refusal_patterns(path: str | Path | None = None) -> list[str]:
+    """Regular expressions from `path`, or the built-in list (resources/refusal_patterns.txt)."""
+    if path is None:
+        text = resources.files("sftlab.resources").joinpath("refusal_patterns.txt").read_text(encoding="utf-8")
+        source = "refusal_patterns.txt"
+    else:
+        if not Path(path).is_file():
+            raise SftlabError(f"refusal pattern file not found: {path}")
+        text, source = Path(path).read_text(encoding="utf-8"), str(path)
+    patterns = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            re.compile(line)
+        except re.error as exc:
+            raise SftlabError(f"{source}:{number}: not a valid regular expression ({exc})") from None
+        patterns.append(line)
+    return patterns
+
+
+def repeats_prompt(prompt: str, response: str, similarity: float) -> bool:
+    """True when the response is the prompt again: equal, contained in it, or at least `similarity` alike."""
+    p, r = " ".join(prompt.split()).lower(), " ".join(response.split()).lower()
+    if not p or not r:
+        return False
+    if r == p or (len(r) >= 8 and r in p):
+        return True
+    return difflib.SequenceMatcher(None, p, r, autojunk=False).ratio() >= similarity
+
+
+class ExampleFilter:
+    """Applies `FilterOptions` to one example at a time; `reason(example)` is None when it is kept."""
+
+    def __init__(self, options: FilterOptions, tokenizer=None):
+        if (options.min_tokens or options.max_tokens) and tokenizer is None:
+            raise SftlabError("--min-tokens/--max-tokens count tokens of a tokenizer; pass --tokenizer DIR")
+        self.options = options
+        self.tokenizer = tokenizer
+        self._refusals = [re.compile(p, re.IGNORECASE) for p in options.refusal_patterns]
+
+    def reason(self, example: dict) -> str | None:
+        opts = self.options
+        response = response_text(example)
+        if not response.strip():
+            return "empty response"
+        if opts.min_tokens or opts.max_tokens:
+            n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+            if opts.min_tokens and n < opts.min_tokens:
+                return f"too short ({n} < {opts.min_tokens} tokens)"
+            if opts.max_tokens and n > opts.max_tokens:
+                return f"too long ({n} > {opts.max_tokens} tokens)"
+        if opts.languages:
+            lang = detect_language(response)
+            if lang not in opts.languages and lang != "unknown":
+                return f"language {lang} not in {','.join(opts.languages)}"
+        if stage_of(example) == "sft":
+            if opts.drop_prompt_repeats and repeats_prompt(prompt_text(example), response, opts.repeat_similarity):
+                return "response repeats the prompt"
+            for pattern in self._refusals:
+                if pattern.search(response):
+                    return f"refusal/boilerplate: /{pattern.pattern}/"
+        return None
+
+
+def filter_examples(examples: list[dict], options: FilterOptions, tokenizer=None) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """Split `examples` into kept ones and (example, reason) pairs for removed ones, order preserved."""
+    check = ExampleFilter(options, tokenizer)
+    kept, removed = [], []
+    for example in examples:
+        why = check.reason(example)
+        if why is None:
+            kept.append(example)
+        else:
+            removed.append((example, why))
+    return kept, removed

@@ -1,0 +1,91 @@
+"""Text normalisation: Unicode NFKC, full-width/half-width, whitespace, control characters, HTML remnants,
+optional traditional -> simplified Chinese (OpenCC).
+
+    norm = Normalizer(NormalizeOptions(t2s=True))
+    norm("<p>ＡＢＣ　１２３&amp;</p>")   # -> "ABC 123&"
+
+NFKC maps full-width Latin letters, digits and the ideographic space to their half-width forms. With
+`keep_cjk_punct` (the default) the full-width Chinese punctuation marks (，。！？：；（）etc.) are kept as they are,
+because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from sftlab.errors import SftlabError
+
+CJK_PUNCT = "，。！？：；（）【】「」『』、《》〈〉～—…·“”‘’"
+_CJK_PUNCT_SPLIT = re.compile(f"([{re.escape(CJK_PUNCT)}])")
+_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|<!--.*?-->", re.DOTALL)
+_BLOCK_TAG = re.compile(r"<(?:br|/p|/div|/li|/tr|/h[1-6])\s*/?>", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u3000]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+@dataclass
+class NormalizeOptions:
+    """Which normalisation steps run (all on by default except traditional -> simplified)."""
+
+    nfkc: bool = True
+    keep_cjk_punct: bool = True
+    strip_html: bool = True
+    control_chars: bool = True
+    whitespace: bool = True
+    t2s: bool = False
+
+
+class Normalizer:
+    """A callable text normaliser built from `NormalizeOptions`."""
+
+    def __init__(self, options: NormalizeOptions | None = None):
+        self.options = options or NormalizeOptions()
+        self._converter = _opencc_t2s() if self.options.t2s else None
+
+    def __call__(self, text: str) -> str:
+        opts = self.options
+        if opts.strip_html:
+            text = strip_html(text)
+        if opts.nfkc:
+            text = nfkc(text, opts.keep_cjk_punct)
+        if opts.control_chars:
+            text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+        if self._converter is not None:
+            text = self._converter.convert(text)
+        if opts.whitespace:
+            text = normalize_whitespace(text)
+        return text
+
+
+def nfkc(text: str, keep_cjk_punct: bool = True) -> str:
+    """NFKC-normalise `text`, optionally leaving full-width Chinese punctuation alone."""
+    if not keep_cjk_punct:
+        return unicodedata.normalize("NFKC", text)
+    parts = _CJK_PUNCT_SPLIT.split(text)
+    return "".join(part if part in CJK_PUNCT and part else unicodedata.normalize("NFKC", part) for part in parts)
+
+
+def strip_html(text: str) -> str:
+    """Remove HTML tags and comments (block tags become newlines) and unescape entities like &amp; and &nbsp;."""
+    if "<" in text:
+        text = _BLOCK_TAG.sub("\n", text)
+        text = _TAG.sub("", text)
+    return html.unescape(text) if "&" in text else text
+
+
+def normalize_whitespace(text: str) -> str:
+    """Collapse runs of spaces/tabs, trim every line, keep at most one blank line, strip the ends."""
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+def _opencc_t2s():
+    try:
+        import opencc
+    except ImportError:  # pragma: no cover - opencc is a declared dependency
+        raise SftlabError("--t2s needs the opencc package (pip install opencc)") from None
+    return opencc.OpenCC("t2s")

@@ -1,0 +1,163 @@
+"""Validation of a hand-written dataset file: encoding, JSON syntax, schema, empty fields, duplicate ids,
+duplicate examples and mixed formats, each problem reported with its file:line.
+
+    problems = validate_file("train.jsonl", fmt="auto", stage=None, id_field="id")
+
+Unlike training, which stops at the first bad record, validation keeps going and lists every problem.
+Encoding is checked line by line on the raw bytes and JSON-lines syntax line by line, so one broken line
+does not hide the next; everything else goes through `sftlab.data.formats` one row at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from sftlab.datawork.dedup import text_hash
+from sftlab.datawork.records import full_text
+from sftlab.errors import SftlabError
+
+
+@dataclass
+class Problem:
+    """One problem found in a file: where, what kind, and a one-line explanation."""
+
+    src: str
+    kind: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def validate_file(path: str | Path, fmt: str = "auto", stage: str | None = None, columns: dict | None = None,
+                  id_field: str | None = "id") -> tuple[list[Problem], int]:
+    """All problems in `path` and the number of rows read (0 when the file could not be read at all)."""
+    from sftlab.data.formats import read_rows
+
+    path = Path(path)
+    if not path.is_file():
+        raise SftlabError(f"data file not found: {path}")
+    problems = _encoding_problems(path)
+    if not problems and path.suffix.lower() == ".jsonl":
+        problems = _jsonl_syntax_problems(path)
+    if problems:
+        return problems, 0
+    try:
+        rows = read_rows(path)
+    except SftlabError as exc:
+        return [Problem(str(path), "unreadable", str(exc))], 0
+    problems += _row_problems(rows, fmt, stage, columns)
+    if id_field:
+        problems += _duplicate_ids(rows, id_field)
+    return sorted(problems, key=_src_order), len(rows)
+
+
+def _encoding_problems(path: Path) -> list[Problem]:
+    if path.suffix.lower() == ".parquet":
+        return []
+    problems = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if b"\x00" in raw:
+            problems.append(Problem(f"{path}:{number}", "encoding", f"binary content (NUL bytes), not a {path.suffix} text file"))
+            break
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(f"{path}:{number}", "encoding", f"not valid UTF-8 at byte {exc.start} ({raw[exc.start]:#04x}); re-save as UTF-8"))
+            continue
+        if "\ufffd" in line:
+            problems.append(Problem(f"{path}:{number}", "encoding", "contains U+FFFD replacement characters (text was decoded with the wrong encoding earlier)"))
+    return problems
+
+
+def _jsonl_syntax_problems(path: Path) -> list[Problem]:
+    problems = []
+    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(f"{path}:{number}", "syntax", f"malformed JSON ({exc.msg} at column {exc.colno})"))
+            continue
+        if not isinstance(value, dict):
+            problems.append(Problem(f"{path}:{number}", "syntax", f"expected a JSON object, got {type(value).__name__}"))
+    return problems
+
+
+def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict | None) -> list[Problem]:
+    from sftlab.data.formats import apply_columns, detect_format, to_canonical
+
+    problems, formats, seen = [], Counter(), {}
+    for row in rows:
+        where = row.get("_src", "?")
+        try:
+            row_fmt = detect_format(apply_columns(row, columns)) if fmt == "auto" else fmt
+            formats[row_fmt] += 1
+            example = to_canonical([row], row_fmt, stage, columns)[0]
+        except SftlabError as exc:
+            problems.append(Problem(where, "schema", _strip_src(str(exc), where)))
+            continue
+        problems += _empty_fields(example, where)
+        digest = text_hash(full_text(example))
+        if digest in seen:
+            problems.append(Problem(where, "duplicate", f"same content as {seen[digest]}"))
+        else:
+            seen[digest] = where
+    if fmt == "auto" and len(formats) > 1:
+        problems += _mixed_format_problems(rows, formats, columns)
+    return problems
+
+
+def _empty_fields(example: dict, where: str) -> list[Problem]:
+    if "messages" in example:
+        return [Problem(where, "empty", f"message {i} ({m['role']}) has empty content")
+                for i, m in enumerate(example["messages"]) if not m["content"].strip()]
+    problems = []
+    if not example.get("text", "").strip():
+        problems.append(Problem(where, "empty", "field 'text' is empty"))
+    if "label" in example and not str(example["label"]).strip():
+        problems.append(Problem(where, "empty", "field 'label' is empty"))
+    return problems
+
+
+def _mixed_format_problems(rows: list[dict], formats: Counter, columns: dict | None) -> list[Problem]:
+    from sftlab.data.formats import apply_columns, detect_format
+
+    majority = formats.most_common(1)[0][0]
+    problems = []
+    for row in rows:
+        try:
+            found = detect_format(apply_columns(row, columns))
+        except SftlabError:
+            continue
+        if found != majority:
+            problems.append(Problem(row["_src"], "mixed-format", f"row is {found!r} but most rows ({formats[majority]}) are {majority!r}"))
+    return problems
+
+
+def _duplicate_ids(rows: list[dict], id_field: str) -> list[Problem]:
+    first: dict[str, str] = {}
+    problems = []
+    for row in rows:
+        if id_field not in row or row[id_field] in (None, ""):
+            continue
+        key = str(row[id_field])
+        if key in first:
+            problems.append(Problem(row["_src"], "duplicate-id", f"{id_field} {key!r} already used at {first[key]}"))
+        else:
+            first[key] = row["_src"]
+    return problems
+
+
+def _strip_src(message: str, where: str) -> str:
+    return message[len(where) + 2 :] if message.startswith(f"{where}: ") else message
+
+
+def _src_order(problem: Problem) -> tuple:
+    head, _, tail = problem.src.rpartition(":")
+    digits = "".join(ch for ch in tail if ch.isdigit())
+    return (head or problem.src, int(digits) if digits else 0, problem.kind)
