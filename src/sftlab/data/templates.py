@@ -1,0 +1,399 @@
+"""Chat templates: render a conversation to token ids, mark the supervised tokens, prompt for generation.
+
+    ids, labels = encode_conversation(tok, messages, template="auto", mask="assistant")
+    prompt_ids = render_prompt(tok, messages[:-1], template="auto")   # ends with the generation prompt
+    stops = stop_token_ids(tok, template="auto")                      # end-of-turn (+ EOS) token ids
+
+`template` is "auto" (the tokenizer's own jinja `chat_template` when it has one, else the built-in
+`chatml`) or the name of a built-in template: a YAML data file in `sftlab/templates/` (chatml alias
+qwen, llama3, gemma, mistral, plain), validated by `TemplateSpec`.
+
+What is supervised (labels are the token ids there, -100 elsewhere; same length as ids, unshifted):
+- mask "assistant": every assistant turn; "last_assistant": only the last one; "all": every token.
+- In an assistant turn, the supervised text is what the model must write after the generation prompt:
+  the answer and the end-of-turn token that closes it (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, EOS).
+  Text after the end-of-turn token (the newline ChatML and Gemma put there) is not supervised:
+  generation stops at the end-of-turn token, so the model never has to write it.
+- The whole conversation is tokenized once, exactly as `tokenizer.apply_chat_template(..., tokenize=True)`
+  does (`add_special_tokens=False`), and a token is supervised when any of its characters lies in a
+  supervised span (offsets of a fast tokenizer; a slow tokenizer is encoded piece by piece and must agree).
+- With the tokenizer's own template, the spans come from rendering prefixes: messages[:i] with the
+  generation prompt must be a prefix of messages[:i+1], which must be a prefix of the whole conversation;
+  the new text is supervised up to and including its last special token. A template without that
+  prefix property (one that rewrites earlier turns) is refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sftlab.errors import SftlabError
+
+IGNORE_INDEX = -100
+ROLES = ("system", "user", "assistant")
+MASKS = ("assistant", "last_assistant", "all")
+DEFAULT_TEMPLATE = "chatml"
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RoleFormat(_Strict):
+    """Text around one message of a role: prefix + content + suffix."""
+
+    prefix: str = ""
+    suffix: str = ""
+
+
+class RoleFormats(_Strict):
+    """Per-role formats; `system` is absent when the system text is merged into the first user turn."""
+
+    system: RoleFormat | None = None
+    user: RoleFormat
+    assistant: RoleFormat
+
+
+class TemplateSpec(_Strict):
+    """One built-in chat template file. Strings may contain {bos_token} / {eos_token} (the tokenizer's)."""
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    description: str
+    bos: str = Field("", description="text once at the start of every conversation")
+    trim_content: bool = Field(False, description="strip whitespace around user/assistant/system contents")
+    system_placement: Literal["turn", "merge_first_user"] = "turn"
+    system_separator: str = Field("\n\n", description="merge_first_user: between the system text and the user text")
+    roles: RoleFormats
+    generation_prompt: str = Field(..., description="text that asks for an answer; a prefix of roles.assistant.prefix")
+    end_of_turn: str = Field(..., min_length=1, description="the token that closes an answer; supervised")
+    stop_tokens: list[str] = Field(default_factory=list, description="more tokens that stop generation, if the tokenizer has them")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TemplateSpec":
+        if not self.roles.assistant.prefix.startswith(self.generation_prompt):
+            raise ValueError("generation_prompt must be a prefix of roles.assistant.prefix")
+        if not self.roles.assistant.suffix.startswith(self.end_of_turn):
+            raise ValueError("roles.assistant.suffix must start with end_of_turn")
+        if self.system_placement == "turn" and self.roles.system is None:
+            raise ValueError("system_placement 'turn' needs roles.system")
+        if self.system_placement == "merge_first_user" and self.roles.system is not None:
+            raise ValueError("system_placement 'merge_first_user' takes no roles.system")
+        return self
+
+
+# --------------------------------------------------------------------------------------- built-in files
+
+
+@functools.lru_cache(maxsize=1)
+def _builtin_specs() -> dict[str, TemplateSpec]:
+    """Every built-in template by name and alias (read once from the package's templates/*.yaml)."""
+    specs: dict[str, TemplateSpec] = {}
+    for entry in sorted(resources.files("sftlab").joinpath("templates").iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            spec = parse_template_file(entry.name, entry.read_text(encoding="utf-8"))
+            for key in [spec.name, *spec.aliases]:
+                specs[key] = spec
+    return specs
+
+
+def parse_template_file(filename: str, text: str) -> TemplateSpec:
+    """Validate one template file's YAML text; problems raise a one-line SftlabError naming the key."""
+    try:
+        raw = yaml.safe_load(text)
+        return TemplateSpec.model_validate(raw)
+    except yaml.YAMLError as exc:
+        raise SftlabError(f"{filename}: not valid YAML ({exc})") from None
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(part) for part in err.get("loc", ())) or "(top level)"
+        raise SftlabError(f"{filename}: {key}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+def builtin_template_names() -> list[str]:
+    """Canonical names of the built-in templates (aliases not included), sorted."""
+    return sorted({spec.name for spec in _builtin_specs().values()})
+
+
+def load_builtin(name: str) -> TemplateSpec:
+    """The built-in template called `name` (or one of its aliases)."""
+    specs = _builtin_specs()
+    if name not in specs:
+        known = ", ".join(f"{n} (alias {', '.join(specs[n].aliases)})" if specs[n].aliases else n
+                          for n in builtin_template_names())
+        raise SftlabError(f"data.template: unknown chat template {name!r}; known: auto, {known}")
+    return specs[name]
+
+
+# ----------------------------------------------------------------------------------------- messages
+
+
+def _where(src: str | None) -> str:
+    return src or "conversation"
+
+
+def check_messages(messages, src: str | None = None, need_assistant: bool = True) -> list[dict]:
+    """Validate roles and contents; returns plain {"role", "content"} dicts. Raises SftlabError."""
+    where = _where(src)
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise SftlabError(f"{where}: expected a non-empty list of messages")
+    clean = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if role not in ROLES:
+            raise SftlabError(f"{where}: message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        if not isinstance(content, str):
+            raise SftlabError(f"{where}: message {i} ({role}) has no text content")
+        if role == "assistant" and not content.strip():
+            raise SftlabError(f"{where}: message {i} is an assistant turn with empty content")
+        clean.append({"role": role, "content": content})
+    if need_assistant and not any(m["role"] == "assistant" for m in clean):
+        raise SftlabError(f"{where}: conversation has no assistant turn, so nothing would be learned from it")
+    return clean
+
+
+def _selected_turns(messages: list[dict], mask: str) -> set[int]:
+    """Indices of the assistant turns the mask supervises."""
+    if mask not in MASKS:
+        raise SftlabError(f"data.mask: unknown mask {mask!r}; expected one of {', '.join(MASKS)}")
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    return set(turns[-1:]) if mask == "last_assistant" else set(turns)
+
+
+@dataclass
+class Rendered:
+    """A conversation as text, with the character spans [start, end) whose tokens are supervised."""
+
+    text: str
+    spans: list[tuple[int, int]]
+
+
+# ------------------------------------------------------------------------------------ built-in format
+
+
+class BuiltinFormat:
+    """A `TemplateSpec` bound to a tokenizer (its BOS/EOS text, checked end-of-turn token)."""
+
+    def __init__(self, spec: TemplateSpec, tokenizer, fallback: bool = False):
+        self.spec = spec
+        self._values = {"{bos_token}": tokenizer.bos_token or "", "{eos_token}": tokenizer.eos_token}
+        if tokenizer.eos_token is None and "{eos_token}" in spec.model_dump_json():
+            raise SftlabError(f"data.template {spec.name}: the tokenizer has no EOS token to end answers with")
+        self.end_of_turn = self._fill(spec.end_of_turn)
+        if len(_plain_ids(tokenizer, self.end_of_turn)) != 1:
+            if fallback:
+                raise SftlabError(f"data.template auto: the tokenizer has no chat template and no {self.end_of_turn} "
+                                  f"token for the {spec.name} fallback; set data.template to one of "
+                                  f"{', '.join(builtin_template_names())} (plain needs only an EOS token)")
+            raise SftlabError(f"data.template {spec.name}: the tokenizer has no single token for the end-of-turn "
+                              f"marker {self.end_of_turn!r}, so generation could not stop; pick a template that "
+                              "matches the tokenizer (or auto)")
+        stops = [self.end_of_turn, *(self._fill(t) for t in spec.stop_tokens)]
+        self.stop_ids = _dedupe(ids[0] for ids in (_plain_ids(tokenizer, t) for t in stops if t) if len(ids) == 1)
+
+    def _fill(self, text: str) -> str:
+        for key, value in self._values.items():
+            text = text.replace(key, value or "")
+        return text
+
+    def _content(self, message: dict) -> str:
+        return message["content"].strip() if self.spec.trim_content else message["content"]
+
+    def render(self, messages: list[dict], selected: set[int], src: str | None) -> Rendered:
+        """Text of the conversation; each selected assistant turn contributes one supervised span."""
+        spec, parts, spans = self.spec, [self._fill(self.spec.bos)], []
+        length = len(parts[0])
+        for i, message, merged in self._turns(messages, src):
+            role = getattr(spec.roles, message["role"])
+            prefix, suffix = self._fill(role.prefix), self._fill(role.suffix)
+            if message["role"] == "assistant" and i in selected:
+                start = length + len(self._fill(spec.generation_prompt))
+                spans.append((start, length + len(prefix) + len(self._content(message)) + len(self.end_of_turn)))
+            piece = prefix + merged + self._content(message) + suffix
+            parts.append(piece)
+            length += len(piece)
+        return Rendered("".join(parts), spans)
+
+    def _turns(self, messages: list[dict], src: str | None):
+        """(index, message, merged system text) per rendered turn, handling the system placement."""
+        merged, start = "", 0
+        if self.spec.system_placement == "merge_first_user" and messages[0]["role"] == "system":
+            if len(messages) > 1 and messages[1]["role"] != "user":
+                raise SftlabError(f"{_where(src)}: template {self.spec.name} merges the system message into a "
+                                  f"following user turn, but message 1 is {messages[1]['role']!r}")
+            merged, start = messages[0]["content"] + self.spec.system_separator, 1
+        for i in range(start, len(messages)):
+            if messages[i]["role"] == "system" and self.spec.roles.system is None:
+                raise SftlabError(f"{_where(src)}: message {i}: template {self.spec.name} allows a system message "
+                                  "only as the first message")
+            yield i, messages[i], merged if i == start else ""
+
+    def prompt_text(self, messages: list[dict], src: str | None) -> str:
+        return self.render(messages, set(), src).text + self._fill(self.spec.generation_prompt)
+
+
+# ------------------------------------------------------------------------------- tokenizer's own format
+
+
+class TokenizerFormat:
+    """The tokenizer's own jinja chat template, with masks derived from prefix renderings."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self._specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+                                | set(tokenizer.all_special_tokens), key=len, reverse=True)
+        stops = []
+        try:
+            probe = self._render(_PROBE, None)
+            answer = probe[len(self._render(_PROBE[:1], None, generation=True)):]
+            eot = self._last_special(answer)
+            if eot is not None:
+                stops.append(tokenizer.convert_tokens_to_ids(eot[0]))
+        except SftlabError:
+            pass
+        if tokenizer.eos_token_id is not None:
+            stops.append(tokenizer.eos_token_id)
+        self.stop_ids = _dedupe(stops)
+
+    def _render(self, messages: list[dict], src: str | None, generation: bool = False) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation)
+        except Exception as exc:  # jinja raises template-defined errors (e.g. role alternation) as plain exceptions
+            raise SftlabError(f"{_where(src)}: the tokenizer's chat template failed: {exc}") from None
+        return text if isinstance(text, str) else text[0]
+
+    def _last_special(self, text: str) -> tuple[str, int] | None:
+        """The special token whose occurrence ends last in `text`, and that end position."""
+        best = None
+        for token in self._specials:
+            at = text.rfind(token)
+            if at >= 0 and (best is None or at + len(token) > best[1]):
+                best = (token, at + len(token))
+        return best
+
+    def render(self, messages: list[dict], selected: set[int], src: str | None) -> Rendered:
+        full = self._render(messages, src)
+        spans = []
+        for i in sorted(selected):
+            if i == 0:
+                raise SftlabError(f"{_where(src)}: the conversation starts with an assistant turn; "
+                                  "the tokenizer's chat template needs a prompt before it")
+            prompt = self._render(messages[:i], src, generation=True)
+            upto = self._render(messages[: i + 1], src)
+            if not upto.startswith(prompt) or not full.startswith(upto):
+                raise SftlabError(f"{_where(src)}: the tokenizer's chat template is not prefix-stable at message {i} "
+                                  "(it rewrites earlier text), so answer tokens cannot be located; "
+                                  "set data.template to a built-in template")
+            end = self._last_special(upto[len(prompt):])
+            if end is None:
+                raise SftlabError(f"{_where(src)}: the tokenizer's chat template ends an assistant turn without a "
+                                  "special token, so the model would never learn to stop; set data.template to a built-in")
+            spans.append((len(prompt), len(prompt) + end[1]))
+        return Rendered(full, spans)
+
+    def prompt_text(self, messages: list[dict], src: str | None) -> str:
+        return self._render(messages, src, generation=True)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+
+_FORMATS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def chat_format(tokenizer, template: str = "auto") -> BuiltinFormat | TokenizerFormat:
+    """The format `template` names for `tokenizer` (cached per tokenizer, chat template and name)."""
+    own = getattr(tokenizer, "chat_template", None)
+    key = (template, own if isinstance(own, str) else repr(own), tokenizer.bos_token, tokenizer.eos_token)
+    try:
+        cache = _FORMATS.setdefault(tokenizer, {})
+    except TypeError:
+        cache = {}
+    if key not in cache:
+        if template == "auto" and own:
+            cache[key] = TokenizerFormat(tokenizer)
+        elif template == "auto":
+            cache[key] = BuiltinFormat(load_builtin(DEFAULT_TEMPLATE), tokenizer, fallback=True)
+        else:
+            cache[key] = BuiltinFormat(load_builtin(template), tokenizer)
+    return cache[key]
+
+
+def encode_conversation(tokenizer, messages, template: str = "auto", mask: str = "assistant",
+                        src: str | None = None) -> tuple[list[int], list[int]]:
+    """Token ids of the conversation and labels (-100 where not supervised), equal lengths.
+
+    `src` (e.g. an example's "_src", "train.jsonl:12") prefixes every error message.
+    """
+    clean = check_messages(messages, src)
+    fmt = chat_format(tokenizer, template)
+    selected = _selected_turns(clean, mask)
+    rendered = fmt.render(clean, selected, src)
+    if mask == "all":
+        rendered = Rendered(rendered.text, [(0, len(rendered.text))])
+    return encode_rendered(tokenizer, rendered, src)
+
+
+def render_prompt(tokenizer, messages, template: str = "auto", src: str | None = None) -> list[int]:
+    """Token ids of `messages` followed by the assistant generation prompt, as training renders them."""
+    clean = check_messages(messages, src, need_assistant=False)
+    return _plain_ids(tokenizer, chat_format(tokenizer, template).prompt_text(clean, src))
+
+
+def stop_token_ids(tokenizer, template: str = "auto") -> list[int]:
+    """Token ids that end an answer under `template`: its end-of-turn token first, then EOS and the like."""
+    return list(chat_format(tokenizer, template).stop_ids)
+
+
+def encode_rendered(tokenizer, rendered: Rendered, src: str | None = None) -> tuple[list[int], list[int]]:
+    """Tokenize the whole text once; a token is supervised when it overlaps a supervised span."""
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        labels = [tid if _overlaps(start, end, rendered.spans) else IGNORE_INDEX
+                  for tid, (start, end) in zip(ids, enc["offset_mapping"])]
+        return ids, labels
+    ids, labels = [], []
+    for start, end, supervised in _pieces(rendered):
+        piece = _plain_ids(tokenizer, rendered.text[start:end])
+        ids += piece
+        labels += piece if supervised else [IGNORE_INDEX] * len(piece)
+    if ids != _plain_ids(tokenizer, rendered.text):
+        raise SftlabError(f"{_where(src)}: this (slow) tokenizer merges tokens across the answer boundary, so the "
+                          "supervised tokens are ambiguous; use a fast tokenizer (tokenizer.json)")
+    return ids, labels
+
+
+def _pieces(rendered: Rendered):
+    """(start, end, supervised) pieces covering the text in order."""
+    at = 0
+    for start, end in rendered.spans:
+        if start > at:
+            yield at, start, False
+        yield start, end, True
+        at = end
+    if at < len(rendered.text):
+        yield at, len(rendered.text), False
+
+
+def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
+    if end <= start:
+        return any(a <= start < b for a, b in spans)
+    return any(start < b and end > a for a, b in spans)
+
+
+def _plain_ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def _dedupe(values) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(v for v in values if v is not None))
