@@ -1,0 +1,258 @@
+"""Canonical examples -> token rows, with length policies, honest counts and an on-disk cache.
+
+    rows, stats = tokenize_examples(examples, tokenizer, cfg.data, cfg.train, label_names=None)
+
+Token rows (DEVELOPERS.md): lm `{"input_ids", "labels"}` (labels unshifted, -100 where unsupervised),
+cls `{"input_ids", "label": int}`.
+
+- sft: `sftlab.data.templates.encode_conversation` renders and masks each conversation. Longer than
+  `train.max_length`: `data.truncation=drop` drops it; `left` cuts tokens from the left (keeping a leading
+  BOS) so the last answer stays whole, and drops the sample when the answer alone does not fit (with
+  `data.mask=all` every token is supervised, so `left` simply keeps the last max_length tokens). A sample
+  left with no supervised token is dropped. Every drop and cut is counted in `TokenizeStats`.
+- pt: `concat` tokenizes each document (tokenizer's special tokens, EOS appended), joins them and cuts
+  `max_length` blocks; the shorter tail block is kept and its size reported. `document` keeps one
+  document per row, truncated to max_length (counted).
+- cls: text with the tokenizer's special tokens (truncated to max_length, counted), label -> index in the
+  label set (`data.labels`, else the labels seen in train sorted, numerically when all are integers).
+
+The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
+directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
+template), the settings above, and the source of this module and of the chat-template code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sftlab.config.schema import DataConfig, TrainConfig
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_dir, atomic_write_json
+
+IGNORE_INDEX = -100
+CACHE_FORMAT = 1
+
+
+@dataclasses.dataclass
+class TokenizeStats:
+    """What tokenisation did: counts of rows, drops and cuts, tokens, labels, and whether the cache served it."""
+
+    examples: int = 0
+    rows: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    dropped_too_long: int = 0
+    dropped_answer_too_long: int = 0
+    dropped_no_supervised: int = 0
+    cut_left: int = 0
+    truncated: int = 0
+    tail_tokens: int = 0
+    label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    cache_hit: bool = False
+    cache_path: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def label_set(examples: list[dict], data_cfg: DataConfig) -> list[str]:
+    """The cls label names: `data.labels` when given, else the labels seen, sorted (numerically if all integers)."""
+    if data_cfg.labels:
+        return list(data_cfg.labels)
+    seen = {ex["label"] for ex in examples}
+    if all(label.lstrip("-").isdigit() for label in seen):
+        return sorted(seen, key=int)
+    return sorted(seen)
+
+
+def cache_root(data_cfg: DataConfig) -> Path:
+    """Directory holding the tokenisation cache (see module docstring)."""
+    if data_cfg.cache_dir:
+        return Path(data_cfg.cache_dir).expanduser()
+    if os.environ.get("SFTLAB_CACHE"):
+        return Path(os.environ["SFTLAB_CACHE"]).expanduser() / "tokenized"
+    return Path.home() / ".cache" / "sftlab" / "tokenized"
+
+
+def tokenize_examples(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: TrainConfig,
+                      label_names: list[str] | None = None):
+    """Token rows (a `datasets.Dataset`) and `TokenizeStats` for canonical `examples`, through the cache."""
+    from datasets import Dataset, load_from_disk
+
+    stage = train_cfg.stage
+    if stage == "cls":
+        label_names = label_names or label_set(examples, data_cfg)
+        _check_labels(examples, label_names)
+    settings = _settings(data_cfg, train_cfg, label_names)
+    folder = cache_root(data_cfg) / _cache_key(examples, tokenizer, settings)
+    if (folder / "stats.json").is_file():
+        stats = TokenizeStats(**json.loads((folder / "stats.json").read_text(encoding="utf-8")))
+        stats.cache_hit, stats.cache_path = True, str(folder)
+        return load_from_disk(str(folder / "rows")), stats
+    rows, stats = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
+    stats.cache_path = str(folder)
+    if stats.rows == 0:
+        raise SftlabError(f"data: no example is left after tokenisation ({_drop_summary(stats)}); check train.max_length / data.truncation")
+    with atomic_dir(folder, overwrite=True) as tmp:
+        Dataset.from_dict(rows).save_to_disk(str(tmp / "rows"))
+        atomic_write_json(tmp / "stats.json", stats.to_dict())
+    return load_from_disk(str(folder / "rows")), stats
+
+
+def _drop_summary(stats: TokenizeStats) -> str:
+    return (f"{stats.examples} examples: {stats.dropped_too_long} too long, {stats.dropped_answer_too_long} with an answer "
+            f"longer than max_length, {stats.dropped_no_supervised} without supervised tokens")
+
+
+def _check_labels(examples: list[dict], label_names: list[str]) -> None:
+    known = set(label_names)
+    for ex in examples:
+        if ex["label"] not in known:
+            shown = ", ".join(label_names[:10]) + (", ..." if len(label_names) > 10 else "")
+            raise SftlabError(f"{ex.get('_src', 'example')}: label {ex['label']!r} is not in the label set ({shown}); see data.labels")
+
+
+def _settings(data_cfg: DataConfig, train_cfg: TrainConfig, label_names: list[str] | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {"stage": train_cfg.stage, "max_length": train_cfg.max_length}
+    if train_cfg.stage == "sft":
+        settings.update(template=data_cfg.template, mask=data_cfg.mask, truncation=data_cfg.truncation)
+    elif train_cfg.stage == "pt":
+        settings["pt_mode"] = data_cfg.pt_mode
+    else:
+        settings["label_names"] = list(label_names or [])
+    return settings
+
+
+def _cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
+    digest = hashlib.sha256()
+    for ex in examples:
+        public = {k: v for k, v in ex.items() if not k.startswith("_")}
+        digest.update(json.dumps(public, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    specials = {k: str(v) for k, v in tokenizer.special_tokens_map.items()}
+    digest.update(json.dumps([type(tokenizer).__name__, vocab, getattr(tokenizer, "chat_template", None), specials,
+                              getattr(tokenizer, "add_bos_token", None), settings, CACHE_FORMAT, _code_version()],
+                             sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()[:24]
+
+
+def _code_version() -> str:
+    """Hash of this module and the chat-template code (and its template files), so code changes miss the cache."""
+    here = Path(__file__).parent
+    files = [Path(__file__), here / "templates.py"]
+    if (here / "templates").is_dir():
+        files += sorted(p for p in (here / "templates").rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- tokenising
+
+
+def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int) -> tuple[dict[str, list], TokenizeStats]:
+    from datasets import Dataset
+
+    stage = settings["stage"]
+    public = [{k: v for k, v in ex.items() if not k.startswith("_")} for ex in examples]
+    mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
+    dataset = Dataset.from_list(public)
+    mapped = dataset.map(mapper, fn_kwargs={"tokenizer": tokenizer, "settings": settings},
+                         remove_columns=dataset.column_names, num_proc=num_workers if num_workers > 1 else None,
+                         desc=f"tokenizing ({stage})")
+    stats = TokenizeStats(examples=len(examples))
+    columns = mapped.to_dict()
+    status = columns["status"]
+    for name in ("dropped_too_long", "dropped_answer_too_long", "dropped_no_supervised", "cut_left", "truncated"):
+        setattr(stats, name, status.count(name))
+    keep = [i for i, s in enumerate(status) if not s.startswith("dropped")]
+    key = "label" if stage == "cls" else "labels"
+    input_ids = [columns["input_ids"][i] for i in keep]
+    targets = [columns[key][i] for i in keep]
+    if stage == "pt" and settings["pt_mode"] == "concat":
+        stats.truncated = 0  # concat cuts blocks; nothing is truncated
+        input_ids, stats.tail_tokens = _concat_blocks(input_ids, settings["max_length"])
+        targets = [list(ids) for ids in input_ids]
+    stats.rows = len(input_ids)
+    stats.tokens = sum(len(ids) for ids in input_ids)
+    if stage == "cls":
+        names = settings["label_names"]
+        stats.label_counts = {name: 0 for name in names}
+        for index in targets:
+            stats.label_counts[names[index]] += 1
+        stats.supervised_tokens = 0
+    else:
+        stats.supervised_tokens = sum(sum(1 for t in row if t != IGNORE_INDEX) for row in targets)
+    return {"input_ids": input_ids, key: targets}, stats
+
+
+def _concat_blocks(documents: list[list[int]], max_length: int) -> tuple[list[list[int]], int]:
+    """Join documents (each already ending in EOS) and cut full blocks; the tail block is kept, its length returned."""
+    stream = [token for doc in documents for token in doc]
+    blocks = [stream[i:i + max_length] for i in range(0, len(stream), max_length)]
+    tail = len(blocks[-1]) if blocks and len(blocks[-1]) < max_length else 0
+    if tail == 1:  # a one-token block has nothing to predict
+        blocks.pop()
+    return blocks, tail
+
+
+def _encode_pt_document(example: dict, tokenizer, settings: dict) -> dict:
+    ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids = ids + [tokenizer.eos_token_id]
+    status = "ok"
+    if settings["pt_mode"] == "document" and len(ids) > settings["max_length"]:
+        ids, status = ids[: settings["max_length"]], "truncated"
+    return {"input_ids": ids, "labels": list(ids), "status": status}
+
+
+def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
+    max_length = settings["max_length"]
+    ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
+    status = "ok"
+    if len(ids) > max_length:
+        ids = tokenizer(example["text"], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+        status = "truncated"
+    return {"input_ids": ids, "label": settings["label_names"].index(example["label"]), "status": status}
+
+
+def _encode_sft(example: dict, tokenizer, settings: dict) -> dict:
+    from sftlab.data.templates import encode_conversation
+
+    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=settings["mask"])
+    ids, labels, status = fit_length(list(ids), list(labels), settings["max_length"], settings["truncation"],
+                                     settings["mask"] == "all", tokenizer.bos_token_id)
+    if status == "ok" or status == "cut_left":
+        if all(label == IGNORE_INDEX for label in labels):
+            status = "dropped_no_supervised"
+    return {"input_ids": ids, "labels": labels, "status": status}
+
+
+def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, all_supervised: bool = False,
+               bos_id: int | None = None) -> tuple[list[int], list[int], str]:
+    """Apply `data.truncation` to one sft sample: ("ok" | "cut_left" | "dropped_too_long" | "dropped_answer_too_long")."""
+    if len(ids) <= max_length:
+        return ids, labels, "ok"
+    if policy == "drop":
+        return ids, labels, "dropped_too_long"
+    head = 1 if bos_id is not None and ids and ids[0] == bos_id else 0
+    if not all_supervised:
+        supervised = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+        if not supervised:
+            return ids, labels, "dropped_no_supervised"
+        start = supervised[-1]
+        while start > 0 and labels[start - 1] != IGNORE_INDEX:
+            start -= 1
+        if len(ids) - start + head > max_length:
+            return ids, labels, "dropped_answer_too_long"
+    keep = max_length - head
+    return ids[:head] + ids[-keep:], labels[:head] + labels[-keep:], "cut_left"
