@@ -18,7 +18,8 @@ cls `{"input_ids", "label": int}`.
 
 The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
 directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
-template), the settings above, and the source of this module and of the chat-template code.
+template), the settings above, and the source of this module and of the chat-template code
+(`sftlab/data/templates.py`, `sftlab/templates/`).
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ def _code_version() -> str:
     """Hash of this module and the chat-template code (and its template files), so code changes miss the cache."""
     here = Path(__file__).parent
     files = [Path(__file__), here / "templates.py"]
-    if (here / "templates").is_dir():
-        files += sorted(p for p in (here / "templates").rglob("*") if p.is_file())
+    if (here.parent / "templates").is_dir():  # the built-in chat templates (sftlab/templates/*.yaml)
+        files += sorted(p for p in (here.parent / "templates").rglob("*") if p.is_file())
     digest = hashlib.sha256()
     for path in files:
         if path.is_file():
@@ -162,7 +163,7 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     from datasets import Dataset
 
     stage = settings["stage"]
-    public = [{k: v for k, v in ex.items() if not k.startswith("_")} for ex in examples]
+    public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
     mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
     dataset = Dataset.from_list(public)
     mapped = dataset.map(mapper, fn_kwargs={"tokenizer": tokenizer, "settings": settings},
@@ -228,7 +229,8 @@ def _encode_sft(example: dict, tokenizer, settings: dict) -> dict:
     from sftlab.data.templates import encode_conversation
 
     messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
-    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=settings["mask"])
+    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=settings["mask"],
+                                      src=example["_src"] or None)
     ids, labels, status = fit_length(list(ids), list(labels), settings["max_length"], settings["truncation"],
                                      settings["mask"] == "all", tokenizer.bos_token_id)
     if status == "ok" or status == "cut_left":
