@@ -1,0 +1,197 @@
+"""Behaviour -> training and evaluation examples, in Chinese, in the trainer's `messages` format.
+
+Two forms:
+- 是/否: enterprise profile + a compact summary of its recent behaviour (clicks per category, last
+  clicked titles, dismissals) + one candidate policy; the answer is 是 when the enterprise acted on it.
+  Training rows come from impressions before the cut-off (history as of the impression time);
+  negatives are impressions without action, balanced by `sftlab.datawork.balance` (undersampling).
+- next category: the same profile and summary as of a click, answering the clicked policy's category.
+
+Evaluation rows are every eligible new policy (published >= cut-off) for every enterprise active
+after the cut-off, with history as of the cut-off and the label taken from the future.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+from sftlab.policy import catalog
+from sftlab.policy.features import BehaviourIndex, Popularity, TimeSplit, eligibility_mask, pair_features
+
+YES, NO = "是", "否"
+YES_NO_QUESTION = "问题：该企业会对这条政策采取行动（查看、收藏或申报）吗？只回答“是”或“否”。"
+CATEGORY_QUESTION = "问题：该企业下一条会采取行动的政策最可能属于哪个类别？只回答类别名称，可选：" + "、".join(catalog.CATEGORIES) + "。"
+
+
+@dataclass
+class CandidateRow:
+    """One (enterprise, policy) decision: its prompt, hand-made features and label."""
+
+    enterprise_id: str
+    policy_id: str
+    as_of: str
+    label: int
+    cold: bool
+    prompt: str
+    features: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def messages(self) -> dict:
+        answer = YES if self.label else NO
+        return {"messages": [{"role": "user", "content": self.prompt}, {"role": "assistant", "content": answer}]}
+
+
+def profile_text(enterprise: dict) -> str:
+    tags = "、".join(enterprise.get("tags") or []) or "无"
+    return (f"企业画像：行业 {enterprise['industry']}；地区 {enterprise['region']}；规模 {enterprise['size_band']}；"
+            f"成立于 {enterprise['founded_year']} 年；标签 {tags}。")
+
+
+def behaviour_text(summary: dict, as_of: datetime) -> str:
+    if summary["actions_total"] == 0 and summary["impressions"] == 0:
+        return f"近期行为（截至 {as_of:%Y-%m-%d}）：暂无记录。"
+    by_cat = "，".join(f"{c} {n}" for c, n in list(summary["by_category"].items())[:5]) or "无"
+    titles = "；".join(f"《{t}》" for t in summary["last_titles"][:2]) or "无"
+    dismissed = "，".join(f"{c} {n}" for c, n in list(summary["dismissed_by_category"].items())[:3]) or "无"
+    return (f"近期行为（截至 {as_of:%Y-%m-%d}，近90天）：浏览 {summary['impressions']} 条，点击 {summary['actions']} 条；"
+            f"按类别点击：{by_cat}；最近点击：{titles}；忽略：{dismissed}。")
+
+
+def policy_text(policy: dict) -> str:
+    regions = "、".join(policy["region_scope"] or [catalog.NATIONAL])
+    industries = "、".join(policy["industry_scope"]) or "各行业"
+    sizes = "、".join(policy["size_scope"]) or "各类规模"
+    return (f"候选政策：《{policy['title']}》（类别：{policy['category']}；发布机关：{policy['issuer']}；"
+            f"范围：{regions}，{industries}，{sizes}；发布日期 {policy['publish_date']}）。")
+
+
+def yes_no_prompt(enterprise: dict, summary: dict, policy: dict, as_of: datetime) -> str:
+    """The 是/否 question for one enterprise and one candidate policy."""
+    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), policy_text(policy), YES_NO_QUESTION])
+
+
+def category_prompt(enterprise: dict, summary: dict, as_of: datetime) -> str:
+    """The next-category question for one enterprise."""
+    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), CATEGORY_QUESTION])
+
+
+class PopularityCache:
+    """`Popularity` as of the Monday before a time (weekly snapshots: cheap, and still no future leak)."""
+
+    def __init__(self, history: pd.DataFrame, ents: pd.DataFrame):
+        self.history, self.ents, self._cache = history, ents, {}
+
+    def at(self, when: datetime) -> Popularity:
+        monday = datetime.combine((when - timedelta(days=when.weekday())).date(), datetime.min.time())
+        if monday not in self._cache:
+            self._cache[monday] = Popularity(self.history, self.ents, monday)
+        return self._cache[monday]
+
+
+def training_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, max_pool: int = 20000,
+                  seed: int = 0) -> list[CandidateRow]:
+    """是/否 rows from impressions before the cut-off: first impression of each pair, label = clicked before the cut-off."""
+    history = split.history
+    clicked = set(zip(*[history.loc[history["type"] == "click", c] for c in ("enterprise_id", "policy_id")]))
+    shown = history[history["type"] == "impression"].drop_duplicates(["enterprise_id", "policy_id"])
+    pairs = list(zip(shown["enterprise_id"], shown["policy_id"], shown["ts"]))
+    if len(pairs) > max_pool:  # keep every positive, sample the negatives
+        rng = random.Random(seed)
+        positives = [p for p in pairs if (p[0], p[1]) in clicked]
+        negatives = [p for p in pairs if (p[0], p[1]) not in clicked]
+        pairs = positives[:max_pool // 2] + rng.sample(negatives, max(0, max_pool - min(len(positives), max_pool // 2)))
+    index, popularity = BehaviourIndex(history, pols), PopularityCache(history, ents)
+    ent_rows, pol_rows = ents.to_dict("index"), pols.to_dict("index")
+    rows = []
+    for eid, pid, ts in pairs:
+        as_of = ts.to_pydatetime()
+        summary = index.summary(eid, as_of)
+        enterprise, policy = ent_rows[eid], pol_rows[pid]
+        rows.append(CandidateRow(eid, pid, as_of.isoformat(), int((eid, pid) in clicked), summary["actions_total"] < 3,
+                                 yes_no_prompt(enterprise, summary, policy, as_of),
+                                 pair_features(summary, ents.loc[eid], pols.loc[pid], popularity.at(as_of))))
+    return rows
+
+
+def category_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, limit: int = 2000, seed: int = 0) -> list[dict]:
+    """Next-category examples: for clicks before the cut-off, the history before the click -> its category."""
+    clicks = split.history[split.history["type"] == "click"]
+    picks = list(zip(clicks["enterprise_id"], clicks["policy_id"], clicks["ts"]))
+    picks = random.Random(seed).sample(picks, min(limit, len(picks)))
+    index, ent_rows = BehaviourIndex(split.history, pols), ents.to_dict("index")
+    rows = []
+    for eid, pid, ts in picks:
+        as_of = ts.to_pydatetime()
+        prompt = category_prompt(ent_rows[eid], index.summary(eid, as_of), as_of)
+        rows.append({"messages": [{"role": "user", "content": prompt},
+                                  {"role": "assistant", "content": pols.at[pid, "category"]}]})
+    return rows
+
+
+def evaluation_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, max_enterprises: int | None = None,
+                    seed: int = 0) -> list[CandidateRow]:
+    """Every eligible new policy for every enterprise with events after the cut-off; history as of the cut-off."""
+    future = split.future
+    acted = set(zip(*[future.loc[future["type"] == "click", c] for c in ("enterprise_id", "policy_id")]))
+    active = sorted(set(future["enterprise_id"]))
+    if max_enterprises is not None and len(active) > max_enterprises:
+        active = sorted(random.Random(seed).sample(active, max_enterprises))
+    index, popularity = BehaviourIndex(split.history, pols), Popularity(split.history, ents, split.cutoff)
+    subset = ents.loc[active]
+    ent_rows, pol_rows = ents.to_dict("index"), pols.to_dict("index")
+    summaries = {eid: index.summary(eid, split.cutoff) for eid in active}
+    rows = []
+    for pid, policy in split.new_policies.iterrows():
+        for eid in subset.index[eligibility_mask(subset, policy)]:
+            summary = summaries[eid]
+            rows.append(CandidateRow(eid, pid, split.cutoff.isoformat(), int((eid, pid) in acted), summary["actions_total"] < 3,
+                                     yes_no_prompt(ent_rows[eid], summary, pol_rows[pid], split.cutoff),
+                                     pair_features(summary, ents.loc[eid], policy, popularity)))
+    rows.sort(key=lambda r: (r.enterprise_id, r.policy_id))
+    return rows
+
+
+def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_enterprises: int | None = None,
+               category_limit: int = 1000, val_ratio: float = 0.1, seed: int = 0) -> dict:
+    """Write the training and evaluation files for a time split into `out_dir`; returns the manifest.
+
+    Files: yesno_train.jsonl / yesno_valid.jsonl (balanced 是/否, messages format), category_train.jsonl
+    (next category), train_features.jsonl (every training pair with features, for baselines),
+    eval_candidates.jsonl (held-out candidates with prompts, features, labels) and manifest.json.
+    """
+    from pathlib import Path
+
+    from sftlab.datawork.balance import balance_examples, stratified_split
+    from sftlab.errors import SftlabError
+    from sftlab.io import atomic_write_json, atomic_write_jsonl
+    from sftlab.policy.features import default_cutoff, load_frames, parse_cutoff
+
+    ents, pols, events = load_frames(engine)
+    cut = parse_cutoff(cutoff) if cutoff else default_cutoff(pols)
+    split = TimeSplit.make(events, pols, cut)
+    train = training_rows(ents, pols, split, max_pool=max(20000, 10 * max_train), seed=seed)
+    if len({row.label for row in train}) < 2:
+        raise SftlabError(f"--cutoff {cut:%Y-%m-%d}: the history before it needs both clicked and ignored impressions")
+    balanced, balance_report = balance_examples([row.messages() for row in train], "undersample", seed)
+    balanced = random.Random(seed).sample(balanced, min(max_train, len(balanced)))
+    fit, valid = stratified_split(balanced, val_ratio, seed) if val_ratio > 0 else (balanced, [])
+    evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed)
+    out = Path(out_dir)
+    atomic_write_jsonl(out / "yesno_train.jsonl", fit)
+    atomic_write_jsonl(out / "yesno_valid.jsonl", valid)
+    atomic_write_jsonl(out / "category_train.jsonl", category_rows(ents, pols, split, category_limit, seed))
+    atomic_write_jsonl(out / "train_features.jsonl", [row.to_json() for row in train])
+    atomic_write_jsonl(out / "eval_candidates.jsonl", [row.to_json() for row in evaluation])
+    manifest = {"cutoff": cut.isoformat(), "train_pairs": len(train), "train_positive_rate": sum(r.label for r in train) / len(train),
+                "yesno_train": len(fit), "yesno_valid": len(valid), "balance": balance_report,
+                "eval_candidates": len(evaluation), "eval_positives": sum(r.label for r in evaluation),
+                "eval_enterprises": len({r.enterprise_id for r in evaluation}),
+                "feature_names": __import__("sftlab.policy.features", fromlist=["FEATURE_NAMES"]).FEATURE_NAMES}
+    atomic_write_json(out / "manifest.json", manifest)
+    return manifest
