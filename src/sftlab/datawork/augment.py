@@ -1,0 +1,164 @@
+"""Rule-based text augmentation for Chinese and English (synonym replacement from a word-list file, random
+swap, deletion and insertion at a configurable rate, seeded), and paraphrases by a local model.
+
+    augmenter = RuleAugmenter(load_synonyms(None, "zh"), rate=0.1, seed=0)
+    new = augment_examples(examples, augmenter, methods=["synonym", "swap"], copies=1)
+
+Chinese text is split into words with jieba, English on spaces. Only the prompt side is changed by default
+(the user turns of sft, the text of cls; pt has only text), so answers and labels stay correct. Every new
+record is a copy marked `"augmented": {"method", "source"}`; originals are never replaced. Randomness is drawn
+from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import re
+from importlib import resources
+from pathlib import Path
+
+from sftlab.datawork.filters import detect_language
+from sftlab.datawork.records import src, stage_of
+from sftlab.errors import SftlabError
+
+RULE_METHODS = ("synonym", "swap", "delete", "insert")
+_HAS_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]]:
+    """word -> its synonyms, from a file of comma-separated groups (or the built-in zh/en list)."""
+    if path is None:
+        if language not in ("zh", "en"):
+            raise SftlabError(f"no built-in synonym list for language {language!r}; pass --synonyms FILE")
+        text = resources.files("sftlab.resources").joinpath(f"synonyms_{language}.txt").read_text(encoding="utf-8")
+    else:
+        if not Path(path).is_file():
+            raise SftlabError(f"synonym file not found: {path}")
+        text = Path(path).read_text(encoding="utf-8")
+    table: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        group = [word.strip() for word in re.split(r"[,，]", line) if word.strip()]
+        for word in group:
+            table.setdefault(word, [])
+            table[word] += [other for other in group if other != word and other not in table[word]]
+    return table
+
+
+def split_words(text: str) -> tuple[list[str], str]:
+    """Words of `text` and the joiner that puts them back ('' for Chinese via jieba, ' ' otherwise)."""
+    if _HAS_HAN.search(text):
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        return [w for w in jieba.lcut(text) if w.strip()], ""
+    return text.split(), " "
+
+
+class RuleAugmenter:
+    """EDA-style operations; `rate` is the share of words touched (at least one)."""
+
+    def __init__(self, synonyms: dict[str, list[str]], rate: float = 0.1, seed: int = 0):
+        if not 0.0 < rate <= 1.0:
+            raise SftlabError(f"augmentation rate must be in (0, 1], got {rate}")
+        self.synonyms, self.rate, self.seed = synonyms, rate, seed
+
+    def rng(self, *key) -> random.Random:
+        return random.Random(":".join(str(part) for part in (self.seed, *key)))
+
+    def apply(self, method: str, text: str, rng: random.Random) -> str:
+        words, joiner = split_words(text)
+        if not words:
+            return text
+        n = max(1, int(round(self.rate * len(words))))
+        words = getattr(self, f"_{method}")(words, n, rng)
+        return joiner.join(words)
+
+    def _synonym(self, words, n, rng):
+        spots = [i for i, w in enumerate(words) if self._lookup(w)]
+        for i in rng.sample(spots, min(n, len(spots))):
+            words[i] = rng.choice(self._lookup(words[i]))
+        return words
+
+    def _swap(self, words, n, rng):
+        for _ in range(n if len(words) > 1 else 0):
+            i, j = rng.sample(range(len(words)), 2)
+            words[i], words[j] = words[j], words[i]
+        return words
+
+    def _delete(self, words, n, rng):
+        if len(words) <= 1:
+            return words
+        drop = set(rng.sample(range(len(words)), min(n, len(words) - 1)))
+        return [w for i, w in enumerate(words) if i not in drop]
+
+    def _insert(self, words, n, rng):
+        candidates = [w for w in words if self._lookup(w)]
+        for _ in range(n if candidates else 0):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(self._lookup(rng.choice(candidates))))
+        return words
+
+    def _lookup(self, word: str) -> list[str]:
+        bare = word.strip(".,;:!?\"'()").lower()
+        return self.synonyms.get(word) or self.synonyms.get(bare) or []
+
+
+def _edit_prompt(example: dict, fn) -> dict:
+    out = copy.deepcopy(example)
+    if stage_of(out) == "sft":
+        for message in out["messages"]:
+            if message["role"] == "user":
+                message["content"] = fn(message["content"])
+    else:
+        out["text"] = fn(out["text"])
+    return out
+
+
+def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: list[str], copies: int = 1) -> list[dict]:
+    """New marked copies (`copies` per example and method); copies identical to their source are skipped."""
+    unknown = [m for m in methods if m not in RULE_METHODS]
+    if unknown:
+        raise SftlabError(f"unknown augmentation method(s) {unknown}; expected {', '.join(RULE_METHODS)} or paraphrase")
+    out = []
+    for position, example in enumerate(examples):
+        for method in methods:
+            for number in range(copies):
+                rng = augmenter.rng(position, method, number)
+                new = _edit_prompt(example, lambda text: augmenter.apply(method, text, rng))
+                if new != example:
+                    new["augmented"] = {"method": method, "source": src(example)}
+                    out.append(new)
+    return out
+
+
+def paraphrase_examples(examples: list[dict], generator, copies: int = 1) -> list[dict]:
+    """Marked copies whose prompt side is rewritten by a local model (`generator(prompts) -> texts`)."""
+    out = []
+    for number in range(copies):
+        texts = [_prompt_side(example) for example in examples]
+        rewritten = generator([paraphrase_instruction(text) for text in texts])
+        for example, text in zip(examples, rewritten):
+            text = text.strip()
+            if text and text != _prompt_side(example):
+                new = _edit_prompt(example, lambda _old, t=text: t)
+                new["augmented"] = {"method": "paraphrase", "source": src(example)}
+                out.append(new)
+    return out
+
+
+def paraphrase_instruction(text: str) -> str:
+    """The instruction given to the paraphrasing model, in the text's language."""
+    if detect_language(text) == "zh":
+        return f"请用不同的措辞改写下面这句话，保持意思不变，只输出改写后的句子：\n{text}"
+    return f"Rewrite the following text with different wording and the same meaning. Output only the rewrite:\n{text}"
+
+
+def _prompt_side(example: dict) -> str:
+    if stage_of(example) == "sft":
+        users = [m["content"] for m in example["messages"] if m["role"] == "user"]
+        return users[-1] if users else ""
+    return example["text"]

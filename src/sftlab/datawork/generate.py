@@ -1,0 +1,50 @@
+"""Batched text generation with a local causal LM (model drafts and paraphrases); nothing is downloaded.
+
+    generate = LocalGenerator("runs/tiny-qwen", max_new_tokens=64, batch_size=4)
+    texts = generate(["Explain X", "Summarise Y"])
+
+Prompts go through the tokenizer's chat template as one user turn when it has one, else as plain text.
+Decoding is greedy unless `temperature > 0` (then sampling seeded by `seed`), so re-runs are reproducible.
+"""
+
+from __future__ import annotations
+
+
+class LocalGenerator:
+    """Loads a model directory once and turns lists of prompts into lists of completions."""
+
+    def __init__(self, model_dir: str, max_new_tokens: int = 256, batch_size: int = 8, temperature: float = 0.0, seed: int = 0):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from sftlab.models.load import resolve_model_path
+
+        path = resolve_model_path(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.temperature, self.seed = temperature, seed
+
+    def _render(self, prompt: str) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                      add_generation_prompt=True)
+        return prompt
+
+    def __call__(self, prompts: list[str]) -> list[str]:
+        import torch
+
+        torch.manual_seed(self.seed)
+        outputs: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [self._render(p) for p in prompts[start : start + self.batch_size]]
+            batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not self.tokenizer.chat_template)
+            sampling = dict(do_sample=True, temperature=self.temperature) if self.temperature > 0 else dict(do_sample=False)
+            with torch.no_grad():
+                generated = self.model.generate(**batch, max_new_tokens=self.max_new_tokens,
+                                                pad_token_id=self.tokenizer.pad_token_id, **sampling)
+            new_tokens = generated[:, batch["input_ids"].shape[1]:]
+            outputs += [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+        return outputs

@@ -1,0 +1,119 @@
+"""Knowledge base -> instruction/response pairs: structured records (CSV/JSONL, e.g. policy notices with title,
+issuer, category, date, eligibility, benefits) filled into question templates kept as a data file.
+
+    templates = load_templates(None, "zh")                     # resources/kb_templates.yaml, Chinese ones
+    pairs, report = build_pairs(records, templates, per_record=3, seed=0)
+
+For each record, `per_record` applicable templates (all their fields present) and one phrasing of each are
+chosen with a generator seeded by (seed, record id), so the output does not depend on record order and a
+re-run is identical. Every pair is filled from its own record only, and is then checked: a pair whose text
+contains a field value of another record that its own record does not contain is dropped and reported
+(this catches templates with hard-coded facts and records that copied another record's fields).
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from sftlab.errors import SftlabError
+
+MIN_FACT_CHARS = 4  # shorter values (e.g. "是", "2024") are too common to call a leak
+
+
+def load_templates(path: str | Path | None, lang: str) -> list[dict]:
+    """Templates of language `lang` from `path` or the built-in file, each checked (id, questions, answer)."""
+    if path is None:
+        text, source = resources.files("sftlab.resources").joinpath("kb_templates.yaml").read_text(encoding="utf-8"), "kb_templates.yaml"
+    else:
+        if not Path(path).is_file():
+            raise SftlabError(f"template file not found: {path}")
+        text, source = Path(path).read_text(encoding="utf-8"), str(path)
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise SftlabError(f"{source}: not valid YAML ({exc})") from None
+    items = raw.get("templates") if isinstance(raw, dict) else None
+    if not isinstance(items, list):
+        raise SftlabError(f"{source}: expected a top-level 'templates' list")
+    chosen = []
+    for index, item in enumerate(items):
+        where = f"{source}: templates[{index}]"
+        if not isinstance(item, dict) or not item.get("id") or not item.get("answer") or not item.get("questions"):
+            raise SftlabError(f"{where} needs id, questions (a list) and answer")
+        if not isinstance(item["questions"], list):
+            raise SftlabError(f"{where}.questions must be a list of phrasings")
+        if item.get("lang", lang) == lang:
+            chosen.append({**item, "fields": sorted(_slots(item))})
+    if not chosen:
+        raise SftlabError(f"{source}: no templates for language {lang!r}")
+    return chosen
+
+
+def _slots(template: dict) -> set[str]:
+    names = set()
+    for text in [template["answer"], *template["questions"]]:
+        names |= {name for _, name, _, _ in string.Formatter().parse(text) if name}
+    return names
+
+
+def _value(record: dict, field: str) -> str:
+    value = record.get(field)
+    return "" if value is None else str(value).strip()
+
+
+def applicable(template: dict, record: dict) -> bool:
+    """True when every field the template names is present and non-empty in `record`."""
+    return all(_value(record, field) for field in template["fields"])
+
+
+def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3, seed: int = 0,
+                id_field: str = "id") -> tuple[list[dict], dict]:
+    """sft examples (one user question, one assistant answer) and a report of choices and drops."""
+    if per_record < 1:
+        raise SftlabError(f"--per-record must be at least 1, got {per_record}")
+    if not records:
+        raise SftlabError("the knowledge base has no records")
+    facts = [_facts(record) for record in records]
+    pairs, report = [], {"records": len(records), "pairs": 0, "template_use": {}, "no_template": [], "leaks_dropped": []}
+    for index, record in enumerate(records):
+        usable = [t for t in templates if applicable(t, record)]
+        if not usable:
+            report["no_template"].append(record.get("_src", str(index)))
+            continue
+        rng = random.Random(f"{seed}:{_value(record, id_field) or _value(record, 'title') or index}")
+        for template in rng.sample(usable, min(per_record, len(usable))):
+            question = rng.choice(template["questions"]).format_map(_Values(record))
+            answer = template["answer"].format_map(_Values(record))
+            leaked = _foreign_facts(f"{question}\n{answer}", index, facts, record)
+            if leaked:
+                report["leaks_dropped"].append({"src": record.get("_src"), "template": template["id"], "foreign_values": leaked[:3]})
+                continue
+            report["template_use"][template["id"]] = report["template_use"].get(template["id"], 0) + 1
+            pairs.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                          "_src": record.get("_src", f"record {index}")})
+    report["pairs"] = len(pairs)
+    return pairs, report
+
+
+class _Values(dict):
+    def __init__(self, record: dict):
+        super().__init__({key: _value(record, key) for key in record if not key.startswith("_")})
+
+
+def _facts(record: dict) -> set[str]:
+    return {_value(record, key) for key in record if not key.startswith("_") and len(_value(record, key)) >= MIN_FACT_CHARS}
+
+
+def _foreign_facts(text: str, own_index: int, facts: list[set[str]], record: dict) -> list[str]:
+    own_text = "\n".join(_value(record, key) for key in record if not key.startswith("_"))
+    found = []
+    for index, values in enumerate(facts):
+        if index == own_index:
+            continue
+        found += [value for value in values if value in text and value not in own_text]
+    return sorted(set(found))

@@ -1,0 +1,160 @@
+"""`sftlab data stats`: counts, token lengths of prompts and responses (with PNG histograms), supervised-token
+ratio, label distribution (PNG), duplicates, language mix and the share of samples longer than max_length.
+
+    stats = compute_stats(examples, tokenizer, max_length=512)     # a JSON-able dict
+    write_stats(stats, lengths, "stats/", overwrite=True)          # stats.json, stats.md, *.png
+
+Without a tokenizer, lengths are counted in characters (`"unit": "chars"`) and the supervised ratio and
+truncation share, which need the chat template, are left out. With one, sft examples are rendered exactly
+as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from sftlab.datawork.balance import distribution
+from sftlab.datawork.dedup import DedupOptions, dedup_examples
+from sftlab.datawork.filters import detect_language
+from sftlab.datawork.records import full_text, label_of, prompt_text, response_text, stage_of
+
+
+def summarize(values: list[int]) -> dict:
+    """count, mean, min, p50, p90, p99, max of a list of lengths (zeros when empty)."""
+    if not values:
+        return {"count": 0, "mean": 0.0, "min": 0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
+    arr = np.array(values)
+    return {"count": len(values), "mean": round(float(arr.mean()), 2), "min": int(arr.min()),
+            **{f"p{q}": int(np.percentile(arr, q, method="lower")) for q in (50, 90, 99)}, "max": int(arr.max())}
+
+
+def _token_counter(tokenizer):
+    if tokenizer is None:
+        return len
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+
+
+def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int]:
+    """Full training-sequence length of each example and the number of supervised tokens in all of them."""
+    from sftlab.data.templates import encode_conversation
+
+    lengths, supervised = [], 0
+    for example in examples:
+        kind = stage_of(example)
+        if kind == "sft":
+            ids, labels = encode_conversation(tokenizer, example["messages"], template=template, mask=mask, src=example.get("_src"))
+            lengths.append(len(ids))
+            supervised += sum(1 for label in labels if label != -100)
+        else:
+            n = len(tokenizer(example["text"], add_special_tokens=True)["input_ids"])
+            lengths.append(n)
+            supervised += n if kind == "pt" else 0
+    return lengths, supervised
+
+
+def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None = None, template: str = "auto",
+                  mask: str = "assistant", label_task: bool = False, near_threshold: float | None = 0.8) -> tuple[dict, dict]:
+    """(stats dict, raw length lists for plots); `label_task` treats sft answers as labels."""
+    count = _token_counter(tokenizer)
+    stages = Counter(stage_of(example) for example in examples)
+    prompt_lengths = [count(prompt_text(example)) for example in examples if stage_of(example) != "pt"]
+    response_lengths = [count(response_text(example)) for example in examples if stage_of(example) != "cls"]
+    stats: dict = {"examples": len(examples), "stages": dict(stages), "unit": "tokens" if tokenizer is not None else "chars",
+                   "prompt_length": summarize(prompt_lengths), "response_length": summarize(response_lengths)}
+    if tokenizer is not None:
+        lengths, supervised = _sequence_lengths(examples, tokenizer, template, mask)
+        total = sum(lengths)
+        stats["sequence_length"] = summarize(lengths)
+        if stages.get("cls", 0) < len(examples):
+            stats["supervised_token_ratio"] = round(supervised / total, 4) if total else 0.0
+        if max_length:
+            over = sum(1 for n in lengths if n > max_length)
+            stats["max_length"] = max_length
+            stats["truncated"] = {"count": over, "share": round(over / len(lengths), 4) if lengths else 0.0}
+    if stages.get("cls") or label_task:
+        stats["labels"] = distribution([label_of(e) for e in examples if stage_of(e) != "pt"])
+    _, removed = dedup_examples(examples, DedupOptions(near_threshold=near_threshold))
+    kinds = Counter("exact" if why.startswith("exact") else "near" for _, why in removed)
+    stats["duplicates"] = {"exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "near_threshold": near_threshold,
+                           "examples": [{"src": e.get("_src"), "why": why} for e, why in removed[:5]]}
+    stats["languages"] = dict(Counter(detect_language(full_text(e)) for e in examples).most_common())
+    return stats, {"prompt": prompt_lengths, "response": response_lengths}
+
+
+def _histogram(values: list[int], title: str, unit: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(values, bins=min(50, max(1, len(set(values)))), color="#4c72b0")
+    ax.set_xlabel(f"length ({unit})")
+    ax.set_ylabel("examples")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def _bars(counts: dict[str, int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(counts)[:40]
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(names) + 2), 3.5))
+    ax.bar(range(len(names)), [counts[n] for n in names], color="#55a868")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("examples")
+    ax.set_title("label distribution" + (" (40 most frequent)" if len(counts) > 40 else ""))
+    fig.tight_layout()
+    fig.savefig(path, format="png", metadata={"Software": None})
+    plt.close(fig)
+
+
+def write_stats(stats: dict, lengths: dict, out_dir: str | Path, overwrite: bool = False) -> list[str]:
+    """Write stats.json, stats.md and the PNG plots into `out_dir` in one atomic step; returns file names."""
+    from sftlab.io import atomic_dir
+
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        files = ["stats.json", "stats.md"]
+        if lengths["prompt"]:
+            _histogram(lengths["prompt"], "prompt length", stats["unit"], tmp / "prompt_lengths.png")
+            files.append("prompt_lengths.png")
+        if lengths["response"]:
+            _histogram(lengths["response"], "response length", stats["unit"], tmp / "response_lengths.png")
+            files.append("response_lengths.png")
+        if stats.get("labels"):
+            _bars(stats["labels"], tmp / "labels.png")
+            files.append("labels.png")
+        stats = {**stats, "plots": [f for f in files if f.endswith(".png")]}
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "stats.md").write_text(stats_markdown(stats), encoding="utf-8")
+    return files
+
+
+def stats_markdown(stats: dict) -> str:
+    """A short human summary of `stats`."""
+    unit = stats["unit"]
+    lines = ["# Dataset statistics", "", f"- examples: {stats['examples']} ({', '.join(f'{k} {v}' for k, v in stats['stages'].items())})"]
+    for key in ("prompt_length", "response_length", "sequence_length"):
+        if key in stats and stats[key]["count"]:
+            s = stats[key]
+            lines.append(f"- {key.replace('_', ' ')} ({unit}): mean {s['mean']}, p50 {s['p50']}, p90 {s['p90']}, max {s['max']}")
+    if "supervised_token_ratio" in stats:
+        lines.append(f"- supervised-token ratio: {stats['supervised_token_ratio']}")
+    if "truncated" in stats:
+        lines.append(f"- longer than max_length {stats['max_length']}: {stats['truncated']['count']} ({stats['truncated']['share']:.1%})")
+    lines.append(f"- duplicates: {stats['duplicates']['exact']} exact, {stats['duplicates']['near']} near")
+    lines.append(f"- languages: {', '.join(f'{k} {v}' for k, v in stats['languages'].items())}")
+    if stats.get("labels"):
+        lines.append(f"- labels: {', '.join(f'{k} {v}' for k, v in list(stats['labels'].items())[:20])}")
+    for plot in stats.get("plots", []):
+        lines.append(f"\n![{plot}]({plot})")
+    return "\n".join(lines) + "\n"
