@@ -1,0 +1,120 @@
+"""`sftlab generate MODEL --input in.jsonl --output out.jsonl`: one answer per input row, batched.
+
+Input rows are canonical examples or anything `sftlab.data.formats` reads (their last assistant
+turn, if any, becomes `reference`), `{"prompt": ...}` rows, `{"messages": [...]}` rows, or
+`{"text": ...}` rows (plain continuation, no chat template). Prompts are rendered with the training
+template; rows are decoded with continuous batching and left padding, so greedy answers equal
+one-at-a-time answers. The output JSONL is written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sftlab.errors import SftlabError
+
+
+def register(registry) -> None:
+    parser = registry.top.add_parser("generate", help="generate answers for a file of prompts (batched)",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
+    parser.add_argument("--input", required=True, help="prompts: .jsonl/.json/.csv/... rows (see above)")
+    parser.add_argument("--output", required=True, help="where to write one JSON line per input row")
+    add_sampling_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default 16)")
+    parser.set_defaults(func=run_generate)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL positional plus --adapter/--template/--dtype, shared by generate and chat."""
+    parser.add_argument("model", metavar="MODEL", help="model dir, PEFT adapter dir, or run dir (with model/ inside)")
+    parser.add_argument("--adapter", help="a PEFT adapter dir to apply on top of MODEL")
+    parser.add_argument("--template", help="chat template (default: the run's data.template, else auto)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (row i uses seed + i)")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+
+
+def sampling_from_args(args, index: int = 0):
+    from sftlab.infer.sampling import SamplingParams
+
+    if args.max_new_tokens < 1:
+        raise SftlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise SftlabError("--temperature must be >= 0 and --top-p in (0, 1]")
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                          seed=args.seed + index, stop=tuple(args.stop))
+
+
+def load_from_args(args):
+    """Load MODEL (+ --adapter) and return (served model, template name, adapter name to use)."""
+    from sftlab.infer.loading import load_served
+
+    adapters = {"adapter": args.adapter} if args.adapter else None
+    served = load_served(args.model, adapters=adapters, dtype=args.dtype)
+    template = args.template or served.template
+    return served, template, ("adapter" if args.adapter else served.adapters[served.default_name])
+
+
+def prompt_of_row(row: dict) -> dict:
+    """{"messages": [...]} or {"text": ...} to generate from, plus the row's reference answer if it has one."""
+    src = row.get("_src", "row")
+    if isinstance(row.get("prompt"), str) and "completion" not in row:
+        messages = [{"role": "system", "content": row["system"]}] if isinstance(row.get("system"), str) else []
+        return {"src": src, "messages": messages + [{"role": "user", "content": row["prompt"]}], "reference": None}
+    if isinstance(row.get("text"), str) and "messages" not in row:
+        return {"src": src, "text": row["text"], "reference": row.get("label")}
+    if isinstance(row.get("messages"), list) and all(isinstance(m, dict) and "role" in m for m in row["messages"]):
+        messages = list(row["messages"])
+    else:
+        from sftlab.data.formats import to_canonical
+
+        messages = to_canonical([row], "auto", stage="sft")[0]["messages"]
+    reference = None
+    if messages and messages[-1].get("role") == "assistant":
+        reference = messages[-1].get("content")
+        messages = messages[:-1]
+    if not messages:
+        raise SftlabError(f"{src}: no prompt left after removing the assistant answer")
+    return {"src": src, "messages": messages, "reference": reference}
+
+
+def encode_prompts(prompts: list[dict], tokenizer, template: str) -> list[list[int]]:
+    from sftlab.infer.prompts import render_chat, render_text
+
+    return [render_chat(tokenizer, p["messages"], template, src=p["src"]) if "messages" in p
+            else render_text(tokenizer, p["text"]) for p in prompts]
+
+
+def run_generate(args) -> int:
+    from sftlab.data.formats import read_rows
+    from sftlab.infer.engine import generate_all
+    from sftlab.infer.prompts import stop_token_ids
+    from sftlab.io import atomic_write_jsonl
+
+    if args.batch_size < 1:
+        raise SftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    prompts = [prompt_of_row(row) for row in read_rows(args.input)]
+    params = [sampling_from_args(args, i) for i in range(len(prompts))]
+    served, template, adapter = load_from_args(args)
+    prompt_ids = encode_prompts(prompts, served.tokenizer, template)
+    for prompt, ids in zip(prompts, prompt_ids):
+        if len(ids) >= served.max_context:
+            raise SftlabError(f"{prompt['src']}: prompt has {len(ids)} tokens; the model's context is {served.max_context}")
+    stops = stop_token_ids(served.tokenizer, served.model, template)
+    results = generate_all(served, prompt_ids, params, stops, max_batch=args.batch_size, adapter=adapter)
+    rows = []
+    for prompt, result in zip(prompts, results):
+        if result["type"] == "error":
+            raise SftlabError(f"{prompt['src']}: {result['message']}")
+        rows.append({**prompt, "output": result["text"], "finish_reason": result["finish_reason"],
+                     "completion_tokens": result["completion_tokens"]})
+    atomic_write_jsonl(args.output, rows)
+    print(f"wrote {len(rows)} answers to {args.output}")
+    return 0

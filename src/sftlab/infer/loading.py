@@ -1,0 +1,137 @@
+"""Find and load what to generate with: a model dir, a PEFT adapter dir, or a run dir, plus extra adapters.
+
+    served = load_served("runs/exp1", adapters={"legal": "runs/legal/model"})
+    with served.activate("legal"):      # or None for the plain base model
+        ...
+
+A run dir holds `model/` (a full model, or an adapter whose adapter_config.json names its local base)
+and `config.yaml` (its `data.template` is reused so inference renders prompts as training did).
+Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+
+
+@dataclass
+class ModelSource:
+    """Where the weights of one served model live."""
+
+    name: str
+    model_dir: Path
+    base_dir: Path
+    adapter_dir: Path | None = None
+    template: str = "auto"
+
+
+@dataclass
+class ServedModel:
+    """A loaded base model, its tokenizer and the adapters attached to it, by served name."""
+
+    model: object
+    tokenizer: object
+    default_name: str
+    adapters: dict[str, str | None] = field(default_factory=dict)
+    template: str = "auto"
+    base_dir: Path | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.adapters)
+
+    def activate(self, name: str | None):
+        """Context in which the model computes with adapter `name` (None: the base without adapters)."""
+        if name is None:
+            if hasattr(self.model, "disable_adapter"):
+                return self.model.disable_adapter()
+            return contextlib.nullcontext()
+        self.model.set_adapter(name)
+        return contextlib.nullcontext()
+
+    @property
+    def max_context(self) -> int:
+        config = self.model.config
+        return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
+
+
+def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
+    """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside)."""
+    from sftlab.models.load import resolve_model_path
+
+    given = Path(path).expanduser()
+    template = "auto"
+    if given.is_dir() and (given / "model").is_dir() and not (given / "config.json").is_file():
+        template = _run_template(given / "config.yaml")
+        model_dir = given / "model"
+    else:
+        model_dir = resolve_model_path(str(path))
+    label = name or (given.name if given.is_dir() else model_dir.name)
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        base = _adapter_base(adapter_config)
+        return ModelSource(label, model_dir, resolve_model_path(base), adapter_dir=model_dir, template=template)
+    if not (model_dir / "config.json").is_file():
+        raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
+    return ModelSource(label, model_dir, model_dir, template=template)
+
+
+def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype: str = "float32",
+                name: str | None = None) -> ServedModel:
+    """Load the model at `path` and attach every adapter in `adapters` (served name -> dir) to its base."""
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model, load_tokenizer
+
+    source = describe_source(path, name)
+    extra = {key: describe_source(value, key) for key, value in (adapters or {}).items()}
+    if source.name in extra:
+        raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
+    for key, adapter in extra.items():
+        if adapter.adapter_dir is None:
+            raise SftlabError(f"--adapter {key}={adapters[key]}: not a PEFT adapter directory (no adapter_config.json)")
+        if adapter.base_dir.resolve() != source.base_dir.resolve():
+            raise SftlabError(f"--adapter {key}: its base {adapter.base_dir} differs from the served base {source.base_dir}")
+    tokenizer_dir = source.model_dir if _has_tokenizer(source.model_dir) else source.base_dir
+    tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
+    model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft")
+    served_adapters: dict[str, str | None] = {source.name: None}
+    attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
+    attach += [(key, adapter.adapter_dir) for key, adapter in extra.items()]
+    if attach:
+        from peft import PeftModel
+
+        first_name, first_dir = attach[0]
+        model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=first_name, is_trainable=False)
+        for key, directory in attach[1:]:
+            model.load_adapter(str(directory), adapter_name=key, is_trainable=False)
+        served_adapters.update({key: key for key, _ in attach})
+    model.eval()
+    return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
+
+
+def _adapter_base(adapter_config: Path) -> str:
+    try:
+        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{adapter_config}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not base:
+        raise SftlabError(f"{adapter_config}: base_model_name_or_path is missing; cannot find the base model")
+    return base
+
+
+def _run_template(config_file: Path) -> str:
+    if not config_file.is_file():
+        return "auto"
+    import yaml
+
+    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    return str((raw.get("data") or {}).get("template") or "auto")
+
+
+def _has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))

@@ -1,0 +1,71 @@
+"""Server settings: a YAML file (`sftlab serve --config serve.yaml`), command-line flags, SFTLAB_API_KEYS.
+
+    host: 127.0.0.1
+    port: 8000
+    api_keys: [sk-team-a, sk-team-b]     # plus comma-separated SFTLAB_API_KEYS; none at all = no auth
+    adapters: {legal: runs/legal/model}  # served as model "legal" on the same base
+    max_batch: 16                         # rows decoded together
+    max_queue: 64                         # waiting requests before 429
+    request_timeout_s: 120
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sftlab.errors import SftlabError
+
+
+class ServeSettings(BaseModel):
+    """Everything `sftlab serve` can be told; unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_name: str | None = Field(None, description="served name of MODEL (default: its directory name)")
+    adapters: dict[str, str] = Field(default_factory=dict, description="served name -> PEFT adapter dir")
+    api_keys: list[str] = Field(default_factory=list)
+    template: str | None = Field(None, description="chat template (default: the run's data.template, else auto)")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
+    max_batch: int = Field(16, ge=1)
+    max_queue: int = Field(64, ge=1)
+    batch_window_ms: float = Field(5.0, ge=0, description="wait this long for company before starting an idle batch")
+    request_timeout_s: float = Field(120.0, gt=0)
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(256, ge=1)
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429")
+    access_log: str | None = Field(None, description="file for the JSON access log (default: stderr)")
+    shutdown_timeout_s: float = Field(60.0, gt=0, description="how long shutdown waits for requests in flight")
+
+
+def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
+    """Settings from YAML at `path`, then non-None `overrides`, then keys from SFTLAB_API_KEYS added."""
+    raw: dict = {}
+    if path is not None:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise SftlabError(f"serve config not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise SftlabError(f"{path}: not valid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise SftlabError(f"{path}: expected a mapping of serve settings")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    env_keys = [key.strip() for key in os.environ.get("SFTLAB_API_KEYS", "").split(",") if key.strip()]
+    raw["api_keys"] = list(raw.get("api_keys") or []) + env_keys
+    try:
+        return ServeSettings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise SftlabError(f"{path or 'serve settings'}: {key}: {first['msg']}") from None

@@ -1,0 +1,56 @@
+"""Run the app under uvicorn: in the foreground for `sftlab serve`, or in a thread for tests and benchmarks.
+
+On SIGINT/SIGTERM uvicorn stops accepting connections and waits (up to `shutdown_timeout_s`) for
+requests in flight; only then does the app's lifespan stop the engine, so accepted requests finish.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sftlab.serve.config import ServeSettings
+
+
+def build_server(served, settings: ServeSettings):
+    """A uvicorn.Server for `served` configured from `settings` (not started)."""
+    import uvicorn
+
+    from sftlab.serve.app import create_app
+
+    config = uvicorn.Config(create_app(served, settings), host=settings.host, port=settings.port, log_level="warning",
+                            access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=int(settings.shutdown_timeout_s))
+    return uvicorn.Server(config)
+
+
+class ServerThread:
+    """A uvicorn server in a background thread, e.g. `with ServerThread(served, settings) as url: ...`."""
+
+    def __init__(self, served, settings: ServeSettings, start_timeout_s: float = 60.0):
+        self.server = build_server(served, settings)
+        self.thread = threading.Thread(target=self.server.run, name="sftlab-uvicorn", daemon=True)
+        self.start_timeout_s = start_timeout_s
+        self.url = ""
+
+    def start(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + self.start_timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Graceful stop: requests in flight finish first."""
+        self.server.should_exit = True
+        self.thread.join(timeout_s)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
