@@ -1,0 +1,61 @@
+"""The order in which training rows are visited: reproducible per epoch, resumable mid-epoch.
+
+Epoch `e` visits the rows in the permutation drawn from `numpy.random.default_rng([seed, e])`, cut
+into micro-batches of `batch_size` rows; `grad_accum` consecutive micro-batches make one optimizer
+step (the last step of an epoch may have fewer). A `DataPosition` (epoch, micro-batches consumed,
+seed) is all a checkpoint needs to continue with exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class DataPosition:
+    """Where the next optimizer step starts: epoch, micro-batches already consumed in it, shuffling seed."""
+
+    epoch: int = 0
+    batches_done: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def epoch_micro_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Row indices of every micro-batch of `epoch`, in visiting order."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_rows).tolist()
+    return [order[start:start + batch_size] for start in range(0, num_rows, batch_size)]
+
+
+def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps in one pass over `num_rows` rows."""
+    return math.ceil(math.ceil(num_rows / batch_size) / grad_accum)
+
+
+def total_steps(num_rows: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None) -> int:
+    """`max_steps` when set, else `epochs` passes (fractions round up to a whole step)."""
+    if max_steps is not None:
+        return max_steps
+    return max(1, math.ceil(epochs * steps_per_epoch(num_rows, batch_size, grad_accum)))
+
+
+def iterate_steps(num_rows: int, batch_size: int, grad_accum: int,
+                  start: DataPosition) -> Iterator[tuple[list[list[int]], DataPosition]]:
+    """Endless (epoch after epoch) optimizer-step groups of micro-batch indices, with the position after each."""
+    epoch, done = start.epoch, start.batches_done
+    while True:
+        batches = epoch_micro_batches(num_rows, batch_size, start.seed, epoch)
+        while done < len(batches):
+            group = batches[done:done + grad_accum]
+            done += len(group)
+            if done >= len(batches):
+                yield group, DataPosition(epoch + 1, 0, start.seed)
+            else:
+                yield group, DataPosition(epoch, done, start.seed)
+        epoch, done = epoch + 1, 0

@@ -1,0 +1,52 @@
+"""The model card (`README.md`) written next to a trained model: base model, data, strategy, metrics."""
+
+from __future__ import annotations
+
+import yaml
+
+
+def _data_sources(cfg) -> list[str]:
+    train = cfg.data.train if isinstance(cfg.data.train, list) else [cfg.data.train]
+    return [item if isinstance(item, str) else item.path for item in train]
+
+
+def _metric_lines(metrics: dict) -> list[str]:
+    lines = ["| metric | value |", "| --- | --- |"]
+    for key, value in metrics.items():
+        shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    return lines
+
+
+def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bool) -> str:
+    """Markdown with YAML front matter (Hugging Face model-card style) describing one training run."""
+    front = {"base_model": cfg.model.path, "library_name": "peft" if is_adapter else "transformers",
+             "tags": ["sftlab", cfg.train.stage, cfg.strategy.kind]}
+    sources = _data_sources(cfg)
+    load = ("PeftModel.from_pretrained(base, this_dir)" if is_adapter
+            else ("AutoModelForSequenceClassification" if cfg.train.stage == "cls" else "AutoModelForCausalLM")
+            + ".from_pretrained(this_dir)")
+    parts = [
+        "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
+        f"# Fine-tuned {cfg.model.path} ({cfg.train.stage})", "",
+        "Trained with sftlab. Load it with `" + load + "`.", "",
+        "## Base model", "", f"- `{cfg.model.path}` (weights dtype {cfg.model.dtype})", "",
+        "## Data", "", *[f"- train: `{source}`" for source in sources],
+    ]
+    if cfg.data.validation:
+        parts.append(f"- validation: `{cfg.data.validation}`")
+    if stats:
+        parts += ["", "```json", _compact_json(stats), "```"]
+    parts += ["", "## Strategy", "", f"- kind: {cfg.strategy.kind}", f"- {trainable.summary()}",
+              "", "## Training", "",
+              f"- steps: {metrics.get('step', '?')}, batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, "
+              f"lr {cfg.train.lr:g} ({cfg.train.scheduler}, warmup {cfg.train.warmup_steps}), precision {cfg.train.precision}, "
+              f"seed {cfg.train.seed}", "", "## Final metrics", "", *_metric_lines(metrics), ""]
+    return "\n".join(parts)
+
+
+def _compact_json(obj) -> str:
+    import json
+
+    text = json.dumps(obj, indent=1, ensure_ascii=False, default=str)
+    return text if len(text) < 4000 else text[:4000] + "\n... (truncated; see data_stats.json)"

@@ -1,0 +1,138 @@
+"""Step checkpoints that a run can resume from exactly, plus the `best/` copy and pruning.
+
+    OUT/checkpoints/step-N/
+        model.safetensors + config.json (or adapter_model.safetensors for peft) + tokenizer files
+        optimizer.pt  scheduler.pt  rng_state.pt (python, numpy, torch, cuda)
+        sftlab_state.json   resolved config, step, data position, losses and eval history
+
+Every checkpoint directory is written through `sftlab.io.atomic_dir`, so a directory that exists
+is complete; `latest_checkpoint` only trusts directories that carry the sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_dir, atomic_write_json
+
+SIDECAR = "sftlab_state.json"
+CHECKPOINTS = "checkpoints"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def capture_rng() -> dict:
+    """The python, numpy, torch (and CUDA) random states, as tensors and plain values (weights_only-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": list(random.getstate()[1]), "python_version": random.getstate()[0],
+             "python_gauss": random.getstate()[2], "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                              has_gauss, cached], "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    """Put back the random states saved by `capture_rng`."""
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_model_dir(model, tokenizer, directory: Path) -> None:
+    """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict) -> Path:
+    """Write `run_dir/checkpoints/step-<step>/` atomically and return it."""
+    final = Path(run_dir) / CHECKPOINTS / f"step-{step}"
+    with atomic_dir(final, overwrite=True) as tmp:
+        save_model_dir(model, tokenizer, tmp)
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng, tmp / "rng_state.pt")
+        atomic_write_json(tmp / SIDECAR, state)
+    return final
+
+
+def save_best(run_dir: Path, model, tokenizer, state: dict) -> Path:
+    """Replace `run_dir/best/` with the current weights, tokenizer and a sidecar (step, metrics)."""
+    with atomic_dir(Path(run_dir) / "best", overwrite=True) as tmp:
+        save_model_dir(model, tokenizer, tmp)
+        atomic_write_json(tmp / SIDECAR, state)
+    return Path(run_dir) / "best"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints (those with a sidecar), oldest first."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = []
+    for child in root.iterdir() if root.is_dir() else []:
+        match = _STEP_DIR.match(child.name)
+        if match and (child / SIDECAR).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the `keep` newest step checkpoints (`best/` lives elsewhere and is never pruned)."""
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_sidecar(directory: Path) -> dict:
+    """The `sftlab_state.json` of a checkpoint."""
+    path = Path(directory) / SIDECAR
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SftlabError(f"{path}: cannot read the checkpoint state ({exc})") from None
+
+
+def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
+    """Load a checkpoint's weights into `model` (built as for a fresh run); every trainable tensor must be there."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+
+        adapter = directory / "adapter_model.safetensors"
+        if not adapter.is_file():
+            raise SftlabError(f"{directory}: no adapter_model.safetensors; the checkpoint is not from a LoRA run")
+        set_peft_model_state_dict(model, load_file(adapter))
+        return
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(shard))
+    missing, _ = model.load_state_dict(state, strict=False)
+    lost = sorted(set(missing) & set(trainable_names))
+    if lost:
+        raise SftlabError(f"{directory}: checkpoint lacks trainable weights {', '.join(lost[:3])}"
+                          f"{' ...' if len(lost) > 3 else ''}; it does not belong to this run")
+
+
+def load_training_state(directory: Path, optimizer, scheduler) -> dict:
+    """Restore optimizer and scheduler state and return the saved RNG states."""
+    directory = Path(directory)
+    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    return torch.load(directory / "rng_state.pt", weights_only=True)

@@ -1,0 +1,289 @@
+"""The one training loop for pt, sft and cls: setup -> train -> save -> cleanup.
+
+    result = run_training(cfg, resume=False, overwrite=False, base_dir=None)
+    result.out_dir / "model"      # the final model (from_pretrained / PeftModel.from_pretrained)
+
+Each optimizer step takes `train.grad_accum` micro-batches, counts their supervised tokens (pt/sft) or
+examples (cls) first, and back-propagates every micro-batch's *summed* loss divided by that total,
+so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. Ctrl-C saves a
+checkpoint and raises `TrainingInterrupted` (exit 130 in the CLI); a non-finite loss or gradient
+stops with `TrainingDiverged` (exit 2) before the bad update is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_dir, atomic_write_json
+from sftlab.train.batches import iterate_steps
+from sftlab.train.checkpoint import capture_rng, prune_checkpoints, restore_rng, save_best, save_checkpoint, save_model_dir
+from sftlab.train.runlog import RunLog, keep_rows_up_to
+from sftlab.train.setup import Session, build_session, prepare_output_dir
+from sftlab.train.validate import evaluate_batches, improved, task_metrics
+
+StepCallback = Callable[[int, float], None]
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced: its directory, final metrics and the loss of every optimizer step."""
+
+    out_dir: Path
+    metrics: dict
+    losses: list[float] = field(default_factory=list)
+    stopped: str = "completed"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint at `step` was written to `checkpoint`."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class TrainingDiverged(SftlabError):
+    """The loss or the gradient became NaN/inf; training stopped before applying the update."""
+
+
+def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: str | Path | None = None,
+                 callbacks: list[StepCallback] | None = None, show_progress: bool = True) -> RunResult:
+    """Train `cfg` (a RunConfig) to completion, or continue the latest checkpoint when `resume`.
+
+    `callbacks` are called as `callback(step, loss)` after every optimizer step (and its logging,
+    evaluation and checkpointing); raising KeyboardInterrupt from one behaves like Ctrl-C.
+    """
+    out_dir = Path(cfg.output.dir).expanduser()
+    checkpoint = prepare_output_dir(out_dir, resume, overwrite)
+    session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None)
+    if checkpoint is not None:
+        keep_rows_up_to(out_dir, session.step)
+    log = RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress)
+    try:
+        log.message(session.trainable.summary())
+        if session.resumed_from:
+            log.message(f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps})")
+            restore_rng(rng)
+        stopped = train(session, log, callbacks or [])
+        metrics = save_final(session, log, stopped)
+        return RunResult(out_dir=out_dir, metrics=metrics, losses=list(session.losses), stopped=stopped)
+    finally:
+        log.close()
+        cleanup(session)
+
+
+def cleanup(session: Session) -> None:
+    """Release the accelerator state so another run in this process may use other precision settings."""
+    from accelerate.state import AcceleratorState
+
+    session.accelerator.free_memory()
+    AcceleratorState._reset_state()
+
+
+@contextlib.contextmanager
+def stop_on_sigint(flag: dict):
+    """First Ctrl-C sets flag['stop'] so the loop stops at the next step boundary; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if flag.get("stop"):
+            raise KeyboardInterrupt
+        flag["stop"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
+    """Run optimizer steps until the total, early stopping or an interrupt; return why it stopped."""
+    cfg, flag = session.cfg, {}
+    steps = iterate_steps(len(session.prepared.train), cfg.train.batch_size, cfg.train.grad_accum, session.position)
+    boundary_rng = capture_rng()
+    try:
+        with stop_on_sigint(flag):
+            while session.step < session.total_steps:
+                group, next_position = next(steps)
+                loss, tokens, grad_norm = optimizer_step(session, group)
+                session.step, session.position = session.step + 1, next_position
+                session.losses.append(loss)
+                log.count_tokens(tokens)
+                log_step(session, log, loss, grad_norm)
+                stop = maybe_evaluate(session, log)
+                boundary_rng = capture_rng()
+                maybe_checkpoint(session, boundary_rng)
+                for callback in callbacks:
+                    callback(session.step, loss)
+                if flag.get("stop"):
+                    raise KeyboardInterrupt
+                if stop:
+                    log.message(f"early stopping at step {session.step}: no {cfg.eval.metric} improvement in "
+                                f"{cfg.eval.patience} evaluations")
+                    return "early_stopping"
+    except KeyboardInterrupt:
+        session.optimizer.zero_grad(set_to_none=True)
+        path = write_checkpoint(session, boundary_rng)
+        raise TrainingInterrupted(session.step, path) from None
+    return "completed"
+
+
+def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, int, float | None]:
+    """One update from the micro-batches in `group`; returns (mean loss, tokens seen, gradient norm)."""
+    accelerator, rows, stage = session.accelerator, session.prepared.train, session.cfg.train.stage
+    batches = [session.collate([rows[i] for i in indices]) for indices in group]
+    counts = [_loss_units(batch, stage) for batch in batches]
+    total = int(accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), reduction="sum"))
+    scale = accelerator.num_processes / max(total, 1)  # DDP averages gradients over processes
+    loss_total = 0.0
+    for index, batch in enumerate(batches):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        last = index == len(batches) - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(session.objective):
+            part, _ = session.objective(batch)
+            value = float(part.detach())
+            if not math.isfinite(value):
+                diverged(session, f"train loss is {value}")
+            accelerator.backward(part * scale)
+        loss_total += value
+    grad_norm = None
+    if session.cfg.train.max_grad_norm is not None:
+        params = [p for p in session.model.parameters() if p.requires_grad]
+        grad_norm = float(accelerator.clip_grad_norm_(params, session.cfg.train.max_grad_norm))
+        if not math.isfinite(grad_norm):
+            diverged(session, f"gradient norm is {grad_norm}")
+    session.optimizer.step()
+    session.scheduler.step()
+    session.optimizer.zero_grad(set_to_none=True)
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+    return loss_total / max(total, 1), tokens, grad_norm
+
+
+def _loss_units(batch: dict, stage: str) -> int:
+    """Supervised tokens (pt/sft: shifted labels != -100) or examples (cls) in a micro-batch."""
+    labels = batch["labels"]
+    return int(labels.numel()) if stage == "cls" else int((labels[:, 1:] != -100).sum())
+
+
+def diverged(session: Session, what: str) -> None:
+    """Stop the run at a non-finite loss/gradient, naming the step and the last good checkpoint."""
+    from sftlab.train.checkpoint import latest_checkpoint
+
+    session.optimizer.zero_grad(set_to_none=True)
+    good = latest_checkpoint(session.out_dir)
+    kept = f"last good checkpoint: {good}" if good else "no checkpoint was saved (set train.save_every_n_steps)"
+    raise TrainingDiverged(f"{what} at step {session.step + 1}; training stopped before that update; {kept}; "
+                           f"try a lower train.lr (now {session.cfg.train.lr:g}) or check the data")
+
+
+def log_step(session: Session, log: RunLog, loss: float, grad_norm: float | None) -> None:
+    """Write a metrics row every `train.log_every_n_steps` steps (and at the last step)."""
+    cfg, step = session.cfg, session.step
+    micro_per_epoch = math.ceil(len(session.prepared.train) / cfg.train.batch_size)
+    epoch = session.position.epoch + session.position.batches_done / micro_per_epoch
+    write = step % cfg.train.log_every_n_steps == 0 or step == session.total_steps
+    log.step({"step": step, "loss": loss, "lr": session.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+              "epoch": round(epoch, 4)}, write)
+
+
+def validation_batches(session: Session) -> list[dict]:
+    """The validation split (at most eval.max_samples rows) in order, collated with eval.batch_size."""
+    rows = session.prepared.validation
+    limit = min(len(rows), session.cfg.eval.max_samples or len(rows))
+    size, device = session.cfg.eval.batch_size, session.accelerator.device
+    return [{k: v.to(device) for k, v in session.collate([rows[i] for i in range(s, min(s + size, limit))]).items()}
+            for s in range(0, limit, size)]
+
+
+def evaluate(session: Session) -> dict:
+    """Validation metrics of the current weights (plus the evaluation package's task metrics)."""
+    stage = session.cfg.train.stage
+    metrics = evaluate_batches(session.model, validation_batches(session), stage, session.accelerator.autocast)
+    metrics.update(task_metrics(session.model, session.tokenizer, session.prepared, session.cfg))
+    return metrics
+
+
+def maybe_evaluate(session: Session, log: RunLog) -> bool:
+    """Evaluate every eval.every_n_steps; keep best/; return True when patience has run out."""
+    cfg = session.cfg
+    if not cfg.eval.every_n_steps or session.step % cfg.eval.every_n_steps:
+        return False
+    metrics = evaluate(session)
+    log.evaluation(session.step, metrics)
+    session.eval_history.append({"step": session.step, **metrics})
+    if cfg.eval.metric not in metrics:
+        raise SftlabError(f"eval.metric {cfg.eval.metric!r} is not among the validation metrics: "
+                          f"{', '.join(sorted(metrics))}")
+    value = metrics[cfg.eval.metric]
+    if improved(value, session.best.get("value"), cfg.eval.mode):
+        session.best = {"metric": cfg.eval.metric, "value": value, "step": session.step}
+        session.bad_evals = 0
+        save_best(session.out_dir, _unwrapped(session), session.tokenizer, {**sidecar(session), "metrics": metrics})
+    else:
+        session.bad_evals += 1
+    return bool(cfg.eval.patience) and session.bad_evals >= cfg.eval.patience
+
+
+def _unwrapped(session: Session):
+    return session.accelerator.unwrap_model(session.objective).model
+
+
+def sidecar(session: Session) -> dict:
+    """The JSON state that, with the weights and optimizer files, lets a run continue exactly."""
+    return {"step": session.step, "total_steps": session.total_steps, "position": session.position.to_dict(),
+            "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
+            "bad_evals": session.bad_evals, "trainable": session.trainable.trainable,
+            "config": session.cfg.model_dump(mode="json")}
+
+
+def write_checkpoint(session: Session, rng: dict) -> Path:
+    """Save checkpoints/step-N and prune old ones to output.keep_checkpoints."""
+    path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
+                           session.optimizer, session.scheduler, rng, sidecar(session))
+    prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
+    return path
+
+
+def maybe_checkpoint(session: Session, rng: dict) -> None:
+    """Checkpoint every train.save_every_n_steps steps."""
+    every = session.cfg.train.save_every_n_steps
+    if every and session.step % every == 0:
+        write_checkpoint(session, rng)
+
+
+def save_final(session: Session, log: RunLog, stopped: str) -> dict:
+    """Write model/ (weights, tokenizer, model card), metrics.json; return the final metrics."""
+    from sftlab.train.card import model_card
+
+    metrics: dict = {"step": session.step, "train_loss": session.losses[-1] if session.losses else None,
+                     "stopped": stopped}
+    if session.prepared.validation:
+        last = session.eval_history[-1] if session.eval_history else None
+        final = {k: v for k, v in last.items() if k != "step"} if last and last["step"] == session.step else None
+        if final is None:
+            final = evaluate(session)
+            log.evaluation(session.step, final)
+        metrics.update({f"eval_{key}": value for key, value in final.items()})
+    if session.best:
+        metrics.update({"best_step": session.best["step"], f"best_{session.best['metric']}": session.best["value"]})
+    model = _unwrapped(session)
+    with atomic_dir(session.out_dir / "model", overwrite=True) as tmp:
+        save_model_dir(model, session.tokenizer, tmp)
+        card = model_card(session.cfg, session.trainable, metrics, getattr(session.prepared, "stats", None),
+                          is_adapter=hasattr(model, "peft_config"))
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    atomic_write_json(session.out_dir / "metrics.json", metrics)
+    log.message(f"saved {session.out_dir / 'model'}")
+    return metrics

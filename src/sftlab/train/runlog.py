@@ -1,0 +1,89 @@
+"""What a run reports while it trains: a tqdm bar, `metrics.jsonl` rows and TensorBoard scalars.
+
+`metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, tokens_per_s,
+supervised_tokens, epoch) and one per evaluation (`"eval": true` plus the validation metrics).
+On resume the rows written after the checkpoint's step are dropped so the file reads as one run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from sftlab.io import atomic_write_jsonl
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def keep_rows_up_to(run_dir: Path, step: int) -> None:
+    """Rewrite `metrics.jsonl` (atomically) without the rows logged after `step`."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    atomic_write_jsonl(path, [row for row in rows if row.get("step", 0) <= step])
+
+
+class RunLog:
+    """Progress bar + JSON lines + TensorBoard for one run, from `start_step` to `total_steps`."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, tensorboard: bool, show_bar: bool = True):
+        from tqdm.auto import tqdm
+
+        self.path = Path(run_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step or None)
+        self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                         disable=None if show_bar else True, file=sys.stderr)
+        self._window_tokens = 0
+        self._window_start = time.perf_counter()
+
+    def message(self, text: str) -> None:
+        """A line for the user, printed above the progress bar."""
+        self._bar.write(text, file=sys.stderr)
+
+    def count_tokens(self, tokens: int) -> None:
+        """Add the tokens processed by one optimizer step to the throughput window."""
+        self._window_tokens += tokens
+
+    def step(self, row: dict, write: bool) -> None:
+        """Advance the bar; when `write`, also log `row` plus tokens/s since the last written row."""
+        self._bar.update(1)
+        if not write:
+            return
+        now = time.perf_counter()
+        row = dict(row, tokens_per_s=round(self._window_tokens / max(now - self._window_start, 1e-9), 1))
+        self._window_tokens, self._window_start = 0, now
+        self._bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
+        self._write(row)
+        if self._writer is not None:
+            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+                if row.get(key) is not None:
+                    self._writer.add_scalar(f"train/{key}", row[key], row["step"])
+
+    def evaluation(self, step: int, metrics: dict) -> None:
+        """Log one validation result."""
+        self._write({"step": step, "eval": True, **metrics})
+        self.message(f"step {step} eval: " + ", ".join(f"{key}={value:.4g}" for key, value in metrics.items()
+                                                       if isinstance(value, (int, float))))
+        if self._writer is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self._writer.add_scalar(f"eval/{key}", value, step)
+
+    def _write(self, row: dict) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._bar.close()
+        self._file.close()
+        if self._writer is not None:
+            self._writer.close()

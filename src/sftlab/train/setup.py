@@ -1,0 +1,204 @@
+"""Everything a run needs before its first step: output dir, data, model, strategy, optimizer, resume state.
+
+`build_session` loads the tokenizer, prepares the data, loads the model for the stage, applies the
+strategy, and builds the accelerator, AdamW and the LR schedule. On resume it also checks that the
+saved run used the same model/data/strategy/schedule settings and restores weights, optimizer,
+scheduler and the data position from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from sftlab.config import dump_config
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_json, atomic_write_text
+from sftlab.train import batches as plan
+from sftlab.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_training_state, load_weights, read_sidecar
+from sftlab.train.loss import loss_sum
+
+RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
+               "data_stats.json")
+# Settings a resumed run may change; everything else under model/data/strategy/train must match.
+RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir"}
+
+
+class TrainingObjective(torch.nn.Module):
+    """Wraps the model so one forward call returns (loss sum, count); this is what accelerate prepares."""
+
+    def __init__(self, model: torch.nn.Module, stage: str, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.model = model
+        self.stage = stage
+        self.class_weights = class_weights
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, int]:
+        return loss_sum(self.model, batch, self.stage, self.class_weights)
+
+
+@dataclass
+class Session:
+    """The live state of one run (built by `build_session`, advanced by the loop)."""
+
+    cfg: Any
+    out_dir: Path
+    accelerator: Any
+    model: torch.nn.Module
+    objective: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    tokenizer: Any
+    prepared: Any
+    trainable: Any
+    collate: Callable[[list[dict]], dict]
+    total_steps: int
+    step: int = 0
+    position: plan.DataPosition = field(default_factory=plan.DataPosition)
+    losses: list[float] = field(default_factory=list)
+    eval_history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    bad_evals: int = 0
+    resumed_from: Path | None = None
+
+
+def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check the output directory for a fresh run or a resume; return the checkpoint to resume from."""
+    if resume:
+        checkpoint = latest_checkpoint(out_dir)
+        if checkpoint is None:
+            raise SftlabError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}; start the run without --resume")
+        return checkpoint
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise SftlabError(f"output.dir {out_dir} already exists and is not empty; "
+                              "pass --overwrite to start over or --resume to continue it")
+        for name in RUN_ENTRIES:  # only what a run writes; never other files the user keeps there
+            target = out_dir / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        flat: dict[str, Any] = {}
+        for key, value in obj.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): obj}
+
+
+def check_resume_config(saved: dict, cfg) -> None:
+    """Fail when the model, data, strategy or schedule settings differ from the checkpoint's run."""
+    now = _flatten(cfg.model_dump(mode="json"))
+    before = _flatten(saved)
+    keys = sorted(key for key in set(now) | set(before)
+                  if key.split(".")[0] in ("model", "data", "strategy", "train") and key not in RESUMABLE_CHANGES
+                  and now.get(key) != before.get(key))
+    if keys:
+        shown = ", ".join(f"{key} ({before.get(key)!r} -> {now.get(key)!r})" for key in keys[:5])
+        raise SftlabError(f"--resume: the config differs from the checkpoint's run in {shown}; resume with the same "
+                          "settings, or start a new run (model.path may point at the trained weights)")
+
+
+def _classifier_weights(prepared, cfg) -> torch.Tensor | None:
+    """Balanced class weights (sklearn) when data.balance=class_weight, from the training labels."""
+    if cfg.train.stage != "cls" or cfg.data.balance != "class_weight":
+        return None
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray([row["label"] for row in prepared.train])
+    classes = np.arange(len(prepared.label_names))
+    present = np.isin(classes, labels)
+    weights = np.ones(len(classes))
+    weights[present] = compute_class_weight("balanced", classes=classes[present], y=labels)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _calibration(prepared, cfg, collate) -> list[dict]:
+    """The first `strategy.auto.batches` micro-batches of epoch 0, for importance-based selection."""
+    if cfg.strategy.kind != "auto":
+        return []
+    groups = plan.epoch_micro_batches(len(prepared.train), cfg.train.batch_size, cfg.train.seed, 0)
+    return [collate([prepared.train[i] for i in idx]) for idx in groups[:cfg.strategy.auto.batches]]
+
+
+def _load_model(cfg, tokenizer, prepared, collate):
+    """The stage's model with the strategy applied; gradient checkpointing when asked for."""
+    from sftlab.models.load import load_model
+    from sftlab.strategy import select_trainable
+
+    label_names = prepared.label_names if cfg.train.stage == "cls" else None
+    model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
+                       label_names=label_names, tokenizer=tokenizer)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+    def mean_loss(m, batch):
+        total, count = loss_sum(m, batch, cfg.train.stage)
+        return total / max(count, 1)
+
+    model, trainable = select_trainable(model, cfg.strategy, _calibration(prepared, cfg, collate), mean_loss)
+    model.train()
+    return model, trainable
+
+
+def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
+    """Padded batches, or packed [1, T] rows when data.packing is on (pt/sft only)."""
+    from sftlab.data.collate import make_collator
+
+    return make_collator(cfg.data.packing and cfg.train.stage != "cls", tokenizer.pad_token_id)
+
+
+def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None) -> tuple[Session, dict | None]:
+    """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any."""
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    from sftlab.data.pipeline import prepare_data
+    from sftlab.models.load import load_tokenizer
+    from sftlab.train.optim import build_optimizer, build_scheduler
+
+    saved = read_sidecar(checkpoint) if checkpoint else None
+    if saved:
+        check_resume_config(saved["config"], cfg)
+    set_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, tokenizer, base_dir)
+    if len(prepared.train) == 0:
+        raise SftlabError("data.train: no training examples left after preparation")
+    if cfg.eval.every_n_steps and not prepared.validation:
+        raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
+    collate = make_collate(cfg, tokenizer)
+    model, trainable = _load_model(cfg, tokenizer, prepared, collate)
+    if saved:
+        load_weights(model, checkpoint, trainable.names)
+    cuda = torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no", cpu=not cuda)
+    objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
+    objective = accelerator.prepare_model(objective)
+    optimizer = accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
+    total = plan.total_steps(len(prepared.train), cfg.train.batch_size, cfg.train.grad_accum,
+                             cfg.train.epochs, cfg.train.max_steps)
+    scheduler = build_scheduler(optimizer.optimizer, cfg.train.scheduler, cfg.train.warmup_steps, total)
+    session = Session(cfg=cfg, out_dir=out_dir, accelerator=accelerator, model=model, objective=objective,
+                      optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer, prepared=prepared,
+                      trainable=trainable, collate=collate, total_steps=total,
+                      position=plan.DataPosition(seed=cfg.train.seed))
+    if not saved:
+        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+        atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
+        return session, None
+    rng = load_training_state(checkpoint, optimizer, scheduler)
+    session.step, session.losses = saved["step"], list(saved["losses"])
+    session.position = plan.DataPosition(**saved["position"])
+    session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
+    session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
+    return session, rng

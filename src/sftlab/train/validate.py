@@ -1,0 +1,62 @@
+"""Validation during training: loss (+ perplexity for pt/sft; accuracy and macro F1 for cls).
+
+Loss is averaged over all supervised tokens (pt/sft) or examples (cls) of the validation split. When
+`sftlab.eval.hooks.task_metrics(model, tokenizer, prepared, cfg)` exists, its metrics are merged in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Callable, Iterable
+
+import torch
+
+from sftlab.train.loss import loss_sum
+
+
+def evaluate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable) -> dict:
+    """Metrics of `model` over `batches` (already on the model's device), computed without gradients."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    predictions, labels = [], []
+    with torch.no_grad(), autocast():
+        for batch in batches:
+            if stage == "cls":
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
+                part = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
+                n = int(batch["labels"].numel())
+                predictions += logits.argmax(-1).tolist()
+                labels += batch["labels"].tolist()
+            else:
+                part, n = loss_sum(model, batch, stage)
+            total += float(part)
+            count += n
+    model.train(was_training)
+    loss = total / max(count, 1)
+    if stage == "cls":
+        from sklearn.metrics import accuracy_score, f1_score
+
+        return {"loss": loss, "accuracy": float(accuracy_score(labels, predictions)),
+                "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def task_metrics(model, tokenizer, prepared, cfg) -> dict:
+    """Metrics from the evaluation package's hook when it is installed, else nothing."""
+    try:
+        hooks = importlib.import_module("sftlab.eval.hooks")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("sftlab.eval.hooks", "sftlab.eval"):
+            return {}
+        raise
+    hook = getattr(hooks, "task_metrics", None)
+    return dict(hook(model, tokenizer, prepared, cfg) or {}) if hook else {}
+
+
+def improved(value: float, best: float | None, mode: str) -> bool:
+    """Whether `value` beats `best` under `mode` ('min' or 'max')."""
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best

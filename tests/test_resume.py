@@ -1,0 +1,51 @@
+"""--resume continues the latest checkpoint exactly; a changed config or a missing checkpoint is refused."""
+
+import json
+
+import pytest
+
+from sftlab.errors import SftlabError
+from test_train_loop import tiny_run, train
+
+
+def _interrupt_at(step_to_stop):
+    def callback(step, loss):
+        if step == step_to_stop:
+            raise KeyboardInterrupt
+    return callback
+
+
+@pytest.mark.parametrize("arch", ["gpt2"])  # gpt2 has dropout: the restored RNG state matters
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch):
+    from sftlab.train import TrainingInterrupted
+
+    settings = dict(train={"max_steps": 6, "batch_size": 3, "grad_accum": 1, "scheduler": "cosine", "warmup_steps": 2},
+                    output={"dir": str(tmp_path / "a"), "keep_checkpoints": 2, "tensorboard": False})
+    straight = train(tiny_run(tmp_path, arch, **settings))
+    settings["output"]["dir"] = str(tmp_path / "b")
+    with pytest.raises(TrainingInterrupted):  # 8 rows / batch 3: step 3 stops mid-epoch 2
+        train(tiny_run(tmp_path, arch, **settings), callbacks=[_interrupt_at(4)])
+    resumed = train(tiny_run(tmp_path, arch, **settings), resume=True)
+    assert len(resumed.losses) == 6
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_changed_schedule_names_the_keys(tmp_path):
+    from sftlab.train import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[_interrupt_at(1)])
+    with pytest.raises(SftlabError, match=r"differs from the checkpoint's run in train\.lr .*train\.max_steps \(3 -> 5\)"):
+        train(tiny_run(tmp_path, train={"max_steps": 5, "lr": 5e-4}), resume=True)
+
+
+def test_existing_output_needs_overwrite_or_resume(tmp_path):
+    train(tiny_run(tmp_path, train={"max_steps": 1}))
+    with pytest.raises(SftlabError, match="already exists and is not empty; pass --overwrite"):
+        train(tiny_run(tmp_path, train={"max_steps": 1}))
+    with pytest.raises(SftlabError, match="--resume: no checkpoint"):
+        train(tiny_run(tmp_path, train={"max_steps": 1}), resume=True)
+    again = train(tiny_run(tmp_path, train={"max_steps": 1}), overwrite=True)
+    assert (again.out_dir / "model" / "config.json").is_file()

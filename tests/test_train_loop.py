@@ -1,0 +1,112 @@
+"""The training loop: token-normalised accumulation, frozen weights, NaN stop, Ctrl-C checkpoint, eval + best."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftlab.config import load_config
+from sftlab.models.tiny import save_tiny
+
+SFT_ROWS = [  # answers of clearly different lengths so padding and token counts differ per micro-batch
+    {"messages": [{"role": "user", "content": f"question {i}"},
+                  {"role": "assistant", "content": "answer " + "word " * (1 + (i * 7) % 13)}]}
+    for i in range(8)
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def tiny_run(tmp_path: Path, arch: str = "llama", rows: list[dict] | None = None, name: str = "run",
+             task: str = "causal_lm", **groups) -> dict:
+    """A run config dict for a tiny saved model and a small jsonl file, overridable per group."""
+    model_dir = tmp_path / f"base-{arch}-{task}"
+    if not model_dir.exists():
+        save_tiny(arch, model_dir, task=task, hidden=32, layers=1)
+    data = write_jsonl(tmp_path / "train.jsonl", rows or SFT_ROWS)
+    raw = {"model": {"path": str(model_dir)},
+           "data": {"train": str(data), "cache_dir": str(tmp_path / "cache")},
+           "train": {"stage": "sft", "max_steps": 2, "batch_size": 4, "lr": 1e-3, "max_length": 64},
+           "output": {"dir": str(tmp_path / name), "tensorboard": False}}
+    for group, values in groups.items():
+        raw.setdefault(group, {}).update(values)
+    return raw
+
+
+def train(raw: dict, **kwargs):
+    from sftlab.train import run_training
+
+    return run_training(load_config(None, [], base=raw), show_progress=False, **kwargs)
+
+
+def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def test_batch8_equals_batch2_times_accumulation4(tmp_path):
+    big = train(tiny_run(tmp_path, name="b8", train={"batch_size": 8, "grad_accum": 1, "max_steps": 1}))
+    small = train(tiny_run(tmp_path, name="b2x4", train={"batch_size": 2, "grad_accum": 4, "max_steps": 1}))
+    assert big.losses[0] == pytest.approx(small.losses[0], rel=1e-5)
+    a, b = model_weights(big.out_dir), model_weights(small.out_dir)
+    base = load_file(tmp_path / "base-llama-causal_lm" / "model.safetensors")
+    assert any(not torch.equal(a[key], base[key]) for key in a)  # the step did change the weights
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_parameters_stay_bit_identical(tmp_path):
+    raw = tiny_run(tmp_path, strategy={"kind": "freeze", "freeze": {"layers": "none", "modules": ["lm_head"]}})
+    result = train(raw)
+    after = model_weights(result.out_dir)
+    base = load_file(tmp_path / "base-llama-causal_lm" / "model.safetensors")
+    assert not torch.equal(after["lm_head.weight"], base["lm_head.weight"])
+    for key, value in base.items():
+        if key != "lm_head.weight":
+            assert torch.equal(after[key], value), key
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    from sftlab.train import TrainingDiverged
+
+    raw = tiny_run(tmp_path, train={"lr": 1e30, "max_steps": 5, "save_every_n_steps": 1, "max_grad_norm": None})
+    with pytest.raises(TrainingDiverged, match=r"at step (\d+); training stopped before that update; "
+                                               r"last good checkpoint: .*step-1") as err:
+        train(raw)
+    assert "\n" not in str(err.value)
+    assert (tmp_path / "run" / "checkpoints" / "step-1" / "sftlab_state.json").is_file()
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_says_where(tmp_path):
+    from sftlab.train import TrainingInterrupted
+
+    def interrupt(step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2") as err:
+        train(tiny_run(tmp_path, train={"max_steps": 4}), callbacks=[interrupt])
+    state = json.loads((err.value.checkpoint / "sftlab_state.json").read_text())
+    assert err.value.checkpoint.name == "step-2" and state["step"] == 2 and len(state["losses"]) == 2
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pt", "model.safetensors", "tokenizer.json"):
+        assert (err.value.checkpoint / name).is_file(), name
+
+
+def test_eval_keeps_best_and_early_stops(tmp_path):
+    val = write_jsonl(tmp_path / "val.jsonl", SFT_ROWS[:3])
+    raw = tiny_run(tmp_path, data={"validation": str(val)},
+                   train={"max_steps": 8, "lr": 1e-30, "scheduler": "constant"},  # lr ~0: loss never improves
+                   eval={"every_n_steps": 1, "patience": 2}, output={"dir": str(tmp_path / "run"), "tensorboard": True})
+    result = train(raw)
+    assert result.stopped == "early_stopping" and len(result.losses) == 3
+    rows = [json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [row for row in rows if row.get("eval")]
+    assert [row["step"] for row in evals] == [1, 2, 3] and all("perplexity" in row for row in evals)
+    assert json.loads((result.out_dir / "best" / "sftlab_state.json").read_text())["best"]["step"] == 1
+    assert result.metrics["best_step"] == 1 and "eval_loss" in result.metrics
+    assert any(p.name.startswith("events.out.tfevents") for p in (result.out_dir / "tensorboard").iterdir())
