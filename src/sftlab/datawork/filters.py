@@ -21,9 +21,10 @@ _SCRIPTS = (
     ("zh", re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")),
     ("ja", re.compile(r"[\u3040-\u30ff]")),
     ("ko", re.compile(r"[\uac00-\ud7af\u1100-\u11ff]")),
-    ("en", re.compile(r"[A-Za-z\u00c0-\u024f]")),
-    ("ru", re.compile(r"[\u0400-\u04ff]")),
+    ("en", re.compile(r"[A-Za-z\u00c0-\u024f]+")),
+    ("ru", re.compile(r"[\u0400-\u04ff]+")),
 )
+_CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
 
 
 @dataclass
@@ -41,8 +42,11 @@ class FilterOptions:
 def detect_language(text: str) -> str:
     """The dominant writing system of `text` as zh, ja, ko, en, ru, or 'unknown' when it has no letters.
 
-    Japanese mixes kana with Han characters, so any kana share above 20% of letters counts as ja.
+    Han, kana and hangul count per character, Latin and Cyrillic per word (a Chinese character carries
+    about as much as an English word). Code in Markdown backticks is ignored, so a Chinese answer that
+    contains a program stays zh. Japanese mixes kana with Han, so a kana share above 20% counts as ja.
     """
+    text = _CODE.sub(" ", text)
     counts = {code: len(pattern.findall(text)) for code, pattern in _SCRIPTS}
     letters = sum(counts.values())
     if letters == 0:

@@ -1,0 +1,291 @@
+"""Handlers of `sftlab data build|clean|augment|balance|stats|features` (parsers in sftlab.commands.data_work).
+
+Each handler reads its inputs through `sftlab.data.formats`, refuses to write over an input file, writes its
+outputs atomically and, beside every data output, a report `<name>.report.json` / `.report.md`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftlab.datawork.records import load_examples, save_examples
+from sftlab.datawork.report import Report, report_stem
+from sftlab.errors import SftlabError
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str] | None:
+    """['label=category', 'text=sentence'] -> {'label': 'category', 'text': 'sentence'}."""
+    columns = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SftlabError(f"--columns {item!r} must look like canonical=column (e.g. label=category)")
+        columns[key.strip()] = value.strip()
+    return columns or None
+
+
+def check_distinct(output: str | Path, *inputs) -> None:
+    """Fail when the output path is one of the inputs (inputs are never changed)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if source and Path(source).resolve() == target:
+            raise SftlabError(f"{output}: output would overwrite the input file {source}; choose another path")
+
+
+def read_input(args, path=None) -> list[dict]:
+    return load_examples(path or args.input, args.format, args.stage, parse_columns(args.columns))
+
+
+def load_tokenizer_dir(path: str | None):
+    if path is None:
+        return None
+    from transformers import AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise SftlabError(f"--tokenizer {path}: not a local directory")
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def finish(report: Report, output: str | Path, examples: list[dict], fmt: str | None, extra: list[str] = ()) -> int:
+    save_examples(output, examples, fmt)
+    report.finish(len(examples), [str(output), *extra])
+    paths = report.write(report_stem(output))
+    print(report.summary())
+    print(f"  report {paths[1]}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ build
+
+
+def build_validate(args) -> int:
+    from sftlab.datawork.validate import validate_file
+
+    problems, rows = validate_file(args.input, args.format, args.stage, parse_columns(args.columns), args.id_field or None)
+    for problem in problems:
+        print(f"{problem.src}: {problem.kind}: {problem.message}")
+    print(f"{args.input}: {rows} rows, {len(problems)} problem(s)")
+    if args.report:
+        report = Report("build validate", [args.input], before=rows)
+        report.section("problems", [p.as_dict() for p in problems])
+        report.finish(rows, []).write(args.report)
+    return 1 if problems else 0
+
+
+def build_convert(args) -> int:
+    from sftlab.datawork.convert import convert_file
+
+    check_distinct(args.output, args.input)
+    count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns))
+    print(f"wrote {count} examples to {args.output} ({args.to})")
+    return 0
+
+
+def build_drafts(args) -> int:
+    from sftlab.datawork.drafts import read_instructions, read_review, update_review, write_review
+    from sftlab.datawork.generate import LocalGenerator
+
+    check_distinct(args.review, args.input)
+    instructions = read_instructions(args.input, parse_columns(args.columns), args.id_field)
+    existing = read_review(args.review)
+    known = {record["id"] for record in existing}
+    generator = None
+    if any(item["id"] not in known for item in instructions):
+        generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
+    records, summary = update_review(instructions, existing, generator, args.batch_size)
+    write_review(args.review, records)
+    report = Report("build drafts", [args.input, args.review], before=len(existing))
+    report.section("review", summary)
+    report.finish(len(records), [args.review]).write(report_stem(args.review))
+    print(f"{args.review}: {summary['new_drafts']} new drafts, {summary['kept_from_review_file']} records kept; status {summary['status']}")
+    return 0
+
+
+def build_export(args) -> int:
+    from sftlab.datawork.drafts import STATUSES, export_reviewed, read_review
+
+    check_distinct(args.output, args.review)
+    if not Path(args.review).is_file():
+        raise SftlabError(f"review file not found: {args.review}")
+    records = read_review(args.review)
+    examples = export_reviewed(records)
+    report = Report("build export", [args.review], before=len(records))
+    for record in records:
+        if record["status"] not in ("approved", "edited"):
+            report.removed(f"status {record['status']}", {"text": record["instruction"], "_src": record["_src"]}, record["status"])
+    report.section("status", {s: sum(1 for r in records if r["status"] == s) for s in STATUSES})
+    return finish(report, args.output, examples, args.to)
+
+
+def build_kb(args) -> int:
+    from sftlab.data.formats import read_rows
+    from sftlab.datawork.kb import build_pairs, load_templates
+
+    check_distinct(args.output, args.input, args.templates)
+    records = read_rows(args.input)
+    pairs, details = build_pairs(records, load_templates(args.templates, args.lang), args.per_record, args.seed, args.id_field)
+    report = Report("build kb", [args.input], before=len(records))
+    report.section("knowledge_base", details)
+    return finish(report, args.output, pairs, args.to)
+
+
+# ------------------------------------------------------------------------------------------------ clean / augment
+
+
+def clean(args) -> int:
+    from sftlab.datawork.clean import CleanOptions, clean_examples
+    from sftlab.datawork.dedup import DedupOptions
+    from sftlab.datawork.filters import FilterOptions, load_refusal_patterns
+    from sftlab.datawork.normalize import NormalizeOptions
+
+    check_distinct(args.output, args.input, *(args.eval or []))
+    examples = read_input(args)
+    eval_sets = {str(path): read_input(args, path) for path in args.eval or []}
+    normalize = None if args.no_normalize else NormalizeOptions(nfkc=not args.no_nfkc, strip_html=not args.keep_html, t2s=args.t2s)
+    refusals = [] if args.no_refusals else load_refusal_patterns(args.refusals)
+    filters = FilterOptions(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
+                            languages=args.lang.split(",") if args.lang else None,
+                            drop_prompt_repeats=not args.keep_prompt_repeats, refusal_patterns=refusals)
+    dedup = DedupOptions(exact=not args.no_exact, near_threshold=None if args.no_near else args.near, ngram=args.ngram)
+    options = CleanOptions(normalize=normalize, filters=filters, dedup=dedup, drop_leaks=not args.keep_leaks)
+    report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
+    kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer), eval_sets, report)
+    return finish(report, args.output, kept, args.to)
+
+
+def augment(args) -> int:
+    from sftlab.datawork.augment import RuleAugmenter, augment_examples, load_synonyms, paraphrase_examples
+    from sftlab.datawork.dedup import DedupOptions, find_leaks
+
+    check_distinct(args.output, args.input, *(args.eval or []))
+    examples = read_input(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    synonyms = {}
+    for lang in (["zh", "en"] if args.lang == "auto" and not args.synonyms else [args.lang]):
+        synonyms.update(load_synonyms(args.synonyms, lang))
+    rule_methods = [m for m in methods if m != "paraphrase"]
+    new = augment_examples(examples, RuleAugmenter(synonyms, args.rate, args.seed), rule_methods, args.copies)
+    if "paraphrase" in methods:
+        if not args.model:
+            raise SftlabError("--methods paraphrase needs a local model: pass --model DIR")
+        from sftlab.datawork.generate import LocalGenerator
+
+        generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
+        new += paraphrase_examples(examples, generator, 1)
+    report = Report("augment", [args.input, *(args.eval or [])], before=len(examples))
+    if args.eval:
+        eval_sets = {str(path): read_input(args, path) for path in args.eval}
+        leaks = {leak["train_index"]: leak for leak in find_leaks(new, eval_sets, DedupOptions(near_threshold=args.near))}
+        for index, leak in sorted(leaks.items()):
+            report.removed("augmented copy matches an evaluation example", new[index], f"{leak['kind']} match of {leak['eval_src']}")
+        new = [example for index, example in enumerate(new) if index not in leaks]
+    report.section("augmentation", {"methods": methods, "rate": args.rate, "copies": args.copies, "seed": args.seed,
+                                    "originals": len(examples), "augmented": len(new),
+                                    "by_method": {m: sum(1 for e in new if e["augmented"]["method"] == m) for m in methods}})
+    return finish(report, args.output, examples + new, "jsonl")
+
+
+# ------------------------------------------------------------------------------------------------ balance / stats / features
+
+
+def balance(args) -> int:
+    from sftlab.datawork.balance import balance_examples, check_labelled, stratified_split
+
+    check_distinct(args.output, args.input, args.val_out)
+    examples = read_input(args)
+    check_labelled(examples)
+    report = Report("balance", [args.input], before=len(examples))
+    validation = []
+    if args.val_ratio:
+        if not args.val_out:
+            raise SftlabError("--val-ratio needs --val-out FILE for the validation split")
+        examples, validation = stratified_split(examples, args.val_ratio, args.seed)
+        save_examples(args.val_out, validation, args.to)
+    if args.method == "smote":
+        return _smote(args, examples, report)
+    balanced, details = balance_examples(examples, args.method, args.seed)
+    report.section("balance", details | {"validation_examples": len(validation)})
+    return finish(report, args.output, balanced, args.to, [args.val_out] if validation else [])
+
+
+def _smote(args, examples: list[dict], report: Report) -> int:
+    from sftlab.datawork.balance import distribution, embed_texts, smote_vectors
+    from sftlab.datawork.records import label_of, prompt_text
+
+    if not args.encoder:
+        raise SftlabError("--method smote embeds texts with a local encoder: pass --encoder DIR")
+    if not str(args.output).endswith(".npz"):
+        raise SftlabError(f"--method smote writes vectors and labels; the output must end in .npz, got {args.output}")
+    labels = [label_of(e) for e in examples]
+    arrays = smote_vectors(embed_texts([prompt_text(e) for e in examples], args.encoder), labels, args.seed)
+    _atomic_savez(args.output, arrays)
+    names = arrays["label_names"].tolist()
+    after = distribution([names[i] for i in arrays["y"].tolist()])
+    report.section("balance", {"method": "smote", "seed": args.seed, "before": distribution(labels), "after": after,
+                               "synthetic_vectors": int(arrays["synthetic"].sum()), "dim": int(arrays["X"].shape[1])})
+    report.finish(len(arrays["y"]), [args.output])
+    paths = report.write(report_stem(args.output))
+    print(report.summary())
+    print(f"  report {paths[1]}")
+    return 0
+
+
+def _atomic_savez(path: str | Path, arrays: dict) -> None:
+    """np.savez into a temporary sibling, then rename it into place."""
+    import os
+    import tempfile
+
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stats(args) -> int:
+    from sftlab.datawork.stats import compute_stats, write_stats
+
+    examples = read_input(args)
+    tokenizer = load_tokenizer_dir(args.tokenizer)
+    result, lengths = compute_stats(examples, tokenizer, args.max_length, args.template, args.mask, args.label_task,
+                                    None if args.no_near else args.near)
+    if args.out:
+        files = write_stats(result, lengths, args.out, args.overwrite)
+        print(f"wrote {', '.join(files)} to {args.out}")
+    if args.json or not args.out:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def features(args) -> int:
+    from sftlab.data.formats import read_rows
+    from sftlab.datawork.features import apply_features, feature_table_csv, fit_features, load_spec
+    from sftlab.io import atomic_write_json, atomic_write_text
+
+    check_distinct(args.output, args.input, args.mapping, args.spec)
+    rows = read_rows(args.input)
+    if args.mapping:
+        if not Path(args.mapping).is_file():
+            raise SftlabError(f"mapping file not found: {args.mapping}")
+        mapping = json.loads(Path(args.mapping).read_text(encoding="utf-8"))
+        table = apply_features(rows, mapping)
+    elif args.spec:
+        table, mapping = fit_features(rows, load_spec(args.spec))
+        mapping_out = args.mapping_out or str(Path(args.output).with_suffix("")) + ".mapping.json"
+        check_distinct(mapping_out, args.input)
+        atomic_write_json(mapping_out, mapping)
+        print(f"wrote mapping {mapping_out} (reuse it with --mapping)")
+    else:
+        raise SftlabError("pass --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved ones)")
+    atomic_write_text(args.output, feature_table_csv(table))
+    print(f"wrote {len(table)} rows to {args.output}; missing values {mapping['missing_counts']}; "
+          f"zero denominators {mapping.get('zero_denominators', 0)}")
+    return 0
