@@ -1,0 +1,73 @@
+"""`sftlab eval MODEL_DIR --data FILE --task lm|generation|labels|ranking`: metrics of a saved model on a file."""
+
+from __future__ import annotations
+
+
+def register(registry) -> None:
+    parser = registry.top.add_parser(
+        "eval", help="evaluate a saved model: lm loss, generation, label or ranking metrics (+ baselines)",
+        description="Writes metrics.json, predictions.jsonl and (labels) confusion-matrix / PR-curve PNGs, "
+                    "and prints a short table. See docs/eval.md for the data shapes.")
+    parser.add_argument("model", metavar="MODEL_DIR", help="a saved model directory (e.g. RUN/model)")
+    parser.add_argument("--data", required=True, help="evaluation file (.jsonl/.json/.csv/...)")
+    parser.add_argument("--task", required=True, choices=["lm", "generation", "labels", "ranking"])
+    parser.add_argument("--out", help="output directory (default: eval-TASK beside MODEL_DIR)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    parser.add_argument("--format", default="auto", help="data format of --data (as data.format)")
+    parser.add_argument("--template", help="chat template (default: the training run's data.template, else auto)")
+    parser.add_argument("--mask", choices=["assistant", "last_assistant", "all"],
+                        help="lm task: supervised tokens (default: the training run's data.mask)")
+    parser.add_argument("--labels", help="comma-separated label set (default: labels seen in --data)")
+    parser.add_argument("--label-method", choices=["likelihood", "generate", "head"], default="likelihood",
+                        help="generative models: score each label's likelihood (default) or generate and parse")
+    parser.add_argument("--positive", help="positive label for AUC / PR curve (two labels) or ranking pairs (default yes)")
+    parser.add_argument("--k", default="1,5,10", help="ranking cut-offs, comma-separated (default 1,5,10)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--segmenter", choices=["char", "jieba"], default="char",
+                        help="Chinese segmentation for BLEU/ROUGE (characters or jieba words)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=512, help="classification head: truncate inputs to this")
+    parser.add_argument("--max-samples", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--baselines", action="store_true", help="also score majority / TF-IDF+LR / most-popular")
+    parser.add_argument("--train", help="fit the baselines on this file instead of the evaluation split")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.set_defaults(func=handle)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from sftlab.errors import SftlabError
+
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SftlabError(f"{flag} {text!r}: expected comma-separated whole numbers, e.g. 1,5,10") from None
+    if not values or min(values) < 1:
+        raise SftlabError(f"{flag} {text!r}: cut-offs must be at least 1")
+    return sorted(set(values))
+
+
+def handle(args) -> int:
+    from pathlib import Path
+
+    from sftlab.eval import run
+    from sftlab.eval.tasks import EvalOptions
+
+    trained = run.training_settings(Path(args.model))
+    opts = EvalOptions(
+        template=args.template or trained.get("template", "auto"), mask=args.mask or trained.get("mask", "assistant"),
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        labels=[part.strip() for part in args.labels.split(",") if part.strip()] if args.labels else None,
+        label_method=args.label_method, positive=args.positive, ks=_int_list(args.k, "--k"),
+        segmenter=args.segmenter, max_length=args.max_length)
+    out = args.out or run.default_out(args.model, args.task)
+    summary = run.evaluate(args.model, args.data, args.task, opts, out, overwrite=args.overwrite,
+                           with_baselines=args.baselines, train_file=args.train, fmt=args.format,
+                           max_samples=args.max_samples, device=args.device, dtype=args.dtype)
+    run.print_summary(summary, out)
+    return 0

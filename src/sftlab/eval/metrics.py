@@ -1,0 +1,175 @@
+"""Metric functions over plain Python lists: labels, ranking, generation and language modelling.
+
+All values are floats in [0, 1] except `loss`/`perplexity` and counts. BLEU is sacrebleu's corpus
+BLEU-4 divided by 100; ROUGE-1/2/L are rouge-score's mean F-measures. Label metrics come from
+scikit-learn; an unparseable prediction (`None`) counts as wrong, is counted in `unparseable`, and
+appears as its own column of the confusion matrix (it is never a false positive of a real class).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+UNPARSEABLE = "(unparseable)"
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_CHAR_TOKENS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
+
+
+def scalar_metrics(result: dict) -> dict[str, float]:
+    """The flat numeric entries of a metrics dict (drops nested details such as per-class tables)."""
+    return {key: float(value) for key, value in result.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def label_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str],
+                  probs: Sequence[Sequence[float]] | None = None, positive: str | None = None) -> dict:
+    """Accuracy, per-class and macro/micro/weighted precision/recall/F1, confusion matrix, binary AUC/PR.
+
+    `y_pred` entries are label names or None (unparseable). `probs[i][j]` is the probability of
+    `labels[j]` for example i (likelihood or classifier scores); with two labels it adds ROC AUC,
+    average precision, the PR curve and the F1-maximising threshold for `positive` (default labels[1]).
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    labels = list(labels)
+    predicted = [UNPARSEABLE if p is None else p for p in y_pred]
+    result: dict = {"n": len(y_true), "accuracy": float(accuracy_score(y_true, predicted)),
+                    "unparseable": sum(p is None for p in y_pred)}
+    for average in ("macro", "micro", "weighted"):
+        p, r, f, _ = precision_recall_fscore_support(y_true, predicted, labels=labels, average=average, zero_division=0)
+        result.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
+    p, r, f, s = precision_recall_fscore_support(y_true, predicted, labels=labels, average=None, zero_division=0)
+    result["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+                           for i, name in enumerate(labels)}
+    columns = labels + [UNPARSEABLE]
+    matrix = confusion_matrix(y_true, predicted, labels=columns)[: len(labels)]
+    result["confusion"] = {"true": labels, "predicted": columns, "matrix": matrix.tolist()}
+    if probs is not None and len(labels) == 2:
+        result.update(binary_curve_metrics(y_true, probs, labels, positive or labels[1]))
+    return result
+
+
+def binary_curve_metrics(y_true: Sequence[str], probs: Sequence[Sequence[float]], labels: list[str],
+                         positive: str) -> dict:
+    """ROC AUC, average precision, PR curve and the threshold with the best F1 for the `positive` label."""
+    import numpy as np
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+    column = labels.index(positive)
+    truth = np.array([1 if label == positive else 0 for label in y_true])
+    score = np.array([row[column] for row in probs], dtype=float)
+    if truth.min() == truth.max():  # AUC and PR need both classes present
+        return {"positive": positive}
+    precision, recall, thresholds = precision_recall_curve(truth, score)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+    best = int(np.argmax(f1[:-1]))
+    return {
+        "positive": positive,
+        "auc": float(roc_auc_score(truth, score)),
+        "average_precision": float(average_precision_score(truth, score)),
+        "threshold": float(thresholds[best]),
+        "threshold_precision": float(precision[best]),
+        "threshold_recall": float(recall[best]),
+        "threshold_f1": float(f1[best]),
+        "pr_curve": {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thresholds.tolist()},
+    }
+
+
+def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[int]]], ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """HitRate@K, Precision@K, Recall@K, NDCG@K (scikit-learn) and MRR over queries of (scores, relevance).
+
+    Candidates are ranked by score, highest first; equal scores keep their input order for
+    Hit/Precision/Recall/MRR, and NDCG averages over ties (scikit-learn's definition). Queries without
+    any relevant candidate are skipped and counted in `queries_without_relevant`.
+    """
+    import numpy as np
+    from sklearn.metrics import ndcg_score
+
+    usable = [(list(map(float, s)), list(map(int, r))) for s, r in queries if any(r)]
+    result: dict = {"queries": len(usable), "queries_without_relevant": len(queries) - len(usable)}
+    if not usable:
+        return result
+    reciprocal = []
+    sums = {f"{name}@{k}": 0.0 for k in ks for name in ("hit_rate", "precision", "recall", "ndcg")}
+    for scores, relevance in usable:
+        order = sorted(range(len(scores)), key=lambda i: -scores[i])
+        ranked = [relevance[i] for i in order]
+        reciprocal.append(1.0 / (ranked.index(1) + 1) if 1 in ranked else 0.0)
+        for k in ks:
+            found = sum(ranked[:k])
+            sums[f"hit_rate@{k}"] += float(found > 0)
+            sums[f"precision@{k}"] += found / k
+            sums[f"recall@{k}"] += found / sum(relevance)
+            if len(scores) > 1:
+                sums[f"ndcg@{k}"] += float(ndcg_score(np.array([relevance]), np.array([scores]), k=k))
+            else:
+                sums[f"ndcg@{k}"] += float(relevance[0] > 0)
+    result.update({key: value / len(usable) for key, value in sums.items()})
+    result["mrr"] = sum(reciprocal) / len(usable)
+    return result
+
+
+class WordCharTokenizer:
+    """Tokenizer for rouge-score: each CJK character is a token, other text splits into lowercase words.
+
+    With `segmenter="jieba"` Chinese is cut into words by jieba instead of characters.
+    """
+
+    def __init__(self, segmenter: str = "char"):
+        self.segmenter = segmenter
+
+    def tokenize(self, text: str) -> list[str]:
+        if self.segmenter == "jieba":
+            import jieba
+
+            jieba.setLogLevel(60)
+            return [token.lower() for token in jieba.lcut(text) if token.strip() and re.search(r"\w", token)]
+        return [token.lower() for token in _CHAR_TOKENS.findall(text)]
+
+
+def normalize_answer(text: str) -> str:
+    """Whitespace-normalised text used for exact match (case and punctuation are kept)."""
+    return " ".join(str(text).split())
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[str], segmenter: str = "char") -> dict:
+    """Exact match, corpus BLEU-4 (sacrebleu) and mean ROUGE-1/2/L F1 (rouge-score).
+
+    Chinese is split by characters (sacrebleu's `zh` tokenizer for BLEU) or, with `segmenter="jieba"`,
+    by jieba words for both; English is split into words.
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError("predictions and references differ in length")
+    if not references:
+        return {"n": 0}
+    tokenizer = WordCharTokenizer(segmenter)
+    if segmenter == "jieba":
+        hyps = [" ".join(tokenizer.tokenize(p)) for p in predictions]
+        refs = [" ".join(tokenizer.tokenize(r)) for r in references]
+        bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="none")
+    else:
+        tokenize = "zh" if any(_CJK.search(r) for r in references) else "13a"
+        bleu = sacrebleu.corpus_bleu(list(predictions), [list(references)], tokenize=tokenize)
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=tokenizer)
+    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(reference, prediction)
+        for key in totals:
+            totals[key] += scores[key].fmeasure
+    exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
+    result = {"n": len(references), "exact_match": exact / len(references), "bleu": bleu.score / 100.0}
+    result.update({("rouge_l" if key == "rougeL" else key): value / len(references) for key, value in totals.items()})
+    return result
+
+
+def lm_metrics(total_nll: float, total_tokens: int) -> dict:
+    """Mean loss per supervised token and its perplexity."""
+    if total_tokens == 0:
+        return {"tokens": 0}
+    loss = total_nll / total_tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(total_tokens)}

@@ -1,0 +1,304 @@
+"""Run reports (`report.html` + PNGs, viewable offline) and the plots of `sftlab eval`.
+
+    write_report([Path("runs/a"), Path("runs/b")], Path("runs/compare"))   # side by side
+
+A run directory is what training writes: `metrics.jsonl` (step rows with loss, lr, tokens_per_s; eval
+rows with `"eval": true`), `metrics.json` (final metrics), `config.yaml` (resolved config) and, when
+present, `data_stats.json` and `trainable.json`; `sftlab eval` results in `eval*/metrics.json` below the
+run are listed too. The report has loss curves (training and validation), learning rate, tokens/s,
+every other validation metric over time, final metrics, trainable parameters, data statistics and the
+resolved config. PNGs are written to `plots/` and embedded in the HTML as data URIs (no internet
+assets). Numbers are shown with 6 significant digits (`format_number`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_text
+
+_TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
+_NOT_CURVES = {"step", "eval", "epoch", "n", "tokens", "queries", "queries_without_relevant", "supervised_tokens"}
+
+
+@dataclass
+class RunData:
+    """Everything a report shows about one run."""
+
+    name: str
+    path: Path
+    train_rows: list[dict] = field(default_factory=list)
+    eval_rows: list[dict] = field(default_factory=list)
+    final: dict = field(default_factory=dict)
+    config_text: str = ""
+    extras: dict[str, dict] = field(default_factory=dict)  # data_stats, trainable, eval results
+
+
+def format_number(value) -> str:
+    """How a number appears in the report: ints as is, floats with 6 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
+def load_run(run_dir: Path, name: str | None = None) -> RunData:
+    """Read a run directory; it needs at least `metrics.jsonl` or `metrics.json`."""
+    run_dir = Path(run_dir)
+    log, final_file = run_dir / "metrics.jsonl", run_dir / "metrics.json"
+    if not run_dir.is_dir():
+        raise SftlabError(f"run directory not found: {run_dir}")
+    if not log.is_file() and not final_file.is_file():
+        raise SftlabError(f"{run_dir}: not a run directory (no metrics.jsonl or metrics.json)")
+    run = RunData(name=name or run_dir.resolve().name, path=run_dir)
+    if log.is_file():
+        for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SftlabError(f"{log}:{number}: not valid JSON ({exc.msg})") from None
+            (run.eval_rows if row.get("eval") else run.train_rows).append(row)
+    if final_file.is_file():
+        run.final = _read_json(final_file)
+    if (run_dir / "config.yaml").is_file():
+        run.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    for extra in ("data_stats", "trainable"):
+        if (run_dir / f"{extra}.json").is_file():
+            run.extras[extra] = _read_json(run_dir / f"{extra}.json")
+    for result in sorted(run_dir.glob("eval*/metrics.json")):
+        run.extras[f"sftlab eval: {result.parent.name}"] = _read_json(result)
+    return run
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def _figure(title: str, xlabel: str = "step", ylabel: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def save_png(fig, path: Path) -> bytes:
+    """Render `fig` to PNG, write it atomically to `path`, close it and return the bytes."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    data = buffer.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(tmp, path)
+    return data
+
+
+def plot_curves(runs: list[RunData], key: str, title: str, rows: str, path: Path) -> bytes | None:
+    """One line per run of `key` over steps from its train or eval rows; None when no run has it."""
+    fig, ax = _figure(title, ylabel=key)
+    drawn = False
+    for run in runs:
+        points = [(r["step"], r[key]) for r in getattr(run, rows) if isinstance(r.get(key), (int, float)) and "step" in r]
+        if points:
+            ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, markersize=3, label=run.name)
+            drawn = True
+    if not drawn:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return None
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_loss(runs: list[RunData], path: Path) -> bytes | None:
+    """Training loss (solid) and validation loss (dashed, markers) of every run."""
+    fig, ax = _figure("loss", ylabel="loss")
+    drawn = False
+    for run in runs:
+        train = [(r["step"], r["loss"]) for r in run.train_rows if isinstance(r.get("loss"), (int, float))]
+        val = [(r["step"], r["loss"]) for r in run.eval_rows if isinstance(r.get("loss"), (int, float))]
+        if train:
+            line, = ax.plot(*zip(*train), label=f"{run.name} train")
+            drawn = True
+        if val:
+            ax.plot(*zip(*val), linestyle="--", marker="o", markersize=3, label=f"{run.name} validation",
+                    color=line.get_color() if train else None)
+            drawn = True
+    if not drawn:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        return None
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_confusion(confusion: dict, path: Path, title: str = "confusion matrix") -> bytes:
+    """Heat map of a confusion matrix (rows: true labels, columns: predicted, last column unparseable)."""
+    fig, ax = _figure(title, xlabel="predicted", ylabel="true")
+    matrix = confusion["matrix"]
+    size = max(4.0, 0.6 * len(confusion["predicted"]) + 2)
+    fig.set_size_inches(size + 1, size)
+    ax.grid(False)
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(confusion["predicted"])), confusion["predicted"], rotation=45, ha="right")
+    ax.set_yticks(range(len(confusion["true"])), confusion["true"])
+    top = max((max(row) for row in matrix), default=0)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    fig.colorbar(image, ax=ax)
+    return save_png(fig, path)
+
+
+def plot_pr_curve(result: dict, path: Path) -> bytes:
+    """Precision-recall curve of a two-label result, with the chosen (best-F1) threshold marked."""
+    fig, ax = _figure(f"precision-recall ({result['positive']} positive)", xlabel="recall", ylabel="precision")
+    curve = result["pr_curve"]
+    ax.plot(curve["recall"], curve["precision"], label=f"AP={result['average_precision']:.3f}")
+    ax.scatter([result["threshold_recall"]], [result["threshold_precision"]], color="red", zorder=3,
+               label=f"threshold {result['threshold']:.3g} (F1={result['threshold_f1']:.3f})")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------- html
+
+_STYLE = """body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f3f3f3}
+.row{display:flex;flex-wrap:wrap;gap:1em}.row>div{flex:1;min-width:320px}
+pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:12px}img{max-width:100%;border:1px solid #eee}"""
+
+
+def _cell(run: str, key: str, value) -> str:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f'<td class="num" data-run="{html.escape(run)}" data-metric="{html.escape(key)}">{format_number(value)}</td>'
+    if isinstance(value, (dict, list)):
+        return f"<td><code>{html.escape(json.dumps(value, ensure_ascii=False)[:300])}</code></td>"
+    return f"<td>{html.escape('' if value is None else str(value))}</td>"
+
+
+def metrics_table(columns: list[tuple[str, dict]], section: str = "") -> str:
+    """A table of the non-nested entries of several dicts: one row per key, one column per run."""
+    keys: list[str] = []
+    for _, values in columns:
+        keys += [k for k, v in values.items() if not isinstance(v, (dict, list)) and k not in keys]
+    if not keys:
+        return ""
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in columns)
+    body = "".join(f"<tr><th>{html.escape(key)}</th>" + "".join(_cell(f"{section}{name}", key, values.get(key))
+                                                                 for name, values in columns) + "</tr>"
+                   for key in keys)
+    return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def _image(title: str, data: bytes, file_name: str) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    return (f'<div><h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}">'
+            f'<br><small>plots/{html.escape(file_name)}</small></div>')
+
+
+def _plots(runs: list[RunData], plot_dir: Path) -> list[str]:
+    images = []
+    data = plot_loss(runs, plot_dir / "loss.png")
+    if data:
+        images.append(_image("training and validation loss", data, "loss.png"))
+    for key, title in _TRAIN_CURVES:
+        data = plot_curves(runs, key, title, "train_rows", plot_dir / f"{key}.png")
+        if data:
+            images.append(_image(title, data, f"{key}.png"))
+    eval_keys: list[str] = []
+    for run in runs:
+        eval_keys += [k for r in run.eval_rows for k, v in r.items() if isinstance(v, (int, float))
+                      and not isinstance(v, bool) and k not in _NOT_CURVES and k != "loss" and k not in eval_keys]
+    for key in eval_keys:
+        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in key)
+        data = plot_curves(runs, key, f"validation {key}", "eval_rows", plot_dir / f"eval_{safe}.png")
+        if data:
+            images.append(_image(f"validation {key}", data, f"eval_{safe}.png"))
+    return images
+
+
+def _details(runs: list[RunData]) -> list[str]:
+    """Tables for the nested parts: trainable parameters, data statistics, eval results, nested final metrics."""
+    parts = []
+    sections = sorted({key for run in runs for key in run.extras}
+                      | {key for run in runs for key, value in run.final.items() if isinstance(value, dict)})
+    for section in sections:
+        columns = [(run.name, run.extras.get(section) or run.final.get(section) or {}) for run in runs]
+        columns = [(name, _flatten(values)) for name, values in columns]
+        table = metrics_table(columns, section=f"{section}/")
+        if table:
+            parts.append(f"<h2>{html.escape(section.replace('_', ' '))}</h2>{table}")
+    return parts
+
+
+def _flatten(values: dict, prefix: str = "", depth: int = 0) -> dict:
+    out = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth < 2:
+            out.update(_flatten(value, f"{name}.", depth + 1))
+        else:
+            out[name] = value
+    return out
+
+
+def render_html(runs: list[RunData], plot_dir: Path) -> str:
+    """The whole report page for `runs` (writes its PNGs into `plot_dir`)."""
+    title = "sftlab report: " + ", ".join(run.name for run in runs)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>",
+             *[f"<li><b>{html.escape(r.name)}</b>: {html.escape(str(r.path))} ({len(r.train_rows)} logged steps, "
+               f"{len(r.eval_rows)} evaluations)</li>" for r in runs], "</ul>",
+             "<h2>final metrics</h2>", metrics_table([(run.name, run.final) for run in runs], section="final/")
+             or "<p>no metrics.json</p>",
+             "<h2>curves</h2><div class='row'>", *_plots(runs, plot_dir), "</div>", *_details(runs),
+             "<h2>resolved config</h2><div class='row'>",
+             *[f"<div><h3>{html.escape(r.name)}</h3><pre>{html.escape(r.config_text or '(no config.yaml)')}</pre></div>"
+               for r in runs], "</div></body></html>"]
+    return "\n".join(parts)
+
+
+def _unique_names(run_dirs: list[Path]) -> list[str]:
+    names = [Path(d).resolve().name for d in run_dirs]
+    return [f"{Path(d).resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+
+
+def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
+    """Write `out_dir/report.html` and `out_dir/plots/*.png` for one run or several side by side."""
+    runs = [load_run(Path(d), name) for d, name in zip(run_dirs, _unique_names(run_dirs))]
+    out_dir = Path(out_dir)
+    page = render_html(runs, out_dir / "plots")
+    return atomic_write_text(out_dir / "report.html", page)

@@ -1,0 +1,144 @@
+"""`sftlab eval` end to end: load a saved model, evaluate one task on a file, add baselines, write results.
+
+Output directory (written atomically):
+    metrics.json        {"task", "model", "data", "options", "metrics", "baselines"}
+    predictions.jsonl   one row per example (or query): its source line, reference and prediction
+    confusion_matrix.png, pr_curve.png   label tasks (the PR curve for two labels with probabilities)
+
+The chat template and loss mask default to the training run's (`config.yaml` in MODEL_DIR or its parent),
+else `auto`. A model saved with a classification head evaluates labels with that head; a causal LM scores
+each label's likelihood unless `label_method="generate"`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from sftlab.errors import SftlabError
+from sftlab.eval import metrics as M
+from sftlab.eval import tasks
+from sftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl
+
+_SHOWN_FIRST = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "average_precision", "unparseable",
+                "exact_match", "bleu", "rouge1", "rouge2", "rouge_l", "loss", "perplexity", "mrr")
+
+
+def training_settings(model_dir: Path) -> dict:
+    """data.template and data.mask of the run that produced `model_dir`, when its config.yaml is found."""
+    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
+        if candidate.is_file():
+            try:
+                raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError:
+                continue
+            data = raw.get("data") if isinstance(raw, dict) else None
+            if isinstance(data, dict):
+                return {key: data[key] for key in ("template", "mask") if isinstance(data.get(key), str)}
+    return {}
+
+
+def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32"):
+    """(model, tokenizer, head_labels): head_labels lists the class names of a classification model, else None."""
+    import torch
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import check_model_dir, load_model, load_tokenizer, resolve_model_path
+
+    model_cfg = ModelConfig(path=str(model_dir), dtype=dtype)
+    raw = check_model_dir(resolve_model_path(model_cfg.path))
+    tokenizer = load_tokenizer(model_cfg)
+    head_labels = None
+    if any(str(arch).endswith("ForSequenceClassification") for arch in raw.get("architectures") or []):
+        id2label = raw.get("id2label") or {}
+        head_labels = [id2label[key] for key in sorted(id2label, key=int)]
+        model = load_model(model_cfg, "cls", label_names=head_labels, tokenizer=tokenizer)
+    else:
+        model = load_model(model_cfg, "sft")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device), tokenizer, head_labels
+
+
+def compute_baselines(task: str, examples: list[dict], result: dict, opts: tasks.EvalOptions,
+                      train_file: str | None, fmt: str) -> dict:
+    """Majority / TF-IDF + LR for labels, most popular item for ranking (fitted on `train_file` when given)."""
+    from sftlab.eval import baselines
+
+    train = tasks.load_examples(train_file, task, fmt) if train_file else None
+    if task == "labels":
+        return baselines.label_baselines(examples, result["labels"], train)
+    if task == "ranking":
+        return baselines.popularity_baseline(examples, opts.ks, train)
+    raise SftlabError(f"--baselines: available for the labels and ranking tasks, not {task}")
+
+
+def write_outputs(out: Path, summary: dict, predictions: list[dict], result: dict) -> None:
+    """metrics.json, predictions.jsonl and the label plots into `out`."""
+    from sftlab.eval.report import plot_confusion, plot_pr_curve
+
+    atomic_write_json(out / "metrics.json", summary)
+    atomic_write_jsonl(out / "predictions.jsonl", predictions)
+    if "confusion" in result:
+        plot_confusion(result["confusion"], out / "confusion_matrix.png")
+    if "pr_curve" in result:
+        plot_pr_curve(result, out / "pr_curve.png")
+
+
+def summary_table(result: dict, baselines: dict) -> str:
+    """A short text table: the model's scalar metrics and each baseline's beside them."""
+    scalars = M.scalar_metrics(result)
+    keys = [k for k in _SHOWN_FIRST if k in scalars] + sorted(k for k in scalars if k not in _SHOWN_FIRST)
+    columns = [("model", scalars)] + [(name, M.scalar_metrics(b)) for name, b in baselines.items()]
+    width = max([len(k) for k in keys] + [6])
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{name:>12}" for name, _ in columns)]
+    for key in keys:
+        cells = [(f"{vals[key]:.4f}" if key in vals and not float(vals[key]).is_integer() else
+                  str(int(vals[key])) if key in vals else "-") for _, vals in columns]
+        lines.append(f"{key:<{width}}  " + "  ".join(f"{cell:>12}" for cell in cells))
+    return "\n".join(lines)
+
+
+def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out: str, overwrite: bool = False,
+             with_baselines: bool = False, train_file: str | None = None, fmt: str = "auto",
+             max_samples: int | None = None, device: str = "auto", dtype: str = "float32") -> dict:
+    """Run one evaluation and write its results to `out`; returns the metrics.json content."""
+    if task not in tasks.TASKS:
+        raise SftlabError(f"--task {task!r}: expected one of {', '.join(tasks.TASKS)}")
+    from sftlab.io import check_output_dir
+
+    check_output_dir(out, overwrite)
+    examples = tasks.load_examples(data, task, fmt, max_samples)
+    model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype)
+    if head_labels is not None:
+        if task != "labels":
+            raise SftlabError(f"{model_dir} is a classification model; only --task labels applies")
+        opts.label_method, opts.labels = "head", head_labels
+    elif opts.label_method == "head":
+        raise SftlabError(f"--label-method head: {model_dir} has no classification head")
+    result, predictions = tasks.TASKS[task](model, tokenizer, examples, opts)
+    baseline_results = compute_baselines(task, examples, result, opts, train_file, fmt) if with_baselines else {}
+    summary = {"task": task, "model": str(model_dir), "data": str(data), "options": asdict(opts),
+               "metrics": result, "baselines": baseline_results}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_outputs(tmp, summary, predictions, result)
+    return summary
+
+
+def print_summary(summary: dict, out: str) -> None:
+    """The on-screen table plus where the files went."""
+    print(summary_table(summary["metrics"], summary["baselines"]))
+    for name, result in summary["baselines"].items():
+        if "fit_on" in result:
+            print(f"baseline {name}: fitted on the {result['fit_on']}")
+        elif "skipped" in result:
+            print(f"baseline {name}: skipped ({result['skipped']})")
+    print(f"wrote {Path(out) / 'metrics.json'} and predictions.jsonl")
+
+
+def default_out(model_dir: str, task: str) -> str:
+    """`eval-TASK` beside MODEL_DIR (inside the run directory when MODEL_DIR is a run's `model/`)."""
+    return str(Path(model_dir).resolve().parent / f"eval-{task}")
+

@@ -1,0 +1,157 @@
+"""Model-side evaluation primitives: supervised-token log-probabilities, label likelihood, generation, cls heads.
+
+    scores = score_continuations(model, tok, prompts, [["yes", "no"]] * len(prompts), template="auto")
+    texts = generate_texts(model, tok, prompts, template="auto", max_new_tokens=32)
+
+Prompts are lists of chat messages rendered with the training template. A continuation's score is
+the summed log-probability of the tokens the training mask supervises for that assistant answer
+(the answer and its end-of-turn token). All (prompt, continuation) pairs are scored in right-padded
+batches sorted by length; generation runs in left-padded batches.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+Messages = list[dict]
+IGNORE = -100
+
+
+def encode_answer(tokenizer, prompt: Messages, answer: str, template: str = "auto") -> tuple[list[int], list[int]]:
+    """Token ids of `prompt` + assistant `answer` and labels supervising only that answer (training mask)."""
+    messages = list(prompt) + [{"role": "assistant", "content": answer}]
+    return encode_supervised(tokenizer, messages, template, mask="last_assistant")
+
+
+def encode_supervised(tokenizer, messages: Messages, template: str = "auto", mask: str = "assistant",
+                      src: str | None = None) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a conversation exactly as training encodes it (`sftlab.data.templates`)."""
+    from sftlab.data.templates import encode_conversation
+
+    return encode_conversation(tokenizer, messages, template, mask, src)
+
+
+def prompt_ids(tokenizer, messages: Messages, template: str = "auto") -> list[int]:
+    """Token ids of `messages` followed by the assistant generation prompt, in the training template."""
+    from sftlab.data.templates import render_prompt
+
+    return list(render_prompt(tokenizer, messages, template))
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8) -> list[tuple[float, int]]:
+    """For each (ids, labels) row: (sum of log p(label token | prefix) over supervised positions, count).
+
+    Labels are unshifted (labels[i] is the token at position i, -100 = not supervised), as in training.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = _device(model)
+    pad = 0
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = max(len(rows[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                seq, lab = rows[index]
+                ids[row, : len(seq)] = torch.tensor(seq)
+                labels[row, : len(lab)] = torch.tensor(lab)
+                attention[row, : len(seq)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
+            targets = labels[:, 1:].to(device)
+            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                  ignore_index=IGNORE, reduction="none").view(targets.shape)
+            counts = (targets != IGNORE).sum(dim=1)
+            for row, index in enumerate(batch):
+                results[index] = (-float(nll[row].sum()), int(counts[row]))
+    model.train(was_training)
+    return results
+
+
+def score_continuations(model, tokenizer, prompts: Sequence[Messages], candidates: Sequence[Sequence[str]],
+                        template: str = "auto", batch_size: int = 8) -> list[list[float]]:
+    """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass."""
+    rows = [encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates) for text in options]
+    flat = [logprob for logprob, _ in supervised_logprobs(model, rows, batch_size)]
+    out, position = [], 0
+    for options in candidates:
+        out.append(flat[position: position + len(options)])
+        position += len(options)
+    return out
+
+
+def softmax(values: Sequence[float]) -> list[float]:
+    """Probabilities from log-scores (numerically stable)."""
+    import math
+
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def generate_texts(model, tokenizer, prompts: Sequence[Messages], template: str = "auto", max_new_tokens: int = 64,
+                   do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                   batch_size: int = 8) -> list[str]:
+    """Batched greedy (or seeded sampled) completions of each prompt, decoded without special tokens."""
+    import copy
+
+    import torch
+
+    device = _device(model)
+    encoded = [prompt_ids(tokenizer, messages, template) for messages in prompts]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = copy.deepcopy(model.generation_config)
+    config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+                  temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=None)
+    from sftlab.data.templates import stop_token_ids
+
+    config.eos_token_id = stop_token_ids(tokenizer, template) or config.eos_token_id or tokenizer.eos_token_id
+    torch.manual_seed(seed)
+    texts: list[str] = [""] * len(encoded)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, index in enumerate(batch):
+                ids[row, width - len(encoded[index]):] = torch.tensor(encoded[index])
+                attention[row, width - len(encoded[index]):] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), generation_config=config)
+            for row, index in enumerate(batch):
+                texts[index] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+    model.train(was_training)
+    return texts
+
+
+def classify_with_head(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 512) -> list[list[float]]:
+    """Softmax class probabilities of a sequence-classification model for each text."""
+    import torch
+
+    device = _device(model)
+    probs: list[list[float]] = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            logits = model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}).logits
+            probs.extend(torch.softmax(logits.float(), dim=-1).tolist())
+    model.train(was_training)
+    return probs

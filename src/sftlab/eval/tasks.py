@@ -1,0 +1,214 @@
+"""The four evaluation tasks over canonical examples: lm, generation, labels, ranking.
+
+Each `run_*` function takes a loaded model and tokenizer, a list of examples and `EvalOptions`, and
+returns `(metrics, predictions)`: a metrics dict (see `sftlab.eval.metrics`) and one row per
+example with the prediction beside its reference.
+
+Example shapes:
+- lm: `{"messages": [...]}` (loss on the tokens the training mask supervises) or `{"text": ...}` (all tokens).
+- generation: `{"messages": [..., {"role": "assistant", "content": reference}]}`.
+- labels: `{"messages": [..., {"role": "assistant", "content": label}]}` or `{"text": ..., "label": ...}`.
+- ranking: one row per query, `{"query": id, "messages": [prompt...], "candidates": [{"id": ..., "text": ...,
+  "relevant": 0|1}, ...]}`. A candidate with `"text"` is scored by the likelihood of that text as the
+  assistant answer to the query's messages; a candidate with its own `"messages"` (a prompt that shows
+  query and candidate together) is scored by the probability of the positive label (`--positive`,
+  default `yes`) among `--labels` (default `yes,no`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sftlab.errors import SftlabError
+from sftlab.eval import metrics as M
+from sftlab.eval import scoring
+
+
+@dataclass
+class EvalOptions:
+    """How to evaluate: template, batching, generation settings, label set and method, ranking cut-offs."""
+
+    template: str = "auto"
+    mask: str = "assistant"
+    batch_size: int = 8
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    labels: list[str] | None = None
+    label_method: str = "likelihood"  # likelihood | generate | head
+    positive: str | None = None
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    segmenter: str = "char"
+    max_length: int = 512
+
+
+def split_prompt(example: dict) -> tuple[list[dict], str]:
+    """(prompt messages, target) of a label/generation example; the target is the last assistant turn or `label`."""
+    where = example.get("_src", "example")
+    if "messages" in example:
+        messages = example["messages"]
+        if not messages or messages[-1].get("role") != "assistant":
+            raise SftlabError(f"{where}: the last message must be the assistant's answer (the reference)")
+        return list(messages[:-1]), str(messages[-1].get("content", ""))
+    if "text" in example and "label" in example:
+        return [{"role": "user", "content": str(example["text"])}], str(example["label"])
+    raise SftlabError(f"{where}: expected 'messages' ending with an assistant answer, or 'text' and 'label'")
+
+
+def resolve_labels(examples: list[dict], opts: EvalOptions) -> list[str]:
+    """The label set: `opts.labels` or the sorted targets seen; every target must belong to it."""
+    targets = [split_prompt(e)[1] for e in examples]
+    labels = list(opts.labels) if opts.labels else sorted(set(targets))
+    known = set(labels)
+    for example, target in zip(examples, targets):
+        if target not in known:
+            raise SftlabError(f"{example.get('_src', 'example')}: label {target!r} is not in the label set {labels}")
+    if len(labels) < 2:
+        raise SftlabError(f"labels: need at least 2 labels, got {labels}")
+    return labels
+
+
+def parse_label(text: str, labels: list[str]) -> str | None:
+    """Map a generated answer to a label: exact (case-insensitive, trimmed) match, else the single label
+    whose name appears in the text as a whole word; None when no label or several labels match."""
+    cleaned = text.strip().strip(".。!！\"'` ").casefold()
+    for label in labels:
+        if cleaned == label.casefold():
+            return label
+    found = [label for label in labels
+             if re.search(rf"(?<!\w){re.escape(label.casefold())}(?!\w)", text.casefold())]
+    return found[0] if len(found) == 1 else None
+
+
+def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
+    """Loss and perplexity over supervised tokens (the training mask for chats, every token for text)."""
+    rows = []
+    for example in examples:
+        if "messages" in example:
+            rows.append(scoring.encode_supervised(tokenizer, example["messages"], opts.template, opts.mask, example.get("_src")))
+        elif "text" in example:
+            ids = tokenizer(str(example["text"]))["input_ids"]
+            rows.append((ids, list(ids)))
+        else:
+            raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
+    sums = scoring.supervised_logprobs(model, rows, opts.batch_size)
+    predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]
+    return M.lm_metrics(-sum(s for s, _ in sums), sum(c for _, c in sums)), predictions
+
+
+def run_generation(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
+    """Generate an answer per prompt; exact match, BLEU-4, ROUGE-1/2/L against the references."""
+    prompts, references = zip(*(split_prompt(e) for e in examples)) if examples else ((), ())
+    texts = scoring.generate_texts(model, tokenizer, list(prompts), opts.template, opts.max_new_tokens, opts.do_sample,
+                                   opts.temperature, opts.top_p, opts.seed, opts.batch_size)
+    predictions = [{"_src": e.get("_src"), "reference": ref, "prediction": text,
+                    "exact_match": M.normalize_answer(text) == M.normalize_answer(ref)}
+                   for e, ref, text in zip(examples, references, texts)]
+    return M.generation_metrics(texts, list(references), opts.segmenter), predictions
+
+
+def predict_labels(model, tokenizer, examples: list[dict], labels: list[str], opts: EvalOptions):
+    """(predicted labels or None, probabilities or None, raw generations or None) by the chosen method."""
+    prompts = [split_prompt(e)[0] for e in examples]
+    if opts.label_method == "head":
+        texts = [e["text"] if "text" in e else prompts[i][-1]["content"] for i, e in enumerate(examples)]
+        probs = scoring.classify_with_head(model, tokenizer, texts, opts.batch_size, opts.max_length)
+        return [labels[max(range(len(p)), key=p.__getitem__)] for p in probs], probs, None
+    if opts.label_method == "generate":
+        texts = scoring.generate_texts(model, tokenizer, prompts, opts.template, opts.max_new_tokens, opts.do_sample,
+                                       opts.temperature, opts.top_p, opts.seed, opts.batch_size)
+        return [parse_label(t, labels) for t in texts], None, texts
+    if opts.label_method != "likelihood":
+        raise SftlabError(f"label method {opts.label_method!r}: expected likelihood, generate or head")
+    scores = scoring.score_continuations(model, tokenizer, prompts, [labels] * len(prompts), opts.template, opts.batch_size)
+    probs = [scoring.softmax(row) for row in scores]
+    return [labels[max(range(len(row)), key=row.__getitem__)] for row in scores], probs, None
+
+
+def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
+    """Classify each example (head, likelihood or parsed generation) and compute label metrics."""
+    labels = resolve_labels(examples, opts)
+    if opts.positive is not None and opts.positive not in labels:
+        raise SftlabError(f"--positive {opts.positive!r} is not one of the labels {labels}")
+    predicted, probs, texts = predict_labels(model, tokenizer, examples, labels, opts)
+    gold = [split_prompt(e)[1] for e in examples]
+    result = M.label_metrics(gold, predicted, labels, probs, opts.positive)
+    result["labels"] = labels
+    result["method"] = opts.label_method
+    rows = []
+    for i, example in enumerate(examples):
+        row = {"_src": example.get("_src"), "reference": gold[i], "prediction": predicted[i]}
+        if probs is not None:
+            row["probs"] = dict(zip(labels, probs[i]))
+        if texts is not None:
+            row["generated"] = texts[i]
+        rows.append(row)
+    return result, rows
+
+
+def _ranking_scores(model, tokenizer, queries: list[dict], opts: EvalOptions) -> list[list[float]]:
+    """One score per candidate: answer likelihood ("text") or the positive label's probability ("messages")."""
+    labels = list(opts.labels or ["yes", "no"])
+    positive = labels.index(opts.positive or "yes") if (opts.positive or "yes") in labels else 0
+    text_prompts, text_cands, pair_prompts = [], [], []
+    for query in queries:
+        for cand in query["candidates"]:
+            if "messages" in cand:
+                pair_prompts.append(list(cand["messages"]))
+            else:
+                text_prompts.append(list(query.get("messages") or []))
+                text_cands.append([str(cand["text"])])
+    text_scores = iter(s[0] for s in scoring.score_continuations(model, tokenizer, text_prompts, text_cands,
+                                                                  opts.template, opts.batch_size))
+    pair_scores = iter(scoring.softmax(row)[positive] for row in scoring.score_continuations(
+        model, tokenizer, pair_prompts, [labels] * len(pair_prompts), opts.template, opts.batch_size))
+    return [[next(pair_scores) if "messages" in c else next(text_scores) for c in q["candidates"]] for q in queries]
+
+
+def check_ranking_rows(queries: list[dict]) -> None:
+    """Fail on a ranking row without candidates or with a candidate lacking text/messages or `relevant`."""
+    for query in queries:
+        where = query.get("_src", "row")
+        if not isinstance(query.get("candidates"), list) or not query["candidates"]:
+            raise SftlabError(f"{where}: a ranking row needs a non-empty 'candidates' list")
+        for cand in query["candidates"]:
+            if not isinstance(cand, dict) or ("text" not in cand and "messages" not in cand):
+                raise SftlabError(f"{where}: every candidate needs 'text' or 'messages'")
+            if "text" in cand and not query.get("messages"):
+                raise SftlabError(f"{where}: candidates with 'text' need the query's 'messages' (the prompt)")
+            if cand.get("relevant") not in (0, 1, True, False):
+                raise SftlabError(f"{where}: candidate 'relevant' must be 0 or 1")
+
+
+def run_ranking(model, tokenizer, queries: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
+    """Score every candidate of every query in one batched pass and compute ranking metrics."""
+    check_ranking_rows(queries)
+    scores = _ranking_scores(model, tokenizer, queries, opts)
+    relevance = [[int(c["relevant"]) for c in q["candidates"]] for q in queries]
+    result = M.ranking_metrics(list(zip(scores, relevance)), opts.ks)
+    rows = []
+    for query, row_scores in zip(queries, scores):
+        ranked = sorted(zip(query["candidates"], row_scores), key=lambda pair: -pair[1])
+        rows.append({"_src": query.get("_src"), "query": query.get("query"),
+                     "ranking": [{"id": c.get("id"), "score": s, "relevant": int(c["relevant"])}
+                                 for c, s in ranked]})
+    return result, rows
+
+
+TASKS = {"lm": run_lm, "generation": run_generation, "labels": run_labels, "ranking": run_ranking}
+
+
+def load_examples(path: str, task: str, fmt: str = "auto", max_samples: int | None = None) -> list[dict]:
+    """Read an evaluation file: canonical examples (`sftlab.data.formats`) or, for ranking, raw query rows."""
+    from sftlab.data.formats import read_rows, to_canonical
+
+    rows = read_rows(path)
+    if max_samples:
+        rows = rows[:max_samples]
+    if task == "ranking":
+        check_ranking_rows(rows)
+        return rows
+    return to_canonical(rows, fmt)
