@@ -1,0 +1,112 @@
+"""Likelihood scoring equals a direct per-pair computation; batched generation equals one-by-one; the training hook."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from sftlab.config.load import load_config
+from sftlab.data.templates import encode_conversation
+from sftlab.eval import hooks, scoring, tasks
+from sftlab.models.tiny import make_tiny_model, make_tokenizer
+
+LABELS = ["yes", "no", "maybe later"]  # different token lengths, so padding is exercised
+PROMPTS = [[{"role": "user", "content": "Is the sky blue?"}],
+           [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "是否符合高新技术企业认定条件？"}],
+           [{"role": "user", "content": "ok"}]]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.set_num_threads(1)
+    tok = make_tokenizer("chatml")
+    return make_tiny_model("qwen2", tok, seed=3), tok
+
+
+def direct_logprob(model, tok, prompt, answer):
+    """Sum of log p(token) over the supervised answer tokens, from one unpadded forward pass."""
+    ids, labels = encode_conversation(tok, prompt + [{"role": "assistant", "content": answer}], "auto", "last_assistant")
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    return sum(float(logprobs[i - 1, labels[i]]) for i in range(1, len(ids)) if labels[i] != -100)
+
+
+def test_label_scores_equal_direct_sums_and_argmax(tiny):
+    model, tok = tiny
+    batched = scoring.score_continuations(model, tok, PROMPTS, [LABELS] * len(PROMPTS), batch_size=4)
+    for prompt, row in zip(PROMPTS, batched):
+        direct = [direct_logprob(model, tok, prompt, label) for label in LABELS]
+        assert row == pytest.approx(direct, abs=1e-4)
+    examples = [{"messages": p + [{"role": "assistant", "content": "yes"}]} for p in PROMPTS]
+    predicted, probs, _ = tasks.predict_labels(model, tok, examples, LABELS, tasks.EvalOptions(batch_size=2))
+    for prompt, label, p in zip(PROMPTS, predicted, probs):
+        direct = [direct_logprob(model, tok, prompt, name) for name in LABELS]
+        assert label == LABELS[max(range(3), key=direct.__getitem__)]
+        assert sum(p) == pytest.approx(1.0)
+
+
+def test_supervised_tokens_end_with_end_of_turn(tiny):
+    _, tok = tiny
+    ids, labels = scoring.encode_answer(tok, PROMPTS[0], "yes")
+    supervised = [t for t in labels if t != -100]
+    assert supervised[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.decode(supervised[:-1]) == "yes"
+
+
+def test_batched_generation_equals_one_by_one(tiny):
+    model, tok = tiny
+    together = scoring.generate_texts(model, tok, PROMPTS, max_new_tokens=6, batch_size=3)
+    alone = [scoring.generate_texts(model, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in PROMPTS]
+    assert together == alone
+    sampled = [scoring.generate_texts(model, tok, PROMPTS[:1], max_new_tokens=6, do_sample=True, seed=7)[0] for _ in range(2)]
+    assert sampled[0] == sampled[1]  # seeded sampling repeats
+
+
+def test_lm_loss_counts_supervised_tokens_only(tiny):
+    model, tok = tiny
+    examples = [{"messages": p + [{"role": "assistant", "content": "yes"}]} for p in PROMPTS]
+    result, rows = tasks.run_lm(model, tok, examples, tasks.EvalOptions())
+    direct = [direct_logprob(model, tok, p, "yes") for p in PROMPTS]
+    supervised = sum(sum(1 for t in encode_conversation(tok, e["messages"], "auto", "assistant")[1] if t != -100)
+                     for e in examples)
+    assert result["tokens"] == supervised
+    assert result["loss"] == pytest.approx(-sum(direct) / supervised, abs=1e-4)
+
+
+def test_ranking_scores_text_candidates_in_one_pass(tiny):
+    model, tok = tiny
+    query = {"query": "q1", "messages": PROMPTS[0], "candidates": [
+        {"id": "a", "text": "yes", "relevant": 1}, {"id": "b", "text": "no", "relevant": 0},
+        {"id": "c", "text": "maybe later", "relevant": 0}]}
+    result, rows = tasks.run_ranking(model, tok, [query], tasks.EvalOptions(ks=[1, 3]))
+    direct = {c["id"]: direct_logprob(model, tok, PROMPTS[0], c["text"]) for c in query["candidates"]}
+    assert [r["id"] for r in rows[0]["ranking"]] == sorted(direct, key=lambda k: -direct[k])
+    assert result["hit_rate@3"] == 1.0 and result["hit_rate@1"] == float(max(direct, key=direct.get) == "a")
+
+
+def _cfg(tmp_path, metric, **eval_extra):
+    return load_config(None, base={"model": {"path": str(tmp_path)}, "data": {"train": "x.jsonl", "template": "auto"},
+                                   "eval": {"metric": metric, "mode": "max", **eval_extra}})
+
+
+def test_hook_returns_task_metrics_for_the_configured_metric(tiny, tmp_path):
+    model, tok = tiny
+    val = [{"messages": p + [{"role": "assistant", "content": label}], "_src": f"val:{i}"}
+           for i, (p, label) in enumerate(zip(PROMPTS, ["yes", "no", "yes"]))]
+    prepared = SimpleNamespace(val_examples=val, label_names=None)
+    values = hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "macro_f1"))
+    expected, _ = tasks.run_labels(model, tok, val, tasks.EvalOptions())
+    assert values["macro_f1"] == pytest.approx(expected["macro_f1"]) and "accuracy" in values
+    assert hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "loss")) == {}
+    assert hooks.task_for_metric("ndcg@5") == "ranking" and hooks.task_for_metric("rouge_l") == "generation"
+
+
+def test_hook_rejects_unknown_metric_and_ranking_without_rows(tiny, tmp_path):
+    from sftlab.errors import SftlabError
+
+    model, tok = tiny
+    prepared = SimpleNamespace(val_examples=[{"messages": PROMPTS[0] + [{"role": "assistant", "content": "x"}]}])
+    with pytest.raises(SftlabError, match="eval.metric 'f2'"):
+        hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "f2"))
+    with pytest.raises(SftlabError, match="eval.data"):
+        hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "ndcg@5"))
