@@ -1,0 +1,173 @@
+"""Inference core and CLI: continuous batching equals one-at-a-time decoding, `sftlab generate`, `sftlab chat`."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+
+from sftlab.cli import main
+from sftlab.errors import SftlabError
+from sftlab.infer.batch import DecodeBatch, Row
+from sftlab.infer.engine import generate_all
+from sftlab.infer.loading import load_served
+from sftlab.infer.prompts import render_chat, stop_token_ids
+from sftlab.infer.sampling import SamplingParams
+from sftlab.infer.text import IncrementalText
+from sftlab.models.tiny import ARCH_TEMPLATE, make_tiny_model, make_tokenizer, save_tiny
+
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return save_tiny("qwen2", tmp_path_factory.mktemp("tiny") / "tiny")
+
+
+PROMPT_WORDS = ["hello", "The quick brown fox jumps over the lazy dog and", "tax", "Fine-tuning adapts a model", "企业所得税"]
+
+
+def _run_batch(model, tok, groups, budgets):
+    """Decode prompt groups: each group joins the running batch at a step boundary."""
+    batch = DecodeBatch(model, tok.pad_token_id, set(), 2048)
+    rows, pending = [], list(groups)
+    for _ in range(200):
+        if pending:
+            group = [Row(ids, SamplingParams(max_new_tokens=budgets[len(rows) + i])) for i, ids in enumerate(pending.pop(0))]
+            rows += group
+            batch.admit(group)
+        batch.step()
+        if not pending and not len(batch):
+            break
+    return [row.generated for row in rows]
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3", "gpt2"])
+def test_batched_greedy_equals_one_at_a_time_generate(arch):
+    tok = make_tokenizer(ARCH_TEMPLATE[arch])
+    model = make_tiny_model(arch, tok).eval()
+    prompts = [tok(text, add_special_tokens=False)["input_ids"] for text in PROMPT_WORDS]
+    assert len({len(p) for p in prompts}) > 3  # different lengths, so left padding matters
+    budgets = [9, 4, 12, 6, 10]  # rows leave at different steps
+    alone = []
+    for ids, budget in zip(prompts, budgets):
+        out = model.generate(torch.tensor([ids]), max_new_tokens=budget, do_sample=False, eos_token_id=None,
+                             pad_token_id=tok.pad_token_id)
+        alone.append(out[0, len(ids):].tolist())
+    assert _run_batch(model, tok, [prompts], budgets) == alone
+    assert _run_batch(model, tok, [prompts[:2], prompts[2:4], prompts[4:]], budgets) == alone
+
+
+def test_seeded_sampling_does_not_depend_on_batch_company(tiny_dir):
+    served = load_served(tiny_dir)
+    prompts = [render_chat(served.tokenizer, [{"role": "user", "content": w}]) for w in PROMPT_WORDS[:3]]
+    params = [SamplingParams(max_new_tokens=8, temperature=0.9, top_p=0.9, seed=7 + i) for i in range(3)]
+    together = generate_all(served, prompts, params, set(), max_batch=3)
+    apart = [generate_all(served, [p], [s], set(), max_batch=1)[0] for p, s in zip(prompts, params)]
+    assert [r["text"] for r in together] == [r["text"] for r in apart]
+    other_seed = generate_all(served, prompts[:1], [SamplingParams(max_new_tokens=8, temperature=0.9, seed=99)], set())
+    assert other_seed[0]["text"] != together[0]["text"]
+
+
+def test_incremental_text_holds_back_and_cuts_at_stop_string():
+    tok = make_tokenizer("chatml")
+    ids = tok("The quick brown fox jumps", add_special_tokens=False)["input_ids"]
+    text = IncrementalText(tok, stop=("fox",))
+    pieces = [text.push([i]) for i in ids]
+    assert text.stopped and "".join(pieces) == "The quick brown "
+    assert not any("f" in piece for piece in pieces)
+    plain = IncrementalText(tok)
+    assert "".join(plain.push([i]) for i in ids) + plain.finish() == "The quick brown fox jumps"
+
+
+def test_stop_token_ends_answer_without_text(tiny_dir):
+    served = load_served(tiny_dir)
+    prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hi"}])
+    free = generate_all(served, [prompt], SamplingParams(max_new_tokens=6), set())[0]
+    first = served.tokenizer(free["text"], add_special_tokens=False)["input_ids"][0]
+    stopped = generate_all(served, [prompt], SamplingParams(max_new_tokens=6), {first})[0]
+    assert stopped["finish_reason"] == "stop" and stopped["text"] == "" and stopped["completion_tokens"] == 0
+    assert free["finish_reason"] == "length" and free["completion_tokens"] == 6
+
+
+def _write_inputs(path):
+    rows = [{"prompt": "hello"},
+            {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is the capital"},
+                          {"role": "assistant", "content": "Paris"}]},
+            {"instruction": "Summarise", "input": "tax relief for export", "output": "relief"},
+            {"text": "The quick brown"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows
+
+
+def test_generate_cli_batched_equals_batch_size_one(tiny_dir, tmp_path):
+    _write_inputs(tmp_path / "in.jsonl")
+    before = (tmp_path / "in.jsonl").read_bytes()
+    base = ["generate", str(tiny_dir), "--input", str(tmp_path / "in.jsonl"), "--max-new-tokens", "7"]
+    assert main(base + ["--output", str(tmp_path / "b.jsonl")]) == 0
+    assert main(base + ["--output", str(tmp_path / "one.jsonl"), "--batch-size", "1"]) == 0
+    batched = [json.loads(line) for line in (tmp_path / "b.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert len(batched) == 4 and [r["output"] for r in batched] == [r["output"] for r in single]
+    assert (tmp_path / "in.jsonl").read_bytes() == before
+    assert batched[1]["reference"] == "Paris" and batched[1]["messages"][-1]["content"] == "What is the capital"
+    assert batched[2]["messages"][0]["role"] == "user" and "tax relief" in batched[2]["messages"][0]["content"]
+    assert batched[3]["text"] == "The quick brown" and batched[0]["src"].endswith("in.jsonl:1")
+    served = load_served(tiny_dir)
+    ids = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}])
+    stops = stop_token_ids(served.tokenizer, served.model)
+    assert generate_all(served, [ids], SamplingParams(max_new_tokens=7), stops)[0]["text"] == batched[0]["output"]
+
+
+def test_generate_cli_errors_are_one_line(tiny_dir, tmp_path, capsys):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"foo": 1}\n', encoding="utf-8")
+    code = main(["generate", str(tiny_dir), "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "bad.jsonl:2" in err[-1]
+    assert not (tmp_path / "o.jsonl").exists()
+    with pytest.raises(SftlabError, match="not a model directory"):
+        load_served(tmp_path)
+
+
+def test_chat_cli_streams_answers_with_reset(tiny_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nhello\nagain\n/exit\nnever read\n"))
+    assert main(["chat", str(tiny_dir), "--max-new-tokens", "5"]) == 0
+    captured = capsys.readouterr()
+    answers = captured.out.splitlines()
+    assert len(answers) == 3 and answers[0] == answers[1]  # /reset: the same first turn gives the same answer
+    assert "conversation reset" in captured.err
+    served = load_served(tiny_dir)
+    ids = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}])
+    expected = generate_all(served, [ids], SamplingParams(max_new_tokens=5), stop_token_ids(served.tokenizer, served.model))
+    assert answers[0] == expected[0]["text"]
+
+
+def test_run_dir_with_adapter_and_extra_adapters(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    base_dir = save_tiny("qwen2", tmp_path / "base")
+    run = tmp_path / "run"
+    for seed, where in [(1, run / "model"), (2, tmp_path / "other")]:
+        torch.manual_seed(seed)
+        base = make_tiny_model("qwen2", make_tokenizer("chatml"))
+        base.name_or_path = str(base_dir)
+        lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+        torch.manual_seed(seed)
+        for name, param in lora.named_parameters():
+            if "lora_" in name:
+                torch.nn.init.normal_(param, std=0.5)  # a distinct, non-zero update per adapter
+        lora.save_pretrained(where)
+    (run / "config.yaml").write_text("data: {template: chatml}\n", encoding="utf-8")
+    served = load_served(run, adapters={"other": str(tmp_path / "other")})
+    assert served.names == ["run", "other"] and served.template == "chatml"
+    prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}], "chatml")
+    params = SamplingParams(max_new_tokens=6)
+    texts = {name: generate_all(served, [prompt], params, set(), adapter=served.adapters[name])[0]["text"]
+             for name in ("run", "other")}
+    texts["base"] = generate_all(served, [prompt], params, set(), adapter=None)[0]["text"]
+    assert len(set(texts.values())) == 3
+    plain = load_served(base_dir)
+    assert generate_all(plain, [prompt], params, set())[0]["text"] == texts["base"]
+    with pytest.raises(SftlabError, match="not a PEFT adapter"):
+        load_served(run, adapters={"x": str(base_dir)})
