@@ -1,0 +1,163 @@
+"""Token rows for pt/sft/cls: block packing, truncation policies with counts, labels, cache, prepare_data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sftlab.config.load import validate_config
+from sftlab.config.schema import DataConfig, TrainConfig
+from sftlab.data.pipeline import prepare_data
+from sftlab.data.tokenize import IGNORE_INDEX, cache_root, fit_length, label_set, tokenize_examples
+from sftlab.errors import SftlabError
+from sftlab.models.tiny import make_tokenizer
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFTLAB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def chatml():
+    return make_tokenizer("chatml")
+
+
+@pytest.fixture(scope="module")
+def llama3():
+    return make_tokenizer("llama3")
+
+
+def docs(*texts):
+    return [{"text": t, "_src": f"d.jsonl:{i + 1}"} for i, t in enumerate(texts)]
+
+
+def chat(user: str, answer: str, src: str = "c.jsonl:1"):
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}], "_src": src}
+
+
+def test_pt_concat_cuts_blocks_across_documents(chatml):
+    texts = ["The quick brown fox jumps over the lazy dog."] * 3 + ["What is the capital of France?"]
+    rows, stats = tokenize_examples(docs(*texts), chatml, DataConfig(train="x"), TrainConfig(stage="pt", max_length=16))
+    stream = [t for text in texts for t in chatml(text)["input_ids"] + [chatml.eos_token_id]]
+    assert [t for row in rows["input_ids"] for t in row] == stream  # every token kept, in order, EOS between documents
+    assert all(len(row) == 16 for row in rows["input_ids"][:-1]) and rows["input_ids"] == rows["labels"]
+    assert stats.tail_tokens == len(stream) % 16 and stats.rows == -(-len(stream) // 16) and stats.tokens == len(stream)
+
+
+def test_pt_document_mode_truncates_and_counts(chatml):
+    rows, stats = tokenize_examples(docs("short", "hello world " * 20), chatml, DataConfig(train="x", pt_mode="document"),
+                                    TrainConfig(stage="pt", max_length=12))
+    assert [len(r) for r in rows["input_ids"]] == [len(chatml("short")["input_ids"]) + 1, 12]
+    assert stats.truncated == 1 and stats.rows == 2
+
+
+def test_cls_labels_index_into_label_set_and_unknown_label_fails():
+    bert = make_tokenizer("none")
+    examples = [{"text": "good", "label": "pos", "_src": "c.csv:2"}, {"text": "bad", "label": "neg", "_src": "c.csv:3"}]
+    rows, stats = tokenize_examples(examples, bert, DataConfig(train="x"), TrainConfig(stage="cls", max_length=8))
+    assert rows["label"] == [1, 0] and stats.label_counts == {"neg": 1, "pos": 1}
+    assert rows["input_ids"][0][0] == bert.cls_token_id and rows["input_ids"][0][-1] == bert.sep_token_id
+    odd = examples + [{"text": "meh", "label": "neutral", "_src": "c.csv:4"}]
+    with pytest.raises(SftlabError, match=r"c.csv:4: label 'neutral' is not in the label set \(neg, pos\)"):
+        tokenize_examples(odd, bert, DataConfig(train="x", labels=["neg", "pos"]), TrainConfig(stage="cls", max_length=8))
+    assert label_set([{"label": "10"}, {"label": "2"}], DataConfig(train="x")) == ["2", "10"]
+
+
+def test_sft_rows_supervise_only_the_answer(chatml):
+    rows, stats = tokenize_examples([chat("Hi", "Hello")], chatml, DataConfig(train="x", template="chatml"),
+                                    TrainConfig(stage="sft", max_length=64))
+    ids, labels = rows[0]["input_ids"], rows[0]["labels"]
+    assert len(ids) == len(labels) and stats.rows == 1
+    supervised = [t for t in labels if t != IGNORE_INDEX]
+    assert chatml.decode(supervised).startswith("Hello") and stats.supervised_tokens == len(supervised)
+
+
+def test_sft_truncation_drop_and_left_with_counts(llama3):
+    examples = [chat("hi " * 30, "short answer", "c:1"), chat("q", "long answer " * 30, "c:2"), chat("q", "ok", "c:3")]
+    train = TrainConfig(stage="sft", max_length=32)
+    _, dropped = tokenize_examples(examples, llama3, DataConfig(train="x", template="llama3", truncation="drop"), train)
+    assert (dropped.rows, dropped.dropped_too_long, dropped.cut_left) == (1, 2, 0)
+    rows, cut = tokenize_examples(examples, llama3, DataConfig(train="x", template="llama3", truncation="left"), train)
+    assert (cut.rows, cut.cut_left, cut.dropped_answer_too_long) == (2, 1, 1)
+    first = rows[0]
+    assert len(first["input_ids"]) == 32 and first["input_ids"][0] == llama3.bos_token_id  # BOS kept
+    assert llama3.decode([t for t in first["labels"] if t != IGNORE_INDEX]).startswith("short answer")
+
+
+def test_fit_length_edge_cases():
+    assert fit_length([1, 2, 3], [-100, 2, 3], 3, "drop") == ([1, 2, 3], [-100, 2, 3], "ok")
+    assert fit_length([1, 2, 3, 4], [-100, -100, 3, 4], 3, "left")[2] == "cut_left"
+    assert fit_length([1, 2, 3, 4], [-100, -100, 3, 4], 3, "left", bos_id=1) == ([1, 3, 4], [-100, 3, 4], "cut_left")
+    assert fit_length([1, 2, 3, 4], [-100, 2, 3, 4], 2, "left")[2] == "dropped_answer_too_long"
+    assert fit_length([1, 2, 3, 4], [1, 2, 3, 4], 2, "left", all_supervised=True) == ([3, 4], [3, 4], "cut_left")
+
+
+def test_sample_without_supervised_tokens_is_dropped_and_counted(llama3, monkeypatch):
+    import sftlab.data.templates as templates
+
+    real = templates.encode_conversation
+
+    def encode(tokenizer, messages, **kwargs):  # a template that supervises nothing for the "silent" answer
+        ids, labels = real(tokenizer, messages, **kwargs)
+        return ids, ([IGNORE_INDEX] * len(ids) if messages[-1]["content"] == "silent" else labels)
+
+    monkeypatch.setattr(templates, "encode_conversation", encode)
+    examples = [chat("q", "ok", "c:1"), chat("q", "silent", "c:2")]
+    cfg = DataConfig(train="x", template="llama3")
+    rows, stats = tokenize_examples(examples, llama3, cfg, TrainConfig(stage="sft", max_length=64))
+    assert (stats.rows, stats.dropped_no_supervised) == (1, 1) and len(rows) == 1
+
+
+def test_nothing_left_after_tokenisation_is_an_error(llama3):
+    cfg = DataConfig(train="x", template="llama3", truncation="left")
+    with pytest.raises(SftlabError, match="no example is left after tokenisation .*1 with an answer longer than max_length"):
+        tokenize_examples([chat("q", "a long answer " * 5)], llama3, cfg, TrainConfig(stage="sft", max_length=6))
+
+
+def test_cache_hit_is_identical_and_settings_change_the_key(chatml, tmp_path):
+    examples = docs("The quick brown fox jumps over the lazy dog.", "What is the capital of France?")
+    data, train = DataConfig(train="x"), TrainConfig(stage="pt", max_length=8)
+    first, stats1 = tokenize_examples(examples, chatml, data, train)
+    second, stats2 = tokenize_examples(examples, chatml, data, train)
+    assert not stats1.cache_hit and stats2.cache_hit and stats1.cache_path == stats2.cache_path
+    assert first.to_dict() == second.to_dict()
+    assert stats2.cache_path.startswith(str(tmp_path / "cache" / "tokenized"))
+    _, stats3 = tokenize_examples(examples, chatml, data, TrainConfig(stage="pt", max_length=9))
+    _, stats4 = tokenize_examples(examples[:1], chatml, data, train)
+    assert not stats3.cache_hit and not stats4.cache_hit
+    assert cache_root(DataConfig(train="x", cache_dir=str(tmp_path / "mine"))) == tmp_path / "mine"
+
+
+def test_num_workers_gives_the_same_rows(chatml, tmp_path):
+    examples = docs(*[f"document number {i} about tax relief" for i in range(8)])
+    one, _ = tokenize_examples(examples, chatml, DataConfig(train="x", cache_dir=str(tmp_path / "a")), TrainConfig(stage="pt", max_length=8))
+    two, _ = tokenize_examples(examples, chatml, DataConfig(train="x", num_workers=2, cache_dir=str(tmp_path / "b")),
+                               TrainConfig(stage="pt", max_length=8))
+    assert one.to_dict() == two.to_dict()
+
+
+def test_prepare_data_cls_with_stats_and_relative_paths(tmp_path):
+    rows = [{"sentence": f"text {i}", "category": "a" if i % 4 else "b"} for i in range(40)]
+    (tmp_path / "train.json").write_text(json.dumps(rows))
+    cfg = validate_config({"model": {"path": "m"}, "train": {"stage": "cls", "max_length": 16},
+                           "data": {"train": "train.json", "columns": {"text": "sentence", "label": "category"},
+                                    "val_ratio": 0.25, "split": "stratified", "cache_dir": "cache"}})
+    prepared = prepare_data(cfg, make_tokenizer("none"), base_dir=tmp_path)
+    assert prepared.label_names == ["a", "b"]
+    assert prepared.stats["label_distribution"] == {"train": {"a": 22, "b": 8}, "validation": {"a": 8, "b": 2}}
+    assert len(prepared.train) == 30 and len(prepared.validation) == 10 and len(prepared.val_examples) == 10
+    assert prepared.stats["train"]["cache_path"].startswith(str(tmp_path / "cache"))
+
+
+def test_prepare_data_sft_packs_both_splits(tmp_path, chatml):
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(12)]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    cfg = validate_config({"model": {"path": "m"}, "train": {"stage": "sft", "max_length": 128},
+                           "data": {"train": str(tmp_path / "a.json"), "template": "chatml", "packing": True, "val_ratio": 0.25}})
+    prepared = prepare_data(cfg, chatml)
+    assert set(prepared.train.column_names) == {"input_ids", "labels", "position_ids"}
+    assert prepared.validation is not None and len(prepared.train) < 9
+    assert sum(row["position_ids"].count(0) for row in prepared.train) == 9
+    assert prepared.stats["packed_rows"]["train"] == len(prepared.train)
