@@ -109,3 +109,49 @@ def test_freeze_bad_input(cfg, message):
     model, _ = tiny("llama")
     with pytest.raises(SftlabError, match=message):
         select_trainable(model, {"kind": "freeze", "freeze": cfg})
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lora_trains_only_adapter(arch, tmp_path):
+    from peft import PeftModel
+
+    model, _ = tiny(arch)
+    model, trainable = select_trainable(model, {"kind": "lora", "lora": {"rank": 4, "target_modules": "all-linear"}})
+    assert isinstance(model, PeftModel) and trainable.kind == "lora"
+    assert all("lora_" in name or "modules_to_save" in name for name in trainable.names)
+    assert 0 < trainable.trainable < trainable.total
+    check_only_trainable_change(model, trainable)
+    model.save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_lora_reload_gives_identical_logits(arch, tmp_path):
+    from peft import PeftModel
+
+    model, _ = tiny(arch, task="cls" if arch == "bert" else "causal_lm")
+    cfg = {"kind": "lora", "lora": {"rank": 4, "target_modules": ["*.query", "value"] if arch == "bert" else ["q_proj", "v_proj"],
+                                    "rslora": True, "dora": True, "dropout": 0.1}}
+    model, trainable = select_trainable(model, cfg)
+    if arch == "bert":
+        assert trainable.details["modules_to_save"] == ["classifier"]
+        assert any("classifier" in name for name in trainable.names)
+    train_steps(model)
+    model.save_pretrained(tmp_path / "adapter")
+    batch = make_batch(model, seed=9)
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=batch["input_ids"]).logits
+    base, _ = tiny(arch, task="cls" if arch == "bert" else "causal_lm")
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=batch["input_ids"]).logits, expected)
+
+
+def test_lora_target_that_matches_nothing():
+    model, _ = tiny("llama")
+    with pytest.raises(SftlabError, match="'query' matches no linear module; this model has: .*q_proj"):
+        select_trainable(model, {"kind": "lora", "lora": {"target_modules": ["q_proj", "query"]}})
+    with pytest.raises(SftlabError, match="modules_to_save: 'head' matches no module"):
+        select_trainable(model, {"kind": "lora", "lora": {"modules_to_save": ["head"]}})

@@ -60,10 +60,16 @@ def select_trainable(model, strategy_cfg, calibration_batches: Iterable[dict] | 
     `calibration_batches` (batch dicts) and `loss_fn(model, batch) -> loss tensor`; the other kinds
     ignore them. For lora the returned model is a peft `PeftModel`.
     """
+    from pydantic import ValidationError
+
+    from sftlab.config.load import describe_error
     from sftlab.config.schema import StrategyConfig
 
     if not isinstance(strategy_cfg, StrategyConfig):
-        strategy_cfg = StrategyConfig.model_validate(strategy_cfg)
+        try:
+            strategy_cfg = StrategyConfig.model_validate(strategy_cfg)
+        except ValidationError as exc:
+            raise SftlabError(f"strategy.{describe_error(exc.errors()[0])}") from None
     kind = strategy_cfg.kind
     if kind == "full":
         for param in model.parameters():

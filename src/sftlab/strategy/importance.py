@@ -1,0 +1,137 @@
+"""strategy.kind=auto: unfreeze the units whose parameters matter most for the calibration loss.
+
+1. Run `strategy.auto.batches` calibration batches through `loss_fn(model, batch)` and backpropagate
+   (dropout off), accumulating per parameter either the squared gradient (`score: fisher`, the
+   diagonal empirical Fisher) or |gradient x weight| (`score: grad_weight`, a first-order estimate of
+   the loss change if the weight were removed).
+2. Group parameters into units (`granularity`): `linear` = each parameter-owning leaf module;
+   `block` = each child of a transformer block (attention, MLP, norms) plus embeddings and heads;
+   `layer` = each whole transformer block plus embeddings and heads.
+3. Score a unit by its accumulated value per batch and per parameter, so large and small units compare.
+4. Walk units from the highest score down, taking each one that still fits in the budget (a fraction of
+   all parameters, or an absolute count when > 1), then make exactly those trainable.
+
+`details` records every unit's score, size and chosen flag, the budget and the seconds taken.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Callable, Iterable
+
+from sftlab.errors import SftlabError
+from sftlab.strategy.structure import find_layer_list
+
+
+def budget_in_params(budget: float, total: int) -> int:
+    """`strategy.auto.budget` as a parameter count: a fraction of `total` when <= 1, else a count."""
+    if budget <= 0:
+        raise SftlabError(f"strategy.auto.budget {budget}: must be above 0")
+    if budget > 1 and budget != int(budget):
+        raise SftlabError(f"strategy.auto.budget {budget}: above 1 it must be a whole parameter count")
+    count = int(round(budget * total)) if budget <= 1 else int(budget)
+    if count > total:
+        raise SftlabError(f"strategy.auto.budget {int(budget):,} is more than the model's {total:,} parameters")
+    if count < 1:
+        raise SftlabError(f"strategy.auto.budget {budget}: rounds to 0 of {total:,} parameters")
+    return count
+
+
+def unit_of(name: str, granularity: str, layer_prefix: str | None, base_prefix: str) -> str:
+    """The unit a parameter belongs to at the given granularity."""
+    if granularity == "linear":
+        return name.rsplit(".", 1)[0]
+    if layer_prefix and name.startswith(layer_prefix + "."):
+        parts = name[len(layer_prefix) + 1:].split(".")
+        keep = 1 if granularity == "layer" else 2
+        return ".".join([layer_prefix, *parts[:keep]])
+    parts = name.split(".")
+    return ".".join(parts[:2]) if base_prefix and parts[0] == base_prefix and len(parts) > 2 else parts[0]
+
+
+def group_units(model, granularity: str) -> dict[str, list[str]]:
+    """Unit name -> parameter names (tied parameters once, under their first name)."""
+    layer_prefix = None if granularity == "linear" else find_layer_list(model)[0]
+    base_prefix = getattr(model, "base_model_prefix", "")
+    units: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        units.setdefault(unit_of(name, granularity, layer_prefix, base_prefix), []).append(name)
+    return units
+
+
+def accumulate_scores(model, batches: Iterable[dict], loss_fn: Callable, score: str, limit: int) -> tuple[dict, int]:
+    """Per-parameter sums of grad^2 (fisher) or |grad*weight| over up to `limit` batches; (sums, batches used)."""
+    import torch
+
+    params = dict(model.named_parameters())
+    flags = {name: p.requires_grad for name, p in params.items()}
+    was_training = model.training
+    sums = {name: 0.0 for name in params}
+    used = 0
+    try:
+        model.eval()
+        for param in params.values():
+            param.requires_grad_(True)
+        for batch in itertools.islice(batches, limit):
+            model.zero_grad(set_to_none=True)
+            loss_fn(model, batch).backward()
+            with torch.no_grad():
+                for name, param in params.items():
+                    if param.grad is not None:
+                        grad = param.grad.float()
+                        value = grad.pow(2) if score == "fisher" else (grad * param.detach().float()).abs()
+                        sums[name] += float(value.sum())
+            used += 1
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        for name, param in params.items():
+            param.requires_grad_(flags[name])
+    return sums, used
+
+
+def choose_units(scored: list[dict], budget: int) -> int:
+    """Mark units `chosen`, best score first, skipping those that no longer fit; return the count taken."""
+    taken = 0
+    for unit in sorted(scored, key=lambda u: (-u["score"], u["name"])):
+        if taken + unit["size"] <= budget:
+            unit["chosen"] = True
+            taken += unit["size"]
+    return taken
+
+
+def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, list[str]]:
+    """Score units on calibration batches and make the best ones (within budget) the only trainable ones."""
+    if calibration_batches is None or loss_fn is None:
+        raise SftlabError("strategy.kind=auto needs calibration batches and a loss function (from the training data)")
+    started = time.perf_counter()
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    budget = budget_in_params(auto_cfg.budget, total)
+    units = group_units(model, auto_cfg.granularity)
+    sums, used = accumulate_scores(model, calibration_batches, loss_fn, auto_cfg.score, auto_cfg.batches)
+    if used == 0:
+        raise SftlabError("strategy.kind=auto: the calibration data gave no batch")
+    scored = []
+    for unit, names in units.items():
+        size = sum(params[name].numel() for name in names)
+        scored.append({"name": unit, "score": sum(sums[name] for name in names) / (used * size),
+                       "size": size, "chosen": False})
+    taken = choose_units(scored, budget)
+    if taken == 0:
+        smallest = min(unit["size"] for unit in scored)
+        raise SftlabError(f"strategy.auto.budget: {budget:,} parameters is less than the smallest "
+                          f"{auto_cfg.granularity} unit ({smallest:,}); raise the budget or use granularity=linear")
+    chosen = {unit["name"] for unit in scored if unit["chosen"]}
+    for unit, names in units.items():
+        for name in names:
+            params[name].requires_grad_(unit in chosen)
+    scored.sort(key=lambda u: -u["score"])
+    details = {"score": auto_cfg.score, "granularity": auto_cfg.granularity, "batches": used,
+               "budget": auto_cfg.budget, "budget_params": budget, "chosen_params": taken,
+               "chosen": [u["name"] for u in scored if u["chosen"]], "units": scored,
+               "seconds": round(time.perf_counter() - started, 3)}
+    top = ", ".join(details["chosen"][:3]) + (", ..." if len(chosen) > 3 else "")
+    notes = [f"auto: {len(chosen)} of {len(scored)} {auto_cfg.granularity} units by {auto_cfg.score} ({top})"]
+    return details, notes

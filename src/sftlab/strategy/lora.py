@@ -1,0 +1,86 @@
+"""strategy.kind=lora: wrap the model in a peft LoRA adapter (rank, alpha, dropout, rsLoRA, DoRA).
+
+`strategy.lora.target_modules` is `all-linear`, or a list of module names (`q_proj`, matching any
+module whose name ends in `.q_proj`) and globs (`*.self_attn.*_proj`, matched against the full module
+name). Every entry must match at least one adaptable module, else SftlabError. A classifier's head is
+added to `modules_to_save` so it trains in full and is saved with the adapter.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from sftlab.errors import SftlabError
+from sftlab.strategy.structure import GLOB_CHARS, head_module_names, is_classifier
+
+KEY = "strategy.lora.target_modules"
+
+
+def target_regex(target: str) -> str:
+    """A regex (for `re.fullmatch` on the full module name) equivalent to one target name or glob."""
+    if GLOB_CHARS & set(target):
+        return fnmatch.translate(target)
+    return rf"(?:.*\.)?{re.escape(target)}"
+
+
+def adaptable_modules(model) -> list[str]:
+    """Names of leaf modules LoRA can wrap (Linear, GPT-2's Conv1D, Embedding)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    kinds = (torch.nn.Linear, torch.nn.Embedding, Conv1D)
+    return [name for name, module in model.named_modules() if isinstance(module, kinds)]
+
+
+def resolve_targets(model, targets) -> str | list[str]:
+    """Check every target matches an adaptable module; return what peft's `target_modules` takes."""
+    if targets == "all-linear":
+        return "all-linear"
+    if isinstance(targets, str):
+        targets = [targets]
+    candidates = adaptable_modules(model)
+    parts = []
+    for target in targets:
+        pattern = target_regex(target)
+        if not any(re.fullmatch(pattern, name) for name in candidates):
+            suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
+            raise SftlabError(f"{KEY}: {target!r} matches no linear module; this model has: {', '.join(suffixes)}")
+        parts.append(f"(?:{pattern})")
+    return "|".join(parts)
+
+
+def resolve_modules_to_save(model, requested: list[str]) -> list[str]:
+    """User `modules_to_save` (each must name a module) plus a classifier's head."""
+    names = [name for name, _ in model.named_modules()]
+    for wanted in requested:
+        if not any(name == wanted or name.endswith("." + wanted) for name in names):
+            raise SftlabError(f"strategy.lora.modules_to_save: {wanted!r} matches no module")
+    extra = head_module_names(model) if is_classifier(model) else []
+    return list(dict.fromkeys([*requested, *extra]))
+
+
+def apply_lora(model, lora_cfg):
+    """Return (peft model, details, notes) with only the adapter (and modules_to_save) trainable."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = resolve_targets(model, lora_cfg.target_modules)
+    to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save))
+    classifier = is_classifier(model)
+    heads = head_module_names(model) if classifier else []
+    config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                        target_modules=targets, use_rslora=lora_cfg.rslora, use_dora=lora_cfg.dora,
+                        modules_to_save=list(to_save) or None,
+                        task_type=TaskType.SEQ_CLS if classifier else TaskType.CAUSAL_LM)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise SftlabError(f"{KEY}: peft refused the adapter ({str(exc).splitlines()[0]})") from None
+    wrapped = sorted({name.rsplit(".", 1)[-1] for name in peft_model.targeted_module_names})
+    details = {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout,
+               "rslora": lora_cfg.rslora, "dora": lora_cfg.dora, "target_modules": wrapped,
+               "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": to_save}
+    notes = [f"LoRA r={lora_cfg.rank} on {', '.join(wrapped)}"]
+    if heads:
+        notes.append(f"classification head ({', '.join(heads)}) trains in full (modules_to_save)")
+    return peft_model, details, notes
