@@ -42,14 +42,14 @@ def test_filters_each_reason(tmp_path):
 
     examples = [
         sft("Say something", "", "f:1"),
-        sft("Say something long", "word " * 60, "f:2"),
+        sft("Say something long", "word " * 150, "f:2"),
         sft("用中文回答", "This answer is in English only", "f:3"),
         sft("请把这句话原样重复一遍：今天的天气非常好", "把这句话原样重复一遍：今天的天气非常好。", "f:4"),
         sft("讲个笑话", "抱歉，我无法回答这个问题。", "f:5"),
         sft("讲个故事", "作为一个人工智能语言模型，我没有故事。", "f:6"),
         sft("讲个故事", "从前有座山，山上有座庙。", "f:7"),
     ]
-    options = FilterOptions(min_tokens=2, max_tokens=50, languages=["zh"], refusal_patterns=load_refusal_patterns())
+    options = FilterOptions(min_tokens=2, max_tokens=120, languages=["zh"], refusal_patterns=load_refusal_patterns())
     kept, removed = filter_examples(examples, options, make_tokenizer("chatml"))
     assert [e["_src"] for e in kept] == ["f:7"]
     reasons = {e["_src"]: why for e, why in removed}
