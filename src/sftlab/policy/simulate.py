@@ -183,13 +183,16 @@ def _sessions(spec: WorldSpec, model: _Model, e: int, ent: dict, pol_days: np.nd
     active_days = spec.days - start_day
     n_sessions = rng.poisson(spec.sessions_per_month * activity * active_days / 30) if active_days > 0 else 0
     done = np.zeros(len(pol_days), dtype=bool)  # acted on or dismissed: never shown again
-    for day in np.sort(rng.integers(start_day, spec.days, n_sessions)):
+    seconds = np.sort(rng.integers(start_day, spec.days, n_sessions) * 86400 + rng.integers(8 * 3600, 20 * 3600, n_sessions))
+    gaps = np.arange(n_sessions) * 900  # sessions at least 15 minutes apart: none overlaps the next
+    seconds = np.maximum.accumulate(seconds - gaps) + gaps
+    for moment in seconds:
+        day = int(moment // 86400)
         feed = np.flatnonzero(visible & ~done & (pol_days <= day) & (pol_days > day - FEED_WINDOW_DAYS) & (expiry_days >= day))
         if feed.size == 0:
             continue
         feed = rng.permutation(feed)[: spec.feed_size]
-        when = datetime.combine(spec.start + timedelta(days=int(day)), datetime.min.time()) + timedelta(
-            seconds=int(rng.integers(8 * 3600, 20 * 3600)))
+        when = datetime.combine(spec.start, datetime.min.time()) + timedelta(seconds=int(moment))
         interest = model.interest(e, feed, model.month(spec.start + timedelta(days=int(day))))
         positions = np.arange(1, feed.size + 1)
         act_p = interest / (1 + 0.25 * (positions - 1)) * np.exp(-(day - pol_days[feed]) / 60.0)
