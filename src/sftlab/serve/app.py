@@ -194,6 +194,7 @@ class _Generation:
             if not job.finished:
                 self.engine.cancel(job)
                 access.setdefault("finish_reason", "cancelled")
+                access.setdefault("completion_tokens", len(job.row.generated) if job.row else 0)
 
 
 def _checked(done: dict, timeout_s: float) -> dict:

@@ -31,6 +31,7 @@ class ServerThread:
         self.server = build_server(served, settings)
         self.thread = threading.Thread(target=self.server.run, name="sftlab-uvicorn", daemon=True)
         self.start_timeout_s = start_timeout_s
+        self.engine = self.server.config.app.state.engine
         self.url = ""
 
     def start(self) -> str:
