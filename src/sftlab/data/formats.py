@@ -4,10 +4,7 @@
     examples = to_canonical(rows, "auto", stage="sft")    # [{"messages": [...], "_src": ...}, ...]
     write_rows("out.json", examples, "alpaca")            # atomic
 
-Readers: .json (a list of objects, or an object holding one list; JSON lines in a .json file are
-accepted too, as Hugging Face's json loader does), .jsonl, .csv/.tsv (header on line 1), .parquet, .txt
-(one text per non-empty line). `_src` is `file:line`; for a JSON list it is `file:line[#i]`, the line
-where item i (0-based) starts; for parquet `file[#i]`.
+Reading lives in `sftlab.data.readers` (re-exported here): every row carries `"_src": "file:line"`.
 
 Canonical shapes (see DEVELOPERS.md): sft `{"messages": [{"role", "content"}]}`, pt `{"text"}`,
 cls `{"text", "label"}` (label as str). Every problem raises a one-line `SftlabError` naming file:line.
@@ -17,183 +14,20 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
+from sftlab.data.readers import READ_EXTENSIONS, read_rows  # noqa: F401  (re-exported)
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "label")
 WRITE_FORMATS = ("alpaca", "sharegpt", "messages", "jsonl", "csv")
 STAGE_OF_FORMAT = {"alpaca": "sft", "sharegpt": "sft", "messages": "sft", "prompt_completion": "sft", "text": "pt", "label": "cls"}
-READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 ROLES = ("system", "user", "assistant")
 # ShareGPT / LLaMA-Factory role tags accepted when no registry says otherwise.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value"}
-
-
-# ----------------------------------------------------------------------------------------------- reading
-
-
-def read_rows(path: str | Path) -> list[dict]:
-    """Read every row of a data file as a dict with `_src`; never modifies the file."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in READ_EXTENSIONS:
-        raise SftlabError(f"{path}: unknown data file extension {ext or '(none)'!r}; expected one of {', '.join(READ_EXTENSIONS)}")
-    if not path.is_file():
-        raise SftlabError(f"data file not found: {path}")
-    if ext == ".parquet":
-        rows = _read_parquet(path)
-    else:
-        text = _decode(path)
-        if ext == ".json":
-            rows = _read_json(path, text)
-        elif ext == ".jsonl":
-            rows = _read_jsonl(path, text)
-        elif ext == ".txt":
-            rows = [{"text": line, "_src": f"{path}:{i}"} for i, line in enumerate(text.splitlines(), 1) if line.strip()]
-        else:
-            rows = _read_csv(path, text, "\t" if ext == ".tsv" else ",")
-    if not rows:
-        raise SftlabError(f"{path}: empty dataset (no rows)")
-    return rows
-
-
-def _decode(path: Path) -> str:
-    data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise SftlabError(f"{path}: binary content (NUL bytes), not a {path.suffix} text file")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise SftlabError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x}); re-save the file as UTF-8") from None
-
-
-def _read_jsonl(path: Path, text: str) -> list[dict]:
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SftlabError(f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise SftlabError(f"{path}:{number}: expected one JSON object per line, got {type(obj).__name__}")
-        rows.append({**obj, "_src": f"{path}:{number}"})
-    return rows
-
-
-def _read_json(path: Path, text: str) -> list[dict]:
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    if stripped[0] not in "[{":
-        raise SftlabError(
-            f"{path}:1: not JSON: starts with {stripped[:30]!r}; a .json file must hold a list of objects "
-            "(is it CSV or plain text? rename it to .csv/.txt)"
-        )
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if stripped[0] == "{" and _first_line_is_object(stripped):
-            return _read_jsonl(path, text)  # JSON lines saved as .json, as HF's json loader allows
-        raise SftlabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-    items, start = _json_items(path, data, text)
-    rows = []
-    for index, (item, offset) in enumerate(zip(items, _item_offsets(text, start, len(items)))):
-        line = text.count("\n", 0, offset) + 1
-        src = f"{path}:{line}[#{index}]"
-        if not isinstance(item, dict):
-            raise SftlabError(f"{src}: expected a JSON object, got {type(item).__name__}")
-        rows.append({**item, "_src": src})
-    return rows
-
-
-def _first_line_is_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text.splitlines()[0]), dict)
-    except json.JSONDecodeError:
-        return False
-
-
-def _json_items(path: Path, data: Any, text: str) -> tuple[list, int]:
-    """The list of records in a JSON document and the offset where that list starts in `text`."""
-    if isinstance(data, list):
-        return data, text.index("[")
-    if isinstance(data, dict):
-        lists = [key for key, value in data.items() if isinstance(value, list)]
-        if len(lists) == 1:
-            return data[lists[0]], _value_offset(text, lists[0])
-        if not lists:
-            return [data], text.index("{")  # a single object is a one-row dataset
-        raise SftlabError(f"{path}:1: JSON object holds several lists ({', '.join(lists)}); expected a list of records or one list")
-    raise SftlabError(f"{path}:1: expected a list of JSON objects, got {type(data).__name__}")
-
-
-def _value_offset(text: str, key: str) -> int:
-    """Offset of the value of top-level `key` in a JSON object (walks the object with raw_decode)."""
-    decoder = json.JSONDecoder()
-    pos = text.index("{") + 1
-    while True:
-        pos = _skip(text, pos, ", \t\r\n")
-        name, pos = decoder.raw_decode(text, pos)
-        pos = _skip(text, pos, " \t\r\n:")
-        if name == key:
-            return pos
-        _, pos = decoder.raw_decode(text, pos)
-
-
-def _item_offsets(text: str, start: int, count: int) -> list[int]:
-    """Start offsets of the `count` items of the JSON array that begins at `start` (or the object itself)."""
-    if text[start] == "{":
-        return [start]
-    decoder = json.JSONDecoder()
-    offsets, pos = [], start + 1
-    for _ in range(count):
-        pos = _skip(text, pos, ", \t\r\n")
-        offsets.append(pos)
-        _, pos = decoder.raw_decode(text, pos)
-    return offsets
-
-
-def _skip(text: str, pos: int, chars: str) -> int:
-    while pos < len(text) and text[pos] in chars:
-        pos += 1
-    return pos
-
-
-def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if not header:
-            return []
-        rows, start = [], reader.line_num + 1
-        for record in reader:
-            if record and len(record) != len(header):
-                raise SftlabError(f"{path}:{start}: row has {len(record)} fields, the header has {len(header)}")
-            if any(field.strip() for field in record):
-                rows.append({**dict(zip(header, record)), "_src": f"{path}:{start}"})
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise SftlabError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
-    return rows
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pyarrow.ArrowInvalid, OSError) as exc:
-        raise SftlabError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
-    return [{**row, "_src": f"{path}[#{i}]"} for i, row in enumerate(table.to_pylist())]
 
 
 # ----------------------------------------------------------------------------------------------- detection

@@ -23,7 +23,8 @@ import random
 from pathlib import Path
 
 from sftlab.config.schema import DataConfig, DatasetSpec
-from sftlab.data.formats import READ_EXTENSIONS, read_rows, to_canonical
+from sftlab.data.formats import to_canonical
+from sftlab.data.readers import READ_EXTENSIONS, read_rows
 from sftlab.errors import SftlabError
 
 # LLaMA-Factory's alpaca column names -> sftlab's alpaca field names.
