@@ -117,7 +117,7 @@ SPECS = {"enterprises": (EnterpriseRow, Enterprise), "policies": (PolicyRow, Pol
 def _reason(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or "row"
-    return f"{where}: {first['msg']}"
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def _known_ids(conn, table) -> set[str]:
