@@ -1,0 +1,133 @@
+"""`sftlab serve` under load and at its limits: 64 concurrent clients, 429 + Retry-After, timeouts,
+graceful shutdown, and several adapters on one base chosen by the model field."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+
+from sftlab.infer.engine import generate_all
+from sftlab.infer.loading import load_served
+from sftlab.infer.prompts import render_chat, stop_token_ids
+from sftlab.infer.sampling import SamplingParams
+from sftlab.models.tiny import make_tiny_model, make_tokenizer, save_tiny
+from sftlab.serve.config import ServeSettings
+from sftlab.serve.server import ServerThread
+
+pytestmark = pytest.mark.timeout(180)
+PROMPTS = ["hello", "What is the capital of France?", "tax relief", "Fine-tuning adapts a pretrained language model"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    return load_served(save_tiny("qwen2", tmp_path_factory.mktemp("load") / "tiny"))
+
+
+def _expected(served, max_tokens, adapter=None):
+    stops = stop_token_ids(served.tokenizer, served.model)
+    ids = [render_chat(served.tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
+    return [generate_all(served, [i], SamplingParams(max_new_tokens=max_tokens), stops, max_batch=1, adapter=adapter)[0]["text"]
+            for i in ids]
+
+
+def _body(prompt, max_tokens, model="tiny"):
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
+
+
+async def _clients(url, clients, per_client, max_tokens):
+    """`clients` concurrent clients, each sending `per_client` requests one after another; returns (prompt, response)."""
+    limits = httpx.Limits(max_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        async def one_client(c):
+            out = []
+            for r in range(per_client):
+                prompt = PROMPTS[(c + r) % len(PROMPTS)]
+                out.append((prompt, await http.post("/v1/chat/completions", json=_body(prompt, max_tokens))))
+            return out
+        results = await asyncio.wait_for(asyncio.gather(*(one_client(c) for c in range(clients))), timeout=150)
+    return [pair for client in results for pair in client]
+
+
+def test_64_concurrent_clients_all_answered_or_429_and_greedy_exact(served):
+    expected = dict(zip(PROMPTS, _expected(served, 6)))
+    settings = ServeSettings(port=0, max_batch=16, max_queue=24, retry_after_s=2)
+    with ServerThread(served, settings) as url:
+        results = asyncio.run(_clients(url, clients=64, per_client=2, max_tokens=6))
+    statuses = [response.status_code for _, response in results]
+    assert len(results) == 128 and set(statuses) <= {200, 429}
+    assert statuses.count(200) >= 24 and statuses.count(429) >= 1  # the queue bound is enforced
+    for prompt, response in results:
+        if response.status_code == 429:
+            assert response.headers["retry-after"] == "2" and response.json()["error"]["code"] == "rate_limit_exceeded"
+        else:
+            assert response.json()["choices"][0]["message"]["content"] == expected[prompt]
+
+
+def test_request_timeout_is_504(served):
+    with ServerThread(served, ServeSettings(port=0, request_timeout_s=0.3)) as url:
+        started = time.monotonic()
+        response = httpx.post(f"{url}/v1/chat/completions", json=_body("hello", 2000), timeout=60)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+    assert time.monotonic() - started < 20
+
+
+def test_graceful_shutdown_finishes_requests_in_flight(served):
+    expected = _expected(served, 150)[0]
+    thread = ServerThread(served, ServeSettings(port=0, shutdown_timeout_s=60))
+    url = thread.start()
+    outcome = {}
+    worker = threading.Thread(target=lambda: outcome.update(
+        response=httpx.post(f"{url}/v1/chat/completions", json=_body(PROMPTS[0], 150), timeout=60)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not thread.engine.scheduler.running and time.monotonic() < deadline:
+        time.sleep(0.005)
+    thread.stop()
+    worker.join(60)
+    response = outcome["response"]
+    assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == expected
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=5)
+
+
+def _adapter(base_dir, out, seed):
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model("qwen2", make_tokenizer("chatml"))
+    base.name_or_path = str(base_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for name, param in lora.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    lora.save_pretrained(out)
+    return str(out)
+
+
+def test_several_adapters_on_one_base_chosen_by_model_field(tmp_path):
+    base_dir = save_tiny("qwen2", tmp_path / "base")
+    adapters = {"legal": _adapter(base_dir, tmp_path / "legal", 1), "tax": _adapter(base_dir, tmp_path / "tax", 2)}
+    served = load_served(base_dir, adapters=adapters)
+    expected = {name: _expected(served, 6, adapter)[:2] for name, adapter in served.adapters.items()}
+    assert len({tuple(v) for v in expected.values()}) == 3
+    with ServerThread(served, ServeSettings(port=0, max_batch=4)) as url:
+        listed = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [m["id"] for m in listed] == ["base", "legal", "tax"]
+
+        async def run_all():
+            names_and_jobs = []
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                pending = {(name, i): asyncio.ensure_future(http.post("/v1/chat/completions",
+                                                                      json=_body(PROMPTS[i], 6, model=name)))
+                           for name in ("tax", "base", "legal") for i in range(2)}
+                for key, job in pending.items():
+                    names_and_jobs.append((*key, await job))
+            return names_and_jobs
+
+        for name, i, response in asyncio.run(run_all()):
+            assert response.json()["choices"][0]["message"]["content"] == expected[name][i], (name, i)
