@@ -217,3 +217,17 @@ def test_input_file_is_not_modified(tmp_path):
     before = path.read_bytes()
     canonical(path)
     assert path.read_bytes() == before
+
+
+def test_single_record_json_array_in_jsonl_and_json_in_csv(tmp_path):
+    one = write(tmp_path / "one.json", json.dumps({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}))
+    assert strip_src(canonical(one)) == [{"messages": CHAT[1:]}]
+    array = write(tmp_path / "a.jsonl", '[\n{"text": "a"},\n{"text": "b"}\n]\n')
+    assert [ex["_src"] for ex in canonical(array)] == [f"{array}:2[#0]", f"{array}:3[#1]"]
+    several = write(tmp_path / "s.json", '{"train": [{"text": "a"}], "test": [{"text": "b"}]}')
+    with pytest.raises(SftlabError, match="holds several lists"):
+        read_rows(several)
+    with pytest.raises(SftlabError, match=r"j.csv:1: looks like JSON, not CSV"):
+        read_rows(write(tmp_path / "j.csv", '[{"text": "a"}]'))
+    big = write(tmp_path / "big.csv", "text,label\n" + "x" * 200_000 + ",y\n")
+    assert len(read_rows(big)[0]["text"]) == 200_000  # above the csv module's default field limit

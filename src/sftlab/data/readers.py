@@ -21,24 +21,26 @@ from typing import Any
 from sftlab.errors import SftlabError
 
 READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+# List-valued fields of a single record: an object whose only list is one of these is one record, not a wrapper.
+_RECORD_LIST_FIELDS = ("conversations", "messages", "history", "prompt", "completion")
 
 
 def read_rows(path: str | Path) -> list[dict]:
     """Read every row of a data file as a dict with `_src`; never modifies the file."""
     path = Path(path)
     ext = path.suffix.lower()
-    if ext not in READ_EXTENSIONS:
-        raise SftlabError(f"{path}: unknown data file extension {ext or '(none)'!r}; expected one of {', '.join(READ_EXTENSIONS)}")
     if not path.is_file():
         raise SftlabError(f"data file not found: {path}")
+    if ext not in READ_EXTENSIONS:
+        raise SftlabError(f"{path}: unknown data file extension {ext or '(none)'!r}; expected one of {', '.join(READ_EXTENSIONS)}")
     if ext == ".parquet":
         rows = _read_parquet(path)
     else:
         text = _decode(path)
         if ext == ".json":
             rows = _read_json(path, text)
-        elif ext == ".jsonl":
-            rows = _read_jsonl(path, text)
+        elif ext == ".jsonl":  # a JSON array saved as .jsonl is read as JSON, as HF's json loader does
+            rows = _read_json(path, text) if text.lstrip().startswith("[") else _read_jsonl(path, text)
         elif ext == ".txt":
             rows = [{"text": line, "_src": f"{path}:{i}"} for i, line in enumerate(text.splitlines(), 1) if line.strip()]
         else:
@@ -113,10 +115,10 @@ def _json_items(path: Path, data: Any, text: str) -> tuple[list, int]:
         return data, text.index("[")
     if isinstance(data, dict):
         lists = [key for key, value in data.items() if isinstance(value, list)]
+        if not lists or any(key in _RECORD_LIST_FIELDS for key in lists):
+            return [data], text.index("{")  # a single record (e.g. one conversation) is a one-row dataset
         if len(lists) == 1:
             return data[lists[0]], _value_offset(text, lists[0])
-        if not lists:
-            return [data], text.index("{")  # a single object is a one-row dataset
         raise SftlabError(f"{path}:1: JSON object holds several lists ({', '.join(lists)}); expected a list of records or one list")
     raise SftlabError(f"{path}:1: expected a list of JSON objects, got {type(data).__name__}")
 
@@ -154,6 +156,9 @@ def _skip(text: str, pos: int, chars: str) -> int:
 
 
 def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
+    if text.lstrip()[:1] in ("[", "{"):
+        raise SftlabError(f"{path}:1: looks like JSON, not {path.suffix[1:].upper()}; rename it to .json or .jsonl")
+    csv.field_size_limit(2**31 - 1)  # long documents in one cell are fine
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader, None)
