@@ -15,12 +15,18 @@ def _interrupt_at(step_to_stop):
     return callback
 
 
-@pytest.mark.parametrize("arch", ["gpt2"])  # gpt2 has dropout: the restored RNG state matters
-def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch):
+@pytest.mark.parametrize("arch, extra", [
+    ("gpt2", {}),  # full fine-tuning; gpt2 has dropout, so the restored RNG state matters
+    ("qwen2", {"precision": "bf16", "gradient_checkpointing": True, "lora": True}),  # adapter checkpoints, autocast
+])
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch, extra):
     from sftlab.train import TrainingInterrupted
 
     settings = dict(train={"max_steps": 6, "batch_size": 3, "grad_accum": 1, "scheduler": "cosine", "warmup_steps": 2},
                     output={"dir": str(tmp_path / "a"), "keep_checkpoints": 2, "tensorboard": False})
+    if extra.pop("lora", False):
+        settings["strategy"] = {"kind": "lora", "lora": {"rank": 4, "dropout": 0.1}}
+    settings["train"].update(extra)
     straight = train(tiny_run(tmp_path, arch, **settings))
     settings["output"]["dir"] = str(tmp_path / "b")
     with pytest.raises(TrainingInterrupted):  # 8 rows / batch 3: step 3 stops mid-epoch 2
@@ -30,6 +36,12 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch):
     assert resumed.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+    if "strategy" in settings:  # the final adapter loads with peft on top of its base model
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(tmp_path / "base-qwen2-causal_lm")
+        assert isinstance(PeftModel.from_pretrained(base, resumed.out_dir / "model"), PeftModel)
 
 
 def test_resume_with_changed_schedule_names_the_keys(tmp_path):

@@ -28,7 +28,7 @@ def _check_run_files(out, stage):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in rows if not row.get("eval")]
     assert [row["step"] for row in train_rows] == [1, 2, 3]
-    for key in ("loss", "lr", "tokens_per_s", "epoch"):
+    for key in ("loss", "lr", "tokens_per_s", "supervised_tokens", "epoch"):
         assert key in train_rows[0]
     sidecar = json.loads((out / "checkpoints" / "step-3" / "sftlab_state.json").read_text())
     assert sidecar["step"] == 3 and sidecar["config"]["train"]["stage"] == stage and "position" in sidecar
@@ -86,7 +86,7 @@ def test_cli_errors_and_interrupt_exit_codes(tmp_path, capsys, monkeypatch):
     assert main(["train", config, "--no-progress"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
-    def interrupt(session, log, loss, grad_norm):
+    def interrupt(session, log, loss, stats):
         raise KeyboardInterrupt
     monkeypatch.setattr(loop, "log_step", interrupt)
     assert main(["train", config, "train.lr=1e-3", "--overwrite", "--no-progress"]) == 130

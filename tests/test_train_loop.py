@@ -52,6 +52,8 @@ def test_batch8_equals_batch2_times_accumulation4(tmp_path):
     big = train(tiny_run(tmp_path, name="b8", train={"batch_size": 8, "grad_accum": 1, "max_steps": 1}))
     small = train(tiny_run(tmp_path, name="b2x4", train={"batch_size": 2, "grad_accum": 4, "max_steps": 1}))
     assert big.losses[0] == pytest.approx(small.losses[0], rel=1e-5)
+    norms = [json.loads((r.out_dir / "metrics.jsonl").read_text().splitlines()[0])["grad_norm"] for r in (big, small)]
+    assert norms[0] == pytest.approx(norms[1], rel=1e-5)  # same gradient magnitude, not only direction
     a, b = model_weights(big.out_dir), model_weights(small.out_dir)
     base = load_file(tmp_path / "base-llama-causal_lm" / "model.safetensors")
     assert any(not torch.equal(a[key], base[key]) for key in a)  # the step did change the weights
@@ -110,3 +112,19 @@ def test_eval_keeps_best_and_early_stops(tmp_path):
     assert json.loads((result.out_dir / "best" / "sftlab_state.json").read_text())["best"]["step"] == 1
     assert result.metrics["best_step"] == 1 and "eval_loss" in result.metrics
     assert any(p.name.startswith("events.out.tfevents") for p in (result.out_dir / "tensorboard").iterdir())
+
+
+def test_real_sigint_stops_at_the_next_step_boundary(tmp_path):
+    import os
+    import signal
+
+    from sftlab.train import TrainingInterrupted
+
+    def press_ctrl_c(step, loss):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the step finishes first
+
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 1") as err:
+        train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[press_ctrl_c])
+    assert json.loads((err.value.checkpoint / "sftlab_state.json").read_text())["position"]["batches_done"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -117,11 +117,11 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
         with stop_on_sigint(flag):
             while session.step < session.total_steps:
                 group, next_position = next(steps)
-                loss, tokens, grad_norm = optimizer_step(session, group)
+                loss, stats = optimizer_step(session, group)
                 session.step, session.position = session.step + 1, next_position
                 session.losses.append(loss)
-                log.count_tokens(tokens)
-                log_step(session, log, loss, grad_norm)
+                log.count_tokens(stats["tokens"])
+                log_step(session, log, loss, stats)
                 stop = maybe_evaluate(session, log)
                 boundary_rng = capture_rng()
                 maybe_checkpoint(session, boundary_rng)
@@ -140,8 +140,10 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     return "completed"
 
 
-def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, int, float | None]:
-    """One update from the micro-batches in `group`; returns (mean loss, tokens seen, gradient norm)."""
+def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, dict]:
+    """One update from the micro-batches in `group`; returns the mean loss and {tokens, supervised_tokens, grad_norm}.
+
+    `supervised_tokens` counts loss terms: supervised tokens for pt/sft, examples for cls."""
     accelerator, rows, stage = session.accelerator, session.prepared.train, session.cfg.train.stage
     batches = [session.collate([rows[i] for i in indices]) for indices in group]
     counts = [_loss_units(batch, stage) for batch in batches]
@@ -168,7 +170,7 @@ def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, int
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
     tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
-    return loss_total / max(total, 1), tokens, grad_norm
+    return loss_total / max(total, 1), {"tokens": tokens, "supervised_tokens": total, "grad_norm": grad_norm}
 
 
 def _loss_units(batch: dict, stage: str) -> int:
@@ -188,14 +190,14 @@ def diverged(session: Session, what: str) -> None:
                            f"try a lower train.lr (now {session.cfg.train.lr:g}) or check the data")
 
 
-def log_step(session: Session, log: RunLog, loss: float, grad_norm: float | None) -> None:
+def log_step(session: Session, log: RunLog, loss: float, stats: dict) -> None:
     """Write a metrics row every `train.log_every_n_steps` steps (and at the last step)."""
     cfg, step = session.cfg, session.step
     micro_per_epoch = math.ceil(len(session.prepared.train) / cfg.train.batch_size)
     epoch = session.position.epoch + session.position.batches_done / micro_per_epoch
     write = step % cfg.train.log_every_n_steps == 0 or step == session.total_steps
-    log.step({"step": step, "loss": loss, "lr": session.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-              "epoch": round(epoch, 4)}, write)
+    log.step({"step": step, "loss": loss, "lr": session.scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"],
+              "supervised_tokens": stats["supervised_tokens"], "epoch": round(epoch, 4)}, write)
 
 
 def validation_batches(session: Session) -> list[dict]:

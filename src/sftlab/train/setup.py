@@ -137,9 +137,12 @@ def _load_model(cfg, tokenizer, prepared, collate):
     label_names = prepared.label_names if cfg.train.stage == "cls" else None
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
                        label_names=label_names, tokenizer=tokenizer)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
+    if cfg.train.gradient_checkpointing:  # transformers 5 renamed it; the old name warns until v6
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def mean_loss(m, batch):
         total, count = loss_sum(m, batch, cfg.train.stage)
