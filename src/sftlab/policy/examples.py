@@ -157,6 +157,18 @@ def evaluation_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, ma
     return rows
 
 
+def _cap_per_answer(examples: list[dict], limit: int, seed: int) -> list[dict]:
+    """At most limit // 2 examples per answer (是/否), shuffled, so a capped set stays balanced."""
+    shuffled = random.Random(seed).sample(examples, len(examples))
+    kept, per_answer = [], {}
+    for example in shuffled:
+        answer = example["messages"][-1]["content"]
+        if per_answer.get(answer, 0) < max(1, limit // 2):
+            per_answer[answer] = per_answer.get(answer, 0) + 1
+            kept.append(example)
+    return kept
+
+
 def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_enterprises: int | None = None,
                category_limit: int = 1000, val_ratio: float = 0.1, seed: int = 0) -> dict:
     """Write the training and evaluation files for a time split into `out_dir`; returns the manifest.
@@ -179,7 +191,7 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
     if len({row.label for row in train}) < 2:
         raise SftlabError(f"--cutoff {cut:%Y-%m-%d}: the history before it needs both clicked and ignored impressions")
     balanced, balance_report = balance_examples([row.messages() for row in train], "undersample", seed)
-    balanced = random.Random(seed).sample(balanced, min(max_train, len(balanced)))
+    balanced = _cap_per_answer(balanced, max_train, seed)
     fit, valid = stratified_split(balanced, val_ratio, seed) if val_ratio > 0 else (balanced, [])
     evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed)
     out = Path(out_dir)

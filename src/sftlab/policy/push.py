@@ -90,7 +90,7 @@ def _insert_ignoring_duplicates(conn, rows: list[dict]) -> int:
     if dialect in ("sqlite", "postgresql"):
         module = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"])
         statement = module.insert(Push).values(rows).on_conflict_do_nothing(index_elements=["enterprise_id", "policy_id"])
-        return conn.execute(statement).rowcount
+        return len(conn.execute(statement.returning(Push.id)).all())  # rowcount is -1 on some drivers
     conn.execute(insert(Push), rows)
     return len(rows)
 

@@ -1,0 +1,113 @@
+"""Policy application: the time split leaks nothing from the future; examples, baselines and evaluation."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+
+from sftlab.policy.baselines import standard_baselines
+from sftlab.policy.db import Event, open_db
+from sftlab.policy.evaluate import evaluate_scorers, format_table, write_report
+from sftlab.policy.examples import NO, YES, build_data
+from sftlab.policy.features import BehaviourIndex, load_frames
+from sftlab.policy.simulate import WorldSpec, simulate, write_world
+
+SPEC = WorldSpec(n_enterprises=40, n_policies=60, days=240, seed=5)
+CUTOFF = "2025-07-01"
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def world():
+    return simulate(SPEC)
+
+
+@pytest.fixture(scope="module")
+def built(world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("policy_data")
+    engine = open_db(f"sqlite:///{root}/db.sqlite")
+    write_world(engine, world)
+    manifest = build_data(engine, root / "data", cutoff=CUTOFF, max_train=300, seed=0)
+    return engine, root / "data", manifest
+
+
+def test_future_events_change_nothing_but_evaluation_labels(world, built, tmp_path):
+    _, data, _ = built
+    cut = datetime.fromisoformat(CUTOFF)
+    other = simulate(WorldSpec(n_enterprises=40, n_policies=60, days=240, seed=99))
+    future = [e for e in other.events if e[3] >= cut]  # a different future, same past
+    world_b = type(world)(spec=world.spec, enterprises=world.enterprises, policies=world.policies,
+                          events=[e for e in world.events if e[3] < cut] + future, interest=world.interest)
+    engine_b = open_db(f"sqlite:///{tmp_path}/b.sqlite")
+    write_world(engine_b, world_b)
+    build_data(engine_b, tmp_path / "data", cutoff=CUTOFF, max_train=300, seed=0)
+    for name in ("yesno_train.jsonl", "yesno_valid.jsonl", "category_train.jsonl", "train_features.jsonl"):
+        assert (data / name).read_text() == (tmp_path / "data" / name).read_text(), name
+    eval_a, eval_b = _read(data / "eval_candidates.jsonl"), _read(tmp_path / "data" / "eval_candidates.jsonl")
+    strip = lambda rows: {(r["enterprise_id"], r["policy_id"]): (r["prompt"], r["features"], r["cold"]) for r in rows}
+    a, b = strip(eval_a), strip(eval_b)
+    assert all(a[key] == b[key] for key in a.keys() & b.keys()) and a.keys() & b.keys()
+    assert [r["label"] for r in eval_a] != [r["label"] for r in eval_b[: len(eval_a)]]
+
+
+def test_training_rows_live_before_the_cutoff_and_candidates_after(built):
+    engine, data, manifest = built
+    ents, pols, events = load_frames(engine)
+    cut = datetime.fromisoformat(CUTOFF)
+    for row in _read(data / "train_features.jsonl"):
+        assert datetime.fromisoformat(row["as_of"]) < cut
+        assert pols.at[row["policy_id"], "publish_date"] < cut.date()
+    for row in _read(data / "eval_candidates.jsonl"):
+        assert row["as_of"] == cut.isoformat() and pols.at[row["policy_id"], "publish_date"] >= cut.date()
+        assert f"截至 {CUTOFF}" in row["prompt"] or "暂无记录" in row["prompt"]
+    assert manifest["cutoff"] == cut.isoformat() and manifest["eval_positives"] > 0
+
+
+def test_summary_reads_only_events_strictly_before(built):
+    engine, _, _ = built
+    _, pols, events = load_frames(engine)
+    click = events[events["type"] == "click"].iloc[0]
+    index = BehaviourIndex(events, pols)
+    at = click["ts"].to_pydatetime()
+    before = index.summary(click["enterprise_id"], at)
+    after = index.summary(click["enterprise_id"], at + timedelta(seconds=1))
+    assert after["actions_total"] == before["actions_total"] + 1 and click["policy_id"] not in before["seen"]
+
+
+def test_examples_are_chinese_balanced_messages(built):
+    _, data, manifest = built
+    train = _read(data / "yesno_train.jsonl") + _read(data / "yesno_valid.jsonl")
+    answers = [row["messages"][-1]["content"] for row in train]
+    assert set(answers) == {YES, NO} and abs(answers.count(YES) - answers.count(NO)) <= 1
+    prompt = train[0]["messages"][0]["content"]
+    assert prompt.startswith("企业画像：行业") and "候选政策：《" in prompt and "只回答“是”或“否”" in prompt
+    assert [m["role"] for m in train[0]["messages"]] == ["user", "assistant"]
+    categories = _read(data / "category_train.jsonl")
+    assert categories and all(row["messages"][-1]["content"] in row["messages"][0]["content"] for row in categories)
+    assert manifest["balance"]["after"][YES] == manifest["balance"]["after"][NO]
+
+
+def test_baselines_and_oracle_ceiling(built, tmp_path):
+    engine, data, manifest = built
+    rows, train = _read(data / "eval_candidates.jsonl"), _read(data / "train_features.jsonl")
+    scorers = standard_baselines(train, engine)
+    assert [s.name for s in scorers] == ["popularity", "category_frequency", "logistic_regression", "oracle"]
+    perfect = [float(r["label"]) for r in rows]
+    results = evaluate_scorers(rows, scorers, manifest["train_positive_rate"], ks=(5,), extra_scores={"perfect": (perfect, 0.5)})
+    assert results["perfect"]["overall"]["ndcg@5"] == pytest.approx(1.0) and results["perfect"]["overall"]["f1"] == 1.0
+    assert results["oracle"]["overall"]["ndcg@5"] > results["popularity"]["overall"]["ndcg@5"]
+    assert results["oracle"]["overall"]["auc"] > 0.6
+    for group in ("overall", "cold", "active"):
+        assert results["popularity"][group]["candidates"] == sum(
+            1 for r in rows if group == "overall" or r["cold"] == (group == "cold"))
+    table = format_table(results)
+    assert "| oracle | cold |" in table and "ndcg@5" in table
+    report = write_report(tmp_path, results, manifest, model="perfect")
+    text = report.read_text(encoding="utf-8")
+    assert "perfect wins against popularity on ndcg@5" in text
+    assert json.loads((tmp_path / "metrics.json").read_text())["results"]["oracle"]["threshold"] > 0
