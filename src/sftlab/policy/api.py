@@ -6,6 +6,7 @@
 
 Bad requests get clear 4xx answers: 422 with FastAPI's field-level messages for malformed input
 (k out of 1-50, unknown event type, bad timestamp), 404 for an unknown enterprise or policy.
+Timestamps are stored naive: an aware `ts` is converted to UTC.
 Recommendations use the same candidates and scorer as `push` (without excluding earlier pushes);
 the candidate snapshot is rebuilt after every recorded event and at most `refresh_seconds` old.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Callable, Literal
 
 from fastapi import FastAPI, HTTPException, Query
@@ -103,13 +104,18 @@ def create_app(engine, score_fn: ScoreFn, model_version: str = "unknown", clock:
         _require(engine, Enterprise, event.enterprise_id, "enterprise")
         _require(engine, Policy, event.policy_id, "policy")
         values = {"enterprise_id": event.enterprise_id, "policy_id": event.policy_id, "type": event.type,
-                  "ts": (event.ts or clock()).replace(tzinfo=None), "position": None}
+                  "ts": _naive_utc(event.ts) if event.ts else clock(), "position": None}
         with engine.begin() as conn:
             new_id = conn.execute(insert(Event).values(**values).returning(Event.id)).scalar_one()
         snapshot.invalidate()
         return {"id": new_id, **values}
 
     return app
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """Timestamps are stored naive; an aware one is converted to UTC first."""
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _require(engine, table, key: str, what: str) -> None:

@@ -98,14 +98,16 @@ class BehaviourIndex:
                                         "type": group["type"].to_numpy(), "category": group["category"].to_numpy(),
                                         "policy": group["policy_id"].to_numpy()}
 
-    def summary(self, enterprise_id: str, as_of: datetime, window_days: int = POPULARITY_DAYS) -> dict:
-        """Counts of what the enterprise did in the `window_days` before `as_of` (exclusive), plus totals."""
+    def summary(self, enterprise_id: str, as_of: datetime, window_days: int = POPULARITY_DAYS,
+                inclusive: bool = False) -> dict:
+        """Counts of what the enterprise did in the `window_days` before `as_of` (exclusive; `inclusive`
+        also counts events at exactly `as_of`, for decisions made "now"), plus totals."""
         rows = self._by_enterprise.get(enterprise_id)
         empty = {"actions_total": 0, "impressions": 0, "actions": 0, "recent_actions": 0, "by_category": {},
                  "recent_by_category": {}, "dismissed_by_category": {}, "last_titles": [], "seen": set(), "dismissed": set()}
         if rows is None:
             return empty
-        end = np.searchsorted(rows["ts"], np.datetime64(as_of, "ns"), side="left")
+        end = np.searchsorted(rows["ts"], np.datetime64(as_of, "ns"), side="right" if inclusive else "left")
         if end == 0:
             return empty
         ts, types, cats, pols = rows["ts"][:end], rows["type"][:end], rows["category"][:end], rows["policy"][:end]

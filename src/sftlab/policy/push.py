@@ -36,7 +36,7 @@ class CandidateBuilder:
     def __init__(self, engine, now: datetime, since: datetime | None = None):
         self.now = now
         self.ents, self.pols, events = load_frames(engine)
-        self.history = events[events["ts"] < pd.Timestamp(now)]
+        self.history = events[events["ts"] <= pd.Timestamp(now)]  # a decision "now" sees events up to now
         published = pd.to_datetime(self.pols["publish_date"]) if len(self.pols) else pd.Series(dtype="datetime64[ns]")
         live = (published <= pd.Timestamp(now)) & (pd.to_datetime(self.pols["expiry_date"]) >= pd.Timestamp(now.date()))
         if since is not None:
@@ -54,7 +54,7 @@ class CandidateBuilder:
         `exclude_pushed=False` keeps policies pushed before, for on-demand recommendations)."""
         enterprise = self.ents.loc[enterprise_id]
         ent = enterprise.to_dict()
-        summary = self.index.summary(enterprise_id, self.now)
+        summary = self.index.summary(enterprise_id, self.now, inclusive=True)
         out = []
         for pid, policy, pol in self._live_rows:
             if enterprise_id not in self._eligible[pid] or (exclude_pushed and (enterprise_id, pid) in self.pushed):

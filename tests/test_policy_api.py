@@ -1,0 +1,93 @@
+"""Policy application: the HTTP API (TestClient, and a real uvicorn server on 127.0.0.1 with httpx)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from sftlab.policy.api import create_app
+from sftlab.policy.baselines import category_frequency
+from sftlab.policy.db import Event, open_db
+from sftlab.policy.simulate import WorldSpec, simulate, write_world
+from sftlab.policy.testing import database_kinds, temporary_database
+
+NOW = datetime(2025, 7, 15, 12, 0)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return simulate(WorldSpec(n_enterprises=20, n_policies=60, days=200, seed=11))
+
+
+def _events(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(Event)).scalar()
+
+
+@pytest.mark.parametrize("kind", database_kinds())
+def test_recommend_feedback_health_and_errors(kind, tmp_path, world):
+    with temporary_database(kind, tmp_path) as url:
+        engine = open_db(url)
+        write_world(engine, world)
+        client = TestClient(create_app(engine, category_frequency().score, "catfreq", clock=lambda: NOW))
+        assert client.get("/health").json() == {"status": "ok", "database": engine.dialect.name, "model_version": "catfreq"}
+        answer = client.get("/enterprises/E000001/recommendations", params={"k": 3})
+        assert answer.status_code == 200
+        items = answer.json()["items"]
+        assert 1 <= len(items) <= 3 and [i["rank"] for i in items] == list(range(1, len(items) + 1))
+        assert all(i["title"].startswith("关于") or "措施" in i["title"] for i in items) and all(i["reason"] for i in items)
+        top = items[0]["policy_id"]
+        before = _events(engine)
+        posted = client.post("/events", json={"enterprise_id": "E000001", "policy_id": top, "type": "dismiss"})
+        assert posted.status_code == 201 and posted.json()["type"] == "dismiss" and _events(engine) == before + 1
+        again = client.get("/enterprises/E000001/recommendations", params={"k": 3}).json()["items"]
+        assert top not in [i["policy_id"] for i in again]  # a dismissed policy is not recommended again
+        assert client.get("/enterprises/NOPE/recommendations").status_code == 404
+        assert client.get("/enterprises/E000001/recommendations", params={"k": 0}).status_code == 422
+        bad_type = client.post("/events", json={"enterprise_id": "E000001", "policy_id": top, "type": "like"})
+        assert bad_type.status_code == 422 and "type" in str(bad_type.json()["detail"])
+        assert client.post("/events", json={"enterprise_id": "E000001", "policy_id": "P999999", "type": "click"}).status_code == 404
+        assert client.post("/events", json={"enterprise_id": "E000001"}).status_code == 422
+        assert client.post("/events", json={"enterprise_id": "E000001", "policy_id": top, "type": "click",
+                                            "ts": "not a time"}).status_code == 422
+        assert _events(engine) == before + 1
+        engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_real_server_on_localhost(tmp_path, world):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    write_world(engine, world)
+    port = _free_port()
+    app = create_app(engine, category_frequency().score, "catfreq", clock=lambda: NOW)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+            assert http.get("/health").json()["status"] == "ok"
+            items = http.get("/enterprises/E000002/recommendations", params={"k": 2}).json()["items"]
+            assert len(items) <= 2
+            reply = http.post("/events", json={"enterprise_id": "E000002", "policy_id": "P000001", "type": "click",
+                                               "ts": "2025-07-15T03:00:00+08:00"})
+            assert reply.status_code == 201 and reply.json()["ts"].startswith("2025-07-14T19:00:00")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
