@@ -119,3 +119,13 @@ def test_check_supervision_rules():
         check_supervision("sft", "last_assistant", stats | {"supervised_tokens": 100})
     check_supervision("sft", "all", stats | {"supervised_tokens": 100})
     check_supervision("pt", "assistant", stats | {"supervised_tokens": 100})
+
+
+def test_preview_pt_blocks_are_fully_supervised_and_validation_must_exist(tmp_path, tiny_dir, capsys):
+    rows = [{"text": "The quick brown fox jumps over the lazy dog."}, {"text": "企业所得税优惠政策。"}]
+    config = _write_run(tmp_path, tiny_dir, rows, stage="pt")
+    assert main(["data", "preview", config, "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"--- sample 0: (\d+) tokens, \1 supervised \(100\.0%\)\n\[\[", out)
+    assert main(["data", "preview", config, "--split", "validation"]) == 2
+    assert "error: data.validation: this run has no validation data" in capsys.readouterr().err

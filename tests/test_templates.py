@@ -226,3 +226,16 @@ def test_own_template_errors_become_one_line_errors():
     tok.chat_template = "{{ raise_exception('roles must alternate') }}"
     with pytest.raises(SftlabError, match="f:3: the tokenizer's chat template failed: roles must alternate"):
         encode_conversation(tok, CONVERSATIONS["single"], "auto", src="f:3")
+
+
+def test_own_template_with_a_default_system_prompt_is_prefix_stable():
+    tok = make_tokenizer("chatml")  # like Qwen2.5: a default system turn when the conversation has none
+    tok.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    messages = CONVERSATIONS["multi"][1:]
+    ids, labels = encode_conversation(tok, messages, "auto")
+    assert ids == _ids(tok.apply_chat_template(messages, tokenize=True))
+    assert tok.decode(ids).startswith("<|im_start|>system\nYou are helpful.")
+    assert _supervised_runs(tok, ids, labels) == ["1<|im_end|>", "2<|im_end|>", "3 then.<|im_end|>"]
