@@ -156,3 +156,87 @@ def save_tiny(arch: Arch, out_dir: str | Path, task: Literal["causal_lm", "cls"]
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+_GGUF_LAYER_NAMES = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                     "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+_GGUF_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                      "lm_head.weight": "output.weight"}
+
+
+def _llama_cpp_permute(weight, n_head: int):
+    """llama.cpp's row order for q/k projections (its converter interleaves the rotary halves)."""
+    return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _gguf_tokenizer_fields(writer, tokenizer, chat_template: bool) -> None:
+    """Write a byte-level BPE tokenizer (vocab, merges, special ids, chat template) as llama.cpp's `gpt2` model."""
+    import json
+
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    tokens = [""] * len(tokenizer)
+    for token, index in spec["model"]["vocab"].items():
+        tokens[index] = token
+    control = {added["id"] for added in spec["added_tokens"]}
+    for added in spec["added_tokens"]:
+        tokens[added["id"]] = added["content"]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if i in control else gguf.TokenType.NORMAL for i in range(len(tokens))])
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]])
+    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
+                             (writer.add_pad_token_id, tokenizer.pad_token_id)):
+        if token_id is not None:
+            setter(token_id)
+    if chat_template and tokenizer.chat_template:
+        writer.add_chat_template(tokenizer.chat_template)
+
+
+def save_tiny_gguf(out_file: str | Path, quant: Literal["F32", "Q8_0"] = "F32", seed: int = 0, chat_template: bool = True):
+    """Write a tiny llama (llama3 chat template) as a GGUF file laid out like llama.cpp's converter does.
+
+    Returns `(model, tokenizer)`, the source the file was written from. With quant="Q8_0" the 2-D
+    weights are stored Q8_0-quantised (norms stay F32), so importing must dequantise them.
+    `chat_template=False` leaves the template out, as some published GGUFs do.
+    """
+    import gguf
+    import numpy as np
+
+    tok = make_tokenizer("llama3")
+    model = make_tiny_model("llama", tok, seed=seed)
+    cfg = model.config
+    writer = gguf.GGUFWriter(str(out_file), "llama")
+    writer.add_name("tiny-llama")
+    for setter, value in ((writer.add_context_length, cfg.max_position_embeddings), (writer.add_embedding_length, cfg.hidden_size),
+                          (writer.add_block_count, cfg.num_hidden_layers), (writer.add_feed_forward_length, cfg.intermediate_size),
+                          (writer.add_head_count, cfg.num_attention_heads), (writer.add_head_count_kv, cfg.num_key_value_heads),
+                          (writer.add_rope_freq_base, cfg.rope_parameters["rope_theta"]), (writer.add_layer_norm_rms_eps, cfg.rms_norm_eps),
+                          (writer.add_rope_dimension_count, cfg.hidden_size // cfg.num_attention_heads), (writer.add_vocab_size, cfg.vocab_size)):
+        setter(value)
+    _gguf_tokenizer_fields(writer, tok, chat_template)
+    for name, tensor in model.state_dict().items():
+        array = tensor.detach().float().numpy()
+        if name in _GGUF_GLOBAL_NAMES:
+            gguf_name = _GGUF_GLOBAL_NAMES[name]
+        else:
+            _, _, index, *rest = name.split(".")
+            module = ".".join(rest[:-1])
+            if module in ("self_attn.q_proj", "self_attn.k_proj"):
+                heads = cfg.num_attention_heads if module.endswith("q_proj") else cfg.num_key_value_heads
+                array = _llama_cpp_permute(array, heads)
+            gguf_name = f"blk.{index}.{_GGUF_LAYER_NAMES[module]}.{rest[-1]}"
+        array = np.ascontiguousarray(array)
+        if quant == "Q8_0" and array.ndim == 2:
+            writer.add_tensor(gguf_name, gguf.quants.quantize(array, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(gguf_name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model, tok
