@@ -123,3 +123,15 @@ def test_mix_datasets_keeps_every_example_at_weight_one():
     a, b = labelled({"a": 3}), labelled({"b": 4})
     mixed = mix_datasets([(a, 1.0), (b, 1.0)], seed=0)
     assert sorted(ex["text"] for ex in mixed) == sorted(ex["text"] for ex in a + b)
+
+
+def test_registry_file_name_may_be_a_directory(tmp_path):
+    (tmp_path / "parts").mkdir()
+    write_json(tmp_path / "parts" / "a.json", [{"instruction": "a", "output": "1"}])
+    (tmp_path / "parts" / "b.jsonl").write_text('{"instruction": "b", "output": "2"}\n', encoding="utf-8")
+    (tmp_path / "parts" / "notes.md").write_text("not data", encoding="utf-8")
+    write_json(tmp_path / "dataset_info.json", {"parts": {"file_name": "parts"}, "bad": {"file_name": "parts", "formatting": "kto"}})
+    train, _ = load_examples(DataConfig(train="parts", registry=str(tmp_path / "dataset_info.json")), "sft")
+    assert sorted(ex["messages"][0]["content"] for ex in train) == ["a", "b"]
+    with pytest.raises(SftlabError, match="registry entry 'bad': formatting 'kto' is not supported"):
+        load_examples(DataConfig(train="bad", registry=str(tmp_path / "dataset_info.json")), "sft")

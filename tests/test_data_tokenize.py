@@ -161,3 +161,16 @@ def test_prepare_data_sft_packs_both_splits(tmp_path, chatml):
     assert prepared.validation is not None and len(prepared.train) < 9
     assert sum(row["position_ids"].count(0) for row in prepared.train) == 9
     assert prepared.stats["packed_rows"]["train"] == len(prepared.train)
+
+
+def test_prepare_data_oversamples_train_only(tmp_path):
+    rows = [{"text": f"t{i}", "label": "rare" if i < 3 else "common"} for i in range(15)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "v.jsonl").write_text('{"text": "v1", "label": "rare"}\n{"text": "v2", "label": "common"}\n')
+    cfg = validate_config({"model": {"path": "m"}, "train": {"stage": "cls", "max_length": 8},
+                           "data": {"train": "d.jsonl", "validation": "v.jsonl", "balance": "oversample"}})
+    prepared = prepare_data(cfg, make_tokenizer("none"), base_dir=tmp_path)
+    assert prepared.stats["label_distribution"] == {"train": {"common": 12, "rare": 12}, "validation": {"common": 1, "rare": 1}}
+    assert len(prepared.train) == 24 and len(prepared.validation) == 2
+    with pytest.raises(SftlabError, match="data.balance=oversample needs labels; stage pt"):
+        prepare_data(cfg.model_copy(update={"train": TrainConfig(stage="pt", max_length=8)}), make_tokenizer("none"), tmp_path)

@@ -5,12 +5,14 @@
     batch = packed_collate(packed_rows)            # input_ids/position_ids/labels [1,T], no attention_mask
     order = length_grouped_order(lengths, batch_size, seed)
 
-Packed samples do not attend to each other: with `position_ids` restarting at 0 for each sample and no
-attention_mask (and no KV cache, i.e. `use_cache=False`), transformers 5 (`masking_utils.
-find_packed_sequence_indices`) builds a block-diagonal causal mask for sdpa, eager and flex attention
-alike; `tests/test_collate.py` checks that a sample's logits and the loss do not change when other
-samples are packed beside it. The first label of every packed sample is -100, so no loss term predicts
-one sample from the end of the one before.
+Packed samples do not attend to each other: with `position_ids` restarting at 0 for each sample, no
+attention_mask and no KV cache, transformers 5 (`masking_utils.find_packed_sequence_indices`) builds a
+block-diagonal causal mask. The model must be called with `use_cache=False` (or `config.use_cache=False`):
+otherwise it creates an empty cache, skips packed-sequence detection and lets samples attend to each
+other. `tests/test_collate.py` checks, for Llama and Qwen2 with sdpa and eager attention, that a sample's
+logits do not change when other samples are packed beside it and that the packed loss equals the padded
+one. The first label of every packed sample is -100, so no loss term predicts one sample from the end of
+the one before.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 Reading lives in `sftlab.data.readers` (re-exported here): every row carries `"_src": "file:line"`.
 
 Canonical shapes (see DEVELOPERS.md): sft `{"messages": [{"role", "content"}]}`, pt `{"text"}`,
-cls `{"text", "label"}` (label as str). Every problem raises a one-line `SftlabError` naming file:line.
+cls `{"text", "label"}` (label as str). Every problem with a record raises a one-line `SftlabError`
+that starts with the record's `_src` (file:line).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def to_canonical(
     if not rows:
         raise SftlabError("empty dataset (no rows)")
     if fmt != "auto" and fmt not in FORMATS:
-        raise SftlabError(f"unknown data format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+        raise SftlabError(f"data.format: unknown data format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
     rows = [apply_columns(row, columns) for row in rows]
     chosen = detect_format(rows[0]) if fmt == "auto" else fmt
     stage = stage or STAGE_OF_FORMAT[chosen]
@@ -108,7 +109,8 @@ def to_canonical(
         if fmt == "auto" and row is not rows[0]:
             found = detect_format(row)
             if found != chosen:
-                raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} ({rows[0]['_src']}); mixed formats")
+                raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} "
+                                  f"({rows[0]['_src']}); mixed formats")
         examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
     return examples
 
@@ -257,7 +259,8 @@ def _public(example: dict) -> dict:
 
 def _conversation(example: dict, fmt: str) -> list[dict]:
     if "messages" not in example:
-        raise SftlabError(f"{example.get('_src', 'example')}: {fmt} output needs a conversation; this example is {sorted(_public(example))}")
+        raise SftlabError(f"{example.get('_src', 'example')}: {fmt} output needs a conversation; "
+                          f"this example has {sorted(_public(example))}")
     return example["messages"]
 
 
@@ -295,6 +298,7 @@ def _csv_text(examples: list[dict]) -> str:
     writer.writeheader()
     for example in examples:
         if "text" not in example or "messages" in example:
-            raise SftlabError(f"{example.get('_src', 'example')}: csv holds text/label examples; write conversations as alpaca, sharegpt or messages")
+            raise SftlabError(f"{example.get('_src', 'example')}: csv holds text/label examples; "
+                              "write conversations as alpaca, sharegpt or messages")
         writer.writerow({key: example.get(key, "") for key in fields})
     return buffer.getvalue()

@@ -42,12 +42,12 @@ def prepare_data(cfg: RunConfig, tokenizer, base_dir: str | Path | None = None) 
     stage, data_cfg = cfg.train.stage, cfg.data
     if data_cfg.cache_dir and base_dir is not None and not Path(data_cfg.cache_dir).expanduser().is_absolute():
         data_cfg = data_cfg.model_copy(update={"cache_dir": str(Path(base_dir) / data_cfg.cache_dir)})
+    if data_cfg.balance in ("oversample", "undersample") and stage == "pt":
+        raise SftlabError(f"data.balance={data_cfg.balance} needs labels; stage pt has none")
     train_examples, val_examples = load_examples(data_cfg, stage, base_dir)
     label_names = label_set(train_examples, data_cfg) if stage == "cls" else None
     stats: dict[str, Any] = {"stage": stage, "examples": {"train": len(train_examples), "validation": len(val_examples)}}
     if data_cfg.balance in ("oversample", "undersample"):
-        if stage == "pt":
-            raise SftlabError(f"data.balance={data_cfg.balance} needs labels; stage pt has none")
         from sftlab.datawork.balance import balance_examples
 
         train_examples, stats["balance"] = balance_examples(train_examples, data_cfg.balance, data_cfg.seed)

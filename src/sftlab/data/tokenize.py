@@ -98,7 +98,8 @@ def tokenize_examples(examples: list[dict], tokenizer, data_cfg: DataConfig, tra
     rows, stats = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
     stats.cache_path = str(folder)
     if stats.rows == 0:
-        raise SftlabError(f"data: no example is left after tokenisation ({_drop_summary(stats)}); check train.max_length / data.truncation")
+        raise SftlabError(f"data: no example is left after tokenisation ({_drop_summary(stats)}); "
+                          "check train.max_length / data.truncation")
     with atomic_dir(folder, overwrite=True) as tmp:
         Dataset.from_dict(rows).save_to_disk(str(tmp / "rows"))
         atomic_write_json(tmp / "stats.json", stats.to_dict())
