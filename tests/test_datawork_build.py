@@ -180,3 +180,16 @@ def test_example_knowledge_base_builds():
 
     pairs, report = build_pairs(read_rows(root / "policies.jsonl"), load_templates(None, "zh"), per_record=3)
     assert report["records"] == 6 and len(pairs) == 18 and not report["leaks_dropped"]
+
+
+def test_paraphrase_augmentation_with_a_local_model(tmp_path, tiny_lm):
+    data = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello there", "label": "x"}, {"text": "good day", "label": "y"}])
+    out = tmp_path / "aug.jsonl"
+    args = ["data", "augment", str(data), str(out), "--methods", "paraphrase", "--model", tiny_lm, "--max-new-tokens", "6"]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert rows[:2] == [{"text": "hello there", "label": "x"}, {"text": "good day", "label": "y"}]
+    assert [r["augmented"]["method"] for r in rows[2:]] == ["paraphrase"] * (len(rows) - 2)
+    assert [r["label"] for r in rows[2:]] == ["x", "y"][: len(rows) - 2]
+    first = out.read_text(encoding="utf-8")
+    assert main(args) == 0 and out.read_text(encoding="utf-8") == first
