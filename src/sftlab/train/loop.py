@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
@@ -61,6 +60,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
 
     `callbacks` are called as `callback(step, loss)` after every optimizer step (and its logging,
     evaluation and checkpointing); raising KeyboardInterrupt from one behaves like Ctrl-C.
+    `output.dir` is used as given (relative to the current directory); relative data paths are
+    resolved against `base_dir` by the data pipeline. One process only: a multi-process launch is refused.
     """
     out_dir = Path(cfg.output.dir).expanduser()
     checkpoint = prepare_output_dir(out_dir, resume, overwrite)
@@ -100,6 +101,7 @@ def stop_on_sigint(flag: dict):
         if flag.get("stop"):
             raise KeyboardInterrupt
         flag["stop"] = True
+        sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
 
     previous = signal.signal(signal.SIGINT, handler)
     try:
@@ -147,18 +149,15 @@ def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, dic
     accelerator, rows, stage = session.accelerator, session.prepared.train, session.cfg.train.stage
     batches = [session.collate([rows[i] for i in indices]) for indices in group]
     counts = [_loss_units(batch, stage) for batch in batches]
-    total = int(accelerator.reduce(torch.tensor(sum(counts), device=accelerator.device), reduction="sum"))
-    scale = accelerator.num_processes / max(total, 1)  # DDP averages gradients over processes
+    total = sum(counts)  # every micro-batch's summed loss is divided by the whole step's count
     loss_total = 0.0
-    for index, batch in enumerate(batches):
+    for batch in batches:
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-        last = index == len(batches) - 1
-        with contextlib.nullcontext() if last else accelerator.no_sync(session.objective):
-            part, _ = session.objective(batch)
-            value = float(part.detach())
-            if not math.isfinite(value):
-                diverged(session, f"train loss is {value}")
-            accelerator.backward(part * scale)
+        part, _ = session.objective(batch)
+        value = float(part.detach())
+        if not math.isfinite(value):
+            diverged(session, f"train loss is {value}")
+        accelerator.backward(part / max(total, 1))
         loss_total += value
     grad_norm = None
     if session.cfg.train.max_grad_norm is not None:

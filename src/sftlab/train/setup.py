@@ -73,6 +73,8 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
         if checkpoint is None:
             raise SftlabError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}; start the run without --resume")
         return checkpoint
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SftlabError(f"output.dir {out_dir} is a file; expected a directory")
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise SftlabError(f"output.dir {out_dir} already exists and is not empty; "
@@ -163,15 +165,19 @@ def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from transformers import set_seed
 
     from sftlab.data.pipeline import prepare_data
     from sftlab.models.load import load_tokenizer
     from sftlab.train.optim import build_optimizer, build_scheduler
 
+    from sftlab.eval.hooks import task_for_config
+
     saved = read_sidecar(checkpoint) if checkpoint else None
     if saved:
         check_resume_config(saved["config"], cfg)
+    task_for_config(cfg)  # an unknown eval.metric fails now, not at the first evaluation
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_data(cfg, tokenizer, base_dir)
@@ -183,8 +189,11 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
-    cuda = torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no", cpu=not cuda)
+    AcceleratorState._reset_state()  # a previous in-process run may have used other precision settings
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
+                              cpu=not torch.cuda.is_available())
+    if accelerator.num_processes > 1:
+        raise SftlabError("multi-process training is not supported yet: run `sftlab train` as a single process")
     objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
     objective = accelerator.prepare_model(objective)
     optimizer = accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
