@@ -69,7 +69,7 @@ class TemplateSpec(_Strict):
     aliases: list[str] = Field(default_factory=list)
     description: str
     bos: str = Field("", description="text once at the start of every conversation")
-    trim_content: bool = Field(False, description="strip whitespace around user/assistant/system contents")
+    trim_content: bool = Field(False, description="strip message contents (a merged system text stays verbatim)")
     system_placement: Literal["turn", "merge_first_user"] = "turn"
     system_separator: str = Field("\n\n", description="merge_first_user: between the system text and the user text")
     roles: RoleFormats
@@ -214,11 +214,11 @@ class BuiltinFormat:
         length = len(parts[0])
         for i, message, merged in self._turns(messages, src):
             role = getattr(spec.roles, message["role"])
-            prefix, suffix = self._fill(role.prefix), self._fill(role.suffix)
-            if message["role"] == "assistant" and i in selected:
+            head, content, suffix = self._fill(role.prefix) + merged, self._content(message), self._fill(role.suffix)
+            if message["role"] == "assistant" and i in selected:  # from after the generation prompt to end of turn
                 start = length + len(self._fill(spec.generation_prompt))
-                spans.append((start, length + len(prefix) + len(self._content(message)) + len(self.end_of_turn)))
-            piece = prefix + merged + self._content(message) + suffix
+                spans.append((start, length + len(head) + len(content) + len(self.end_of_turn)))
+            piece = head + content + suffix
             parts.append(piece)
             length += len(piece)
         return Rendered("".join(parts), spans)
