@@ -155,6 +155,8 @@ def test_features_impute_encode_derive_and_reuse(tmp_path):
     new.write_text("id,revenue,employees,region,clicked\n9,,2,east,yes\n", encoding="utf-8")
     assert main(["data", "features", str(new), str(tmp_path / "new_f.csv"), "--mapping", str(tmp_path / "features.mapping.json")]) == 0
     assert (tmp_path / "new_f.csv").read_text(encoding="utf-8").splitlines()[1] == "9,100.0,2.0,-1,50.0,-2.0,1"
+    unlabelled = apply_features([{"id": "7", "revenue": "10", "employees": "2", "region": "south", "_src": "p.csv:2"}], mapping)
+    assert unlabelled == [{"_src": "p.csv:2", "id": "7", "revenue": 10.0, "employees": 2.0, "region": 1, "rev_per_emp": 5.0, "size": 2.0}]
 
 
 def test_feature_errors_name_file_and_key(tmp_path):

@@ -134,3 +134,7 @@ def test_clean_min_tokens_needs_tokenizer(tmp_path, capsys):
     train.write_text(json.dumps({"text": "hello"}) + "\n", encoding="utf-8")
     assert main(["data", "clean", str(train), str(tmp_path / "o.jsonl"), "--min-tokens", "3"]) == 2
     assert "--tokenizer" in capsys.readouterr().err
+
+
+def test_normalizer_keeps_code_indentation():
+    assert Normalizer()("def f(x):\n    return  x   \n\n\n\n\treturn 2") == "def f(x):\n    return x\n\n\treturn 2"

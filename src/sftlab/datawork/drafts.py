@@ -51,7 +51,7 @@ def read_review(path: str | Path) -> list[dict]:
     """Records of an existing review file, checked (status, fields, unique ids); [] when it does not exist."""
     from sftlab.data.formats import read_rows
 
-    if not Path(path).exists():
+    if not Path(path).exists() or not Path(path).read_text(encoding="utf-8").strip():
         return []
     records, seen = [], {}
     for row in read_rows(path):

@@ -126,7 +126,10 @@ def fit_features(rows: list[dict], spec: FeatureSpec) -> tuple[list[dict], dict]
 
 
 def apply_features(rows: list[dict], mapping: dict) -> list[dict]:
-    """Feature rows from a saved mapping: imputed numbers, category codes (-1 when unseen), derived features."""
+    """Feature rows from a saved mapping: imputed numbers, category codes (-1 when unseen), derived features.
+
+    The label column is encoded when the rows have it and left out when they do not (data to predict on).
+    """
     spec = FeatureSpec.model_validate(mapping["spec"])
     _check_columns(rows, spec.keep + spec.numeric + spec.categorical)
     codes = {column: {name: i for i, name in enumerate(names)} for column, names in mapping["categories"].items()}
@@ -146,7 +149,7 @@ def apply_features(rows: list[dict], mapping: dict) -> list[dict]:
             value, undefined = _derive(feature, record)
             record[feature.name] = value
             zero_denominators += undefined
-        if spec.label:
+        if spec.label and spec.label in row:
             label = str(row.get(spec.label, ""))
             if label not in codes[spec.label]:
                 raise SftlabError(f"{record['_src']}: label {label!r} is not in the saved mapping {mapping['categories'][spec.label]}")

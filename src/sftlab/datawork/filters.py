@@ -85,7 +85,9 @@ def repeats_prompt(prompt: str, response: str, similarity: float) -> bool:
         return False
     if r == p or (len(r) >= 8 and r in p):
         return True
-    return difflib.SequenceMatcher(None, p, r, autojunk=False).ratio() >= similarity
+    matcher = difflib.SequenceMatcher(None, p, r, autojunk=False)
+    # the quick ratios are upper bounds of ratio(); checking them first skips the slow comparison
+    return matcher.real_quick_ratio() >= similarity and matcher.quick_ratio() >= similarity and matcher.ratio() >= similarity
 
 
 class ExampleFilter:

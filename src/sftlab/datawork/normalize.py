@@ -78,8 +78,12 @@ def strip_html(text: str) -> str:
 
 
 def normalize_whitespace(text: str) -> str:
-    """Collapse runs of spaces/tabs, trim every line, keep at most one blank line, strip the ends."""
-    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    """Collapse runs of spaces/tabs inside lines, drop trailing spaces, keep at most one blank line, strip the
+    text's ends. Leading indentation of a line is kept (code stays runnable)."""
+    lines = []
+    for line in text.split("\n"):
+        body = line.lstrip(" \t")
+        lines.append(line[: len(line) - len(body)] + _SPACES.sub(" ", body).rstrip() if body.strip() else "")
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
 
 

@@ -67,14 +67,13 @@ def last_assistant_index(messages: list[dict]) -> int:
     return -1
 
 
-def map_texts(example: dict, fn: Callable[[str], str], responses_only: bool = False) -> dict:
-    """A copy of `example` with `fn` applied to its texts (labels untouched); optionally to responses only."""
+def map_texts(example: dict, fn: Callable[[str], str]) -> dict:
+    """A copy of `example` with `fn` applied to every text (message contents or `text`); labels untouched."""
     out = copy.deepcopy(example)
     if stage_of(out) == "sft":
         for message in out["messages"]:
-            if not responses_only or message["role"] == "assistant":
-                message["content"] = fn(message["content"])
-    elif not (responses_only and stage_of(out) == "cls"):
+            message["content"] = fn(message["content"])
+    else:
         out["text"] = fn(out["text"])
     return out
 
