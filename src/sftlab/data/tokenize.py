@@ -74,9 +74,9 @@ def label_set(examples: list[dict], data_cfg: DataConfig) -> list[str]:
 def cache_root(data_cfg: DataConfig) -> Path:
     """Directory holding the tokenisation cache (see module docstring)."""
     if data_cfg.cache_dir:
-        return Path(data_cfg.cache_dir).expanduser()
+        return Path(data_cfg.cache_dir).expanduser().absolute()
     if os.environ.get("SFTLAB_CACHE"):
-        return Path(os.environ["SFTLAB_CACHE"]).expanduser() / "tokenized"
+        return Path(os.environ["SFTLAB_CACHE"]).expanduser().absolute() / "tokenized"
     return Path.home() / ".cache" / "sftlab" / "tokenized"
 
 
