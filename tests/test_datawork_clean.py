@@ -138,3 +138,10 @@ def test_clean_min_tokens_needs_tokenizer(tmp_path, capsys):
 
 def test_normalizer_keeps_code_indentation():
     assert Normalizer()("def f(x):\n    return  x   \n\n\n\n\treturn 2") == "def f(x):\n    return x\n\n\treturn 2"
+
+
+def test_filters_check_the_text_of_cls_examples_not_the_label():
+    examples = [{"text": "我的银行卡还没到", "label": "card_arrival", "_src": "c:1"},
+                {"text": "Where is my card?", "label": "card_arrival", "_src": "c:2"}]
+    kept, removed = filter_examples(examples, FilterOptions(languages=["zh"]))
+    assert [e["_src"] for e in kept] == ["c:1"] and removed[0][1] == "language en not in zh"

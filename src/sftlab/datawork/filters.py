@@ -1,5 +1,6 @@
 """Quality filters: empty or too short/long responses (in tokens), wrong language, responses that repeat the
-prompt, and refusal/boilerplate patterns from a configurable list.
+prompt, and refusal/boilerplate patterns from a configurable list. The checked text is the last assistant
+turn of sft examples and the text of pt and cls examples (a cls label is never filtered).
 
 `filter_examples` returns the kept examples and, for each removed one, the reason, so reports can show
 examples of what went and why. Language detection tells writing systems apart (Han -> zh, kana -> ja,
@@ -102,7 +103,7 @@ class ExampleFilter:
 
     def reason(self, example: dict) -> str | None:
         opts = self.options
-        response = response_text(example)
+        response = example["text"] if stage_of(example) == "cls" else response_text(example)
         if not response.strip():
             return "empty response"
         if opts.min_tokens or opts.max_tokens:
