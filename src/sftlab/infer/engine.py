@@ -2,10 +2,11 @@
 
 `Scheduler.tick()` admits waiting requests at a step boundary (oldest first, only while they use the
 batch's adapter, up to `max_batch` rows), drops cancelled or timed-out rows, runs one decode step and
-sends each request its new text through its `emit` callback:
-`{"type": "delta", "text"}`, then one `{"type": "done", "finish_reason", "text", "prompt_tokens",
-"completion_tokens"}` or `{"type": "error", "message"}`. `Engine` runs ticks in a thread for the server.
-"""
+tells each request's owner through its `emit` callback: `{"type": "delta", "text"}` pieces as text
+becomes final (decoded every step only for `stream` requests and ones with stop strings; the others
+get their text once, at the end), then one `{"type": "done", "finish_reason", "text",
+"prompt_tokens", "completion_tokens"}` or `{"type": "error", "message"}`. `Engine` runs ticks in a
+thread for the server."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Request:
     emit: Callable[[dict], None]
     adapter: str | None = None
     deadline: float | None = None
+    stream: bool = True
     id: int = field(default_factory=lambda: next(_ids))
     row: Row | None = None
     text: IncrementalText | None = None
@@ -123,7 +125,12 @@ class Scheduler:
             if request.finished:
                 continue
             row = request.row
-            delta = request.text.push(row.generated[len(request.text.ids):])
+            fresh = row.generated[len(request.text.ids):]
+            if request.stream or request.params.stop:
+                delta = request.text.push(fresh)
+            else:  # read whole at the end: decode once then
+                request.text.add(fresh)
+                delta = ""
             if request.text.stopped:
                 row.finish("stop")
             if delta:
@@ -159,7 +166,7 @@ def generate_all(served, prompts: list[list[int]], params: SamplingParams | list
         return emit
 
     for index, (prompt, setting) in enumerate(zip(prompts, per_prompt)):
-        scheduler.add(Request(prompt, setting, collector(index), adapter=adapter))
+        scheduler.add(Request(prompt, setting, collector(index), adapter=adapter, stream=False))
     while not scheduler.idle:
         scheduler.tick()
     return results

@@ -32,6 +32,10 @@ class IncrementalText:
             text = text[: len(text) - self._held_tail(text)]
         return self._advance(text)
 
+    def add(self, token_ids: list[int]) -> None:
+        """Add tokens without decoding (for answers that are only read whole, without stop strings)."""
+        self.ids.extend(token_ids)
+
     def finish(self) -> str:
         """Flush what was held back once generation is over."""
         if self.stopped:

@@ -110,7 +110,7 @@ class _Generation:
         loop = asyncio.get_running_loop()
         job = GenRequest(prompt, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
                          adapter=self.served.adapters[body.model],
-                         deadline=time.monotonic() + self.settings.request_timeout_s)
+                         deadline=time.monotonic() + self.settings.request_timeout_s, stream=body.stream)
         try:
             self.engine.submit(job)
         except QueueFull as exc:
