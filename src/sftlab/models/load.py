@@ -127,11 +127,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     find the last real token). dtype and attention implementation come from `model.dtype` and
     `model.attn_implementation`.
     """
+    directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
+    raw = check_model_dir(directory)
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    directory = resolve_model_path(model_cfg.path)
-    raw = check_model_dir(directory)
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
                   dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation)
     if stage == "cls":

@@ -73,7 +73,9 @@ def accumulate_scores(model, batches: Iterable[dict], loss_fn: Callable, score: 
         model.eval()
         for param in params.values():
             param.requires_grad_(True)
+        device = next(iter(params.values())).device
         for batch in itertools.islice(batches, limit):
+            batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
             model.zero_grad(set_to_none=True)
             loss_fn(model, batch).backward()
             with torch.no_grad():
