@@ -124,3 +124,34 @@ def write_report(out_dir, results: dict[str, dict], manifest: dict, model: str |
         parts += [f"## {model} against the baselines", "", *comparisons(results, model, k), "",
                   "The oracle ranks by the simulator's hidden true interest: it is the ceiling, not a competitor.", ""]
     return atomic_write_text(out / "report.md", "\n".join(parts))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    from sftlab.errors import SftlabError
+
+    if not path.is_file():
+        raise SftlabError(f"{path} not found; run `sftlab policy build-data` first")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8) -> tuple[dict, Path]:
+    """Evaluate the baselines (and the fine-tuned model at `model_dir`, if given) on the held-out
+    candidates written by `build-data` in `data_dir`; writes metrics.json and report.md to `out_dir`."""
+    import json
+
+    from sftlab.policy.baselines import standard_baselines
+
+    data_dir = Path(data_dir)
+    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8")) if (data_dir / "manifest.json").is_file() else {}
+    rows, train = _read_jsonl(data_dir / "eval_candidates.jsonl"), _read_jsonl(data_dir / "train_features.jsonl")
+    extra, name = {}, None
+    if model_dir is not None:
+        from sftlab.policy.scoring import score_candidates
+
+        name = "fine_tuned"
+        extra[name] = (score_candidates(model_dir, [row["prompt"] for row in rows], batch_size=batch_size), 0.5)
+    share = manifest.get("train_positive_rate") or (sum(int(r["label"]) for r in train) / max(1, len(train)))
+    results = evaluate_scorers(rows, standard_baselines(train, engine), share, ks=sorted({k, 1, 10}), extra_scores=extra)
+    return results, write_report(out_dir, results, manifest, model=name, k=k)

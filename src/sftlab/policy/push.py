@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import pandas as pd
 from sqlalchemy import insert, select
@@ -96,8 +96,10 @@ def _insert_ignoring_duplicates(conn, rows: list[dict]) -> int:
 
 
 def push(engine, score_fn: ScoreFn, since: datetime, top_k_count: int = 5, model_version: str = "unknown",
-         now: datetime | None = None, batch_enterprises: int = 64, progress: Callable[[PushSummary], None] | None = None) -> PushSummary:
-    """Write the top `top_k_count` new policies of every enterprise to `pushes`; see the module docstring."""
+         now: datetime | None = None, batch_enterprises: int = 64, progress: Callable[[PushSummary], None] | None = None,
+         enterprise_ids: Collection[str] | None = None) -> PushSummary:
+    """Write the top `top_k_count` new policies of every enterprise (or of `enterprise_ids`) to `pushes`;
+    see the module docstring."""
     if top_k_count < 1:
         raise SftlabError(f"--top-k must be at least 1, got {top_k_count}")
     now = now or datetime.now().replace(microsecond=0)
@@ -106,6 +108,8 @@ def push(engine, score_fn: ScoreFn, since: datetime, top_k_count: int = 5, model
     with engine.connect() as conn:
         done = set(conn.execute(select(Push.enterprise_id).where(Push.window_key == window).distinct()).scalars())
     registered = pd.to_datetime(builder.ents["registered_on"]) <= pd.Timestamp(now)
+    if enterprise_ids is not None:
+        registered &= builder.ents.index.isin(list(enterprise_ids))
     todo = sorted(eid for eid in builder.ents.index[registered.to_numpy()] if eid not in done)
     summary = PushSummary(window, enterprises=int(registered.sum()), skipped_done=int(registered.sum()) - len(todo))
     for start in range(0, len(todo), batch_enterprises):
