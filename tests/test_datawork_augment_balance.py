@@ -151,6 +151,8 @@ def test_features_impute_encode_derive_and_reuse(tmp_path):
     assert lines[3] == "3,300.0,0.0,0,0.0,0.0,1"       # region imputed north=0, ratio by zero -> 0
     mapping = json.loads((tmp_path / "features.mapping.json").read_text(encoding="utf-8"))
     assert mapping["categories"] == {"region": ["north", "south"], "clicked": ["no", "yes"]}
+    report = json.loads((tmp_path / "features.report.json").read_text(encoding="utf-8"))
+    assert report["sections"]["features"]["missing_counts"] == {"revenue": 1, "employees": 0, "region": 1, "clicked": 0}
     new = tmp_path / "new.csv"
     new.write_text("id,revenue,employees,region,clicked\n9,,2,east,yes\n", encoding="utf-8")
     assert main(["data", "features", str(new), str(tmp_path / "new_f.csv"), "--mapping", str(tmp_path / "features.mapping.json")]) == 0

@@ -57,6 +57,7 @@ def test_convert_round_trip_keeps_canonical_examples(tmp_path):
         again = load_examples(tmp_path / name)
         assert [e["messages"] for e in again] == [e["messages"] for e in original]
     assert src.read_text(encoding="utf-8").count("\n") == 2  # input untouched
+    assert json.loads((tmp_path / "c.report.json").read_text(encoding="utf-8"))["after"] == 2
 
 
 def test_bad_inputs_name_file_and_line(tmp_path, capsys):

@@ -78,6 +78,9 @@ def build_convert(args) -> int:
 
     check_distinct(args.output, args.input)
     count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns))
+    report = Report("build convert", [args.input], before=count)
+    report.section("conversion", {"from": args.format, "to": args.to})
+    report.finish(count, [args.output]).write(report_stem(args.output))
     print(f"wrote {count} examples to {args.output} ({args.to})")
     return 0
 
@@ -286,6 +289,9 @@ def features(args) -> int:
     else:
         raise SftlabError("pass --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved ones)")
     atomic_write_text(args.output, feature_table_csv(table))
+    report = Report("features", [args.input], before=len(rows))
+    report.section("features", {key: mapping.get(key) for key in ("spec", "impute", "categories", "missing_counts", "zero_denominators")})
+    report.finish(len(table), [args.output]).write(report_stem(args.output))
     print(f"wrote {len(table)} rows to {args.output}; missing values {mapping['missing_counts']}; "
           f"zero denominators {mapping.get('zero_denominators', 0)}")
     return 0

@@ -85,16 +85,33 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
     return stats, {"prompt": prompt_lengths, "response": response_lengths}
 
 
-def _histogram(values: list[int], title: str, unit: str, path: Path) -> None:
+# Fonts tried in order for every glyph (matplotlib >= 3.6 falls back per character), so Chinese labels render
+# where a CJK font is installed; without one they show as boxes.
+FONTS = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "Source Han Sans SC", "SimHei", "Microsoft YaHei"]
+
+
+def _pyplot():
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    plt.rcParams["font.family"] = "sans-serif"
+    plt.rcParams["font.sans-serif"] = FONTS
+    return plt
+
+
+def _histogram(values: list[int], title: str, unit: str, path: Path) -> None:
+    plt = _pyplot()
+
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(values, bins=min(50, max(1, len(set(values)))), color="#4c72b0")
     ax.set_xlabel(f"length ({unit})")
     ax.set_ylabel("examples")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, format="png", metadata={"Software": None})
@@ -102,19 +119,20 @@ def _histogram(values: list[int], title: str, unit: str, path: Path) -> None:
 
 
 def _bars(counts: dict[str, int], path: Path) -> None:
-    import matplotlib
+    import warnings
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     names = list(counts)[:40]
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(names) + 2), 3.5))
-    ax.bar(range(len(names)), [counts[n] for n in names], color="#55a868")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("examples")
-    ax.set_title("label distribution" + (" (40 most frequent)" if len(counts) > 40 else ""))
-    fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(names) + 2), 3.5))
+        ax.bar(range(len(names)), [counts[n] for n in names], color="#55a868")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("examples")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.set_title("label distribution" + (" (40 most frequent)" if len(counts) > 40 else ""))
+        fig.tight_layout()
+        fig.savefig(path, format="png", metadata={"Software": None})
     plt.close(fig)
 
 
