@@ -55,6 +55,10 @@ def test_paraphrase_with_a_generator_marks_copies():
     examples = [{"text": "hello there", "label": "x", "_src": "a:1"}, {"text": "keep me", "label": "y", "_src": "a:2"}]
     new = paraphrase_examples(examples, lambda prompts: ["hi there", "keep me"])
     assert new == [{"text": "hi there", "label": "x", "_src": "a:1", "augmented": {"method": "paraphrase", "source": "a:1"}}]
+    chat = {"messages": [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": "second"}, {"role": "assistant", "content": "fine"}], "_src": "c:1"}
+    rewritten = paraphrase_examples([chat], lambda prompts: ["the second one"])[0]
+    assert [m["content"] for m in rewritten["messages"]] == ["first", "ok", "the second one", "fine"]
 
 
 def test_augment_cli_keeps_originals_drops_eval_matches_and_repeats(tmp_path):

@@ -4,7 +4,6 @@ leakage against evaluation sets, reports, and identical output on a second run."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 

@@ -107,12 +107,13 @@ class RuleAugmenter:
         return self.synonyms.get(word) or self.synonyms.get(bare) or []
 
 
-def _edit_prompt(example: dict, fn) -> dict:
+def _edit_prompt(example: dict, fn, last_user_only: bool = False) -> dict:
+    """A copy with `fn` applied to the user turns (or only the last one) of sft, or to the text otherwise."""
     out = copy.deepcopy(example)
     if stage_of(out) == "sft":
-        for message in out["messages"]:
-            if message["role"] == "user":
-                message["content"] = fn(message["content"])
+        users = [m for m in out["messages"] if m["role"] == "user"]
+        for message in users[-1:] if last_user_only else users:
+            message["content"] = fn(message["content"])
     else:
         out["text"] = fn(out["text"])
     return out
@@ -135,18 +136,18 @@ def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: li
     return out
 
 
-def paraphrase_examples(examples: list[dict], generator, copies: int = 1) -> list[dict]:
-    """Marked copies whose prompt side is rewritten by a local model (`generator(prompts) -> texts`)."""
+def paraphrase_examples(examples: list[dict], generator) -> list[dict]:
+    """One marked copy per example whose prompt side is rewritten by a local model (`generator(prompts) -> texts`);
+    empty rewrites and rewrites equal to the original are skipped."""
+    originals = [_prompt_side(example) for example in examples]
+    rewritten = generator([paraphrase_instruction(text) for text in originals])
     out = []
-    for number in range(copies):
-        texts = [_prompt_side(example) for example in examples]
-        rewritten = generator([paraphrase_instruction(text) for text in texts])
-        for example, text in zip(examples, rewritten):
-            text = text.strip()
-            if text and text != _prompt_side(example):
-                new = _edit_prompt(example, lambda _old, t=text: t)
-                new["augmented"] = {"method": "paraphrase", "source": src(example)}
-                out.append(new)
+    for example, original, text in zip(examples, originals, rewritten):
+        text = text.strip()
+        if text and text != original:
+            new = _edit_prompt(example, lambda _old, t=text: t, last_user_only=True)
+            new["augmented"] = {"method": "paraphrase", "source": src(example)}
+            out.append(new)
     return out
 
 

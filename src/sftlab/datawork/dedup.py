@@ -101,7 +101,7 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
     seen_hash: dict[str, dict] = {}
     index = NearIndex(options) if options.near_threshold is not None else None
     kept, removed = [], []
-    for position, example in enumerate(examples):
+    for example in examples:
         text = full_text(example)
         digest = text_hash(text)
         if options.exact and digest in seen_hash:

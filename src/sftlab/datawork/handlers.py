@@ -175,7 +175,7 @@ def augment(args) -> int:
         from sftlab.datawork.generate import LocalGenerator
 
         generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
-        new += paraphrase_examples(examples, generator, 1)
+        new += paraphrase_examples(examples, generator)
     report = Report("augment", [args.input, *(args.eval or [])], before=len(examples))
     if args.eval:
         eval_sets = {str(path): read_input(args, path) for path in args.eval}
