@@ -1,0 +1,115 @@
+"""`sftlab export RUN_DIR --merge OUT`: fold a LoRA adapter into a full-precision copy of its base model.
+
+The base named in the adapter's `adapter_config.json` is loaded in float32 (locally, like every model),
+the adapter attached, and logits on a few probe texts computed before and after `merge_and_unload()`;
+the merged model and its tokenizer are saved to OUT (atomically) with `sftlab_export.json`, which
+records the base, the adapter and the largest absolute logit difference seen on the probes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+
+DEFAULT_PROBES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "What is the capital of France?",
+    "关于开展高新技术企业认定工作的通知",
+]
+
+
+def find_adapter(run_dir: Path) -> Path:
+    """The adapter directory of a run (`RUN/model`) or the directory itself when it is an adapter."""
+    for candidate in (run_dir / "model", run_dir):
+        if (candidate / "adapter_config.json").is_file():
+            return candidate
+    if (run_dir / "model" / "config.json").is_file() or (run_dir / "config.json").is_file():
+        raise SftlabError(f"{run_dir}: this run saved a full model (no LoRA adapter); it needs no merge, "
+                          "use its model/ directory as is")
+    raise SftlabError(f"{run_dir}: no adapter_config.json in it or in its model/ directory")
+
+
+def _classifier_labels(run_dir: Path, adapter_dir: Path) -> list[str] | int:
+    """Label names from the run's data_stats.json, else the head size read from the adapter weights."""
+    stats = run_dir / "data_stats.json"
+    if stats.is_file():
+        names = json.loads(stats.read_text(encoding="utf-8")).get("label_names")
+        if names:
+            return [str(name) for name in names]
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as handle:
+        for key in handle.keys():
+            if key.endswith(("score.weight", "classifier.weight")):
+                return int(handle.get_slice(key).get_shape()[0])
+    raise SftlabError(f"{adapter_dir}: a classification adapter without data_stats.json or a saved head; "
+                      "cannot tell the number of labels")
+
+
+def _probe_logits(model, tokenizer, probes: list[str]):
+    import torch
+
+    with torch.no_grad():
+        return [model(**tokenizer(text, return_tensors="pt")).logits.float() for text in probes]
+
+
+def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | None = None,
+                  overwrite: bool = False) -> dict:
+    """Merge the run's LoRA adapter into a float32 copy of its base, save it to `out_dir`, return the record."""
+    from peft import PeftModel
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.io import atomic_dir, atomic_write_json, check_output_dir
+    from sftlab.models.load import load_model, load_tokenizer
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    check_output_dir(out_dir, overwrite)
+    adapter_dir = find_adapter(run_dir)
+    adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = adapter_cfg.get("base_model_name_or_path")
+    if not base:
+        raise SftlabError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path")
+    base_cfg = ModelConfig(path=str(base), dtype="float32")
+    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
+    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir)) if has_tokenizer else base_cfg)
+    if adapter_cfg.get("task_type") == "SEQ_CLS":
+        labels = _classifier_labels(run_dir, adapter_dir)
+        named = isinstance(labels, list)
+        model = load_model(base_cfg, "cls", num_labels=None if named else labels,
+                           label_names=labels if named else None, tokenizer=tokenizer)
+    else:
+        model = load_model(base_cfg, "sft")
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    probes = probes or DEFAULT_PROBES
+    before = _probe_logits(peft_model, tokenizer, probes)
+    merged = peft_model.merge_and_unload()
+    after = _probe_logits(merged, tokenizer, probes)
+    max_diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
+              "dtype": "float32", "probes": len(probes), "max_abs_logit_diff": max_diff}
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(Path(tmp) / "sftlab_export.json", record)
+    return record
+
+
+def _export(args) -> int:
+    if not args.merge:
+        raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
+    record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite)
+    print(f"merged {record['adapter']} into {record['base']} -> {args.merge}; max |merged - unmerged| logit "
+          f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}")
+    return 0
+
+
+def register(registry) -> None:
+    """Add `sftlab export`."""
+    parser = registry.top.add_parser("export", help="merge a LoRA run's adapter into a full model")
+    parser.add_argument("run_dir", help="a run directory (with model/) or an adapter directory")
+    parser.add_argument("--merge", metavar="OUT", help="write the merged full-precision model here")
+    parser.add_argument("--probe", action="append", help="probe text for the merged-vs-unmerged check (repeatable)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.set_defaults(func=_export)

@@ -1,0 +1,65 @@
+"""`sftlab export RUN --merge OUT`: merged model equals base + adapter on probe inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sftlab.cli import main
+from sftlab.errors import SftlabError
+from sftlab.models.tiny import ARCH_TEMPLATE, make_tokenizer, save_tiny
+from sftlab.strategy import select_trainable
+
+
+def lora_run(tmp_path, arch: str, task: str) -> tuple:
+    """A run dir whose model/ holds a trained-looking LoRA adapter (non-zero B) plus the tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    base = save_tiny(arch, tmp_path / "base", task=task, num_labels=3)
+    auto = AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
+    model, _ = select_trainable(auto.from_pretrained(base), {"kind": "lora", "lora": {"rank": 4, "dora": arch == "qwen2"}})
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.1)
+    run = tmp_path / "run"
+    model.save_pretrained(run / "model")
+    make_tokenizer(ARCH_TEMPLATE[arch]).save_pretrained(run / "model")
+    return run, model.eval()
+
+
+@pytest.mark.parametrize("arch, task", [("llama", "causal_lm"), ("qwen2", "causal_lm"), ("bert", "cls")])
+def test_merge_matches_unmerged(tmp_path, capsys, arch, task):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    run, peft_model = lora_run(tmp_path, arch, task)
+    if task == "cls":
+        (run / "data_stats.json").write_text(json.dumps({"label_names": ["a", "b", "c"]}))
+    assert main(["export", str(run), "--merge", str(tmp_path / "merged"), "--probe", "hello world"]) == 0
+    assert "max |merged - unmerged| logit difference on 1 probe inputs" in capsys.readouterr().out
+    record = json.loads((tmp_path / "merged" / "sftlab_export.json").read_text())
+    assert record["max_abs_logit_diff"] < 1e-4
+    auto = AutoModelForSequenceClassification if task == "cls" else AutoModelForCausalLM
+    merged = auto.from_pretrained(tmp_path / "merged").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, atol=1e-4)
+    if task == "cls":
+        assert merged.config.id2label[2] == "c"
+
+
+def test_export_errors(tmp_path, capsys):
+    from sftlab.commands.export import merge_adapter
+
+    save_tiny("llama", tmp_path / "full" / "model")
+    with pytest.raises(SftlabError, match="saved a full model"):
+        merge_adapter(tmp_path / "full", tmp_path / "out")
+    with pytest.raises(SftlabError, match="no adapter_config.json"):
+        merge_adapter(tmp_path, tmp_path / "out")
+    assert main(["export", str(tmp_path / "full")]) == 2
+    assert "pass --merge OUT" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
