@@ -194,3 +194,26 @@ def test_paraphrase_augmentation_with_a_local_model(tmp_path, tiny_lm):
     assert [r["label"] for r in rows[2:]] == ["x", "y"][: len(rows) - 2]
     first = out.read_text(encoding="utf-8")
     assert main(args) == 0 and out.read_text(encoding="utf-8") == first
+
+
+def test_kb_pick_draws_fields_at_random_from_the_record(tmp_path):
+    spec = tmp_path / "pick.yaml"
+    spec.write_text(
+        "templates:\n  - id: facts\n    lang: en\n    pick: {from: [issuer, date, category], count: 2, join: ' | '}\n"
+        "    names: {issuer: issuer, date: date, category: category}\n"
+        "    questions: ['{picked_names} of {title}?']\n    answer: '{picked_facts}'\n", encoding="utf-8")
+    record = {"id": "A", "title": "Export Credit", "issuer": "Trade Office", "category": "trade", "date": "2024-05-01"}
+    answers = set()
+    for seed in range(12):
+        pairs, _ = build_pairs([record], load_templates(spec, "en"), per_record=1, seed=seed)
+        facts = pairs[0]["messages"][1]["content"].split(" | ")
+        assert len(facts) == 2
+        assert set(facts) <= {"issuer: Trade Office", "date: 2024-05-01", "category: trade"}
+        answers.add(frozenset(facts))
+    assert len(answers) == 3  # every pair of the three fields is drawn for some seed
+    sparse = {"id": "B", "title": "Only Issuer", "issuer": "X Office"}
+    assert build_pairs([sparse], load_templates(spec, "en"), per_record=1)[1]["no_template"] == ["0"]
+    spec.write_text("templates:\n  - id: bad\n    questions: ['{picked_names}?']\n    answer: a\n    pick: {from: [x], count: 2}\n",
+                    encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"templates\[0\]\.pick\.count"):
+        load_templates(spec, "en")

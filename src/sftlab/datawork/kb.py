@@ -6,7 +6,8 @@ issuer, category, date, eligibility, benefits) filled into question templates ke
 
 For each record, `per_record` applicable templates (all their fields present) and one phrasing of each are
 chosen with a generator seeded by (seed, record id), so the output does not depend on record order and a
-re-run is identical. Every pair is filled from its own record only, and is then checked: a pair whose text
+re-run is identical. A template with `pick` also draws which fields it asks about: `count` of the `from`
+fields present in the record, filled into the `{picked_names}` and `{picked_facts}` slots. Every pair is filled from its own record only, and is then checked: a pair whose text
 contains a field value of another record that its own record does not contain is dropped and reported
 (this catches templates with hard-coded facts and records that copied another record's fields).
 """
@@ -47,11 +48,40 @@ def load_templates(path: str | Path | None, lang: str) -> list[dict]:
             raise SftlabError(f"{where} needs id, questions (a list) and answer")
         if not isinstance(item["questions"], list):
             raise SftlabError(f"{where}.questions must be a list of phrasings")
+        if "pick" in item:
+            _check_pick(item, where)
         if item.get("lang", lang) == lang:
-            chosen.append({**item, "fields": sorted(_slots(item))})
+            chosen.append({**item, "fields": sorted(_slots(item) - PICK_SLOTS)})
     if not chosen:
         raise SftlabError(f"{source}: no templates for language {lang!r}")
     return chosen
+
+
+PICK_SLOTS = {"picked_names", "picked_facts"}
+PICK_DEFAULTS = {"item": "{name}: {value}", "join": "; ", "names_join": ", "}
+
+
+def _check_pick(item: dict, where: str) -> None:
+    pick = item["pick"]
+    if not isinstance(pick, dict) or not isinstance(pick.get("from"), list) or not pick["from"]:
+        raise SftlabError(f"{where}.pick needs 'from' (a list of fields) and 'count'")
+    if not isinstance(pick.get("count"), int) or not 1 <= pick["count"] <= len(pick["from"]):
+        raise SftlabError(f"{where}.pick.count must be a whole number from 1 to {len(pick['from'])}")
+    names = item.get("names") or {}
+    missing = [field for field in pick["from"] if field not in names]
+    if missing:
+        raise SftlabError(f"{where}.names must name every field in pick.from; missing {missing}")
+
+
+def _pick_values(template: dict, record: dict, rng: random.Random) -> dict[str, str]:
+    """The {picked_names}/{picked_facts} slot values: `count` fields drawn from those the record has."""
+    if "pick" not in template:
+        return {}
+    pick, names = {**PICK_DEFAULTS, **template["pick"]}, template["names"]
+    present = [field for field in pick["from"] if _value(record, field)]
+    fields = rng.sample(present, pick["count"])
+    return {"picked_names": pick["names_join"].join(names[f] for f in fields),
+            "picked_facts": pick["join"].join(pick["item"].format(name=names[f], value=_value(record, f)) for f in fields)}
 
 
 def _slots(template: dict) -> set[str]:
@@ -67,7 +97,10 @@ def _value(record: dict, field: str) -> str:
 
 
 def applicable(template: dict, record: dict) -> bool:
-    """True when every field the template names is present and non-empty in `record`."""
+    """True when every field the template names is present and non-empty in `record` (and, for a template with
+    `pick`, at least `count` of its `from` fields)."""
+    if "pick" in template and sum(1 for f in template["pick"]["from"] if _value(record, f)) < template["pick"]["count"]:
+        return False
     return all(_value(record, field) for field in template["fields"])
 
 
@@ -87,8 +120,9 @@ def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3,
             continue
         rng = random.Random(f"{seed}:{_value(record, id_field) or _value(record, 'title') or index}")
         for template in rng.sample(usable, min(per_record, len(usable))):
-            question = rng.choice(template["questions"]).format_map(_Values(record))
-            answer = template["answer"].format_map(_Values(record))
+            values = _Values(record) | _pick_values(template, record, rng)
+            question = rng.choice(template["questions"]).format_map(values)
+            answer = template["answer"].format_map(values)
             leaked = _foreign_facts(f"{question}\n{answer}", index, facts, record)
             if leaked:
                 report["leaks_dropped"].append({"src": record.get("_src"), "template": template["id"], "foreign_values": leaked[:3]})
