@@ -86,7 +86,8 @@ def update_review(instructions: list[dict], existing: list[dict], generator, bat
             by_id[item["id"]] = {"id": item["id"], "status": "draft", "instruction": item["instruction"],
                                  "input": item["input"], "draft": draft, "final": ""}
     wanted = [item["id"] for item in instructions]
-    orphans = [record for record in existing if record["id"] not in set(wanted)]
+    wanted_ids = set(wanted)
+    orphans = [record for record in existing if record["id"] not in wanted_ids]
     records = [by_id[key] for key in wanted] + orphans
     summary = {"instructions": len(instructions), "kept_from_review_file": len(existing), "new_drafts": len(new),
                "no_longer_in_instructions": len(orphans), "status": _status_counts(records)}
