@@ -76,16 +76,17 @@ def row(label: str, count: int, tokens: int, wall: float, latencies: list[float]
             f"{percentile(latencies, 50) * 1000:>7.0f} | {percentile(latencies, 99) * 1000:>7.0f} |")
 
 
-def start_server(model_path: str, max_batch: int, requests: int, threads: int, log_dir: Path):
+def start_server(model_path: str, args, log_dir: Path):
     """`sftlab serve` in a child process on a free loopback port; returns (process, url) once /health answers."""
     import httpx
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "sftlab", "serve", model_path, "--port", str(port), "--max-batch", str(max_batch),
-               "--max-queue", str(max(64, requests)), "--access-log", str(log_dir / "access.jsonl")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    command = [sys.executable, "-m", "sftlab", "serve", model_path, "--port", str(port), "--max-batch", str(args.max_batch),
+               "--max-queue", str(max(64, args.requests)), "--access-log", str(log_dir / "access.jsonl"),
+               "--template", args.template]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(log_dir / "server.err", "w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two sides this many times")
+    parser.add_argument("--template", default="auto", help="chat template, e.g. gemma for an imported GGUF")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both sides (default 1)")
     args = parser.parse_args(argv)
 
@@ -143,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="sftlab-bench-"))
     model_path = args.model or str(save_tiny("qwen2", work / "tiny"))
     served = load_served(model_path)
-    stops = stop_token_ids(served.tokenizer, served.model)
+    stops = stop_token_ids(served.tokenizer, served.model, args.template)
     chats = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(args.requests)]
-    prompt_ids = [render_chat(served.tokenizer, chat) for chat in chats]
+    prompt_ids = [render_chat(served.tokenizer, chat, args.template) for chat in chats]
     bodies = [{"model": served.default_name, "messages": chat, "max_tokens": args.max_tokens, "temperature": 0}
               for chat in chats]
-    process, url = start_server(model_path, args.max_batch, args.requests, args.threads, work)
+    process, url = start_server(model_path, args, work)
     try:
         base, server = run_rounds(served, url, prompt_ids, bodies, stops, args)
     finally:

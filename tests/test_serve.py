@@ -133,6 +133,20 @@ def test_prompt_longer_than_context_and_unknown_model(server):
     assert broken.status_code == 400 and "error" in broken.json()
 
 
+def test_failure_inside_generation_is_500_without_details(server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(server.engine.scheduler.batch, "_forward", broken)
+    response = _post(server, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert response.status_code == 500 and response.json()["error"]["type"] == "server_error"
+    assert "secret" not in response.text and "Traceback" not in response.text
+    monkeypatch.undo()
+    assert _post(server, {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).status_code == 200
+    empty = _post(server, {"model": "tiny", "prompt": "", "max_tokens": 3}, path="/v1/completions")
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "prompt"
+
+
 def test_client_disconnect_stops_generation(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2000, "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/chat/completions", json=body, timeout=30,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import copy
 import itertools
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,9 @@ from typing import Callable
 from sftlab.infer.batch import DecodeBatch, Row
 from sftlab.infer.sampling import SamplingParams
 from sftlab.infer.text import IncrementalText
+
+
+log = logging.getLogger("sftlab.infer")
 
 
 class QueueFull(Exception):
@@ -81,6 +85,15 @@ class Scheduler:
             self._retire_cancelled()
             self._guarded(self.batch.step, list(self.running))
         self._report()
+
+    def fail_all(self, message: str) -> None:
+        """End every waiting and running request with an error and start from an empty batch."""
+        for request in [*self.running, *self.waiting]:
+            if not request.finished:
+                request.finished = True
+                request.emit({"type": "error", "message": message})
+        self.running, self.waiting = [], collections.deque()
+        self.batch.rows, self.batch.cache, self.batch.mask = [], None, None
 
     def _take_joining(self) -> list[Request]:
         room = self.max_batch - len(self.running)
@@ -230,4 +243,8 @@ class Engine:
             with self._cond:
                 while self._inbox:
                     self.scheduler.add(self._inbox.popleft())
-            self.scheduler.tick()
+            try:
+                self.scheduler.tick()
+            except Exception:  # a bug must not leave requests hanging: fail them and keep serving
+                log.exception("scheduler step failed")
+                self.scheduler.fail_all("internal error during generation")

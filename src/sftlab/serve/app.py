@@ -102,14 +102,15 @@ class _Generation:
         if body.model not in self.served.adapters:
             raise APIError(404, f"model {body.model!r} does not exist; served: {', '.join(self.served.names)}",
                            param="model", code="model_not_found")
+        if not prompt:
+            raise APIError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         params = self._params(body, prompt, max_tokens)
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         access = {"id": request_id, "model": body.model, "stream": body.stream, "prompt_tokens": len(prompt)}
         request.state.access = access
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        job = GenRequest(prompt, params, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                         adapter=self.served.adapters[body.model],
+        job = GenRequest(prompt, params, _emitter(loop, events), adapter=self.served.adapters[body.model],
                          deadline=time.monotonic() + self.settings.request_timeout_s, stream=body.stream)
         try:
             self.engine.submit(job)
@@ -195,6 +196,16 @@ class _Generation:
                 self.engine.cancel(job)
                 access.setdefault("finish_reason", "cancelled")
                 access.setdefault("completion_tokens", len(job.row.generated) if job.row else 0)
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, events: asyncio.Queue):
+    """A thread-safe callback that hands engine events to the request's event loop (dropped once it is closed)."""
+    def emit(event: dict) -> None:
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the loop has shut down; nobody is listening any more
+            pass
+    return emit
 
 
 def _checked(done: dict, timeout_s: float) -> dict:
