@@ -32,6 +32,7 @@ def test_validate_reports_every_problem_with_its_line(tmp_path):
     found = {(p.src.rsplit(":", 1)[1], p.kind) for p in problems}
     assert rows == 5
     assert found == {("2", "duplicate"), ("2", "duplicate-id"), ("3", "empty"), ("4", "mixed-format"), ("5", "schema")}
+    assert [p.message for p in problems if p.kind == "schema"] == ["missing required field 'output'"]
 
 
 def test_validate_lists_all_broken_lines_and_bad_encoding(tmp_path):

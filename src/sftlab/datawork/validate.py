@@ -88,16 +88,32 @@ def _jsonl_syntax_problems(path: Path) -> list[Problem]:
     return problems
 
 
-def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict | None) -> list[Problem]:
-    from sftlab.data.formats import apply_columns, detect_format, to_canonical
+def _row_formats(rows: list[dict], fmt: str, columns: dict | None) -> tuple[list[str | None], Counter]:
+    """Each row's format (None when its keys fit none) and how many rows have each format."""
+    from sftlab.data.formats import apply_columns, detect_format
 
-    problems, formats, seen = [], Counter(), {}
+    found: list[str | None] = []
     for row in rows:
+        try:
+            found.append(detect_format(apply_columns(row, columns)) if fmt == "auto" else fmt)
+        except SftlabError:
+            found.append(None)
+    return found, Counter(f for f in found if f is not None)
+
+
+def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict | None) -> list[Problem]:
+    """Rows converted one at a time; a row whose format cannot be told is checked against the file's main format."""
+    from sftlab.data.formats import to_canonical
+
+    found, formats = _row_formats(rows, fmt, columns)
+    majority = formats.most_common(1)[0][0] if formats else None
+    problems, seen = [], {}
+    for row, row_fmt in zip(rows, found):
         where = row.get("_src", "?")
         try:
-            row_fmt = detect_format(apply_columns(row, columns)) if fmt == "auto" else fmt
-            formats[row_fmt] += 1
-            example = to_canonical([row], row_fmt, stage, columns)[0]
+            if row_fmt is None and majority is None:
+                to_canonical([row], "auto", stage, columns)  # raises the "cannot tell the format" error
+            example = to_canonical([row], row_fmt or majority, stage, columns)[0]
         except SftlabError as exc:
             problems.append(Problem(where, "schema", _strip_src(str(exc), where)))
             continue
@@ -108,7 +124,8 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
         else:
             seen[digest] = where
     if fmt == "auto" and len(formats) > 1:
-        problems += _mixed_format_problems(rows, formats, columns)
+        problems += [Problem(row["_src"], "mixed-format", f"row is {f!r} but most rows ({formats[majority]}) are {majority!r}")
+                     for row, f in zip(rows, found) if f is not None and f != majority]
     return problems
 
 
@@ -121,21 +138,6 @@ def _empty_fields(example: dict, where: str) -> list[Problem]:
         problems.append(Problem(where, "empty", "field 'text' is empty"))
     if "label" in example and not str(example["label"]).strip():
         problems.append(Problem(where, "empty", "field 'label' is empty"))
-    return problems
-
-
-def _mixed_format_problems(rows: list[dict], formats: Counter, columns: dict | None) -> list[Problem]:
-    from sftlab.data.formats import apply_columns, detect_format
-
-    majority = formats.most_common(1)[0][0]
-    problems = []
-    for row in rows:
-        try:
-            found = detect_format(apply_columns(row, columns))
-        except SftlabError:
-            continue
-        if found != majority:
-            problems.append(Problem(row["_src"], "mixed-format", f"row is {found!r} but most rows ({formats[majority]}) are {majority!r}"))
     return problems
 
 
