@@ -65,3 +65,16 @@ def test_stats_cli_writes_json_markdown_and_plots_identically(tmp_path, capsys):
     capsys.readouterr()
     assert main(["data", "stats", str(data)]) == 0
     assert json.loads(capsys.readouterr().out)["stages"] == {"cls": 8}
+
+
+def test_stats_cli_takes_tokenizer_and_max_length_from_a_run_config(tmp_path, capsys):
+    from sftlab.models.tiny import make_tokenizer
+
+    make_tokenizer("chatml").save_pretrained(tmp_path / "tok")
+    data = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "hi " * 30}, {"role": "assistant", "content": "ok"}]},
+                                             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]}])
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{path: {tmp_path / 'tok'}}}\ndata: {{train: {data}}}\ntrain: {{max_length: 20}}\n", encoding="utf-8")
+    assert main(["data", "stats", str(data), "--config", str(config)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["unit"] == "tokens" and stats["max_length"] == 20 and stats["truncated"] == {"count": 1, "share": 0.5}

@@ -37,7 +37,12 @@ def read_input(args, path=None) -> list[dict]:
     return load_examples(path or args.input, args.format, args.stage, parse_columns(args.columns))
 
 
-def load_tokenizer_dir(path: str | None):
+def load_tokenizer_dir(path: str | None, config: str | None = None):
+    """The tokenizer of `--tokenizer DIR`, else of the run config's model (`--config run.yaml`), else None."""
+    if path is None and config is not None:
+        from sftlab.models.load import load_tokenizer
+
+        return load_tokenizer(run_config(config).model)
     if path is None:
         return None
     from transformers import AutoTokenizer
@@ -45,6 +50,13 @@ def load_tokenizer_dir(path: str | None):
     if not Path(path).is_dir():
         raise SftlabError(f"--tokenizer {path}: not a local directory")
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def run_config(path: str):
+    """The validated run config at `path` (its train.max_length, data.template and data.mask set defaults)."""
+    from sftlab.config.load import load_config
+
+    return load_config(path)
 
 
 def finish(report: Report, output: str | Path, examples: list[dict], fmt: str | None, extra: list[str] = ()) -> int:
@@ -153,7 +165,7 @@ def clean(args) -> int:
     dedup = DedupOptions(exact=not args.no_exact, near_threshold=None if args.no_near else args.near, ngram=args.ngram)
     options = CleanOptions(normalize=normalize, filters=filters, dedup=dedup, drop_leaks=not args.keep_leaks)
     report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
-    kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer), eval_sets, report)
+    kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer, args.config), eval_sets, report)
     return finish(report, args.output, kept, args.to)
 
 
@@ -257,9 +269,14 @@ def stats(args) -> int:
     from sftlab.datawork.stats import compute_stats, write_stats
 
     examples = read_input(args)
-    tokenizer = load_tokenizer_dir(args.tokenizer)
-    result, lengths = compute_stats(examples, tokenizer, args.max_length, args.template, args.mask, args.label_task,
-                                    None if args.no_near else args.near)
+    tokenizer = load_tokenizer_dir(args.tokenizer, args.config)
+    max_length, template, mask = args.max_length, args.template, args.mask
+    if args.config:
+        cfg = run_config(args.config)
+        max_length = max_length or cfg.train.max_length
+        template, mask = template or cfg.data.template, mask or cfg.data.mask
+    result, lengths = compute_stats(examples, tokenizer, max_length, template or "auto", mask or "assistant",
+                                    args.label_task, None if args.no_near else args.near)
     if args.out:
         files = write_stats(result, lengths, args.out, args.overwrite)
         print(f"wrote {', '.join(files)} to {args.out}")
