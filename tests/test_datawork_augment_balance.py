@@ -113,6 +113,8 @@ def test_balance_cli_split_then_oversample(tmp_path):
     args = ["data", "balance", str(table), str(out), "--columns", "text=sentence", "label=intent", "--method", "oversample",
             "--val-ratio", "0.25", "--val-out", str(val)]
     assert main(args) == 0
+    first = out.read_bytes(), val.read_bytes()
+    assert main(args) == 0 and (out.read_bytes(), val.read_bytes()) == first  # seeded: same files again
     validation = load_examples(val)
     assert Counter(e["label"] for e in validation) == {"card": 4, "refund": 2, "atm": 1}
     balanced = load_examples(out)
