@@ -81,6 +81,14 @@ def test_bad_directories(tmp_path, content, message):
         load_model(ModelConfig(path=str(tmp_path / "m")), "pt")
 
 
+def test_architecture_without_a_causal_lm_head(tmp_path):
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "vit")
+    with pytest.raises(SftlabError, match="cannot load as a causal language model"):
+        load_model(ModelConfig(path=str(tmp_path / "vit")), "sft")
+
+
 def test_gguf_path_is_imported_once_into_the_cache(tmp_path, home, monkeypatch):
     save_tiny_gguf(tmp_path / "tiny.gguf")
     first = resolve_model_path(str(tmp_path / "tiny.gguf"))

@@ -78,8 +78,12 @@ def import_gguf_cached(gguf_file: Path) -> Path:
     return import_gguf(gguf_file, out, overwrite=True)
 
 
-def check_model_dir(directory: Path, key: str = "model.path") -> dict:
-    """Read `config.json` of a model directory; fail clearly when missing or of an unknown architecture."""
+def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code: bool = False) -> dict:
+    """Read `config.json` of a model directory; fail clearly when missing or of an unknown architecture.
+
+    With `trust_remote_code`, a model type transformers lacks is accepted when the config maps it to
+    code shipped in the directory (`auto_map`).
+    """
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise SftlabError(f"{key} {str(directory)!r} has no config.json; it is not a Hugging Face model directory "
@@ -91,7 +95,7 @@ def check_model_dir(directory: Path, key: str = "model.path") -> dict:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     model_type = raw.get("model_type")
-    if model_type not in CONFIG_MAPPING_NAMES:
+    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and raw.get("auto_map")):
         raise SftlabError(f"{config_file}: model_type {model_type!r} is not an architecture this transformers "
                           "version knows; upgrade transformers or convert the model")
     return raw
@@ -128,7 +132,7 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     `model.attn_implementation`.
     """
     directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
-    raw = check_model_dir(directory)
+    raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
