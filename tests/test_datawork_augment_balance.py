@@ -180,3 +180,14 @@ def test_feature_errors_name_file_and_key(tmp_path):
     table, mapping = fit_features([{"a": "1", "c": "x", "_src": "t.csv:2"}], FeatureSpec(numeric=["a"], label="c"))
     with pytest.raises(SftlabError, match=r"u\.csv:2: label 'q' is not in the saved mapping"):
         apply_features([{"a": "1", "c": "q", "_src": "u.csv:2"}], mapping)
+
+
+def test_rule_operations_keep_line_breaks_and_spacing():
+    synonyms = load_synonyms(None, "en")
+    text = "How can a company apply\nfor a tax subsidy quickly?"
+    for method in ("synonym", "swap", "delete", "insert"):
+        for seed in range(5):
+            out = RuleAugmenter(synonyms, rate=0.3, seed=seed).apply(method, text, RuleAugmenter(synonyms).rng(seed))
+            assert out.count("\n") == 1 and "  " not in out and out == out.strip()
+    mixed = "小微企业如何用 Python 申请补贴？"
+    assert RuleAugmenter({"企业": ["公司"]}, rate=1.0).apply("synonym", mixed, RuleAugmenter({}).rng(0)) == "小微公司如何用 Python 申请补贴？"

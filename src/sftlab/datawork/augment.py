@@ -4,7 +4,7 @@ swap, deletion and insertion at a configurable rate, seeded), and paraphrases by
     augmenter = RuleAugmenter(load_synonyms(None, "zh"), rate=0.1, seed=0)
     new = augment_examples(examples, augmenter, methods=["synonym", "swap"], copies=1)
 
-Chinese text is split into words with jieba, English on spaces. Only the prompt side is changed by default
+Chinese text is split into words with jieba, English on spaces. Only the prompt side is changed
 (the user turns of sft, the text of cls; pt has only text), so answers and labels stay correct. Every new
 record is a copy marked `"augmented": {"method", "source"}`; originals are never replaced. Randomness is drawn
 from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
@@ -50,17 +50,19 @@ def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]
 
 
 def split_words(text: str) -> tuple[list[str], str]:
-    """Words of `text` and the joiner that puts them back ('' for Chinese via jieba, ' ' otherwise)."""
+    """Tokens of `text` that join back to it exactly (words and the whitespace between them), and the separator
+    an inserted word needs ('' for text with Chinese, split by jieba; ' ' otherwise, split on whitespace)."""
     if _HAS_HAN.search(text):
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
-        return [w for w in jieba.lcut(text) if w.strip()], ""
-    return text.split(), " "
+        return jieba.lcut(text), ""
+    return [token for token in re.split(r"(\s+)", text) if token], " "
 
 
 class RuleAugmenter:
-    """EDA-style operations; `rate` is the share of words touched (at least one)."""
+    """EDA-style operations on words (whitespace and line breaks stay); `rate` is the share of words touched
+    (at least one)."""
 
     def __init__(self, synonyms: dict[str, list[str]], rate: float = 0.1, seed: int = 0):
         if not 0.0 < rate <= 1.0:
@@ -71,36 +73,43 @@ class RuleAugmenter:
         return random.Random(":".join(str(part) for part in (self.seed, *key)))
 
     def apply(self, method: str, text: str, rng: random.Random) -> str:
-        words, joiner = split_words(text)
-        if not words:
+        tokens, sep = split_words(text)
+        spots = [i for i, token in enumerate(tokens) if token.strip()]
+        if not spots:
             return text
-        n = max(1, int(round(self.rate * len(words))))
-        words = getattr(self, f"_{method}")(words, n, rng)
-        return joiner.join(words)
+        n = max(1, int(round(self.rate * len(spots))))
+        tokens = getattr(self, f"_{method}")(tokens, spots, n, rng, sep)
+        return "".join(tokens)
 
-    def _synonym(self, words, n, rng):
-        spots = [i for i, w in enumerate(words) if self._lookup(w)]
-        for i in rng.sample(spots, min(n, len(spots))):
-            words[i] = rng.choice(self._lookup(words[i]))
-        return words
+    def _synonym(self, tokens, spots, n, rng, sep):
+        usable = [i for i in spots if self._lookup(tokens[i])]
+        for i in rng.sample(usable, min(n, len(usable))):
+            tokens[i] = rng.choice(self._lookup(tokens[i]))
+        return tokens
 
-    def _swap(self, words, n, rng):
-        for _ in range(n if len(words) > 1 else 0):
-            i, j = rng.sample(range(len(words)), 2)
-            words[i], words[j] = words[j], words[i]
-        return words
+    def _swap(self, tokens, spots, n, rng, sep):
+        for _ in range(n if len(spots) > 1 else 0):
+            i, j = rng.sample(spots, 2)
+            tokens[i], tokens[j] = tokens[j], tokens[i]
+        return tokens
 
-    def _delete(self, words, n, rng):
-        if len(words) <= 1:
-            return words
-        drop = set(rng.sample(range(len(words)), min(n, len(words) - 1)))
-        return [w for i, w in enumerate(words) if i not in drop]
+    def _delete(self, tokens, spots, n, rng, sep):
+        for i in rng.sample(spots, min(n, len(spots) - 1)):
+            tokens[i] = ""
+            # drop one neighbouring run of spaces with the word, never a line break
+            for j in (i + 1, i - 1):
+                if 0 <= j < len(tokens) and tokens[j] and not tokens[j].strip() and "\n" not in tokens[j]:
+                    tokens[j] = ""
+                    break
+        return tokens
 
-    def _insert(self, words, n, rng):
-        candidates = [w for w in words if self._lookup(w)]
+    def _insert(self, tokens, spots, n, rng, sep):
+        candidates = [tokens[i] for i in spots if self._lookup(tokens[i])]
         for _ in range(n if candidates else 0):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(self._lookup(rng.choice(candidates))))
-        return words
+            word = rng.choice(self._lookup(rng.choice(candidates)))
+            at = rng.choice(spots)
+            tokens[at] = word + sep + tokens[at]
+        return tokens
 
     def _lookup(self, word: str) -> list[str]:
         bare = word.strip(".,;:!?\"'()").lower()
