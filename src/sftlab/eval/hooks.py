@@ -5,7 +5,8 @@
 
 The task is `eval.task`, or the one `eval.metric` implies (accuracy, macro_f1, micro_f1, weighted_f1, auc ->
 labels; exact_match, bleu, rouge1, rouge2, rouge_l -> generation; ndcg@5, hit_rate@10, precision@K,
-recall@K, mrr -> ranking; perplexity -> lm). Examples are `eval.data` when set (required for ranking
+recall@K, mrr -> ranking). loss and perplexity are the loop's own validation metrics, so they need no
+task; `eval.task: lm` adds nothing for the same reason. Examples are `eval.data` when set (required for ranking
 rows), else `prepared.val_examples`, cut to `eval.max_samples`. A cls run (`train.stage: cls`) classifies
 with its head over `prepared.label_names`; a generative run scores each label's likelihood (or generates,
 `eval.label_method: generate`) over `data.labels` or the labels seen in the examples.
@@ -22,12 +23,15 @@ from sftlab.eval import tasks
 _LABEL_METRICS = re.compile(r"^(accuracy|(macro|micro|weighted)_(f1|precision|recall)|auc|average_precision|unparseable)$")
 _GENERATION_METRICS = {"exact_match", "bleu", "rouge1", "rouge2", "rouge_l"}
 _RANKING_METRICS = re.compile(r"^((hit_rate|precision|recall|ndcg)@(\d+)|mrr)$")
-_LM_METRICS = {"perplexity"}
+_LOOP_METRICS = {"loss", "eval_loss", "val_loss", "perplexity"}
+# Counts and curve details that are not metrics to select on; left out of the logged validation row.
+_NOT_LOGGED = {"n", "tokens", "queries", "queries_without_relevant", "threshold", "threshold_precision",
+               "threshold_recall", "threshold_f1", "loss", "perplexity"}
 
 
 def task_for_metric(metric: str) -> str | None:
     """The evaluation task that reports `metric`; None for the loop's own `loss`."""
-    if metric in ("loss", "eval_loss", "val_loss"):
+    if metric in _LOOP_METRICS:
         return None
     if _LABEL_METRICS.match(metric):
         return "labels"
@@ -35,8 +39,6 @@ def task_for_metric(metric: str) -> str | None:
         return "generation"
     if _RANKING_METRICS.match(metric):
         return "ranking"
-    if metric in _LM_METRICS:
-        return "lm"
     raise SftlabError(f"eval.metric {metric!r} is not a metric sftlab reports; use loss, accuracy, macro_f1, micro_f1, "
                       "weighted_f1, auc, exact_match, bleu, rouge1, rouge2, rouge_l, perplexity, mrr, ndcg@K, "
                       "hit_rate@K, precision@K or recall@K")
@@ -82,12 +84,12 @@ def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
     `prepared` needs `val_examples` (canonical examples) and, for cls runs, `label_names`.
     """
     task = task_for_config(cfg)
-    if task is None:
+    if task is None or task == "lm":
         return {}
     examples = _examples(prepared, cfg, task)
     opts = options_from_config(cfg, getattr(prepared, "label_names", None))
     result, _ = tasks.TASKS[task](model, tokenizer, examples, opts)
-    values = M.scalar_metrics(result)
+    values = {k: v for k, v in M.scalar_metrics(result).items() if k not in _NOT_LOGGED}
     if cfg.eval.metric not in values and task_for_metric(cfg.eval.metric) is not None:
         raise SftlabError(f"eval.metric {cfg.eval.metric!r} was not computed by the {task} task "
                           f"(it reported {', '.join(sorted(values))}); a two-label task is needed for auc")

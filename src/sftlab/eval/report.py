@@ -26,7 +26,7 @@ from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
 
 _TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
-_NOT_CURVES = {"step", "eval", "epoch", "n", "tokens", "queries", "queries_without_relevant", "supervised_tokens"}
+_HEADLINE = ("accuracy", "macro_f1", "auc", "exact_match", "bleu", "rouge_l", "mrr", "perplexity")
 
 
 @dataclass
@@ -95,7 +95,8 @@ def _figure(title: str, xlabel: str = "step", ylabel: str = ""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=80)
+    fig.subplots_adjust(left=0.12, right=0.97, top=0.9, bottom=0.15)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -103,13 +104,12 @@ def _figure(title: str, xlabel: str = "step", ylabel: str = ""):
     return fig, ax
 
 
-def save_png(fig, path: Path) -> bytes:
+def save_png(fig, path: Path, tight: bool = False) -> bytes:
     """Render `fig` to PNG, write it atomically to `path`, close it and return the bytes."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight" if tight else None)
     plt.close(fig)
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,7 +176,7 @@ def plot_confusion(confusion: dict, path: Path, title: str = "confusion matrix")
         for j, value in enumerate(row):
             ax.text(j, i, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
     fig.colorbar(image, ax=ax)
-    return save_png(fig, path)
+    return save_png(fig, path, tight=True)
 
 
 def plot_pr_curve(result: dict, path: Path) -> bytes:
@@ -238,16 +238,32 @@ def _plots(runs: list[RunData], plot_dir: Path) -> list[str]:
         data = plot_curves(runs, key, title, "train_rows", plot_dir / f"{key}.png")
         if data:
             images.append(_image(title, data, f"{key}.png"))
-    eval_keys: list[str] = []
-    for run in runs:
-        eval_keys += [k for r in run.eval_rows for k, v in r.items() if isinstance(v, (int, float))
-                      and not isinstance(v, bool) and k not in _NOT_CURVES and k != "loss" and k not in eval_keys]
-    for key in eval_keys:
+    for key in chosen_eval_metrics(runs):
         safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in key)
         data = plot_curves(runs, key, f"validation {key}", "eval_rows", plot_dir / f"eval_{safe}.png")
         if data:
             images.append(_image(f"validation {key}", data, f"eval_{safe}.png"))
     return images
+
+
+def chosen_eval_metrics(runs: list[RunData], limit: int = 6) -> list[str]:
+    """Validation metrics plotted over time: each run's `eval.metric`, then headline metrics present."""
+    import yaml
+
+    chosen: list[str] = []
+    for run in runs:
+        try:
+            metric = ((yaml.safe_load(run.config_text) or {}).get("eval") or {}).get("metric")
+        except (yaml.YAMLError, AttributeError):
+            metric = None
+        if isinstance(metric, str) and metric != "loss" and metric not in chosen:
+            chosen.append(metric)
+    present = {k for run in runs for r in run.eval_rows for k, v in r.items() if isinstance(v, (int, float))}
+    ndcg = sorted((k for k in present if k.startswith("ndcg@")), key=lambda k: int(k.split("@")[1]) if k[5:].isdigit() else 0)
+    for key in list(_HEADLINE) + ndcg[:1]:
+        if key in present and key not in chosen:
+            chosen.append(key)
+    return [key for key in chosen if key in present][:limit]
 
 
 def _details(runs: list[RunData]) -> list[str]:

@@ -1,0 +1,121 @@
+"""`sftlab eval` end to end on tiny saved models, and best-checkpoint selection by macro F1 during training."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftlab.cli import main
+from sftlab.models.tiny import save_tiny
+
+WORDS = {"alpha": ["apple", "apricot", "avocado"], "beta": ["banana", "berry", "beet"]}
+
+
+def label_rows(n: int, offset: int) -> list[dict]:
+    rows = []
+    for i in range(n):
+        label = "alpha" if (i + offset) % 2 == 0 else "beta"
+        word = WORDS[label][(i + offset) % 3]
+        rows.append({"messages": [{"role": "user", "content": f"Which group is {word}?"},
+                                  {"role": "assistant", "content": label}]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return save_tiny("qwen2", tmp_path_factory.mktemp("m") / "qwen2", hidden=32, layers=1)
+
+
+def test_eval_labels_writes_metrics_predictions_plots_and_baselines(lm_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "val.jsonl", label_rows(8, 1))
+    out = tmp_path / "out"
+    code = main(["eval", str(lm_dir), "--data", str(data), "--task", "labels", "--out", str(out), "--baselines"])
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metrics"]["labels"] == ["alpha", "beta"] and summary["metrics"]["method"] == "likelihood"
+    assert set(summary["baselines"]) == {"majority", "tfidf_logreg"}
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 8 and all(p["prediction"] in ("alpha", "beta") for p in predictions)
+    assert all(p["reference"] == r["messages"][-1]["content"] for p, r in zip(predictions, label_rows(8, 1)))
+    for png in ("confusion_matrix.png", "pr_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    screen = capsys.readouterr().out
+    assert "macro_f1" in screen and "majority" in screen and "tfidf_logreg" in screen
+
+
+def test_eval_generation_lm_and_ranking(lm_dir, tmp_path):
+    data = write_jsonl(tmp_path / "chat.jsonl", label_rows(3, 0))
+    assert main(["eval", str(lm_dir), "--data", str(data), "--task", "generation", "--max-new-tokens", "3",
+                 "--out", str(tmp_path / "gen")]) == 0
+    gen = json.loads((tmp_path / "gen" / "metrics.json").read_text())["metrics"]
+    assert {"exact_match", "bleu", "rouge1", "rouge2", "rouge_l"} <= set(gen)
+    rows = [json.loads(line) for line in (tmp_path / "gen" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == ["alpha", "beta", "alpha"] and all("prediction" in r for r in rows)
+    assert main(["eval", str(lm_dir), "--data", str(data), "--task", "lm", "--out", str(tmp_path / "lm")]) == 0
+    lm = json.loads((tmp_path / "lm" / "metrics.json").read_text())["metrics"]
+    from transformers import AutoTokenizer
+
+    from sftlab.data.templates import encode_conversation
+
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    supervised = sum(sum(t != -100 for t in encode_conversation(tok, r["messages"])[1]) for r in label_rows(3, 0))
+    assert lm["tokens"] == supervised and lm["perplexity"] > 1
+    query = {"query": "q", "messages": [{"role": "user", "content": "pick a fruit"}],
+             "candidates": [{"id": "a", "text": "apple", "relevant": 1}, {"id": "b", "text": "beet", "relevant": 0}]}
+    ranking = write_jsonl(tmp_path / "rank.jsonl", [query, dict(query, query="r")])
+    assert main(["eval", str(lm_dir), "--data", str(ranking), "--task", "ranking", "--k", "1,2", "--baselines",
+                 "--out", str(tmp_path / "rank")]) == 0
+    result = json.loads((tmp_path / "rank" / "metrics.json").read_text())
+    assert result["metrics"]["hit_rate@2"] == 1.0 and "ndcg@1" in result["metrics"]
+    assert result["baselines"]["most_popular"]["queries"] == 2
+
+
+def test_eval_errors_are_one_line(lm_dir, tmp_path, capsys):
+    data = write_jsonl(tmp_path / "val.jsonl", label_rows(2, 0))
+    assert main(["eval", str(lm_dir), "--data", str(tmp_path / "missing.jsonl"), "--task", "labels",
+                 "--out", str(tmp_path / "o1")]) == 2
+    assert main(["eval", str(lm_dir), "--data", str(data), "--task", "ranking", "--out", str(tmp_path / "o2")]) == 2
+    assert main(["eval", str(lm_dir), "--data", str(data), "--task", "labels", "--k", "0",
+                 "--out", str(tmp_path / "o3")]) == 2
+    assert main(["eval", str(lm_dir), "--data", str(data), "--task", "labels", "--labels", "alpha,gamma",
+                 "--out", str(tmp_path / "o4")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 4
+    assert "not found" in errors[0] and "candidates" in errors[1] and "--k" in errors[2] and "'beta'" in errors[3]
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_best_checkpoint_follows_macro_f1_not_loss(lm_dir, tmp_path):
+    """F1 reaches its maximum at an earlier evaluation than the lowest loss; best/ is the F1 one."""
+    from sftlab.config import load_config
+    from sftlab.train import run_training
+
+    train = write_jsonl(tmp_path / "train.jsonl", label_rows(8, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", label_rows(6, 1))
+    raw = {"model": {"path": str(lm_dir)},
+           "data": {"train": str(train), "validation": str(val), "cache_dir": str(tmp_path / "cache")},
+           "train": {"stage": "sft", "max_steps": 36, "batch_size": 4, "lr": 2e-2, "max_length": 64},
+           "eval": {"every_n_steps": 3, "metric": "macro_f1", "mode": "max"},
+           "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
+    result = run_training(load_config(None, [], base=raw), show_progress=False)
+    evals = [row for row in map(json.loads, (result.out_dir / "metrics.jsonl").read_text().splitlines()) if row.get("eval")]
+    f1 = {row["step"]: row["macro_f1"] for row in evals}
+    loss = {row["step"]: row["loss"] for row in evals}
+    best_f1_step = min(step for step, value in f1.items() if value == max(f1.values()))
+    lowest_loss_step = min(loss, key=loss.get)
+    assert max(f1.values()) > min(f1.values()), "construction: F1 must change during training"
+    assert lowest_loss_step != best_f1_step, "construction: the lowest-loss and best-F1 evaluations must differ"
+    assert result.metrics["best_step"] == best_f1_step
+    assert json.loads((result.out_dir / "best" / "sftlab_state.json").read_text())["best"]["step"] == best_f1_step
+    # the kept weights really are the best-F1 ones: evaluating best/ reproduces the logged F1
+    assert main(["eval", str(result.out_dir / "best"), "--data", str(val), "--task", "labels",
+                 "--out", str(tmp_path / "best-eval")]) == 0
+    best_eval = json.loads((tmp_path / "best-eval" / "metrics.json").read_text())["metrics"]
+    assert best_eval["macro_f1"] == pytest.approx(f1[best_f1_step])
+    assert main(["report", str(result.out_dir)]) == 0
+    assert (result.out_dir / "report.html").is_file() and (result.out_dir / "plots" / "eval_macro_f1.png").is_file()
