@@ -101,3 +101,11 @@ def test_auto_restores_grad_flags_and_mode_on_failure():
     with pytest.raises(RuntimeError):
         select_trainable(model, {"kind": "auto"}, calibration(model), broken)
     assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_auto_reports_tied_embedding():
+    model = make_tiny_model("gemma3", make_tokenizer("gemma"))  # lm_head shares the embedding matrix
+    cfg = {"kind": "auto", "auto": {"budget": 0.99, "granularity": "layer", "batches": 1}}
+    model, trainable = select_trainable(model, cfg, calibration(model, 1), lm_loss)
+    assert "model.embed_tokens" in trainable.details["chosen"]
+    assert any("model.embed_tokens.weight is tied to lm_head.weight" in note for note in trainable.notes)

@@ -21,7 +21,7 @@ import time
 from typing import Callable, Iterable
 
 from sftlab.errors import SftlabError
-from sftlab.strategy.structure import find_layer_list
+from sftlab.strategy.structure import find_layer_list, tie_notes
 
 
 def budget_in_params(budget: float, total: int) -> int:
@@ -136,4 +136,5 @@ def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, lis
                "seconds": round(time.perf_counter() - started, 3)}
     top = ", ".join(details["chosen"][:3]) + (", ..." if len(chosen) > 3 else "")
     notes = [f"auto: {len(chosen)} of {len(scored)} {auto_cfg.granularity} units by {auto_cfg.score} ({top})"]
+    notes += tie_notes(model, {name for unit in chosen for name in units[unit]})
     return details, notes
