@@ -111,7 +111,7 @@ def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3,
         raise SftlabError(f"--per-record must be at least 1, got {per_record}")
     if not records:
         raise SftlabError("the knowledge base has no records")
-    facts = [_facts(record) for record in records]
+    facts = _FactIndex(records)
     pairs, report = [], {"records": len(records), "pairs": 0, "template_use": {}, "no_template": [], "leaks_dropped": []}
     for index, record in enumerate(records):
         usable = [t for t in templates if applicable(t, record)]
@@ -123,7 +123,7 @@ def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3,
             values = _Values(record) | _pick_values(template, record, rng)
             question = rng.choice(template["questions"]).format_map(values)
             answer = template["answer"].format_map(values)
-            leaked = _foreign_facts(f"{question}\n{answer}", index, facts, record)
+            leaked = facts.foreign(f"{question}\n{answer}", index, record)
             if leaked:
                 report["leaks_dropped"].append({"src": record.get("_src"), "template": template["id"], "foreign_values": leaked[:3]})
                 continue
@@ -143,11 +143,33 @@ def _facts(record: dict) -> set[str]:
     return {_value(record, key) for key in record if not key.startswith("_") and len(_value(record, key)) >= MIN_FACT_CHARS}
 
 
-def _foreign_facts(text: str, own_index: int, facts: list[set[str]], record: dict) -> list[str]:
-    own_text = "\n".join(_value(record, key) for key in record if not key.startswith("_"))
-    found = []
-    for index, values in enumerate(facts):
-        if index == own_index:
-            continue
-        found += [value for value in values if value in text and value not in own_text]
-    return sorted(set(found))
+class _FactIndex:
+    """Every distinct field value (MIN_FACT_CHARS or longer) with the records that have it. Each value is keyed
+    by its rarest MIN_FACT_CHARS-gram, so finding the values inside a text costs one lookup per character of
+    the text plus a check of the few values that share the key."""
+
+    def __init__(self, records: list[dict]):
+        self.owners: dict[str, set[int]] = {}
+        for index, record in enumerate(records):
+            for value in _facts(record):
+                self.owners.setdefault(value, set()).add(index)
+        n = MIN_FACT_CHARS
+        frequency: dict[str, int] = {}
+        for value in self.owners:
+            for gram in {value[i : i + n] for i in range(len(value) - n + 1)}:
+                frequency[gram] = frequency.get(gram, 0) + 1
+        self.by_gram: dict[str, list[tuple[str, int]]] = {}
+        for value in self.owners:
+            offset = min(range(len(value) - n + 1), key=lambda i: (frequency[value[i : i + n]], i))
+            self.by_gram.setdefault(value[offset : offset + n], []).append((value, offset))
+
+    def foreign(self, text: str, own_index: int, record: dict) -> list[str]:
+        """Values of other records found in `text` that the record itself does not contain."""
+        own_text = "\n".join(_value(record, key) for key in record if not key.startswith("_"))
+        found = set()
+        for pos in range(len(text) - MIN_FACT_CHARS + 1):
+            for value, offset in self.by_gram.get(text[pos : pos + MIN_FACT_CHARS], ()):
+                start = pos - offset
+                if start >= 0 and text.startswith(value, start) and self.owners[value] != {own_index} and value not in own_text:
+                    found.add(value)
+        return sorted(found)
