@@ -1,0 +1,121 @@
+"""The new-run form: fields -> an ordinary run config (YAML), checked exactly as the CLI checks it.
+
+    raw, cfg = form_to_config(fields, run_dir)     # SftlabError from validate_config on a bad choice
+    field = error_field(str(error))               # which form field an error message belongs to
+
+The YAML holds only what the form set (plus `output.dir`), so `sftlab train RUNS/NAME.yaml` trains the
+same run. Errors come from `sftlab.config.validate_config`, `resolve_model_path` and the data pipeline,
+so the board shows the CLI's own one-line messages, next to the field they name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from sftlab.config.load import apply_override, validate_config
+from sftlab.errors import SftlabError
+
+# The form's fields, by the config key they set (the element ids in the page use the same names).
+FIELDS = [
+    "model.path", "data.train", "data.validation", "data.registry", "data.val_ratio", "data.format", "data.template",
+    "data.mask", "train.stage", "strategy.kind", "strategy.freeze.layers", "strategy.lora.rank", "strategy.auto.budget",
+    "train.max_steps", "train.epochs", "train.batch_size", "train.grad_accum", "train.lr", "train.max_length",
+    "train.precision", "eval.every_n_steps", "eval.metric", "eval.mode",
+]
+PATH_FIELDS = {"model.path", "data.train", "data.validation", "data.registry"}
+STRATEGY_FIELDS = {"strategy.freeze.layers": "freeze", "strategy.lora.rank": "lora", "strategy.auto.budget": "auto"}
+_CONFIG_KEY = re.compile(r"^[^:]*: (?:unknown key |missing required key )?'?([A-Za-z_][\w.]*)'?")
+
+
+def _absolute(value: str, base: Path) -> str:
+    """A path typed relative to the board's working directory, made absolute (bare names are kept as typed)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return str(path)
+    looks_like_file = "/" in value or path.suffix != ""  # a bare word may be a registry or embedded model name
+    return str((base / path).resolve()) if (base / path).exists() or looks_like_file else value
+
+
+def form_to_raw(fields: dict[str, str], run_dir: Path, cwd: Path) -> dict:
+    """The nested config dict for the form's non-empty fields, the extra `key=value` lines and output.dir."""
+    raw: dict = {}
+    kind = (fields.get("strategy.kind") or "full").strip()
+    for key in FIELDS:
+        value = str(fields.get(key, "") or "").strip()
+        if not value or STRATEGY_FIELDS.get(key, kind) != kind:
+            continue  # only the chosen strategy's own setting is written
+        if key in PATH_FIELDS:
+            _set(raw, key, _absolute(value, cwd))  # kept as text: a path is never parsed as YAML
+        elif key == "strategy.freeze.layers":
+            _set(raw, key, value)
+        else:
+            apply_override(raw, f"{key}={value}")  # numbers and booleans parsed as YAML, as on the command line
+    for number, line in enumerate(str(fields.get("extra", "") or "").splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            try:
+                apply_override(raw, line.strip())
+            except SftlabError as exc:
+                raise SftlabError(f"extra line {number}: {exc}") from None
+    raw.setdefault("output", {})["dir"] = str(run_dir)
+    raw["output"].setdefault("tensorboard", False)
+    return raw
+
+
+def _set(raw: dict, key: str, value) -> None:
+    *parents, last = key.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    if key == "strategy.freeze.layers" and re.fullmatch(r"\s*\[.*\]\s*", value):
+        value = yaml.safe_load(value)
+    node[last] = value
+
+
+def typed(raw: dict, cfg) -> dict:
+    """`raw` with every value replaced by the validated config's (typed) value for the same key."""
+    dumped = cfg.model_dump(mode="json")
+
+    def walk(node: dict, resolved: dict) -> dict:
+        return {key: walk(value, resolved.get(key, {})) if isinstance(value, dict) and isinstance(resolved.get(key), dict)
+                else resolved.get(key, value) for key, value in node.items()}
+
+    return walk(raw, dumped)
+
+
+def form_to_config(fields: dict[str, str], run_dir: Path, cwd: Path):
+    """(YAML text, RunConfig) for the form, or SftlabError with the CLI's message."""
+    raw = form_to_raw(fields, run_dir, cwd)
+    cfg = validate_config(raw, "config")
+    text = yaml.safe_dump(typed(raw, cfg), sort_keys=False, allow_unicode=True)
+    return text, cfg
+
+
+def check_sources(cfg) -> None:
+    """Fail as training would on a model path that is not there (embedded names are resolved at train time)."""
+    from sftlab.models import pull
+    from sftlab.models.load import resolve_model_path
+
+    if cfg.model.path not in pull.EMBEDDED:
+        resolve_model_path(cfg.model.path)
+
+
+def error_field(message: str) -> str:
+    """The form field an error belongs to: the config key it names, else 'extra' or '_form'."""
+    text = message.removeprefix("error: ")
+    if text.startswith("extra line"):
+        return "extra"
+    if text.startswith("run name"):
+        return "name"
+    match = _CONFIG_KEY.match(text) if text.startswith("config:") else None
+    key = match.group(1) if match else ""
+    if not key:
+        key = next((field for field in sorted(FIELDS, key=len, reverse=True) if field in text), "")
+    if not key and (text.startswith("data file not found") or text.startswith("data")):
+        key = "data.train"
+    for field in sorted(FIELDS, key=len, reverse=True):
+        if key == field or key.startswith(field + "."):
+            return field
+    return "extra" if key and "." in key else "_form"

@@ -1,0 +1,86 @@
+"""The policy-push page's data: the evaluation against the baselines, one enterprise's pushes, the model behind them.
+
+    view = PolicyView(db_url, report_dir)
+    view.overview()                 # {"db", "results", "enterprises": [{"id", "name", "pushes"}]}
+    view.pushes("E000001")          # {"enterprise", "pushes": [...], "models": {model_version: strategy section}}
+
+The metrics come from the `metrics.json` written by `sftlab policy evaluate` / `baselines` (the board does not
+recompute them); pushes come from the application's database (`sftlab.policy.db`); the importance report of the
+model that made the pushes is the "Strategy" section of its run's model card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftlab.board.runs import card_section, read_json
+from sftlab.errors import SftlabError
+
+
+class PolicyView:
+    """Read-only views over one policy database and one evaluation report directory."""
+
+    def __init__(self, db_url: str | None = None, report_dir: str | Path | None = None):
+        self.db_url = db_url
+        self.report_dir = Path(report_dir).expanduser() if report_dir else None
+        self._engine = None
+
+    def engine(self):
+        if self._engine is None:
+            from sftlab.policy.db import make_engine
+
+            self._engine = make_engine(self.db_url)
+        return self._engine
+
+    def overview(self) -> dict:
+        """The database (password hidden), the evaluation results and the enterprises that have pushes."""
+        from sqlalchemy import func, select
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from sftlab.policy.db import Enterprise, Push
+
+        engine = self.engine()
+        report = read_json(self.report_dir / "metrics.json") if self.report_dir else None
+        try:
+            with engine.connect() as conn:
+                counted = conn.execute(
+                    select(Push.enterprise_id, Enterprise.name, func.count(Push.id))
+                    .join(Enterprise, Enterprise.id == Push.enterprise_id)
+                    .group_by(Push.enterprise_id, Enterprise.name).order_by(Push.enterprise_id)).all()
+        except SQLAlchemyError as exc:
+            raise SftlabError(f"database {engine.url.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
+                              f"{getattr(exc, 'orig', exc)}") from None
+        return {"db": engine.url.render_as_string(hide_password=True),
+                "report_dir": str(self.report_dir) if self.report_dir else None,
+                "results": (report or {}).get("results"), "manifest": (report or {}).get("manifest"),
+                "enterprises": [{"id": eid, "name": name, "pushes": count} for eid, name, count in counted]}
+
+    def pushes(self, enterprise_id: str) -> dict:
+        """The enterprise, its pushes (newest window first, by rank) with policy titles and reasons, and the models."""
+        from sqlalchemy import select
+
+        from sftlab.policy.db import Enterprise, Policy, Push
+
+        with self.engine().connect() as conn:
+            enterprise = conn.execute(select(Enterprise).where(Enterprise.id == enterprise_id)).mappings().first()
+            if enterprise is None:
+                raise SftlabError(f"enterprise {enterprise_id!r} is not in the database")
+            rows = conn.execute(
+                select(Push.window_key, Push.rank, Push.score, Push.reason, Push.model_version, Push.status,
+                       Push.created_at, Policy.id.label("policy_id"), Policy.title, Policy.category)
+                .join(Policy, Policy.id == Push.policy_id).where(Push.enterprise_id == enterprise_id)
+                .order_by(Push.window_key.desc(), Push.rank)).mappings().all()
+        pushes = [dict(row, created_at=str(row["created_at"])) for row in rows]
+        models = {version: model_importance(version) for version in sorted({p["model_version"] for p in pushes})}
+        ent = dict(enterprise)
+        ent["registered_on"] = str(ent.get("registered_on"))
+        return {"enterprise": ent, "pushes": pushes, "models": models}
+
+
+def model_importance(model_version: str) -> dict:
+    """What the run that made the pushes trained: strategy kind and its card's Strategy section (importance units)."""
+    path = Path(model_version)
+    run_dir = path if (path / "model").is_dir() else path.parent
+    card = run_dir / "model" / "README.md" if (run_dir / "model").is_dir() else path / "README.md"
+    section = card_section(card, "## Strategy")
+    return {"run_dir": str(run_dir) if section else None, "strategy": section or None}

@@ -1,0 +1,274 @@
+"""The board's runs: launch `sftlab train` / `sftlab eval` as subprocesses, stop, resume, and read run dirs.
+
+A run named NAME has its config at `RUNS/NAME.yaml` (what the new-run form wrote; `sftlab train RUNS/NAME.yaml`
+reproduces it) and its output at `RUNS/NAME/`. The board keeps each job's output in `RUNS/.board/NAME.log`
+and its exit code in `RUNS/.board/NAME.exit.json`. Stop sends SIGINT: the training loop checkpoints and
+exits 130; resume starts `sftlab train RUNS/NAME.yaml --resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_json
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BOARD_DIR = ".board"
+LOG_TAIL_LINES = 40
+
+
+def check_run_name(name: str) -> str:
+    """A run name usable as a file name: letters, digits, '.', '_' and '-'."""
+    if not NAME_PATTERN.match(name or ""):
+        raise SftlabError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return name
+
+
+@dataclass
+class Job:
+    """One subprocess started by the board, and the (time, step) points seen while it trains."""
+
+    kind: str
+    process: subprocess.Popen
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+    progress: list[tuple[float, int]] = field(default_factory=list)
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The JSON lines of `path` written so far (a half-written last line is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log, with carriage-return progress redraws reduced to their last state."""
+    if not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    cleaned = [line.rsplit("\r", 1)[-1] for line in text.splitlines()]
+    return "\n".join(cleaned[-lines:])
+
+
+def estimate_total_steps(cfg: dict, train_rows: list[dict]) -> int | None:
+    """`train.max_steps`, else the step count implied by `train.epochs` and the epoch reached per step."""
+    train = cfg.get("train") or {}
+    if train.get("max_steps"):
+        return int(train["max_steps"])
+    last = train_rows[-1] if train_rows else None
+    if last and last.get("epoch"):
+        return max(int(last["step"]), math.ceil(float(train.get("epochs", 1.0)) * last["step"] / last["epoch"]))
+    return None
+
+
+class RunManager:
+    """Starts and watches the board's jobs; every method is safe to call from request handlers."""
+
+    def __init__(self, runs_dir: str | Path, python: str = sys.executable):
+        self.runs_dir = Path(runs_dir).expanduser().resolve()
+        self.python = python
+        self.jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    # --- paths -----------------------------------------------------------------------------
+    def config_path(self, name: str) -> Path:
+        return self.runs_dir / f"{check_run_name(name)}.yaml"
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs_dir / check_run_name(name)
+
+    def _board_file(self, name: str, suffix: str) -> Path:
+        return self.runs_dir / BOARD_DIR / f"{name}{suffix}"
+
+    # --- jobs ------------------------------------------------------------------------------
+    def running(self, key: str) -> Job | None:
+        job = self.jobs.get(key)
+        return job if job is not None and job.process.poll() is None else None
+
+    def start_job(self, key: str, kind: str, args: list[str], log_suffix: str) -> Job:
+        """Run `python -m sftlab ARGS` in the background, its output appended to the job's log."""
+        with self._lock:
+            if self.running(key):
+                raise SftlabError(f"{key}: a job is already running")
+            log_path = self._board_file(key.split(":")[0], log_suffix)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = log_path.open("a", encoding="utf-8")
+            handle.write(f"$ sftlab {' '.join(args)}\n")
+            handle.flush()
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
+            process = subprocess.Popen([self.python, "-m", "sftlab", *args], stdout=handle, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, cwd=self.runs_dir, env=env, start_new_session=True)
+            handle.close()
+            job = Job(kind, process, log_path)
+            self.jobs[key] = job
+        threading.Thread(target=self._watch, args=(key, job), daemon=True, name=f"board-{key}").start()
+        return job
+
+    def _watch(self, key: str, job: Job) -> None:
+        """Record when new steps appear (for the ETA) and the exit code when the job ends."""
+        metrics = self.run_dir(key.split(":")[0]) / "metrics.jsonl"
+        while job.process.poll() is None:
+            if job.kind == "train":
+                steps = [row["step"] for row in read_rows(metrics) if not row.get("eval") and "step" in row]
+                if steps and (not job.progress or steps[-1] > job.progress[-1][1]):
+                    job.progress.append((time.monotonic(), steps[-1]))
+            time.sleep(0.5)
+        if job.kind == "train":
+            atomic_write_json(self._board_file(key, ".exit.json"), {"code": job.process.returncode, "time": time.time()})
+
+    def launch(self, name: str, resume: bool = False) -> Job:
+        """Start (or, with `resume`, continue) training run `name` from `RUNS/NAME.yaml`."""
+        config = self.config_path(name)
+        if not config.is_file():
+            raise SftlabError(f"run {name!r}: no config {config}")
+        args = ["train", str(config), "--no-progress"] + (["--resume"] if resume else [])
+        self._board_file(name, ".exit.json").unlink(missing_ok=True)
+        return self.start_job(name, "train", args, ".log")
+
+    def stop(self, name: str) -> None:
+        """Ask a running training job to stop: SIGINT makes the loop save a checkpoint and exit 130."""
+        job = self.running(name)
+        if job is None:
+            raise SftlabError(f"run {name!r} is not running")
+        job.process.send_signal(signal.SIGINT)
+
+    def evaluate(self, name: str, data: str, task: str, max_samples: int | None = None) -> Job:
+        """Start `sftlab eval RUNS/NAME/model --data DATA --task TASK --out RUNS/NAME/eval-TASK --overwrite`."""
+        model = self.run_dir(name) / "model"
+        if not model.is_dir():
+            raise SftlabError(f"run {name!r} has no model yet; evaluate once it has finished")
+        args = ["eval", str(model), "--data", data, "--task", task, "--out", str(self.run_dir(name) / f"eval-{task}"),
+                "--overwrite"] + (["--max-samples", str(max_samples)] if max_samples else [])
+        return self.start_job(f"{name}:eval", "eval", args, ".eval.log")
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """SIGINT every running job (training checkpoints) and wait for them to end."""
+        for job in list(self.jobs.values()):
+            if job.process.poll() is None:
+                job.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for job in list(self.jobs.values()):
+            try:
+                job.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                job.process.kill()
+
+    # --- reading runs ----------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Runs known to the board: configs `RUNS/NAME.yaml` and run dirs with a config.yaml."""
+        if not self.runs_dir.is_dir():
+            return []
+        found = {p.stem for p in self.runs_dir.glob("*.yaml") if NAME_PATTERN.match(p.stem)}
+        found |= {p.parent.name for p in self.runs_dir.glob("*/config.yaml") if NAME_PATTERN.match(p.parent.name)}
+        return sorted(found)
+
+    def status(self, name: str) -> str:
+        """running | completed | stopped (resumable) | failed | new, with the loop's own stop reason when finished."""
+        if self.running(name):
+            return "running"
+        run = self.run_dir(name)
+        exit_record = read_json(self._board_file(name, ".exit.json"))
+        final = read_json(run / "metrics.json")
+        if exit_record and exit_record.get("code") not in (0, 130):
+            return "failed"
+        if final and not (exit_record and exit_record.get("code") == 130):
+            return "completed" if final.get("stopped", "completed") == "completed" else str(final["stopped"])
+        if any((run / "checkpoints").glob("step-*")):
+            return "stopped"
+        return "new"
+
+    def load_config_dict(self, name: str) -> dict:
+        for path in (self.config_path(name), self.run_dir(name) / "config.yaml"):
+            if path.is_file():
+                return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raise SftlabError(f"run {name!r} not found in {self.runs_dir}")
+
+    def summary(self, name: str) -> dict:
+        """One row of the runs list."""
+        cfg = self.load_config_dict(name)
+        rows = read_rows(self.run_dir(name) / "metrics.jsonl")
+        train_rows = [row for row in rows if not row.get("eval")]
+        evals = [row for row in rows if row.get("eval")]
+        return {"name": name, "status": self.status(name), "stage": (cfg.get("train") or {}).get("stage", "sft"),
+                "strategy": (cfg.get("strategy") or {}).get("kind", "full"),
+                "model": (cfg.get("model") or {}).get("path", ""),
+                "step": train_rows[-1]["step"] if train_rows else 0,
+                "total_steps": estimate_total_steps(cfg, train_rows),
+                "loss": train_rows[-1].get("loss") if train_rows else None,
+                "eval_loss": evals[-1].get("loss") if evals else None}
+
+    def detail(self, name: str) -> dict:
+        """Everything a run's page shows: status, curves, live figures, final metrics, card, evals, log."""
+        run = self.run_dir(name)
+        rows = read_rows(run / "metrics.jsonl")
+        info = self.summary(name)
+        job = self.running(name)
+        info.update(
+            rows=rows, metrics=read_json(run / "metrics.json"), eta_s=self._eta(job, info),
+            config_yaml=self.config_path(name).read_text(encoding="utf-8") if self.config_path(name).is_file() else "",
+            resumable=not job and any((run / "checkpoints").glob("step-*")) and info["status"] != "completed",
+            has_model=(run / "model").is_dir(), log=tail(self._board_file(name, ".log")),
+            card=card_section(run / "model" / "README.md", "## Strategy"), evals=self._evals(name))
+        last = next((row for row in reversed(rows) if not row.get("eval")), {})
+        info.update(lr=last.get("lr"), tokens_per_s=last.get("tokens_per_s"))
+        return info
+
+    @staticmethod
+    def _eta(job: Job | None, info: dict) -> float | None:
+        """Seconds left: the rate of steps seen by this job so far times the steps still to go."""
+        if job is None or len(job.progress) < 2 or not info["total_steps"]:
+            return None
+        (t0, s0), (t1, s1) = job.progress[0], job.progress[-1]
+        return round((t1 - t0) / (s1 - s0) * max(0, info["total_steps"] - s1), 1)
+
+    def _evals(self, name: str) -> dict:
+        """The latest evaluation job's state and every finished `eval-TASK/metrics.json` of the run."""
+        key = f"{name}:eval"
+        job = self.jobs.get(key)
+        results = {p.parent.name.removeprefix("eval-"): read_json(p) for p in sorted(self.run_dir(name).glob("eval-*/metrics.json"))}
+        state = None
+        if job is not None:
+            code = job.process.poll()
+            state = "running" if code is None else ("completed" if code == 0 else "failed")
+        return {"job": state, "log": tail(self._board_file(name, ".eval.log"), 12), "results": results}
+
+
+def card_section(card: Path, heading: str) -> str:
+    """The text of one `## ...` section of a model card ('' when there is none)."""
+    if not card.is_file():
+        return ""
+    lines, inside = [], False
+    for line in card.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == heading
+            continue
+        if inside:
+            lines.append(line)
+    return "\n".join(lines).strip()

@@ -1,0 +1,61 @@
+"""`sftlab board [--host H] [--port P] [--runs-dir DIR]`: the local web board (see docs/board.md).
+
+Serves the bundled interface (no internet assets). On a loopback address (127.0.0.1, ::1, localhost) it
+is open; on any other address it requires the API keys `sftlab serve` uses (`--config` serve settings'
+`api_keys` plus SFTLAB_API_KEYS) and refuses to start without one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+
+def register(registry) -> None:
+    parser = registry.top.add_parser("board", help="web board: new runs, live curves, compare, evaluate, chat, policy push",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    parser.add_argument("--runs-dir", default="runs", help="where run configs (NAME.yaml) and run dirs live (default runs)")
+    parser.add_argument("--config", help="serve settings YAML whose api_keys protect the board off loopback")
+    parser.add_argument("--db", help="policy application database URL (default: $SFTLAB_DB_URL, else sqlite:///sftlab_policy.db)")
+    parser.add_argument("--policy-report", help="directory with the metrics.json of `sftlab policy evaluate`")
+    parser.set_defaults(func=handle)
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback IP addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def api_keys_for(host: str, config: str | None) -> list[str]:
+    """The keys that protect the board: none on loopback; on another address the serve keys, at least one."""
+    from sftlab.errors import SftlabError
+    from sftlab.serve.config import load_settings
+
+    if is_loopback(host):
+        return []
+    keys = load_settings(config).api_keys
+    if not keys:
+        raise SftlabError(f"--host {host}: the board is reachable from other machines there; set API keys "
+                          "(--config serve.yaml with api_keys, or SFTLAB_API_KEYS) or listen on 127.0.0.1")
+    return keys
+
+
+def handle(args) -> int:
+    import uvicorn
+
+    from sftlab.board.app import BoardSettings, create_app
+
+    keys = api_keys_for(args.host, args.config)
+    app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,
+                                   policy_report=args.policy_report))
+    auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
+    print(f"sftlab board on http://{args.host}:{args.port} (runs in {args.runs_dir}; {auth})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
