@@ -4,8 +4,8 @@
 
 A run directory is what training writes: `metrics.jsonl` (step rows with loss, lr, tokens_per_s; eval
 rows with `"eval": true`), `metrics.json` (final metrics), `config.yaml` (resolved config) and, when
-present, `data_stats.json` and `trainable.json`; `sftlab eval` results in `eval*/metrics.json` below the
-run are listed too. The report has loss curves (training and validation), learning rate, tokens/s,
+present, `data_stats.json` and `trainable.json` (else the Strategy lines of `model/README.md`); `sftlab
+eval` results in `eval*/` below the run (metrics.json and its PNGs) are shown too. The report has loss curves (training and validation), learning rate, tokens/s,
 every other validation metric over time, final metrics, trainable parameters, data statistics and the
 resolved config. PNGs are written to `plots/` and embedded in the HTML as data URIs (no internet
 assets). Numbers are shown with 6 significant digits (`format_number`).
@@ -40,6 +40,7 @@ class RunData:
     final: dict = field(default_factory=dict)
     config_text: str = ""
     extras: dict[str, dict] = field(default_factory=dict)  # data_stats, trainable, eval results
+    eval_images: list[Path] = field(default_factory=list)  # PNGs of `sftlab eval` results in the run
 
 
 def format_number(value) -> str:
@@ -81,9 +82,31 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
     for extra in ("data_stats", "trainable"):
         if (run_dir / f"{extra}.json").is_file():
             run.extras[extra] = _read_json(run_dir / f"{extra}.json")
+    if "trainable" not in run.extras and (run_dir / "model" / "README.md").is_file():
+        strategy = _card_section(run_dir / "model" / "README.md", "## Strategy")
+        if strategy:
+            run.extras["trainable"] = {"strategy": strategy}
     for result in sorted(run_dir.glob("eval*/metrics.json")):
-        run.extras[f"sftlab eval: {result.parent.name}"] = _read_json(result)
+        summary = _read_json(result)
+        run.extras[f"sftlab eval: {result.parent.name}"] = {
+            "task": summary.get("task"), "data": summary.get("data"), "metrics": summary.get("metrics", {}),
+            "baselines": summary.get("baselines", {})}
+        run.eval_images += sorted(result.parent.glob("*.png"))
     return run
+
+
+def _card_section(card: Path, heading: str) -> str:
+    """The bullet lines under `heading` in a model card (the trainable-parameter summary lives there)."""
+    lines = card.read_text(encoding="utf-8").splitlines()
+    if heading not in lines:
+        return ""
+    body = []
+    for line in lines[lines.index(heading) + 1:]:
+        if line.startswith("#"):
+            break
+        if line.strip():
+            body.append(line.strip().lstrip("- "))
+    return "; ".join(body)
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -280,6 +303,17 @@ def _details(runs: list[RunData]) -> list[str]:
     return parts
 
 
+def _eval_images(runs: list[RunData]) -> list[str]:
+    parts = []
+    for run in runs:
+        for png in run.eval_images:
+            title = f"{run.name}: {png.parent.name}/{png.name}"
+            encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+            parts.append(f'<div><h3>{html.escape(title)}</h3><img alt="{html.escape(title)}" '
+                         f'src="data:image/png;base64,{encoded}"></div>')
+    return ["<h2>evaluation plots</h2><div class='row'>", *parts, "</div>"] if parts else []
+
+
 def _flatten(values: dict, prefix: str = "", depth: int = 0) -> dict:
     out = {}
     for key, value in values.items():
@@ -301,6 +335,7 @@ def render_html(runs: list[RunData], plot_dir: Path) -> str:
              "<h2>final metrics</h2>", metrics_table([(run.name, run.final) for run in runs], section="final/")
              or "<p>no metrics.json</p>",
              "<h2>curves</h2><div class='row'>", *_plots(runs, plot_dir), "</div>", *_details(runs),
+             *_eval_images(runs),
              "<h2>resolved config</h2><div class='row'>",
              *[f"<div><h3>{html.escape(r.name)}</h3><pre>{html.escape(r.config_text or '(no config.yaml)')}</pre></div>"
                for r in runs], "</div></body></html>"]
