@@ -37,10 +37,16 @@ class DemoPlan:
     top_k: int = 5
 
 
-QUICK = DemoPlan(WorldSpec(n_enterprises=120, n_policies=150, days=300, seed=0), max_train=240, max_eval_enterprises=20,
-                 train_steps=30, batch_size=8, lr=1e-4, train_layers="last:2", max_length=320, push_enterprises=20)
+QUICK = DemoPlan(WorldSpec(n_enterprises=120, n_policies=150, days=300, seed=0), max_train=160, max_eval_enterprises=12,
+                 train_steps=16, batch_size=4, lr=2e-4, train_layers="last:2", max_length=320, push_enterprises=10)
 FULL = DemoPlan(WorldSpec(n_enterprises=600, n_policies=500, days=365, seed=0), max_train=3000, max_eval_enterprises=150,
                 train_steps=300, batch_size=8, lr=5e-5, train_layers="last:4", max_length=384, push_enterprises=600)
+
+
+def chat_template_for(model_path: str) -> str:
+    """Gemma's own turn format for Gemma models (their converted tokenizer may carry no chat template),
+    else "auto" (the tokenizer's template, or chatml)."""
+    return "gemma" if "gemma" in Path(str(model_path)).name.lower() else "auto"
 
 
 def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Path):
@@ -50,7 +56,7 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
     return RunConfig.model_validate({
         "model": {"path": model_path},
         "data": {"train": str(data_dir / "yesno_train.jsonl"), "validation": str(data_dir / "yesno_valid.jsonl"),
-                 "format": "messages", "mask": "assistant", "cache_dir": str(run_dir.parent / "cache")},
+                 "format": "messages", "mask": "assistant", "template": chat_template_for(model_path), "cache_dir": str(run_dir.parent / "cache")},
         "strategy": {"kind": "freeze", "freeze": {"layers": plan.train_layers}},
         "train": {"stage": "sft", "max_steps": plan.train_steps, "batch_size": plan.batch_size, "lr": plan.lr,
                   "warmup_steps": max(1, plan.train_steps // 10), "max_length": plan.max_length, "seed": 0,
