@@ -17,7 +17,7 @@ import sys
 from sftlab.errors import SftlabError
 
 GROUPS = {
-    "data": "build, check, clean, augment, balance and preview datasets",
+    "data": "build, validate, clean, augment, balance, inspect and preview datasets",
     "model": "import, pull and list models",
     "policy": "the policy-push application",
 }
