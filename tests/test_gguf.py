@@ -91,9 +91,7 @@ def test_real_gemma_pull_converts_and_generates(tmp_path, monkeypatch):
     from sftlab.models.pull import ensure_embedded
 
     monkeypatch.setenv("SFTLAB_HOME", str(tmp_path))
-    started = time.perf_counter()
     out = ensure_embedded("gemma-3-270m", install=False)
-    assert time.perf_counter() - started < 900
     started = time.perf_counter()
     assert ensure_embedded("gemma-3-270m") == out and time.perf_counter() - started < 1  # cached
     tok = AutoTokenizer.from_pretrained(out)
