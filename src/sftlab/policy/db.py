@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from datetime import date, datetime
+from pathlib import Path
 
 from sqlalchemy import (JSON, CheckConstraint, Date, DateTime, Engine, Float, ForeignKey, Index, Integer, String,
                         Text, UniqueConstraint, create_engine, event)
@@ -121,7 +122,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def make_engine(url: str | None = None) -> Engine:
-    """An engine for `url` (see `resolve_db_url`); SQLite gets foreign keys on and WAL journaling."""
+    """An engine for `url` (see `resolve_db_url`); SQLite gets foreign keys on, WAL journaling and its
+    file's directory created."""
     resolved = resolve_db_url(url)
     try:
         engine = create_engine(resolved, future=True)
@@ -129,6 +131,9 @@ def make_engine(url: str | None = None) -> Engine:
         raise SftlabError(f"--db {resolved!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return engine
 
 
