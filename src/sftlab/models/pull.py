@@ -70,14 +70,19 @@ def _import_package(spec: EmbeddedModel, install: bool, log: Callable[[str], Non
     return importlib.import_module(spec.module)
 
 
+def terms_notice(directory: Path) -> str:
+    """The Gemma Terms of Use notice, pointing at the copy of the terms in `directory`."""
+    return (f"Gemma 3 is provided under the Gemma Terms of Use; by using it you agree to them: "
+            f"{directory / 'GEMMA_TERMS.html'} (notice: {directory / 'NOTICE.md'})")
+
+
 def _convert_gemma(module, out: Path, log: Callable[[str], None]) -> None:
     """Assemble the wheel's GGUF in a temporary directory and import it into `out`."""
     from sftlab.models.gguf import import_gguf
     from sftlab.models.tiny import CHAT_TEMPLATES
 
     data = Path(module.__file__).parent / "data"
-    log(f"Gemma 3 is provided under the Gemma Terms of Use; by using it you agree to them: {data / 'GEMMA_TERMS.html'} "
-        f"(notice: {data / 'NOTICE.md'})")
+    log(terms_notice(data))
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".gemma-gguf.", dir=out.parent) as tmp:
         gguf_file = module.assemble(Path(tmp) / module.MODEL_NAME)
