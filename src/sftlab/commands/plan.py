@@ -1,0 +1,50 @@
+"""`sftlab plan run.yaml [--probe] [--check]`: per-strategy trainable counts, memory estimates and a recommendation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def register(registry) -> None:
+    parser = registry.top.add_parser(
+        "plan", help="compare full / freeze / lora / auto before training: parameters, memory, time, advice",
+        description="For the configured model and data: trainable parameters and estimated peak memory per "
+                    "strategy, whether it fits, measured step times (--probe) and a recommendation.")
+    parser.add_argument("config", help="run config YAML")
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.batch_size=4")
+    parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
+    parser.add_argument("--probe", type=int, nargs="?", const=3, default=None, metavar="STEPS",
+                        help="run a few real optimizer steps per strategy (default 3) to measure time and peak memory")
+    parser.add_argument("--check", action="store_true", help="probe, and report the estimate's error against the measured peak")
+    parser.add_argument("--thresholds", help="YAML file overriding the recommendation thresholds (see docs/planner.md)")
+    parser.add_argument("--json", dest="json_out", help="also write the whole plan as JSON to this file")
+    parser.set_defaults(func=handle)
+
+
+def parse_strategies(text: str, option: str = "--strategies") -> tuple[str, ...]:
+    """'full,lora' -> ('full', 'lora'); unknown or repeated names fail with one line."""
+    from sftlab.errors import SftlabError
+    from sftlab.plan.planner import KINDS
+
+    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if not kinds or unknown or len(set(kinds)) != len(kinds):
+        raise SftlabError(f"{option} {text!r}: expected distinct names among {', '.join(KINDS)}")
+    return kinds
+
+
+def handle(args) -> int:
+    from sftlab.config import load_config
+    from sftlab.io import atomic_write_json
+    from sftlab.plan.planner import build_plan
+    from sftlab.plan.recommend import load_thresholds
+    from sftlab.plan.table import render_plan
+
+    kinds = parse_strategies(args.strategies)
+    thresholds = load_thresholds(args.thresholds)
+    cfg = load_config(args.config, args.overrides)
+    plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.probe, check=args.check)
+    print(render_plan(plan))
+    if args.json_out:
+        atomic_write_json(args.json_out, plan)
+    return 0

@@ -1,0 +1,1 @@
+"""Strategy planning: memory estimates, measured probe steps, recommendations and strategy comparisons."""

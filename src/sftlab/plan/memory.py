@@ -1,0 +1,195 @@
+"""Peak training memory, estimated from the model's shape, the trainable set and the batch.
+
+    shape = ModelShape.from_model(model)
+    depth = backprop_depth(model, trainable.names)
+    est = estimate_memory(shape, trainable.total, trainable.trainable, depth, Workload(batch=8, seq=512))
+    est.weights, est.gradients, est.optimizer, est.activations, est.total      # bytes
+
+The peak of a training step is modelled from four parts:
+
+- weights: every parameter, in the parameter dtype (`model.dtype`);
+- gradients: one value per *trainable* parameter, in the parameter dtype;
+- optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`; torch keeps
+  them in the parameter dtype);
+- activations: what autograd keeps for the backward pass, for the blocks the backward pass runs
+  through (`depth`: from the first block holding a trainable parameter to the top; all blocks when
+  embeddings train, none when only the head trains), plus the output head's logits.
+
+Weights and optimizer states live through the whole step. Activations peak when backward starts,
+before most gradients exist; gradients peak at the optimizer step, after the activations are freed,
+together with the one temporary of the same size that the multi-tensor AdamW step allocates. So
+
+    peak = weights + optimizer + max(activations, 2 x gradients)
+
+Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden width and
+`INTERMEDIATE_SAVED` tensors of the MLP width (inputs of the norms and projections, q/k/v, the
+attention output, the gated MLP's branches) and, during backward, their gradients. With eager
+attention it also keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa keeps
+none). With gradient checkpointing only each block's input is kept, and one block's activations are
+rebuilt at a time. The head's float32 logits (`LOGIT_COPIES` copies: logits, their softmax and
+its gradient) cover the supervised positions, at most `sftlab.train.loss.HEAD_CHUNK` of them at
+once when there are more (the loss recomputes chunks). The constants were calibrated against the
+measured peaks of the tiny llama / qwen2 / gemma3 test models on CPU (`sftlab plan --check`) and
+are per-tensor counts, so they carry over to larger models of the same family.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+HIDDEN_SAVED = 24.0
+INTERMEDIATE_SAVED = 6.0
+ATTENTION_SAVED = 3.0
+LOGIT_COPIES = 3.0
+OPTIMIZER_STATES = 2
+_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class ModelShape:
+    """The sizes that drive activation memory: blocks, widths, heads, vocabulary."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    vocab: int
+    classifier: bool = False
+
+    @classmethod
+    def from_model(cls, model) -> "ModelShape":
+        """Read the shape from a (possibly peft-wrapped) transformers model's config."""
+        config = model.config
+        if hasattr(config, "get_text_config"):
+            config = config.get_text_config()
+        hidden = _first_int(config, ("hidden_size", "n_embd", "d_model"), 0)
+        return cls(layers=_first_int(config, ("num_hidden_layers", "n_layer", "num_layers"), 0),
+                   hidden=hidden,
+                   intermediate=_first_int(config, ("intermediate_size", "n_inner", "ffn_dim"), 0) or 4 * hidden,
+                   heads=_first_int(config, ("num_attention_heads", "n_head"), 1),
+                   vocab=_first_int(config, ("vocab_size",), 0),
+                   classifier=type(model).__name__.endswith("ForSequenceClassification"))
+
+
+def _first_int(config, names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return default
+
+
+@dataclass
+class Workload:
+    """One micro-batch as the estimate sees it: rows x tokens, supervised positions, dtypes, options."""
+
+    batch: int
+    seq: int
+    supervised: int | None = None  # supervised positions in the micro-batch (default: all but one per row)
+    param_dtype: str = "float32"
+    precision: str = "fp32"
+    checkpointing: bool = False
+    eager_attention: bool = False
+
+    @property
+    def param_bytes(self) -> int:
+        return _DTYPE_BYTES[self.param_dtype]
+
+    @property
+    def activation_bytes(self) -> int:
+        return 2 if self.precision == "bf16" else self.param_bytes
+
+
+@dataclass
+class MemoryEstimate:
+    """Estimated bytes by part; `total` is the peak: weights + optimizer + max(activations, 2 x gradients)."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.optimizer + max(self.activations, 2 * self.gradients)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total": self.total}
+
+
+def backprop_depth(model, trainable_names: list[str]) -> int:
+    """How many transformer blocks the backward pass goes through for these trainable names.
+
+    Blocks below the lowest trainable one run without autograd. Trainable parameters outside the
+    blocks count as below them (embeddings: every block) unless they belong to the output side
+    (head, final norm, classifier, score), which needs no block at all.
+    """
+    from sftlab.errors import SftlabError
+    from sftlab.strategy.structure import find_layer_list
+
+    try:
+        prefix, blocks = find_layer_list(_unwrap(model))
+    except SftlabError:
+        return ModelShape.from_model(model).layers
+    pattern = re.compile(rf"(?:^|\.){re.escape(prefix)}\.(\d+)\.")
+    lowest = len(blocks)
+    for name in trainable_names:
+        match = pattern.search(name)
+        if match:
+            lowest = min(lowest, int(match.group(1)))
+        elif _below_blocks(name, prefix):
+            return len(blocks)
+    return len(blocks) - lowest
+
+
+_OUTPUT_SIDE = ("lm_head", "score", "classifier", "pooler", "norm", "ln_f", "final_layer_norm", "head")
+
+
+def _below_blocks(name: str, prefix: str) -> bool:
+    """True for parameters that sit before the blocks (embeddings), False for the output side."""
+    stripped = re.sub(r"^base_model\.model\.", "", name)
+    parts = [part for part in stripped.split(".") if part not in ("weight", "bias")]
+    if not parts:
+        return False
+    module = parts[-1] if parts[-1] not in ("default", "modules_to_save", "original_module") else parts[0]
+    return not any(module == side or module.endswith(side) for side in _OUTPUT_SIDE)
+
+
+def _unwrap(model):
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) and hasattr(model, "peft_config") else model
+
+
+def block_activation_elements(shape: ModelShape, work: Workload) -> float:
+    """Elements autograd keeps (with their backward gradients) for one block of one micro-batch."""
+    tokens = work.batch * work.seq
+    per_token = HIDDEN_SAVED * shape.hidden + INTERMEDIATE_SAVED * shape.intermediate
+    scores = ATTENTION_SAVED * work.batch * shape.heads * work.seq * work.seq if work.eager_attention else 0.0
+    return tokens * per_token + scores
+
+
+def head_activation_bytes(shape: ModelShape, work: Workload) -> int:
+    """Float32 logits (and their softmax / gradient) over the supervised positions, chunked as the loss does."""
+    from sftlab.train.loss import HEAD_CHUNK
+
+    if shape.classifier:  # a few logits per row
+        return 0
+    positions = work.supervised if work.supervised is not None else work.batch * max(work.seq - 1, 1)
+    return int(LOGIT_COPIES * min(positions, HEAD_CHUNK) * shape.vocab * 4)
+
+
+def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int, depth: int,
+                    work: Workload) -> MemoryEstimate:
+    """The four-part peak estimate for one optimizer step (see the module docstring)."""
+    weights = total_params * work.param_bytes
+    gradients = trainable_params * work.param_bytes
+    optimizer = OPTIMIZER_STATES * trainable_params * work.param_bytes
+    block = block_activation_elements(shape, work) * work.activation_bytes
+    if work.checkpointing and depth:
+        saved_inputs = depth * work.batch * work.seq * shape.hidden * work.activation_bytes
+        activations = saved_inputs + block
+    else:
+        activations = depth * block
+    return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=optimizer,
+                          activations=int(activations + head_activation_bytes(shape, work)))

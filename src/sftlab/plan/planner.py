@@ -1,0 +1,167 @@
+"""`sftlab plan`: one row per strategy (trainable parameters, estimated memory, fit, measured step) and advice.
+
+    plan = build_plan(cfg, base_dir, load_thresholds(), probe_steps=3, check=True)
+    plan["rows"]["lora"]["trainable"], plan["rows"]["lora"]["estimate"]["total"], plan["recommendation"]
+
+Trainable counts come from the training code itself: each strategy's model is built with the same
+function `sftlab train` uses (`sftlab.train.setup._load_model`: stage model, gradient checkpointing,
+`select_trainable`, auto's calibration batches), so they equal the count in the training log. Models
+whose weight files exceed `REAL_COUNT_MAX_BYTES` are instead built on the meta device (no memory);
+their auto row then shows the budget (`strategy.auto.budget`), which bounds the real count from above.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from sftlab.plan.memory import ModelShape, Workload, backprop_depth, estimate_memory
+from sftlab.plan.recommend import recommend
+
+KINDS = ("full", "freeze", "lora", "auto")
+REAL_COUNT_MAX_BYTES = 2 * 1024**3
+
+
+def strategy_config(cfg, kind: str, thresholds: dict, num_layers: int | None = None):
+    """`cfg` with strategy.kind=kind; the freeze row trains the last blocks when strategy.freeze selects nothing."""
+    strategy = cfg.strategy.model_copy(update={"kind": kind}, deep=True)
+    freeze = strategy.freeze
+    if kind == "freeze" and freeze.layers == "none" and not freeze.modules:
+        blocks = max(1, math.ceil(thresholds["freeze_last_fraction"] * (num_layers or 1)))
+        strategy.freeze = freeze.model_copy(update={"layers": f"last:{blocks}"})
+    return cfg.model_copy(update={"strategy": strategy}, deep=True)
+
+
+def data_summary(prepared, stage: str) -> dict:
+    """Examples, supervised tokens (examples for cls) and label distribution of the prepared training data."""
+    train = prepared.stats.get("train", {})
+    supervised = train.get("examples", len(prepared.train)) if stage == "cls" else train.get("supervised_tokens", 0)
+    summary = {"examples": len(prepared.train_examples) or len(prepared.train),
+               "validation_examples": len(prepared.val_examples), "tokens": train.get("tokens", 0),
+               "supervised_tokens": int(supervised)}
+    distribution = prepared.stats.get("label_distribution")
+    if distribution:
+        summary["label_distribution"] = distribution["train"]
+    return summary
+
+
+def weights_bytes(cfg) -> int:
+    """Size of the model directory's weight files."""
+    from sftlab.models.load import resolve_model_path
+
+    directory = resolve_model_path(cfg.model.path)
+    return sum(p.stat().st_size for p in directory.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+
+
+def count_strategy(cfg, tokenizer, prepared, collate, real: bool) -> dict:
+    """Trainable/total counts, trainable names' backprop depth, shape and dtype of cfg's strategy."""
+    if real:
+        from transformers import set_seed
+
+        from sftlab.train.setup import _load_model
+
+        set_seed(cfg.train.seed)  # as build_session does: a new classifier head starts the same
+        model, trainable = _load_model(cfg, tokenizer, prepared, collate)
+        approximate = False
+    else:
+        model, trainable, approximate = _count_on_meta(cfg, prepared)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    return {"trainable": trainable.trainable, "total": trainable.total, "approximate": approximate,
+            "depth": backprop_depth(model, trainable.names), "shape": asdict(ModelShape.from_model(model)),
+            "param_dtype": dtype, "notes": trainable.notes}
+
+
+def _count_on_meta(cfg, prepared):
+    """Build the model without memory (meta device) and apply the strategy; auto falls back to its budget."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from sftlab.models.load import resolve_model_path
+    from sftlab.strategy import select_trainable
+    from sftlab.strategy.importance import budget_in_params
+
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
+    config.torch_dtype = getattr(torch, cfg.model.dtype)
+    auto = AutoModelForCausalLM
+    if cfg.train.stage == "cls":
+        config.num_labels, auto = len(prepared.label_names), AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+    if cfg.strategy.kind != "auto":
+        model, trainable = select_trainable(model, cfg.strategy)
+        return model, trainable, False
+    model, trainable = select_trainable(model, cfg.strategy.model_copy(update={"kind": "full"}))
+    trainable.trainable = budget_in_params(cfg.strategy.auto.budget, trainable.total)
+    trainable.kind = "auto"
+    return model, trainable, True
+
+
+def available_memory() -> dict:
+    """Memory a single training process can use: the smallest GPU's on CUDA, else the machine's RAM."""
+    import torch
+
+    if torch.cuda.is_available():
+        sizes = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+        return {"device": f"cuda x{len(sizes)}", "bytes": min(sizes)}
+    return {"device": "cpu", "bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+
+
+def estimate_row(counts: dict, workload: dict, cfg) -> dict:
+    """The memory estimate of one strategy for the worst-case micro-batch."""
+    work = Workload(batch=workload["batch"], seq=workload["seq"], supervised=workload["supervised"],
+                    param_dtype=counts["param_dtype"], precision=cfg.train.precision,
+                    checkpointing=cfg.train.gradient_checkpointing,
+                    eager_attention=cfg.model.attn_implementation == "eager")
+    return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
+                           work).to_dict()
+
+
+def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[str, ...] = KINDS,
+               probe_steps: int | None = None, check: bool = False) -> dict:
+    """Everything `sftlab plan` prints: data summary, per-strategy rows, memory available, recommendation."""
+    from sftlab.data.pipeline import prepare_data
+    from sftlab.models.load import load_tokenizer
+    from sftlab.plan.probe import worst_case_workload
+    from sftlab.train.setup import make_collate
+
+    tokenizer = load_tokenizer(cfg.model)
+    prepared = prepare_data(cfg, tokenizer, base_dir)
+    collate = make_collate(cfg, tokenizer)
+    workload = worst_case_workload(prepared, collate, cfg.train)
+    memory = available_memory()
+    real = weights_bytes(cfg) <= REAL_COUNT_MAX_BYTES
+    data = data_summary(prepared, cfg.train.stage)
+    rows, configs, num_layers = {}, {}, None
+    for kind in ("full", *[k for k in kinds if k != "full"]):  # full first: it tells the block count
+        configs[kind] = strategy_config(cfg, kind, thresholds, num_layers)
+        counts = count_strategy(configs[kind], tokenizer, prepared, collate, real)
+        num_layers = num_layers or counts["shape"]["layers"]
+        estimate = estimate_row(counts, workload, configs[kind])
+        rows[kind] = {**counts, "estimate": estimate,
+                      "fits": estimate["total"] <= thresholds["memory_headroom"] * memory["bytes"],
+                      "tokens_per_trainable": data["supervised_tokens"] / max(counts["trainable"], 1)}
+    if probe_steps or check:
+        _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check)
+    total = rows["full"]["total"]
+    rows = {kind: rows[kind] for kind in kinds}
+    data["tokens_per_parameter"] = data["supervised_tokens"] / max(total, 1)
+    advice = recommend(rows, data["supervised_tokens"], total, thresholds)
+    return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
+            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice}
+
+
+def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool) -> None:
+    """Measured step time (median) and peak memory per strategy; with `check`, the estimate's relative error."""
+    from statistics import median
+
+    from sftlab.plan.probe import run_probe
+
+    for kind, result in zip(kinds, run_probe([configs[kind] for kind in kinds], steps, base_dir)):
+        row = rows[kind]
+        row["probe"] = {"step_seconds": median(result["step_seconds"]), "peak_bytes": result["peak_bytes"],
+                        "device": result["device"], "trainable": result["trainable"]}
+        if check and result["peak_bytes"]:
+            measured = result["peak_bytes"]
+            row["probe"]["estimate_error"] = (row["estimate"]["total"] - measured) / measured

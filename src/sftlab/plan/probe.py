@@ -1,0 +1,195 @@
+"""Measured optimizer steps: real time per step and real peak memory, in a separate Python process.
+
+    [result] = run_probe([cfg], steps=3, base_dir=Path("configs"))
+    result["step_seconds"], result["peak_bytes"], result["trainable"], result["workload"]
+
+`run_probe` starts `python -m sftlab.plan.probe` (a new interpreter, so the caller's memory is not
+counted) which, for each configuration in turn, builds the training session exactly as `sftlab train`
+does (`build_session`: data, model, strategy, gradient checkpointing, accelerator, AdamW) and runs `steps` optimizer steps of
+`train.grad_accum` micro-batches made of the `train.batch_size` longest training rows (the
+worst-case step, which is what the estimate describes).
+
+Memory is measured from a baseline taken after a warm-up: the session is built once and one step is
+run (so libraries, kernels and lazily imported modules are in memory), everything is released
+(`malloc_trim`), the baseline is read, and the session is built again. On CPU the peak is the
+process's resident high-water mark (`VmHWM` in /proc/self/status, reset through
+/proc/self/clear_refs after the session is built) minus the baseline; on CUDA it is
+`torch.cuda.max_memory_allocated()` minus the memory allocated at the baseline. Where neither is
+available (non-Linux CPU) `peak_bytes` is None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+
+_MARK = "SFTLAB_PROBE "
+
+
+def run_probe(configs: list, steps: int = 3, base_dir: str | Path | None = None,
+              timeout: float | None = None) -> list[dict]:
+    """Measure `steps` optimizer steps of each RunConfig in one fresh Python process; return their results.
+
+    Each configuration gets its own warm-up, baseline and peak, so the runs do not count each other's memory.
+    """
+    request = {"configs": [cfg.model_dump(mode="json") for cfg in configs], "steps": steps,
+               "base_dir": str(base_dir) if base_dir is not None else None}
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
+    kinds = ",".join(cfg.strategy.kind for cfg in configs)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sftlab.plan.probe"], input=json.dumps(request), text=True,
+                              capture_output=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SftlabError(f"--probe ({kinds}) took longer than {timeout:g} s") from None
+    results = [json.loads(line[len(_MARK):]) for line in done.stdout.splitlines() if line.startswith(_MARK)]
+    for result in results:
+        if "error" in result:
+            raise SftlabError(f"--probe strategy.kind={result['kind']}: {result['error']}")
+    if len(results) != len(configs):
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SftlabError(f"--probe ({kinds}): the probe process failed ({tail})")
+    return results
+
+
+def _proc_status() -> dict[str, int]:
+    values: dict[str, int] = {}
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+class PeakMeter:
+    """Baseline and high-water mark of the process (CPU: resident set; CUDA: allocated tensors)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.available = cuda or (os.path.exists("/proc/self/clear_refs") and os.path.exists("/proc/self/status"))
+        self.baseline = 0
+
+    def release(self) -> None:
+        """Free what Python, the allocator and CUDA's cache still hold."""
+        gc.collect()
+        if self.cuda:
+            import torch
+
+            torch.cuda.empty_cache()
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+    def set_baseline(self) -> None:
+        self.release()
+        if self.cuda:
+            import torch
+
+            self.baseline = torch.cuda.memory_allocated()
+        elif self.available:
+            self.baseline = _proc_status()["VmRSS"]
+
+    def reset_peak(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        elif self.available:
+            try:
+                with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+                    handle.write("5")
+            except OSError:
+                self.available = False
+
+    def peak(self) -> int | None:
+        if self.cuda:
+            import torch
+
+            return int(torch.cuda.max_memory_allocated() - self.baseline)
+        return int(_proc_status()["VmHWM"] - self.baseline) if self.available else None
+
+
+def worst_case_group(prepared, train_cfg) -> list[list[int]]:
+    """`grad_accum` micro-batches, each the `batch_size` longest training rows."""
+    lengths = [len(ids) for ids in prepared.train["input_ids"]]
+    longest = sorted(range(len(lengths)), key=lambda i: -lengths[i])[:train_cfg.batch_size]
+    return [list(longest) for _ in range(train_cfg.grad_accum)]
+
+
+def worst_case_workload(prepared, collate, train_cfg) -> dict:
+    """The worst-case micro-batch as the estimate needs it: rows, padded length, supervised positions."""
+    from sftlab.train.loss import count_supervised_tokens
+
+    batch = collate([prepared.train[i] for i in worst_case_group(prepared, train_cfg)[0]])
+    rows, seq = batch["input_ids"].shape
+    supervised = rows if train_cfg.stage == "cls" else count_supervised_tokens(batch["labels"])
+    return {"batch": int(rows), "seq": int(seq), "supervised": int(supervised)}
+
+
+def measure(cfg, steps: int, base_dir: Path | None) -> dict:
+    """Warm up, take the baseline, build the session again and time `steps` worst-case optimizer steps."""
+    import torch
+
+    from sftlab.plan.memory import ModelShape, backprop_depth
+    from sftlab.train.loop import cleanup, optimizer_step
+    from sftlab.train.setup import build_session
+
+    meter = PeakMeter(torch.cuda.is_available())
+    with tempfile.TemporaryDirectory(prefix="sftlab-probe-") as tmp:
+        warm, _ = build_session(cfg, Path(tmp) / "warm", None, base_dir)
+        optimizer_step(warm, worst_case_group(warm.prepared, cfg.train))
+        cleanup(warm)
+        del warm
+        meter.set_baseline()
+        session, _ = build_session(cfg, Path(tmp) / "run", None, base_dir)
+        group = worst_case_group(session.prepared, cfg.train)
+        meter.reset_peak()
+        seconds = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            optimizer_step(session, group)
+            if meter.cuda:
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+        peak = meter.peak()
+        model = session.model
+        result = {"kind": cfg.strategy.kind, "trainable": session.trainable.trainable,
+                  "total": session.trainable.total, "names": session.trainable.names,
+                  "shape": asdict(ModelShape.from_model(model)), "depth": backprop_depth(model, session.trainable.names),
+                  "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+                  "step_seconds": seconds, "peak_bytes": peak, "device": "cuda" if meter.cuda else "cpu",
+                  "workload": worst_case_workload(session.prepared, session.collate, cfg.train)}
+        cleanup(session)
+    return result
+
+
+def main() -> int:
+    """Entry point of `python -m sftlab.plan.probe`: a JSON request on stdin, one marked JSON line per config."""
+    from sftlab.config import validate_config
+
+    request = json.loads(sys.stdin.read())
+    base_dir = Path(request["base_dir"]) if request.get("base_dir") else None
+    for raw in request["configs"]:
+        try:
+            result = measure(validate_config(raw, "probe request"), int(request["steps"]), base_dir)
+        except SftlabError as exc:
+            result = {"kind": raw.get("strategy", {}).get("kind"), "error": str(exc)}
+        print(_MARK + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

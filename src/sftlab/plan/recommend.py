@@ -1,0 +1,86 @@
+"""The planner's recommendation: full, freeze, auto or lora, with its reasons in plain words.
+
+The rule (thresholds in `thresholds.yaml`, overridable with `sftlab plan --thresholds FILE`):
+
+1. Much task data (supervised tokens per model parameter >= `full_min_tokens_per_param`), full
+   fine-tuning fits in memory and the general knowledge need not be kept -> **full**.
+2. Otherwise (little data, `keep_general_knowledge: true`, or full does not fit) -> a partial strategy
+   among freeze / auto / lora that fits: the one with the most trainable parameters that the data can
+   still support (supervised tokens per trainable parameter >= `partial_min_tokens_per_param`), else
+   the one with the fewest trainable parameters.
+3. Nothing fits -> the strategy with the smallest estimated peak, with the advice to lower
+   train.batch_size / train.max_length or turn on train.gradient_checkpointing.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from sftlab.errors import SftlabError
+
+PARTIAL = ("freeze", "auto", "lora")
+
+
+def load_thresholds(path: str | Path | None = None) -> dict:
+    """The packaged thresholds, updated with those in `path` (unknown keys and wrong types fail)."""
+    defaults = yaml.safe_load(resources.files("sftlab.plan").joinpath("thresholds.yaml").read_text(encoding="utf-8"))
+    if path is None:
+        return defaults
+    path = Path(path)
+    if not path.is_file():
+        raise SftlabError(f"--thresholds {path}: file not found")
+    try:
+        given = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise SftlabError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
+    if not isinstance(given, dict):
+        raise SftlabError(f"{path}: expected a mapping of threshold names to values")
+    for key, value in given.items():
+        if key not in defaults:
+            raise SftlabError(f"{path}: unknown threshold {key!r}; known: {', '.join(defaults)}")
+        expected = type(defaults[key])
+        if expected is bool and not isinstance(value, bool) or expected is not bool and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise SftlabError(f"{path}: {key} must be {'true/false' if expected is bool else 'a number'}, got {value!r}")
+    return {**defaults, **given}
+
+
+def recommend(rows: dict[str, dict], supervised_tokens: int, total_params: int, thresholds: dict) -> dict:
+    """Pick a strategy from the plan rows ({kind: {trainable, fits, estimate: {total}}}); return {kind, reasons}."""
+    ratio = supervised_tokens / max(total_params, 1)
+    much_data = ratio >= thresholds["full_min_tokens_per_param"]
+    data_words = (f"{supervised_tokens:,} supervised tokens for {total_params:,} parameters "
+                  f"({ratio:.3g} per parameter; 'much data' starts at {thresholds['full_min_tokens_per_param']:g})")
+    full = rows.get("full")
+    if full and full["fits"] and much_data and not thresholds["keep_general_knowledge"]:
+        return {"kind": "full", "reasons": [f"much task data: {data_words}",
+                                            "full fine-tuning fits in the available memory"]}
+    reasons = []
+    if not much_data:
+        reasons.append(f"little task data: {data_words}")
+    if thresholds["keep_general_knowledge"]:
+        reasons.append("keep_general_knowledge is set: change as few weights as possible")
+    if full and not full["fits"]:
+        reasons.append("full fine-tuning does not fit in the available memory")
+    fitting = {kind: row for kind, row in rows.items() if kind in PARTIAL and row["fits"]}
+    if not fitting:
+        smallest = min(rows, key=lambda kind: rows[kind]["estimate"]["total"])
+        return {"kind": smallest, "reasons": reasons + [
+            f"no strategy fits; {smallest} needs the least memory: lower train.batch_size or train.max_length, "
+            "or set train.gradient_checkpointing=true"]}
+    minimum = thresholds["partial_min_tokens_per_param"]
+    supported = {kind: row for kind, row in fitting.items()
+                 if supervised_tokens / max(row["trainable"], 1) >= minimum}
+    if supported:
+        kind = max(supported, key=lambda k: supported[k]["trainable"])
+        reasons.append(f"{kind} trains the most parameters ({supported[kind]['trainable']:,}) that the data supports "
+                       f"(at least {minimum:g} supervised token per trainable parameter) and fits in memory")
+    else:
+        kind = min(fitting, key=lambda k: fitting[k]["trainable"])
+        reasons.append(f"{kind} trains the fewest parameters ({fitting[kind]['trainable']:,}) of the strategies that "
+                       f"fit; the data is below {minimum:g} supervised token per trainable parameter for all of them")
+    return {"kind": kind, "reasons": reasons}

@@ -1,0 +1,69 @@
+"""Plain-text rendering of a plan: the data summary, the strategy table and the recommendation."""
+
+from __future__ import annotations
+
+
+def human_bytes(value: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-'."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned first column, right-aligned others, columns sized to their widest cell."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def strategy_rows(plan: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and one row per strategy: trainable, memory parts, fit, measured step and peak."""
+    headers = ["strategy", "trainable", "%", "weights", "grads", "optim", "activ", "est. peak", "fits"]
+    probed = any("probe" in row for row in plan["rows"].values())
+    checked = any("estimate_error" in row.get("probe", {}) for row in plan["rows"].values())
+    if probed:
+        headers += ["s/step", "measured peak"]
+    if checked:
+        headers.append("est. error")
+    lines = []
+    for kind, row in plan["rows"].items():
+        est = row["estimate"]
+        count = f"{'~' if row['approximate'] else ''}{row['trainable']:,}"
+        cells = [kind, count, f"{100 * row['trainable'] / max(row['total'], 1):.2f}", human_bytes(est["weights"]),
+                 human_bytes(est["gradients"]), human_bytes(est["optimizer"]), human_bytes(est["activations"]),
+                 human_bytes(est["total"]), "yes" if row["fits"] else "no"]
+        probe = row.get("probe", {})
+        if probed:
+            cells += [f"{probe['step_seconds']:.3f}" if probe else "-", human_bytes(probe.get("peak_bytes"))]
+        if checked:
+            error = probe.get("estimate_error")
+            cells.append(f"{100 * error:+.1f}%" if error is not None else "-")
+        lines.append(cells)
+    return headers, lines
+
+
+def render_plan(plan: dict) -> str:
+    """The text `sftlab plan` prints."""
+    data, work, memory = plan["data"], plan["workload"], plan["memory"]
+    parts = [f"model {plan['model']} (stage {plan['stage']})",
+             f"data: {data['examples']:,} training examples, {data['validation_examples']:,} validation; "
+             f"{data['supervised_tokens']:,} supervised {'examples' if plan['stage'] == 'cls' else 'tokens'}; "
+             f"{data['tokens_per_parameter']:.4g} per model parameter"]
+    if data.get("label_distribution"):
+        parts.append("labels: " + ", ".join(f"{k} {v}" for k, v in data["label_distribution"].items()))
+    parts.append(f"memory available: {human_bytes(memory['bytes'])} ({memory['device']}); estimates for the "
+                 f"worst micro-batch: {work['batch']} rows x {work['seq']} tokens, {work['supervised']} supervised")
+    headers, lines = strategy_rows(plan)
+    parts += ["", format_table(headers, lines), ""]
+    per = [f"{kind} {row['tokens_per_trainable']:.3g}" for kind, row in plan["rows"].items()]
+    parts.append("supervised tokens per trainable parameter: " + ", ".join(per))
+    advice = plan["recommendation"]
+    parts.append(f"recommendation: {advice['kind']}")
+    parts += [f"  - {reason}" for reason in advice["reasons"]]
+    return "\n".join(parts)
