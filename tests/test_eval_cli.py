@@ -119,3 +119,34 @@ def test_best_checkpoint_follows_macro_f1_not_loss(lm_dir, tmp_path):
     assert best_eval["macro_f1"] == pytest.approx(f1[best_f1_step])
     assert main(["report", str(result.out_dir)]) == 0
     assert (result.out_dir / "report.html").is_file() and (result.out_dir / "plots" / "eval_macro_f1.png").is_file()
+
+
+def test_eval_classification_head_and_lora_adapter(lm_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sftlab.eval import tasks
+
+    head_dir = save_tiny("bert", tmp_path / "bert", num_labels=2, hidden=32, layers=1)
+    rows = [{"text": f"text number {i}", "label": f"LABEL_{i % 2}"} for i in range(4)]
+    data = write_jsonl(tmp_path / "cls.jsonl", rows)
+    assert main(["eval", str(head_dir), "--data", str(data), "--task", "labels", "--out", str(tmp_path / "head")]) == 0
+    head = json.loads((tmp_path / "head" / "metrics.json").read_text())["metrics"]
+    assert head["method"] == "head" and head["labels"] == ["LABEL_0", "LABEL_1"] and "auc" in head
+    assert main(["eval", str(head_dir), "--data", str(data), "--task", "generation", "--out", str(tmp_path / "x")]) == 2
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(lm_dir), LoraConfig(r=2, target_modules="all-linear",
+                                                                                  init_lora_weights=False))
+    model.save_pretrained(tmp_path / "adapter")
+    chats = write_jsonl(tmp_path / "chat.jsonl", label_rows(4, 0))
+    assert main(["eval", str(tmp_path / "adapter"), "--data", str(chats), "--task", "labels",
+                 "--out", str(tmp_path / "lora")]) == 0
+    saved = json.loads((tmp_path / "lora" / "metrics.json").read_text())["metrics"]
+    in_memory, rows = tasks.run_labels(model, AutoTokenizer.from_pretrained(lm_dir),
+                                       tasks.load_examples(str(chats), "labels"), tasks.EvalOptions())
+    saved_rows = [json.loads(line) for line in (tmp_path / "lora" / "predictions.jsonl").read_text().splitlines()]
+    for saved_row, row in zip(saved_rows, rows):
+        assert saved_row["probs"] == pytest.approx(row["probs"], abs=1e-5)  # the adapter was applied
+    assert saved["per_class"] == in_memory["per_class"]

@@ -110,3 +110,34 @@ def test_hook_rejects_unknown_metric_and_ranking_without_rows(tiny, tmp_path):
         hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "f2"))
     with pytest.raises(SftlabError, match="eval.data"):
         hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "ndcg@5"))
+
+
+def test_ranking_pair_candidates_use_positive_label_probability(tiny):
+    model, tok = tiny
+    pairs = [[{"role": "user", "content": f"Does policy {p} fit enterprise 7? Answer yes or no."}] for p in ("A", "B")]
+    query = {"query": "q", "candidates": [{"id": "A", "messages": pairs[0], "relevant": 0},
+                                          {"id": "B", "messages": pairs[1], "relevant": 1}]}
+    _, rows = tasks.run_ranking(model, tok, [query], tasks.EvalOptions(ks=[1]))
+    expected = {}
+    for cand, prompt in zip(query["candidates"], pairs):
+        direct = [direct_logprob(model, tok, prompt, label) for label in ("yes", "no")]
+        expected[cand["id"]] = scoring.softmax(direct)[0]
+    assert {r["id"]: r["score"] for r in rows[0]["ranking"]} == pytest.approx(expected, abs=1e-5)
+
+
+def test_hook_for_generation_metrics_and_cls_head(tmp_path):
+    tok = make_tokenizer("chatml")
+    lm = make_tiny_model("qwen2", tok, seed=1, hidden=32, layers=1)
+    val = [{"messages": p + [{"role": "assistant", "content": "yes"}]} for p in PROMPTS]
+    values = hooks.task_metrics(lm, tok, SimpleNamespace(val_examples=val), _cfg(tmp_path, "rouge_l", max_new_tokens=3))
+    assert {"exact_match", "bleu", "rouge1", "rouge2", "rouge_l"} <= set(values) and "n" not in values
+
+    classifier = make_tiny_model("qwen2", tok, task="cls", num_labels=2, seed=1, hidden=32, layers=1)
+    classifier.config.pad_token_id = tok.pad_token_id
+    cls_val = [{"text": f"example {i}", "label": name} for i, name in enumerate(["neg", "pos", "pos", "neg"])]
+    cfg = _cfg(tmp_path, "accuracy")
+    cfg.train.stage = "cls"
+    values = hooks.task_metrics(classifier, tok, SimpleNamespace(val_examples=cls_val, label_names=["neg", "pos"]), cfg)
+    probs = scoring.classify_with_head(classifier, tok, [e["text"] for e in cls_val])
+    predicted = [["neg", "pos"][int(p[1] > p[0])] for p in probs]
+    assert values["accuracy"] == pytest.approx(sum(p == e["label"] for p, e in zip(predicted, cls_val)) / 4)

@@ -5,8 +5,9 @@ Output directory (written atomically):
     predictions.jsonl   one row per example (or query): its source line, reference and prediction
     confusion_matrix.png, pr_curve.png   label tasks (the PR curve for two labels with probabilities)
 
-The chat template and loss mask default to the training run's (`config.yaml` in MODEL_DIR or its parent),
-else `auto`. A model saved with a classification head evaluates labels with that head; a causal LM scores
+MODEL_DIR may be a model directory, a PEFT adapter directory (its local base is loaded) or a run directory
+(its `model/`). The chat template and loss mask default to the training run's (`config.yaml` in MODEL_DIR or
+above it), else `auto`. A model saved with a classification head evaluates labels with that head; a causal LM scores
 each label's likelihood unless `label_method="generate"`.
 """
 
@@ -27,8 +28,9 @@ _SHOWN_FIRST = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "avera
 
 
 def training_settings(model_dir: Path) -> dict:
-    """data.template and data.mask of the run that produced `model_dir`, when its config.yaml is found."""
-    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml"):
+    """data.template and data.mask of the run that produced `model_dir` (a run dir or its model/, best/,
+    checkpoint), when that run's config.yaml is found."""
+    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml", model_dir.parent.parent / "config.yaml"):
         if candidate.is_file():
             try:
                 raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
@@ -41,22 +43,31 @@ def training_settings(model_dir: Path) -> dict:
 
 
 def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32"):
-    """(model, tokenizer, head_labels): head_labels lists the class names of a classification model, else None."""
+    """(model, tokenizer, head_labels) for a model dir, a PEFT adapter dir or a run dir (its `model/`).
+
+    head_labels lists the class names of a sequence-classification model, else None. Causal LMs and
+    adapters load through `sftlab.infer.loading` (the adapter's local base; nothing is downloaded).
+    """
     import torch
 
     from sftlab.config.schema import ModelConfig
-    from sftlab.models.load import check_model_dir, load_model, load_tokenizer, resolve_model_path
+    from sftlab.infer.loading import describe_source, load_served
+    from sftlab.models.load import check_model_dir, load_model, load_tokenizer
 
-    model_cfg = ModelConfig(path=str(model_dir), dtype=dtype)
-    raw = check_model_dir(resolve_model_path(model_cfg.path))
-    tokenizer = load_tokenizer(model_cfg)
+    source = describe_source(model_dir)
+    raw = check_model_dir(source.model_dir) if source.adapter_dir is None else {}
     head_labels = None
     if any(str(arch).endswith("ForSequenceClassification") for arch in raw.get("architectures") or []):
-        id2label = raw.get("id2label") or {}
+        model_cfg = ModelConfig(path=str(source.model_dir), dtype=dtype)
+        tokenizer = load_tokenizer(model_cfg)
+        from transformers import AutoConfig
+
+        id2label = AutoConfig.from_pretrained(source.model_dir, local_files_only=True).id2label  # 2 labels by default
         head_labels = [id2label[key] for key in sorted(id2label, key=int)]
         model = load_model(model_cfg, "cls", label_names=head_labels, tokenizer=tokenizer)
     else:
-        model = load_model(model_cfg, "sft")
+        served = load_served(model_dir, dtype=dtype)
+        model, tokenizer = served.model, served.tokenizer
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device), tokenizer, head_labels
@@ -139,6 +150,10 @@ def print_summary(summary: dict, out: str) -> None:
 
 
 def default_out(model_dir: str, task: str) -> str:
-    """`eval-TASK` beside MODEL_DIR (inside the run directory when MODEL_DIR is a run's `model/`)."""
-    return str(Path(model_dir).resolve().parent / f"eval-{task}")
+    """`eval-TASK` inside a run directory given as MODEL_DIR, else beside MODEL_DIR (so inside the run for
+    `RUN/model` or `RUN/best`)."""
+    path = Path(model_dir).resolve()
+    if (path / "model").is_dir() and not (path / "config.json").is_file():
+        return str(path / f"eval-{task}")
+    return str(path.parent / f"eval-{task}")
 
