@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from sftlab.policy.baselines import standard_baselines
-from sftlab.policy.db import Event, open_db
+from sftlab.policy.db import open_db
 from sftlab.policy.evaluate import evaluate_scorers, format_table, write_report
 from sftlab.policy.examples import NO, YES, build_data
 from sftlab.policy.features import BehaviourIndex, load_frames

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 
 import pytest
 from sqlalchemy import select
 
+from sftlab.errors import SftlabError
 from sftlab.policy.baselines import category_frequency
 from sftlab.policy.db import Enterprise, Event, Policy, Push, is_eligible, open_db
 from sftlab.policy.push import push
@@ -98,5 +99,5 @@ def test_scoring_is_batched_per_group_of_enterprises(tmp_path, world):
 
     summary = push(engine, counting, SINCE, top_k_count=1, now=NOW, batch_enterprises=10)
     assert len(sizes) == summary.batches == 3 and sum(sizes) == summary.candidates_scored
-    with pytest.raises(Exception, match="top-k"):
+    with pytest.raises(SftlabError, match="top-k"):
         push(engine, counting, SINCE, top_k_count=0, now=NOW)

@@ -16,11 +16,16 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 
+from sftlab.datawork.balance import balance_examples, stratified_split
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_json, atomic_write_jsonl
 from sftlab.policy import catalog
-from sftlab.policy.features import BehaviourIndex, Popularity, TimeSplit, eligibility_mask, pair_features
+from sftlab.policy.features import (FEATURE_NAMES, BehaviourIndex, Popularity, TimeSplit, default_cutoff, eligibility_mask,
+                                    load_frames, pair_features, parse_cutoff)
 
 YES, NO = "是", "否"
 YES_NO_QUESTION = "问题：该企业会对这条政策采取行动（查看、收藏或申报）吗？只回答“是”或“否”。"
@@ -177,13 +182,6 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
     (next category), train_features.jsonl (every training pair with features, for baselines),
     eval_candidates.jsonl (held-out candidates with prompts, features, labels) and manifest.json.
     """
-    from pathlib import Path
-
-    from sftlab.datawork.balance import balance_examples, stratified_split
-    from sftlab.errors import SftlabError
-    from sftlab.io import atomic_write_json, atomic_write_jsonl
-    from sftlab.policy.features import default_cutoff, load_frames, parse_cutoff
-
     ents, pols, events = load_frames(engine)
     cut = parse_cutoff(cutoff) if cutoff else default_cutoff(pols)
     split = TimeSplit.make(events, pols, cut)
@@ -204,6 +202,6 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
                 "yesno_train": len(fit), "yesno_valid": len(valid), "balance": balance_report,
                 "eval_candidates": len(evaluation), "eval_positives": sum(r.label for r in evaluation),
                 "eval_enterprises": len({r.enterprise_id for r in evaluation}),
-                "feature_names": __import__("sftlab.policy.features", fromlist=["FEATURE_NAMES"]).FEATURE_NAMES}
+                "feature_names": FEATURE_NAMES}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest

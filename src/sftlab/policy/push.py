@@ -22,7 +22,7 @@ import pandas as pd
 from sqlalchemy import insert, select
 
 from sftlab.errors import SftlabError
-from sftlab.policy.db import ACTION_TYPES, Push
+from sftlab.policy.db import Push
 from sftlab.policy.examples import yes_no_prompt
 from sftlab.policy.features import BehaviourIndex, Popularity, eligibility_mask, load_frames, pair_features
 from sftlab.policy.reasons import reason_text
