@@ -61,3 +61,12 @@ def test_existing_output_needs_overwrite_or_resume(tmp_path):
         train(tiny_run(tmp_path, train={"max_steps": 1}), resume=True)
     again = train(tiny_run(tmp_path, train={"max_steps": 1}), overwrite=True)
     assert (again.out_dir / "model" / "config.json").is_file()
+
+
+def test_trained_weights_start_a_new_run_through_model_path(tmp_path):
+    first = train(tiny_run(tmp_path, train={"max_steps": 2}))
+    raw = tiny_run(tmp_path, name="second", train={"max_steps": 1})
+    raw["model"]["path"] = str(first.out_dir / "model")
+    second = train(raw)
+    assert second.losses[0] < first.losses[0]  # it starts from the trained weights, not the random base
+    assert (second.out_dir / "model" / "model.safetensors").is_file()

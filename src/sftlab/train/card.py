@@ -29,14 +29,14 @@ def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bo
     parts = [
         "---", yaml.safe_dump(front, sort_keys=False, allow_unicode=True).strip(), "---", "",
         f"# Fine-tuned {cfg.model.path} ({cfg.train.stage})", "",
-        "Trained with sftlab. Load it with `" + load + "`.", "",
+        "Trained with sftlab. Load it with `" + load + "`. These are the weights after the last step; "
+        "the best validation checkpoint (if any) is `best/` in the run directory.", "",
         "## Base model", "", f"- `{cfg.model.path}` (weights dtype {cfg.model.dtype})", "",
         "## Data", "", *[f"- train: `{source}`" for source in sources],
     ]
     if cfg.data.validation:
         parts.append(f"- validation: `{cfg.data.validation}`")
-    if stats:
-        parts += ["", "```json", _compact_json(stats), "```"]
+    parts += _stats_lines(stats or {})
     parts += ["", "## Strategy", "", f"- kind: {cfg.strategy.kind}", f"- {trainable.summary()}",
               "", "## Training", "",
               f"- steps: {metrics.get('step', '?')}, batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, "
@@ -45,8 +45,14 @@ def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bo
     return "\n".join(parts)
 
 
-def _compact_json(obj) -> str:
-    import json
-
-    text = json.dumps(obj, indent=1, ensure_ascii=False, default=str)
-    return text if len(text) < 4000 else text[:4000] + "\n... (truncated; see data_stats.json)"
+def _stats_lines(stats: dict) -> list[str]:
+    """Example and token counts per split, and the labels, from the data pipeline's stats."""
+    lines = []
+    for split in ("train", "validation"):
+        split_stats = stats.get(split)
+        if isinstance(split_stats, dict) and "examples" in split_stats:
+            lines.append(f"- {split}: {split_stats['examples']} examples, {split_stats.get('tokens', '?')} tokens "
+                         f"({split_stats.get('supervised_tokens', '?')} supervised)")
+    if stats.get("label_names"):
+        lines.append(f"- labels: {', '.join(map(str, stats['label_names']))}")
+    return lines + (["- full statistics: `data_stats.json` in the run directory"] if stats else [])

@@ -50,9 +50,17 @@ def restore_rng(state: dict) -> None:
 
 
 def save_model_dir(model, tokenizer, directory: Path) -> None:
-    """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer."""
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer, without progress bars."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict) -> Path:

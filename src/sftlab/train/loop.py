@@ -186,7 +186,7 @@ def diverged(session: Session, what: str) -> None:
     good = latest_checkpoint(session.out_dir)
     kept = f"last good checkpoint: {good}" if good else "no checkpoint was saved (set train.save_every_n_steps)"
     raise TrainingDiverged(f"{what} at step {session.step + 1}; training stopped before that update; {kept}; "
-                           f"try a lower train.lr (now {session.cfg.train.lr:g}) or check the data")
+                           f"start again with a lower train.lr (now {session.cfg.train.lr:g}) or check the data")
 
 
 def log_step(session: Session, log: RunLog, loss: float, stats: dict) -> None:

@@ -39,7 +39,7 @@ class RunLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step or None)
+            self._writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          disable=None if show_bar else True, file=sys.stderr)
         self._window_tokens = 0
