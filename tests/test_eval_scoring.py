@@ -141,3 +141,16 @@ def test_hook_for_generation_metrics_and_cls_head(tmp_path):
     probs = scoring.classify_with_head(classifier, tok, [e["text"] for e in cls_val])
     predicted = [["neg", "pos"][int(p[1] > p[0])] for p in probs]
     assert values["accuracy"] == pytest.approx(sum(p == e["label"] for p, e in zip(predicted, cls_val)) / 4)
+
+
+def test_long_prompts_are_cut_from_the_left(tiny):
+    model, tok = tiny
+    long_prompt = [{"role": "user", "content": "word " * 200}]
+    ids, labels = scoring.encode_answer(tok, long_prompt, "yes")
+    cut = scoring.supervised_logprobs(model, [(ids, labels)], max_length=32)[0]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids[-32:]])).logits[0].float(), dim=-1)
+    tail = labels[-32:]
+    direct = sum(float(logprobs[i - 1, tail[i]]) for i in range(1, 32) if tail[i] != -100)
+    assert cut == (pytest.approx(direct, abs=1e-4), sum(t != -100 for t in labels))
+    assert len(ids) > 32

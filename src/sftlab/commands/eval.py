@@ -30,7 +30,8 @@ def register(registry) -> None:
     parser.add_argument("--segmenter", choices=["char", "jieba"], default="char",
                         help="Chinese segmentation for BLEU/ROUGE (characters or jieba words)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=512, help="classification head: truncate inputs to this")
+    parser.add_argument("--max-length", type=int, help="longer inputs are cut from the left (prompts) or truncated "
+                        "(classification head) (default: the run's train.max_length, else 1024)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N examples")
     parser.add_argument("--baselines", action="store_true", help="also score majority / TF-IDF+LR / most-popular")
     parser.add_argument("--train", help="fit the baselines on this file instead of the evaluation split")
@@ -64,7 +65,7 @@ def handle(args) -> int:
         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         labels=[part.strip() for part in args.labels.split(",") if part.strip()] if args.labels else None,
         label_method=args.label_method, positive=args.positive, ks=_int_list(args.k, "--k"),
-        segmenter=args.segmenter, max_length=args.max_length)
+        segmenter=args.segmenter, max_length=args.max_length or trained.get("max_length", 1024))
     out = args.out or run.default_out(args.model, args.task)
     summary = run.evaluate(args.model, args.data, args.task, opts, out, overwrite=args.overwrite,
                            with_baselines=args.baselines, train_file=args.train, fmt=args.format,

@@ -6,8 +6,8 @@ Output directory (written atomically):
     confusion_matrix.png, pr_curve.png   label tasks (the PR curve for two labels with probabilities)
 
 MODEL_DIR may be a model directory, a PEFT adapter directory (its local base is loaded) or a run directory
-(its `model/`). The chat template and loss mask default to the training run's (`config.yaml` in MODEL_DIR or
-above it), else `auto`. A model saved with a classification head evaluates labels with that head; a causal LM scores
+(its `model/`). The chat template, loss mask and maximum length default to the training run's (`config.yaml`
+in MODEL_DIR or above it), else `auto`, `assistant` and 1024 tokens. A model saved with a classification head evaluates labels with that head; a causal LM scores
 each label's likelihood unless `label_method="generate"`.
 """
 
@@ -28,7 +28,7 @@ _SHOWN_FIRST = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "avera
 
 
 def training_settings(model_dir: Path) -> dict:
-    """data.template and data.mask of the run that produced `model_dir` (a run dir or its model/, best/,
+    """data.template, data.mask and train.max_length of the run that produced `model_dir` (a run dir or its model/, best/,
     checkpoint), when that run's config.yaml is found."""
     for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml", model_dir.parent.parent / "config.yaml"):
         if candidate.is_file():
@@ -36,9 +36,13 @@ def training_settings(model_dir: Path) -> dict:
                 raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError:
                 continue
-            data = raw.get("data") if isinstance(raw, dict) else None
-            if isinstance(data, dict):
-                return {key: data[key] for key in ("template", "mask") if isinstance(data.get(key), str)}
+            if not isinstance(raw, dict):
+                continue
+            data, train = raw.get("data") or {}, raw.get("train") or {}
+            found = {key: data[key] for key in ("template", "mask") if isinstance(data.get(key), str)}
+            if isinstance(train.get("max_length"), int):
+                found["max_length"] = train["max_length"]
+            return found
     return {}
 
 

@@ -42,11 +42,15 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8) -> list[tuple[float, int]]:
+def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8,
+                        max_length: int | None = None) -> list[tuple[float, int]]:
     """For each (ids, labels) row: (sum of log p(label token | prefix) over supervised positions, count).
 
     Labels are unshifted (labels[i] is the token at position i, -100 = not supervised), as in training.
+    Rows longer than `max_length` keep their last `max_length` tokens (the prompt is cut from the left).
     """
+    if max_length:
+        rows = [(ids[-max_length:], labels[-max_length:]) for ids, labels in rows]
     import torch
     import torch.nn.functional as F
 
@@ -80,10 +84,10 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
 
 
 def score_continuations(model, tokenizer, prompts: Sequence[Messages], candidates: Sequence[Sequence[str]],
-                        template: str = "auto", batch_size: int = 8) -> list[list[float]]:
+                        template: str = "auto", batch_size: int = 8, max_length: int | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass."""
     rows = [encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates) for text in options]
-    flat = [logprob for logprob, _ in supervised_logprobs(model, rows, batch_size)]
+    flat = [logprob for logprob, _ in supervised_logprobs(model, rows, batch_size, max_length)]
     out, position = [], 0
     for options in candidates:
         out.append(flat[position: position + len(options)])
@@ -103,14 +107,16 @@ def softmax(values: Sequence[float]) -> list[float]:
 
 def generate_texts(model, tokenizer, prompts: Sequence[Messages], template: str = "auto", max_new_tokens: int = 64,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                   batch_size: int = 8) -> list[str]:
-    """Batched greedy (or seeded sampled) completions of each prompt, decoded without special tokens."""
+                   batch_size: int = 8, max_length: int | None = None) -> list[str]:
+    """Batched greedy (or seeded sampled) completions of each prompt, decoded without special tokens.
+
+    Prompts longer than `max_length` keep their last `max_length` tokens."""
     import copy
 
     import torch
 
     device = _device(model)
-    encoded = [prompt_ids(tokenizer, messages, template) for messages in prompts]
+    encoded = [prompt_ids(tokenizer, messages, template)[-max_length if max_length else 0:] for messages in prompts]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = copy.deepcopy(model.generation_config)
     config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,

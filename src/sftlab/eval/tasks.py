@@ -42,7 +42,7 @@ class EvalOptions:
     positive: str | None = None
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     segmenter: str = "char"
-    max_length: int = 512
+    max_length: int = 1024  # longer inputs are cut from the left (prompts) or truncated (classification head)
 
 
 def split_prompt(example: dict) -> tuple[list[dict], str]:
@@ -94,7 +94,7 @@ def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[d
             rows.append((ids, list(ids)))
         else:
             raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
-    sums = scoring.supervised_logprobs(model, rows, opts.batch_size)
+    sums = scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length)
     predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]
     return M.lm_metrics(-sum(s for s, _ in sums), sum(c for _, c in sums)), predictions
 
@@ -103,7 +103,7 @@ def run_generation(model, tokenizer, examples: list[dict], opts: EvalOptions) ->
     """Generate an answer per prompt; exact match, BLEU-4, ROUGE-1/2/L against the references."""
     prompts, references = zip(*(split_prompt(e) for e in examples)) if examples else ((), ())
     texts = scoring.generate_texts(model, tokenizer, list(prompts), opts.template, opts.max_new_tokens, opts.do_sample,
-                                   opts.temperature, opts.top_p, opts.seed, opts.batch_size)
+                                   opts.temperature, opts.top_p, opts.seed, opts.batch_size, opts.max_length)
     predictions = [{"_src": e.get("_src"), "reference": ref, "prediction": text,
                     "exact_match": M.normalize_answer(text) == M.normalize_answer(ref)}
                    for e, ref, text in zip(examples, references, texts)]
@@ -119,11 +119,12 @@ def predict_labels(model, tokenizer, examples: list[dict], labels: list[str], op
         return [labels[max(range(len(p)), key=p.__getitem__)] for p in probs], probs, None
     if opts.label_method == "generate":
         texts = scoring.generate_texts(model, tokenizer, prompts, opts.template, opts.max_new_tokens, opts.do_sample,
-                                       opts.temperature, opts.top_p, opts.seed, opts.batch_size)
+                                       opts.temperature, opts.top_p, opts.seed, opts.batch_size, opts.max_length)
         return [parse_label(t, labels) for t in texts], None, texts
     if opts.label_method != "likelihood":
         raise SftlabError(f"label method {opts.label_method!r}: expected likelihood, generate or head")
-    scores = scoring.score_continuations(model, tokenizer, prompts, [labels] * len(prompts), opts.template, opts.batch_size)
+    scores = scoring.score_continuations(model, tokenizer, prompts, [labels] * len(prompts), opts.template,
+                                         opts.batch_size, opts.max_length)
     probs = [scoring.softmax(row) for row in scores]
     return [labels[max(range(len(row)), key=row.__getitem__)] for row in scores], probs, None
 
@@ -150,22 +151,32 @@ def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tup
 
 
 def _ranking_scores(model, tokenizer, queries: list[dict], opts: EvalOptions) -> list[list[float]]:
-    """One score per candidate: answer likelihood ("text") or the positive label's probability ("messages")."""
+    """One score per candidate: answer likelihood ("text") or the positive label's probability ("messages").
+
+    Every (prompt, continuation) pair of every query goes through one batched scoring pass."""
     labels = list(opts.labels or ["yes", "no"])
-    positive = labels.index(opts.positive or "yes") if (opts.positive or "yes") in labels else 0
-    text_prompts, text_cands, pair_prompts = [], [], []
+    positive = opts.positive or "yes"
+    if any("messages" in c for q in queries for c in q["candidates"]) and positive not in labels:
+        raise SftlabError(f"--positive {positive!r} is not one of the labels {labels} used to score candidate prompts")
+    prompts, continuations = [], []
     for query in queries:
         for cand in query["candidates"]:
             if "messages" in cand:
-                pair_prompts.append(list(cand["messages"]))
+                prompts.append(list(cand["messages"]))
+                continuations.append(labels)
             else:
-                text_prompts.append(list(query.get("messages") or []))
-                text_cands.append([str(cand["text"])])
-    text_scores = iter(s[0] for s in scoring.score_continuations(model, tokenizer, text_prompts, text_cands,
-                                                                  opts.template, opts.batch_size))
-    pair_scores = iter(scoring.softmax(row)[positive] for row in scoring.score_continuations(
-        model, tokenizer, pair_prompts, [labels] * len(pair_prompts), opts.template, opts.batch_size))
-    return [[next(pair_scores) if "messages" in c else next(text_scores) for c in q["candidates"]] for q in queries]
+                prompts.append(list(query["messages"]))
+                continuations.append([str(cand["text"])])
+    flat = iter(scoring.score_continuations(model, tokenizer, prompts, continuations, opts.template,
+                                            opts.batch_size, opts.max_length))
+    scores = []
+    for query in queries:
+        row = []
+        for cand in query["candidates"]:
+            values = next(flat)
+            row.append(scoring.softmax(values)[labels.index(positive)] if "messages" in cand else values[0])
+        scores.append(row)
+    return scores
 
 
 def check_ranking_rows(queries: list[dict]) -> None:
