@@ -1,0 +1,177 @@
+"""`sftlab compare`: train several strategies on the same data, seed and budget; tabulate the evidence.
+
+    result = compare(cfg, ("full", "lora"), parse_budget("20steps"), Path("runs/cmp"), base_dir=Path("."))
+    # runs/cmp/<strategy>/ (a normal run directory + train.log), compare.json, compare.md, compare.png
+
+Each strategy trains in its own Python process (`python -m sftlab.plan.compare`), with the run config's
+data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own: on CPU the
+process's resident high-water mark (VmHWM) minus its resident size after the imports, on CUDA
+`torch.cuda.max_memory_allocated()`. A step budget sets `train.max_steps`; a time budget lets the
+configured schedule run and ends the run after the first optimizer step that finishes past the budget
+(the model is then saved and evaluated as at a normal end). The final validation loss and task metrics
+are the run's `metrics.json` (`eval_*`); trainable counts are the run's own (its log line is kept in
+`OUT/<strategy>/train.log`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+from sftlab.io import atomic_write_text
+
+_MARK = "SFTLAB_COMPARE "
+_BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min|h)?\s*$")
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """'20steps' / '20' -> ('steps', 20); '60s' -> ('seconds', 60); '2m' -> 120 s; '1h' -> 3600 s."""
+    match = _BUDGET.match(str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise SftlabError(f"--budget {text!r}: expected steps (20steps) or a time (60s, 5m, 1h)")
+    value, unit = float(match.group(1)), (match.group(2) or "steps")
+    if unit.startswith("step"):
+        if value != int(value):
+            raise SftlabError(f"--budget {text!r}: a step budget must be a whole number")
+        return "steps", int(value)
+    return "seconds", value * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[unit]
+
+
+def run_config(cfg, kind: str, budget: tuple[str, float], out_dir: Path, thresholds: dict, num_layers: int):
+    """The strategy's run config: same data/seed/schedule, output in OUT/<kind>, steps from a step budget."""
+    from sftlab.plan.planner import strategy_config
+
+    cfg = strategy_config(cfg, kind, thresholds, num_layers)
+    train = cfg.train.model_copy(update={"max_steps": int(budget[1])}) if budget[0] == "steps" else cfg.train
+    output = cfg.output.model_copy(update={"dir": str(out_dir / kind)})
+    return cfg.model_copy(update={"train": train, "output": output})
+
+
+def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict:
+    """Run one training job (in this process); with `seconds`, end it after the step that passes the budget."""
+    from sftlab.train.loop import cleanup, save_final, train
+    from sftlab.train.runlog import RunLog
+    from sftlab.train.setup import build_session, prepare_output_dir
+
+    out_dir = Path(cfg.output.dir)
+    prepare_output_dir(out_dir, resume=False, overwrite=True)
+    session, _ = build_session(cfg, out_dir, None, base_dir)
+    log = RunLog(out_dir, session.total_steps, 0, cfg.output.tensorboard, show_bar=False)
+    planned, start = session.total_steps, time.perf_counter()
+
+    def stop_when_spent(step: int, loss: float) -> None:
+        if seconds is not None and time.perf_counter() - start >= seconds:
+            session.total_steps = step  # the loop ends normally: final evaluation and model are saved
+
+    try:
+        log.message(session.trainable.summary())
+        stopped = train(session, log, [stop_when_spent])
+        train_seconds = time.perf_counter() - start
+        if stopped == "completed" and session.step < planned:
+            stopped = "time_budget"
+        metrics = save_final(session, log, stopped)
+    finally:
+        log.close()
+        cleanup(session)
+    return {"kind": cfg.strategy.kind, "trainable": session.trainable.trainable, "total": session.trainable.total,
+            "steps": session.step, "train_seconds": train_seconds, "stopped": stopped, "metrics": metrics}
+
+
+def _peak_meter():
+    """A function returning this process's peak memory above its level now (None where unknown)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return lambda: int(torch.cuda.max_memory_allocated())
+    from sftlab.plan.probe import PeakMeter
+
+    meter = PeakMeter(cuda=False)
+    meter.set_baseline()
+    meter.reset_peak()
+    return meter.peak
+
+
+def worker() -> int:
+    """`python -m sftlab.plan.compare`: train the JSON request's config, print one marked JSON result line."""
+    import sftlab.train.loop  # noqa: F401  (imported before the baseline: not part of the run's memory)
+    from sftlab.config import validate_config
+
+    request = json.loads(sys.stdin.read())
+    peak = _peak_meter()
+    try:
+        cfg = validate_config(request["config"], "compare request")
+        result = train_with_budget(cfg, request.get("seconds"), Path(request["base_dir"]) if request.get("base_dir") else None)
+        result["peak_bytes"] = peak()
+    except SftlabError as exc:
+        result = {"error": str(exc)}
+    print(_MARK + json.dumps(result, default=str), flush=True)
+    return 0
+
+
+def run_strategy(cfg, seconds: float | None, base_dir: Path | None) -> dict:
+    """Train `cfg` in a fresh process; keep its log in OUT/<kind>/train.log; return the worker's result."""
+    request = {"config": cfg.model_dump(mode="json"), "seconds": seconds,
+               "base_dir": str(base_dir) if base_dir is not None else None}
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
+    done = subprocess.run([sys.executable, "-m", "sftlab.plan.compare"], input=json.dumps(request), text=True,
+                          capture_output=True, env=env)
+    out_dir = Path(cfg.output.dir)
+    if out_dir.is_dir():
+        atomic_write_text(out_dir / "train.log", done.stderr)
+    for line in done.stdout.splitlines():
+        if line.startswith(_MARK):
+            result = json.loads(line[len(_MARK):])
+            if "error" in result:
+                raise SftlabError(f"compare strategy {cfg.strategy.kind}: {result['error']}")
+            return result
+    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+    raise SftlabError(f"compare strategy {cfg.strategy.kind}: the training process failed ({tail})")
+
+
+def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Path, base_dir: Path | None,
+            thresholds: dict, overwrite: bool = False) -> dict:
+    """Train each strategy, then write compare.json, compare.md and compare.png in `out_dir`."""
+    from sftlab.io import check_output_dir
+    from sftlab.plan.report import write_report
+
+    check_output_dir(out_dir, overwrite)
+    num_layers = _num_layers(cfg)
+    rows = []
+    for kind in kinds:
+        result = run_strategy(run_config(cfg, kind, budget, out_dir, thresholds, num_layers),
+                              budget[1] if budget[0] == "seconds" else None, base_dir)
+        metrics = result.pop("metrics")
+        rows.append({**result, "final_val_loss": metrics.get("eval_loss"),
+                     "eval": {k[5:]: v for k, v in metrics.items() if k.startswith("eval_") and k != "eval_loss"},
+                     "train_loss": metrics.get("train_loss")})
+    summary = {"model": cfg.model.path, "stage": cfg.train.stage, "seed": cfg.train.seed,
+               "budget": {"kind": budget[0], "value": budget[1]}, "rows": rows}
+    write_report(summary, out_dir)
+    return summary
+
+
+def _num_layers(cfg) -> int:
+    """Transformer blocks declared by the model's config (for the default freeze row)."""
+    from transformers import AutoConfig
+
+    from sftlab.models.load import resolve_model_path
+
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(worker())
