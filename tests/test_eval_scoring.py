@@ -154,3 +154,12 @@ def test_long_prompts_are_cut_from_the_left(tiny):
     direct = sum(float(logprobs[i - 1, tail[i]]) for i in range(1, 32) if tail[i] != -100)
     assert cut == (pytest.approx(direct, abs=1e-4), sum(t != -100 for t in labels))
     assert len(ids) > 32
+
+
+def test_hook_label_set_includes_labels_seen_only_in_training(tiny, tmp_path):
+    model, tok = tiny
+    val = [{"messages": p + [{"role": "assistant", "content": label}]} for p, label in zip(PROMPTS, ["yes", "no", "yes"])]
+    train = [{"messages": PROMPTS[0] + [{"role": "assistant", "content": "maybe later"}]}]
+    values = hooks.task_metrics(model, tok, SimpleNamespace(val_examples=val, train_examples=train), _cfg(tmp_path, "macro_f1"))
+    expected, _ = tasks.run_labels(model, tok, val, tasks.EvalOptions(labels=sorted(LABELS)))
+    assert values["macro_f1"] == pytest.approx(expected["macro_f1"])

@@ -9,7 +9,7 @@ recall@K, mrr -> ranking). loss and perplexity are the loop's own validation met
 task; `eval.task: lm` adds nothing for the same reason. Examples are `eval.data` when set (required for ranking
 rows), else `prepared.val_examples`, cut to `eval.max_samples`. A cls run (`train.stage: cls`) classifies
 with its head over `prepared.label_names`; a generative run scores each label's likelihood (or generates,
-`eval.label_method: generate`) over `data.labels` or the labels seen in the examples.
+`eval.label_method: generate`) over `data.labels` or the labels seen in the training and validation examples.
 """
 
 from __future__ import annotations
@@ -78,6 +78,17 @@ def _examples(prepared, cfg, task: str) -> list[dict]:
     return examples[: cfg.eval.max_samples] if cfg.eval.max_samples else examples
 
 
+def _labels_seen(examples: list[dict]) -> list[str]:
+    """Sorted labels of training and validation examples (a label missing from validation still counts)."""
+    seen = set()
+    for example in examples:
+        if "label" in example:
+            seen.add(str(example["label"]))
+        elif example.get("messages") and example["messages"][-1].get("role") == "assistant":
+            seen.add(str(example["messages"][-1].get("content", "")))
+    return sorted(seen)
+
+
 def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
     """Run the configured task on the validation examples and return its scalar metrics.
 
@@ -87,7 +98,10 @@ def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
     if task is None or task == "lm":
         return {}
     examples = _examples(prepared, cfg, task)
-    opts = options_from_config(cfg, getattr(prepared, "label_names", None))
+    label_names = getattr(prepared, "label_names", None)
+    if task == "labels" and not label_names and not cfg.data.labels:
+        label_names = _labels_seen(list(getattr(prepared, "train_examples", None) or []) + examples)
+    opts = options_from_config(cfg, label_names)
     result, _ = tasks.TASKS[task](model, tokenizer, examples, opts)
     values = {k: v for k, v in M.scalar_metrics(result).items() if k not in _NOT_LOGGED}
     if cfg.eval.metric not in values and task_for_metric(cfg.eval.metric) is not None:

@@ -23,7 +23,7 @@ from sftlab.eval import metrics as M
 from sftlab.eval import tasks
 from sftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl
 
-_SHOWN_FIRST = ("accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "average_precision", "unparseable",
+_SHOWN_FIRST = ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "average_precision", "unparseable",
                 "exact_match", "bleu", "rouge1", "rouge2", "rouge_l", "loss", "perplexity", "mrr")
 
 
