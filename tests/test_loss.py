@@ -65,4 +65,18 @@ def test_classification_loss_is_summed_and_weighted():
     assert n == 4
     torch.testing.assert_close(total / n, mean)
     weighted, _ = classification_loss_sum(model, batch, class_weights=torch.tensor([2.0, 1.0, 1.0]))
-    assert float(weighted) > float(total)
+    assert float(weighted.detach()) > float(total.detach())
+
+
+def test_class_weights_are_balanced_over_the_training_labels():
+    from types import SimpleNamespace
+
+    from sftlab.config import load_config
+    from sftlab.train.setup import _classifier_weights
+
+    cfg = load_config(None, ["train.stage=cls", "data.balance=class_weight"], base={"model": {"path": "m"}, "data": {"train": "t"}})
+    prepared = SimpleNamespace(train=[{"label": 0}] * 3 + [{"label": 1}], label_names=["a", "b", "c"])
+    # sklearn "balanced": n_samples / (n_present_classes * count); a label absent from train keeps weight 1
+    torch.testing.assert_close(_classifier_weights(prepared, cfg), torch.tensor([4 / 6, 4 / 2, 1.0]))
+    cfg.data.balance = "none"
+    assert _classifier_weights(prepared, cfg) is None
