@@ -1,0 +1,128 @@
+"""sftlab plan: trainable counts match training, estimate vs measured peak (--check), recommendation rules, CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftlab.config import load_config
+from sftlab.errors import SftlabError
+from sftlab.models.tiny import save_tiny
+from sftlab.plan.memory import ModelShape, Workload, estimate_memory
+from sftlab.plan.recommend import load_thresholds, recommend
+
+ROWS = [{"messages": [{"role": "user", "content": f"question {i} " + "word " * 20},
+                      {"role": "assistant", "content": "answer " + "token " * (40 + i % 7)}]} for i in range(12)]
+
+
+def tiny_config(tmp_path: Path, arch: str = "llama", hidden: int = 128, layers: int = 2, **train) -> dict:
+    model_dir = tmp_path / f"{arch}-{hidden}-{layers}"
+    if not model_dir.exists():
+        save_tiny(arch, model_dir, hidden=hidden, layers=layers)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
+    return {"model": {"path": str(model_dir)},
+            "data": {"train": str(data), "cache_dir": str(tmp_path / "cache"), "val_ratio": 0.25},
+            "train": {"stage": "sft", "max_steps": 2, "batch_size": 4, "max_length": 256, **train},
+            "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
+
+
+def test_estimate_parts_follow_the_physics():
+    shape = ModelShape(layers=4, hidden=256, intermediate=512, heads=4, vocab=600)
+    work = Workload(batch=4, seq=128)
+    full = estimate_memory(shape, 1_000_000, 1_000_000, 4, work)
+    lora = estimate_memory(shape, 1_000_000, 10_000, 4, work)
+    top = estimate_memory(shape, 1_000_000, 10_000, 1, work)
+    assert full.weights == lora.weights == 4_000_000
+    assert full.gradients == 4_000_000 and full.optimizer == 8_000_000  # fp32 grads + two AdamW moments
+    assert lora.activations == full.activations > top.activations  # same depth, same activations
+    checkpointed = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, checkpointing=True))
+    assert checkpointed.activations < full.activations
+    bf16 = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, param_dtype="bfloat16"))
+    assert bf16.weights == 2_000_000 and bf16.optimizer == 4_000_000
+    assert full.total == full.weights + full.optimizer + max(full.activations, 2 * full.gradients)
+
+
+def test_plan_counts_equal_the_training_log(tmp_path):
+    from sftlab.plan.planner import build_plan
+    from sftlab.train import run_training
+
+    raw = tiny_config(tmp_path, hidden=32, layers=2)
+    cfg = load_config(None, [], base=raw)
+    plan = build_plan(cfg, None, load_thresholds(), ("full", "freeze", "lora"))
+    for kind in ("full", "lora"):
+        run_cfg = load_config(None, [f"strategy.kind={kind}", f"output.dir={tmp_path / kind}", "train.max_steps=1"],
+                              base=raw)
+        result = run_training(run_cfg, show_progress=False)
+        card = (result.out_dir / "model" / "README.md").read_text(encoding="utf-8")
+        assert f"{plan['rows'][kind]['trainable']:,}" in card
+    assert plan["rows"]["freeze"]["trainable"] < plan["rows"]["full"]["trainable"]
+    assert plan["data"]["examples"] == 9 and plan["data"]["supervised_tokens"] > 0
+    assert plan["recommendation"]["kind"] in ("freeze", "lora")  # 9 examples are little data
+
+
+@pytest.mark.slow  # two probe processes per architecture (about 20-40 s each on 2 shared cores)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch):
+    from sftlab.plan.planner import build_plan
+
+    cfg = load_config(None, [], base=tiny_config(tmp_path, arch=arch))
+    plan = build_plan(cfg, None, load_thresholds(), ("full", "lora"), probe_steps=2, check=True)
+    for kind in ("full", "lora"):
+        probe = plan["rows"][kind]["probe"]
+        measured = probe["peak_bytes"]
+        assert measured > 10 * 2**20, "the tiny model's step must dominate allocator noise"
+        error = abs(plan["rows"][kind]["estimate"]["total"] - measured) / measured
+        assert error <= 0.25, (kind, plan["rows"][kind]["estimate"], measured)
+        assert probe["trainable"] == plan["rows"][kind]["trainable"]
+        assert probe["step_seconds"] > 0
+
+
+def rows(full_fits=True, trainable=None):
+    trainable = trainable or {"full": 1000, "freeze": 300, "lora": 50, "auto": 100}
+    return {kind: {"trainable": count, "fits": full_fits or kind != "full", "estimate": {"total": count}}
+            for kind, count in trainable.items()}
+
+
+def test_recommendation_rules():
+    thresholds = load_thresholds()
+    assert recommend(rows(), 1000, 1000, thresholds)["kind"] == "full"  # 1 token/param >= 0.5: much data
+    little = recommend(rows(), 200, 1000, thresholds)
+    assert little["kind"] == "auto" and "little task data" in little["reasons"][0]  # most params with >= 1 token each
+    assert recommend(rows(), 10, 1000, thresholds)["kind"] == "lora"  # no partial is supported: fewest params
+    no_room = recommend(rows(full_fits=False), 5000, 1000, thresholds)
+    assert no_room["kind"] == "freeze" and any("does not fit" in r for r in no_room["reasons"])
+    keep = recommend(rows(), 5000, 1000, {**thresholds, "keep_general_knowledge": True})
+    assert keep["kind"] == "freeze"
+    nothing = {k: {**v, "fits": False} for k, v in rows().items()}
+    assert "no strategy fits" in recommend(nothing, 5000, 1000, thresholds)["reasons"][-1]
+
+
+def test_thresholds_file_overrides_and_rejects_unknown_keys(tmp_path):
+    good = tmp_path / "t.yaml"
+    good.write_text("full_min_tokens_per_param: 0.01\n", encoding="utf-8")
+    assert load_thresholds(good)["full_min_tokens_per_param"] == 0.01
+    assert load_thresholds(good)["memory_headroom"] == load_thresholds()["memory_headroom"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("full_min_tokens: 1\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match="unknown threshold 'full_min_tokens'"):
+        load_thresholds(bad)
+    bad.write_text("keep_general_knowledge: 3\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match="true/false"):
+        load_thresholds(bad)
+
+
+def test_plan_cli_prints_table_and_writes_json(tmp_path, capsys):
+    import yaml
+
+    from sftlab.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, hidden=32, layers=1)), encoding="utf-8")
+    assert main(["plan", str(config), "--strategies", "full,lora", "--json", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation:" in out and "est. peak" in out and "supervised tokens" in out
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert list(plan["rows"]) == ["full", "lora"]
+    assert main(["plan", str(config), "--strategies", "full,bogus"]) == 2
+    assert "expected distinct names" in capsys.readouterr().err
