@@ -162,4 +162,6 @@ def test_hook_label_set_includes_labels_seen_only_in_training(tiny, tmp_path):
     train = [{"messages": PROMPTS[0] + [{"role": "assistant", "content": "maybe later"}]}]
     values = hooks.task_metrics(model, tok, SimpleNamespace(val_examples=val, train_examples=train), _cfg(tmp_path, "macro_f1"))
     expected, _ = tasks.run_labels(model, tok, val, tasks.EvalOptions(labels=sorted(LABELS)))
+    val_only, _ = tasks.run_labels(model, tok, val, tasks.EvalOptions())
     assert values["macro_f1"] == pytest.approx(expected["macro_f1"])
+    assert values["macro_f1"] != pytest.approx(val_only["macro_f1"])  # the extra label changes the macro average
