@@ -126,6 +126,8 @@ def test_generate_cli_errors_are_one_line(tiny_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("error: ") and "bad.jsonl:2" in err[-1]
     assert not (tmp_path / "o.jsonl").exists()
+    same = ["generate", str(tiny_dir), "--input", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "bad.jsonl")]
+    assert main(same) == 2 and "never overwritten" in capsys.readouterr().err
     with pytest.raises(SftlabError, match="not a model directory"):
         load_served(tmp_path)
 

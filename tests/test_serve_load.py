@@ -131,3 +131,45 @@ def test_several_adapters_on_one_base_chosen_by_model_field(tmp_path):
 
         for name, i, response in asyncio.run(run_all()):
             assert response.json()["choices"][0]["message"]["content"] == expected[name][i], (name, i)
+
+
+@pytest.mark.slow  # starts `sftlab serve` as a process: ~15 s of imports and model loading on a busy box
+def test_cli_server_finishes_stream_in_flight_on_sigterm(tmp_path):
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    model_dir = save_tiny("qwen2", tmp_path / "tiny")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "sftlab", "serve", str(model_dir), "--port", str(port),
+                                "--access-log", str(tmp_path / "access.jsonl")],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert "serving tiny on" in process.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        body = {**_body("hello", 120), "stream": True}
+        pieces = []
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: ") and not pieces:
+                    process.send_signal(signal.SIGTERM)
+                pieces.append(line)
+        assert pieces[-2:] == ["data: [DONE]", ""] or pieces[-1] == "data: [DONE]"
+        chunks = [json.loads(p[6:]) for p in pieces if p.startswith("data: {")]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert process.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after its graceful shutdown
+        record = json.loads((tmp_path / "access.jsonl").read_text().splitlines()[-1])
+        assert record["completion_tokens"] == 120 and record["status"] == 200
+    finally:
+        if process.poll() is None:
+            process.kill()

@@ -98,8 +98,12 @@ def run_generate(args) -> int:
     from sftlab.infer.prompts import stop_token_ids
     from sftlab.io import atomic_write_jsonl
 
+    from pathlib import Path
+
     if args.batch_size < 1:
         raise SftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise SftlabError(f"--output {args.output} is the input file; inputs are never overwritten")
     prompts = [prompt_of_row(row) for row in read_rows(args.input)]
     params = [sampling_from_args(args, i) for i in range(len(prompts))]
     served, template, adapter = load_from_args(args)

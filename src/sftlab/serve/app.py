@@ -99,15 +99,15 @@ class _Generation:
         self.served, self.settings, self.engine, self.template = served, settings, engine, template
 
     async def respond(self, request: Request, body, prompt: list[int], max_tokens: int | None, chat: bool):
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        access = {"id": request_id, "model": body.model, "stream": body.stream, "prompt_tokens": len(prompt)}
+        request.state.access = access
         if body.model not in self.served.adapters:
             raise APIError(404, f"model {body.model!r} does not exist; served: {', '.join(self.served.names)}",
                            param="model", code="model_not_found")
         if not prompt:
             raise APIError(400, "prompt: the prompt is empty", param="prompt", code="invalid_value")
         params = self._params(body, prompt, max_tokens)
-        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        access = {"id": request_id, "model": body.model, "stream": body.stream, "prompt_tokens": len(prompt)}
-        request.state.access = access
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job = GenRequest(prompt, params, _emitter(loop, events), adapter=self.served.adapters[body.model],
