@@ -165,3 +165,14 @@ def test_hook_label_set_includes_labels_seen_only_in_training(tiny, tmp_path):
     val_only, _ = tasks.run_labels(model, tok, val, tasks.EvalOptions())
     assert values["macro_f1"] == pytest.approx(expected["macro_f1"])
     assert values["macro_f1"] != pytest.approx(val_only["macro_f1"])  # the extra label changes the macro average
+
+
+def test_generated_labels_keep_unparseable_answers(tiny):
+    model, tok = tiny
+    examples = [{"messages": p + [{"role": "assistant", "content": label}]} for p, label in zip(PROMPTS, ["yes", "no", "yes"])]
+    result, rows = tasks.run_labels(model, tok, examples, tasks.EvalOptions(label_method="generate", max_new_tokens=3))
+    parsed = [tasks.parse_label(row["generated"], ["no", "yes"]) for row in rows]
+    assert [row["prediction"] for row in rows] == parsed and len(rows) == 3
+    assert result["unparseable"] == parsed.count(None)
+    assert sum(line[-1] for line in result["confusion"]["matrix"]) == parsed.count(None)  # shown, never dropped
+    assert result["n"] == 3
