@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def handle(args) -> int:
         result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=Path(args.config).parent,
                               show_progress=not args.no_progress)
     except TrainingInterrupted as stop:
-        command = " ".join(["sftlab train", args.config, *args.overrides, "--resume"])
+        command = shlex.join(["sftlab", "train", args.config, *args.overrides, "--resume"])
         print(f"{stop}; resume with: {command}", file=sys.stderr)
         return 130
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if isinstance(v, float))

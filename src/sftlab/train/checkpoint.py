@@ -58,6 +58,9 @@ def save_model_dir(model, tokenizer, directory: Path) -> None:
     try:
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
+        from sftlab.vision.load import copy_processor_files
+
+        copy_processor_files(model, directory)  # a vision-language model's image processor and chat template
     finally:
         if bars:
             hf_logging.enable_progress_bar()

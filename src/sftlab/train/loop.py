@@ -6,8 +6,8 @@
 Each optimizer step takes `train.grad_accum` micro-batches, counts their supervised tokens (pt/sft) or
 examples (cls) first, and back-propagates every micro-batch's *summed* loss divided by that total,
 so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. Ctrl-C saves a
-checkpoint and raises `TrainingInterrupted` (exit 130 in the CLI); a non-finite loss or gradient
-stops with `TrainingDiverged` (exit 2) before the bad update is applied.
+checkpoint and raises `TrainingInterrupted` (exit 130 in the CLI); a non-finite loss (or gradient
+norm, when clipping is on) stops with `TrainingDiverged` (exit 2) before the bad update is applied.
 """
 
 from __future__ import annotations

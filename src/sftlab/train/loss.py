@@ -4,7 +4,8 @@ Causal LMs: the backbone yields hidden states; only positions whose *shifted* la
 (!= -100) go through the output head (plus the config's final logit soft-capping, as in gemma), in
 chunks of `HEAD_CHUNK` positions. Logits at unsupervised positions are never built, and with more
 than one chunk each chunk's logits are recomputed in backward (activation checkpointing), so the
-head's memory stays one chunk of [positions x vocabulary] even for 262k vocabularies.
+head's memory stays one chunk of [positions x vocabulary] even for 262k vocabularies. (A model whose
+head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
 Classifiers: summed cross-entropy over the examples of the micro-batch (optionally class-weighted).
 """
@@ -17,7 +18,8 @@ from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
-_BACKBONE_INPUTS = ("attention_mask", "position_ids")
+_BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
+                    "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
 
 
 def unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """What a run reports while it trains: a tqdm bar, `metrics.jsonl` rows and TensorBoard scalars.
 
-`metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, tokens_per_s,
+`metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, grad_norm, tokens_per_s,
 supervised_tokens, epoch) and one per evaluation (`"eval": true` plus the validation metrics).
 On resume the rows written after the checkpoint's step are dropped so the file reads as one run.
 """

@@ -158,7 +158,13 @@ def _load_model(cfg, tokenizer, prepared, collate):
 def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
     """Padded batches, or packed [1, T] rows when data.packing is on (pt/sft only)."""
     from sftlab.data.collate import make_collator
+    from sftlab.vision.load import is_vision_model
 
+    if cfg.train.stage == "sft" and is_vision_model(cfg.model):  # rows with images: sftlab.vision.collate
+        from sftlab.vision.collate import make_vision_collator
+        from sftlab.vision.load import load_processor
+
+        return make_vision_collator(load_processor(cfg.model), tokenizer.pad_token_id)
     return make_collator(cfg.data.packing and cfg.train.stage != "cls", tokenizer.pad_token_id)
 
 
