@@ -40,6 +40,12 @@ class PreparedData:
 def prepare_data(cfg: RunConfig, tokenizer, base_dir: str | Path | None = None) -> PreparedData:
     """Load, split, balance, tokenize (cached) and, with data.packing, pack the run's data."""
     stage, data_cfg = cfg.train.stage, cfg.data
+    from sftlab.vision.load import is_vision_model
+
+    if stage == "sft" and is_vision_model(cfg.model):  # image+text data, encoded by the model's processor
+        from sftlab.vision.pipeline import prepare_vision_data
+
+        return prepare_vision_data(cfg, base_dir)
     if data_cfg.cache_dir and base_dir is not None and not Path(data_cfg.cache_dir).expanduser().is_absolute():
         data_cfg = data_cfg.model_copy(update={"cache_dir": str(Path(base_dir) / data_cfg.cache_dir)})
     if data_cfg.balance in ("oversample", "undersample") and stage == "pt":

@@ -133,6 +133,10 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     """
     directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
     raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
+    if isinstance(raw.get("vision_config"), dict):  # a vision-language model: see sftlab.vision.load
+        from sftlab.vision.load import load_vision_model
+
+        return load_vision_model(model_cfg.model_copy(update={"path": str(directory)}), stage)
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
