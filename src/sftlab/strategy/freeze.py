@@ -51,7 +51,10 @@ def apply_freeze(model, freeze_cfg) -> tuple[dict, list[str]]:
         selected |= {name for name in names if name.startswith(starts)}
         details.update(layers=indices, layer_list=prefix, num_layers=len(blocks))
     if freeze_cfg.modules:
-        selected |= match_globs(freeze_cfg.modules, names, "strategy.freeze.modules")
+        from sftlab.vision.parts import expand_part_globs  # vision:*, projector:*, language:* on VLMs
+
+        patterns = expand_part_globs(model, list(freeze_cfg.modules), "strategy.freeze.modules")
+        selected |= match_globs(patterns, names, "strategy.freeze.modules")
     if is_classifier(model):
         heads = head_module_names(model)
         selected |= {name for name in names if name.split(".", 1)[0] in heads}

@@ -42,6 +42,10 @@ def find_layer_list(model) -> tuple[str, list]:
             continue
         if expected is None or len(module) == expected:
             candidates.append((name, list(module)))
+    if len(candidates) > 1:  # a vision-language model: its blocks are the language model's, not the vision tower's
+        from sftlab.vision.parts import drop_vision_layer_lists
+
+        candidates = drop_vision_layer_lists(model, candidates) or candidates
     if not candidates:
         raise SftlabError(f"strategy: cannot find the list of transformer blocks in {type(model).__name__} "
                           f"(no ModuleList of {expected} identical blocks); use strategy.freeze.modules globs instead")
