@@ -173,3 +173,37 @@ def test_run_dir_with_adapter_and_extra_adapters(tmp_path):
     assert generate_all(plain, [prompt], params, set())[0]["text"] == texts["base"]
     with pytest.raises(SftlabError, match="not a PEFT adapter"):
         load_served(run, adapters={"x": str(base_dir)})
+
+
+def test_incremental_text_never_shows_half_a_character():
+    tok = make_tokenizer("chatml")
+    text = "猫和狗 fish 鸟"  # characters the tiny tokenizer never merged: one token per UTF-8 byte
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) > len(text)
+    stream = IncrementalText(tok)
+    pieces = [stream.push([i]) for i in ids] + [stream.finish()]
+    assert "".join(pieces) == text and not any("\ufffd" in piece for piece in pieces)
+
+
+def test_scheduler_batches_one_adapter_at_a_time_oldest_first(tiny_dir):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from sftlab.infer.engine import Request, Scheduler
+
+    base = load_served(tiny_dir)
+    seen: list[str | None] = []
+    served = SimpleNamespace(model=base.model, tokenizer=base.tokenizer, max_context=base.max_context,
+                             activate=lambda name: seen.append(name) or nullcontext())
+    scheduler = Scheduler(served, set(), max_batch=8)
+    prompt = render_chat(base.tokenizer, [{"role": "user", "content": "hi"}])
+    order = []
+    for name, budget in [("a", 6), ("b", 2), ("a", 2)]:
+        scheduler.add(Request(prompt, SamplingParams(max_new_tokens=budget),
+                              lambda e, n=name: e["type"] == "done" and order.append(n), adapter=name))
+    scheduler.tick()
+    assert [r.adapter for r in scheduler.running] == ["a"]  # the younger "a" waits behind the older "b"
+    while not scheduler.idle:
+        scheduler.tick()
+        assert len({r.adapter for r in scheduler.running}) <= 1
+    assert order == ["a", "b", "a"] and seen[:2] == ["a", "a"] and "b" in seen
