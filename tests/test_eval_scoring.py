@@ -176,3 +176,18 @@ def test_generated_labels_keep_unparseable_answers(tiny):
     assert result["unparseable"] == parsed.count(None)
     assert sum(line[-1] for line in result["confusion"]["matrix"]) == parsed.count(None)  # shown, never dropped
     assert result["n"] == 3
+
+
+def test_hook_ranking_reads_eval_data(tiny, tmp_path):
+    import json
+
+    model, tok = tiny
+    query = {"query": "q", "messages": PROMPTS[0], "candidates": [
+        {"id": "a", "text": "yes", "relevant": 1}, {"id": "b", "text": "no", "relevant": 0}]}
+    path = tmp_path / "rank.jsonl"
+    path.write_text(json.dumps(query) + "\n" + json.dumps(dict(query, query="r")) + "\n")
+    cfg = _cfg(tmp_path, "ndcg@2", data=str(path))
+    values = hooks.task_metrics(model, tok, SimpleNamespace(val_examples=[]), cfg)
+    assert "ndcg@2" in values and "mrr" in values and "queries" not in values
+    direct, _ = tasks.run_ranking(model, tok, [query], tasks.EvalOptions(ks=[1, 2]))
+    assert values["ndcg@2"] == pytest.approx(direct["ndcg@2"]) and values["mrr"] == pytest.approx(direct["mrr"])
