@@ -28,6 +28,7 @@ from sftlab.data.readers import READ_EXTENSIONS, read_rows
 from sftlab.errors import SftlabError
 
 # LLaMA-Factory's alpaca column names -> sftlab's alpaca field names.
+_RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 _LF_ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system"}
 _LF_SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
 _TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "observation_tag", "function_tag")
@@ -110,17 +111,31 @@ def _registry_rows(name: str, entry: dict, registry_dir: Path, stage: str) -> li
     return examples
 
 
+def builtin_datasets() -> dict[str, dict]:
+    """Datasets shipped in sftlab/resources (name -> {file, format, about}), see resources/datasets.yaml."""
+    import yaml
+
+    return yaml.safe_load((_RESOURCES / "datasets.yaml").read_text(encoding="utf-8"))
+
+
 def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, base_dir: Path | None,
                     registry: dict[str, dict] | None, registry_dir: Path | None) -> list[dict]:
-    """Canonical examples of one `data.train` / `data.validation` item: a registry name or a file."""
+    """Canonical examples of one `data.train` / `data.validation` item: a registry name, a file, or a built-in name."""
     spec = item if isinstance(item, DatasetSpec) else DatasetSpec(path=item)
     if registry is not None and spec.path in registry:
         return _registry_rows(spec.path, registry[spec.path], registry_dir, stage)
     path = Path(spec.path)
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
+    builtin = builtin_datasets()
+    if not path.exists() and spec.path in builtin:
+        entry = builtin[spec.path]
+        return to_canonical(read_rows(_RESOURCES / entry["file"]), spec.format or entry["format"], stage, spec.columns or {})
     if not path.exists():
         if registry is None:
+            close = difflib.get_close_matches(spec.path, list(builtin), n=1)
+            if close:
+                raise SftlabError(f"data file not found: {path}; did you mean the built-in dataset {close[0]!r}?")
             raise SftlabError(f"data file not found: {path}" + ("" if path.suffix else " (for a registry name set data.registry)"))
         close = difflib.get_close_matches(spec.path, list(registry), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
