@@ -134,12 +134,14 @@ class EvalConfig(_Strict):
     patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     max_samples: int | None = Field(None, gt=0)
     task: Literal["auto", "lm", "generation", "labels", "ranking"] = Field(
-        "auto", description="task metrics computed at each evaluation; auto = implied by eval.metric (loss: none)")
+        "auto", description="task metrics computed at each evaluation; auto = implied by eval.metric (loss, perplexity "
+        "and lm: only the loop's own)")
     label_method: Literal["likelihood", "generate"] = Field(
         "likelihood", description="generative label tasks: score each label's likelihood, or generate and parse")
     max_new_tokens: int = Field(64, gt=0, description="generation length for eval.task=generation / label_method=generate")
     k: list[int] = Field(default_factory=lambda: [1, 5, 10], description="cut-offs K for ranking metrics (HitRate@K, NDCG@K, ...)")
-    data: str | None = Field(None, description="file evaluated by task metrics instead of the validation split (ranking rows need one)")
+    data: str | None = Field(None, description="file evaluated by task metrics instead of the validation split "
+                             "(ranking rows need one); relative to the working directory")
 
 
 class OutputConfig(_Strict):
