@@ -164,6 +164,19 @@ def test_client_disconnect_stops_generation(server):
     assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 2000
 
 
+def test_client_leaving_a_non_streamed_request_stops_generation(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2000}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=httpx.Timeout(30, read=0.3),
+                   headers={"Authorization": f"Bearer {KEY}"})
+    deadline = time.monotonic() + 10
+    while server.engine.scheduler.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.engine.scheduler.running
+    record = _log_records(server)[-1]
+    assert record["status"] == 499 and record["finish_reason"] == "cancelled" and record["completion_tokens"] < 2000
+
+
 def test_access_log_has_one_json_line_per_request(server, client):
     before = len(_log_records(server))
     client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0)

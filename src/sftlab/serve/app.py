@@ -153,6 +153,8 @@ class _Generation:
             except asyncio.TimeoutError:
                 if await request.is_disconnected():
                     self.engine.cancel(job)
+                    request.state.access.update(finish_reason="cancelled",
+                                                completion_tokens=len(job.row.generated) if job.row else 0)
                     raise APIError(499, "client closed the request") from None
                 if time.monotonic() > give_up:
                     self.engine.cancel(job)
