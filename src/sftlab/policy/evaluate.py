@@ -18,6 +18,7 @@ import numpy as np
 from sftlab.io import atomic_write_json, atomic_write_text
 
 GROUPS = ("overall", "cold", "active")
+MIN_RANKED = 30  # fewer ranked enterprises than this: a comparison is flagged as within noise
 
 
 def decision_threshold(scores: Sequence[float], threshold: float | None, positive_share: float) -> float:
@@ -84,19 +85,21 @@ def _fmt(value) -> str:
 
 
 def format_table(results: dict[str, dict], k: int = 5) -> str:
-    """A Markdown table: one line per scorer and group."""
+    """A Markdown table: one line per scorer and group ("ranked" = enterprises with a positive, which the
+    ranking metrics average over)."""
     columns = ["precision", "recall", "f1", "auc", f"hit_rate@{k}", f"recall@{k}", f"ndcg@{k}"]
-    lines = ["| scorer | group | candidates | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 3)]
+    lines = ["| scorer | group | candidates | ranked | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 4)]
     for name, result in results.items():
         for group in GROUPS:
             metrics = result[group]
-            lines.append(f"| {name} | {group} | {metrics['candidates']} | "
+            lines.append(f"| {name} | {group} | {metrics['candidates']} | {metrics.get('ranked_enterprises', 0)} | "
                          + " | ".join(_fmt(metrics.get(c)) for c in columns) + " |")
     return "\n".join(lines)
 
 
 def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
-    """One sentence per (baseline, group): does `model` win or lose on NDCG@k, and by how much."""
+    """One sentence per (baseline, group): does `model` win or lose on NDCG@k, by how much, over how many
+    enterprises (flagged when fewer than MIN_RANKED)."""
     lines = []
     key = f"ndcg@{k}"
     for name, result in results.items():
@@ -108,7 +111,10 @@ def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
                 lines.append(f"- {group}: {key} not defined against {name} (no enterprise with a positive)")
                 continue
             verdict = "wins" if mine > theirs else ("ties" if mine == theirs else "loses")
-            lines.append(f"- {group}: {model} {verdict} against {name} on {key} ({mine:.3f} vs {theirs:.3f})")
+            ranked = results[model][group].get("ranked_enterprises", 0)
+            caution = "; few enterprises, within noise" if ranked < MIN_RANKED else ""
+            lines.append(f"- {group}: {model} {verdict} against {name} on {key} ({mine:.3f} vs {theirs:.3f}, "
+                         f"{ranked} enterprises ranked{caution})")
     return lines
 
 
