@@ -1,0 +1,196 @@
+"""Image+text data, encoding, batches and model parts on tiny random VLMs (Qwen2-VL, LLaVA) built in code."""
+
+import base64
+import io
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+from PIL import Image
+
+from sftlab.errors import SftlabError
+from sftlab.models.tiny_vlm import save_tiny_vlm
+from sftlab.vision.collate import make_vision_collator
+from sftlab.vision.data import to_multimodal
+from sftlab.vision.encode import encode_vision_example, to_content_parts
+from sftlab.vision.load import is_vision_model, load_processor, load_vision_model
+from sftlab.vision.parts import expand_part_globs, part_groups
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 40), "blue": (30, 40, 220)}
+
+
+def model_cfg(path):
+    return SimpleNamespace(path=str(path), trust_remote_code=False, dtype="float32", attn_implementation="sdpa")
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vlm")
+    return {family: save_tiny_vlm(family, root / family) for family in ("qwen2_vl", "llava")}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    for name, rgb in COLOURS.items():
+        Image.new("RGB", (56, 48), rgb).save(root / f"{name}.png")
+    (root / "broken.png").write_bytes(b"not a png at all")
+    return root
+
+
+def record(text="<image>What colour is this?", answer="It is red.", images=("red.png",), src="d.json:3"):
+    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}],
+            "images": list(images), "_src": src}
+
+
+def test_tiny_vlms_load_offline_as_image_text_models(tiny_dirs):
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model
+
+    for family, directory in tiny_dirs.items():
+        cfg = ModelConfig(path=str(directory))
+        assert is_vision_model(cfg) and (directory / "processor_config.json").is_file()
+        processor = load_processor(cfg)
+        assert processor.image_token in processor.tokenizer.get_vocab()
+        assert type(load_model(cfg, "sft")).__name__.endswith("ForConditionalGeneration")
+        with pytest.raises(SftlabError, match="classification heads on vision-language models"):
+            load_model(cfg, "cls", num_labels=2)
+    assert not is_vision_model(model_cfg(tiny_dirs["llava"] / "missing"))
+
+
+def test_records_resolve_images_relative_to_the_file_and_from_parts(images):
+    sharegpt = {"conversations": [{"from": "human", "value": "<image>Hi"}, {"from": "gpt", "value": "Red."}],
+                "images": ["red.png"], "_src": "a.json:1"}
+    example = to_multimodal(sharegpt, images)
+    assert example["images"] == [str((images / "red.png").resolve())]
+    assert example["messages"][0] == {"role": "user", "content": "<image>Hi"}
+    data_url = "data:image/png;base64," + base64.b64encode((images / "blue.png").read_bytes()).decode()
+    openai = {"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "Compare "},
+                                     {"type": "image_url", "image_url": {"url": "green.png"}},
+                                     {"type": "image_url", "image_url": {"url": data_url}}]},
+        {"role": "assistant", "content": "Green, then blue."}], "_src": "b.jsonl:2"}
+    example = to_multimodal(openai, images)
+    assert example["messages"][0]["content"] == "Compare <image><image>"
+    assert example["images"] == [str((images / "green.png").resolve()), data_url]
+
+
+@pytest.mark.parametrize("row, message", [
+    (record(text="<image><image>Two?"), "d.json:3: 2 <image> placeholder(s) but 1 image(s)"),
+    (record(images=("red.png", "blue.png")), "d.json:3: 1 <image> placeholder(s) but 2 image(s)"),
+    (record(images=("gone.png",)), "d.json:3: image file not found"),
+    (record(images=("broken.png",)), "d.json:3: cannot read image"),
+    (record(answer="<image>"), "d.json:3: messages[1] is an assistant turn with an image"),
+    (record(images=("https://example.org/a.png",)), "d.json:3: image 'https://example.org/a.png' is a web URL"),
+])
+def test_bad_records_fail_with_their_line(images, row, message):
+    with pytest.raises(SftlabError, match=re.escape(message)):
+        to_multimodal(row, images)
+
+
+def _supervised_text(processor, row):
+    return processor.tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava"])
+def test_labels_cover_assistant_text_only_never_image_tokens(tiny_dirs, images, family):
+    processor = load_processor(model_cfg(tiny_dirs[family]))
+    example = to_multimodal({"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "<image>Colour?"},
+        {"role": "assistant", "content": "Red."}, {"role": "user", "content": "And this one <image>?"},
+        {"role": "assistant", "content": "Blue."}], "images": ["red.png", "blue.png"], "_src": "c.json:1"}, images)
+    row = encode_vision_example(example, processor, max_length=512)
+    assert row["status"] == "ok" and _supervised_text(processor, row) == "Red.<|im_end|>Blue.<|im_end|>"
+    image_positions = [i for i, t in enumerate(row["input_ids"]) if t == processor.image_token_id]
+    assert len(image_positions) == row["image_tokens"] > 2  # expanded: more tokens than images
+    assert all(row["labels"][i] == -100 for i in image_positions)
+    last = encode_vision_example(example, processor, max_length=512, mask="last_assistant")
+    assert _supervised_text(processor, last) == "Blue.<|im_end|>"
+    everything = encode_vision_example(example, processor, max_length=512, mask="all")
+    assert all(everything["labels"][i] == -100 for i in image_positions)
+    assert sum(label != -100 for label in everything["labels"]) == len(row["input_ids"]) - len(image_positions)
+
+
+def test_image_tokens_match_what_the_processor_gives(tiny_dirs, images):
+    processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
+    example = to_multimodal(record(), images)
+    row = encode_vision_example(example, processor, max_length=512)
+    text = processor.apply_chat_template(to_content_parts(example["messages"]), tokenize=False)
+    direct = processor(text=[text], images=[Image.open(images / "red.png").convert("RGB")], add_special_tokens=False)
+    assert row["input_ids"] == list(direct["input_ids"][0])
+
+
+def test_long_samples_are_dropped_or_cut_but_never_inside_an_image(tiny_dirs, images):
+    processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
+    early = to_multimodal({"messages": [
+        {"role": "user", "content": "<image>What colour is it?"}, {"role": "assistant", "content": "Red, a bright red."},
+        {"role": "user", "content": "Sure?"}, {"role": "assistant", "content": "Yes."}], "images": ["red.png"],
+        "_src": "e.json:1"}, images)
+    late = to_multimodal({"messages": [
+        {"role": "user", "content": "Hello there, how are you today?"}, {"role": "assistant", "content": "Fine, thanks."},
+        {"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "Red."}], "images": ["red.png"],
+        "_src": "e.json:2"}, images)
+    full = encode_vision_example(late, processor, max_length=512)
+    limit = len(full["input_ids"]) - 5
+    assert encode_vision_example(late, processor, limit, truncation="drop")["status"] == "dropped_too_long"
+    cut = encode_vision_example(late, processor, limit, truncation="left")
+    assert cut["status"] == "cut_left" and len(cut["input_ids"]) == limit
+    assert cut["input_ids"] == full["input_ids"][-limit:] and cut["image_tokens"] == full["image_tokens"]
+    early_full = encode_vision_example(early, processor, max_length=512)
+    dropped = encode_vision_example(early, processor, len(early_full["input_ids"]) - 3, truncation="left")
+    assert dropped["status"] == "dropped_image_span"
+
+
+def test_collate_gives_the_processor_inputs_for_the_batch(tiny_dirs, images):
+    processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
+    rows = [encode_vision_example(to_multimodal(record(images=(f"{c}.png",)), images), processor, 512)
+            for c in ("red", "green")]
+    rows.append(encode_vision_example(to_multimodal(record(text="No image here.", images=()), images), processor, 512))
+    batch = make_vision_collator(processor)(rows)
+    direct = processor.image_processor([Image.open(images / f"{c}.png").convert("RGB") for c in ("red", "green")],
+                                       return_tensors="pt")
+    assert torch.equal(batch["pixel_values"], direct["pixel_values"])
+    assert torch.equal(batch["image_grid_thw"], direct["image_grid_thw"])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["mm_token_type_ids"].shape
+    assert int(batch["mm_token_type_ids"].sum()) == sum(row["image_tokens"] for row in rows)
+    model = load_vision_model(model_cfg(tiny_dirs["qwen2_vl"]))
+    from sftlab.train.loss import causal_lm_loss_sum
+
+    total, count = causal_lm_loss_sum(model, batch)
+    assert count == int((batch["labels"][:, 1:] != -100).sum()) and torch.isfinite(total)
+
+
+@pytest.mark.parametrize("family, vision, projector", [("qwen2_vl", "model.visual", "model.visual.merger"),
+                                                       ("llava", "model.vision_tower", "model.multi_modal_projector")])
+def test_part_groups_split_every_parameter_once(tiny_dirs, family, vision, projector):
+    model = load_vision_model(model_cfg(tiny_dirs[family]))
+    groups = part_groups(model)
+    names = [name for name, _ in model.named_parameters(remove_duplicate=False)]
+    assert sorted(sum(groups.values(), [])) == sorted(names)
+    assert groups["projector"] and all(n.startswith(projector + ".") for n in groups["projector"])
+    assert groups["vision"] and all(n.startswith(vision + ".") for n in groups["vision"])
+    assert "lm_head.weight" in groups["language"] and not any(n.startswith(vision) for n in groups["language"])
+    assert expand_part_globs(model, ["vision:*.bias", "lm_head"], "k")[-1] == "lm_head"
+    with pytest.raises(SftlabError, match="k: 'projector:nothing' matches no parameter of the projector part"):
+        expand_part_globs(model, ["projector:nothing"], "k")
+
+
+def test_part_globs_on_a_text_model_fail_clearly():
+    from sftlab.models.tiny import make_tiny_model
+
+    with pytest.raises(SftlabError, match="has no vision tower"):
+        expand_part_globs(make_tiny_model("qwen2"), ["vision:*"], "strategy.freeze.modules")
+
+
+def test_layer_list_of_a_vlm_is_the_language_model(tiny_dirs):
+    from sftlab.strategy.structure import find_layer_list
+
+    name, blocks = find_layer_list(load_vision_model(model_cfg(tiny_dirs["qwen2_vl"])))
+    assert name == "model.language_model.layers" and len(blocks) == 2
+
+
+def test_saved_dir_names_the_upstream_processor_class(tiny_dirs):
+    saved = json.loads((tiny_dirs["qwen2_vl"] / "processor_config.json").read_text())
+    assert saved["processor_class"] == "Qwen2VLProcessor"
