@@ -138,7 +138,8 @@ def _load_model(cfg, tokenizer, prepared, collate):
 
     label_names = prepared.label_names if cfg.train.stage == "cls" else None
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
-                       label_names=label_names, tokenizer=tokenizer)
+                       label_names=label_names, tokenizer=tokenizer,
+                       quantize_4bit=cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit)
     if cfg.train.gradient_checkpointing:  # transformers 5 renamed it; the old name warns until v6
         enable = getattr(model, "activation_checkpointing_enable", None)
         if enable is not None:
