@@ -26,6 +26,7 @@ def tiny():
 def direct_logprob(model, tok, prompt, answer):
     """Sum of log p(token) over the supervised answer tokens, from one unpadded forward pass."""
     ids, labels = encode_conversation(tok, prompt + [{"role": "assistant", "content": answer}], "auto", "last_assistant")
+    model.eval()  # no dropout
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
     return sum(float(logprobs[i - 1, labels[i]]) for i in range(1, len(ids)) if labels[i] != -100)
@@ -43,6 +44,15 @@ def test_label_scores_equal_direct_sums_and_argmax(tiny):
         direct = [direct_logprob(model, tok, prompt, name) for name in LABELS]
         assert label == LABELS[max(range(3), key=direct.__getitem__)]
         assert sum(p) == pytest.approx(1.0)
+
+
+def test_label_scores_equal_direct_sums_gpt2_absolute_positions_and_dropout():
+    tok = make_tokenizer("chatml")
+    model = make_tiny_model("gpt2", tok, hidden=32, layers=1).train()  # scoring must switch dropout off
+    batched = scoring.score_continuations(model, tok, PROMPTS, [LABELS] * len(PROMPTS), batch_size=4)
+    assert model.training  # and restore the mode it found
+    for prompt, row in zip(PROMPTS, batched):
+        assert row == pytest.approx([direct_logprob(model, tok, prompt, label) for label in LABELS], abs=1e-4)
 
 
 def test_supervised_tokens_end_with_end_of_turn(tiny):
