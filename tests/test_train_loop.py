@@ -128,3 +128,22 @@ def test_real_sigint_stops_at_the_next_step_boundary(tmp_path):
         train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[press_ctrl_c])
     assert json.loads((err.value.checkpoint / "sftlab_state.json").read_text())["position"]["batches_done"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+
+@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_precision_sets_the_compute_dtype_not_the_weights(tmp_path, precision, expected):
+    from sftlab.train.loop import cleanup, optimizer_step
+    from sftlab.train.setup import build_session, prepare_output_dir
+
+    cfg = load_config(None, [], base=tiny_run(tmp_path, train={"precision": precision}))
+    prepare_output_dir(Path(cfg.output.dir), resume=False, overwrite=False)
+    session, _ = build_session(cfg, Path(cfg.output.dir), None, None)
+    seen = []
+    session.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    try:
+        loss, stats = optimizer_step(session, [[0, 1], [2, 3]])
+    finally:
+        cleanup(session)
+    assert seen == [expected, expected] and stats["supervised_tokens"] > 0
+    assert session.model.lm_head.weight.dtype == torch.float32

@@ -153,7 +153,8 @@ def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, dic
     loss_total = 0.0
     for batch in batches:
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-        part, _ = session.objective(batch)
+        with accelerator.autocast():  # bf16 matmuls when train.precision=bf16; a no-op otherwise
+            part, _ = session.objective(batch)
         value = float(part.detach())
         if not math.isfinite(value):
             diverged(session, f"train loss is {value}")
