@@ -59,6 +59,17 @@ def test_batched_greedy_equals_one_at_a_time_generate(arch):
     assert _run_batch(model, tok, [prompts[:2], prompts[2:4], prompts[4:]], budgets) == alone
 
 
+def test_batched_greedy_equals_generate_past_the_sliding_window():
+    tok = make_tokenizer("gemma")
+    model = make_tiny_model("gemma3", tok).eval()  # every layer slides over a 64-token window
+    prompts = [tok(text, add_special_tokens=False)["input_ids"] for text in PROMPT_WORDS[:3]]
+    budgets = [80, 66, 75]
+    alone = [model.generate(torch.tensor([ids]), max_new_tokens=budget, do_sample=False, eos_token_id=None,
+                            pad_token_id=tok.pad_token_id)[0, len(ids):].tolist() for ids, budget in zip(prompts, budgets)]
+    assert max(len(p) + b for p, b in zip(prompts, budgets)) > model.config.sliding_window
+    assert _run_batch(model, tok, [prompts[:1], prompts[1:]], budgets) == alone
+
+
 def test_seeded_sampling_does_not_depend_on_batch_company(tiny_dir):
     served = load_served(tiny_dir)
     prompts = [render_chat(served.tokenizer, [{"role": "user", "content": w}]) for w in PROMPT_WORDS[:3]]
