@@ -4,9 +4,11 @@
     # runs/cmp/<strategy>/ (a normal run directory + train.log), compare.json, compare.md, compare.png
 
 Each strategy trains in its own Python process (`python -m sftlab.plan.compare`), with the run config's
-data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own: on CPU the
-process's resident high-water mark (VmHWM) minus its resident size after the imports, on CUDA
-`torch.cuda.max_memory_allocated()`. A step budget sets `train.max_steps`; a time budget lets the
+data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own. It is
+measured as in `sftlab plan --probe` (`sftlab.plan.probe`): after a warm-up (the session built once in
+a temporary directory and one step run, then released) the baseline is taken; the peak is the
+process's resident high-water mark (VmHWM) on CPU, or `torch.cuda.max_memory_allocated()` on CUDA,
+minus that baseline, over the whole run (setup, training, evaluation, saving). A step budget sets `train.max_steps`; a time budget lets the
 configured schedule run and ends the run after the first optimizer step that finishes past the budget
 (the model is then saved and evaluated as at a normal end). The final validation loss and task metrics
 are the run's `metrics.json` (`eval_*`); trainable counts are the run's own (its log line is kept in
@@ -83,16 +85,17 @@ def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict
             "steps": session.step, "train_seconds": train_seconds, "stopped": stopped, "metrics": metrics}
 
 
-def _peak_meter():
-    """A function returning this process's peak memory above its level now (None where unknown)."""
+def _peak_meter(cfg, base_dir: Path | None):
+    """After a warm-up step of `cfg`, a function returning the process's peak memory above its level then."""
+    import tempfile
+
     import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-        return lambda: int(torch.cuda.max_memory_allocated())
-    from sftlab.plan.probe import PeakMeter
+    from sftlab.plan.probe import PeakMeter, warm_up
 
-    meter = PeakMeter(cuda=False)
+    with tempfile.TemporaryDirectory(prefix="sftlab-compare-warm-") as tmp:
+        warm_up(cfg, base_dir, Path(tmp))
+    meter = PeakMeter(cuda=torch.cuda.is_available())
     meter.set_baseline()
     meter.reset_peak()
     return meter.peak
@@ -100,14 +103,14 @@ def _peak_meter():
 
 def worker() -> int:
     """`python -m sftlab.plan.compare`: train the JSON request's config, print one marked JSON result line."""
-    import sftlab.train.loop  # noqa: F401  (imported before the baseline: not part of the run's memory)
     from sftlab.config import validate_config
 
     request = json.loads(sys.stdin.read())
-    peak = _peak_meter()
     try:
         cfg = validate_config(request["config"], "compare request")
-        result = train_with_budget(cfg, request.get("seconds"), Path(request["base_dir"]) if request.get("base_dir") else None)
+        base_dir = Path(request["base_dir"]) if request.get("base_dir") else None
+        peak = _peak_meter(cfg, base_dir)
+        result = train_with_budget(cfg, request.get("seconds"), base_dir)
         result["peak_bytes"] = peak()
     except SftlabError as exc:
         result = {"error": str(exc)}

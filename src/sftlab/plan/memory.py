@@ -24,13 +24,16 @@ together with the one temporary of the same size that the multi-tensor AdamW ste
 Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden width and
 `INTERMEDIATE_SAVED` tensors of the MLP width (inputs of the norms and projections, q/k/v, the
 attention output, the gated MLP's branches) and, during backward, their gradients. With eager
-attention it also keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa keeps
-none). With gradient checkpointing only each block's input is kept, and one block's activations are
+attention, or with attention dropout in training (sdpa then materialises the scores too), it also
+keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none).
+Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
+units of the activation size): on the attention scores (attention dropout) and on the two residual
+branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each block's input is kept, and one block's activations are
 rebuilt at a time. The head's float32 logits (`LOGIT_COPIES` copies: logits, their softmax and
 its gradient) cover the supervised positions, at most `sftlab.train.loss.HEAD_CHUNK` of them at
 once when there are more (the loss recomputes chunks). The constants were calibrated against the
-measured peaks of the tiny llama / qwen2 / gemma3 test models on CPU (`sftlab plan --check`) and
-are per-tensor counts, so they carry over to larger models of the same family.
+measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`)
+and are per-tensor counts, so they carry over to larger models of the same families.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from dataclasses import asdict, dataclass
 HIDDEN_SAVED = 24.0
 INTERMEDIATE_SAVED = 6.0
 ATTENTION_SAVED = 3.0
+DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -56,6 +60,8 @@ class ModelShape:
     heads: int
     vocab: int
     classifier: bool = False
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
 
     @classmethod
     def from_model(cls, model) -> "ModelShape":
@@ -69,7 +75,10 @@ class ModelShape:
                    intermediate=_first_int(config, ("intermediate_size", "n_inner", "ffn_dim"), 0) or 4 * hidden,
                    heads=_first_int(config, ("num_attention_heads", "n_head"), 1),
                    vocab=_first_int(config, ("vocab_size",), 0),
-                   classifier=type(model).__name__.endswith("ForSequenceClassification"))
+                   classifier=type(model).__name__.endswith("ForSequenceClassification"),
+                   attention_dropout=_first_float(config, ("attn_pdrop", "attention_probs_dropout_prob",
+                                                           "attention_dropout")),
+                   hidden_dropout=_first_float(config, ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout")))
 
 
 def _first_int(config, names: tuple[str, ...], default: int) -> int:
@@ -78,6 +87,14 @@ def _first_int(config, names: tuple[str, ...], default: int) -> int:
         if isinstance(value, int):
             return value
     return default
+
+
+def _first_float(config, names: tuple[str, ...]) -> float:
+    for name in names:
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
 
 
 @dataclass
@@ -165,8 +182,12 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     """Elements autograd keeps (with their backward gradients) for one block of one micro-batch."""
     tokens = work.batch * work.seq
     per_token = HIDDEN_SAVED * shape.hidden + INTERMEDIATE_SAVED * shape.intermediate
-    scores = ATTENTION_SAVED * work.batch * shape.heads * work.seq * work.seq if work.eager_attention else 0.0
-    return tokens * per_token + scores
+    if shape.hidden_dropout > 0:
+        per_token += 2 * DROPOUT_SAVED * shape.hidden
+    copies = ATTENTION_SAVED if work.eager_attention or shape.attention_dropout > 0 else 0.0
+    if shape.attention_dropout > 0:
+        copies += DROPOUT_SAVED
+    return tokens * per_token + copies * work.batch * shape.heads * work.seq * work.seq
 
 
 def head_activation_bytes(shape: ModelShape, work: Workload) -> int:

@@ -139,6 +139,17 @@ def worst_case_workload(prepared, collate, train_cfg) -> dict:
     return {"batch": int(rows), "seq": int(seq), "supervised": int(supervised)}
 
 
+def warm_up(cfg, base_dir: Path | None, out_dir: Path) -> None:
+    """Build `cfg`'s session in `out_dir` and run one worst-case step, so that everything a run loads once
+    (modules, kernels, caches) is loaded; then release the session."""
+    from sftlab.train.loop import cleanup, optimizer_step
+    from sftlab.train.setup import build_session
+
+    warm, _ = build_session(cfg, out_dir, None, base_dir)
+    optimizer_step(warm, worst_case_group(warm.prepared, cfg.train))
+    cleanup(warm)
+
+
 def measure(cfg, steps: int, base_dir: Path | None) -> dict:
     """Warm up, take the baseline, build the session again and time `steps` worst-case optimizer steps."""
     import torch
@@ -149,10 +160,7 @@ def measure(cfg, steps: int, base_dir: Path | None) -> dict:
 
     meter = PeakMeter(torch.cuda.is_available())
     with tempfile.TemporaryDirectory(prefix="sftlab-probe-") as tmp:
-        warm, _ = build_session(cfg, Path(tmp) / "warm", None, base_dir)
-        optimizer_step(warm, worst_case_group(warm.prepared, cfg.train))
-        cleanup(warm)
-        del warm
+        warm_up(cfg, base_dir, Path(tmp) / "warm")
         meter.set_baseline()
         session, _ = build_session(cfg, Path(tmp) / "run", None, base_dir)
         group = worst_case_group(session.prepared, cfg.train)

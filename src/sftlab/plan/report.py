@@ -46,6 +46,8 @@ def markdown(summary: dict) -> str:
 
 def plot_png(summary: dict) -> bytes:
     """Three bar charts (trainable parameters, peak memory, final validation loss) as PNG bytes."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +57,8 @@ def plot_png(summary: dict) -> bytes:
     kinds = [row["kind"] for row in rows]
     panels = [("trainable parameters", [row["trainable"] for row in rows]),
               ("peak memory (MiB)", [(row.get("peak_bytes") or 0) / 2**20 for row in rows]),
-              ("final validation loss", [row["final_val_loss"] if row["final_val_loss"] is not None else 0 for row in rows])]
+              ("final validation loss", [row["final_val_loss"] if row["final_val_loss"] is not None else math.nan
+                                         for row in rows])]  # no validation split: no bar
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for axis, (title, values) in zip(axes, panels):
         axis.bar(kinds, values, color="#4c72b0")
