@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,6 @@ class Row:
     prompt_ids: list[int]
     params: SamplingParams
     adapter: str | None = None
-    tag: Any = None
     generated: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     generator: torch.Generator | None = None

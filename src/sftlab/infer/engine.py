@@ -52,7 +52,7 @@ class Request:
 
 
 class Scheduler:
-    """Waiting requests plus the running batch; not thread-safe (Engine adds the locking)."""
+    """Waiting requests plus the running batch; to be driven from one thread (Engine's own, fed through an inbox)."""
 
     def __init__(self, served, stop_ids: set[int], max_batch: int = 16):
         self.served = served
@@ -76,7 +76,7 @@ class Scheduler:
         self._expire_waiting()
         joining = self._take_joining()
         if joining:
-            rows = [Row(r.prompt_ids, r.params, adapter=r.adapter, tag=r) for r in joining]
+            rows = [Row(r.prompt_ids, r.params, adapter=r.adapter) for r in joining]
             for request, row in zip(joining, rows):
                 request.row = row
             self.running.extend(joining)
