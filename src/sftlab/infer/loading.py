@@ -51,7 +51,8 @@ class ServedModel:
             if hasattr(self.model, "disable_adapter"):
                 return self.model.disable_adapter()
             return contextlib.nullcontext()
-        self.model.set_adapter(name)
+        if self.model.active_adapter != name:  # switching walks every module: only do it on a change
+            self.model.set_adapter(name)
         return contextlib.nullcontext()
 
     @property
