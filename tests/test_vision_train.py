@@ -167,3 +167,32 @@ def test_cli_lora_run_on_the_six_image_caption_set(tmp_path, qwen_dir, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 2 and metrics["eval_loss"] > 0
     assert (out / "model" / "adapter_model.safetensors").is_file() and (out / "model" / "processor_config.json").is_file()
+
+
+def test_vision_generation_and_label_metrics_use_the_images(qwen_dir, data_dir):
+    from sftlab.eval.tasks import EvalOptions
+    from sftlab.vision.evaluate import run_vision_task
+
+    model = load_vision_model(ModelConfig(path=str(qwen_dir)))
+    processor = load_processor(ModelConfig(path=str(qwen_dir)))
+    examples = [to_multimodal(json.loads(line) | {"_src": f"colours.jsonl:{i}"}, data_dir)
+                for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
+    seen = []
+    generate = model.generate
+    model.generate = lambda **kwargs: seen.append(kwargs) or generate(**kwargs)
+    result, rows = run_vision_task("generation", model, processor, examples, EvalOptions(max_new_tokens=4))
+    assert {"exact_match", "bleu", "rouge_l"} <= set(result) and len(rows) == 4
+    assert all("pixel_values" in kwargs and "image_grid_thw" in kwargs for kwargs in seen)
+    prompt = processor.tokenizer.decode(seen[0]["input_ids"][0])
+    assert "It is red." not in prompt and prompt.endswith("<|im_start|>assistant\n")
+    result, rows = run_vision_task("labels", model, processor, examples, EvalOptions(max_new_tokens=4))
+    assert result["n"] == 4 and result["labels"] == sorted(f"It is {c}." for c in COLOURS) and "macro_f1" in result
+
+
+def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, data_dir, capsys):
+    config = _run_config(tmp_path, qwen_dir, data_dir / "colours.jsonl", data={"validation": str(data_dir / "colours.jsonl")},
+                         eval={"every_n_steps": 2, "metric": "rouge_l", "mode": "max", "max_new_tokens": 4,
+                               "max_samples": 2})
+    assert main(["train", config, "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "eval_rouge_l" in metrics and "eval_bleu" in metrics and metrics["best_step"] == 2

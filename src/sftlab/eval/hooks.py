@@ -102,7 +102,13 @@ def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
     if task == "labels" and not label_names and not cfg.data.labels:
         label_names = _labels_seen(list(getattr(prepared, "train_examples", None) or []) + examples)
     opts = options_from_config(cfg, label_names)
-    result, _ = tasks.TASKS[task](model, tokenizer, examples, opts)
+    if any(example.get("images") for example in examples):  # image+text examples: sftlab.vision.evaluate
+        from sftlab.vision.evaluate import run_vision_task
+        from sftlab.vision.load import load_processor
+
+        result, _ = run_vision_task(task, model, load_processor(cfg.model), examples, opts)
+    else:
+        result, _ = tasks.TASKS[task](model, tokenizer, examples, opts)
     values = {k: v for k, v in M.scalar_metrics(result).items() if k not in _NOT_LOGGED}
     if cfg.eval.metric not in values and task_for_metric(cfg.eval.metric) is not None:
         raise SftlabError(f"eval.metric {cfg.eval.metric!r} was not computed by the {task} task "

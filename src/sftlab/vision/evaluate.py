@@ -1,0 +1,92 @@
+"""Evaluation of vision-language models on image+text examples: generation metrics and label metrics.
+
+    texts = generate_with_images(model, processor, examples, max_new_tokens=32)
+    result, rows = run_vision_task("generation", model, processor, examples, opts)   # exact_match, bleu, rouge*
+    result, rows = run_vision_task("labels", model, processor, examples, opts)       # accuracy, macro_f1, ...
+
+Each example's prompt is its conversation without the last assistant turn (the reference), rendered by the
+processor's chat template with its images; answers are generated greedily (or sampled with `opts.do_sample`,
+seeded) one example at a time and stop at the template's end-of-turn token. Captions and VQA answers are
+scored with `sftlab.eval.metrics.generation_metrics`; for the labels task the generated answer is mapped to a
+label with `sftlab.eval.tasks.parse_label` (likelihood scoring is not used for image prompts) and scored with
+`label_metrics`. `sftlab.eval.hooks.task_metrics` calls this for validation examples that carry images.
+"""
+
+from __future__ import annotations
+
+from sftlab.errors import SftlabError
+from sftlab.vision.data import open_image
+from sftlab.vision.encode import render, to_content_parts
+
+_PROBE = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+          {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
+
+
+def stop_ids(processor) -> list[int]:
+    """End-of-turn token ids of the processor's template (the special tokens closing an assistant turn) and EOS."""
+    tokenizer = processor.tokenizer
+    prompt = render(processor, _PROBE[:1], add_generation_prompt=True)
+    answer = render(processor, _PROBE)[len(prompt):]
+    ids = [tokenizer.convert_tokens_to_ids(token) for token in tokenizer.all_special_tokens if token and token in answer]
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return list(dict.fromkeys(i for i in ids if isinstance(i, int) and i >= 0))
+
+
+def _model_device(model):
+    return next(model.parameters()).device
+
+
+def generate_with_images(model, processor, examples: list[dict], max_new_tokens: int = 64, do_sample: bool = False,
+                         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+    """One generated answer per example (prompt = messages without the last assistant turn, with images)."""
+    import torch
+
+    from sftlab.eval.tasks import split_prompt
+
+    device, stops = _model_device(model), stop_ids(processor)
+    pad = processor.tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    texts = []
+    try:
+        with torch.no_grad():
+            for example in examples:
+                src = example.get("_src", "example")
+                prompt, _ = split_prompt(example)
+                text = render(processor, to_content_parts(prompt), add_generation_prompt=True)
+                images = [open_image(reference, src) for reference in example.get("images") or []]
+                inputs = processor(text=[text], images=images or None, add_special_tokens=False, return_tensors="pt")
+                inputs = {key: value.to(device) for key, value in inputs.items() if hasattr(value, "to")}
+                sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
+                                     pad_token_id=pad, **sampling)
+                width = inputs["input_ids"].shape[1]
+                texts.append(processor.tokenizer.decode(out[0, width:], skip_special_tokens=True).strip())
+    finally:
+        model.train(was_training)
+    return texts
+
+
+def run_vision_task(task: str, model, processor, examples: list[dict], opts) -> tuple[dict, list[dict]]:
+    """(metrics, prediction rows) of the generation or labels task on image+text examples."""
+    from sftlab.eval import metrics as M
+    from sftlab.eval.tasks import parse_label, resolve_labels, split_prompt
+
+    if task not in ("generation", "labels"):
+        raise SftlabError(f"eval.task {task}: image+text examples support the generation and labels tasks")
+    references = [split_prompt(example)[1] for example in examples]
+    labels = resolve_labels(examples, opts) if task == "labels" else None
+    texts = generate_with_images(model, processor, examples, opts.max_new_tokens, opts.do_sample, opts.temperature,
+                                 opts.top_p, opts.seed)
+    rows = [{"_src": example.get("_src"), "reference": reference, "prediction": text}
+            for example, reference, text in zip(examples, references, texts)]
+    if task == "generation":
+        return M.generation_metrics(texts, references, opts.segmenter), rows
+    predicted = [parse_label(text, labels) for text in texts]
+    for row, label, text in zip(rows, predicted, texts):
+        row.update(prediction=label, generated=text)
+    result = M.label_metrics(references, predicted, labels)
+    result.update(labels=labels, method="generate")
+    return result, rows
