@@ -184,6 +184,12 @@ def test_run_dir_with_adapter_and_extra_adapters(tmp_path):
     assert generate_all(plain, [prompt], params, set())[0]["text"] == texts["base"]
     with pytest.raises(SftlabError, match="not a PEFT adapter"):
         load_served(run, adapters={"x": str(base_dir)})
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hello"}\n', encoding="utf-8")
+    for model_arg, extra, name in [(run, [], "run"), (base_dir, ["--adapter", str(tmp_path / "other")], "other")]:
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["generate", str(model_arg), *extra, "--input", str(tmp_path / "in.jsonl"), "--output", str(out),
+                     "--max-new-tokens", "6", "--template", "chatml"]) == 0
+        assert json.loads(out.read_text())["output"] == texts[name]
 
 
 def test_incremental_text_never_shows_half_a_character():
