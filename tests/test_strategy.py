@@ -88,6 +88,10 @@ def test_freeze_layer_list_and_first():
     assert trainable.names and all(name.startswith("model.layers.0.") for name in trainable.names)
     _, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": "first:2"}})
     assert {name.split(".")[2] for name in trainable.names} == {"0", "1"}
+    _, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": [-1]}})
+    assert trainable.details["layers"] == [1]
+    _, trainable = select_trainable(model, {"kind": "freeze", "freeze": {"layers": "all"}})
+    assert all(name.startswith("model.layers.") for name in trainable.names) and len(trainable.details["layers"]) == 2
 
 
 def test_freeze_tied_lm_head_is_reported():
