@@ -19,6 +19,7 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
@@ -96,7 +97,7 @@ def create_app(settings: BoardSettings) -> FastAPI:
         return await asyncio.to_thread(_options, workdir, runs.runs_dir)
 
     _form_routes(app, runs, workdir, settings)
-    _run_routes(app, runs, pool)
+    _run_routes(app, runs, pool, workdir)
 
     @app.get("/api/policy")
     async def policy_overview():
@@ -133,8 +134,8 @@ def _install_auth(app: FastAPI, keys: list[str]) -> None:
 
     @app.post("/login", include_in_schema=False)
     async def login(request: Request):
-        form = await request.form()
-        key = str(form.get("key", ""))
+        form = parse_qs((await request.body()).decode("utf-8", "replace"))  # no python-multipart needed
+        key = (form.get("key") or [""])[0]
         if not any(hmac.compare_digest(key.encode(), k) for k in encoded):
             return HTMLResponse("incorrect API key; <a href='/login'>try again</a>", status_code=401)
         response = RedirectResponse("/", status_code=303)
@@ -247,7 +248,7 @@ def _plan(runs: RunManager, name: str, text: str, timeout_s: float) -> dict:
     return {"output": done.stdout, "command": f"sftlab plan {config}"}
 
 
-def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool) -> None:
+def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -> None:
     @app.get("/api/runs")
     async def list_runs():
         return await asyncio.to_thread(lambda: [runs.summary(name) for name in runs.names()])
@@ -281,7 +282,7 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool) -> None:
         if not data:
             raise SftlabError("eval data: choose the file to evaluate on")
         max_samples = int(body["max_samples"]) if body.get("max_samples") else None
-        runs.evaluate(name, data, task, max_samples)
+        runs.evaluate(name, forms.absolute_path(data, workdir), task, max_samples)
         return {"name": name, "status": "running"}
 
     @app.post("/api/runs/{name}/chat")

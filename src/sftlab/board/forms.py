@@ -30,7 +30,7 @@ STRATEGY_FIELDS = {"strategy.freeze.layers": "freeze", "strategy.lora.rank": "lo
 _CONFIG_KEY = re.compile(r"^[^:]*: (?:unknown key |missing required key )?'?([A-Za-z_][\w.]*)'?")
 
 
-def _absolute(value: str, base: Path) -> str:
+def absolute_path(value: str, base: Path) -> str:
     """A path typed relative to the board's working directory, made absolute (bare names are kept as typed)."""
     path = Path(value).expanduser()
     if path.is_absolute():
@@ -48,7 +48,7 @@ def form_to_raw(fields: dict[str, str], run_dir: Path, cwd: Path) -> dict:
         if not value or STRATEGY_FIELDS.get(key, kind) != kind:
             continue  # only the chosen strategy's own setting is written
         if key in PATH_FIELDS:
-            _set(raw, key, _absolute(value, cwd))  # kept as text: a path is never parsed as YAML
+            _set(raw, key, absolute_path(value, cwd))  # kept as text: a path is never parsed as YAML
         elif key == "strategy.freeze.layers":
             _set(raw, key, value)
         else:

@@ -29,10 +29,16 @@ function drawChart(canvas, series, options = {}) {
   ctx.strokeStyle = "#bbb"; ctx.fillStyle = "#444"; ctx.lineWidth = 1;
   ctx.beginPath(); ctx.moveTo(pad.left, pad.top); ctx.lineTo(pad.left, height - pad.bottom);
   ctx.lineTo(width - pad.right, height - pad.bottom); ctx.stroke();
+  const integerX = all.every(p => Number.isInteger(p[0]));  // steps: label whole numbers only
+  let lastX = null;
   for (let i = 0; i <= 4; i++) {
-    const y = y0 + (y1 - y0) * i / 4, x = x0 + (x1 - x0) * i / 4;
+    const y = y0 + (y1 - y0) * i / 4;
+    let x = x0 + (x1 - x0) * i / 4;
     ctx.fillText(niceNumber(y), 4, sy(y) + 4);
-    ctx.fillText(niceNumber(Math.round(x * 100) / 100), sx(x) - 8, height - pad.bottom + 14);
+    if (integerX) x = Math.round(x);
+    if (x === lastX) continue;
+    lastX = x;
+    ctx.fillText(niceNumber(x), sx(x) - 8, height - pad.bottom + 14);
   }
   series.forEach((s, index) => {
     const colour = s.colour || CHART_COLOURS[index % CHART_COLOURS.length];

@@ -31,7 +31,7 @@ async function refreshRun() {
   try { run = await api(`/api/runs/${encodeURIComponent(runPage.name)}`); } catch (e) { showBanner(e.error); return; }
   runPage.detail = run;
   document.getElementById("run-status").replaceWith(Object.assign(statusBadge(run.status), {id: "run-status"}));
-  document.getElementById("page-run").dataset.status = run.status;
+  document.getElementById("page-run").dataset.runStatus = run.status;
   document.getElementById("run-progress").textContent = `${run.step} / ${run.total_steps || "?"}`;
   document.getElementById("run-eta").textContent = run.eta_s === null ? "-" : `${Math.round(run.eta_s)} s`;
   document.getElementById("run-lr").textContent = fmt(run.lr);
@@ -49,12 +49,27 @@ async function refreshRun() {
   document.getElementById("run-card").textContent = run.card || "-";
   document.getElementById("run-config").textContent = run.config_yaml;
   document.getElementById("run-log").textContent = run.log;
-  document.getElementById("eval-status").textContent = run.evals.job ? t("status." + run.evals.job) : "";
+  const evalStatus = document.getElementById("eval-status");
+  evalStatus.textContent = run.evals.job ? t("status." + run.evals.job) : "";
+  if (run.evals.job === "failed") {
+    const lines = run.evals.log.split("\n").filter(Boolean);
+    evalStatus.textContent += ": " + (lines.filter(l => l.startsWith("error:")).pop() || lines.pop());
+  }
+  evalStatus.classList.toggle("error", run.evals.job === "failed");
   document.getElementById("eval-results").replaceChildren(...Object.entries(run.evals.results).map(([task, result]) =>
     el("div", {"data-eval": task}, el("h3", {}, `${t("eval.results")}: ${task}`),
-      el("table", {class: "kv"}, el("tbody", {}, Object.entries(result || {}).filter(([, v]) => typeof v !== "object")
+      el("table", {class: "kv"}, el("tbody", {}, evalEntries(result || {})
         .map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))))))));
   document.getElementById("btn-send").disabled = !run.has_model || run.status === "running";
+}
+
+function evalEntries(result) {
+  // The model's metrics, then each baseline's as "baseline/metric" (sftlab eval's metrics.json layout).
+  const rows = Object.entries(result.metrics || {}).filter(([, v]) => typeof v !== "object");
+  for (const [name, metrics] of Object.entries(result.baselines || {})) {
+    for (const [key, value] of Object.entries(metrics || {})) if (typeof value !== "object") rows.push([`${name}/${key}`, value]);
+  }
+  return rows;
 }
 
 function renderChat() {
