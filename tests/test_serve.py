@@ -114,6 +114,9 @@ def test_auth_missing_or_wrong_key_is_401_in_openai_shape(server):
     ({"messages": [{"role": "user", "content": "hi"}], "temperature": 5}, "temperature"),
     ({"messages": [{"role": "user", "content": "hi"}], "n": 2}, "n"),
     ({"messages": []}, "messages"),
+    ({"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True}, "logprobs"),
     ({"messages": [{"role": "user", "content": "hi " * 1500}], "max_tokens": 2000}, "messages"),
 ])
 def test_invalid_input_is_400_naming_the_field(server, body, param):
