@@ -57,8 +57,9 @@ def test_plan_counts_equal_the_training_log(tmp_path):
         card = (result.out_dir / "model" / "README.md").read_text(encoding="utf-8")
         assert f"{plan['rows'][kind]['trainable']:,}" in card
     assert plan["rows"]["freeze"]["trainable"] < plan["rows"]["full"]["trainable"]
-    assert plan["data"]["examples"] == 9 and plan["data"]["supervised_tokens"] > 0
-    assert plan["recommendation"]["kind"] in ("freeze", "lora")  # 9 examples are little data
+    assert plan["data"]["examples"] == 9 and plan["data"]["supervised"] > 0
+    advice = plan["recommendation"]
+    assert advice["kind"] != "full" and advice["reasons"][0].startswith("little task data")  # 9 examples
 
 
 @pytest.mark.slow  # two probe processes per architecture (about 20-40 s each on 2 shared cores)
@@ -94,6 +95,8 @@ def test_recommendation_rules():
     assert no_room["kind"] == "freeze" and any("does not fit" in r for r in no_room["reasons"])
     keep = recommend(rows(), 5000, 1000, {**thresholds, "keep_general_knowledge": True})
     assert keep["kind"] == "freeze"
+    cls = recommend(rows(), 1, 1000, thresholds, "cls")  # 1e-3 examples per parameter is much data for a classifier
+    assert cls["kind"] == "full" and "training examples" in cls["reasons"][0]
     nothing = {k: {**v, "fits": False} for k, v in rows().items()}
     assert "no strategy fits" in recommend(nothing, 5000, 1000, thresholds)["reasons"][-1]
 
@@ -126,3 +129,19 @@ def test_plan_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert list(plan["rows"]) == ["full", "lora"]
     assert main(["plan", str(config), "--strategies", "full,bogus"]) == 2
     assert "expected distinct names" in capsys.readouterr().err
+
+
+def test_big_models_are_counted_on_the_meta_device(tmp_path, monkeypatch):
+    import sftlab.plan.planner as planner
+
+    cfg = load_config(None, [], base=tiny_config(tmp_path, hidden=32, layers=2))
+    real = planner.build_plan(cfg, None, load_thresholds())
+    monkeypatch.setattr(planner, "REAL_COUNT_MAX_BYTES", 0)
+    meta = planner.build_plan(cfg, None, load_thresholds())
+    for kind in ("full", "freeze", "lora"):
+        assert meta["rows"][kind]["trainable"] == real["rows"][kind]["trainable"]
+        assert meta["rows"][kind]["estimate"] == real["rows"][kind]["estimate"]
+        assert not meta["rows"][kind]["approximate"]
+    auto = meta["rows"]["auto"]
+    assert auto["approximate"] and auto["trainable"] == round(cfg.strategy.auto.budget * auto["total"])
+    assert auto["trainable"] >= real["rows"]["auto"]["trainable"]  # the budget bounds the real choice

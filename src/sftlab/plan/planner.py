@@ -35,12 +35,13 @@ def strategy_config(cfg, kind: str, thresholds: dict, num_layers: int | None = N
 
 
 def data_summary(prepared, stage: str) -> dict:
-    """Examples, supervised tokens (examples for cls) and label distribution of the prepared training data."""
+    """Examples, tokens, supervised units (tokens for pt/sft, tokenized examples for cls), label distribution."""
     train = prepared.stats.get("train", {})
-    supervised = train.get("examples", len(prepared.train)) if stage == "cls" else train.get("supervised_tokens", 0)
-    summary = {"examples": len(prepared.train_examples) or len(prepared.train),
-               "validation_examples": len(prepared.val_examples), "tokens": train.get("tokens", 0),
-               "supervised_tokens": int(supervised)}
+    examples = len(prepared.train_examples) or len(prepared.train)
+    summary = {"examples": examples, "validation_examples": len(prepared.val_examples),
+               "tokens": train.get("tokens", 0),
+               "supervised": len(prepared.train) if stage == "cls" else int(train.get("supervised_tokens", 0)),
+               "supervised_unit": "examples" if stage == "cls" else "tokens"}
     distribution = prepared.stats.get("label_distribution")
     if distribution:
         summary["label_distribution"] = distribution["train"]
@@ -83,7 +84,6 @@ def _count_on_meta(cfg, prepared):
     from sftlab.strategy.importance import budget_in_params
 
     config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
-    config.torch_dtype = getattr(torch, cfg.model.dtype)
     auto = AutoModelForCausalLM
     if cfg.train.stage == "cls":
         config.num_labels, auto = len(prepared.label_names), AutoModelForSequenceClassification
@@ -141,13 +141,13 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
         estimate = estimate_row(counts, workload, configs[kind])
         rows[kind] = {**counts, "estimate": estimate,
                       "fits": estimate["total"] <= thresholds["memory_headroom"] * memory["bytes"],
-                      "tokens_per_trainable": data["supervised_tokens"] / max(counts["trainable"], 1)}
+                      "supervised_per_trainable": data["supervised"] / max(counts["trainable"], 1)}
     if probe_steps or check:
         _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check)
     total = rows["full"]["total"]
     rows = {kind: rows[kind] for kind in kinds}
-    data["tokens_per_parameter"] = data["supervised_tokens"] / max(total, 1)
-    advice = recommend(rows, data["supervised_tokens"], total, thresholds)
+    data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
+    advice = recommend(rows, data["supervised"], total, thresholds, cfg.train.stage)
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
             "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice}
 

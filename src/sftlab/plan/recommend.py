@@ -3,7 +3,8 @@
 The rule (thresholds in `thresholds.yaml`, overridable with `sftlab plan --thresholds FILE`):
 
 1. Much task data (supervised tokens per model parameter >= `full_min_tokens_per_param`), full
-   fine-tuning fits in memory and the general knowledge need not be kept -> **full**.
+   fine-tuning fits in memory and the general knowledge need not be kept -> **full**. For
+   classification the unit is the training example and the `cls_*` thresholds apply.
 2. Otherwise (little data, `keep_general_knowledge: true`, or full does not fit) -> a partial strategy
    among freeze / auto / lora that fits: the one with the most trainable parameters that the data can
    still support (supervised tokens per trainable parameter >= `partial_min_tokens_per_param`), else
@@ -49,12 +50,23 @@ def load_thresholds(path: str | Path | None = None) -> dict:
     return {**defaults, **given}
 
 
-def recommend(rows: dict[str, dict], supervised_tokens: int, total_params: int, thresholds: dict) -> dict:
-    """Pick a strategy from the plan rows ({kind: {trainable, fits, estimate: {total}}}); return {kind, reasons}."""
-    ratio = supervised_tokens / max(total_params, 1)
-    much_data = ratio >= thresholds["full_min_tokens_per_param"]
-    data_words = (f"{supervised_tokens:,} supervised tokens for {total_params:,} parameters "
-                  f"({ratio:.3g} per parameter; 'much data' starts at {thresholds['full_min_tokens_per_param']:g})")
+def data_thresholds(thresholds: dict, stage: str) -> tuple[float, float, str]:
+    """(full minimum, partial minimum, unit word) for the stage: tokens for pt/sft, examples for cls."""
+    if stage == "cls":
+        return (thresholds["cls_full_min_examples_per_param"], thresholds["cls_partial_min_examples_per_param"],
+                "training examples")
+    return thresholds["full_min_tokens_per_param"], thresholds["partial_min_tokens_per_param"], "supervised tokens"
+
+
+def recommend(rows: dict[str, dict], supervised: int, total_params: int, thresholds: dict, stage: str = "sft") -> dict:
+    """Pick a strategy from the plan rows ({kind: {trainable, fits, estimate: {total}}}); return {kind, reasons}.
+
+    `supervised` counts supervised tokens (pt/sft) or training examples (cls)."""
+    full_minimum, minimum, unit = data_thresholds(thresholds, stage)
+    ratio = supervised / max(total_params, 1)
+    much_data = ratio >= full_minimum
+    data_words = (f"{supervised:,} {unit} for {total_params:,} parameters "
+                  f"({ratio:.3g} per parameter; 'much data' starts at {full_minimum:g})")
     full = rows.get("full")
     if full and full["fits"] and much_data and not thresholds["keep_general_knowledge"]:
         return {"kind": "full", "reasons": [f"much task data: {data_words}",
@@ -72,15 +84,13 @@ def recommend(rows: dict[str, dict], supervised_tokens: int, total_params: int, 
         return {"kind": smallest, "reasons": reasons + [
             f"no strategy fits; {smallest} needs the least memory: lower train.batch_size or train.max_length, "
             "or set train.gradient_checkpointing=true"]}
-    minimum = thresholds["partial_min_tokens_per_param"]
-    supported = {kind: row for kind, row in fitting.items()
-                 if supervised_tokens / max(row["trainable"], 1) >= minimum}
+    supported = {kind: row for kind, row in fitting.items() if supervised / max(row["trainable"], 1) >= minimum}
     if supported:
         kind = max(supported, key=lambda k: supported[k]["trainable"])
         reasons.append(f"{kind} trains the most parameters ({supported[kind]['trainable']:,}) that the data supports "
-                       f"(at least {minimum:g} supervised token per trainable parameter) and fits in memory")
+                       f"(at least {minimum:g} {unit} per trainable parameter) and fits in memory")
     else:
         kind = min(fitting, key=lambda k: fitting[k]["trainable"])
         reasons.append(f"{kind} trains the fewest parameters ({fitting[kind]['trainable']:,}) of the strategies that "
-                       f"fit; the data is below {minimum:g} supervised token per trainable parameter for all of them")
+                       f"fit; the data is below {minimum:g} {unit} per trainable parameter for all of them")
     return {"kind": kind, "reasons": reasons}

@@ -53,16 +53,16 @@ def render_plan(plan: dict) -> str:
     data, work, memory = plan["data"], plan["workload"], plan["memory"]
     parts = [f"model {plan['model']} (stage {plan['stage']})",
              f"data: {data['examples']:,} training examples, {data['validation_examples']:,} validation; "
-             f"{data['supervised_tokens']:,} supervised {'examples' if plan['stage'] == 'cls' else 'tokens'}; "
-             f"{data['tokens_per_parameter']:.4g} per model parameter"]
+             f"{data['tokens']:,} tokens; {data['supervised']:,} supervised {data['supervised_unit']}, "
+             f"{data['supervised_per_parameter']:.4g} per model parameter"]
     if data.get("label_distribution"):
         parts.append("labels: " + ", ".join(f"{k} {v}" for k, v in data["label_distribution"].items()))
     parts.append(f"memory available: {human_bytes(memory['bytes'])} ({memory['device']}); estimates for the "
                  f"worst micro-batch: {work['batch']} rows x {work['seq']} tokens, {work['supervised']} supervised")
     headers, lines = strategy_rows(plan)
     parts += ["", format_table(headers, lines), ""]
-    per = [f"{kind} {row['tokens_per_trainable']:.3g}" for kind, row in plan["rows"].items()]
-    parts.append("supervised tokens per trainable parameter: " + ", ".join(per))
+    per = [f"{kind} {row['supervised_per_trainable']:.3g}" for kind, row in plan["rows"].items()]
+    parts.append(f"supervised {data['supervised_unit']} per trainable parameter: " + ", ".join(per))
     advice = plan["recommendation"]
     parts.append(f"recommendation: {advice['kind']}")
     parts += [f"  - {reason}" for reason in advice["reasons"]]
