@@ -196,3 +196,21 @@ def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, dat
     assert main(["train", config, "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "eval_rouge_l" in metrics and "eval_bleu" in metrics and metrics["best_step"] == 2
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_other_families_train_only_their_projector(tmp_path, data_dir, family):
+    directory = save_tiny_vlm(family, tmp_path / family)
+    processor = load_processor(ModelConfig(path=str(directory)))
+    rows = [json.loads(line) | {"_src": f"colours.jsonl:{i}"}
+            for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
+    batch = make_vision_collator(processor)([encode_vision_example(to_multimodal(row, data_dir), processor, 256)
+                                             for row in rows[:2]])
+    model = load_vision_model(ModelConfig(path=str(directory)))
+    groups = part_groups(model)
+    before = {name: p.detach().clone() for name, p in model.named_parameters(remove_duplicate=False)}
+    model, trainable = select_trainable(model, StrategyConfig(kind="freeze", freeze={"modules": ["projector:*"]}))
+    assert set(trainable.names) == set(groups["projector"])
+    _train_steps(model, batch, steps=1)
+    changed = _changed(before, model)
+    assert changed <= set(groups["projector"]) and len(changed) >= len(groups["projector"]) // 2

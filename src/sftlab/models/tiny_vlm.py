@@ -23,8 +23,8 @@ import torch
 
 from sftlab.models.tiny import _CORPUS
 
-VlmFamily = Literal["qwen2_vl", "llava"]
-FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava")
+VlmFamily = Literal["qwen2_vl", "llava", "gemma3"]
+FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "gemma3")
 
 _CHATML_TURN = "{{ '<|im_start|>' + message['role'] + '\\n' }}"
 _PARTS = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
@@ -39,12 +39,21 @@ _FAMILY_TOKENS: dict[str, dict] = {
                  "image_text": "<|vision_start|><|image_pad|><|vision_end|>", "pad": "<|endoftext|>"},
     "llava": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"],
               "image_text": "<image>\\n", "pad": "<|endoftext|>"},
+    "gemma3": {"specials": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                            "<end_of_image>", "<image_soft_token>"],
+               "image_text": "<start_of_image>", "pad": "<pad>"},
 }
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' "
+    "else message['role'] %}{{ '<start_of_turn>' + role + '\\n' }}" + _PARTS
+    + "{{ '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
 
 
 def chat_template(family: VlmFamily) -> str:
     """A ChatML jinja template whose image parts render as the family's image placeholder text."""
     image = "'" + _FAMILY_TOKENS[family]["image_text"] + "'"
+    if family == "gemma3":  # Gemma turns (user / model), system text as its own turn
+        return _GEMMA_TEMPLATE.replace("IMAGE", image)
     return "{% for message in messages %}" + _CHATML_TURN + _PARTS.replace("IMAGE", image) + _END
 
 
@@ -69,8 +78,14 @@ def make_vlm_tokenizer(family: VlmFamily = "qwen2_vl", vocab_size: int = 600):
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {', '.join(FAMILIES)}")
     tokens = _FAMILY_TOKENS[family]
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_json(family, vocab_size)),
-                                  eos_token="<|im_end|>", pad_token=tokens["pad"])
+    backend = Tokenizer.from_str(_tokenizer_json(family, vocab_size))
+    if family == "gemma3":  # the processor reads boi/eoi/image tokens from the tokenizer, as Gemma 3's does
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", eos_token="<end_of_turn>",
+                                      pad_token="<pad>", extra_special_tokens={
+                                          "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                          "image_token": "<image_soft_token>"})
+    else:
+        tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token=tokens["pad"])
     tok.chat_template = chat_template(family)
     tok.model_max_length = 2048
     return tok
@@ -82,6 +97,10 @@ def _image_processor(family: VlmFamily):
 
         return Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56},
                                         patch_size=14, merge_size=2, temporal_patch_size=2)
+    if family == "gemma3":
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+        return Gemma3ImageProcessorPil(size={"height": 28, "width": 28})
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     return CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
@@ -95,6 +114,9 @@ def make_vlm_processor(family: VlmFamily = "qwen2_vl"):
     if family == "qwen2_vl":
         from transformers import Qwen2VLProcessor as base
         extra = {}
+    elif family == "gemma3":
+        from transformers import Gemma3Processor as base
+        extra = {"image_seq_length": 4}
     else:
         from transformers import LlavaProcessor as base
         extra = {"patch_size": 14, "vision_feature_select_strategy": "default", "num_additional_image_tokens": 1}
@@ -127,6 +149,16 @@ def tiny_vlm_config(family: VlmFamily, tokenizer, hidden: int = 64, layers: int 
         return LlavaConfig(vision_config=vision, text_config=LlamaConfig(**text),
                            image_token_id=tokenizer.convert_tokens_to_ids("<image>"), projector_hidden_act="gelu",
                            vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=False)
+    if family == "gemma3":
+        from transformers import Gemma3Config, Gemma3TextConfig, SiglipVisionConfig
+
+        text.update(num_key_value_heads=1, head_dim=16, sliding_window=64, bos_token_id=tokenizer.bos_token_id)
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=vision_layers,
+                                    num_attention_heads=2, image_size=28, patch_size=14)
+        token = tokenizer.convert_tokens_to_ids
+        return Gemma3Config(text_config=Gemma3TextConfig(**text), vision_config=vision, mm_tokens_per_image=4,
+                            boi_token_index=token("<start_of_image>"), eoi_token_index=token("<end_of_image>"),
+                            image_token_index=token("<image_soft_token>"), tie_word_embeddings=True)
     raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 

@@ -99,6 +99,12 @@ def _label_tokens(input_ids: list[int], offsets: list, replacements: list[dict],
     return labels
 
 
+def image_token_id(processor) -> int:
+    """Id of the token that stands for image features in the model input (Gemma 3: the soft token, not BOI)."""
+    specific = getattr(processor.tokenizer, "image_token_id", None)
+    return specific if isinstance(specific, int) and specific >= 0 else processor.image_token_id
+
+
 def expected_image_tokens(processor, images: list) -> int | None:
     """Image tokens the model expects for these images, as the processor computes it (None if it cannot say)."""
     counter = getattr(processor, "_get_num_multimodal_tokens", None)
@@ -147,8 +153,7 @@ def encode_vision_example(example: dict, processor, max_length: int, mask: str =
     input_ids = list(encoded["input_ids"][0])
     replacements = (encoded.get("text_replacement_offsets") or [[]])[0]
     labels = _label_tokens(input_ids, encoded["offset_mapping"][0], replacements, spans)
-    image_token_id = processor.image_token_id
-    found = input_ids.count(image_token_id)
+    found = input_ids.count(image_token_id(processor))
     expected = expected_image_tokens(processor, images)
     if expected is not None and found != expected:
         raise SftlabError(f"{src}: {found} image tokens after processing but the model expects {expected} for "
