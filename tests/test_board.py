@@ -51,6 +51,17 @@ def test_form_writes_an_ordinary_config_that_the_cli_loads(client, workspace):
     cfg = load_config(config)
     assert cfg.strategy.lora.rank == 4 and cfg.train.lr == 2e-5 and cfg.output.dir == str(workspace / "runs" / "r1")
     assert answer["config_file"] == str(workspace / "runs" / "r1.yaml") and not Path(answer["config_file"]).exists()
+    (workspace / "runs" / "r1").mkdir(parents=True)
+    (workspace / "runs" / "r1" / "notes.txt").write_text("mine")
+    taken = client.post("/api/runs", json={"name": "r1", "fields": FIELDS}).json()
+    assert taken["field"] == "name" and "already exists" in taken["error"] and not Path(answer["config_file"]).exists()
+
+
+@pytest.mark.slow
+def test_planner_table_and_recommendation_before_launch(client):
+    answer = client.post("/api/form/plan", json={"name": "p", "fields": {**FIELDS, "train.batch_size": "2"}}).json()
+    assert "recommendation:" in answer["output"] and "lora" in answer["output"], answer
+    assert answer["command"].startswith("sftlab plan ") and answer["command"].endswith("plan-p.yaml")
 
 
 @pytest.mark.parametrize("change, field", [

@@ -36,7 +36,7 @@ async function setLanguage(lang) {
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
   document.querySelectorAll("[data-i18n]").forEach(node => { node.textContent = t(node.dataset.i18n); });
   document.querySelectorAll("[data-i18n-placeholder]").forEach(node => { node.placeholder = t(node.dataset.i18nPlaceholder); });
-  document.querySelectorAll("[data-status]").forEach(node => { node.textContent = t("status." + node.dataset.status); });
+  document.querySelectorAll("[data-status]").forEach(node => { node.textContent = statusLabel(node.dataset.status); });
   document.title = t("app.title");
   window.dispatchEvent(new Event("sftlab-language"));
 }
@@ -53,8 +53,10 @@ function fillOptions(options) {
   document.getElementById("data-list").replaceChildren(...options.data_files.map(f => el("option", {value: f})));
 }
 
+function statusLabel(status) { return board.strings["status." + status] || status; }  // e.g. early_stopping as is
+
 function statusBadge(status) {
-  return el("span", {class: `badge ${status}`, "data-status": status}, t("status." + status));
+  return el("span", {class: `badge ${status}`, "data-status": status}, statusLabel(status));
 }
 
 function showBanner(message) {
