@@ -62,8 +62,8 @@ def test_plan_counts_equal_the_training_log(tmp_path):
     assert advice["kind"] != "full" and advice["reasons"][0].startswith("little task data")  # 9 examples
 
 
-@pytest.mark.slow  # two probe processes per architecture (about 20-40 s each on 2 shared cores)
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.slow  # a probe process per architecture (about 30-60 s each on 2 shared cores)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2"])
 def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch):
     from sftlab.plan.planner import build_plan
 
@@ -145,3 +145,27 @@ def test_big_models_are_counted_on_the_meta_device(tmp_path, monkeypatch):
     auto = meta["rows"]["auto"]
     assert auto["approximate"] and auto["trainable"] == round(cfg.strategy.auto.budget * auto["total"])
     assert auto["trainable"] >= real["rows"]["auto"]["trainable"]  # the budget bounds the real choice
+
+
+def test_backprop_depth_stops_at_the_lowest_trainable_block():
+    from sftlab.config.schema import StrategyConfig
+    from sftlab.models.tiny import make_tiny_model
+    from sftlab.plan.memory import backprop_depth
+    from sftlab.strategy import select_trainable
+
+    def depth(**strategy):
+        model, trainable = select_trainable(make_tiny_model("llama", hidden=32, layers=4),
+                                            StrategyConfig.model_validate(strategy))
+        return backprop_depth(model, trainable.names)
+
+    assert depth(kind="full") == 4  # embeddings train: backward runs through every block
+    assert depth(kind="lora") == 4
+    assert depth(kind="freeze", freeze={"layers": "last:1"}) == 1
+    assert depth(kind="freeze", freeze={"layers": [1, 3]}) == 3
+    assert depth(kind="freeze", freeze={"modules": ["lm_head"]}) == 0  # only the head: no block
+    assert depth(kind="freeze", freeze={"modules": ["*embed_tokens*"]}) == 4
+
+
+def test_bf16_precision_halves_activation_bytes():
+    assert Workload(batch=1, seq=8, precision="bf16").activation_bytes == 2
+    assert Workload(batch=1, seq=8).activation_bytes == 4

@@ -1,4 +1,4 @@
-"""`sftlab plan run.yaml [--probe] [--check]`: per-strategy trainable counts, memory estimates and a recommendation."""
+"""`sftlab plan run.yaml [--probe] [--check] [--steps N]`: per-strategy trainable counts, memory estimates and a recommendation."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ def register(registry) -> None:
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.batch_size=4")
     parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
-    parser.add_argument("--probe", type=int, nargs="?", const=3, default=None, metavar="STEPS",
-                        help="run a few real optimizer steps per strategy (default 3) to measure time and peak memory")
+    parser.add_argument("--probe", action="store_true",
+                        help="run a few real optimizer steps per strategy to measure time and peak memory")
+    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per strategy for --probe/--check (default 3)")
     parser.add_argument("--check", action="store_true", help="probe, and report the estimate's error against the measured peak")
     parser.add_argument("--thresholds", help="YAML file overriding the recommendation thresholds (see docs/planner.md)")
     parser.add_argument("--json", dest="json_out", help="also write the whole plan as JSON to this file")
@@ -35,15 +36,19 @@ def parse_strategies(text: str, option: str = "--strategies") -> tuple[str, ...]
 
 def handle(args) -> int:
     from sftlab.config import load_config
+    from sftlab.errors import SftlabError
     from sftlab.io import atomic_write_json
     from sftlab.plan.planner import build_plan
     from sftlab.plan.recommend import load_thresholds
     from sftlab.plan.table import render_plan
 
+    if args.steps < 1:
+        raise SftlabError(f"--steps {args.steps}: must be at least 1")
     kinds = parse_strategies(args.strategies)
     thresholds = load_thresholds(args.thresholds)
     cfg = load_config(args.config, args.overrides)
-    plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.probe, check=args.check)
+    plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.steps if args.probe else None,
+                      check=args.check)
     print(render_plan(plan))
     if args.json_out:
         atomic_write_json(args.json_out, plan)
