@@ -197,3 +197,20 @@ def test_layer_list_of_a_vlm_is_the_language_model(tiny_dirs):
 def test_saved_dir_names_the_upstream_processor_class(tiny_dirs):
     saved = json.loads((tiny_dirs["qwen2_vl"] / "processor_config.json").read_text())
     assert saved["processor_class"] == "Qwen2VLProcessor"
+
+
+def test_registry_entries_and_file_urls(tmp_path, images):
+    from sftlab.config.schema import DataConfig
+    from sftlab.vision.data import load_vision_examples
+
+    rows = [{"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": f"{c}."}],
+             "images": [f"file://{images / (c + '.png')}"]} for c in COLOURS]
+    (tmp_path / "demo.json").write_text(json.dumps(rows), encoding="utf-8")
+    registry = {"demo": {"file_name": "demo.json", "formatting": "sharegpt",
+                         "columns": {"messages": "messages", "images": "images"},
+                         "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps(registry), encoding="utf-8")
+    cfg = DataConfig(train="demo", registry="dataset_info.json", val_ratio=0.3)
+    train, val = load_vision_examples(cfg, tmp_path)
+    assert len(train) == 2 and len(val) == 1
+    assert sorted(e["images"][0] for e in train + val) == sorted(str(images / f"{c}.png") for c in COLOURS)

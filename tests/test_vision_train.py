@@ -214,3 +214,12 @@ def test_other_families_train_only_their_projector(tmp_path, data_dir, family):
     _train_steps(model, batch, steps=1)
     changed = _changed(before, model)
     assert changed <= set(groups["projector"]) and len(changed) >= len(groups["projector"]) // 2
+
+
+@pytest.mark.skipif(not (CAPTIONS / "mllm_caption_sharegpt.json").is_file(), reason="../shared/data/image_captions absent")
+def test_example_config_runs_as_documented(tmp_path, qwen_dir, capsys):
+    example = Path(__file__).resolve().parents[1] / "examples" / "vision" / "captions_freeze.yaml"
+    overrides = [f"model.path={qwen_dir}", f"output.dir={tmp_path / 'run'}", "train.max_steps=1", "eval.max_new_tokens=2"]
+    assert main(["train", str(example), *overrides, "--no-progress"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["step"] == 1 and "eval_rouge_l" in metrics
