@@ -78,6 +78,7 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
 
     plan = plan or (QUICK if quick else FULL)
     started = time.monotonic()
+    clock = lambda: f"[{time.monotonic() - started:4.0f} s]"  # noqa: E731
     work = Path(workdir).expanduser().resolve()
     for stale in ("policy.db", "policy.db-wal", "policy.db-shm", "data", "run", "report"):
         target = work / stale
@@ -85,20 +86,22 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     work.mkdir(parents=True, exist_ok=True)
     engine = open_db(f"sqlite:///{work / 'policy.db'}")
     counts = write_world(engine, simulate(plan.world))
-    log(f"[1/5] simulated {counts['enterprises']} enterprises, {counts['policies']} policies, {counts['events']} events")
+    log(f"{clock()} [1/5] simulated {counts['enterprises']} enterprises, {counts['policies']} policies, "
+        f"{counts['events']} events")
     manifest = build_data(engine, work / "data", None, plan.max_train, plan.max_eval_enterprises, category_limit=200)
-    log(f"[2/5] cut-off {manifest['cutoff'][:10]}: {manifest['yesno_train']} training examples, "
+    log(f"{clock()} [2/5] cut-off {manifest['cutoff'][:10]}: {manifest['yesno_train']} training examples, "
         f"{manifest['eval_candidates']} held-out candidates")
     result = run_training(training_config(plan, model_path, work / "data", work / "run"), overwrite=True, show_progress=False)
-    log(f"[3/5] fine-tuned {plan.train_steps} steps (freeze {plan.train_layers}): final loss {result.losses[-1]:.3f}")
+    log(f"{clock()} [3/5] fine-tuned {plan.train_steps} steps (freeze {plan.train_layers}): "
+        f"final loss {result.losses[-1]:.3f}")
     results, report = run_evaluation(engine, work / "data", work / "report", result.out_dir, k=5)
-    log("[4/5] evaluated against the baselines")
+    log(f"{clock()} [4/5] evaluated against the baselines")
     scorer = ModelScorer(result.out_dir)
     now = datetime.combine(plan.world.start + timedelta(days=plan.world.days), datetime.min.time())
     enterprises = [f"E{i + 1:06d}" for i in range(min(plan.push_enterprises, plan.world.n_enterprises))]
     summary = push(engine, lambda rows: scorer([r["prompt"] for r in rows]), now - timedelta(days=14), plan.top_k,
                    scorer.version, now=now, enterprise_ids=enterprises)
-    log(f"[5/5] pushed {summary.pushes_written} policies to {summary.pushed_enterprises} enterprises "
+    log(f"{clock()} [5/5] pushed {summary.pushes_written} policies to {summary.pushed_enterprises} enterprises "
         f"(window {summary.window}, {summary.candidates_scored} candidates scored)")
     log("\n" + format_table(results, 5))
     seconds = time.monotonic() - started
