@@ -9,11 +9,11 @@ from sftlab.errors import SftlabError
 
 def test_every_builtin_dataset_loads_with_its_format():
     for name, entry in builtin_datasets().items():
-        stage = "cls" if entry["format"] == "label" else "sft"
+        stage = {"label": "cls", "text": "pt"}.get(entry["format"], "sft")
         cfg = load_config(None, [f"data.train={name}"], base={"model": {"path": "m"}, "data": {}})
         train, val = load_examples(cfg.data, stage)
         assert train and not val, name
-        key = "label" if stage == "cls" else "messages"
+        key = {"cls": "label", "pt": "text"}.get(stage, "messages")
         assert all(key in ex for ex in train)
 
 
