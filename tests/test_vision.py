@@ -214,3 +214,12 @@ def test_registry_entries_and_file_urls(tmp_path, images):
     train, val = load_vision_examples(cfg, tmp_path)
     assert len(train) == 2 and len(val) == 1
     assert sorted(e["images"][0] for e in train + val) == sorted(str(images / f"{c}.png") for c in COLOURS)
+
+
+def test_system_field_and_tiny_vlm_command(tmp_path, images):
+    from sftlab.cli import main
+
+    example = to_multimodal({"system": "Be brief.", **record()}, images)
+    assert example["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert main(["model", "tiny-vlm", "llava", str(tmp_path / "llava")]) == 0
+    assert is_vision_model(model_cfg(tmp_path / "llava")) and (tmp_path / "llava" / "chat_template.jinja").is_file()
