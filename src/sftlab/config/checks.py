@@ -14,3 +14,36 @@ def require_cuda_for_qlora() -> None:
         import bitsandbytes  # noqa: F401
     except ImportError as exc:
         raise ValueError("strategy.lora.quantize_4bit needs `pip install bitsandbytes`") from exc
+
+
+def check_distributed(cfg) -> None:
+    """train.distributed presets the machine cannot run fail here: DeepSpeed ZeRO needs CUDA and deepspeed."""
+    kind = cfg.train.distributed
+    if kind not in ("zero2", "zero3"):
+        return
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"train.distributed={kind} (DeepSpeed ZeRO) needs CUDA GPUs; this machine has none. "
+                         "On CPU use train.distributed=ddp or fsdp")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ValueError(f"train.distributed={kind} needs `pip install deepspeed`")
+    if cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit and kind == "zero3":
+        raise ValueError("train.distributed=zero3 cannot shard 4-bit (QLoRA) weights; use zero2 or ddp")
+
+
+def check_streaming(cfg) -> None:
+    """data.streaming reads a pt corpus as a stream: settings that need the whole corpus in memory fail here."""
+    data = cfg.data
+    if not data.streaming:
+        return
+    if cfg.train.stage != "pt":
+        raise ValueError(f"data.streaming reads pt corpora; train.stage is {cfg.train.stage}")
+    if cfg.train.max_steps is None:
+        raise ValueError("data.streaming needs train.max_steps: a stream has no length to count train.epochs in")
+    if data.val_ratio:
+        raise ValueError("data.streaming cannot hold out data.val_ratio from a stream; set data.validation to a file")
+    if data.packing:
+        raise ValueError("data.streaming already cuts data.pt_mode=concat blocks; set data.packing=false")

@@ -56,6 +56,9 @@ class DataConfig(_Strict):
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
     num_workers: int = Field(1, ge=1, description="processes for tokenisation (datasets.map num_proc)")
     seed: int = 0
+    streaming: bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "
+                            "needs train.max_steps")
+    shuffle_buffer: int = Field(10000, ge=1, description="data.streaming: documents held in the shuffle buffer")
 
 
 class FreezeConfig(_Strict):
@@ -122,6 +125,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     log_every_n_steps: int = Field(1, gt=0)
     save_every_n_steps: int | None = Field(None, gt=0)
+    distributed: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
+        "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel), fsdp (full shard), "
+        "zero2/zero3 (DeepSpeed, CUDA only); ignored by a single process")
+    dist_timeout_s: int = Field(600, gt=0, description="seconds a process waits for the others before the run stops")
 
 
 class EvalConfig(_Strict):
@@ -170,4 +177,8 @@ class RunConfig(_Strict):
             require_cuda_for_qlora()
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
+        from sftlab.config.checks import check_distributed, check_streaming
+
+        check_distributed(self)
+        check_streaming(self)
         return self
