@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from sftlab.board import forms
 from sftlab.board.app import BoardSettings, create_app
-from sftlab.board.runs import RunManager, estimate_total_steps
+from sftlab.board.runs import Job, RunManager, estimate_total_steps
 from sftlab.cli import main
 from sftlab.config import load_config
 
@@ -130,6 +130,8 @@ def test_run_states_summary_and_total_steps(tmp_path):
     detail = manager.detail("halted")
     assert detail["resumable"] and detail["step"] == 2 and detail["eval_loss"] == 1.5  # half-written line skipped
     assert not manager.detail("done")["resumable"] and "trainable 10 / 10" in manager.detail("done")["card"]
+    job = Job("train", process=None, log_path=runs / "x.log", progress=[(100.0, 2), (110.0, 7)])
+    assert RunManager._eta(job, {"total_steps": 17}) == 20.0  # 2 s per step seen, 10 steps to go
     rows = [{"step": 3, "epoch": 0.75}]
     assert estimate_total_steps({"train": {"epochs": 2}}, rows) == 8 and estimate_total_steps({"train": {}}, []) is None
 
@@ -183,6 +185,7 @@ def test_auth_off_loopback(tmp_path, monkeypatch):
     assert api_keys_for("127.0.0.1", None) == [] and api_keys_for("localhost", None) == []
     with pytest.raises(SftlabError, match="set API keys"):
         api_keys_for("0.0.0.0", None)
+    assert main(["board", "--host", "0.0.0.0", "--runs-dir", str(tmp_path / "runs")]) == 2  # refuses to start
     monkeypatch.setenv("SFTLAB_API_KEYS", "k1,k2")
     assert api_keys_for("0.0.0.0", None) == ["k1", "k2"]
     with TestClient(create_app(BoardSettings(runs_dir=tmp_path / "runs", api_keys=["k1"]))) as client:

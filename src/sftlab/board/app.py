@@ -306,11 +306,12 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
 
 
 def _compare_row(runs: RunManager, name: str) -> dict:
+    """A run's summary, final metrics, logged rows and its card's trainable-parameters line."""
     run = runs.run_dir(name)
     row = runs.summary(name)
-    metrics = read_rows(run / "metrics.jsonl")
-    row.update(final=read_json(run / "metrics.json"), rows=metrics,
-               trainable=next((line.removeprefix("- ") for line in
-                               (run / "model" / "README.md").read_text(encoding="utf-8").splitlines()
-                               if line.startswith("- trainable")), None) if (run / "model" / "README.md").is_file() else None)
+    row.update(final=read_json(run / "metrics.json"), rows=read_rows(run / "metrics.jsonl"), trainable=None)
+    card = run / "model" / "README.md"
+    if card.is_file():
+        lines = card.read_text(encoding="utf-8").splitlines()
+        row["trainable"] = next((line.removeprefix("- ") for line in lines if line.startswith("- trainable")), None)
     return row

@@ -15,7 +15,7 @@ def register(registry) -> None:
     parser = registry.top.add_parser("board", help="web board: new runs, live curves, compare, evaluate, chat, policy push",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--runs-dir", default="runs", help="where run configs (NAME.yaml) and run dirs live (default runs)")
     parser.add_argument("--config", help="serve settings YAML whose api_keys protect the board off loopback")
     parser.add_argument("--db", help="policy application database URL (default: $SFTLAB_DB_URL, else sqlite:///sftlab_policy.db)")

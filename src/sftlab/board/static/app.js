@@ -44,7 +44,7 @@ async function setLanguage(lang) {
 function fillOptions(options) {
   document.querySelectorAll("select[data-options]").forEach(select => {
     const values = options[select.dataset.options] || [];
-    const blank = select.name && select.closest("#new-form") ? [el("option", {value: ""}, "")] : [];
+    const blank = select.closest("#new-form") ? [el("option", {value: "", "data-i18n": "form.default"}, t("form.default"))] : [];
     select.replaceChildren(...blank, ...values.map(v => el("option", {value: v}, v)));
   });
   document.getElementById("model-list").replaceChildren(

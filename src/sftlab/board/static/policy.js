@@ -2,8 +2,13 @@
 "use strict";
 
 function metricsTable(results) {
-  const groups = Object.keys(Object.values(results)[0] || {});
-  const columns = [...new Set(groups.flatMap(g => Object.keys(Object.values(results)[0][g] || {})))].filter(c => c !== "candidates");
+  // Groups are the per-scorer objects (overall, cold, active); the columns those of `sftlab policy evaluate`'s table.
+  const first = Object.values(results)[0] || {};
+  const groups = Object.keys(first).filter(g => first[g] && typeof first[g] === "object");
+  const keys = [...new Set(groups.flatMap(g => Object.keys(first[g])))];
+  const ranked = keys.filter(k => k.endsWith("@5"));
+  const columns = ["precision", "recall", "f1", "auc"].filter(k => keys.includes(k))
+    .concat(ranked.length ? ranked : keys.filter(k => k.includes("@")));
   document.querySelector("#policy-metrics thead").replaceChildren(el("tr", {}, el("th", {}, t("col.scorer")),
     el("th", {}, t("col.group")), el("th", {}, t("col.candidates")), columns.map(c => el("th", {}, c))));
   document.querySelector("#policy-metrics tbody").replaceChildren(...Object.entries(results).flatMap(([scorer, result]) =>
