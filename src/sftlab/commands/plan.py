@@ -1,4 +1,4 @@
-"""`sftlab plan run.yaml [--probe] [--check] [--steps N]`: per-strategy trainable counts, memory estimates and a recommendation."""
+"""`sftlab plan run.yaml [--probe] [--check] [--steps N]`: per-strategy counts, memory estimates, advice."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ def register(registry) -> None:
     parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
     parser.add_argument("--probe", action="store_true",
                         help="run a few real optimizer steps per strategy to measure time and peak memory")
-    parser.add_argument("--steps", type=int, default=3, help="optimizer steps per strategy for --probe/--check (default 3)")
-    parser.add_argument("--check", action="store_true", help="probe, and report the estimate's error against the measured peak")
+    parser.add_argument("--steps", type=int, default=3,
+                        help="optimizer steps per strategy for --probe/--check (default 3)")
+    parser.add_argument("--check", action="store_true",
+                        help="probe, and report the estimate's error against the measured peak")
     parser.add_argument("--thresholds", help="YAML file overriding the recommendation thresholds (see docs/planner.md)")
     parser.add_argument("--json", dest="json_out", help="also write the whole plan as JSON to this file")
     parser.set_defaults(func=handle)

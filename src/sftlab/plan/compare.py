@@ -3,16 +3,16 @@
     result = compare(cfg, ("full", "lora"), parse_budget("20steps"), Path("runs/cmp"), base_dir=Path("."))
     # runs/cmp/<strategy>/ (a normal run directory + train.log), compare.json, compare.md, compare.png
 
-Each strategy trains in its own Python process (`python -m sftlab.plan.compare`), with the run config's
-data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own. It is
-measured as in `sftlab plan --probe` (`sftlab.plan.probe`): after a warm-up (the session built once in
-a temporary directory and one step run, then released) the baseline is taken; the peak is the
-process's resident high-water mark (VmHWM) on CPU, or `torch.cuda.max_memory_allocated()` on CUDA,
-minus that baseline, over the whole run (setup, training, evaluation, saving). A step budget sets `train.max_steps`; a time budget lets the
-configured schedule run and ends the run after the first optimizer step that finishes past the budget
-(the model is then saved and evaluated as at a normal end). The final validation loss and task metrics
-are the run's `metrics.json` (`eval_*`); trainable counts are the run's own (its log line is kept in
-`OUT/<strategy>/train.log`).
+Each strategy trains in its own Python process (`python -m sftlab.plan.compare`), with the run
+config's data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own.
+It is measured as in `sftlab plan --probe` (`sftlab.plan.probe`): after a warm-up (the session built
+once in a temporary directory and one step run, then released) the baseline is taken; the peak is
+the process's resident high-water mark (VmHWM) on CPU, or `torch.cuda.max_memory_allocated()` on
+CUDA, minus that baseline, over the whole run (setup, training, evaluation, saving). A step budget
+sets `train.max_steps`; a time budget lets the configured schedule run and ends the run after the
+first optimizer step that finishes past the budget (the model is then saved and evaluated as at a
+normal end). The final validation loss and task metrics are the run's `metrics.json` (`eval_*`);
+trainable counts are the run's own (its log line is kept in `OUT/<strategy>/train.log`).
 """
 
 from __future__ import annotations

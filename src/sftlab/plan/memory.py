@@ -28,10 +28,11 @@ attention, or with attention dropout in training (sdpa then materialises the sco
 keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none).
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
-branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each block's input is kept, and one block's activations are
-rebuilt at a time. The head's float32 logits (`LOGIT_COPIES` copies: logits, their softmax and
-its gradient) cover the supervised positions, at most `sftlab.train.loss.HEAD_CHUNK` of them at
-once when there are more (the loss recomputes chunks). The constants were calibrated against the
+branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
+block's input is kept, and one block's activations are rebuilt at a time. The head's float32 logits
+(`LOGIT_COPIES` copies: logits, their softmax and its gradient) cover the supervised positions, at
+most `sftlab.train.loss.HEAD_CHUNK` of them at once when there are more (the loss recomputes
+chunks). The constants were calibrated against the
 measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`)
 and are per-tensor counts, so they carry over to larger models of the same families.
 """

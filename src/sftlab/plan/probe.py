@@ -5,13 +5,13 @@
 
 `run_probe` starts `python -m sftlab.plan.probe` (a new interpreter, so the caller's memory is not
 counted) which, for each configuration in turn, builds the training session exactly as `sftlab train`
-does (`build_session`: data, model, strategy, gradient checkpointing, accelerator, AdamW) and runs `steps` optimizer steps of
-`train.grad_accum` micro-batches made of the `train.batch_size` longest training rows (the
-worst-case step, which is what the estimate describes).
+does (`build_session`: data, model, strategy, gradient checkpointing, accelerator, AdamW) and runs
+`steps` optimizer steps of `train.grad_accum` micro-batches made of the `train.batch_size` longest
+training rows (the worst-case step, which is what the estimate describes).
 
-Memory is measured from a baseline taken after a warm-up: the session is built once and one step is
-run (so libraries, kernels and lazily imported modules are in memory), everything is released
-(`malloc_trim`), the baseline is read, and the session is built again. On CPU the peak is the
+Memory is measured from a baseline taken after a warm-up (`warm_up`): the session is built once and
+one step is run (so libraries, kernels and lazily imported modules are in memory), everything is
+released (`malloc_trim`), the baseline is read, and the session is built again. On CPU the peak is the
 process's resident high-water mark (`VmHWM` in /proc/self/status, reset through
 /proc/self/clear_refs after the session is built) minus the baseline; on CUDA it is
 `torch.cuda.max_memory_allocated()` minus the memory allocated at the baseline. Where neither is

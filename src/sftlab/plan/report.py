@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from sftlab.io import atomic_write_json, atomic_write_text
-from sftlab.plan.table import format_table, human_bytes
+from sftlab.plan.table import human_bytes
 
 
 def metric_names(rows: list[dict]) -> list[str]:
