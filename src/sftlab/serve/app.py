@@ -59,6 +59,10 @@ def create_app(served, settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=[auth])
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request):
+        from sftlab.vision.serve import answer_with_images, has_images
+
+        if has_images(body.messages):  # image_url parts: a vision-language model answers them (sftlab.vision.serve)
+            return await answer_with_images(served, body, f"chatcmpl-{uuid.uuid4().hex[:24]}")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         try:
             prompt = render_chat(served.tokenizer, messages, template, src="messages")

@@ -17,14 +17,26 @@ class TextPart(BaseModel):
     text: str
 
 
+class ImageUrl(BaseModel):
+    url: str
+
+
+class ImageUrlPart(BaseModel):
+    """An OpenAI image part; answered by vision-language models only (`sftlab.vision.serve`)."""
+
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 class ChatMessage(BaseModel):
-    """One chat turn; content may be a string or a list of text parts."""
+    """One chat turn; content may be a string or a list of text (and, for VLMs, image_url) parts."""
 
     role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart]
+    content: str | list[TextPart | ImageUrlPart]
 
     def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(part.text for part in self.content)
+        return self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content if part.type == "text")
 
 
 class StreamOptions(BaseModel):

@@ -37,6 +37,30 @@ def _model_device(model):
     return next(model.parameters()).device
 
 
+def generate_answer(model, processor, messages: list[dict], images: list, max_new_tokens: int = 64,
+                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> tuple[str, int, int]:
+    """(answer text, prompt tokens, generated tokens) for a prompt (messages with `<image>`) and its PIL images."""
+    import torch
+
+    text = render(processor, to_content_parts(messages), add_generation_prompt=True)
+    inputs = processor(text=[text], images=images or None, add_special_tokens=False, return_tensors="pt")
+    device = _model_device(model)
+    inputs = {key: value.to(device) for key, value in inputs.items() if hasattr(value, "to")}
+    sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 eos_token_id=stop_ids(processor), pad_token_id=processor.tokenizer.pad_token_id,
+                                 **sampling)
+    finally:
+        model.train(was_training)
+    width = inputs["input_ids"].shape[1]
+    new_tokens = out[0, width:]
+    return processor.tokenizer.decode(new_tokens, skip_special_tokens=True).strip(), width, int(new_tokens.numel())
+
+
 def generate_with_images(model, processor, examples: list[dict], max_new_tokens: int = 64, do_sample: bool = False,
                          temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
     """One generated answer per example (prompt = messages without the last assistant turn, with images)."""
@@ -44,28 +68,12 @@ def generate_with_images(model, processor, examples: list[dict], max_new_tokens:
 
     from sftlab.eval.tasks import split_prompt
 
-    device, stops = _model_device(model), stop_ids(processor)
-    pad = processor.tokenizer.pad_token_id
     torch.manual_seed(seed)
-    was_training = model.training
-    model.eval()
     texts = []
-    try:
-        with torch.no_grad():
-            for example in examples:
-                src = example.get("_src", "example")
-                prompt, _ = split_prompt(example)
-                text = render(processor, to_content_parts(prompt), add_generation_prompt=True)
-                images = [open_image(reference, src) for reference in example.get("images") or []]
-                inputs = processor(text=[text], images=images or None, add_special_tokens=False, return_tensors="pt")
-                inputs = {key: value.to(device) for key, value in inputs.items() if hasattr(value, "to")}
-                sampling = dict(temperature=temperature, top_p=top_p) if do_sample else {}
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops,
-                                     pad_token_id=pad, **sampling)
-                width = inputs["input_ids"].shape[1]
-                texts.append(processor.tokenizer.decode(out[0, width:], skip_special_tokens=True).strip())
-    finally:
-        model.train(was_training)
+    for example in examples:
+        prompt, _ = split_prompt(example)
+        images = [open_image(reference, example.get("_src", "example")) for reference in example.get("images") or []]
+        texts.append(generate_answer(model, processor, prompt, images, max_new_tokens, do_sample, temperature, top_p)[0])
     return texts
 
 

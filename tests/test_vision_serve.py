@@ -1,0 +1,73 @@
+"""`sftlab serve` with images: OpenAI image_url parts (data URLs) answered by a tiny Qwen2-VL, through the openai client."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import openai
+import pytest
+from PIL import Image
+
+from sftlab.infer.loading import load_served
+from sftlab.models.tiny import save_tiny
+from sftlab.models.tiny_vlm import save_tiny_vlm
+from sftlab.serve.config import ServeSettings
+from sftlab.serve.server import ServerThread
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def data_url(rgb=(200, 30, 30)) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (56, 48), rgb).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_message(url: str, text: str = "What colour is this?") -> dict:
+    return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
+
+
+@pytest.fixture(scope="module")
+def vlm_server(tmp_path_factory):
+    served = load_served(save_tiny_vlm("qwen2_vl", tmp_path_factory.mktemp("serve") / "tiny-vlm"))
+    thread = ServerThread(served, ServeSettings(port=0))
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
+    client = openai.OpenAI(base_url=f"{vlm_server.url}/v1", api_key="none", max_retries=0, timeout=60)
+    model = client.models.list().data[0].id
+    reply = client.chat.completions.create(model=model, messages=[image_message(data_url())], max_tokens=5,
+                                           temperature=0)
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.usage.completion_tokens <= 5
+    assert reply.usage.prompt_tokens > 10  # the image's tokens are part of the prompt
+    again = client.chat.completions.create(model=model, messages=[image_message(data_url())], max_tokens=5,
+                                           temperature=0)
+    assert again.choices[0].message.content == reply.choices[0].message.content  # greedy: same answer
+    text_only = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert text_only.usage.completion_tokens <= 3
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"messages": [image_message("/etc/hostname")]}, "only data URLs"),
+    ({"messages": [image_message("data:image/png;base64,AAAA")]}, "cannot read image"),
+    ({"messages": [image_message(data_url())], "stream": True}, "stream: requests with images"),
+])
+def test_bad_image_requests_are_400(vlm_server, body, message):
+    response = httpx.post(f"{vlm_server.url}/v1/chat/completions", json={"model": "tiny-vlm", **body}, timeout=60)
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
+def test_a_text_model_refuses_images(tmp_path):
+    thread = ServerThread(load_served(save_tiny("qwen2", tmp_path / "tiny")), ServeSettings(port=0))
+    thread.start()
+    try:
+        response = httpx.post(f"{thread.url}/v1/chat/completions", timeout=60,
+                              json={"model": "tiny", "messages": [image_message(data_url())]})
+    finally:
+        thread.stop()
+    assert response.status_code == 400 and "does not take images" in response.json()["error"]["message"]
