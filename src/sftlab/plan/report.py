@@ -22,12 +22,13 @@ def _number(value, digits: int = 4) -> str:
 
 
 def comparison_table(summary: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and one row per strategy: trainable, peak memory, time, steps, final validation loss, metrics."""
+    """Header and one row per strategy: trainable, peak memory, time, steps, time per step, final val loss, metrics."""
     rows = summary["rows"]
     names = metric_names(rows)
-    headers = ["strategy", "trainable", "%", "peak memory", "train s", "steps", "stopped", "val loss", *names]
+    headers = ["strategy", "trainable", "%", "peak memory", "train s", "steps", "s/step", "stopped", "val loss", *names]
     lines = [[row["kind"], f"{row['trainable']:,}", f"{100 * row['trainable'] / max(row['total'], 1):.2f}",
-              human_bytes(row.get("peak_bytes")), f"{row['train_seconds']:.1f}", str(row["steps"]), row["stopped"],
+              human_bytes(row.get("peak_bytes")), f"{row['train_seconds']:.1f}", str(row["steps"]),
+              f"{row['train_seconds'] / max(row['steps'], 1):.3f}", row["stopped"],
               _number(row["final_val_loss"]), *(_number(row["eval"].get(name)) for name in names)] for row in rows]
     return headers, lines
 
