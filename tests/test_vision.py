@@ -1,7 +1,6 @@
 """Image+text data, encoding, batches and model parts on tiny random VLMs (Qwen2-VL, LLaVA) built in code."""
 
 import base64
-import io
 import json
 import re
 from types import SimpleNamespace

@@ -2,15 +2,19 @@
 
     processor = make_vlm_processor("qwen2_vl")       # byte-level BPE + Qwen2-VL image processor + chat template
     model = make_tiny_vlm("qwen2_vl", processor)     # 2-layer vision tower, 2-layer language model, random weights
-    save_tiny_vlm("qwen2_vl", "runs/tiny-qwen2-vl")  # a directory AutoProcessor / AutoModelForImageTextToText can load
+    save_tiny_vlm("qwen2_vl", "runs/tiny-qwen2-vl")  # a directory that sftlab.vision.load loads offline
 
-Families: `qwen2_vl` (Qwen2-VL: `<|vision_start|><|image_pad|><|vision_end|>`, ChatML turns) and `llava`
-(LLaVA: a CLIP vision tower, a two-layer projector, a Llama language model, `<image>` tokens, ChatML turns).
-The image processors are built from their classes with explicit small sizes (Qwen2-VL: 28-56 pixel sides, so
-an image becomes 1-4 image tokens; LLaVA: 28x28 pixels in 14-pixel patches, 4 image tokens), and the chat
-templates render OpenAI-style content parts (`{"type": "image"}` / `{"type": "text", "text": ...}`) the way the
-families' own templates do. The processor objects come from `sftlab.vision.load.image_only_processor`, so they
-work without torchvision (which transformers 5 needs for video processors only).
+Families (`sftlab model tiny-vlm FAMILY OUT` writes one):
+- `qwen2_vl`: Qwen2-VL, `<|vision_start|><|image_pad|><|vision_end|>` per image, ChatML turns; images are resized
+  to between 28x28 and 56x56 pixels of area in 14-pixel patches merged 2x2, so an image becomes 1-4 image tokens.
+- `llava`: a CLIP vision tower, a two-layer projector and a Llama language model, `<image>` per image, ChatML
+  turns; images are 28x28 pixels in 14-pixel patches, 4 image tokens.
+- `gemma3`: Gemma 3 with a SigLIP vision tower, `<start_of_image>` per image (expanded by the processor to
+  `<start_of_image>` + 4 `<image_soft_token>` + `<end_of_image>`), Gemma turns, tied embeddings.
+The image processors are built from their classes with these explicit small sizes, and the chat templates render
+OpenAI-style content parts (`{"type": "image"}` / `{"type": "text", "text": ...}`) as the families' own templates
+do. The processors come from `sftlab.vision.load.image_only_processor`, so they work without torchvision (which
+transformers 5 needs for video processors only).
 """
 
 from __future__ import annotations
