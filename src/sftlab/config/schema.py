@@ -22,8 +22,8 @@ class ModelConfig(_Strict):
     path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
-    trust_remote_code: bool = False
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
+    attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="attention kernel passed to transformers")
 
 
 class DatasetSpec(_Strict):
@@ -40,22 +40,26 @@ class DataConfig(_Strict):
 
     train: str | list[str | DatasetSpec] = Field(..., description="file, registry name, or a list of them (mixed by weight)")
     validation: str | None = Field(None, description="file or registry name of the validation set")
-    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "label"] = "auto"
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text", "label"] = Field(
+        "auto", description="record format; auto detects it from the first record of each file")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical field -> column name in the file")
     registry: str | None = Field(None, description="path to a dataset_info.json-style registry")
     val_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when data.validation is unset")
-    split: Literal["random", "stratified"] = "random"
-    max_samples: int | None = Field(None, gt=0)
+    split: Literal["random", "stratified"] = Field("random", description="how data.val_ratio holds out validation: random, or stratified by label")
+    max_samples: int | None = Field(None, gt=0, description="keep at most this many training examples (after mixing)")
     template: str = Field("auto", description="'auto' (tokenizer's own chat template, else chatml) or a built-in name")
-    mask: Literal["assistant", "last_assistant", "all"] = "assistant"
-    truncation: Literal["drop", "left"] = "drop"
+    mask: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="sft loss on every assistant turn, the last one only, or all tokens")
+    truncation: Literal["drop", "left"] = Field(
+        "drop", description="over-long samples: drop them, or cut the prompt from the left keeping the answer (counted either way)")
     packing: bool = Field(False, description="pack several samples per row; attention never crosses samples")
     pt_mode: Literal["concat", "document"] = Field("concat", description="pt: concatenate with EOS into blocks, or one document per row")
     labels: list[str] | None = Field(None, description="cls/label tasks: the label set (default: sorted labels seen in train)")
-    balance: Literal["none", "oversample", "undersample", "class_weight"] = "none"
+    balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
+        "none", description="class balance of labelled training data (validation is never resampled)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
     num_workers: int = Field(1, ge=1, description="processes for tokenisation (datasets.map num_proc)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of mixing, splitting and resampling")
     streaming: bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "
                             "needs train.max_steps")
     shuffle_buffer: int = Field(10000, ge=1, description="data.streaming: documents held in the shuffle buffer")
@@ -71,13 +75,14 @@ class FreezeConfig(_Strict):
 class LoraConfig(_Strict):
     """LoRA adapter settings (peft)."""
 
-    rank: int = Field(8, gt=0)
-    alpha: float = Field(16.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    rslora: bool = False
-    dora: bool = False
-    modules_to_save: list[str] = Field(default_factory=list)
+    rank: int = Field(8, gt=0, description="LoRA rank r")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (update scaled by alpha/r, or alpha/sqrt(r) with rslora)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names or globs that get adapters, or all-linear")
+    rslora: bool = Field(False, description="rank-stabilised LoRA scaling")
+    dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapters, e.g. lm_head (a cls head is added automatically)")
     quantize_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit (needs CUDA + bitsandbytes)")
 
 
@@ -85,8 +90,10 @@ class AutoConfig(_Strict):
     """Importance-based selection of the units to train (strategy.kind=auto)."""
 
     budget: float = Field(0.05, gt=0, description="fraction of all parameters (0-1], or an absolute count if > 1")
-    score: Literal["fisher", "grad_weight"] = "fisher"
-    granularity: Literal["linear", "block", "layer"] = "linear"
+    score: Literal["fisher", "grad_weight"] = Field(
+        "fisher", description="importance: mean squared gradient (Fisher) or |gradient x weight|, per parameter")
+    granularity: Literal["linear", "block", "layer"] = Field(
+        "linear", description="unit that is chosen or not: each linear/norm/embedding module, attention/MLP block, or whole layer")
     batches: int = Field(8, gt=0, description="calibration batches used for scoring")
 
     @field_validator("budget")
@@ -100,7 +107,7 @@ class AutoConfig(_Strict):
 class StrategyConfig(_Strict):
     """Which parameters train: full, freeze, lora or auto (importance-based)."""
 
-    kind: Literal["full", "freeze", "lora", "auto"] = "full"
+    kind: Literal["full", "freeze", "lora", "auto"] = Field("full", description="which parameters train")
     freeze: FreezeConfig = Field(default_factory=FreezeConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     auto: AutoConfig = Field(default_factory=AutoConfig)
@@ -109,22 +116,22 @@ class StrategyConfig(_Strict):
 class TrainConfig(_Strict):
     """The optimisation: stage, steps, batch, learning rate, precision."""
 
-    stage: Literal["pt", "sft", "cls"] = "sft"
+    stage: Literal["pt", "sft", "cls"] = Field("sft", description="pt: next-token on raw text; sft: chat with loss on answers; cls: classification head")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides train.epochs when set")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
     batch_size: int = Field(8, gt=0, description="samples (or packed rows) per micro-batch")
-    grad_accum: int = Field(1, gt=0)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step; the loss is normalised by the supervised tokens of all of them")
+    lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms)")
     max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
-    scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    max_length: int = Field(512, gt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
+    max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU (AMX) or GPU")
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    log_every_n_steps: int = Field(1, gt=0)
-    save_every_n_steps: int | None = Field(None, gt=0)
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    seed: int = Field(0, description="seed of initialisation, data order and dropout")
+    log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
+    save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")
     distributed: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
         "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel), fsdp (full shard), "
         "zero2/zero3 (DeepSpeed, CUDA only); ignored by a single process")
@@ -134,12 +141,12 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     """Validation during training, early stopping and best-checkpoint selection."""
 
-    every_n_steps: int | None = Field(None, gt=0)
-    batch_size: int = Field(8, gt=0)
+    every_n_steps: int | None = Field(None, gt=0, description="validate every N optimizer steps (and always at the end)")
+    batch_size: int = Field(8, gt=0, description="validation batch size")
     metric: str = Field("loss", description="metric that picks the best checkpoint, e.g. loss, accuracy, macro_f1")
-    mode: Literal["min", "max"] = "min"
+    mode: Literal["min", "max"] = Field("min", description="whether eval.metric is better lower (loss) or higher (F1)")
     patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
-    max_samples: int | None = Field(None, gt=0)
+    max_samples: int | None = Field(None, gt=0, description="validate on at most this many samples")
     task: Literal["auto", "lm", "generation", "labels", "ranking"] = Field(
         "auto", description="task metrics computed at each evaluation; auto = implied by eval.metric (loss, perplexity "
         "and lm: only the loop's own)")
@@ -154,8 +161,8 @@ class EvalConfig(_Strict):
 class OutputConfig(_Strict):
     """Where the run writes its model, checkpoints, logs and report."""
 
-    dir: str = "runs/latest"
-    tensorboard: bool = True
+    dir: str = Field("runs/latest", description="run directory: model/, best/, checkpoints/, config.yaml, metrics")
+    tensorboard: bool = Field(True, description="also write TensorBoard events")
     keep_checkpoints: int = Field(1, ge=1, description="recent step checkpoints kept besides the best")
 
 
