@@ -197,6 +197,13 @@ def test_auth_off_loopback(tmp_path, monkeypatch):
         assert client.get("/api/runs").status_code == 200  # the login cookie
 
 
+def test_loopback_board_accepts_only_local_host_names(tmp_path):
+    settings = BoardSettings(runs_dir=tmp_path / "runs", allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(create_app(settings), base_url="http://localhost:7860") as client:
+        assert client.get("/api/runs").json() == []
+        assert client.get("/api/runs", headers={"host": "evil.example:7860"}).status_code == 400  # DNS rebinding
+
+
 def test_policy_page_data(tmp_path):
     from sftlab.policy.baselines import category_frequency
     from sftlab.policy.db import open_db

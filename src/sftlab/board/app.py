@@ -47,6 +47,7 @@ class BoardSettings:
     policy_db: str | None = None
     policy_report: str | None = None
     plan_timeout_s: float = 300.0
+    allowed_hosts: list[str] | None = None  # Host headers accepted (DNS-rebinding guard); None = any
 
 
 def load_strings(lang: str) -> dict[str, str]:
@@ -77,6 +78,10 @@ def create_app(settings: BoardSettings) -> FastAPI:
     app = FastAPI(title="sftlab board", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs, app.state.pool = runs, pool
     _install_auth(app, settings.api_keys)
+    if settings.allowed_hosts:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
 
     @app.exception_handler(SftlabError)
     async def user_error(request: Request, exc: SftlabError):
@@ -260,6 +265,8 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
     @app.get("/api/runs/{name}/config.yaml")
     async def run_config(name: str):
         path = runs.config_path(name)
+        if not path.is_file():  # a run started outside the board: its resolved config
+            path = runs.run_dir(name) / "config.yaml"
         if not path.is_file():
             raise SftlabError(f"run {name!r}: no config {path}")
         return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="application/yaml",

@@ -232,13 +232,20 @@ class RunManager:
         job = self.running(name)
         info.update(
             rows=rows, metrics=read_json(run / "metrics.json"), eta_s=self._eta(job, info),
-            config_yaml=self.config_path(name).read_text(encoding="utf-8") if self.config_path(name).is_file() else "",
+            config_yaml=self._config_text(name),
             resumable=not job and any((run / "checkpoints").glob("step-*")) and info["status"] != "completed",
             has_model=(run / "model").is_dir(), log=tail(self._board_file(name, ".log")),
             card=card_section(run / "model" / "README.md", "## Strategy"), evals=self._evals(name))
         last = next((row for row in reversed(rows) if not row.get("eval")), {})
         info.update(lr=last.get("lr"), tokens_per_s=last.get("tokens_per_s"))
         return info
+
+    def _config_text(self, name: str) -> str:
+        """The board's config of the run, else the resolved config.yaml in its run dir."""
+        for path in (self.config_path(name), self.run_dir(name) / "config.yaml"):
+            if path.is_file():
+                return path.read_text(encoding="utf-8")
+        return ""
 
     @staticmethod
     def _eta(job: Job | None, info: dict) -> float | None:

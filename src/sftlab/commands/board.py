@@ -1,7 +1,7 @@
 """`sftlab board [--host H] [--port P] [--runs-dir DIR]`: the local web board (see docs/board.md).
 
 Serves the bundled interface (no internet assets). On a loopback address (127.0.0.1, ::1, localhost) it
-is open; on any other address it requires the API keys `sftlab serve` uses (`--config` serve settings'
+is open to this machine (requests must name a local Host, against DNS rebinding); on any other address it requires the API keys `sftlab serve` uses (`--config` serve settings'
 `api_keys` plus SFTLAB_API_KEYS) and refuses to start without one.
 """
 
@@ -53,8 +53,10 @@ def handle(args) -> int:
     from sftlab.board.app import BoardSettings, create_app
 
     keys = api_keys_for(args.host, args.config)
+    local_names = ["127.0.0.1", "localhost", "::1", "[::1]"]  # Host header names, port not included
     app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,
-                                   policy_report=args.policy_report))
+                                   policy_report=args.policy_report,
+                                   allowed_hosts=local_names if is_loopback(args.host) else None))
     auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
     print(f"sftlab board on http://{args.host}:{args.port} (runs in {args.runs_dir}; {auth})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
