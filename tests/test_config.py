@@ -64,3 +64,13 @@ def test_dump_round_trips(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_docs_reference_matches_the_schema():
+    from pathlib import Path
+
+    from sftlab.config.reference import embed
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "train.md"
+    text = doc.read_text(encoding="utf-8")
+    assert embed(text) == text, "docs/train.md is stale: run python -m sftlab.config.reference docs/train.md"
