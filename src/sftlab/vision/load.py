@@ -104,11 +104,22 @@ def _image_only_from_parts(directory: Path, trust_remote_code: bool):
 
 
 def load_processor(model_cfg):
-    """The model directory's processor (tokenizer + image processor + chat template), loaded from disk only."""
+    """The model directory's processor (tokenizer + image processor + chat template), loaded from disk only.
+
+    Loaded once per directory state (cached while no file in the directory changes): data preparation, batching,
+    evaluation and serving share it."""
+    directory = Path(str(model_cfg.path)).expanduser().resolve()
+    if not directory.is_dir():
+        raise SftlabError(f"model.path {str(model_cfg.path)!r}: no such directory")
+    stamp = max((path.stat().st_mtime_ns for path in directory.iterdir() if path.is_file()), default=0)
+    return _load_processor(str(directory), bool(getattr(model_cfg, "trust_remote_code", False)), stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_processor(directory_text: str, trust: bool, stamp: int):
     from transformers import AutoProcessor
 
-    directory = Path(str(model_cfg.path)).expanduser()
-    trust = bool(getattr(model_cfg, "trust_remote_code", False))
+    directory = Path(directory_text)
     try:
         processor = AutoProcessor.from_pretrained(directory, local_files_only=True, trust_remote_code=trust)
     except (ImportError, AttributeError, TypeError, ValueError, OSError):
@@ -124,9 +135,11 @@ def load_processor(model_cfg):
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not (processor.chat_template or tokenizer.chat_template):
-        raise SftlabError(f"model.path {str(directory)!r}: the processor has no chat template; "
-                          "add chat_template.jinja to the model directory")
+    if not processor.chat_template:
+        if not tokenizer.chat_template:
+            raise SftlabError(f"model.path {str(directory)!r}: the processor has no chat template; "
+                              "add chat_template.jinja to the model directory")
+        processor.chat_template = tokenizer.chat_template  # some checkpoints keep it with the tokenizer only
     return processor
 
 

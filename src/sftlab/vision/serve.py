@@ -12,7 +12,6 @@ for them. A model without a vision tower answers 400. Errors raise `sftlab.serve
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 
 from sftlab.errors import SftlabError
@@ -57,20 +56,14 @@ def request_conversation(messages) -> tuple[list[dict], list]:
     return converted, images
 
 
-@functools.lru_cache(maxsize=4)
-def _processor(directory: str):
-    from sftlab.config.schema import ModelConfig
-    from sftlab.vision.load import load_processor
-
-    return load_processor(ModelConfig(path=directory))
-
-
 def _generate(served, body, messages: list[dict], images: list) -> dict:
     import torch
 
+    from sftlab.config.schema import ModelConfig
     from sftlab.vision.evaluate import generate_answer
+    from sftlab.vision.load import load_processor
 
-    processor = _processor(str(served.base_dir))
+    processor = load_processor(ModelConfig(path=str(served.base_dir)))
     limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     limit = limit or 256
     sample = body.temperature > 0
