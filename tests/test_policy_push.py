@@ -101,3 +101,16 @@ def test_scoring_is_batched_per_group_of_enterprises(tmp_path, world):
     assert len(sizes) == summary.batches == 3 and sum(sizes) == summary.candidates_scored
     with pytest.raises(SftlabError, match="top-k"):
         push(engine, counting, SINCE, top_k_count=0, now=NOW)
+
+
+def test_reasons_read_like_the_platform_wants():
+    from sftlab.policy.reasons import reason_text
+
+    enterprise = {"industry": "软件和信息技术服务业", "region": "浙江省", "size_band": "小型"}
+    policy = {"category": "科技创新", "industry_scope": ["软件和信息技术服务业"], "region_scope": ["浙江省"], "size_scope": []}
+    busy = {"recent_by_category": {"科技创新": 5}, "by_category": {"科技创新": 7}}
+    assert reason_text(busy, enterprise, policy) == "近30天查看了5条科技创新类政策；面向软件和信息技术服务业企业"
+    quiet = {"recent_by_category": {}, "by_category": {}}
+    national = dict(policy, industry_scope=[], region_scope=["全国"])
+    assert reason_text(quiet, enterprise, national) == "新发布的科技创新类政策，贵企业符合申报条件"
+    assert reason_text(quiet, enterprise, dict(national, region_scope=["浙江省"])) == "浙江省本地政策"

@@ -93,3 +93,15 @@ def test_schema_idempotent_and_world_round_trip(kind, tmp_path, world):
             tags = conn.execute(select(Enterprise.tags).order_by(Enterprise.id)).scalars().first()
             assert tags == world.enterprises[0]["tags"]
         engine.dispose()
+
+
+def test_reference_titles_seed_the_summaries(tmp_path):
+    from sftlab.policy.catalog import FALLBACK_REFERENCES, load_reference_titles
+
+    (tmp_path / "regs.jsonl").write_text('{"title": "印花税暂行条例"}\n{"title": "专利代理条例"}\n', encoding="utf-8")
+    titles = load_reference_titles(tmp_path)
+    assert titles["税收优惠"] == ["印花税暂行条例"] and titles["知识产权"] == ["专利代理条例"]
+    assert titles["人才引进"] == FALLBACK_REFERENCES["人才引进"] and load_reference_titles(None) == FALLBACK_REFERENCES
+    world = simulate(WorldSpec(n_enterprises=5, n_policies=30, days=60, seed=1, reference_dir=str(tmp_path)))
+    cited = [p["summary"] for p in world.policies if p["category"] == "知识产权"]
+    assert cited and all("依据《专利代理条例》" in summary for summary in cited)
