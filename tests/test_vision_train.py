@@ -223,3 +223,10 @@ def test_example_config_runs_as_documented(tmp_path, qwen_dir, capsys):
     assert main(["train", str(example), *overrides, "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["step"] == 1 and "eval_rouge_l" in metrics
+
+
+def test_data_preview_shows_image_tokens_unsupervised(tmp_path, qwen_dir, data_dir, capsys):
+    assert main(["data", "preview", _run_config(tmp_path, qwen_dir, data_dir / "colours.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>What colour" in out
+    assert "[[It is red.<|im_end|>]]" in out or "[[It is" in out
