@@ -3,6 +3,7 @@ model, importance-based selection across all three, and `sftlab train` end to en
 present, the six-image caption set in ../shared/data/image_captions)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -229,4 +230,4 @@ def test_data_preview_shows_image_tokens_unsupervised(tmp_path, qwen_dir, data_d
     assert main(["data", "preview", _run_config(tmp_path, qwen_dir, data_dir / "colours.jsonl")]) == 0
     out = capsys.readouterr().out
     assert "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>What colour" in out
-    assert "[[It is red.<|im_end|>]]" in out or "[[It is" in out
+    assert re.search(r"<\|im_start\|>assistant\n\[\[It is (red|green|blue|grey)\.<\|im_end\|>\]\]", out)
