@@ -27,7 +27,7 @@ def model_cfg(path):
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("vlm")
-    return {family: save_tiny_vlm(family, root / family) for family in ("qwen2_vl", "llava", "gemma3")}
+    return {family: save_tiny_vlm(family, root / family) for family in ("qwen2_vl", "qwen2_5_vl", "llava", "gemma3")}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def _supervised_text(processor, row):
     return processor.tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
 
 
-@pytest.mark.parametrize("family, end", [("qwen2_vl", "<|im_end|>"), ("llava", "<|im_end|>"),
+@pytest.mark.parametrize("family, end", [("qwen2_vl", "<|im_end|>"), ("qwen2_5_vl", "<|im_end|>"), ("llava", "<|im_end|>"),
                                          ("gemma3", "<end_of_turn>")])
 def test_labels_cover_assistant_text_only_never_image_tokens(tiny_dirs, images, family, end):
     processor = load_processor(model_cfg(tiny_dirs[family]))
@@ -164,6 +164,7 @@ def test_collate_gives_the_processor_inputs_for_the_batch(tiny_dirs, images):
 
 
 @pytest.mark.parametrize("family, vision, projector", [("qwen2_vl", "model.visual", "model.visual.merger"),
+                                                       ("qwen2_5_vl", "model.visual", "model.visual.merger"),
                                                        ("llava", "model.vision_tower", "model.multi_modal_projector"),
                                                        ("gemma3", "model.vision_tower", "model.multi_modal_projector")])
 def test_part_groups_split_every_parameter_once(tiny_dirs, family, vision, projector):

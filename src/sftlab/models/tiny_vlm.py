@@ -7,6 +7,7 @@
 Families (`sftlab model tiny-vlm FAMILY OUT` writes one):
 - `qwen2_vl`: Qwen2-VL, `<|vision_start|><|image_pad|><|vision_end|>` per image, ChatML turns; images are resized
   to between 28x28 and 56x56 pixels of area in 14-pixel patches merged 2x2, so an image becomes 1-4 image tokens.
+- `qwen2_5_vl`: Qwen2.5-VL, the same tokens, turns and image sizes, a windowed-attention vision tower.
 - `llava`: a CLIP vision tower, a two-layer projector and a Llama language model, `<image>` per image, ChatML
   turns; images are 28x28 pixels in 14-pixel patches, 4 image tokens.
 - `gemma3`: Gemma 3 with a SigLIP vision tower, `<start_of_image>` per image (expanded by the processor to
@@ -27,8 +28,8 @@ import torch
 
 from sftlab.models.tiny import _CORPUS
 
-VlmFamily = Literal["qwen2_vl", "llava", "gemma3"]
-FAMILIES: tuple[str, ...] = ("qwen2_vl", "llava", "gemma3")
+VlmFamily = Literal["qwen2_vl", "qwen2_5_vl", "llava", "gemma3"]
+FAMILIES: tuple[str, ...] = ("qwen2_vl", "qwen2_5_vl", "llava", "gemma3")
 
 _CHATML_TURN = "{{ '<|im_start|>' + message['role'] + '\\n' }}"
 _PARTS = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
@@ -41,6 +42,9 @@ _FAMILY_TOKENS: dict[str, dict] = {
     "qwen2_vl": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                               "<|image_pad|>", "<|video_pad|>"],
                  "image_text": "<|vision_start|><|image_pad|><|vision_end|>", "pad": "<|endoftext|>"},
+    "qwen2_5_vl": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                                "<|image_pad|>", "<|video_pad|>"],
+                   "image_text": "<|vision_start|><|image_pad|><|vision_end|>", "pad": "<|endoftext|>"},
     "llava": {"specials": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"],
               "image_text": "<image>\\n", "pad": "<|endoftext|>"},
     "gemma3": {"specials": ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
@@ -96,7 +100,7 @@ def make_vlm_tokenizer(family: VlmFamily = "qwen2_vl", vocab_size: int = 600):
 
 
 def _image_processor(family: VlmFamily):
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         return Qwen2VLImageProcessorPil(size={"shortest_edge": 28 * 28, "longest_edge": 56 * 56},
@@ -118,6 +122,9 @@ def make_vlm_processor(family: VlmFamily = "qwen2_vl"):
     if family == "qwen2_vl":
         from transformers import Qwen2VLProcessor as base
         extra = {}
+    elif family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor as base
+        extra = {}
     elif family == "gemma3":
         from transformers import Gemma3Processor as base
         extra = {"image_seq_length": 4}
@@ -133,16 +140,22 @@ def tiny_vlm_config(family: VlmFamily, tokenizer, hidden: int = 64, layers: int 
     ids = dict(bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     text = dict(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, **ids)
-    if family == "qwen2_vl":
-        from transformers import Qwen2VLConfig
-
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         head_half = hidden // 4 // 2  # mrope splits half the head dimension into temporal/height/width sections
         text["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0,
                                    "mrope_section": [head_half - 2 * (head_half // 3), head_half // 3, head_half // 3]}
-        vision = dict(depth=vision_layers, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2,
-                      patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        vision = dict(depth=vision_layers, num_heads=2, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        if family == "qwen2_vl":
+            from transformers import Qwen2VLConfig as config_class
+
+            vision.update(embed_dim=32, hidden_size=hidden, mlp_ratio=2)
+        else:  # Qwen2.5-VL: windowed attention in the vision tower, full attention in its last block
+            from transformers import Qwen2_5_VLConfig as config_class
+
+            vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=hidden, window_size=56,
+                          fullatt_block_indexes=[vision_layers - 1])
         token = tokenizer.convert_tokens_to_ids
-        return Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=token("<|image_pad|>"),
+        return config_class(text_config=text, vision_config=vision, image_token_id=token("<|image_pad|>"),
                              video_token_id=token("<|video_pad|>"), vision_start_token_id=token("<|vision_start|>"),
                              vision_end_token_id=token("<|vision_end|>"), tie_word_embeddings=False)
     if family == "llava":
