@@ -1,0 +1,64 @@
+"""Run one sftlab training for the benchmark (project venv): `python run_sftlab.py SPEC.json`.
+
+Builds the RunConfig from the spec, times `sftlab.train.loop.train` only (data preparation, model loading
+and saving are outside the clock, as for the peers), then scores the common eval loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import common
+
+
+def build_config(spec: dict):
+    """The sftlab RunConfig equivalent to the workload spec."""
+    from sftlab.config.schema import RunConfig
+
+    strategy = {"kind": "full"}
+    if spec.get("trainable_last_layers"):
+        strategy = {"kind": "freeze", "freeze": {"layers": f"last:{spec['trainable_last_layers']}",
+                                                 "modules": ["model.norm.*"]}}
+    work = Path(spec["work"])
+    return RunConfig(
+        model={"path": spec["model"]},
+        data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
+              "cache_dir": str(work / "sftlab-cache")},
+        strategy=strategy,
+        train={"stage": "sft", "epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.0,
+               "warmup_steps": 0, "scheduler": "linear", "max_length": spec["max_length"], "seed": spec["seed"],
+               "precision": spec["precision"], "log_every_n_steps": 1000},
+        output={"dir": str(work / f"sftlab-{spec['name']}"), "tensorboard": False},
+    )
+
+
+def main() -> None:
+    from sftlab.train.loop import cleanup, train
+    from sftlab.train.runlog import RunLog
+    from sftlab.train.setup import build_session, prepare_output_dir
+
+    spec = common.read_spec()
+    cfg = build_config(spec)
+    out_dir = Path(cfg.output.dir)
+    prepare_output_dir(out_dir, resume=False, overwrite=True)
+    session, _ = build_session(cfg, out_dir, None, None)
+    rows = session.prepared.train
+    tokens = sum(len(ids) for ids in rows["input_ids"])
+    supervised = sum(sum(1 for t in labels[1:] if t != common.IGNORE_INDEX) for labels in rows["labels"])
+    log = RunLog(out_dir, session.total_steps, 0, tensorboard=False, show_bar=False)
+    clock = common.Clock()
+    try:
+        clock.start()
+        train(session, log, [])
+        clock.stop()
+        peak = common.peak_rss_bytes()
+        model = session.accelerator.unwrap_model(session.objective).model
+        value = common.eval_loss(model, common.read_jsonl(spec["eval_tokens"]), session.tokenizer.pad_token_id)
+    finally:
+        log.close()
+        cleanup(session)
+    common.write_result(spec, "sftlab", clock, tokens, supervised, session.losses[-1], value, session.step, peak)
+
+
+if __name__ == "__main__":
+    main()
