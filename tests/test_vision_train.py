@@ -199,7 +199,7 @@ def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, dat
     assert "eval_rouge_l" in metrics and "eval_bleu" in metrics and metrics["best_step"] == 2
 
 
-@pytest.mark.parametrize("family", ["llava", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "gemma3"])
 def test_other_families_train_only_their_projector(tmp_path, data_dir, family):
     directory = save_tiny_vlm(family, tmp_path / family)
     processor = load_processor(ModelConfig(path=str(directory)))
