@@ -231,3 +231,15 @@ def test_data_preview_shows_image_tokens_unsupervised(tmp_path, qwen_dir, data_d
     out = capsys.readouterr().out
     assert "<|vision_start|><|image_pad|><|image_pad|><|image_pad|><|image_pad|><|vision_end|>What colour" in out
     assert re.search(r"<\|im_start\|>assistant\n\[\[It is (red|green|blue|grey)\.<\|im_end\|>\]\]", out)
+
+
+def test_cli_eval_scores_a_trained_vlm_with_its_images(tmp_path, qwen_dir, data_dir, capsys):
+    config = _run_config(tmp_path, qwen_dir, data_dir / "colours.jsonl", train={"max_steps": 1})
+    assert main(["train", config, "--no-progress"]) == 0
+    out = tmp_path / "eval"
+    assert main(["eval", str(tmp_path / "run"), "--data", str(data_dir / "colours.jsonl"), "--task", "labels",
+                 "--label-method", "generate", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metrics"]["n"] == 4 and summary["metrics"]["method"] == "generate"
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [row["reference"] for row in rows] == [f"It is {c}." for c in COLOURS] and "generated" in rows[0]

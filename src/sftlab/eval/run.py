@@ -125,7 +125,10 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
     from sftlab.io import check_output_dir
 
     check_output_dir(out, overwrite)
-    examples = tasks.load_examples(data, task, fmt, max_samples)
+    from sftlab.vision.evaluate import run_vision_task, vision_eval_inputs
+
+    vision = vision_eval_inputs(model_dir, data, max_samples)  # a vision-language model: image+text examples
+    examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples)
     model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype)
     if head_labels is not None:
         if task != "labels":
@@ -133,7 +136,10 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
         opts.label_method, opts.labels = "head", head_labels
     elif opts.label_method == "head":
         raise SftlabError(f"--label-method head: {model_dir} has no classification head")
-    result, predictions = tasks.TASKS[task](model, tokenizer, examples, opts)
+    if vision:
+        result, predictions = run_vision_task(task, model, vision[1], examples, opts)
+    else:
+        result, predictions = tasks.TASKS[task](model, tokenizer, examples, opts)
     baseline_results = compute_baselines(task, examples, result, opts, train_file, fmt) if with_baselines else {}
     summary = {"task": task, "model": str(model_dir), "data": str(data), "options": asdict(opts),
                "metrics": result, "baselines": baseline_results}

@@ -98,3 +98,23 @@ def run_vision_task(task: str, model, processor, examples: list[dict], opts) -> 
     result = M.label_metrics(references, predicted, labels)
     result.update(labels=labels, method="generate")
     return result, rows
+
+
+def vision_eval_inputs(model_dir: str, data: str, max_samples: int | None = None) -> tuple[list[dict], object] | None:
+    """For `sftlab eval` on a vision-language model: (image+text examples of `data`, processor), else None.
+
+    MODEL_DIR may be a model, adapter or run directory; the processor comes from the model (or adapter base)
+    directory, which a training run fills with the processor's files."""
+    from pathlib import Path
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.infer.loading import describe_source
+    from sftlab.vision.data import read_vision_file
+    from sftlab.vision.load import is_vision_model_dir, load_processor
+
+    source = describe_source(model_dir)
+    if not is_vision_model_dir(source.base_dir):
+        return None
+    directory = source.model_dir if (source.model_dir / "processor_config.json").is_file() else source.base_dir
+    examples = read_vision_file(Path(data))
+    return examples[:max_samples] if max_samples else examples, load_processor(ModelConfig(path=str(directory)))
