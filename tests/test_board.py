@@ -173,8 +173,14 @@ def test_chat_streams_with_the_training_template(tmp_path):
         expected = render_chat(load_tokenizer(ModelConfig(path=str(run / "model"))), messages, "chatml")
         assert done["prompt_tokens"] == len(expected)  # the prompt is rendered exactly as in training
         assert all("delta" in e for e in events[:-1])
+        (run.parent / "nomodel").mkdir()
+        (run.parent / "nomodel" / "config.yaml").write_text((run / "config.yaml").read_text())
         missing = client.post("/api/runs/nomodel/chat", json={"messages": messages})
         assert missing.status_code == 400 and "no model/ yet" in missing.json()["error"]
+        (run.parent / "labels.yaml").write_text(yaml.safe_dump({"model": {"path": "x"}, "data": {"train": "t"},
+                                                                "train": {"stage": "cls"}}))
+        refused = client.post("/api/runs/labels/chat", json={"messages": messages}).json()["error"]
+        assert refused == "run 'labels' is a classifier (train.stage=cls); chat needs a pt or sft run"
 
 
 def test_auth_off_loopback(tmp_path, monkeypatch):

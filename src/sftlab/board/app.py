@@ -295,6 +295,8 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
     @app.post("/api/runs/{name}/chat")
     async def chat(name: str, body: dict):
         messages = body.get("messages") or []
+        if runs.summary(name)["stage"] == "cls":
+            raise SftlabError(f"run {name!r} is a classifier (train.stage=cls); chat needs a pt or sft run")
         stream = pool.stream(runs.run_dir(check_run_name(name)), messages, int(body.get("max_tokens", 64)),
                              float(body.get("temperature", 0.0)))
         first = await anext(stream)  # a user error (no model, bad messages) answers 400 before streaming starts

@@ -60,7 +60,7 @@ async function refreshRun() {
     el("div", {"data-eval": task}, el("h3", {}, `${t("eval.results")}: ${task}`),
       el("table", {class: "kv"}, el("tbody", {}, evalEntries(result || {})
         .map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", {}, fmt(v)))))))));
-  document.getElementById("btn-send").disabled = !run.has_model || run.status === "running";
+  document.getElementById("btn-send").disabled = !run.has_model || run.status === "running" || run.stage === "cls";
 }
 
 function evalEntries(result) {
