@@ -1,7 +1,13 @@
-"""`sftlab train run.yaml [key.sub=value ...] [--resume] [--overwrite]`: run one training job."""
+"""`sftlab train run.yaml [key.sub=value ...] [--resume] [--overwrite] [--nproc N]`: run one training job.
+
+With `--nproc N` (or `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` on each of M machines) the
+command starts N worker processes per machine through torchrun, each running this same command
+(see docs/distributed.md); a worker that fails stops the others and the command exits 2.
+"""
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -15,7 +21,31 @@ def register(registry) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in output.dir exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output.dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="training processes on this machine (data parallel; gloo on CPU, NCCL on GPUs)")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 .. nnodes-1")
+    parser.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                        help="rendezvous address (node 0's host and a free port), the same on every machine")
     parser.set_defaults(func=handle)
+
+
+def _worker_command(args) -> list[str]:
+    """The command each torchrun worker runs: this one, without the launch options."""
+    flags = [flag for flag, on in (("--resume", args.resume), ("--overwrite", args.overwrite),
+                                   ("--no-progress", args.no_progress)) if on]
+    return ["-m", "sftlab", "train", args.config, *args.overrides, *flags]
+
+
+def _launch(args, cfg) -> int:
+    """Start the workers and wait for them; a failed worker becomes one error line (exit 2)."""
+    from sftlab.train.distributed import launch
+
+    launch(_worker_command(args), args.nproc or 1, nnodes=args.nnodes, node_rank=args.node_rank,
+           rdzv_endpoint=args.rdzv_endpoint)
+    if args.node_rank == 0:
+        print(f"trained with {(args.nproc or 1) * args.nnodes} processes; model in {Path(cfg.output.dir) / 'model'}")
+    return 0
 
 
 def handle(args) -> int:
@@ -26,6 +56,9 @@ def handle(args) -> int:
     if args.resume and args.overwrite:
         raise SftlabError("--resume and --overwrite exclude each other: resume continues output.dir, overwrite replaces it")
     cfg = load_config(args.config, args.overrides)
+    in_worker = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if (args.nproc is not None or args.nnodes > 1) and not in_worker:
+        return _launch(args, cfg)
     try:
         result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=Path(args.config).parent,
                               show_progress=not args.no_progress)
@@ -33,6 +66,14 @@ def handle(args) -> int:
         command = shlex.join(["sftlab", "train", args.config, *args.overrides, "--resume"])
         print(f"{stop}; resume with: {command}", file=sys.stderr)
         return 130
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if isinstance(v, float))
-    print(f"trained {result.metrics['step']} steps ({result.stopped}); {shown}; model in {result.out_dir / 'model'}")
+    except Exception as exc:  # a collective that failed because another process died or hung
+        from sftlab.train.distributed import lost_contact_message
+
+        message = lost_contact_message(exc, cfg.train.dist_timeout_s)
+        if message is None:
+            raise
+        raise SftlabError(message) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if isinstance(v, float))
+        print(f"trained {result.metrics['step']} steps ({result.stopped}); {shown}; model in {result.out_dir / 'model'}")
     return 0

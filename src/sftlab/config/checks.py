@@ -47,3 +47,5 @@ def check_streaming(cfg) -> None:
         raise ValueError("data.streaming cannot hold out data.val_ratio from a stream; set data.validation to a file")
     if data.packing:
         raise ValueError("data.streaming already cuts data.pt_mode=concat blocks; set data.packing=false")
+    if cfg.strategy.kind == "auto":
+        raise ValueError("data.streaming cannot score strategy.kind=auto on calibration batches; use full, freeze or lora")

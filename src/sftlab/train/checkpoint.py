@@ -3,6 +3,7 @@
     OUT/checkpoints/step-N/
         model.safetensors + config.json (or adapter_model.safetensors for peft) + tokenizer files
         optimizer.pt  scheduler.pt  rng_state.pt (python, numpy, torch, cuda)
+        rng_state_ranks.pt   with several processes: every rank's RNG states, in rank order
         sftlab_state.json   resolved config, step, data position, losses and eval history
 
 Every checkpoint directory is written through `sftlab.io.atomic_dir`, so a directory that exists
@@ -49,14 +50,16 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model_dir(model, tokenizer, directory: Path) -> None:
-    """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer, without progress bars."""
+def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = None) -> None:
+    """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer, without progress bars.
+
+    `state_dict` replaces the model's own tensors (a sharded model's weights gathered by the accelerator)."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
         tokenizer.save_pretrained(directory)
         from sftlab.vision.load import copy_processor_files
 
@@ -66,22 +69,25 @@ def save_model_dir(model, tokenizer, directory: Path) -> None:
             hf_logging.enable_progress_bar()
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict) -> Path:
-    """Write `run_dir/checkpoints/step-<step>/` atomically and return it."""
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict,
+                    state_dict: dict | None = None, rank_rngs: list[dict] | None = None) -> Path:
+    """Write `run_dir/checkpoints/step-<step>/` atomically and return it (`rank_rngs`: every rank's RNG states)."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step}"
     with atomic_dir(final, overwrite=True) as tmp:
-        save_model_dir(model, tokenizer, tmp)
+        save_model_dir(model, tokenizer, tmp, state_dict)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng_state.pt")
+        if rank_rngs is not None:
+            torch.save(rank_rngs, tmp / "rng_state_ranks.pt")
         atomic_write_json(tmp / SIDECAR, state)
     return final
 
 
-def save_best(run_dir: Path, model, tokenizer, state: dict) -> Path:
+def save_best(run_dir: Path, model, tokenizer, state: dict, state_dict: dict | None = None) -> Path:
     """Replace `run_dir/best/` with the current weights, tokenizer and a sidecar (step, metrics)."""
     with atomic_dir(Path(run_dir) / "best", overwrite=True) as tmp:
-        save_model_dir(model, tokenizer, tmp)
+        save_model_dir(model, tokenizer, tmp, state_dict)
         atomic_write_json(tmp / SIDECAR, state)
     return Path(run_dir) / "best"
 
@@ -141,9 +147,12 @@ def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
                           f"{' ...' if len(lost) > 3 else ''}; it does not belong to this run")
 
 
-def load_training_state(directory: Path, optimizer, scheduler) -> dict:
-    """Restore optimizer and scheduler state and return the saved RNG states."""
+def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore optimizer and scheduler state and return the RNG states saved for process `rank`."""
     directory = Path(directory)
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    ranks = directory / "rng_state_ranks.pt"
+    if ranks.is_file():
+        return torch.load(ranks, weights_only=True)[rank]
     return torch.load(directory / "rng_state.pt", weights_only=True)

@@ -8,6 +8,10 @@ examples (cls) first, and back-propagates every micro-batch's *summed* loss divi
 so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. Ctrl-C saves a
 checkpoint and raises `TrainingInterrupted` (exit 130 in the CLI); a non-finite loss (or gradient
 norm, when clipping is on) stops with `TrainingDiverged` (exit 2) before the bad update is applied.
+
+Under a multi-process launch (`sftlab train --nproc N`, torchrun, accelerate launch) every rank runs this
+loop on its share of each global micro-batch (`sftlab.train.distributed`): counts and losses are summed
+over ranks, evaluation sums are combined, and only the main process writes logs, checkpoints and the model.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from typing import Callable
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import capture_rng, prune_checkpoints, restore_rng, save_best, save_checkpoint, save_model_dir
-from sftlab.train.runlog import RunLog, keep_rows_up_to
+from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
+                                     save_checkpoint, save_model_dir)
+from sftlab.train.distributed import gather_objects, no_sync_unless_last, rank_share, reduce_sum
+from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
-from sftlab.train.validate import evaluate_batches, improved, task_metrics
+from sftlab.train.validate import accumulate_batches, evaluate_batches, improved, metrics_from_sums, task_metrics
 
 StepCallback = Callable[[int, float], None]
 
@@ -61,14 +67,22 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     `callbacks` are called as `callback(step, loss)` after every optimizer step (and its logging,
     evaluation and checkpointing); raising KeyboardInterrupt from one behaves like Ctrl-C.
     `output.dir` is used as given (relative to the current directory); relative data paths are
-    resolved against `base_dir` by the data pipeline. One process only: a multi-process launch is refused.
+    resolved against `base_dir` by the data pipeline. Under a multi-process launch the main process checks
+    and clears the output directory before the other processes look at it.
     """
+    from sftlab.train.distributed import make_accelerator
+
     out_dir = Path(cfg.output.dir).expanduser()
-    checkpoint = prepare_output_dir(out_dir, resume, overwrite)
-    session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None)
-    if checkpoint is not None:
+    accelerator = make_accelerator(cfg)
+    main = accelerator.is_main_process
+    with accelerator.main_process_first():
+        checkpoint = prepare_output_dir(out_dir, resume, overwrite) if main else (
+            latest_checkpoint(out_dir) if resume else None)
+    session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None, accelerator)
+    if checkpoint is not None and main:
         keep_rows_up_to(out_dir, session.step)
-    log = RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress)
+    log = (RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress) if main
+           else SilentLog())
     try:
         log.message(session.trainable.summary())
         if session.resumed_from:
@@ -87,6 +101,8 @@ def cleanup(session: Session) -> None:
     from accelerate.state import AcceleratorState
 
     session.accelerator.free_memory()
+    if session.accelerator.num_processes > 1:
+        session.accelerator.end_training()  # destroys the process group
     AcceleratorState._reset_state()
 
 
@@ -113,13 +129,13 @@ def stop_on_sigint(flag: dict):
 def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     """Run optimizer steps until the total, early stopping or an interrupt; return why it stopped."""
     cfg, flag = session.cfg, {}
-    steps = iterate_steps(len(session.prepared.train), cfg.train.batch_size, cfg.train.grad_accum, session.position)
+    steps = step_groups(session)
     boundary_rng = capture_rng()
     try:
         with stop_on_sigint(flag):
             while session.step < session.total_steps:
-                group, next_position = next(steps)
-                loss, stats = optimizer_step(session, group)
+                rows, group, next_position = next(steps)
+                loss, stats = optimizer_step(session, group, rows)
                 session.step, session.position = session.step + 1, next_position
                 session.losses.append(loss)
                 log.count_tokens(stats["tokens"])
@@ -129,7 +145,7 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
                 maybe_checkpoint(session, boundary_rng)
                 for callback in callbacks:
                     callback(session.step, loss)
-                if flag.get("stop"):
+                if any_rank(session, flag.get("stop", False)):  # every rank stops at the same step
                     raise KeyboardInterrupt
                 if stop:
                     log.message(f"early stopping at step {session.step}: no {cfg.eval.metric} improvement in "
@@ -142,24 +158,54 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     return "completed"
 
 
-def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, dict]:
-    """One update from the micro-batches in `group`; returns the mean loss and {tokens, supervised_tokens, grad_norm}.
+def step_groups(session: Session):
+    """Endless (rows, micro-batch index groups, position after the step) for each optimizer step.
 
-    `supervised_tokens` counts loss terms: supervised tokens for pt/sft, examples for cls."""
-    accelerator, rows, stage = session.accelerator, session.prepared.train, session.cfg.train.stage
-    batches = [session.collate([rows[i] for i in indices]) for indices in group]
-    counts = [_loss_units(batch, stage) for batch in batches]
-    total = sum(counts)  # every micro-batch's summed loss is divided by the whole step's count
+    Index plans draw global micro-batches of batch_size x processes rows; a stream yields its own rows."""
+    cfg, processes = session.cfg, session.accelerator.num_processes
+    if cfg.data.streaming:
+        yield from session.prepared.train.steps(cfg.train.batch_size * processes, cfg.train.grad_accum, session.position)
+        return
+    rows = session.prepared.train
+    for group, position in iterate_steps(len(rows), cfg.train.batch_size * processes, cfg.train.grad_accum,
+                                         session.position):
+        yield rows, group, position
+
+
+def any_rank(session: Session, value: bool) -> bool:
+    """True when `value` is true on any process (the value itself in a single process)."""
+    return reduce_sum(session.accelerator, [1.0 if value else 0.0])[0] > 0
+
+
+def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple[float, dict]:
+    """One update from the micro-batches in `group` (indices into `rows`, default the training rows).
+
+    Returns the mean loss and {tokens, supervised_tokens, grad_norm}; `supervised_tokens` counts loss
+    terms (supervised tokens for pt/sft, examples for cls), summed over all processes, as are the loss
+    and tokens. Each process runs its `rank_share` of every global micro-batch."""
+    accelerator, stage = session.accelerator, session.cfg.train.stage
+    rows = session.prepared.train if rows is None else rows
+    processes = accelerator.num_processes
+    shares = [rank_share(indices, accelerator.process_index, processes) for indices in group]
+    batches = [session.collate([rows[i] for i in part]) for part, _ in shares]
+    counts = [_loss_units(batch, stage) if carries else 0 for batch, (_, carries) in zip(batches, shares)]
+    total = sum(counts)  # every micro-batch's summed loss is divided by the whole step's count (all ranks)
+    if processes > 1:
+        total = int(reduce_sum(accelerator, [float(total)])[0])
     loss_total = 0.0
-    for batch in batches:
+    for index, (batch, (_, carries)) in enumerate(zip(batches, shares)):
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
-        with accelerator.autocast():  # bf16 matmuls when train.precision=bf16; a no-op otherwise
-            part, _ = session.objective(batch)
-        value = float(part.detach())
-        if not math.isfinite(value):
-            diverged(session, f"train loss is {value}")
-        accelerator.backward(part / max(total, 1))
-        loss_total += value
+        with no_sync_unless_last(accelerator, session.objective, index == len(batches) - 1):
+            with accelerator.autocast():  # bf16 matmuls when train.precision=bf16; a no-op otherwise
+                part, _ = session.objective(batch)
+            value = float(part.detach())
+            if not math.isfinite(value):
+                diverged(session, f"train loss is {value}")
+            scaled = part / max(total, 1)
+            if processes > 1:  # the gradient all-reduce averages over ranks; the sum over ranks is wanted
+                scaled = scaled * processes if carries else part * 0.0
+            accelerator.backward(scaled)
+        loss_total += value if carries else 0.0
     grad_norm = None
     if session.cfg.train.max_grad_norm is not None:
         params = [p for p in session.model.parameters() if p.requires_grad]
@@ -169,7 +215,11 @@ def optimizer_step(session: Session, group: list[list[int]]) -> tuple[float, dic
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches)
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                 for b, (_, carries) in zip(batches, shares) if carries)
+    if processes > 1:
+        loss_total, tokens = reduce_sum(accelerator, [loss_total, float(tokens)])
+        tokens = int(tokens)
     return loss_total / max(total, 1), {"tokens": tokens, "supervised_tokens": total, "grad_norm": grad_norm}
 
 
@@ -193,26 +243,59 @@ def diverged(session: Session, what: str) -> None:
 def log_step(session: Session, log: RunLog, loss: float, stats: dict) -> None:
     """Write a metrics row every `train.log_every_n_steps` steps (and at the last step)."""
     cfg, step = session.cfg, session.step
-    micro_per_epoch = math.ceil(len(session.prepared.train) / cfg.train.batch_size)
-    epoch = session.position.epoch + session.position.batches_done / micro_per_epoch
     write = step % cfg.train.log_every_n_steps == 0 or step == session.total_steps
     log.step({"step": step, "loss": loss, "lr": session.scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"],
-              "supervised_tokens": stats["supervised_tokens"], "epoch": round(epoch, 4)}, write)
+              "supervised_tokens": stats["supervised_tokens"], "epoch": round(_epoch(session), 4)}, write)
+
+
+def _epoch(session: Session) -> float:
+    """Epochs done so far (fractional); a stream counts its passes in whole epochs only."""
+    if session.cfg.data.streaming:
+        return float(session.position.epoch)
+    global_batch = session.cfg.train.batch_size * session.accelerator.num_processes
+    micro_per_epoch = math.ceil(len(session.prepared.train) / global_batch)
+    return session.position.epoch + session.position.batches_done / micro_per_epoch
 
 
 def validation_batches(session: Session) -> list[dict]:
-    """The validation split (at most eval.max_samples rows) in order, collated with eval.batch_size."""
+    """This process's validation batches: the split (at most eval.max_samples rows) in order, eval.batch_size each.
+
+    With several processes every global batch of eval.batch_size x processes rows is shared out like a
+    training micro-batch, so all ranks run the same number of batches; an idle rank's batch has `_weight` 0."""
     rows = session.prepared.validation
     limit = min(len(rows), session.cfg.eval.max_samples or len(rows))
-    size, device = session.cfg.eval.batch_size, session.accelerator.device
-    return [{k: v.to(device) for k, v in session.collate([rows[i] for i in range(s, min(s + size, limit))]).items()}
-            for s in range(0, limit, size)]
+    accelerator = session.accelerator
+    size, device = session.cfg.eval.batch_size * accelerator.num_processes, accelerator.device
+    batches = []
+    for start in range(0, limit, size):
+        part, carries = rank_share(list(range(start, min(start + size, limit))), accelerator.process_index,
+                                   accelerator.num_processes)
+        batch = {k: v.to(device) for k, v in session.collate([rows[i] for i in part]).items()}
+        batches.append(batch if carries else {**batch, "_weight": 0})
+    return batches
+
+
+def _combine_sums(session: Session):
+    """Sum evaluation totals and concatenate predictions over all processes (None in a single process)."""
+    if session.accelerator.num_processes == 1:
+        return None
+
+    def combine(sums: dict) -> dict:
+        total, count = reduce_sum(session.accelerator, [sums["total"], float(sums["count"])])
+        parts = gather_objects(session.accelerator, (sums["predictions"], sums["labels"]))
+        return {"total": total, "count": int(count), "predictions": [p for pred, _ in parts for p in pred],
+                "labels": [label for _, labels in parts for label in labels]}
+    return combine
 
 
 def evaluate(session: Session) -> dict:
-    """Validation metrics of the current weights (plus the evaluation package's task metrics)."""
+    """Validation metrics of the current weights (plus the evaluation package's task metrics).
+
+    The validation loss is gathered over all processes; task metrics are computed by every process on the
+    whole evaluation data (so every rank holds the same numbers)."""
     stage = session.cfg.train.stage
-    metrics = evaluate_batches(session.model, validation_batches(session), stage, session.accelerator.autocast)
+    metrics = evaluate_batches(session.model, validation_batches(session), stage, session.accelerator.autocast,
+                               _combine_sums(session))
     metrics.update(task_metrics(session.model, session.tokenizer, session.prepared, session.cfg))
     return metrics
 
@@ -232,7 +315,10 @@ def maybe_evaluate(session: Session, log: RunLog) -> bool:
     if improved(value, session.best.get("value"), cfg.eval.mode):
         session.best = {"metric": cfg.eval.metric, "value": value, "step": session.step}
         session.bad_evals = 0
-        save_best(session.out_dir, _unwrapped(session), session.tokenizer, {**sidecar(session), "metrics": metrics})
+        state_dict = _gathered_state_dict(session)
+        if session.accelerator.is_main_process:
+            save_best(session.out_dir, _unwrapped(session), session.tokenizer, {**sidecar(session), "metrics": metrics},
+                      state_dict)
     else:
         session.bad_evals += 1
     return bool(cfg.eval.patience) and session.bad_evals >= cfg.eval.patience
@@ -242,19 +328,38 @@ def _unwrapped(session: Session):
     return session.accelerator.unwrap_model(session.objective).model
 
 
+def _gathered_state_dict(session: Session) -> dict | None:
+    """The full weights of a sharded model (FSDP/ZeRO-3), gathered by every rank's call; None otherwise."""
+    if session.accelerator.num_processes == 1 or session.cfg.train.distributed == "ddp":
+        return None
+    state = session.accelerator.get_state_dict(session.objective)
+    if hasattr(_unwrapped(session), "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(_unwrapped(session), state_dict={k.removeprefix("model."): v
+                                                                          for k, v in state.items()})
+    return {key.removeprefix("model."): value for key, value in state.items()}
+
+
 def sidecar(session: Session) -> dict:
     """The JSON state that, with the weights and optimizer files, lets a run continue exactly."""
     return {"step": session.step, "total_steps": session.total_steps, "position": session.position.to_dict(),
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
             "bad_evals": session.bad_evals, "trainable": session.trainable.trainable,
-            "config": session.cfg.model_dump(mode="json")}
+            "processes": session.accelerator.num_processes, "config": session.cfg.model_dump(mode="json")}
 
 
 def write_checkpoint(session: Session, rng: dict) -> Path:
-    """Save checkpoints/step-N and prune old ones to output.keep_checkpoints."""
-    path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
-                           session.optimizer, session.scheduler, rng, sidecar(session))
-    prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
+    """Save checkpoints/step-N (main process; every rank's RNG) and prune old ones to output.keep_checkpoints."""
+    accelerator = session.accelerator
+    path = session.out_dir / "checkpoints" / f"step-{session.step}"
+    rank_rngs = gather_objects(accelerator, rng) if accelerator.num_processes > 1 else None
+    state_dict = _gathered_state_dict(session)
+    if accelerator.is_main_process:
+        path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
+                               session.optimizer, session.scheduler, rng, sidecar(session), state_dict, rank_rngs)
+        prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
+    accelerator.wait_for_everyone()
     return path
 
 
@@ -266,7 +371,7 @@ def maybe_checkpoint(session: Session, rng: dict) -> None:
 
 
 def save_final(session: Session, log: RunLog, stopped: str) -> dict:
-    """Write model/ (weights, tokenizer, model card), metrics.json; return the final metrics."""
+    """Write model/ (weights, tokenizer, model card), metrics.json (main process); return the final metrics."""
     from sftlab.train.card import model_card
 
     metrics: dict = {"step": session.step, "train_loss": session.losses[-1] if session.losses else None,
@@ -280,12 +385,14 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
         metrics.update({f"eval_{key}": value for key, value in final.items()})
     if session.best:
         metrics.update({"best_step": session.best["step"], f"best_{session.best['metric']}": session.best["value"]})
-    model = _unwrapped(session)
-    with atomic_dir(session.out_dir / "model", overwrite=True) as tmp:
-        save_model_dir(model, session.tokenizer, tmp)
-        card = model_card(session.cfg, session.trainable, metrics, getattr(session.prepared, "stats", None),
-                          is_adapter=hasattr(model, "peft_config"))
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-    atomic_write_json(session.out_dir / "metrics.json", metrics)
-    log.message(f"saved {session.out_dir / 'model'}")
+    model, state_dict = _unwrapped(session), _gathered_state_dict(session)
+    if session.accelerator.is_main_process:
+        with atomic_dir(session.out_dir / "model", overwrite=True) as tmp:
+            save_model_dir(model, session.tokenizer, tmp, state_dict)
+            card = model_card(session.cfg, session.trainable, metrics, getattr(session.prepared, "stats", None),
+                              is_adapter=hasattr(model, "peft_config"))
+            (tmp / "README.md").write_text(card, encoding="utf-8")
+        atomic_write_json(session.out_dir / "metrics.json", metrics)
+        log.message(f"saved {session.out_dir / 'model'}")
+    session.accelerator.wait_for_everyone()
     return metrics

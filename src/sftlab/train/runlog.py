@@ -87,3 +87,22 @@ class RunLog:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+class SilentLog:
+    """The log of a process other than the main one in a multi-process run: it writes nothing."""
+
+    def message(self, text: str) -> None:
+        """Dropped: only the main process talks to the user."""
+
+    def count_tokens(self, tokens: int) -> None:
+        """Dropped: the main process counts every rank's tokens (they are summed per step)."""
+
+    def step(self, row: dict, write: bool) -> None:
+        """Dropped: the main process writes the metrics rows."""
+
+    def evaluation(self, step: int, metrics: dict) -> None:
+        """Dropped: the main process writes the evaluation rows."""
+
+    def close(self) -> None:
+        """Nothing to close."""

@@ -3,7 +3,9 @@
 `build_session` loads the tokenizer, prepares the data, loads the model for the stage, applies the
 strategy, and builds the accelerator, AdamW and the LR schedule. On resume it also checks that the
 saved run used the same model/data/strategy/schedule settings and restores weights, optimizer,
-scheduler and the data position from the latest checkpoint.
+scheduler and the data position from the latest checkpoint. With several processes
+(`sftlab.train.distributed`) the main process tokenizes first and the others read its cache, only the
+main process writes files, and a resume must use the same number of processes.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class Session:
     collate: Callable[[list[dict]], dict]
     total_steps: int
     step: int = 0
-    position: plan.DataPosition = field(default_factory=plan.DataPosition)
+    position: Any = field(default_factory=plan.DataPosition)  # or sftlab.data.streaming.StreamPosition
     losses: list[float] = field(default_factory=list)
     eval_history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=dict)
@@ -156,6 +158,27 @@ def _load_model(cfg, tokenizer, prepared, collate):
     return model, trainable
 
 
+def _start_position(cfg, saved: dict | None = None):
+    """Where the data starts: a checkpoint's saved position, else the beginning (an index plan or a stream)."""
+    if cfg.data.streaming:
+        from sftlab.data.streaming import StreamPosition
+
+        return StreamPosition(**saved) if saved else StreamPosition(seed=cfg.train.seed)
+    return plan.DataPosition(**saved) if saved else plan.DataPosition(seed=cfg.train.seed)
+
+
+def _prepare_for_processes(accelerator, model, cfg, prepared):
+    """The objective and AdamW prepared by the accelerator (FSDP/DeepSpeed wrap both in one call)."""
+    from sftlab.train.optim import build_optimizer
+
+    objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
+    if accelerator.num_processes > 1 and cfg.train.distributed != "ddp":
+        objective._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps these layers
+        return accelerator.prepare(objective, build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
+    objective = accelerator.prepare_model(objective)
+    return objective, accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
+
+
 def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
     """Padded batches, or packed [1, T] rows when data.packing is on (pt/sft only)."""
     from sftlab.data.collate import make_collator
@@ -169,15 +192,35 @@ def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
     return make_collator(cfg.data.packing and cfg.train.stage != "cls", tokenizer.pad_token_id)
 
 
-def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None) -> tuple[Session, dict | None]:
-    """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
+def _prepare(cfg, tokenizer, base_dir: Path | None, accelerator):
+    """The run's data, tokenized by the main process first so the other processes read its cache."""
+    from sftlab.data.pipeline import prepare_data
+
+    with accelerator.main_process_first():
+        if cfg.data.streaming:
+            from sftlab.data.streaming import prepare_streaming
+
+            return prepare_streaming(cfg, tokenizer, base_dir)
+        return prepare_data(cfg, tokenizer, base_dir)
+
+
+def _check_processes(saved: dict, accelerator) -> None:
+    before, now = saved.get("processes", 1), accelerator.num_processes
+    if before != now:
+        raise SftlabError(f"--resume: the checkpoint was written by {before} process(es) and this run has {now}; "
+                          f"resume with --nproc {before} (the global batch and data order depend on it)")
+
+
+def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
+                  accelerator=None) -> tuple[Session, dict | None]:
+    """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
+
+    `accelerator` defaults to a new one for this process (`sftlab.train.distributed.make_accelerator`)."""
     from transformers import set_seed
 
-    from sftlab.data.pipeline import prepare_data
     from sftlab.models.load import load_tokenizer
-    from sftlab.train.optim import build_optimizer, build_scheduler
+    from sftlab.train.distributed import make_accelerator
+    from sftlab.train.optim import build_scheduler
 
     from sftlab.eval.hooks import task_for_config
 
@@ -185,10 +228,13 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     if saved:
         check_resume_config(saved["config"], cfg)
     task_for_config(cfg)  # an unknown eval.metric fails now, not at the first evaluation
+    accelerator = accelerator or make_accelerator(cfg)
+    if saved:
+        _check_processes(saved, accelerator)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
-    prepared = prepare_data(cfg, tokenizer, base_dir)
-    if len(prepared.train) == 0:
+    prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
+    if not cfg.data.streaming and len(prepared.train) == 0:
         raise SftlabError("data.train: no training examples left after preparation")
     if cfg.eval.every_n_steps and not prepared.validation:
         raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
@@ -196,28 +242,23 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
-    AcceleratorState._reset_state()  # a previous in-process run may have used other precision settings
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
-                              cpu=not torch.cuda.is_available())
-    if accelerator.num_processes > 1:
-        raise SftlabError("multi-process training is not supported yet: run `sftlab train` as a single process")
-    objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
-    objective = accelerator.prepare_model(objective)
-    optimizer = accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
-    total = plan.total_steps(len(prepared.train), cfg.train.batch_size, cfg.train.grad_accum,
-                             cfg.train.epochs, cfg.train.max_steps)
+    objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
+    total = (cfg.train.max_steps if cfg.data.streaming else
+             plan.total_steps(len(prepared.train), cfg.train.batch_size * accelerator.num_processes,
+                              cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps))
     scheduler = build_scheduler(optimizer.optimizer, cfg.train.scheduler, cfg.train.warmup_steps, total)
     session = Session(cfg=cfg, out_dir=out_dir, accelerator=accelerator, model=model, objective=objective,
                       optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer, prepared=prepared,
                       trainable=trainable, collate=collate, total_steps=total,
-                      position=plan.DataPosition(seed=cfg.train.seed))
+                      position=_start_position(cfg))
     if not saved:
-        atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-        atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
+        if accelerator.is_main_process:
+            atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+            atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
         return session, None
-    rng = load_training_state(checkpoint, optimizer, scheduler)
+    rng = load_training_state(checkpoint, optimizer, scheduler, accelerator.process_index)
     session.step, session.losses = saved["step"], list(saved["losses"])
-    session.position = plan.DataPosition(**saved["position"])
+    session.position = _start_position(cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
     session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
     return session, rng

@@ -1,6 +1,7 @@
 """Validation during training: loss (+ perplexity for pt/sft; accuracy and macro F1 for cls).
 
-Loss is averaged over all supervised tokens (pt/sft) or examples (cls) of the validation split. When
+Loss is averaged over all supervised tokens (pt/sft) or examples (cls) of the validation split; with
+several processes each rank sums its share and the sums are combined before averaging. When
 `sftlab.eval.hooks.task_metrics(model, tokenizer, prepared, cfg)` exists, its metrics are merged in.
 """
 
@@ -15,29 +16,48 @@ import torch
 from sftlab.train.loss import loss_sum
 
 
-def evaluate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable) -> dict:
-    """Metrics of `model` over `batches` (already on the model's device), computed without gradients."""
+def evaluate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable,
+                     combine: Callable[[dict], dict] | None = None) -> dict:
+    """Metrics of `model` over `batches` (already on the model's device), computed without gradients.
+
+    `combine` merges the sums of every process (loss total, count, predictions, labels) before the
+    metrics are computed; a batch carrying `"_weight": 0` runs but counts for nothing (an idle rank).
+    """
+    sums = accumulate_batches(model, batches, stage, autocast)
+    return metrics_from_sums(combine(sums) if combine else sums, stage)
+
+
+def accumulate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable) -> dict:
+    """Summed loss, count and (cls) predictions/labels over `batches`, without gradients."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    predictions, labels = [], []
+    sums: dict = {"total": 0.0, "count": 0, "predictions": [], "labels": []}
     with torch.no_grad(), autocast():
         for batch in batches:
+            counted = batch.pop("_weight", 1) != 0
             if stage == "cls":
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask")).logits
                 part = torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum")
                 n = int(batch["labels"].numel())
-                predictions += logits.argmax(-1).tolist()
-                labels += batch["labels"].tolist()
+                if counted:
+                    sums["predictions"] += logits.argmax(-1).tolist()
+                    sums["labels"] += batch["labels"].tolist()
             else:
                 part, n = loss_sum(model, batch, stage)
-            total += float(part)
-            count += n
+            if counted:
+                sums["total"] += float(part)
+                sums["count"] += n
     model.train(was_training)
-    loss = total / max(count, 1)
+    return sums
+
+
+def metrics_from_sums(sums: dict, stage: str) -> dict:
+    """Loss (+ perplexity, or cls accuracy and macro F1) from accumulated sums."""
+    loss = sums["total"] / max(sums["count"], 1)
     if stage == "cls":
         from sklearn.metrics import accuracy_score, f1_score
 
+        labels, predictions = sums["labels"], sums["predictions"]
         return {"loss": loss, "accuracy": float(accuracy_score(labels, predictions)),
                 "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}

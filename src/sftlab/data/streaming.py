@@ -1,0 +1,181 @@
+"""pt on corpora larger than memory: data.train read as a `datasets` stream, shuffled in a buffer, resumable.
+
+    prepared = prepare_streaming(cfg, tokenizer, base_dir)    # with data.streaming=true (stage pt)
+    for rows, groups, position in prepared.train.steps(global_batch, grad_accum, StreamPosition(seed=0)): ...
+
+Documents come from `datasets.load_dataset(<json|text|csv|parquet>, data_files=..., streaming=True)`, one
+file type per run, the text in column `data.columns.text` (default "text"; .txt files: one document per
+line). Epoch `e` reads them through `IterableDataset.shuffle(seed=train.seed, buffer_size=data.shuffle_buffer)`
+with `set_epoch(e)`, then `data.max_samples` documents at most. Each document is tokenized like the
+in-memory pt path (`sftlab.data.tokenize`: special tokens, EOS appended): `concat` joins them and cuts
+`train.max_length` blocks (a shorter tail block at the end of an epoch is kept unless it has one token),
+`document` keeps one truncated document per row. Every label is supervised.
+
+A `StreamPosition` (epoch, document, offset, seed) says where the next block starts: `offset` tokens into
+the token stream that begins at document `document` of the epoch's shuffled order. A checkpoint stores it;
+resuming reads the shuffled order again, skips `document` documents without tokenizing them and drops
+`offset` tokens, so the continuation is exactly the uninterrupted one. Micro-batches may span an epoch
+boundary. The validation file (data.validation) is small and is tokenized in memory as usual.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+from sftlab.errors import SftlabError
+
+BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class StreamPosition:
+    """Where the next row starts: epoch, documents fully before it in that epoch's order, tokens into the rest."""
+
+    epoch: int = 0
+    document: int = 0
+    offset: int = 0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TokenStream:
+    """Token rows of a pt corpus read lazily from files (see the module docstring)."""
+
+    def __init__(self, files: list[str], builder: str, text_column: str, tokenizer, max_length: int, pt_mode: str,
+                 shuffle_buffer: int, max_samples: int | None = None):
+        self.files, self.builder, self.text_column = files, builder, text_column
+        self.tokenizer, self.max_length, self.pt_mode = tokenizer, max_length, pt_mode
+        self.shuffle_buffer, self.max_samples = shuffle_buffer, max_samples
+
+    def documents(self, epoch: int, seed: int) -> Iterator[str]:
+        """The epoch's document texts in shuffled order."""
+        from datasets import load_dataset
+
+        stream = load_dataset(self.builder, data_files=self.files, split="train", streaming=True)
+        if self.builder != "text" and self.text_column not in (stream.column_names or [self.text_column]):
+            raise SftlabError(f"data.train {self.files[0]}: no column {self.text_column!r} "
+                              f"(columns: {', '.join(stream.column_names)}); set data.columns.text")
+        stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
+        stream.set_epoch(epoch)
+        if self.max_samples is not None:
+            stream = stream.take(self.max_samples)
+        column = "text" if self.builder == "text" else self.text_column
+        return (str(record[column] or "") for record in stream)
+
+    def encode(self, text: str) -> list[int]:
+        """A document's token ids with the tokenizer's special tokens and a final EOS (as the in-memory pt path)."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        eos = self.tokenizer.eos_token_id
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]
+        return ids[:self.max_length] if self.pt_mode == "document" else ids
+
+    def rows(self, start: StreamPosition) -> Iterator[tuple[dict, StreamPosition]]:
+        """Endless token rows from `start`, each with the position after it."""
+        epoch, document, offset = start.epoch, start.document, start.offset
+        while True:
+            produced = False
+            for row, position in self._epoch_rows(epoch, document, offset, start.seed):
+                produced = True
+                yield row, position
+            if not produced and document == 0 and offset == 0:
+                raise SftlabError(f"data.train {self.files[0]}: the stream has no document with tokens to train on")
+            epoch, document, offset = epoch + 1, 0, 0
+
+    def _epoch_rows(self, epoch: int, document: int, offset: int, seed: int) -> Iterator[tuple[dict, StreamPosition]]:
+        texts = itertools.islice(self.documents(epoch, seed), document, None)  # skipped documents are not tokenized
+        if self.pt_mode == "document":
+            for index, text in enumerate(texts, start=document + 1):
+                ids = self.encode(text)
+                if len(ids) > 1:
+                    yield _row(ids), StreamPosition(epoch, index, 0, seed)
+            return
+        buffer: list[int] = []
+        pending: deque[list[int]] = deque()  # [document index, its token count, tokens emitted] of buffered documents
+        for index, text in enumerate(texts, start=document):
+            ids = self.encode(text)
+            skip = offset if index == document else 0
+            buffer += ids[skip:]
+            pending.append([index, len(ids), skip])
+            while len(buffer) >= self.max_length:
+                block, buffer = buffer[:self.max_length], buffer[self.max_length:]
+                yield _row(block), _consume(pending, self.max_length, index + 1, epoch, seed)
+        if len(buffer) > 1:
+            yield _row(buffer), StreamPosition(epoch + 1, 0, 0, seed)
+
+    def steps(self, global_batch: int, grad_accum: int,
+              start: StreamPosition) -> Iterator[tuple[list[dict], list[list[int]], StreamPosition]]:
+        """Endless optimizer steps: (rows, grad_accum micro-batch index groups into rows, position after the step)."""
+        rows = self.rows(start)
+        while True:
+            taken = list(itertools.islice(rows, global_batch * grad_accum))
+            step_rows = [row for row, _ in taken]
+            groups = [list(range(i, min(i + global_batch, len(taken)))) for i in range(0, len(taken), global_batch)]
+            yield step_rows, groups, taken[-1][1]
+
+
+def _row(ids: list[int]) -> dict:
+    return {"input_ids": list(ids), "labels": list(ids)}
+
+
+def _consume(pending: deque, count: int, next_document: int, epoch: int, seed: int) -> StreamPosition:
+    """Mark `count` tokens of the pending documents emitted; the position of the first token not yet emitted."""
+    while count and pending:
+        used = min(count, pending[0][1] - pending[0][2])
+        pending[0][2] += used
+        count -= used
+        if pending[0][2] == pending[0][1]:
+            pending.popleft()
+    if not pending:  # everything read so far is emitted: the next block starts at the next document
+        return StreamPosition(epoch, next_document, 0, seed)
+    index, _, emitted = pending[0]
+    return StreamPosition(epoch, index, emitted, seed)
+
+
+def stream_files(data_cfg, base_dir: Path | None) -> tuple[list[str], str]:
+    """data.train as existing files of one type, and the `datasets` builder that reads them."""
+    items = data_cfg.train if isinstance(data_cfg.train, list) else [data_cfg.train]
+    files = []
+    for item in items:
+        if not isinstance(item, str):
+            raise SftlabError("data.streaming: list data.train as plain file paths (weights and per-dataset "
+                              "settings need the in-memory pipeline)")
+        path = Path(item).expanduser()
+        path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
+        if not path.is_file():
+            raise SftlabError(f"data.train {item}: no such file (data.streaming reads local files)")
+        files.append(str(path))
+    suffixes = {Path(f).suffix.lower() for f in files}
+    if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
+        raise SftlabError(f"data.train: data.streaming reads one file type of {', '.join(BUILDERS)}; "
+                          f"got {', '.join(sorted(suffixes))}")
+    return files, BUILDERS[suffixes.pop()]
+
+
+def prepare_streaming(cfg, tokenizer, base_dir: Path | None = None):
+    """PreparedData whose `train` is a TokenStream; validation (data.validation) is tokenized in memory."""
+    from sftlab.data.pipeline import PreparedData
+    from sftlab.data.sources import load_examples
+    from sftlab.data.tokenize import tokenize_examples
+
+    data_cfg = cfg.data
+    files, builder = stream_files(data_cfg, base_dir)
+    stream = TokenStream(files, builder, data_cfg.columns.get("text", "text"), tokenizer, cfg.train.max_length,
+                         data_cfg.pt_mode, data_cfg.shuffle_buffer, data_cfg.max_samples)
+    stats: dict = {"stage": "pt", "streaming": {"files": files, "shuffle_buffer": data_cfg.shuffle_buffer}}
+    validation, val_examples = None, []
+    if data_cfg.validation:
+        if data_cfg.cache_dir and base_dir is not None and not Path(data_cfg.cache_dir).expanduser().is_absolute():
+            data_cfg = data_cfg.model_copy(update={"cache_dir": str(Path(base_dir) / data_cfg.cache_dir)})
+        only_validation = data_cfg.model_copy(update={"train": data_cfg.validation, "validation": None,
+                                                      "max_samples": None, "streaming": False})
+        val_examples, _ = load_examples(only_validation, "pt", base_dir)
+        validation, val_stats = tokenize_examples(val_examples, tokenizer, data_cfg, cfg.train)
+        stats["validation"] = val_stats.to_dict()
+    return PreparedData(train=stream, validation=validation, stats=stats, val_examples=val_examples)

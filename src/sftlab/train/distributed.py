@@ -1,0 +1,160 @@
+"""Several training processes: the accelerator per `train.distributed`, each rank's share of a step, launching.
+
+Data parallel design: `train.batch_size` is the micro-batch of ONE process. An optimizer step visits
+`grad_accum` global micro-batches of `batch_size x processes` rows, drawn in exactly the order a single
+process with batch `batch_size x processes` would draw them (`sftlab.train.batches`), and each rank takes
+its contiguous part of every global micro-batch (`rank_share`). The supervised-token (or example) count is
+summed over all ranks before any backward pass, and every rank's summed loss is divided by that global
+count and multiplied by the process count (the gradient all-reduce averages over ranks). So N processes x
+batch B take the same steps, with the same losses, as 1 process x batch N*B.
+
+The accelerator runs gloo on CPU and NCCL on CUDA; the process group timeout is `train.dist_timeout_s`.
+`train.distributed` picks ddp, fsdp (full shard, FSDP2; the final model is gathered into ordinary
+safetensors) or DeepSpeed ZeRO-2/3 (CUDA only, checked at config time). `launch` starts N workers
+through `torch.distributed.run` (torchrun), which stops every worker when one dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+
+from sftlab.errors import SftlabError
+
+
+def world_size() -> int:
+    """Processes of this run according to the launcher's environment (1 outside torchrun/accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_accelerator(cfg):
+    """The run's Accelerator: precision, CPU/GPU, process-group timeout and the train.distributed plugin."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
+
+    AcceleratorState._reset_state()  # a previous in-process run may have used other precision settings
+    plugins = {}
+    if world_size() > 1 and cfg.train.distributed == "fsdp":
+        plugins["fsdp_plugin"] = _fsdp_plugin(cfg)
+    elif world_size() > 1 and cfg.train.distributed in ("zero2", "zero3"):
+        plugins["deepspeed_plugin"] = _deepspeed_plugin(cfg)
+    return Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
+                       cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
+                       **plugins)
+
+
+def _fsdp_plugin(cfg):
+    """FSDP2 full shard of every decoder layer; full (gathered) state dicts so saves are ordinary safetensors."""
+    from accelerate import FullyShardedDataParallelPlugin
+
+    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
+                                          auto_wrap_policy="transformer_based_wrap",
+                                          state_dict_type="FULL_STATE_DICT",
+                                          activation_checkpointing=False)
+
+
+def _deepspeed_plugin(cfg):
+    """DeepSpeed ZeRO-2/3 with the micro-batch and accumulation of this run (CUDA only; see docs/distributed.md)."""
+    from accelerate import DeepSpeedPlugin
+
+    stage = 3 if cfg.train.distributed == "zero3" else 2
+    config = {"train_micro_batch_size_per_gpu": cfg.train.batch_size, "gradient_accumulation_steps": 1,
+              "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": stage == 3},
+              "bf16": {"enabled": cfg.train.precision == "bf16"}, "gradient_clipping": "auto"}
+    return DeepSpeedPlugin(hf_ds_config=config, zero3_save_16bit_model=stage == 3)
+
+
+def rank_share(indices: list[int], rank: int, processes: int) -> tuple[list[int], bool]:
+    """This rank's contiguous part of a global micro-batch, and whether it carries loss.
+
+    Parts differ by at most one row. A rank left with no row (a last micro-batch smaller than the process
+    count) gets the batch's first row with `False`: it runs forward and backward at weight 0 so the
+    gradient all-reduce of the other ranks is matched.
+    """
+    if processes == 1:
+        return indices, True
+    base, extra = divmod(len(indices), processes)
+    start = rank * base + min(rank, extra)
+    part = indices[start:start + base + (1 if rank < extra else 0)]
+    return (part, True) if part else (indices[:1], False)
+
+
+def reduce_sum(accelerator, values: list[float]) -> list[float]:
+    """`values` summed over all processes (float64); returned as they are in a single process."""
+    if accelerator.num_processes == 1:
+        return values
+    import torch
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return [float(v) for v in accelerator.reduce(tensor, reduction="sum").tolist()]
+
+
+def gather_objects(accelerator, value) -> list:
+    """`value` from every rank, in rank order (a one-item list in a single process)."""
+    if accelerator.num_processes == 1:
+        return [value]
+    from accelerate.utils import gather_object
+
+    return gather_object([value])
+
+
+def no_sync_unless_last(accelerator, model, is_last: bool):
+    """Skip the gradient all-reduce for all but the last micro-batch of a step (DDP/FSDP accumulate locally)."""
+    if accelerator.num_processes == 1 or is_last:
+        return contextlib.nullcontext()
+    return accelerator.no_sync(model)
+
+
+def launch_arguments(program: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "sftlab") -> list[str]:
+    """torchrun arguments that start `program` (a script and its arguments, or ['-m', module, ...]) N times."""
+    args = ["--nproc-per-node", str(nproc), "--max-restarts", "0", "--monitor-interval", "0.5"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        args.append("--standalone")
+    else:
+        if rdzv_endpoint is None:
+            raise SftlabError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the address of node 0, the same on every node)")
+        args += ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", rdzv_endpoint, "--rdzv-id", rdzv_id]
+    if program and program[0] == "-m":
+        return args + ["--module", *program[1:]]
+    return args + list(program)
+
+
+def launch(program: list[str], nproc: int, **options) -> None:
+    """Run `program` in `nproc` processes per node through torchrun; a failed rank raises SftlabError.
+
+    torchrun watches its workers: when one exits with an error or is killed, it stops the others and
+    reports the first failure here. A rank that hangs makes the others fail after `train.dist_timeout_s`.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if nproc < 1:
+        raise SftlabError(f"--nproc must be at least 1, got {nproc}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, stated so it does not warn
+    try:
+        run(parse_args(launch_arguments(program, nproc, **options)))
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        raise SftlabError(f"training process rank {rank} {how}; the other processes were stopped "
+                          f"({len(failed.failures)} failed in all)") from None
+
+
+def lost_contact_message(exc: BaseException, timeout_s: int) -> str | None:
+    """A one-line message when `exc` is a collective that failed because another rank died or hung, else None."""
+    import torch.distributed as dist
+
+    if not isinstance(exc, (dist.DistError, RuntimeError)) or not dist.is_initialized():
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    words = ("timed out", "timeout", "connection", "closed", "peer", "gloo", "nccl", "broken pipe")
+    if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in words):
+        return None
+    return (f"rank {dist.get_rank()}: another training process stopped answering or died "
+            f"(train.dist_timeout_s={timeout_s}): {text[:200]}")

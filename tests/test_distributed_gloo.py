@@ -1,0 +1,155 @@
+"""Two CPU processes over gloo (torchrun): same losses as one process with twice the batch, resume, dead or hung rank.
+
+Each test launches real worker processes, so all are marked slow (about a minute each on 2 shared cores).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train_loop import tiny_run, train
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+WORKER = textwrap.dedent('''
+    """Run a config in 2 processes (torchrun) with an action at a step: interrupt, kill rank 1, or hang rank 1."""
+    import os, signal, sys, time
+    from pathlib import Path
+    from sftlab.config import load_config
+    from sftlab.errors import SftlabError
+
+    config, action, at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if "WORLD_SIZE" not in os.environ:  # the launcher
+        from sftlab.train.distributed import launch
+        try:
+            launch([__file__, *sys.argv[1:]], 2)
+        except SftlabError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(0)
+
+    from sftlab.train import TrainingInterrupted, run_training
+    from sftlab.train.distributed import lost_contact_message
+
+    rank = int(os.environ["RANK"])
+    cfg = load_config(config, [])
+
+    def act(step, loss):
+        if step != at:
+            return
+        if action == "interrupt":
+            raise KeyboardInterrupt
+        if action == "kill" and rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "hang" and rank == 1:
+            Path(cfg.output.dir, "hang_started").write_text(str(time.time()))
+            time.sleep(3600)
+
+    try:
+        run_training(cfg, overwrite=True, callbacks=[act], show_progress=False)
+    except TrainingInterrupted:
+        sys.exit(0)
+    except Exception as exc:
+        message = lost_contact_message(exc, cfg.train.dist_timeout_s)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+''')
+ROWS = [{"messages": [{"role": "user", "content": f"question {i}"},
+                      {"role": "assistant", "content": "answer " + "word " * (1 + (i * 5) % 11)}]} for i in range(11)]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+
+
+def _config(tmp_path: Path, name: str, **train_settings) -> Path:
+    raw = tiny_run(tmp_path, rows=ROWS, name=name,
+                   train={"batch_size": 2, "grad_accum": 2, "max_steps": 4, "save_every_n_steps": 1, **train_settings},
+                   data={"validation": str(tmp_path / "train.jsonl")}, eval={"every_n_steps": 2, "batch_size": 3},
+                   output={"dir": str(tmp_path / name), "tensorboard": False, "keep_checkpoints": 4})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sftlab", "train", *args, "--no-progress"], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _worker(tmp_path: Path, config: Path, action: str, at: int, timeout: int = 300) -> subprocess.CompletedProcess:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER, encoding="utf-8")
+    return subprocess.run([sys.executable, str(script), str(config), action, str(at)], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _rows(run_dir: Path) -> tuple[list[float], list[float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if not r.get("eval")], [r["loss"] for r in rows if r.get("eval")]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("gloo")
+    done = _cli(str(_config(tmp_path, "two")), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp_path, done
+
+
+def test_two_processes_batch_b_equal_one_process_batch_2b(two_process_run):
+    tmp_path, done = two_process_run
+    assert "trained with 2 processes" in done.stdout
+    raw = tiny_run(tmp_path, rows=ROWS, name="one", train={"batch_size": 4, "grad_accum": 2, "max_steps": 4},
+                   data={"validation": str(tmp_path / "train.jsonl")}, eval={"every_n_steps": 2, "batch_size": 6})
+    single = train(raw)
+    losses, evals = _rows(tmp_path / "two")
+    assert len(losses) == 4  # 11 rows, global micro-batch 4: the last micro-batch of each epoch leaves a rank idle
+    assert losses == pytest.approx(single.losses, rel=1e-5)
+    assert evals == pytest.approx(_rows(single.out_dir)[1], rel=1e-5)  # gathered over both ranks
+    supervised = [json.loads(line)["supervised_tokens"] for line in (tmp_path / "two" / "metrics.jsonl").open()
+                  if "eval" not in line]
+    assert supervised == [json.loads(line)["supervised_tokens"] for line in (single.out_dir / "metrics.jsonl").open()
+                          if "eval" not in line]
+    assert (tmp_path / "two" / "model" / "model.safetensors").is_file()
+    assert (tmp_path / "two" / "checkpoints" / "step-4" / "rng_state_ranks.pt").is_file()
+
+
+def test_resume_with_two_processes_continues_exactly(two_process_run):
+    tmp_path, _ = two_process_run
+    config = _config(tmp_path, "resumed")
+    stopped = _worker(tmp_path, config, "interrupt", 2)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    resumed = _cli(str(config), "--nproc", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _rows(tmp_path / "resumed")[0] == pytest.approx(_rows(tmp_path / "two")[0], rel=1e-6)
+    single = _cli(str(config), "--resume")  # one process may not continue a two-process checkpoint
+    assert single.returncode == 2 and "written by 2 process(es) and this run has 1" in single.stderr
+
+
+def test_killed_rank_stops_the_run_with_an_error(tmp_path):
+    started = time.monotonic()
+    done = _worker(tmp_path, _config(tmp_path, "killed", dist_timeout_s=30), "kill", 2)
+    assert done.returncode == 2
+    assert "error: training process rank 1 was killed by SIGKILL; the other processes were stopped" in done.stderr
+    assert time.monotonic() - started < 240
+
+
+def test_hung_rank_makes_the_others_stop_within_the_timeout(tmp_path):
+    done = _worker(tmp_path, _config(tmp_path, "hung", dist_timeout_s=15), "hang", 2)
+    ended = time.time()
+    assert done.returncode == 2
+    assert "another training process stopped answering or died (train.dist_timeout_s=15)" in done.stderr
+    assert "error: training process rank 0 exited with code 2" in done.stderr
+    hang_started = float((tmp_path / "hung" / "hang_started").read_text())
+    assert 15 <= ended - hang_started < 15 + 45
