@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sftlab.models.tiny import ARCH_TEMPLATE, make_tiny_model, make_tokenizer
-from sftlab.train.loss import IGNORE_INDEX, causal_lm_loss_sum, classification_loss_sum, count_supervised_tokens
+from sftlab.train.loss import IGNORE_INDEX, causal_lm_loss_sum, classification_loss_sum, count_supervised_tokens, row_logprobs
 
 
 def _lm_batch(vocab: int, pad_id: int):
@@ -80,3 +80,21 @@ def test_class_weights_are_balanced_over_the_training_labels():
     torch.testing.assert_close(_classifier_weights(prepared, cfg), torch.tensor([4 / 6, 4 / 2, 1.0]))
     cfg.data.balance = "none"
     assert _classifier_weights(prepared, cfg) is None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2"])
+def test_row_logprobs_match_full_log_softmax(arch):
+    tok = make_tokenizer(ARCH_TEMPLATE[arch])
+    model = make_tiny_model(arch, tok, hidden=32, layers=1)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 0.5
+    model.eval()
+    batch = _lm_batch(len(tok), tok.pad_token_id)
+    sums, counts = row_logprobs(model, batch, chunk=4)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    mask = targets != IGNORE_INDEX
+    picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0)[..., None])[..., 0] * mask
+    torch.testing.assert_close(sums, picked.sum(dim=1), rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == mask.sum(dim=1).tolist()

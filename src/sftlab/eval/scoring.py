@@ -52,7 +52,7 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
     if max_length:
         rows = [(ids[-max_length:], labels[-max_length:]) for ids, labels in rows]
     import torch
-    import torch.nn.functional as F
+    from sftlab.train.loss import row_logprobs
 
     device = _device(model)
     pad = 0
@@ -72,13 +72,10 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
                 ids[row, : len(seq)] = torch.tensor(seq)
                 labels[row, : len(lab)] = torch.tensor(lab)
                 attention[row, : len(seq)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits.float()
-            targets = labels[:, 1:].to(device)
-            nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                  ignore_index=IGNORE, reduction="none").view(targets.shape)
-            counts = (targets != IGNORE).sum(dim=1)
+            sums, counts = row_logprobs(model, {"input_ids": ids.to(device), "attention_mask": attention.to(device),
+                                                "labels": labels.to(device)})
             for row, index in enumerate(batch):
-                results[index] = (-float(nll[row].sum()), int(counts[row]))
+                results[index] = (float(sums[row]), int(counts[row]))
     model.train(was_training)
     return results
 

@@ -40,17 +40,23 @@ def _head_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tenso
     return F.cross_entropy(logits, targets, reduction="sum")
 
 
+def _backbone_and_head(model: torch.nn.Module):
+    """(transformers model, backbone, output head or None, soft-capping) of a causal LM (peft unwrapped)."""
+    hf_model = unwrap_peft(model)
+    head = hf_model.get_output_embeddings()
+    backbone = hf_model.base_model
+    separable = backbone is not hf_model and head is not None
+    return hf_model, (backbone if separable else None), head, getattr(hf_model.config, "final_logit_softcapping", None)
+
+
 def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over supervised positions, and how many there were."""
-    hf_model = unwrap_peft(model)
-    backbone = hf_model.base_model
-    head = hf_model.get_output_embeddings()
+    _, backbone, head, softcap = _backbone_and_head(model)
     labels = batch["labels"]
     targets = labels[:, 1:]
     supervised = targets != IGNORE_INDEX
-    softcap = getattr(hf_model.config, "final_logit_softcapping", None)
     extra = {key: batch[key] for key in _BACKBONE_INPUTS if batch.get(key) is not None}
-    if backbone is hf_model or head is None:  # no separable head: fall back to full logits
+    if backbone is None:  # no separable head: fall back to full logits
         logits = model(input_ids=batch["input_ids"], use_cache=False, **extra).logits[:, :-1][supervised].float()
         return F.cross_entropy(logits, targets[supervised], reduction="sum"), int(supervised.sum())
     hidden = backbone(input_ids=batch["input_ids"], use_cache=False, **extra).last_hidden_state
@@ -66,6 +72,33 @@ def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CH
         part = checkpoint(_head_loss, *args, use_reentrant=False) if recompute else _head_loss(*args)
         total = part if total is None else total + part
     return total, count
+
+
+@torch.no_grad()
+def row_logprobs(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of its supervised tokens, and how many there were.
+
+    Like `causal_lm_loss_sum`, the output head runs only at supervised positions, so scoring a short
+    answer after a long prompt never builds [prompt x vocabulary] logits."""
+    _, backbone, head, softcap = _backbone_and_head(model)
+    targets = batch["labels"][:, 1:]
+    supervised = targets != IGNORE_INDEX
+    extra = {key: batch[key] for key in _BACKBONE_INPUTS if batch.get(key) is not None}
+    if backbone is None:
+        logits = model(input_ids=batch["input_ids"], use_cache=False, **extra).logits[:, :-1][supervised]
+        hidden, head = logits, (lambda x: x)
+    else:
+        hidden = backbone(input_ids=batch["input_ids"], use_cache=False, **extra).last_hidden_state[:, :-1][supervised]
+    flat_targets, rows = targets[supervised], supervised.nonzero()[:, 0]
+    logprobs = torch.empty(flat_targets.shape[0], device=flat_targets.device)
+    for start in range(0, flat_targets.shape[0], chunk):
+        logits = head(hidden[start:start + chunk]).float()
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        picked = logits.log_softmax(-1).gather(-1, flat_targets[start:start + chunk, None])[:, 0]
+        logprobs[start:start + chunk] = picked
+    sums = torch.zeros(targets.shape[0], device=logprobs.device).index_add_(0, rows, logprobs)
+    return sums, supervised.sum(dim=1)
 
 
 def classification_loss_sum(model: torch.nn.Module, batch: dict,
