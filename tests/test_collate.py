@@ -97,17 +97,19 @@ def test_packed_samples_are_isolated(tokenizer, arch, attn):
     model.set_attn_implementation(attn)
     model.eval()
     rows = samples(tokenizer)
-    packed = packed_collate(list(pack_rows(Dataset.from_list(rows), max_length=64, seed=0)))
-    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    packed_rows = list(pack_rows(Dataset.from_list(rows), max_length=17, seed=0))  # rows of 17 and 7 tokens
+    packed = packed_collate(packed_rows, tokenizer.pad_token_id)
+    assert packed["input_ids"].shape[0] == len(packed_rows) > 1 and "attention_mask" not in packed
     padded = pad_collate(rows, tokenizer.pad_token_id)
     with torch.no_grad():
         packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits
         padded_logits = model(**{k: padded[k] for k in ("input_ids", "attention_mask")}, use_cache=False).logits
-        ids = packed["input_ids"][0].tolist()
-        starts = [i for i, p in enumerate(packed["position_ids"][0].tolist()) if p == 0] + [len(ids)]
-        for a, b in zip(starts, starts[1:]):  # each sample alone gives the same logits as inside the packed row
-            alone = model(input_ids=torch.tensor([ids[a:b]]), use_cache=False).logits[0]
-            torch.testing.assert_close(packed_logits[0, a:b], alone, atol=1e-5, rtol=1e-4)
+        for r, packed_row in enumerate(packed_rows):  # filler after a shorter row is a segment of its own
+            ids = packed["input_ids"][r, :len(packed_row["input_ids"])].tolist()
+            starts = [i for i, p in enumerate(packed_row["position_ids"]) if p == 0] + [len(ids)]
+            for a, b in zip(starts, starts[1:]):  # each sample alone gives the same logits as inside the packed row
+                alone = model(input_ids=torch.tensor([ids[a:b]]), use_cache=False).logits[0]
+                torch.testing.assert_close(packed_logits[r, a:b], alone, atol=1e-5, rtol=1e-4)
     packed_loss, packed_count = summed_loss(packed_logits, packed["labels"])
     padded_loss, padded_count = summed_loss(padded_logits, padded["labels"])
     assert packed_count == padded_count

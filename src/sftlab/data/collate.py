@@ -2,7 +2,7 @@
 
     batch = pad_collate(rows, pad_id)              # input_ids/attention_mask/labels [B,T] (cls: labels [B])
     packed = pack_rows(dataset, max_length, seed)  # Dataset of rows holding several samples each
-    batch = packed_collate(packed_rows)            # input_ids/position_ids/labels [1,T], no attention_mask
+    batch = packed_collate(packed_rows, pad_id)    # input_ids/position_ids/labels [B,T], no attention_mask
     order = length_grouped_order(lengths, batch_size, seed)
 
 Packed samples do not attend to each other: with `position_ids` restarting at 0 for each sample, no
@@ -94,20 +94,32 @@ def pack_rows(dataset, max_length: int, seed: int = 0):
     return Dataset.from_dict(packed)
 
 
-def packed_collate(rows: list[dict]) -> dict:
-    """Concatenate packed rows into one [1, T] row; position_ids keep every sample's boundaries."""
+def packed_collate(rows: list[dict], pad_id: int = 0) -> dict:
+    """Stack packed rows into [B, T] (T = the longest row); position_ids keep every sample's boundaries.
+
+    Each packed row stays its own batch row, so attention costs B x T^2, not (B x T)^2 as one
+    concatenated row would. A shorter row is filled with `pad_id` tokens whose labels are -100 and
+    whose position_ids restart at 0, so the filler is a separate segment that no sample attends to.
+    """
     import torch
 
-    batch = {}
-    for key in ("input_ids", "labels", "position_ids"):
-        batch[key] = torch.tensor([[value for row in rows for value in row[key]]], dtype=torch.long)
+    width = max(len(row["input_ids"]) for row in rows)
+    batch = {key: torch.full((len(rows), width), fill, dtype=torch.long)
+             for key, fill in (("input_ids", pad_id), ("labels", IGNORE_INDEX))}
+    batch["position_ids"] = torch.arange(width).repeat(len(rows), 1)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        batch["input_ids"][i, :n] = torch.tensor(row["input_ids"], dtype=torch.long)
+        batch["labels"][i, :n] = torch.tensor(row["labels"], dtype=torch.long)
+        batch["position_ids"][i, :n] = torch.tensor(row["position_ids"], dtype=torch.long)
+        batch["position_ids"][i, n:] = torch.arange(width - n)
     return batch
 
 
 def make_collator(packing: bool, pad_id: int) -> Callable[[list[dict]], dict]:
     """The collate function for a DataLoader: packed rows or padded rows."""
     if packing:
-        return packed_collate
+        return lambda rows: packed_collate(rows, pad_id if pad_id is not None else 0)
     return lambda rows: pad_collate(rows, pad_id)
 
 

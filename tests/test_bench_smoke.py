@@ -1,0 +1,74 @@
+"""Smoke checks of the benchmark's own pieces (workload builders, FLOP count, table, ratio line); no timing."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH / "_peers"))
+sys.path.insert(0, str(BENCH))
+
+bench = importlib.import_module("sft_vs_peers")
+workloads = importlib.import_module("workloads")
+matmul_peak = importlib.import_module("matmul_peak")
+
+RECORDS = [{"instruction": f"Say {w}.", "input": "twice" if i % 2 else "", "output": f"{w} {w}."}
+           for i, w in enumerate(["alpha", "beta", "gamma", "delta", "epsilon", "zeta"])]
+
+
+def result(setting, precision, tokens, seconds, rss, eval_loss):
+    runner, tool, _ = bench.SETTINGS[setting]
+    return {"setting": setting, "tool": tool, "precision": precision, "tokens": tokens, "supervised_tokens": tokens // 2,
+            "train_seconds": seconds, "peak_rss_bytes": rss, "train_loss": 1.0, "eval_loss": eval_loss,
+            "optimizer_steps": 3}
+
+
+def test_split_keeps_train_and_eval_apart():
+    train, held_out = workloads.split_records(RECORDS, 4, 2)
+    assert train == RECORDS[:4] and held_out == RECORDS[4:]
+    with pytest.raises(ValueError, match="needs 5 \\+ 2"):
+        workloads.split_records(RECORDS, 5, 2)
+
+
+def test_tokenizer_has_chatml_specials_and_template():
+    tokenizer = workloads.train_tokenizer(RECORDS, vocab_size=300)
+    assert tokenizer.pad_token == "<|endoftext|>" and tokenizer.eos_token == "<|im_end|>"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert text == "<|im_start|>user\nhi<|im_end|>\n"
+    assert tokenizer.convert_tokens_to_ids("<|im_start|>") != tokenizer.unk_token_id
+
+
+def test_training_flops_counts_head_on_supervised_tokens_only():
+    config = {"hidden_size": 4, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "intermediate_size": 8, "vocab_size": 10}
+    per_layer = 4 * 2 * (2 * 2 + 2 * 1) + 3 * 4 * 8  # q,o (2 heads) + k,v (1 kv head) + 3 MLP matrices
+    full = matmul_peak.training_flops(config, tokens=100, supervised=10)
+    assert full == 6 * 2 * per_layer * 100 + 6 * 40 * 10
+    partial = matmul_peak.training_flops(config, tokens=100, supervised=10, trainable_last_layers=1)
+    assert partial == (2 * 2 + 4 * 1) * per_layer * 100 + 4 * 40 * 10
+
+
+def test_table_and_ratio_compare_with_the_fastest_peer():
+    results = [result("sftlab-packed", "bf16", 3000, 1.0, 2 * 2**30, 5.05),
+               result("trl-packed", "bf16", 1000, 1.0, 4 * 2**30, 5.0),
+               result("lf-neat", "bf16", 1500, 1.0, 4 * 2**30, 5.0),
+               {"setting": "trl-default", "tool": "TRL SFTTrainer", "precision": "fp32", "error": "boom"}]
+    table = bench.format_table(results)
+    assert table.count("\n") == 5 and "| LLaMA-Factory | neat_packing | bf16 | 3 | 1500 | 750 | 4.00 GiB |" in table
+    assert "failed: boom" in table
+    assert bench.ratio_line(results) == "tokens_per_s_ratio=2.00 peak_rss_ratio=0.50 eval_loss_delta=+0.0100"
+    assert bench.ratio_line(results[:1]).endswith("eval_loss_delta=nan")
+
+
+def test_stub_torchaudio_raises_on_use(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH / "_peers" / "stub_torchaudio"))
+    monkeypatch.delitem(sys.modules, "torchaudio", raising=False)
+    stub = importlib.import_module("torchaudio")
+    assert stub.__version__.endswith("bench-stub")
+    with pytest.raises(ImportError, match="stand-in"):
+        stub.load  # noqa: B018
+    monkeypatch.delitem(sys.modules, "torchaudio")
