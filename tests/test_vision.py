@@ -214,6 +214,10 @@ def test_registry_entries_and_file_urls(tmp_path, images):
     train, val = load_vision_examples(cfg, tmp_path)
     assert len(train) == 2 and len(val) == 1
     assert sorted(e["images"][0] for e in train + val) == sorted(str(images / f"{c}.png") for c in COLOURS)
+    with pytest.raises(SftlabError, match="data.columns: not supported for image"):
+        load_vision_examples(cfg.model_copy(update={"columns": {"messages": "turns"}}), tmp_path)
+    with pytest.raises(SftlabError, match="data.format 'alpaca': image"):
+        load_vision_examples(cfg.model_copy(update={"format": "alpaca"}), tmp_path)
 
 
 def test_system_field_and_tiny_vlm_command(tmp_path, images):

@@ -191,6 +191,12 @@ def _resolve(item, data_cfg, base: Path | None, registry: dict | None, registry_
 def load_vision_examples(data_cfg, base_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
     """Train and validation multimodal examples: files or registry names, mixed by weight, split like text data."""
     base = Path(base_dir) if base_dir is not None else None
+    specs = [item for item in (data_cfg.train if isinstance(data_cfg.train, list) else []) if not isinstance(item, str)]
+    if data_cfg.format not in ("auto", "sharegpt", "messages") or any(spec.format for spec in specs):
+        raise SftlabError(f"data.format {data_cfg.format!r}: image+text data is read as sharegpt or messages records")
+    if data_cfg.columns or any(spec.columns for spec in specs):
+        raise SftlabError("data.columns: not supported for image+text data (records use messages/conversations "
+                          "and images; a registry entry's columns work)")
     registry = registry_dir = None
     if data_cfg.registry:
         registry_path = Path(data_cfg.registry)
