@@ -169,3 +169,13 @@ def test_backprop_depth_stops_at_the_lowest_trainable_block():
 def test_bf16_precision_halves_activation_bytes():
     assert Workload(batch=1, seq=8, precision="bf16").activation_bytes == 2
     assert Workload(batch=1, seq=8).activation_bytes == 4
+
+
+def test_streaming_data_is_refused_with_one_line(tmp_path):
+    from sftlab.plan.planner import build_plan
+
+    raw = tiny_config(tmp_path, hidden=32, layers=1)
+    raw["train"]["stage"] = "pt"
+    raw["data"].update(streaming=True, val_ratio=0.0)
+    with pytest.raises(SftlabError, match="data.streaming: `sftlab plan` needs the training set in memory"):
+        build_plan(load_config(None, [], base=raw), None, load_thresholds())

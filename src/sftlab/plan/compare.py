@@ -144,8 +144,10 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
             thresholds: dict, overwrite: bool = False) -> dict:
     """Train each strategy, then write compare.json, compare.md and compare.png in `out_dir`."""
     from sftlab.io import check_output_dir
+    from sftlab.plan.planner import require_in_memory_data
     from sftlab.plan.report import write_report
 
+    require_in_memory_data(cfg, "compare")
     check_output_dir(out_dir, overwrite)
     num_layers = _num_layers(cfg)
     rows = []

@@ -24,6 +24,15 @@ KINDS = ("full", "freeze", "lora", "auto")
 REAL_COUNT_MAX_BYTES = 2 * 1024**3
 
 
+def require_in_memory_data(cfg, command: str) -> None:
+    """The planner measures the longest training rows, so it needs the whole training set, not a stream."""
+    from sftlab.errors import SftlabError
+
+    if getattr(cfg.data, "streaming", False):
+        raise SftlabError(f"data.streaming: `sftlab {command}` needs the training set in memory; run it with "
+                          "data.streaming=false on a sample of the corpus (e.g. data.max_samples=10000)")
+
+
 def strategy_config(cfg, kind: str, thresholds: dict, num_layers: int | None = None):
     """`cfg` with strategy.kind=kind; the freeze row trains the last blocks when strategy.freeze selects nothing."""
     strategy = cfg.strategy.model_copy(update={"kind": kind}, deep=True)
@@ -126,6 +135,7 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     from sftlab.plan.probe import worst_case_workload
     from sftlab.train.setup import make_collate
 
+    require_in_memory_data(cfg, "plan")
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_data(cfg, tokenizer, base_dir)
     collate = make_collate(cfg, tokenizer)
