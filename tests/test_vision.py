@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -227,3 +228,18 @@ def test_system_field_and_tiny_vlm_command(tmp_path, images):
     assert example["messages"][0] == {"role": "system", "content": "Be brief."}
     assert main(["model", "tiny-vlm", "llava", str(tmp_path / "llava")]) == 0
     assert is_vision_model(model_cfg(tmp_path / "llava")) and (tmp_path / "llava" / "chat_template.jinja").is_file()
+
+
+SFT_DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "sft_demo"
+
+
+@pytest.mark.skipif(not (SFT_DEMO / "mllm_demo.json").is_file(), reason="../shared/data/sft_demo absent")
+def test_llama_factory_mllm_demo_through_its_registry(tiny_dirs):
+    from sftlab.config.schema import DataConfig
+    from sftlab.vision.data import load_vision_examples
+
+    train, _ = load_vision_examples(DataConfig(train="mllm_demo", registry=str(SFT_DEMO / "dataset_info.json")))
+    assert len(train) == 6 and all(Path(image).is_file() for e in train for image in e["images"])
+    processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
+    rows = [encode_vision_example(example, processor, 1024) for example in train]
+    assert all(row["status"] == "ok" and row["image_tokens"] >= len(e["images"]) for row, e in zip(rows, train))
