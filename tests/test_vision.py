@@ -243,3 +243,13 @@ def test_llama_factory_mllm_demo_through_its_registry(tiny_dirs):
     processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
     rows = [encode_vision_example(example, processor, 1024) for example in train]
     assert all(row["status"] == "ok" and row["image_tokens"] >= len(e["images"]) for row, e in zip(rows, train))
+
+
+def test_image_token_count_the_model_does_not_expect_is_refused(tiny_dirs, images, monkeypatch):
+    from transformers.processing_utils import MultiModalData
+
+    processor = load_processor(model_cfg(tiny_dirs["qwen2_vl"]))
+    monkeypatch.setattr(processor, "_get_num_multimodal_tokens",
+                        lambda image_sizes, **kwargs: MultiModalData(num_image_tokens=[9] * len(image_sizes)))
+    with pytest.raises(SftlabError, match=r"d.json:3: 4 image tokens after processing but the model expects 9 "):
+        encode_vision_example(to_multimodal(record(), images), processor, 512)
