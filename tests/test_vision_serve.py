@@ -48,6 +48,11 @@ def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
     again = client.chat.completions.create(model=model, messages=[image_message(data_url())], max_tokens=5,
                                            temperature=0)
     assert again.choices[0].message.content == reply.choices[0].message.content  # greedy: same answer
+    chunks = list(client.chat.completions.create(model=model, messages=[image_message(data_url())], max_tokens=5,
+                                                 temperature=0, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
+    assert chunks[-2].choices[0].finish_reason == reply.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
     text_only = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     assert text_only.usage.completion_tokens <= 3
 
@@ -55,7 +60,7 @@ def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
 @pytest.mark.parametrize("body, message", [
     ({"messages": [image_message("/etc/hostname")]}, "only data URLs"),
     ({"messages": [image_message("data:image/png;base64,AAAA")]}, "cannot read image"),
-    ({"messages": [image_message(data_url())], "stream": True}, "stream: requests with images"),
+    ({"messages": [image_message(data_url())], "stream": True, "stop": "x"}, "stop: not supported together with stream"),
 ])
 def test_bad_image_requests_are_400(vlm_server, body, message):
     response = httpx.post(f"{vlm_server.url}/v1/chat/completions", json={"model": "tiny-vlm", **body}, timeout=60)

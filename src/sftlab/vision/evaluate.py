@@ -38,8 +38,11 @@ def _model_device(model):
 
 
 def generate_answer(model, processor, messages: list[dict], images: list, max_new_tokens: int = 64,
-                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0) -> tuple[str, int, int]:
-    """(answer text, prompt tokens, generated tokens) for a prompt (messages with `<image>`) and its PIL images."""
+                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                    streamer=None) -> tuple[str, int, int]:
+    """(answer text, prompt tokens, generated tokens) for a prompt (messages with `<image>`) and its PIL images.
+
+    `streamer` (e.g. transformers' TextIteratorStreamer) receives the tokens as they are generated."""
     import torch
 
     text = render(processor, to_content_parts(messages), add_generation_prompt=True)
@@ -53,7 +56,7 @@ def generate_answer(model, processor, messages: list[dict], images: list, max_ne
         with torch.no_grad():
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                  eos_token_id=stop_ids(processor), pad_token_id=processor.tokenizer.pad_token_id,
-                                 **sampling)
+                                 streamer=streamer, **sampling)
     finally:
         model.train(was_training)
     width = inputs["input_ids"].shape[1]

@@ -5,13 +5,15 @@
 
 Images come as `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` parts. Only data
 URLs are accepted: a server never opens files or URLs that a client names. Such requests run outside the text
-engine's continuous batch, one at a time (a lock), with the served adapter active; `stream: true` is refused
-for them. A model without a vision tower answers 400. Errors raise `sftlab.serve.errors.APIError`.
+engine's continuous batch, one at a time (a lock), with the served adapter active. With `stream: true` the text
+comes as OpenAI chunks while it is generated (transformers' TextIteratorStreamer); `stop` strings are then refused.
+A model without a vision tower answers 400. Errors raise `sftlab.serve.errors.APIError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 from sftlab.errors import SftlabError
@@ -56,7 +58,7 @@ def request_conversation(messages) -> tuple[list[dict], list]:
     return converted, images
 
 
-def _generate(served, body, messages: list[dict], images: list) -> dict:
+def _generate(served, body, messages: list[dict], images: list, streamer=None) -> dict:
     import torch
 
     from sftlab.config.schema import ModelConfig
@@ -71,7 +73,7 @@ def _generate(served, body, messages: list[dict], images: list) -> dict:
         if body.seed is not None:
             torch.manual_seed(body.seed)
         text, prompt_tokens, generated = generate_answer(served.model, processor, messages, images, limit, sample,
-                                                         body.temperature, body.top_p)
+                                                         body.temperature, body.top_p, streamer)
     reason = "length" if generated >= limit else "stop"
     for stop in body.stop_strings():
         if stop and stop in text:
@@ -79,8 +81,10 @@ def _generate(served, body, messages: list[dict], images: list) -> dict:
     return {"text": text, "finish_reason": reason, "prompt_tokens": prompt_tokens, "completion_tokens": generated}
 
 
-async def answer_with_images(served, body, request_id: str) -> dict:
-    """The chat.completion response to a request with image parts (see module docstring)."""
+async def answer_with_images(served, body, request_id: str):
+    """The chat.completion response (or, with `stream`, its server-sent events) to a request with image parts."""
+    from fastapi.responses import StreamingResponse
+
     from sftlab.serve import schemas
     from sftlab.serve.errors import APIError
     from sftlab.vision.load import is_vision_model_dir
@@ -91,9 +95,53 @@ async def answer_with_images(served, body, request_id: str) -> dict:
     if served.base_dir is None or not is_vision_model_dir(served.base_dir):
         raise APIError(400, f"model {body.model!r} does not take images (it has no vision tower)",
                        param="messages", code="invalid_value")
-    if body.stream:
-        raise APIError(400, "stream: requests with images are answered whole; set stream to false",
-                       param="stream", code="invalid_value")
+    if body.stream and body.stop_strings():
+        raise APIError(400, "stop: not supported together with stream for requests with images",
+                       param="stop", code="invalid_value")
     messages, images = request_conversation(body.messages)
+    if body.stream:
+        return StreamingResponse(_stream(served, body, messages, images, request_id), media_type="text/event-stream",
+                                 headers={"x-request-id": request_id})
     done = await asyncio.to_thread(_generate, served, body, messages, images)
     return schemas.chat_response(request_id, body.model, done)
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _stream(served, body, messages: list[dict], images: list, request_id: str):
+    """OpenAI chunks: the role, each piece of text as transformers' TextIteratorStreamer decodes it, the finish."""
+    from transformers import TextIteratorStreamer
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.serve import schemas
+    from sftlab.vision.load import load_processor
+
+    tokenizer = load_processor(ModelConfig(path=str(served.base_dir))).tokenizer
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+    def generate():
+        try:
+            return _generate(served, body, messages, images, streamer)
+        finally:
+            streamer.end()  # ends the reader below even when generation failed before streaming anything
+
+    task = asyncio.ensure_future(asyncio.to_thread(generate))
+    yield _sse(schemas.chat_chunk(request_id, body.model, {"role": "assistant", "content": ""}))
+    pieces = iter(streamer)
+    while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+        if piece:
+            yield _sse(schemas.chat_chunk(request_id, body.model, {"content": piece}))
+    try:
+        done = await task
+    except Exception as exc:  # the generation failed after the response started: tell the client in-stream
+        yield _sse({"error": {"message": f"generation failed: {type(exc).__name__}", "type": "server_error",
+                              "param": None, "code": None}})
+        yield "data: [DONE]\n\n"
+        return
+    last = schemas.chat_chunk(request_id, body.model, {}, done["finish_reason"])
+    yield _sse(last)
+    if body.stream_options and body.stream_options.include_usage:
+        yield _sse({"id": request_id, "object": last["object"], "created": last["created"], "model": body.model,
+                    "choices": [], "usage": schemas.usage(done)})
+    yield "data: [DONE]\n\n"
