@@ -253,3 +253,23 @@ def test_image_token_count_the_model_does_not_expect_is_refused(tiny_dirs, image
                         lambda image_sizes, **kwargs: MultiModalData(num_image_tokens=[9] * len(image_sizes)))
     with pytest.raises(SftlabError, match=r"d.json:3: 4 image tokens after processing but the model expects 9 "):
         encode_vision_example(to_multimodal(record(), images), processor, 512)
+
+
+@pytest.mark.parametrize("family, key, value, message", [
+    ("qwen2_vl", ("vision_config", "patch_size"), 16, "image_processor.patch_size is 14 but config.json "
+                                                      "vision_config.patch_size is 16"),
+    ("gemma3", ("mm_tokens_per_image",), 16, "image_seq_length is 4 but config.json mm_tokens_per_image is 16"),
+])
+def test_processor_settings_that_disagree_with_the_model_are_refused(tiny_dirs, tmp_path, family, key, value, message):
+    import shutil
+
+    from sftlab.vision.load import check_processor_matches_model
+
+    check_processor_matches_model(load_processor(model_cfg(tiny_dirs[family])), tiny_dirs[family])
+    copy = tmp_path / family
+    shutil.copytree(tiny_dirs[family], copy)
+    config = json.loads((copy / "config.json").read_text())
+    (config[key[0]] if len(key) == 2 else config)[key[-1]] = value
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SftlabError, match=re.escape(message)):
+        check_processor_matches_model(load_processor(model_cfg(copy)), copy)

@@ -157,7 +157,7 @@ def encode_vision_example(example: dict, processor, max_length: int, mask: str =
     expected = expected_image_tokens(processor, images)
     if expected is not None and found != expected:
         raise SftlabError(f"{src}: {found} image tokens after processing but the model expects {expected} for "
-                          f"{len(images)} image(s); the processor and the model's vision settings disagree")
+                          f"{len(images)} image(s) of these sizes (processor._get_num_multimodal_tokens)")
     status = "ok"
     if len(input_ids) > max_length:
         bos_id = processor.tokenizer.bos_token_id

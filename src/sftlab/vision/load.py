@@ -181,3 +181,29 @@ def copy_processor_files(model, directory: Path) -> list[str]:
             shutil.copy2(source / name, Path(directory) / name)
             copied.append(name)
     return copied
+
+
+# (name in config.json, where) -> the processor attribute that must agree with it
+_AGREEMENT = ((("vision_config", "patch_size"), ("image_processor", "patch_size")),
+              (("vision_config", "spatial_merge_size"), ("image_processor", "merge_size")),
+              (("vision_config", "temporal_patch_size"), ("image_processor", "temporal_patch_size")),
+              (("mm_tokens_per_image",), ("image_seq_length",)))
+
+
+def check_processor_matches_model(processor, directory: str | Path) -> None:
+    """Fail before training when the processor's image settings disagree with the model's config.json.
+
+    Compares patch size, merge size and temporal patch size (Qwen-VL image processors against vision_config)
+    and Gemma 3's image tokens per image (`mm_tokens_per_image` against the processor's `image_seq_length`):
+    a mismatch would give image token counts the model cannot use."""
+    config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    for config_path, processor_path in _AGREEMENT:
+        expected = config
+        for key in config_path:
+            expected = expected.get(key) if isinstance(expected, dict) else None
+        actual = processor
+        for name in processor_path:
+            actual = getattr(actual, name, None)
+        if expected is not None and actual is not None and expected != actual:
+            raise SftlabError(f"model.path {str(directory)!r}: the processor's {'.'.join(processor_path)} is {actual!r} "
+                              f"but config.json {'.'.join(config_path)} is {expected!r}; fix the processor files")

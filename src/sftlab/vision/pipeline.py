@@ -4,9 +4,11 @@
     prepared.train[0]   # {"input_ids", "labels", "images", "image_tokens"}
 
 `sftlab.data.pipeline.prepare_data` hands sft runs on a vision-language model (see
-`sftlab.vision.load.is_vision_model`) to this module. Every record is checked and encoded before training
-starts (placeholders vs images, readable images, image token counts; see `sftlab.vision.encode`); samples
-dropped for length or for having nothing to supervise are counted in the stats, never cut inside an image.
+`sftlab.vision.load.is_vision_model`) to this module. The processor's image settings are compared with the
+model's config.json (`sftlab.vision.load.check_processor_matches_model`), and every record is checked and
+encoded before training starts (placeholders vs images, readable images, image token counts; see
+`sftlab.vision.encode`); samples dropped for length or for having nothing to supervise are counted in the stats,
+never cut inside an image.
 `data.packing` and `data.balance` resampling are refused for image rows; rows are not cached on disk.
 """
 
@@ -52,7 +54,7 @@ def prepare_vision_data(cfg, base_dir: str | Path | None = None):
     """Load, check, split and encode the image+text data of an sft run on a vision-language model."""
     from sftlab.data.pipeline import PreparedData
     from sftlab.vision.data import load_vision_examples
-    from sftlab.vision.load import load_processor
+    from sftlab.vision.load import check_processor_matches_model, load_processor
 
     if cfg.train.stage != "sft":
         raise SftlabError(f"train.stage {cfg.train.stage}: image+text data trains with stage sft")
@@ -61,6 +63,7 @@ def prepare_vision_data(cfg, base_dir: str | Path | None = None):
     if cfg.data.balance in ("oversample", "undersample"):
         raise SftlabError(f"data.balance={cfg.data.balance} needs labels; image+text sft data has none")
     processor = load_processor(cfg.model)
+    check_processor_matches_model(processor, cfg.model.path)
     train_examples, val_examples = load_vision_examples(cfg.data, base_dir)
     stats: dict = {"stage": "sft", "modality": "image+text",
                    "examples": {"train": len(train_examples), "validation": len(val_examples)}}
