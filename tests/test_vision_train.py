@@ -114,7 +114,7 @@ def _write_config(tmp_path, raw) -> str:
 
 
 def _run_config(tmp_path, model_dir, train_file, **groups):
-    raw = {"model": {"path": str(model_dir)}, "data": {"train": str(train_file)},
+    raw = {"model": {"path": str(model_dir)}, "data": {"train": str(train_file), "cache_dir": str(tmp_path / "cache")},
            "train": {"stage": "sft", "max_steps": 2, "batch_size": 2, "lr": 1e-2, "max_length": 128},
            "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
     for group, values in groups.items():
@@ -220,7 +220,8 @@ def test_other_families_train_only_their_projector(tmp_path, data_dir, family):
 @pytest.mark.skipif(not (CAPTIONS / "mllm_caption_sharegpt.json").is_file(), reason="../shared/data/image_captions absent")
 def test_example_config_runs_as_documented(tmp_path, qwen_dir, capsys):
     example = Path(__file__).resolve().parents[1] / "examples" / "vision" / "captions_freeze.yaml"
-    overrides = [f"model.path={qwen_dir}", f"output.dir={tmp_path / 'run'}", "train.max_steps=1", "eval.max_new_tokens=2"]
+    overrides = [f"model.path={qwen_dir}", f"output.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}",
+                 "train.max_steps=1", "eval.max_new_tokens=2"]
     assert main(["train", str(example), *overrides, "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["step"] == 1 and "eval_rouge_l" in metrics
@@ -243,3 +244,22 @@ def test_cli_eval_scores_a_trained_vlm_with_its_images(tmp_path, qwen_dir, data_
     assert summary["metrics"]["n"] == 4 and summary["metrics"]["method"] == "generate"
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [row["reference"] for row in rows] == [f"It is {c}." for c in COLOURS] and "generated" in rows[0]
+
+
+def test_encoded_rows_are_cached_until_an_image_changes(tmp_path, qwen_dir, data_dir):
+    import os
+    import shutil
+
+    from sftlab.config.load import load_config
+    from sftlab.vision.pipeline import prepare_vision_data
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    cfg = load_config(_run_config(tmp_path, qwen_dir, data / "colours.jsonl", data={"cache_dir": "cache"}))  # relative
+    first = prepare_vision_data(cfg, tmp_path)
+    again = prepare_vision_data(cfg, tmp_path)
+    assert not first.stats["train"]["cache_hit"] and again.stats["train"]["cache_hit"]
+    assert again.stats["train"]["cache_path"].startswith(str(tmp_path / "cache"))
+    assert again.train.to_dict() == first.train.to_dict()
+    os.utime(data / "images" / "red.png", ns=(1, 1))
+    assert not prepare_vision_data(cfg, tmp_path).stats["train"]["cache_hit"]

@@ -9,11 +9,18 @@ model's config.json (`sftlab.vision.load.check_processor_matches_model`), and ev
 encoded before training starts (placeholders vs images, readable images, image token counts; see
 `sftlab.vision.encode`); samples dropped for length or for having nothing to supervise are counted in the stats,
 never cut inside an image.
-`data.packing` and `data.balance` resampling are refused for image rows; rows are not cached on disk.
+`data.packing` and `data.balance` resampling are refused for image rows.
+
+Rows are cached like text rows (`sftlab.data.tokenize.cache_root`: `data.cache_dir`, relative to the config's
+directory, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`), one directory per key: the examples,
+each image file's size and modification time, the tokenizer, chat template and image processor settings, the
+length settings and the source of the vision modules. Every image is still opened once by the record checks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -50,6 +57,44 @@ def tokenize_vision_examples(examples: list[dict], processor, cfg) -> tuple[obje
     return Dataset.from_dict(columns), stats
 
 
+def _cache_key(examples: list[dict], processor, cfg) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        public = {key: value for key, value in example.items() if not key.startswith("_")}
+        digest.update(json.dumps(public, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
+        for reference in example.get("images") or []:
+            if not reference.startswith("data:"):
+                stat = Path(reference).stat()
+                digest.update(f"{reference}:{stat.st_size}:{stat.st_mtime_ns}".encode("utf-8"))
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join(path.read_bytes() for path in sorted(here.glob("*.py")))).hexdigest()
+    digest.update(json.dumps([type(processor).__name__, vocab, processor.chat_template,
+                              processor.image_processor.to_json_string(), cfg.train.max_length, cfg.data.mask,
+                              cfg.data.truncation, code], sort_keys=True, default=str).encode("utf-8"))
+    return digest.hexdigest()[:24]
+
+
+def cached_vision_rows(examples: list[dict], processor, cfg, data_cfg) -> tuple[object, dict]:
+    """`tokenize_vision_examples` through the on-disk cache (see module docstring); stats say whether it hit."""
+    from datasets import load_from_disk
+
+    from sftlab.data.tokenize import cache_root
+    from sftlab.io import atomic_dir, atomic_write_json
+
+    folder = cache_root(data_cfg) / f"vision-{_cache_key(examples, processor, cfg)}"
+    if (folder / "stats.json").is_file():
+        stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
+        return load_from_disk(str(folder / "rows")), {**stats, "cache_hit": True, "cache_path": str(folder)}
+    rows, stats = tokenize_vision_examples(examples, processor, cfg)
+    with atomic_dir(folder, overwrite=True) as tmp:
+        rows.save_to_disk(str(tmp / "rows"))
+        atomic_write_json(tmp / "stats.json", stats)
+    return load_from_disk(str(folder / "rows")), {**stats, "cache_hit": False, "cache_path": str(folder)}
+
+
 def prepare_vision_data(cfg, base_dir: str | Path | None = None):
     """Load, check, split and encode the image+text data of an sft run on a vision-language model."""
     from sftlab.data.pipeline import PreparedData
@@ -67,9 +112,12 @@ def prepare_vision_data(cfg, base_dir: str | Path | None = None):
     train_examples, val_examples = load_vision_examples(cfg.data, base_dir)
     stats: dict = {"stage": "sft", "modality": "image+text",
                    "examples": {"train": len(train_examples), "validation": len(val_examples)}}
-    train, stats["train"] = tokenize_vision_examples(train_examples, processor, cfg)
+    data_cfg = cfg.data
+    if data_cfg.cache_dir and base_dir is not None and not Path(data_cfg.cache_dir).expanduser().is_absolute():
+        data_cfg = data_cfg.model_copy(update={"cache_dir": str(Path(base_dir) / data_cfg.cache_dir)})
+    train, stats["train"] = cached_vision_rows(train_examples, processor, cfg, data_cfg)
     validation = None
     if val_examples:
-        validation, stats["validation"] = tokenize_vision_examples(val_examples, processor, cfg)
+        validation, stats["validation"] = cached_vision_rows(val_examples, processor, cfg, data_cfg)
     return PreparedData(train=train, validation=validation, stats=stats, val_examples=val_examples,
                         train_examples=train_examples)
