@@ -190,13 +190,21 @@ def test_vision_generation_and_label_metrics_use_the_images(qwen_dir, data_dir):
     assert result["n"] == 4 and result["labels"] == sorted(f"It is {c}." for c in COLOURS) and "macro_f1" in result
 
 
-def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, data_dir, capsys):
+def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, data_dir, capsys, monkeypatch):
+    import sftlab.vision.evaluate as vision_evaluate
+
+    seen = []
+    original = vision_evaluate.run_vision_task
+    monkeypatch.setattr(vision_evaluate, "run_vision_task",
+                        lambda task, model, processor, examples, opts: seen.append(examples) or original(
+                            task, model, processor, examples, opts))
     config = _run_config(tmp_path, qwen_dir, data_dir / "colours.jsonl", data={"validation": str(data_dir / "colours.jsonl")},
                          eval={"every_n_steps": 2, "metric": "rouge_l", "mode": "max", "max_new_tokens": 4,
-                               "max_samples": 2})
+                               "max_samples": 2, "data": str(data_dir / "colours.jsonl")})
     assert main(["train", config, "--no-progress"]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "eval_rouge_l" in metrics and "eval_bleu" in metrics and metrics["best_step"] == 2
+    assert seen and all(len(examples) == 2 and all(e["images"] for e in examples) for examples in seen)  # eval.data
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "gemma3"])

@@ -68,6 +68,14 @@ def options_from_config(cfg, label_names: list[str] | None = None) -> tasks.Eval
 
 def _examples(prepared, cfg, task: str) -> list[dict]:
     if cfg.eval.data:
+        from sftlab.vision.load import is_vision_model
+
+        if cfg.train.stage == "sft" and is_vision_model(cfg.model):  # image+text records (sftlab.vision.data)
+            from pathlib import Path
+
+            from sftlab.vision.data import read_vision_file
+
+            return read_vision_file(Path(cfg.eval.data))[: cfg.eval.max_samples or None]
         return tasks.load_examples(cfg.eval.data, task, max_samples=cfg.eval.max_samples)
     examples = list(getattr(prepared, "val_examples", None) or [])
     if not examples:
