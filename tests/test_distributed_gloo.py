@@ -5,6 +5,7 @@ Each test launches real worker processes, so all are marked slow (about a minute
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -153,3 +154,24 @@ def test_hung_rank_makes_the_others_stop_within_the_timeout(tmp_path):
     assert "error: training process rank 0 exited with code 2" in done.stderr
     hang_started = float((tmp_path / "hung" / "hang_started").read_text())
     assert 15 <= ended - hang_started < 15 + 45
+
+
+def test_ctrl_c_of_the_launcher_checkpoints_every_rank_at_the_same_step(tmp_path):
+    config = _config(tmp_path, "ctrl_c", max_steps=400, save_every_n_steps=1000)
+    launcher = subprocess.Popen([sys.executable, "-m", "sftlab", "train", str(config), "--nproc", "2", "--no-progress"],
+                                cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "ctrl_c" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGINT)
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode == 130, stderr[-3000:]
+    checkpoints = list((tmp_path / "ctrl_c" / "checkpoints").iterdir())
+    assert len(checkpoints) == 1
+    step = json.loads((checkpoints[0] / "sftlab_state.json").read_text())["step"]
+    assert 2 <= step < 400
+    assert f"interrupted; latest checkpoint: {checkpoints[0]}; resume with: sftlab train {config} --nproc 2 --resume" in stderr
+    import torch
+
+    assert len(torch.load(checkpoints[0] / "rng_state_ranks.pt", weights_only=True)) == 2  # one RNG state per rank

@@ -39,10 +39,19 @@ def _worker_command(args) -> list[str]:
 
 def _launch(args, cfg) -> int:
     """Start the workers and wait for them; a failed worker becomes one error line (exit 2)."""
+    from sftlab.train.checkpoint import latest_checkpoint
     from sftlab.train.distributed import launch
 
-    launch(_worker_command(args), args.nproc or 1, nnodes=args.nnodes, node_rank=args.node_rank,
-           rdzv_endpoint=args.rdzv_endpoint)
+    try:
+        launch(_worker_command(args), args.nproc or 1, nnodes=args.nnodes, node_rank=args.node_rank,
+               rdzv_endpoint=args.rdzv_endpoint)
+    except KeyboardInterrupt:
+        checkpoint = latest_checkpoint(Path(cfg.output.dir).expanduser())
+        launch_options = ["--nproc", str(args.nproc or 1)] + (["--nnodes", str(args.nnodes)] if args.nnodes > 1 else [])
+        command = shlex.join(["sftlab", "train", args.config, *args.overrides, *launch_options, "--resume"])
+        where = f"latest checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written"
+        print(f"interrupted; {where}; resume with: {command}", file=sys.stderr)
+        return 130
     if args.node_rank == 0:
         print(f"trained with {(args.nproc or 1) * args.nnodes} processes; model in {Path(cfg.output.dir) / 'model'}")
     return 0
@@ -63,6 +72,10 @@ def handle(args) -> int:
         result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=Path(args.config).parent,
                               show_progress=not args.no_progress)
     except TrainingInterrupted as stop:
+        if in_worker:  # the launcher (sftlab train --nproc) prints the exact command
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"{stop}; resume by repeating the launch with --resume", file=sys.stderr)
+            return 130
         command = shlex.join(["sftlab", "train", args.config, *args.overrides, "--resume"])
         print(f"{stop}; resume with: {command}", file=sys.stderr)
         return 130

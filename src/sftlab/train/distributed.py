@@ -9,8 +9,9 @@ count and multiplied by the process count (the gradient all-reduce averages over
 batch B take the same steps, with the same losses, as 1 process x batch N*B.
 
 The accelerator runs gloo on CPU and NCCL on CUDA; the process group timeout is `train.dist_timeout_s`.
-`train.distributed` picks ddp, fsdp (full shard, FSDP2; the final model is gathered into ordinary
-safetensors) or DeepSpeed ZeRO-2/3 (CUDA only, checked at config time). `launch` starts N workers
+`train.distributed` picks ddp, fsdp (full shard, FSDP2) or DeepSpeed ZeRO-2/3; fsdp and ZeRO need CUDA
+(checked at config time), gather the final and best model into ordinary safetensors, and write no
+resumable step checkpoints yet (refused at start). `launch` starts N workers
 through `torch.distributed.run` (torchrun), which stops every worker when one dies.
 """
 
@@ -38,7 +39,7 @@ def make_accelerator(cfg):
     AcceleratorState._reset_state()  # a previous in-process run may have used other precision settings
     plugins = {}
     if world_size() > 1 and cfg.train.distributed == "fsdp":
-        plugins["fsdp_plugin"] = _fsdp_plugin(cfg)
+        plugins["fsdp_plugin"] = _fsdp_plugin()
     elif world_size() > 1 and cfg.train.distributed in ("zero2", "zero3"):
         plugins["deepspeed_plugin"] = _deepspeed_plugin(cfg)
     return Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
@@ -47,7 +48,7 @@ def make_accelerator(cfg):
                        **plugins)
 
 
-def _fsdp_plugin(cfg):
+def _fsdp_plugin():
     """FSDP2 full shard of every decoder layer; full (gathered) state dicts so saves are ordinary safetensors."""
     from accelerate import FullyShardedDataParallelPlugin
 
@@ -58,14 +59,48 @@ def _fsdp_plugin(cfg):
 
 
 def _deepspeed_plugin(cfg):
-    """DeepSpeed ZeRO-2/3 with the micro-batch and accumulation of this run (CUDA only; see docs/distributed.md)."""
+    """DeepSpeed ZeRO-2/3 with this run's micro-batch, precision and clipping (CUDA only; see docs/distributed.md)."""
     from accelerate import DeepSpeedPlugin
 
     stage = 3 if cfg.train.distributed == "zero3" else 2
     config = {"train_micro_batch_size_per_gpu": cfg.train.batch_size, "gradient_accumulation_steps": 1,
               "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": stage == 3},
-              "bf16": {"enabled": cfg.train.precision == "bf16"}, "gradient_clipping": "auto"}
+              "bf16": {"enabled": cfg.train.precision == "bf16"}, "gradient_clipping": cfg.train.max_grad_norm or 0.0}
     return DeepSpeedPlugin(hf_ds_config=config, zero3_save_16bit_model=stage == 3)
+
+
+def check_processes(cfg, accelerator) -> None:
+    """Fail at start when a multi-process run cannot do what train.distributed asks."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.num_processes == 1 or cfg.train.distributed == "ddp":
+        return
+    expected = DistributedType.FSDP if cfg.train.distributed == "fsdp" else DistributedType.DEEPSPEED
+    if accelerator.distributed_type != expected:
+        raise SftlabError(f"train.distributed={cfg.train.distributed}: accelerate set up "
+                          f"{accelerator.distributed_type.value} instead; use train.distributed=ddp here")
+    if cfg.train.save_every_n_steps:
+        raise SftlabError(f"train.save_every_n_steps: train.distributed={cfg.train.distributed} cannot write resumable "
+                          "step checkpoints yet (the sharded optimizer state is not consolidated); unset it or use ddp")
+
+
+def sharded(cfg, accelerator) -> bool:
+    """Whether the weights are sharded over processes (FSDP or ZeRO), so saving gathers them first."""
+    return accelerator.num_processes > 1 and cfg.train.distributed != "ddp"
+
+
+def gathered_state_dict(cfg, accelerator, objective, model) -> dict | None:
+    """The full weights of a sharded `model` (inside the prepared `objective`), gathered by every rank's call.
+
+    Keys are those of `model.save_pretrained` (peft: the adapter's own); None when the model is not sharded."""
+    if not sharded(cfg, accelerator):
+        return None
+    state = {key.removeprefix("model."): value for key, value in accelerator.get_state_dict(objective).items()}
+    if hasattr(model, "peft_config"):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model, state_dict=state)
+    return state
 
 
 def rank_share(indices: list[int], rank: int, processes: int) -> tuple[list[int], bool]:
@@ -102,6 +137,19 @@ def gather_objects(accelerator, value) -> list:
     return gather_object([value])
 
 
+def combine_eval_sums(accelerator):
+    """A function that sums evaluation totals and joins cls predictions/labels over all processes (None for one)."""
+    if accelerator.num_processes == 1:
+        return None
+
+    def combine(sums: dict) -> dict:
+        total, count = reduce_sum(accelerator, [sums["total"], float(sums["count"])])
+        parts = gather_objects(accelerator, (sums["predictions"], sums["labels"]))
+        return {"total": total, "count": int(count), "predictions": [p for predicted, _ in parts for p in predicted],
+                "labels": [label for _, labels in parts for label in labels]}
+    return combine
+
+
 def no_sync_unless_last(accelerator, model, is_last: bool):
     """Skip the gradient all-reduce for all but the last micro-batch of a step (DDP/FSDP accumulate locally)."""
     if accelerator.num_processes == 1 or is_last:
@@ -130,7 +178,10 @@ def launch(program: list[str], nproc: int, **options) -> None:
 
     torchrun watches its workers: when one exits with an error or is killed, it stops the others and
     reports the first failure here. A rank that hangs makes the others fail after `train.dist_timeout_s`.
+    Ctrl-C makes torchrun send SIGTERM to the workers (which stop at the next step boundary and checkpoint)
+    and kill them 30 s later; it is raised here as KeyboardInterrupt.
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -139,6 +190,8 @@ def launch(program: list[str], nproc: int, **options) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, stated so it does not warn
     try:
         run(parse_args(launch_arguments(program, nproc, **options)))
+    except SignalException as stop:  # Ctrl-C (or SIGTERM) reached the launcher; workers got SIGTERM to stop
+        raise KeyboardInterrupt(str(stop)) from None
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
         how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
@@ -147,14 +200,17 @@ def launch(program: list[str], nproc: int, **options) -> None:
 
 
 def lost_contact_message(exc: BaseException, timeout_s: int) -> str | None:
-    """A one-line message when `exc` is a collective that failed because another rank died or hung, else None."""
+    """A one-line message when `exc` is a collective that failed because another rank died or hung, else None.
+
+    Only in a multi-process run (WORLD_SIZE > 1): a torch.distributed error, or a RuntimeError from gloo/NCCL
+    that timed out or lost its connection (the process group may already be torn down when this is asked)."""
     import torch.distributed as dist
 
-    if not isinstance(exc, (dist.DistError, RuntimeError)) or not dist.is_initialized():
+    if world_size() == 1 or not isinstance(exc, (dist.DistError, RuntimeError)):
         return None
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    words = ("timed out", "timeout", "connection", "closed", "peer", "gloo", "nccl", "broken pipe")
+    words = ("timed out", "timeout", "connection", "closed", "peer", "broken pipe")
     if not isinstance(exc, dist.DistError) and not any(word in text.lower() for word in words):
         return None
-    return (f"rank {dist.get_rank()}: another training process stopped answering or died "
+    return (f"rank {os.environ.get('RANK', '?')}: another training process stopped answering or died "
             f"(train.dist_timeout_s={timeout_s}): {text[:200]}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -30,10 +31,11 @@ from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
                                      save_checkpoint, save_model_dir)
-from sftlab.train.distributed import gather_objects, no_sync_unless_last, rank_share, reduce_sum
+from sftlab.train.distributed import (combine_eval_sums, gather_objects, gathered_state_dict, no_sync_unless_last,
+                                      rank_share, reduce_sum, sharded, world_size)
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
-from sftlab.train.validate import accumulate_batches, evaluate_batches, improved, metrics_from_sums, task_metrics
+from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
 StepCallback = Callable[[int, float], None]
 
@@ -108,22 +110,29 @@ def cleanup(session: Session) -> None:
 
 @contextlib.contextmanager
 def stop_on_sigint(flag: dict):
-    """First Ctrl-C sets flag['stop'] so the loop stops at the next step boundary; a second one interrupts at once."""
+    """First Ctrl-C sets flag['stop'] so the loop stops at the next step boundary; a second one interrupts at once.
+
+    torchrun passes the signal it gets on to its workers (SIGINT for Ctrl-C) and kills them 30 s later; a
+    worker also treats SIGTERM (`kill` of the launcher) as a stop request, never escalated. Only rank 0 says so."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        if flag.get("stop"):
+        if flag.get("stop") and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if not flag.get("stop") and os.environ.get("RANK", "0") == "0":
+            sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
         flag["stop"] = True
-        sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
 
     previous = signal.signal(signal.SIGINT, handler)
+    previous_term = signal.signal(signal.SIGTERM, handler) if world_size() > 1 else None
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
 
 def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
@@ -209,8 +218,9 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
     grad_norm = None
     if session.cfg.train.max_grad_norm is not None:
         params = [p for p in session.model.parameters() if p.requires_grad]
-        grad_norm = float(accelerator.clip_grad_norm_(params, session.cfg.train.max_grad_norm))
-        if not math.isfinite(grad_norm):
+        norm = accelerator.clip_grad_norm_(params, session.cfg.train.max_grad_norm)  # None: DeepSpeed clips itself
+        grad_norm = None if norm is None else float(norm)
+        if grad_norm is not None and not math.isfinite(grad_norm):
             diverged(session, f"gradient norm is {grad_norm}")
     session.optimizer.step()
     session.scheduler.step()
@@ -275,19 +285,6 @@ def validation_batches(session: Session) -> list[dict]:
     return batches
 
 
-def _combine_sums(session: Session):
-    """Sum evaluation totals and concatenate predictions over all processes (None in a single process)."""
-    if session.accelerator.num_processes == 1:
-        return None
-
-    def combine(sums: dict) -> dict:
-        total, count = reduce_sum(session.accelerator, [sums["total"], float(sums["count"])])
-        parts = gather_objects(session.accelerator, (sums["predictions"], sums["labels"]))
-        return {"total": total, "count": int(count), "predictions": [p for pred, _ in parts for p in pred],
-                "labels": [label for _, labels in parts for label in labels]}
-    return combine
-
-
 def evaluate(session: Session) -> dict:
     """Validation metrics of the current weights (plus the evaluation package's task metrics).
 
@@ -295,7 +292,7 @@ def evaluate(session: Session) -> dict:
     whole evaluation data (so every rank holds the same numbers)."""
     stage = session.cfg.train.stage
     metrics = evaluate_batches(session.model, validation_batches(session), stage, session.accelerator.autocast,
-                               _combine_sums(session))
+                               combine_eval_sums(session.accelerator))
     metrics.update(task_metrics(session.model, session.tokenizer, session.prepared, session.cfg))
     return metrics
 
@@ -329,16 +326,7 @@ def _unwrapped(session: Session):
 
 
 def _gathered_state_dict(session: Session) -> dict | None:
-    """The full weights of a sharded model (FSDP/ZeRO-3), gathered by every rank's call; None otherwise."""
-    if session.accelerator.num_processes == 1 or session.cfg.train.distributed == "ddp":
-        return None
-    state = session.accelerator.get_state_dict(session.objective)
-    if hasattr(_unwrapped(session), "peft_config"):
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(_unwrapped(session), state_dict={k.removeprefix("model."): v
-                                                                          for k, v in state.items()})
-    return {key.removeprefix("model."): value for key, value in state.items()}
+    return gathered_state_dict(session.cfg, session.accelerator, session.objective, _unwrapped(session))
 
 
 def sidecar(session: Session) -> dict:
@@ -352,6 +340,9 @@ def sidecar(session: Session) -> dict:
 def write_checkpoint(session: Session, rng: dict) -> Path:
     """Save checkpoints/step-N (main process; every rank's RNG) and prune old ones to output.keep_checkpoints."""
     accelerator = session.accelerator
+    if sharded(session.cfg, accelerator):  # refused at start for save_every_n_steps; reached by Ctrl-C
+        raise SftlabError(f"stopped at step {session.step}; train.distributed={session.cfg.train.distributed} "
+                          "writes no resumable checkpoint yet, so this run cannot be resumed")
     path = session.out_dir / "checkpoints" / f"step-{session.step}"
     rank_rngs = gather_objects(accelerator, rng) if accelerator.num_processes > 1 else None
     state_dict = _gathered_state_dict(session)

@@ -169,10 +169,11 @@ def _start_position(cfg, saved: dict | None = None):
 
 def _prepare_for_processes(accelerator, model, cfg, prepared):
     """The objective and AdamW prepared by the accelerator (FSDP/DeepSpeed wrap both in one call)."""
+    from sftlab.train.distributed import sharded
     from sftlab.train.optim import build_optimizer
 
     objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
-    if accelerator.num_processes > 1 and cfg.train.distributed != "ddp":
+    if sharded(cfg, accelerator):
         objective._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps these layers
         return accelerator.prepare(objective, build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
     objective = accelerator.prepare_model(objective)
@@ -204,7 +205,8 @@ def _prepare(cfg, tokenizer, base_dir: Path | None, accelerator):
         return prepare_data(cfg, tokenizer, base_dir)
 
 
-def _check_processes(saved: dict, accelerator) -> None:
+def _check_resume_processes(saved: dict, accelerator) -> None:
+    """A checkpoint continues only with the process count that wrote it (its data position counts global batches)."""
     before, now = saved.get("processes", 1), accelerator.num_processes
     if before != now:
         raise SftlabError(f"--resume: the checkpoint was written by {before} process(es) and this run has {now}; "
@@ -219,7 +221,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from transformers import set_seed
 
     from sftlab.models.load import load_tokenizer
-    from sftlab.train.distributed import make_accelerator
+    from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
 
     from sftlab.eval.hooks import task_for_config
@@ -229,8 +231,9 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
         check_resume_config(saved["config"], cfg)
     task_for_config(cfg)  # an unknown eval.metric fails now, not at the first evaluation
     accelerator = accelerator or make_accelerator(cfg)
+    check_processes(cfg, accelerator)
     if saved:
-        _check_processes(saved, accelerator)
+        _check_resume_processes(saved, accelerator)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
