@@ -144,3 +144,17 @@ def test_sharded_presets_build_accelerate_plugins_with_full_state_dicts():
     assert zero3.deepspeed_config["gradient_clipping"] == 0.0  # max_grad_norm null: no clipping
     train.distributed, train.max_grad_norm = "zero2", 1.0
     assert _deepspeed_plugin(SimpleNamespace(train=train)).zero_stage == 2
+
+
+def test_checkpoints_from_before_the_distributed_settings_still_resume():
+    from sftlab.train.setup import check_resume_config
+
+    cfg = load_config(None, ["train.dist_timeout_s=99"], base=BASE)
+    saved = cfg.model_dump(mode="json")
+    for key in ("distributed", "dist_timeout_s"):
+        del saved["train"][key]
+    for key in ("streaming", "shuffle_buffer"):
+        del saved["data"][key]
+    check_resume_config(saved, cfg)  # absent keys count as their defaults; the timeout may change on resume
+    with pytest.raises(SftlabError, match=r"data.streaming \(False -> True\)"):
+        check_resume_config(saved, cfg.model_copy(update={"data": cfg.data.model_copy(update={"streaming": True})}))

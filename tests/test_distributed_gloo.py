@@ -175,3 +175,21 @@ def test_ctrl_c_of_the_launcher_checkpoints_every_rank_at_the_same_step(tmp_path
     import torch
 
     assert len(torch.load(checkpoints[0] / "rng_state_ranks.pt", weights_only=True)) == 2  # one RNG state per rank
+
+
+def test_streaming_pt_with_two_processes_equals_one_process_double_batch(tmp_path):
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": " ".join(f"w{i}x{j}" for j in range(i % 7 + 1))}) + "\n"
+                              for i in range(30)), encoding="utf-8")
+
+    def raw(name, batch_size):
+        return tiny_run(tmp_path, name=name, data={"train": str(corpus), "streaming": True, "shuffle_buffer": 8},
+                        train={"stage": "pt", "max_steps": 3, "batch_size": batch_size, "grad_accum": 2,
+                               "max_length": 16}, output={"dir": str(tmp_path / name), "tensorboard": False})
+
+    config = tmp_path / "stream.yaml"
+    config.write_text(yaml.safe_dump(raw("two", 2)), encoding="utf-8")
+    done = _cli(str(config), "--nproc", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = train(raw("one", 4))
+    assert _rows(tmp_path / "two")[0] == pytest.approx(single.losses, rel=1e-5)

@@ -27,7 +27,8 @@ from sftlab.train.loss import loss_sum
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
                "data_stats.json")
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
-RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir"}
+RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
+                     "train.dist_timeout_s"}
 
 
 class TrainingObjective(torch.nn.Module):
@@ -97,10 +98,32 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): obj}
 
 
+_NO_DEFAULT = object()
+
+
+def _schema_default(cfg, key: str):
+    """The JSON default of a dotted config key (e.g. train.distributed), or _NO_DEFAULT."""
+    from pydantic import BaseModel
+
+    *groups, name = key.split(".")
+    node = cfg
+    for group in groups:
+        node = getattr(node, group, None)
+    field = type(node).model_fields.get(name) if isinstance(node, BaseModel) else None
+    if field is None or field.is_required():
+        return _NO_DEFAULT
+    value = field.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+
+
 def check_resume_config(saved: dict, cfg) -> None:
     """Fail when the model, data, strategy or schedule settings differ from the checkpoint's run."""
     now = _flatten(cfg.model_dump(mode="json"))
     before = _flatten(saved)
+    for key in set(now) - set(before):  # a setting added to sftlab after the checkpoint: its default then applied
+        default = _schema_default(cfg, key)
+        if default is not _NO_DEFAULT:
+            before[key] = default
     keys = sorted(key for key in set(now) | set(before)
                   if key.split(".")[0] in ("model", "data", "strategy", "train") and key not in RESUMABLE_CHANGES
                   and now.get(key) != before.get(key))
