@@ -158,3 +158,31 @@ def test_checkpoints_from_before_the_distributed_settings_still_resume():
     check_resume_config(saved, cfg)  # absent keys count as their defaults; the timeout may change on resume
     with pytest.raises(SftlabError, match=r"data.streaming \(False -> True\)"):
         check_resume_config(saved, cfg.model_copy(update={"data": cfg.data.model_copy(update={"streaming": True})}))
+
+
+def test_data_is_prepared_inside_main_process_first_and_later_ranks_read_the_cache(tmp_path):
+    import contextlib
+
+    from sftlab.models.load import load_tokenizer
+    from sftlab.train.setup import _prepare
+    from test_train_loop import tiny_run
+
+    cfg = load_config(None, [], base=tiny_run(tmp_path))
+    tokenizer = load_tokenizer(cfg.model)
+    calls = []
+
+    class Rank:
+        def __init__(self, index):
+            self.index = index
+
+        @contextlib.contextmanager
+        def main_process_first(self):  # accelerate: rank 0 runs the block, then the others
+            calls.append(("enter", self.index))
+            yield
+            calls.append(("exit", self.index))
+
+    first = _prepare(cfg, tokenizer, None, Rank(0))
+    second = _prepare(cfg, tokenizer, None, Rank(1))
+    assert calls == [("enter", 0), ("exit", 0), ("enter", 1), ("exit", 1)]
+    assert (first.stats["train"]["cache_hit"], second.stats["train"]["cache_hit"]) == (False, True)
+    assert second.train["input_ids"] == first.train["input_ids"]
