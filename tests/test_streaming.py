@@ -111,3 +111,16 @@ def test_missing_text_column_names_the_setting(tmp_path):
     stream = TokenStream([str(path)], "json", "text", make_tokenizer(), 8, "concat", 2)
     with pytest.raises(SftlabError, match="set data.columns.text"):
         next(stream.rows(StreamPosition()))
+
+
+def test_max_samples_keeps_the_same_first_documents_every_epoch(tmp_path):
+    tokenizer = make_tokenizer()
+    stream = TokenStream([str(corpus(tmp_path))], "json", "text", tokenizer, 64, "document", shuffle_buffer=8,
+                         max_samples=5)
+    epochs: dict[int, list] = {}
+    for row, position in stream.rows(StreamPosition(seed=1)):
+        epochs.setdefault(position.epoch, []).append(tuple(row["input_ids"]))  # document mode: epoch of the row
+        if len(epochs) > 2:
+            break
+    first_five = sorted(tuple(stream.encode(text)) for text in DOCS[:5])
+    assert sorted(epochs[0]) == sorted(epochs[1]) == first_five

@@ -5,9 +5,10 @@
 
 Documents come from `datasets.load_dataset(<json|text|csv|parquet>, data_files=..., streaming=True)`, one
 file type per run, the text in column `data.columns.text` (default "text"; .txt files: one document per
-line). Epoch `e` reads them through `IterableDataset.shuffle(seed=train.seed, buffer_size=data.shuffle_buffer)`
-with `set_epoch(e)`, then `data.max_samples` documents at most. Each document is tokenized like the
-in-memory pt path (`sftlab.data.tokenize`: special tokens, EOS appended): `concat` joins them and cuts
+line); `data.max_samples` keeps the first documents of the files. Epoch `e` reads them through
+`IterableDataset.shuffle(seed=train.seed, buffer_size=data.shuffle_buffer)` with `set_epoch(e)`. Each
+document is tokenized like the in-memory pt path (`sftlab.data.tokenize`: special tokens, EOS appended):
+`concat` joins them and cuts
 `train.max_length` blocks (a shorter tail block at the end of an epoch is kept unless it has one token),
 `document` keeps one truncated document per row. Every label is supervised.
 
@@ -61,10 +62,10 @@ class TokenStream:
         if self.builder != "text" and self.text_column not in (stream.column_names or [self.text_column]):
             raise SftlabError(f"data.train {self.files[0]}: no column {self.text_column!r} "
                               f"(columns: {', '.join(stream.column_names)}); set data.columns.text")
+        if self.max_samples is not None:  # the first documents of the files, the same ones every epoch
+            stream = stream.take(self.max_samples)
         stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
         stream.set_epoch(epoch)
-        if self.max_samples is not None:
-            stream = stream.take(self.max_samples)
         column = "text" if self.builder == "text" else self.text_column
         return (str(record[column] or "") for record in stream)
 
