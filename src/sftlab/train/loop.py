@@ -198,7 +198,8 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
     rows = session.prepared.train if rows is None else rows
     processes = accelerator.num_processes
     shares = [rank_share(indices, accelerator.process_index, processes) for indices in group]
-    batches = [session.collate([rows[i] for i in part]) for part, _ in shares]
+    parts = [[rows[i] for i in part] for part, _ in shares]
+    batches = [session.collate(part) for part in parts]
     counts = [_loss_units(batch, stage) if carries else 0 for batch, (_, carries) in zip(batches, shares)]
     total = sum(counts)  # every micro-batch's summed loss is divided by the whole step's count (all ranks)
     if processes > 1:
@@ -227,8 +228,8 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
     session.optimizer.step()
     session.scheduler.step()
     session.optimizer.zero_grad(set_to_none=True)
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                 for b, (_, carries) in zip(batches, shares) if carries)
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else sum(len(r["input_ids"]) for r in part)
+                 for b, part, (_, carries) in zip(batches, parts, shares) if carries)  # packed: no filler
     if processes > 1:
         loss_total, tokens = reduce_sum(accelerator, [loss_total, float(tokens)])
         tokens = int(tokens)
