@@ -21,7 +21,7 @@ RECORDS = [{"instruction": f"Say {w}.", "input": "twice" if i % 2 else "", "outp
 
 
 def result(setting, precision, tokens, seconds, rss, eval_loss):
-    runner, tool, _ = bench.SETTINGS[setting]
+    runner, tool, _, _ = bench.SETTINGS[setting]
     return {"setting": setting, "tool": tool, "precision": precision, "tokens": tokens, "supervised_tokens": tokens // 2,
             "train_seconds": seconds, "peak_rss_bytes": rss, "train_loss": 1.0, "eval_loss": eval_loss,
             "optimizer_steps": 3}
@@ -58,7 +58,7 @@ def test_table_and_ratio_compare_with_the_fastest_peer():
                result("lf-neat", "bf16", 1500, 1.0, 4 * 2**30, 5.0),
                {"setting": "trl-default", "tool": "TRL SFTTrainer", "precision": "fp32", "error": "boom"}]
     table = bench.format_table(results)
-    assert table.count("\n") == 5 and "| LLaMA-Factory | neat_packing | bf16 | 3 | 1500 | 750 | 4.00 GiB |" in table
+    assert table.count("\n") == 5 and "| LLaMA-Factory | neat_packing (its default gradient checkpointing) | bf16 | 3 | 1500 | 750 | 4.00 GiB |" in table
     assert "failed: boom" in table
     assert bench.ratio_line(results) == "tokens_per_s_ratio=2.00 peak_rss_ratio=0.50 eval_loss_delta=+0.0100"
     assert bench.ratio_line(results[:1]).endswith("eval_loss_delta=nan")

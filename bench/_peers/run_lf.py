@@ -3,7 +3,8 @@
 LLaMA-Factory tokenises the alpaca records itself (`spec["lf_dataset_dir"]`, dataset `bench_train`)
 with its own chat template (`spec["lf_template"]`: qwen for W1, gemma3 for W2), so its token counts
 are its own; packing is its fastest setting, `packing: true` + `neat_packing: true` (packed rows whose
-samples cannot attend to each other). A trainer callback times the training loop and scores the common
+samples cannot attend to each other). LLaMA-Factory turns gradient checkpointing on by default; the
+`lf-neat-nogc` setting turns it off (`disable_gradient_checkpointing`). A trainer callback times the training loop and scores the common
 eval loss on the final weights.
 """
 
@@ -29,6 +30,7 @@ def lf_arguments(spec: dict) -> dict:
         "bf16": spec["precision"] == "bf16", "use_cpu": True, "logging_steps": 1, "save_strategy": "no",
         "report_to": "none", "plot_loss": False, "disable_tqdm": True, "packing": spec["packing"],
         "neat_packing": spec["packing"],
+        "disable_gradient_checkpointing": bool(spec.get("lf_disable_gradient_checkpointing")),
     }
     if spec.get("trainable_last_layers"):
         args.update({"finetuning_type": "freeze", "freeze_trainable_layers": spec["trainable_last_layers"],
