@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta
 
 import pytest
@@ -11,7 +12,7 @@ from sftlab.policy.baselines import standard_baselines
 from sftlab.policy.db import open_db
 from sftlab.policy.evaluate import evaluate_scorers, format_table, write_report
 from sftlab.policy.examples import NO, YES, build_data
-from sftlab.policy.features import BehaviourIndex, load_frames
+from sftlab.policy.features import FEATURE_NAMES, BehaviourIndex, load_frames
 from sftlab.policy.simulate import WorldSpec, simulate, write_world
 
 SPEC = WorldSpec(n_enterprises=40, n_policies=60, days=240, seed=5)
@@ -111,3 +112,37 @@ def test_baselines_and_oracle_ceiling(built, tmp_path):
     text = report.read_text(encoding="utf-8")
     assert "perfect wins against popularity on ndcg@5" in text
     assert json.loads((tmp_path / "metrics.json").read_text())["results"]["oracle"]["threshold"] > 0
+
+
+def test_prompt_match_line_states_the_pairs_signals(built):
+    engine, data, _ = built
+    ents, pols, _ = load_frames(engine)
+    rows = _read(data / "eval_candidates.jsonl")
+    for row in rows[:40]:
+        enterprise, policy = ents.loc[row["enterprise_id"]], pols.loc[row["policy_id"]]
+        line = next(part for part in row["prompt"].split("\n") if part.startswith("匹配："))
+        targeted = enterprise["industry"] in (policy["industry_scope"] or [])
+        assert line.endswith(f"政策点名本行业：{'是' if targeted else '否'}。")
+        own = round(math.expm1(row["features"][FEATURE_NAMES.index("own_recent")]))  # 30-day count: at most the 90-day one
+        assert int(line.split("点击该类 ")[1].split(" 次")[0]) >= own
+        assert f"同行业企业该类点击率 {row['features'][FEATURE_NAMES.index('industry_rate')]:.0%}" in line
+
+
+def test_paired_bootstrap_interval_of_ndcg_differences():
+    from sftlab.policy.evaluate import comparisons, enterprise_ndcg, evaluate_scorers, paired_bootstrap
+
+    rows = [{"enterprise_id": f"E{e}", "policy_id": f"P{p}", "label": int(p == e % 4), "cold": e < 10}
+            for e in range(40) for p in range(4)]
+    good = [1.0 if row["label"] else 0.0 for row in rows]
+    bad = [0.0 if row["label"] else 1.0 for row in rows]
+    assert set(enterprise_ndcg(rows, good, 5).values()) == {1.0} and len(enterprise_ndcg(rows, good, 5, "cold")) == 10
+    diff, low, high = paired_bootstrap(enterprise_ndcg(rows, good, 5), enterprise_ndcg(rows, bad, 5))
+    assert 0 < low <= diff <= high <= 1
+    assert paired_bootstrap(enterprise_ndcg(rows, good, 5), enterprise_ndcg(rows, good, 5)) == [0.0, 0.0, 0.0]
+    mixed = [g if i % 8 < 4 else b for i, (g, b) in enumerate(zip(good, bad))]  # right for half the enterprises
+    low, high = paired_bootstrap(enterprise_ndcg(rows, mixed, 5), enterprise_ndcg(rows, bad, 5))[1:]
+    assert 0 < low < high < 1
+    results = evaluate_scorers(rows, [], 0.25, ks=(5,), extra_scores={"fine_tuned": (good, 0.5), "worse": (bad, None)},
+                               bootstrap_for="fine_tuned")
+    assert results["fine_tuned"]["bootstrap"]["worse"]["overall"][0] > 0
+    assert "95% bootstrap interval [+" in "\n".join(comparisons(results, "fine_tuned", 5))

@@ -28,6 +28,10 @@ def test_score_candidates_is_batch_invariant(tiny_dir):
     assert all(0.0 < p < 1.0 for p in batched)
     assert batched == pytest.approx([scorer([p])[0] for p in prompts], abs=1e-5)
     assert scorer._full_likelihood(prompts[:1])[0] != pytest.approx(batched[0], abs=1e-9)  # two different estimators
+    fast = ModelScorer(tiny_dir, batch_size=3, precision="bf16")
+    assert fast(prompts) == pytest.approx(batched, abs=0.05) and fast(prompts) != batched  # bf16 autocast is in effect
+    with pytest.raises(ValueError, match="precision"):
+        ModelScorer(tiny_dir, precision="fp16")
 
 
 def test_cli_simulate_build_baselines_push(tmp_path, capsys):

@@ -1,10 +1,11 @@
 """The policy-push application end to end on a small simulated world (`make demo`, `sftlab policy demo`).
 
     run_demo("runs/policy-demo", "gemma-3-270m")      # quick: sized for < 10 minutes on 2 CPU cores
+    run_demo("runs/policy-full", "gemma-3-270m", quick=False)   # the benchmark-sized plan (hours on CPU)
 
 Steps: simulate a world into `<workdir>/policy.db` -> build the time-split data -> fine-tune the
-model on the 是/否 examples with a partial-parameter strategy (freeze: only the last blocks train)
-through `sftlab.train.loop.run_training` -> evaluate it against the baselines on the held-out
+model on the 是/否 examples with a partial-parameter strategy (freeze: only the last blocks train, bf16
+autocast) through `sftlab.train.loop.run_training` -> evaluate (the model scores under bf16 autocast) it against the baselines on the held-out
 period -> push the top K new policies of the last two weeks to a group of enterprises -> print the
 metrics table and where the report is. The workdir is the demo's own output and is replaced.
 """
@@ -35,12 +36,14 @@ class DemoPlan:
     max_length: int
     push_enterprises: int
     top_k: int = 5
+    precision: str = "bf16"
+    max_validation: int = 32
 
 
-QUICK = DemoPlan(WorldSpec(n_enterprises=120, n_policies=150, days=300, seed=0), max_train=160, max_eval_enterprises=12,
-                 train_steps=16, batch_size=4, lr=2e-4, train_layers="last:2", max_length=320, push_enterprises=10)
+QUICK = DemoPlan(WorldSpec(n_enterprises=120, n_policies=150, days=300, seed=0), max_train=480, max_eval_enterprises=30,
+                 train_steps=48, batch_size=8, lr=1e-4, train_layers="last:4", max_length=256, push_enterprises=10)
 FULL = DemoPlan(WorldSpec(n_enterprises=600, n_policies=500, days=365, seed=0), max_train=3000, max_eval_enterprises=150,
-                train_steps=300, batch_size=8, lr=5e-5, train_layers="last:4", max_length=384, push_enterprises=600)
+                train_steps=300, batch_size=8, lr=1e-4, train_layers="last:4", max_length=256, push_enterprises=600)
 
 
 def chat_template_for(model_path: str) -> str:
@@ -50,7 +53,8 @@ def chat_template_for(model_path: str) -> str:
 
 
 def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Path):
-    """The RunConfig of the demo's fine-tuning: sft on 是/否 answers, strategy freeze (last blocks train)."""
+    """The RunConfig of the demo's fine-tuning: sft on 是/否 answers, strategy freeze (last blocks train),
+    validation on at most `plan.max_validation` examples."""
     from sftlab.config.schema import RunConfig
 
     return RunConfig.model_validate({
@@ -60,7 +64,8 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
         "strategy": {"kind": "freeze", "freeze": {"layers": plan.train_layers}},
         "train": {"stage": "sft", "max_steps": plan.train_steps, "batch_size": plan.batch_size, "lr": plan.lr,
                   "warmup_steps": max(1, plan.train_steps // 10), "max_length": plan.max_length, "seed": 0,
-                  "log_every_n_steps": 5},
+                  "log_every_n_steps": 5, "precision": plan.precision},
+        "eval": {"max_samples": plan.max_validation},
         "output": {"dir": str(run_dir), "tensorboard": False},
     })
 
@@ -94,9 +99,9 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     result = run_training(training_config(plan, model_path, work / "data", work / "run"), overwrite=True, show_progress=False)
     log(f"{clock()} [3/5] fine-tuned {plan.train_steps} steps (freeze {plan.train_layers}): "
         f"final loss {result.losses[-1]:.3f}")
-    results, report = run_evaluation(engine, work / "data", work / "report", result.out_dir, k=5)
+    results, report = run_evaluation(engine, work / "data", work / "report", result.out_dir, k=5, precision=plan.precision)
     log(f"{clock()} [4/5] evaluated against the baselines")
-    scorer = ModelScorer(result.out_dir)
+    scorer = ModelScorer(result.out_dir, precision=plan.precision)
     now = datetime.combine(plan.world.start + timedelta(days=plan.world.days), datetime.min.time())
     enterprises = [f"E{i + 1:06d}" for i in range(min(plan.push_enterprises, plan.world.n_enterprises))]
     summary = push(engine, lambda rows: scorer([r["prompt"] for r in rows]), now - timedelta(days=14), plan.top_k,

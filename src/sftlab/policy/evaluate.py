@@ -3,8 +3,10 @@
 For each scorer: precision, recall, F1 (its decision rule, see `baselines.Scorer`) and ROC AUC of the
 是/否 decision over all candidates; HitRate@K, Recall@K and NDCG@K of each enterprise's ranking of its
 eligible new policies (`sftlab.eval.metrics.ranking_metrics`); each for all enterprises, cold-start
-ones (fewer than 3 clicks before the cut-off) and active ones. `write_report` writes metrics.json and
-a Markdown report that states where the fine-tuned model wins and loses against each baseline.
+ones (fewer than 3 clicks before the cut-off) and active ones. For the fine-tuned model, a paired
+bootstrap over enterprises gives a 95% interval of its NDCG@K difference to each baseline. `write_report`
+writes metrics.json and a Markdown report that states where the fine-tuned model wins and loses against
+each baseline; `run_evaluation` also writes every candidate's scores (scores.jsonl).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from sftlab.io import atomic_write_json, atomic_write_text
+from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 GROUPS = ("overall", "cold", "active")
 MIN_RANKED = 30  # fewer ranked enterprises than this: a comparison is flagged as within noise
+BOOTSTRAP_SAMPLES = 2000
 
 
 def decision_threshold(scores: Sequence[float], threshold: float | None, positive_share: float) -> float:
@@ -69,14 +72,50 @@ def evaluate_scorer(rows: Sequence[dict], scores: Sequence[float], threshold: fl
     return result
 
 
+def enterprise_ndcg(rows: Sequence[dict], scores: Sequence[float], k: int, group: str = "overall") -> dict[str, float]:
+    """NDCG@k of each enterprise of `group` that has a positive candidate."""
+    from sftlab.eval.metrics import ranking_metrics
+
+    queries = defaultdict(lambda: ([], []))
+    for row, score in zip(rows, scores):
+        if group == "overall" or bool(row["cold"]) == (group == "cold"):
+            queries[row["enterprise_id"]][0].append(float(score))
+            queries[row["enterprise_id"]][1].append(int(row["label"]))
+    return {eid: ranking_metrics([query], ks=(k,))[f"ndcg@{k}"] for eid, query in queries.items() if any(query[1])}
+
+
+def paired_bootstrap(mine: dict[str, float], theirs: dict[str, float], samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = 0) -> list[float] | None:
+    """[mean difference, 2.5% and 97.5% quantiles] of mine - theirs, resampling enterprises with replacement."""
+    keys = sorted(set(mine) & set(theirs))
+    if not keys:
+        return None
+    diffs = np.array([mine[key] - theirs[key] for key in keys])
+    picks = np.random.default_rng(seed).integers(0, len(diffs), size=(samples, len(diffs)))
+    means = diffs[picks].mean(axis=1)
+    return [float(diffs.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+
+
 def evaluate_scorers(rows: Sequence[dict], scorers, positive_share: float, ks: Sequence[int] = (5,),
-                     extra_scores: dict[str, tuple[list[float], float | None]] | None = None) -> dict[str, dict]:
-    """{scorer name: metrics} for baseline `Scorer`s plus precomputed `extra_scores` (e.g. the fine-tuned model)."""
-    results = {}
+                     extra_scores: dict[str, tuple[list[float], float | None]] | None = None,
+                     bootstrap_for: str | None = None, bootstrap_k: int = 5, all_scores: dict | None = None) -> dict[str, dict]:
+    """{scorer name: metrics} for baseline `Scorer`s plus precomputed `extra_scores` (e.g. the fine-tuned model).
+    `bootstrap_for` (a scorer name) adds results[name]["bootstrap"][other][group]: its NDCG@bootstrap_k difference
+    to every other scorer with a 95% paired bootstrap interval; `all_scores` (a dict) receives every score list."""
+    results, scored = {}, {}
     for name, (scores, threshold) in (extra_scores or {}).items():
-        results[name] = evaluate_scorer(rows, scores, threshold, positive_share, ks)
+        results[name], scored[name] = evaluate_scorer(rows, scores, threshold, positive_share, ks), scores
     for scorer in scorers:
-        results[scorer.name] = evaluate_scorer(rows, scorer.score(rows), scorer.threshold, positive_share, ks)
+        scored[scorer.name] = scorer.score(rows)
+        results[scorer.name] = evaluate_scorer(rows, scored[scorer.name], scorer.threshold, positive_share, ks)
+    if bootstrap_for in scored:
+        per_group = {name: {g: enterprise_ndcg(rows, s, bootstrap_k, g) for g in ("overall", "cold")} for name, s in scored.items()}
+        results[bootstrap_for]["bootstrap"] = {
+            other: {g: paired_bootstrap(per_group[bootstrap_for][g], per_group[other][g]) for g in ("overall", "cold")}
+            for other in scored if other != bootstrap_for}
+        results[bootstrap_for]["bootstrap_k"] = bootstrap_k
+    if all_scores is not None:
+        all_scores.update(scored)
     return results
 
 
@@ -113,6 +152,9 @@ def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
             verdict = "wins" if mine > theirs else ("ties" if mine == theirs else "loses")
             ranked = results[model][group].get("ranked_enterprises", 0)
             caution = "; few enterprises, within noise" if ranked < MIN_RANKED else ""
+            interval = (results[model].get("bootstrap") or {}).get(name, {}).get(group)
+            if interval is not None and results[model].get("bootstrap_k") == k:
+                caution += f"; difference {interval[0]:+.3f}, 95% bootstrap interval [{interval[1]:+.3f}, {interval[2]:+.3f}]"
             lines.append(f"- {group}: {model} {verdict} against {name} on {key} ({mine:.3f} vs {theirs:.3f}, "
                          f"{ranked} enterprises ranked{caution})")
     return lines
@@ -142,7 +184,8 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8) -> tuple[dict, Path]:
+def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8,
+                   precision: str = "fp32") -> tuple[dict, Path]:
     """Evaluate the baselines (and the fine-tuned model at `model_dir`, if given) on the held-out
     candidates written by `build-data` in `data_dir`; writes metrics.json and report.md to `out_dir`."""
     import json
@@ -157,7 +200,12 @@ def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_
         from sftlab.policy.scoring import score_candidates
 
         name = "fine_tuned"
-        extra[name] = (score_candidates(model_dir, [row["prompt"] for row in rows], batch_size=batch_size), 0.5)
+        extra[name] = (score_candidates(model_dir, [row["prompt"] for row in rows], batch_size, precision), 0.5)
     share = manifest.get("train_positive_rate") or (sum(int(r["label"]) for r in train) / max(1, len(train)))
-    results = evaluate_scorers(rows, standard_baselines(train, engine), share, ks=sorted({k, 1, 10}), extra_scores=extra)
+    scored: dict = {}
+    results = evaluate_scorers(rows, standard_baselines(train, engine), share, ks=sorted({k, 1, 10}), extra_scores=extra,
+                               bootstrap_for=name, bootstrap_k=k, all_scores=scored)
+    keys = ("enterprise_id", "policy_id", "label", "cold")
+    atomic_write_jsonl(Path(out_dir) / "scores.jsonl",
+                       [{key: row[key] for key in keys} | {n: float(s[i]) for n, s in scored.items()} for i, row in enumerate(rows)])
     return results, write_report(out_dir, results, manifest, model=name, k=k)

@@ -28,7 +28,7 @@ from sftlab.policy.features import (FEATURE_NAMES, BehaviourIndex, Popularity, T
                                     load_frames, pair_features, parse_cutoff)
 
 YES, NO = "是", "否"
-YES_NO_QUESTION = "问题：该企业会对这条政策采取行动（查看、收藏或申报）吗？只回答“是”或“否”。"
+YES_NO_QUESTION = "该企业会对这条政策采取行动吗？只回答“是”或“否”。"
 CATEGORY_QUESTION = "问题：该企业下一条会采取行动的政策最可能属于哪个类别？只回答类别名称，可选：" + "、".join(catalog.CATEGORIES) + "。"
 
 
@@ -61,24 +61,35 @@ def profile_text(enterprise: dict) -> str:
 def behaviour_text(summary: dict, as_of: datetime) -> str:
     if summary["actions_total"] == 0 and summary["impressions"] == 0:
         return f"近期行为（截至 {as_of:%Y-%m-%d}）：暂无记录。"
-    by_cat = "，".join(f"{c} {n}" for c, n in list(summary["by_category"].items())[:5]) or "无"
-    titles = "；".join(f"《{t}》" for t in summary["last_titles"][:2]) or "无"
-    dismissed = "，".join(f"{c} {n}" for c, n in list(summary["dismissed_by_category"].items())[:3]) or "无"
+    by_cat = "，".join(f"{c} {n}" for c, n in list(summary["by_category"].items())[:4]) or "无"
+    dismissed = "，".join(f"{c} {n}" for c, n in list(summary["dismissed_by_category"].items())[:2]) or "无"
     return (f"近期行为（截至 {as_of:%Y-%m-%d}，近90天）：浏览 {summary['impressions']} 条，点击 {summary['actions']} 条；"
-            f"按类别点击：{by_cat}；最近点击：{titles}；忽略：{dismissed}。")
+            f"按类别点击：{by_cat}；忽略：{dismissed}。")
 
 
 def policy_text(policy: dict) -> str:
     regions = "、".join(policy["region_scope"] or [catalog.NATIONAL])
     industries = "、".join(policy["industry_scope"]) or "各行业"
     sizes = "、".join(policy["size_scope"]) or "各类规模"
-    return (f"候选政策：《{policy['title']}》（类别：{policy['category']}；发布机关：{policy['issuer']}；"
-            f"范围：{regions}，{industries}，{sizes}；发布日期 {policy['publish_date']}）。")
+    return f"候选政策：《{policy['title']}》（类别：{policy['category']}；范围：{regions}，{industries}，{sizes}）。"
 
 
-def yes_no_prompt(enterprise: dict, summary: dict, policy: dict, as_of: datetime) -> str:
-    """The 是/否 question for one enterprise and one candidate policy."""
-    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), policy_text(policy), YES_NO_QUESTION])
+def match_text(enterprise: dict, summary: dict, policy: dict, popularity: Popularity) -> str:
+    """The pair's key signals in words: own clicks and dismissals of the policy's category, the click
+    rate of enterprises of the same industry on that category (history only), industry targeting."""
+    category = policy["category"]
+    own = summary["by_category"].get(category, 0)
+    dismissed = summary["dismissed_by_category"].get(category, 0)
+    peers = popularity.industry(enterprise["industry"], category)
+    targeted = "是" if enterprise["industry"] in (policy["industry_scope"] or []) else "否"
+    return (f"匹配：本企业近90天点击该类 {own} 次，忽略 {dismissed} 次；同行业企业该类点击率 {peers:.0%}；"
+            f"政策点名本行业：{targeted}。")
+
+
+def yes_no_prompt(enterprise: dict, summary: dict, policy: dict, as_of: datetime, popularity: Popularity) -> str:
+    """The 是/否 question for one enterprise and one candidate policy (`popularity`: action rates as of `as_of`)."""
+    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), policy_text(policy),
+                      match_text(enterprise, summary, policy, popularity), YES_NO_QUESTION])
 
 
 def category_prompt(enterprise: dict, summary: dict, as_of: datetime) -> str:
@@ -118,9 +129,10 @@ def training_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, max_
         as_of = ts.to_pydatetime()
         summary = index.summary(eid, as_of)
         enterprise, policy = ent_rows[eid], pol_rows[pid]
+        popular = popularity.at(as_of)
         rows.append(CandidateRow(eid, pid, as_of.isoformat(), int((eid, pid) in clicked), summary["actions_total"] < 3,
-                                 yes_no_prompt(enterprise, summary, policy, as_of),
-                                 pair_features(summary, ents.loc[eid], pols.loc[pid], popularity.at(as_of))))
+                                 yes_no_prompt(enterprise, summary, policy, as_of, popular),
+                                 pair_features(summary, ents.loc[eid], pols.loc[pid], popular)))
     return rows
 
 
@@ -156,7 +168,7 @@ def evaluation_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, ma
         for eid in subset.index[eligibility_mask(subset, policy)]:
             summary = summaries[eid]
             rows.append(CandidateRow(eid, pid, split.cutoff.isoformat(), int((eid, pid) in acted), summary["actions_total"] < 3,
-                                     yes_no_prompt(ent_rows[eid], summary, pol_rows[pid], split.cutoff),
+                                     yes_no_prompt(ent_rows[eid], summary, pol_rows[pid], split.cutoff, popularity),
                                      pair_features(summary, ents.loc[eid], policy, popularity)))
     rows.sort(key=lambda r: (r.enterprise_id, r.policy_id))
     return rows

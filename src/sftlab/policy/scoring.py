@@ -5,7 +5,8 @@ config.yaml), a model dir or an adapter dir with `sftlab.infer.loading.load_serv
 prompt as a user turn followed by the assistant generation prompt exactly as training encodes it,
 and reads the next-token distribution: score = p(是) / (p(是) + p(否)) over the first token of each
 answer. Prompts are scored in left-padded batches (explicit position ids, logits of the last
-position only). When the two answers share their first token under a tokenizer, it falls back to
+position only), in fp32 or, with `precision="bf16"`, under bf16 autocast (about twice as fast on
+CPUs with AMX; the ranking barely moves). When the two answers share their first token under a tokenizer, it falls back to
 the full answer likelihood (`sftlab.eval.scoring.score_continuations`).
 """
 
@@ -19,11 +20,13 @@ from sftlab.policy.examples import NO, YES
 class ModelScorer:
     """A loaded model that scores 是/否 prompts; build once, call many times (push and API reuse it)."""
 
-    def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024):
+    def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024, precision: str = "fp32"):
         from sftlab.infer.loading import load_served
 
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         self.served = load_served(model_dir)
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length, self.precision = batch_size, max_length, precision
         self.version = str(model_dir)
 
     def _answer_split(self, prompt: str) -> tuple[list[int], int, int] | None:
@@ -52,7 +55,8 @@ class ModelScorer:
         order = sorted(fast, key=lambda i: len(split[i][0]))
         model = self.served.model
         device = next(model.parameters()).device
-        with torch.inference_mode():
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        with torch.inference_mode(), autocast:
             for start in range(0, len(order), self.batch_size):
                 batch = order[start:start + self.batch_size]
                 width = max(len(split[i][0]) for i in batch)
@@ -85,6 +89,6 @@ class ModelScorer:
         return [softmax(pair)[0] for pair in pairs]
 
 
-def score_candidates(model_dir, prompts: Sequence[str], batch_size: int = 8) -> list[float]:
+def score_candidates(model_dir, prompts: Sequence[str], batch_size: int = 8, precision: str = "fp32") -> list[float]:
     """P(是) vs P(否) for each prompt under the model at `model_dir` (run dir, model dir or adapter dir)."""
-    return ModelScorer(model_dir, batch_size=batch_size)(prompts)
+    return ModelScorer(model_dir, batch_size=batch_size, precision=precision)(prompts)
