@@ -204,7 +204,7 @@ def _prepare_for_processes(accelerator, model, cfg, prepared):
 
 
 def make_collate(cfg, tokenizer) -> Callable[[list[dict]], dict]:
-    """Padded batches, or packed [1, T] rows when data.packing is on (pt/sft only)."""
+    """Padded batches, or packed [B, T] rows when data.packing is on (pt/sft only)."""
     from sftlab.data.collate import make_collator
     from sftlab.vision.load import is_vision_model
 
