@@ -168,8 +168,8 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
     mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
     dataset = Dataset.from_list(public)
-    # new_fingerprint: without it datasets dill-hashes fn_kwargs, i.e. the whole tokenizer (about 70 s of CPU for
-    # Gemma's 262k vocabulary, per call); the dataset is in memory and sftlab keeps its own cache, so any unique id does.
+    # new_fingerprint: without it datasets dill-hashes fn_kwargs, i.e. the whole tokenizer (about 5 s of CPU per call
+    # for Gemma's 262k vocabulary); the dataset is in memory and sftlab keeps its own cache, so any unique id does.
     mapped = dataset.map(mapper, fn_kwargs={"tokenizer": tokenizer, "settings": settings},
                          remove_columns=dataset.column_names, num_proc=num_workers if num_workers > 1 else None,
                          desc=f"tokenizing ({stage})", new_fingerprint=uuid.uuid4().hex)
