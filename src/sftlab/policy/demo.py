@@ -5,9 +5,9 @@
 
 Steps: simulate a world into `<workdir>/policy.db` -> build the time-split data -> fine-tune the
 model on the 是/否 examples with a partial-parameter strategy (freeze: only the last blocks train, bf16
-autocast) through `sftlab.train.loop.run_training` -> evaluate (the model scores under bf16 autocast) it against the baselines on the held-out
-period -> push the top K new policies of the last two weeks to a group of enterprises -> print the
-metrics table and where the report is. The workdir is the demo's own output and is replaced.
+autocast) through `sftlab.train.loop.run_training` -> evaluate it (scoring under bf16 autocast) against
+the baselines on the held-out period -> push the top K new policies of the last two weeks to a group
+of enterprises -> print the metrics table and where the report is. The workdir is the demo's own output and is replaced.
 """
 
 from __future__ import annotations
