@@ -159,3 +159,11 @@ def test_lora_target_that_matches_nothing():
         select_trainable(model, {"kind": "lora", "lora": {"target_modules": ["q_proj", "query"]}})
     with pytest.raises(SftlabError, match="modules_to_save: 'head' matches no module"):
         select_trainable(model, {"kind": "lora", "lora": {"modules_to_save": ["head"]}})
+
+
+def test_lora_glob_that_also_matches_containers_adapts_only_linear_modules():
+    model, _ = tiny("llama")
+    model, trainable = select_trainable(model, {"kind": "lora", "lora": {"target_modules": ["model.layers.1.*"]}})
+    adapted = {name.split(".lora_")[0] for name in trainable.names if ".lora_" in name}
+    assert adapted and all(".layers.1." in name for name in adapted)
+    assert any(name.endswith("mlp.down_proj") for name in adapted) and any(name.endswith("q_proj") for name in adapted)

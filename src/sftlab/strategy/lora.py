@@ -40,14 +40,16 @@ def resolve_targets(model, targets) -> str | list[str]:
     if isinstance(targets, str):
         targets = [targets]
     candidates = adaptable_modules(model)
-    parts = []
+    matched: list[str] = []
     for target in targets:
         pattern = target_regex(target)
-        if not any(re.fullmatch(pattern, name) for name in candidates):
+        hits = [name for name in candidates if re.fullmatch(pattern, name)]
+        if not hits:
             suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
             raise SftlabError(f"{KEY}: {target!r} matches no linear module; this model has: {', '.join(suffixes)}")
-        parts.append(f"(?:{pattern})")
-    return "|".join(parts)
+        matched += hits
+    # peft gets exactly the linear modules the globs matched (a glob may also match containers, which peft refuses)
+    return "|".join(re.escape(name) for name in dict.fromkeys(matched))
 
 
 def resolve_modules_to_save(model, requested: list[str]) -> list[str]:
