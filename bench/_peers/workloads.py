@@ -120,7 +120,7 @@ def build(workload: str, data: Path, work: Path, quick: bool, gemma: str | None 
     model_config = model_config.get("text_config", model_config)
     return {"model": str(model_dir), "train_json": str(work / "train.json"), "train_tokens": str(work / "train_tokens.jsonl"),
             "eval_tokens": str(work / "eval_tokens.jsonl"), "lf_dataset_dir": str(work / "lf_data"),
-            "lf_template": "gemma3" if workload == "w2" else "qwen", "max_length": max_length, "batch_size": 8,
+            "lf_template": "gemma" if workload == "w2" else "qwen", "max_length": max_length, "batch_size": 8,
             "lr": 1e-4, "seed": 0, "work": str(work.resolve()), "model_config": model_config,
             "trainable_last_layers": 4 if workload == "w2" else None,
             "summary": f"{n_train} train / {n_eval} eval records, max length {max_length}, batch 8, model {model_dir}"}
