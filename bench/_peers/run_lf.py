@@ -2,10 +2,10 @@
 
 LLaMA-Factory tokenises the alpaca records itself (`spec["lf_dataset_dir"]`, dataset `bench_train`)
 with its own chat template (`spec["lf_template"]`: qwen for W1, the text-only gemma template for W2),
-so its token counts are its own; packing is its fastest setting, `packing: true` + `neat_packing: true` (packed rows whose
-samples cannot attend to each other). LLaMA-Factory turns gradient checkpointing on by default; the
-`lf-neat-nogc` setting turns it off (`disable_gradient_checkpointing`). A trainer callback times the training loop and scores the common
-eval loss on the final weights.
+so its token counts are its own; packing is its fastest setting, `packing: true` + `neat_packing: true`
+(packed rows whose samples cannot attend to each other). LLaMA-Factory turns gradient checkpointing on
+by default; the `lf-neat-nogc` setting turns it off (`disable_gradient_checkpointing`). A trainer
+callback times the training loop and scores the common eval loss on the final weights.
 """
 
 from __future__ import annotations
