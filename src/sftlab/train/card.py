@@ -37,7 +37,13 @@ def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bo
     if cfg.data.validation:
         parts.append(f"- validation: `{cfg.data.validation}`")
     parts += _stats_lines(stats or {})
-    parts += ["", "## Strategy", "", f"- kind: {cfg.strategy.kind}", f"- {trainable.summary()}",
+    parts += ["", "## Strategy", "", f"- kind: {cfg.strategy.kind}", f"- {trainable.summary()}"]
+    if "units" in (trainable.details or {}):
+        from sftlab.strategy.report import importance_table
+
+        parts += ["", "### Importance-based selection", "", *importance_table(trainable.details),
+                  "", "Chart: `importance.png` in the run directory."]
+    parts += [
               "", "## Training", "",
               f"- steps: {metrics.get('step', '?')}, batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, "
               f"lr {cfg.train.lr:g} ({cfg.train.scheduler}, warmup {cfg.train.warmup_steps}), precision {cfg.train.precision}, "

@@ -88,6 +88,12 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
            else SilentLog())
     try:
         log.message(session.trainable.summary())
+        if main and not session.resumed_from:
+            from sftlab.strategy.report import write_trainable_report
+
+            per_epoch = math.ceil(len(session.prepared.train) / (cfg.train.batch_size * cfg.train.grad_accum)) \
+                if hasattr(session.prepared.train, "__len__") else None
+            write_trainable_report(session.trainable, out_dir, per_epoch)
         if session.resumed_from:
             log.message(f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps})")
             restore_rng(rng)
