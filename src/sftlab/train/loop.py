@@ -33,7 +33,6 @@ from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_check
                                      save_checkpoint, save_model_dir)
 from sftlab.train.distributed import (combine_eval_sums, gather_objects, gathered_state_dict, no_sync_unless_last,
                                       rank_share, reduce_sum, sharded, world_size)
-from sftlab.train.memory import limit_heap_fragmentation
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
@@ -144,7 +143,6 @@ def stop_on_sigint(flag: dict):
 
 def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     """Run optimizer steps until the total, early stopping or an interrupt; return why it stopped."""
-    limit_heap_fragmentation()  # large tensors from mmap: lower peak RSS (sftlab.train.memory)
     cfg, flag = session.cfg, {}
     steps = step_groups(session)
     boundary_rng = capture_rng()
