@@ -42,3 +42,12 @@ def test_other_strategies_write_only_the_counts(tmp_path):
     report = json.loads((run / "trainable.json").read_text())
     assert report["kind"] == "full" and report["trainable"] == report["total"] and "importance" not in report
     assert not (run / "importance.png").exists()
+
+
+def test_board_policy_page_shows_the_importance_table_of_the_pushing_model(tmp_path):
+    from sftlab.board.policy import model_importance
+
+    run = _run(tmp_path, "auto")
+    shown = model_importance(str(run))
+    assert shown["run_dir"] == str(run)
+    assert "### Importance-based selection" in shown["strategy"] and "| unit | score | parameters | trained |" in shown["strategy"]
