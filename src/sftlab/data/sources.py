@@ -180,18 +180,29 @@ def split_validation(examples: list[dict], ratio: float, method: str, seed: int)
     return list(train), list(val)
 
 
-def load_examples(data_cfg: DataConfig, stage: str, base_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
-    """Train and validation canonical examples for `stage` (validation may be empty)."""
-    base = Path(base_dir) if base_dir is not None else None
-    registry, registry_dir = None, None
-    if data_cfg.registry:
-        registry_path = Path(data_cfg.registry)
-        if base is not None and not registry_path.is_absolute():
-            registry_path = base / registry_path
-        registry, registry_dir = load_registry(registry_path), registry_path.parent
+def config_registry(data_cfg: DataConfig, base: Path | None) -> tuple[dict | None, Path | None]:
+    """The registry named by data.registry (relative to `base`) and its directory, or (None, None)."""
+    if not data_cfg.registry:
+        return None, None
+    registry_path = Path(data_cfg.registry)
+    if base is not None and not registry_path.is_absolute():
+        registry_path = base / registry_path
+    return load_registry(registry_path), registry_path.parent
+
+
+def train_items(data_cfg: DataConfig) -> list:
+    """data.train as a non-empty list of names, paths or DatasetSpecs."""
     items = data_cfg.train if isinstance(data_cfg.train, list) else [data_cfg.train]
     if not items:
         raise SftlabError("data.train: empty list; name at least one dataset")
+    return items
+
+
+def load_examples(data_cfg: DataConfig, stage: str, base_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
+    """Train and validation canonical examples for `stage` (validation may be empty)."""
+    base = Path(base_dir) if base_dir is not None else None
+    registry, registry_dir = config_registry(data_cfg, base)
+    items = train_items(data_cfg)
     parts = []
     for item in items:
         weight = item.weight if isinstance(item, DatasetSpec) else 1.0

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 from sftlab.data.formats import ROLES, SHAREGPT_ROLES
 from sftlab.data.readers import read_rows
-from sftlab.data.sources import load_registry, mix_datasets, split_validation
+from sftlab.data.sources import config_registry, mix_datasets, split_validation, train_items
 from sftlab.errors import SftlabError
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -197,15 +197,8 @@ def load_vision_examples(data_cfg, base_dir: str | Path | None = None) -> tuple[
     if data_cfg.columns or any(spec.columns for spec in specs):
         raise SftlabError("data.columns: not supported for image+text data (records use messages/conversations "
                           "and images; a registry entry's columns work)")
-    registry = registry_dir = None
-    if data_cfg.registry:
-        registry_path = Path(data_cfg.registry)
-        if base is not None and not registry_path.is_absolute():
-            registry_path = base / registry_path
-        registry, registry_dir = load_registry(registry_path), registry_path.parent
-    items = data_cfg.train if isinstance(data_cfg.train, list) else [data_cfg.train]
-    if not items:
-        raise SftlabError("data.train: empty list; name at least one dataset")
+    registry, registry_dir = config_registry(data_cfg, base)
+    items = train_items(data_cfg)
     parts = [(_resolve(item, data_cfg, base, registry, registry_dir), getattr(item, "weight", 1.0)) for item in items]
     train = mix_datasets(parts, data_cfg.seed)
     if data_cfg.max_samples:
