@@ -9,13 +9,11 @@ jobs it started get SIGINT and are waited for).
 
 from __future__ import annotations
 
-import threading
-import time
-
 from sftlab.board.app import BoardSettings, create_app
+from sftlab.serve.server import UvicornThread
 
 
-class BoardThread:
+class BoardThread(UvicornThread):
     """A uvicorn server for the board in a daemon thread."""
 
     def __init__(self, settings: BoardSettings, host: str = "127.0.0.1", port: int = 0, start_timeout_s: float = 30.0):
@@ -23,28 +21,4 @@ class BoardThread:
 
         self.app = create_app(settings)
         config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="sftlab-board", daemon=True)
-        self.start_timeout_s = start_timeout_s
-        self.url = ""
-
-    def start(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + self.start_timeout_s
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the board server did not start")
-            time.sleep(0.05)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-    def stop(self, timeout_s: float = 90.0) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout_s)
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        super().__init__(uvicorn.Server(config), "sftlab-board", start_timeout_s, stop_timeout_s=90.0)

@@ -24,14 +24,13 @@ def build_server(served, settings: ServeSettings):
     return uvicorn.Server(config)
 
 
-class ServerThread:
-    """A uvicorn server in a background thread, e.g. `with ServerThread(served, settings) as url: ...`."""
+class UvicornThread:
+    """A uvicorn.Server run in a daemon thread; `start()` returns its URL once it listens (port 0 = a free port)."""
 
-    def __init__(self, served, settings: ServeSettings, start_timeout_s: float = 60.0):
-        self.server = build_server(served, settings)
-        self.thread = threading.Thread(target=self.server.run, name="sftlab-uvicorn", daemon=True)
-        self.start_timeout_s = start_timeout_s
-        self.engine = self.server.config.app.state.engine
+    def __init__(self, server, name: str, start_timeout_s: float, stop_timeout_s: float):
+        self.server = server
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+        self.start_timeout_s, self.stop_timeout_s = start_timeout_s, stop_timeout_s
         self.url = ""
 
     def start(self) -> str:
@@ -39,19 +38,27 @@ class ServerThread:
         deadline = time.monotonic() + self.start_timeout_s
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
+                raise RuntimeError(f"the {self.thread.name} server did not start")
             time.sleep(0.02)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
         return self.url
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Graceful stop: requests in flight finish first."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Graceful stop: uvicorn finishes requests in flight, then runs the app's shutdown."""
         self.server.should_exit = True
-        self.thread.join(timeout_s)
+        self.thread.join(self.stop_timeout_s if timeout_s is None else timeout_s)
 
     def __enter__(self) -> str:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServerThread(UvicornThread):
+    """The OpenAI-compatible server in a background thread, e.g. `with ServerThread(served, settings) as url: ...`."""
+
+    def __init__(self, served, settings: ServeSettings, start_timeout_s: float = 60.0):
+        super().__init__(build_server(served, settings), "sftlab-uvicorn", start_timeout_s, stop_timeout_s=60.0)
+        self.engine = self.server.config.app.state.engine
