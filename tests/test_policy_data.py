@@ -11,7 +11,7 @@ import pytest
 from sftlab.policy.baselines import standard_baselines
 from sftlab.policy.db import open_db
 from sftlab.policy.evaluate import evaluate_scorers, format_table, write_report
-from sftlab.policy.examples import NO, YES, build_data
+from sftlab.policy.examples import NO, YES, behaviour_text, build_data
 from sftlab.policy.features import FEATURE_NAMES, BehaviourIndex, load_frames
 from sftlab.policy.simulate import WorldSpec, simulate, write_world
 
@@ -63,9 +63,10 @@ def test_training_rows_live_before_the_cutoff_and_candidates_after(built):
     for row in _read(data / "train_features.jsonl"):
         assert datetime.fromisoformat(row["as_of"]) < cut
         assert pols.at[row["policy_id"], "publish_date"] < cut.date()
+    index = BehaviourIndex(events, pols)
     for row in _read(data / "eval_candidates.jsonl"):
         assert row["as_of"] == cut.isoformat() and pols.at[row["policy_id"], "publish_date"] >= cut.date()
-        assert f"截至 {CUTOFF}" in row["prompt"] or "暂无记录" in row["prompt"]
+        assert behaviour_text(index.summary(row["enterprise_id"], cut)) in row["prompt"].split("\n")  # history as of the cut-off
     assert manifest["cutoff"] == cut.isoformat() and manifest["eval_positives"] > 0
 
 
@@ -86,7 +87,7 @@ def test_examples_are_chinese_balanced_messages(built):
     answers = [row["messages"][-1]["content"] for row in train]
     assert set(answers) == {YES, NO} and abs(answers.count(YES) - answers.count(NO)) <= 1
     prompt = train[0]["messages"][0]["content"]
-    assert prompt.startswith("企业画像：行业") and "候选政策：《" in prompt and "只回答“是”或“否”" in prompt
+    assert prompt.startswith("企业：") and "候选：《" in prompt and prompt.endswith("答是或否。")
     assert [m["role"] for m in train[0]["messages"]] == ["user", "assistant"]
     categories = _read(data / "category_train.jsonl")
     assert categories and all(row["messages"][-1]["content"] in row["messages"][0]["content"] for row in categories)
@@ -118,14 +119,27 @@ def test_prompt_match_line_states_the_pairs_signals(built):
     engine, data, _ = built
     ents, pols, _ = load_frames(engine)
     rows = _read(data / "eval_candidates.jsonl")
-    for row in rows[:40]:
+    levels = set()
+    for row in rows[:200]:
         enterprise, policy = ents.loc[row["enterprise_id"]], pols.loc[row["policy_id"]]
-        line = next(part for part in row["prompt"].split("\n") if part.startswith("匹配："))
+        lines = row["prompt"].split("\n")
+        candidate = next(part for part in lines if part.startswith("候选："))
         targeted = enterprise["industry"] in (policy["industry_scope"] or [])
-        assert line.endswith(f"政策点名本行业：{'是' if targeted else '否'}。")
+        assert ("点名本行业" in candidate) == targeted and f"，{policy['category']}类，" in candidate
+        line = next(part for part in lines if part.startswith("匹配："))
         own = round(math.expm1(row["features"][FEATURE_NAMES.index("own_recent")]))  # 30-day count: at most the 90-day one
-        assert int(line.split("点击该类 ")[1].split(" 次")[0]) >= own
-        assert f"同行业企业该类点击率 {row['features'][FEATURE_NAMES.index('industry_rate')]:.0%}" in line
+        assert int(line.split("点击该类")[1].split("次")[0]) >= own
+        assert f"（{row['features'][FEATURE_NAMES.index('industry_rate')]:.0%}）" in line
+        levels.add(line.split("同行业对该类兴趣")[1][0])
+    assert levels <= {"高", "中", "低"} and len(levels) >= 2  # the industry's interest is said as a level
+
+
+def test_interest_levels_in_words():
+    from sftlab.policy.examples import _own_level, _peer_level
+
+    assert _own_level(0, 0) == "无点击记录" and _own_level(0, 5) == "未点击" and _own_level(1, 20) == "偶尔"
+    assert _own_level(2, 10) == "有兴趣" and _own_level(3, 10) == "主要偏好"
+    assert [_peer_level(r, 0.1) for r in (0.2, 0.1, 0.05)] == ["高", "中", "低"]
 
 
 def test_paired_bootstrap_interval_of_ndcg_differences():

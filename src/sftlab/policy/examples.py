@@ -28,7 +28,7 @@ from sftlab.policy.features import (FEATURE_NAMES, BehaviourIndex, Popularity, T
                                     load_frames, pair_features, parse_cutoff)
 
 YES, NO = "是", "否"
-YES_NO_QUESTION = "该企业会对这条政策采取行动吗？只回答“是”或“否”。"
+YES_NO_QUESTION = "会采取行动吗？答是或否。"
 CATEGORY_QUESTION = "问题：该企业下一条会采取行动的政策最可能属于哪个类别？只回答类别名称，可选：" + "、".join(catalog.CATEGORIES) + "。"
 
 
@@ -54,41 +54,60 @@ class CandidateRow:
 
 def profile_text(enterprise: dict) -> str:
     tags = "、".join(enterprise.get("tags") or []) or "无"
-    return (f"企业画像：行业 {enterprise['industry']}；地区 {enterprise['region']}；规模 {enterprise['size_band']}；"
-            f"成立于 {enterprise['founded_year']} 年；标签 {tags}。")
+    return f"企业：{enterprise['industry']}，{enterprise['region']}，{enterprise['size_band']}，标签 {tags}。"
 
 
-def behaviour_text(summary: dict, as_of: datetime) -> str:
+def behaviour_text(summary: dict, as_of: datetime | None = None) -> str:
+    """The enterprise's last 90 days in one line: views, clicks, top clicked and dismissed categories."""
     if summary["actions_total"] == 0 and summary["impressions"] == 0:
-        return f"近期行为（截至 {as_of:%Y-%m-%d}）：暂无记录。"
-    by_cat = "，".join(f"{c} {n}" for c, n in list(summary["by_category"].items())[:4]) or "无"
-    dismissed = "，".join(f"{c} {n}" for c, n in list(summary["dismissed_by_category"].items())[:2]) or "无"
-    return (f"近期行为（截至 {as_of:%Y-%m-%d}，近90天）：浏览 {summary['impressions']} 条，点击 {summary['actions']} 条；"
-            f"按类别点击：{by_cat}；忽略：{dismissed}。")
+        return "近90天：暂无记录。"
+    by_cat = "、".join(f"{c}{n}" for c, n in list(summary["by_category"].items())[:3]) or "无"
+    dismissed = "、".join(f"{c}{n}" for c, n in list(summary["dismissed_by_category"].items())[:2]) or "无"
+    return f"近90天：浏览{summary['impressions']}，点击{summary['actions']}；常点：{by_cat}；忽略：{dismissed}。"
 
 
-def policy_text(policy: dict) -> str:
+def policy_text(policy: dict, enterprise: dict | None = None) -> str:
+    """Title, category and scope; with `enterprise`, the scope is said relative to it (本行业 / 全国)."""
     regions = "、".join(policy["region_scope"] or [catalog.NATIONAL])
-    industries = "、".join(policy["industry_scope"]) or "各行业"
-    sizes = "、".join(policy["size_scope"]) or "各类规模"
-    return f"候选政策：《{policy['title']}》（类别：{policy['category']}；范围：{regions}，{industries}，{sizes}）。"
+    industries = policy["industry_scope"] or []
+    if enterprise is not None:
+        industry = "点名本行业" if enterprise["industry"] in industries else ("限定行业" if industries else "不限行业")
+    else:
+        industry = "、".join(industries) or "不限行业"
+    size = "限中小微" if policy["size_scope"] else "不限规模"
+    return f"候选：《{policy['title']}》，{policy['category']}类，{regions}，{industry}，{size}。"
+
+
+def _own_level(own: int, actions: int) -> str:
+    """The enterprise's clicks of one category in words, relative to its own clicks."""
+    if actions == 0:
+        return "无点击记录"
+    share = own / actions
+    return "主要偏好" if share >= 0.3 else ("有兴趣" if share >= 0.12 else ("偶尔" if own else "未点击"))
+
+
+def _peer_level(rate: float, mean_rate: float) -> str:
+    """The industry's click rate on one category in words, relative to its mean over categories."""
+    ratio = rate / mean_rate if mean_rate > 0 else 1.0
+    return "高" if ratio >= 1.3 else ("低" if ratio <= 0.75 else "中")
 
 
 def match_text(enterprise: dict, summary: dict, policy: dict, popularity: Popularity) -> str:
-    """The pair's key signals in words: own clicks and dismissals of the policy's category, the click
-    rate of enterprises of the same industry on that category (history only), industry targeting."""
+    """The pair's key signals in words: own clicks and dismissals of the policy's category (count and
+    level), and the click rate of enterprises of the same industry on that category (history only) as a
+    level against that industry's mean over categories."""
     category = policy["category"]
     own = summary["by_category"].get(category, 0)
     dismissed = summary["dismissed_by_category"].get(category, 0)
+    rates = [popularity.industry(enterprise["industry"], c) for c in catalog.CATEGORIES]
     peers = popularity.industry(enterprise["industry"], category)
-    targeted = "是" if enterprise["industry"] in (policy["industry_scope"] or []) else "否"
-    return (f"匹配：本企业近90天点击该类 {own} 次，忽略 {dismissed} 次；同行业企业该类点击率 {peers:.0%}；"
-            f"政策点名本行业：{targeted}。")
+    return (f"匹配：本企业点击该类{own}次（{_own_level(own, summary['actions'])}），忽略{dismissed}次；"
+            f"同行业对该类兴趣{_peer_level(peers, sum(rates) / len(rates))}（{peers:.0%}）。")
 
 
 def yes_no_prompt(enterprise: dict, summary: dict, policy: dict, as_of: datetime, popularity: Popularity) -> str:
     """The 是/否 question for one enterprise and one candidate policy (`popularity`: action rates as of `as_of`)."""
-    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), policy_text(policy),
+    return "\n".join([profile_text(enterprise), behaviour_text(summary, as_of), policy_text(policy, enterprise),
                       match_text(enterprise, summary, policy, popularity), YES_NO_QUESTION])
 
 
