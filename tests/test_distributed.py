@@ -53,15 +53,29 @@ def test_torchrun_parses_the_launch_arguments():
     assert args.max_restarts == 0
 
 
-@pytest.mark.parametrize("preset, engine", [("fsdp", "FSDP"), ("zero2", "DeepSpeed ZeRO"), ("zero3", "DeepSpeed ZeRO")])
-def test_sharded_presets_fail_at_config_time_without_cuda(preset, engine):
+@pytest.mark.parametrize("preset", ["zero2", "zero3"])
+def test_deepspeed_presets_fail_at_config_time_without_cuda(preset):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(SftlabError, match=rf"train.distributed={preset} \({engine}\) needs CUDA GPUs; this machine "
-                                          r"has none. On CPU use train.distributed=ddp"):
+    with pytest.raises(SftlabError, match=rf"train.distributed={preset} \(DeepSpeed ZeRO\) needs CUDA GPUs; this "
+                                          r"machine has none. On CPU use train.distributed=ddp"):
         load_config(None, [f"train.distributed={preset}"], base=BASE)
+
+
+def test_fsdp_loads_without_cuda_and_refuses_qlora():
+    from types import SimpleNamespace
+
+    from sftlab.config.checks import check_distributed
+
+    cfg = load_config(None, ["train.distributed=fsdp", "train.save_every_n_steps=2"], base=BASE)
+    assert cfg.train.distributed == "fsdp"
+    qlora = SimpleNamespace(kind="lora", lora=SimpleNamespace(quantize_4bit=True))  # QLoRA itself needs CUDA first
+    with pytest.raises(ValueError, match=r"train.distributed=fsdp cannot shard 4-bit \(QLoRA\) weights; use ddp"):
+        check_distributed(SimpleNamespace(train=cfg.train, strategy=qlora))
+    check_distributed(SimpleNamespace(train=cfg.train, strategy=SimpleNamespace(kind="lora", lora=SimpleNamespace(
+        quantize_4bit=False))))
 
 
 def test_ddp_preset_and_timeout_load():
@@ -76,19 +90,36 @@ def test_a_preset_accelerate_did_not_set_up_or_unsupported_checkpoints_fail_at_s
 
     from accelerate.utils import DistributedType
 
-    from sftlab.train.distributed import check_processes
+    from sftlab.train.distributed import check_processes, fsdp
 
     def cfg(**train):
         return SimpleNamespace(train=SimpleNamespace(**{"distributed": "fsdp", "save_every_n_steps": None, **train}))
 
     on_cpu = SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU)
-    with pytest.raises(SftlabError, match="train.distributed=fsdp: accelerate set up MULTI_CPU instead"):
-        check_processes(cfg(), on_cpu)
-    fsdp = SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP)
-    check_processes(cfg(), fsdp)
-    with pytest.raises(SftlabError, match="train.save_every_n_steps: train.distributed=fsdp cannot write resumable"):
-        check_processes(cfg(save_every_n_steps=5), fsdp)
+    deepspeed = SimpleNamespace(num_processes=2, distributed_type=DistributedType.DEEPSPEED)
+    check_processes(cfg(save_every_n_steps=5), on_cpu)  # fsdp: sftlab shards CPU (gloo) processes itself
+    assert fsdp(cfg(), on_cpu) and not fsdp(cfg(), SimpleNamespace(num_processes=1))
+    with pytest.raises(SftlabError, match="train.distributed=fsdp: accelerate set up DEEPSPEED"):
+        check_processes(cfg(), deepspeed)
+    with pytest.raises(SftlabError, match="train.distributed=zero3: accelerate set up MULTI_CPU instead"):
+        check_processes(cfg(distributed="zero3"), on_cpu)
+    check_processes(cfg(distributed="zero2"), deepspeed)
+    with pytest.raises(SftlabError, match="train.save_every_n_steps: train.distributed=zero2 cannot write resumable"):
+        check_processes(cfg(distributed="zero2", save_every_n_steps=5), deepspeed)
     check_processes(cfg(distributed="ddp", save_every_n_steps=5), on_cpu)
+
+
+def test_fsdp_refuses_a_model_without_decoder_layers_to_shard():
+    from types import SimpleNamespace
+
+    import torch
+
+    from sftlab.train.distributed import shard_objective
+
+    objective = torch.nn.Module()
+    objective.model = torch.nn.Sequential(torch.nn.Linear(2, 2))  # names no _no_split_modules
+    with pytest.raises(SftlabError, match=r"train.distributed=fsdp: Sequential names no decoder layers to shard"):
+        shard_objective(objective, SimpleNamespace(device=torch.device("cpu"), num_processes=2))
 
 
 def test_resume_with_another_process_count_is_refused(tmp_path):
@@ -128,15 +159,11 @@ def test_train_cli_shows_the_launch_options(capsys):
         assert option in text
 
 
-def test_sharded_presets_build_accelerate_plugins_with_full_state_dicts():
+def test_deepspeed_presets_build_accelerate_plugins():
     from types import SimpleNamespace
 
-    from torch.distributed.fsdp import StateDictType
+    from sftlab.train.distributed import _deepspeed_plugin
 
-    from sftlab.train.distributed import _deepspeed_plugin, _fsdp_plugin
-
-    fsdp = _fsdp_plugin()
-    assert (fsdp.fsdp_version, fsdp.reshard_after_forward, fsdp.state_dict_type) == (2, True, StateDictType.FULL_STATE_DICT)
     train = SimpleNamespace(distributed="zero3", batch_size=2, precision="bf16", max_grad_norm=None)
     zero3 = _deepspeed_plugin(SimpleNamespace(train=train))
     assert zero3.zero_stage == 3 and zero3.zero3_save_16bit_model

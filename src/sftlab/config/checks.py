@@ -17,28 +17,30 @@ def require_cuda_for_qlora() -> None:
 
 
 def check_distributed(cfg) -> None:
-    """train.distributed presets the machine cannot run fail here: FSDP and DeepSpeed ZeRO need CUDA GPUs.
+    """train.distributed presets the machine cannot run fail here: DeepSpeed ZeRO needs CUDA GPUs.
 
-    (accelerate runs FSDP only on accelerators; on CPU processes it would quietly fall back to plain ddp.)"""
+    fsdp (sftlab's own FSDP2 `fully_shard`) runs on CPU (gloo) and CUDA; 4-bit QLoRA weights cannot be sharded."""
     kind = cfg.train.distributed
     if kind == "ddp":
+        return
+    qlora = cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit
+    if kind == "fsdp":
+        if qlora:
+            raise ValueError("train.distributed=fsdp cannot shard 4-bit (QLoRA) weights; use ddp")
         return
     import importlib.util
 
     import torch
 
-    what = "FSDP" if kind == "fsdp" else "DeepSpeed ZeRO"
     if not torch.cuda.is_available():
-        raise ValueError(f"train.distributed={kind} ({what}) needs CUDA GPUs; this machine has none. "
+        raise ValueError(f"train.distributed={kind} (DeepSpeed ZeRO) needs CUDA GPUs; this machine has none. "
                          "On CPU use train.distributed=ddp")
-    if kind == "fsdp":
-        return
     if importlib.util.find_spec("deepspeed") is None:
         raise ValueError(f"train.distributed={kind} needs `pip install deepspeed`")
     if cfg.train.grad_accum != 1:
         raise ValueError(f"train.distributed={kind} takes train.grad_accum=1 (DeepSpeed steps at every backward "
                          "here); raise train.batch_size or the process count instead")
-    if cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit and kind == "zero3":
+    if qlora and kind == "zero3":
         raise ValueError("train.distributed=zero3 cannot shard 4-bit (QLoRA) weights; use zero2 or ddp")
 
 

@@ -133,8 +133,8 @@ class TrainConfig(_Strict):
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
     save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")
     distributed: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
-        "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel, CPU or GPU); fsdp "
-        "(full shard) and zero2/zero3 (DeepSpeed) need CUDA; ignored by a single process (docs/distributed.md)")
+        "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel) or fsdp (FSDP2 full shard), "
+        "CPU or GPU; zero2/zero3 (DeepSpeed) need CUDA; ignored by a single process (docs/distributed.md)")
     dist_timeout_s: int = Field(600, gt=0, description="seconds a process waits for the others before the run stops")
 
 

@@ -3,6 +3,8 @@
     OUT/checkpoints/step-N/
         model.safetensors + config.json (or adapter_model.safetensors for peft) + tokenizer files
         optimizer.pt  scheduler.pt  rng_state.pt (python, numpy, torch, cuda)
+        optimizer/          instead of optimizer.pt under train.distributed=fsdp: every rank's optimizer
+                            shards (torch.distributed.checkpoint), read back with the same process count
         rng_state_ranks.pt   with several processes: every rank's RNG states, in rank order
         sftlab_state.json   resolved config, step, data position, losses and eval history
 
@@ -17,6 +19,7 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,12 +73,18 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict,
-                    state_dict: dict | None = None, rank_rngs: list[dict] | None = None) -> Path:
-    """Write `run_dir/checkpoints/step-<step>/` atomically and return it (`rank_rngs`: every rank's RNG states)."""
+                    state_dict: dict | None = None, rank_rngs: list[dict] | None = None,
+                    write_optimizer: Callable[[Path], None] | None = None) -> Path:
+    """Write `run_dir/checkpoints/step-<step>/` atomically and return it (`rank_rngs`: every rank's RNG states).
+
+    `write_optimizer(tmp)` replaces optimizer.pt (a sharded optimizer written by every rank into the directory)."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step}"
     with atomic_dir(final, overwrite=True) as tmp:
         save_model_dir(model, tokenizer, tmp, state_dict)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if write_optimizer is not None:
+            write_optimizer(tmp)
+        else:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng, tmp / "rng_state.pt")
         if rank_rngs is not None:
@@ -147,10 +156,20 @@ def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
                           f"{' ...' if len(lost) > 3 else ''}; it does not belong to this run")
 
 
-def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore optimizer and scheduler state and return the RNG states saved for process `rank`."""
+def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0, model=None) -> dict:
+    """Restore optimizer and scheduler state and return the RNG states saved for process `rank`.
+
+    A sharded optimizer (`optimizer/`, fsdp) is read by every rank into the optimizer of the sharded `model`."""
     directory = Path(directory)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    if (directory / "optimizer").is_dir():
+        from sftlab.train.distributed import load_sharded_optimizer
+
+        if model is None:
+            raise SftlabError(f"{directory}: the optimizer state is sharded (train.distributed=fsdp); resume with "
+                              "the same train.distributed and process count")
+        load_sharded_optimizer(model, optimizer, directory / "optimizer")
+    else:
+        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
     ranks = directory / "rng_state_ranks.pt"
     if ranks.is_file():

@@ -9,9 +9,13 @@ count and multiplied by the process count (the gradient all-reduce averages over
 batch B take the same steps, with the same losses, as 1 process x batch N*B.
 
 The accelerator runs gloo on CPU and NCCL on CUDA; the process group timeout is `train.dist_timeout_s`.
-`train.distributed` picks ddp, fsdp (full shard, FSDP2) or DeepSpeed ZeRO-2/3; fsdp and ZeRO need CUDA
-(checked at config time), gather the final and best model into ordinary safetensors, and write no
-resumable step checkpoints yet (refused at start). `launch` starts N workers
+`train.distributed` picks ddp, fsdp or DeepSpeed ZeRO-2/3. fsdp is PyTorch's FSDP2 `fully_shard` applied
+here (`shard_objective`, CPU/gloo or CUDA/NCCL; accelerate only runs its FSDP on accelerators): every decoder
+layer is one shard group, the training objective the root group. Step checkpoints under fsdp hold the gathered
+weights (ordinary safetensors) and the sharded optimizer state written by every rank with
+`torch.distributed.checkpoint` (`save_sharded_optimizer`, `load_sharded_optimizer`); a resume needs the same
+process count. ZeRO needs CUDA (checked at config time), writes no resumable step checkpoints (refused at start)
+and, like fsdp, gathers the final and best model into ordinary safetensors. `launch` starts N workers
 through `torch.distributed.run` (torchrun), which stops every worker when one dies.
 """
 
@@ -37,25 +41,13 @@ def make_accelerator(cfg):
     from accelerate.utils import InitProcessGroupKwargs
 
     AcceleratorState._reset_state()  # a previous in-process run may have used other precision settings
-    plugins = {}
-    if world_size() > 1 and cfg.train.distributed == "fsdp":
-        plugins["fsdp_plugin"] = _fsdp_plugin()
-    elif world_size() > 1 and cfg.train.distributed in ("zero2", "zero3"):
+    plugins = {}  # fsdp: a plain multi-process accelerator; shard_objective applies fully_shard itself
+    if world_size() > 1 and cfg.train.distributed in ("zero2", "zero3"):
         plugins["deepspeed_plugin"] = _deepspeed_plugin(cfg)
     return Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
                        cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],
                        **plugins)
-
-
-def _fsdp_plugin():
-    """FSDP2 full shard of every decoder layer; full (gathered) state dicts so saves are ordinary safetensors."""
-    from accelerate import FullyShardedDataParallelPlugin
-
-    return FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True,
-                                          auto_wrap_policy="transformer_based_wrap",
-                                          state_dict_type="FULL_STATE_DICT",
-                                          activation_checkpointing=False)
 
 
 def _deepspeed_plugin(cfg):
@@ -75,13 +67,23 @@ def check_processes(cfg, accelerator) -> None:
 
     if accelerator.num_processes == 1 or cfg.train.distributed == "ddp":
         return
-    expected = DistributedType.FSDP if cfg.train.distributed == "fsdp" else DistributedType.DEEPSPEED
-    if accelerator.distributed_type != expected:
+    if cfg.train.distributed == "fsdp":
+        if accelerator.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+            raise SftlabError(f"train.distributed=fsdp: accelerate set up {accelerator.distributed_type.value}; "
+                              "sftlab's FSDP runs on CPU (gloo) or CUDA (NCCL) processes; use train.distributed=ddp here")
+        return
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
         raise SftlabError(f"train.distributed={cfg.train.distributed}: accelerate set up "
                           f"{accelerator.distributed_type.value} instead; use train.distributed=ddp here")
     if cfg.train.save_every_n_steps:
         raise SftlabError(f"train.save_every_n_steps: train.distributed={cfg.train.distributed} cannot write resumable "
-                          "step checkpoints yet (the sharded optimizer state is not consolidated); unset it or use ddp")
+                          "step checkpoints yet (the sharded optimizer state is not consolidated); unset it or use "
+                          "ddp or fsdp")
+
+
+def fsdp(cfg, accelerator) -> bool:
+    """Whether this run shards its model with sftlab's FSDP2 (`train.distributed=fsdp`, several processes)."""
+    return accelerator.num_processes > 1 and cfg.train.distributed == "fsdp"
 
 
 def sharded(cfg, accelerator) -> bool:
@@ -92,15 +94,121 @@ def sharded(cfg, accelerator) -> bool:
 def gathered_state_dict(cfg, accelerator, objective, model) -> dict | None:
     """The full weights of a sharded `model` (inside the prepared `objective`), gathered by every rank's call.
 
-    Keys are those of `model.save_pretrained` (peft: the adapter's own); None when the model is not sharded."""
+    Keys are those of `model.save_pretrained` (peft: the adapter's own); None when the model is not sharded.
+    Under fsdp only the main process receives the tensors (on CPU); the others get an empty dict."""
     if not sharded(cfg, accelerator):
         return None
-    state = {key.removeprefix("model."): value for key, value in accelerator.get_state_dict(objective).items()}
+    if fsdp(cfg, accelerator):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(objective, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not accelerator.is_main_process:
+            return {}
+    else:
+        full = accelerator.get_state_dict(objective)
+    state = {key.removeprefix("model."): value for key, value in full.items()}
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(model, state_dict=state)
     return state
+
+
+def shard_objective(objective, accelerator):
+    """FSDP2 `fully_shard` of every decoder layer (the model's `_no_split_modules`) and of `objective` as the root.
+
+    The model is moved to the accelerator's device first; build the optimizer afterwards (the parameters
+    become sharded DTensors). `call_unsharded` runs other code (evaluation, generation) through the root."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    layer_names = set(getattr(objective.model, "_no_split_modules", None) or [])
+    layers = [module for module in objective.model.modules() if type(module).__name__ in layer_names]
+    if not layers:
+        raise SftlabError(f"train.distributed=fsdp: {type(objective.model).__name__} names no decoder layers to "
+                          "shard (_no_split_modules); use train.distributed=ddp")
+    objective.to(accelerator.device)
+    mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(objective, mesh=mesh)
+    objective.call_unsharded = _call.__get__(objective, type(objective))
+    register_fsdp_forward_method(objective, "call_unsharded")  # FSDP gathers the root's weights around it
+    torch.distributed.barrier()
+    return objective
+
+
+def _call(self, function, *args, **kwargs):
+    return function(*args, **kwargs)
+
+
+def call_unsharded(session, function, *args, **kwargs):
+    """`function(*args, **kwargs)` with the model usable outside the training objective (evaluation, generation).
+
+    Under fsdp it runs inside the root's forward hooks (every rank must call it the same number of times),
+    and the root's weights are sharded again afterwards; otherwise it is a plain call."""
+    if not fsdp(session.cfg, session.accelerator):
+        return function(*args, **kwargs)
+    try:
+        return session.objective.call_unsharded(function, *args, **kwargs)
+    finally:
+        session.objective.reshard()
+
+
+def clip_grad_norm(session, params, max_norm: float) -> float | None:
+    """Clip the gradients of `params` to `max_norm` (over all ranks); the norm before clipping, or None (DeepSpeed)."""
+    if not fsdp(session.cfg, session.accelerator):
+        norm = session.accelerator.clip_grad_norm_(params, max_norm)  # None: DeepSpeed clips itself
+        return None if norm is None else float(norm)
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+    if isinstance(total, DTensor):  # each rank holds the norm of its shards: combine them
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def save_sharded_optimizer(session, directory) -> None:
+    """Every rank writes its optimizer shards to `directory` (torch.distributed.checkpoint; a shared file system)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(session.objective, _inner(session.optimizer))
+    dcp.save({"optimizer": state}, checkpoint_id=str(directory))
+
+
+def optimizer_writer(session):
+    """Under fsdp, `write(tmp)` for `save_checkpoint`: every rank calls it (the others with None) and writes its
+    optimizer shards into the main process's temporary checkpoint directory; None for other runs."""
+    if not fsdp(session.cfg, session.accelerator):
+        return None
+    return lambda tmp: save_sharded_optimizer(session, from_main(session.accelerator, tmp) / "optimizer")
+
+
+def load_sharded_optimizer(objective, optimizer, directory) -> None:
+    """Read the optimizer shards written by `save_sharded_optimizer` into this rank's optimizer (every rank calls)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    state = {"optimizer": get_optimizer_state_dict(objective, _inner(optimizer))}
+    dcp.load(state, checkpoint_id=str(directory))
+    set_optimizer_state_dict(objective, _inner(optimizer), state["optimizer"])
+
+
+def from_main(accelerator, value):
+    """The main process's `value` on every rank (e.g. the temporary directory a checkpoint is written into)."""
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+def _inner(optimizer):
+    """The torch optimizer inside accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
 
 
 def rank_share(indices: list[int], rank: int, processes: int) -> tuple[list[int], bool]:
@@ -154,7 +262,18 @@ def no_sync_unless_last(accelerator, model, is_last: bool):
     """Skip the gradient all-reduce for all but the last micro-batch of a step (DDP/FSDP accumulate locally)."""
     if accelerator.num_processes == 1 or is_last:
         return contextlib.nullcontext()
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: unsharded gradients add up until the last one
+        return _fsdp_no_sync(model)
     return accelerator.no_sync(model)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
 
 
 def launch_arguments(program: list[str], nproc: int, nnodes: int = 1, node_rank: int = 0,

@@ -31,8 +31,9 @@ from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
                                      save_checkpoint, save_model_dir)
-from sftlab.train.distributed import (combine_eval_sums, gather_objects, gathered_state_dict, no_sync_unless_last,
-                                      rank_share, reduce_sum, sharded, world_size)
+from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_eval_sums, gather_objects,
+                                      gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
+                                      reduce_sum, sharded, world_size)
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
@@ -225,8 +226,7 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
     grad_norm = None
     if session.cfg.train.max_grad_norm is not None:
         params = [p for p in session.model.parameters() if p.requires_grad]
-        norm = accelerator.clip_grad_norm_(params, session.cfg.train.max_grad_norm)  # None: DeepSpeed clips itself
-        grad_norm = None if norm is None else float(norm)
+        grad_norm = clip_grad_norm(session, params, session.cfg.train.max_grad_norm)  # None: DeepSpeed clips itself
         if grad_norm is not None and not math.isfinite(grad_norm):
             diverged(session, f"gradient norm is {grad_norm}")
     session.optimizer.step()
@@ -298,9 +298,9 @@ def evaluate(session: Session) -> dict:
     The validation loss is gathered over all processes; task metrics are computed by every process on the
     whole evaluation data (so every rank holds the same numbers)."""
     stage = session.cfg.train.stage
-    metrics = evaluate_batches(session.model, validation_batches(session), stage, session.accelerator.autocast,
-                               combine_eval_sums(session.accelerator))
-    metrics.update(task_metrics(session.model, session.tokenizer, session.prepared, session.cfg))
+    metrics = call_unsharded(session, evaluate_batches, session.model, validation_batches(session), stage,
+                             session.accelerator.autocast, combine_eval_sums(session.accelerator))
+    metrics.update(call_unsharded(session, task_metrics, session.model, session.tokenizer, session.prepared, session.cfg))
     return metrics
 
 
@@ -346,8 +346,8 @@ def sidecar(session: Session) -> dict:
 
 def write_checkpoint(session: Session, rng: dict) -> Path:
     """Save checkpoints/step-N (main process; every rank's RNG) and prune old ones to output.keep_checkpoints."""
-    accelerator = session.accelerator
-    if sharded(session.cfg, accelerator):  # refused at start for save_every_n_steps; reached by Ctrl-C
+    accelerator, write_optimizer = session.accelerator, optimizer_writer(session)  # fsdp: sharded optimizer
+    if sharded(session.cfg, accelerator) and write_optimizer is None:  # ZeRO: refused at start; reached by Ctrl-C
         raise SftlabError(f"stopped at step {session.step}; train.distributed={session.cfg.train.distributed} "
                           "writes no resumable checkpoint yet, so this run cannot be resumed")
     path = session.out_dir / "checkpoints" / f"step-{session.step}"
@@ -355,8 +355,11 @@ def write_checkpoint(session: Session, rng: dict) -> Path:
     state_dict = _gathered_state_dict(session)
     if accelerator.is_main_process:
         path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
-                               session.optimizer, session.scheduler, rng, sidecar(session), state_dict, rank_rngs)
+                               session.optimizer, session.scheduler, rng, sidecar(session), state_dict, rank_rngs,
+                               write_optimizer)
         prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
+    elif write_optimizer is not None:
+        write_optimizer(None)
     accelerator.wait_for_everyone()
     return path
 

@@ -191,11 +191,14 @@ def _start_position(cfg, saved: dict | None = None):
 
 
 def _prepare_for_processes(accelerator, model, cfg, prepared):
-    """The objective and AdamW prepared by the accelerator (FSDP/DeepSpeed wrap both in one call)."""
-    from sftlab.train.distributed import sharded
+    """The objective and AdamW prepared by the accelerator (DeepSpeed wraps both in one call; fsdp shards first)."""
+    from sftlab.train.distributed import fsdp, shard_objective, sharded
     from sftlab.train.optim import build_optimizer
 
     objective = TrainingObjective(model, cfg.train.stage, _classifier_weights(prepared, cfg))
+    if fsdp(cfg, accelerator):  # sharded first: AdamW then holds the sharded parameters
+        objective = shard_objective(objective, accelerator)
+        return objective, accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
     if sharded(cfg, accelerator):
         objective._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps these layers
         return accelerator.prepare(objective, build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
@@ -282,7 +285,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
             atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
             atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
         return session, None
-    rng = load_training_state(checkpoint, optimizer, scheduler, accelerator.process_index)
+    rng = load_training_state(checkpoint, optimizer, scheduler, accelerator.process_index, objective)
     session.step, session.losses = saved["step"], list(saved["losses"])
     session.position = _start_position(cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
