@@ -142,7 +142,8 @@ def test_precision_sets_the_compute_dtype_not_the_weights(tmp_path, precision, e
     prepare_output_dir(Path(cfg.output.dir), resume=False, overwrite=False)
     session, _ = build_session(cfg, Path(cfg.output.dir), None, None)
     seen = []
-    session.model.lm_head.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    # the output head's weight is used directly by the fused head loss (no module call): watch the last MLP
+    session.model.model.layers[-1].mlp.down_proj.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     try:
         loss, stats = optimizer_step(session, [[0, 1], [2, 3]])
     finally:

@@ -1,10 +1,13 @@
 """Training losses as (sum, count) pairs, so the loop can normalise by a whole optimizer step.
 
 Causal LMs: the backbone yields hidden states; only positions whose *shifted* label is supervised
-(!= -100) go through the output head (plus the config's final logit soft-capping, as in gemma), in
-chunks of `HEAD_CHUNK` positions. Logits at unsupervised positions are never built, and with more
-than one chunk each chunk's logits are recomputed in backward (activation checkpointing), so the
-head's memory stays one chunk of [positions x vocabulary] even for 262k vocabularies. (A model whose
+(!= -100) go through the output head (plus the config's final logit soft-capping, as in gemma). Logits
+at unsupervised positions are never built. When gradients are needed and the head is a plain bias-free
+linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the logits, the loss and at once
+the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
+logits are kept or recomputed for backward and the head's memory stays one chunk of
+[positions x vocabulary] (`head_chunk_rows`: about 64 MiB of fp32 logits). Otherwise the head runs in
+chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
 Classifiers: summed cross-entropy over the examples of the micro-batch (optionally class-weighted).
@@ -18,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
+FUSED_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk in the fused head loss
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
                     "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
 
@@ -49,8 +53,82 @@ def _backbone_and_head(model: torch.nn.Module):
     return hf_model, (backbone if separable else None), head, getattr(hf_model.config, "final_logit_softcapping", None)
 
 
-def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over supervised positions, and how many there were."""
+def head_chunk_rows(vocab: int, budget: int = FUSED_CHUNK_BYTES) -> int:
+    """Rows per chunk of the fused head loss: fp32 logits of about `budget` bytes (at least 64 rows)."""
+    return max(64, budget // (4 * vocab))
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would use on the weight's device (the weight's own dtype without autocast)."""
+    device = weight.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+class FusedHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` (optionally soft-capped) whose gradients are made in forward.
+
+    Per chunk of rows: logits in the autocast dtype (the weight's dtype without autocast), then an fp32
+    log-softmax; the gradient of the summed loss w.r.t. the logits is softmax - one_hot (times
+    1 - tanh^2 under soft-capping), multiplied back through the head at once. Backward only scales the
+    stored gradients by the incoming scalar. The weight gradient is skipped when the head is frozen."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, softcap, rows):
+        dtype = _compute_dtype(weight)
+        w = weight.to(dtype)
+        want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            h, t = hidden[start:start + rows].to(dtype), targets[start:start + rows]
+            logits = (h @ w.T).float()
+            slope = None
+            if softcap is not None:
+                logits = torch.tanh(logits.div_(softcap))
+                slope = 1.0 - logits.square()  # d(cap * tanh(x / cap)) / dx
+                logits.mul_(softcap)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None])[:, 0]).sum()
+            if not (want_hidden or want_weight):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+            if slope is not None:
+                grad.mul_(slope)
+            grad = grad.to(dtype)
+            if want_hidden:
+                grad_hidden[start:start + rows] = grad @ w
+            if want_weight:
+                grad_weight += grad.T @ h
+        ctx.weight_dtype = weight.dtype
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_h = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
+        grad_w = None if grad_weight is None else (grad_weight * grad_output.float()).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None, None
+
+
+def fused_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
+                    rows: int) -> torch.Tensor:
+    """`FusedHeadLoss` over `rows`-row chunks (half as many under soft-capping, which keeps a second buffer)."""
+    return FusedHeadLoss.apply(hidden, weight, targets, softcap, rows if softcap is None else max(1, rows // 2))
+
+
+def _fusable(head) -> bool:
+    return type(head) is torch.nn.Linear and head.bias is None
+
+
+def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over supervised positions, and how many there were.
+
+    `chunk`: head rows per chunk (default: `head_chunk_rows` for the fused loss, else `HEAD_CHUNK`)."""
     _, backbone, head, softcap = _backbone_and_head(model)
     labels = batch["labels"]
     targets = labels[:, 1:]
@@ -65,6 +143,10 @@ def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CH
     count = int(targets.numel())
     if count == 0:
         return hidden.sum() * 0.0, 0  # keeps the graph connected so backward still works
+    if torch.is_grad_enabled() and _fusable(head):
+        rows = chunk or head_chunk_rows(head.weight.shape[0])
+        return fused_head_loss(hidden, head.weight, targets, softcap, rows), count
+    chunk = chunk or HEAD_CHUNK
     recompute = torch.is_grad_enabled() and count > chunk
     total = None
     for start in range(0, count, chunk):

@@ -1,0 +1,129 @@
+"""The fused head loss (gradients made in forward) against autograd through plain logits, and fp32 master weights."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftlab.train.loss import FusedHeadLoss, fused_head_loss, head_chunk_rows
+from sftlab.train.optim import MasterWeightAdamW, build_optimizer
+
+
+def _reference(hidden, weight, targets, softcap):
+    logits = (hidden @ weight.T).float()
+    if softcap is not None:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+def _inputs(rows=37, dim=16, vocab=50, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, dim, generator=gen, requires_grad=True)
+    weight = torch.randn(vocab, dim, generator=gen, requires_grad=True)
+    return hidden, weight, torch.randint(0, vocab, (rows,), generator=gen)
+
+
+@pytest.mark.parametrize("softcap", [None, 2.0])
+@pytest.mark.parametrize("rows", [8, 1000])
+def test_fused_head_loss_matches_autograd(softcap, rows):
+    hidden, weight, targets = _inputs()
+    expected = _reference(hidden, weight, targets, softcap)
+    (expected * 0.5).backward()  # a non-unit incoming gradient must scale the stored ones
+    want = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    total = fused_head_loss(hidden, weight, targets, softcap, rows)
+    (total * 0.5).backward()
+    torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden.grad, want[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight.grad, want[1], rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_head_gets_no_gradient_and_input_gradient_is_right():
+    hidden, weight, targets = _inputs()
+    weight.requires_grad_(False)
+    _reference(hidden, weight, targets, None).backward()
+    want = hidden.grad.clone()
+    hidden.grad = None
+    FusedHeadLoss.apply(hidden, weight, targets, None, 10).backward()
+    assert weight.grad is None
+    torch.testing.assert_close(hidden.grad, want, rtol=1e-4, atol=1e-5)
+
+
+def test_under_bf16_autocast_it_stays_close_to_the_autocast_reference():
+    hidden, weight, targets = _inputs(rows=64, dim=32, vocab=300)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = F.cross_entropy((hidden @ weight.T).float(), targets, reduction="sum")
+        total = fused_head_loss(hidden, weight, targets, None, 16)
+    torch.testing.assert_close(total, expected, rtol=1e-3, atol=1e-3)
+    total.backward()
+    assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
+
+
+def test_chunk_rows_bound_the_logits_memory():
+    assert head_chunk_rows(16_000) == 1048 and head_chunk_rows(262_144) == 64 and head_chunk_rows(10**9) == 64
+
+
+def _bf16_model(seed=0, value=None):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)).to(torch.bfloat16)
+    if value is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(value)
+    return model
+
+
+def test_low_precision_parameters_get_fp32_master_weights():
+    model = _bf16_model()
+    assert isinstance(build_optimizer(model, 1e-3, 0.0), MasterWeightAdamW)
+    assert not isinstance(build_optimizer(model, 1e-3, 0.0, master_weights=False), MasterWeightAdamW)
+    assert not isinstance(build_optimizer(model.float(), 1e-3, 0.0), MasterWeightAdamW)
+
+
+def test_master_weights_keep_updates_below_bf16_resolution():
+    """Steps of 1e-4 on weights of 1.0 (bf16 spacing there: 2^-7) are lost by AdamW on bf16 weights; the fp32
+    masters add them up exactly as fp32 AdamW does, and the model's weights move once the sum shows in bf16."""
+    plain, mastered = _bf16_model(value=1.0), _bf16_model(value=1.0)
+    opt_plain = torch.optim.AdamW(plain.parameters(), lr=1e-4, weight_decay=0.0, fused=True)
+    opt_master = build_optimizer(mastered, 1e-4, 0.0)
+    reference = [p.detach().float().clone().requires_grad_(True) for p in mastered.parameters()]
+    opt_ref = torch.optim.AdamW(reference, lr=1e-4, weight_decay=0.0, fused=True)
+    start = [p.detach().clone() for p in plain.parameters()]
+    for _ in range(60):
+        for model, opt in ((plain, opt_plain), (mastered, opt_master)):
+            for p in model.parameters():
+                p.grad = torch.ones_like(p)
+            opt.step()
+            opt.zero_grad()
+        for p in reference:
+            p.grad = torch.ones_like(p)
+        opt_ref.step()
+    assert all(torch.equal(p, s) for p, s in zip(plain.parameters(), start))  # every update rounded away
+    masters = [m for group in opt_master.param_groups for m in group["params"]]
+    for master, ref, param in zip(masters, reference, mastered.parameters()):
+        torch.testing.assert_close(master, ref.detach(), rtol=0, atol=0)  # exactly fp32 AdamW
+        assert torch.equal(param, master.to(torch.bfloat16))
+    assert all(not torch.equal(p, s) for p, s in zip(mastered.parameters(), start))
+
+
+def test_master_weights_survive_a_state_dict_round_trip():
+    model = _bf16_model()
+    opt = build_optimizer(model, 1e-3, 0.0)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        opt.step()
+    state = copy.deepcopy(opt.state_dict())  # as written to and read from optimizer.pt
+    resumed = _bf16_model(seed=1)  # different weights: loading the state must restore them from the masters
+    opt2 = build_optimizer(resumed, 1e-3, 0.0)
+    opt2.load_state_dict(state)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    grads = [torch.randn_like(p) for p in model.parameters()]
+    for m, o in ((model, opt), (resumed, opt2)):
+        for p, g in zip(m.parameters(), grads):
+            p.grad = g.clone()
+        o.step()
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
