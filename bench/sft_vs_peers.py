@@ -60,12 +60,14 @@ from matmul_peak import measure_peak, training_flops  # noqa: E402
 SETTINGS = {
     "sftlab-packed": ("sftlab", "sftlab", True, {}),
     "sftlab-padded": ("sftlab", "sftlab", False, {}),
+    "sftlab-packed-autocast": ("sftlab", "sftlab", True, {"sftlab_weights": "float32"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
     "trl-packed": ("trl", "TRL SFTTrainer", True, {}),
     "lf-neat": ("lf", "LLaMA-Factory", True, {}),
     "lf-neat-nogc": ("lf", "LLaMA-Factory", True, {"lf_disable_gradient_checkpointing": True}),
 }
-SETTING_NOTES = {"sftlab-packed": "packed (data.packing)", "sftlab-padded": "padded", "trl-default": "default (padded)",
+SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloat16)", "sftlab-padded": "padded",
+                 "sftlab-packed-autocast": "packed, fp32 weights (bf16: autocast only)", "trl-default": "default (padded)",
                  "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
 FULL_SETTINGS = ["sftlab-packed", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]

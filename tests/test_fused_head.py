@@ -127,3 +127,29 @@ def test_master_weights_survive_a_state_dict_round_trip():
         o.step()
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_a_bf16_model_trains_through_master_weights_in_the_loop(tmp_path):
+    """model.dtype=bfloat16 with train.precision=bf16: AdamW keeps fp32 masters and the bf16 weights follow them."""
+    from pathlib import Path
+
+    from sftlab.config import load_config
+    from sftlab.train.loop import cleanup, optimizer_step
+    from sftlab.train.setup import build_session, prepare_output_dir
+    from test_train_loop import tiny_run
+
+    cfg = load_config(None, [], base=tiny_run(tmp_path, model={"dtype": "bfloat16"}, train={"precision": "bf16"}))
+    prepare_output_dir(Path(cfg.output.dir), resume=False, overwrite=False)
+    session, _ = build_session(cfg, Path(cfg.output.dir), None, None)
+    try:
+        before = session.model.lm_head.weight.detach().clone()
+        loss, _ = optimizer_step(session, [[0, 1, 2, 3]])
+        optimizer = session.optimizer.optimizer
+        masters = [m for group in optimizer.param_groups for m in group["params"]]
+    finally:
+        cleanup(session)
+    assert isinstance(optimizer, MasterWeightAdamW) and all(m.dtype == torch.float32 for m in masters)
+    assert session.model.lm_head.weight.dtype == torch.bfloat16 and torch.isfinite(torch.tensor(loss))
+    assert not torch.equal(session.model.lm_head.weight, before)
+    for master, param in zip(masters, [p for g in optimizer.model_params for p in g]):
+        assert torch.equal(param, master.to(torch.bfloat16))

@@ -52,6 +52,8 @@ def eval_loss(model, rows: list[dict], pad_id: int, batch_size: int = 8) -> floa
     import torch
     import torch.nn.functional as F
 
+    if next(model.parameters()).dtype != torch.float32:
+        model = model.float()  # a tool that trained bf16 weights is scored in fp32 like the others (in place)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0

@@ -1,7 +1,9 @@
 """Run one sftlab training for the benchmark (project venv): `python run_sftlab.py SPEC.json`.
 
 Builds the RunConfig from the spec, times `sftlab.train.loop.train` only (data preparation, model loading
-and saving are outside the clock, as for the peers), then scores the common eval loss.
+and saving are outside the clock, as for the peers), then scores the common eval loss. In bf16 the model's
+weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
+`sftlab_weights` says float32 (bf16 autocast over fp32 weights).
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def build_config(spec: dict):
         strategy = {"kind": "freeze", "freeze": {"layers": f"last:{spec['trainable_last_layers']}",
                                                  "modules": ["model.norm.*"]}}
     work = Path(spec["work"])
+    bf16_weights = spec["precision"] == "bf16" and spec.get("sftlab_weights", "bfloat16") == "bfloat16"
     return RunConfig(
-        model={"path": spec["model"]},
+        model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32"},
         data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
               "cache_dir": str(work / "sftlab-cache")},
         strategy=strategy,

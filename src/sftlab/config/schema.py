@@ -20,7 +20,9 @@ class ModelConfig(_Strict):
     """Which weights to start from and how to load them."""
 
     path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights; "
+                                                                    "trained bf16/fp16 weights get fp32 master copies in AdamW "
+                                                                    "(with train.precision=bf16, bfloat16 is faster and lighter on CPU)")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["sdpa", "eager"] = Field("sdpa", description="attention kernel passed to transformers")
