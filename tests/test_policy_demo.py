@@ -34,14 +34,15 @@ def test_score_candidates_is_batch_invariant(tiny_dir):
         ModelScorer(tiny_dir, precision="fp16")
 
 
-def test_cli_simulate_build_baselines_push(tmp_path, capsys):
+def test_cli_simulate_build_baselines_push(tiny_dir, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/cli.db"
     assert main(["policy", "simulate", "--db", db, "--enterprises", "30", "--policies", "50", "--days", "200",
                  "--seed", "2", "--csv-dir", str(tmp_path / "csv")]) == 0
     assert main(["policy", "simulate", "--db", db]) == 2
     assert "already holds 30 enterprises" in capsys.readouterr().err
     data = tmp_path / "data"
-    assert main(["policy", "build-data", "--db", db, "--out", str(data), "--cutoff", "2025-06-01", "--max-train", "40"]) == 0
+    assert main(["policy", "build-data", "--db", db, "--out", str(data), "--cutoff", "2025-06-01", "--max-train", "40",
+                 "--max-eval-enterprises", "6"]) == 0
     assert main(["policy", "baselines", "--db", db, "--data", str(data), "--k", "3"]) == 0
     out = capsys.readouterr().out
     assert "| oracle | overall |" in out and (data / "baselines" / "report.md").is_file()
@@ -51,6 +52,17 @@ def test_cli_simulate_build_baselines_push(tmp_path, capsys):
                  "--top-k", "2"]) == 0
     assert "window 2025-06-01: 0 pushes" in capsys.readouterr().out.splitlines()[-1]
     assert main(["policy", "push", "--db", db, "--baseline", "popularity", "--since", "June"]) == 2
+    capsys.readouterr()
+    assert main(["policy", "evaluate", "--db", db, "--data", str(data), "--model", str(tiny_dir), "--out", str(tmp_path / "ev"),
+                 "--precision", "bf16", "--batch-size", "16"]) == 0
+    assert "| fine_tuned | overall |" in capsys.readouterr().out
+    scored = [json.loads(line) for line in (tmp_path / "ev" / "scores.jsonl").read_text().splitlines()]
+    candidates = (data / "eval_candidates.jsonl").read_text().splitlines()
+    assert len(scored) == len(candidates) and all(0.0 < row["fine_tuned"] < 1.0 for row in scored)
+    assert "fine_tuned" in json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]
+    assert main(["policy", "push", "--db", db, "--model", str(tiny_dir), "--precision", "bf16", "--since", "2025-06-01",
+                 "--now", "2025-07-01", "--top-k", "1"]) == 0
+    assert "pushes" in capsys.readouterr().out
     fresh = f"sqlite:///{tmp_path}/fresh.db"
     assert main(["policy", "import", "--db", fresh, str(tmp_path / "csv"), "--rejects-dir", str(tmp_path / "rej")]) == 0
     assert "events: " in capsys.readouterr().out

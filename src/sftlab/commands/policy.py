@@ -45,6 +45,7 @@ def register(registry) -> None:
         p.add_argument("--batch-size", type=int, default=8)
         if name == "evaluate":
             p.add_argument("--model", required=True, help="run dir (or model/adapter dir) trained on yesno_train.jsonl")
+            _precision_arg(p)
 
     p = add("push", "write each enterprise's top-K new policies to the pushes table (idempotent, resumable)", handle_push)
     _scorer_args(p)
@@ -76,6 +77,12 @@ def _scorer_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--model", help="fine-tuned run dir (or model/adapter dir)")
     source.add_argument("--baseline", choices=["popularity", "category_frequency"], help="rank with a baseline instead")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
+    _precision_arg(parser)
+
+
+def _precision_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="score in fp32 or under bf16 autocast (about twice as fast on CPUs with AMX)")
 
 
 def _score_fn(args):
@@ -86,7 +93,7 @@ def _score_fn(args):
         return getattr(baselines, args.baseline)().score, f"baseline:{args.baseline}"
     from sftlab.policy.scoring import ModelScorer
 
-    scorer = ModelScorer(args.model, batch_size=args.batch_size)
+    scorer = ModelScorer(args.model, batch_size=args.batch_size, precision=args.precision)
     return (lambda rows: scorer([row["prompt"] for row in rows])), scorer.version
 
 
@@ -161,7 +168,8 @@ def handle_evaluate(args) -> int:
 
     model = getattr(args, "model", None)
     out = args.out or (Path(model) / "policy_eval" if model else Path(args.data) / "baselines")
-    results, report = run_evaluation(open_db(args.db), args.data, out, model, args.k, args.batch_size)
+    results, report = run_evaluation(open_db(args.db), args.data, out, model, args.k, args.batch_size,
+                                     getattr(args, "precision", "fp32"))
     print(format_table(results, args.k))
     print(f"report: {report}")
     return 0
