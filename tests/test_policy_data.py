@@ -160,3 +160,14 @@ def test_paired_bootstrap_interval_of_ndcg_differences():
                                bootstrap_for="fine_tuned")
     assert results["fine_tuned"]["bootstrap"]["worse"]["overall"][0] > 0
     assert "95% bootstrap interval [+" in "\n".join(comparisons(results, "fine_tuned", 5))
+
+
+def test_eval_group_keeps_only_that_groups_enterprises(built, tmp_path):
+    engine, data, _ = built
+    everyone = _read(data / "eval_candidates.jsonl")
+    for group in ("cold", "active"):
+        manifest = build_data(engine, tmp_path / group, cutoff=CUTOFF, max_train=300, seed=0, eval_group=group)
+        rows = _read(tmp_path / group / "eval_candidates.jsonl")
+        expected = [r for r in everyone if r["cold"] == (group == "cold")]
+        assert rows == expected and rows and manifest["eval_group"] == group
+        assert (tmp_path / group / "yesno_train.jsonl").read_text() == (data / "yesno_train.jsonl").read_text()

@@ -33,6 +33,8 @@ def register(registry) -> None:
     p.add_argument("--cutoff", help="YYYY-MM-DD; default: the date before which 80%% of the policies were published")
     p.add_argument("--max-train", type=int, default=2000, help="balanced 是/否 training examples at most")
     p.add_argument("--max-eval-enterprises", type=int, help="evaluate on a random subset of the enterprises")
+    p.add_argument("--eval-group", choices=["all", "cold", "active"], default="all",
+                   help="evaluate only cold-start (fewer than 3 clicks before the cut-off) or only active enterprises")
     p.add_argument("--category-limit", type=int, default=1000, help="next-category examples at most")
     p.add_argument("--seed", type=int, default=0)
 
@@ -154,7 +156,7 @@ def handle_build(args) -> int:
     from sftlab.policy.examples import build_data
 
     manifest = build_data(open_db(args.db), args.out, args.cutoff, args.max_train, args.max_eval_enterprises,
-                          args.category_limit, seed=args.seed)
+                          args.category_limit, seed=args.seed, eval_group=args.eval_group)
     print(f"cut-off {manifest['cutoff']}: {manifest['yesno_train']} + {manifest['yesno_valid']} 是/否 examples, "
           f"{manifest['eval_candidates']} held-out candidates ({manifest['eval_positives']} acted on) in {args.out}")
     return 0

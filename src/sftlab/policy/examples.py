@@ -171,14 +171,19 @@ def category_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, limi
 
 
 def evaluation_rows(ents: pd.DataFrame, pols: pd.DataFrame, split: TimeSplit, max_enterprises: int | None = None,
-                    seed: int = 0) -> list[CandidateRow]:
-    """Every eligible new policy for every enterprise with events after the cut-off; history as of the cut-off."""
+                    seed: int = 0, group: str = "all") -> list[CandidateRow]:
+    """Every eligible new policy for every enterprise with events after the cut-off; history as of the cut-off.
+    `group` "cold" / "active" keeps only cold-start (fewer than 3 clicks before the cut-off) / other enterprises
+    (before `max_enterprises` samples them)."""
     future = split.future
     acted = set(zip(*[future.loc[future["type"] == "click", c] for c in ("enterprise_id", "policy_id")]))
+    index = BehaviourIndex(split.history, pols)
     active = sorted(set(future["enterprise_id"]))
+    if group != "all":
+        active = [e for e in active if (index.summary(e, split.cutoff)["actions_total"] < 3) == (group == "cold")]
     if max_enterprises is not None and len(active) > max_enterprises:
         active = sorted(random.Random(seed).sample(active, max_enterprises))
-    index, popularity = BehaviourIndex(split.history, pols), Popularity(split.history, ents, split.cutoff)
+    popularity = Popularity(split.history, ents, split.cutoff)
     subset = ents.loc[active]
     ent_rows, pol_rows = ents.to_dict("index"), pols.to_dict("index")
     summaries = {eid: index.summary(eid, split.cutoff) for eid in active}
@@ -206,7 +211,7 @@ def _cap_per_answer(examples: list[dict], limit: int, seed: int) -> list[dict]:
 
 
 def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_enterprises: int | None = None,
-               category_limit: int = 1000, val_ratio: float = 0.1, seed: int = 0) -> dict:
+               category_limit: int = 1000, val_ratio: float = 0.1, seed: int = 0, eval_group: str = "all") -> dict:
     """Write the training and evaluation files for a time split into `out_dir`; returns the manifest.
 
     Files: yesno_train.jsonl / yesno_valid.jsonl (balanced 是/否, messages format), category_train.jsonl
@@ -222,7 +227,7 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
     balanced, balance_report = balance_examples([row.messages() for row in train], "undersample", seed)
     balanced = _cap_per_answer(balanced, max_train, seed)
     fit, valid = stratified_split(balanced, val_ratio, seed) if val_ratio > 0 else (balanced, [])
-    evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed)
+    evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed, eval_group)
     out = Path(out_dir)
     atomic_write_jsonl(out / "yesno_train.jsonl", fit)
     atomic_write_jsonl(out / "yesno_valid.jsonl", valid)
@@ -232,7 +237,7 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
     manifest = {"cutoff": cut.isoformat(), "train_pairs": len(train), "train_positive_rate": sum(r.label for r in train) / len(train),
                 "yesno_train": len(fit), "yesno_valid": len(valid), "balance": balance_report,
                 "eval_candidates": len(evaluation), "eval_positives": sum(r.label for r in evaluation),
-                "eval_enterprises": len({r.enterprise_id for r in evaluation}),
+                "eval_enterprises": len({r.enterprise_id for r in evaluation}), "eval_group": eval_group,
                 "feature_names": FEATURE_NAMES}
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
