@@ -201,7 +201,8 @@ def _prepare_for_processes(accelerator, model, cfg, prepared):
         return objective, accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
     if sharded(cfg, accelerator):
         objective._no_split_modules = getattr(model, "_no_split_modules", None)  # FSDP wraps these layers
-        return accelerator.prepare(objective, build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
+        return accelerator.prepare(objective, build_optimizer(model, cfg.train.lr, cfg.train.weight_decay,
+                                                              master_weights=False))  # DeepSpeed keeps its own
     objective = accelerator.prepare_model(objective)
     return objective, accelerator.prepare_optimizer(build_optimizer(model, cfg.train.lr, cfg.train.weight_decay))
 
