@@ -43,3 +43,16 @@ def test_example_forms_train_through_sftlab_train(name, tmp_path_factory):
         overrides.append(f"data.validation={data / 'yesno_valid.jsonl'}")
     assert main(["train", str(EXAMPLES / name), *overrides, "--no-progress"]) == 0
     assert (out / "model").is_dir()
+
+
+def test_full_demo_plan_trains_like_the_measured_example_config(tmp_path):
+    from sftlab.policy.demo import FULL, training_config
+
+    example = load_config(EXAMPLES / "gemma_yesno_freeze.yaml")
+    full = training_config(FULL, "gemma-3-270m", tmp_path / "data", tmp_path / "run")
+    assert full.strategy.model_dump() == example.strategy.model_dump()
+    for key in ("stage", "batch_size", "lr", "warmup_steps", "max_length", "precision", "seed", "scheduler", "grad_accum"):
+        assert getattr(full.train, key) == getattr(example.train, key), key
+    train_examples = FULL.max_train - round(FULL.max_train * 0.1)  # build-data keeps a tenth for validation
+    assert example.train.epochs == 1 and full.train.max_steps == train_examples // example.train.batch_size
+    assert full.eval.max_samples == example.eval.max_samples and full.data.template == example.data.template
