@@ -125,14 +125,20 @@ def test_two_processes_batch_b_equal_one_process_batch_2b(two_process_run):
     assert (tmp_path / "two" / "checkpoints" / "step-4" / "rng_state_ranks.pt").is_file()
 
 
-def test_resume_with_two_processes_continues_exactly(two_process_run):
-    tmp_path, _ = two_process_run
-    config = _config(tmp_path, "resumed")
+def _interrupt_then_resume(tmp_path, config):
+    """Stop a 2-process run of `config` (output dir "resumed") after step 2, then resume it with 2 processes."""
     stopped = _worker(tmp_path, config, "interrupt", 2)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-1", "step-2"]
     resumed = _cli(str(config), "--nproc", "2", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return resumed
+
+
+def test_resume_with_two_processes_continues_exactly(two_process_run):
+    tmp_path, _ = two_process_run
+    config = _config(tmp_path, "resumed")
+    _interrupt_then_resume(tmp_path, config)
     assert _rows(tmp_path / "resumed")[0] == pytest.approx(_rows(tmp_path / "two")[0], rel=1e-6)
     single = _cli(str(config), "--resume")  # one process may not continue a two-process checkpoint
     assert single.returncode == 2 and "written by 2 process(es) and this run has 1" in single.stderr

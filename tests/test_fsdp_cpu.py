@@ -16,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 
 from sftlab.models.tiny import save_tiny
-from test_distributed_gloo import REPO, ROWS, _cli, _env, _rows, _worker
+from test_distributed_gloo import REPO, ROWS, _cli, _env, _interrupt_then_resume, _rows
 from test_train_loop import tiny_run, train
 
 
@@ -95,11 +95,7 @@ def test_fsdp_model_dir_is_consolidated_and_holds_the_trained_weights(fsdp_run):
 def test_fsdp_resume_with_two_processes_continues_exactly(fsdp_run):
     tmp_path, _ = fsdp_run
     config = _fsdp_config(tmp_path, "resumed")
-    stopped = _worker(tmp_path, config, "interrupt", 2)
-    assert stopped.returncode == 0, stopped.stderr[-3000:]
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-1", "step-2"]
-    resumed = _cli(str(config), "--nproc", "2", "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed = _interrupt_then_resume(tmp_path, config)
     assert "resuming from" in resumed.stdout + resumed.stderr
     assert _rows(tmp_path / "resumed") == (pytest.approx(_rows(tmp_path / "two")[0], rel=1e-6),
                                            pytest.approx(_rows(tmp_path / "two")[1], rel=1e-6))
