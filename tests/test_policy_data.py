@@ -171,3 +171,16 @@ def test_eval_group_keeps_only_that_groups_enterprises(built, tmp_path):
         expected = [r for r in everyone if r["cold"] == (group == "cold")]
         assert rows == expected and rows and manifest["eval_group"] == group
         assert (tmp_path / group / "yesno_train.jsonl").read_text() == (data / "yesno_train.jsonl").read_text()
+
+
+def test_report_of_one_group_neither_repeats_overall_nor_lists_empty_groups():
+    from sftlab.policy.evaluate import comparisons, evaluate_scorers
+
+    rows = [{"enterprise_id": f"E{e}", "policy_id": f"P{p}", "label": int(p == e % 4), "cold": True}
+            for e in range(12) for p in range(4)]
+    good = [1.0 if row["label"] else 0.0 for row in rows]
+    results = evaluate_scorers(rows, [], 0.25, ks=(5,), extra_scores={"fine_tuned": (good, 0.5), "flat": ([0.0] * len(rows), None)})
+    table = format_table(results)
+    assert "| fine_tuned | cold |" in table and "| fine_tuned | overall |" in table and "| active |" not in table
+    lines = comparisons(results, "fine_tuned", 5)
+    assert len(lines) == 1 and lines[0].startswith("- cold: fine_tuned wins against flat")

@@ -129,11 +129,21 @@ def format_table(results: dict[str, dict], k: int = 5) -> str:
     columns = ["precision", "recall", "f1", "auc", f"hit_rate@{k}", f"recall@{k}", f"ndcg@{k}"]
     lines = ["| scorer | group | candidates | ranked | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 4)]
     for name, result in results.items():
-        for group in GROUPS:
+        for group in _shown_groups(result):
             metrics = result[group]
             lines.append(f"| {name} | {group} | {metrics['candidates']} | {metrics.get('ranked_enterprises', 0)} | "
                          + " | ".join(_fmt(metrics.get(c)) for c in columns) + " |")
     return "\n".join(lines)
+
+
+def _shown_groups(result: dict, subgroups_only: bool = False) -> list[str]:
+    """The groups worth a line: overall, and the cold/active groups that hold candidates. With
+    `subgroups_only`, overall is left out when one group holds every candidate (it would repeat that group)."""
+    total = result["overall"]["candidates"]
+    groups = [g for g in GROUPS if g == "overall" or result[g]["candidates"]]
+    if subgroups_only and any(result[g]["candidates"] == total for g in groups if g != "overall"):
+        groups.remove("overall")
+    return groups
 
 
 def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
@@ -144,7 +154,7 @@ def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
     for name, result in results.items():
         if name == model:
             continue
-        for group in ("overall", "cold"):
+        for group in [g for g in ("overall", "cold") if g in _shown_groups(results[model], subgroups_only=True)]:
             mine, theirs = results[model][group].get(key), result[group].get(key)
             if mine is None or theirs is None:
                 lines.append(f"- {group}: {key} not defined against {name} (no enterprise with a positive)")
