@@ -18,6 +18,7 @@ def _interrupt_at(step_to_stop):
 @pytest.mark.parametrize("arch, extra", [
     ("gpt2", {}),  # full fine-tuning; gpt2 has dropout, so the restored RNG state matters
     ("qwen2", {"precision": "bf16", "gradient_checkpointing": True, "lora": True}),  # adapter checkpoints, autocast
+    ("llama", {"precision": "bf16", "bf16_weights": True}),  # bf16 weights: the fp32 master copies must be restored
 ])
 def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch, extra):
     from sftlab.train import TrainingInterrupted
@@ -26,6 +27,8 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path, arch, ex
                     output={"dir": str(tmp_path / "a"), "keep_checkpoints": 2, "tensorboard": False})
     if extra.pop("lora", False):
         settings["strategy"] = {"kind": "lora", "lora": {"rank": 4, "dropout": 0.1}}
+    if extra.pop("bf16_weights", False):
+        settings["model"] = {"dtype": "bfloat16"}
     settings["train"].update(extra)
     straight = train(tiny_run(tmp_path, arch, **settings))
     settings["output"]["dir"] = str(tmp_path / "b")
