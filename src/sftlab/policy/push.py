@@ -62,7 +62,7 @@ class CandidateBuilder:
             if pid in summary["dismissed"] or pid in summary["seen"]:
                 continue
             out.append({"enterprise_id": enterprise_id, "policy_id": pid, "cold": summary["actions_total"] < 3,
-                        "prompt": yes_no_prompt(ent, summary, pol, self.now, self.popularity),
+                        "prompt": yes_no_prompt(ent, summary, pol, self.popularity),
                         "features": pair_features(summary, enterprise, policy, self.popularity),
                         "reason": reason_text(summary, ent, pol), "title": pol["title"], "category": pol["category"]})
         return out
