@@ -184,4 +184,3 @@ def test_report_of_one_group_neither_repeats_overall_nor_lists_empty_groups():
     assert "| fine_tuned | cold |" in table and "| fine_tuned | overall |" in table and "| active |" not in table
     lines = comparisons(results, "fine_tuned", 5)
     assert len(lines) == 1 and lines[0].startswith("- cold: fine_tuned wins against flat")
-

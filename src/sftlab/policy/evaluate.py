@@ -151,10 +151,11 @@ def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
     enterprises (flagged when fewer than MIN_RANKED)."""
     lines = []
     key = f"ndcg@{k}"
+    groups = [g for g in ("overall", "cold") if g in _shown_groups(results[model], subgroups_only=True)]
     for name, result in results.items():
         if name == model:
             continue
-        for group in [g for g in ("overall", "cold") if g in _shown_groups(results[model], subgroups_only=True)]:
+        for group in groups:
             mine, theirs = results[model][group].get(key), result[group].get(key)
             if mine is None or theirs is None:
                 lines.append(f"- {group}: {key} not defined against {name} (no enterprise with a positive)")
