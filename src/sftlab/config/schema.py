@@ -130,7 +130,10 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU (AMX) or GPU")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    gradient_checkpointing: bool | Literal["selective"] = Field(
+        False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
+        "memory) or selective (keep matmul and attention outputs, recompute the element-wise rest; on the W1 "
+        "benchmark a quarter less peak memory at the same step time: docs/benchmarks.md)")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
     save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")

@@ -29,7 +29,9 @@ keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
-block's input is kept, and one block's activations are rebuilt at a time. The head's float32 logits
+block's input is kept, and one block's activations are rebuilt at a time; with selective checkpointing
+each block keeps the outputs of its matmuls and attention (`SELECTIVE_*_SAVED` tensors per token) and
+one block's element-wise work is rebuilt at a time. The head's float32 logits
 (`LOGIT_COPIES` copies: logits, their softmax and its gradient) cover the supervised positions, at
 most `sftlab.train.loss.HEAD_CHUNK` of them at once when there are more (the loss recomputes
 chunks). The constants were calibrated against the
@@ -47,6 +49,8 @@ INTERMEDIATE_SAVED = 6.0
 ATTENTION_SAVED = 3.0
 DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
+SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
+SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -107,7 +111,7 @@ class Workload:
     supervised: int | None = None  # supervised positions in the micro-batch (default: all but one per row)
     param_dtype: str = "float32"
     precision: str = "fp32"
-    checkpointing: bool = False
+    checkpointing: bool | str = False  # True (full), "selective" or False, as train.gradient_checkpointing
     eager_attention: bool = False
 
     @property
@@ -208,7 +212,11 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     gradients = trainable_params * work.param_bytes
     optimizer = OPTIMIZER_STATES * trainable_params * work.param_bytes
     block = block_activation_elements(shape, work) * work.activation_bytes
-    if work.checkpointing and depth:
+    if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
+        kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
+                                        + SELECTIVE_INTERMEDIATE_SAVED * shape.intermediate)
+        activations = depth * kept * work.activation_bytes + block
+    elif work.checkpointing and depth:
         saved_inputs = depth * work.batch * work.seq * shape.hidden * work.activation_bytes
         activations = saved_inputs + block
     else:

@@ -160,17 +160,13 @@ def _load_model(cfg, tokenizer, prepared, collate):
     """The stage's model with the strategy applied; gradient checkpointing when asked for."""
     from sftlab.models.load import load_model
     from sftlab.strategy import select_trainable
+    from sftlab.train.checkpointing import enable_activation_checkpointing
 
     label_names = prepared.label_names if cfg.train.stage == "cls" else None
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
                        label_names=label_names, tokenizer=tokenizer,
                        quantize_4bit=cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit)
-    if cfg.train.gradient_checkpointing:  # transformers 5 renamed it; the old name warns until v6
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable({"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model, cfg.train.gradient_checkpointing)
 
     def mean_loss(m, batch):
         total, count = loss_sum(m, batch, cfg.train.stage)

@@ -1,0 +1,43 @@
+"""Activation checkpointing of the decoder layers: full (recompute everything) or selective.
+
+`train.gradient_checkpointing: true` recomputes each layer's forward in backward (least memory, one
+extra forward). `selective` keeps the outputs of the matrix multiplies and of the attention kernel and
+recomputes only the cheap element-wise work between them (norms, rotary embeddings, activation
+functions, the gated product, GQA's key/value repeats), using torch's selective activation
+checkpointing. Both go through transformers' per-layer checkpointing hook (`GradientCheckpointingLayer`),
+so any model that supports `gradient_checkpointing_enable` supports both.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+_SAVED_NAMES = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+                "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                "_scaled_dot_product_cudnn_attention")
+SAVED_OPS = frozenset(getattr(torch.ops.aten, name).default for name in _SAVED_NAMES
+                      if hasattr(torch.ops.aten, name))  # outputs `selective` keeps: the expensive ops
+
+
+def save_matmuls_policy(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Selective checkpointing policy: keep matmul and attention outputs, recompute the rest."""
+    return CheckpointPolicy.MUST_SAVE if op in SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def enable_activation_checkpointing(model: torch.nn.Module, mode: bool | str) -> None:
+    """Turn on per-layer activation checkpointing: `True` (full) or `"selective"`; `False` does nothing."""
+    if mode is False:
+        return
+    kwargs = {"use_reentrant": False}
+    if mode == "selective":
+        kwargs["context_fn"] = partial(create_selective_checkpoint_contexts, save_matmuls_policy)
+    elif mode is not True:
+        raise ValueError(f"train.gradient_checkpointing: expected true, false or selective, got {mode!r}")
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers 5 name; the old one warns
+    if enable is not None:
+        enable(kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
