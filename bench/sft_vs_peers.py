@@ -8,8 +8,9 @@ Every tool trains in its own process, one after another, from the same initial w
 the same tokenizer, data, hyperparameters and seed. TRL and LLaMA-Factory are benchmark-only extras in
 their own venvs (bench/.venv-trl, bench/.venv-lf; installed on first use by bench/_peers/envs.py).
 Prints a table (tool, setting, precision, optimizer steps, non-padding tokens/s, supervised tokens/s,
-peak RSS, final train loss, eval loss, sftlab's MFU against the matmul peak of its precision, measured
-before and after the runs, the better kept), the peaks, and as the last line
+peak RSS, final train loss, eval loss, MFU against the matmul peak of its precision, measured before and
+after the runs, the better kept), the peaks, the fastest peer's MFU (which bounds any speed-up: at 100%
+MFU a tool is 1 / MFU times as fast as that peer), and as the last line
 `tokens_per_s_ratio=X peak_rss_ratio=Y eval_loss_delta=Z`: sftlab's fastest configuration against the
 fastest peer configuration (Z is relative: (sftlab - peer) / peer, eval losses of the two).
 
@@ -61,16 +62,18 @@ SETTINGS = {
     "sftlab-packed": ("sftlab", "sftlab", True, {}),
     "sftlab-padded": ("sftlab", "sftlab", False, {}),
     "sftlab-packed-autocast": ("sftlab", "sftlab", True, {"sftlab_weights": "float32"}),
+    "sftlab-packed-selective": ("sftlab", "sftlab", True, {"sftlab_checkpointing": "selective"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
     "trl-packed": ("trl", "TRL SFTTrainer", True, {}),
     "lf-neat": ("lf", "LLaMA-Factory", True, {}),
     "lf-neat-nogc": ("lf", "LLaMA-Factory", True, {"lf_disable_gradient_checkpointing": True}),
 }
 SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloat16)", "sftlab-padded": "padded",
-                 "sftlab-packed-autocast": "packed, fp32 weights (bf16: autocast only)", "trl-default": "default (padded)",
+                 "sftlab-packed-autocast": "packed, fp32 weights (bf16: autocast only)",
+                 "sftlab-packed-selective": "packed, selective activation checkpointing", "trl-default": "default (padded)",
                  "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
-FULL_SETTINGS = ["sftlab-packed", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
+FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
 QUICK_SETTINGS = ["sftlab-packed", "trl-packed", "lf-neat"]
 
 
@@ -106,9 +109,12 @@ def tokens_per_s(result: dict) -> float:
 
 
 def add_mfu(results: list[dict], peaks: dict, model_config: dict, trainable_last_layers: int | None) -> None:
-    """Model FLOPs utilisation of each sftlab row against the measured matmul peak of its precision."""
+    """Model FLOPs utilisation of every row against the measured matmul peak of its precision.
+
+    One formula for every tool (`training_flops`: the head on supervised tokens only), so a peer that
+    builds logits everywhere is not credited for them: its MFU is the useful work it gets done."""
     for result in results:
-        if result.get("error") or result["tool"] != "sftlab":
+        if result.get("error"):
             continue
         flops = training_flops(model_config, result["tokens"], result["supervised_tokens"], trainable_last_layers)
         result["mfu"] = flops / result["train_seconds"] / 1e9 / peaks[result["precision"]]
@@ -128,6 +134,16 @@ def format_table(results: list[dict]) -> str:
                      f"{r['supervised_tokens'] / r['train_seconds']:.0f} | {r['peak_rss_bytes'] / 2**30:.2f} GiB | "
                      f"{r['train_loss']:.4f} | {r['eval_loss']:.4f} | {mfu} |")
     return "\n".join(lines)
+
+
+def ceiling_line(results: list[dict]) -> str:
+    """How fast any tool could be at all: the fastest peer row's MFU, and 1 / MFU (the ratio at 100% of peak)."""
+    peers = [r for r in results if not r.get("error") and r["tool"] != "sftlab" and "mfu" in r]
+    if not peers:
+        return "fastest peer's MFU: not measured"
+    peer = max(peers, key=tokens_per_s)
+    return (f"fastest peer's MFU: {100 * peer['mfu']:.1f}% ({peer['setting']}, {peer['precision']}); a tool running "
+            f"every useful matmul at the measured peak would be at most {1 / peer['mfu']:.2f}x as fast")
 
 
 def ratio_line(results: list[dict]) -> str:
@@ -175,6 +191,7 @@ def main(argv=None) -> None:
     print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s (torch threads "
           f"{__import__('torch').get_num_threads()})")
     print(format_table(results))
+    print(ceiling_line(results))
     print(ratio_line(results))
 
 

@@ -9,27 +9,31 @@ weights. Each round runs one step of every variant in turn, so a change of machi
 them; it prints, per variant, the best and median wall time and process CPU time (`time.process_time`,
 all threads) after a warm-up step. With a loaded machine prefer 1 thread and CPU time.
 
-Variants (all bf16): `autocast` (fp32 weights under bf16 autocast, the fused head loss), `bf16-weights`
+Variants in bf16: `autocast` (fp32 weights under bf16 autocast, the fused head loss), `bf16-weights`
 (model.dtype bfloat16: bf16 weights, fp32 master weights in AdamW), `unfused-head` (autocast, the
 checkpointed per-chunk head instead of the fused one), `compiled` (autocast, each decoder layer
-`torch.compile`d).
+`torch.compile`d). In fp32 (no autocast): `fp32`, `fp32-selective` (train.gradient_checkpointing:
+selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR / "_peers"))
 
-VARIANTS = ("autocast", "bf16-weights", "unfused-head", "compiled")
+VARIANTS = ("autocast", "bf16-weights", "unfused-head", "compiled", "fp32", "fp32-selective", "fp32-checkpointed",
+            "fp32-compiled")
 
 
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:
@@ -51,13 +55,17 @@ def make_step(variant: str, model):
     import torch
 
     import sftlab.train.loss as loss_module
+    from sftlab.train.checkpointing import enable_activation_checkpointing
     from sftlab.train.optim import build_optimizer
 
     if variant == "bf16-weights":
         model.to(torch.bfloat16)
-    if variant == "compiled":
+    if variant.endswith("compiled"):
         for layer in model.model.layers:
             layer.compile(dynamic=False)
+    if variant in ("fp32-selective", "fp32-checkpointed"):
+        enable_activation_checkpointing(model, "selective" if variant == "fp32-selective" else True)
+    precision = contextlib.nullcontext if variant.startswith("fp32") else partial(torch.autocast, "cpu", torch.bfloat16)
     optimizer = build_optimizer(model, 1e-4, 0.0)
 
     def step(batch):
@@ -65,7 +73,7 @@ def make_step(variant: str, model):
         if variant == "unfused-head":
             loss_module._fusable = lambda head: False
         try:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with precision():
                 total, count = loss_module.causal_lm_loss_sum(model, batch)
         finally:
             loss_module._fusable = fusable

@@ -62,6 +62,13 @@ def test_table_and_ratio_compare_with_the_fastest_peer():
     assert "failed: boom" in table
     assert bench.ratio_line(results) == "tokens_per_s_ratio=2.00 peak_rss_ratio=0.50 eval_loss_delta=+0.0100"
     assert bench.ratio_line(results[:1]).endswith("eval_loss_delta=nan")
+    config = {"hidden_size": 4, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "intermediate_size": 8, "vocab_size": 10}
+    flops = matmul_peak.training_flops(config, 1500, 750)  # the LLaMA-Factory row's tokens in its 1 s
+    bench.add_mfu(results, {"bf16": flops / 0.4 / 1e9, "fp32": 1.0}, config, None)
+    assert results[2]["mfu"] == pytest.approx(0.4) and "mfu" in results[0] and "mfu" not in results[3]
+    assert bench.ceiling_line(results) == ("fastest peer's MFU: 40.0% (lf-neat, bf16); a tool running every useful "
+                                           "matmul at the measured peak would be at most 2.50x as fast")
 
 
 def test_stub_torchaudio_raises_on_use(monkeypatch):

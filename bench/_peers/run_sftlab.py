@@ -3,7 +3,8 @@
 Builds the RunConfig from the spec, times `sftlab.train.loop.train` only (data preparation, model loading
 and saving are outside the clock, as for the peers), then scores the common eval loss. In bf16 the model's
 weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
-`sftlab_weights` says float32 (bf16 autocast over fp32 weights).
+`sftlab_weights` says float32 (bf16 autocast over fp32 weights); `sftlab_checkpointing` sets
+train.gradient_checkpointing (false, true or selective).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def build_config(spec: dict):
         strategy=strategy,
         train={"stage": "sft", "epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.0,
                "warmup_steps": 0, "scheduler": "linear", "max_length": spec["max_length"], "seed": spec["seed"],
-               "precision": spec["precision"], "log_every_n_steps": 1000},
+               "precision": spec["precision"], "log_every_n_steps": 1000,
+               "gradient_checkpointing": spec.get("sftlab_checkpointing", False)},
         output={"dir": str(work / f"sftlab-{spec['name']}"), "tensorboard": False},
     )
 
