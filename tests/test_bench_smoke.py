@@ -79,3 +79,17 @@ def test_stub_torchaudio_raises_on_use(monkeypatch):
     with pytest.raises(ImportError, match="stand-in"):
         stub.load  # noqa: B018
     monkeypatch.delitem(sys.modules, "torchaudio")
+
+
+def test_sftlab_runner_config_follows_the_spec(tmp_path):
+    run_sftlab = importlib.import_module("run_sftlab")
+    spec = {"model": str(tmp_path / "model"), "train_json": str(tmp_path / "train.json"), "work": str(tmp_path),
+            "name": "w2", "precision": "fp32", "packing": True, "batch_size": 8, "lr": 1e-4, "max_length": 256,
+            "seed": 0, "trainable_last_layers": 4, "truncation": "left", "sftlab_checkpointing": "selective"}
+    cfg = run_sftlab.build_config(spec)
+    assert cfg.data.truncation == "left" and cfg.train.gradient_checkpointing == "selective"
+    assert cfg.strategy.kind == "freeze" and cfg.strategy.freeze.layers == "last:4" and cfg.model.dtype == "float32"
+    w1 = run_sftlab.build_config({**spec, "trainable_last_layers": None, "precision": "bf16", "truncation": "drop",
+                                  "sftlab_checkpointing": False})
+    assert w1.data.truncation == "drop" and w1.strategy.kind == "full" and w1.model.dtype == "bfloat16"
+    assert workloads.TRUNCATION == {"w1": "drop", "w2": "left"}

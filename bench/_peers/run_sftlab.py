@@ -27,6 +27,7 @@ def build_config(spec: dict):
     return RunConfig(
         model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32"},
         data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
+              "truncation": spec.get("truncation", "drop"),
               "cache_dir": str(work / "sftlab-cache")},
         strategy=strategy,
         train={"stage": "sft", "epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.0,

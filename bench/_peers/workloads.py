@@ -21,6 +21,11 @@ W1_MODEL = {"vocab_size": 16000, "hidden_size": 512, "num_hidden_layers": 8, "nu
 SIZES = {("w1", False): (400, 100, 512), ("w1", True): (32, 16, 512),
          ("w2", False): (200, 50, 256), ("w2", True): (16, 8, 256)}
 
+# sftlab's data.truncation per workload: W1 drops its 7 over-long records (as in every table so far); W2 cuts
+# prompts from the left, since at 256 tokens dropping would leave sftlab and TRL far fewer records than
+# LLaMA-Factory, which truncates
+TRUNCATION = {"w1": "drop", "w2": "left"}
+
 
 def split_records(records: list[dict], n_train: int, n_eval: int) -> tuple[list[dict], list[dict]]:
     """The first `n_train` records train, the last `n_eval` evaluate (never overlapping)."""
@@ -69,14 +74,14 @@ def build_w1_model(tokenizer, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def tokenize_records(model_dir: Path, data_file: Path, max_length: int, cache: Path) -> list[dict]:
+def tokenize_records(model_dir: Path, data_file: Path, max_length: int, cache: Path, truncation: str = "drop") -> list[dict]:
     """sftlab's sft tokenisation of alpaca records: [{input_ids, labels}] (assistant tokens supervised)."""
     from sftlab.config.schema import RunConfig
     from sftlab.data.pipeline import prepare_data
     from sftlab.models.load import load_tokenizer
 
     cfg = RunConfig(model={"path": str(model_dir)},
-                    data={"train": str(data_file), "format": "alpaca", "cache_dir": str(cache)},
+                    data={"train": str(data_file), "format": "alpaca", "cache_dir": str(cache), "truncation": truncation},
                     train={"stage": "sft", "max_length": max_length})
     rows = prepare_data(cfg, load_tokenizer(cfg.model)).train
     return [{"input_ids": list(r["input_ids"]), "labels": list(r["labels"])} for r in rows]
@@ -114,13 +119,14 @@ def build(workload: str, data: Path, work: Path, quick: bool, gemma: str | None 
     (work / "lf_data" / "dataset_info.json").write_text(json.dumps({"bench_train": {"file_name": "train.json"}}),
                                                         encoding="utf-8")
     cache = work / "sftlab-cache"
-    write_jsonl(work / "train_tokens.jsonl", tokenize_records(model_dir, work / "train.json", max_length, cache))
-    write_jsonl(work / "eval_tokens.jsonl", tokenize_records(model_dir, work / "eval.json", max_length, cache))
+    truncation = TRUNCATION[workload]
+    write_jsonl(work / "train_tokens.jsonl", tokenize_records(model_dir, work / "train.json", max_length, cache, truncation))
+    write_jsonl(work / "eval_tokens.jsonl", tokenize_records(model_dir, work / "eval.json", max_length, cache, truncation))
     model_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     model_config = model_config.get("text_config", model_config)
     return {"model": str(model_dir), "train_json": str(work / "train.json"), "train_tokens": str(work / "train_tokens.jsonl"),
             "eval_tokens": str(work / "eval_tokens.jsonl"), "lf_dataset_dir": str(work / "lf_data"),
             "lf_template": "gemma" if workload == "w2" else "qwen", "max_length": max_length, "batch_size": 8,
-            "lr": 1e-4, "seed": 0, "work": str(work.resolve()), "model_config": model_config,
+            "lr": 1e-4, "seed": 0, "truncation": truncation, "work": str(work.resolve()), "model_config": model_config,
             "trainable_last_layers": 4 if workload == "w2" else None,
             "summary": f"{n_train} train / {n_eval} eval records, max length {max_length}, batch 8, model {model_dir}"}
