@@ -53,3 +53,27 @@ def test_selective_checkpointing_keeps_less_and_gives_the_same_gradients(arch):
 def test_bad_checkpointing_value_names_the_field(tmp_path):
     with pytest.raises(SftlabError, match="train.gradient_checkpointing"):
         load_config(None, ["train.gradient_checkpointing=sometimes", f"model.path={tmp_path}", "data.train=x.jsonl"])
+
+
+@pytest.mark.parametrize("mode", [True, "selective"])
+def test_checkpointing_never_backpropagates_through_frozen_lower_layers(mode):
+    torch.manual_seed(0)
+    reference = make_tiny_model("qwen2")
+    batch = _batch(reference.config.vocab_size)
+    grads, lower_outputs = [], []
+    for checkpointing in (False, mode):
+        model = make_tiny_model("qwen2")
+        model.load_state_dict(reference.state_dict())
+        model.train()
+        for name, param in model.named_parameters():
+            param.requires_grad_(name.startswith("model.layers.1."))
+        enable_activation_checkpointing(model, checkpointing)
+        model.model.layers[0].register_forward_hook(
+            lambda module, args, out: lower_outputs.append((out[0] if isinstance(out, tuple) else out).requires_grad))
+        total, count = causal_lm_loss_sum(model, batch)
+        (total / count).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters() if p.requires_grad})
+    assert lower_outputs == [False, False]  # no autograd graph below the lowest trainable layer
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)

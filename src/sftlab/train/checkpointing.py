@@ -5,7 +5,8 @@ extra forward). `selective` keeps the outputs of the matrix multiplies and of th
 recomputes only the cheap element-wise work between them (norms, rotary embeddings, activation
 functions, the gated product, GQA's key/value repeats), using torch's selective activation
 checkpointing. Both go through transformers' per-layer checkpointing hook (`GradientCheckpointingLayer`),
-so any model that supports `gradient_checkpointing_enable` supports both.
+so they apply to the models that support `gradient_checkpointing_enable`; selective is tested on
+qwen2, llama and gemma3 (same loss and gradients as no checkpointing, less memory kept).
 """
 
 from __future__ import annotations
@@ -41,3 +42,8 @@ def enable_activation_checkpointing(model: torch.nn.Module, mode: bool | str) ->
         enable(kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers also makes the embedding output require grad, which only reentrant checkpointing needs;
+    # with frozen lower layers it would make backward run through all of them for nothing
+    disable = getattr(model, "disable_input_require_grads", None)
+    if disable is not None:
+        disable()
