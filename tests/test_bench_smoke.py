@@ -92,4 +92,7 @@ def test_sftlab_runner_config_follows_the_spec(tmp_path):
     w1 = run_sftlab.build_config({**spec, "trainable_last_layers": None, "precision": "bf16", "truncation": "drop",
                                   "sftlab_checkpointing": False})
     assert w1.data.truncation == "drop" and w1.strategy.kind == "full" and w1.model.dtype == "bfloat16"
+    assert not w1.data.group_by_length
+    grouped = run_sftlab.build_config({**spec, "packing": False, "sftlab_group_by_length": True})
+    assert grouped.data.group_by_length and not grouped.data.packing
     assert workloads.TRUNCATION == {"w1": "drop", "w2": "left"}

@@ -4,7 +4,7 @@ Builds the RunConfig from the spec, times `sftlab.train.loop.train` only (data p
 and saving are outside the clock, as for the peers), then scores the common eval loss. In bf16 the model's
 weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
 `sftlab_weights` says float32 (bf16 autocast over fp32 weights); `sftlab_checkpointing` sets
-train.gradient_checkpointing (false, true or selective).
+train.gradient_checkpointing (false, true or selective), `sftlab_group_by_length` data.group_by_length.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def build_config(spec: dict):
     return RunConfig(
         model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32"},
         data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
-              "truncation": spec.get("truncation", "drop"),
+              "truncation": spec.get("truncation", "drop"), "group_by_length": spec.get("sftlab_group_by_length", False),
               "cache_dir": str(work / "sftlab-cache")},
         strategy=strategy,
         train={"stage": "sft", "epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.0,

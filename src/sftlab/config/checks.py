@@ -44,6 +44,13 @@ def check_distributed(cfg) -> None:
         raise ValueError("train.distributed=zero3 cannot shard 4-bit (QLoRA) weights; use zero2 or ddp")
 
 
+def check_group_by_length(cfg) -> None:
+    """data.group_by_length orders padded micro-batches; packed rows are already full."""
+    if cfg.data.group_by_length and cfg.data.packing:
+        raise ValueError("data.group_by_length groups padded rows by length; with data.packing=true every row is "
+                         "already filled to train.max_length: set one of them false")
+
+
 def check_streaming(cfg) -> None:
     """data.streaming reads a pt corpus as a stream: settings that need the whole corpus in memory fail here."""
     data = cfg.data
@@ -57,5 +64,7 @@ def check_streaming(cfg) -> None:
         raise ValueError("data.streaming cannot hold out data.val_ratio from a stream; set data.validation to a file")
     if data.packing:
         raise ValueError("data.streaming already cuts data.pt_mode=concat blocks; set data.packing=false")
+    if data.group_by_length:
+        raise ValueError("data.streaming reads rows in corpus order; data.group_by_length needs every length first")
     if cfg.strategy.kind == "auto":
         raise ValueError("data.streaming cannot score strategy.kind=auto on calibration batches; use full, freeze or lora")

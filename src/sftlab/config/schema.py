@@ -55,6 +55,8 @@ class DataConfig(_Strict):
     truncation: Literal["drop", "left"] = Field(
         "drop", description="over-long samples: drop them, or cut the prompt from the left keeping the answer (counted either way)")
     packing: bool = Field(False, description="pack several samples per row; attention never crosses samples")
+    group_by_length: bool = Field(False, description="without packing: micro-batches of similar lengths (less padding), "
+                                  "shuffled within windows of 50 batches, the longest batch first")
     pt_mode: Literal["concat", "document"] = Field("concat", description="pt: concatenate with EOS into blocks, or one document per row")
     labels: list[str] | None = Field(None, description="cls/label tasks: the label set (default: sorted labels seen in train)")
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
@@ -132,8 +134,8 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU (AMX) or GPU")
     gradient_checkpointing: bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
-        "memory) or selective (keep matmul and attention outputs, recompute the element-wise rest; on the W1 "
-        "benchmark a quarter less peak memory at the same step time: docs/benchmarks.md)")
+        "memory, one extra forward) or selective (keep matmul and attention outputs, recompute the element-wise rest: "
+        "on the W1 benchmark a fifth less peak memory, step time within a few percent; docs/benchmarks.md)")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
     save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")
@@ -189,8 +191,9 @@ class RunConfig(_Strict):
             require_cuda_for_qlora()
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
-        from sftlab.config.checks import check_distributed, check_streaming
+        from sftlab.config.checks import check_distributed, check_group_by_length, check_streaming
 
         check_distributed(self)
         check_streaming(self)
+        check_group_by_length(self)
         return self

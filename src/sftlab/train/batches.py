@@ -2,7 +2,8 @@
 
 Epoch `e` visits the rows in the permutation drawn from `numpy.random.default_rng([seed, e])`, cut
 into micro-batches of `batch_size` rows; `grad_accum` consecutive micro-batches make one optimizer
-step (the last step of an epoch may have fewer). A `DataPosition` (epoch, micro-batches consumed,
+step (the last step of an epoch may have fewer). With `data.group_by_length` the epoch's order comes from
+`length_grouped_order` instead, seeded from the same generator. A `DataPosition` (epoch, micro-batches consumed,
 seed) is all a checkpoint needs to continue with exactly the same batches.
 """
 
@@ -27,9 +28,17 @@ class DataPosition:
         return asdict(self)
 
 
-def epoch_micro_batches(num_rows: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    """Row indices of every micro-batch of `epoch`, in visiting order."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_rows).tolist()
+def epoch_micro_batches(num_rows: int, batch_size: int, seed: int, epoch: int,
+                        lengths: list[int] | None = None) -> list[list[int]]:
+    """Row indices of every micro-batch of `epoch`, in visiting order; grouped by length when `lengths` is given
+    (`sftlab.data.collate.length_grouped_order`, seeded by seed and epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    if lengths is None:
+        order = rng.permutation(num_rows).tolist()
+    else:
+        from sftlab.data.collate import length_grouped_order
+
+        order = length_grouped_order(lengths, batch_size, int(rng.integers(2**62)))
     return [order[start:start + batch_size] for start in range(0, num_rows, batch_size)]
 
 
@@ -45,12 +54,13 @@ def total_steps(num_rows: int, batch_size: int, grad_accum: int, epochs: float, 
     return max(1, math.ceil(epochs * steps_per_epoch(num_rows, batch_size, grad_accum)))
 
 
-def iterate_steps(num_rows: int, batch_size: int, grad_accum: int,
-                  start: DataPosition) -> Iterator[tuple[list[list[int]], DataPosition]]:
-    """Endless (epoch after epoch) optimizer-step groups of micro-batch indices, with the position after each."""
+def iterate_steps(num_rows: int, batch_size: int, grad_accum: int, start: DataPosition,
+                  lengths: list[int] | None = None) -> Iterator[tuple[list[list[int]], DataPosition]]:
+    """Endless (epoch after epoch) optimizer-step groups of micro-batch indices, with the position after each
+    (`lengths`: group each epoch's micro-batches by row length)."""
     epoch, done = start.epoch, start.batches_done
     while True:
-        batches = epoch_micro_batches(num_rows, batch_size, start.seed, epoch)
+        batches = epoch_micro_batches(num_rows, batch_size, start.seed, epoch, lengths)
         while done < len(batches):
             group = batches[done:done + grad_accum]
             done += len(group)

@@ -183,8 +183,9 @@ def step_groups(session: Session):
         yield from session.prepared.train.steps(cfg.train.batch_size * processes, cfg.train.grad_accum, session.position)
         return
     rows = session.prepared.train
+    lengths = [len(ids) for ids in rows["input_ids"]] if cfg.data.group_by_length else None
     for group, position in iterate_steps(len(rows), cfg.train.batch_size * processes, cfg.train.grad_accum,
-                                         session.position):
+                                         session.position, lengths):
         yield rows, group, position
 
 
