@@ -75,7 +75,7 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)", "trl-default": "default (padded)",
                  "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
-FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
+FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
 QUICK_SETTINGS = ["sftlab-packed", "trl-packed", "lf-neat"]
 
 
