@@ -101,7 +101,8 @@ def test_recommendation_rules():
     cls = recommend(rows(), 1, 1000, thresholds, "cls")  # 1e-3 examples per parameter is much data for a classifier
     assert cls["kind"] == "full" and "training examples" in cls["reasons"][0]
     nothing = {k: {**v, "fits": False} for k, v in rows().items()}
-    assert "no strategy fits" in recommend(nothing, 5000, 1000, thresholds)["reasons"][-1]
+    advice = recommend(nothing, 5000, 1000, thresholds)["reasons"][-1]
+    assert "no strategy fits" in advice and "train.gradient_checkpointing=selective" in advice
 
 
 def test_thresholds_file_overrides_and_rejects_unknown_keys(tmp_path):
