@@ -64,6 +64,8 @@ SETTINGS = {
     "sftlab-packed-autocast": ("sftlab", "sftlab", True, {"sftlab_weights": "float32"}),
     "sftlab-packed-selective": ("sftlab", "sftlab", True, {"sftlab_checkpointing": "selective"}),
     "sftlab-padded-grouped": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True}),
+    "sftlab-padded-grouped-selective": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
+                                                                    "sftlab_checkpointing": "selective"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
     "trl-packed": ("trl", "TRL SFTTrainer", True, {}),
     "lf-neat": ("lf", "LLaMA-Factory", True, {}),
@@ -72,10 +74,12 @@ SETTINGS = {
 SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloat16)", "sftlab-padded": "padded",
                  "sftlab-packed-autocast": "packed, fp32 weights (bf16: autocast only)",
                  "sftlab-packed-selective": "packed, selective activation checkpointing",
-                 "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)", "trl-default": "default (padded)",
+                 "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)",
+                 "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing", "trl-default": "default (padded)",
                  "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
-FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
+FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "sftlab-padded-grouped-selective",
+                 "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
 QUICK_SETTINGS = ["sftlab-packed", "trl-packed", "lf-neat"]
 
 
