@@ -77,3 +77,27 @@ def test_checkpointing_never_backpropagates_through_frozen_lower_layers(mode):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_lora_on_the_upper_layer_with_checkpointing_leaves_the_lower_layer_out_of_backward(tmp_path):
+    from pathlib import Path
+
+    from sftlab.models.tiny import save_tiny
+    from sftlab.train.loop import cleanup, optimizer_step
+    from sftlab.train.setup import build_session, prepare_output_dir
+    from test_train_loop import tiny_run
+
+    raw = tiny_run(tmp_path, arch="qwen2", train={"gradient_checkpointing": "selective"},
+                   strategy={"kind": "lora", "lora": {"target_modules": ["model.layers.1.*_proj"]}})  # upper layer only
+    raw["model"]["path"] = str(save_tiny("qwen2", tmp_path / "two-layers", hidden=32, layers=2))
+    cfg = load_config(None, [], base=raw)
+    prepare_output_dir(Path(cfg.output.dir), resume=False, overwrite=False)
+    session, _ = build_session(cfg, Path(cfg.output.dir), None, None)
+    seen = []
+    session.model.get_base_model().model.layers[0].register_forward_hook(
+        lambda module, args, out: seen.append((out[0] if isinstance(out, tuple) else out).requires_grad))
+    try:
+        _, stats = optimizer_step(session, [[0, 1]])
+    finally:
+        cleanup(session)
+    assert seen == [False] and stats["supervised_tokens"] > 0  # the hook peft re-adds when wrapping is gone too

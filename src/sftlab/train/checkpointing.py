@@ -42,8 +42,15 @@ def enable_activation_checkpointing(model: torch.nn.Module, mode: bool | str) ->
         enable(kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    # transformers also makes the embedding output require grad, which only reentrant checkpointing needs;
-    # with frozen lower layers it would make backward run through all of them for nothing
-    disable = getattr(model, "disable_input_require_grads", None)
+    drop_input_grad_hook(model)
+
+
+def drop_input_grad_hook(model: torch.nn.Module) -> None:
+    """Remove the hook that makes the embedding output require grad (transformers adds it when checkpointing
+    is enabled, peft again when it wraps a checkpointed model). Only reentrant checkpointing needs it;
+    with frozen lower layers it would make backward run through all of them for nothing."""
+    from sftlab.train.loss import unwrap_peft
+
+    disable = getattr(unwrap_peft(model), "disable_input_require_grads", None)
     if disable is not None:
         disable()

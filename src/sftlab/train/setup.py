@@ -160,7 +160,7 @@ def _load_model(cfg, tokenizer, prepared, collate):
     """The stage's model with the strategy applied; gradient checkpointing when asked for."""
     from sftlab.models.load import load_model
     from sftlab.strategy import select_trainable
-    from sftlab.train.checkpointing import enable_activation_checkpointing
+    from sftlab.train.checkpointing import drop_input_grad_hook, enable_activation_checkpointing
 
     label_names = prepared.label_names if cfg.train.stage == "cls" else None
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
@@ -173,6 +173,8 @@ def _load_model(cfg, tokenizer, prepared, collate):
         return total / max(count, 1)
 
     model, trainable = select_trainable(model, cfg.strategy, _calibration(prepared, cfg, collate), mean_loss)
+    if cfg.train.gradient_checkpointing:
+        drop_input_grad_hook(model)  # peft re-adds it when it wraps a checkpointed model
     model.train()
     return model, trainable
 
