@@ -165,13 +165,35 @@ def ratio_line(results: list[dict]) -> str:
             f"peak_rss_ratio={best['peak_rss_bytes'] / peer['peak_rss_bytes']:.2f} eval_loss_delta={delta:+.4f}")
 
 
+def native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether bf16 matmuls run in hardware here: a CUDA GPU, or a CPU with AMX or AVX-512 bf16 instructions
+    (elsewhere bf16 is emulated and slower than fp32; its matmul peak alone takes minutes to time)."""
+    import torch
+
+    if cpuinfo is None:
+        if torch.cuda.is_available():
+            return True
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    return any(flag in cpuinfo.split() for flag in ("amx_bf16", "avx512_bf16"))
+
+
+def default_precisions(quick: bool, bf16_native: bool) -> str:
+    """--precisions when not given: bf16 (quick) or fp32,bf16 where bf16 is native, else fp32."""
+    if not bf16_native:
+        return "fp32"
+    return "bf16" if quick else "fp32,bf16"
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="alpaca_en_demo.json of the shared sft_demo data")
     parser.add_argument("--workload", choices=["w1", "w2"], default="w1")
-    parser.add_argument("--quick", action="store_true", help="reduced run: fewer records, bf16, packed settings only")
+    parser.add_argument("--quick", action="store_true",
+                        help="reduced run: fewer records, packed settings only, bf16 (fp32 where bf16 is not native)")
     parser.add_argument("--settings", help=f"comma-separated subset of {','.join(SETTINGS)}")
-    parser.add_argument("--precisions", help="comma-separated: fp32,bf16 (default both; --quick: bf16)")
+    parser.add_argument("--precisions", help="comma-separated: fp32,bf16 (default both, --quick bf16; fp32 only "
+                        "on machines without native bf16)")
     parser.add_argument("--gemma", help="W2: local Gemma 3 270M directory (default: sftlab model pull gemma-3-270m)")
     parser.add_argument("--work", help="scratch directory (default bench/results/<workload>[-quick])")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per training run")
@@ -184,7 +206,7 @@ def main(argv=None) -> None:
     work = Path(args.work or BENCH_DIR / "results" / (args.workload + ("-quick" if args.quick else "")))
     spec = workloads.build(args.workload, Path(args.data), work, args.quick, args.gemma, log)
     settings = (args.settings or ",".join(QUICK_SETTINGS if args.quick else FULL_SETTINGS)).split(",")
-    precisions = (args.precisions or ("bf16" if args.quick else "fp32,bf16")).split(",")
+    precisions = (args.precisions or default_precisions(args.quick, native_bf16())).split(",")
     unknown = [s for s in settings if s not in SETTINGS] + [p for p in precisions if p not in ("fp32", "bf16")]
     if unknown:
         sys.exit(f"error: unknown setting/precision {', '.join(unknown)}")

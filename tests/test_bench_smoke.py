@@ -96,3 +96,12 @@ def test_sftlab_runner_config_follows_the_spec(tmp_path):
     grouped = run_sftlab.build_config({**spec, "packing": False, "sftlab_group_by_length": True})
     assert grouped.data.group_by_length and not grouped.data.packing
     assert workloads.TRUNCATION == {"w1": "drop", "w2": "left"}
+
+
+def test_default_precisions_skip_emulated_bf16():
+    assert bench.native_bf16("flags : fpu avx2 amx_bf16 amx_tile") and bench.native_bf16("flags : avx512_bf16")
+    assert not bench.native_bf16("flags : fpu sse avx2 fma")
+    assert bench.default_precisions(quick=True, bf16_native=True) == "bf16"
+    assert bench.default_precisions(quick=False, bf16_native=True) == "fp32,bf16"
+    assert bench.default_precisions(quick=True, bf16_native=False) == "fp32"
+    assert bench.default_precisions(quick=False, bf16_native=False) == "fp32"
