@@ -75,8 +75,8 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-packed-autocast": "packed, fp32 weights (bf16: autocast only)",
                  "sftlab-packed-selective": "packed, selective activation checkpointing",
                  "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)",
-                 "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing", "trl-default": "default (padded)",
-                 "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
+                 "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing",
+                 "trl-default": "default (padded)", "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
 FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "sftlab-padded-grouped-selective",
                  "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
@@ -166,13 +166,10 @@ def ratio_line(results: list[dict]) -> str:
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether bf16 matmuls run in hardware here: a CUDA GPU, or a CPU with AMX or AVX-512 bf16 instructions
-    (elsewhere bf16 is emulated and slower than fp32; its matmul peak alone takes minutes to time)."""
-    import torch
-
+    """Whether this CPU runs bf16 matmuls in hardware (AMX or AVX-512 bf16 instructions). The matmul peak
+    and LLaMA-Factory (`use_cpu`) run on the CPU whatever GPU the machine has, so only the CPU counts;
+    elsewhere bf16 is emulated and slower than fp32, and its matmul peak alone takes minutes to time."""
     if cpuinfo is None:
-        if torch.cuda.is_available():
-            return True
         path = Path("/proc/cpuinfo")
         cpuinfo = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
     return any(flag in cpuinfo.split() for flag in ("amx_bf16", "avx512_bf16"))
