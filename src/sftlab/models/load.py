@@ -141,6 +141,9 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from sftlab.models.attention import register_attention
+
+    register_attention(model_cfg.attn_implementation)
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
                   dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation)
     if quantize_4bit:

@@ -25,7 +25,8 @@ Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden wid
 `INTERMEDIATE_SAVED` tensors of the MLP width (inputs of the norms and projections, q/k/v, the
 attention output, the gated MLP's branches) and, during backward, their gradients. With eager
 attention, or with attention dropout in training (sdpa then materialises the scores too), it also
-keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none).
+keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none;
+sftlab's matmul attention keeps `MATMUL_ATTENTION_SAVED`, its probabilities).
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass
 HIDDEN_SAVED = 24.0
 INTERMEDIATE_SAVED = 6.0
 ATTENTION_SAVED = 3.0
+MATMUL_ATTENTION_SAVED = 1.0  # model.attn_implementation: matmul keeps the probabilities for backward
 DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
@@ -113,6 +115,7 @@ class Workload:
     precision: str = "fp32"
     checkpointing: bool | str = False  # True (full), "selective" or False, as train.gradient_checkpointing
     eager_attention: bool = False
+    matmul_attention: bool = False
 
     @property
     def param_bytes(self) -> int:
@@ -190,6 +193,8 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
     copies = ATTENTION_SAVED if work.eager_attention or shape.attention_dropout > 0 else 0.0
+    if work.matmul_attention and not copies:  # with dropout it hands the call to sdpa
+        copies = MATMUL_ATTENTION_SAVED
     if shape.attention_dropout > 0:
         copies += DROPOUT_SAVED
     return tokens * per_token + copies * work.batch * shape.heads * work.seq * work.seq

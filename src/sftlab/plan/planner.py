@@ -122,7 +122,8 @@ def estimate_row(counts: dict, workload: dict, cfg) -> dict:
     work = Workload(batch=workload["batch"], seq=workload["seq"], supervised=workload["supervised"],
                     param_dtype=counts["param_dtype"], precision=cfg.train.precision,
                     checkpointing=cfg.train.gradient_checkpointing,
-                    eager_attention=cfg.model.attn_implementation == "eager")
+                    eager_attention=cfg.model.attn_implementation == "eager",
+                    matmul_attention=cfg.model.attn_implementation == "matmul")
     return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
                            work).to_dict()
 

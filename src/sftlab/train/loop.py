@@ -28,6 +28,7 @@ from typing import Callable
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
+from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
                                      save_checkpoint, save_model_dir)
@@ -106,13 +107,14 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
 
 
 def cleanup(session: Session) -> None:
-    """Release the accelerator state so another run in this process may use other precision settings."""
+    """Release the accelerator state (another run in this process may use other precision settings) and memory."""
     from accelerate.state import AcceleratorState
 
     session.accelerator.free_memory()
     if session.accelerator.num_processes > 1:
         session.accelerator.end_training()  # destroys the process group
     AcceleratorState._reset_state()
+    restore_default_thresholds()
 
 
 @contextlib.contextmanager

@@ -246,6 +246,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from transformers import set_seed
 
     from sftlab.models.load import load_tokenizer
+    from sftlab.train.allocator import keep_freed_memory
     from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
 
@@ -260,6 +261,8 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     if saved:
         _check_resume_processes(saved, accelerator)
     set_seed(cfg.train.seed)
+    if cfg.train.keep_freed_memory:
+        keep_freed_memory()  # undone by sftlab.train.loop.cleanup
     tokenizer = load_tokenizer(cfg.model)
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
     if not cfg.data.streaming and len(prepared.train) == 0:

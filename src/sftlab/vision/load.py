@@ -148,11 +148,14 @@ def load_vision_model(model_cfg, stage: str = "sft"):
     import torch
     from transformers import AutoModelForImageTextToText
 
+    from sftlab.models.attention import register_attention
+
     if stage == "cls":
         raise SftlabError("train.stage cls: classification heads on vision-language models are not supported; "
                           "use stage sft with the label as the answer")
     directory = Path(str(model_cfg.path)).expanduser()
     dtype = getattr(torch, model_cfg.dtype if model_cfg.dtype in _DTYPES else "float32")
+    register_attention(model_cfg.attn_implementation)
     try:
         return AutoModelForImageTextToText.from_pretrained(
             directory, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,

@@ -1,0 +1,56 @@
+"""train.keep_freed_memory (sftlab.train.allocator): freed large tensors are reused without page faults, then undone."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from sftlab.train import allocator
+
+pytestmark = pytest.mark.skipif(allocator._glibc() is None, reason="needs glibc's malloc")
+
+SIZE = 64 * 2**20 // 4  # a 64 MiB float32 tensor: above glibc's largest dynamic mmap threshold (32 MiB)
+
+
+def faults_of_second_allocation() -> int:
+    """Minor page faults while filling a 64 MiB tensor allocated right after an equal one was freed."""
+    first = torch.ones(SIZE)
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = torch.ones(SIZE)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del second
+    return faults
+
+
+def test_freed_memory_is_reused_until_the_defaults_are_restored():
+    pages = SIZE * 4 // 4096
+    try:
+        assert allocator.keep_freed_memory()
+        for _ in range(3):  # the heap grows to hold the blocks (where depends on what else is allocated)
+            faults_of_second_allocation()
+        # then freed pages stay mapped and are reused (with glibc's defaults every call faults all pages in)
+        assert min(faults_of_second_allocation() for _ in range(3)) < pages // 100
+    finally:
+        assert allocator.restore_default_thresholds()
+    assert faults_of_second_allocation() > pages // 2  # malloc_trim gave the freed pages back: faulted in again
+
+
+def test_training_keeps_freed_memory_and_cleanup_restores_the_defaults(tmp_path, monkeypatch):
+    from sftlab.config import load_config
+    from sftlab.train import run_training
+    from tests.test_plan import tiny_config
+
+    seen = []
+    monkeypatch.setattr(allocator, "keep_freed_memory",
+                        lambda original=allocator.keep_freed_memory: seen.append("keep") or original())
+    monkeypatch.setattr("sftlab.train.loop.restore_default_thresholds",
+                        lambda original=allocator.restore_default_thresholds: seen.append("restore") or original())
+    for keep in (True, False):
+        cfg = load_config(None, [f"train.keep_freed_memory={str(keep).lower()}", "train.max_steps=1",
+                                 f"output.dir={tmp_path / str(keep)}"], base=tiny_config(tmp_path, hidden=32))
+        run_training(cfg, show_progress=False)
+    assert seen == ["keep", "restore", "restore"]
+    assert faults_of_second_allocation() > SIZE * 4 // 4096 // 2

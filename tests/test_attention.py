@@ -1,0 +1,140 @@
+"""model.attn_implementation: matmul (sftlab.models.attention): same loss and gradients as sdpa, its fallbacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sftlab.models import attention
+from sftlab.models.attention import MatmulAttention, register_attention
+from sftlab.models.tiny import save_tiny
+
+
+def packed_keep(lengths_per_row: list[list[int]], width: int) -> torch.Tensor:
+    """Block-diagonal causal bool mask [B, 1, T, T] for rows made of samples of the given lengths."""
+    segments = torch.full((len(lengths_per_row), width), -1)
+    for row, lengths in enumerate(lengths_per_row):
+        start = 0
+        for index, length in enumerate(lengths):
+            segments[row, start:start + length] = index
+            start += length
+    same = segments[:, None, :, None] == segments[:, None, None, :]
+    return same & torch.ones(width, width, dtype=torch.bool).tril()
+
+
+def attention_and_grads(kind: str, q, k, v, keep, grad):
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    if kind == "sdpa":
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+    else:
+        out = MatmulAttention.apply(q, k, v, keep, q.shape[-1] ** -0.5)
+    out.backward(grad)
+    return [out, q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance):
+    torch.manual_seed(0)
+    keep = packed_keep([[5, 9, 10], [24], [3, 3, 3, 15]], 24)
+    q = torch.randn(3, 8, 24, 16)
+    k, v = torch.randn(3, 2, 24, 16), torch.randn(3, 2, 24, 16)
+    grad = torch.randn(3, 8, 24, 16)
+    reference = attention_and_grads("sdpa", q.double(), k.double(), v.double(), keep, grad.double())
+    got = attention_and_grads("matmul", q.to(dtype), k.to(dtype), v.to(dtype), keep, grad.to(dtype))
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, reference):
+        assert a.dtype == dtype
+        relative = ((a.double() - b).norm() / b.norm()).item()
+        assert relative < tolerance, (name, relative)
+
+
+def test_a_query_with_nothing_to_attend_gets_zero_output_and_no_gradient():
+    torch.manual_seed(0)
+    keep = packed_keep([[6]], 6)
+    keep[0, 0, :2] = False  # two left-padding queries
+    q, k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
+    out, dq, _, _ = attention_and_grads("matmul", q, k, v, keep, torch.ones(1, 2, 6, 4))
+    assert torch.equal(out[0, :, :2], torch.zeros(2, 2, 4)) and torch.equal(dq[0, :, :2], torch.zeros(2, 2, 4))
+    assert torch.isfinite(out).all()
+
+
+def model_loss_and_grads(model_dir, attn: str, batch: dict):
+    from transformers import AutoModelForCausalLM
+
+    register_attention(attn)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float32)
+    model.train()
+    loss = model(**batch, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])
+@pytest.mark.parametrize("layout", ["packed", "left-padded"])
+def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout):
+    model_dir = save_tiny(arch, tmp_path / arch)
+    torch.manual_seed(1)
+    ids = torch.randint(3, 100, (2, 20))
+    if layout == "packed":  # position_ids restarting at 0 make transformers build a block-diagonal mask
+        positions = torch.tensor([list(range(7)) + list(range(13)), list(range(20))])
+        batch = {"input_ids": ids, "position_ids": positions, "labels": ids}
+    else:
+        mask = torch.ones(2, 20, dtype=torch.long)
+        mask[1, :4] = 0
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
+    loss_sdpa, grads_sdpa = model_loss_and_grads(model_dir, "sdpa", batch)
+    calls = []
+    original = MatmulAttention.apply
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+        loss_matmul, grads_matmul = model_loss_and_grads(model_dir, "matmul", batch)
+    assert calls, "the matmul kernel must have run"
+    assert torch.allclose(loss_matmul, loss_sdpa, rtol=1e-5)
+    assert grads_matmul.keys() == grads_sdpa.keys()
+    for name, grad in grads_sdpa.items():
+        assert torch.allclose(grads_matmul[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_calls_it_does_not_cover_run_sdpa(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    register_attention("matmul")
+    model = AutoModelForCausalLM.from_pretrained(save_tiny("qwen2", tmp_path / "m"), attn_implementation="matmul")
+    ids = torch.randint(3, 100, (2, 12))
+    calls = []
+    original = MatmulAttention.apply
+    monkeypatch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    with torch.no_grad():  # inference keeps no probabilities: sdpa
+        model(input_ids=ids)
+    assert not calls
+    monkeypatch.setattr(attention, "MAX_PROBS_BYTES", 2 * 4 * 12 * 12 * 4 - 1)  # one byte short of [2, 4, 12, 12] fp32
+    model(input_ids=ids).logits.sum().backward()
+    assert not calls
+    monkeypatch.setattr(attention, "MAX_PROBS_BYTES", 2 * 4 * 12 * 12 * 4)
+    model(input_ids=ids).logits.sum().backward()
+    assert calls
+
+
+def test_config_loads_it_and_saved_models_do_not_need_it(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model
+
+    model_dir = save_tiny("llama", tmp_path / "m")
+    model = load_model(ModelConfig(path=str(model_dir), attn_implementation="matmul"), "sft")
+    assert model.config._attn_implementation == "matmul"
+    model.save_pretrained(tmp_path / "saved")
+    assert "matmul" not in json.dumps(json.loads((tmp_path / "saved" / "config.json").read_text()))
+    AutoModelForCausalLM.from_pretrained(tmp_path / "saved")  # loads with transformers' default attention
+
+
+def test_unknown_attention_is_refused_with_the_choices():
+    from pydantic import ValidationError
+
+    from sftlab.config.schema import ModelConfig
+
+    with pytest.raises(ValidationError, match="'sdpa', 'eager' or 'matmul'"):
+        ModelConfig(path="m", attn_implementation="flash")
