@@ -66,6 +66,9 @@ SETTINGS = {
     "sftlab-padded-grouped": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True}),
     "sftlab-padded-grouped-selective": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
                                                                     "sftlab_checkpointing": "selective"}),
+    "sftlab-packed-matmul": ("sftlab", "sftlab", True, {"sftlab_attention": "matmul"}),
+    "sftlab-padded-grouped-matmul": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
+                                                                 "sftlab_attention": "matmul"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
     "trl-packed": ("trl", "TRL SFTTrainer", True, {}),
     "lf-neat": ("lf", "LLaMA-Factory", True, {}),
@@ -76,6 +79,8 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-packed-selective": "packed, selective activation checkpointing",
                  "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)",
                  "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing",
+                 "sftlab-packed-matmul": "packed, matmul attention (model.attn_implementation)",
+                 "sftlab-padded-grouped-matmul": "padded, grouped by length, matmul attention",
                  "trl-default": "default (padded)", "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
 FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "sftlab-padded-grouped-selective",

@@ -4,7 +4,8 @@ Builds the RunConfig from the spec, times `sftlab.train.loop.train` only (data p
 and saving are outside the clock, as for the peers), then scores the common eval loss. In bf16 the model's
 weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
 `sftlab_weights` says float32 (bf16 autocast over fp32 weights); `sftlab_checkpointing` sets
-train.gradient_checkpointing (false, true or selective), `sftlab_group_by_length` data.group_by_length.
+train.gradient_checkpointing (false, true or selective), `sftlab_group_by_length` data.group_by_length,
+`sftlab_attention` model.attn_implementation (default sdpa).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def build_config(spec: dict):
     work = Path(spec["work"])
     bf16_weights = spec["precision"] == "bf16" and spec.get("sftlab_weights", "bfloat16") == "bfloat16"
     return RunConfig(
-        model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32"},
+        model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32",
+               "attn_implementation": spec.get("sftlab_attention", "sdpa")},
         data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
               "truncation": spec.get("truncation", "drop"), "group_by_length": spec.get("sftlab_group_by_length", False),
               "cache_dir": str(work / "sftlab-cache")},
