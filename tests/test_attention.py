@@ -35,8 +35,21 @@ def attention_and_grads(kind: str, q, k, v, keep, grad):
     return [out, q.grad, k.grad, v.grad]
 
 
+def test_key_ranges_skip_keys_no_query_of_a_block_may_see():
+    causal = torch.ones(1, 1, 24, 24, dtype=torch.bool).tril()
+    assert attention.key_ranges(causal, 8) == [(0, 8, 0, 8), (8, 16, 0, 16), (16, 24, 0, 24)]
+    packed = packed_keep([[5, 9, 10]], 24)  # samples at 0-4, 5-13, 14-23
+    assert attention.key_ranges(packed, 8) == [(0, 8, 0, 8), (8, 16, 5, 16), (16, 24, 14, 24)]
+    two_rows = packed_keep([[5, 9, 10], [12, 12]], 24)  # the second row's sample at 12-23 widens the last block
+    assert attention.key_ranges(two_rows, 8)[2] == (16, 24, 12, 24)
+    nothing = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
+    assert attention.key_ranges(nothing, 8) == [(0, 4, 0, 0)]
+
+
+@pytest.mark.parametrize("block", [128, 8, 5])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance):
+def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance, block, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", block)
     torch.manual_seed(0)
     keep = packed_keep([[5, 9, 10], [24], [3, 3, 3, 15]], 24)
     q = torch.randn(3, 8, 24, 16)
@@ -50,10 +63,12 @@ def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance):
         assert relative < tolerance, (name, relative)
 
 
-def test_a_query_with_nothing_to_attend_gets_zero_output_and_no_gradient():
+@pytest.mark.parametrize("block", [128, 2, 3])
+def test_a_query_with_nothing_to_attend_gets_zero_output_and_no_gradient(block, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", block)
     torch.manual_seed(0)
     keep = packed_keep([[6]], 6)
-    keep[0, 0, :2] = False  # two left-padding queries
+    keep[0, 0, :2] = False  # two left-padding queries (with block 2, a block with nothing to attend)
     q, k, v = torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4), torch.randn(1, 2, 6, 4)
     out, dq, _, _ = attention_and_grads("matmul", q, k, v, keep, torch.ones(1, 2, 6, 4))
     assert torch.equal(out[0, :, :2], torch.zeros(2, 2, 4)) and torch.equal(dq[0, :, :2], torch.zeros(2, 2, 4))
@@ -73,7 +88,8 @@ def model_loss_and_grads(model_dir, attn: str, batch: dict):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])
 @pytest.mark.parametrize("layout", ["packed", "left-padded"])
-def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout):
+def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout, monkeypatch):
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 6)  # several blocks on 20 tokens
     model_dir = save_tiny(arch, tmp_path / arch)
     torch.manual_seed(1)
     ids = torch.randint(3, 100, (2, 20))

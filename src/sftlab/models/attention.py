@@ -1,15 +1,18 @@
 """Matmul attention: an attention function for training on the CPU, registered with transformers.
 
 `model.attn_implementation: matmul` selects it. PyTorch's CPU flash-attention kernel (what `sdpa`
-runs) reaches about 150 GFLOP/s in bf16 on a 2-core Zen 5 whose bf16 matrix multiplies run at
-900 GFLOP/s, and it skips no work for causal or packed (block-diagonal) masks at 512 tokens. This
-function instead writes the scores out, `softmax(q k^T * scale + mask) v`, as two batched matmuls
-forward and four backward, with one fused softmax pass each way, and computes grouped-query heads
-against their shared key/value head without repeating it. One W1 layer (8 x 512 tokens, 8 heads of 64,
-bf16, 2 threads): 55 ms forward + backward instead of 78 ms (docs/benchmarks.md).
+runs) reached about 150 GFLOP/s in bf16 on a 2-core Zen 5 whose bf16 matrix multiplies run at
+900 GFLOP/s, and took as long with a causal or packed (block-diagonal) mask as with none at 512
+tokens. This function writes the scores out, `softmax(q k^T * scale + mask) v`, as batched matmuls
+with one fused softmax pass each way, computes grouped-query heads against their shared key/value
+head without repeating it, and takes the queries in blocks of `QUERY_BLOCK`, each against only the
+keys some query of the block may see (`key_ranges`: none after the block under a causal mask, none
+before the block's sample in a packed row). One W1 layer (8 packed rows of 512 tokens, 8 query and
+2 key/value heads of 64, bf16, 2 threads): 20 ms forward + backward instead of sdpa's 78 ms
+(docs/benchmarks.md).
 
-The price is memory: the probabilities, [batch, heads, queries, keys] in the compute dtype, are kept
-for backward, where the flash kernel keeps one number per query. Calls whose probabilities would
+The price is memory: the probabilities, [batch, heads, queries, keys of the block] in the compute dtype,
+are kept for backward, where the flash kernel keeps one number per query. Calls whose probabilities would
 exceed `MAX_PROBS_BYTES`, and every call it does not cover (no gradient, dropout, soft-capping,
 position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function.
 Scores are rounded to the compute dtype before the softmax, as in transformers' `eager` attention.
@@ -21,6 +24,23 @@ import torch
 
 NAME = "matmul"
 MAX_PROBS_BYTES = 512 * 2**20  # probabilities kept per call (one layer)
+QUERY_BLOCK = 128  # queries per block; each block meets only the keys it may see
+
+
+def key_ranges(keep: torch.Tensor, block: int) -> list[tuple[int, int, int, int]]:
+    """(q0, q1, k0, k1) per block of `block` queries: every key outside [k0, k1) is masked for all of them.
+
+    keep: bool [B or 1, 1, T, S]. Under a causal mask a block needs no key after its last query, and in
+    a packed row none before the start of the sample its first query belongs to; the range covers the
+    rows of the whole batch. A block no query of which may attend anything gets an empty range."""
+    seen = keep.any(dim=0)[0]  # [T, S]: some row lets query t see key s
+    ranges = []
+    for q0 in range(0, seen.shape[0], block):
+        q1 = min(q0 + block, seen.shape[0])
+        columns = seen[q0:q1].any(dim=0).nonzero()
+        k0, k1 = (int(columns[0]), int(columns[-1]) + 1) if len(columns) else (0, 0)
+        ranges.append((q0, q1, k0, k1))
+    return ranges
 
 
 class MatmulAttention(torch.autograd.Function):
@@ -28,38 +48,62 @@ class MatmulAttention(torch.autograd.Function):
 
     query [B, H, T, D]; key, value [B, Hkv, S, D] with H a multiple of Hkv (head h uses key/value head
     h // (H / Hkv), as transformers' `repeat_kv` pairs them); keep: bool [B or 1, 1, T, S],
-    True where a query may attend. A query with nothing to attend gets a zero output, as in sdpa."""
+    True where a query may attend. A query with nothing to attend gets a zero output, as in sdpa.
+    Queries go in blocks of `QUERY_BLOCK`, each against only the keys its block may see (`key_ranges`)."""
 
     @staticmethod
     def forward(ctx, query, key, value, keep, scale):
         batch, heads, length, dim = query.shape
-        kv_heads, keys = key.shape[1], key.shape[2]
+        kv_heads = key.shape[1]
         group = heads // kv_heads
-        scaled = (query * scale).reshape(batch, kv_heads, group * length, dim)
-        scores = torch.matmul(scaled, key.transpose(-1, -2)).view(batch, kv_heads, group, length, keys)
-        scores.masked_fill_(~keep[:, :, None], torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1)
-        empty = ~keep.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding) give 0, as in sdpa
-        if empty.any():
-            probs.masked_fill_(empty[:, :, None], 0.0)
-        probs = probs.view(batch, kv_heads, group * length, keys)
-        out = torch.matmul(probs, value)
-        ctx.save_for_backward(scaled, key, value, probs)
-        ctx.scale = scale
+        scaled = (query * scale).view(batch, kv_heads, group, length, dim) if query.is_contiguous() else \
+            (query * scale).reshape(batch, kv_heads, group, length, dim)
+        out = query.new_zeros(batch, kv_heads, group, length, dim)
+        ranges = key_ranges(keep, QUERY_BLOCK)
+        saved = []
+        for q0, q1, k0, k1 in ranges:
+            rows = group * (q1 - q0)
+            block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, rows, dim)
+            if k1 == k0:
+                saved += [block, block.new_empty(batch, kv_heads, rows, 0)]
+                continue
+            scores = torch.matmul(block, key[:, :, k0:k1].transpose(-1, -2))
+            visible = keep[:, :, None, q0:q1, k0:k1]
+            scores.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(~visible, torch.finfo(scores.dtype).min)
+            probs = torch.softmax(scores, dim=-1)
+            empty = ~visible.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding): 0, as in sdpa
+            if empty.any():
+                probs.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(empty, 0.0)
+            out[:, :, :, q0:q1] = torch.matmul(probs, value[:, :, k0:k1]).view(batch, kv_heads, group, q1 - q0, dim)
+            saved += [block, probs]
+        ctx.save_for_backward(key, value, *saved)
+        ctx.ranges, ctx.scale = ranges, scale
         return out.view(batch, heads, length, dim)
 
     @staticmethod
     def backward(ctx, grad_out):
-        scaled, key, value, probs = ctx.saved_tensors
+        key, value, *saved = ctx.saved_tensors
         batch, heads, length, dim = grad_out.shape
-        grad = grad_out.reshape(scaled.shape).to(probs.dtype)
-        grad_value = torch.matmul(probs.transpose(-1, -2), grad)
-        grad_probs = torch.matmul(grad, value.transpose(-1, -2))
-        # (dP - rowsum(dP * P)) * P in one pass, fp32 inside (what softmax's own backward runs)
-        grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-        grad_query = torch.matmul(grad_scores, key).mul_(ctx.scale).view(batch, heads, length, dim)
-        grad_key = torch.matmul(grad_scores.transpose(-1, -2), scaled)
-        return grad_query, grad_key, grad_value, None, None
+        kv_heads = key.shape[1]
+        group = heads // kv_heads
+        grad = grad_out.to(key.dtype).reshape(batch, kv_heads, group, length, dim)
+        grad_query = torch.zeros_like(grad)
+        grad_key = torch.zeros_like(key, dtype=torch.float32)  # blocks add up here, in fp32
+        grad_value = torch.zeros_like(value, dtype=torch.float32)
+        for index, (q0, q1, k0, k1) in enumerate(ctx.ranges):
+            block, probs = saved[2 * index], saved[2 * index + 1]
+            if k1 == k0:
+                continue
+            grad_block = grad[:, :, :, q0:q1].reshape(block.shape)
+            grad_value[:, :, k0:k1] += torch.matmul(probs.transpose(-1, -2), grad_block)
+            grad_probs = torch.matmul(grad_block, value[:, :, k0:k1].transpose(-1, -2))
+            # (dP - rowsum(dP * P)) * P in one pass, fp32 inside (what softmax's own backward runs)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            grad_query[:, :, :, q0:q1] = torch.matmul(grad_scores, key[:, :, k0:k1]).view(
+                batch, kv_heads, group, q1 - q0, dim)
+            grad_key[:, :, k0:k1] += torch.matmul(grad_scores.transpose(-1, -2), block)
+        grad_query = grad_query.mul_(ctx.scale).view(batch, heads, length, dim)
+        return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype), None, None
 
 
 def _covered(query, key, value, attention_mask, dropout: float, kwargs: dict) -> bool:
