@@ -10,7 +10,8 @@ from sftlab.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 CONFIGS = sorted(EXAMPLES.rglob("*.yaml"))
-TINY = ["pt_tiny.yaml", "sft_tiny.yaml", "sft_tiny_lora.yaml", "sft_tiny_auto.yaml", "cls_tiny_bert.yaml"]
+TINY = ["pt_tiny.yaml", "sft_tiny.yaml", "sft_tiny_lora.yaml", "sft_tiny_auto.yaml", "sft_tiny_fast_cpu.yaml",
+        "cls_tiny_bert.yaml"]
 
 
 def test_there_are_examples_for_every_stage():

@@ -4,11 +4,11 @@ glibc serves an allocation above its mmap threshold (128 KiB, rising with use to
 fresh pages from the kernel and unmaps them when it is freed. A training step allocates and frees
 many tensors larger than that (the head's logits chunks, attention scores, MLP activations), so each
 step pays for the kernel to zero every 4 KiB page again on first touch. On a W1 bf16 step (2 Zen 5
-cores) that was about 120,000 page faults and 0.2-0.35 s of system time in a 1.9-2.1 s step.
+cores) that was 50,000-160,000 page faults and 0.1-0.7 s of system time in a 1.9-2.4 s step.
 
 `keep_freed_memory` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB
 (`train.keep_freed_memory`, on by default), so blocks freed in one step stay in the heap for the
-next: the same step then took 1.8 s with no page faults, and peak RSS was unchanged (2.46 vs 2.45 GiB;
+next: the same steps then took 1.82-1.89 s with no page faults, and peak RSS was unchanged (2.46 vs 2.45 GiB;
 docs/benchmarks.md). `restore_default_thresholds` puts glibc's default thresholds back and returns
 the free heap to the kernel (`malloc_trim`); the training loop's cleanup calls it. Elsewhere than Linux
 with glibc both do nothing and say so by returning False.
