@@ -83,9 +83,10 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-padded-grouped-matmul": "padded, grouped by length, matmul attention",
                  "trl-default": "default (padded)", "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
-FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-selective", "sftlab-padded-grouped", "sftlab-padded-grouped-selective",
+FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-matmul", "sftlab-packed-selective", "sftlab-padded-grouped",
+                 "sftlab-padded-grouped-matmul", "sftlab-padded-grouped-selective",
                  "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
-QUICK_SETTINGS = ["sftlab-packed", "trl-packed", "lf-neat"]
+QUICK_SETTINGS = ["sftlab-packed", "sftlab-packed-matmul", "trl-packed", "lf-neat"]
 
 
 def run_setting(setting: str, precision: str, spec: dict, timeout: int, log) -> dict:
