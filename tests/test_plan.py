@@ -67,12 +67,15 @@ def test_plan_counts_equal_the_training_log(tmp_path):
 
 
 @pytest.mark.slow  # a probe process per architecture (about 30-60 s each on 2 shared cores)
-@pytest.mark.parametrize("arch, checkpointing", [("llama", False), ("qwen2", False), ("gemma3", False), ("gpt2", False),
-                                                  ("qwen2", "selective")])
-def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch, checkpointing):
+@pytest.mark.parametrize("arch, checkpointing, attention", [
+    ("llama", False, "sdpa"), ("qwen2", False, "sdpa"), ("gemma3", False, "sdpa"), ("gpt2", False, "sdpa"),
+    ("qwen2", "selective", "sdpa"), ("qwen2", False, "matmul")])
+def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch, checkpointing, attention):
     from sftlab.plan.planner import build_plan
 
-    cfg = load_config(None, [], base=tiny_config(tmp_path, arch=arch, gradient_checkpointing=checkpointing))
+    raw = tiny_config(tmp_path, arch=arch, gradient_checkpointing=checkpointing)
+    raw["model"]["attn_implementation"] = attention  # matmul keeps its probabilities: +13% over measured, as sdpa
+    cfg = load_config(None, [], base=raw)
     kinds = ("full", "lora") if not checkpointing else ("full",)  # lora + checkpointing: under by 26-35%, open
     plan = build_plan(cfg, None, load_thresholds(), kinds, probe_steps=2, check=True)
     for kind in kinds:
