@@ -154,3 +154,48 @@ def test_unknown_attention_is_refused_with_the_choices():
 
     with pytest.raises(ValidationError, match="'sdpa', 'eager' or 'matmul'"):
         ModelConfig(path="m", attn_implementation="flash")
+
+
+def run_losses(tmp_path, name: str, base: dict, attention_kind: str, overrides: list[str]) -> list[float]:
+    from sftlab.config import load_config
+    from sftlab.train import run_training
+
+    raw = {**base, "model": {**base["model"], "attn_implementation": attention_kind}}
+    cfg = load_config(None, [f"output.dir={tmp_path / f'{name}-{attention_kind}'}", *overrides], base=raw)
+    return run_training(cfg, show_progress=False).losses
+
+
+CLS_ROWS = [{"text": f"{'good fine' if i % 3 else 'bad awful'} item {i} " + "x " * (i % 7), "label": "pos" if i % 3 else "neg"}
+            for i in range(12)]
+
+
+@pytest.mark.parametrize("name, arch, overrides", [
+    ("lora-selective", "llama", ["strategy.kind=lora", "train.gradient_checkpointing=selective"]),
+    ("freeze-checkpointed", "gemma3", ["strategy.kind=freeze", "strategy.freeze.layers=last:1",
+                                       "train.gradient_checkpointing=true"]),
+    ("packed-bf16", "qwen2", ["data.packing=true", "train.precision=bf16"]),
+    ("cls-decoder", "qwen2", ["train.stage=cls"]),
+    ("cls-encoder", "bert", ["train.stage=cls"]),  # attention dropout 0.1: every call goes to sdpa
+])
+def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, name, arch, overrides):
+    """Through the loop with strategies, checkpointing, packing, bf16 (autocast over fp32 weights) and classifiers:
+    the same losses as sdpa."""
+    from tests.test_plan import tiny_config
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 16)
+    base = tiny_config(tmp_path, arch=arch, hidden=32, max_steps=3)
+    if "train.stage=cls" in overrides:
+        model_dir = save_tiny(arch, tmp_path / f"{arch}-cls", task="cls", hidden=32, layers=2)
+        data = tmp_path / "cls.jsonl"
+        data.write_text("".join(json.dumps(row) + "\n" for row in CLS_ROWS), encoding="utf-8")
+        base = {**base, "model": {"path": str(model_dir)},
+                "data": {"train": str(data), "format": "label", "cache_dir": str(tmp_path / "cls-cache")}}
+    calls = []
+    original = MatmulAttention.apply
+    monkeypatch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    matmul = run_losses(tmp_path, name, base, "matmul", overrides)
+    assert bool(calls) == (arch != "bert"), "the matmul kernel runs unless dropout hands the calls to sdpa"
+    sdpa = run_losses(tmp_path, name, base, "sdpa", overrides)
+    tolerance = 2e-2 if "train.precision=bf16" in overrides else 1e-4
+    assert len(matmul) == len(sdpa) == 3 and all(abs(a - b) <= tolerance * abs(b) for a, b in zip(matmul, sdpa)), \
+        (matmul, sdpa)

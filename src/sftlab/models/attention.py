@@ -14,7 +14,8 @@ before the block's sample in a packed row). One W1 layer (8 packed rows of 512 t
 The price is memory: the probabilities, [batch, heads, queries, keys of the block] in the compute dtype,
 are kept for backward, where the flash kernel keeps one number per query. Calls whose probabilities would
 exceed `MAX_PROBS_BYTES`, and every call it does not cover (no gradient, dropout, soft-capping,
-position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function.
+position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function. Under
+CPU autocast the query, key and value are cast to the autocast dtype first (as sdpa's inputs are).
 Scores are rounded to the compute dtype before the softmax, as in transformers' `eager` attention.
 """
 
@@ -131,6 +132,9 @@ def matmul_attention_forward(module, query, key, value, attention_mask, dropout:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if query.device.type == "cpu" and torch.is_autocast_enabled("cpu"):  # rotary embeddings leave q, k in fp32
+        dtype = torch.get_autocast_dtype("cpu")
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
     if not _covered(query, key, value, attention_mask, dropout, kwargs) or (attention_mask is None and not causal):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
@@ -139,7 +143,8 @@ def matmul_attention_forward(module, query, key, value, attention_mask, dropout:
         length = query.shape[2]
         keep = torch.ones(1, 1, length, length, dtype=torch.bool, device=query.device).tril_()
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    out = MatmulAttention.apply(query, key, value, keep, scale)
+    with torch.autocast("cpu", enabled=False):  # operands are in the compute dtype; keep the softmax there too
+        out = MatmulAttention.apply(query, key, value, keep, scale)
     return out.transpose(1, 2).contiguous(), None
 
 
