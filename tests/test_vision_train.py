@@ -271,3 +271,33 @@ def test_encoded_rows_are_cached_until_an_image_changes(tmp_path, qwen_dir, data
     assert again.train.to_dict() == first.train.to_dict()
     os.utime(data / "images" / "red.png", ns=(1, 1))
     assert not prepare_vision_data(cfg, tmp_path).stats["train"]["cache_hit"]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava", "gemma3"])
+def test_matmul_attention_gives_sdpa_loss_and_gradients(tmp_path, data_dir, family):
+    """model.attn_implementation: matmul on a VLM: the language model's calls run it, vision towers' fall back."""
+    from sftlab.models.attention import MatmulAttention
+
+    directory = save_tiny_vlm(family, tmp_path / family)
+    processor = load_processor(ModelConfig(path=str(directory)))
+    rows = [json.loads(line) | {"_src": f"colours.jsonl:{i}"}
+            for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
+    batch = make_vision_collator(processor)([encode_vision_example(to_multimodal(row, data_dir), processor, 256)
+                                             for row in rows[:2]])
+    results, calls = {}, []
+    original = MatmulAttention.apply
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+        for attention in ("sdpa", "matmul"):
+            model = load_vision_model(ModelConfig(path=str(directory), attn_implementation=attention))
+            model.train()
+            total, count = loss_sum(model, batch, "sft")
+            (total / count).backward()
+            results[attention] = (total.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert calls
+    (loss_sdpa, grads_sdpa), (loss_matmul, grads_matmul) = results["sdpa"], results["matmul"]
+    assert torch.allclose(loss_matmul, loss_sdpa, rtol=1e-5)
+    scale = max(grad.abs().max().item() for grad in grads_sdpa.values())  # key biases' gradients are ~0 by nature
+    for name, grad in grads_sdpa.items():
+        difference = (grads_matmul[name] - grad).abs().max().item()
+        assert difference <= 1e-4 * grad.abs().max().item() + 1e-6 * scale, (name, difference, scale)
