@@ -11,12 +11,13 @@ before the block's sample in a packed row). One W1 layer (8 packed rows of 512 t
 2 key/value heads of 64, bf16, 2 threads): 20 ms forward + backward instead of sdpa's 78 ms
 (docs/benchmarks.md).
 
-The price is memory: the probabilities, [batch, heads, queries, keys of the block] in the compute dtype,
-are kept for backward, where the flash kernel keeps one number per query. Calls whose probabilities would
-exceed `MAX_PROBS_BYTES`, and every call it does not cover (no gradient, dropout, soft-capping,
-position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function. Under
-CPU autocast the query, key and value are cast to the autocast dtype first (as sdpa's inputs are).
-Scores are rounded to the compute dtype before the softmax, as in transformers' `eager` attention.
+The price is memory: the probabilities, [batch, heads, queries, keys of the block] in the compute
+dtype, are kept for backward, where the flash kernel keeps one number per query. Calls whose full
+[queries x keys] probabilities would exceed `MAX_PROBS_BYTES`, and every call it does not cover (no
+gradient, dropout, soft-capping, position bias, a float mask, a device other than the CPU), run
+transformers' `sdpa` function. Under CPU autocast the query, key and value are cast to the autocast
+dtype first, as autocast casts sdpa's. Scores are rounded to the compute dtype before the softmax, as
+in transformers' `eager` attention.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ class MatmulAttention(torch.autograd.Function):
         batch, heads, length, dim = query.shape
         kv_heads = key.shape[1]
         group = heads // kv_heads
-        scaled = (query * scale).view(batch, kv_heads, group, length, dim) if query.is_contiguous() else \
-            (query * scale).reshape(batch, kv_heads, group, length, dim)
+        scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = query.new_zeros(batch, kv_heads, group, length, dim)
         ranges = key_ranges(keep, QUERY_BLOCK)
         saved = []
