@@ -138,7 +138,8 @@ class TrainConfig(_Strict):
     gradient_checkpointing: bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
         "memory, one extra forward) or selective (keep matmul and attention outputs, recompute the element-wise rest: "
-        "on the W1 benchmark a fifth less peak memory, step time within a few percent; docs/benchmarks.md)")
+        "on the W1 benchmark in fp32 a fifth less peak memory at about the same speed; in bf16, where the recomputed "
+        "element-wise work weighs more, 14% less memory and 20% slower, about as slow as true; docs/benchmarks.md)")
     keep_freed_memory: bool = Field(
         True, description="keep memory freed during training in the process for the next step (glibc malloc "
         "thresholds raised; restored after the run) instead of faulting fresh pages in for every large tensor: "

@@ -83,7 +83,7 @@ def recommend(rows: dict[str, dict], supervised: int, total_params: int, thresho
         smallest = min(rows, key=lambda kind: rows[kind]["estimate"]["total"])
         return {"kind": smallest, "reasons": reasons + [
             f"no strategy fits; {smallest} needs the least memory: lower train.batch_size or train.max_length, "
-            "or set train.gradient_checkpointing=selective (less memory for little time) or =true "
+            "or set train.gradient_checkpointing=selective (less memory; little extra time in fp32) or =true "
             "(the least memory, one extra forward)"]}
     supported = {kind: row for kind, row in fitting.items() if supervised / max(row["trainable"], 1) >= minimum}
     if supported:
