@@ -44,11 +44,12 @@ def data_dir(tmp_path_factory):
     return root
 
 
-def _batch(qwen_dir, data_dir):
-    processor = load_processor(ModelConfig(path=str(qwen_dir)))
+def _batch(model_dir, data_dir, count: int | None = None):
+    """A collated batch of the first `count` colour records (all by default) for the VLM in `model_dir`."""
+    processor = load_processor(ModelConfig(path=str(model_dir)))
     rows = [json.loads(line) | {"_src": f"colours.jsonl:{i}"}
             for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
-    encoded = [encode_vision_example(to_multimodal(row, data_dir), processor, 256) for row in rows]
+    encoded = [encode_vision_example(to_multimodal(row, data_dir), processor, 256) for row in rows[:count]]
     return make_vision_collator(processor)(encoded)
 
 
@@ -210,11 +211,7 @@ def test_cli_train_reports_caption_metrics_at_validation(tmp_path, qwen_dir, dat
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava", "gemma3"])
 def test_other_families_train_only_their_projector(tmp_path, data_dir, family):
     directory = save_tiny_vlm(family, tmp_path / family)
-    processor = load_processor(ModelConfig(path=str(directory)))
-    rows = [json.loads(line) | {"_src": f"colours.jsonl:{i}"}
-            for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
-    batch = make_vision_collator(processor)([encode_vision_example(to_multimodal(row, data_dir), processor, 256)
-                                             for row in rows[:2]])
+    batch = _batch(directory, data_dir, 2)
     model = load_vision_model(ModelConfig(path=str(directory)))
     groups = part_groups(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters(remove_duplicate=False)}
@@ -279,11 +276,7 @@ def test_matmul_attention_gives_sdpa_loss_and_gradients(tmp_path, data_dir, fami
     from sftlab.models.attention import MatmulAttention
 
     directory = save_tiny_vlm(family, tmp_path / family)
-    processor = load_processor(ModelConfig(path=str(directory)))
-    rows = [json.loads(line) | {"_src": f"colours.jsonl:{i}"}
-            for i, line in enumerate((data_dir / "colours.jsonl").read_text().splitlines(), 1)]
-    batch = make_vision_collator(processor)([encode_vision_example(to_multimodal(row, data_dir), processor, 256)
-                                             for row in rows[:2]])
+    batch = _batch(directory, data_dir, 2)
     results, calls = {}, []
     original = MatmulAttention.apply
     with pytest.MonkeyPatch.context() as patch:
