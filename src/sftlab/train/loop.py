@@ -16,12 +16,7 @@ over ranks, evaluation sums are combined, and only the main process writes logs,
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import signal
-import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,7 +29,8 @@ from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_check
                                      save_checkpoint, save_model_dir)
 from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_eval_sums, gather_objects,
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
-                                      reduce_sum, sharded, world_size)
+                                      reduce_sum, sharded)
+from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
@@ -115,33 +111,6 @@ def cleanup(session: Session) -> None:
         session.accelerator.end_training()  # destroys the process group
     AcceleratorState._reset_state()
     restore_default_thresholds()
-
-
-@contextlib.contextmanager
-def stop_on_sigint(flag: dict):
-    """First Ctrl-C sets flag['stop'] so the loop stops at the next step boundary; a second one interrupts at once.
-
-    torchrun passes the signal it gets on to its workers (SIGINT for Ctrl-C) and kills them 30 s later; a
-    worker also treats SIGTERM (`kill` of the launcher) as a stop request, never escalated. Only rank 0 says so."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        if flag.get("stop") and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if not flag.get("stop") and os.environ.get("RANK", "0") == "0":
-            sys.stderr.write("\nstopping after this step to save a checkpoint (Ctrl-C again to stop at once)\n")
-        flag["stop"] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    previous_term = signal.signal(signal.SIGTERM, handler) if world_size() > 1 else None
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
 
 
 def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
