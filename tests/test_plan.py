@@ -39,8 +39,8 @@ def test_estimate_parts_follow_the_physics():
     checkpointed = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, checkpointing=True))
     selective = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, checkpointing="selective"))
     assert checkpointed.activations < selective.activations < full.activations
-    matmul = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, matmul_attention=True))
-    eager = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, eager_attention=True))
+    matmul = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, attention="matmul"))
+    eager = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, attention="eager"))
     assert full.activations < matmul.activations < eager.activations  # probabilities kept: 1 vs 3 score copies
     bf16 = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, param_dtype="bfloat16"))
     assert bf16.weights == 2_000_000 and bf16.optimizer == 4_000_000

@@ -114,8 +114,7 @@ class Workload:
     param_dtype: str = "float32"
     precision: str = "fp32"
     checkpointing: bool | str = False  # True (full), "selective" or False, as train.gradient_checkpointing
-    eager_attention: bool = False
-    matmul_attention: bool = False
+    attention: str = "sdpa"  # model.attn_implementation: sdpa, eager or matmul
 
     @property
     def param_bytes(self) -> int:
@@ -192,8 +191,8 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     per_token = HIDDEN_SAVED * shape.hidden + INTERMEDIATE_SAVED * shape.intermediate
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
-    copies = ATTENTION_SAVED if work.eager_attention or shape.attention_dropout > 0 else 0.0
-    if work.matmul_attention and not copies:  # with dropout it hands the call to sdpa
+    copies = ATTENTION_SAVED if work.attention == "eager" or shape.attention_dropout > 0 else 0.0
+    if work.attention == "matmul" and not copies:  # with dropout it hands the call to sdpa
         copies = MATMUL_ATTENTION_SAVED
     if shape.attention_dropout > 0:
         copies += DROPOUT_SAVED
