@@ -13,6 +13,15 @@ from sftlab.models.attention import MatmulAttention, register_attention
 from sftlab.models.tiny import save_tiny
 
 
+@pytest.fixture()
+def kernel_calls(monkeypatch) -> list:
+    """One entry per MatmulAttention call made while the test runs."""
+    calls = []
+    original = MatmulAttention.apply
+    monkeypatch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
 def packed_keep(lengths_per_row: list[list[int]], width: int) -> torch.Tensor:
     """Block-diagonal causal bool mask [B, 1, T, T] for rows made of samples of the given lengths."""
     segments = torch.full((len(lengths_per_row), width), -1)
@@ -88,7 +97,7 @@ def model_loss_and_grads(model_dir, attn: str, batch: dict):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma3"])
 @pytest.mark.parametrize("layout", ["packed", "left-padded"])
-def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout, monkeypatch):
+def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout, monkeypatch, kernel_calls):
     monkeypatch.setattr(attention, "QUERY_BLOCK", 6)  # several blocks on 20 tokens
     model_dir = save_tiny(arch, tmp_path / arch)
     torch.manual_seed(1)
@@ -101,27 +110,22 @@ def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout, monkeypatch):
         mask[1, :4] = 0
         batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
     loss_sdpa, grads_sdpa = model_loss_and_grads(model_dir, "sdpa", batch)
-    calls = []
-    original = MatmulAttention.apply
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
-        loss_matmul, grads_matmul = model_loss_and_grads(model_dir, "matmul", batch)
-    assert calls, "the matmul kernel must have run"
+    assert not kernel_calls
+    loss_matmul, grads_matmul = model_loss_and_grads(model_dir, "matmul", batch)
+    assert kernel_calls, "the matmul kernel must have run"
     assert torch.allclose(loss_matmul, loss_sdpa, rtol=1e-5)
     assert grads_matmul.keys() == grads_sdpa.keys()
     for name, grad in grads_sdpa.items():
         assert torch.allclose(grads_matmul[name], grad, rtol=1e-4, atol=1e-6), name
 
 
-def test_calls_it_does_not_cover_run_sdpa(tmp_path, monkeypatch):
+def test_calls_it_does_not_cover_run_sdpa(tmp_path, monkeypatch, kernel_calls):
     from transformers import AutoModelForCausalLM
 
     register_attention("matmul")
     model = AutoModelForCausalLM.from_pretrained(save_tiny("qwen2", tmp_path / "m"), attn_implementation="matmul")
     ids = torch.randint(3, 100, (2, 12))
-    calls = []
-    original = MatmulAttention.apply
-    monkeypatch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    calls = kernel_calls
     with torch.no_grad():  # inference keeps no probabilities: sdpa
         model(input_ids=ids)
     assert not calls
@@ -177,7 +181,7 @@ CLS_ROWS = [{"text": f"{'good fine' if i % 3 else 'bad awful'} item {i} " + "x "
     ("cls-decoder", "qwen2", ["train.stage=cls"]),
     ("cls-encoder", "bert", ["train.stage=cls"]),  # attention dropout 0.1: every call goes to sdpa
 ])
-def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, name, arch, overrides):
+def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, kernel_calls, name, arch, overrides):
     """Through the loop with strategies, checkpointing, packing, bf16 (autocast over fp32 weights) and classifiers:
     the same losses as sdpa."""
     from tests.test_plan import tiny_config
@@ -190,9 +194,7 @@ def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, name, arch, overr
         data.write_text("".join(json.dumps(row) + "\n" for row in CLS_ROWS), encoding="utf-8")
         base = {**base, "model": {"path": str(model_dir)},
                 "data": {"train": str(data), "format": "label", "cache_dir": str(tmp_path / "cls-cache")}}
-    calls = []
-    original = MatmulAttention.apply
-    monkeypatch.setattr(MatmulAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    calls = kernel_calls
     matmul = run_losses(tmp_path, name, base, "matmul", overrides)
     assert bool(calls) == (arch != "bert"), "the matmul kernel runs unless dropout hands the calls to sdpa"
     sdpa = run_losses(tmp_path, name, base, "sdpa", overrides)
