@@ -28,6 +28,10 @@ class ModelConfig(_Strict):
     attn_implementation: Literal["sdpa", "eager", "matmul"] = Field(
         "sdpa", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
         "(faster than sdpa in bf16, keeps the attention probabilities for backward; other calls run sdpa)")
+    fused_layers: bool = Field(
+        True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
+        "through autograd functions that keep only their inputs for backward and recompute the element-wise rest: "
+        "the same results with about a third less activation memory on those models (sftlab.models.fused)")
 
 
 class DatasetSpec(_Strict):

@@ -145,7 +145,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
 
     register_attention(model_cfg.attn_implementation)
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
-                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation)
+                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation,
+                  use_kernels=False)  # hub kernels are downloaded code; kernelize() also resets module forwards
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs())
     if stage == "cls":

@@ -23,7 +23,8 @@ together with the one temporary of the same size that the multi-tensor AdamW ste
 
 Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden width and
 `INTERMEDIATE_SAVED` tensors of the MLP width (inputs of the norms and projections, q/k/v, the
-attention output, the gated MLP's branches) and, during backward, their gradients. With eager
+attention output, the gated MLP's branches) and, during backward, their gradients; with fused layers
+(`model.fused_layers`, `sftlab.models.fused`) RMSNorms and gated MLPs keep fewer (`FUSED_*_SAVED_LESS`). With eager
 attention, or with attention dropout in training (sdpa then materialises the scores too), it also
 keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none;
 sftlab's matmul attention keeps `MATMUL_ATTENTION_SAVED`, its probabilities).
@@ -53,6 +54,8 @@ DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
 SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
+FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNorms keeps its input only
+FUSED_MLP_SAVED_LESS = 2.0  # ... and the gated MLP neither act(gate) nor act(gate) * up
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -69,6 +72,8 @@ class ModelShape:
     classifier: bool = False
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    fused_norms: bool = False  # model.fused_layers: the RMSNorms keep only their input
+    fused_mlp: bool = False  # ... and the gated MLPs only their gate and up projections
 
     @classmethod
     def from_model(cls, model) -> "ModelShape":
@@ -77,6 +82,9 @@ class ModelShape:
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()
         hidden = _first_int(config, ("hidden_size", "n_embd", "d_model"), 0)
+        from sftlab.models.fused import fused_counts
+
+        fused = fused_counts(model)
         return cls(layers=_first_int(config, ("num_hidden_layers", "n_layer", "num_layers"), 0),
                    hidden=hidden,
                    intermediate=_first_int(config, ("intermediate_size", "n_inner", "ffn_dim"), 0) or 4 * hidden,
@@ -85,7 +93,8 @@ class ModelShape:
                    classifier=type(model).__name__.endswith("ForSequenceClassification"),
                    attention_dropout=_first_float(config, ("attn_pdrop", "attention_probs_dropout_prob",
                                                            "attention_dropout")),
-                   hidden_dropout=_first_float(config, ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout")))
+                   hidden_dropout=_first_float(config, ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout")),
+                   fused_norms=fused["rmsnorm"] > 0, fused_mlp=fused["gated_mlp"] > 0)
 
 
 def _first_int(config, names: tuple[str, ...], default: int) -> int:
@@ -188,7 +197,8 @@ def _unwrap(model):
 def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     """Elements autograd keeps (with their backward gradients) for one block of one micro-batch."""
     tokens = work.batch * work.seq
-    per_token = HIDDEN_SAVED * shape.hidden + INTERMEDIATE_SAVED * shape.intermediate
+    per_token = ((HIDDEN_SAVED - FUSED_NORMS_SAVED_LESS * shape.fused_norms) * shape.hidden
+                 + (INTERMEDIATE_SAVED - FUSED_MLP_SAVED_LESS * shape.fused_mlp) * shape.intermediate)
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
     copies = ATTENTION_SAVED if work.attention == "eager" or shape.attention_dropout > 0 else 0.0

@@ -98,6 +98,10 @@ def _count_on_meta(cfg, prepared):
         config.num_labels, auto = len(prepared.label_names), AutoModelForSequenceClassification
     with torch.device("meta"):
         model = auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+    if cfg.model.fused_layers:  # as training would run it (the shape records it)
+        from sftlab.models.fused import fuse_layers
+
+        fuse_layers(model)
     if cfg.strategy.kind != "auto":
         model, trainable = select_trainable(model, cfg.strategy)
         return model, trainable, False

@@ -23,6 +23,7 @@ from typing import Callable
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
+from sftlab.models.fused import fused_summary
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
@@ -85,6 +86,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
            else SilentLog())
     try:
         log.message(session.trainable.summary())
+        log.message(fused_summary(session.model))
         if main and not session.resumed_from:
             from sftlab.strategy.report import write_trainable_report
 

@@ -28,7 +28,7 @@ RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "me
                "data_stats.json")
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
-                     "train.dist_timeout_s", "train.keep_freed_memory"}
+                     "train.dist_timeout_s", "train.keep_freed_memory", "model.fused_layers"}
 
 
 class TrainingObjective(torch.nn.Module):
@@ -157,7 +157,8 @@ def _calibration(prepared, cfg, collate) -> list[dict]:
 
 
 def _load_model(cfg, tokenizer, prepared, collate):
-    """The stage's model with the strategy applied; gradient checkpointing when asked for."""
+    """The stage's model with the strategy applied; fused layers and gradient checkpointing when asked for."""
+    from sftlab.models.fused import fuse_layers
     from sftlab.models.load import load_model
     from sftlab.strategy import select_trainable
     from sftlab.train.checkpointing import drop_input_grad_hook, enable_activation_checkpointing
@@ -166,6 +167,8 @@ def _load_model(cfg, tokenizer, prepared, collate):
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
                        label_names=label_names, tokenizer=tokenizer,
                        quantize_4bit=cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit)
+    if cfg.model.fused_layers:
+        fuse_layers(model)
     enable_activation_checkpointing(model, cfg.train.gradient_checkpointing)
 
     def mean_loss(m, batch):

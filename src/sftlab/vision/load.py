@@ -159,7 +159,7 @@ def load_vision_model(model_cfg, stage: str = "sft"):
     try:
         return AutoModelForImageTextToText.from_pretrained(
             directory, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
-            attn_implementation=model_cfg.attn_implementation)
+            attn_implementation=model_cfg.attn_implementation, use_kernels=False)  # as sftlab.models.load
     except (ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as an image-text-to-text model ({first})") from None
