@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoConfig
 
-from sftlab.models.fused import fuse_layers, fused_classes, fused_counts, fused_summary
+from sftlab.models.fused import fuse_layers, fused_classes, fused_counts, fused_down_projections, fused_summary
 from sftlab.models.tiny import make_tiny_model, make_tokenizer
 
 MODEL_TYPES = {"Llama": "llama", "Mistral": "mistral", "Qwen2": "qwen2", "Qwen3": "qwen3", "Qwen3Moe": "qwen3_moe",
@@ -128,6 +128,7 @@ def test_lora_down_projection_is_called_as_a_module_and_trains_the_same():
     reference = get_peft_model(base, config)
     fused = copy.deepcopy(reference)
     assert fuse_layers(fused)["gated_mlp"] == 2
+    assert fused_down_projections(fused) == 0  # the LoRA layer keeps its own input; the planner counts that
     ids = torch.randint(5, 500, (2, 16))
     grads = []
     for model in (reference, fused):
@@ -161,6 +162,7 @@ def test_loaded_models_stay_fused_through_train_and_eval(tmp_path):
     model.eval()
     model.train()
     assert fused_counts(model) == before == {"rmsnorm": 5, "gated_mlp": 2}
+    assert fused_down_projections(model) == 2
     assert fused_summary(model) == "fused layers: 5 RMSNorm, 2 gated MLP (model.fused_layers)"
 
 

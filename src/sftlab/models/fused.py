@@ -187,6 +187,12 @@ def fused_counts(model: nn.Module) -> dict[str, int]:
     return {"rmsnorm": forwards.count(_rmsnorm_forward), "gated_mlp": forwards.count(_gated_mlp_forward)}
 
 
+def fused_down_projections(model: nn.Module) -> int:
+    """How many of the fused gated MLPs also fold in their down projection (a plain `nn.Linear`)."""
+    return sum(1 for m in model.modules() if getattr(getattr(m, "forward", None), "__func__", None)
+               is _gated_mlp_forward and _plain_linear(m.down_proj))
+
+
 def fused_summary(model: nn.Module) -> str:
     """One log line: how many RMSNorm and gated-MLP modules of `model` run fused."""
     counts = fused_counts(model)

@@ -55,7 +55,7 @@ LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
 SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
 FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNorms keeps its input only
-FUSED_MLP_SAVED_LESS = 2.0  # ... and the gated MLP neither act(gate) nor act(gate) * up
+FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate), nor act(gate) * up when its down projection is folded in
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -73,7 +73,8 @@ class ModelShape:
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     fused_norms: bool = False  # model.fused_layers: the RMSNorms keep only their input
-    fused_mlp: bool = False  # ... and the gated MLPs only their gate and up projections
+    fused_mlp: bool = False  # ... and the gated MLPs act(gate) * up only for their down projection
+    fused_mlp_down: bool = False  # ... or nothing more, when that projection is folded in (not LoRA-wrapped)
 
     @classmethod
     def from_model(cls, model) -> "ModelShape":
@@ -82,7 +83,7 @@ class ModelShape:
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()
         hidden = _first_int(config, ("hidden_size", "n_embd", "d_model"), 0)
-        from sftlab.models.fused import fused_counts
+        from sftlab.models.fused import fused_counts, fused_down_projections
 
         fused = fused_counts(model)
         return cls(layers=_first_int(config, ("num_hidden_layers", "n_layer", "num_layers"), 0),
@@ -94,7 +95,8 @@ class ModelShape:
                    attention_dropout=_first_float(config, ("attn_pdrop", "attention_probs_dropout_prob",
                                                            "attention_dropout")),
                    hidden_dropout=_first_float(config, ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout")),
-                   fused_norms=fused["rmsnorm"] > 0, fused_mlp=fused["gated_mlp"] > 0)
+                   fused_norms=fused["rmsnorm"] > 0, fused_mlp=fused["gated_mlp"] > 0,
+                   fused_mlp_down=fused_down_projections(model) > 0)
 
 
 def _first_int(config, names: tuple[str, ...], default: int) -> int:
@@ -198,7 +200,8 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     """Elements autograd keeps (with their backward gradients) for one block of one micro-batch."""
     tokens = work.batch * work.seq
     per_token = ((HIDDEN_SAVED - FUSED_NORMS_SAVED_LESS * shape.fused_norms) * shape.hidden
-                 + (INTERMEDIATE_SAVED - FUSED_MLP_SAVED_LESS * shape.fused_mlp) * shape.intermediate)
+                 + (INTERMEDIATE_SAVED - FUSED_MLP_SAVED_LESS * shape.fused_mlp - shape.fused_mlp_down)
+                 * shape.intermediate)
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
     copies = ATTENTION_SAVED if work.attention == "eager" or shape.attention_dropout > 0 else 0.0
