@@ -4,13 +4,16 @@ Each module in `sftlab/commands/` defines `register(registry)`; it adds its pars
 `registry.top.add_parser(...)` or, for grouped commands, `registry.group("data").add_parser(...)`
 and sets `func=handler`, where `handler(args) -> int | None`. Heavy imports (torch, transformers)
 belong inside handlers so `sftlab --help` stays fast. User errors (`SftlabError`) print one line
-and exit 2; Ctrl-C exits 130.
+and exit 2; Ctrl-C exits 130. The console script enters at `console`, which may first re-execute
+`sftlab train` on jemalloc (train.allocator; `sftlab.jemalloc`); `main` runs a command in this process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import io
 import os
 import pkgutil
 import sys
@@ -62,15 +65,21 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sftlab` console script."""
-    quiet_libraries()
-    parser = build_parser()
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse `argv`; dotted overrides may come after options (`sftlab train run.yaml --resume train.lr=1e-4`)."""
     args, extra = parser.parse_known_args(argv)
-    if extra:  # dotted overrides may come after options: `sftlab train run.yaml --resume train.lr=1e-4`
+    if extra:
         if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides or []) + extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command in this process (the console script goes through `console` first)."""
+    quiet_libraries()
+    parser = build_parser()
+    args = parse_command_line(parser, argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -83,6 +92,32 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
+
+
+def _training_arguments(argv: list[str]) -> argparse.Namespace | None:
+    """The parsed arguments when `argv` is a valid `sftlab train` command line, else None (main reports errors)."""
+    if not argv or argv[0] != "train" or "-h" in argv or "--help" in argv:
+        return None
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return parse_command_line(build_parser(), argv)
+    except SystemExit:
+        return None
+
+
+def console() -> int:
+    """Entry point of the `sftlab` console script: `main`, for `sftlab train` first moved onto jemalloc.
+
+    Where the run config's train.allocator resolves to jemalloc, the process re-executes itself as
+    `python -P -m sftlab ARGS` with the library preloaded (`sftlab.jemalloc.reexec_on_jemalloc`) and this
+    call does not return; otherwise (and for every other command) it runs `main` here."""
+    argv = sys.argv[1:]
+    args = _training_arguments(argv)
+    if args is not None:
+        from sftlab.jemalloc import reexec_for_run_config
+
+        reexec_for_run_config(args.config, list(args.overrides or []), ["-P", "-m", "sftlab", *argv])
+    return main(argv)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 With `--nproc N` (or `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` on each of M machines) the
 command starts N worker processes per machine through torchrun, each running this same command
 (see docs/distributed.md); a worker that fails stops the others and the command exits 2.
+The console script has by then started the command on jemalloc where train.allocator asks for it
+(`sftlab.cli.console`, `sftlab.jemalloc`); the workers inherit its LD_PRELOAD and MALLOC_CONF.
 """
 
 from __future__ import annotations
@@ -60,11 +62,13 @@ def _launch(args, cfg) -> int:
 def handle(args) -> int:
     from sftlab.config import load_config
     from sftlab.errors import SftlabError
+    from sftlab.jemalloc import resolve_allocator
     from sftlab.train import TrainingInterrupted, run_training
 
     if args.resume and args.overwrite:
         raise SftlabError("--resume and --overwrite exclude each other: resume continues output.dir, overwrite replaces it")
     cfg = load_config(args.config, args.overrides)
+    resolve_allocator(cfg.train.allocator)  # jemalloc required but not found: fail before anything starts
     in_worker = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if (args.nproc is not None or args.nnodes > 1) and not in_worker:
         return _launch(args, cfg)

@@ -148,6 +148,11 @@ class TrainConfig(_Strict):
         True, description="keep memory freed during training in the process for the next step (glibc malloc "
         "thresholds raised; restored after the run) instead of faulting fresh pages in for every large tensor: "
         "W1 bf16 steps 1.8-1.9 s instead of 1.9-2.4 s, same peak memory (docs/benchmarks.md); no effect without glibc")
+    allocator: Literal["auto", "jemalloc", "system"] = Field(
+        "auto", description="malloc of the training process: auto = jemalloc where its shared library is found "
+        "(sftlab train then re-runs itself with it preloaded), else the system malloc; jemalloc = required; "
+        "system = never preload. On CPU, jemalloc trained at the same speed with less peak memory "
+        "(docs/benchmarks.md); the run log names the allocator in use")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
     save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")

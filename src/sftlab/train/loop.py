@@ -23,6 +23,7 @@ from typing import Callable
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
+from sftlab.jemalloc import allocator_line
 from sftlab.models.fused import fused_summary
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
@@ -85,6 +86,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     log = (RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress) if main
            else SilentLog())
     try:
+        log.message(allocator_line(cfg.train.allocator))
         log.message(session.trainable.summary())
         log.message(fused_summary(session.model))
         if main and not session.resumed_from:

@@ -28,7 +28,7 @@ RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "me
                "data_stats.json")
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
-                     "train.dist_timeout_s", "train.keep_freed_memory", "model.fused_layers"}
+                     "train.dist_timeout_s", "train.keep_freed_memory", "train.allocator", "model.fused_layers"}
 
 
 class TrainingObjective(torch.nn.Module):
