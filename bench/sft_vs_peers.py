@@ -67,6 +67,8 @@ SETTINGS = {
     "sftlab-padded-grouped-selective": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
                                                                     "sftlab_checkpointing": "selective"}),
     "sftlab-packed-matmul": ("sftlab", "sftlab", True, {"sftlab_attention": "matmul"}),
+    "sftlab-packed-matmul-system": ("sftlab", "sftlab", True, {"sftlab_attention": "matmul",
+                                                                "sftlab_allocator": "system"}),
     "sftlab-padded-grouped-matmul": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
                                                                  "sftlab_attention": "matmul"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
@@ -80,6 +82,7 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)",
                  "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing",
                  "sftlab-packed-matmul": "packed, matmul attention (model.attn_implementation)",
+                 "sftlab-packed-matmul-system": "packed, matmul attention, system malloc (train.allocator)",
                  "sftlab-padded-grouped-matmul": "padded, grouped by length, matmul attention",
                  "trl-default": "default (padded)", "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}

@@ -5,11 +5,18 @@ and saving are outside the clock, as for the peers), then scores the common eval
 weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
 `sftlab_weights` says float32 (bf16 autocast over fp32 weights); `sftlab_checkpointing` sets
 train.gradient_checkpointing (false, true or selective), `sftlab_group_by_length` data.group_by_length,
-`sftlab_attention` model.attn_implementation (default sdpa).
+`sftlab_attention` model.attn_implementation (default sdpa), `sftlab_allocator` train.allocator (default auto).
+
+The allocator is decided as `sftlab train` decides it, by the same function
+(`sftlab.jemalloc.reexec_on_jemalloc`): where train.allocator resolves to jemalloc and this process is not
+on it yet, the runner re-executes itself with jemalloc preloaded before torch is imported, so the
+benchmark measures what users of `sftlab train` get. The log names the allocator the run used.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import common
@@ -35,18 +42,24 @@ def build_config(spec: dict):
         train={"stage": "sft", "epochs": 1, "batch_size": spec["batch_size"], "lr": spec["lr"], "weight_decay": 0.0,
                "warmup_steps": 0, "scheduler": "linear", "max_length": spec["max_length"], "seed": spec["seed"],
                "precision": spec["precision"], "log_every_n_steps": 1000,
-               "gradient_checkpointing": spec.get("sftlab_checkpointing", False)},
+               "gradient_checkpointing": spec.get("sftlab_checkpointing", False),
+               "allocator": spec.get("sftlab_allocator", "auto")},
         output={"dir": str(work / f"sftlab-{spec['name']}"), "tensorboard": False},
     )
 
 
 def main() -> None:
+    from sftlab.jemalloc import allocator_line, reexec_on_jemalloc
+
+    spec = common.read_spec()
+    cfg = build_config(spec)
+    reexec_on_jemalloc(cfg.train.allocator, [os.path.abspath(sys.argv[0]), *sys.argv[1:]])  # returns if not needed
+
     from sftlab.train.loop import cleanup, train
     from sftlab.train.runlog import RunLog
     from sftlab.train.setup import build_session, prepare_output_dir
 
-    spec = common.read_spec()
-    cfg = build_config(spec)
+    print(allocator_line(cfg.train.allocator), file=sys.stderr, flush=True)
     out_dir = Path(cfg.output.dir)
     prepare_output_dir(out_dir, resume=False, overwrite=True)
     session, _ = build_session(cfg, out_dir, None, None)
