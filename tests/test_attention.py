@@ -72,6 +72,20 @@ def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance, block, mon
         assert relative < tolerance, (name, relative)
 
 
+def test_backward_keeps_the_queries_not_the_probabilities():
+    """Per call autograd keeps q (in blocks), k, v and the mask: nothing of the [heads x T x T] probabilities."""
+    torch.manual_seed(0)
+    q = torch.randn(2, 8, 256, 16, requires_grad=True)
+    k, v = torch.randn(2, 2, 256, 16, requires_grad=True), torch.randn(2, 2, 256, 16, requires_grad=True)
+    keep = torch.ones(1, 1, 256, 256, dtype=torch.bool).tril()
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.untyped_storage().nbytes()) or t, lambda t: t):
+        MatmulAttention.apply(q, k, v, keep, 0.25)
+    probabilities = 2 * 8 * 256 * 256 * 4 // 2  # a causal half of them, fp32
+    inputs = sum(x.numel() * x.element_size() for x in (q, k, v, keep))
+    assert sum(kept) <= inputs < probabilities / 4
+
+
 @pytest.mark.parametrize("block", [128, 2, 3])
 def test_a_query_with_nothing_to_attend_gets_zero_output_and_no_gradient(block, monkeypatch):
     monkeypatch.setattr(attention, "QUERY_BLOCK", block)

@@ -27,7 +27,8 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["sdpa", "eager", "matmul"] = Field(
         "sdpa", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
-        "(faster than sdpa in bf16, keeps the attention probabilities for backward; other calls run sdpa)")
+        "(faster than sdpa in bf16; recomputes the attention probabilities in backward, a block of queries at a "
+        "time; other calls run sdpa)")
     fused_layers: bool = Field(
         True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
         "through autograd functions that keep only their inputs for backward and recompute the element-wise rest: "

@@ -11,9 +11,11 @@ before the block's sample in a packed row). One W1 layer (8 packed rows of 512 t
 2 key/value heads of 64, bf16, 2 threads): 20 ms forward + backward instead of sdpa's 78 ms
 (docs/benchmarks.md).
 
-The price is memory: the probabilities, [batch, heads, queries, keys of the block] in the compute
-dtype, are kept for backward, where the flash kernel keeps one number per query. Calls whose full
-[queries x keys] probabilities would exceed `MAX_PROBS_BYTES`, and every call it does not cover (no
+For backward it keeps only the scaled query blocks (the size of the queries) and recomputes each
+block's probabilities there, one block at a time: one more q k^T matmul and softmax per block, about
+the same W1 step time, and per W1 step 158 MiB less kept than with the probabilities saved
+(docs/benchmarks.md). Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES`
+(long rows, where the blocks themselves grow large), and every call it does not cover (no
 gradient, dropout, soft-capping, position bias, a float mask, a device other than the CPU), run
 transformers' `sdpa` function. Under CPU autocast the query, key and value are cast to the autocast
 dtype first, as autocast casts sdpa's. Scores are rounded to the compute dtype before the softmax, as
@@ -25,7 +27,7 @@ from __future__ import annotations
 import torch
 
 NAME = "matmul"
-MAX_PROBS_BYTES = 512 * 2**20  # probabilities kept per call (one layer)
+MAX_PROBS_BYTES = 512 * 2**20  # [queries x keys] probabilities of one call, were they all made at once
 QUERY_BLOCK = 128  # queries per block; each block meets only the keys it may see
 
 
@@ -61,29 +63,21 @@ class MatmulAttention(torch.autograd.Function):
         scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = query.new_zeros(batch, kv_heads, group, length, dim)
         ranges = key_ranges(keep, QUERY_BLOCK)
-        saved = []
+        blocks = []
         for q0, q1, k0, k1 in ranges:
-            rows = group * (q1 - q0)
-            block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, rows, dim)
+            block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, group * (q1 - q0), dim)
+            blocks.append(block)
             if k1 == k0:
-                saved += [block, block.new_empty(batch, kv_heads, rows, 0)]
                 continue
-            scores = torch.matmul(block, key[:, :, k0:k1].transpose(-1, -2))
-            visible = keep[:, :, None, q0:q1, k0:k1]
-            scores.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(~visible, torch.finfo(scores.dtype).min)
-            probs = torch.softmax(scores, dim=-1)
-            empty = ~visible.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding): 0, as in sdpa
-            if empty.any():
-                probs.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(empty, 0.0)
+            probs = _block_probs(block, key, keep, group, (q0, q1, k0, k1))
             out[:, :, :, q0:q1] = torch.matmul(probs, value[:, :, k0:k1]).view(batch, kv_heads, group, q1 - q0, dim)
-            saved += [block, probs]
-        ctx.save_for_backward(key, value, *saved)
+        ctx.save_for_backward(key, value, keep, *blocks)
         ctx.ranges, ctx.scale = ranges, scale
         return out.view(batch, heads, length, dim)
 
     @staticmethod
     def backward(ctx, grad_out):
-        key, value, *saved = ctx.saved_tensors
+        key, value, keep, *blocks = ctx.saved_tensors
         batch, heads, length, dim = grad_out.shape
         kv_heads = key.shape[1]
         group = heads // kv_heads
@@ -91,10 +85,10 @@ class MatmulAttention(torch.autograd.Function):
         grad_query = torch.zeros_like(grad)
         grad_key = torch.zeros_like(key, dtype=torch.float32)  # blocks add up here, in fp32
         grad_value = torch.zeros_like(value, dtype=torch.float32)
-        for index, (q0, q1, k0, k1) in enumerate(ctx.ranges):
-            block, probs = saved[2 * index], saved[2 * index + 1]
+        for block, (q0, q1, k0, k1) in zip(blocks, ctx.ranges):
             if k1 == k0:
                 continue
+            probs = _block_probs(block, key, keep, group, (q0, q1, k0, k1))  # recomputed: one block kept at a time
             grad_block = grad[:, :, :, q0:q1].reshape(block.shape)
             grad_value[:, :, k0:k1] += torch.matmul(probs.transpose(-1, -2), grad_block)
             grad_probs = torch.matmul(grad_block, value[:, :, k0:k1].transpose(-1, -2))
@@ -105,6 +99,20 @@ class MatmulAttention(torch.autograd.Function):
             grad_key[:, :, k0:k1] += torch.matmul(grad_scores.transpose(-1, -2), block)
         grad_query = grad_query.mul_(ctx.scale).view(batch, heads, length, dim)
         return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype), None, None
+
+
+def _block_probs(block, key, keep, group: int, span: tuple[int, int, int, int]) -> torch.Tensor:
+    """softmax of one query block's scores against keys k0:k1, masked by `keep`; 0 for a query seeing nothing."""
+    q0, q1, k0, k1 = span
+    batch, kv_heads = block.shape[:2]
+    scores = torch.matmul(block, key[:, :, k0:k1].transpose(-1, -2))
+    visible = keep[:, :, None, q0:q1, k0:k1]
+    scores.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(~visible, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1)
+    empty = ~visible.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding): 0, as in sdpa
+    if empty.any():
+        probs.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(empty, 0.0)
+    return probs
 
 
 def _covered(query, key, value, attention_mask, dropout: float, kwargs: dict) -> bool:

@@ -26,8 +26,8 @@ Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden wid
 attention output, the gated MLP's branches) and, during backward, their gradients; with fused layers
 (`model.fused_layers`, `sftlab.models.fused`) RMSNorms and gated MLPs keep fewer (`FUSED_*_SAVED_LESS`). With eager
 attention, or with attention dropout in training (sdpa then materialises the scores too), it also
-keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none;
-sftlab's matmul attention keeps `MATMUL_ATTENTION_SAVED`, its probabilities).
+keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none,
+nor does sftlab's matmul attention, which recomputes its probabilities in backward).
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
@@ -49,7 +49,6 @@ from dataclasses import asdict, dataclass
 HIDDEN_SAVED = 24.0
 INTERMEDIATE_SAVED = 6.0
 ATTENTION_SAVED = 3.0
-MATMUL_ATTENTION_SAVED = 1.0  # model.attn_implementation: matmul keeps the probabilities for backward
 DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
@@ -205,8 +204,6 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
     copies = ATTENTION_SAVED if work.attention == "eager" or shape.attention_dropout > 0 else 0.0
-    if work.attention == "matmul" and not copies:  # with dropout it hands the call to sdpa
-        copies = MATMUL_ATTENTION_SAVED
     if shape.attention_dropout > 0:
         copies += DROPOUT_SAVED
     return tokens * per_token + copies * work.batch * shape.heads * work.seq * work.seq
