@@ -32,7 +32,8 @@ class ModelConfig(_Strict):
     fused_layers: bool = Field(
         True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
         "through autograd functions that keep only their inputs for backward and recompute the element-wise rest: "
-        "the same results with about a third less activation memory on those models (sftlab.models.fused)")
+        "the same results (up to float rounding) with about a third less activation memory on those models "
+        "(sftlab.models.fused)")
 
 
 class DatasetSpec(_Strict):
