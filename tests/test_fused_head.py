@@ -61,7 +61,7 @@ def test_under_bf16_autocast_it_stays_close_to_the_autocast_reference():
 
 
 def test_chunk_rows_bound_the_logits_memory():
-    assert head_chunk_rows(16_000) == 1048 and head_chunk_rows(128_000) == 256  # 64 MiB of fp32 logits
+    assert head_chunk_rows(16_000) == 262 and head_chunk_rows(128_000) == 256  # 16 MiB of fp32 logits
     assert head_chunk_rows(262_144) == 256 and head_chunk_rows(10**9) == 256  # never thinner than 256 rows
 
 

@@ -6,7 +6,7 @@ at unsupervised positions are never built. When gradients are needed and the hea
 linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the logits, the loss and at once
 the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
 logits are kept or recomputed for backward and the head's memory stays one chunk of
-[positions x vocabulary] (`head_chunk_rows`: about 64 MiB of fp32 logits, at least 256 rows). Otherwise the head runs in
+[positions x vocabulary] (`head_chunk_rows`: about 16 MiB of fp32 logits, at least 256 rows). Otherwise the head runs in
 chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
@@ -21,7 +21,8 @@ from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
-FUSED_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk in the fused head loss...
+FUSED_CHUNK_BYTES = 16 * 2**20  # fp32 logits of one chunk in the fused head loss (W1: 16k vocabulary, 64 MiB
+# chunks peaked 0.08 GiB higher than 16 MiB ones at the same speed; docs/benchmarks.md, fifth round)...
 MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (256 MiB of logits for a 262k vocabulary)
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
                     "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
