@@ -101,15 +101,14 @@ def test_master_weights_keep_updates_below_bf16_resolution():
             p.grad = torch.ones_like(p)
         opt_ref.step()
     assert all(torch.equal(p, s) for p, s in zip(plain.parameters(), start))  # every update rounded away
-    for master, ref, param in zip(opt_master.master_weights(), reference, mastered.parameters()):
+    masters = [m for group in opt_master.param_groups for m in group["params"]]
+    for master, ref, param in zip(masters, reference, mastered.parameters()):
         torch.testing.assert_close(master, ref.detach(), rtol=0, atol=0)  # exactly fp32 AdamW
         assert torch.equal(param, master.to(torch.bfloat16))
     assert all(not torch.equal(p, s) for p, s in zip(mastered.parameters(), start))
 
 
 def test_master_weights_survive_a_state_dict_round_trip():
-    """A resumed run gets the bf16 weights from the checkpoint's model and the remainders from optimizer.pt:
-    together they rebuild the fp32 masters bit for bit, so the next steps equal the uninterrupted run's."""
     model = _bf16_model()
     opt = build_optimizer(model, 1e-3, 0.0)
     for _ in range(3):
@@ -117,12 +116,10 @@ def test_master_weights_survive_a_state_dict_round_trip():
             p.grad = torch.randn_like(p)
         opt.step()
     state = copy.deepcopy(opt.state_dict())  # as written to and read from optimizer.pt
-    resumed = _bf16_model(seed=1)
-    resumed.load_state_dict(model.state_dict())  # the checkpoint's model weights
+    resumed = _bf16_model(seed=1)  # different weights: loading the state must restore them from the masters
     opt2 = build_optimizer(resumed, 1e-3, 0.0)
     opt2.load_state_dict(state)
-    assert all(value.dtype == torch.float32 for s in opt2.state.values() for k, value in s.items() if "exp_avg" in k)
-    for a, b in zip(opt.master_weights(), opt2.master_weights()):
+    for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
     grads = [torch.randn_like(p) for p in model.parameters()]
     for m, o in ((model, opt), (resumed, opt2)):
@@ -131,35 +128,6 @@ def test_master_weights_survive_a_state_dict_round_trip():
         o.step()
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
-
-
-def test_bf16_masters_are_the_weights_plus_16_bit_remainders():
-    from sftlab.train.master_weights import join, split
-
-    torch.manual_seed(0)
-    values = torch.randn(10_000) * torch.logspace(-30, 30, 10_000)
-    high, low = split(values)
-    assert high.dtype == torch.bfloat16 and low.dtype == torch.int16
-    assert torch.equal(join(high, low).view(torch.int32), values.view(torch.int32))  # exact
-    assert ((high.float() - values).abs() <= values.abs() * 2.0**-8).all()  # high is values rounded to bf16
-
-
-def test_optimizer_state_of_earlier_versions_with_full_fp32_masters_still_loads():
-    model = _bf16_model()
-    opt = build_optimizer(model, 1e-3, 0.0)
-    for p in model.parameters():
-        p.grad = torch.randn_like(p)
-    opt.step()
-    masters = [m + 1e-3 for m in opt.master_weights()]  # what the earlier format saved beside the moments
-    state = copy.deepcopy(opt.state_dict())
-    for entry in state["state"].values():
-        entry.pop("master_low")
-    state["master_weights"] = masters
-    resumed = _bf16_model(seed=1)
-    opt2 = build_optimizer(resumed, 1e-3, 0.0)
-    opt2.load_state_dict(state)
-    for master, loaded in zip(masters, opt2.master_weights()):
-        assert torch.equal(master, loaded)
 
 
 def test_a_bf16_model_trains_through_master_weights_in_the_loop(tmp_path):
@@ -178,12 +146,11 @@ def test_a_bf16_model_trains_through_master_weights_in_the_loop(tmp_path):
         before = session.model.lm_head.weight.detach().clone()
         loss, _ = optimizer_step(session, [[0, 1, 2, 3]])
         optimizer = session.optimizer.optimizer
-        masters = optimizer.master_weights()
+        masters = [m for group in optimizer.param_groups for m in group["params"]]
     finally:
         cleanup(session)
     assert isinstance(optimizer, MasterWeightAdamW) and all(m.dtype == torch.float32 for m in masters)
     assert session.model.lm_head.weight.dtype == torch.bfloat16 and torch.isfinite(torch.tensor(loss))
     assert not torch.equal(session.model.lm_head.weight, before)
-    for master, param in zip(masters, [p for g in optimizer.param_groups for p in g["params"]]):
+    for master, param in zip(masters, [p for g in optimizer.model_params for p in g]):
         assert torch.equal(param, master.to(torch.bfloat16))
-    assert all(state["master_low"].dtype == torch.int16 for state in optimizer.state.values())  # 2 bytes, not 4

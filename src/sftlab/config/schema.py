@@ -21,7 +21,7 @@ class ModelConfig(_Strict):
 
     path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights; "
-                                                                    "trained bf16/fp16 weights are updated through exact fp32 masters in AdamW (2 bytes per bf16 weight) "
+                                                                    "trained bf16/fp16 weights get fp32 master copies in AdamW "
                                                                     "(with train.precision=bf16, bfloat16 is faster and lighter on CPU)")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")

@@ -9,9 +9,8 @@ The peak of a training step is modelled from four parts:
 
 - weights: every parameter, in the parameter dtype (`model.dtype`);
 - gradients: one value per *trainable* parameter, in the parameter dtype;
-- optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`), in the parameter
-  dtype for fp32 parameters; bf16/fp16 parameters get fp32 moments and an exact fp32 master
-  (`sftlab.train.master_weights`: a 2-byte remainder per bf16 parameter, a 4-byte copy per fp16 one);
+- optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`; torch keeps
+  them in the parameter dtype);
 - activations: what autograd keeps for the backward pass, for the blocks the backward pass runs
   through (`depth`: from the first block holding a trainable parameter to the top; all blocks when
   embeddings train, none when only the head trains), plus the output head's logits.
@@ -57,7 +56,6 @@ SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
 FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNorms keeps its input only
 FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate), nor act(gate) * up when its down projection is folded in
 OPTIMIZER_STATES = 2
-MASTER_BYTES = {"bfloat16": 2, "float16": 4}  # per low-precision trainable parameter, beside its fp32 moments
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
@@ -227,8 +225,6 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     weights = total_params * work.param_bytes
     gradients = trainable_params * work.param_bytes
     optimizer = OPTIMIZER_STATES * trainable_params * work.param_bytes
-    if work.param_bytes < 4:  # fp32 moments, and the master's remainder (bf16) or copy (fp16)
-        optimizer = trainable_params * (OPTIMIZER_STATES * 4 + MASTER_BYTES[work.param_dtype])
     block = block_activation_elements(shape, work) * work.activation_bytes
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
         kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden

@@ -4,10 +4,10 @@ Biases and normalisation weights (every parameter with fewer than 2 dimensions) 
 AdamW runs with the fused kernel (CUDA and CPU; on the benchmark's CPU it took a third of the foreach
 kernel's time per step, docs/benchmarks.md) and falls back to foreach on other devices.
 
-Trainable parameters held in bf16/fp16 (`model.dtype: bfloat16`) are updated through exact fp32 master
-weights (`sftlab.train.master_weights.MasterWeightAdamW`; for bf16 the model's weights plus 16-bit
-remainders), so updates smaller than the weights' bf16 resolution are not lost. The optimizer's
-state_dict carries what rebuilds the masters, so a resumed run continues from them.
+Trainable parameters held in bf16/fp16 (`model.dtype: bfloat16`) get fp32 master copies
+(`MasterWeightAdamW`): AdamW updates the fp32 copies from the low-precision gradients and copies them
+back into the model after each step, so updates smaller than the weights' bf16 resolution are not
+lost. The optimizer's state_dict carries the master copies, so a resumed run continues from them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from sftlab.errors import SftlabError
-from sftlab.train.master_weights import MasterWeightAdamW
 
 _SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
@@ -30,6 +29,55 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [group for group in groups if group["params"]]
 
 
+class MasterWeightAdamW(torch.optim.AdamW):
+    """AdamW on fp32 master copies of low-precision model parameters.
+
+    `step()` reads each model parameter's gradient (as fp32) into its master copy, runs AdamW on the
+    masters and copies them back into the model parameters; `zero_grad()` clears the model's gradients.
+    Gradient clipping and accumulation act on the model parameters' own gradients as usual."""
+
+    def __init__(self, groups: list[dict], **kwargs):
+        self.model_params = [list(group["params"]) for group in groups]
+        masters = [{**group, "params": [p.detach().float().clone() for p in group["params"]]} for group in groups]
+        super().__init__(masters, **kwargs)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group, params in zip(self.param_groups, self.model_params):
+            for master, param in zip(group["params"], params):
+                master.grad = None if param.grad is None else param.grad.float()
+        loss = super().step(closure)
+        for group, params in zip(self.param_groups, self.model_params):
+            torch._foreach_copy_(params, group["params"])
+            for master in group["params"]:
+                master.grad = None
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for params in self.model_params:
+            for param in params:
+                if set_to_none:
+                    param.grad = None
+                elif param.grad is not None:
+                    param.grad.zero_()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["master_weights"] = [m.detach().clone() for group in self.param_groups for m in group["params"]]
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        masters = state_dict.pop("master_weights", None)
+        super().load_state_dict(state_dict)
+        if masters is not None:
+            with torch.no_grad():
+                current = [m for group in self.param_groups for m in group["params"]]
+                torch._foreach_copy_(current, list(masters))
+                for group, params in zip(self.param_groups, self.model_params):
+                    torch._foreach_copy_(params, group["params"])
+
+
 def _needs_master_weights(groups: list[dict]) -> bool:
     """Low-precision trainable parameters on one process's own tensors (not FSDP's sharded DTensors)."""
     params = [p for group in groups for p in group["params"]]
@@ -41,8 +89,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                     master_weights: bool = True) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; the fused kernel on CUDA/CPU, foreach kernels otherwise.
 
-    With `master_weights` (default), bf16/fp16 trainable parameters are updated through exact fp32
-    master weights (`MasterWeightAdamW`); DeepSpeed, which keeps its own, passes False."""
+    With `master_weights` (default), bf16/fp16 trainable parameters are updated through fp32 master
+    copies (`MasterWeightAdamW`); DeepSpeed, which keeps its own, passes False."""
     groups = parameter_groups(model, weight_decay)
     if not groups:
         raise SftlabError("strategy: no trainable parameters are left; the strategy froze the whole model")
