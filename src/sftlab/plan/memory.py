@@ -9,8 +9,9 @@ The peak of a training step is modelled from four parts:
 
 - weights: every parameter, in the parameter dtype (`model.dtype`);
 - gradients: one value per *trainable* parameter, in the parameter dtype;
-- optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`; torch keeps
-  them in the parameter dtype);
+- optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`), in the parameter
+  dtype for fp32 parameters; bf16/fp16 parameters get fp32 moments and an fp32 master copy
+  (`sftlab.train.optim.MasterWeightAdamW`);
 - activations: what autograd keeps for the backward pass, for the blocks the backward pass runs
   through (`depth`: from the first block holding a trainable parameter to the top; all blocks when
   embeddings train, none when only the head trains), plus the output head's logits.
@@ -225,6 +226,8 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     weights = total_params * work.param_bytes
     gradients = trainable_params * work.param_bytes
     optimizer = OPTIMIZER_STATES * trainable_params * work.param_bytes
+    if work.param_bytes < 4:  # fp32 moments and the fp32 master copy
+        optimizer = trainable_params * (OPTIMIZER_STATES + 1) * 4
     block = block_activation_elements(shape, work) * work.activation_bytes
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
         kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
