@@ -41,7 +41,7 @@ def test_estimate_parts_follow_the_physics():
     assert checkpointed.activations < selective.activations < full.activations
     matmul = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, attention="matmul"))
     eager = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, attention="eager"))
-    assert full.activations == matmul.activations < eager.activations  # matmul recomputes its probabilities, as sdpa
+    assert full.activations < matmul.activations < eager.activations  # matmul rebuilds one layer's probabilities
     bf16 = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, param_dtype="bfloat16"))
     assert bf16.weights == 2_000_000 and bf16.optimizer == 12_000_000  # fp32 moments + fp32 master copies
     assert full.total == full.weights + full.optimizer + max(full.activations, 2 * full.gradients)
@@ -74,7 +74,7 @@ def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch, check
     from sftlab.plan.planner import build_plan
 
     raw = tiny_config(tmp_path, arch=arch, gradient_checkpointing=checkpointing)
-    raw["model"]["attn_implementation"] = attention  # matmul recomputes its probabilities, as sdpa
+    raw["model"]["attn_implementation"] = attention  # matmul rebuilds its probabilities in backward
     cfg = load_config(None, [], base=raw)
     kinds = ("full", "lora") if not checkpointing else ("full",)  # lora + checkpointing: under by 26-35%, open
     plan = build_plan(cfg, None, load_thresholds(), kinds, probe_steps=2, check=True)

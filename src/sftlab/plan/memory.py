@@ -28,7 +28,8 @@ attention output, the gated MLP's branches) and, during backward, their gradient
 (`model.fused_layers`, `sftlab.models.fused`) RMSNorms and gated MLPs keep fewer (`FUSED_*_SAVED_LESS`). With eager
 attention, or with attention dropout in training (sdpa then materialises the scores too), it also
 keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none,
-nor does sftlab's matmul attention, which recomputes its probabilities in backward).
+nor does sftlab's matmul attention, which recomputes its probabilities in backward: one layer's worth,
+`MATMUL_ATTENTION_REBUILT` copies, is added once, not per block).
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
@@ -50,6 +51,7 @@ from dataclasses import asdict, dataclass
 HIDDEN_SAVED = 24.0
 INTERMEDIATE_SAVED = 6.0
 ATTENTION_SAVED = 3.0
+MATMUL_ATTENTION_REBUILT = 1.0  # matmul attention: its backward holds about one layer's probabilities (a block's and their gradients)
 DROPOUT_SAVED = 1.25
 LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
@@ -238,5 +240,7 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
         activations = saved_inputs + block
     else:
         activations = depth * block
+    if work.attention == "matmul" and depth and not shape.attention_dropout:  # one layer's probabilities, rebuilt
+        activations += MATMUL_ATTENTION_REBUILT * work.batch * shape.heads * work.seq ** 2 * work.activation_bytes
     return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=optimizer,
                           activations=int(activations + head_activation_bytes(shape, work)))
