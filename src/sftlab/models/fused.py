@@ -181,16 +181,20 @@ def fuse_layers(model: nn.Module) -> dict[str, int]:
     return fused_counts(model)
 
 
+def _forward_function(module: nn.Module):
+    """The function behind `module.forward` (one of ours once `fuse_layers` swapped it in)."""
+    return getattr(getattr(module, "forward", None), "__func__", None)
+
+
 def fused_counts(model: nn.Module) -> dict[str, int]:
     """How many RMSNorm and gated-MLP modules of `model` run fused now ({'rmsnorm': n, 'gated_mlp': m})."""
-    forwards = [getattr(getattr(m, "forward", None), "__func__", None) for m in model.modules()]
+    forwards = [_forward_function(m) for m in model.modules()]
     return {"rmsnorm": forwards.count(_rmsnorm_forward), "gated_mlp": forwards.count(_gated_mlp_forward)}
 
 
 def fused_down_projections(model: nn.Module) -> int:
     """How many of the fused gated MLPs also fold in their down projection (a plain `nn.Linear`)."""
-    return sum(1 for m in model.modules() if getattr(getattr(m, "forward", None), "__func__", None)
-               is _gated_mlp_forward and _plain_linear(m.down_proj))
+    return sum(1 for m in model.modules() if _forward_function(m) is _gated_mlp_forward and _plain_linear(m.down_proj))
 
 
 def fused_summary(model: nn.Module) -> str:
