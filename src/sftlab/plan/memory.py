@@ -57,7 +57,8 @@ LOGIT_COPIES = 3.0
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
 SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
 FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNorms keeps its input only
-FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate), nor act(gate) * up when its down projection is folded in
+FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate)
+FUSED_DOWN_SAVED_LESS = 1.0  # ... nor act(gate) * up when its down projection is folded in (not LoRA-wrapped)
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -202,8 +203,8 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     """Elements autograd keeps (with their backward gradients) for one block of one micro-batch."""
     tokens = work.batch * work.seq
     per_token = ((HIDDEN_SAVED - FUSED_NORMS_SAVED_LESS * shape.fused_norms) * shape.hidden
-                 + (INTERMEDIATE_SAVED - FUSED_MLP_SAVED_LESS * shape.fused_mlp - shape.fused_mlp_down)
-                 * shape.intermediate)
+                 + (INTERMEDIATE_SAVED - FUSED_MLP_SAVED_LESS * shape.fused_mlp
+                    - FUSED_DOWN_SAVED_LESS * shape.fused_mlp_down) * shape.intermediate)
     if shape.hidden_dropout > 0:
         per_token += 2 * DROPOUT_SAVED * shape.hidden
     copies = ATTENTION_SAVED if work.attention == "eager" or shape.attention_dropout > 0 else 0.0
@@ -227,9 +228,8 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     """The four-part peak estimate for one optimizer step (see the module docstring)."""
     weights = total_params * work.param_bytes
     gradients = trainable_params * work.param_bytes
-    optimizer = OPTIMIZER_STATES * trainable_params * work.param_bytes
-    if work.param_bytes < 4:  # fp32 moments and the fp32 master copy
-        optimizer = trainable_params * (OPTIMIZER_STATES + 1) * 4
+    # fp32 parameters: the moments in their dtype; bf16/fp16 ones: fp32 moments and the fp32 master copy
+    optimizer = trainable_params * (OPTIMIZER_STATES * 4 if work.param_bytes == 4 else (OPTIMIZER_STATES + 1) * 4)
     block = block_activation_elements(shape, work) * work.activation_bytes
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
         kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
