@@ -24,11 +24,13 @@ import os
 import platform
 import sys
 import sysconfig
+import typing
 from pathlib import Path
 
+from sftlab.config.schema import TrainConfig
 from sftlab.errors import SftlabError
 
-CHOICES = ("auto", "jemalloc", "system")
+CHOICES = typing.get_args(TrainConfig.model_fields["allocator"].annotation)  # the config's own choices
 LIBRARY_NAMES = ("libjemalloc.so.2", "libjemalloc.so")
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"  # keep freed pages (default decay: W1 1939 vs 3045 tokens/s)
 MARKER = "SFTLAB_JEMALLOC_EXEC"
