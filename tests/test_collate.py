@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from datasets import Dataset
+from sftlab.data.rows import TokenRows
 
 from sftlab.data.collate import best_fit_bins, length_grouped_order, pack_rows, packed_collate, pad_collate
 from sftlab.errors import SftlabError
@@ -37,7 +37,7 @@ def test_best_fit_decreasing_fills_bins():
 def test_pack_rows_positions_restart_and_first_labels_are_ignored():
     samples = [{"input_ids": list(range(10 * k, 10 * k + n)), "labels": list(range(10 * k, 10 * k + n))}
                for k, n in enumerate([3, 5, 2, 4, 1])]
-    packed = pack_rows(Dataset.from_list(samples), max_length=6, seed=1)
+    packed = pack_rows(TokenRows.from_list(samples), max_length=6, seed=1)
     assert all(len(row["input_ids"]) <= 6 for row in packed)
     seen = []
     for row in packed:
@@ -47,9 +47,9 @@ def test_pack_rows_positions_restart_and_first_labels_are_ignored():
             assert row["labels"][a] == IGNORE and row["labels"][a + 1:b] == row["input_ids"][a + 1:b]
             seen.append(row["input_ids"][a:b])
     assert sorted(seen) == sorted(s["input_ids"] for s in samples)
-    assert pack_rows(Dataset.from_list(samples), 6, seed=1).to_dict() == packed.to_dict()
+    assert pack_rows(TokenRows.from_list(samples), 6, seed=1).to_dict() == packed.to_dict()
     with pytest.raises(SftlabError, match="classification rows cannot be packed"):
-        pack_rows(Dataset.from_list([{"input_ids": [1], "label": 0}]), 4)
+        pack_rows(TokenRows.from_list([{"input_ids": [1], "label": 0}]), 4)
 
 
 def test_length_grouped_order_reduces_padding_and_is_seeded():
@@ -97,7 +97,7 @@ def test_packed_samples_are_isolated(tokenizer, arch, attn):
     model.set_attn_implementation(attn)
     model.eval()
     rows = samples(tokenizer)
-    packed_rows = list(pack_rows(Dataset.from_list(rows), max_length=17, seed=0))  # rows of 17 and 7 tokens
+    packed_rows = list(pack_rows(TokenRows.from_list(rows), max_length=17, seed=0))  # rows of 17 and 7 tokens
     packed = packed_collate(packed_rows, tokenizer.pad_token_id)
     assert packed["input_ids"].shape[0] == len(packed_rows) > 1 and "attention_mask" not in packed
     padded = pad_collate(rows, tokenizer.pad_token_id)

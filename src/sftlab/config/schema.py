@@ -71,7 +71,7 @@ class DataConfig(_Strict):
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="class balance of labelled training data (validation is never resampled)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
-    num_workers: int = Field(1, ge=1, description="processes for tokenisation (datasets.map num_proc)")
+    num_workers: int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
     seed: int = Field(0, description="seed of mixing, splitting and resampling")
     streaming: bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "
                             "needs train.max_steps")

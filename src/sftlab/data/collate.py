@@ -1,7 +1,7 @@
 """Token rows -> batches: padding, packing several samples per row, and length-grouped ordering.
 
     batch = pad_collate(rows, pad_id)              # input_ids/attention_mask/labels [B,T] (cls: labels [B])
-    packed = pack_rows(dataset, max_length, seed)  # Dataset of rows holding several samples each
+    packed = pack_rows(rows, max_length, seed)     # TokenRows holding several samples per row
     batch = packed_collate(packed_rows, pad_id)    # input_ids/position_ids/labels [B,T], no attention_mask
     order = length_grouped_order(lengths, batch_size, seed)
 
@@ -73,13 +73,13 @@ def best_fit_bins(lengths: list[int], capacity: int, seed: int = 0) -> list[list
     return bins
 
 
-def pack_rows(dataset, max_length: int, seed: int = 0):
-    """Pack lm rows (`input_ids`, `labels`) into rows of at most `max_length` tokens with per-sample position_ids."""
-    from datasets import Dataset
+def pack_rows(rows, max_length: int, seed: int = 0):
+    """Pack lm rows (`input_ids`, `labels`) into `TokenRows` of at most `max_length` tokens with per-sample position_ids."""
+    from sftlab.data.rows import TokenRows
 
-    if "labels" not in dataset.column_names:
+    if "labels" not in rows.column_names:
         raise SftlabError("data.packing applies to pt/sft token rows; classification rows cannot be packed")
-    columns = dataset.to_dict()
+    columns = rows.to_dict()
     lengths = [len(ids) for ids in columns["input_ids"]]
     packed: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": []}
     for members in best_fit_bins(lengths, max_length, seed):
@@ -91,7 +91,7 @@ def pack_rows(dataset, max_length: int, seed: int = 0):
         packed["input_ids"].append(ids)
         packed["labels"].append(labels)
         packed["position_ids"].append(positions)
-    return Dataset.from_dict(packed)
+    return TokenRows.from_dict(packed)
 
 
 def packed_collate(rows: list[dict], pad_id: int = 0) -> dict:

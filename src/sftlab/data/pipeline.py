@@ -1,7 +1,7 @@
 """The whole data chain for a run: sources -> canonical examples -> balance -> token rows -> packed rows.
 
     prepared = prepare_data(cfg, tokenizer, base_dir=Path("configs"))
-    prepared.train, prepared.validation      # datasets.Dataset of token rows (validation: None when absent)
+    prepared.train, prepared.validation      # sftlab.data.rows.TokenRows (validation: None when absent)
     prepared.stats, prepared.label_names, prepared.val_examples
 
 Used by the training loop and `sftlab data preview`. Relative paths in `data.*` (files, registry,

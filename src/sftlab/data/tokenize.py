@@ -28,16 +28,17 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.errors import SftlabError
+from sftlab.data.rows import TokenRows
 from sftlab.io import atomic_dir, atomic_write_json
 
 IGNORE_INDEX = -100
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: sftlab.data.rows .npy files (1 was a datasets folder)
 
 
 @dataclasses.dataclass
@@ -82,10 +83,8 @@ def cache_root(data_cfg: DataConfig) -> Path:
 
 
 def tokenize_examples(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: TrainConfig,
-                      label_names: list[str] | None = None):
-    """Token rows (a `datasets.Dataset`) and `TokenizeStats` for canonical `examples`, through the cache."""
-    from datasets import Dataset, load_from_disk
-
+                      label_names: list[str] | None = None) -> tuple[TokenRows, TokenizeStats]:
+    """Token rows (`sftlab.data.rows.TokenRows`) and `TokenizeStats` for canonical `examples`, through the cache."""
     stage = train_cfg.stage
     if stage == "cls":
         label_names = label_names or label_set(examples, data_cfg)
@@ -95,16 +94,16 @@ def tokenize_examples(examples: list[dict], tokenizer, data_cfg: DataConfig, tra
     if (folder / "stats.json").is_file():
         stats = TokenizeStats(**json.loads((folder / "stats.json").read_text(encoding="utf-8")))
         stats.cache_hit, stats.cache_path = True, str(folder)
-        return load_from_disk(str(folder / "rows")), stats
+        return TokenRows.load(folder / "rows"), stats
     rows, stats = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
     stats.cache_path = str(folder)
     if stats.rows == 0:
         raise SftlabError(f"data: no example is left after tokenisation ({_drop_summary(stats)}); "
                           "check train.max_length / data.truncation")
     with atomic_dir(folder, overwrite=True) as tmp:
-        Dataset.from_dict(rows).save_to_disk(str(tmp / "rows"))
+        TokenRows.from_dict(rows).save(tmp / "rows")
         atomic_write_json(tmp / "stats.json", stats.to_dict())
-    return load_from_disk(str(folder / "rows")), stats
+    return TokenRows.load(folder / "rows"), stats
 
 
 def _drop_summary(stats: TokenizeStats) -> str:
@@ -162,24 +161,17 @@ def _code_version() -> str:
 
 
 def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int) -> tuple[dict[str, list], TokenizeStats]:
-    from datasets import Dataset
-
     stage = settings["stage"]
     public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
     mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
-    dataset = Dataset.from_list(public)
-    # new_fingerprint: without it datasets dill-hashes fn_kwargs, i.e. the whole tokenizer (about 5 s of CPU per call
-    # for Gemma's 262k vocabulary); the dataset is in memory and sftlab keeps its own cache, so any unique id does.
-    mapped = dataset.map(mapper, fn_kwargs={"tokenizer": tokenizer, "settings": settings},
-                         remove_columns=dataset.column_names, num_proc=num_workers if num_workers > 1 else None,
-                         desc=f"tokenizing ({stage})", new_fingerprint=uuid.uuid4().hex)
+    encoded = _encode_all(mapper, public, tokenizer, settings, num_workers)
+    key = "label" if stage == "cls" else "labels"
+    columns = {name: [row[name] for row in encoded] for name in ("input_ids", key, "status")}
     stats = TokenizeStats(examples=len(examples))
-    columns = mapped.to_dict()
     status = columns["status"]
     for name in ("dropped_too_long", "dropped_answer_too_long", "dropped_no_supervised", "cut_left", "truncated"):
         setattr(stats, name, status.count(name))
     keep = [i for i, s in enumerate(status) if not s.startswith("dropped")]
-    key = "label" if stage == "cls" else "labels"
     input_ids = [columns["input_ids"][i] for i in keep]
     targets = [columns[key][i] for i in keep]
     if stage == "pt" and settings["pt_mode"] == "concat":
@@ -197,6 +189,48 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     else:
         stats.supervised_tokens = sum(sum(1 for t in row if t != IGNORE_INDEX) for row in targets)
     return {"input_ids": input_ids, key: targets}, stats
+
+
+_WORK: tuple = ()  # (mapper, examples, tokenizer, settings) for forked tokenising workers
+
+
+def _encode_range(bounds: tuple[int, int]) -> list[dict]:
+    mapper, examples, tokenizer, settings = _WORK
+    return [mapper(examples[i], tokenizer, settings) for i in range(*bounds)]
+
+
+def _encode_all(mapper, examples: list[dict], tokenizer, settings: dict, num_workers: int) -> list[dict]:
+    """`mapper` over every example, in order, with a progress bar; with num_workers > 1 in that many forked processes."""
+    from tqdm.auto import tqdm
+
+    global _WORK
+    workers = num_workers if "fork" in multiprocessing.get_all_start_methods() else 1
+    step = max(1, min(1000, -(-len(examples) // (workers * 4))))
+    bounds = [(start, min(start + step, len(examples))) for start in range(0, len(examples), step)]
+    bar = tqdm(total=len(examples), desc=f"tokenizing ({settings['stage']})", unit="examples", dynamic_ncols=True)
+    _WORK = (mapper, examples, tokenizer, settings)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else _NoPool() as pool:
+            rows = []
+            for part in pool.imap(_encode_range, bounds):
+                rows += part
+                bar.update(len(part))
+            return rows
+    finally:
+        _WORK = ()
+        bar.close()
+
+
+class _NoPool:
+    """The in-process stand-in for `multiprocessing.Pool` when one worker is asked for."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    imap = staticmethod(map)
 
 
 def _concat_blocks(documents: list[list[int]], max_length: int) -> tuple[list[list[int]], int]:
