@@ -66,11 +66,10 @@ SETTINGS = {
     "sftlab-padded-grouped": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True}),
     "sftlab-padded-grouped-selective": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
                                                                     "sftlab_checkpointing": "selective"}),
-    "sftlab-packed-matmul": ("sftlab", "sftlab", True, {"sftlab_attention": "matmul"}),
-    "sftlab-packed-matmul-system": ("sftlab", "sftlab", True, {"sftlab_attention": "matmul",
-                                                                "sftlab_allocator": "system"}),
-    "sftlab-padded-grouped-matmul": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
-                                                                 "sftlab_attention": "matmul"}),
+    "sftlab-packed-sdpa": ("sftlab", "sftlab", True, {"sftlab_attention": "sdpa"}),
+    "sftlab-packed-system": ("sftlab", "sftlab", True, {"sftlab_allocator": "system"}),
+    "sftlab-padded-grouped-sdpa": ("sftlab", "sftlab", False, {"sftlab_group_by_length": True,
+                                                               "sftlab_attention": "sdpa"}),
     "trl-default": ("trl", "TRL SFTTrainer", False, {}),
     "trl-packed": ("trl", "TRL SFTTrainer", True, {}),
     "lf-neat": ("lf", "LLaMA-Factory", True, {}),
@@ -81,15 +80,15 @@ SETTING_NOTES = {"sftlab-packed": "packed (data.packing; bf16: model.dtype bfloa
                  "sftlab-packed-selective": "packed, selective activation checkpointing",
                  "sftlab-padded-grouped": "padded, grouped by length (data.group_by_length)",
                  "sftlab-padded-grouped-selective": "padded, grouped by length, selective activation checkpointing",
-                 "sftlab-packed-matmul": "packed, matmul attention (model.attn_implementation)",
-                 "sftlab-packed-matmul-system": "packed, matmul attention, system malloc (train.allocator)",
-                 "sftlab-padded-grouped-matmul": "padded, grouped by length, matmul attention",
+                 "sftlab-packed-sdpa": "packed, sdpa attention (model.attn_implementation)",
+                 "sftlab-packed-system": "packed, system malloc (train.allocator)",
+                 "sftlab-padded-grouped-sdpa": "padded, grouped by length, sdpa attention",
                  "trl-default": "default (padded)", "trl-packed": "packing BFD + padding-free", "lf-neat": "neat_packing (its default gradient checkpointing)",
                  "lf-neat-nogc": "neat_packing, gradient checkpointing off"}
-FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-matmul", "sftlab-packed-selective", "sftlab-padded-grouped",
-                 "sftlab-padded-grouped-matmul", "sftlab-padded-grouped-selective",
+FULL_SETTINGS = ["sftlab-packed", "sftlab-packed-sdpa", "sftlab-packed-selective", "sftlab-padded-grouped",
+                 "sftlab-padded-grouped-sdpa", "sftlab-padded-grouped-selective",
                  "trl-default", "trl-packed", "lf-neat", "lf-neat-nogc"]
-QUICK_SETTINGS = ["sftlab-packed", "sftlab-packed-matmul", "trl-packed", "lf-neat"]
+QUICK_SETTINGS = ["sftlab-packed", "sftlab-packed-sdpa", "trl-packed", "lf-neat"]
 
 
 def run_setting(setting: str, precision: str, spec: dict, timeout: int, log) -> dict:

@@ -202,7 +202,7 @@ def test_benchmark_runner_passes_its_spec_key_to_train_allocator(monkeypatch):
     spec = {"model": "m", "train_json": "d.json", "packing": True, "batch_size": 8, "lr": 1e-4, "max_length": 512,
             "seed": 0, "precision": "bf16", "work": "/tmp/w", "name": "x"}
     assert runner.build_config(spec).train.allocator == "auto"
-    setting = importlib.import_module("sft_vs_peers").SETTINGS["sftlab-packed-matmul-system"]
+    setting = importlib.import_module("sft_vs_peers").SETTINGS["sftlab-packed-system"]
     assert runner.build_config({**spec, **setting[3]}).train.allocator == "system"
     assert "reexec_on_jemalloc(cfg.train.allocator" in Path(runner.__file__).read_text(encoding="utf-8")
 

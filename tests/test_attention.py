@@ -98,11 +98,12 @@ def test_a_query_with_nothing_to_attend_gets_zero_output_and_no_gradient(block, 
     assert torch.isfinite(out).all()
 
 
-def model_loss_and_grads(model_dir, attn: str, batch: dict):
-    from transformers import AutoModelForCausalLM
+def model_loss_and_grads(model_dir, attn: str, batch: dict, classifier: bool = False, **config):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     register_attention(attn)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float32)
+    auto = AutoModelForSequenceClassification if classifier else AutoModelForCausalLM
+    model = auto.from_pretrained(model_dir, attn_implementation=attn, dtype=torch.float32, **config)
     model.train()
     loss = model(**batch, use_cache=False).loss
     loss.backward()
@@ -126,6 +127,32 @@ def test_tiny_models_train_as_with_sdpa(tmp_path, arch, layout, monkeypatch, ker
     loss_sdpa, grads_sdpa = model_loss_and_grads(model_dir, "sdpa", batch)
     assert not kernel_calls
     loss_matmul, grads_matmul = model_loss_and_grads(model_dir, "matmul", batch)
+    assert kernel_calls, "the matmul kernel must have run"
+    assert torch.allclose(loss_matmul, loss_sdpa, rtol=1e-5)
+    assert grads_matmul.keys() == grads_sdpa.keys()
+    for name, grad in grads_sdpa.items():
+        assert torch.allclose(grads_matmul[name], grad, rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+def test_auto_defaults_beyond_decoders_train_as_with_sdpa(tmp_path, arch, monkeypatch, kernel_calls):
+    """`auto` gives matmul to every model with the attention interface: a padded bidirectional encoder
+    (classifier) and gpt2 (learned positions, biased projections) get sdpa's loss and gradients. Dropout
+    is off so that the runs can be compared (with attention dropout matmul hands the call to sdpa)."""
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 6)
+    classifier = arch == "bert"
+    model_dir = save_tiny(arch, tmp_path / arch, task="cls" if classifier else "causal_lm")
+    torch.manual_seed(1)
+    ids = torch.randint(3, 100, (2, 20))
+    mask = torch.ones(2, 20, dtype=torch.long)
+    mask[1, 13:] = 0  # right padding
+    labels = torch.tensor([0, 1]) if classifier else ids.masked_fill(mask == 0, -100)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    no_dropout = ({"attention_probs_dropout_prob": 0.0, "hidden_dropout_prob": 0.0} if classifier else
+                  {"attn_pdrop": 0.0, "resid_pdrop": 0.0, "embd_pdrop": 0.0})
+    loss_sdpa, grads_sdpa = model_loss_and_grads(model_dir, "sdpa", batch, classifier, **no_dropout)
+    assert not kernel_calls
+    loss_matmul, grads_matmul = model_loss_and_grads(model_dir, "matmul", batch, classifier, **no_dropout)
     assert kernel_calls, "the matmul kernel must have run"
     assert torch.allclose(loss_matmul, loss_sdpa, rtol=1e-5)
     assert grads_matmul.keys() == grads_sdpa.keys()
@@ -170,8 +197,40 @@ def test_unknown_attention_is_refused_with_the_choices():
 
     from sftlab.config.schema import ModelConfig
 
-    with pytest.raises(ValidationError, match="'sdpa', 'eager' or 'matmul'"):
+    with pytest.raises(ValidationError, match="'auto', 'sdpa', 'eager' or 'matmul'"):
         ModelConfig(path="m", attn_implementation="flash")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "bert"])
+def test_auto_is_the_default_and_loads_matmul_where_the_model_dispatches_through_the_interface(tmp_path, arch):
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.attention import attention_line
+    from sftlab.models.load import load_model
+
+    task = "cls" if arch == "bert" else "causal_lm"
+    model_dir = save_tiny(arch, tmp_path / "m", task=task)
+    cfg = ModelConfig(path=str(model_dir))
+    assert cfg.attn_implementation == "auto"
+    model = load_model(cfg, "cls" if arch == "bert" else "sft", num_labels=2 if arch == "bert" else None)
+    assert model.config._attn_implementation == "matmul"
+    assert attention_line(model, "auto") == ("attention: matmul (model.attn_implementation: auto); "
+                                             "on the CPU with gradients, sdpa elsewhere")
+
+
+def test_auto_keeps_transformers_default_for_a_model_outside_the_attention_interface(tmp_path, monkeypatch):
+    from transformers import Qwen2ForCausalLM
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.attention import attention_line
+    from sftlab.models.load import load_model
+
+    monkeypatch.setattr(Qwen2ForCausalLM, "_supports_attention_backend", False)
+    model_dir = save_tiny("qwen2", tmp_path / "m")
+    model = load_model(ModelConfig(path=str(model_dir)), "sft")
+    assert model.config._attn_implementation == "sdpa"
+    assert attention_line(model, "auto") == "attention: sdpa (model.attn_implementation: auto)"
+    explicit = load_model(ModelConfig(path=str(model_dir), attn_implementation="matmul"), "sft")
+    assert explicit.config._attn_implementation == "matmul"  # asked for by name: kept
 
 
 def run_losses(tmp_path, name: str, base: dict, attention_kind: str, overrides: list[str]) -> list[float]:

@@ -95,8 +95,8 @@ def test_sftlab_runner_config_follows_the_spec(tmp_path):
     assert not w1.data.group_by_length
     grouped = run_sftlab.build_config({**spec, "packing": False, "sftlab_group_by_length": True})
     assert grouped.data.group_by_length and not grouped.data.packing
-    assert w1.model.attn_implementation == "sdpa"
-    assert run_sftlab.build_config({**spec, "sftlab_attention": "matmul"}).model.attn_implementation == "matmul"
+    assert w1.model.attn_implementation == "auto"  # sftlab's default
+    assert run_sftlab.build_config({**spec, "sftlab_attention": "sdpa"}).model.attn_implementation == "sdpa"
     assert workloads.TRUNCATION == {"w1": "drop", "w2": "left"}
 
 

@@ -5,7 +5,7 @@ and saving are outside the clock, as for the peers), then scores the common eval
 weights are loaded in bf16 (`model.dtype: bfloat16`, fp32 master weights in AdamW) unless the spec's
 `sftlab_weights` says float32 (bf16 autocast over fp32 weights); `sftlab_checkpointing` sets
 train.gradient_checkpointing (false, true or selective), `sftlab_group_by_length` data.group_by_length,
-`sftlab_attention` model.attn_implementation (default sdpa), `sftlab_allocator` train.allocator (default auto).
+`sftlab_attention` model.attn_implementation (default auto, as in sftlab), `sftlab_allocator` train.allocator (default auto).
 
 The allocator is decided as `sftlab train` decides it, by the same function
 (`sftlab.jemalloc.reexec_on_jemalloc`): where train.allocator resolves to jemalloc and this process is not
@@ -34,7 +34,7 @@ def build_config(spec: dict):
     bf16_weights = spec["precision"] == "bf16" and spec.get("sftlab_weights", "bfloat16") == "bfloat16"
     return RunConfig(
         model={"path": spec["model"], "dtype": "bfloat16" if bf16_weights else "float32",
-               "attn_implementation": spec.get("sftlab_attention", "sdpa")},
+               "attn_implementation": spec.get("sftlab_attention", "auto")},
         data={"train": spec["train_json"], "format": "alpaca", "packing": spec["packing"],
               "truncation": spec.get("truncation", "drop"), "group_by_length": spec.get("sftlab_group_by_length", False),
               "cache_dir": str(work / "sftlab-cache")},

@@ -25,10 +25,11 @@ class ModelConfig(_Strict):
                                                                     "(with train.precision=bf16, bfloat16 is faster and lighter on CPU)")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
-    attn_implementation: Literal["sdpa", "eager", "matmul"] = Field(
-        "sdpa", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
-        "(faster than sdpa in bf16; recomputes the attention probabilities in backward, a block of queries at a "
-        "time; other calls run sdpa)")
+    attn_implementation: Literal["auto", "sdpa", "eager", "matmul"] = Field(
+        "auto", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
+        "(faster than sdpa; recomputes the attention probabilities in backward, a block of queries at a "
+        "time; other calls, such as on a GPU or in generation, run sdpa); auto: matmul for models that dispatch "
+        "through transformers' attention interface, transformers' default for the rest")
     fused_layers: bool = Field(
         True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
         "through autograd functions that keep only their inputs for backward and recompute the element-wise rest: "

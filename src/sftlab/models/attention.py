@@ -1,6 +1,9 @@
 """Matmul attention: an attention function for training on the CPU, registered with transformers.
 
-`model.attn_implementation: matmul` selects it. PyTorch's CPU flash-attention kernel (what `sdpa`
+`model.attn_implementation: matmul` selects it, and so does the default `auto` for every model whose
+attention goes through transformers' attention interface (`_supports_attention_backend`; others keep
+transformers' default, sdpa where the model has it): see `attention_to_load` / `settle_attention`. It
+computes calls on the CPU with gradients only, so on a GPU, and in generation, `auto` means sdpa. PyTorch's CPU flash-attention kernel (what `sdpa`
 runs) reached about 150 GFLOP/s in bf16 on a 2-core Zen 5 whose bf16 matrix multiplies run at
 900 GFLOP/s, and took as long with a causal or packed (block-diagonal) mask as with none at 512
 tokens. This function writes the scores out, `softmax(q k^T * scale + mask) v`, as batched matmuls
@@ -27,6 +30,7 @@ from __future__ import annotations
 import torch
 
 NAME = "matmul"
+AUTO = "auto"  # model.attn_implementation default: matmul where the model supports it
 MAX_PROBS_BYTES = 512 * 2**20  # [queries x keys] probabilities of one call, were they all made at once
 QUERY_BLOCK = 128  # queries per block; each block meets only the keys it may see
 
@@ -169,3 +173,34 @@ def register_attention(name: str) -> None:
 
     AttentionInterface.register(NAME, matmul_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # boolean masks, None where causal suffices
+
+
+def attention_to_load(requested: str) -> str:
+    """The `attn_implementation` to pass to `from_pretrained` for `model.attn_implementation` (registered).
+
+    `auto` loads matmul; `settle_attention` then puts a model that does not dispatch through
+    transformers' attention interface back on transformers' default."""
+    name = NAME if requested == AUTO else requested
+    register_attention(name)
+    return name
+
+
+def settle_attention(model, requested: str) -> str:
+    """After loading with `attention_to_load(requested)`: the implementation the model runs.
+
+    With `auto`, a model class without `_supports_attention_backend` (its attention modules never call a
+    registered function) is switched to sdpa, or eager where it has no sdpa."""
+    if requested == AUTO and not getattr(type(model), "_supports_attention_backend", False):
+        try:
+            model.set_attn_implementation("sdpa")
+        except (ValueError, ImportError):
+            model.set_attn_implementation("eager")
+    return getattr(model.config, "_attn_implementation", None) or "default"
+
+
+def attention_line(model, requested: str) -> str:
+    """The run log's line naming the attention implementation in use."""
+    used = getattr(model.config, "_attn_implementation", None) or "default"
+    note = " (model.attn_implementation: auto)" if requested == AUTO else ""
+    where = "; on the CPU with gradients, sdpa elsewhere" if used == NAME else ""
+    return f"attention: {used}{note}{where}"

@@ -141,11 +141,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from sftlab.models.attention import register_attention
+    from sftlab.models.attention import attention_to_load, settle_attention
 
-    register_attention(model_cfg.attn_implementation)
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
-                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]), attn_implementation=model_cfg.attn_implementation,
+                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]),
+                  attn_implementation=attention_to_load(model_cfg.attn_implementation),
                   use_kernels=False)  # hub kernels are downloaded code; kernelize() also resets module forwards
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs())
@@ -157,11 +157,13 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     else:
         raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
     try:
-        return auto.from_pretrained(directory, **kwargs)
+        model = auto.from_pretrained(directory, **kwargs)
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0]
         what = "sequence classifier" if stage == "cls" else "causal language model"
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
+    settle_attention(model, model_cfg.attn_implementation)
+    return model
 
 
 def _four_bit_kwargs() -> dict:

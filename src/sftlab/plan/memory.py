@@ -128,7 +128,7 @@ class Workload:
     param_dtype: str = "float32"
     precision: str = "fp32"
     checkpointing: bool | str = False  # True (full), "selective" or False, as train.gradient_checkpointing
-    attention: str = "sdpa"  # model.attn_implementation: sdpa, eager or matmul
+    attention: str = "sdpa"  # model.attn_implementation: sdpa, eager or matmul (the planner counts auto as matmul)
 
     @property
     def param_bytes(self) -> int:

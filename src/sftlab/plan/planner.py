@@ -126,7 +126,7 @@ def estimate_row(counts: dict, workload: dict, cfg) -> dict:
     work = Workload(batch=workload["batch"], seq=workload["seq"], supervised=workload["supervised"],
                     param_dtype=counts["param_dtype"], precision=cfg.train.precision,
                     checkpointing=cfg.train.gradient_checkpointing,
-                    attention=cfg.model.attn_implementation)
+                    attention="matmul" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation)
     return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
                            work).to_dict()
 

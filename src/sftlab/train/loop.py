@@ -24,6 +24,7 @@ from typing import Callable
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.jemalloc import allocator_line
+from sftlab.models.attention import attention_line
 from sftlab.models.fused import fused_summary
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
@@ -89,6 +90,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
         log.message(allocator_line(cfg.train.allocator))
         log.message(session.trainable.summary())
         log.message(fused_summary(session.model))
+        log.message(attention_line(session.model, cfg.model.attn_implementation))
         if main and not session.resumed_from:
             from sftlab.strategy.report import write_trainable_report
 

@@ -148,21 +148,22 @@ def load_vision_model(model_cfg, stage: str = "sft"):
     import torch
     from transformers import AutoModelForImageTextToText
 
-    from sftlab.models.attention import register_attention
+    from sftlab.models.attention import attention_to_load, settle_attention
 
     if stage == "cls":
         raise SftlabError("train.stage cls: classification heads on vision-language models are not supported; "
                           "use stage sft with the label as the answer")
     directory = Path(str(model_cfg.path)).expanduser()
     dtype = getattr(torch, model_cfg.dtype if model_cfg.dtype in _DTYPES else "float32")
-    register_attention(model_cfg.attn_implementation)
     try:
-        return AutoModelForImageTextToText.from_pretrained(
+        model = AutoModelForImageTextToText.from_pretrained(
             directory, local_files_only=True, trust_remote_code=model_cfg.trust_remote_code, dtype=dtype,
-            attn_implementation=model_cfg.attn_implementation, use_kernels=False)  # as sftlab.models.load
+            attn_implementation=attention_to_load(model_cfg.attn_implementation), use_kernels=False)  # as models.load
     except (ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as an image-text-to-text model ({first})") from None
+    settle_attention(model, model_cfg.attn_implementation)
+    return model
 
 
 def source_directory(model) -> Path | None:
