@@ -152,3 +152,26 @@ def test_precision_sets_the_compute_dtype_not_the_weights(tmp_path, precision, e
     assert seen == [expected, expected] and stats["supervised_tokens"] > 0
     assert session.model.lm_head.weight.dtype == torch.float32
     assert session.model.is_activation_checkpointing
+
+
+@pytest.mark.parametrize("kind, hf_name", [("linear", "linear"), ("cosine", "cosine"), ("constant", "constant_with_warmup")])
+@pytest.mark.parametrize("warmup, total", [(0, 10), (3, 10), (12, 10)])
+def test_schedules_follow_transformers(kind, hf_name, warmup, total):
+    from transformers import get_scheduler
+
+    from sftlab.train.optim import build_scheduler
+
+    def lrs(make):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+        scheduler = make(optimizer)
+        seen = []
+        for _ in range(total + 2):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    ours = lrs(lambda opt: build_scheduler(opt, kind, warmup, total))
+    theirs = lrs(lambda opt: get_scheduler(hf_name, opt, num_warmup_steps=min(warmup, total), num_training_steps=total))
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert len(set(ours)) > 1 or (kind == "constant" and warmup == 0)

@@ -68,7 +68,7 @@ def weights_bytes(cfg) -> int:
 def count_strategy(cfg, tokenizer, prepared, collate, real: bool) -> dict:
     """Trainable/total counts, trainable names' backprop depth, shape and dtype of cfg's strategy."""
     if real:
-        from transformers import set_seed
+        from accelerate.utils import set_seed
 
         from sftlab.train.setup import _load_model
 

@@ -12,11 +12,12 @@ lost. The optimizer's state_dict carries the master copies, so a resumed run con
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from sftlab.errors import SftlabError
 
-_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -101,9 +102,25 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     return torch.optim.AdamW(groups, lr=lr, **kernel)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
-    """A per-optimizer-step LR schedule: linear or cosine decay to 0, or constant, after linear warmup."""
-    from transformers import get_scheduler
+def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate at optimizer step `step` as a fraction of train.lr: linear warmup from 0, then
+    linear decay to 0, half a cosine to 0, or constant (transformers' `linear`, `cosine` and
+    `constant_with_warmup` schedules, which tests/test_train_loop.py checks these against)."""
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
-    return get_scheduler(_SCHEDULES[kind], optimizer, num_warmup_steps=min(warmup_steps, total_steps),
-                         num_training_steps=total_steps)
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
+    """A per-optimizer-step LR schedule (`lr_factor`): linear or cosine decay to 0, or constant, after linear
+    warmup. Written here rather than taken from `transformers.get_scheduler`, whose module imports the
+    Trainer's utilities and peft (11 MiB in every training process)."""
+    if kind not in ("linear", "cosine", "constant"):
+        raise SftlabError(f"train.scheduler {kind!r}: expected linear, cosine or constant")
+    warmup = min(warmup_steps, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(kind, step, warmup, total_steps))

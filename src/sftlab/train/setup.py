@@ -246,7 +246,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
 
     `accelerator` defaults to a new one for this process (`sftlab.train.distributed.make_accelerator`)."""
-    from transformers import set_seed
+    from accelerate.utils import set_seed  # transformers.set_seed imports its trainer_utils, and peft with it (11 MiB)
 
     from sftlab.models.load import load_tokenizer
     from sftlab.train.allocator import keep_freed_memory
