@@ -119,7 +119,8 @@ def test_allocator_line_says_why_it_is_not_jemalloc(monkeypatch):
 def test_exec_environment_prepends_the_library_and_the_decay_setting():
     env = jemalloc.exec_environment(FOUND, {"PATH": "/bin", "LD_PRELOAD": "/x/libother.so", "MALLOC_CONF": "narenas:2"})
     assert env == {"PATH": "/bin", "LD_PRELOAD": f"{FOUND}:/x/libother.so",
-                   "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,narenas:2", jemalloc.MARKER: FOUND}
+                   "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1,oversize_threshold:0,narenas:2",
+                   jemalloc.MARKER: FOUND}
     env = jemalloc.exec_environment(FOUND, {"PATH": "/bin"})
     assert env["LD_PRELOAD"] == FOUND and env["MALLOC_CONF"] == jemalloc.MALLOC_CONF
 
@@ -230,13 +231,13 @@ def test_console_script_with_system_never_preloads(tmp_path):
 def test_jemalloc_takes_the_decay_setting_and_the_users_options_after_it():
     """The options jemalloc runs with in a process started with `exec_environment` (read back through mallctl)."""
     probe = ("import ctypes; lib = ctypes.CDLL(None); value = ctypes.c_ssize_t(); size = ctypes.c_size_t(8)\n"
-             "for name in (b'opt.dirty_decay_ms', b'opt.muzzy_decay_ms'):\n"
+             "for name in (b'opt.dirty_decay_ms', b'opt.muzzy_decay_ms', b'opt.oversize_threshold'):\n"
              "    assert lib.mallctl(name, ctypes.byref(value), ctypes.byref(size), None, 0) == 0\n"
              "    print(value.value)")
     env = jemalloc.exec_environment(LIBRARY, clean_env() | {"MALLOC_CONF": "muzzy_decay_ms:5000"})
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["-1", "5000"]
+    assert done.stdout.split() == ["-1", "5000", "0"]
 
 
 @needs_jemalloc

@@ -154,3 +154,34 @@ def test_a_bf16_model_trains_through_master_weights_in_the_loop(tmp_path):
     assert not torch.equal(session.model.lm_head.weight, before)
     for master, param in zip(masters, [p for g in optimizer.model_params for p in g]):
         assert torch.equal(param, master.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 600, 2**40])
+def test_master_weight_steps_in_chunks_equal_fp32_adamw(chunk_bytes, monkeypatch):
+    """MasterWeightAdamW makes fp32 gradients a chunk at a time: every chunk size (one parameter per chunk,
+    a few, all at once) gives bit-for-bit the fp32 AdamW of the masters, and the model gets their bf16."""
+    import sftlab.train.optim as optim
+
+    monkeypatch.setattr(optim, "STEP_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape).to(torch.bfloat16)) for shape in ((8, 16), (16,), (4, 8), (3,))]
+    reference = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+    groups = [{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:], "weight_decay": 0.0}]
+    ours = MasterWeightAdamW(groups, lr=1e-2, fused=True)
+    theirs = torch.optim.AdamW([{"params": reference[:3], "weight_decay": 0.1},
+                                {"params": reference[3:], "weight_decay": 0.0}], lr=1e-2, fused=True)
+    for step in range(3):
+        for index, (param, ref) in enumerate(zip(params, reference)):
+            if step == 1 and index == 2:  # a parameter without a gradient this step is left alone
+                param.grad, ref.grad = None, None
+                continue
+            grad = torch.randn(param.shape).to(torch.bfloat16)
+            param.grad, ref.grad = grad, grad.float()
+        ours.step()
+        theirs.step()
+        ours.zero_grad()
+        theirs.zero_grad()
+    masters = [m for group in ours.param_groups for m in group["params"]]
+    for master, ref, param in zip(masters, reference, params):
+        assert torch.equal(master, ref) and torch.equal(param, ref.to(torch.bfloat16))
+    assert len(optim.MasterWeightAdamW._chunks(ours)) == 0  # no gradients left after zero_grad
