@@ -4,8 +4,9 @@
     python bench/step_ab.py --data ... autocast unfused-head compiled --rounds 6
 
 Builds W1 (bench/_peers/workloads.py: the tiny Qwen2 and its tokenised alpaca rows), packs the rows as
-sftlab does (`pack_rows`, `[8, 512]` batches) and gives every variant its own copy of the same initial
-weights. Each round runs one step of every variant in turn, so a change of machine load hits all of
+sftlab does (`pack_rows`, `[8, 512]` batches), loads the model as sftlab does with its defaults (fp32,
+`model.attn_implementation: auto`, `model.fused_layers`) and gives every variant its own copy of the same
+initial weights. Each round runs one step of every variant in turn, so a change of machine load hits all of
 them; it prints, per variant, the best and median wall time and process CPU time (`time.process_time`,
 all threads) after a warm-up step. With a loaded machine prefer 1 thread and CPU time.
 
@@ -39,14 +40,14 @@ VARIANTS = ("autocast", "bf16-weights", "unfused-head", "compiled", "fp32", "fp3
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:
     """W1's model directory and the first `count` packed batches of 8 rows (sftlab's packing, seed 0)."""
     import workloads  # bench/_peers
-    from datasets import Dataset
 
     from sftlab.data.collate import pack_rows, packed_collate
+    from sftlab.data.rows import TokenRows
 
     spec = workloads.build("w1", data, work, False, None, log)
     rows = [json.loads(line) for line in Path(spec["train_tokens"]).read_text(encoding="utf-8").splitlines()]
-    dataset = Dataset.from_dict({key: [row[key] for row in rows] for key in ("input_ids", "labels")})
-    packed = pack_rows(dataset, spec["max_length"], 0)
+    packed = pack_rows(TokenRows.from_dict({key: [row[key] for row in rows] for key in ("input_ids", "labels")}),
+                       spec["max_length"], 0)
     return Path(spec["model"]), [packed_collate([packed[i] for i in range(b * 8, b * 8 + 8)], 0) for b in range(count)]
 
 
@@ -92,12 +93,16 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="timed rounds after the warm-up round")
     args = parser.parse_args(argv)
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.fused import fuse_layers
+    from sftlab.models.load import load_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     model_dir, batches = w1_batches(Path(args.data), Path(args.work), 3, lambda text: print(text, file=sys.stderr))
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    base = load_model(ModelConfig(path=str(model_dir)), "sft")  # sftlab's defaults: attention auto (matmul)
     base.train()
+    fuse_layers(base)  # model.fused_layers, on by default
     steps = {name: make_step(name, copy.deepcopy(base)) for name in args.variants}
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
