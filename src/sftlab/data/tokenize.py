@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.config.schema import DataConfig, TrainConfig
-from sftlab.errors import SftlabError
 from sftlab.data.rows import TokenRows
+from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 
 IGNORE_INDEX = -100
