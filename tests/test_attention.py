@@ -274,3 +274,20 @@ def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, kernel_calls, nam
     tolerance = 2e-2 if "train.precision=bf16" in overrides else 1e-4
     assert len(matmul) == len(sdpa) == 3 and all(abs(a - b) <= tolerance * abs(b) for a, b in zip(matmul, sdpa)), \
         (matmul, sdpa)
+
+
+def test_masks_are_built_once_per_forward_and_reused_by_every_layer_and_backward(tmp_path, monkeypatch):
+    """The key ranges and block biases come from the mask tensor transformers hands to every layer: one
+    build per block for a whole forward + backward of a 2-layer model, not one per layer and pass."""
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setattr(attention, "QUERY_BLOCK", 6)
+    built = []
+    real = attention._block_mask
+    monkeypatch.setattr(attention, "_block_mask", lambda *args: built.append(args[1]) or real(*args))
+    register_attention("matmul")
+    model = AutoModelForCausalLM.from_pretrained(save_tiny("qwen2", tmp_path / "m", layers=2), attn_implementation="matmul")
+    ids = torch.randint(3, 100, (2, 20))
+    positions = torch.tensor([list(range(7)) + list(range(13)), list(range(20))])
+    model(input_ids=ids, position_ids=positions, labels=ids, use_cache=False).loss.backward()
+    assert len(built) == len(set(built)) == 4  # 20 queries in blocks of 6, each block's bias built once

@@ -14,8 +14,10 @@ before the block's sample in a packed row). One W1 layer (8 packed rows of 512 t
 2 key/value heads of 64, bf16, 2 threads): 20 ms forward + backward instead of sdpa's 78 ms
 (docs/benchmarks.md).
 
-For backward it keeps only the scaled query blocks (the size of the queries) and recomputes each
-block's probabilities there, one block at a time: one more q k^T matmul and softmax per block, about
+The key ranges and each block's mask bias are built once per mask tensor (`_mask_parts`: the first
+layer's forward builds them, the other layers and every backward reuse them). For backward it keeps only
+the scaled query blocks (the size of the queries) and recomputes each block's probabilities there, one
+block at a time: one more q k^T matmul and softmax per block, about
 the same W1 step time, and per W1 step 158 MiB less kept than with the probabilities saved
 (docs/benchmarks.md). Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES`
 (long rows, where the blocks themselves grow large), and every call it does not cover (no
@@ -66,7 +68,7 @@ class MatmulAttention(torch.autograd.Function):
         group = heads // kv_heads
         scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = query.new_zeros(batch, kv_heads, group, length, dim)
-        ranges = key_ranges(keep, QUERY_BLOCK)
+        ranges = _mask_parts(keep, "ranges", lambda: key_ranges(keep, QUERY_BLOCK))
         blocks = []
         for q0, q1, k0, k1 in ranges:
             block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, group * (q1 - q0), dim)
@@ -105,20 +107,44 @@ class MatmulAttention(torch.autograd.Function):
         return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype), None, None
 
 
+def _mask_parts(keep: torch.Tensor, key, make):
+    """What `make()` builds from the mask `keep`, built once per mask tensor and kept on it.
+
+    transformers builds one mask per forward pass and hands the same tensor to every layer, and each
+    layer's backward gets it back from its saved tensors: the key ranges and the blocks' biases are
+    built by the first layer's forward and reused by the others' and by every backward (the cache
+    goes with the mask tensor, and is rebuilt if the mask is changed in place)."""
+    cache = getattr(keep, "_sftlab_attention_parts", None)
+    if cache is None or cache[0] != keep._version:
+        cache = (keep._version, {})
+        keep._sftlab_attention_parts = cache
+    parts = cache[1]
+    if key not in parts:
+        parts[key] = make()
+    return parts[key]
+
+
+def _block_mask(keep: torch.Tensor, span: tuple[int, int, int, int], dtype: torch.dtype):
+    """The [B, 1, 1, queries, keys] bias of one block (0, or the dtype's minimum where masked) and whether
+    any of its queries sees nothing (then the [B, 1, 1, queries, 1] rows that see nothing, else None)."""
+    q0, q1, k0, k1 = span
+    visible = keep[:, :, None, q0:q1, k0:k1]
+    # masked scores pushed to the dtype's minimum (as masked_fill would leave them, after rounding): adding a
+    # [B, 1, 1, queries, keys] bias broadcast over the heads ran 14x faster than masked_fill_ with that mask
+    bias = torch.zeros(visible.shape, dtype=dtype, device=keep.device).masked_fill_(~visible, torch.finfo(dtype).min)
+    empty = ~visible.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding): 0, as in sdpa
+    return bias, (empty if empty.any() else None)
+
+
 def _block_probs(block, key, keep, group: int, span: tuple[int, int, int, int]) -> torch.Tensor:
     """softmax of one query block's scores against keys k0:k1, masked by `keep`; 0 for a query seeing nothing."""
     q0, q1, k0, k1 = span
     batch, kv_heads = block.shape[:2]
     scores = torch.matmul(block, key[:, :, k0:k1].transpose(-1, -2))
-    visible = keep[:, :, None, q0:q1, k0:k1]
-    # masked scores pushed to the dtype's minimum (as masked_fill would leave them, after rounding): adding a
-    # [B, 1, 1, queries, keys] bias broadcast over the heads ran 14x faster than masked_fill_ with that mask
-    bias = torch.zeros(visible.shape, dtype=scores.dtype, device=scores.device).masked_fill_(
-        ~visible, torch.finfo(scores.dtype).min)
+    bias, empty = _mask_parts(keep, (span, scores.dtype), lambda: _block_mask(keep, span, scores.dtype))
     scores.view(batch, kv_heads, group, q1 - q0, k1 - k0).add_(bias)
     probs = torch.softmax(scores, dim=-1)
-    empty = ~visible.any(dim=-1, keepdim=True)  # queries with nothing to attend (left padding): 0, as in sdpa
-    if empty.any():
+    if empty is not None:
         probs.view(batch, kv_heads, group, q1 - q0, k1 - k0).masked_fill_(empty, 0.0)
     return probs
 
