@@ -3,28 +3,31 @@
 `model.attn_implementation: matmul` selects it, and so does the default `auto` for every model whose
 attention goes through transformers' attention interface (`_supports_attention_backend`; others keep
 transformers' default, sdpa where the model has it): see `attention_to_load` / `settle_attention`. It
-computes calls on the CPU with gradients only, so on a GPU, and in generation, `auto` means sdpa. PyTorch's CPU flash-attention kernel (what `sdpa`
-runs) reached about 150 GFLOP/s in bf16 on a 2-core Zen 5 whose bf16 matrix multiplies run at
-900 GFLOP/s, and took as long with a causal or packed (block-diagonal) mask as with none at 512
-tokens. This function writes the scores out, `softmax(q k^T * scale + mask) v`, as batched matmuls
-with one fused softmax pass each way, computes grouped-query heads against their shared key/value
-head without repeating it, and takes the queries in blocks of `QUERY_BLOCK`, each against only the
-keys some query of the block may see (`key_ranges`: none after the block under a causal mask, none
-before the block's sample in a packed row). One W1 layer (8 packed rows of 512 tokens, 8 query and
-2 key/value heads of 64, bf16, 2 threads): 20 ms forward + backward instead of sdpa's 78 ms
-(docs/benchmarks.md).
+computes calls on the CPU with gradients only, so on a GPU, and in generation, `auto` means sdpa.
+
+PyTorch's CPU flash-attention kernel (what `sdpa` runs) reached about 150 GFLOP/s in bf16 on a
+2-core Zen 5 whose bf16 matrix multiplies run at 900 GFLOP/s, and took as long with a causal or packed
+(block-diagonal) mask as with none at 512 tokens. This function writes the scores out,
+`softmax(q k^T * scale + mask) v`, as batched matmuls with one fused softmax pass each way, computes
+grouped-query heads against their shared key/value head without repeating it, and takes the queries in
+blocks of `QUERY_BLOCK`, each against only the keys some query of the block may see (`key_ranges`: none
+after the block under a causal mask, none before the block's sample in a packed row). One W1 layer (8
+packed rows of 512 tokens, 8 query and 2 key/value heads of 64, bf16, 2 threads): 20 ms forward +
+backward instead of sdpa's 78 ms (docs/benchmarks.md).
 
 The key ranges and each block's mask bias are built once per mask tensor (`_mask_parts`: the first
-layer's forward builds them, the other layers and every backward reuse them). For backward it keeps only
-the scaled query blocks (the size of the queries) and recomputes each block's probabilities there, one
-block at a time: one more q k^T matmul and softmax per block, about
-the same W1 step time, and per W1 step 158 MiB less kept than with the probabilities saved
-(docs/benchmarks.md). Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES`
-(long rows, where the blocks themselves grow large), and every call it does not cover (no
-gradient, dropout, soft-capping, position bias, a float mask, a device other than the CPU), run
-transformers' `sdpa` function. Under CPU autocast the query, key and value are cast to the autocast
-dtype first, as autocast casts sdpa's. Scores are rounded to the compute dtype before the softmax, as
-in transformers' `eager` attention.
+layer's forward builds them, the other layers and every backward reuse them). All blocks' biases
+together take at most 1 / heads of the bytes of the call's full probabilities (half that under a causal
+mask), and those are at most `MAX_PROBS_BYTES` for a call it computes.
+
+For backward it keeps only the scaled query blocks (the size of the queries) and recomputes each block's
+probabilities there, one block at a time: one more q k^T matmul and softmax per block, about the same W1
+step time, and per W1 step 158 MiB less kept than with the probabilities saved (docs/benchmarks.md).
+Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES` (long rows, where the
+blocks themselves grow large), and every call it does not cover (no gradient, dropout, soft-capping,
+position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function. Under CPU
+autocast the query, key and value are cast to the autocast dtype first, as autocast casts sdpa's. Scores
+are rounded to the compute dtype before the softmax, as in transformers' `eager` attention.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class MatmulAttention(torch.autograd.Function):
         group = heads // kv_heads
         scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = query.new_zeros(batch, kv_heads, group, length, dim)
-        ranges = _mask_parts(keep, "ranges", lambda: key_ranges(keep, QUERY_BLOCK))
+        ranges = _mask_parts(keep, ("ranges", QUERY_BLOCK), lambda: key_ranges(keep, QUERY_BLOCK))
         blocks = []
         for q0, q1, k0, k1 in ranges:
             block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, group * (q1 - q0), dim)
