@@ -185,3 +185,17 @@ def test_master_weight_steps_in_chunks_equal_fp32_adamw(chunk_bytes, monkeypatch
     for master, ref, param in zip(masters, reference, params):
         assert torch.equal(master, ref) and torch.equal(param, ref.to(torch.bfloat16))
     assert len(optim.MasterWeightAdamW._chunks(ours)) == 0  # no gradients left after zero_grad
+
+
+def test_master_weight_step_runs_a_closure_with_gradients_and_returns_its_loss():
+    param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    optimizer = MasterWeightAdamW([{"params": [param], "weight_decay": 0.0}], lr=1e-2, fused=True)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (param.float() ** 2).sum()
+        loss.backward()  # fails under no_grad: the loss would have no grad_fn
+        return loss
+
+    assert optimizer.step(closure).item() == 4.0
+    assert torch.all(param < 1)

@@ -50,7 +50,10 @@ class MasterWeightAdamW(torch.optim.AdamW):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():  # as torch's optimizers run it: the closure computes a loss to backward
+                loss = closure()
         for chunk in self._chunks():
             for master, param in chunk:
                 master.grad = param.grad.float()
