@@ -204,27 +204,30 @@ def register_attention(name: str) -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)  # boolean masks, None where causal suffices
 
 
+def resolve_attention(requested: str) -> str:
+    """`model.attn_implementation` as loaded: `auto` is matmul (until `settle_attention` says otherwise)."""
+    return NAME if requested == AUTO else requested
+
+
 def attention_to_load(requested: str) -> str:
     """The `attn_implementation` to pass to `from_pretrained` for `model.attn_implementation` (registered).
 
     `auto` loads matmul; `settle_attention` then puts a model that does not dispatch through
     transformers' attention interface back on transformers' default."""
-    name = NAME if requested == AUTO else requested
+    name = resolve_attention(requested)
     register_attention(name)
     return name
 
 
-def settle_attention(model, requested: str) -> str:
-    """After loading with `attention_to_load(requested)`: the implementation the model runs.
-
-    With `auto`, a model class without `_supports_attention_backend` (its attention modules never call a
-    registered function) is switched to sdpa, or eager where it has no sdpa."""
+def settle_attention(model, requested: str) -> None:
+    """After loading with `attention_to_load(requested)`: with `auto`, a model class without
+    `_supports_attention_backend` (its attention modules never call a registered function) is switched
+    to sdpa, or eager where it has no sdpa."""
     if requested == AUTO and not getattr(type(model), "_supports_attention_backend", False):
         try:
             model.set_attn_implementation("sdpa")
         except (ValueError, ImportError):
             model.set_attn_implementation("eager")
-    return getattr(model.config, "_attn_implementation", None) or "default"
 
 
 def attention_line(model, requested: str) -> str:

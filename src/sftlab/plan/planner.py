@@ -123,10 +123,12 @@ def available_memory() -> dict:
 
 def estimate_row(counts: dict, workload: dict, cfg) -> dict:
     """The memory estimate of one strategy for the worst-case micro-batch."""
+    from sftlab.models.attention import resolve_attention  # auto counts as matmul, as it loads
+
     work = Workload(batch=workload["batch"], seq=workload["seq"], supervised=workload["supervised"],
                     param_dtype=counts["param_dtype"], precision=cfg.train.precision,
                     checkpointing=cfg.train.gradient_checkpointing,
-                    attention="matmul" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation)
+                    attention=resolve_attention(cfg.model.attn_implementation))
     return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
                            work).to_dict()
 
