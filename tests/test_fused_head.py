@@ -60,6 +60,54 @@ def test_under_bf16_autocast_it_stays_close_to_the_autocast_reference():
     assert hidden.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
 
 
+def _logit_gradient(logits, targets):
+    """Gradient of the summed fp32 cross-entropy w.r.t. the logits: softmax - one_hot, in fp32."""
+    logits = logits.float().detach().requires_grad_(True)
+    F.cross_entropy(logits, targets, reduction="sum").backward()
+    return logits.grad
+
+
+def test_bf16_chunks_keep_a_confident_targets_gradient():
+    # p_t rounds to 1.0 in bf16; its gradient p_t - 1 must still be minus the other tokens' mass, not 0
+    hidden = torch.zeros(4, 8, dtype=torch.bfloat16)
+    hidden[:, 0] = torch.tensor([12.0, 9.0, 0.5, 0.0])  # confident, less so, unsure, uniform
+    weight = torch.zeros(300, 8, dtype=torch.bfloat16)
+    weight[7, 0] = 1.0
+    weight[:, 1] = torch.linspace(-1, 1, 300).to(torch.bfloat16)
+    hidden[:, 1] = 0.5
+    targets = torch.tensor([7, 7, 7, 3])
+    hidden.requires_grad_(True)
+    total = fused_head_loss(hidden, weight, targets, None, 4)
+    logits = hidden.detach() @ weight.T
+    # a bf16 p_t is within 2^-9 of its value: 0.002 on a token's loss, against up to 0.03 for a logit of 10 in bf16
+    torch.testing.assert_close(total, F.cross_entropy(logits.float(), targets, reduction="sum"), rtol=1e-3, atol=1e-5)
+    total.backward()
+    want = _logit_gradient(logits, targets).to(torch.bfloat16)  # the fp32 gradient, rounded once
+    assert want[0, 7] != 0 and -0.01 < float(want[0, 7]) < 0  # p_t is about 0.9998
+    torch.testing.assert_close(hidden.grad.float(), (want.float() @ weight.float()), rtol=2e-2, atol=1e-6)
+
+
+def test_an_underflowed_target_probability_gets_a_finite_exact_loss():
+    hidden = torch.tensor([[200.0], [1.0]], requires_grad=True)
+    weight = torch.tensor([[1.0], [-1.0], [0.0]])
+    targets = torch.tensor([1, 0])  # row 0: the target is 400 below the best logit, exp underflows to 0
+    total = fused_head_loss(hidden, weight, targets, None, 8)
+    expected = F.cross_entropy(hidden.detach() @ weight.T, targets, reduction="sum")
+    assert torch.isfinite(total) and float(expected) > 399
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=1e-4)
+
+
+def test_bf16_gradients_match_the_rounded_fp32_softmax():
+    hidden, weight, targets = _inputs(rows=64, dim=32, vocab=300)
+    hidden, weight = hidden.detach().to(torch.bfloat16), weight.detach().to(torch.bfloat16)
+    hidden.requires_grad_(True)
+    weight.requires_grad_(True)
+    fused_head_loss(hidden, weight, targets, None, 16).backward()
+    grad = _logit_gradient(hidden.detach() @ weight.detach().T, targets).to(torch.bfloat16)
+    torch.testing.assert_close(hidden.grad, grad @ weight.detach(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(weight.grad, grad.T @ hidden.detach(), rtol=2e-2, atol=2e-2)
+
+
 def test_chunk_rows_bound_the_logits_memory():
     assert head_chunk_rows(16_000) == 262 and head_chunk_rows(128_000) == 256  # 16 MiB of fp32 logits
     assert head_chunk_rows(262_144) == 256 and head_chunk_rows(10**9) == 256  # never thinner than 256 rows

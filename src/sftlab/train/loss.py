@@ -6,7 +6,8 @@ at unsupervised positions are never built. When gradients are needed and the hea
 linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the logits, the loss and at once
 the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
 logits are kept or recomputed for backward and the head's memory stays one chunk of
-[positions x vocabulary] (`head_chunk_rows`: about 16 MiB of fp32 logits, at least 256 rows). Otherwise the head runs in
+[positions x vocabulary] (`head_chunk_rows`: rows of about 16 MiB of fp32 logits, at least 256 rows; the two
+chunk buffers, logits and gradient, are in the matmul dtype). Otherwise the head runs in
 chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
@@ -15,13 +16,15 @@ Classifiers: summed cross-entropy over the examples of the micro-batch (optional
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
-FUSED_CHUNK_BYTES = 16 * 2**20  # fp32 logits of one chunk in the fused head loss (W1: 16k vocabulary, 64 MiB
+FUSED_CHUNK_BYTES = 16 * 2**20  # sizes a chunk's rows as this many bytes of fp32 logits (W1: 16k vocabulary, 64 MiB
 # chunks peaked 0.08 GiB higher than 16 MiB ones at the same speed; docs/benchmarks.md, fifth round)...
 MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (256 MiB of logits for a 262k vocabulary)
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
@@ -73,10 +76,11 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 class FusedHeadLoss(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T` (optionally soft-capped) whose gradients are made in forward.
 
-    Per chunk of rows: logits in the autocast dtype (the weight's dtype without autocast), then an fp32
-    log-softmax; the gradient of the summed loss w.r.t. the logits is softmax - one_hot (times
-    1 - tanh^2 under soft-capping), multiplied back through the head at once. Backward only scales the
-    stored gradients by the incoming scalar. The weight gradient is skipped when the head is frozen."""
+    Per chunk of rows: logits in the autocast dtype (the weight's dtype without autocast); the gradient of
+    the summed loss w.r.t. the logits is softmax - one_hot (times 1 - tanh^2 under soft-capping),
+    multiplied back through the head at once (`_softmax_loss_and_grad`, `_capped_loss_and_grad`).
+    Backward only scales the stored gradients by the incoming scalar. The weight gradient is skipped
+    when the head is frozen."""
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, softcap, rows):
@@ -86,31 +90,17 @@ class FusedHeadLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # two chunk buffers for all chunks: the fp32 logits (then softmax, then gradient), and their
-        # matmul-dtype twin (the logits as the matmul writes them, then the gradient it reads)
-        logits_buffer = hidden.new_empty((min(rows, hidden.shape[0]), w.shape[0]), dtype=torch.float32)
-        low_buffer = logits_buffer if dtype == torch.float32 else torch.empty_like(logits_buffer, dtype=dtype)
+        # two chunk buffers for all chunks, in the matmul dtype: the logits as the matmul writes them, and
+        # the gradient it reads (the softmax, made into the gradient in place)
+        logits_buffer = hidden.new_empty((min(rows, hidden.shape[0]), w.shape[0]), dtype=dtype)
+        grad_buffer = torch.empty_like(logits_buffer)
         with torch.autocast(hidden.device.type, enabled=False):  # operands are cast already; out= needs it off
             for start in range(0, hidden.shape[0], rows):
                 h, t = hidden[start:start + rows].to(dtype), targets[start:start + rows]
-                low = torch.mm(h, w.T, out=low_buffer[:h.shape[0]])
-                logits = low if low_buffer is logits_buffer else logits_buffer[:h.shape[0]].copy_(low)
-                slope = None
-                if softcap is not None:
-                    logits.div_(softcap).tanh_()
-                    slope = 1.0 - logits.square()  # d(cap * tanh(x / cap)) / dx
-                    logits.mul_(softcap)
-                # one row-wise pass over the contiguous logits: 1.8x faster on 1k x 16k than
-                # logsumexp + sub_ (which allocate and sweep the chunk three times); tests/test_fused_head.py
-                logprobs = torch.log_softmax(logits, dim=-1, out=logits)
-                total -= logprobs.gather(1, t[:, None]).sum()
-                if not (want_hidden or want_weight):
-                    continue
-                grad = logprobs.exp_()  # softmax, in place of the log-probabilities
-                grad[torch.arange(t.shape[0], device=t.device), t] -= 1.0
-                if slope is not None:
-                    grad.mul_(slope)
-                grad = grad if low is logits else low.copy_(grad)
+                logits = torch.mm(h, w.T, out=logits_buffer[:h.shape[0]])
+                make = _softmax_loss_and_grad if softcap is None else partial(_capped_loss_and_grad, softcap=softcap)
+                loss, grad = make(logits, t, grad_buffer[:h.shape[0]])
+                total += loss
                 if want_hidden:
                     grad_hidden[start:start + rows] = grad @ w
                 if want_weight:
@@ -125,6 +115,39 @@ class FusedHeadLoss(torch.autograd.Function):
         grad_h = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
         grad_w = None if grad_weight is None else (grad_weight * grad_output.float()).to(ctx.weight_dtype)
         return grad_h, grad_w, None, None, None
+
+
+def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, out: torch.Tensor):
+    """Summed cross-entropy of one chunk (fp32) and its gradient softmax - one_hot, written into `out`.
+
+    One softmax pass in the logits' dtype (fp32 inside; on a 256 x 262,144 bf16 chunk 24 ms, against 92 ms
+    for an fp32 copy, log-softmax, exp and copy back). Rounded to bf16, a confident target's probability
+    would be 1.0 and its gradient 0; so the target's gradient p_t - 1 is taken as minus the summed
+    probability of the other tokens, and its loss -log(p_t) as -log1p(-that sum) where p_t >= 0.5. A
+    probability that underflowed to 0 gets its loss from an fp32 log-sum-exp of its row."""
+    probs = torch._softmax(logits, -1, False, out=out)
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    picked = probs[rows, targets].float()  # p_t
+    probs[rows, targets] = 0.0
+    others = probs.sum(-1).float()  # 1 - p_t, with the precision of the small side
+    probs[rows, targets] = others.neg().to(probs.dtype)
+    losses = torch.where(picked < 0.5, -picked.log(), -torch.log1p(-others.clamp(max=0.5)))
+    lost = picked == 0
+    if lost.any():
+        exact = torch.logsumexp(logits[lost].float(), -1) - logits[lost, targets[lost]].float()
+        losses = losses.masked_scatter(lost, exact)
+    return losses.sum(), probs
+
+
+def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, out: torch.Tensor, softcap: float):
+    """`_softmax_loss_and_grad` under final logit soft-capping (cap * tanh(logits / cap)), in fp32."""
+    capped = torch.tanh(logits.float() / softcap)
+    slope = 1.0 - capped.square()  # d(cap * tanh(x / cap)) / dx
+    logprobs = torch.log_softmax(capped.mul_(softcap), dim=-1)
+    loss = -logprobs.gather(1, targets[:, None]).sum()
+    grad = logprobs.exp_()
+    grad[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
+    return loss, out.copy_(grad.mul_(slope))
 
 
 def fused_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
