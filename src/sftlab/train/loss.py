@@ -6,8 +6,8 @@ at unsupervised positions are never built. When gradients are needed and the hea
 linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the logits, the loss and at once
 the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
 logits are kept or recomputed for backward and the head's memory stays one chunk of
-[positions x vocabulary] (`head_chunk_rows`: rows of about 16 MiB of fp32 logits, at least 256 rows; the two
-chunk buffers, logits and gradient, are in the matmul dtype). Otherwise the head runs in
+[positions x vocabulary] (`head_chunk_rows`: rows of about 16 MiB of fp32 logits, at least 256 rows; the one
+chunk buffer, logits then gradient, is in the matmul dtype). Otherwise the head runs in
 chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
@@ -15,8 +15,6 @@ Classifiers: summed cross-entropy over the examples of the micro-batch (optional
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -90,16 +88,17 @@ class FusedHeadLoss(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        # two chunk buffers for all chunks, in the matmul dtype: the logits as the matmul writes them, and
-        # the gradient it reads (the softmax, made into the gradient in place)
-        logits_buffer = hidden.new_empty((min(rows, hidden.shape[0]), w.shape[0]), dtype=dtype)
-        grad_buffer = torch.empty_like(logits_buffer)
+        # one chunk buffer for all chunks, in the matmul dtype: the logits as the matmul writes them, then,
+        # in place, their softmax and the gradient the next matmuls read
+        buffer = hidden.new_empty((min(rows, hidden.shape[0]), w.shape[0]), dtype=dtype)
         with torch.autocast(hidden.device.type, enabled=False):  # operands are cast already; out= needs it off
             for start in range(0, hidden.shape[0], rows):
                 h, t = hidden[start:start + rows].to(dtype), targets[start:start + rows]
-                logits = torch.mm(h, w.T, out=logits_buffer[:h.shape[0]])
-                make = _softmax_loss_and_grad if softcap is None else partial(_capped_loss_and_grad, softcap=softcap)
-                loss, grad = make(logits, t, grad_buffer[:h.shape[0]])
+                logits = torch.mm(h, w.T, out=buffer[:h.shape[0]])
+                if softcap is None:
+                    loss, grad = _softmax_loss_and_grad(logits, t, lambda lost: h[lost] @ w.T)
+                else:
+                    loss, grad = _capped_loss_and_grad(logits, t, softcap)
                 total += loss
                 if want_hidden:
                     grad_hidden[start:start + rows] = grad @ w
@@ -117,15 +116,16 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, out: torch.Tensor):
-    """Summed cross-entropy of one chunk (fp32) and its gradient softmax - one_hot, written into `out`.
+def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, relogits):
+    """Summed cross-entropy of one chunk (fp32) and its gradient softmax - one_hot, in place of `logits`.
 
     One softmax pass in the logits' dtype (fp32 inside; on a 256 x 262,144 bf16 chunk 24 ms, against 92 ms
     for an fp32 copy, log-softmax, exp and copy back). Rounded to bf16, a confident target's probability
     would be 1.0 and its gradient 0; so the target's gradient p_t - 1 is taken as minus the summed
     probability of the other tokens, and its loss -log(p_t) as -log1p(-that sum) where p_t >= 0.5. A
-    probability that underflowed to 0 gets its loss from an fp32 log-sum-exp of its row."""
-    probs = torch._softmax(logits, -1, False, out=out)
+    probability that underflowed to 0 gets its loss from an fp32 log-sum-exp of its row's logits,
+    `relogits(row mask)` (made again: the softmax has replaced them)."""
+    probs = torch._softmax(logits, -1, False, out=logits)  # in place: row by row, each element read before written
     rows = torch.arange(targets.shape[0], device=targets.device)
     picked = probs[rows, targets].float()  # p_t
     probs[rows, targets] = 0.0
@@ -134,25 +134,26 @@ def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, out: tor
     losses = torch.where(picked < 0.5, -picked.log(), -torch.log1p(-others.clamp(max=0.5)))
     lost = picked == 0
     if lost.any():
-        exact = torch.logsumexp(logits[lost].float(), -1) - logits[lost, targets[lost]].float()
+        again = relogits(lost).float()
+        exact = torch.logsumexp(again, -1) - again.gather(1, targets[lost][:, None])[:, 0]
         losses = losses.masked_scatter(lost, exact)
     return losses.sum(), probs
 
 
-def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, out: torch.Tensor, softcap: float):
-    """`_softmax_loss_and_grad` under final logit soft-capping (cap * tanh(logits / cap)), in fp32."""
+def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, softcap: float):
+    """`_softmax_loss_and_grad` under final logit soft-capping (cap * tanh(logits / cap)), in fp32; the
+    gradient goes in place of `logits`."""
     capped = torch.tanh(logits.float() / softcap)
     slope = 1.0 - capped.square()  # d(cap * tanh(x / cap)) / dx
     logprobs = torch.log_softmax(capped.mul_(softcap), dim=-1)
     loss = -logprobs.gather(1, targets[:, None]).sum()
     grad = logprobs.exp_()
     grad[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
-    return loss, out.copy_(grad.mul_(slope))
-
+    return loss, logits.copy_(grad.mul_(slope))
 
 def fused_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
                     rows: int) -> torch.Tensor:
-    """`FusedHeadLoss` over `rows`-row chunks (half as many under soft-capping, which keeps a second buffer)."""
+    """`FusedHeadLoss` over `rows`-row chunks (half as many under soft-capping, whose fp32 temporaries take more)."""
     return FusedHeadLoss.apply(hidden, weight, targets, softcap, rows if softcap is None else max(1, rows // 2))
 
 
