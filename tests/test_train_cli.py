@@ -92,3 +92,12 @@ def test_cli_errors_and_interrupt_exit_codes(tmp_path, capsys, monkeypatch):
     assert main(["train", config, "train.lr=1e-3", "--overwrite", "--no-progress"]) == 130
     err = capsys.readouterr().err
     assert "interrupted at step 1" in err and "--resume" in err
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_no_progress_silences_the_tokenising_bar_too(tmp_path, capsys, flag):
+    raw = tiny_run(tmp_path, "qwen2")
+    raw["train"].update(max_steps=1)
+    assert main(["train", _write_config(tmp_path, raw), *flag]) == 0
+    err = capsys.readouterr().err
+    assert ("tokenizing (sft)" in err) == (not flag)  # the bar, drawn to stderr unless --no-progress

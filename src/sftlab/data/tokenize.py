@@ -203,11 +203,14 @@ def _encode_all(mapper, examples: list[dict], tokenizer, settings: dict, num_wor
     """`mapper` over every example, in order, with a progress bar; with num_workers > 1 in that many forked processes."""
     from tqdm.auto import tqdm
 
+    from sftlab.progress import bars_shown
+
     global _WORK
     workers = num_workers if "fork" in multiprocessing.get_all_start_methods() else 1
     step = max(1, min(1000, -(-len(examples) // (workers * 4))))
     bounds = [(start, min(start + step, len(examples))) for start in range(0, len(examples), step)]
-    bar = tqdm(total=len(examples), desc=f"tokenizing ({settings['stage']})", unit="examples", dynamic_ncols=True)
+    bar = tqdm(total=len(examples), desc=f"tokenizing ({settings['stage']})", unit="examples", dynamic_ncols=True,
+               disable=not bars_shown())
     _WORK = (mapper, examples, tokenizer, settings)
     try:
         with multiprocessing.get_context("fork").Pool(workers) if workers > 1 else _NoPool() as pool:

@@ -26,6 +26,7 @@ from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.jemalloc import allocator_line
 from sftlab.models.attention import attention_line
 from sftlab.models.fused import fused_summary
+from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
@@ -81,7 +82,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     with accelerator.main_process_first():
         checkpoint = prepare_output_dir(out_dir, resume, overwrite) if main else (
             latest_checkpoint(out_dir) if resume else None)
-    session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None, accelerator)
+    with progress_bars(show_progress):
+        session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None, accelerator)
     if checkpoint is not None and main:
         keep_rows_up_to(out_dir, session.step)
     log = (RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress) if main
