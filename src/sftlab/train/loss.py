@@ -151,6 +151,7 @@ def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, softcap: 
     grad[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
     return loss, logits.copy_(grad.mul_(slope))
 
+
 def fused_head_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, softcap: float | None,
                     rows: int) -> torch.Tensor:
     """`FusedHeadLoss` over `rows`-row chunks (half as many under soft-capping, whose fp32 temporaries take more)."""
