@@ -39,8 +39,11 @@ one block's element-wise work is rebuilt at a time. The head's float32 logits
 (`LOGIT_COPIES` copies: logits, their softmax and its gradient) cover the supervised positions, at
 most `sftlab.train.loss.HEAD_CHUNK` of them at once when there are more (the loss recomputes
 chunks). The constants were calibrated against the
-measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`)
-and are per-tensor counts, so they carry over to larger models of the same families.
+measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`,
+resident memory under glibc's malloc) and are per-tensor counts, so they scale with the widths and depth
+of models of the same families. Those for runs without checkpointing also carry glibc's spare memory
+(about as much again as is live); the checkpointed terms follow the live heap, so they come out low
+against glibc's resident peak (docs/planner.md).
 """
 
 from __future__ import annotations
