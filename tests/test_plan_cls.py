@@ -4,7 +4,7 @@ import json
 
 from sftlab.config import load_config
 from sftlab.models.tiny import save_tiny
-from sftlab.plan.planner import build_plan
+from sftlab.plan.planner import build_plan, cpu_estimate_caveat
 from sftlab.plan.recommend import load_thresholds
 from sftlab.plan.table import render_plan
 
@@ -25,3 +25,14 @@ def test_cls_plan_reports_labels_and_examples(tmp_path):
     assert plan["rows"]["freeze"]["trainable"] < plan["rows"]["full"]["trainable"]
     text = render_plan(plan)
     assert "labels: neg 4, pos 8" in text and "supervised examples per trainable parameter" in text
+
+
+def test_cpu_plans_say_how_their_estimates_were_calibrated(tmp_path):
+    assert "30-59% under" in cpu_estimate_caveat(True) and "30-59% under" in cpu_estimate_caveat("selective")
+    assert "checkpointing" not in cpu_estimate_caveat(False) and "glibc's resident memory" in cpu_estimate_caveat(False)
+    plan = {"model": "m", "stage": "sft", "memory": {"bytes": 2**30, "device": "cpu"},
+            "workload": {"batch": 1, "seq": 8, "supervised": 4}, "caveat": cpu_estimate_caveat(True),
+            "data": {"examples": 1, "validation_examples": 0, "tokens": 8, "supervised": 4, "supervised_unit": "tokens",
+                     "supervised_per_parameter": 0.1},
+            "rows": {}, "recommendation": {"kind": "lora", "reasons": []}}
+    assert cpu_estimate_caveat(True) in render_plan(plan).splitlines()

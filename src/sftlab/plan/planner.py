@@ -164,8 +164,18 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     rows = {kind: rows[kind] for kind in kinds}
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
     advice = recommend(rows, data["supervised"], total, thresholds, cfg.train.stage)
+    caveat = cpu_estimate_caveat(cfg.train.gradient_checkpointing) if memory["device"] == "cpu" else None
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
-            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice}
+            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice, "caveat": caveat}
+
+
+def cpu_estimate_caveat(checkpointing: bool | str) -> str:
+    """The line `sftlab plan` prints under CPU memory estimates: how they were calibrated (docs/planner.md)."""
+    text = ("memory estimates are calibrated on glibc's resident memory: on jemalloc, which sftlab train uses "
+            "where it finds it, peaks run lower")
+    if checkpointing:
+        text += "; with gradient checkpointing they ran 30-59% under glibc's measured peaks"
+    return text + " (docs/planner.md; --check measures this run)"
 
 
 def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool) -> None:
