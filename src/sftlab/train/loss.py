@@ -24,7 +24,7 @@ IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
 FUSED_CHUNK_BYTES = 16 * 2**20  # sizes a chunk's rows as this many bytes of fp32 logits (W1: 16k vocabulary, 64 MiB
 # chunks peaked 0.08 GiB higher than 16 MiB ones at the same speed; docs/benchmarks.md, fifth round)...
-MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (256 MiB of logits for a 262k vocabulary)
+MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 256 MiB of fp32 logits, 128 in bf16)
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
                     "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
 

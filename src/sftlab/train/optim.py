@@ -19,7 +19,6 @@ import torch
 from sftlab.errors import SftlabError
 
 
-
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Trainable parameters split into a decayed group (matrices) and an undecayed one (biases, norms)."""
     decay, no_decay = [], []
