@@ -55,10 +55,12 @@ def test_key_ranges_skip_keys_no_query_of_a_block_may_see():
     assert attention.key_ranges(nothing, 8) == [(0, 4, 0, 0)]
 
 
+@pytest.mark.parametrize("keep_probs_bytes", [0, attention.KEEP_PROBS_BYTES])  # recomputed / kept for backward
 @pytest.mark.parametrize("block", [128, 8, 5])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance, block, monkeypatch):
+def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance, block, keep_probs_bytes, monkeypatch):
     monkeypatch.setattr(attention, "QUERY_BLOCK", block)
+    monkeypatch.setattr(attention, "KEEP_PROBS_BYTES", keep_probs_bytes)
     torch.manual_seed(0)
     keep = packed_keep([[5, 9, 10], [24], [3, 3, 3, 15]], 24)
     q = torch.randn(3, 8, 24, 16)
@@ -72,18 +74,28 @@ def test_matches_sdpa_on_packed_grouped_query_heads(dtype, tolerance, block, mon
         assert relative < tolerance, (name, relative)
 
 
-def test_backward_keeps_the_queries_not_the_probabilities():
-    """Per call autograd keeps q (in blocks), k, v and the mask: nothing of the [heads x T x T] probabilities."""
+def _kept_by_one_call(q, k, v, keep) -> int:
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.untyped_storage().nbytes()) or t, lambda t: t):
+        MatmulAttention.apply(q, k, v, keep, 0.25)
+    return sum(kept)
+
+
+def test_backward_keeps_the_block_probabilities_up_to_the_limit_then_only_the_queries(monkeypatch):
+    """Per call autograd keeps q (in blocks), k, v and the mask, plus each block's probabilities while they
+    take at most KEEP_PROBS_BYTES; above that, nothing of the [heads x T x T] probabilities."""
     torch.manual_seed(0)
     q = torch.randn(2, 8, 256, 16, requires_grad=True)
     k, v = torch.randn(2, 2, 256, 16, requires_grad=True), torch.randn(2, 2, 256, 16, requires_grad=True)
     keep = torch.ones(1, 1, 256, 256, dtype=torch.bool).tril()
-    kept = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.untyped_storage().nbytes()) or t, lambda t: t):
-        MatmulAttention.apply(q, k, v, keep, 0.25)
-    probabilities = 2 * 8 * 256 * 256 * 4 // 2  # a causal half of them, fp32
     inputs = sum(x.numel() * x.element_size() for x in (q, k, v, keep))
-    assert sum(kept) <= inputs < probabilities / 4
+    blocks = attention.key_ranges(keep, attention.QUERY_BLOCK)  # 2 blocks: keys 0-128, then 0-256
+    probs = attention.probs_bytes(blocks, 2 * 8, 4)
+    assert probs == 2 * 8 * 128 * (128 + 256) * 4
+    monkeypatch.setattr(attention, "KEEP_PROBS_BYTES", probs)
+    assert _kept_by_one_call(q, k, v, keep) == inputs + probs
+    monkeypatch.setattr(attention, "KEEP_PROBS_BYTES", probs - 1)
+    assert _kept_by_one_call(q, k, v, keep) == inputs < probs / 4
 
 
 @pytest.mark.parametrize("block", [128, 2, 3])

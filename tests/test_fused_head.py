@@ -109,8 +109,9 @@ def test_bf16_gradients_match_the_rounded_fp32_softmax():
 
 
 def test_chunk_rows_bound_the_logits_memory():
-    assert head_chunk_rows(16_000) == 262 and head_chunk_rows(128_000) == 256  # 16 MiB of fp32 logits
-    assert head_chunk_rows(262_144) == 256 and head_chunk_rows(10**9) == 256  # never thinner than 256 rows
+    assert head_chunk_rows(16_000, 2) == 2097 and head_chunk_rows(16_000, 4) == 1048  # 64 MiB in the matmul dtype
+    assert head_chunk_rows(128_000, 2) == 262 and head_chunk_rows(16_000, 2, budget=2**20) == 256
+    assert head_chunk_rows(262_144, 2) == 256 and head_chunk_rows(10**9, 4) == 256  # never thinner than 256 rows
 
 
 def _bf16_model(seed=0, value=None):

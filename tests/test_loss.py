@@ -45,6 +45,22 @@ def test_head_on_supervised_positions_matches_full_logits(arch, chunk):
         torch.testing.assert_close(dict(model.named_parameters())[name].grad, grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, autocast, item", [(torch.float32, False, 4), (torch.bfloat16, False, 2),
+                                                 (torch.float32, True, 2)])
+def test_fused_head_chunks_are_sized_in_the_matmul_dtype(dtype, autocast, item, monkeypatch):
+    import sftlab.train.loss as loss_module
+
+    tok = make_tokenizer("chatml")
+    model = make_tiny_model("qwen2", tok, hidden=32, layers=1).to(dtype)
+    rows = []
+    fused = loss_module.fused_head_loss
+    monkeypatch.setattr(loss_module, "fused_head_loss", lambda *args: rows.append(args[-1]) or fused(*args))
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        causal_lm_loss_sum(model, _lm_batch(len(tok), tok.pad_token_id))
+    assert rows == [loss_module.head_chunk_rows(len(tok), item)]
+    assert loss_module.head_chunk_rows(len(tok), item) == loss_module.FUSED_CHUNK_BYTES // (item * len(tok))
+
+
 def test_no_supervised_positions_gives_zero_and_backward_works():
     tok = make_tokenizer("chatml")
     model = make_tiny_model("qwen2", tok, hidden=32, layers=1)

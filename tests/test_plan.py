@@ -8,7 +8,7 @@ import pytest
 from sftlab.config import load_config
 from sftlab.errors import SftlabError
 from sftlab.models.tiny import save_tiny
-from sftlab.plan.memory import ModelShape, Workload, estimate_memory
+from sftlab.plan.memory import ModelShape, Workload, estimate_memory, matmul_attention_kept_bytes
 from sftlab.plan.recommend import load_thresholds, recommend
 
 ROWS = [{"messages": [{"role": "user", "content": f"question {i} " + "word " * 20},
@@ -45,6 +45,21 @@ def test_estimate_parts_follow_the_physics():
     bf16 = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, param_dtype="bfloat16"))
     assert bf16.weights == 2_000_000 and bf16.optimizer == 12_000_000  # fp32 moments + fp32 master copies
     assert full.total == full.weights + full.optimizer + max(full.activations, 2 * full.gradients)
+
+
+def test_matmul_attention_probabilities_are_counted_per_block_while_kept(monkeypatch):
+    from sftlab.models import attention
+
+    shape = ModelShape(layers=4, hidden=256, intermediate=512, heads=4, vocab=600)
+    work = Workload(batch=4, seq=256, attention="matmul")  # two query blocks of 128: 3/4 of [256 x 256] kept
+    kept = matmul_attention_kept_bytes(shape, work)
+    assert kept == 4 * 4 * 256 * 256 * 3 // 4 * 4
+    assert matmul_attention_kept_bytes(shape, Workload(batch=4, seq=256, attention="sdpa")) == 0
+    keeping = estimate_memory(shape, 1_000_000, 1_000_000, 4, work)
+    monkeypatch.setattr(attention, "KEEP_PROBS_BYTES", kept - 1)  # too large to keep: recomputed in backward
+    assert matmul_attention_kept_bytes(shape, work) == 0
+    recomputing = estimate_memory(shape, 1_000_000, 1_000_000, 4, work)
+    assert keeping.activations - recomputing.activations == 4 * kept  # one per block of the backward depth
 
 
 def test_plan_counts_equal_the_training_log(tmp_path):

@@ -27,8 +27,8 @@ class ModelConfig(_Strict):
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["auto", "sdpa", "eager", "matmul"] = Field(
         "auto", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
-        "(faster than sdpa; recomputes the attention probabilities in backward, a block of queries at a "
-        "time; other calls, such as on a GPU or in generation, run sdpa); auto: matmul for models that dispatch "
+        "(faster than sdpa; keeps a layer's attention probabilities for backward up to 64 MiB and recomputes "
+        "larger ones there, a block of queries at a time; other calls, such as on a GPU or in generation, run sdpa); auto: matmul for models that dispatch "
         "through transformers' attention interface, transformers' default for the rest")
     fused_layers: bool = Field(
         True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "

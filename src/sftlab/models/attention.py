@@ -20,9 +20,13 @@ layer's forward builds them, the other layers and every backward reuse them). Al
 together take at most 1 / heads of the bytes of the call's full probabilities (half that under a causal
 mask), and those are at most `MAX_PROBS_BYTES` for a call it computes.
 
-For backward it keeps only the scaled query blocks (the size of the queries) and recomputes each block's
-probabilities there, one block at a time: one more q k^T matmul and softmax per block, about the same W1
-step time, and per W1 step 158 MiB less kept than with the probabilities saved (docs/benchmarks.md).
+For backward a call keeps its blocks' probabilities when together they take at most `KEEP_PROBS_BYTES`
+(W1: about 18 MiB per layer, 8 packed rows of 512 tokens); a larger call keeps only the scaled query
+blocks (the size of the queries) and recomputes each block's probabilities in backward, one block at a
+time (one more q k^T matmul, bias add and softmax per block). On the AMX box keeping them made one W1
+layer's attention 19.0 ms forward + backward instead of 26.6 ms and a W1 step 7.7% faster, for about 150 MiB
+more per step (docs/benchmarks.md, eighth round).
+
 Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES` (long rows, where the
 blocks themselves grow large), and every call it does not cover (no gradient, dropout, soft-capping,
 position bias, a float mask, a device other than the CPU), run transformers' `sdpa` function. Under CPU
@@ -37,6 +41,7 @@ import torch
 NAME = "matmul"
 AUTO = "auto"  # model.attn_implementation default: matmul where the model supports it
 MAX_PROBS_BYTES = 512 * 2**20  # [queries x keys] probabilities of one call, were they all made at once
+KEEP_PROBS_BYTES = 64 * 2**20  # a call's block probabilities kept for backward up to this; above, recomputed there
 QUERY_BLOCK = 128  # queries per block; each block meets only the keys it may see
 
 
@@ -62,7 +67,8 @@ class MatmulAttention(torch.autograd.Function):
     query [B, H, T, D]; key, value [B, Hkv, S, D] with H a multiple of Hkv (head h uses key/value head
     h // (H / Hkv), as transformers' `repeat_kv` pairs them); keep: bool [B or 1, 1, T, S],
     True where a query may attend. A query with nothing to attend gets a zero output, as in sdpa.
-    Queries go in blocks of `QUERY_BLOCK`, each against only the keys its block may see (`key_ranges`)."""
+    Queries go in blocks of `QUERY_BLOCK`, each against only the keys its block may see (`key_ranges`); their
+    probabilities are kept for backward up to `KEEP_PROBS_BYTES` per call, else recomputed there."""
 
     @staticmethod
     def forward(ctx, query, key, value, keep, scale):
@@ -72,21 +78,25 @@ class MatmulAttention(torch.autograd.Function):
         scaled = (query * scale).reshape(batch, kv_heads, group, length, dim)
         out = query.new_zeros(batch, kv_heads, group, length, dim)
         ranges = _mask_parts(keep, ("ranges", QUERY_BLOCK), lambda: key_ranges(keep, QUERY_BLOCK))
-        blocks = []
+        kept = probs_bytes(ranges, batch * heads, query.element_size()) <= KEEP_PROBS_BYTES
+        blocks, block_probs = [], []
         for q0, q1, k0, k1 in ranges:
             block = scaled[:, :, :, q0:q1].reshape(batch, kv_heads, group * (q1 - q0), dim)
             blocks.append(block)
             if k1 == k0:
                 continue
             probs = _block_probs(block, key, keep, group, (q0, q1, k0, k1))
+            if kept:
+                block_probs.append(probs)
             out[:, :, :, q0:q1] = torch.matmul(probs, value[:, :, k0:k1]).view(batch, kv_heads, group, q1 - q0, dim)
-        ctx.save_for_backward(key, value, keep, *blocks)
-        ctx.ranges, ctx.scale = ranges, scale
+        ctx.save_for_backward(key, value, keep, *blocks, *block_probs)
+        ctx.ranges, ctx.scale, ctx.kept = ranges, scale, kept
         return out.view(batch, heads, length, dim)
 
     @staticmethod
     def backward(ctx, grad_out):
-        key, value, keep, *blocks = ctx.saved_tensors
+        key, value, keep, *saved = ctx.saved_tensors
+        blocks, block_probs = saved[:len(ctx.ranges)], iter(saved[len(ctx.ranges):])
         batch, heads, length, dim = grad_out.shape
         kv_heads = key.shape[1]
         group = heads // kv_heads
@@ -97,7 +107,10 @@ class MatmulAttention(torch.autograd.Function):
         for block, (q0, q1, k0, k1) in zip(blocks, ctx.ranges):
             if k1 == k0:
                 continue
-            probs = _block_probs(block, key, keep, group, (q0, q1, k0, k1))  # recomputed: one block kept at a time
+            if ctx.kept:
+                probs = next(block_probs)
+            else:  # recomputed: one block's probabilities at a time
+                probs = _block_probs(block, key, keep, group, (q0, q1, k0, k1))
             grad_block = grad[:, :, :, q0:q1].reshape(block.shape)
             grad_value[:, :, k0:k1] += torch.matmul(probs.transpose(-1, -2), grad_block)
             grad_probs = torch.matmul(grad_block, value[:, :, k0:k1].transpose(-1, -2))
@@ -108,6 +121,11 @@ class MatmulAttention(torch.autograd.Function):
             grad_key[:, :, k0:k1] += torch.matmul(grad_scores.transpose(-1, -2), block)
         grad_query = grad_query.mul_(ctx.scale).view(batch, heads, length, dim)
         return grad_query, grad_key.to(key.dtype), grad_value.to(value.dtype), None, None
+
+
+def probs_bytes(ranges: list[tuple[int, int, int, int]], rows: int, element_size: int) -> int:
+    """Bytes of the block probabilities of one call: `rows` (batch x heads) x each block's queries x keys."""
+    return rows * element_size * sum((q1 - q0) * (k1 - k0) for q0, q1, k0, k1 in ranges)
 
 
 def _mask_parts(keep: torch.Tensor, key, make):

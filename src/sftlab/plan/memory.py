@@ -27,9 +27,11 @@ Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden wid
 attention output, the gated MLP's branches) and, during backward, their gradients; with fused layers
 (`model.fused_layers`, `sftlab.models.fused`) RMSNorms and gated MLPs keep fewer (`FUSED_*_SAVED_LESS`). With eager
 attention, or with attention dropout in training (sdpa then materialises the scores too), it also
-keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none,
-nor does sftlab's matmul attention, which recomputes its probabilities in backward: one layer's worth,
-`MATMUL_ATTENTION_REBUILT` copies, is added once, not per block).
+keeps `ATTENTION_SAVED` copies of the [heads x T x T] score matrix (sdpa without dropout keeps none).
+sftlab's matmul attention keeps its query blocks' probabilities (about the causal half of that matrix,
+`matmul_attention_kept_bytes`) while one layer's take at most `sftlab.models.attention.KEEP_PROBS_BYTES`,
+and otherwise recomputes them in backward; either way its backward holds one layer's worth of temporaries,
+`MATMUL_ATTENTION_REBUILT` copies, added once, not per block.
 Each dropout applied in training keeps its output and a one-byte mask (`DROPOUT_SAVED` copies in
 units of the activation size): on the attention scores (attention dropout) and on the two residual
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
@@ -216,6 +218,18 @@ def block_activation_elements(shape: ModelShape, work: Workload) -> float:
     return tokens * per_token + copies * work.batch * shape.heads * work.seq * work.seq
 
 
+def matmul_attention_kept_bytes(shape: ModelShape, work: Workload) -> int:
+    """Probabilities one block's matmul attention keeps for backward: its query blocks' share of the
+    [heads x T x T] matrix under a causal mask, or 0 where that exceeds `KEEP_PROBS_BYTES` (recomputed)."""
+    from sftlab.models.attention import KEEP_PROBS_BYTES, QUERY_BLOCK
+
+    if work.attention != "matmul" or shape.attention_dropout:
+        return 0
+    blocks = -(-work.seq // QUERY_BLOCK)
+    kept = work.batch * shape.heads * work.seq ** 2 * (blocks + 1) / (2 * blocks) * work.activation_bytes
+    return int(kept) if kept <= KEEP_PROBS_BYTES else 0
+
+
 def head_activation_bytes(shape: ModelShape, work: Workload) -> int:
     """Float32 logits (and their softmax / gradient) over the supervised positions, chunked as the loss does."""
     from sftlab.train.loss import HEAD_CHUNK
@@ -233,7 +247,7 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     gradients = trainable_params * work.param_bytes
     # fp32 parameters: the moments in their dtype; bf16/fp16 ones: fp32 moments and the fp32 master copy
     optimizer = trainable_params * (OPTIMIZER_STATES * 4 if work.param_bytes == 4 else (OPTIMIZER_STATES + 1) * 4)
-    block = block_activation_elements(shape, work) * work.activation_bytes
+    block = block_activation_elements(shape, work) * work.activation_bytes + matmul_attention_kept_bytes(shape, work)
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
         kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
                                         + SELECTIVE_INTERMEDIATE_SAVED * shape.intermediate)

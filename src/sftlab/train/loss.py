@@ -6,8 +6,8 @@ at unsupervised positions are never built. When gradients are needed and the hea
 linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the logits, the loss and at once
 the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
 logits are kept or recomputed for backward and the head's memory stays one chunk of
-[positions x vocabulary] (`head_chunk_rows`: rows of about 16 MiB of fp32 logits, at least 256 rows; the one
-chunk buffer, logits then gradient, is in the matmul dtype). Otherwise the head runs in
+[positions x vocabulary] (`head_chunk_rows`: one chunk buffer, logits then gradient, in the matmul dtype, of
+about 64 MiB, at least 256 rows). Otherwise the head runs in
 chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
@@ -22,9 +22,10 @@ from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
-FUSED_CHUNK_BYTES = 16 * 2**20  # sizes a chunk's rows as this many bytes of fp32 logits (W1: 16k vocabulary, 64 MiB
-# chunks peaked 0.08 GiB higher than 16 MiB ones at the same speed; docs/benchmarks.md, fifth round)...
-MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 256 MiB of fp32 logits, 128 in bf16)
+FUSED_CHUNK_BYTES = 64 * 2**20  # sizes a chunk's rows as this many bytes of logits in the matmul dtype (W1 in bf16:
+# 2,097 rows, its whole step in one or two chunks; a W1 step 4.6% faster than at 262 rows on AMX, where the
+# weight-gradient matmul and its fp32 accumulation dominate thin chunks; docs/benchmarks.md, eighth round)...
+MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 128 MiB in bf16)
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
                     "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
 
@@ -56,11 +57,12 @@ def _backbone_and_head(model: torch.nn.Module):
     return hf_model, (backbone if separable else None), head, getattr(hf_model.config, "final_logit_softcapping", None)
 
 
-def head_chunk_rows(vocab: int, budget: int = FUSED_CHUNK_BYTES) -> int:
-    """Rows per chunk of the fused head loss: fp32 logits of about `budget` bytes, but at least
+def head_chunk_rows(vocab: int, dtype_bytes: int, budget: int | None = None) -> int:
+    """Rows per chunk of the fused head loss: logits of `dtype_bytes` each, about `budget` bytes
+    (default `FUSED_CHUNK_BYTES`), but at least
     `MIN_FUSED_ROWS`: thinner chunks starve the head's matmuls (Gemma's 262k x 640 head on 2 CPU cores:
     76-106 GFLOP/s at 64 rows, 112-168 at 256; a W2 step 16.2 s at 64 rows, 12.7 s at 256)."""
-    return max(MIN_FUSED_ROWS, budget // (4 * vocab))
+    return max(MIN_FUSED_ROWS, (budget or FUSED_CHUNK_BYTES) // (dtype_bytes * vocab))
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -181,7 +183,7 @@ def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int | None = 
     if count == 0:
         return hidden.sum() * 0.0, 0  # keeps the graph connected so backward still works
     if torch.is_grad_enabled() and _fusable(head):
-        rows = chunk or head_chunk_rows(head.weight.shape[0])
+        rows = chunk or head_chunk_rows(head.weight.shape[0], _compute_dtype(head.weight).itemsize)
         return fused_head_loss(hidden, head.weight, targets, softcap, rows), count
     chunk = chunk or HEAD_CHUNK
     recompute = torch.is_grad_enabled() and count > chunk
