@@ -39,6 +39,20 @@ def test_fused_head_loss_matches_autograd(softcap, rows):
     torch.testing.assert_close(weight.grad, want[1], rtol=1e-4, atol=1e-5)
 
 
+def test_a_short_last_chunk_is_padded_so_the_matmul_shapes_repeat(monkeypatch):
+    import sftlab.train.loss as loss_module
+
+    monkeypatch.setattr(loss_module, "ROW_ALIGN", 8)
+    widths = set()
+    for count in (37, 41, 45):  # last chunks of 5, 9 and 13 rows: padded to 8, 16 and 16
+        hidden, weight, targets = _inputs(rows=count, dim=12)
+        with torch.profiler.profile(record_shapes=True) as prof:
+            total = fused_head_loss(hidden, weight, targets, None, 16)
+        widths |= {e.input_shapes[0][0] for e in prof.events() if e.name == "aten::mm" and e.input_shapes[0][1] == 12}
+        torch.testing.assert_close(total, _reference(hidden, weight, targets, None), rtol=1e-5, atol=1e-5)
+    assert widths == {8, 16}
+
+
 def test_frozen_head_gets_no_gradient_and_input_gradient_is_right():
     hidden, weight, targets = _inputs()
     weight.requires_grad_(False)
@@ -109,8 +123,8 @@ def test_bf16_gradients_match_the_rounded_fp32_softmax():
 
 
 def test_chunk_rows_bound_the_logits_memory():
-    assert head_chunk_rows(16_000, 2) == 2097 and head_chunk_rows(16_000, 4) == 1048  # 64 MiB in the matmul dtype
-    assert head_chunk_rows(128_000, 2) == 262 and head_chunk_rows(16_000, 2, budget=2**20) == 256
+    assert head_chunk_rows(16_000, 2) == 2048 and head_chunk_rows(16_000, 4) == 1024  # <= 64 MiB in the matmul dtype,
+    assert head_chunk_rows(128_000, 2) == 256 and head_chunk_rows(16_000, 2, budget=2**20) == 256  # a multiple of 256
     assert head_chunk_rows(262_144, 2) == 256 and head_chunk_rows(10**9, 4) == 256  # never thinner than 256 rows
 
 

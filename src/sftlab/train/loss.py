@@ -7,7 +7,7 @@ linear layer (the usual case), `FusedHeadLoss` computes, chunk by chunk, the log
 the gradients of the head's input and weight (softmax minus one-hot, two matmuls), so no chunk's
 logits are kept or recomputed for backward and the head's memory stays one chunk of
 [positions x vocabulary] (`head_chunk_rows`: one chunk buffer, logits then gradient, in the matmul dtype, of
-about 64 MiB, at least 256 rows). Otherwise the head runs in
+about 64 MiB, at least 256 rows; chunks are a multiple of `ROW_ALIGN` rows, the last one padded with zero rows). Otherwise the head runs in
 chunks of `HEAD_CHUNK` positions, each recomputed in backward (activation checkpointing). (A model whose
 head cannot be separated from its backbone falls back to full logits, then selects the positions.)
 
@@ -26,6 +26,9 @@ FUSED_CHUNK_BYTES = 64 * 2**20  # sizes a chunk's rows as this many bytes of log
 # 2,097 rows, its whole step in one or two chunks; a W1 step 4.6% faster than at 262 rows on AMX, where the
 # weight-gradient matmul and its fp32 accumulation dominate thin chunks; docs/benchmarks.md, eighth round)...
 MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 128 MiB in bf16)
+ROW_ALIGN = 256  # chunks are a multiple of this many rows (a shorter last one padded with zero rows): oneDNN builds
+# a matmul kernel for every new shape (29 ms for a [rows x 16k] @ [16k x 512] on AMX), and the supervised count
+# changes every step
 _BACKBONE_INPUTS = ("attention_mask", "position_ids",  # + image inputs of vision-language batches (sftlab.vision)
                     "pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "token_type_ids")
 
@@ -62,7 +65,14 @@ def head_chunk_rows(vocab: int, dtype_bytes: int, budget: int | None = None) -> 
     (default `FUSED_CHUNK_BYTES`), but at least
     `MIN_FUSED_ROWS`: thinner chunks starve the head's matmuls (Gemma's 262k x 640 head on 2 CPU cores:
     76-106 GFLOP/s at 64 rows, 112-168 at 256; a W2 step 16.2 s at 64 rows, 12.7 s at 256)."""
-    return max(MIN_FUSED_ROWS, (budget or FUSED_CHUNK_BYTES) // (dtype_bytes * vocab))
+    rows = max(MIN_FUSED_ROWS, (budget or FUSED_CHUNK_BYTES) // (dtype_bytes * vocab))
+    return rows // ROW_ALIGN * ROW_ALIGN if rows >= ROW_ALIGN else rows
+
+
+def _padded(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """`rows` followed by zero rows up to `count`."""
+    missing = count - rows.shape[0]
+    return rows if not missing else torch.cat([rows, rows.new_zeros((missing, *rows.shape[1:]))])
 
 
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -92,20 +102,24 @@ class FusedHeadLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # one chunk buffer for all chunks, in the matmul dtype: the logits as the matmul writes them, then,
         # in place, their softmax and the gradient the next matmuls read
-        buffer = hidden.new_empty((min(rows, hidden.shape[0]), w.shape[0]), dtype=dtype)
+        count, align = hidden.shape[0], min(rows, ROW_ALIGN)
+        buffer = hidden.new_empty((min(rows, -(-count // align) * align), w.shape[0]), dtype=dtype)
         with torch.autocast(hidden.device.type, enabled=False):  # operands are cast already; out= needs it off
-            for start in range(0, hidden.shape[0], rows):
-                h, t = hidden[start:start + rows].to(dtype), targets[start:start + rows]
-                logits = torch.mm(h, w.T, out=buffer[:h.shape[0]])
+            for start in range(0, count, rows):
+                real = min(rows, count - start)
+                width = -(-real // align) * align  # a shorter last chunk gets zero rows: the matmuls keep their shapes
+                h = _padded(hidden[start:start + real].to(dtype), width)
+                t = _padded(targets[start:start + real], width)
+                logits = torch.mm(h, w.T, out=buffer[:width])
                 if softcap is None:
-                    loss, grad = _softmax_loss_and_grad(logits, t, lambda lost: h[lost] @ w.T)
+                    loss, grad = _softmax_loss_and_grad(logits, t, lambda lost: h[lost] @ w.T, real)
                 else:
-                    loss, grad = _capped_loss_and_grad(logits, t, softcap)
+                    loss, grad = _capped_loss_and_grad(logits, t, softcap, real)
                 total += loss
                 if want_hidden:
-                    grad_hidden[start:start + rows] = grad @ w
+                    grad_hidden[start:start + real] = (grad @ w)[:real]
                 if want_weight:
-                    grad_weight += grad.T @ h
+                    grad_weight += grad.T @ h  # the zero rows add nothing
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
@@ -118,8 +132,9 @@ class FusedHeadLoss(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, relogits):
-    """Summed cross-entropy of one chunk (fp32) and its gradient softmax - one_hot, in place of `logits`.
+def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, relogits, real: int):
+    """Summed cross-entropy of the first `real` rows of one chunk (fp32; the rest is padding) and the
+    chunk's gradient softmax - one_hot, in place of `logits`.
 
     One softmax pass in the logits' dtype (fp32 inside; on a 256 x 262,144 bf16 chunk 24 ms, against 92 ms
     for an fp32 copy, log-softmax, exp and copy back). Rounded to bf16, a confident target's probability
@@ -135,20 +150,21 @@ def _softmax_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, relogits
     probs[rows, targets] = others.neg().to(probs.dtype)
     losses = torch.where(picked < 0.5, -picked.log(), -torch.log1p(-others.clamp(max=0.5)))
     lost = picked == 0
+    lost[real:] = False
     if lost.any():
         again = relogits(lost).float()
         exact = torch.logsumexp(again, -1) - again.gather(1, targets[lost][:, None])[:, 0]
         losses = losses.masked_scatter(lost, exact)
-    return losses.sum(), probs
+    return losses[:real].sum(), probs
 
 
-def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, softcap: float):
+def _capped_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, softcap: float, real: int):
     """`_softmax_loss_and_grad` under final logit soft-capping (cap * tanh(logits / cap)), in fp32; the
     gradient goes in place of `logits`."""
     capped = torch.tanh(logits.float() / softcap)
     slope = 1.0 - capped.square()  # d(cap * tanh(x / cap)) / dx
     logprobs = torch.log_softmax(capped.mul_(softcap), dim=-1)
-    loss = -logprobs.gather(1, targets[:, None]).sum()
+    loss = -logprobs[:real].gather(1, targets[:real, None]).sum()
     grad = logprobs.exp_()
     grad[torch.arange(targets.shape[0], device=targets.device), targets] -= 1.0
     return loss, logits.copy_(grad.mul_(slope))
