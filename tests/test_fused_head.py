@@ -250,6 +250,33 @@ def test_master_weight_steps_in_chunks_equal_fp32_adamw(chunk_bytes, monkeypatch
     assert len(optim.MasterWeightAdamW._chunks(ours)) == 0  # no gradients left after zero_grad
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipping_inside_the_master_weight_step_equals_clipping_the_gradients(fused):
+    """clip_in_step: the norm torch reports, the gradients left as they are, and the same update as torch's
+    clip_grad_norm_ followed by AdamW; only for the next step, and only when the norm is above the limit."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape).to(torch.bfloat16)) for shape in ((8, 16), (16,))]
+    reference = [torch.nn.Parameter(p.detach().float().clone()) for p in params]
+    ours = MasterWeightAdamW([{"params": params, "weight_decay": 0.1}], lr=1e-2, fused=fused)
+    theirs = torch.optim.AdamW([{"params": reference, "weight_decay": 0.1}], lr=1e-2, fused=fused, foreach=not fused)
+    for step, max_norm in enumerate((0.5, 1e9, 0.5)):
+        grads = [torch.randn(p.shape).to(torch.bfloat16) * 3 for p in params]
+        for param, ref, grad in zip(params, reference, grads):
+            param.grad, ref.grad = grad.clone(), grad.float()
+        expected_norm = float(torch.nn.utils.clip_grad_norm_(reference, max_norm))
+        norm = ours.clip_in_step(max_norm)
+        assert norm == pytest.approx(expected_norm, rel=1e-6) and norm > 0.5
+        assert all(torch.equal(param.grad, grad) for param, grad in zip(params, grads))  # not rescaled in place
+        ours.step()
+        theirs.step()
+        ours.zero_grad()
+        theirs.zero_grad()
+        masters = ours.param_groups[0]["params"]
+        for master, ref in zip(masters, reference):
+            torch.testing.assert_close(master, ref, rtol=1e-6, atol=1e-7), step
+    assert ours.clip_divisor is None and getattr(ours, "grad_scale", None) is None  # nothing carried to a later step
+
+
 def test_master_weight_step_runs_a_closure_with_gradients_and_returns_its_loss():
     param = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
     optimizer = MasterWeightAdamW([{"params": [param], "weight_decay": 0.0}], lr=1e-2, fused=True)

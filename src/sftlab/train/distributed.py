@@ -159,6 +159,11 @@ def call_unsharded(session, function, *args, **kwargs):
 def clip_grad_norm(session, params, max_norm: float) -> float | None:
     """Clip the gradients of `params` to `max_norm` (over all ranks); the norm before clipping, or None (DeepSpeed)."""
     if not fsdp(session.cfg, session.accelerator):
+        from sftlab.train.optim import MasterWeightAdamW
+
+        optimizer = _inner(session.optimizer)
+        if isinstance(optimizer, MasterWeightAdamW):  # clips inside its step (every parameter it holds is `params`)
+            return optimizer.clip_in_step(max_norm)
         norm = session.accelerator.clip_grad_norm_(params, max_norm)  # None: DeepSpeed clips itself
         return None if norm is None else float(norm)
     import torch
