@@ -98,7 +98,7 @@ class FusedHeadLoss(torch.autograd.Function):
         w = weight.to(dtype)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
+        grad_weight = None  # fp32: the first chunk's product, then the others added to it
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # one chunk buffer for all chunks, in the matmul dtype: the logits as the matmul writes them, then,
         # in place, their softmax and the gradient the next matmuls read
@@ -118,8 +118,9 @@ class FusedHeadLoss(torch.autograd.Function):
                 total += loss
                 if want_hidden:
                     grad_hidden[start:start + real] = (grad @ w)[:real]
-                if want_weight:
-                    grad_weight += grad.T @ h  # the zero rows add nothing
+                if want_weight:  # the zero rows add nothing
+                    part = grad.T @ h
+                    grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_hidden, grad_weight)
         return total
