@@ -21,10 +21,10 @@ together take at most 1 / heads of the bytes of the call's full probabilities (h
 mask), and those are at most `MAX_PROBS_BYTES` for a call it computes.
 
 For backward a call keeps its blocks' probabilities when together they take at most `KEEP_PROBS_BYTES`
-(W1: about 18 MiB per layer, 8 packed rows of 512 tokens); a larger call keeps only the scaled query
+(W1: about 20 MiB per layer, 8 packed rows of 512 tokens); a larger call keeps only the scaled query
 blocks (the size of the queries) and recomputes each block's probabilities in backward, one block at a
 time (one more q k^T matmul, bias add and softmax per block). On the AMX box keeping them made one W1
-layer's attention 19.0 ms forward + backward instead of 26.6 ms and a W1 step 7.7% faster, for about 150 MiB
+layer's attention 19.0 ms forward + backward instead of 26.6 ms and a W1 step 7.7% faster, for about 160 MiB
 more per step (docs/benchmarks.md, eighth round).
 
 Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES` (long rows, where the
