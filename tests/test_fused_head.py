@@ -37,6 +37,7 @@ def test_fused_head_loss_matches_autograd(softcap, rows):
     torch.testing.assert_close(total, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(hidden.grad, want[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(weight.grad, want[1], rtol=1e-4, atol=1e-5)
+    assert weight.grad.is_contiguous()
 
 
 def test_a_short_last_chunk_is_padded_so_the_matmul_shapes_repeat(monkeypatch):

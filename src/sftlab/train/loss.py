@@ -98,7 +98,7 @@ class FusedHeadLoss(torch.autograd.Function):
         w = weight.to(dtype)
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
-        grad_weight = None  # fp32: the first chunk's product, then the others added to it
+        grad_weight_t = None  # fp32 [dim x vocab]: the first chunk's product, then the others added to it
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # one chunk buffer for all chunks, in the matmul dtype: the logits as the matmul writes them, then,
         # in place, their softmax and the gradient the next matmuls read
@@ -118,18 +118,22 @@ class FusedHeadLoss(torch.autograd.Function):
                 total += loss
                 if want_hidden:
                     grad_hidden[start:start + real] = (grad @ w)[:real]
-                if want_weight:  # the zero rows add nothing
-                    part = grad.T @ h
-                    grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                if want_weight:  # the zero rows add nothing; h^T made contiguous: oneDNN runs h^T @ grad at
+                    # 1.7x the rate of grad^T @ h on AMX (17 against 28.5 ms for 2,048 rows of W1)
+                    part = h.t().contiguous() @ grad
+                    grad_weight_t = part.float() if grad_weight_t is None else grad_weight_t.add_(part)
         ctx.weight_dtype = weight.dtype
-        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.save_for_backward(grad_hidden, grad_weight_t)
         return total
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        grad_hidden, grad_weight_t = ctx.saved_tensors
         grad_h = None if grad_hidden is None else grad_hidden * grad_output.to(grad_hidden.dtype)
-        grad_w = None if grad_weight is None else (grad_weight * grad_output.float()).to(ctx.weight_dtype)
+        grad_w = None
+        if grad_weight_t is not None:  # scaled, cast and transposed back to [vocab x dim] in one pass
+            grad_w = grad_weight_t.new_empty(grad_weight_t.shape[::-1], dtype=ctx.weight_dtype)
+            torch.mul(grad_weight_t.t(), grad_output.float(), out=grad_w)
         return grad_h, grad_w, None, None, None
 
 
