@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
 FUSED_CHUNK_BYTES = 64 * 2**20  # sizes a chunk's rows as this many bytes of logits in the matmul dtype (W1 in bf16:
-# 2,097 rows, its whole step in one or two chunks; a W1 step 4.6% faster than at 262 rows on AMX, where the
+# 2,048 rows after ROW_ALIGN, its whole step in one or two chunks; a W1 step 4.6% faster than at 262 rows on AMX, where the
 # weight-gradient matmul and its fp32 accumulation dominate thin chunks; docs/benchmarks.md, eighth round)...
 MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 128 MiB in bf16)
 ROW_ALIGN = 256  # chunks are a multiple of this many rows (a shorter last one padded with zero rows): oneDNN builds
@@ -69,6 +69,10 @@ def head_chunk_rows(vocab: int, dtype_bytes: int, budget: int | None = None) -> 
     return rows // ROW_ALIGN * ROW_ALIGN if rows >= ROW_ALIGN else rows
 
 
+def _round_up(count: int, multiple: int) -> int:
+    return -(-count // multiple) * multiple
+
+
 def _padded(rows: torch.Tensor, count: int) -> torch.Tensor:
     """`rows` followed by zero rows up to `count`."""
     missing = count - rows.shape[0]
@@ -103,11 +107,11 @@ class FusedHeadLoss(torch.autograd.Function):
         # one chunk buffer for all chunks, in the matmul dtype: the logits as the matmul writes them, then,
         # in place, their softmax and the gradient the next matmuls read
         count, align = hidden.shape[0], min(rows, ROW_ALIGN)
-        buffer = hidden.new_empty((min(rows, -(-count // align) * align), w.shape[0]), dtype=dtype)
+        buffer = hidden.new_empty((min(rows, _round_up(count, align)), w.shape[0]), dtype=dtype)
         with torch.autocast(hidden.device.type, enabled=False):  # operands are cast already; out= needs it off
             for start in range(0, count, rows):
                 real = min(rows, count - start)
-                width = -(-real // align) * align  # a shorter last chunk gets zero rows: the matmuls keep their shapes
+                width = _round_up(real, align)  # a shorter last chunk gets zero rows: the matmuls keep their shapes
                 h = _padded(hidden[start:start + real].to(dtype), width)
                 t = _padded(targets[start:start + real], width)
                 logits = torch.mm(h, w.T, out=buffer[:width])

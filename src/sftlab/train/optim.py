@@ -69,12 +69,13 @@ class MasterWeightAdamW(torch.optim.AdamW):
         if closure is not None:
             with torch.enable_grad():  # as torch's optimizers run it: the closure computes a loss to backward
                 loss = closure()
-        if self.clip_divisor is not None and self.defaults.get("fused"):  # torch's AdamW hands this to the kernel
+        divide_here = self.clip_divisor is not None and not self.defaults.get("fused")
+        if self.clip_divisor is not None and not divide_here:  # torch's AdamW hands this to the fused kernel
             self.grad_scale = torch.tensor(self.clip_divisor, dtype=torch.float32)
         for chunk in self._chunks():
             for master, param in chunk:
                 master.grad = param.grad.float()
-                if self.clip_divisor is not None and not self.defaults.get("fused"):
+                if divide_here:
                     master.grad.div_(self.clip_divisor)
             super().step()  # AdamW skips parameters without a gradient: only this chunk's masters move
             torch._foreach_copy_([param for _, param in chunk], [master for master, _ in chunk])
