@@ -23,6 +23,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from sftlab.models import kernels
+
 
 @functools.cache
 def fused_classes() -> dict:
@@ -30,64 +32,34 @@ def fused_classes() -> dict:
     return yaml.safe_load(resources.files("sftlab.models").joinpath("fused_layers.yaml").read_text(encoding="utf-8"))
 
 
-def _reciprocal_rms(x32: torch.Tensor, eps: float) -> torch.Tensor:
-    return torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-
-
-def _rms_input_grad(grad_normed32: torch.Tensor, x32: torch.Tensor, rstd: torch.Tensor) -> torch.Tensor:
-    """d/dx of x * rstd(x), rstd = (mean(x^2) + eps)^-1/2, in fp32."""
-    dot = (grad_normed32 * x32).sum(-1, keepdim=True)
-    return grad_normed32 * rstd - x32 * (rstd.pow(3) * dot / x32.shape[-1])
-
-
 class RMSNormFunction(torch.autograd.Function):
     """RMSNorm keeping its input and the fp32 reciprocal RMS per row.
 
     style `weight_after_cast`: weight * (x32 * rstd).to(x.dtype) (Llama, Qwen); `one_plus_weight`:
-    ((x32 * rstd) * (1 + weight.float())).to(x.dtype) (Gemma)."""
+    ((x32 * rstd) * (1 + weight.float())).to(x.dtype) (Gemma). The math is `sftlab.models.kernels`'
+    (`rms_forward`, `rms_backward`), compiled there in CPU training when model.compiled_kernels says so."""
 
     @staticmethod
     def forward(ctx, x, weight, eps, style):
-        x32 = x.float()
-        rstd = _reciprocal_rms(x32, eps)
+        rows = x.reshape(-1, x.shape[-1])
+        forward = kernels.kernel("rms_forward", x) if any(ctx.needs_input_grad) else kernels.rms_forward
+        out, rstd = forward(rows, weight, eps, style == "one_plus_weight")
         ctx.save_for_backward(x, weight, rstd)
         ctx.style = style
-        if style == "one_plus_weight":
-            return (x32 * rstd * (1.0 + weight.float())).to(x.dtype)
-        return weight * (x32 * rstd).to(x.dtype)
+        return out.view(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
         x, weight, rstd = ctx.saved_tensors
-        x32 = x.float()
-        normed32 = x32 * rstd
-        grad_weight = None
-        if ctx.style == "one_plus_weight":
-            grad32 = grad.float()
-            if ctx.needs_input_grad[1]:
-                grad_weight = _sum_to(grad32 * normed32, weight)
-            grad_normed32 = grad32 * (1.0 + weight.float())
-        else:
-            if ctx.needs_input_grad[1]:
-                grad_weight = _sum_to(grad * normed32.to(x.dtype), weight)
-            grad_normed32 = (grad * weight).to(x.dtype).float()
-        grad_x = _rms_input_grad(grad_normed32, x32, rstd).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_weight, None, None
-
-
-def _sum_to(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """`value` summed over its broadcast dimensions down to `like`'s shape, in `like`'s dtype."""
-    return value.sum_to_size(like.shape).to(like.dtype)
+        rows = x.reshape(-1, x.shape[-1])
+        grad_x, grad_weight = kernels.kernel("rms_backward", x)(grad.reshape(rows.shape), rows, weight, rstd,
+                                                                ctx.style == "one_plus_weight")
+        return (grad_x.view(x.shape) if ctx.needs_input_grad[0] else None,
+                grad_weight if ctx.needs_input_grad[1] else None, None, None)
 
 
 def _activation(gate: torch.Tensor, kind: str) -> torch.Tensor:
     return F.silu(gate) if kind == "silu" else F.gelu(gate, approximate="tanh")
-
-
-def _activation_grad(grad: torch.Tensor, gate: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "silu":
-        return torch.ops.aten.silu_backward(grad, gate)
-    return torch.ops.aten.gelu_backward(grad, gate, approximate="tanh")
 
 
 class GatedMLPFunction(torch.autograd.Function):
@@ -110,22 +82,20 @@ class GatedMLPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         gate, up, weight, bias = ctx.saved_tensors
-        activated = _activation(gate, ctx.kind)
         grad_weight = grad_bias = None
         if weight is None:
             grad_hidden = grad
         else:
-            if ctx.needs_input_grad[3]:
-                hidden = (activated * up).to(ctx.dtype)
-                grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ hidden.reshape(-1, hidden.shape[-1])).to(weight.dtype)
-            if bias is not None and ctx.needs_input_grad[4]:
-                grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)
-            grad_hidden = (grad @ weight.to(ctx.dtype)).to(torch.result_type(activated, up))
-        grad_up = (grad_hidden * activated).to(up.dtype) if ctx.needs_input_grad[1] else None
-        grad_gate = None
-        if ctx.needs_input_grad[0]:
-            grad_gate = _activation_grad((grad_hidden * up).to(gate.dtype), gate, ctx.kind)
-        return grad_gate, grad_up, None, grad_weight, grad_bias
+            grad_hidden = (grad @ weight.to(ctx.dtype)).to(torch.result_type(gate, up))
+        width = gate.shape[-1]
+        grad_gate, grad_up, hidden = kernels.kernel("gated_backward", gate)(
+            grad_hidden.reshape(-1, width), gate.reshape(-1, width), up.reshape(-1, width), ctx.kind == "silu")
+        if weight is not None and ctx.needs_input_grad[3]:
+            grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ hidden.to(ctx.dtype)).to(weight.dtype)
+        if bias is not None and ctx.needs_input_grad[4]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)
+        return (grad_gate.view(gate.shape) if ctx.needs_input_grad[0] else None,
+                grad_up.view(up.shape) if ctx.needs_input_grad[1] else None, None, grad_weight, grad_bias)
 
 
 def _rmsnorm_forward(self, x):
@@ -197,9 +167,20 @@ def fused_down_projections(model: nn.Module) -> int:
     return sum(1 for m in model.modules() if _forward_function(m) is _gated_mlp_forward and _plain_linear(m.down_proj))
 
 
+def first_fused_modules(model: nn.Module) -> list[nn.Module]:
+    """The first fused RMSNorm and the first fused gated MLP of `model` (those it has)."""
+    found = {}
+    for module in model.modules():
+        function = _forward_function(module)
+        if function in (_rmsnorm_forward, _gated_mlp_forward):
+            found.setdefault(function, module)
+    return list(found.values())
+
+
 def fused_summary(model: nn.Module) -> str:
     """One log line: how many RMSNorm and gated-MLP modules of `model` run fused."""
     counts = fused_counts(model)
     if not any(counts.values()):
         return "fused layers: none (model.fused_layers is off, or no module of the model is of a listed class)"
-    return f"fused layers: {counts['rmsnorm']} RMSNorm, {counts['gated_mlp']} gated MLP (model.fused_layers)"
+    return (f"fused layers: {counts['rmsnorm']} RMSNorm, {counts['gated_mlp']} gated MLP (model.fused_layers); "
+            f"{kernels.status_line()}")

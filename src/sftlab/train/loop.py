@@ -25,6 +25,7 @@ from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.jemalloc import allocator_line
 from sftlab.models.attention import attention_line
+from sftlab.models import kernels
 from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
@@ -111,10 +112,12 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
 
 
 def cleanup(session: Session) -> None:
-    """Release the accelerator state (another run in this process may use other precision settings) and memory."""
+    """Release the accelerator state (another run in this process may use other precision settings), memory and
+    the compiled kernels (fused layers run eagerly again)."""
     from accelerate.state import AcceleratorState
 
     session.accelerator.free_memory()
+    kernels.release()
     if session.accelerator.num_processes > 1:
         session.accelerator.end_training()  # destroys the process group
     AcceleratorState._reset_state()

@@ -277,6 +277,10 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     if saved:
         load_weights(model, checkpoint, trainable.names)
     objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
+    if cfg.model.fused_layers:
+        from sftlab.models.kernels import prepare_kernels
+
+        prepare_kernels(model, cfg.model.compiled_kernels, accelerator.device, accelerator.autocast)
     total = (cfg.train.max_steps if cfg.data.streaming else
              plan.total_steps(len(prepared.train), cfg.train.batch_size * accelerator.num_processes,
                               cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps))
