@@ -38,7 +38,7 @@ class ModelConfig(_Strict):
     compiled_kernels: bool | Literal["auto"] = Field(
         "auto", description="in CPU training with model.fused_layers, run the fused RMSNorm (forward and backward) "
         "and the gated MLP's backward as kernels compiled by torch.compile at setup (a C++ compiler is needed; "
-        "about 20 s the first time on a machine, about 2 s from Inductor's cache), else eagerly: the gated MLP's "
+        "about 12 s the first time on a machine, about 3 s from Inductor's cache (W1, 2 cores)), else eagerly: the gated MLP's "
         "gradients are bit-identical with SiLU (with tanh GELU the gate's differs by one bf16 ulp in about 2 elements "
         "in 10,000), the RMSNorm's differ by one bf16 ulp in a few elements per million (its row "
         "sums are added in another order); auto: on for models with a hidden size of 256 or more "
