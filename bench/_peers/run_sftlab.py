@@ -62,7 +62,14 @@ def main() -> None:
     print(allocator_line(cfg.train.allocator), file=sys.stderr, flush=True)
     out_dir = Path(cfg.output.dir)
     prepare_output_dir(out_dir, resume=False, overwrite=True)
+    setup = common.Clock()
+    setup.start()
     session, _ = build_session(cfg, out_dir, None, None)
+    setup.stop()
+    from sftlab.models.fused import fused_summary
+
+    print(fused_summary(session.model), file=sys.stderr, flush=True)  # with the compiled kernels' line
+    print(f"setup (data, model, compiled kernels; outside the clock): {setup.seconds:.1f} s", file=sys.stderr, flush=True)
     rows = session.prepared.train
     tokens = sum(len(ids) for ids in rows["input_ids"])
     supervised = sum(sum(1 for t in labels[1:] if t != common.IGNORE_INDEX) for labels in rows["labels"])
