@@ -28,19 +28,19 @@ def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("one_plus", [False, True])  # Llama / Qwen style, Gemma style
 def test_compiled_rmsnorm_is_within_one_bf16_ulp_of_the_eager_math(one_plus):
     torch.manual_seed(0)
-    x = (torch.randn(64, 256) * 3).to(torch.bfloat16)
-    weight = torch.randn(256).mul(0.3).add(0.5).to(torch.bfloat16)
-    grad = torch.randn(64, 256).to(torch.bfloat16)
+    x = (torch.randn(512, 512) * 3).to(torch.bfloat16)
+    weight = torch.randn(512).mul(0.3).add(0.5).to(torch.bfloat16)
+    grad = torch.randn(512, 512).to(torch.bfloat16)
     compiled_forward = torch.compile(kernels.rms_forward, dynamic=True, options=kernels._OPTIONS)
     compiled_backward = torch.compile(kernels.rms_backward, dynamic=True, options=kernels._OPTIONS)
     out, rstd = kernels.rms_forward(x, weight, 1e-6, one_plus)
     out_c, rstd_c = compiled_forward(x, weight, 1e-6, one_plus)
     torch.testing.assert_close(rstd_c, rstd, rtol=1e-6, atol=0)
-    assert bf16_ulps(out_c, out).max() <= 1 and (out_c != out).float().mean() < 0.01
+    assert bf16_ulps(out_c, out).max() <= 1 and (out_c != out).float().mean() < 1e-4
     grad_x, grad_w = kernels.rms_backward(grad, x, weight, rstd, one_plus)
     grad_x_c, grad_w_c = compiled_backward(grad, x, weight, rstd, one_plus)
-    assert bf16_ulps(grad_x_c, grad_x).max() <= 1 and (grad_x_c != grad_x).float().mean() < 0.01
-    torch.testing.assert_close(grad_w_c.float(), grad_w.float(), rtol=2 ** -7, atol=1e-3)  # a sum over 64 rows
+    assert bf16_ulps(grad_x_c, grad_x).max() <= 1 and (grad_x_c != grad_x).float().mean() < 1e-4
+    torch.testing.assert_close(grad_w_c.float(), grad_w.float(), rtol=2 ** -7, atol=1e-2)  # a sum over 512 rows
 
 
 @pytest.mark.parametrize("silu", [True, False])  # SiLU (Llama, Qwen) / tanh GELU (Gemma)
