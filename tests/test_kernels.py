@@ -26,7 +26,7 @@ def bf16_ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("one_plus", [False, True])  # Llama / Qwen style, Gemma style
-def test_compiled_rmsnorm_is_within_one_bf16_ulp_of_the_eager_math(one_plus):
+def test_compiled_rmsnorm_is_within_bf16_rounding_of_the_eager_math(one_plus):
     torch.manual_seed(0)
     x = (torch.randn(512, 512) * 3).to(torch.bfloat16)
     weight = torch.randn(512).mul(0.3).add(0.5).to(torch.bfloat16)
@@ -39,7 +39,9 @@ def test_compiled_rmsnorm_is_within_one_bf16_ulp_of_the_eager_math(one_plus):
     assert bf16_ulps(out_c, out).max() <= 1 and (out_c != out).float().mean() < 1e-4
     grad_x, grad_w = kernels.rms_backward(grad, x, weight, rstd, one_plus)
     grad_x_c, grad_w_c = compiled_backward(grad, x, weight, rstd, one_plus)
-    assert bf16_ulps(grad_x_c, grad_x).max() <= 1 and (grad_x_c != grad_x).float().mean() < 1e-4
+    # a difference of two row terms: off by less than one bf16 ulp of the row's largest gradient
+    row_ulp = grad_x.float().abs().amax(-1, keepdim=True) * 2 ** -8
+    assert ((grad_x_c.float() - grad_x.float()).abs() <= row_ulp).all() and (grad_x_c != grad_x).float().mean() < 1e-4
     torch.testing.assert_close(grad_w_c.float(), grad_w.float(), rtol=2 ** -7, atol=1e-2)  # a sum over 512 rows
 
 

@@ -40,8 +40,8 @@ class ModelConfig(_Strict):
         "and the gated MLP's backward as kernels compiled by torch.compile at setup (a C++ compiler is needed; "
         "about 12 s the first time on a machine, about 3 s from Inductor's cache (W1, 2 cores)), else eagerly: the gated MLP's "
         "gradients are bit-identical with SiLU (with tanh GELU the gate's differs by one bf16 ulp in about 2 elements "
-        "in 10,000), the RMSNorm's output and input gradient differ by one bf16 ulp in about 1 "
-        "element in 100,000 (its row sums are added in another order); auto: on for models with a hidden size of 256 or more "
+        "in 10,000), about 1 element in 100,000 of the RMSNorm's output and input gradient differs, by "
+        "less than one bf16 ulp of its row's largest value (its row sums are added in another order); auto: on for models with a hidden size of 256 or more "
         "(sftlab.models.kernels)")
 
 

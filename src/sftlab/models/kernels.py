@@ -11,7 +11,8 @@ The functions below are the eager math of `sftlab.models.fused`, compiled with I
 are bit-identical to eager ones with SiLU; with Gemma's tanh GELU the gate's gradient differs by one unit in
 the last place in about 2 elements in 10,000 (another tanh). The RMSNorm's row sums (the mean of squares, the backward's dot product
 and the weight gradient's sum over rows) are added in another order, so about 1 element in 100,000 of
-its bf16 output and input gradient differs by one unit in the last place (`tests/test_kernels.py`).
+its bf16 output and input gradient differs, by less than one unit in the last place of its row's largest
+value (`tests/test_kernels.py`).
 
 `prepare_kernels` compiles them once at setup, before the clock of any training step, by running the
 model's own first fused modules on a small batch in the training precision (W1 on 2 cores: about 12 s the first time on
