@@ -276,11 +276,11 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
-    objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
-    if cfg.model.fused_layers:
+    if cfg.model.fused_layers:  # before DDP wraps the model: the warm-up's backward must not reach its hooks
         from sftlab.models.kernels import prepare_kernels
 
         prepare_kernels(model, cfg.model.compiled_kernels, accelerator.device, accelerator.autocast)
+    objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
     total = (cfg.train.max_steps if cfg.data.streaming else
              plan.total_steps(len(prepared.train), cfg.train.batch_size * accelerator.num_processes,
                               cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps))
