@@ -10,8 +10,10 @@ initial weights. Each round runs one step of every variant in turn, so a change 
 them; it prints, per variant, the best and median wall time and process CPU time (`time.process_time`,
 all threads) after a warm-up step. With a loaded machine prefer 1 thread and CPU time.
 
-Variants in bf16: `autocast` (fp32 weights under bf16 autocast, the fused head loss), `bf16-weights`
-(model.dtype bfloat16: bf16 weights, fp32 master weights in AdamW), `unfused-head` (autocast, the
+The compiled element-wise kernels (`model.compiled_kernels: auto`, on for W1) are prepared once, in bf16 where
+any variant is bf16 (other dtypes compile in the warm-up round). Variants in bf16: `autocast` (fp32 weights
+under bf16 autocast, the fused head loss), `bf16-weights` (model.dtype bfloat16: bf16 weights, fp32 master
+weights in AdamW), `bf16-weights-eager` (the same with the compiled kernels off), `unfused-head` (autocast, the
 checkpointed per-chunk head instead of the fused one), `compiled` (autocast, each decoder layer
 `torch.compile`d). In fp32 (no autocast): `fp32`, `fp32-selective` (train.gradient_checkpointing:
 selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`.
@@ -33,8 +35,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR / "_peers"))
 
-VARIANTS = ("autocast", "bf16-weights", "unfused-head", "compiled", "fp32", "fp32-selective", "fp32-checkpointed",
-            "fp32-compiled")
+VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "unfused-head", "compiled", "fp32", "fp32-selective",
+            "fp32-checkpointed", "fp32-compiled")
 
 
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:
@@ -56,10 +58,11 @@ def make_step(variant: str, model):
     import torch
 
     import sftlab.train.loss as loss_module
+    from sftlab.models import kernels
     from sftlab.train.checkpointing import enable_activation_checkpointing
     from sftlab.train.optim import build_optimizer
 
-    if variant == "bf16-weights":
+    if variant.startswith("bf16-weights"):
         model.to(torch.bfloat16)
     if variant.endswith("compiled"):
         for layer in model.model.layers:
@@ -70,15 +73,17 @@ def make_step(variant: str, model):
     optimizer = build_optimizer(model, 1e-4, 0.0)
 
     def step(batch):
-        fusable = loss_module._fusable
+        fusable, compiled_on = loss_module._fusable, kernels._state["on"]
         if variant == "unfused-head":
             loss_module._fusable = lambda head: False
+        if variant.endswith("-eager"):
+            kernels._state["on"] = False
         try:
             with precision():
                 total, count = loss_module.causal_lm_loss_sum(model, batch)
+            (total / count).backward()
         finally:
-            loss_module._fusable = fusable
-        (total / count).backward()
+            loss_module._fusable, kernels._state["on"] = fusable, compiled_on
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -96,6 +101,7 @@ def main(argv=None) -> None:
 
     from sftlab.config.schema import ModelConfig
     from sftlab.models.fused import fuse_layers
+    from sftlab.models.kernels import prepare_kernels
     from sftlab.models.load import load_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
@@ -103,6 +109,9 @@ def main(argv=None) -> None:
     base = load_model(ModelConfig(path=str(model_dir)), "sft")  # sftlab's defaults: attention auto (matmul)
     base.train()
     fuse_layers(base)  # model.fused_layers, on by default
+    bf16 = any(not name.startswith("fp32") for name in args.variants)
+    print(prepare_kernels(copy.deepcopy(base).to(torch.bfloat16) if bf16 else base, "auto", torch.device("cpu"),
+                          partial(torch.autocast, "cpu", torch.bfloat16, enabled=bf16)))  # model.compiled_kernels: auto
     steps = {name: make_step(name, copy.deepcopy(base)) for name in args.variants}
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
