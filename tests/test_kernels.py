@@ -65,7 +65,9 @@ def prepared_tiny_model(arch: str, setting=True):
     torch.manual_seed(0)
     model = make_tiny_model(arch, make_tokenizer()).to(torch.bfloat16).train()
     fuse_layers(model)
+    rng = torch.get_rng_state()
     line = kernels.prepare_kernels(model, setting, torch.device("cpu"), nullcontext)
+    assert torch.equal(torch.get_rng_state(), rng), "the warm-up leaves the global RNG alone"
     return model, line
 
 

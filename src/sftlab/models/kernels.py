@@ -136,13 +136,14 @@ def prepare_kernels(model, setting, device: torch.device, precision_context) -> 
 
 
 def _warm_up(modules, precision_context) -> None:
-    """One forward and backward of each module on a small batch, then their gradients cleared."""
+    """One forward and backward of each module on a small batch, then their gradients as they were."""
     for module in modules:
         params = [p for p in module.parameters() if p.requires_grad]
         before = [p.grad for p in params]
         weight = next(module.parameters())
         width = module.gate_proj.in_features if hasattr(module, "gate_proj") else module.weight.shape[-1]
-        x = torch.randn(2, 8, width, dtype=weight.dtype, device=weight.device, requires_grad=True)
+        x = torch.randn(2, 8, width, generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
+        x = x.to(weight.dtype).to(weight.device).requires_grad_()
         with precision_context():
             out = module(x)
         out.float().sum().backward()
