@@ -107,6 +107,8 @@ def test_they_are_off_when_set_so_on_a_gpu_and_for_narrow_models_under_auto():
     _, line = prepared_tiny_model("llama", "auto")  # hidden size 64
     assert line == "compiled kernels: off (model.compiled_kernels: auto, hidden size under 256)"
     assert not kernels.wanted(True, model, torch.device("meta"))
+    line = kernels.prepare_kernels(model, "auto", torch.device("meta"), nullcontext)
+    assert line == "compiled kernels: off (for CPU training; this run is on meta)"
     model.config.hidden_size = 256
     assert kernels.wanted("auto", model, torch.device("cpu"))
 

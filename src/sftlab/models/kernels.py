@@ -118,7 +118,9 @@ def prepare_kernels(model, setting, device: torch.device, precision_context) -> 
     _state.update(on=False, line="compiled kernels: off (model.compiled_kernels)")
     modules = first_fused_modules(model)
     if not modules or not wanted(setting, model, device):
-        if modules and setting == "auto" and device.type == "cpu":
+        if modules and setting is not False and device.type != "cpu":
+            _state["line"] = f"compiled kernels: off (for CPU training; this run is on {device.type})"
+        elif modules and setting == "auto":
             _state["line"] = f"compiled kernels: off (model.compiled_kernels: auto, hidden size under {AUTO_MIN_HIDDEN})"
         return _state["line"]
     started = time.perf_counter()
