@@ -43,6 +43,8 @@ def test_compiled_rmsnorm_is_within_bf16_rounding_of_the_eager_math(one_plus):
     row_ulp = grad_x.float().abs().amax(-1, keepdim=True) * 2 ** -8
     assert ((grad_x_c.float() - grad_x.float()).abs() <= row_ulp).all() and (grad_x_c != grad_x).float().mean() < 1e-4
     torch.testing.assert_close(grad_w_c.float(), grad_w.float(), rtol=2 ** -7, atol=1e-2)  # a sum over 512 rows
+    grad_x_only, no_weight = kernels.rms_backward(grad, x, weight, rstd, one_plus, need_weight=False)
+    assert no_weight is None and torch.equal(grad_x_only, grad_x)  # the eager code skips what is not needed
 
 
 @pytest.mark.parametrize("silu", [True, False])  # SiLU (Llama, Qwen) / tanh GELU (Gemma)
@@ -55,6 +57,8 @@ def test_compiled_gated_mlp_backward_matches_the_eager_math(silu):
     expected = kernels.gated_backward(grad_hidden, gate, up, silu)
     assert [t.dtype for t in got] == [t.dtype for t in expected]
     assert torch.equal(got[1], expected[1]) and torch.equal(got[2], expected[2])  # grad_up, act(gate) * up
+    grad_gate, grad_up, no_hidden = kernels.gated_backward(grad_hidden, gate, up, silu, need_hidden=False)
+    assert no_hidden is None and torch.equal(grad_gate, expected[0]) and torch.equal(grad_up, expected[1])
     if silu:
         assert torch.equal(got[0], expected[0])
     else:
@@ -106,11 +110,11 @@ def test_they_are_off_when_set_so_on_a_gpu_and_for_narrow_models_under_auto():
     assert kernels.kernel("rms_forward", torch.ones(1)) is kernels.rms_forward
     _, line = prepared_tiny_model("llama", "auto")  # hidden size 64
     assert line == "compiled kernels: off (model.compiled_kernels: auto, hidden size under 256)"
-    assert not kernels.wanted(True, model, torch.device("meta"))
+    assert kernels.off_reason(True, model, torch.device("meta")) == "for CPU training; this run is on meta"
     line = kernels.prepare_kernels(model, "auto", torch.device("meta"), nullcontext)
     assert line == "compiled kernels: off (for CPU training; this run is on meta)"
     model.config.hidden_size = 256
-    assert kernels.wanted("auto", model, torch.device("cpu"))
+    assert kernels.off_reason("auto", model, torch.device("cpu")) is None
 
 
 def test_a_compiler_failure_leaves_the_run_on_the_eager_code_with_the_reason(monkeypatch):

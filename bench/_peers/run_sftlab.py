@@ -55,6 +55,7 @@ def main() -> None:
     cfg = build_config(spec)
     reexec_on_jemalloc(cfg.train.allocator, [os.path.abspath(sys.argv[0]), *sys.argv[1:]])  # returns if not needed
 
+    from sftlab.models.fused import fused_summary
     from sftlab.train.loop import cleanup, train
     from sftlab.train.runlog import RunLog
     from sftlab.train.setup import build_session, prepare_output_dir
@@ -66,8 +67,6 @@ def main() -> None:
     setup.start()
     session, _ = build_session(cfg, out_dir, None, None)
     setup.stop()
-    from sftlab.models.fused import fused_summary
-
     print(fused_summary(session.model), file=sys.stderr, flush=True)  # with the compiled kernels' line
     print(f"setup (data, model, compiled kernels; outside the clock): {setup.seconds:.1f} s", file=sys.stderr, flush=True)
     rows = session.prepared.train

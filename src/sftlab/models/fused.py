@@ -53,13 +53,10 @@ class RMSNormFunction(torch.autograd.Function):
         x, weight, rstd = ctx.saved_tensors
         rows = x.reshape(-1, x.shape[-1])
         grad_x, grad_weight = kernels.kernel("rms_backward", x)(grad.reshape(rows.shape), rows, weight, rstd,
-                                                                ctx.style == "one_plus_weight")
+                                                                ctx.style == "one_plus_weight",
+                                                                need_weight=ctx.needs_input_grad[1])
         return (grad_x.view(x.shape) if ctx.needs_input_grad[0] else None,
                 grad_weight if ctx.needs_input_grad[1] else None, None, None)
-
-
-def _activation(gate: torch.Tensor, kind: str) -> torch.Tensor:
-    return F.silu(gate) if kind == "silu" else F.gelu(gate, approximate="tanh")
 
 
 class GatedMLPFunction(torch.autograd.Function):
@@ -69,7 +66,7 @@ class GatedMLPFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gate, up, kind, weight, bias):
-        hidden = _activation(gate, kind) * up
+        hidden = kernels.activation(gate, kind == "silu") * up
         ctx.kind, ctx.dtype = kind, None
         ctx.save_for_backward(gate, up, weight, bias)
         if weight is None:
@@ -87,10 +84,11 @@ class GatedMLPFunction(torch.autograd.Function):
             grad_hidden = grad
         else:
             grad_hidden = (grad @ weight.to(ctx.dtype)).to(torch.result_type(gate, up))
-        width = gate.shape[-1]
+        width, want_weight = gate.shape[-1], weight is not None and ctx.needs_input_grad[3]
         grad_gate, grad_up, hidden = kernels.kernel("gated_backward", gate)(
-            grad_hidden.reshape(-1, width), gate.reshape(-1, width), up.reshape(-1, width), ctx.kind == "silu")
-        if weight is not None and ctx.needs_input_grad[3]:
+            grad_hidden.reshape(-1, width), gate.reshape(-1, width), up.reshape(-1, width), ctx.kind == "silu",
+            need_hidden=want_weight)
+        if want_weight:
             grad_weight = (grad.reshape(-1, grad.shape[-1]).T @ hidden.to(ctx.dtype)).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[4]:
             grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0).to(bias.dtype)

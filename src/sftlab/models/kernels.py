@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 _OPTIONS = {"emulate_precision_casts": True}
 AUTO_MIN_HIDDEN = 256  # `auto` compiles for models at least this wide; below, compiling outlasts the steps it speeds up
-_state = {"on": False, "line": "compiled kernels: off"}
+_OFF = "compiled kernels: off (model.compiled_kernels)"
+_state = {"on": False, "line": _OFF}
 _compiled: dict = {}
 
 
@@ -43,26 +44,34 @@ def rms_forward(x, weight, eps: float, one_plus: bool):
     return weight * (x32 * rstd).to(x.dtype), rstd
 
 
-def rms_backward(grad, x, weight, rstd, one_plus: bool):
-    """Input gradient and weight gradient of `rms_forward` (as `RMSNormFunction.backward`)."""
+def rms_backward(grad, x, weight, rstd, one_plus: bool, need_weight: bool = True):
+    """Input gradient and weight gradient (None unless `need_weight`) of `rms_forward` (as `RMSNormFunction.backward`)."""
     x32 = x.float()
-    normed32 = x32 * rstd
+    grad_weight = None
     if one_plus:
         grad32 = grad.float()
-        grad_weight = (grad32 * normed32).sum_to_size(weight.shape).to(weight.dtype)
+        if need_weight:
+            grad_weight = (grad32 * (x32 * rstd)).sum_to_size(weight.shape).to(weight.dtype)
         grad_normed32 = grad32 * (1.0 + weight.float())
     else:
-        grad_weight = (grad * normed32.to(x.dtype)).sum_to_size(weight.shape).to(weight.dtype)
+        if need_weight:
+            grad_weight = (grad * (x32 * rstd).to(x.dtype)).sum_to_size(weight.shape).to(weight.dtype)
         grad_normed32 = (grad * weight).to(x.dtype).float()
     dot = (grad_normed32 * x32).sum(-1, keepdim=True)
     grad_x = grad_normed32 * rstd - x32 * (rstd.pow(3) * dot / x32.shape[-1])
     return grad_x.to(x.dtype), grad_weight
 
 
-def gated_backward(grad_hidden, gate, up, silu: bool):
-    """Gradients of act(gate) * up for gate and up, and act(gate) * up itself (as `GatedMLPFunction.backward`)."""
-    activated = F.silu(gate) if silu else F.gelu(gate, approximate="tanh")
-    hidden = activated * up
+def activation(gate, silu: bool):
+    """act(gate) of a gated MLP: SiLU, or GELU with the tanh approximation."""
+    return F.silu(gate) if silu else F.gelu(gate, approximate="tanh")
+
+
+def gated_backward(grad_hidden, gate, up, silu: bool, need_hidden: bool = True):
+    """Gradients of act(gate) * up for gate and up, and act(gate) * up itself (None unless `need_hidden`;
+    as `GatedMLPFunction.backward`)."""
+    activated = activation(gate, silu)
+    hidden = activated * up if need_hidden else None
     grad_up = (grad_hidden * activated).to(up.dtype)
     grad_activated = (grad_hidden * up).to(gate.dtype)
     if silu:
@@ -76,52 +85,55 @@ EAGER = {"rms_forward": rms_forward, "rms_backward": rms_backward, "gated_backwa
 
 
 def kernel(name: str, probe: torch.Tensor):
-    """The compiled `name` where compiled kernels are on and `probe` is a CPU tensor, else the eager function."""
+    """The compiled `name` where compiled kernels are on and `probe` is a CPU tensor, else the eager function.
+
+    The eager functions skip the outputs their `need_*` flags decline; the compiled ones compute them all
+    (one graph per function, the one the warm-up built), and the caller drops what it does not need."""
     if _state["on"] and probe.device.type == "cpu":
         return _call_compiled(name)
     return EAGER[name]
 
 
 def _call_compiled(name: str):
-    def call(*args):
+    def call(*args, **flags):
         tensors = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]  # no requires_grad guards
         try:
             with torch.no_grad(), torch.autocast("cpu", enabled=False):  # one global state for the guards
-                return _compiled[name](*tensors)
+                return _compiled[name](*tensors)  # every output: `flags` keep their defaults (True)
         except Exception as error:  # noqa: BLE001 - a compiler failure must not end a training run
             _state.update(on=False, line=f"compiled kernels: off after an error ({type(error).__name__}: "
                                          f"{str(error).splitlines()[0] if str(error) else ''}); eager from then on")
-            return EAGER[name](*args)
+            return EAGER[name](*args, **flags)
     return call
 
 
-def wanted(setting, model, device: torch.device) -> bool:
-    """Whether `model.compiled_kernels` (true, false or auto) asks for compiled kernels on `device`."""
-    if setting is False or device.type != "cpu":
-        return False
-    if setting is True:
-        return True
-    hidden = getattr(getattr(model, "config", None), "hidden_size", None)
-    text_config = getattr(getattr(model, "config", None), "text_config", None)
-    hidden = hidden or getattr(text_config, "hidden_size", None) or 0
-    return hidden >= AUTO_MIN_HIDDEN
+def off_reason(setting, model, device: torch.device) -> str | None:
+    """Why `model.compiled_kernels` (true, false or auto) leaves the kernels off on `device`, or None."""
+    if setting is False:
+        return "model.compiled_kernels"
+    if device.type != "cpu":
+        return f"for CPU training; this run is on {device.type}"
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(getattr(config, "text_config", None), "hidden_size", 0)
+    if setting == "auto" and hidden < AUTO_MIN_HIDDEN:
+        return f"model.compiled_kernels: auto, hidden size under {AUTO_MIN_HIDDEN}"
+    return None
 
 
 def prepare_kernels(model, setting, device: torch.device, precision_context) -> str:
-    """Compile the kernels for `model`'s fused modules (when `wanted`) and return the log line.
+    """Compile the kernels for `model`'s fused modules (unless `off_reason` gives one) and return the log line.
 
     `precision_context()` is the training step's autocast context; the model's first fused RMSNorm and
     gated MLP run forward and backward once in it on a [2, 8, hidden] batch, and their parameters'
     gradients are cleared again."""
     from sftlab.models.fused import first_fused_modules
 
-    _state.update(on=False, line="compiled kernels: off (model.compiled_kernels)")
+    release()
     modules = first_fused_modules(model)
-    if not modules or not wanted(setting, model, device):
-        if modules and setting is not False and device.type != "cpu":
-            _state["line"] = f"compiled kernels: off (for CPU training; this run is on {device.type})"
-        elif modules and setting == "auto":
-            _state["line"] = f"compiled kernels: off (model.compiled_kernels: auto, hidden size under {AUTO_MIN_HIDDEN})"
+    reason = off_reason(setting, model, device)
+    if not modules or reason:
+        if modules:
+            _state["line"] = f"compiled kernels: off ({reason})"
         return _state["line"]
     started = time.perf_counter()
     try:
@@ -160,4 +172,4 @@ def status_line() -> str:
 
 def release() -> None:
     """Back to the eager code (the end of a run: the compiled kernels stay cached for the next one)."""
-    _state.update(on=False, line="compiled kernels: off (model.compiled_kernels)")
+    _state.update(on=False, line=_OFF)

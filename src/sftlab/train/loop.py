@@ -24,8 +24,8 @@ from typing import Callable
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.jemalloc import allocator_line
-from sftlab.models.attention import attention_line
 from sftlab.models import kernels
+from sftlab.models.attention import attention_line
 from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
