@@ -19,6 +19,7 @@ from pathlib import Path
 
 from sftlab.plan.memory import ModelShape, Workload, backprop_depth, estimate_memory
 from sftlab.plan.recommend import recommend
+from sftlab.train.precision import precision_line
 
 KINDS = ("full", "freeze", "lora", "auto")
 REAL_COUNT_MAX_BYTES = 2 * 1024**3
@@ -164,9 +165,11 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     rows = {kind: rows[kind] for kind in kinds}
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
     advice = recommend(rows, data["supervised"], total, thresholds, cfg.train.stage)
-    caveat = cpu_estimate_caveat(cfg.train.gradient_checkpointing) if memory["device"] == "cpu" else None
+    cpu = memory["device"] == "cpu"
+    caveat = cpu_estimate_caveat(cfg.train.gradient_checkpointing) if cpu else None
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
-            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice, "caveat": caveat}
+            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice, "caveat": caveat,
+            "precision_warning": precision_line(cfg, "cpu") if cpu else None}
 
 
 def cpu_estimate_caveat(checkpointing: bool | str) -> str:

@@ -59,8 +59,7 @@ def render_plan(plan: dict) -> str:
         parts.append("labels: " + ", ".join(f"{k} {v}" for k, v in data["label_distribution"].items()))
     parts.append(f"memory available: {human_bytes(memory['bytes'])} ({memory['device']}); estimates for the "
                  f"worst micro-batch: {work['batch']} rows x {work['seq']} tokens, {work['supervised']} supervised")
-    if plan.get("caveat"):
-        parts.append(plan["caveat"])
+    parts += [plan[key] for key in ("caveat", "precision_warning") if plan.get(key)]
     headers, lines = strategy_rows(plan)
     parts += ["", format_table(headers, lines), ""]
     per = [f"{kind} {row['supervised_per_trainable']:.3g}" for kind, row in plan["rows"].items()]

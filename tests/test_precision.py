@@ -1,0 +1,58 @@
+"""16-bit training on a CPU without 16-bit matmul hardware: the run log and `sftlab plan` say so."""
+
+import torch
+
+from sftlab.config import load_config
+from sftlab.plan.planner import build_plan
+from sftlab.plan.recommend import load_thresholds
+from sftlab.plan.table import render_plan
+from sftlab.train import precision
+from sftlab.train.precision import cpu_runs_in_hardware, precision_line
+
+from tests.test_plan import tiny_config
+
+
+def _config(tmp_path, **groups):
+    base = tiny_config(tmp_path, hidden=32)
+    for group, values in groups.items():
+        base[group] = {**base[group], **values}
+    return load_config(None, [], base=base)
+
+
+def test_hardware_check_is_onednns_own():
+    assert cpu_runs_in_hardware("bf16") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert cpu_runs_in_hardware("fp16") is bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def test_line_names_every_slow_setting_and_only_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
+    both = _config(tmp_path, train={"precision": "bf16"}, model={"dtype": "bfloat16"})
+    line = precision_line(both, torch.device("cpu"))
+    assert line.startswith("warning: train.precision: bf16 and model.dtype: bfloat16 on a CPU without 16-bit")
+    assert "train.precision: fp32 and model.dtype: float32 are faster here" in line and "\n" not in line
+    assert precision_line(both, "cuda:0") is None and precision_line(both, torch.device("cuda", 1)) is None
+    half = _config(tmp_path, model={"dtype": "float16"})
+    assert precision_line(half, "cpu").startswith("warning: model.dtype: float16 on a CPU")
+    assert precision_line(_config(tmp_path), "cpu") is None  # fp32 has hardware everywhere
+
+
+def test_no_line_where_the_cpu_has_the_instructions(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: seen.append(kind) or kind == "bf16")
+    assert precision_line(_config(tmp_path, train={"precision": "bf16"}, model={"dtype": "bfloat16"}), "cpu") is None
+    assert seen == ["bf16", "bf16"]
+    assert "model.dtype: float16" in precision_line(_config(tmp_path, model={"dtype": "float16"}), "cpu")
+
+
+def test_plan_and_training_log_carry_the_warning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
+    cfg = _config(tmp_path, train={"precision": "bf16", "max_steps": 1})
+    plan = build_plan(cfg, None, load_thresholds(), ("full", "lora"))
+    assert plan["precision_warning"] == precision_line(cfg, "cpu")
+    assert plan["precision_warning"] in render_plan(plan).splitlines()
+    from sftlab.train import run_training
+
+    run_training(cfg, show_progress=False)
+    assert precision_line(cfg, "cpu") in capsys.readouterr().err.splitlines()
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
+    assert build_plan(cfg, None, load_thresholds(), ("full",))["precision_warning"] is None
