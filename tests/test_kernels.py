@@ -3,7 +3,11 @@ setup, and fall back to the eager code when compiling fails."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from contextlib import nullcontext
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +156,34 @@ def test_a_training_run_logs_them_and_turns_them_off_at_cleanup(tmp_path, capsys
     run_training(cfg, show_progress=False, callbacks=[lambda step, loss: on_at_each_step.append(kernels._state["on"])])
     assert "compiled kernels: RMSNorm and gated MLP, ready in " in capsys.readouterr().err
     assert on_at_each_step == [True, True] and not kernels._state["on"]
+
+
+def test_the_compile_cache_goes_under_sftlab_home_unless_inductors_own_variable_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("SFTLAB_HOME", str(tmp_path))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "set-before")  # recorded, so the test leaves it as it found it
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.setattr(kernels, "_compiled", {})
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: seen.append(
+        os.environ.get("TORCHINDUCTOR_CACHE_DIR")) or function)
+    prepared_tiny_model("qwen2")
+    assert seen == [str(tmp_path / "inductor")] * len(kernels.EAGER)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setattr(kernels, "_compiled", {})
+    prepared_tiny_model("qwen2")
+    assert seen[len(kernels.EAGER):] == [str(tmp_path / "mine")] * len(kernels.EAGER)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing torch._dynamo sets
+    kernels.use_sftlab_cache_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+
+
+@pytest.mark.slow
+def test_a_real_compile_writes_its_cache_under_sftlab_home(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    code = "from tests.test_kernels import prepared_tiny_model; print(prepared_tiny_model('qwen2')[1])"
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "SFTLAB_HOME": str(tmp_path)}, text=True,
+                          capture_output=True, cwd=Path(__file__).resolve().parents[1], timeout=600)
+    assert "compiled kernels: RMSNorm and gated MLP, ready in " in done.stdout, done.stderr[-2000:]
+    assert list((tmp_path / "inductor").rglob("*.so")), "no compiled library in $SFTLAB_HOME/inductor"

@@ -16,17 +16,22 @@ value (`tests/test_kernels.py`).
 
 `prepare_kernels` compiles them once at setup, before the clock of any training step, by running the
 model's own first fused modules on a small batch in the training precision (W1 on 2 cores: about 12 s the first time on
-a machine, about 3 s once Inductor's cache holds them). They are then used for every call on the CPU with
+a machine, about 3 s once Inductor's cache holds them). That cache lives in `$SFTLAB_HOME/inductor`
+(`~/.cache/sftlab/inductor`) unless `TORCHINDUCTOR_CACHE_DIR` says otherwise, not in Inductor's default under
+/tmp, which many systems empty at boot. They are then used for every call on the CPU with
 gradients; other calls (eval, generation, a GPU) run the eager code. Should compiling fail (no C++
 compiler, say), the run goes on eagerly and the log says why.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
 import torch.nn.functional as F
+
+from sftlab.models.load import sftlab_home
 
 _OPTIONS = {"emulate_precision_casts": True}
 AUTO_MIN_HIDDEN = 256  # `auto` compiles for models at least this wide; below, compiling outlasts the steps it speeds up
@@ -136,6 +141,7 @@ def prepare_kernels(model, setting, device: torch.device, precision_context) -> 
             _state["line"] = f"compiled kernels: off ({reason})"
         return _state["line"]
     started = time.perf_counter()
+    use_sftlab_cache_dir()
     try:
         for name, function in EAGER.items():
             _compiled.setdefault(name, torch.compile(function, dynamic=True, options=_OPTIONS))
@@ -147,6 +153,21 @@ def prepare_kernels(model, setting, device: torch.device, precision_context) -> 
     if _state["on"]:
         _state["line"] = f"compiled kernels: RMSNorm and gated MLP, ready in {time.perf_counter() - started:.1f} s"
     return _state["line"]
+
+
+def use_sftlab_cache_dir() -> None:
+    """Point Inductor's cache at `$SFTLAB_HOME/inductor` unless the user chose a directory of their own.
+
+    Inductor reads `TORCHINDUCTOR_CACHE_DIR` at every compile and writes its default (under /tmp) into it
+    the first time it looks, which importing `torch._dynamo` already does; so a value equal to that default
+    counts as not chosen."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch layout: only an unset variable is ours to set
+        default_cache_dir = None
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or (default_cache_dir and os.path.abspath(current) == os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(sftlab_home() / "inductor")
 
 
 def _warm_up(modules, precision_context) -> None:
