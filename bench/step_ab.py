@@ -16,7 +16,8 @@ under bf16 autocast, the fused head loss), `bf16-weights` (model.dtype bfloat16:
 weights in AdamW), `bf16-weights-eager` (the same with the compiled kernels off), `unfused-head` (autocast, the
 checkpointed per-chunk head instead of the fused one), `compiled` (autocast, each decoder layer
 `torch.compile`d). In fp32 (no autocast): `fp32`, `fp32-selective` (train.gradient_checkpointing:
-selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`.
+selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`, `fp32-eager` (the
+compiled element-wise kernels off).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR / "_peers"))
 
-VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "unfused-head", "compiled", "fp32", "fp32-selective",
-            "fp32-checkpointed", "fp32-compiled")
+VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "unfused-head", "compiled", "fp32", "fp32-eager",
+            "fp32-selective", "fp32-checkpointed", "fp32-compiled")
 
 
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:

@@ -3,7 +3,7 @@
 Over a CPU training run glibc's malloc keeps more memory than the live tensors need (freed blocks of
 varying sizes fragment its heap); jemalloc with its decay turned off (and every large allocation served
 from its oversize arena) keeps the speed at a lower peak
-(docs/benchmarks.md). A library replaces malloc only when the dynamic loader maps it before the program
+(docs/speed-work.md). A library replaces malloc only when the dynamic loader maps it before the program
 starts (LD_PRELOAD), so the choice is made before anything else:
 
 - `resolve_allocator(setting)`: auto = jemalloc when `find_jemalloc()` finds it (Linux only), else the

@@ -22,7 +22,9 @@ class ModelConfig(_Strict):
     path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights; "
                                                                     "trained bf16/fp16 weights get fp32 master copies in AdamW "
-                                                                    "(with train.precision=bf16, bfloat16 is faster and lighter on CPU)")
+                                                                    "(with train.precision=bf16, bfloat16 is faster and lighter on CPUs "
+                                                                    "with AMX or AVX-512 BF16; elsewhere 16-bit matmuls have no "
+                                                                    "hardware and the run log warns)")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["auto", "sdpa", "eager", "matmul"] = Field(
@@ -38,7 +40,8 @@ class ModelConfig(_Strict):
     compiled_kernels: bool | Literal["auto"] = Field(
         "auto", description="in CPU training with model.fused_layers, run the fused RMSNorm (forward and backward) "
         "and the gated MLP's backward as kernels compiled by torch.compile at setup (a C++ compiler is needed; "
-        "about 12 s the first time on a machine, about 3 s from Inductor's cache (W1, 2 cores)), else eagerly: the gated MLP's "
+        "W1 on 2 cores: 12-18 s the first time on a machine, about 3 s from the compile cache in $SFTLAB_HOME/inductor), "
+        "else eagerly: the gated MLP's "
         "gradients are bit-identical with SiLU (with tanh GELU the gate's differs by one bf16 ulp in about 2 elements "
         "in 10,000), about 1 element in 100,000 of the RMSNorm's output and input gradient differs, by "
         "less than one bf16 ulp of its row's largest value (its row sums are added in another order); auto: on for models with a hidden size of 256 or more "
@@ -149,21 +152,23 @@ class TrainConfig(_Strict):
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU (AMX) or GPU")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 = autocast on CPU or GPU; on a CPU "
+                                                     "without AMX or AVX-512 BF16 its matmuls have no hardware (about "
+                                                     "100x slower than fp32 on Zen 3) and the run log and sftlab plan warn")
     gradient_checkpointing: bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
         "memory, one extra forward) or selective (keep matmul and attention outputs, recompute the element-wise rest: "
         "on the W1 benchmark in fp32 a fifth less peak memory at about the same speed; in bf16, where the recomputed "
-        "element-wise work weighs more, 14% less memory and 20% slower, about as slow as true; docs/benchmarks.md)")
+        "element-wise work weighs more, 14% less memory and 20% slower, about as slow as true; docs/speed-work.md)")
     keep_freed_memory: bool = Field(
         True, description="keep memory freed during training in the process for the next step (glibc malloc "
         "thresholds raised; restored after the run) instead of faulting fresh pages in for every large tensor: "
-        "W1 bf16 steps 1.8-1.9 s instead of 1.9-2.4 s, same peak memory (docs/benchmarks.md); no effect without glibc")
+        "W1 bf16 steps 1.8-1.9 s instead of 1.9-2.4 s, same peak memory (docs/speed-work.md); no effect without glibc")
     allocator: Literal["auto", "jemalloc", "system"] = Field(
         "auto", description="malloc of the training process: auto = jemalloc where its shared library is found "
         "(sftlab train then re-runs itself with it preloaded), else the system malloc; jemalloc = required; "
         "system = never preload. On CPU, jemalloc trained at the same speed with less peak memory "
-        "(docs/benchmarks.md); the run log names the allocator in use")
+        "(docs/speed-work.md); the run log names the allocator in use")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
     save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")

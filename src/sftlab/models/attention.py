@@ -13,7 +13,7 @@ grouped-query heads against their shared key/value head without repeating it, an
 blocks of `QUERY_BLOCK`, each against only the keys some query of the block may see (`key_ranges`: none
 after the block under a causal mask, none before the block's sample in a packed row). One W1 layer (8
 packed rows of 512 tokens, 8 query and 2 key/value heads of 64, bf16, 2 threads): 20 ms forward +
-backward instead of sdpa's 78 ms (docs/benchmarks.md).
+backward instead of sdpa's 78 ms (docs/speed-work.md).
 
 The key ranges and each block's mask bias are built once per mask tensor (`_mask_parts`: the first
 layer's forward builds them, the other layers and every backward reuse them). All blocks' biases
@@ -25,7 +25,7 @@ For backward a call keeps its blocks' probabilities when together they take at m
 blocks (the size of the queries) and recomputes each block's probabilities in backward, one block at a
 time (one more q k^T matmul, bias add and softmax per block). On the AMX box keeping them made one W1
 layer's attention 19.0 ms forward + backward instead of 26.6 ms and a W1 step 7.7% faster, for about 160 MiB
-more per step (docs/benchmarks.md, eighth round).
+more per step (docs/speed-work.md, eighth round).
 
 Calls whose full [queries x keys] probabilities would exceed `MAX_PROBS_BYTES` (long rows, where the
 blocks themselves grow large), and every call it does not cover (no gradient, dropout, soft-capping,

@@ -9,7 +9,7 @@ cores) that was 50,000-160,000 page faults and 0.1-0.7 s of system time in a 1.9
 `keep_freed_memory` raises the mmap threshold to 1 GiB and the trim threshold to 2 GiB
 (`train.keep_freed_memory`, on by default), so blocks freed in one step stay in the heap for the
 next: the same steps then took 1.82-1.89 s with no page faults, and peak RSS was unchanged (2.46 vs 2.45 GiB;
-docs/benchmarks.md). `restore_default_thresholds` puts glibc's default thresholds back and returns
+docs/speed-work.md). `restore_default_thresholds` puts glibc's default thresholds back and returns
 the free heap to the kernel (`malloc_trim`); the training loop's cleanup calls it. Elsewhere than Linux
 with glibc both do nothing and say so by returning False. In a process on jemalloc (`train.allocator`,
 `sftlab.jemalloc`) they act on glibc's malloc, which jemalloc has replaced (harmless); the run log names

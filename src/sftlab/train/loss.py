@@ -24,7 +24,7 @@ IGNORE_INDEX = -100
 HEAD_CHUNK = 1024
 FUSED_CHUNK_BYTES = 64 * 2**20  # sizes a chunk's rows as this many bytes of logits in the matmul dtype (W1 in bf16:
 # 2,048 rows after ROW_ALIGN, its whole step in one or two chunks; a W1 step 4.6% faster than at 262 rows on AMX, where the
-# weight-gradient matmul and its fp32 accumulation dominate thin chunks; docs/benchmarks.md, eighth round)...
+# weight-gradient matmul and its fp32 accumulation dominate thin chunks; docs/speed-work.md, eighth round)...
 MIN_FUSED_ROWS = 256  # ...unless that is fewer rows than this (a 262k vocabulary: 128 MiB in bf16)
 ROW_ALIGN = 256  # chunks are a multiple of this many rows (a shorter last one padded with zero rows): oneDNN builds
 # a matmul kernel for every new shape (29 ms for a [rows x 16k] @ [16k x 512] on AMX), and the supervised count

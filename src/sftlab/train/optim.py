@@ -2,7 +2,7 @@
 
 Biases and normalisation weights (every parameter with fewer than 2 dimensions) get no weight decay.
 AdamW runs with the fused kernel (CUDA and CPU; on the benchmark's CPU it took a third of the foreach
-kernel's time per step, docs/benchmarks.md) and falls back to foreach on other devices.
+kernel's time per step, docs/speed-work.md) and falls back to foreach on other devices.
 
 Trainable parameters held in bf16/fp16 (`model.dtype: bfloat16`) get fp32 master copies
 (`MasterWeightAdamW`): AdamW updates the fp32 copies from the low-precision gradients and copies them
@@ -54,7 +54,7 @@ class MasterWeightAdamW(torch.optim.AdamW):
         `torch.nn.utils.clip_grad_norm_` would (coefficient max_norm / (norm + 1e-6) when below 1); returns
         the norm before clipping. The fused AdamW kernel divides the fp32 master gradients by the
         coefficient's inverse (its `grad_scale`), so the bf16 gradients are not rescaled in place: on W1
-        that pass over every gradient took 17 of the 27 ms torch's clipping took (docs/benchmarks.md,
+        that pass over every gradient took 17 of the 27 ms torch's clipping took (docs/speed-work.md,
         eighth round)."""
         grads = [param.grad for params in self.model_params for param in params if param.grad is not None]
         norms = [torch.linalg.vector_norm(grad, dtype=torch.float32) for grad in grads]  # fp32 even for bf16 ones
