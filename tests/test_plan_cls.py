@@ -27,12 +27,24 @@ def test_cls_plan_reports_labels_and_examples(tmp_path):
     assert "labels: neg 4, pos 8" in text and "supervised examples per trainable parameter" in text
 
 
-def test_cpu_plans_say_how_their_estimates_were_calibrated(tmp_path):
-    assert "30-59% under" in cpu_estimate_caveat(True) and "30-59% under" in cpu_estimate_caveat("selective")
-    assert "checkpointing" not in cpu_estimate_caveat(False) and "glibc's resident memory" in cpu_estimate_caveat(False)
+def test_cpu_plans_say_how_their_estimates_were_calibrated(monkeypatch):
+    from sftlab.plan import planner
+
+    assert "this run would use the system malloc" in cpu_estimate_caveat("system")
+    monkeypatch.setattr(planner, "resolve_allocator", lambda setting: "/lib/libjemalloc.so.2")
+    assert cpu_estimate_caveat("auto").startswith("memory estimates are calibrated on jemalloc's resident memory, "
+                                                  "which sftlab train runs on here")
+    monkeypatch.setattr(planner, "resolve_allocator", lambda setting: None)
+    assert "9-58% above them" in cpu_estimate_caveat("auto")
+
+    def missing(setting):
+        raise planner.SftlabError("train.allocator=jemalloc: no jemalloc library found")
+
+    monkeypatch.setattr(planner, "resolve_allocator", missing)
+    assert "this run would use the system malloc" in cpu_estimate_caveat("jemalloc")
     plan = {"model": "m", "stage": "sft", "memory": {"bytes": 2**30, "device": "cpu"},
-            "workload": {"batch": 1, "seq": 8, "supervised": 4}, "caveat": cpu_estimate_caveat(True),
+            "workload": {"batch": 1, "seq": 8, "supervised": 4}, "caveat": cpu_estimate_caveat("system"),
             "data": {"examples": 1, "validation_examples": 0, "tokens": 8, "supervised": 4, "supervised_unit": "tokens",
                      "supervised_per_parameter": 0.1},
             "rows": {}, "recommendation": {"kind": "lora", "reasons": []}}
-    assert cpu_estimate_caveat(True) in render_plan(plan).splitlines()
+    assert cpu_estimate_caveat("system") in render_plan(plan).splitlines()

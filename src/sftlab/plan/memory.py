@@ -42,10 +42,9 @@ one block's element-wise work is rebuilt at a time. The head's float32 logits
 most `sftlab.train.loss.HEAD_CHUNK` of them at once when there are more (the loss recomputes
 chunks). The constants were calibrated against the
 measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`,
-resident memory under glibc's malloc) and are per-tensor counts, so they scale with the widths and depth
-of models of the same families. Those for runs without checkpointing also carry glibc's spare memory
-(about as much again as is live); the checkpointed terms follow the live heap, so they come out low
-against glibc's resident peak (docs/planner.md).
+resident memory under jemalloc, which `sftlab train` runs on by default and whose resident memory stays
+near the live heap) and are per-tensor counts, so they scale with the widths and depth of models of the
+same families. Under glibc's malloc resident peaks run higher (docs/planner.md).
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
-HIDDEN_SAVED = 24.0
-INTERMEDIATE_SAVED = 6.0
+HIDDEN_SAVED = 18.0
+INTERMEDIATE_SAVED = 4.0
 ATTENTION_SAVED = 3.0
 MATMUL_ATTENTION_REBUILT = 1.0  # matmul attention: its backward holds about one layer's probabilities (a block's and their gradients)
 DROPOUT_SAVED = 1.25

@@ -17,6 +17,8 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from sftlab.errors import SftlabError
+from sftlab.jemalloc import resolve_allocator
 from sftlab.plan.memory import ModelShape, Workload, backprop_depth, estimate_memory
 from sftlab.plan.recommend import recommend
 from sftlab.train.precision import precision_line
@@ -166,19 +168,25 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
     advice = recommend(rows, data["supervised"], total, thresholds, cfg.train.stage)
     cpu = memory["device"] == "cpu"
-    caveat = cpu_estimate_caveat(cfg.train.gradient_checkpointing) if cpu else None
+    caveat = cpu_estimate_caveat(cfg.train.allocator) if cpu else None
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
             "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice, "caveat": caveat,
             "precision_warning": precision_line(cfg, "cpu") if cpu else None}
 
 
-def cpu_estimate_caveat(checkpointing: bool | str) -> str:
-    """The line `sftlab plan` prints under CPU memory estimates: how they were calibrated (docs/planner.md)."""
-    text = ("memory estimates are calibrated on glibc's resident memory: on jemalloc, which sftlab train uses "
-            "where it finds it, peaks run lower")
-    if checkpointing:
-        text += "; with gradient checkpointing they ran 30-59% under glibc's measured peaks"
-    return text + " (docs/planner.md; --check measures this run)"
+def cpu_estimate_caveat(allocator: str) -> str:
+    """The line `sftlab plan` prints under CPU memory estimates: the malloc they were calibrated on, and
+    whether a run with `train.allocator` = `allocator` would be on it here (docs/planner.md)."""
+    try:
+        jemalloc = resolve_allocator(allocator) is not None
+    except SftlabError:  # train.allocator=jemalloc without the library: sftlab train says so when it starts
+        jemalloc = False
+    if jemalloc:
+        return ("memory estimates are calibrated on jemalloc's resident memory, which sftlab train runs on here "
+                "(docs/planner.md; --check measures this run)")
+    return ("memory estimates are calibrated on jemalloc's resident memory; this run would use the system malloc "
+            "(train.allocator, or no jemalloc library found), whose peaks ran 9-58% above them "
+            "(docs/planner.md; --check measures this run)")
 
 
 def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool) -> None:
@@ -190,7 +198,7 @@ def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bo
     for kind, result in zip(kinds, run_probe([configs[kind] for kind in kinds], steps, base_dir)):
         row = rows[kind]
         row["probe"] = {"step_seconds": median(result["step_seconds"]), "peak_bytes": result["peak_bytes"],
-                        "device": result["device"], "trainable": result["trainable"]}
+                        "device": result["device"], "trainable": result["trainable"], "allocator": result["allocator"]}
         if check and result["peak_bytes"]:
             measured = result["peak_bytes"]
             row["probe"]["estimate_error"] = (row["estimate"]["total"] - measured) / measured

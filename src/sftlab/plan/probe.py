@@ -11,7 +11,8 @@ training rows (the worst-case step, which is what the estimate describes).
 
 Memory is measured from a baseline taken after a warm-up (`warm_up`): the session is built once and
 one step is run (so libraries, kernels and lazily imported modules are in memory), everything is
-released (`malloc_trim`), the baseline is read, and the session is built again. On CPU the peak is the
+released (`malloc_trim`; under jemalloc, `purge_jemalloc`), the baseline is read, and the session is built
+again. The probe process runs on jemalloc where `sftlab train` would (`probe_environment`, `train.allocator`). On CPU the peak is the
 process's resident high-water mark (`VmHWM` in /proc/self/status, reset through
 /proc/self/clear_refs after the session is built) minus the baseline; on CUDA it is
 `torch.cuda.max_memory_allocated()` minus the memory allocated at the baseline. Where neither is
@@ -44,7 +45,7 @@ def run_probe(configs: list, steps: int = 3, base_dir: str | Path | None = None,
     """
     request = {"configs": [cfg.model_dump(mode="json") for cfg in configs], "steps": steps,
                "base_dir": str(base_dir) if base_dir is not None else None}
-    env = dict(os.environ)
+    env = probe_environment(configs[0].train.allocator, os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
     kinds = ",".join(cfg.strategy.kind for cfg in configs)
@@ -63,6 +64,14 @@ def run_probe(configs: list, steps: int = 3, base_dir: str | Path | None = None,
     return results
 
 
+def probe_environment(allocator: str, environ) -> dict[str, str]:
+    """The probe process's environment: on jemalloc exactly where `sftlab train` would run on it (`train.allocator`)."""
+    from sftlab.jemalloc import exec_environment, resolve_allocator
+
+    library = resolve_allocator(allocator)
+    return exec_environment(library, environ) if library else dict(environ)
+
+
 def _proc_status() -> dict[str, int]:
     values: dict[str, int] = {}
     with open("/proc/self/status", encoding="ascii") as handle:
@@ -71,6 +80,23 @@ def _proc_status() -> dict[str, int]:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) * 1024
     return values
+
+
+def purge_jemalloc() -> bool:
+    """Under jemalloc (preloaded, as `sftlab train` runs), hand its freed pages back to the kernel; else False.
+
+    sftlab runs jemalloc with decay off (`sftlab.jemalloc.MALLOC_CONF`), so it never returns freed pages by
+    itself: without this, the warm-up's pages would stay resident and the measured step would reuse them."""
+    import ctypes
+
+    from sftlab.jemalloc import loaded_jemalloc
+
+    if not loaded_jemalloc():
+        return False
+    mallctl = ctypes.CDLL(None).mallctl  # the preloaded library's, found through the global symbols
+    for name in (b"thread.tcache.flush", b"arena.4096.purge"):  # 4096: MALLCTL_ARENAS_ALL
+        mallctl(name, None, None, None, ctypes.c_size_t(0))
+    return True
 
 
 class PeakMeter:
@@ -92,6 +118,7 @@ class PeakMeter:
             import ctypes
 
             ctypes.CDLL("libc.so.6").malloc_trim(0)
+        purge_jemalloc()
 
     def set_baseline(self) -> None:
         self.release()
@@ -154,6 +181,7 @@ def measure(cfg, steps: int, base_dir: Path | None) -> dict:
     """Warm up, take the baseline, build the session again and time `steps` worst-case optimizer steps."""
     import torch
 
+    from sftlab.jemalloc import loaded_jemalloc
     from sftlab.plan.memory import ModelShape, backprop_depth
     from sftlab.train.loop import cleanup, optimizer_step
     from sftlab.train.setup import build_session
@@ -179,6 +207,7 @@ def measure(cfg, steps: int, base_dir: Path | None) -> dict:
                   "shape": asdict(ModelShape.from_model(model)), "depth": backprop_depth(model, session.trainable.names),
                   "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                   "step_seconds": seconds, "peak_bytes": peak, "device": "cuda" if meter.cuda else "cpu",
+                  "allocator": "jemalloc" if loaded_jemalloc() else "system malloc",
                   "workload": worst_case_workload(session.prepared, session.collate, cfg.train)}
         cleanup(session)
     return result
