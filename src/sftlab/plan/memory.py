@@ -37,10 +37,11 @@ units of the activation size): on the attention scores (attention dropout) and o
 branches of every block (hidden dropout, as in gpt2 and bert). With gradient checkpointing only each
 block's input is kept, and one block's activations are rebuilt at a time; with selective checkpointing
 each block keeps the outputs of its matmuls and attention (`SELECTIVE_*_SAVED` tensors per token) and
-one block's element-wise work is rebuilt at a time. The head's float32 logits
-(`LOGIT_COPIES` copies: logits, their softmax and its gradient) cover the supervised positions, at
-most `sftlab.train.loss.HEAD_CHUNK` of them at once when there are more (the loss recomputes
-chunks). The constants were calibrated against the
+one block's element-wise work is rebuilt at a time. The head's logits
+(`LOGIT_COPIES` copies: logits, their softmax and its gradient) cover the supervised positions, one
+chunk at a time: the fused head loss's (`head_chunk_rows`: about 64 MiB, at least 256 rows; W2's
+262k-token head in fp32 256 rows), in the matmul dtype, plus a trainable head's fp32 weight gradient, or
+`sftlab.train.loss.HEAD_CHUNK` positions in float32 for other heads (the loss recomputes chunks). The constants were calibrated against the
 measured peaks of the tiny llama / qwen2 / gemma3 / gpt2 test models on CPU (`sftlab plan --check`,
 resident memory under jemalloc, which `sftlab train` runs on by default and whose resident memory stays
 near the live heap) and are per-tensor counts, so they scale with the widths and depth of models of the
@@ -82,6 +83,9 @@ class ModelShape:
     fused_norms: bool = False  # model.fused_layers: the RMSNorms keep only their input
     fused_mlp: bool = False  # ... and the gated MLPs act(gate) * up only for their down projection
     fused_mlp_down: bool = False  # ... or nothing more, when that projection is folded in (not LoRA-wrapped)
+    fused_head: bool = False  # a bias-free linear head: sftlab.train.loss.FusedHeadLoss, chunks of head_chunk_rows
+    head_softcap: bool = False  # final logit soft-capping: the fused loss's chunks are half as many rows
+    head_trainable: bool = False  # the fused loss then holds the head's weight gradient through backward
 
     @classmethod
     def from_model(cls, model) -> "ModelShape":
@@ -103,7 +107,19 @@ class ModelShape:
                                                            "attention_dropout")),
                    hidden_dropout=_first_float(config, ("resid_pdrop", "hidden_dropout_prob", "hidden_dropout")),
                    fused_norms=fused["rmsnorm"] > 0, fused_mlp=fused["gated_mlp"] > 0,
-                   fused_mlp_down=fused_down_projections(model) > 0)
+                   fused_mlp_down=fused_down_projections(model) > 0, **_head_flags(model, config))
+
+
+def _head_flags(model, config) -> dict[str, bool]:
+    """Whether the causal LM's output head runs through the fused head loss, soft-capped, and trainable."""
+    from sftlab.train.loss import _fusable
+
+    get_head = getattr(_unwrap(model), "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None:
+        return {}
+    return {"fused_head": _fusable(head), "head_softcap": bool(getattr(config, "final_logit_softcapping", None)),
+            "head_trainable": any(p.requires_grad for p in head.parameters())}
 
 
 def _first_int(config, names: tuple[str, ...], default: int) -> int:
@@ -230,13 +246,25 @@ def matmul_attention_kept_bytes(shape: ModelShape, work: Workload) -> int:
 
 
 def head_activation_bytes(shape: ModelShape, work: Workload) -> int:
-    """Float32 logits (and their softmax / gradient) over the supervised positions, chunked as the loss does."""
-    from sftlab.train.loss import HEAD_CHUNK
+    """The output head's logits (and their softmax / gradient) over the supervised positions, chunked as the loss does.
+
+    The fused head loss (`shape.fused_head`) works on one chunk of `head_chunk_rows` rows at a time in the
+    matmul dtype (half as many rows under soft-capping) and, for a trainable head, holds its fp32 weight
+    gradient and one chunk's product of the weight's size through backward; the other path keeps float32
+    logits, `HEAD_CHUNK` positions at a time."""
+    from sftlab.train.loss import HEAD_CHUNK, head_chunk_rows
 
     if shape.classifier:  # a few logits per row
         return 0
     positions = work.supervised if work.supervised is not None else work.batch * max(work.seq - 1, 1)
-    return int(LOGIT_COPIES * min(positions, HEAD_CHUNK) * shape.vocab * 4)
+    if not shape.fused_head:
+        return int(LOGIT_COPIES * min(positions, HEAD_CHUNK) * shape.vocab * 4)
+    rows = head_chunk_rows(shape.vocab, work.activation_bytes)
+    rows = max(1, rows // 2) if shape.head_softcap else rows
+    kept = LOGIT_COPIES * min(positions, rows) * shape.vocab * work.activation_bytes
+    if shape.head_trainable:
+        kept += shape.vocab * shape.hidden * (4 + work.activation_bytes)
+    return int(kept)
 
 
 def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int, depth: int,
