@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from sftlab.cli import main
 from sftlab.models.tiny import save_tiny
 from sftlab.policy.db import Push, open_db
-from sftlab.policy.demo import DemoPlan, run_demo
+from sftlab.policy.demo import FULL, QUICK, DemoPlan, plan_for_this_machine, run_demo
 from sftlab.policy.simulate import WorldSpec
 
 
@@ -85,3 +86,18 @@ def test_demo_end_to_end_on_a_tiny_model(tiny_dir, tmp_path):
         pushed = conn.execute(select(Push.enterprise_id, Push.model_version)).all()
     assert len(pushed) == outcome["pushes"].pushes_written and all(v == str(outcome["run_dir"]) for _, v in pushed)
     assert {e for e, _ in pushed} <= {f"E{i:06d}" for i in range(1, 9)}
+
+
+def test_the_demo_trains_in_fp32_where_the_cpu_has_no_bf16_instructions(monkeypatch):
+    from sftlab.train import precision
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
+    plan, note = plan_for_this_machine(QUICK)
+    assert QUICK.precision == "bf16" and plan == replace(QUICK, precision="fp32")
+    assert note == "this CPU has no bf16 matmul instructions (no AMX or AVX-512 BF16): running in fp32 instead of bf16"
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
+    assert plan_for_this_machine(FULL) == (FULL, None)
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert plan_for_this_machine(FULL) == (FULL, None)  # a GPU trains bf16 whatever the CPU

@@ -74,6 +74,15 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
     })
 
 
+def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
+    """`plan` in fp32 instead of bf16 where training runs on a CPU without bf16 matmul instructions (about 100x
+    slower there, `sftlab.train.precision`), and the line saying so; else `plan` unchanged and None."""
+    from sftlab.train.precision import precision_for_this_machine
+
+    precision, note = precision_for_this_machine(plan.precision)
+    return replace(plan, precision=precision), note
+
+
 def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None = None,
              log: Callable[[str], None] = print) -> dict:
     """Run the whole application; returns {"results", "report", "run_dir", "pushes", "seconds"}."""
@@ -85,7 +94,9 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     from sftlab.policy.simulate import simulate, write_world
     from sftlab.train.loop import run_training
 
-    plan = plan or (QUICK if quick else FULL)
+    plan, precision_note = plan_for_this_machine(plan or (QUICK if quick else FULL))
+    if precision_note:
+        log(precision_note)
     started = time.monotonic()
     clock = lambda: f"[{time.monotonic() - started:4.0f} s]"  # noqa: E731
     work = Path(workdir).expanduser().resolve()

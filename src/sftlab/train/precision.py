@@ -44,3 +44,13 @@ def precision_line(cfg, device) -> str | None:
     return (f"warning: {' and '.join(slow)} on a CPU without 16-bit matmul instructions (no AMX or AVX-512 "
             "BF16/FP16): its matmuls run without hardware support (about 100x slower than fp32 on AMD Zen 3); "
             "train.precision: fp32 and model.dtype: float32 are faster here")
+
+
+def precision_for_this_machine(wanted: str) -> tuple[str, str | None]:
+    """`wanted` ('fp32' or 'bf16'), or 'fp32' and the reason when `wanted` is bf16 and training would run on a
+    CPU without bf16 matmul instructions (no CUDA device); for the demos, which ask for bf16."""
+    import torch
+
+    if wanted != "bf16" or torch.cuda.is_available() or cpu_runs_in_hardware("bf16"):
+        return wanted, None
+    return "fp32", "this CPU has no bf16 matmul instructions (no AMX or AVX-512 BF16): running in fp32 instead of bf16"
