@@ -18,8 +18,8 @@ def test_demo_without_the_policy_part_writes_model_metrics_and_report(tmp_path, 
     tiny = save_tiny("qwen2", tmp_path / "tiny-qwen2")
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--model", str(tiny), "--steps", "2", "--no-policy"]) == 0
-    printed = capsys.readouterr().out
-    assert "[demo] this CPU has no bf16 matmul instructions (no AMX or AVX-512 BF16): running in fp32" in printed
+    printed, logged = capsys.readouterr()
+    assert "precision: auto -> fp32 (this CPU has no bf16 matmul instructions)" in logged.splitlines()
     run = out / "banking"
     assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["train"]["precision"] == "fp32"
     assert (run / "model" / "config.json").is_file() and (run / "model" / "model.safetensors").is_file()
@@ -29,11 +29,21 @@ def test_demo_without_the_policy_part_writes_model_metrics_and_report(tmp_path, 
     assert f"[demo] fine-tuned model:  {run / 'model'}" in printed
 
 
-def test_demo_keeps_bf16_where_the_cpu_has_it(tmp_path, monkeypatch):
-    from sftlab.demo import banking_config
+def test_auto_precision_is_bf16_only_where_the_machine_has_it(tmp_path, monkeypatch):
+    from sftlab.config import load_config
+    from sftlab.train.precision import resolve_precision
 
+    from tests.test_plan import tiny_config
+
+    cfg = load_config(None, ["train.precision=auto"], base=tiny_config(tmp_path, hidden=32))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
-    assert precision.precision_for_this_machine("bf16") == ("bf16", None)
-    assert precision.precision_for_this_machine("fp32") == ("fp32", None)
-    assert banking_config("m", tmp_path / "run", 3).train.precision == "bf16"
+    resolved, line = resolve_precision(cfg)
+    assert resolved.train.precision == "bf16" and cfg.train.precision == "auto"
+    assert line == "precision: auto -> bf16 (this CPU runs bf16 matmuls in hardware)"
+    assert resolved.model == cfg.model and resolved.train.batch_size == cfg.train.batch_size
+    fixed = load_config(None, ["train.precision=bf16"], base=tiny_config(tmp_path, hidden=32))
+    assert resolve_precision(fixed) == (fixed, None)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
+    assert resolve_precision(cfg)[1] == "precision: auto -> fp32 (this GPU has no bf16 matmul instructions)"

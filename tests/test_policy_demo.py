@@ -94,10 +94,13 @@ def test_the_demo_trains_in_fp32_where_the_cpu_has_no_bf16_instructions(monkeypa
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
     plan, note = plan_for_this_machine(QUICK)
-    assert QUICK.precision == "bf16" and plan == replace(QUICK, precision="fp32")
-    assert note == "this CPU has no bf16 matmul instructions (no AMX or AVX-512 BF16): running in fp32 instead of bf16"
+    assert QUICK.precision == "auto" and plan == replace(QUICK, precision="fp32")
+    assert note == "precision: auto -> fp32 (this CPU has no bf16 matmul instructions)"
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
-    assert plan_for_this_machine(FULL) == (FULL, None)
+    assert plan_for_this_machine(FULL) == (replace(FULL, precision="bf16"),
+                                           "precision: auto -> bf16 (this CPU runs bf16 matmuls in hardware)")
+    assert plan_for_this_machine(replace(FULL, precision="fp32")) == (replace(FULL, precision="fp32"), None)
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    assert plan_for_this_machine(FULL) == (FULL, None)  # a GPU trains bf16 whatever the CPU
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
+    assert plan_for_this_machine(FULL)[0].precision == "bf16"  # a GPU trains bf16 whatever the CPU

@@ -56,3 +56,14 @@ def test_plan_and_training_log_carry_the_warning(tmp_path, monkeypatch, capsys):
     assert precision_line(cfg, "cpu") in capsys.readouterr().err.splitlines()
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
     assert build_plan(cfg, None, load_thresholds(), ("full",))["precision_warning"] is None
+
+
+def test_plan_resolves_auto_precision_as_training_will(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
+    cfg = _config(tmp_path, train={"precision": "auto"})
+    fp32 = build_plan(cfg, None, load_thresholds(), ("full",))
+    assert fp32["precision_warning"] is None  # auto never picks bf16 where it has no hardware
+    monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
+    bf16 = build_plan(cfg, None, load_thresholds(), ("full",))
+    assert bf16["rows"]["full"]["estimate"]["activations"] < fp32["rows"]["full"]["estimate"]["activations"]

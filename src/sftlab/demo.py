@@ -22,15 +22,16 @@ from sftlab.data.sources import builtin_datasets
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "cash_withdrawal_charge", "pin_blocked"]
 
 
-def banking_config(model_path: str, run_dir: Path, steps: int | None, precision: str = "bf16") -> RunConfig:
-    """The demo's run: sft on the bundled chats, freeze all but the last 2 blocks, bf16 autocast (by default)."""
+def banking_config(model_path: str, run_dir: Path, steps: int | None) -> RunConfig:
+    """The demo's run: sft on the bundled chats, freeze all but the last 2 blocks, bf16 autocast where the
+    machine has bf16 in hardware, else fp32 (train.precision: auto)."""
     return RunConfig.model_validate({
         "model": {"path": model_path},
         "data": {"train": "banking_chat_train", "validation": "banking_chat_test", "template": "auto",
                  "mask": "assistant", "cache_dir": str(run_dir.parent / "cache")},
         "strategy": {"kind": "freeze", "freeze": {"layers": "last:2"}},
         "train": {"stage": "sft", "epochs": 1, "max_steps": steps, "batch_size": 8, "lr": 2e-4, "max_length": 256,
-                  "precision": precision, "log_every_n_steps": 5},
+                  "precision": "auto", "log_every_n_steps": 5},
         "eval": {"batch_size": 16},
         "output": {"dir": str(run_dir), "tensorboard": False},
     })
@@ -42,13 +43,9 @@ def run_banking(out: Path, model_path: str, steps: int | None) -> dict:
     from sftlab.eval.run import evaluate, print_summary
     from sftlab.eval.tasks import EvalOptions
     from sftlab.train.loop import run_training
-    from sftlab.train.precision import precision_for_this_machine
 
     run_dir = out / "banking"
-    precision, note = precision_for_this_machine("bf16")
-    if note:
-        print(f"[demo] {note}")
-    result = run_training(banking_config(model_path, run_dir, steps, precision), overwrite=True)
+    result = run_training(banking_config(model_path, run_dir, steps), overwrite=True)
     resources = Path(__file__).resolve().parent / "resources"
     test_file = resources / builtin_datasets()["banking_chat_test"]["file"]
     train_file = resources / builtin_datasets()["banking_chat_train"]["file"]

@@ -21,7 +21,7 @@ from sftlab.errors import SftlabError
 from sftlab.jemalloc import resolve_allocator
 from sftlab.plan.memory import ModelShape, Workload, backprop_depth, estimate_memory
 from sftlab.plan.recommend import recommend
-from sftlab.train.precision import precision_line
+from sftlab.train.precision import precision_line, resolve_precision
 
 KINDS = ("full", "freeze", "lora", "auto")
 REAL_COUNT_MAX_BYTES = 2 * 1024**3
@@ -145,6 +145,7 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     from sftlab.train.setup import make_collate
 
     require_in_memory_data(cfg, "plan")
+    cfg, _ = resolve_precision(cfg)  # as sftlab train will run it on this machine
     tokenizer = load_tokenizer(cfg.model)
     prepared = prepare_data(cfg, tokenizer, base_dir)
     collate = make_collate(cfg, tokenizer)

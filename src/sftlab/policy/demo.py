@@ -36,7 +36,7 @@ class DemoPlan:
     max_length: int
     push_enterprises: int
     top_k: int = 5
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 where the machine has it in hardware, else fp32 (plan_for_this_machine)
     max_validation: int = 32
     warmup_steps: int | None = None  # None: a tenth of train_steps
 
@@ -75,12 +75,14 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
 
 
 def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
-    """`plan` in fp32 instead of bf16 where training runs on a CPU without bf16 matmul instructions (about 100x
-    slower there, `sftlab.train.precision`), and the line saying so; else `plan` unchanged and None."""
-    from sftlab.train.precision import precision_for_this_machine
+    """`plan` with precision `auto` made bf16 or fp32 for this machine (`sftlab.train.precision`: bf16 matmuls
+    without hardware are about 100x slower), and the line saying so; other plans unchanged, with None."""
+    from sftlab.train.precision import auto_precision_line, machine_precision
 
-    precision, note = precision_for_this_machine(plan.precision)
-    return replace(plan, precision=precision), note
+    if plan.precision != "auto":
+        return plan, None
+    chosen = machine_precision()
+    return replace(plan, precision=chosen), auto_precision_line(chosen)
 
 
 def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None = None,

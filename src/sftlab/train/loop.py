@@ -36,7 +36,7 @@ from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_ev
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
                                       reduce_sum, sharded)
 from sftlab.train.interrupts import stop_on_sigint
-from sftlab.train.precision import precision_line
+from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.setup import Session, build_session, prepare_output_dir
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
@@ -78,6 +78,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     """
     from sftlab.train.distributed import make_accelerator
 
+    cfg, precision_choice = resolve_precision(cfg)  # train.precision: auto becomes bf16 or fp32 here
     out_dir = Path(cfg.output.dir).expanduser()
     accelerator = make_accelerator(cfg)
     main = accelerator.is_main_process
@@ -95,9 +96,9 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
         log.message(session.trainable.summary())
         log.message(fused_summary(session.model))
         log.message(attention_line(session.model, cfg.model.attn_implementation))
-        slow_precision = precision_line(cfg, accelerator.device)
-        if slow_precision:
-            log.message(slow_precision)
+        for line in (precision_choice, precision_line(cfg, accelerator.device)):
+            if line:
+                log.message(line)
         if main and not session.resumed_from:
             from sftlab.strategy.report import write_trainable_report
 

@@ -46,11 +46,29 @@ def precision_line(cfg, device) -> str | None:
             "train.precision: fp32 and model.dtype: float32 are faster here")
 
 
-def precision_for_this_machine(wanted: str) -> tuple[str, str | None]:
-    """`wanted` ('fp32' or 'bf16'), or 'fp32' and the reason when `wanted` is bf16 and training would run on a
-    CPU without bf16 matmul instructions (no CUDA device); for the demos, which ask for bf16."""
+def machine_precision() -> str:
+    """'bf16' where this machine trains in it in hardware (a CUDA GPU with bf16, else a CPU with AMX or AVX-512
+    BF16), else 'fp32': what `train.precision: auto` becomes."""
     import torch
 
-    if wanted != "bf16" or torch.cuda.is_available() or cpu_runs_in_hardware("bf16"):
-        return wanted, None
-    return "fp32", "this CPU has no bf16 matmul instructions (no AMX or AVX-512 BF16): running in fp32 instead of bf16"
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_runs_in_hardware("bf16") else "fp32"
+
+
+def auto_precision_line(chosen: str) -> str:
+    """The log line for `train.precision: auto` resolved to `chosen`."""
+    import torch
+
+    where = "this GPU" if torch.cuda.is_available() else "this CPU"
+    how = "runs bf16 matmuls in hardware" if chosen == "bf16" else "has no bf16 matmul instructions"
+    return f"precision: auto -> {chosen} ({where} {how})"
+
+
+def resolve_precision(cfg):
+    """`cfg` with `train.precision: auto` made bf16 or fp32 for this machine, and the log line; other settings
+    are returned unchanged, with None."""
+    if cfg.train.precision != "auto":
+        return cfg, None
+    chosen = machine_precision()
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": chosen})}), auto_precision_line(chosen)
