@@ -29,7 +29,7 @@ def test_line_names_every_slow_setting_and_only_on_cpu(tmp_path, monkeypatch):
     both = _config(tmp_path, train={"precision": "bf16"}, model={"dtype": "bfloat16"})
     line = precision_line(both, torch.device("cpu"))
     assert line.startswith("warning: train.precision: bf16 and model.dtype: bfloat16 on a CPU without 16-bit")
-    assert "train.precision: fp32 and model.dtype: float32 are faster here" in line and "\n" not in line
+    assert "train.precision: auto or fp32 and model.dtype: float32 are faster here" in line and "\n" not in line
     assert precision_line(both, "cuda:0") is None and precision_line(both, torch.device("cuda", 1)) is None
     half = _config(tmp_path, model={"dtype": "float16"})
     assert precision_line(half, "cpu").startswith("warning: model.dtype: float16 on a CPU")

@@ -43,7 +43,7 @@ def precision_line(cfg, device) -> str | None:
         return None
     return (f"warning: {' and '.join(slow)} on a CPU without 16-bit matmul instructions (no AMX or AVX-512 "
             "BF16/FP16): its matmuls run without hardware support (about 100x slower than fp32 on AMD Zen 3); "
-            "train.precision: fp32 and model.dtype: float32 are faster here")
+            "train.precision: auto or fp32 and model.dtype: float32 are faster here")
 
 
 def machine_precision() -> str:
