@@ -154,8 +154,10 @@ def test_console_reexecs_train_with_the_loaded_config(tmp_path, found, execs, mo
                            (["train", str(tmp_path / "missing.yaml")], 0),
                            (["train", str(config), "--bogus"], 0),
                            (["train", "--help"], 0),
-                           (["compare", str(config), "--budget", "1steps"], 0),  # only train is re-executed
-                           (["plan", str(config), "--probe"], 0)):
+                           (["compare", str(config), "--budget", "1steps"], 0),  # train and the demos only
+                           (["plan", str(config), "--probe"], 0),
+                           (["demo", "--no-policy"], 1), (["policy", "demo", "--quick"], 1), (["demo", "--help"], 0),
+                           (["policy", "simulate"], 0)):
         execs.clear()
         monkeypatch.setattr(sys, "argv", [str(CONSOLE), *argv])
         assert cli.console() == 0

@@ -105,18 +105,25 @@ def _training_arguments(argv: list[str]) -> argparse.Namespace | None:
         return None
 
 
-def console() -> int:
-    """Entry point of the `sftlab` console script: `main`, for `sftlab train` first moved onto jemalloc.
+DEMO_COMMANDS = (["demo"], ["policy", "demo"])  # they train in-process with train.allocator: auto
 
-    Where the run config's train.allocator resolves to jemalloc, the process re-executes itself as
-    `python -P -m sftlab ARGS` with the library preloaded (`sftlab.jemalloc.reexec_on_jemalloc`) and this
-    call does not return; otherwise (and for every other command) it runs `main` here."""
+
+def console() -> int:
+    """Entry point of the `sftlab` console script: `main`, for `sftlab train` and the demos first moved onto jemalloc.
+
+    Where the run config's train.allocator (for the demos: auto) resolves to jemalloc, the process re-executes
+    itself as `python -P -m sftlab ARGS` with the library preloaded (`sftlab.jemalloc.reexec_on_jemalloc`) and
+    this call does not return; otherwise (and for every other command) it runs `main` here."""
     argv = sys.argv[1:]
     args = _training_arguments(argv)
     if args is not None:
         from sftlab.jemalloc import reexec_for_run_config
 
         reexec_for_run_config(args.config, list(args.overrides or []), ["-P", "-m", "sftlab", *argv])
+    elif any(argv[:len(command)] == command for command in DEMO_COMMANDS) and not {"-h", "--help"} & set(argv):
+        from sftlab.jemalloc import reexec_on_jemalloc
+
+        reexec_on_jemalloc("auto", ["-P", "-m", "sftlab", *argv])  # auto never raises
     return main(argv)
 
 

@@ -168,7 +168,7 @@ class TrainConfig(_Strict):
         "W1 bf16 steps 1.8-1.9 s instead of 1.9-2.4 s, same peak memory (docs/speed-work.md); no effect without glibc")
     allocator: Literal["auto", "jemalloc", "system"] = Field(
         "auto", description="malloc of the training process: auto = jemalloc where its shared library is found "
-        "(sftlab train then re-runs itself with it preloaded), else the system malloc; jemalloc = required; "
+        "(sftlab train, and the demos, then re-run themselves with it preloaded), else the system malloc; jemalloc = required; "
         "system = never preload. On CPU, jemalloc trained at the same speed with less peak memory "
         "(docs/speed-work.md); the run log names the allocator in use")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
