@@ -40,6 +40,7 @@ def write_config(tmp_path, arch="llama"):
 @pytest.mark.slow  # three training processes (about 30-40 s each on 2 shared cores)
 def test_compare_end_to_end(tmp_path, capsys):
     from sftlab.cli import main
+    from sftlab.jemalloc import find_jemalloc
 
     config = write_config(tmp_path)
     out = tmp_path / "cmp"
@@ -48,7 +49,9 @@ def test_compare_end_to_end(tmp_path, capsys):
     summary = json.loads((out / "compare.json").read_text())
     assert [row["kind"] for row in summary["rows"]] == ["full", "freeze", "lora"]
     for row in summary["rows"]:
-        logged = re.search(r"trainable ([\d,]+) / ([\d,]+)", (out / row["kind"] / "train.log").read_text())
+        log = (out / row["kind"] / "train.log").read_text()
+        logged = re.search(r"trainable ([\d,]+) / ([\d,]+)", log)
+        assert ("allocator: jemalloc (" in log) == (find_jemalloc() is not None)  # as sftlab train would run
         assert int(logged.group(1).replace(",", "")) == row["trainable"]
         assert row["steps"] == 3 and row["stopped"] == "completed"
         assert row["final_val_loss"] == json.loads((out / row["kind"] / "metrics.json").read_text())["eval_loss"]

@@ -67,3 +67,20 @@ def test_plan_resolves_auto_precision_as_training_will(tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: True)
     bf16 = build_plan(cfg, None, load_thresholds(), ("full",))
     assert bf16["rows"]["full"]["estimate"]["activations"] < fp32["rows"]["full"]["estimate"]["activations"]
+
+
+def test_sessions_built_directly_resolve_auto_too(tmp_path, monkeypatch):
+    """`sftlab compare` and the plan probe build sessions without run_training: auto is resolved there as well."""
+    from sftlab.train.loop import cleanup
+    from sftlab.train.setup import build_session
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cfg = _config(tmp_path, train={"precision": "auto"})
+    for hardware, expected in ((False, "no"), (True, "bf16")):
+        monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: hardware)
+        session, _ = build_session(cfg, tmp_path / f"run-{hardware}", None, None)
+        try:
+            assert session.cfg.train.precision == {"no": "fp32", "bf16": "bf16"}[expected]
+            assert session.accelerator.mixed_precision == expected
+        finally:
+            cleanup(session)

@@ -4,7 +4,8 @@
     # runs/cmp/<strategy>/ (a normal run directory + train.log), compare.json, compare.md, compare.png
 
 Each strategy trains in its own Python process (`python -m sftlab.plan.compare`), with the run
-config's data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own.
+config's data, seed and schedule and `output.dir = OUT/<strategy>`, so its peak memory is its own; the
+process runs on jemalloc where `sftlab train` would (`train.allocator`, `sftlab.plan.probe.probe_environment`).
 It is measured as in `sftlab plan --probe` (`sftlab.plan.probe`): after a warm-up (the session built
 once in a temporary directory and one step run, then released) the baseline is taken; the peak is
 the process's resident high-water mark (VmHWM) on CPU, or `torch.cuda.max_memory_allocated()` on
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
+from sftlab.plan.probe import probe_environment
+from sftlab.train.precision import resolve_precision
 
 _MARK = "SFTLAB_COMPARE "
 _BUDGET = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(steps?|s|sec|m|min|h)?\s*$")
@@ -57,7 +60,7 @@ def run_config(cfg, kind: str, budget: tuple[str, float], out_dir: Path, thresho
 
 def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict:
     """Run one training job (in this process); with `seconds`, end it after the step that passes the budget."""
-    from sftlab.train.loop import cleanup, save_final, train
+    from sftlab.train.loop import cleanup, log_setup, save_final, train
     from sftlab.train.runlog import RunLog
     from sftlab.train.setup import build_session, prepare_output_dir
 
@@ -72,7 +75,7 @@ def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict
             session.total_steps = step  # the loop ends normally: final evaluation and model are saved
 
     try:
-        log.message(session.trainable.summary())
+        log_setup(log, session)
         stopped = train(session, log, [stop_when_spent])
         train_seconds = time.perf_counter() - start
         if stopped == "completed" and session.step < planned:
@@ -122,7 +125,7 @@ def run_strategy(cfg, seconds: float | None, base_dir: Path | None) -> dict:
     """Train `cfg` in a fresh process; keep its log in OUT/<kind>/train.log; return the worker's result."""
     request = {"config": cfg.model_dump(mode="json"), "seconds": seconds,
                "base_dir": str(base_dir) if base_dir is not None else None}
-    env = dict(os.environ)
+    env = probe_environment(cfg.train.allocator, os.environ)  # on jemalloc where sftlab train would be
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
     done = subprocess.run([sys.executable, "-m", "sftlab.plan.compare"], input=json.dumps(request), text=True,
@@ -149,6 +152,9 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
 
     require_in_memory_data(cfg, "compare")
     check_output_dir(out_dir, overwrite)
+    cfg, precision_choice = resolve_precision(cfg)  # once, so every strategy runs and reports the same
+    if precision_choice:
+        print(precision_choice)
     num_layers = _num_layers(cfg)
     rows = []
     for kind in kinds:

@@ -66,6 +66,18 @@ class TrainingDiverged(SftlabError):
     """The loss or the gradient became NaN/inf; training stopped before applying the update."""
 
 
+def log_setup(log, session: Session, precision_choice: str | None = None) -> None:
+    """The run log's first lines: allocator, trainable count, fused layers and kernels, attention, precision."""
+    cfg = session.cfg
+    log.message(allocator_line(cfg.train.allocator))
+    log.message(session.trainable.summary())
+    log.message(fused_summary(session.model))
+    log.message(attention_line(session.model, cfg.model.attn_implementation))
+    for line in (precision_choice, precision_line(cfg, session.accelerator.device)):
+        if line:
+            log.message(line)
+
+
 def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: str | Path | None = None,
                  callbacks: list[StepCallback] | None = None, show_progress: bool = True) -> RunResult:
     """Train `cfg` (a RunConfig) to completion, or continue the latest checkpoint when `resume`.
@@ -92,13 +104,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     log = (RunLog(out_dir, session.total_steps, session.step, cfg.output.tensorboard, show_progress) if main
            else SilentLog())
     try:
-        log.message(allocator_line(cfg.train.allocator))
-        log.message(session.trainable.summary())
-        log.message(fused_summary(session.model))
-        log.message(attention_line(session.model, cfg.model.attn_implementation))
-        for line in (precision_choice, precision_line(cfg, accelerator.device)):
-            if line:
-                log.message(line)
+        log_setup(log, session, precision_choice)
         if main and not session.resumed_from:
             from sftlab.strategy.report import write_trainable_report
 

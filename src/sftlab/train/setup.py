@@ -252,9 +252,11 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from sftlab.train.allocator import keep_freed_memory
     from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
+    from sftlab.train.precision import resolve_precision
 
     from sftlab.eval.hooks import task_for_config
 
+    cfg, _ = resolve_precision(cfg)  # train.precision: auto, for callers that did not resolve it (run_training does)
     saved = read_sidecar(checkpoint) if checkpoint else None
     if saved:
         check_resume_config(saved["config"], cfg)
