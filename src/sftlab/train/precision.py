@@ -1,12 +1,15 @@
-"""Whether a run's 16-bit matmuls have hardware behind them on this CPU, and the run-log line saying so.
+"""Whether a run's 16-bit matmuls have hardware behind them on this machine: `train.precision: auto` and the
+warning for 16-bit settings on a CPU without it.
 
+    cfg, line = resolve_precision(cfg)               # auto -> bf16 or fp32, and the log line (None otherwise)
     line = precision_line(cfg, accelerator.device)   # None, or a one-line warning for the run log
 
 bf16 autocast (`train.precision: bf16`) and 16-bit weights (`model.dtype: bfloat16 | float16`) are fast on
 CPUs whose oneDNN kernels run them in hardware (AMX, AVX-512 BF16/FP16). Elsewhere (AVX2-only CPUs such as
 AMD Zen 3) PyTorch computes them without those kernels: on 2 Zen 3 cores a 1024 x 1024 bf16 matmul ran at
 1.0 GFLOP/s and a 512 x 512 fp16 one at 1.3, against 124 GFLOP/s in fp32 (docs/benchmarks.md, tenth round).
-The run still goes ahead (the user asked for it); the log says why it is slow and what to set instead.
+A run that asks for bf16 still goes ahead (the user asked for it); the log says why it is slow and what to
+set instead. `auto` picks bf16 only where the machine has it: a CUDA GPU with bf16, or such a CPU.
 """
 
 from __future__ import annotations
