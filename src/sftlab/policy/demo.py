@@ -77,12 +77,10 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
 def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
     """`plan` with precision `auto` made bf16 or fp32 for this machine (`sftlab.train.precision`: bf16 matmuls
     without hardware are about 100x slower), and the line saying so; other plans unchanged, with None."""
-    from sftlab.train.precision import auto_precision_line, machine_precision
+    from sftlab.train.precision import resolve_setting
 
-    if plan.precision != "auto":
-        return plan, None
-    chosen = machine_precision()
-    return replace(plan, precision=chosen), auto_precision_line(chosen)
+    precision, line = resolve_setting(plan.precision)
+    return replace(plan, precision=precision), line
 
 
 def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None = None,

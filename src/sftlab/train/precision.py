@@ -59,19 +59,23 @@ def machine_precision() -> str:
     return "bf16" if cpu_runs_in_hardware("bf16") else "fp32"
 
 
-def auto_precision_line(chosen: str) -> str:
-    """The log line for `train.precision: auto` resolved to `chosen`."""
+def resolve_setting(setting: str) -> tuple[str, str | None]:
+    """A precision setting made concrete for this machine: 'auto' becomes bf16 or fp32 (`machine_precision`),
+    with its log line; 'fp32' and 'bf16' stay as they are, with None."""
+    if setting != "auto":
+        return setting, None
     import torch
 
+    chosen = machine_precision()
     where = "this GPU" if torch.cuda.is_available() else "this CPU"
     how = "runs bf16 matmuls in hardware" if chosen == "bf16" else "has no bf16 matmul instructions"
-    return f"precision: auto -> {chosen} ({where} {how})"
+    return chosen, f"precision: auto -> {chosen} ({where} {how})"
 
 
 def resolve_precision(cfg):
     """`cfg` with `train.precision: auto` made bf16 or fp32 for this machine, and the log line; other settings
     are returned unchanged, with None."""
-    if cfg.train.precision != "auto":
+    chosen, line = resolve_setting(cfg.train.precision)
+    if line is None:
         return cfg, None
-    chosen = machine_precision()
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": chosen})}), auto_precision_line(chosen)
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": chosen})}), line

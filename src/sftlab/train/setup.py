@@ -296,9 +296,15 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
             atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
             atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
         return session, None
-    rng = load_training_state(checkpoint, optimizer, scheduler, accelerator.process_index, objective)
+    return session, _resume(session, saved, checkpoint)
+
+
+def _resume(session: Session, saved: dict, checkpoint: Path) -> dict:
+    """Put the checkpoint's optimizer, scheduler, counters and data position into `session`; return its RNG state."""
+    rng = load_training_state(checkpoint, session.optimizer, session.scheduler, session.accelerator.process_index,
+                              session.objective)
     session.step, session.losses = saved["step"], list(saved["losses"])
-    session.position = _start_position(cfg, saved["position"])
+    session.position = _start_position(session.cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
     session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
-    return session, rng
+    return rng
