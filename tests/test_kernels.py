@@ -49,6 +49,8 @@ def test_compiled_rmsnorm_is_within_bf16_rounding_of_the_eager_math(one_plus):
     torch.testing.assert_close(grad_w_c.float(), grad_w.float(), rtol=2 ** -7, atol=1e-2)  # a sum over 512 rows
     grad_x_only, no_weight = kernels.rms_backward(grad, x, weight, rstd, one_plus, need_weight=False)
     assert no_weight is None and torch.equal(grad_x_only, grad_x)  # the eager code skips what is not needed
+    no_input, grad_w_only = kernels.rms_backward(grad, x, weight, rstd, one_plus, need_input=False)
+    assert no_input is None and torch.equal(grad_w_only, grad_w)
 
 
 @pytest.mark.parametrize("silu", [True, False])  # SiLU (Llama, Qwen) / tanh GELU (Gemma)

@@ -54,7 +54,8 @@ class RMSNormFunction(torch.autograd.Function):
         rows = x.reshape(-1, x.shape[-1])
         grad_x, grad_weight = kernels.kernel("rms_backward", x)(grad.reshape(rows.shape), rows, weight, rstd,
                                                                 ctx.style == "one_plus_weight",
-                                                                need_weight=ctx.needs_input_grad[1])
+                                                                need_weight=ctx.needs_input_grad[1],
+                                                                need_input=ctx.needs_input_grad[0])
         return (grad_x.view(x.shape) if ctx.needs_input_grad[0] else None,
                 grad_weight if ctx.needs_input_grad[1] else None, None, None)
 

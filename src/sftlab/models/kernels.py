@@ -49,19 +49,19 @@ def rms_forward(x, weight, eps: float, one_plus: bool):
     return weight * (x32 * rstd).to(x.dtype), rstd
 
 
-def rms_backward(grad, x, weight, rstd, one_plus: bool, need_weight: bool = True):
-    """Input gradient and weight gradient (None unless `need_weight`) of `rms_forward` (as `RMSNormFunction.backward`)."""
+def rms_backward(grad, x, weight, rstd, one_plus: bool, need_weight: bool = True, need_input: bool = True):
+    """Input gradient (None unless `need_input`) and weight gradient (None unless `need_weight`) of `rms_forward`
+    (as `RMSNormFunction.backward`). The lowest trainable block's norm needs only its weight gradient."""
     x32 = x.float()
     grad_weight = None
-    if one_plus:
-        grad32 = grad.float()
-        if need_weight:
-            grad_weight = (grad32 * (x32 * rstd)).sum_to_size(weight.shape).to(weight.dtype)
-        grad_normed32 = grad32 * (1.0 + weight.float())
-    else:
-        if need_weight:
+    if need_weight:
+        if one_plus:
+            grad_weight = (grad.float() * (x32 * rstd)).sum_to_size(weight.shape).to(weight.dtype)
+        else:
             grad_weight = (grad * (x32 * rstd).to(x.dtype)).sum_to_size(weight.shape).to(weight.dtype)
-        grad_normed32 = (grad * weight).to(x.dtype).float()
+    if not need_input:
+        return None, grad_weight
+    grad_normed32 = grad.float() * (1.0 + weight.float()) if one_plus else (grad * weight).to(x.dtype).float()
     dot = (grad_normed32 * x32).sum(-1, keepdim=True)
     grad_x = grad_normed32 * rstd - x32 * (rstd.pow(3) * dot / x32.shape[-1])
     return grad_x.to(x.dtype), grad_weight
