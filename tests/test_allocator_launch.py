@@ -167,9 +167,11 @@ def test_console_reexecs_train_with_the_loaded_config(tmp_path, found, execs, mo
     monkeypatch.setattr(sys, "argv", [str(CONSOLE), "train", str(config), "--no-progress", "train.lr=1e-3"])
     cli.console()
     assert execs[0][1][1:] == ["-P", "-m", "sftlab", "train", str(config), "--no-progress", "train.lr=1e-3"]
+    cli.console(("-m", "sftlab"))  # `python -m sftlab` without -P re-executes without it: the same sftlab is found
+    assert execs[1][1][1:] == ["-m", "sftlab", "train", str(config), "--no-progress", "train.lr=1e-3"]
     found(None)
     monkeypatch.setattr(sys, "argv", [str(CONSOLE), "train", str(config), "train.allocator=jemalloc"])
-    assert cli.console() == 0 and len(execs) == 1  # required and missing: main reports it
+    assert cli.console() == 0 and len(execs) == 2  # required and missing: main reports it
 
 
 def test_main_in_process_never_execs_and_reports_the_allocator(tmp_path, found, monkeypatch, capsys):
@@ -210,8 +212,9 @@ def test_benchmark_runner_passes_its_spec_key_to_train_allocator(monkeypatch):
     assert "reexec_on_jemalloc(cfg.train.allocator" in Path(runner.__file__).read_text(encoding="utf-8")
 
 
-def run_console(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(CONSOLE), "train", str(tiny_run_config(tmp_path)), "--no-progress", *args],
+def run_console(tmp_path: Path, *args: str, env: dict | None = None, timeout: int = 300,
+                launcher: tuple[str, ...] = (str(CONSOLE),)) -> subprocess.CompletedProcess:
+    done = subprocess.run([*launcher, "train", str(tiny_run_config(tmp_path)), "--no-progress", *args],
                           cwd=tmp_path, env=env or clean_env(), capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -220,6 +223,14 @@ def run_console(tmp_path: Path, *args: str, env: dict | None = None, timeout: in
 @needs_jemalloc
 def test_console_script_trains_on_jemalloc(tmp_path):
     done = run_console(tmp_path)
+    assert f"allocator: jemalloc ({os.path.realpath(LIBRARY)})" in done.stderr.splitlines()
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+
+
+@needs_jemalloc
+def test_python_m_sftlab_trains_on_jemalloc_as_the_console_script_does(tmp_path):
+    """The board starts its runs as `python -m sftlab train`: they get the allocator `sftlab train` gets."""
+    done = run_console(tmp_path, launcher=(sys.executable, "-m", "sftlab"))
     assert f"allocator: jemalloc ({os.path.realpath(LIBRARY)})" in done.stderr.splitlines()
     assert (tmp_path / "run" / "model" / "config.json").is_file()
 

@@ -170,3 +170,29 @@ def test_unlisted_models_are_left_alone():
     model = make_tiny_model("gpt2", make_tokenizer())
     assert fuse_layers(model) == {"rmsnorm": 0, "gated_mlp": 0}
     assert fused_summary(model).startswith("fused layers: none")
+
+
+def test_lowest_trainable_norm_skips_its_input_gradient_and_trains_the_same(monkeypatch):
+    """Blocks below layers.1 are frozen: its first norm's input needs no gradient, and the eager backward
+    computes only the norm's weight gradient; every gradient equals transformers' unfused model's."""
+    from sftlab.models import kernels
+
+    calls = []
+    eager = kernels.EAGER["rms_backward"]
+    monkeypatch.setitem(kernels.EAGER, "rms_backward",
+                        lambda *args, **flags: calls.append(flags["need_input"]) or eager(*args, **flags))
+    torch.manual_seed(0)
+    reference = make_tiny_model("llama", make_tokenizer())
+    fused = copy.deepcopy(reference)
+    fuse_layers(fused)
+    ids = torch.randint(5, 500, (2, 16))
+    grads = []
+    for model in (reference, fused):
+        for name, param in model.named_parameters():
+            param.requires_grad_("layers.1." in name)
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert calls.count(False) == 1 and calls.count(True) == 2  # layers.1's input norm; its MLP norm, the final norm
+    assert grads[0].keys() == grads[1].keys() and any("input_layernorm" in n for n in grads[0])
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-5)

@@ -108,24 +108,27 @@ def _training_arguments(argv: list[str]) -> argparse.Namespace | None:
 DEMO_COMMANDS = (["demo"], ["policy", "demo"])  # they train in-process with train.allocator: auto
 
 
-def console() -> int:
-    """Entry point of the `sftlab` console script: `main`, for `sftlab train` and the demos first moved onto jemalloc.
+def console(interpreter_args: tuple[str, ...] = ("-P", "-m", "sftlab")) -> int:
+    """Entry point of the `sftlab` console script and of `python -m sftlab`: `main`, for `sftlab train` and the
+    demos first moved onto jemalloc.
 
     Where the run config's train.allocator (for the demos: auto) resolves to jemalloc, the process re-executes
-    itself as `python -P -m sftlab ARGS` with the library preloaded (`sftlab.jemalloc.reexec_on_jemalloc`) and
-    this call does not return; otherwise (and for every other command) it runs `main` here."""
+    itself as `python INTERPRETER_ARGS ARGS` with the library preloaded (`sftlab.jemalloc.reexec_on_jemalloc`)
+    and this call does not return; otherwise (and for every other command) it runs `main` here. The console
+    script re-executes as `python -P -m sftlab` (its directory is not the user's), `python -m sftlab` as itself,
+    so that the same sftlab is found again."""
     argv = sys.argv[1:]
+    program = [*interpreter_args, *argv]
     args = _training_arguments(argv)
     if args is not None:
         from sftlab.jemalloc import reexec_for_run_config
 
-        reexec_for_run_config(args.config, list(args.overrides or []), ["-P", "-m", "sftlab", *argv])
+        reexec_for_run_config(args.config, list(args.overrides or []), program)
     elif any(argv[:len(command)] == command for command in DEMO_COMMANDS) and not {"-h", "--help"} & set(argv):
         from sftlab.jemalloc import reexec_on_jemalloc
 
-        reexec_on_jemalloc("auto", ["-P", "-m", "sftlab", *argv])  # auto never raises
+        reexec_on_jemalloc("auto", program)  # auto never raises
     return main(argv)
-
 
 if __name__ == "__main__":
     sys.exit(main())
