@@ -26,6 +26,11 @@ class ModelConfig(_Strict):
                                                                     "with AMX or AVX-512 BF16; elsewhere 16-bit matmuls have no "
                                                                     "hardware and the run log warns)")
     tokenizer: str | None = Field(None, description="tokenizer directory when it differs from model.path")
+    adapter: str | None = Field(None, description="a PEFT LoRA adapter directory to start from (a LoRA run's OUT/model): "
+                                "strategy.kind lora trains that adapter further (its own rank and target modules), "
+                                "the other kinds train the base with the adapter merged in. A model.path that is such "
+                                "a directory becomes model.adapter, with model.path its base (adapter_config.json's "
+                                "base_model_name_or_path) and model.tokenizer the adapter's tokenizer when it has one")
     trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["auto", "sdpa", "eager", "matmul"] = Field(
         "auto", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
@@ -46,6 +51,12 @@ class ModelConfig(_Strict):
         "in 10,000), about 1 element in 100,000 of the RMSNorm's output and input gradient differs, by "
         "less than one bf16 ulp of its row's largest value (its row sums are added in another order); auto: on for models with a hidden size of 256 or more "
         "(sftlab.models.kernels)")
+
+    @model_validator(mode="after")
+    def _adapter_as_path(self) -> "ModelConfig":
+        from sftlab.config.checks import split_adapter_path
+
+        return split_adapter_path(self)
 
 
 class DatasetSpec(_Strict):
@@ -173,7 +184,7 @@ class TrainConfig(_Strict):
         "(docs/speed-work.md); the run log names the allocator in use")
     seed: int = Field(0, description="seed of initialisation, data order and dropout")
     log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
-    save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C always writes one)")
+    save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C and SIGTERM always write one)")
     distributed: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
         "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel) or fsdp (FSDP2 full shard), "
         "CPU or GPU; zero2/zero3 (DeepSpeed) need CUDA; ignored by a single process (docs/distributed.md)")
@@ -220,6 +231,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
+        if self.model.adapter and self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
+            raise ValueError("model.adapter: continuing an adapter on a 4-bit base (strategy.lora.quantize_4bit) "
+                             "is not supported; merge it first (sftlab export --merge) and start a new adapter")
         if self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
             from sftlab.config.checks import require_cuda_for_qlora
 

@@ -123,7 +123,7 @@ def load_tokenizer(model_cfg):
 
 
 def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names: list[str] | None = None,
-               tokenizer=None, quantize_4bit: bool = False):
+               tokenizer=None, quantize_4bit: bool = False, keep_adapter: bool = False):
     """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
 
     For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
@@ -131,6 +131,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     find the last real token). dtype and attention implementation come from `model.dtype` and
     `model.attn_implementation`. `quantize_4bit` (QLoRA, `strategy.lora.quantize_4bit`) loads the
     weights NF4-quantised with bitsandbytes on the first CUDA device, computing in bfloat16.
+    With `model.adapter`, the adapter is attached to the base: as a trainable peft `PeftModel` when
+    `keep_adapter` (strategy lora trains it further), else merged into the base weights.
     """
     directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
     raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
@@ -163,7 +165,25 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
         what = "sequence classifier" if stage == "cls" else "causal language model"
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
     settle_attention(model, model_cfg.attn_implementation)
-    return model
+    return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
+
+
+def _attach_adapter(model, adapter: str, keep: bool):
+    """`model` with the PEFT adapter in `adapter`: trainable (`keep`) or merged into its weights."""
+    from peft import PeftModel
+
+    directory = Path(adapter).expanduser()
+    if not (directory / "adapter_config.json").is_file():
+        raise SftlabError(f"model.adapter {adapter!r}: not a PEFT adapter directory (no adapter_config.json)")
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=keep)
+    except (OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SftlabError(f"model.adapter {adapter!r}: cannot attach it to model.path ({first})") from None
+    if not keep:
+        return peft_model.merge_and_unload()
+    peft_model.sftlab_adapter_dir = str(directory)
+    return peft_model
 
 
 def _four_bit_kwargs() -> dict:

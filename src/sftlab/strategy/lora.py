@@ -63,8 +63,13 @@ def resolve_modules_to_save(model, requested: list[str]) -> list[str]:
 
 
 def apply_lora(model, lora_cfg):
-    """Return (peft model, details, notes) with only the adapter (and modules_to_save) trainable."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    """Return (peft model, details, notes) with only the adapter (and modules_to_save) trainable.
+
+    A model that already carries an adapter (model.adapter) keeps it and trains it further."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+
+    if isinstance(model, PeftModel):
+        return continue_adapter(model)
 
     targets = resolve_targets(model, lora_cfg.target_modules)
     to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save))
@@ -89,4 +94,19 @@ def apply_lora(model, lora_cfg):
     notes = [f"LoRA r={lora_cfg.rank} on {', '.join(wrapped)}"]
     if heads:
         notes.append(f"classification head ({', '.join(heads)}) trains in full (modules_to_save)")
+    return peft_model, details, notes
+
+
+def continue_adapter(peft_model):
+    """(peft model, details, notes) for an adapter loaded from model.adapter and trained further: its own
+    rank, alpha and targets (from its adapter_config.json), not strategy.lora's."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    wrapped = sorted({name.rsplit(".", 1)[-1] for name in peft_model.targeted_module_names})
+    to_save = sorted(config.modules_to_save or [])
+    details = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+               "rslora": config.use_rslora, "dora": config.use_dora, "target_modules": wrapped,
+               "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": to_save,
+               "continued_from": getattr(peft_model, "sftlab_adapter_dir", None)}
+    notes = [f"LoRA r={config.r} on {', '.join(wrapped)}: the adapter of model.adapter, trained further "
+             "(its adapter_config.json's settings; strategy.lora's rank, alpha and targets are not applied)"]
     return peft_model, details, notes

@@ -166,7 +166,8 @@ def _load_model(cfg, tokenizer, prepared, collate):
     label_names = prepared.label_names if cfg.train.stage == "cls" else None
     model = load_model(cfg.model, cfg.train.stage, num_labels=len(label_names) if label_names else None,
                        label_names=label_names, tokenizer=tokenizer,
-                       quantize_4bit=cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit)
+                       quantize_4bit=cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit,
+                       keep_adapter=cfg.strategy.kind == "lora")
     if cfg.model.fused_layers:
         fuse_layers(model)
     enable_activation_checkpointing(model, cfg.train.gradient_checkpointing)
