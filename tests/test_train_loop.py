@@ -114,21 +114,26 @@ def test_eval_keeps_best_and_early_stops(tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (result.out_dir / "tensorboard").iterdir())
 
 
-def test_real_sigint_stops_at_the_next_step_boundary(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])  # Ctrl-C; kill, a job scheduler, a container runtime
+def test_real_signal_stops_at_the_next_step_boundary(tmp_path, capsys, signame):
     import os
     import signal
 
     from sftlab.train import TrainingInterrupted
 
-    def press_ctrl_c(step, loss):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the step finishes first
+    number = getattr(signal, signame)
 
-    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN under a background shell job
+    def send(step, loss):
+        if step == 1:
+            os.kill(os.getpid(), number)  # the handler only sets a flag; the step finishes first
+
+    before = signal.getsignal(number)  # default_int_handler, or SIG_IGN under a background shell job
     with pytest.raises(TrainingInterrupted, match="interrupted at step 1") as err:
-        train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[press_ctrl_c])
+        train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[send])
     assert json.loads((err.value.checkpoint / "sftlab_state.json").read_text())["position"]["batches_done"] == 1
-    assert signal.getsignal(signal.SIGINT) is before  # handler restored
+    assert signal.getsignal(number) is before  # handler restored
+    said = "Ctrl-C again to stop at once" if signame == "SIGINT" else "SIGTERM; Ctrl-C stops at once"
+    assert f"stopping after this step to save a checkpoint ({said})" in capsys.readouterr().err
 
 
 
