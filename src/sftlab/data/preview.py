@@ -2,6 +2,7 @@
 
     text = format_row(tokenizer, ids, labels, colour=False)   # "<|im_start|>user\nHi...[[Hello<|im_end|>]]\n"
     check_supervision(rows, stage="sft", mask="assistant")     # SftlabError when a mask is clearly wrong
+    drop_lines(prepared.stats, max_length=512, truncation="drop")  # the run log's lines on dropped/cut samples
 
 Supervised tokens (label != -100) are shown in green and bold on a terminal, and between `[[` and `]]`
 otherwise (pipes, files, tests). Each maximal run of tokens with the same status is decoded as one
@@ -143,3 +144,34 @@ def summary_line(split: str, stats: dict) -> str:
     changes = {k: stats.get(k, 0) for k in ("dropped_too_long", "dropped_answer_too_long", "cut_left", "truncated")}
     shown = ", ".join(f"{k}={v}" for k, v in changes.items() if v)
     return line + (f"; {shown}" if shown else "")
+
+
+def drop_lines(stats: dict, max_length: int, truncation: str) -> list[str]:
+    """One line per split whose samples tokenisation dropped or cut (`prepare_data(...).stats`); none when all fit.
+
+    `sftlab train` logs them at the start, so samples that never reach the loss are not only in data_stats.json."""
+    lines = []
+    for split in ("train", "validation"):
+        split_stats = stats.get(split)
+        line = drop_line(split, split_stats, max_length, truncation) if isinstance(split_stats, dict) else None
+        if line:
+            lines.append(line)
+    return lines
+
+
+def drop_line(split: str, stats: dict, max_length: int, truncation: str) -> str | None:
+    """'data: dropped 12 of 400 train samples longer than train.max_length=512 (data.truncation: drop); ...'."""
+    limit, policy = f"train.max_length={max_length}", f"(data.truncation: {truncation})"
+    changes = [("dropped", "dropped_too_long", f"longer than {limit} {policy}"),
+               ("dropped", "dropped_answer_too_long", f"whose last answer alone is longer than {limit} {policy}"),
+               ("dropped", "dropped_image_span", f"that could only be cut to {limit} inside an image {policy}"),
+               ("cut", "cut_left", f"from the left to {limit} {policy}"),
+               ("truncated", "truncated", f"to {limit}"),
+               ("dropped", "dropped_no_supervised", "left with no supervised token (they add nothing to the loss)")]
+    parts = [(verb, stats[key], reason) for verb, key, reason in changes if stats.get(key)]
+    if not parts:
+        return None
+    (verb, count, reason), rest = parts[0], parts[1:]
+    text = f"{verb} {count} of {stats.get('examples', '?')} {split} samples {reason}"
+    text += "".join(f", {verb} {count} {reason}" for verb, count, reason in rest)
+    return f"data: {text}; data_stats.json counts them"

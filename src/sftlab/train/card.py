@@ -1,4 +1,4 @@
-"""The model card (`README.md`) written next to a trained model: base model, data, strategy, metrics."""
+"""The model card (`README.md`) written next to a trained model: base model, data, strategy, metrics, environment."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ def _metric_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bool) -> str:
-    """Markdown with YAML front matter (Hugging Face model-card style) describing one training run."""
+def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bool,
+               environment: dict | None = None) -> str:
+    """Markdown with YAML front matter (Hugging Face model-card style) describing one training run.
+
+    `environment` (`sftlab.train.environment.collect_environment`) adds the library versions and device."""
     front = {"base_model": cfg.model.path, "library_name": "peft" if is_adapter else "transformers",
              "tags": ["sftlab", cfg.train.stage, cfg.strategy.kind]}
     sources = _data_sources(cfg)
@@ -48,6 +51,10 @@ def model_card(cfg, trainable, metrics: dict, stats: dict | None, is_adapter: bo
               f"- steps: {metrics.get('step', '?')}, batch {cfg.train.batch_size} x accumulation {cfg.train.grad_accum}, "
               f"lr {cfg.train.lr:g} ({cfg.train.scheduler}, warmup {cfg.train.warmup_steps}), precision {cfg.train.precision}, "
               f"seed {cfg.train.seed}", "", "## Final metrics", "", *_metric_lines(metrics), ""]
+    if environment:
+        from sftlab.train.environment import environment_lines
+
+        parts += ["## Environment", "", *environment_lines(environment), ""]
     return "\n".join(parts)
 
 
