@@ -1,9 +1,15 @@
-"""`sftlab export RUN_DIR --merge OUT`: fold a LoRA adapter into a full-precision copy of its base model.
+"""`sftlab export RUN_DIR --merge OUT [--dtype float32|bfloat16|float16]`: fold a LoRA adapter into its base model.
 
 The base named in the adapter's `adapter_config.json` is loaded in float32 (locally, like every model),
 the adapter attached, and logits on a few probe texts computed before and after `merge_and_unload()`;
-the merged model and its tokenizer are saved to OUT (atomically) with `sftlab_export.json`, which
-records the base, the adapter and the largest absolute logit difference seen on the probes.
+the merged model is cast to `--dtype` (default float32: no cast) and saved to OUT (atomically) with its
+tokenizer and `sftlab_export.json`, which records the base, the adapter, the dtype, the largest absolute
+logit difference seen on the probes (merged vs unmerged, both float32) and, after a cast, the largest
+difference of the saved model's logits from the unmerged float32 ones.
+
+A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template named in the adapter
+directory's `sftlab_template.json` (else in the run's config.yaml) sets the stop ids in generation_config.json
+and the tokenizer's chat_template, and OUT gets its own `sftlab_template.json`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 
+DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_PROBES = [
     "The quick brown fox jumps over the lazy dog.",
     "What is the capital of France?",
@@ -55,15 +62,56 @@ def _probe_logits(model, tokenizer, probes: list[str]):
         return [model(**tokenizer(text, return_tensors="pt")).logits.float() for text in probes]
 
 
+def _max_diff(before, after) -> float:
+    return max(float((a - b).abs().max()) for a, b in zip(before, after))
+
+
+def _trained_template(run_dir: Path, adapter_dir: Path) -> str | None:
+    """The chat template the adapter was trained with: its sftlab_template.json, else the run's config.yaml."""
+    import yaml
+
+    from sftlab.models.chat_files import read_template_record, trained_template
+
+    recorded = read_template_record(adapter_dir)
+    if recorded:
+        return recorded
+    for config_file in (run_dir / "config.yaml", adapter_dir.parent / "config.yaml"):
+        if config_file.is_file():
+            try:
+                raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            except yaml.YAMLError as exc:
+                raise SftlabError(f"{config_file}: not valid YAML ({exc})") from None
+            return trained_template(raw if isinstance(raw, dict) else {})
+    return None
+
+
+def _save_merged(merged, tokenizer, out_dir: Path, record: dict, template: str | None, overwrite: bool) -> None:
+    """Write the merged model, its tokenizer (carrying `template`), sftlab_template.json and sftlab_export.json."""
+    from sftlab.io import atomic_dir, atomic_write_json
+    from sftlab.models.chat_files import carry_chat_template, write_template_record
+
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with carry_chat_template(merged, tokenizer, template) as chat:
+            merged.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        write_template_record(tmp, chat)
+        record["template"] = chat["template"] if chat else None
+        atomic_write_json(Path(tmp) / "sftlab_export.json", record)
+
+
 def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | None = None,
-                  overwrite: bool = False) -> dict:
-    """Merge the run's LoRA adapter into a float32 copy of its base, save it to `out_dir`, return the record."""
+                  overwrite: bool = False, dtype: str = "float32") -> dict:
+    """Merge the run's LoRA adapter into a float32 copy of its base, cast it to `dtype`, save it to `out_dir`,
+    return the record."""
+    import torch
     from peft import PeftModel
 
     from sftlab.config.schema import ModelConfig
-    from sftlab.io import atomic_dir, atomic_write_json, check_output_dir
+    from sftlab.io import check_output_dir
     from sftlab.models.load import load_model, load_tokenizer
 
+    if dtype not in DTYPES:
+        raise SftlabError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_output_dir(out_dir, overwrite)
     adapter_dir = find_adapter(run_dir)
@@ -85,23 +133,25 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     probes = probes or DEFAULT_PROBES
     before = _probe_logits(peft_model, tokenizer, probes)
     merged = peft_model.merge_and_unload()
-    after = _probe_logits(merged, tokenizer, probes)
-    max_diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    max_diff = _max_diff(before, _probe_logits(merged, tokenizer, probes))
     record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
-              "dtype": "float32", "probes": len(probes), "max_abs_logit_diff": max_diff}
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        merged.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(Path(tmp) / "sftlab_export.json", record)
+              "dtype": dtype, "probes": len(probes), "max_abs_logit_diff": max_diff}
+    if dtype != "float32":
+        merged = merged.to(getattr(torch, dtype))
+        record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
+    template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else _trained_template(run_dir, adapter_dir)
+    _save_merged(merged, tokenizer, out_dir, record, template, overwrite)
     return record
 
 
 def _export(args) -> int:
     if not args.merge:
         raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
-    record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite)
+    record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype)
+    cast = record.get("max_abs_logit_diff_after_cast")
     print(f"merged {record['adapter']} into {record['base']} -> {args.merge}; max |merged - unmerged| logit "
-          f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}")
+          f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}"
+          + (f" (saved in {record['dtype']}: {cast:.3g})" if cast is not None else ""))
     return 0
 
 
@@ -109,7 +159,9 @@ def register(registry) -> None:
     """Add `sftlab export`."""
     parser = registry.top.add_parser("export", help="merge a LoRA run's adapter into a full model")
     parser.add_argument("run_dir", help="a run directory (with model/) or an adapter directory")
-    parser.add_argument("--merge", metavar="OUT", help="write the merged full-precision model here")
+    parser.add_argument("--merge", metavar="OUT", help="write the merged model here")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
+                        help="dtype of the saved merged weights (default float32; the merge itself is done in float32)")
     parser.add_argument("--probe", action="append", help="probe text for the merged-vs-unmerged check (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(func=_export)

@@ -7,7 +7,8 @@ Output directory (written atomically):
 
 MODEL_DIR may be a model directory, a PEFT adapter directory (its local base is loaded) or a run directory
 (its `model/`). The chat template, loss mask and maximum length default to the training run's (`config.yaml`
-in MODEL_DIR or above it), else `auto`, `assistant` and 1024 tokens. A model saved with a classification head evaluates labels with that head; a causal LM scores
+in MODEL_DIR or above it; the template also from MODEL_DIR's `sftlab_template.json`), else `auto`, `assistant`
+and 1024 tokens. A model saved with a classification head evaluates labels with that head; a causal LM scores
 each label's likelihood unless `label_method="generate"`.
 """
 
@@ -29,7 +30,19 @@ _SHOWN_FIRST = ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "
 
 def training_settings(model_dir: Path) -> dict:
     """data.template, data.mask and train.max_length of the run that produced `model_dir` (a run dir or its model/, best/,
-    checkpoint), when that run's config.yaml is found."""
+    checkpoint), when that run's config.yaml is found; else the template named in the directory's sftlab_template.json
+    (a merged export, or a model directory copied elsewhere)."""
+    from sftlab.models.chat_files import read_template_record
+
+    recorded = read_template_record(model_dir) or read_template_record(model_dir / "model")
+    found = _config_settings(model_dir)
+    if recorded and "template" not in found:
+        found["template"] = recorded
+    return found
+
+
+def _config_settings(model_dir: Path) -> dict:
+    """The settings in the nearest run config.yaml: in `model_dir`, its parent or its grandparent."""
     for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml", model_dir.parent.parent / "config.yaml"):
         if candidate.is_file():
             try:

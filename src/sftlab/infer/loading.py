@@ -5,7 +5,9 @@
         ...
 
 A run dir holds `model/` (a full model, or an adapter whose adapter_config.json names its local base)
-and `config.yaml` (its `data.template` is reused so inference renders prompts as training did).
+and `config.yaml` (its `data.template` is reused so inference renders prompts as training did). A model
+or adapter dir saved by sftlab (RUN/model, RUN/best, a checkpoint, a merged export) names the template it
+was trained with in `sftlab_template.json` (`sftlab.models.chat_files`); without either, the template is auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.models.chat_files import read_template_record
 
 
 @dataclass
@@ -66,12 +69,12 @@ def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
     from sftlab.models.load import resolve_model_path
 
     given = Path(path).expanduser()
-    template = "auto"
     if given.is_dir() and (given / "model").is_dir() and not (given / "config.json").is_file():
-        template = _run_template(given / "config.yaml")
         model_dir = given / "model"
+        template = _run_template(given / "config.yaml") or read_template_record(model_dir) or "auto"
     else:
         model_dir = resolve_model_path(str(path))
+        template = read_template_record(model_dir) or "auto"
     label = name or (given.name if given.is_dir() else model_dir.name)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
@@ -125,9 +128,9 @@ def _adapter_base(adapter_config: Path) -> str:
     return base
 
 
-def _run_template(config_file: Path) -> str:
+def _run_template(config_file: Path) -> str | None:
     if not config_file.is_file():
-        return "auto"
+        return None
     import yaml
 
     raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}

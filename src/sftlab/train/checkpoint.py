@@ -6,7 +6,8 @@
         optimizer/          instead of optimizer.pt under train.distributed=fsdp: every rank's optimizer
                             shards (torch.distributed.checkpoint), read back with the same process count
         rng_state_ranks.pt   with several processes: every rank's RNG states, in rank order
-        sftlab_state.json   resolved config, step, data position, losses and eval history
+        sftlab_state.json   resolved config, step, data position, losses and eval history, and the
+                            environment (library versions, device: sftlab.train.environment)
 
 Every checkpoint directory is written through `sftlab.io.atomic_dir`, so a directory that exists
 is complete; `latest_checkpoint` only trusts directories that carry the sidecar.
@@ -53,17 +54,24 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = None) -> None:
+def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = None, config=None) -> None:
     """`save_pretrained` of the model (a peft model writes its adapter) and of the tokenizer, without progress bars.
 
-    `state_dict` replaces the model's own tensors (a sharded model's weights gathered by the accelerator)."""
+    `state_dict` replaces the model's own tensors (a sharded model's weights gathered by the accelerator).
+    The chat template the run `config` (a RunConfig or its dict) trained with (`sftlab.models.chat_files`) is carried
+    into the saved files: stop ids in generation_config.json, the template's Jinja as chat_template,
+    sftlab_template.json."""
     from transformers.utils import logging as hf_logging
+
+    from sftlab.models.chat_files import carry_chat_template, trained_template, write_template_record
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
-        tokenizer.save_pretrained(directory)
+        with carry_chat_template(model, tokenizer, trained_template(config)) as record:
+            model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
+            tokenizer.save_pretrained(directory)
+        write_template_record(directory, record)
         from sftlab.vision.load import copy_processor_files
 
         copy_processor_files(model, directory)  # a vision-language model's image processor and chat template
@@ -80,7 +88,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     `write_optimizer(tmp)` replaces optimizer.pt (a sharded optimizer written by every rank into the directory)."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step}"
     with atomic_dir(final, overwrite=True) as tmp:
-        save_model_dir(model, tokenizer, tmp, state_dict)
+        save_model_dir(model, tokenizer, tmp, state_dict, config=state.get("config"))
         if write_optimizer is not None:
             write_optimizer(tmp)
         else:
@@ -96,7 +104,7 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
 def save_best(run_dir: Path, model, tokenizer, state: dict, state_dict: dict | None = None) -> Path:
     """Replace `run_dir/best/` with the current weights, tokenizer and a sidecar (step, metrics)."""
     with atomic_dir(Path(run_dir) / "best", overwrite=True) as tmp:
-        save_model_dir(model, tokenizer, tmp, state_dict)
+        save_model_dir(model, tokenizer, tmp, state_dict, config=state.get("config"))
         atomic_write_json(tmp / SIDECAR, state)
     return Path(run_dir) / "best"
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from sftlab.data.preview import drop_lines
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 from sftlab.jemalloc import allocator_line
@@ -30,11 +31,12 @@ from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
-                                     save_checkpoint, save_model_dir)
+from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, read_sidecar, restore_rng,
+                                     save_best, save_checkpoint, save_model_dir)
 from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_eval_sums, gather_objects,
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
                                       reduce_sum, sharded)
+from sftlab.train.environment import collect_environment, version_warning
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
@@ -67,13 +69,14 @@ class TrainingDiverged(SftlabError):
 
 
 def log_setup(log, session: Session, precision_choice: str | None = None) -> None:
-    """The run log's first lines: allocator, trainable count, fused layers and kernels, attention, precision."""
+    """The run log's first lines: allocator, trainable count, fused layers, kernels, attention, precision, drops."""
     cfg = session.cfg
     log.message(allocator_line(cfg.train.allocator))
     log.message(session.trainable.summary())
     log.message(fused_summary(session.model))
     log.message(attention_line(session.model, cfg.model.attn_implementation))
-    for line in (precision_choice, precision_line(cfg, session.accelerator.device)):
+    drops = drop_lines(getattr(session.prepared, "stats", None) or {}, cfg.train.max_length, cfg.data.truncation)
+    for line in (precision_choice, precision_line(cfg, session.accelerator.device), *drops):
         if line:
             log.message(line)
 
@@ -113,6 +116,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
             write_trainable_report(session.trainable, out_dir, per_epoch)
         if session.resumed_from:
             log.message(f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps})")
+            if changed := version_warning(read_sidecar(session.resumed_from).get("environment")):
+                log.message(changed)
             restore_rng(rng)
         stopped = train(session, log, callbacks or [])
         metrics = save_final(session, log, stopped)
@@ -335,7 +340,8 @@ def sidecar(session: Session) -> dict:
     return {"step": session.step, "total_steps": session.total_steps, "position": session.position.to_dict(),
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
             "bad_evals": session.bad_evals, "trainable": session.trainable.trainable,
-            "processes": session.accelerator.num_processes, "config": session.cfg.model_dump(mode="json")}
+            "processes": session.accelerator.num_processes, "config": session.cfg.model_dump(mode="json"),
+            "environment": collect_environment(session.accelerator.device, session.cfg.train.allocator)}
 
 
 def write_checkpoint(session: Session, rng: dict) -> Path:
@@ -383,9 +389,10 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
     model, state_dict = _unwrapped(session), _gathered_state_dict(session)
     if session.accelerator.is_main_process:
         with atomic_dir(session.out_dir / "model", overwrite=True) as tmp:
-            save_model_dir(model, session.tokenizer, tmp, state_dict)
+            save_model_dir(model, session.tokenizer, tmp, state_dict, config=session.cfg)
             card = model_card(session.cfg, session.trainable, metrics, getattr(session.prepared, "stats", None),
-                              is_adapter=hasattr(model, "peft_config"))
+                              is_adapter=hasattr(model, "peft_config"),
+                              environment=collect_environment(session.accelerator.device, session.cfg.train.allocator))
             (tmp / "README.md").write_text(card, encoding="utf-8")
         atomic_write_json(session.out_dir / "metrics.json", metrics)
         log.message(f"saved {session.out_dir / 'model'}")
