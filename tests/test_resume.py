@@ -52,8 +52,9 @@ def test_resume_with_changed_schedule_names_the_keys(tmp_path):
 
     with pytest.raises(TrainingInterrupted):
         train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[_interrupt_at(1)])
-    with pytest.raises(SftlabError, match=r"differs from the checkpoint's run in train\.lr .*train\.max_steps \(3 -> 5\)"):
-        train(tiny_run(tmp_path, train={"max_steps": 5, "lr": 5e-4}), resume=True)
+    with pytest.raises(SftlabError, match=r"differs from the checkpoint's run in train\.lr \(0\.001 -> 0\.0005\); resume with the same "
+                                          r"settings \(train\.max_steps and train\.epochs may change\)"):
+        train(tiny_run(tmp_path, train={"max_steps": 5, "lr": 5e-4}), resume=True)  # the length alone may change
     # how freed memory is kept, and by which malloc, changes no arithmetic: it may differ on resume
     resumed = train(tiny_run(tmp_path, train={"max_steps": 3, "keep_freed_memory": False, "allocator": "system"}),
                     resume=True)
@@ -77,3 +78,53 @@ def test_trained_weights_start_a_new_run_through_model_path(tmp_path):
     second = train(raw)
     assert second.losses[0] < first.losses[0]  # it starts from the trained weights, not the random base
     assert (second.out_dir / "model" / "model.safetensors").is_file()
+
+
+def test_resume_with_more_steps_extends_the_run(tmp_path, capsys):
+    """A constant schedule: stopping at step 2 of 4 and resuming for 6 gives the losses of a 6-step run; a linear
+    one: the learning rate after resuming follows the schedule for the new length."""
+    from sftlab.config import load_config
+    from sftlab.train import TrainingInterrupted
+    from sftlab.train.checkpoint import latest_checkpoint
+    from sftlab.train.loop import cleanup
+    from sftlab.train.optim import lr_factor
+    from sftlab.train.setup import build_session
+
+    def settings(name, steps, schedule):
+        return tiny_run(tmp_path, name=name, train={"max_steps": steps, "batch_size": 3, "scheduler": schedule,
+                                                     "warmup_steps": 0})
+
+    straight = train(settings("straight", 6, "constant"))
+    with pytest.raises(TrainingInterrupted):
+        train(settings("extended", 4, "constant"), callbacks=[_interrupt_at(2)])
+    capsys.readouterr()
+    extended = train(settings("extended", 6, "constant"), resume=True)
+    assert extended.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
+    assert "(step 2 of 6; the run was 4 steps, and the learning-rate schedule now runs to step 6)" in \
+        capsys.readouterr().err
+    assert "max_steps: 6" in (tmp_path / "extended" / "config.yaml").read_text()
+
+    with pytest.raises(TrainingInterrupted):
+        train(settings("linear", 4, "linear"), callbacks=[_interrupt_at(2)])
+    cfg = load_config(None, [], base=settings("linear", 8, "linear"))
+    session, _ = build_session(cfg, tmp_path / "linear", latest_checkpoint(tmp_path / "linear"), None)
+    try:  # step 3 runs at the 8-step schedule's rate, not at the rate the 4-step run had left in the optimizer
+        assert session.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * lr_factor("linear", 2, 0, 8))
+    finally:
+        cleanup(session)
+    train(settings("linear", 8, "linear"), resume=True)
+    rows = [json.loads(line) for line in (tmp_path / "linear" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    for row in rows[2:]:  # steps 3-8 follow the 8-step schedule (the lr logged is the one for the next step)
+        assert row["lr"] == pytest.approx(1e-3 * lr_factor("linear", row["step"], 0, 8))
+    assert rows[1]["lr"] == pytest.approx(1e-3 * lr_factor("linear", 2, 0, 4))  # before: the 4-step schedule
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(tmp_path):
+    from sftlab.train import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_run(tmp_path, train={"max_steps": 4}), callbacks=[_interrupt_at(3)])
+    with pytest.raises(SftlabError, match=r"^--resume: train.max_steps / train.epochs now give 3 steps, but the "
+                                          r"checkpoint is at step 3; ask for more steps than that$"):
+        train(tiny_run(tmp_path, train={"max_steps": 3}), resume=True)

@@ -40,7 +40,7 @@ from sftlab.train.environment import collect_environment, version_warning
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
-from sftlab.train.setup import Session, build_session, prepare_output_dir
+from sftlab.train.setup import Session, build_session, prepare_output_dir, resume_line
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
 StepCallback = Callable[[int, float], None]
@@ -115,7 +115,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
                 if hasattr(session.prepared.train, "__len__") else None
             write_trainable_report(session.trainable, out_dir, per_epoch)
         if session.resumed_from:
-            log.message(f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps})")
+            log.message(resume_line(session))
             if changed := version_warning(read_sidecar(session.resumed_from).get("environment")):
                 log.message(changed)
             restore_rng(rng)

@@ -29,6 +29,8 @@ RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "me
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
                      "train.dist_timeout_s", "train.keep_freed_memory", "train.allocator", "model.fused_layers"}
+# Settings that give a resumed run another length: the schedule is recomputed for it (`_resize`).
+LENGTH_CHANGES = {"train.max_steps", "train.epochs"}
 
 
 class TrainingObjective(torch.nn.Module):
@@ -67,6 +69,7 @@ class Session:
     best: dict = field(default_factory=dict)
     bad_evals: int = 0
     resumed_from: Path | None = None
+    resized_from: int | None = None  # the checkpoint run's total steps, when the resumed run has another length
 
 
 def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -125,12 +128,14 @@ def check_resume_config(saved: dict, cfg) -> None:
         if default is not _NO_DEFAULT:
             before[key] = default
     keys = sorted(key for key in set(now) | set(before)
-                  if key.split(".")[0] in ("model", "data", "strategy", "train") and key not in RESUMABLE_CHANGES
+                  if key.split(".")[0] in ("model", "data", "strategy", "train")
+                  and key not in RESUMABLE_CHANGES | LENGTH_CHANGES
                   and now.get(key) != before.get(key))
     if keys:
         shown = ", ".join(f"{key} ({before.get(key)!r} -> {now.get(key)!r})" for key in keys[:5])
         raise SftlabError(f"--resume: the config differs from the checkpoint's run in {shown}; resume with the same "
-                          "settings, or start a new run (model.path may point at the trained weights)")
+                          "settings (train.max_steps and train.epochs may change), or start a new run (model.path may point at the "
+                          "trained weights)")
 
 
 def _classifier_weights(prepared, cfg) -> torch.Tensor | None:
@@ -308,4 +313,28 @@ def _resume(session: Session, saved: dict, checkpoint: Path) -> dict:
     session.position = _start_position(session.cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
     session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
+    if saved.get("total_steps", session.total_steps) != session.total_steps:
+        _resize(session, saved["total_steps"])
     return rng
+
+
+def resume_line(session: Session) -> str:
+    """The run log's line for a resumed run: checkpoint, step, and the new length when it changed."""
+    resized = (f"; the run was {session.resized_from} steps, and the learning-rate schedule now runs to step "
+               f"{session.total_steps}" if session.resized_from else "")
+    return f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps}{resized})"
+
+
+def _resize(session: Session, before: int) -> None:
+    """A resumed run given another length (train.max_steps or train.epochs): the learning rate from here on follows
+    the schedule for the new length, and config.yaml records the new settings."""
+    if session.total_steps <= session.step:
+        raise SftlabError(f"--resume: train.max_steps / train.epochs now give {session.total_steps} steps, but the "
+                          f"checkpoint is at step {session.step}; ask for more steps than that")
+    scheduler = session.scheduler
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+    session.resized_from = before
+    if session.accelerator.is_main_process:
+        atomic_write_text(session.out_dir / "config.yaml", dump_config(session.cfg))
