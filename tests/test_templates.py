@@ -239,3 +239,35 @@ def test_own_template_with_a_default_system_prompt_is_prefix_stable():
     assert ids == _ids(tok.apply_chat_template(messages, tokenize=True))
     assert tok.decode(ids).startswith("<|im_start|>system\nYou are helpful.")
     assert _supervised_runs(tok, ids, labels) == ["1<|im_end|>", "2<|im_end|>", "3 then.<|im_end|>"]
+
+
+# A template of the kind Qwen3's is: the last assistant turn gets an (empty) reasoning block, earlier ones not.
+LAST_TURN_THINKS = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['role'] == 'assistant' and loop.last %}<think>\n\n</think>\n\n{% endif %}{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+TWO_TURNS = [{"role": "user", "content": "one?"}, {"role": "assistant", "content": "1"},
+             {"role": "user", "content": "two?"}, {"role": "assistant", "content": "2"}]
+
+
+def test_each_assistant_mask_gives_a_sample_per_turn_as_the_template_renders_it(tmp_path):
+    from sftlab.config.schema import DataConfig, TrainConfig
+    from sftlab.data.tokenize import tokenize_examples
+
+    tok = make_tokenizer("chatml")
+    tok.chat_template = LAST_TURN_THINKS
+    with pytest.raises(SftlabError, match="not prefix-stable at message 1 .*set data.mask to each_assistant"):
+        encode_conversation(tok, TWO_TURNS, "auto")
+    data = DataConfig(train="unused.jsonl", mask="each_assistant", cache_dir=str(tmp_path))
+    rows, stats = tokenize_examples([{"messages": TWO_TURNS, "_src": "d.jsonl:1"}], tok, data,
+                                    TrainConfig(stage="sft", max_length=128))
+    assert (stats.examples, stats.rows) == (2, 2)
+    for index, end in enumerate((2, 4)):  # each sample: the conversation up to the turn, as the template renders it
+        ids, labels = rows[index]["input_ids"], rows[index]["labels"]
+        assert list(ids) == tok.apply_chat_template(TWO_TURNS[:end], tokenize=True, return_dict=False)
+        prompt = tok.apply_chat_template(TWO_TURNS[:end - 1], tokenize=True, add_generation_prompt=True,
+                                         return_dict=False)
+        supervised = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
+        assert supervised[0] == len(prompt)  # the turn's tokens (think block, answer, <|im_end|>) and no other
+        assert tok.decode([ids[i] for i in supervised]).startswith("<think>")
+        assert tok.convert_ids_to_tokens(ids[supervised[-1]]) == "<|im_end|>"

@@ -81,8 +81,11 @@ class DataConfig(_Strict):
     split: Literal["random", "stratified"] = Field("random", description="how data.val_ratio holds out validation: random, or stratified by label")
     max_samples: int | None = Field(None, gt=0, description="keep at most this many training examples (after mixing)")
     template: str = Field("auto", description="'auto' (tokenizer's own chat template, else chatml) or a built-in name")
-    mask: Literal["assistant", "last_assistant", "all"] = Field(
-        "assistant", description="sft loss on every assistant turn, the last one only, or all tokens")
+    mask: Literal["assistant", "last_assistant", "each_assistant", "all"] = Field(
+        "assistant", description="sft loss on every assistant turn, the last one only, or all tokens; "
+        "each_assistant: every assistant turn, each in a sample of its own (the conversation up to it), for chat "
+        "templates that render earlier turns otherwise than the last (Qwen3's gives only the last one a reasoning block), which "
+        "assistant refuses as not prefix-stable; it costs more tokens")
     truncation: Literal["drop", "left"] = Field(
         "drop", description="over-long samples: drop them, or cut the prompt from the left keeping the answer (counted either way)")
     packing: bool = Field(False, description="pack several samples per row; attention never crosses samples")

@@ -291,8 +291,9 @@ class TokenizerFormat:
             upto = self._render(messages[: i + 1], src)
             if not upto.startswith(prompt) or not full.startswith(upto):
                 raise SftlabError(f"{_where(src)}: the tokenizer's chat template is not prefix-stable at message {i} "
-                                  "(it rewrites earlier text), so answer tokens cannot be located; "
-                                  "set data.template to a built-in template")
+                                  "(it renders earlier turns otherwise than the last), so answer tokens cannot be "
+                                  "located; set data.mask to each_assistant (a sample per turn) or last_assistant, "
+                                  "or data.template to a built-in template")
             end = self._last_special(upto[len(prompt):])
             if end is None:
                 raise SftlabError(f"{_where(src)}: the tokenizer's chat template ends an assistant turn without a "

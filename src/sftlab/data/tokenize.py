@@ -9,7 +9,9 @@ cls `{"input_ids", "label": int}`.
   `train.max_length`: `data.truncation=drop` drops it; `left` cuts tokens from the left (keeping a leading
   BOS) so the last answer stays whole, and drops the sample when the answer alone does not fit (with
   `data.mask=all` every token is supervised, so `left` simply keeps the last max_length tokens). A sample
-  left with no supervised token is dropped. Every drop and cut is counted in `TokenizeStats`.
+  left with no supervised token is dropped. Every drop and cut is counted in `TokenizeStats`. With
+  `data.mask=each_assistant` a conversation becomes one sample per assistant turn (the conversation up to
+  it, that turn supervised), and the counts are of those samples.
 - pt: `concat` tokenizes each document (tokenizer's special tokens, EOS appended), joins them and cuts
   `max_length` blocks; the shorter tail block is kept and its size reported. `document` keeps one
   document per row, truncated to max_length (counted).
@@ -164,10 +166,11 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     stage = settings["stage"]
     public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
     mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
-    encoded = _encode_all(mapper, public, tokenizer, settings, num_workers)
+    encoded = [row for rows in _encode_all(mapper, public, tokenizer, settings, num_workers)
+               for row in (rows if isinstance(rows, list) else [rows])]  # each_assistant: a list per conversation
     key = "label" if stage == "cls" else "labels"
     columns = {name: [row[name] for row in encoded] for name in ("input_ids", key, "status")}
-    stats = TokenizeStats(examples=len(examples))
+    stats = TokenizeStats(examples=len(encoded))
     status = columns["status"]
     for name in ("dropped_too_long", "dropped_answer_too_long", "dropped_no_supervised", "cut_left", "truncated"):
         setattr(stats, name, status.count(name))
@@ -266,12 +269,20 @@ def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
     return {"input_ids": ids, "label": settings["label_names"].index(example["label"]), "status": status}
 
 
-def _encode_sft(example: dict, tokenizer, settings: dict) -> dict:
+def _encode_sft(example: dict, tokenizer, settings: dict) -> dict | list[dict]:
+    """One token row; with mask each_assistant a list, one row per assistant turn (the conversation up to it)."""
+    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    if settings["mask"] != "each_assistant":
+        return _encode_turns(messages, example["_src"] or None, tokenizer, settings, settings["mask"])
+    ends = [i + 1 for i, message in enumerate(messages) if message["role"] == "assistant"] or [len(messages)]
+    return [_encode_turns(messages[:end], example["_src"] or None, tokenizer, settings, "last_assistant")
+            for end in ends]
+
+
+def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: dict, mask: str) -> dict:
     from sftlab.data.templates import encode_conversation
 
-    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
-    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=settings["mask"],
-                                      src=example["_src"] or None)
+    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=mask, src=src)
     ids, labels, status = fit_length(list(ids), list(labels), settings["max_length"], settings["truncation"],
                                      settings["mask"] == "all", tokenizer.bos_token_id)
     if status == "ok" or status == "cut_left":
