@@ -116,6 +116,37 @@ def test_plan_counts_equal_the_training_log(tmp_path):
     assert advice["kind"] != "full" and advice["reasons"][0].startswith("little task data")  # 9 examples
 
 
+# (train settings, data settings, eval.every_n_steps, --nproc): the planned steps must equal the run's; each case
+# differs from the count that ignores its setting (max_steps 5 vs 3 by epochs, 2 epochs 6 vs 3, grad_accum 3 vs 5,
+# packing 3 packed rows vs 9 examples, 2 processes of 2 rows 3 vs 5).
+RUN_LENGTHS = {
+    "max_steps": ({"max_steps": 5}, {}, None, 1),
+    "epochs": ({"max_steps": None, "epochs": 2}, {}, 2, 1),
+    "grad_accum": ({"max_steps": None, "epochs": 1.5, "grad_accum": 2}, {}, 2, 1),
+    "packing": ({"max_steps": None, "batch_size": 1, "max_length": 1024}, {"packing": True}, None, 1),
+    "processes": ({"max_steps": None, "batch_size": 2}, {}, None, 2),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_LENGTHS))
+def test_planned_steps_equal_the_steps_a_training_run_performs(tmp_path, case):
+    from sftlab.plan.planner import build_plan
+    from sftlab.train import run_training
+
+    train, data, every, processes = RUN_LENGTHS[case]
+    raw = tiny_config(tmp_path, hidden=32, layers=1, **train)
+    raw["data"].update(data)
+    raw["eval"] = {"every_n_steps": every}
+    run = build_plan(load_config(None, [], base=raw), None, load_thresholds(), ("full",), processes=processes)["run"]
+    # N processes of batch_size rows train on the batches of one process with N x batch_size (test_distributed_gloo)
+    raw["train"]["batch_size"] *= processes
+    result = run_training(load_config(None, [], base=raw), show_progress=False)
+    logged = [json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert run["steps"] == result.metrics["step"] == len([row for row in logged if not row.get("eval")])
+    assert run["evaluations"] == len([row for row in logged if row.get("eval")])
+    assert run["packed"] == bool(data) and (run["rows"] == 9) != bool(data)
+
+
 @pytest.mark.slow  # a probe process per architecture (about 30-60 s each on 2 shared cores)
 @pytest.mark.parametrize("arch, checkpointing, attention", [
     ("llama", False, "sdpa"), ("qwen2", False, "sdpa"), ("gemma3", False, "sdpa"), ("gpt2", False, "sdpa"),
@@ -218,10 +249,15 @@ def test_plan_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert main(["plan", str(config), "--strategies", "full,lora", "--json", str(tmp_path / "plan.json")]) == 0
     out = capsys.readouterr().out
     assert "recommendation:" in out and "est. peak" in out and "supervised tokens" in out
+    assert "run: 2 optimizer steps (train.max_steps; one epoch is 3:" in out
+    assert "run time: not estimated; `sftlab plan --probe` measures seconds per step" in out and "≈" not in out
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert list(plan["rows"]) == ["full", "lora"]
+    assert list(plan["rows"]) == ["full", "lora"] and plan["run"]["steps"] == 2
+    assert not any("probe" in row for row in plan["rows"].values())
     assert main(["plan", str(config), "--strategies", "full,bogus"]) == 2
     assert "expected distinct names" in capsys.readouterr().err
+    assert main(["plan", str(config), "--nproc", "0"]) == 2
+    assert "--nproc 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_big_models_are_counted_on_the_meta_device(tmp_path, monkeypatch):

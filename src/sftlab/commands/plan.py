@@ -1,4 +1,5 @@
-"""`sftlab plan run.yaml [--probe] [--check] [--steps N]`: per-strategy counts, memory estimates, advice."""
+"""`sftlab plan run.yaml [--probe] [--check] [--steps N] [--nproc N]`: per-strategy counts, memory estimates, the
+run's steps (and, probed, its time), advice."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ def register(registry) -> None:
     parser = registry.top.add_parser(
         "plan", help="compare full / freeze / lora / auto before training: parameters, memory, time, advice",
         description="For the configured model and data: trainable parameters and estimated peak memory per "
-                    "strategy, whether it fits, measured step times (--probe) and a recommendation.")
+                    "strategy, whether it fits, the run's optimizer steps, measured step times and run time "
+                    "(--probe) and a recommendation.")
     parser.add_argument("config", help="run config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.batch_size=4")
     parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
@@ -17,6 +19,9 @@ def register(registry) -> None:
                         help="run a few real optimizer steps per strategy to measure time and peak memory")
     parser.add_argument("--steps", type=int, default=3,
                         help="optimizer steps per strategy for --probe/--check (default 3)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="training processes the run will use (sftlab train's --nproc x --nnodes; default 1): "
+                             "each step then takes batch_size x N rows")
     parser.add_argument("--check", action="store_true",
                         help="probe, and report the estimate's error against the measured peak")
     parser.add_argument("--thresholds", help="YAML file overriding the recommendation thresholds (see docs/planner.md)")
@@ -46,11 +51,13 @@ def handle(args) -> int:
 
     if args.steps < 1:
         raise SftlabError(f"--steps {args.steps}: must be at least 1")
+    if args.nproc < 1:
+        raise SftlabError(f"--nproc {args.nproc}: must be at least 1")
     kinds = parse_strategies(args.strategies)
     thresholds = load_thresholds(args.thresholds)
     cfg = load_config(args.config, args.overrides)
     plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.steps if args.probe else None,
-                      check=args.check)
+                      check=args.check, processes=args.nproc)
     print(render_plan(plan))
     if args.json_out:
         atomic_write_json(args.json_out, plan)

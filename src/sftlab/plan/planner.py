@@ -137,11 +137,13 @@ def estimate_row(counts: dict, workload: dict, cfg) -> dict:
 
 
 def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[str, ...] = KINDS,
-               probe_steps: int | None = None, check: bool = False) -> dict:
-    """Everything `sftlab plan` prints: data summary, per-strategy rows, memory available, recommendation."""
+               probe_steps: int | None = None, check: bool = False, processes: int = 1) -> dict:
+    """Everything `sftlab plan` prints: data summary, run length, per-strategy rows, memory available,
+    recommendation; with a probe, each strategy's run time (`processes`: the run's training processes)."""
     from sftlab.data.pipeline import prepare_data
     from sftlab.models.load import load_tokenizer
     from sftlab.plan.probe import worst_case_workload
+    from sftlab.plan.runtime import run_length
     from sftlab.train.setup import make_collate
 
     require_in_memory_data(cfg, "plan")
@@ -153,6 +155,7 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     memory = available_memory()
     real = weights_bytes(cfg) <= REAL_COUNT_MAX_BYTES
     data = data_summary(prepared, cfg.train.stage)
+    run = run_length(cfg, prepared, processes)
     rows, configs, num_layers = {}, {}, None
     for kind in ("full", *[k for k in kinds if k != "full"]):  # full first: it tells the block count
         configs[kind] = strategy_config(cfg, kind, thresholds, num_layers)
@@ -163,7 +166,7 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
                       "fits": estimate["total"] <= thresholds["memory_headroom"] * memory["bytes"],
                       "supervised_per_trainable": data["supervised"] / max(counts["trainable"], 1)}
     if probe_steps or check:
-        _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check)
+        _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check, run["steps"])
     total = rows["full"]["total"]
     rows = {kind: rows[kind] for kind in kinds}
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
@@ -171,8 +174,8 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     cpu = memory["device"] == "cpu"
     caveat = cpu_estimate_caveat(cfg.train.allocator) if cpu else None
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,
-            "data": data, "rows": rows, "thresholds": thresholds, "recommendation": advice, "caveat": caveat,
-            "precision_warning": precision_line(cfg, "cpu") if cpu else None}
+            "data": data, "run": run, "rows": rows, "thresholds": thresholds, "recommendation": advice,
+            "caveat": caveat, "precision_warning": precision_line(cfg, "cpu") if cpu else None}
 
 
 def cpu_estimate_caveat(allocator: str) -> str:
@@ -190,16 +193,20 @@ def cpu_estimate_caveat(allocator: str) -> str:
             "(docs/planner.md; --check measures this run)")
 
 
-def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool) -> None:
-    """Measured step time (median) and peak memory per strategy; with `check`, the estimate's relative error."""
+def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool, run_steps: int) -> None:
+    """Measured step time (median), the run time it implies over `run_steps` steps, and peak memory per strategy;
+    with `check`, the estimate's relative error."""
     from statistics import median
 
     from sftlab.plan.probe import run_probe
+    from sftlab.plan.runtime import run_seconds
 
     for kind, result in zip(kinds, run_probe([configs[kind] for kind in kinds], steps, base_dir)):
         row = rows[kind]
-        row["probe"] = {"step_seconds": median(result["step_seconds"]), "peak_bytes": result["peak_bytes"],
-                        "device": result["device"], "trainable": result["trainable"], "allocator": result["allocator"]}
+        step_seconds = median(result["step_seconds"])
+        row["probe"] = {"step_seconds": step_seconds, "run_seconds": run_seconds(run_steps, step_seconds),
+                        "peak_bytes": result["peak_bytes"], "device": result["device"],
+                        "trainable": result["trainable"], "allocator": result["allocator"]}
         if check and result["peak_bytes"]:
             measured = result["peak_bytes"]
             row["probe"]["estimate_error"] = (row["estimate"]["total"] - measured) / measured

@@ -1,6 +1,9 @@
-"""Plain-text rendering of a plan: the data summary, the strategy table and the recommendation."""
+"""Plain-text rendering of a plan: the data summary, the run's steps, the strategy table, the run time and the
+recommendation."""
 
 from __future__ import annotations
+
+from sftlab.plan.runtime import steps_line, time_lines
 
 
 def human_bytes(value: float | None) -> str:
@@ -57,11 +60,13 @@ def render_plan(plan: dict) -> str:
              f"{data['supervised_per_parameter']:.4g} per model parameter"]
     if data.get("label_distribution"):
         parts.append("labels: " + ", ".join(f"{k} {v}" for k, v in data["label_distribution"].items()))
+    run = plan.get("run")  # absent from plans made before the run length was part of them
+    parts += [steps_line(run)] if run else []
     parts.append(f"memory available: {human_bytes(memory['bytes'])} ({memory['device']}); estimates for the "
                  f"worst micro-batch: {work['batch']} rows x {work['seq']} tokens, {work['supervised']} supervised")
     parts += [plan[key] for key in ("caveat", "precision_warning") if plan.get(key)]
     headers, lines = strategy_rows(plan)
-    parts += ["", format_table(headers, lines), ""]
+    parts += ["", format_table(headers, lines), "", *(time_lines(plan) if run else [])]
     per = [f"{kind} {row['supervised_per_trainable']:.3g}" for kind, row in plan["rows"].items()]
     parts.append(f"supervised {data['supervised_unit']} per trainable parameter: " + ", ".join(per))
     advice = plan["recommendation"]
