@@ -14,7 +14,8 @@ def _run(tmp_path, kind: str):
             for i in range(16)]
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     cfg = load_config(None, [f"strategy.kind={kind}", "strategy.auto.budget=0.2", "strategy.auto.batches=2",
-                             "train.max_steps=2", "train.batch_size=4", f"output.dir={tmp_path / 'run'}",
+                             "train.max_steps=2", "train.batch_size=4", "train.grad_accum=2",
+                             f"output.dir={tmp_path / 'run'}",
                              "output.tensorboard=false"],
                       base={"model": {"path": str(model_dir)}, "data": {"train": str(data)}})
     run_training(cfg, show_progress=False)
@@ -29,6 +30,7 @@ def test_auto_run_writes_the_importance_report(tmp_path):
     chosen = [u for u in units if u["chosen"]]
     assert sum(u["size"] for u in chosen) == report["trainable"] == report["importance"]["chosen_params"]
     assert report["importance"]["chosen_params"] <= report["importance"]["budget_params"]
+    # calibration micro-batches against an epoch's micro-batches of train.batch_size (grad_accum 2 changes neither)
     assert report["importance"]["batches"] == 2 and report["importance"]["batches_per_epoch"] == 4
     assert (run / "importance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     card = (run / "model" / "README.md").read_text()

@@ -111,8 +111,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
         if main and not session.resumed_from:
             from sftlab.strategy.report import write_trainable_report
 
-            per_epoch = math.ceil(len(session.prepared.train) / (cfg.train.batch_size * cfg.train.grad_accum)) \
-                if hasattr(session.prepared.train, "__len__") else None
+            per_epoch = math.ceil(len(session.prepared.train) / cfg.train.batch_size) \
+                if hasattr(session.prepared.train, "__len__") else None  # micro-batches, as calibration counts
             write_trainable_report(session.trainable, out_dir, per_epoch)
         if session.resumed_from:
             log.message(resume_line(session))
