@@ -80,7 +80,7 @@ def _register_build(data) -> None:
 
 
 def _register_clean(data) -> None:
-    p = data.add_parser("clean", help="normalise, filter, deduplicate (exact + MinHash) and remove leaks into eval sets")
+    p = data.add_parser("clean", help="normalise, redact PII, filter, deduplicate (exact + MinHash), remove leaks into eval sets")
     _data_args(p)
     _to_arg(p)
     g = p.add_argument_group("normalisation")
@@ -88,6 +88,10 @@ def _register_clean(data) -> None:
     g.add_argument("--no-nfkc", action="store_true", help="skip Unicode NFKC / full-width -> half-width")
     g.add_argument("--keep-html", action="store_true", help="leave HTML tags and entities")
     g.add_argument("--t2s", action="store_true", help="traditional -> simplified Chinese (OpenCC)")
+    g = p.add_argument_group("PII redaction")
+    g.add_argument("--redact-pii", nargs="?", const="all", metavar="KINDS",
+                   help="replace e-mails, phones, CN resident IDs, card numbers and IPv4 addresses with [EMAIL] "
+                        "[PHONE] [ID] [CARD] [IP]; optional comma list of email,phone,id,card,ip (default all)")
     g = p.add_argument_group("filters")
     g.add_argument("--tokenizer", help="tokenizer directory for --min-tokens / --max-tokens")
     g.add_argument("--config", help="run config whose model's tokenizer counts tokens (when --tokenizer is not given)")

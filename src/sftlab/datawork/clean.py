@@ -1,10 +1,11 @@
-"""`sftlab data clean`: normalise text, filter poor examples, remove exact and near duplicates, and remove
-training examples that leak into validation/test sets, reporting every removal with its reason.
+"""`sftlab data clean`: normalise text, optionally redact PII, filter poor examples, remove exact and near
+duplicates, and remove training examples that leak into validation/test sets, reporting every removal with its
+reason and every redaction with its kind.
 
     kept, report = clean_examples(examples, CleanOptions(...), tokenizer=None, eval_sets={"test": test})
 
-Order: normalisation -> filters -> in-set deduplication -> leakage against evaluation sets. Evaluation sets
-are normalised the same way before comparison, and are never changed or written.
+Order: normalisation -> PII redaction -> filters -> in-set deduplication -> leakage against evaluation sets.
+Evaluation sets are normalised and redacted the same way before comparison, and are never changed or written.
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from dataclasses import dataclass, field
 from sftlab.datawork.dedup import DedupOptions, dedup_examples, find_leaks
 from sftlab.datawork.filters import FilterOptions, filter_examples
 from sftlab.datawork.normalize import NormalizeOptions, Normalizer
+from sftlab.datawork.pii import Redactor
 from sftlab.datawork.records import map_texts
 from sftlab.datawork.report import Report, reason_kind
 
 
 @dataclass
 class CleanOptions:
-    """All settings of one clean run; `normalize=None` skips normalisation, `dedup=None` deduplication."""
+    """All settings of one clean run; `normalize=None` skips normalisation, `dedup=None` deduplication,
+    `redact_pii=None` PII redaction (else the kinds to redact, see `sftlab.datawork.pii.KINDS`)."""
 
     normalize: NormalizeOptions | None = field(default_factory=NormalizeOptions)
+    redact_pii: list[str] | None = None
     filters: FilterOptions = field(default_factory=FilterOptions)
     dedup: DedupOptions | None = field(default_factory=DedupOptions)
     drop_leaks: bool = True
@@ -40,6 +44,8 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
         changed = sum(1 for old, new in zip(examples, current) if old != new)
         report.section("normalisation", {"changed_examples": changed, "options": vars(options.normalize)})
         eval_sets = {name: [map_texts(e, normalizer) for e in rows] for name, rows in (eval_sets or {}).items()}
+    if options.redact_pii is not None:
+        current, eval_sets = _redact(current, eval_sets, options.redact_pii, report)
     current, removed = filter_examples(current, options.filters, tokenizer)
     report.removed_all(removed, kind_of=_filter_kind)
     if options.dedup is not None:
@@ -51,6 +57,22 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
         current = _remove_leaks(current, eval_sets, options, report)
     report.data["after"] = len(current)
     return current, report
+
+
+def _redact(examples: list[dict], eval_sets: dict[str, list[dict]] | None, kinds: list[str],
+            report: Report) -> tuple[list[dict], dict[str, list[dict]] | None]:
+    """Examples with PII replaced by placeholders, counted per kind in the report; evaluation sets are redacted
+    with a separate, uncounted redactor so that leakage still compares like with like."""
+    redactor = Redactor(kinds)
+    redacted = [map_texts(example, redactor) for example in examples]
+    changed = sum(1 for old, new in zip(examples, redacted) if old != new)
+    report.section("pii_redaction", {"kinds": redactor.kinds, "redacted": dict(redactor.counts), "changed_examples": changed})
+    found = ", ".join(f"{kind} {count}" for kind, count in redactor.counts.items())
+    report.note(f"redacted PII in {changed} examples: {found}")
+    if eval_sets:
+        eval_redactor = Redactor(kinds)
+        eval_sets = {name: [map_texts(e, eval_redactor) for e in rows] for name, rows in eval_sets.items()}
+    return redacted, eval_sets
 
 
 def _remove_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: CleanOptions, report: Report) -> list[dict]:

@@ -153,8 +153,10 @@ def clean(args) -> int:
     from sftlab.datawork.dedup import DedupOptions
     from sftlab.datawork.filters import FilterOptions, load_refusal_patterns
     from sftlab.datawork.normalize import NormalizeOptions
+    from sftlab.datawork.pii import parse_kinds
 
     check_distinct(args.output, args.input, *(args.eval or []))
+    redact_pii = None if args.redact_pii is None else parse_kinds(args.redact_pii, "--redact-pii")
     examples = read_input(args)
     eval_sets = {str(path): read_input(args, path) for path in args.eval or []}
     normalize = None if args.no_normalize else NormalizeOptions(nfkc=not args.no_nfkc, strip_html=not args.keep_html, t2s=args.t2s)
@@ -163,7 +165,8 @@ def clean(args) -> int:
                             languages=args.lang.split(",") if args.lang else None,
                             drop_prompt_repeats=not args.keep_prompt_repeats, refusal_patterns=refusals)
     dedup = DedupOptions(exact=not args.no_exact, near_threshold=None if args.no_near else args.near, ngram=args.ngram)
-    options = CleanOptions(normalize=normalize, filters=filters, dedup=dedup, drop_leaks=not args.keep_leaks)
+    options = CleanOptions(normalize=normalize, redact_pii=redact_pii, filters=filters, dedup=dedup,
+                           drop_leaks=not args.keep_leaks)
     report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
     kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer, args.config), eval_sets, report)
     return finish(report, args.output, kept, args.to)

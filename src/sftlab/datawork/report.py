@@ -2,6 +2,7 @@
 
     report = Report("clean", inputs=["train.jsonl"], before=len(examples))
     report.removed("exact duplicate", example, "exact duplicate of train.jsonl:3")
+    report.note("redacted PII in 2 examples: email 1, phone 1")   # a console line (the JSON has sections)
     report.finish(after=len(kept), outputs=["clean.jsonl"])
     report.write("clean.report")          # clean.report.json + clean.report.md
     print(report.summary())
@@ -34,6 +35,7 @@ class Report:
     def __init__(self, command: str, inputs: list[str], before: int | None = None):
         self.data: dict[str, Any] = {"command": command, "inputs": [str(p) for p in inputs], "before": before,
                                      "after": None, "outputs": [], "removed": {}, "sections": {}}
+        self.notes: list[str] = []
 
     def removed(self, reason_kind: str, example: dict, detail: str) -> None:
         """Record one removed example under `reason_kind` (detail says exactly why)."""
@@ -46,6 +48,10 @@ class Report:
         """Record (example, detail) pairs; the reason kind is `kind_of(detail)` or the detail up to '(' / ' of '."""
         for example, detail in pairs:
             self.removed(kind_of(detail) if kind_of else reason_kind(detail), example, detail)
+
+    def note(self, line: str) -> None:
+        """A line for the console summary (put the numbers in a section too: notes are not written)."""
+        self.notes.append(line)
 
     def section(self, name: str, value: Any) -> None:
         self.data["sections"][name] = value
@@ -63,6 +69,7 @@ class Report:
         """A few lines for the console."""
         d = self.data
         lines = [f"{d['command']}: {d['before']} -> {d['after']} examples"]
+        lines += [f"  {note}" for note in self.notes]
         for kind, group in d["removed"].items():
             lines.append(f"  removed {group['count']:>6}  {kind}")
             for item in group["examples"][:1]:
