@@ -1,6 +1,7 @@
 """16-bit training on a CPU without 16-bit matmul hardware: the run log and `sftlab plan` say so."""
 
 import torch
+from safetensors.torch import load_file
 
 from sftlab.config import load_config
 from sftlab.plan.planner import build_plan
@@ -84,3 +85,28 @@ def test_sessions_built_directly_resolve_auto_too(tmp_path, monkeypatch):
             assert session.accelerator.mixed_precision == expected
         finally:
             cleanup(session)
+
+
+def test_model_dtype_auto_follows_the_resolved_precision(tmp_path, monkeypatch, capsys):
+    """bf16 weights (fp32 master copies) where bf16 runs in hardware, fp32 weights elsewhere; the plan counts the
+    weights in that dtype and the run records it."""
+    from sftlab.train import run_training
+    from sftlab.train.precision import resolve_precision
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cfg = _config(tmp_path, model={"dtype": "auto"}, train={"precision": "auto", "max_steps": 1})
+    for hardware, dtype in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: hardware)
+        resolved, line = resolve_precision(cfg)
+        assert resolved.model.dtype == dtype and line.endswith(f"model.dtype: auto -> {dtype} "
+                                                               f"(train.precision {'bf16' if hardware else 'fp32'})")
+        plan = build_plan(cfg, None, load_thresholds(), ("full",))
+        assert plan["rows"]["full"]["param_dtype"] == dtype
+    explicit = _config(tmp_path, model={"dtype": "auto"}, train={"precision": "fp32"})
+    assert resolve_precision(explicit)[0].model.dtype == "float32"  # follows an explicit precision too
+    capsys.readouterr()
+    result = run_training(cfg, show_progress=False)  # the bf16 machine of the last loop round
+    assert "model.dtype: auto -> bfloat16 (train.precision bf16)" in capsys.readouterr().err
+    assert "dtype: bfloat16" in (result.out_dir / "config.yaml").read_text()
+    weights = load_file(result.out_dir / "model" / "model.safetensors")
+    assert all(tensor.dtype == torch.bfloat16 for tensor in weights.values())

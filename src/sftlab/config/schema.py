@@ -20,7 +20,9 @@ class ModelConfig(_Strict):
     """Which weights to start from and how to load them."""
 
     path: str = Field(..., description="local model directory, an embedded default name (gemma-3-270m, minilm), or a .gguf file")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the loaded weights; "
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="dtype of the loaded weights; "
+                                                                    "auto: bfloat16 where train.precision is (or resolves to) "
+                                                                    "bf16, else float32, chosen when a run, plan or compare starts; "
                                                                     "trained bf16/fp16 weights get fp32 master copies in AdamW "
                                                                     "(with train.precision=bf16, bfloat16 is faster and lighter on CPUs "
                                                                     "with AMX or AVX-512 BF16; elsewhere 16-bit matmuls have no "

@@ -25,7 +25,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+# model.dtype -> torch dtype name; auto is resolved with train.precision when a run starts (float32 elsewhere)
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "auto": "float32"}
 
 
 def sftlab_home() -> Path:

@@ -1,7 +1,7 @@
 """Whether a run's 16-bit matmuls have hardware behind them on this machine: `train.precision: auto` and the
 warning for 16-bit settings on a CPU without it.
 
-    cfg, line = resolve_precision(cfg)               # auto -> bf16 or fp32, and the log line (None otherwise)
+    cfg, line = resolve_precision(cfg)               # auto -> bf16 or fp32 (model.dtype auto follows), the log line
     line = precision_line(cfg, accelerator.device)   # None, or a one-line warning for the run log
 
 bf16 autocast (`train.precision: bf16`) and 16-bit weights (`model.dtype: bfloat16 | float16`) are fast on
@@ -73,9 +73,12 @@ def resolve_setting(setting: str) -> tuple[str, str | None]:
 
 
 def resolve_precision(cfg):
-    """`cfg` with `train.precision: auto` made bf16 or fp32 for this machine, and the log line; other settings
-    are returned unchanged, with None."""
+    """`cfg` with `train.precision: auto` made bf16 or fp32 for this machine and `model.dtype: auto` bfloat16 where
+    the precision is bf16 (else float32), and the log line; other settings are returned unchanged, with None."""
     chosen, line = resolve_setting(cfg.train.precision)
-    if line is None:
-        return cfg, None
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": chosen})}), line
+    updates = {} if line is None else {"train": cfg.train.model_copy(update={"precision": chosen})}
+    if cfg.model.dtype == "auto":
+        dtype = "bfloat16" if chosen == "bf16" else "float32"
+        updates["model"] = cfg.model.model_copy(update={"dtype": dtype})
+        line = "; ".join(part for part in (line, f"model.dtype: auto -> {dtype} (train.precision {chosen})") if part)
+    return (cfg.model_copy(update=updates), line) if updates else (cfg, None)
