@@ -7,7 +7,10 @@
 Reading lives in `sftlab.data.readers` (re-exported here): every row carries `"_src": "file:line"`.
 
 Canonical shapes (see DEVELOPERS.md): sft `{"messages": [{"role", "content"}]}`, pt `{"text"}`,
-cls `{"text", "label"}` (label as str). Every problem with a record raises a one-line `SftlabError`
+cls `{"text", "label"}` (label as str). Tool-calling sft examples add assistant `tool_calls`, `tool` messages
+and an example-level `tools` list (shapes in `sftlab.data.messages`); the messages format reads them as
+OpenAI writes them, sharegpt as LLaMA-Factory does (`function_call` / `observation` turns, a `tools` column
+holding JSON text). Every problem with a record raises a one-line `SftlabError`
 that starts with the record's `_src` (file:line).
 """
 
@@ -15,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
+from sftlab.data import messages as tool_shapes
 from sftlab.data.readers import READ_EXTENSIONS, read_rows  # noqa: F401  (re-exported)
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -25,9 +30,11 @@ from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "label")
 WRITE_FORMATS = ("alpaca", "sharegpt", "messages", "jsonl", "csv")
 STAGE_OF_FORMAT = {"alpaca": "sft", "sharegpt": "sft", "messages": "sft", "prompt_completion": "sft", "text": "pt", "label": "cls"}
-ROLES = ("system", "user", "assistant")
-# ShareGPT / LLaMA-Factory role tags accepted when no registry says otherwise.
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT / LLaMA-Factory role tags accepted when no registry says otherwise ("function_call" turns become
+# assistant tool calls).
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
+                  "observation": "tool", "function_call": "function_call"}
 DEFAULT_TAGS = {"role_tag": "from", "content_tag": "value"}
 
 
@@ -57,13 +64,13 @@ def detect_format(row: dict) -> str:
     )
 
 
-OPTIONAL_FIELDS = ("input", "system", "history")
+OPTIONAL_FIELDS = ("input", "system", "history", "tools")
 
 
 def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
     """Rename file columns to canonical names: `columns` maps canonical name -> column in the file.
 
-    A mapped column that a row lacks is an error, except for the optional fields input, system, history.
+    A mapped column that a row lacks is an error, except for the optional fields input, system, history, tools.
     """
     if not columns:
         return row
@@ -149,7 +156,8 @@ def _from_sharegpt(row: dict, tags: dict) -> dict:
     if turns and isinstance(turns[0], dict) and role_tag not in turns[0] and "role" in turns[0] and not tags:
         role_tag, content_tag = "role", "content"  # OpenAI-style tags inside a sharegpt file
     roles = dict(SHAREGPT_ROLES)
-    for name, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system")):
+    for name, role in (("user_tag", "user"), ("assistant_tag", "assistant"), ("system_tag", "system"),
+                       ("observation_tag", "tool"), ("function_tag", "function_call")):
         if tags.get(name):
             roles[tags[name]] = role
     messages = []
@@ -163,12 +171,45 @@ def _from_sharegpt(row: dict, tags: dict) -> dict:
             raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {tag!r}; expected one of {sorted(roles)}")
         if not isinstance(content, str):
             raise SftlabError(f"{row['_src']}: {key}[{i}].{content_tag} must be a string, got {type(content).__name__}")
-        messages.append({"role": roles[tag], "content": content})
-    return {"messages": _check_conversation(row, messages)}
+        if roles[tag] == "function_call":
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": _function_call(content, f"{row['_src']}: {key}[{i}].{content_tag}")})
+        else:
+            messages.append({"role": roles[tag], "content": content})
+    return _with_tools(row, {"messages": _check_conversation(row, messages)})
+
+
+def _function_call(text: str, field: str) -> list[dict]:
+    """A LLaMA-Factory function_call value (JSON {"name", "arguments"}, or a list of them) as canonical tool_calls."""
+    try:
+        calls = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{field} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    calls = calls if isinstance(calls, list) else [calls]
+    clean = []
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"].strip():
+            raise SftlabError(f"{field} must be a JSON object with a non-empty \"name\" (and \"arguments\"), or a list of them")
+        arguments = tool_shapes.arguments(call.get("arguments"), f"{field} \"arguments\"")
+        clean.append({"type": "function", "function": {"name": call["name"], "arguments": arguments}})
+    return clean
+
+
+def _with_tools(row: dict, example: dict) -> dict:
+    """Add the row's `tools` list (or JSON text of one, as LLaMA-Factory stores it) to the example when it has one."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as exc:
+            raise SftlabError(f"{row['_src']}: field 'tools' is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    tools = tool_shapes.check_tools(tools, row.get("_src", "row"))
+    return {**example, "tools": tools} if tools else example
 
 
 def _from_messages(row: dict, tags: dict) -> dict:
-    return {"messages": _check_conversation(row, _openai_messages(row, "messages", _field(row, "messages", kind=list)))}
+    messages = _openai_messages(row, "messages", _field(row, "messages", kind=list))
+    return _with_tools(row, {"messages": _check_conversation(row, messages)})
 
 
 def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
@@ -179,13 +220,21 @@ def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
         role, content = item.get("role"), item.get("content")
         if role not in ROLES:
             raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {role!r}; expected one of {list(ROLES)}")
+        calls = item.get("tool_calls") if role == "assistant" else None
+        if calls not in (None, []):
+            content = "" if content is None else content
         if isinstance(content, list):  # OpenAI content parts: keep text parts only when all are text
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
                 raise SftlabError(f"{row['_src']}: {key}[{i}].content has non-text parts; only text is supported")
             content = "".join(part["text"] for part in content)
         if not isinstance(content, str):
             raise SftlabError(f"{row['_src']}: {key}[{i}].content must be a string, got {type(content).__name__}")
-        messages.append({"role": role, "content": content})
+        message, at = {"role": role, "content": content}, f"{row['_src']}: {key}[{i}]"
+        if calls not in (None, []):
+            message["tool_calls"] = tool_shapes.check_tool_calls(calls, at)
+        elif role == "tool":
+            message.update(tool_shapes.tool_result_fields(item, at))
+        messages.append(message)
     return messages
 
 
@@ -206,6 +255,7 @@ def _check_conversation(row: dict, messages: list[dict]) -> list[dict]:
     for i, message in enumerate(messages):
         if message["role"] == "system" and i != 0:
             raise SftlabError(f"{src}: a system message may only come first (found at turn {i})")
+    tool_shapes.check_tool_order(messages, src, "turn ")
     if not any(m["role"] == "user" for m in messages) or not any(m["role"] == "assistant" for m in messages):
         raise SftlabError(f"{src}: a conversation needs at least one user and one assistant message")
     return messages
@@ -266,6 +316,9 @@ def _conversation(example: dict, fmt: str) -> list[dict]:
 
 def _to_alpaca(example: dict) -> dict:
     messages = list(_conversation(example, "alpaca"))
+    if tool_shapes.has_tool_data(messages, example.get("tools")):
+        raise SftlabError(f"{example.get('_src', 'example')}: alpaca has no place for tools or tool calls; "
+                          "write this data as messages or sharegpt")
     record: dict[str, Any] = {}
     if messages and messages[0]["role"] == "system":
         record["system"] = messages.pop(0)["content"]
@@ -280,12 +333,24 @@ def _to_alpaca(example: dict) -> dict:
 
 
 def _to_sharegpt(example: dict) -> dict:
-    names = {"user": "human", "assistant": "gpt", "system": "system"}
-    return {"conversations": [{"from": names[m["role"]], "value": m["content"]} for m in _conversation(example, "sharegpt")]}
+    names = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
+    turns = []
+    for m in _conversation(example, "sharegpt"):
+        if not m.get("tool_calls"):
+            turns.append({"from": names[m["role"]], "value": m["content"]})
+            continue
+        if m["content"].strip():
+            raise SftlabError(f"{example.get('_src', 'example')}: sharegpt's function_call turn holds no text; "
+                              "an assistant turn with both text and tool_calls needs the messages format")
+        calls = [c["function"] for c in m["tool_calls"]]
+        turns.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
+    tools = example.get("tools")
+    return {"conversations": turns, **({"tools": json.dumps(tools, ensure_ascii=False)} if tools else {})}
 
 
 def _to_messages(example: dict) -> dict:
-    return {"messages": [dict(m) for m in _conversation(example, "messages")]}
+    tools = example.get("tools")
+    return {"messages": [dict(m) for m in _conversation(example, "messages")], **({"tools": tools} if tools else {})}
 
 
 _RECORD_WRITERS = {"alpaca": _to_alpaca, "sharegpt": _to_sharegpt, "messages": _to_messages, "jsonl": _public}

@@ -3,10 +3,10 @@
     train, val = load_examples(cfg.data, stage="sft", base_dir=Path("configs"))
 
 A registry is a LLaMA-Factory `dataset_info.json`: name -> {file_name, formatting (alpaca|sharegpt),
-columns {prompt, query, response, history, system, messages}, tags {role_tag, content_tag, user_tag,
-assistant_tag, system_tag}}. `file_name` is relative to the registry's directory and may be a directory of
-data files. Entries that need the network or other stages (hf_hub_url, ranking, kto, images...) fail
-with an error naming the entry.
+columns {prompt, query, response, history, system, messages, tools (sharegpt)}, tags {role_tag, content_tag,
+user_tag, assistant_tag, system_tag, observation_tag, function_tag}}. `file_name` is relative to the
+registry's directory and may be a directory of data files. Entries that need the network or other stages
+(hf_hub_url, ranking, kto, images...) fail with an error naming the entry.
 
 Mixing: every dataset in `data.train` contributes round(weight * size) examples (weight 1 = the whole
 set once, 0.5 = a seeded random half, 2.5 = two full copies plus a seeded random half); the mixture is
@@ -30,7 +30,7 @@ from sftlab.errors import SftlabError
 # LLaMA-Factory's alpaca column names -> sftlab's alpaca field names.
 _RESOURCES = Path(__file__).resolve().parent.parent / "resources"
 _LF_ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history", "system": "system"}
-_LF_SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system"}
+_LF_SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
 _TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "observation_tag", "function_tag")
 _REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 _MEDIA_COLUMNS = ("images", "videos", "audios", "tools", "chosen", "rejected", "kto_tag")
@@ -68,7 +68,7 @@ def registry_source(name: str, entry: dict, registry_dir: Path) -> tuple[list[Pa
     if formatting not in ("alpaca", "sharegpt"):
         raise SftlabError(f"{where}: formatting {formatting!r} is not supported (alpaca or sharegpt)")
     lf_columns = entry.get("columns") or {}
-    media = [key for key in _MEDIA_COLUMNS if key in lf_columns]
+    media = [key for key in _MEDIA_COLUMNS if key in lf_columns and (key, formatting) != ("tools", "sharegpt")]
     if media:
         raise SftlabError(f"{where}: column {media[0]!r} is not supported (text-only pt/sft/cls)")
     known = _LF_ALPACA_COLUMNS if formatting == "alpaca" else _LF_SHAREGPT_COLUMNS
@@ -80,8 +80,9 @@ def registry_source(name: str, entry: dict, registry_dir: Path) -> tuple[list[Pa
         columns = {_LF_ALPACA_COLUMNS[key]: col for key, col in {**defaults, **lf_columns}.items()}
     else:
         columns = {"messages": lf_columns.get("messages", "conversations")}
-        if "system" in lf_columns:
-            columns["system"] = lf_columns["system"]
+        for key in ("system", "tools"):
+            if key in lf_columns:
+                columns[key] = lf_columns[key]
     tags = {key: value for key, value in (entry.get("tags") or {}).items() if key in _TAG_KEYS}
     return _entry_files(where, registry_dir / entry.get("file_name", "")), formatting, columns, tags
 

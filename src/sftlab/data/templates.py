@@ -21,6 +21,11 @@ What is supervised (labels are the token ids there, -100 elsewhere; same length 
   generation prompt must be a prefix of messages[:i+1], which must be a prefix of the whole conversation;
   the new text is supervised up to and including its last special token. A template without that
   prefix property (one that rewrites earlier turns) is refused with a one-line error.
+
+Tool calling (shapes in `sftlab.data.messages`): `encode_conversation(..., tools=[...])` renders through the
+tokenizer's own template as `apply_chat_template(messages, tools=tools)`; an assistant turn's tool-call text is
+supervised like its answer, tool results and the tools block never are. A template that drops the tools, a
+tool call or a tool result is refused, and so is tool data under a built-in template (they have no tool format).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sftlab.data.messages import ROLES, check_messages  # noqa: F401  (re-exported)
+from sftlab.data.messages import check_tools, check_tools_rendered, has_tool_data
+from sftlab.data.messages import where_of as _where
 from sftlab.errors import SftlabError
 
 IGNORE_INDEX = -100
-ROLES = ("system", "user", "assistant")
 MASKS = ("assistant", "last_assistant", "all")
 DEFAULT_TEMPLATE = "chatml"
 _PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
@@ -136,31 +143,6 @@ def load_builtin(name: str) -> TemplateSpec:
 # ----------------------------------------------------------------------------------------- messages
 
 
-def _where(src: str | None) -> str:
-    return src or "conversation"
-
-
-def check_messages(messages, src: str | None = None, need_assistant: bool = True) -> list[dict]:
-    """Validate roles and contents; returns plain {"role", "content"} dicts. Raises SftlabError."""
-    where = _where(src)
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise SftlabError(f"{where}: expected a non-empty list of messages")
-    clean = []
-    for i, message in enumerate(messages):
-        role = message.get("role") if isinstance(message, dict) else None
-        content = message.get("content") if isinstance(message, dict) else None
-        if role not in ROLES:
-            raise SftlabError(f"{where}: message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        if not isinstance(content, str):
-            raise SftlabError(f"{where}: message {i} ({role}) has no text content")
-        if role == "assistant" and not content.strip():
-            raise SftlabError(f"{where}: message {i} is an assistant turn with empty content")
-        clean.append({"role": role, "content": content})
-    if need_assistant and not any(m["role"] == "assistant" for m in clean):
-        raise SftlabError(f"{where}: conversation has no assistant turn, so nothing would be learned from it")
-    return clean
-
-
 def _selected_turns(messages: list[dict], mask: str) -> set[int]:
     """Indices of the assistant turns the mask supervises."""
     if mask not in MASKS:
@@ -208,8 +190,12 @@ class BuiltinFormat:
     def _content(self, message: dict) -> str:
         return message["content"].strip() if self.spec.trim_content else message["content"]
 
-    def render(self, messages: list[dict], selected: set[int], src: str | None) -> Rendered:
+    def render(self, messages: list[dict], selected: set[int], src: str | None, tools: list | None = None) -> Rendered:
         """Text of the conversation; each selected assistant turn contributes one supervised span."""
+        if has_tool_data(messages, tools):
+            raise SftlabError(f"{_where(src)}: this conversation has tools, tool calls or tool results, but the built-in "
+                              f"chat template {self.spec.name} has no tool format; use a tokenizer whose own chat "
+                              "template renders tools, with data.template: auto")
         spec, parts, spans = self.spec, [self._fill(self.spec.bos)], []
         length = len(parts[0])
         for i, message, merged in self._turns(messages, src):
@@ -237,8 +223,8 @@ class BuiltinFormat:
                                   "only as the first message")
             yield i, messages[i], merged if i == start else ""
 
-    def prompt_text(self, messages: list[dict], src: str | None) -> str:
-        return self.render(messages, set(), src).text + self._fill(self.spec.generation_prompt)
+    def prompt_text(self, messages: list[dict], src: str | None, tools: list | None = None) -> str:
+        return self.render(messages, set(), src, tools).text + self._fill(self.spec.generation_prompt)
 
 
 # ------------------------------------------------------------------------------- tokenizer's own format
@@ -264,9 +250,10 @@ class TokenizerFormat:
             stops.append(tokenizer.eos_token_id)
         self.stop_ids = _dedupe(stops)
 
-    def _render(self, messages: list[dict], src: str | None, generation: bool = False) -> str:
+    def _render(self, messages: list[dict], src: str | None, generation: bool = False, tools: list | None = None) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation)
+            text = self.tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
+                                                      add_generation_prompt=generation)
         except Exception as exc:  # jinja raises template-defined errors (e.g. role alternation) as plain exceptions
             raise SftlabError(f"{_where(src)}: the tokenizer's chat template failed: {exc}") from None
         return text if isinstance(text, str) else text[0]
@@ -280,29 +267,37 @@ class TokenizerFormat:
                 best = (token, at + len(token))
         return best
 
-    def render(self, messages: list[dict], selected: set[int], src: str | None) -> Rendered:
-        full = self._render(messages, src)
+    def render(self, messages: list[dict], selected: set[int], src: str | None, tools: list | None = None) -> Rendered:
+        full = self._render(messages, src, tools=tools)
+        if has_tool_data(messages, tools):
+            check_tools_rendered(full, messages, tools, _where(src))
         spans = []
         for i in sorted(selected):
             if i == 0:
                 raise SftlabError(f"{_where(src)}: the conversation starts with an assistant turn; "
                                   "the tokenizer's chat template needs a prompt before it")
-            prompt = self._render(messages[:i], src, generation=True)
-            upto = self._render(messages[: i + 1], src)
+            prompt = self._render(messages[:i], src, generation=True, tools=tools)
+            upto = self._render(messages[: i + 1], src, tools=tools)
             if not upto.startswith(prompt) or not full.startswith(upto):
                 raise SftlabError(f"{_where(src)}: the tokenizer's chat template is not prefix-stable at message {i} "
                                   "(it renders earlier turns otherwise than the last), so answer tokens cannot be "
                                   "located; set data.mask to each_assistant (a sample per turn) or last_assistant, "
                                   "or data.template to a built-in template")
             end = self._last_special(upto[len(prompt):])
+            dropped = [c["function"]["name"] for c in messages[i].get("tool_calls", ()) if c["function"]["name"] not in
+                       upto[len(prompt):]]
+            if dropped:
+                raise SftlabError(f"{_where(src)}: the tokenizer's chat template did not render the tool call "
+                                  f"{dropped[0]!r} of message {i}, so it does not handle tools; use a model whose own "
+                                  "chat template renders tool calls")
             if end is None:
                 raise SftlabError(f"{_where(src)}: the tokenizer's chat template ends an assistant turn without a "
                                   "special token, so the model would never learn to stop; set data.template to a built-in")
             spans.append((len(prompt), len(prompt) + end[1]))
         return Rendered(full, spans)
 
-    def prompt_text(self, messages: list[dict], src: str | None) -> str:
-        return self._render(messages, src, generation=True)
+    def prompt_text(self, messages: list[dict], src: str | None, tools: list | None = None) -> str:
+        return self._render(messages, src, generation=True, tools=tools)
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -330,24 +325,26 @@ def chat_format(tokenizer, template: str = "auto") -> BuiltinFormat | TokenizerF
 
 
 def encode_conversation(tokenizer, messages, template: str = "auto", mask: str = "assistant",
-                        src: str | None = None) -> tuple[list[int], list[int]]:
+                        src: str | None = None, tools: list | None = None) -> tuple[list[int], list[int]]:
     """Token ids of the conversation and labels (-100 where not supervised), equal lengths.
 
-    `src` (e.g. an example's "_src", "train.jsonl:12") prefixes every error message.
+    `src` (e.g. an example's "_src", "train.jsonl:12") prefixes every error message; `tools` is the
+    example's list of function definitions (passed to the tokenizer's chat template).
     """
-    clean = check_messages(messages, src)
+    clean, tools = check_messages(messages, src), check_tools(tools, src)
     fmt = chat_format(tokenizer, template)
     selected = _selected_turns(clean, mask)
-    rendered = fmt.render(clean, selected, src)
+    rendered = fmt.render(clean, selected, src, tools)
     if mask == "all":
         rendered = Rendered(rendered.text, [(0, len(rendered.text))])
     return encode_rendered(tokenizer, rendered, src)
 
 
-def render_prompt(tokenizer, messages, template: str = "auto", src: str | None = None) -> list[int]:
+def render_prompt(tokenizer, messages, template: str = "auto", src: str | None = None,
+                  tools: list | None = None) -> list[int]:
     """Token ids of `messages` followed by the assistant generation prompt, as training renders them."""
-    clean = check_messages(messages, src, need_assistant=False)
-    return _plain_ids(tokenizer, chat_format(tokenizer, template).prompt_text(clean, src))
+    clean, tools = check_messages(messages, src, need_assistant=False), check_tools(tools, src)
+    return _plain_ids(tokenizer, chat_format(tokenizer, template).prompt_text(clean, src, tools))
 
 
 def stop_token_ids(tokenizer, template: str = "auto") -> list[int]:

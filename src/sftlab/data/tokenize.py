@@ -21,7 +21,7 @@ cls `{"input_ids", "label": int}`.
 The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
 directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
 template), the settings above, and the source of this module and of the chat-template code
-(`sftlab/data/templates.py`, `sftlab/templates/`).
+(`sftlab/data/templates.py`, `sftlab/data/messages.py`, `sftlab/templates/`).
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def _cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
 def _code_version() -> str:
     """Hash of this module and the chat-template code (and its template files), so code changes miss the cache."""
     here = Path(__file__).parent
-    files = [Path(__file__), here / "templates.py"]
+    files = [Path(__file__), here / "templates.py", here / "messages.py"]
     if (here.parent / "templates").is_dir():  # the built-in chat templates (sftlab/templates/*.yaml)
         files += sorted(p for p in (here.parent / "templates").rglob("*") if p.is_file())
     digest = hashlib.sha256()
@@ -271,18 +271,20 @@ def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
 
 def _encode_sft(example: dict, tokenizer, settings: dict) -> dict | list[dict]:
     """One token row; with mask each_assistant a list, one row per assistant turn (the conversation up to it)."""
-    messages = [{"role": m["role"], "content": m["content"]} for m in example["messages"]]
+    messages, tools = [dict(m) for m in example["messages"]], example.get("tools")
     if settings["mask"] != "each_assistant":
-        return _encode_turns(messages, example["_src"] or None, tokenizer, settings, settings["mask"])
+        return _encode_turns(messages, example["_src"] or None, tokenizer, settings, settings["mask"], tools)
     ends = [i + 1 for i, message in enumerate(messages) if message["role"] == "assistant"] or [len(messages)]
-    return [_encode_turns(messages[:end], example["_src"] or None, tokenizer, settings, "last_assistant")
+    return [_encode_turns(messages[:end], example["_src"] or None, tokenizer, settings, "last_assistant", tools)
             for end in ends]
 
 
-def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: dict, mask: str) -> dict:
+def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: dict, mask: str,
+                  tools: list | None = None) -> dict:
     from sftlab.data.templates import encode_conversation
 
-    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=mask, src=src)
+    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=mask, src=src,
+                                      tools=tools)
     ids, labels, status = fit_length(list(ids), list(labels), settings["max_length"], settings["truncation"],
                                      settings["mask"] == "all", tokenizer.bos_token_id)
     if status == "ok" or status == "cut_left":

@@ -46,7 +46,8 @@ def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], i
     for example in examples:
         kind = stage_of(example)
         if kind == "sft":
-            ids, labels = encode_conversation(tokenizer, example["messages"], template=template, mask=mask, src=example.get("_src"))
+            ids, labels = encode_conversation(tokenizer, example["messages"], template=template, mask=mask, src=example.get("_src"),
+                                               tools=example.get("tools"))
             lengths.append(len(ids))
             supervised += sum(1 for label in labels if label != -100)
         else:

@@ -132,7 +132,7 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
 def _empty_fields(example: dict, where: str) -> list[Problem]:
     if "messages" in example:
         return [Problem(where, "empty", f"message {i} ({m['role']}) has empty content")
-                for i, m in enumerate(example["messages"]) if not m["content"].strip()]
+                for i, m in enumerate(example["messages"]) if not m["content"].strip() and not m.get("tool_calls")]
     problems = []
     if not example.get("text", "").strip():
         problems.append(Problem(where, "empty", "field 'text' is empty"))
