@@ -12,9 +12,10 @@ import pytest
 
 from sftlab.data.formats import read_rows, to_canonical, write_rows
 from sftlab.data.sources import _registry_rows
-from sftlab.data.templates import IGNORE_INDEX, encode_conversation, render_prompt
+from sftlab.data.templates import encode_conversation, render_prompt
 from sftlab.errors import SftlabError
 from sftlab.models.tiny import make_tokenizer, save_tiny
+from test_templates import _supervised_runs as supervised_runs
 from test_train_loop import tiny_run, train, write_jsonl
 
 # A small tool-capable ChatML-like template written for these tests: the tools are listed in a system block,
@@ -54,19 +55,6 @@ def tok():
     tokenizer = make_tokenizer("chatml")
     tokenizer.chat_template = TOOL_TEMPLATE
     return tokenizer
-
-
-def supervised_runs(tokenizer, ids, labels) -> list[str]:
-    """Decoded text of each run of consecutive supervised tokens."""
-    runs, current = [], []
-    for tid, label in zip(ids, labels):
-        if label != IGNORE_INDEX:
-            assert label == tid
-            current.append(tid)
-        elif current:
-            runs, current = runs + [current], []
-    runs += [current] if current else []
-    return [tokenizer.decode(run) for run in runs]
 
 
 def test_ids_equal_apply_chat_template_with_tools(tok):
