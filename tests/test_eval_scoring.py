@@ -1,5 +1,6 @@
 """Likelihood scoring equals a direct per-pair computation; batched generation equals one-by-one; the training hook."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -201,3 +202,24 @@ def test_hook_ranking_reads_eval_data(tiny, tmp_path):
     assert "ndcg@2" in values and "mrr" in values and "queries" not in values
     direct, _ = tasks.run_ranking(model, tok, [query], tasks.EvalOptions(ks=[1, 2]))
     assert values["ndcg@2"] == pytest.approx(direct["ndcg@2"]) and values["mrr"] == pytest.approx(direct["mrr"])
+
+
+def test_lm_loss_encodes_conversations_as_training_did(tiny):
+    """mask each_assistant: a conversation's loss is the sum over its per-turn samples (as training makes them);
+    an example's tools reach the template (a template that lists them gives longer prompts)."""
+    from tests.test_templates import LAST_TURN_THINKS, TWO_TURNS
+
+    model, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.chat_template = LAST_TURN_THINKS
+    whole, _ = tasks.run_lm(model, tok, [{"messages": TWO_TURNS}], tasks.EvalOptions(mask="each_assistant"))
+    turns, per_turn = tasks.run_lm(model, tok, [{"messages": TWO_TURNS[:2]}, {"messages": TWO_TURNS}],
+                                   tasks.EvalOptions(mask="last_assistant"))
+    assert whole["tokens"] == sum(row["tokens"] for row in per_turn)
+    assert whole["loss"] == pytest.approx(sum(row["nll"] for row in per_turn) / whole["tokens"], rel=1e-5)
+    tok.chat_template = ("{% if tools %}<|im_start|>system\ntools:{% for t in tools %} {{ t['function']['name'] }}"
+                         "{% endfor %}<|im_end|>\n{% endif %}" + LAST_TURN_THINKS)
+    example = {"messages": TWO_TURNS[:2], "tools": [{"type": "function", "function": {"name": "f"}}]}
+    with_tools = scoring.encode_for_loss(tok, example, "auto", "assistant")[0][0]
+    without = scoring.encode_for_loss(tok, {"messages": TWO_TURNS[:2]}, "auto", "assistant")[0][0]
+    assert tok.decode(with_tools).startswith("<|im_start|>system\ntools: f") and len(with_tools) > len(without)

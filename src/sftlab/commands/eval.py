@@ -15,7 +15,7 @@ def register(registry) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--format", default="auto", help="data format of --data (as data.format)")
     parser.add_argument("--template", help="chat template (default: the training run's data.template, else auto)")
-    parser.add_argument("--mask", choices=["assistant", "last_assistant", "all"],
+    parser.add_argument("--mask", choices=["assistant", "last_assistant", "each_assistant", "all"],
                         help="lm task: supervised tokens (default: the training run's data.mask)")
     parser.add_argument("--labels", help="comma-separated label set (default: labels seen in --data)")
     parser.add_argument("--label-method", choices=["likelihood", "generate", "head"], default="likelihood",

@@ -24,11 +24,21 @@ def encode_answer(tokenizer, prompt: Messages, answer: str, template: str = "aut
 
 
 def encode_supervised(tokenizer, messages: Messages, template: str = "auto", mask: str = "assistant",
-                      src: str | None = None) -> tuple[list[int], list[int]]:
+                      src: str | None = None, tools: list | None = None) -> tuple[list[int], list[int]]:
     """(ids, labels) of a conversation exactly as training encodes it (`sftlab.data.templates`)."""
     from sftlab.data.templates import encode_conversation
 
-    return encode_conversation(tokenizer, messages, template, mask, src)
+    return encode_conversation(tokenizer, messages, template, mask, src, tools=tools)
+
+
+def encode_for_loss(tokenizer, example: dict, template: str = "auto", mask: str = "assistant") -> list[tuple]:
+    """The (ids, labels) rows training makes of one chat example: one row, or with mask each_assistant one row
+    per assistant turn (the conversation up to it, that turn supervised)."""
+    messages, src, tools = example["messages"], example.get("_src"), example.get("tools")
+    if mask != "each_assistant":
+        return [encode_supervised(tokenizer, messages, template, mask, src, tools)]
+    ends = [i + 1 for i, message in enumerate(messages) if message.get("role") == "assistant"] or [len(messages)]
+    return [encode_supervised(tokenizer, messages[:end], template, "last_assistant", src, tools) for end in ends]
 
 
 def prompt_ids(tokenizer, messages: Messages, template: str = "auto") -> list[int]:

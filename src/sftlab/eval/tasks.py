@@ -85,16 +85,21 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 
 def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
     """Loss and perplexity over supervised tokens (the training mask for chats, every token for text)."""
-    rows = []
-    for example in examples:
+    rows, owners = [], []  # owners[i]: the example row i belongs to (each_assistant: several rows per example)
+    for index, example in enumerate(examples):
         if "messages" in example:
-            rows.append(scoring.encode_supervised(tokenizer, example["messages"], opts.template, opts.mask, example.get("_src")))
+            encoded = scoring.encode_for_loss(tokenizer, example, opts.template, opts.mask)
         elif "text" in example:
             ids = tokenizer(str(example["text"]))["input_ids"]
-            rows.append((ids, list(ids)))
+            encoded = [(ids, list(ids))]
         else:
             raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
-    sums = scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length)
+        rows += encoded
+        owners += [index] * len(encoded)
+    sums = [[0.0, 0] for _ in examples]
+    for owner, (logprob, count) in zip(owners, scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length)):
+        sums[owner][0] += logprob
+        sums[owner][1] += count
     predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]
     return M.lm_metrics(-sum(s for s, _ in sums), sum(c for _, c in sums)), predictions
 
