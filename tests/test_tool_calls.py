@@ -230,3 +230,18 @@ def test_tiny_sft_run_on_a_tool_calling_file(tmp_path):
     result = train(tiny_run(tmp_path, arch="qwen2", rows=rows, train={"max_steps": 2, "max_length": 1024}))
     stats = json.loads((result.out_dir / "data_stats.json").read_text())["train"]
     assert stats["examples"] == stats["rows"] == len(rows) and stats["supervised_tokens"] > 0
+
+
+def test_each_assistant_mask_with_tools_gives_a_sample_per_turn(tok, tmp_path):
+    from sftlab.config.schema import DataConfig, TrainConfig
+    from sftlab.data.tokenize import tokenize_examples
+
+    data = DataConfig(train="unused.jsonl", mask="each_assistant", cache_dir=str(tmp_path))
+    rows, stats = tokenize_examples([{"messages": MESSAGES, "tools": TOOLS, "_src": "t.jsonl:1"}], tok, data,
+                                    TrainConfig(stage="sft", max_length=512))
+    assert stats.rows == 2
+    first = tok.apply_chat_template(MESSAGES[:3], tools=TOOLS, tokenize=True, return_dict=False)
+    assert list(rows[0]["input_ids"]) == first  # the tool-call turn, with the tools block
+    assert supervised_runs(tok, list(rows[0]["input_ids"]), list(rows[0]["labels"])) == [CALL_TEXT]
+    assert supervised_runs(tok, list(rows[1]["input_ids"]), list(rows[1]["labels"])) == [
+        "It is 21 degrees in Paris.<|im_end|>"]
