@@ -150,8 +150,11 @@ def test_clean_cli_redacts_and_writes_the_report(tmp_path, capsys):
     assert "redacted PII in 2 examples: email 1, id 1, card 1, phone 2, ip 1" in capsys.readouterr().out
     assert main(["data", "clean", "--redact-pii", "card", str(train), str(tmp_path / "c.jsonl")]) == 0
     assert json.loads((tmp_path / "c.report.json").read_text(encoding="utf-8"))["sections"]["pii_redaction"]["redacted"] == {"card": 1}
-    with pytest.raises(SystemExit):  # without a value before IN, the option takes IN as its kinds
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # without a value before IN, the option would take IN as its kinds
         main(["data", "clean", "--redact-pii", str(train), str(tmp_path / "d.jsonl")])
+    assert f"argument --redact-pii: {str(train)!r} looks like a file, not PII kinds; put --redact-pii after IN and " \
+        "OUT" in capsys.readouterr().err
 
 
 def test_clean_cli_bad_kind_is_a_one_line_error(tmp_path, capsys):

@@ -89,7 +89,7 @@ def _register_clean(data) -> None:
     g.add_argument("--keep-html", action="store_true", help="leave HTML tags and entities")
     g.add_argument("--t2s", action="store_true", help="traditional -> simplified Chinese (OpenCC)")
     g = p.add_argument_group("PII redaction")
-    g.add_argument("--redact-pii", nargs="?", const="all", metavar="KINDS",
+    g.add_argument("--redact-pii", nargs="?", const="all", metavar="KINDS", type=_pii_kinds,
                    help="replace e-mails, phones, CN resident IDs, card numbers and IPv4 addresses with [EMAIL] "
                         "[PHONE] [ID] [CARD] [IP]; optional comma list of email,phone,id,card,ip (default all)")
     g = p.add_argument_group("filters")
@@ -173,3 +173,14 @@ def register(registry) -> None:
     _register_balance(data)
     _register_stats(data)
     _register_features(data)
+
+
+def _pii_kinds(value: str) -> str:
+    """--redact-pii's value, refused when it is a file name (the option was put before IN OUT without kinds)."""
+    import argparse
+    import os
+
+    if "/" in value or "." in value or os.path.exists(value):
+        raise argparse.ArgumentTypeError(f"{value!r} looks like a file, not PII kinds; put --redact-pii after IN and "
+                                         "OUT, or give its kinds (email,id,card,phone,ip or all)")
+    return value
