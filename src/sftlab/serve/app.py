@@ -1,9 +1,9 @@
 """The FastAPI app: /health, /v1/models, /v1/chat/completions and /v1/completions over an `Engine`.
 
-Handlers validate and render the prompt with the training template, then hand a `Request` to the
-engine thread; its events come back through an asyncio queue. A full queue answers 429 with
-Retry-After, a request past `request_timeout_s` 504, and a client that disconnects has its row
-cancelled at the next decode step. Requests are batched per model: adapters never share a batch.
+Handlers validate and render the prompt with the training template (with `tools`, see sftlab.serve.tools),
+then hand a `Request` to the engine thread; its events come back through an asyncio queue. A full queue
+answers 429 with Retry-After, a request past `request_timeout_s` 504, and a client that disconnects has
+its row cancelled at the next decode step. Requests are batched per model: adapters never share a batch.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from sftlab.data.messages import has_tool_data
 from sftlab.errors import SftlabError
 from sftlab.infer.engine import Engine, QueueFull
 from sftlab.infer.engine import Request as GenRequest
@@ -27,6 +28,7 @@ from sftlab.serve import schemas
 from sftlab.serve.accesslog import AccessLogMiddleware, make_access_logger
 from sftlab.serve.config import ServeSettings
 from sftlab.serve.errors import APIError, install_error_handlers
+from sftlab.serve.tools import answer_message, render_tool_prompt, request_messages, request_tools, stream_deltas
 
 
 def create_app(served, settings: ServeSettings) -> FastAPI:
@@ -61,15 +63,22 @@ def create_app(served, settings: ServeSettings) -> FastAPI:
     async def chat_completions(body: schemas.ChatCompletionRequest, request: Request):
         from sftlab.vision.serve import answer_with_images, has_images
 
+        messages = request_messages(body.messages)
+        tool_list, parse = request_tools(body)
         if has_images(body.messages):  # image_url parts: a vision-language model answers them (sftlab.vision.serve)
+            if has_tool_data(messages, tool_list):
+                raise APIError(400, "tools: tools and tool messages are not supported together with images",
+                               param="tools", code="invalid_value")
             return await answer_with_images(served, body, f"chatcmpl-{uuid.uuid4().hex[:24]}")
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        try:
-            prompt = render_chat(served.tokenizer, messages, template, src="messages")
-        except SftlabError as exc:
-            raise APIError(400, str(exc), param="messages", code="invalid_value") from None
+        if has_tool_data(messages, tool_list):
+            prompt = render_tool_prompt(served.tokenizer, messages, tool_list, template)
+        else:
+            try:
+                prompt = render_chat(served.tokenizer, messages, template, src="messages")
+            except SftlabError as exc:
+                raise APIError(400, str(exc), param="messages", code="invalid_value") from None
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await generation.respond(request, body, prompt, limit, chat=True)
+        return await generation.respond(request, body, prompt, limit, chat=True, tools=tool_list if parse else None)
 
     @app.post("/v1/completions", dependencies=[auth])
     async def completions(body: schemas.CompletionRequest, request: Request):
@@ -102,7 +111,9 @@ class _Generation:
     def __init__(self, served, settings: ServeSettings, engine: Engine, template: str):
         self.served, self.settings, self.engine, self.template = served, settings, engine, template
 
-    async def respond(self, request: Request, body, prompt: list[int], max_tokens: int | None, chat: bool):
+    async def respond(self, request: Request, body, prompt: list[int], max_tokens: int | None, chat: bool,
+                      tools: list[dict] | None = None):
+        """The response to a request; with `tools` the answer is parsed for tool calls (sftlab.serve.tools)."""
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         access = {"id": request_id, "model": body.model, "stream": body.stream, "prompt_tokens": len(prompt)}
         request.state.access = access
@@ -123,12 +134,13 @@ class _Generation:
                            headers={"Retry-After": str(self.settings.retry_after_s)}) from None
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = self._stream(job, events, request_id, body.model, chat, include_usage, access)
+            chunks = self._stream(job, events, request_id, body.model, chat, include_usage, access, tools)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"x-request-id": request_id})
         done = await self._wait(request, job, events)
         access.update(completion_tokens=done["completion_tokens"], finish_reason=done["finish_reason"])
         if chat:
-            return schemas.chat_response(request_id, body.model, done)
+            message, finish_reason = answer_message(done["text"], done["finish_reason"], tools)
+            return schemas.chat_response(request_id, body.model, done, message, finish_reason)
         return schemas.completion_response(request_id, body.model, done)
 
     def _params(self, body, prompt: list[int], max_tokens: int | None) -> SamplingParams:
@@ -170,13 +182,18 @@ class _Generation:
                 raise APIError(500, event["message"])
 
     async def _stream(self, job: GenRequest, events: asyncio.Queue, request_id: str, model: str, chat: bool,
-                      include_usage: bool, access: dict):
-        """Server-sent events in the OpenAI chunk format, ending with `data: [DONE]`."""
+                      include_usage: bool, access: dict, tools: list[dict] | None = None):
+        """Server-sent events in the OpenAI chunk format, ending with `data: [DONE]`.
+
+        With `tools` the answer is held back and sent at the end: content, then all tool calls in one delta.
+        """
         try:
             if chat:
                 yield _sse(schemas.chat_chunk(request_id, model, {"role": "assistant", "content": ""}))
             while True:
                 event = await events.get()
+                if event["type"] == "delta" and tools:  # held back: the done event carries the whole text
+                    continue
                 if event["type"] == "delta":
                     piece = (schemas.chat_chunk(request_id, model, {"content": event["text"]}) if chat else
                              schemas.completion_response(request_id, model, {}, text=event["text"], with_usage=False))
@@ -188,7 +205,12 @@ class _Generation:
                     yield _sse({"error": {"message": message, "type": "server_error", "param": None, "code": None}})
                     break
                 access.update(completion_tokens=event["completion_tokens"], finish_reason=event["finish_reason"])
-                last = (schemas.chat_chunk(request_id, model, {}, event["finish_reason"]) if chat else
+                finish_reason = event["finish_reason"]
+                if tools:
+                    deltas, finish_reason = stream_deltas(event["text"], finish_reason, tools)
+                    for delta in deltas:
+                        yield _sse(schemas.chat_chunk(request_id, model, delta))
+                last = (schemas.chat_chunk(request_id, model, {}, finish_reason) if chat else
                         schemas.completion_response(request_id, model, event, text="",
                                                     finish_reason=event["finish_reason"], with_usage=False))
                 yield _sse(last)

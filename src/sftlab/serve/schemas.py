@@ -1,13 +1,14 @@
 """Request bodies of the OpenAI-compatible endpoints (the subset sftlab implements) and response builders.
 
-Unknown OpenAI parameters are ignored; those sftlab cannot honour (n > 1, tools, logprobs) are refused
-with 400 naming the parameter, so a client never silently gets something other than it asked for.
+Unknown OpenAI parameters are ignored; those sftlab cannot honour (n > 1, logprobs, tool_choice "required" or a
+named function) are refused with 400 naming the parameter, so a client never silently gets something other than
+it asked for. Tool fields (`tools`, `tool_calls`, `tool` messages) are checked in `sftlab.serve.tools`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -29,12 +30,20 @@ class ImageUrlPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat turn; content may be a string or a list of text (and, for VLMs, image_url) parts."""
+    """One chat turn; content may be a string or a list of text (and, for VLMs, image_url) parts.
 
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart | ImageUrlPart]
+    An assistant turn may carry `tool_calls` (content then may be null); a `tool` turn is a tool result.
+    """
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | list[TextPart | ImageUrlPart] | None = None
+    tool_calls: Any = None
+    name: str | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         return self.content if isinstance(self.content, str) else "".join(
             part.text for part in self.content if part.type == "text")
 
@@ -80,14 +89,8 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = None
-    tools: list | None = None
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value):
-        if value:
-            raise ValueError("tools are not supported")
-        return value
+    tools: Any = None
+    tool_choice: Any = None
 
 
 class CompletionRequest(_Sampling):
@@ -110,10 +113,12 @@ def usage(done: dict) -> dict:
             "total_tokens": done["prompt_tokens"] + done["completion_tokens"]}
 
 
-def chat_response(request_id: str, model: str, done: dict) -> dict:
+def chat_response(request_id: str, model: str, done: dict, message: dict | None = None,
+                  finish_reason: str | None = None) -> dict:
+    """A chat.completion; `message` and `finish_reason` replace the plain answer's (tool calls, sftlab.serve.tools)."""
     return {"id": request_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": done["text"]},
-                         "finish_reason": done["finish_reason"], "logprobs": None}],
+            "choices": [{"index": 0, "message": message or {"role": "assistant", "content": done["text"]},
+                         "finish_reason": finish_reason or done["finish_reason"], "logprobs": None}],
             "usage": usage(done)}
 
 

@@ -24,7 +24,7 @@ _LOCK = threading.Lock()
 
 def has_images(messages) -> bool:
     """Whether any message of a chat request has an image part."""
-    return any(not isinstance(m.content, str) and any(part.type != "text" for part in m.content) for m in messages)
+    return any(isinstance(m.content, list) and any(part.type != "text" for part in m.content) for m in messages)
 
 
 def request_conversation(messages) -> tuple[list[dict], list]:
