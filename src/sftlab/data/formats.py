@@ -220,21 +220,15 @@ def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
         role, content = item.get("role"), item.get("content")
         if role not in ROLES:
             raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {role!r}; expected one of {list(ROLES)}")
-        calls = item.get("tool_calls") if role == "assistant" else None
-        if calls not in (None, []):
-            content = "" if content is None else content
+        if tool_shapes.has_tool_calls(item, role) and content is None:
+            content = ""
         if isinstance(content, list):  # OpenAI content parts: keep text parts only when all are text
             if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
                 raise SftlabError(f"{row['_src']}: {key}[{i}].content has non-text parts; only text is supported")
             content = "".join(part["text"] for part in content)
         if not isinstance(content, str):
             raise SftlabError(f"{row['_src']}: {key}[{i}].content must be a string, got {type(content).__name__}")
-        message, at = {"role": role, "content": content}, f"{row['_src']}: {key}[{i}]"
-        if calls not in (None, []):
-            message["tool_calls"] = tool_shapes.check_tool_calls(calls, at)
-        elif role == "tool":
-            message.update(tool_shapes.tool_result_fields(item, at))
-        messages.append(message)
+        messages.append({"role": role, "content": content, **tool_shapes.tool_fields(item, role, f"{row['_src']}: {key}[{i}]")})
     return messages
 
 

@@ -39,24 +39,31 @@ def check_messages(messages, src: str | None = None, need_assistant: bool = True
         content = message.get("content") if isinstance(message, dict) else None
         if role not in ROLES:
             raise SftlabError(f"{where}: message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        calls = message.get("tool_calls") if role == "assistant" else None
-        if calls not in (None, []):
-            content = "" if content is None else content
+        calls = has_tool_calls(message, role)
+        if calls and content is None:
+            content = ""
         if not isinstance(content, str):
             raise SftlabError(f"{where}: message {i} ({role}) has no text content")
-        if calls not in (None, []):
-            clean.append({"role": role, "content": content,
-                          "tool_calls": check_tool_calls(calls, f"{where}: message {i}")})
-        elif role == "assistant" and not content.strip():
+        if not calls and role == "assistant" and not content.strip():
             raise SftlabError(f"{where}: message {i} is an assistant turn with empty content")
-        elif role == "tool":
-            clean.append({"role": role, "content": content, **tool_result_fields(message, f"{where}: message {i}")})
-        else:
-            clean.append({"role": role, "content": content})
+        clean.append({"role": role, "content": content, **tool_fields(message, role, f"{where}: message {i}")})
     check_tool_order(clean, where, "message ")
     if need_assistant and not any(m["role"] == "assistant" for m in clean):
         raise SftlabError(f"{where}: conversation has no assistant turn, so nothing would be learned from it")
     return clean
+
+
+def has_tool_calls(message: dict, role: str) -> bool:
+    """Whether `message` is an assistant turn carrying tool calls (its content may then be null or "")."""
+    return role == "assistant" and message.get("tool_calls") not in (None, [])
+
+
+def tool_fields(message: dict, role: str, at: str) -> dict:
+    """The checked tool fields of one message: an assistant's `tool_calls`, a tool result's `name` and
+    `tool_call_id`; {} for anything else. `at` names the message ("x.jsonl:3: message 2")."""
+    if has_tool_calls(message, role):
+        return {"tool_calls": check_tool_calls(message["tool_calls"], at)}
+    return tool_result_fields(message, at) if role == "tool" else {}
 
 
 def check_tool_calls(calls, at: str) -> list[dict]:

@@ -16,8 +16,8 @@ import json
 import re
 import uuid
 
-from sftlab.data.messages import check_tool_calls, check_tool_order, check_tools, check_tools_rendered, has_tool_data
-from sftlab.data.messages import tool_result_fields
+from sftlab.data.messages import check_tool_order, check_tools, check_tools_rendered, has_tool_calls, has_tool_data
+from sftlab.data.messages import tool_fields
 from sftlab.data.templates import BuiltinFormat, chat_format, render_prompt
 from sftlab.errors import SftlabError
 from sftlab.serve.errors import APIError
@@ -42,15 +42,11 @@ def request_messages(messages) -> list[dict]:
         if message.content is None and calls in (None, []):
             raise _bad(f"{at}.content", f"{at}.content: must be text (null only on an assistant message with "
                                         "tool_calls)")
-        out = {"role": message.role, "content": message.text()}
+        fields = {"tool_calls": calls, "name": message.name, "tool_call_id": message.tool_call_id}
         try:
-            if calls not in (None, []):
-                out["tool_calls"] = check_tool_calls(calls, at)
-            elif message.role == "tool":
-                out.update(tool_result_fields({"name": message.name, "tool_call_id": message.tool_call_id}, at))
+            clean.append({"role": message.role, "content": message.text(), **tool_fields(fields, message.role, at)})
         except SftlabError as exc:
-            raise _bad(f"{at}.tool_calls" if calls not in (None, []) else at, str(exc)) from None
-        clean.append(out)
+            raise _bad(f"{at}.tool_calls" if has_tool_calls(fields, message.role) else at, str(exc)) from None
     try:
         check_tool_order(clean, "messages", "message ")
     except SftlabError as exc:
