@@ -53,6 +53,15 @@ def check_messages(messages, src: str | None = None, need_assistant: bool = True
     return clean
 
 
+def mask_samples(messages: list[dict], mask: str) -> list[tuple[list[dict], str]]:
+    """The (messages, mask) samples a conversation trains as: itself under `mask`, or with mask each_assistant
+    one sample per assistant turn, the conversation up to it with that turn supervised (last_assistant)."""
+    if mask != "each_assistant":
+        return [(messages, mask)]
+    ends = [i + 1 for i, message in enumerate(messages) if message.get("role") == "assistant"] or [len(messages)]
+    return [(messages[:end], "last_assistant") for end in ends]
+
+
 def has_tool_calls(message: dict, role: str) -> bool:
     """Whether `message` is an assistant turn carrying tool calls (its content may then be null or "")."""
     return role == "assistant" and message.get("tool_calls") not in (None, [])

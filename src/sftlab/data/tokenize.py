@@ -271,12 +271,12 @@ def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
 
 def _encode_sft(example: dict, tokenizer, settings: dict) -> dict | list[dict]:
     """One token row; with mask each_assistant a list, one row per assistant turn (the conversation up to it)."""
+    from sftlab.data.messages import mask_samples
+
     messages, tools = [dict(m) for m in example["messages"]], example.get("tools")
-    if settings["mask"] != "each_assistant":
-        return _encode_turns(messages, example["_src"] or None, tokenizer, settings, settings["mask"], tools)
-    ends = [i + 1 for i, message in enumerate(messages) if message["role"] == "assistant"] or [len(messages)]
-    return [_encode_turns(messages[:end], example["_src"] or None, tokenizer, settings, "last_assistant", tools)
-            for end in ends]
+    rows = [_encode_turns(sample, example["_src"] or None, tokenizer, settings, mask, tools)
+            for sample, mask in mask_samples(messages, settings["mask"])]
+    return rows if settings["mask"] == "each_assistant" else rows[0]
 
 
 def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: dict, mask: str,

@@ -34,11 +34,11 @@ def encode_supervised(tokenizer, messages: Messages, template: str = "auto", mas
 def encode_for_loss(tokenizer, example: dict, template: str = "auto", mask: str = "assistant") -> list[tuple]:
     """The (ids, labels) rows training makes of one chat example: one row, or with mask each_assistant one row
     per assistant turn (the conversation up to it, that turn supervised)."""
-    messages, src, tools = example["messages"], example.get("_src"), example.get("tools")
-    if mask != "each_assistant":
-        return [encode_supervised(tokenizer, messages, template, mask, src, tools)]
-    ends = [i + 1 for i, message in enumerate(messages) if message.get("role") == "assistant"] or [len(messages)]
-    return [encode_supervised(tokenizer, messages[:end], template, "last_assistant", src, tools) for end in ends]
+    from sftlab.data.messages import mask_samples
+
+    src, tools = example.get("_src"), example.get("tools")
+    return [encode_supervised(tokenizer, sample, template, sample_mask, src, tools)
+            for sample, sample_mask in mask_samples(example["messages"], mask)]
 
 
 def prompt_ids(tokenizer, messages: Messages, template: str = "auto") -> list[int]:
