@@ -297,7 +297,10 @@ class TokenizerFormat:
         return Rendered(full, spans)
 
     def prompt_text(self, messages: list[dict], src: str | None, tools: list | None = None) -> str:
-        return self._render(messages, src, generation=True, tools=tools)
+        text = self._render(messages, src, generation=True, tools=tools)
+        if has_tool_data(messages, tools):  # as in render: a template that drops tool data is refused
+            check_tools_rendered(text, messages, tools, _where(src))
+        return text
 
 
 # ------------------------------------------------------------------------------------------ public API

@@ -16,7 +16,7 @@ import json
 import re
 import uuid
 
-from sftlab.data.messages import check_tool_order, check_tools, check_tools_rendered, has_tool_calls, has_tool_data
+from sftlab.data.messages import check_tool_order, check_tools, has_tool_calls
 from sftlab.data.messages import tool_fields
 from sftlab.data.templates import BuiltinFormat, chat_format, render_prompt
 from sftlab.errors import SftlabError
@@ -75,9 +75,7 @@ def render_tool_prompt(tokenizer, messages: list[dict], tools: list | None, temp
         raise _bad(field, f"{field}: the served model's chat template is the built-in {fmt.spec.name}, which has no "
                           "tool format; serve a model whose tokenizer's own chat template renders tools (template auto)")
     try:
-        if has_tool_data(messages, tools):
-            check_tools_rendered(fmt.prompt_text(messages, "messages", tools), messages, tools, "messages")
-        return render_prompt(tokenizer, messages, template, src="messages", tools=tools)
+        return render_prompt(tokenizer, messages, template, src="messages", tools=tools)  # refuses dropped tool data
     except SftlabError as exc:
         raise _bad(field, str(exc)) from None
 
