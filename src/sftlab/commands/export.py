@@ -108,20 +108,17 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
 
     from sftlab.config.schema import ModelConfig
     from sftlab.io import check_output_dir
-    from sftlab.models.load import load_model, load_tokenizer
+    from sftlab.models.load import adapter_base, has_tokenizer_files, load_model, load_tokenizer
 
     if dtype not in DTYPES:
         raise SftlabError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_output_dir(out_dir, overwrite)
     adapter_dir = find_adapter(run_dir)
+    base = adapter_base(adapter_dir / "adapter_config.json")
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    base = adapter_cfg.get("base_model_name_or_path")
-    if not base:
-        raise SftlabError(f"{adapter_dir / 'adapter_config.json'}: no base_model_name_or_path")
     base_cfg = ModelConfig(path=str(base), dtype="float32")
-    has_tokenizer = (adapter_dir / "tokenizer_config.json").is_file()
-    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir)) if has_tokenizer else base_cfg)
+    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir)) if has_tokenizer_files(adapter_dir) else base_cfg)
     if adapter_cfg.get("task_type") == "SEQ_CLS":
         labels = _classifier_labels(run_dir, adapter_dir)
         named = isinstance(labels, list)

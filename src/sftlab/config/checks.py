@@ -74,25 +74,23 @@ def split_adapter_path(model_cfg):
     """A model.path that is a PEFT adapter directory (no config.json, an adapter_config.json) becomes
     model.adapter, with model.path the adapter's base and model.tokenizer the adapter's own tokenizer when
     it saved one; any other model config is returned as it is."""
-    import json
     from pathlib import Path
+
+    from sftlab.errors import SftlabError
+    from sftlab.models.load import adapter_base, has_tokenizer_files
 
     directory = Path(model_cfg.path).expanduser()
     adapter_config = directory / "adapter_config.json"
     if model_cfg.adapter or not adapter_config.is_file() or (directory / "config.json").is_file():
         return model_cfg
     try:
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{adapter_config}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not base:
-        raise ValueError(f"{adapter_config}: base_model_name_or_path is missing; set model.path to the base model "
-                         f"and model.adapter to {str(directory)!r}")
+        base = adapter_base(adapter_config, f"set model.path to the base model and model.adapter to {str(directory)!r}")
+    except SftlabError as exc:
+        raise ValueError(str(exc)) from None
     if (Path(base).expanduser() / "adapter_config.json").is_file():
         raise ValueError(f"{adapter_config}: its base {base!r} is itself an adapter; merge that one first "
                          "(sftlab export --merge)")
-    has_tokenizer = any((directory / name).is_file()
-                        for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    has_tokenizer = has_tokenizer_files(directory)
     model_cfg.adapter, model_cfg.path = str(directory), base
     if model_cfg.tokenizer is None and has_tokenizer:
         model_cfg.tokenizer = str(directory)

@@ -14,7 +14,6 @@ Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,7 +65,7 @@ class ServedModel:
 
 def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
     """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside)."""
-    from sftlab.models.load import resolve_model_path
+    from sftlab.models.load import adapter_base, resolve_model_path
 
     given = Path(path).expanduser()
     if given.is_dir() and (given / "model").is_dir() and not (given / "config.json").is_file():
@@ -78,7 +77,7 @@ def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
     label = name or (given.name if given.is_dir() else model_dir.name)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
-        base = _adapter_base(adapter_config)
+        base = adapter_base(adapter_config)
         return ModelSource(label, model_dir, resolve_model_path(base), adapter_dir=model_dir, template=template)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
@@ -89,7 +88,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
                 name: str | None = None) -> ServedModel:
     """Load the model at `path` and attach every adapter in `adapters` (served name -> dir) to its base."""
     from sftlab.config.schema import ModelConfig
-    from sftlab.models.load import load_model, load_tokenizer
+    from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
 
     source = describe_source(path, name)
     extra = {key: describe_source(value, key) for key, value in (adapters or {}).items()}
@@ -100,7 +99,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
             raise SftlabError(f"--adapter {key}={adapters[key]}: not a PEFT adapter directory (no adapter_config.json)")
         if adapter.base_dir.resolve() != source.base_dir.resolve():
             raise SftlabError(f"--adapter {key}: its base {adapter.base_dir} differs from the served base {source.base_dir}")
-    tokenizer_dir = source.model_dir if _has_tokenizer(source.model_dir) else source.base_dir
+    tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
     tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
     model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft")
     served_adapters: dict[str, str | None] = {source.name: None}
@@ -118,16 +117,6 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
 
 
-def _adapter_base(adapter_config: Path) -> str:
-    try:
-        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{adapter_config}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not base:
-        raise SftlabError(f"{adapter_config}: base_model_name_or_path is missing; cannot find the base model")
-    return base
-
-
 def _run_template(config_file: Path) -> str | None:
     if not config_file.is_file():
         return None
@@ -137,5 +126,3 @@ def _run_template(config_file: Path) -> str | None:
     return str((raw.get("data") or {}).get("template") or "auto")
 
 
-def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))

@@ -79,6 +79,26 @@ def import_gguf_cached(gguf_file: Path) -> Path:
     return import_gguf(gguf_file, out, overwrite=True)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def has_tokenizer_files(directory: Path) -> bool:
+    """Whether `directory` holds a saved tokenizer (an adapter directory sftlab wrote does)."""
+    return any((Path(directory) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def adapter_base(adapter_config: Path, missing: str = "cannot find the base model") -> str:
+    """The base_model_name_or_path of a PEFT `adapter_config.json`; a one-line SftlabError when the file is not
+    JSON or names no base (`missing`: the rest of that message, what to do)."""
+    try:
+        base = json.loads(Path(adapter_config).read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{adapter_config}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not base:
+        raise SftlabError(f"{adapter_config}: base_model_name_or_path is missing; {missing}")
+    return base
+
+
 def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code: bool = False) -> dict:
     """Read `config.json` of a model directory; fail clearly when missing or of an unknown architecture.
 
