@@ -31,16 +31,15 @@ from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, read_sidecar, restore_rng,
-                                     save_best, save_checkpoint, save_model_dir)
+from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
+                                     save_checkpoint, save_model_dir)
 from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_eval_sums, gather_objects,
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
                                       reduce_sum, sharded)
-from sftlab.train.environment import collect_environment, version_warning
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
-from sftlab.train.setup import Session, build_session, prepare_output_dir, resume_line
+from sftlab.train.setup import Session, build_session, prepare_output_dir, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
 StepCallback = Callable[[int, float], None]
@@ -115,9 +114,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
                 if hasattr(session.prepared.train, "__len__") else None  # micro-batches, as calibration counts
             write_trainable_report(session.trainable, out_dir, per_epoch)
         if session.resumed_from:
-            log.message(resume_line(session))
-            if changed := version_warning(read_sidecar(session.resumed_from).get("environment")):
-                log.message(changed)
+            for line in resume_lines(session):
+                log.message(line)
             restore_rng(rng)
         stopped = train(session, log, callbacks or [])
         metrics = save_final(session, log, stopped)
@@ -341,7 +339,7 @@ def sidecar(session: Session) -> dict:
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
             "bad_evals": session.bad_evals, "trainable": session.trainable.trainable,
             "processes": session.accelerator.num_processes, "config": session.cfg.model_dump(mode="json"),
-            "environment": collect_environment(session.accelerator.device, session.cfg.train.allocator)}
+            "environment": session.environment}
 
 
 def write_checkpoint(session: Session, rng: dict) -> Path:
@@ -392,7 +390,7 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
             save_model_dir(model, session.tokenizer, tmp, state_dict, config=session.cfg)
             card = model_card(session.cfg, session.trainable, metrics, getattr(session.prepared, "stats", None),
                               is_adapter=hasattr(model, "peft_config"),
-                              environment=collect_environment(session.accelerator.device, session.cfg.train.allocator))
+                              environment=session.environment)
             (tmp / "README.md").write_text(card, encoding="utf-8")
         atomic_write_json(session.out_dir / "metrics.json", metrics)
         log.message(f"saved {session.out_dir / 'model'}")

@@ -23,6 +23,7 @@ from sftlab.io import atomic_write_json, atomic_write_text
 from sftlab.train import batches as plan
 from sftlab.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_training_state, load_weights, read_sidecar
 from sftlab.train.loss import loss_sum
+from sftlab.train.environment import collect_environment, version_warning
 
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
                "data_stats.json")
@@ -70,6 +71,8 @@ class Session:
     bad_evals: int = 0
     resumed_from: Path | None = None
     resized_from: int | None = None  # the checkpoint run's total steps, when the resumed run has another length
+    environment: dict = field(default_factory=dict)  # this run's (sftlab.train.environment), collected once at setup
+    checkpoint_environment: dict | None = None  # the resumed checkpoint's, from its sidecar
 
 
 def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -296,7 +299,8 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     session = Session(cfg=cfg, out_dir=out_dir, accelerator=accelerator, model=model, objective=objective,
                       optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer, prepared=prepared,
                       trainable=trainable, collate=collate, total_steps=total,
-                      position=_start_position(cfg))
+                      position=_start_position(cfg), environment=collect_environment(accelerator.device,
+                                                                                     cfg.train.allocator))
     if not saved:
         if accelerator.is_main_process:
             atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
@@ -313,16 +317,20 @@ def _resume(session: Session, saved: dict, checkpoint: Path) -> dict:
     session.position = _start_position(session.cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
     session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
+    session.checkpoint_environment = saved.get("environment")
     if saved.get("total_steps", session.total_steps) != session.total_steps:
         _resize(session, saved["total_steps"])
     return rng
 
 
-def resume_line(session: Session) -> str:
-    """The run log's line for a resumed run: checkpoint, step, and the new length when it changed."""
+def resume_lines(session: Session) -> list[str]:
+    """The run log's lines for a resumed run: checkpoint, step, the new length when it changed, and a warning when
+    the checkpoint was written with other torch/transformers/peft versions."""
     resized = (f"; the run was {session.resized_from} steps, and the learning-rate schedule now runs to step "
                f"{session.total_steps}" if session.resized_from else "")
-    return f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps}{resized})"
+    warning = version_warning(session.checkpoint_environment, session.environment.get("packages"))
+    return [f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps}{resized})",
+            *([warning] if warning else [])]
 
 
 def _resize(session: Session, before: int) -> None:
