@@ -87,11 +87,8 @@ def apply_lora(model, lora_cfg):
         peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise SftlabError(f"{KEY}: peft refused the adapter ({str(exc).splitlines()[0]})") from None
-    wrapped = sorted({name.rsplit(".", 1)[-1] for name in peft_model.targeted_module_names})
-    details = {"rank": lora_cfg.rank, "alpha": lora_cfg.alpha, "dropout": lora_cfg.dropout,
-               "rslora": lora_cfg.rslora, "dora": lora_cfg.dora, "target_modules": wrapped,
-               "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": to_save}
-    notes = [f"LoRA r={lora_cfg.rank} on {', '.join(wrapped)}"]
+    details = adapter_details(peft_model, to_save)
+    notes = [_note(details)]
     if heads:
         notes.append(f"classification head ({', '.join(heads)}) trains in full (modules_to_save)")
     return peft_model, details, notes
@@ -101,12 +98,21 @@ def continue_adapter(peft_model):
     """(peft model, details, notes) for an adapter loaded from model.adapter and trained further: its own
     rank, alpha and targets (from its adapter_config.json), not strategy.lora's."""
     config = peft_model.peft_config[peft_model.active_adapter]
-    wrapped = sorted({name.rsplit(".", 1)[-1] for name in peft_model.targeted_module_names})
-    to_save = sorted(config.modules_to_save or [])
-    details = {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
-               "rslora": config.use_rslora, "dora": config.use_dora, "target_modules": wrapped,
-               "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": to_save,
+    details = {**adapter_details(peft_model, sorted(config.modules_to_save or [])),
                "continued_from": getattr(peft_model, "sftlab_adapter_dir", None)}
-    notes = [f"LoRA r={config.r} on {', '.join(wrapped)}: the adapter of model.adapter, trained further "
-             "(its adapter_config.json's settings; strategy.lora's rank, alpha and targets are not applied)"]
+    notes = [f"{_note(details)}: the adapter of model.adapter, trained further (its adapter_config.json's "
+             "settings; strategy.lora's rank, alpha and targets are not applied)"]
     return peft_model, details, notes
+
+
+def adapter_details(peft_model, modules_to_save: list[str]) -> dict:
+    """The trainable report's details of a peft model's active LoRA adapter, from its config."""
+    config = peft_model.peft_config[peft_model.active_adapter]
+    wrapped = sorted({name.rsplit(".", 1)[-1] for name in peft_model.targeted_module_names})
+    return {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "rslora": config.use_rslora, "dora": config.use_dora, "target_modules": wrapped,
+            "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": modules_to_save}
+
+
+def _note(details: dict) -> str:
+    return f"LoRA r={details['rank']} on {', '.join(details['target_modules'])}"
