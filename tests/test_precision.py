@@ -20,9 +20,26 @@ def _config(tmp_path, **groups):
     return load_config(None, [], base=base)
 
 
-def test_hardware_check_is_onednns_own():
-    assert cpu_runs_in_hardware("bf16") is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    assert cpu_runs_in_hardware("fp16") is bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+def test_hardware_check_needs_onednn_and_the_instructions():
+    found = torch.cpu.get_capabilities()
+    for kind, onednn, names in [("bf16", torch.ops.mkldnn._is_mkldnn_bf16_supported, ("avx512_bf16", "amx_bf16")),
+                                ("fp16", torch.ops.mkldnn._is_mkldnn_fp16_supported, ("avx512_fp16", "amx_fp16"))]:
+        assert cpu_runs_in_hardware(kind) is (bool(onednn()) and any(found[name] for name in names))
+
+
+def test_avx512_without_bf16_is_not_hardware(monkeypatch):
+    """oneDNN calls bf16 supported on any AVX-512 CPU and converts in software where the CPU lacks AVX-512 BF16
+    and AMX (a Xeon whose VM hides AMX ran bf16 matmuls 5x slower than fp32): auto must not pick bf16 there."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    flags = {"avx512_f": True, "avx512_bf16": False, "amx_bf16": False, "avx512_fp16": False, "amx_fp16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: flags)
+    assert not cpu_runs_in_hardware("bf16")
+    flags["amx_bf16"] = True
+    assert cpu_runs_in_hardware("bf16")
+    flags.update(amx_bf16=False, avx512_bf16=True)
+    assert cpu_runs_in_hardware("bf16")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert not cpu_runs_in_hardware("bf16")  # the instructions without oneDNN's kernels are no help
 
 
 def test_line_names_every_slow_setting_and_only_on_cpu(tmp_path, monkeypatch):

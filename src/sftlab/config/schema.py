@@ -169,8 +169,8 @@ class TrainConfig(_Strict):
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
     precision: Literal["fp32", "bf16", "auto"] = Field(
-        "fp32", description="bf16 = autocast on CPU or GPU; on a CPU without AMX or AVX-512 BF16 its matmuls have no "
-        "hardware (about 100x slower than fp32 on Zen 3) and the run log and sftlab plan warn; auto = bf16 where the "
+        "fp32", description="bf16 = autocast on CPU or GPU; on a CPU without AMX or AVX-512 BF16 its matmuls run in "
+        "software (5x slower than fp32 on AVX-512 CPUs without BF16, 100x on AVX2) and the run log and sftlab plan warn; auto = bf16 where the "
         "machine has it (a GPU with bf16, a CPU with AMX or AVX-512 BF16), else fp32, resolved when the run starts "
         "and recorded as such in the run's config.yaml")
     gradient_checkpointing: bool | Literal["selective"] = Field(

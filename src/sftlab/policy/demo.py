@@ -76,7 +76,7 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
 
 def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
     """`plan` with precision `auto` made bf16 or fp32 for this machine (`sftlab.train.precision`: bf16 matmuls
-    without hardware are about 100x slower), and the line saying so; other plans unchanged, with None."""
+    without hardware are 5-100x slower), and the line saying so; other plans unchanged, with None."""
     from sftlab.train.precision import resolve_setting
 
     precision, line = resolve_setting(plan.precision)

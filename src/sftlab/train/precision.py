@@ -5,9 +5,12 @@ warning for 16-bit settings on a CPU without it.
     line = precision_line(cfg, accelerator.device)   # None, or a one-line warning for the run log
 
 bf16 autocast (`train.precision: bf16`) and 16-bit weights (`model.dtype: bfloat16 | float16`) are fast on
-CPUs whose oneDNN kernels run them in hardware (AMX, AVX-512 BF16/FP16). Elsewhere (AVX2-only CPUs such as
-AMD Zen 3) PyTorch computes them without those kernels: on 2 Zen 3 cores a 1024 x 1024 bf16 matmul ran at
-1.0 GFLOP/s and a 512 x 512 fp16 one at 1.3, against 124 GFLOP/s in fp32 (docs/benchmarks.md, tenth round).
+CPUs with 16-bit matmul instructions (AMX, AVX-512 BF16/FP16). Elsewhere they are slower than fp32: on AVX2-only
+CPUs (AMD Zen 3) a 1024 x 1024 bf16 matmul ran at 1.0 GFLOP/s and a 512 x 512 fp16 one at 1.3, against 124 in
+fp32 (docs/speed-work.md, tenth round). On AVX-512 CPUs without BF16 (Skylake to Ice Lake, or a VM that hides
+AMX) oneDNN still calls bf16 supported and converts in software: 2 cores of such an Intel Xeon ran a
+2048 x 2048 bf16 matmul at 61 GFLOP/s against 308 in fp32 (twelfth round). So the check below asks for the
+instructions themselves.
 A run that asks for bf16 still goes ahead (the user asked for it); the log says why it is slow and what to
 set instead. `auto` picks bf16 only where the machine has it: a CUDA GPU with bf16, or such a CPU.
 """
@@ -15,14 +18,22 @@ set instead. `auto` picks bf16 only where the machine has it: a CUDA GPU with bf
 from __future__ import annotations
 
 _SUPPORTED = {"bf16": "_is_mkldnn_bf16_supported", "fp16": "_is_mkldnn_fp16_supported"}
+_INSTRUCTIONS = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
 
 
 def cpu_runs_in_hardware(kind: str) -> bool:
-    """Whether oneDNN on this CPU has hardware kernels for `kind` ('bf16' or 'fp16') matmuls."""
+    """Whether this CPU runs `kind` ('bf16' or 'fp16') matmuls in hardware: oneDNN supports the type and the CPU
+    has its instructions (AVX-512 BF16/FP16 or AMX), as `torch.cpu.get_capabilities()` reports them."""
     import torch
 
     check = getattr(torch.ops.mkldnn, _SUPPORTED[kind], None)
-    return bool(check()) if check is not None else True  # an unknown torch build: assume the fast path
+    if check is not None and not check():
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is None:
+        return check is not None  # an older torch build: oneDNN's own check is all there is
+    found = capabilities()
+    return any(found.get(name, False) for name in _INSTRUCTIONS[kind])
 
 
 def low_precision_settings(cfg) -> dict[str, str]:
@@ -45,7 +56,7 @@ def precision_line(cfg, device) -> str | None:
     if not slow:
         return None
     return (f"warning: {' and '.join(slow)} on a CPU without 16-bit matmul instructions (no AMX or AVX-512 "
-            "BF16/FP16): its matmuls run without hardware support (about 100x slower than fp32 on AMD Zen 3); "
+            "BF16/FP16): its matmuls run in software (5x slower than fp32 on AVX-512 without BF16, 100x on AVX2); "
             "train.precision: auto or fp32 and model.dtype: float32 are faster here")
 
 
