@@ -103,7 +103,8 @@ def test_clean_counts_every_text_field_and_keeps_labels():
     kept, report = clean_examples(examples, CleanOptions(redact_pii=list(KINDS)))
     section = report.data["sections"]["pii_redaction"]
     assert section == {"kinds": list(KINDS), "changed_examples": 4,
-                       "redacted": {"email": 1, "id": 0, "card": 3, "phone": 4, "ip": 1}}
+                       "redacted": {"email": 1, "id": 0, "card": 3, "phone": 4, "ip": 1},
+                       "redacted_in": {"contents": 9, "tool_arguments": 0, "tool_results": 0}}
     assert [m["content"] for m in kept[0]["messages"]] == ["Escalate to [EMAIL]", "我的手机是[PHONE]", "已记录 [PHONE]，卡 [CARD]"]
     assert kept[1] == {"text": "客户IP [IP]", "label": "13812345678", "_src": "f:2"}
     assert [e["_src"] for e in kept] == ["f:1", "f:2", "f:3", "f:5"] and examples[1]["text"] == "客户IP 10.0.0.1"

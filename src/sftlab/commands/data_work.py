@@ -91,7 +91,8 @@ def _register_clean(data) -> None:
     g = p.add_argument_group("PII redaction")
     g.add_argument("--redact-pii", nargs="?", const="all", metavar="KINDS", type=_pii_kinds,
                    help="replace e-mails, phones, CN resident IDs, card numbers and IPv4 addresses with [EMAIL] "
-                        "[PHONE] [ID] [CARD] [IP]; optional comma list of email,phone,id,card,ip (default all)")
+                        "[PHONE] [ID] [CARD] [IP] in texts, tool-call arguments and tool results; optional comma "
+                        "list of email,phone,id,card,ip (default all)")
     g = p.add_argument_group("filters")
     g.add_argument("--tokenizer", help="tokenizer directory for --min-tokens / --max-tokens")
     g.add_argument("--config", help="run config whose model's tokenizer counts tokens (when --tokenizer is not given)")

@@ -19,6 +19,8 @@ from sftlab.datawork.pii import Redactor
 from sftlab.datawork.records import map_texts
 from sftlab.datawork.report import Report, reason_kind
 
+_FIELD_NAMES = {"contents": "contents", "tool_arguments": "tool-call arguments", "tool_results": "tool results"}
+
 
 @dataclass
 class CleanOptions:
@@ -61,17 +63,20 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
 
 def _redact(examples: list[dict], eval_sets: dict[str, list[dict]] | None, kinds: list[str],
             report: Report) -> tuple[list[dict], dict[str, list[dict]] | None]:
-    """Examples with PII replaced by placeholders, counted per kind in the report; evaluation sets are redacted
-    with a separate, uncounted redactor so that leakage still compares like with like."""
+    """Examples with PII replaced by placeholders (tool calls and results too), counted per kind and per field
+    in the report; evaluation sets are redacted with a separate, uncounted redactor so that leakage still
+    compares like with like."""
     redactor = Redactor(kinds)
-    redacted = [map_texts(example, redactor) for example in examples]
+    redacted = [redactor.redact_example(example) for example in examples]
     changed = sum(1 for old, new in zip(examples, redacted) if old != new)
-    report.section("pii_redaction", {"kinds": redactor.kinds, "redacted": dict(redactor.counts), "changed_examples": changed})
+    report.section("pii_redaction", {"kinds": redactor.kinds, "redacted": dict(redactor.counts),
+                                     "redacted_in": dict(redactor.fields), "changed_examples": changed})
     found = ", ".join(f"{kind} {count}" for kind, count in redactor.counts.items())
-    report.note(f"redacted PII in {changed} examples: {found}")
+    where = ", ".join(f"{_FIELD_NAMES[name]} {count}" for name, count in redactor.fields.items())
+    report.note(f"redacted PII in {changed} examples: {found} (in {where})")
     if eval_sets:
         eval_redactor = Redactor(kinds)
-        eval_sets = {name: [map_texts(e, eval_redactor) for e in rows] for name, rows in eval_sets.items()}
+        eval_sets = {name: [eval_redactor.redact_example(e) for e in rows] for name, rows in eval_sets.items()}
     return redacted, eval_sets
 
 

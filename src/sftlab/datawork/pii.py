@@ -4,24 +4,34 @@ resident ID numbers, bank/credit card numbers and IPv4 addresses with typed plac
     redactor = Redactor(parse_kinds("email,phone"))
     redactor("Mail a.b@corp.com or call 138 1234 5678")   # -> "Mail [EMAIL] or call [PHONE]"
     redactor.counts                                       # -> {"email": 1, "phone": 1}
+    redactor.redact_example(example)   # a copy: contents, tool-call arguments and tool results redacted
+    redactor.fields                    # -> {"contents": 2, "tool_arguments": 0, "tool_results": 0}
 
 Detection is regular expressions plus validation: ID numbers need a real birth date and a correct ISO 7064
 MOD 11-2 check character, card numbers a correct Luhn digit, IPv4 addresses must parse with `ipaddress`.
 Kinds run in the fixed order of `KINDS`, so text taken by an earlier kind (an 18-digit ID that is also
 Luhn-valid) gets that kind's placeholder. Digits are ASCII digits; `data clean` normalises full-width digits
 first (NFKC) unless `--no-normalize`/`--no-nfkc` is given. docs/data.md lists what is and is not detected.
+
+In tool-calling examples, call arguments (an object, or JSON text of one) and tool results that are JSON text
+(an object or array) have their string values redacted, never keys, numbers or structure, so JSON stays valid
+and JSON text stays text; other tool results are redacted as plain text. The `tools` list, call names and ids
+are left alone.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime
 import ipaddress
+import json
 import re
 from typing import Callable
 
 from sftlab.errors import SftlabError
 
 KINDS = ("email", "id", "card", "phone", "ip")
+FIELDS = ("contents", "tool_arguments", "tool_results")  # where replacements are counted (Redactor.fields)
 PLACEHOLDERS = {"email": "[EMAIL]", "id": "[ID]", "card": "[CARD]", "phone": "[PHONE]", "ip": "[IP]"}
 
 _NOT_BEFORE = r"(?<![0-9A-Za-z])"  # digit kinds never start or end inside a longer run of digits or letters
@@ -45,6 +55,8 @@ _PHONES = (
 _VERSION_WORD = re.compile(r"(?:version|ver\.?|版本号?)\s*[:：]?\s*", re.IGNORECASE)
 _IPV4 = re.compile(r"(?<![0-9A-Za-z.])(?:" + _VERSION_WORD.pattern + r")?[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
                    r"(?![0-9A-Za-z]|\.[0-9])", re.IGNORECASE)
+# a JSON string token, then `:` when it is an object key (in text already known to be valid JSON)
+_JSON_STRING = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?')
 _ID_WEIGHTS = [2 ** (17 - i) % 11 for i in range(17)]
 _ID_CHECK = "10X98765432"
 
@@ -123,11 +135,13 @@ _DETECTORS: dict[str, list[tuple[re.Pattern, Callable[[str], int]]]] = {
 
 
 class Redactor:
-    """A callable that redacts the chosen kinds of PII from a text and counts replacements per kind."""
+    """A callable that redacts the chosen kinds of PII from a text and counts replacements per kind; its
+    `redact_example` also reaches tool calls and tool results and counts replacements per field (`FIELDS`)."""
 
     def __init__(self, kinds: list[str] | None = None):
         self.kinds = [kind for kind in KINDS if kinds is None or kind in kinds]
         self.counts = {kind: 0 for kind in self.kinds}
+        self.fields = {name: 0 for name in FIELDS}
 
     def __call__(self, text: str) -> str:
         for kind in self.kinds:
@@ -141,3 +155,61 @@ class Redactor:
             return found
         self.counts[kind] += 1
         return PLACEHOLDERS[kind] + found[length:]
+
+    def redact_example(self, example: dict) -> dict:
+        """A redacted copy of a canonical example: message contents (or `text`), tool-call arguments and tool
+        results; the `tools` list, call names and ids, labels and other fields are unchanged."""
+        out = copy.deepcopy(example)
+        if "messages" not in out:
+            out["text"] = self._counted("contents", self, out["text"])
+            return out
+        for message in out["messages"]:
+            tool = message.get("role") == "tool"
+            if isinstance(message.get("content"), str):  # may be null beside tool_calls (OpenAI form)
+                message["content"] = self._counted("tool_results" if tool else "contents",
+                                                   self.redact_json_or_text if tool else self, message["content"])
+            for call in message.get("tool_calls") or []:
+                function = call["function"]
+                function["arguments"] = self._counted("tool_arguments", self.redact_arguments, function["arguments"])
+        return out
+
+    def redact_arguments(self, arguments):
+        """Call arguments with their string values redacted: JSON text stays JSON text, an object an object."""
+        if isinstance(arguments, str):
+            return self.redact_json_or_text(arguments)
+        return self.redact_json_value(arguments)
+
+    def redact_json_value(self, value):
+        """A copy of a parsed JSON value with every string value redacted; keys, numbers and structure kept."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, dict):
+            return {key: self.redact_json_value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.redact_json_value(item) for item in value]
+        return value
+
+    def redact_json_or_text(self, text: str) -> str:
+        """JSON text of an object or array with its string values redacted, every other character kept as it
+        was; any other text is redacted as plain text."""
+        if not text.lstrip().startswith(("{", "[")):
+            return self(text)
+        try:
+            json.loads(text)
+        except ValueError:
+            return self(text)
+        return _JSON_STRING.sub(self._json_string, text)
+
+    def _json_string(self, match: re.Match) -> str:
+        token, key = match.group(1), match.group(2)
+        if key:
+            return match.group(0)
+        value = json.loads(token)
+        redacted = self(value)
+        return token if redacted == value else json.dumps(redacted, ensure_ascii=token.isascii())
+
+    def _counted(self, field: str, redact: Callable, value):
+        before = sum(self.counts.values())
+        value = redact(value)
+        self.fields[field] += sum(self.counts.values()) - before
+        return value
