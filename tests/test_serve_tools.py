@@ -1,11 +1,13 @@
 """Tool calling through `sftlab serve`: tools rendered into the prompt by the tokenizer's own template, tool-call
 history accepted, `<tool_call>` blocks in answers returned as OpenAI tool_calls (plain and streamed), tool_choice,
-and 400s naming the field. Answers are fixed texts from a stubbed `Engine.submit`, so a random tiny model
+400s naming the field (also for images with tools), and the access log's finish_reason as the client got it.
+Answers are fixed texts from a stubbed `Engine.submit`, so a random tiny model
 "calls" a tool deterministically; the prompt ids it received are checked against `render_prompt`."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -31,9 +33,11 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(served):
-    thread = ServerThread(served, ServeSettings(port=0))
+def server(served, tmp_path_factory):
+    log = tmp_path_factory.mktemp("log") / "access.jsonl"
+    thread = ServerThread(served, ServeSettings(port=0, access_log=str(log)))
     thread.start()
+    thread.log = log
     yield thread
     thread.stop()
 
@@ -199,3 +203,87 @@ def test_templates_without_a_tool_format_refuse_tools(served, monkeypatch):
                                                                         "tools": TOOLS}, timeout=60)
     assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
     assert "did not render tool 'get_weather'" in response.json()["error"]["message"]
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+WITH_IMAGE = {"role": "user", "content": [{"type": "text", "text": "What is this?"}, IMAGE]}
+HISTORY = [USER, {"role": "assistant", "content": "", "tool_calls": [CALL]}, {"role": "tool", "content": "21"}]
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [WITH_IMAGE], "tools": TOOLS}, "tools"),
+    ({"messages": [WITH_IMAGE], "tools": TOOLS, "tool_choice": "none"}, "tools"),
+    ({"messages": [*HISTORY[:2], WITH_IMAGE]}, "messages.1.tool_calls"),
+    ({"messages": [*HISTORY, WITH_IMAGE], "tools": TOOLS}, "tools"),
+])
+def test_images_with_tools_are_400_naming_the_fields(server, answer, body, param):
+    before = _logged_lines(server)
+    response = _post(server, body)
+    error = response.json()["error"]
+    image = f"messages.{len(body['messages']) - 1}.content.1"
+    assert response.status_code == 400 and error["param"] == param and error["code"] == "invalid_value"
+    assert error["message"] == (f"{param}: tools, tool_calls and tool messages are not supported in a request with "
+                                f"images ({image} is an image_url part); send images and tools in separate requests")
+    assert "prompt" not in answer  # refused before generation
+    (record,) = _log_records(server, 1, before)
+    assert record["status"] == 400 and "finish_reason" not in record
+
+
+def test_images_with_an_empty_tools_list_go_on_to_the_image_path(server):
+    response = _post(server, {"messages": [WITH_IMAGE], "tools": [], "tool_choice": "auto"})
+    assert response.status_code == 400 and "does not take images" in response.json()["error"]["message"]  # text model
+
+
+def _log_records(server, count: int, before: int) -> list[dict]:
+    """The access log's records after the first `before`, waiting until `count` of them have been written."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = server.log.read_text(encoding="utf-8").splitlines() if server.log.exists() else []
+        if len(lines) >= before + count or time.monotonic() > deadline:
+            return [json.loads(line) for line in lines[before:]]
+        time.sleep(0.02)
+
+
+def _logged_lines(server) -> int:
+    """How many lines the access log has once earlier requests' lines are in (written just after their response)."""
+    def count() -> int:
+        return len(server.log.read_text(encoding="utf-8").splitlines()) if server.log.exists() else 0
+
+    seen, now = -1, count()
+    while now != seen:
+        time.sleep(0.2)
+        seen, now = now, count()
+    return now
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+@pytest.mark.parametrize("text, finish, sent", [
+    (CALL_BLOCK, "stop", "tool_calls"),
+    ("no call here", "stop", "stop"),
+    (CALL_BLOCK + " and then", "length", "length"),
+])
+def test_access_log_records_the_finish_reason_the_client_got(server, answer, stream, text, finish, sent):
+    answer["text"], answer["finish"] = text, finish
+    before = _logged_lines(server)
+    response = _post(server, {"messages": ASK, "tools": TOOLS, "stream": stream})
+    assert response.status_code == 200
+    if stream:
+        chunks = [json.loads(line[6:]) for line in response.text.splitlines() if line.startswith("data: {")]
+        received = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+    else:
+        received = [response.json()["choices"][0]["finish_reason"]]
+    assert received == [sent]
+    (record,) = _log_records(server, 1, before)
+    assert record["finish_reason"] == sent and record["stream"] is stream and record["status"] == 200
+
+
+def test_access_log_records_timeouts_plain_and_streamed(server, answer):
+    answer["finish"] = "timeout"
+    before = _logged_lines(server)
+    plain = _post(server, {"messages": ASK, "tools": TOOLS})
+    streamed = _post(server, {"messages": ASK, "tools": TOOLS, "stream": True})
+    assert plain.status_code == 504 and plain.json()["error"]["code"] == "timeout"
+    assert streamed.status_code == 200 and "request ended: timeout" in streamed.text
+    records = _log_records(server, 2, before)
+    assert [(r["status"], r["stream"], r["finish_reason"]) for r in records] == [(504, False, "timeout"),
+                                                                                 (200, True, "timeout")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 
 import httpx
 import openai
@@ -32,8 +34,10 @@ def image_message(url: str, text: str = "What colour is this?") -> dict:
 @pytest.fixture(scope="module")
 def vlm_server(tmp_path_factory):
     served = load_served(save_tiny_vlm("qwen2_vl", tmp_path_factory.mktemp("serve") / "tiny-vlm"))
-    thread = ServerThread(served, ServeSettings(port=0))
+    log = tmp_path_factory.mktemp("log") / "access.jsonl"
+    thread = ServerThread(served, ServeSettings(port=0, access_log=str(log)))
     thread.start()
+    thread.log = log
     yield thread
     thread.stop()
 
@@ -53,6 +57,12 @@ def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.choices[0].message.content
     assert chunks[-2].choices[0].finish_reason == reply.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    records = _log_records(vlm_server, [reply.id, again.id, chunks[0].id])  # what each client got, streamed or not
+    assert [r["stream"] for r in records] == [False, False, True]
+    for record in records:
+        assert record["model"] == model and record["status"] == 200
+        assert (record["prompt_tokens"], record["completion_tokens"], record["finish_reason"]) == (
+            reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.choices[0].finish_reason)
     text_only = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
     assert text_only.usage.completion_tokens <= 3
 
@@ -61,6 +71,8 @@ def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
     ({"messages": [image_message("/etc/hostname")]}, "only data URLs"),
     ({"messages": [image_message("data:image/png;base64,AAAA")]}, "cannot read image"),
     ({"messages": [image_message(data_url())], "stream": True, "stop": "x"}, "stop: not supported together with stream"),
+    ({"messages": [image_message(data_url())], "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
+     "tools: tools, tool_calls and tool messages are not supported in a request with images (messages.0.content.0"),
 ])
 def test_bad_image_requests_are_400(vlm_server, body, message):
     response = httpx.post(f"{vlm_server.url}/v1/chat/completions", json={"model": "tiny-vlm", **body}, timeout=60)
@@ -76,3 +88,14 @@ def test_a_text_model_refuses_images(tmp_path):
     finally:
         thread.stop()
     assert response.status_code == 400 and "does not take images" in response.json()["error"]["message"]
+
+
+def _log_records(server, ids: list[str]) -> list[dict]:
+    """The access log's records of these request ids, in order, once written (after each response has ended)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = server.log.read_text(encoding="utf-8").splitlines() if server.log.exists() else []
+        records = {record["id"]: record for record in map(json.loads, lines)}
+        if all(i in records for i in ids) or time.monotonic() > deadline:
+            return [records.get(i, {"id": i, "missing": True}) for i in ids]
+        time.sleep(0.02)

@@ -28,7 +28,8 @@ from sftlab.serve import schemas
 from sftlab.serve.accesslog import AccessLogMiddleware, make_access_logger
 from sftlab.serve.config import ServeSettings
 from sftlab.serve.errors import APIError, install_error_handlers
-from sftlab.serve.tools import answer_message, render_tool_prompt, request_messages, request_tools, stream_deltas
+from sftlab.serve.tools import (answer_message, refuse_tools_with_images, render_tool_prompt, request_messages,
+                                request_tools, stream_deltas)
 
 
 def create_app(served, settings: ServeSettings) -> FastAPI:
@@ -66,10 +67,10 @@ def create_app(served, settings: ServeSettings) -> FastAPI:
         messages = request_messages(body.messages)
         tool_list, parse = request_tools(body)
         if has_images(body.messages):  # image_url parts: a vision-language model answers them (sftlab.vision.serve)
-            if has_tool_data(messages, tool_list):
-                raise APIError(400, "tools: tools and tool messages are not supported together with images",
-                               param="tools", code="invalid_value")
-            return await answer_with_images(served, body, f"chatcmpl-{uuid.uuid4().hex[:24]}")
+            refuse_tools_with_images(body.messages, messages, tool_list)
+            request_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+            request.state.access = access = {"id": request_id, "model": body.model, "stream": body.stream}
+            return await answer_with_images(served, body, request_id, access)
         if has_tool_data(messages, tool_list):
             prompt = render_tool_prompt(served.tokenizer, messages, tool_list, template)
         else:
@@ -140,6 +141,7 @@ class _Generation:
         access.update(completion_tokens=done["completion_tokens"], finish_reason=done["finish_reason"])
         if chat:
             message, finish_reason = answer_message(done["text"], done["finish_reason"], tools)
+            access["finish_reason"] = finish_reason  # what the client gets: tool_calls when calls were parsed
             return schemas.chat_response(request_id, body.model, done, message, finish_reason)
         return schemas.completion_response(request_id, body.model, done)
 
@@ -177,6 +179,7 @@ class _Generation:
                     raise APIError(504, "request timed out", code="timeout") from None
                 continue
             if event["type"] == "done":
+                request.state.access["finish_reason"] = event["finish_reason"]  # timeout: logged beside the 504
                 return _checked(event, self.settings.request_timeout_s)
             if event["type"] == "error":
                 raise APIError(500, event["message"])
@@ -208,6 +211,7 @@ class _Generation:
                 finish_reason = event["finish_reason"]
                 if tools:
                     deltas, finish_reason = stream_deltas(event["text"], finish_reason, tools)
+                    access["finish_reason"] = finish_reason  # as sent in the finish chunk
                     for delta in deltas:
                         yield _sse(schemas.chat_chunk(request_id, model, delta))
                 last = (schemas.chat_chunk(request_id, model, {}, finish_reason) if chat else

@@ -2,6 +2,7 @@
 
     messages = request_messages(body.messages)          # canonical dicts (sftlab.data.messages); 400 naming the field
     tools, parse = request_tools(body)                  # checked tools list, and whether to parse tool calls
+    refuse_tools_with_images(body.messages, messages, tools)      # 400 when image parts come with tool data
     prompt = render_tool_prompt(tok, messages, tools, template)   # only the tokenizer's own chat template
     message, finish = answer_message(text, finish, tools)         # OpenAI message with tool_calls when parsed
 
@@ -16,7 +17,7 @@ import json
 import re
 import uuid
 
-from sftlab.data.messages import check_tool_order, check_tools, has_tool_calls
+from sftlab.data.messages import check_tool_order, check_tools, has_tool_calls, has_tool_data
 from sftlab.data.messages import tool_fields
 from sftlab.data.templates import BuiltinFormat, chat_format, render_prompt
 from sftlab.errors import SftlabError
@@ -65,6 +66,21 @@ def request_tools(body) -> tuple[list[dict] | None, bool]:
         shown = "a named function" if isinstance(choice, dict) else repr(choice)
         raise _bad("tool_choice", f"tool_choice: {shown} is not supported; use 'auto' or 'none'")
     return tools, bool(tools) and choice != "none"
+
+
+def refuse_tools_with_images(raw_messages, messages: list[dict], tools: list | None) -> None:
+    """400 naming the field when a request with image_url parts also has tools, tool_calls or a tool message
+    (the vision path renders no tools); an empty tools list counts as none."""
+    parts = [(i, message.content) for i, message in enumerate(raw_messages) if isinstance(message.content, list)]
+    image = next((f"messages.{i}.content.{j}" for i, content in parts for j, part in enumerate(content)
+                  if part.type != "text"), None)
+    if image is None or not has_tool_data(messages, tools):
+        return
+    # without tools, an assistant turn has tool_calls: a tool message must follow one (request_messages checks)
+    field = "tools" if tools else next(f"messages.{i}.tool_calls" for i, message in enumerate(messages)
+                                       if message.get("tool_calls"))
+    raise _bad(field, f"{field}: tools, tool_calls and tool messages are not supported in a request with images "
+                      f"({image} is an image_url part); send images and tools in separate requests")
 
 
 def render_tool_prompt(tokenizer, messages: list[dict], tools: list | None, template: str) -> list[int]:

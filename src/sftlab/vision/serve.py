@@ -1,7 +1,7 @@
 """Chat requests with images for `sftlab serve`: OpenAI `image_url` parts answered by a vision-language model.
 
     if has_images(body.messages):
-        return await answer_with_images(served, body, request_id)   # an OpenAI chat.completion dict
+        return await answer_with_images(served, body, request_id, access)   # a chat.completion; access: log record
 
 Images come as `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}` parts. Only data
 URLs are accepted: a server never opens files or URLs that a client names. Such requests run outside the text
@@ -81,8 +81,9 @@ def _generate(served, body, messages: list[dict], images: list, streamer=None) -
     return {"text": text, "finish_reason": reason, "prompt_tokens": prompt_tokens, "completion_tokens": generated}
 
 
-async def answer_with_images(served, body, request_id: str):
-    """The chat.completion response (or, with `stream`, its server-sent events) to a request with image parts."""
+async def answer_with_images(served, body, request_id: str, access: dict | None = None):
+    """The chat.completion response (or, with `stream`, its server-sent events) to a request with image parts;
+    token counts and the finish_reason sent go into `access` (the access log's record) once known."""
     from fastapi.responses import StreamingResponse
 
     from sftlab.serve import schemas
@@ -100,17 +101,24 @@ async def answer_with_images(served, body, request_id: str):
                        param="stop", code="invalid_value")
     messages, images = request_conversation(body.messages)
     if body.stream:
-        return StreamingResponse(_stream(served, body, messages, images, request_id), media_type="text/event-stream",
-                                 headers={"x-request-id": request_id})
+        return StreamingResponse(_stream(served, body, messages, images, request_id, access),
+                                 media_type="text/event-stream", headers={"x-request-id": request_id})
     done = await asyncio.to_thread(_generate, served, body, messages, images)
+    _record(access, done)
     return schemas.chat_response(request_id, body.model, done)
+
+
+def _record(access: dict | None, done: dict) -> None:
+    if access is not None:
+        access.update(prompt_tokens=done["prompt_tokens"], completion_tokens=done["completion_tokens"],
+                      finish_reason=done["finish_reason"])
 
 
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
-async def _stream(served, body, messages: list[dict], images: list, request_id: str):
+async def _stream(served, body, messages: list[dict], images: list, request_id: str, access: dict | None):
     """OpenAI chunks: the role, each piece of text as transformers' TextIteratorStreamer decodes it, the finish."""
     from transformers import TextIteratorStreamer
 
@@ -139,6 +147,7 @@ async def _stream(served, body, messages: list[dict], images: list, request_id: 
                               "param": None, "code": None}})
         yield "data: [DONE]\n\n"
         return
+    _record(access, done)
     last = schemas.chat_chunk(request_id, body.model, {}, done["finish_reason"])
     yield _sse(last)
     if body.stream_options and body.stream_options.include_usage:
