@@ -107,9 +107,9 @@ def _check_saved(directory, im_end, eos):
 
 @pytest.mark.parametrize("template", ["chatml", "auto"])  # auto: no tokenizer template, so the chatml fallback
 def test_full_run_saves_template_and_stop_ids(tmp_path, template):
-    from sftlab.eval.run import training_settings
     from sftlab.infer.loading import load_served
     from sftlab.infer.prompts import stop_token_ids
+    from sftlab.models.trained import trained_settings
 
     base, im_end, eos = _base_without_chat_template(tmp_path)
     run = _sft_run(tmp_path, base, "run", template)
@@ -118,7 +118,7 @@ def test_full_run_saves_template_and_stop_ids(tmp_path, template):
     served = load_served(run / "best")
     assert served.template == "chatml" and im_end in stop_token_ids(served.tokenizer, served.model, served.template)
     (run / "config.yaml").unlink()  # a model directory on its own still names its template
-    assert training_settings(run / "model")["template"] == "chatml"
+    assert trained_settings(run / "model").template == "chatml"
 
 
 def test_named_template_replaces_a_different_tokenizer_template(tmp_path):
@@ -133,8 +133,8 @@ def test_named_template_replaces_a_different_tokenizer_template(tmp_path):
 def test_merged_export_carries_template_in_bfloat16(tmp_path, capsys):
     from safetensors import safe_open
 
-    from sftlab.eval.run import training_settings
     from sftlab.infer.loading import describe_source
+    from sftlab.models.trained import trained_settings
 
     base, im_end, eos = _base_without_chat_template(tmp_path)
     run = _sft_run(tmp_path, base, "lora", "chatml", strategy={"kind": "lora", "lora": {"rank": 4}})
@@ -148,7 +148,7 @@ def test_merged_export_carries_template_in_bfloat16(tmp_path, capsys):
     assert record["dtype"] == "bfloat16" and record["template"] == "chatml"
     assert record["max_abs_logit_diff"] < 1e-4 and record["max_abs_logit_diff_after_cast"] > 0
     _check_saved(out, im_end, eos)
-    assert training_settings(out)["template"] == "chatml"
+    assert trained_settings(out).template == "chatml"
     # a run saved before sftlab_template.json existed: the template comes from its config.yaml
     (run / "model" / TEMPLATE_RECORD).unlink()
     assert main(["export", str(run), "--merge", str(tmp_path / "merged32")]) == 0
@@ -167,3 +167,67 @@ def test_export_bad_dtype_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(SftlabError, match=r"--dtype 'int8': expected one of float32, bfloat16, float16"):
         merge_adapter(tmp_path, tmp_path / "out", dtype="int8")
     assert not (tmp_path / "out").exists()
+
+
+def _answers_one_word_then_im_end(base, im_end) -> int:
+    """Rewrite the tiny base so that greedy decoding answers any prompt with one fixed token, then <|im_end|>, then the
+    token again, ...: with every layer's output projections zeroed the last hidden state is the current token's
+    embedding; that token's embedding and <|im_end|>'s output row share one direction, every other token's another."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    word = AutoTokenizer.from_pretrained(base)("Paris", add_special_tokens=False)["input_ids"][0]
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        embed, head = model.model.embed_tokens.weight, model.lm_head.weight
+        embed.zero_(), head.zero_()
+        embed[:, 0] = 1.0
+        embed[word, 0], embed[word, 1] = 0.0, 1.0
+        head[word, 0], head[im_end, 1] = 1.0, 1.0
+    model.save_pretrained(base)
+    return word
+
+
+def test_lora_run_model_stops_at_the_end_of_turn_token(tmp_path):
+    """A LoRA run's model/ has no generation_config.json and its base's EOS is <|endoftext|>: serve and generate
+    still stop at <|im_end|>, because their stop ids come from the template the adapter records."""
+    import httpx
+
+    from sftlab.infer.engine import generate_all
+    from sftlab.infer.loading import load_served
+    from sftlab.infer.prompts import render_chat, stop_token_ids
+    from sftlab.infer.sampling import SamplingParams
+    from sftlab.serve.config import ServeSettings
+    from sftlab.serve.server import ServerThread
+
+    base, im_end, eos = _base_without_chat_template(tmp_path)
+    word = _answers_one_word_then_im_end(base, im_end)
+    run = _sft_run(tmp_path, base, "lora", "chatml", strategy={"kind": "lora", "lora": {"rank": 4}})
+    model_dir = run / "model"
+    assert (model_dir / "adapter_config.json").is_file() and not (model_dir / "generation_config.json").exists()
+    served = load_served(model_dir)
+    assert served.template == "chatml" and served.model.generation_config.eos_token_id == eos
+    text = served.tokenizer.decode([word])
+    prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hi"}], served.template)
+    assert prompt[-1] != word
+    params = SamplingParams(max_new_tokens=6)
+    for stops in (set(), {eos}):  # without the template's stop ids (the base's EOS alone) it runs to max_tokens
+        assert generate_all(served, [prompt], params, stops)[0]["finish_reason"] == "length"
+    stops = stop_token_ids(served.tokenizer, served.model, served.template)
+    assert im_end in stops
+    answer = generate_all(served, [prompt], params, stops)[0]
+    assert (answer["text"], answer["finish_reason"], answer["completion_tokens"]) == (text, "stop", 1)
+    body = {"model": served.default_name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6,
+            "temperature": 0}
+    with ServerThread(served, ServeSettings(port=0)) as url:
+        reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    assert reply["choices"][0]["message"]["content"] == text and reply["choices"][0]["finish_reason"] == "stop"
+    assert reply["usage"]["completion_tokens"] == 1
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n', encoding="utf-8")
+    assert main(["generate", str(model_dir), "--input", str(tmp_path / "in.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl"), "--max-new-tokens", "6"]) == 0
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert (row["output"], row["finish_reason"], row["completion_tokens"]) == (text, "stop", 1)

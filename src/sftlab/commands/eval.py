@@ -14,7 +14,7 @@ def register(registry) -> None:
     parser.add_argument("--out", help="output directory (default: eval-TASK beside MODEL_DIR)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--format", default="auto", help="data format of --data (as data.format)")
-    parser.add_argument("--template", help="chat template (default: the training run's data.template, else auto)")
+    parser.add_argument("--template", help="chat template (default: the one the model was trained with, else auto)")
     parser.add_argument("--mask", choices=["assistant", "last_assistant", "each_assistant", "all"],
                         help="lm task: supervised tokens (default: the training run's data.mask)")
     parser.add_argument("--labels", help="comma-separated label set (default: labels seen in --data)")
@@ -57,15 +57,16 @@ def handle(args) -> int:
 
     from sftlab.eval import run
     from sftlab.eval.tasks import EvalOptions
+    from sftlab.models.trained import trained_settings
 
-    trained = run.training_settings(Path(args.model))
+    trained = trained_settings(Path(args.model))
     opts = EvalOptions(
-        template=args.template or trained.get("template", "auto"), mask=args.mask or trained.get("mask", "assistant"),
+        template=args.template or trained.template or "auto", mask=args.mask or trained.mask or "assistant",
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
         temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         labels=[part.strip() for part in args.labels.split(",") if part.strip()] if args.labels else None,
         label_method=args.label_method, positive=args.positive, ks=_int_list(args.k, "--k"),
-        segmenter=args.segmenter, max_length=args.max_length or trained.get("max_length", 1024))
+        segmenter=args.segmenter, max_length=args.max_length or trained.max_length or 1024)
     out = args.out or run.default_out(args.model, args.task)
     summary = run.evaluate(args.model, args.data, args.task, opts, out, overwrite=args.overwrite,
                            with_baselines=args.baselines, train_file=args.train, fmt=args.format,

@@ -7,9 +7,9 @@ tokenizer and `sftlab_export.json`, which records the base, the adapter, the dty
 logit difference seen on the probes (merged vs unmerged, both float32) and, after a cast, the largest
 difference of the saved model's logits from the unmerged float32 ones.
 
-A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template named in the adapter
-directory's `sftlab_template.json` (else in the run's config.yaml) sets the stop ids in generation_config.json
-and the tokenizer's chat_template, and OUT gets its own `sftlab_template.json`.
+A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template the adapter was trained with
+(`sftlab.models.trained`: the adapter directory's `sftlab_template.json`, else the run's config.yaml) sets the stop
+ids in generation_config.json and the tokenizer's chat_template, and OUT gets its own `sftlab_template.json`.
 """
 
 from __future__ import annotations
@@ -66,25 +66,6 @@ def _max_diff(before, after) -> float:
     return max(float((a - b).abs().max()) for a, b in zip(before, after))
 
 
-def _trained_template(run_dir: Path, adapter_dir: Path) -> str | None:
-    """The chat template the adapter was trained with: its sftlab_template.json, else the run's config.yaml."""
-    import yaml
-
-    from sftlab.models.chat_files import read_template_record, trained_template
-
-    recorded = read_template_record(adapter_dir)
-    if recorded:
-        return recorded
-    for config_file in (run_dir / "config.yaml", adapter_dir.parent / "config.yaml"):
-        if config_file.is_file():
-            try:
-                raw = yaml.safe_load(config_file.read_text(encoding="utf-8"))
-            except yaml.YAMLError as exc:
-                raise SftlabError(f"{config_file}: not valid YAML ({exc})") from None
-            return trained_template(raw if isinstance(raw, dict) else {})
-    return None
-
-
 def _save_merged(merged, tokenizer, out_dir: Path, record: dict, template: str | None, overwrite: bool) -> None:
     """Write the merged model, its tokenizer (carrying `template`), sftlab_template.json and sftlab_export.json."""
     from sftlab.io import atomic_dir, atomic_write_json
@@ -109,6 +90,7 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     from sftlab.config.schema import ModelConfig
     from sftlab.io import check_output_dir
     from sftlab.models.load import adapter_base, has_tokenizer_files, load_model, load_tokenizer
+    from sftlab.models.trained import trained_settings
 
     if dtype not in DTYPES:
         raise SftlabError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -117,6 +99,7 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     adapter_dir = find_adapter(run_dir)
     base = adapter_base(adapter_dir / "adapter_config.json")
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
     base_cfg = ModelConfig(path=str(base), dtype="float32")
     tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir)) if has_tokenizer_files(adapter_dir) else base_cfg)
     if adapter_cfg.get("task_type") == "SEQ_CLS":
@@ -136,7 +119,6 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     if dtype != "float32":
         merged = merged.to(getattr(torch, dtype))
         record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
-    template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else _trained_template(run_dir, adapter_dir)
     _save_merged(merged, tokenizer, out_dir, record, template, overwrite)
     return record
 

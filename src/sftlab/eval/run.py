@@ -6,18 +6,17 @@ Output directory (written atomically):
     confusion_matrix.png, pr_curve.png   label tasks (the PR curve for two labels with probabilities)
 
 MODEL_DIR may be a model directory, a PEFT adapter directory (its local base is loaded) or a run directory
-(its `model/`). The chat template, loss mask and maximum length default to the training run's (`config.yaml`
-in MODEL_DIR or above it; the template also from MODEL_DIR's `sftlab_template.json`), else `auto`, `assistant`
-and 1024 tokens. A model saved with a classification head evaluates labels with that head; a causal LM scores
-each label's likelihood unless `label_method="generate"`.
+(its `model/`). The chat template, loss mask and maximum length default to the ones the model was trained with
+(`sftlab.models.trained`: the template from MODEL_DIR's `sftlab_template.json`, else the run's `config.yaml`;
+mask and maximum length from that `config.yaml`), else `auto`, `assistant` and 1024 tokens. A model saved with a
+classification head evaluates labels with that head; a causal LM scores each label's likelihood unless
+`label_method="generate"`.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-
-import yaml
 
 from sftlab.errors import SftlabError
 from sftlab.eval import metrics as M
@@ -26,37 +25,6 @@ from sftlab.io import atomic_dir, atomic_write_json, atomic_write_jsonl
 
 _SHOWN_FIRST = ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "average_precision", "unparseable",
                 "exact_match", "bleu", "rouge1", "rouge2", "rouge_l", "loss", "perplexity", "mrr")
-
-
-def training_settings(model_dir: Path) -> dict:
-    """data.template, data.mask and train.max_length of the run that produced `model_dir` (a run dir or its model/, best/,
-    checkpoint), when that run's config.yaml is found; else the template named in the directory's sftlab_template.json
-    (a merged export, or a model directory copied elsewhere)."""
-    from sftlab.models.chat_files import read_template_record
-
-    recorded = read_template_record(model_dir) or read_template_record(model_dir / "model")
-    found = _config_settings(model_dir)
-    if recorded and "template" not in found:
-        found["template"] = recorded
-    return found
-
-
-def _config_settings(model_dir: Path) -> dict:
-    """The settings in the nearest run config.yaml: in `model_dir`, its parent or its grandparent."""
-    for candidate in (model_dir / "config.yaml", model_dir.parent / "config.yaml", model_dir.parent.parent / "config.yaml"):
-        if candidate.is_file():
-            try:
-                raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError:
-                continue
-            if not isinstance(raw, dict):
-                continue
-            data, train = raw.get("data") or {}, raw.get("train") or {}
-            found = {key: data[key] for key in ("template", "mask") if isinstance(data.get(key), str)}
-            if isinstance(train.get("max_length"), int):
-                found["max_length"] = train["max_length"]
-            return found
-    return {}
 
 
 def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32"):

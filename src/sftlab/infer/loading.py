@@ -5,9 +5,9 @@
         ...
 
 A run dir holds `model/` (a full model, or an adapter whose adapter_config.json names its local base)
-and `config.yaml` (its `data.template` is reused so inference renders prompts as training did). A model
-or adapter dir saved by sftlab (RUN/model, RUN/best, a checkpoint, a merged export) names the template it
-was trained with in `sftlab_template.json` (`sftlab.models.chat_files`); without either, the template is auto.
+and `config.yaml`. Prompts are rendered, and answers stopped, with the template the model was trained with
+(`sftlab.models.trained`): the model or adapter dir's `sftlab_template.json` (RUN/model, RUN/best, a checkpoint,
+a merged export), else the run's `config.yaml` (`data.template`), else auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.models.chat_files import read_template_record
+from sftlab.models.trained import run_model_dir, trained_settings
 
 
 @dataclass
@@ -68,12 +68,8 @@ def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
     from sftlab.models.load import adapter_base, resolve_model_path
 
     given = Path(path).expanduser()
-    if given.is_dir() and (given / "model").is_dir() and not (given / "config.json").is_file():
-        model_dir = given / "model"
-        template = _run_template(given / "config.yaml") or read_template_record(model_dir) or "auto"
-    else:
-        model_dir = resolve_model_path(str(path))
-        template = read_template_record(model_dir) or "auto"
+    model_dir = run_model_dir(given) or resolve_model_path(str(path))
+    template = trained_settings(model_dir).template or "auto"
     label = name or (given.name if given.is_dir() else model_dir.name)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
@@ -115,14 +111,4 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
         served_adapters.update({key: key for key, _ in attach})
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
-
-
-def _run_template(config_file: Path) -> str | None:
-    if not config_file.is_file():
-        return None
-    import yaml
-
-    raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-    return str((raw.get("data") or {}).get("template") or "auto")
-
 

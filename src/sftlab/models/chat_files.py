@@ -4,7 +4,8 @@
     with carry_chat_template(model, tokenizer, template) as record:
         model.save_pretrained(out); tokenizer.save_pretrained(out)
     write_template_record(out, record)                     # out/sftlab_template.json
-    read_template_record(out)                              # "chatml": what the infer loader and eval use
+    read_template_record(out)                              # "chatml": read by sftlab.models.trained, the one reader
+                                                           # of a model's trained settings (serve, generate, eval, export)
 
 Inside `carry_chat_template`, and only there (the live objects are restored afterwards):
 - `model.generation_config.eos_token_id` is a list: its own ids, then the template's end-of-turn and other

@@ -1,0 +1,115 @@
+"""The settings a saved model was trained with, read from its directory: the one reader behind `sftlab generate`,
+`chat`, `serve`, `eval` and `export`.
+
+    settings = trained_settings("runs/exp1/best")
+    settings.template, settings.mask, settings.max_length    # "chatml", "assistant", 1024 (None: not known)
+
+MODEL is a run's `model/`, `best/` or `checkpoints/step-N/`, a merged export, any model or adapter directory, or a
+run directory, which stands for its `model/` (a directory with `model/` inside and no config.json of its own).
+
+- template: MODEL's `sftlab_template.json` when it has one. It is written at save time from the resolved template
+  (`auto` on a tokenizer without a chat template is recorded as `chatml`), so it is the most specific. Else the run
+  config's `data.template` under `chat_files.trained_template`'s stage rule (sft: the template, default auto; pt:
+  a named built-in only; cls: none). Else None.
+- mask, max_length: the run config's `data.mask` and `train.max_length`; else None.
+
+The run config is the first `config.yaml` that exists of: MODEL/config.yaml, MODEL/../config.yaml (RUN/model,
+RUN/best; a run directory's own), and MODEL/../../config.yaml only when MODEL's parent is named `checkpoints`
+(RUN/checkpoints/step-N). Nothing further up is read: a config.yaml two levels above any other directory belongs
+to something else. A path that is not a directory (a hub name such as `gemma-3-270m`) has no settings.
+
+A malformed `sftlab_template.json` or `config.yaml` (not JSON / YAML, not a mapping, a setting of the wrong type)
+is a one-line SftlabError naming the file; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sftlab.errors import SftlabError
+from sftlab.models.chat_files import read_template_record, trained_template
+
+RUN_CONFIG = "config.yaml"
+
+
+@dataclass(frozen=True)
+class TrainedSettings:
+    """What a model directory says about its training; None where it says nothing."""
+
+    template: str | None = None
+    mask: str | None = None
+    max_length: int | None = None
+    config_file: Path | None = None  # the run config.yaml read, if any
+
+
+def run_model_dir(directory: str | Path) -> Path | None:
+    """`directory/model` when `directory` is a run directory (model/ inside, no config.json of its own), else None."""
+    directory = Path(directory).expanduser()
+    if (directory / "model").is_dir() and not (directory / "config.json").is_file():
+        return directory / "model"
+    return None
+
+
+def run_config_file(model_dir: Path) -> Path | None:
+    """The nearest run config.yaml of `model_dir` (see the module docstring), or None."""
+    candidates = [model_dir / RUN_CONFIG, model_dir.parent / RUN_CONFIG]
+    if model_dir.parent.name == "checkpoints":
+        candidates.append(model_dir.parent.parent / RUN_CONFIG)
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def trained_settings(directory: str | Path) -> TrainedSettings:
+    """The template, mask and max_length the model in `directory` was trained with (see the module docstring)."""
+    directory = Path(directory).expanduser()
+    model_dir = run_model_dir(directory) or directory
+    if not model_dir.is_dir():
+        return TrainedSettings()
+    recorded = read_template_record(model_dir)
+    config_file = run_config_file(model_dir)
+    if config_file is None:
+        return TrainedSettings(template=recorded)
+    raw = _read_run_config(config_file)
+    data, train = _group(raw, "data", config_file), _group(raw, "train", config_file)
+    return TrainedSettings(template=recorded or trained_template(raw),
+                           mask=_typed(data, "data", "mask", str, config_file),
+                           max_length=_typed(train, "train", "max_length", int, config_file),
+                           config_file=config_file)
+
+
+def _read_run_config(path: Path) -> dict:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise SftlabError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise SftlabError(f"{path}: expected a run config (a mapping of groups: model, data, ...), "
+                          f"got {type(raw).__name__}")
+    _typed(_group(raw, "data", path), "data", "template", str, path)
+    _typed(_group(raw, "train", path), "train", "stage", str, path)
+    return raw
+
+
+def _group(raw: dict, name: str, path: Path) -> dict:
+    value = raw.get(name)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SftlabError(f"{path}: {name}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _typed(group: dict, name: str, key: str, kind: type, path: Path):
+    value = group.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = "a whole number" if kind is int else "a string"
+        raise SftlabError(f"{path}: {name}.{key}: expected {expected}, got {value!r}")
+    return value
