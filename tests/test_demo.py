@@ -46,4 +46,5 @@ def test_auto_precision_is_bf16_only_where_the_machine_has_it(tmp_path, monkeypa
     assert resolve_precision(fixed) == (fixed, None)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
-    assert resolve_precision(cfg)[1] == "precision: auto -> fp32 (this GPU has no bf16 matmul instructions)"
+    assert resolve_precision(cfg)[1] == ("precision: auto -> fp32 (this GPU has no bf16 matmul instructions; "
+                                         "train.precision: fp16 trains with fp16 autocast and loss scaling)")

@@ -1,4 +1,4 @@
-"""Config-time checks that depend on the machine (raised before any model is loaded)."""
+"""Config-time checks across fields, some of them depending on the machine (raised before any model is loaded)."""
 
 
 def require_cuda_for_qlora() -> None:
@@ -42,6 +42,21 @@ def check_distributed(cfg) -> None:
                          "here); raise train.batch_size or the process count instead")
     if qlora and kind == "zero3":
         raise ValueError("train.distributed=zero3 cannot shard 4-bit (QLoRA) weights; use zero2 or ddp")
+
+
+def check_fp16(cfg) -> None:
+    """train.precision=fp16 (sftlab's fp16 autocast and gradient scaler, sftlab.train.scaling) trains fp32 weights in
+    one process or under ddp."""
+    if cfg.train.precision != "fp16":
+        return
+    if cfg.model.dtype in ("bfloat16", "float16"):
+        raise ValueError(f"train.precision=fp16 needs model.dtype float32 (or auto), not {cfg.model.dtype}: fp16 "
+                         "autocast with loss scaling trains fp32 weights only (the gradient scaler refuses fp16 "
+                         "gradients); bfloat16 weights train with train.precision bf16")
+    if cfg.train.distributed != "ddp":
+        raise ValueError(f"train.precision=fp16 runs in one process or under train.distributed=ddp, not "
+                         f"{cfg.train.distributed} (its gradient scaler is sftlab's own); use ddp, or train.precision "
+                         f"bf16 or fp32 with {cfg.train.distributed}")
 
 
 def check_group_by_length(cfg) -> None:

@@ -168,10 +168,15 @@ class TrainConfig(_Strict):
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
-    precision: Literal["fp32", "bf16", "auto"] = Field(
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="bf16 = autocast on CPU or GPU; on a CPU without AMX or AVX-512 BF16 its matmuls run in "
-        "software (5x slower than fp32 on AVX-512 CPUs without BF16, 100x on AVX2) and the run log and sftlab plan warn; auto = bf16 where the "
-        "machine has it (a GPU with bf16, a CPU with AMX or AVX-512 BF16), else fp32, resolved when the run starts "
+        "software (5x slower than fp32 on AVX-512 CPUs without BF16, 100x on AVX2) and the run log and sftlab plan warn; "
+        "fp16 = fp16 autocast with dynamic loss scaling, for GPUs without bf16 (T4, V100): needs model.dtype float32 "
+        "(or auto) and one process or train.distributed ddp; a step whose gradients overflow fp16 is skipped (no update; "
+        "it still counts: its data is used up and the schedule advances), the loss scale halves and its metrics.jsonl "
+        "row says skipped; tested on CPU only, where its matmuls also run in software without AVX-512 FP16 or AMX-FP16 "
+        "(the run log warns); auto = bf16 where the "
+        "machine has it (a GPU with bf16, a CPU with AMX or AVX-512 BF16), else fp32 (never fp16), resolved when the run starts "
         "and recorded as such in the run's config.yaml")
     gradient_checkpointing: bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
@@ -245,8 +250,9 @@ class RunConfig(_Strict):
             require_cuda_for_qlora()
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
-        from sftlab.config.checks import check_distributed, check_group_by_length, check_streaming
+        from sftlab.config.checks import check_distributed, check_fp16, check_group_by_length, check_streaming
 
+        check_fp16(self)
         check_distributed(self)
         check_streaming(self)
         check_group_by_length(self)

@@ -156,7 +156,7 @@ class Workload:
 
     @property
     def activation_bytes(self) -> int:
-        return 2 if self.precision == "bf16" else self.param_bytes
+        return 2 if self.precision in ("bf16", "fp16") else self.param_bytes  # autocast's 16-bit activations
 
 
 @dataclass

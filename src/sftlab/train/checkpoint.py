@@ -3,6 +3,7 @@
     OUT/checkpoints/step-N/
         model.safetensors + config.json (or adapter_model.safetensors for peft) + tokenizer files
         optimizer.pt  scheduler.pt  rng_state.pt (python, numpy, torch, cuda)
+        scaler.pt           under train.precision fp16: the gradient scaler (loss scale, growth tracker)
         optimizer/          instead of optimizer.pt under train.distributed=fsdp: every rank's optimizer
                             shards (torch.distributed.checkpoint), read back with the same process count
         rng_state_ranks.pt   with several processes: every rank's RNG states, in rank order
@@ -30,6 +31,7 @@ from sftlab.io import atomic_dir, atomic_write_json
 
 SIDECAR = "sftlab_state.json"
 CHECKPOINTS = "checkpoints"
+SCALER = "scaler.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -82,10 +84,11 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
 
 def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, rng: dict, state: dict,
                     state_dict: dict | None = None, rank_rngs: list[dict] | None = None,
-                    write_optimizer: Callable[[Path], None] | None = None) -> Path:
+                    write_optimizer: Callable[[Path], None] | None = None, scaler=None) -> Path:
     """Write `run_dir/checkpoints/step-<step>/` atomically and return it (`rank_rngs`: every rank's RNG states).
 
-    `write_optimizer(tmp)` replaces optimizer.pt (a sharded optimizer written by every rank into the directory)."""
+    `write_optimizer(tmp)` replaces optimizer.pt (a sharded optimizer written by every rank into the directory);
+    `scaler` (fp16's GradScaler) is written to scaler.pt."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step}"
     with atomic_dir(final, overwrite=True) as tmp:
         save_model_dir(model, tokenizer, tmp, state_dict, config=state.get("config"))
@@ -94,6 +97,8 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
         else:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / SCALER)
         torch.save(rng, tmp / "rng_state.pt")
         if rank_rngs is not None:
             torch.save(rank_rngs, tmp / "rng_state_ranks.pt")
@@ -164,10 +169,11 @@ def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
                           f"{' ...' if len(lost) > 3 else ''}; it does not belong to this run")
 
 
-def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0, model=None) -> dict:
-    """Restore optimizer and scheduler state and return the RNG states saved for process `rank`.
+def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0, model=None, scaler=None) -> dict:
+    """Restore optimizer, scheduler and (fp16) gradient scaler state; return the RNG states saved for process `rank`.
 
-    A sharded optimizer (`optimizer/`, fsdp) is read by every rank into the optimizer of the sharded `model`."""
+    A sharded optimizer (`optimizer/`, fsdp) is read by every rank into the optimizer of the sharded `model`. A
+    checkpoint without scaler.pt leaves `scaler` as it was built (a fresh one)."""
     directory = Path(directory)
     if (directory / "optimizer").is_dir():
         from sftlab.train.distributed import load_sharded_optimizer
@@ -179,6 +185,8 @@ def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0, mo
     else:
         optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+    if scaler is not None and (directory / SCALER).is_file():
+        scaler.load_state_dict(torch.load(directory / SCALER, weights_only=True))
     ranks = directory / "rng_state_ranks.pt"
     if ranks.is_file():
         return torch.load(ranks, weights_only=True)[rank]

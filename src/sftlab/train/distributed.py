@@ -44,6 +44,7 @@ def make_accelerator(cfg):
     plugins = {}  # fsdp: a plain multi-process accelerator; shard_objective applies fully_shard itself
     if world_size() > 1 and cfg.train.distributed in ("zero2", "zero3"):
         plugins["deepspeed_plugin"] = _deepspeed_plugin(cfg)
+    # fp16 stays "no": its autocast and gradient scaler are sftlab's own (accelerate's does nothing on a CPU)
     return Accelerator(mixed_precision="bf16" if cfg.train.precision == "bf16" else "no",
                        cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))],

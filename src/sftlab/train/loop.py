@@ -7,7 +7,9 @@ Each optimizer step takes `train.grad_accum` micro-batches, counts their supervi
 examples (cls) first, and back-propagates every micro-batch's *summed* loss divided by that total,
 so batch 8 x accumulation 1 and batch 2 x accumulation 4 give the same update. Ctrl-C saves a
 checkpoint and raises `TrainingInterrupted` (exit 130 in the CLI); a non-finite loss (or gradient
-norm, when clipping is on) stops with `TrainingDiverged` (exit 2) before the bad update is applied.
+norm, when clipping is on) stops with `TrainingDiverged` (exit 2) before the bad update is applied. Under
+train.precision fp16 the loss is scaled and a step whose gradients overflow is skipped instead
+(`sftlab.train.scaling`).
 
 Under a multi-process launch (`sftlab train --nproc N`, torchrun, accelerate launch) every rank runs this
 loop on its share of each global micro-batch (`sftlab.train.distributed`): counts and losses are summed
@@ -33,12 +35,13 @@ from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
 from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
                                      save_checkpoint, save_model_dir)
-from sftlab.train.distributed import (call_unsharded, clip_grad_norm, combine_eval_sums, gather_objects,
+from sftlab.train.distributed import (call_unsharded, combine_eval_sums, gather_objects,
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
                                       reduce_sum, sharded)
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
+from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
 from sftlab.train.setup import Session, build_session, prepare_output_dir, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
@@ -61,10 +64,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, step: int, checkpoint: Path):
         super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
-
-
-class TrainingDiverged(SftlabError):
-    """The loss or the gradient became NaN/inf; training stopped before applying the update."""
 
 
 def log_setup(log, session: Session, precision_choice: str | None = None) -> None:
@@ -193,9 +192,9 @@ def any_rank(session: Session, value: bool) -> bool:
 def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple[float, dict]:
     """One update from the micro-batches in `group` (indices into `rows`, default the training rows).
 
-    Returns the mean loss and {tokens, supervised_tokens, grad_norm}; `supervised_tokens` counts loss
-    terms (supervised tokens for pt/sft, examples for cls), summed over all processes, as are the loss
-    and tokens. Each process runs its `rank_share` of every global micro-batch."""
+    Returns the mean loss and {tokens, supervised_tokens, grad_norm} (fp16: also loss_scale, skipped);
+    `supervised_tokens` counts loss terms (supervised tokens for pt/sft, examples for cls), summed over all
+    processes, as are the loss and tokens. Each process runs its `rank_share` of every global micro-batch."""
     accelerator, stage = session.accelerator, session.cfg.train.stage
     rows = session.prepared.train if rows is None else rows
     processes = accelerator.num_processes
@@ -210,7 +209,7 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
     for index, (batch, (_, carries)) in enumerate(zip(batches, shares)):
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         with no_sync_unless_last(accelerator, session.objective, index == len(batches) - 1):
-            with accelerator.autocast():  # bf16 matmuls when train.precision=bf16; a no-op otherwise
+            with session.autocast():  # bf16 or fp16 matmuls per train.precision; a no-op for fp32
                 part, _ = session.objective(batch)
             value = float(part.detach())
             if not math.isfinite(value):
@@ -218,23 +217,15 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
             scaled = part / max(total, 1)
             if processes > 1:  # the gradient all-reduce averages over ranks; the sum over ranks is wanted
                 scaled = scaled * processes if carries else part * 0.0
-            accelerator.backward(scaled)
+            accelerator.backward(scaled if session.scaler is None else session.scaler.scale(scaled))
         loss_total += value if carries else 0.0
-    grad_norm = None
-    if session.cfg.train.max_grad_norm is not None:
-        params = [p for p in session.model.parameters() if p.requires_grad]
-        grad_norm = clip_grad_norm(session, params, session.cfg.train.max_grad_norm)  # None: DeepSpeed clips itself
-        if grad_norm is not None and not math.isfinite(grad_norm):
-            diverged(session, f"gradient norm is {grad_norm}")
-    session.optimizer.step()
-    session.scheduler.step()
-    session.optimizer.zero_grad(set_to_none=True)
+    update = apply_update(session)  # clip, step (fp16: or skip an overflow), schedule, zero_grad
     tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else sum(len(r["input_ids"]) for r in part)
                  for b, part, (_, carries) in zip(batches, parts, shares) if carries)  # packed: no filler
     if processes > 1:
         loss_total, tokens = reduce_sum(accelerator, [loss_total, float(tokens)])
         tokens = int(tokens)
-    return loss_total / max(total, 1), {"tokens": tokens, "supervised_tokens": total, "grad_norm": grad_norm}
+    return loss_total / max(total, 1), {"tokens": tokens, "supervised_tokens": total, **update}
 
 
 def _loss_units(batch: dict, stage: str) -> int:
@@ -243,23 +234,13 @@ def _loss_units(batch: dict, stage: str) -> int:
     return int(labels.numel()) if stage == "cls" else int((labels[:, 1:] != -100).sum())
 
 
-def diverged(session: Session, what: str) -> None:
-    """Stop the run at a non-finite loss/gradient, naming the step and the last good checkpoint."""
-    from sftlab.train.checkpoint import latest_checkpoint
-
-    session.optimizer.zero_grad(set_to_none=True)
-    good = latest_checkpoint(session.out_dir)
-    kept = f"last good checkpoint: {good}" if good else "no checkpoint was saved (set train.save_every_n_steps)"
-    raise TrainingDiverged(f"{what} at step {session.step + 1}; training stopped before that update; {kept}; "
-                           f"start again with a lower train.lr (now {session.cfg.train.lr:g}) or check the data")
-
-
 def log_step(session: Session, log: RunLog, loss: float, stats: dict) -> None:
-    """Write a metrics row every `train.log_every_n_steps` steps (and at the last step)."""
+    """Write a metrics row every `train.log_every_n_steps` steps, at the last step and at every skipped fp16 step."""
     cfg, step = session.cfg, session.step
-    write = step % cfg.train.log_every_n_steps == 0 or step == session.total_steps
+    write = step % cfg.train.log_every_n_steps == 0 or step == session.total_steps or stats.get("skipped", False)
+    fp16 = {key: stats[key] for key in ("loss_scale", "skipped") if key in stats}
     log.step({"step": step, "loss": loss, "lr": session.scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"],
-              "supervised_tokens": stats["supervised_tokens"], "epoch": round(_epoch(session), 4)}, write)
+              "supervised_tokens": stats["supervised_tokens"], "epoch": round(_epoch(session), 4), **fp16}, write)
 
 
 def _epoch(session: Session) -> float:
@@ -296,7 +277,7 @@ def evaluate(session: Session) -> dict:
     whole evaluation data (so every rank holds the same numbers)."""
     stage = session.cfg.train.stage
     metrics = call_unsharded(session, evaluate_batches, session.model, validation_batches(session), stage,
-                             session.accelerator.autocast, combine_eval_sums(session.accelerator))
+                             session.autocast, combine_eval_sums(session.accelerator))
     metrics.update(call_unsharded(session, task_metrics, session.model, session.tokenizer, session.prepared, session.cfg))
     return metrics
 
@@ -337,9 +318,9 @@ def sidecar(session: Session) -> dict:
     """The JSON state that, with the weights and optimizer files, lets a run continue exactly."""
     return {"step": session.step, "total_steps": session.total_steps, "position": session.position.to_dict(),
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
-            "bad_evals": session.bad_evals, "trainable": session.trainable.trainable,
-            "processes": session.accelerator.num_processes, "config": session.cfg.model_dump(mode="json"),
-            "environment": session.environment}
+            "bad_evals": session.bad_evals, "skipped_steps": session.skipped_steps,
+            "trainable": session.trainable.trainable, "processes": session.accelerator.num_processes,
+            "config": session.cfg.model_dump(mode="json"), "environment": session.environment}
 
 
 def write_checkpoint(session: Session, rng: dict) -> Path:
@@ -354,7 +335,7 @@ def write_checkpoint(session: Session, rng: dict) -> Path:
     if accelerator.is_main_process:
         path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
                                session.optimizer, session.scheduler, rng, sidecar(session), state_dict, rank_rngs,
-                               write_optimizer)
+                               write_optimizer, session.scaler)
         prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
     elif write_optimizer is not None:
         write_optimizer(None)
@@ -375,6 +356,8 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
 
     metrics: dict = {"step": session.step, "train_loss": session.losses[-1] if session.losses else None,
                      "stopped": stopped}
+    if session.scaler is not None:  # fp16: steps whose gradients overflowed and were skipped
+        metrics["skipped_steps"] = session.skipped_steps
     if session.prepared.validation:
         last = session.eval_history[-1] if session.eval_history else None
         final = {k: v for k, v in last.items() if k != "step"} if last and last["step"] == session.step else None

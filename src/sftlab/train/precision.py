@@ -4,15 +4,16 @@ warning for 16-bit settings on a CPU without it.
     cfg, line = resolve_precision(cfg)               # auto -> bf16 or fp32 (model.dtype auto follows), the log line
     line = precision_line(cfg, accelerator.device)   # None, or a one-line warning for the run log
 
-bf16 autocast (`train.precision: bf16`) and 16-bit weights (`model.dtype: bfloat16 | float16`) are fast on
-CPUs with 16-bit matmul instructions (AMX, AVX-512 BF16/FP16). Elsewhere they are slower than fp32: on AVX2-only
-CPUs (AMD Zen 3) a 1024 x 1024 bf16 matmul ran at 1.0 GFLOP/s and a 512 x 512 fp16 one at 1.3, against 124 in
-fp32 (docs/speed-work.md, tenth round). On AVX-512 CPUs without BF16 (Skylake to Ice Lake, or a VM that hides
+bf16 or fp16 autocast (`train.precision: bf16 | fp16`) and 16-bit weights (`model.dtype: bfloat16 | float16`)
+are fast on CPUs with 16-bit matmul instructions (AMX, AVX-512 BF16/FP16). Elsewhere they are slower than fp32:
+on AVX2-only CPUs (AMD Zen 3) a 1024 x 1024 bf16 matmul ran at 1.0 GFLOP/s and a 512 x 512 fp16 one at 1.3,
+against 124 in fp32 (docs/speed-work.md, tenth round). On AVX-512 CPUs without BF16 (Skylake to Ice Lake, or a VM that hides
 AMX) oneDNN still calls bf16 supported and converts in software: 2 cores of such an Intel Xeon ran a
 2048 x 2048 bf16 matmul at 61 GFLOP/s against 308 in fp32 (twelfth round). So the check below asks for the
 instructions themselves.
-A run that asks for bf16 still goes ahead (the user asked for it); the log says why it is slow and what to
-set instead. `auto` picks bf16 only where the machine has it: a CUDA GPU with bf16, or such a CPU.
+A run that asks for bf16 or fp16 still goes ahead (the user asked for it); the log says why it is slow and what
+to set instead. `auto` picks bf16 only where the machine has it: a CUDA GPU with bf16, or such a CPU; elsewhere
+fp32, never fp16 (on a GPU without bf16 its log line points at `train.precision: fp16`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def cpu_runs_in_hardware(kind: str) -> bool:
 def low_precision_settings(cfg) -> dict[str, str]:
     """The 16-bit settings of `cfg` that make CPU matmuls bf16 or fp16: {'train.precision: bf16': 'bf16', ...}."""
     settings = {}
-    if cfg.train.precision == "bf16":
-        settings["train.precision: bf16"] = "bf16"
+    if cfg.train.precision in ("bf16", "fp16"):
+        settings[f"train.precision: {cfg.train.precision}"] = cfg.train.precision
     if cfg.model.dtype in ("bfloat16", "float16"):
         settings[f"model.dtype: {cfg.model.dtype}"] = "bf16" if cfg.model.dtype == "bfloat16" else "fp16"
     return settings
@@ -72,15 +73,16 @@ def machine_precision() -> str:
 
 def resolve_setting(setting: str) -> tuple[str, str | None]:
     """A precision setting made concrete for this machine: 'auto' becomes bf16 or fp32 (`machine_precision`),
-    with its log line; 'fp32' and 'bf16' stay as they are, with None."""
+    with its log line; 'fp32', 'bf16' and 'fp16' stay as they are, with None."""
     if setting != "auto":
         return setting, None
     import torch
 
-    chosen = machine_precision()
-    where = "this GPU" if torch.cuda.is_available() else "this CPU"
+    chosen, gpu = machine_precision(), torch.cuda.is_available()
+    where = "this GPU" if gpu else "this CPU"
     how = "runs bf16 matmuls in hardware" if chosen == "bf16" else "has no bf16 matmul instructions"
-    return chosen, f"precision: auto -> {chosen} ({where} {how})"
+    hint = "; train.precision: fp16 trains with fp16 autocast and loss scaling" if gpu and chosen == "fp32" else ""
+    return chosen, f"precision: auto -> {chosen} ({where} {how}{hint})"
 
 
 def resolve_precision(cfg):

@@ -1,7 +1,9 @@
 """What a run reports while it trains: a tqdm bar, `metrics.jsonl` rows and TensorBoard scalars.
 
 `metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, grad_norm, tokens_per_s,
-supervised_tokens, epoch) and one per evaluation (`"eval": true` plus the validation metrics).
+supervised_tokens, epoch; under train.precision fp16 also loss_scale, the scale the step's backward used, and
+skipped, true when its gradients overflowed and the optimizer step was skipped: such a step always gets a row) and
+one per evaluation (`"eval": true` plus the validation metrics).
 On resume the rows written after the checkpoint's step are dropped so the file reads as one run.
 """
 
@@ -64,7 +66,7 @@ class RunLog:
         self._bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         self._write(row)
         if self._writer is not None:
-            for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
+            for key in ("loss", "lr", "tokens_per_s", "grad_norm", "loss_scale"):
                 if row.get(key) is not None:
                     self._writer.add_scalar(f"train/{key}", row[key], row["step"])
 

@@ -1,15 +1,17 @@
 """Everything a run needs before its first step: output dir, data, model, strategy, optimizer, resume state.
 
 `build_session` loads the tokenizer, prepares the data, loads the model for the stage, applies the
-strategy, and builds the accelerator, AdamW and the LR schedule. On resume it also checks that the
+strategy, and builds the accelerator, AdamW, the LR schedule, the autocast context of every forward pass and,
+under train.precision fp16, the gradient scaler (`sftlab.train.scaling`). On resume it also checks that the
 saved run used the same model/data/strategy/schedule settings and restores weights, optimizer,
-scheduler and the data position from the latest checkpoint. With several processes
+scheduler, gradient scaler and the data position from the latest checkpoint. With several processes
 (`sftlab.train.distributed`) the main process tokenizes first and the others read its cache, only the
 main process writes files, and a resume must use the same number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,9 @@ class Session:
     resized_from: int | None = None  # the checkpoint run's total steps, when the resumed run has another length
     environment: dict = field(default_factory=dict)  # this run's (sftlab.train.environment), collected once at setup
     checkpoint_environment: dict | None = None  # the resumed checkpoint's, from its sidecar
+    autocast: Callable = contextlib.nullcontext  # `with session.autocast():` around forward passes (scaling.py)
+    scaler: Any = None  # torch.amp.GradScaler under train.precision fp16
+    skipped_steps: int = 0  # fp16 steps whose gradients overflowed (the optimizer step was skipped)
 
 
 def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
@@ -262,6 +267,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
     from sftlab.train.precision import resolve_precision
+    from sftlab.train.scaling import autocast_factory, make_scaler
 
     from sftlab.eval.hooks import task_for_config
 
@@ -287,10 +293,11 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
+    autocast = autocast_factory(cfg, accelerator)
     if cfg.model.fused_layers:  # before DDP wraps the model: the warm-up's backward must not reach its hooks
         from sftlab.models.kernels import prepare_kernels
 
-        prepare_kernels(model, cfg.model.compiled_kernels, accelerator.device, accelerator.autocast)
+        prepare_kernels(model, cfg.model.compiled_kernels, accelerator.device, autocast)
     objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
     total = (cfg.train.max_steps if cfg.data.streaming else
              plan.total_steps(len(prepared.train), cfg.train.batch_size * accelerator.num_processes,
@@ -300,7 +307,8 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
                       optimizer=optimizer, scheduler=scheduler, tokenizer=tokenizer, prepared=prepared,
                       trainable=trainable, collate=collate, total_steps=total,
                       position=_start_position(cfg), environment=collect_environment(accelerator.device,
-                                                                                     cfg.train.allocator))
+                                                                                     cfg.train.allocator),
+                      autocast=autocast, scaler=make_scaler(cfg, accelerator.device))
     if not saved:
         if accelerator.is_main_process:
             atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
@@ -310,13 +318,15 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
 
 
 def _resume(session: Session, saved: dict, checkpoint: Path) -> dict:
-    """Put the checkpoint's optimizer, scheduler, counters and data position into `session`; return its RNG state."""
+    """Put the checkpoint's optimizer, scheduler, gradient scaler, counters and data position into `session`; return
+    its RNG state."""
     rng = load_training_state(checkpoint, session.optimizer, session.scheduler, session.accelerator.process_index,
-                              session.objective)
+                              session.objective, session.scaler)
     session.step, session.losses = saved["step"], list(saved["losses"])
     session.position = _start_position(session.cfg, saved["position"])
     session.eval_history, session.best = list(saved["eval_history"]), dict(saved["best"])
     session.bad_evals, session.resumed_from = saved["bad_evals"], checkpoint
+    session.skipped_steps = saved.get("skipped_steps", 0)
     session.checkpoint_environment = saved.get("environment")
     if saved.get("total_steps", session.total_steps) != session.total_steps:
         _resize(session, saved["total_steps"])
