@@ -1,7 +1,8 @@
-"""Atomic file and directory writes: outputs appear complete or not at all.
+"""Atomic file and directory writes (outputs appear complete or not at all), and the one reader of YAML settings files.
 
 Write to a temporary sibling, then `os.replace` it into place, so an interrupted run never leaves a
-half-written file where a finished one is expected.
+half-written file where a finished one is expected. `read_yaml_mapping` reads a run config, a serve config,
+planner thresholds and the like, and reports a broken file in one line naming it (and the line, for bad YAML).
 """
 
 from __future__ import annotations
@@ -75,3 +76,27 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def read_yaml_mapping(path: str | Path, expected: str) -> dict:
+    """The mapping in the YAML file `path` ({} for an empty file).
+
+    A file that is not UTF-8, not valid YAML or not a mapping is a one-line SftlabError naming it (and the line
+    of a YAML error); `expected` says what the file should hold ("a mapping of serve settings")."""
+    import yaml
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SftlabError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SftlabError(f"{path}{where}: not valid YAML ({problem})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise SftlabError(f"{path}: expected {expected}, got {type(loaded).__name__}")
+    return loaded

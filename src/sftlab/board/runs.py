@@ -20,10 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_write_json
+from sftlab.io import atomic_write_json, read_yaml_mapping
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BOARD_DIR = ".board"
@@ -207,7 +205,7 @@ class RunManager:
     def load_config_dict(self, name: str) -> dict:
         for path in (self.config_path(name), self.run_dir(name) / "config.yaml"):
             if path.is_file():
-                return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+                return read_yaml_mapping(path, "a run config (a mapping of groups: model, data, ...)")
         raise SftlabError(f"run {name!r} not found in {self.runs_dir}")
 
     def summary(self, name: str) -> dict:

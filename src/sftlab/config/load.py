@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sftlab.config.schema import RunConfig
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
@@ -27,15 +28,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
         source = str(path)
         if not path.is_file():
             raise SftlabError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise SftlabError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if not isinstance(loaded, dict):
-            raise SftlabError(f"{path}: expected a mapping of groups (model, data, ...), got {type(loaded).__name__}")
-        raw.update(loaded)
+        raw.update(read_yaml_mapping(path, "a mapping of groups (model, data, ...)"))
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw, source)

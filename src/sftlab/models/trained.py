@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 from sftlab.models.chat_files import read_template_record, trained_template
 
 RUN_CONFIG = "config.yaml"
@@ -78,19 +79,7 @@ def trained_settings(directory: str | Path) -> TrainedSettings:
 
 
 def _read_run_config(path: Path) -> dict:
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise SftlabError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise SftlabError(f"{path}: expected a run config (a mapping of groups: model, data, ...), "
-                          f"got {type(raw).__name__}")
+    raw = read_yaml_mapping(path, "a run config (a mapping of groups: model, data, ...)")
     _typed(_group(raw, "data", path), "data", "template", str, path)
     _typed(_group(raw, "train", path), "train", "stage", str, path)
     return raw

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 
 PARTIAL = ("freeze", "auto", "lora")
 
@@ -33,13 +34,7 @@ def load_thresholds(path: str | Path | None = None) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SftlabError(f"--thresholds {path}: file not found")
-    try:
-        given = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SftlabError(f"{path}{f':{mark.line + 1}' if mark else ''}: not valid YAML") from None
-    if not isinstance(given, dict):
-        raise SftlabError(f"{path}: expected a mapping of threshold names to values")
+    given = read_yaml_mapping(path, "a mapping of threshold names to values")
     for key, value in given.items():
         if key not in defaults:
             raise SftlabError(f"{path}: unknown threshold {key!r}; known: {', '.join(defaults)}")

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 
 
 class ServeSettings(BaseModel):
@@ -46,17 +47,10 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
     """Settings from YAML at `path`, then non-None `overrides`, then keys from SFTLAB_API_KEYS added."""
     raw: dict = {}
     if path is not None:
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise SftlabError(f"serve config not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise SftlabError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(raw, dict):
-            raise SftlabError(f"{path}: expected a mapping of serve settings")
+        raw = read_yaml_mapping(path, "a mapping of serve settings")
     for key, value in overrides.items():
         if value is None:
             continue

@@ -1,0 +1,59 @@
+"""Every YAML settings file (run config, serve config, planner thresholds, a saved run's config for the board and
+for serve/eval/export) is read by `sftlab.io.read_yaml_mapping`: a broken file is one line naming it."""
+
+import pytest
+
+from sftlab.board.runs import RunManager
+from sftlab.config import load_config
+from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
+from sftlab.models.trained import trained_settings
+from sftlab.plan.recommend import load_thresholds
+from sftlab.serve.config import load_settings
+
+BROKEN = {
+    "bad YAML": ("a: [1, 2\nb: 3\n", r"f\.yaml:2: not valid YAML \(expected ',' or '\]', but got ':'\)$"),
+    "a list": ("- a\n- b\n", r"f\.yaml: expected .+, got list$"),
+    "a scalar": ("just words\n", r"f\.yaml: expected .+, got str$"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_reader_names_the_file_in_one_line(tmp_path, case):
+    text, message = BROKEN[case]
+    path = tmp_path / "f.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SftlabError, match=message) as caught:
+        read_yaml_mapping(path, "a mapping of things")
+    assert "\n" not in str(caught.value)
+
+
+def test_empty_file_is_an_empty_mapping_and_bytes_that_are_not_utf8_are_named(tmp_path):
+    (tmp_path / "empty.yaml").write_text("", encoding="utf-8")
+    assert read_yaml_mapping(tmp_path / "empty.yaml", "x") == {}
+    (tmp_path / "latin.yaml").write_bytes("a: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SftlabError, match=r"latin\.yaml: not UTF-8 text$"):
+        read_yaml_mapping(tmp_path / "latin.yaml", "x")
+
+
+def _broken_run(tmp_path):
+    run = tmp_path / "runs" / "exp"
+    (run / "model").mkdir(parents=True)
+    (run / "config.yaml").write_text("data: {template: [chatml\n", encoding="utf-8")
+    return run
+
+
+def test_every_reader_gives_the_same_line(tmp_path):
+    """The run config, serve config, thresholds, the board's runs list and the trained-settings reader."""
+    bad = tmp_path / "f.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n", encoding="utf-8")
+    expected = f"{bad}:2: not valid YAML (expected ',' or ']', but got ':')"
+    for read in (lambda: load_config(bad), lambda: load_settings(bad), lambda: load_thresholds(bad)):
+        with pytest.raises(SftlabError) as caught:
+            read()
+        assert str(caught.value) == expected
+    run = _broken_run(tmp_path)
+    for read in (lambda: RunManager(tmp_path / "runs").summary("exp"), lambda: trained_settings(run)):
+        with pytest.raises(SftlabError) as caught:
+            read()
+        assert str(caught.value) == f"{run / 'config.yaml'}:2: not valid YAML (expected ',' or ']', but got '<stream end>')"
