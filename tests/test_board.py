@@ -14,6 +14,7 @@ from sftlab.board.app import BoardSettings, create_app
 from sftlab.board.runs import Job, RunManager, estimate_total_steps
 from sftlab.cli import main
 from sftlab.config import load_config
+from sftlab.errors import SftlabError
 
 STATIC = Path(forms.__file__).parent / "static"
 I18N = Path(forms.__file__).parent / "i18n"
@@ -134,6 +135,20 @@ def test_run_states_summary_and_total_steps(tmp_path):
     assert RunManager._eta(job, {"total_steps": 17}) == 20.0  # 2 s per step seen, 10 steps to go
     rows = [{"step": 3, "epoch": 0.75}]
     assert estimate_total_steps({"train": {"epochs": 2}}, rows) == 8 and estimate_total_steps({"train": {}}, []) is None
+
+
+def test_a_run_with_an_unreadable_config_is_listed_not_fatal(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "done", 4, 0, final=True, checkpoint=True)
+    _fake_run(runs, "mangled", 1, None, final=False, checkpoint=False)
+    (runs / "mangled.yaml").write_text("train: [1, 2\nmodel: x\n", encoding="utf-8")
+    manager = RunManager(runs)
+    rows = {row["name"]: row for row in manager.summaries()}
+    assert rows["done"]["status"] == "completed" and "error" not in rows["done"]
+    assert rows["mangled"]["status"] == "unreadable" and rows["mangled"]["step"] == 0
+    assert rows["mangled"]["error"].startswith(f"{runs / 'mangled.yaml'}:2: not valid YAML (")
+    with pytest.raises(SftlabError, match="not valid YAML"):
+        manager.summary("mangled")  # the run's own page still says why
 
 
 def test_runs_list_compare_and_config_download(tmp_path):

@@ -256,7 +256,7 @@ def _plan(runs: RunManager, name: str, text: str, timeout_s: float) -> dict:
 def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -> None:
     @app.get("/api/runs")
     async def list_runs():
-        return await asyncio.to_thread(lambda: [runs.summary(name) for name in runs.names()])
+        return await asyncio.to_thread(runs.summaries)
 
     @app.get("/api/runs/{name}")
     async def run_detail(name: str):

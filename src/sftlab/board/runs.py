@@ -208,6 +208,18 @@ class RunManager:
                 return read_yaml_mapping(path, "a run config (a mapping of groups: model, data, ...)")
         raise SftlabError(f"run {name!r} not found in {self.runs_dir}")
 
+    def summaries(self) -> list[dict]:
+        """The runs list: one row per run; a run whose config cannot be read is listed as `unreadable`, with the
+        one-line error, so one broken file does not hide the others."""
+        rows = []
+        for name in self.names():
+            try:
+                rows.append(self.summary(name))
+            except SftlabError as exc:
+                rows.append({"name": name, "status": "unreadable", "error": str(exc), "stage": "", "strategy": "",
+                             "model": "", "step": 0, "total_steps": None, "loss": None, "eval_loss": None})
+        return rows
+
     def summary(self, name: str) -> dict:
         """One row of the runs list."""
         cfg = self.load_config_dict(name)

@@ -11,7 +11,7 @@ routes.runs = async () => {
   document.querySelector("#runs-table tbody").replaceChildren(...rows.map(run => el("tr", {"data-run": run.name},
     el("td", {}, el("input", {type: "checkbox", value: run.name})),
     el("td", {}, el("a", {href: `#/run/${encodeURIComponent(run.name)}`}, run.name)),
-    el("td", {}, statusBadge(run.status)), el("td", {}, run.stage), el("td", {}, run.strategy),
+    el("td", {title: run.error || ""}, statusBadge(run.status)), el("td", {}, run.stage), el("td", {}, run.strategy),
     el("td", {title: run.model}, run.model.split("/").filter(Boolean).pop() || run.model),
     el("td", {}, `${run.step}${run.total_steps ? " / " + run.total_steps : ""}`),
     el("td", {}, fmt(run.loss)), el("td", {}, fmt(run.eval_loss)))));
