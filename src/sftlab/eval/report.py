@@ -143,6 +143,19 @@ def save_png(fig, path: Path, tight: bool = False) -> bytes:
     return data
 
 
+def _legend_and_save(fig, ax, path: Path) -> bytes:
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+def _discard(fig) -> None:
+    """Close a figure with nothing drawn on it (no PNG is written)."""
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return None
+
+
 def plot_curves(runs: list[RunData], key: str, title: str, rows: str, path: Path) -> bytes | None:
     """One line per run of `key` over steps from its train or eval rows; None when no run has it."""
     fig, ax = _figure(title, ylabel=key)
@@ -152,13 +165,7 @@ def plot_curves(runs: list[RunData], key: str, title: str, rows: str, path: Path
         if points:
             ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, markersize=3, label=run.name)
             drawn = True
-    if not drawn:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-        return None
-    ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return _legend_and_save(fig, ax, path) if drawn else _discard(fig)
 
 
 def plot_loss(runs: list[RunData], path: Path) -> bytes | None:
@@ -175,13 +182,7 @@ def plot_loss(runs: list[RunData], path: Path) -> bytes | None:
             ax.plot(*zip(*val), linestyle="--", marker="o", markersize=3, label=f"{run.name} validation",
                     color=line.get_color() if train else None)
             drawn = True
-    if not drawn:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-        return None
-    ax.legend(fontsize=8)
-    return save_png(fig, path)
+    return _legend_and_save(fig, ax, path) if drawn else _discard(fig)
 
 
 def plot_confusion(confusion: dict, path: Path, title: str = "confusion matrix") -> bytes:
