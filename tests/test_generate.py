@@ -16,7 +16,7 @@ from sftlab.infer.loading import load_served
 from sftlab.infer.prompts import render_chat, stop_token_ids
 from sftlab.infer.sampling import SamplingParams
 from sftlab.infer.text import IncrementalText
-from sftlab.models.tiny import ARCH_TEMPLATE, make_tiny_model, make_tokenizer, save_tiny
+from sftlab.models.tiny import ARCH_TEMPLATE, make_tiny_model, make_tokenizer, save_tiny, save_tiny_adapter
 
 
 
@@ -157,20 +157,10 @@ def test_chat_cli_streams_answers_with_reset(tiny_dir, monkeypatch, capsys):
 
 
 def test_run_dir_with_adapter_and_extra_adapters(tmp_path):
-    from peft import LoraConfig, get_peft_model
-
     base_dir = save_tiny("qwen2", tmp_path / "base")
     run = tmp_path / "run"
     for seed, where in [(1, run / "model"), (2, tmp_path / "other")]:
-        torch.manual_seed(seed)
-        base = make_tiny_model("qwen2", make_tokenizer("chatml"))
-        base.name_or_path = str(base_dir)
-        lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-        torch.manual_seed(seed)
-        for name, param in lora.named_parameters():
-            if "lora_" in name:
-                torch.nn.init.normal_(param, std=0.5)  # a distinct, non-zero update per adapter
-        lora.save_pretrained(where)
+        save_tiny_adapter(base_dir, where, seed)
     (run / "config.yaml").write_text("data: {template: chatml}\n", encoding="utf-8")
     served = load_served(run, adapters={"other": str(tmp_path / "other")})
     assert served.names == ["run", "other"] and served.template == "chatml"

@@ -9,13 +9,12 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from sftlab.infer.engine import generate_all
 from sftlab.infer.loading import load_served
 from sftlab.infer.prompts import render_chat, stop_token_ids
 from sftlab.infer.sampling import SamplingParams
-from sftlab.models.tiny import make_tiny_model, make_tokenizer, save_tiny
+from sftlab.models.tiny import save_tiny, save_tiny_adapter
 from sftlab.serve.config import ServeSettings
 from sftlab.serve.server import ServerThread
 
@@ -95,23 +94,9 @@ def test_graceful_shutdown_finishes_requests_in_flight(served):
         httpx.get(f"{url}/health", timeout=5)
 
 
-def _adapter(base_dir, out, seed):
-    from peft import LoraConfig, get_peft_model
-
-    base = make_tiny_model("qwen2", make_tokenizer("chatml"))
-    base.name_or_path = str(base_dir)
-    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    torch.manual_seed(seed)
-    for name, param in lora.named_parameters():
-        if "lora_" in name:
-            torch.nn.init.normal_(param, std=0.5)
-    lora.save_pretrained(out)
-    return str(out)
-
-
 def test_several_adapters_on_one_base_chosen_by_model_field(tmp_path):
     base_dir = save_tiny("qwen2", tmp_path / "base")
-    adapters = {"legal": _adapter(base_dir, tmp_path / "legal", 1), "tax": _adapter(base_dir, tmp_path / "tax", 2)}
+    adapters = {"legal": save_tiny_adapter(base_dir, tmp_path / "legal", 1), "tax": save_tiny_adapter(base_dir, tmp_path / "tax", 2)}
     served = load_served(base_dir, adapters=adapters)
     expected = {name: _expected(served, 6, adapter)[:2] for name, adapter in served.adapters.items()}
     assert len({tuple(v) for v in expected.values()}) == 3

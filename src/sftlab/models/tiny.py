@@ -165,6 +165,23 @@ _GGUF_GLOBAL_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.n
                       "lm_head.weight": "output.weight"}
 
 
+def save_tiny_adapter(base_dir: str | Path, out_dir: str | Path, seed: int) -> str:
+    """A LoRA adapter (rank 4 on q_proj and v_proj) of the tiny qwen2 saved at `base_dir`, written to `out_dir`, with
+    weights drawn from `seed` (std 0.5: a distinct, non-zero update per seed); its adapter_config names `base_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    base = make_tiny_model("qwen2", make_tokenizer("chatml"))  # seed 0: the weights save_tiny wrote
+    base.name_or_path = str(base_dir)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for name, param in lora.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    lora.save_pretrained(out_dir)
+    return str(out_dir)
+
+
 def _llama_cpp_permute(weight, n_head: int):
     """llama.cpp's row order for q/k projections (its converter interleaves the rotary halves)."""
     return weight.reshape(n_head, 2, weight.shape[0] // n_head // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
