@@ -6,6 +6,11 @@ so Chinese without spaces works), within one set and between a training set and 
 
 The first occurrence is kept; every removed example names the one it duplicates and the similarity
 (Jaccard similarity of the character n-gram sets, computed exactly after the LSH proposes candidates).
+
+Tool-calling examples are compared by `records.identity`: contents and tool results are the text (hashed and
+n-grammed as above), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an
+exact or a near duplicate; so examples that differ only in tool-call arguments or in the tools they offer are
+never duplicates, while a different key order or spacing of the same JSON is no difference.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sftlab.datawork.records import full_text, src
+from sftlab.datawork.records import identity, src
 from sftlab.errors import SftlabError
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -48,6 +53,18 @@ def text_hash(text: str) -> str:
     return hashlib.sha1(dedup_key(text).encode("utf-8")).hexdigest()
 
 
+def example_hash(example: dict) -> str:
+    """Exact-duplicate identity of an example (`records.identity`): `text_hash` of its text, or, when it has a
+    tool key, the SHA-1 of the normalised text and the key."""
+    return identity_hash(*identity(example))
+
+
+def identity_hash(text: str, key: str) -> str:
+    if not key:
+        return text_hash(text)
+    return hashlib.sha1((dedup_key(text) + "\0" + key).encode("utf-8")).hexdigest()
+
+
 def shingles(text: str, n: int) -> set[str]:
     """Character n-grams of the normalised text (the whole text when shorter than n)."""
     key = dedup_key(text)
@@ -62,7 +79,8 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 
 class NearIndex:
-    """A MinHash LSH index of examples' shingle sets that answers 'which indexed item is this close to'."""
+    """A MinHash LSH index of examples' shingle sets that answers 'which indexed item is this close to'; only
+    items added with the same `group` (the tool key) can match."""
 
     def __init__(self, options: DedupOptions):
         from datasketch import MinHashLSH
@@ -71,6 +89,7 @@ class NearIndex:
         # Candidates are verified with the exact Jaccard, so the LSH is tuned to miss few true pairs.
         self.lsh = MinHashLSH(threshold=options.near_threshold, num_perm=options.num_perm, weights=(0.1, 0.9))
         self.sets: dict[str, set[str]] = {}
+        self.groups: dict[str, str] = {}
 
     def signature(self, grams: set[str]):
         from datasketch import MinHash
@@ -79,17 +98,20 @@ class NearIndex:
         signature.update_batch([g.encode("utf-8") for g in sorted(grams)])
         return signature
 
-    def add(self, key: str, grams: set[str], signature=None) -> None:
+    def add(self, key: str, grams: set[str], signature=None, group: str = "") -> None:
         self.lsh.insert(key, signature if signature is not None else self.signature(grams))
         self.sets[key] = grams
+        self.groups[key] = group
 
-    def best_match(self, grams: set[str], signature=None) -> tuple[str, float] | None:
-        """The most similar indexed key with exact Jaccard >= threshold, or None."""
+    def best_match(self, grams: set[str], signature=None, group: str = "") -> tuple[str, float] | None:
+        """The most similar indexed key of the same group with exact Jaccard >= threshold, or None."""
         if not grams:
             return None
         signature = signature if signature is not None else self.signature(grams)
         best = None
         for key in sorted(self.lsh.query(signature)):
+            if self.groups[key] != group:
+                continue
             score = jaccard(grams, self.sets[key])
             if score >= self.options.near_threshold and (best is None or score > best[1]):
                 best = (key, score)
@@ -102,21 +124,21 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
     index = NearIndex(options) if options.near_threshold is not None else None
     kept, removed = [], []
     for example in examples:
-        text = full_text(example)
-        digest = text_hash(text)
+        text, group = identity(example)
+        digest = identity_hash(text, group)
         if options.exact and digest in seen_hash:
             removed.append((example, f"exact duplicate of {src(seen_hash[digest])}"))
             continue
         if index is not None:
             grams = shingles(text, options.ngram)
             signature = index.signature(grams) if grams else None
-            match = index.best_match(grams, signature)
+            match = index.best_match(grams, signature, group)
             if match is not None:
                 original = kept[int(match[0])]
                 removed.append((example, f"near duplicate of {src(original)} (jaccard {match[1]:.2f})"))
                 continue
             if grams:
-                index.add(str(len(kept)), grams, signature)
+                index.add(str(len(kept)), grams, signature, group)
         seen_hash.setdefault(digest, example)
         kept.append(example)
     return kept, removed
@@ -133,21 +155,21 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
     owners: dict[str, tuple[str, dict]] = {}
     for name, examples in eval_sets.items():
         for position, example in enumerate(examples):
-            text = full_text(example)
-            hashes.setdefault(text_hash(text), (name, example))
+            text, group = identity(example)
+            hashes.setdefault(identity_hash(text, group), (name, example))
             grams = shingles(text, options.ngram)
             if index is not None and grams:
                 key = f"{name}#{position}"
-                index.add(key, grams)
+                index.add(key, grams, group=group)
                 owners[key] = (name, example)
     leaks = []
     for position, example in enumerate(train):
-        text = full_text(example)
-        hit = hashes.get(text_hash(text))
+        text, group = identity(example)
+        hit = hashes.get(identity_hash(text, group))
         if hit is not None:
             leaks.append(_leak(position, example, hit, "exact", 1.0))
         elif index is not None:
-            match = index.best_match(shingles(text, options.ngram))
+            match = index.best_match(shingles(text, options.ngram), group=group)
             if match is not None:
                 leaks.append(_leak(position, example, owners[match[0]], "near", match[1]))
     return leaks

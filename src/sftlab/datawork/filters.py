@@ -1,6 +1,9 @@
 """Quality filters: empty or too short/long responses (in tokens), wrong language, responses that repeat the
 prompt, and refusal/boilerplate patterns from a configurable list. The checked text is the last assistant
-turn of sft examples and the text of pt and cls examples (a cls label is never filtered).
+turn of sft examples and the text of pt and cls examples (a cls label is never filtered). A last assistant turn
+with tool calls is not empty and its token count includes the calls (as JSON text); language, prompt-repeat
+and refusal checks see its text content only, and the prompt an answer must not repeat is the system and user
+turns (an answer may pass a tool result on word for word).
 
 `filter_examples` returns the kept examples and, for each removed one, the reason, so reports can show
 examples of what went and why. Language detection tells writing systems apart (Han -> zh, kana -> ja,
@@ -15,7 +18,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from sftlab.datawork.records import prompt_text, response_text, stage_of
+from sftlab.datawork.records import prompt_text, response_text, response_tool_calls, stage_of
 from sftlab.errors import SftlabError
 
 _SCRIPTS = (
@@ -104,10 +107,12 @@ class ExampleFilter:
     def reason(self, example: dict) -> str | None:
         opts = self.options
         response = example["text"] if stage_of(example) == "cls" else response_text(example)
-        if not response.strip():
+        calls = response_tool_calls(example)
+        if not response.strip() and not calls:
             return "empty response"
         if opts.min_tokens or opts.max_tokens:
-            n = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+            counted = "\n".join(text for text in (response, calls) if text)
+            n = len(self.tokenizer(counted, add_special_tokens=False)["input_ids"])
             if opts.min_tokens and n < opts.min_tokens:
                 return f"too short ({n} < {opts.min_tokens} tokens)"
             if opts.max_tokens and n > opts.max_tokens:
@@ -117,7 +122,8 @@ class ExampleFilter:
             if lang not in opts.languages and lang != "unknown":
                 return f"language {lang} not in {','.join(opts.languages)}"
         if stage_of(example) == "sft":
-            if opts.drop_prompt_repeats and repeats_prompt(prompt_text(example), response, opts.repeat_similarity):
+            prompt = prompt_text(example, tool_results=False)  # an answer may pass a tool result on word for word
+            if opts.drop_prompt_repeats and repeats_prompt(prompt, response, opts.repeat_similarity):
                 return "response repeats the prompt"
             for pattern in self._refusals:
                 if pattern.search(response):

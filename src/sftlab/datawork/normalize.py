@@ -7,6 +7,10 @@ optional traditional -> simplified Chinese (OpenCC).
 NFKC maps full-width Latin letters, digits and the ideographic space to their half-width forms. With
 `keep_cjk_punct` (the default) the full-width Chinese punctuation marks (，。！？：；（）etc.) are kept as they are,
 because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style.
+
+A Normalizer works on one text; `sftlab.datawork.records.map_texts(example, normalizer)` applies it to a whole
+example, to a JSON tool result string value by string value (so `&quot;` cannot break the JSON), and never to
+tool-call arguments or the tools list.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ first (NFKC) unless `--no-normalize`/`--no-nfkc` is given. docs/data.md lists wh
 
 In tool-calling examples, call arguments (an object, or JSON text of one) and tool results that are JSON text
 (an object or array) have their string values redacted, never keys, numbers or structure, so JSON stays valid
-and JSON text stays text; other tool results are redacted as plain text. The `tools` list, call names and ids
-are left alone.
+and JSON text stays text (`sftlab.datawork.jsontext` walks the JSON); other tool results are redacted as plain
+text. The `tools` list, call names and ids are left alone.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from __future__ import annotations
 import copy
 import datetime
 import ipaddress
-import json
 import re
 from typing import Callable
 
+from sftlab.datawork.jsontext import map_arguments, map_json_or_text
 from sftlab.errors import SftlabError
 
 KINDS = ("email", "id", "card", "phone", "ip")
@@ -55,8 +55,6 @@ _PHONES = (
 _VERSION_WORD = re.compile(r"(?:version|ver\.?|版本号?)\s*[:：]?\s*", re.IGNORECASE)
 _IPV4 = re.compile(r"(?<![0-9A-Za-z.])(?:" + _VERSION_WORD.pattern + r")?[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
                    r"(?![0-9A-Za-z]|\.[0-9])", re.IGNORECASE)
-# a JSON string token, then `:` when it is an object key (in text already known to be valid JSON)
-_JSON_STRING = re.compile(r'("(?:[^"\\]|\\.)*")(\s*:)?')
 _ID_WEIGHTS = [2 ** (17 - i) % 11 for i in range(17)]
 _ID_CHECK = "10X98765432"
 
@@ -166,47 +164,13 @@ class Redactor:
         for message in out["messages"]:
             tool = message.get("role") == "tool"
             if isinstance(message.get("content"), str):  # may be null beside tool_calls (OpenAI form)
-                message["content"] = self._counted("tool_results" if tool else "contents",
-                                                   self.redact_json_or_text if tool else self, message["content"])
+                redact = (lambda text: map_json_or_text(text, self)) if tool else self
+                message["content"] = self._counted("tool_results" if tool else "contents", redact, message["content"])
             for call in message.get("tool_calls") or []:
                 function = call["function"]
-                function["arguments"] = self._counted("tool_arguments", self.redact_arguments, function["arguments"])
+                function["arguments"] = self._counted("tool_arguments", lambda value: map_arguments(value, self),
+                                                      function["arguments"])
         return out
-
-    def redact_arguments(self, arguments):
-        """Call arguments with their string values redacted: JSON text stays JSON text, an object an object."""
-        if isinstance(arguments, str):
-            return self.redact_json_or_text(arguments)
-        return self.redact_json_value(arguments)
-
-    def redact_json_value(self, value):
-        """A copy of a parsed JSON value with every string value redacted; keys, numbers and structure kept."""
-        if isinstance(value, str):
-            return self(value)
-        if isinstance(value, dict):
-            return {key: self.redact_json_value(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [self.redact_json_value(item) for item in value]
-        return value
-
-    def redact_json_or_text(self, text: str) -> str:
-        """JSON text of an object or array with its string values redacted, every other character kept as it
-        was; any other text is redacted as plain text."""
-        if not text.lstrip().startswith(("{", "[")):
-            return self(text)
-        try:
-            json.loads(text)
-        except ValueError:
-            return self(text)
-        return _JSON_STRING.sub(self._json_string, text)
-
-    def _json_string(self, match: re.Match) -> str:
-        token, key = match.group(1), match.group(2)
-        if key:
-            return match.group(0)
-        value = json.loads(token)
-        redacted = self(value)
-        return token if redacted == value else json.dumps(redacted, ensure_ascii=token.isascii())
 
     def _counted(self, field: str, redact: Callable, value):
         before = sum(self.counts.values())

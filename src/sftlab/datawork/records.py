@@ -2,6 +2,14 @@
 
 Canonical shapes (DEVELOPERS.md): sft `{"messages": [...]}`, pt `{"text"}`, cls `{"text", "label"}`, each
 with `"_src": "file:line"`. Data-work operations use these helpers so they need not branch on the stage.
+
+Tool-calling sft examples (`sftlab.data.messages`) also hold assistant `tool_calls` (their content may be "" or
+null), `tool` messages (results) and a `tools` list. Which texts each helper sees:
+- `identity`: what deduplication, leakage and `build validate` compare: contents and tool results (JSON results
+  as canonical JSON) as text, and the tools list and every tool call (name, arguments) as a canonical JSON key.
+- `natural_text`: system, user and assistant contents only (language detection: JSON is not a language).
+- `full_text`: everything, for showing an example in a report.
+- `prompt_text` / `response_text`: contents; `response_tool_calls` / `tools_text`: the rest, as JSON text.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import copy
 from pathlib import Path
 from typing import Callable
 
+from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
 from sftlab.errors import SftlabError
 
 
@@ -22,13 +31,15 @@ def stage_of(example: dict) -> str:
     return "pt"
 
 
-def prompt_text(example: dict) -> str:
-    """What the model is given: non-assistant turns before the last answer (sft), the text (cls), '' (pt)."""
+def prompt_text(example: dict, tool_results: bool = True) -> str:
+    """What the model is given: non-assistant turns before the last answer (sft; tool results only with
+    `tool_results`), the text (cls), '' (pt)."""
     kind = stage_of(example)
     if kind == "sft":
         messages = example["messages"]
         last = last_assistant_index(messages)
-        return "\n".join(m["content"] for m in messages[: last if last >= 0 else len(messages)] if m["role"] != "assistant")
+        skip = ("assistant",) if tool_results else ("assistant", "tool")
+        return "\n".join(content_of(m) for m in messages[: last if last >= 0 else len(messages)] if m["role"] not in skip)
     if kind == "cls":
         return example["text"]
     return ""
@@ -39,7 +50,7 @@ def response_text(example: dict) -> str:
     kind = stage_of(example)
     if kind == "sft":
         last = last_assistant_index(example["messages"])
-        return example["messages"][last]["content"] if last >= 0 else ""
+        return content_of(example["messages"][last]) if last >= 0 else ""
     if kind == "cls":
         return str(example["label"])
     return example["text"]
@@ -52,11 +63,81 @@ def label_of(example: dict) -> str:
     return response_text(example).strip()
 
 
+def response_tool_calls(example: dict) -> str:
+    """The tool calls of the last assistant turn of an sft example, one canonical JSON object
+    `{"arguments": ..., "name": ...}` per line; '' when it has none (and for pt and cls)."""
+    if stage_of(example) != "sft":
+        return ""
+    last = last_assistant_index(example["messages"])
+    return calls_text(example["messages"][last]) if last >= 0 else ""
+
+
+def tools_text(example: dict) -> str:
+    """The example's `tools` list as canonical JSON text; '' when it has none."""
+    return canonical_json(example["tools"]) if example.get("tools") else ""
+
+
+def content_of(message: dict) -> str:
+    """A message's text content; '' for the null content of an assistant turn with tool calls."""
+    content = message.get("content")
+    return content if isinstance(content, str) else ""
+
+
+def call_value(call: dict) -> dict:
+    """A tool call as `{"name", "arguments"}` with arguments parsed when they are JSON text (ids left out)."""
+    function = call["function"]
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        parsed = parse_json_text(arguments)
+        arguments = arguments if parsed is None else parsed
+    return {"name": function["name"], "arguments": arguments}
+
+
+def calls_text(message: dict) -> str:
+    """A message's tool calls, one canonical JSON object per line ('' without tool calls)."""
+    return "\n".join(canonical_json(call_value(call)) for call in message.get("tool_calls") or [])
+
+
+def result_text(content: str) -> str:
+    """A tool result for comparison: canonical JSON when it is JSON of an object or array, else the text."""
+    parsed = parse_json_text(content)
+    return content if parsed is None else canonical_json(parsed)
+
+
+def identity(example: dict) -> tuple[str, str]:
+    """(text, tool key) that deduplication and leakage compare.
+
+    text: message contents and tool results (JSON results as canonical JSON, so key order and spacing do not
+    matter), one per line; the text of pt and cls. tool key: canonical JSON of the tools list and of the tool
+    calls (name and arguments) of every assistant turn that has them, in order; '' when the example has neither.
+    Call ids and a result's name and tool_call_id are left out.
+    """
+    if stage_of(example) != "sft":
+        return example["text"], ""
+    messages = example["messages"]
+    text = "\n".join(result_text(content_of(m)) if m["role"] == "tool" else content_of(m) for m in messages)
+    calls = [[call_value(call) for call in m["tool_calls"]] for m in messages if m.get("tool_calls")]
+    if not calls and not example.get("tools"):
+        return text, ""
+    return text, canonical_json({"calls": calls, "tools": example.get("tools") or []})
+
+
+def natural_text(example: dict) -> str:
+    """System, user and assistant contents joined by newlines (tool results, calls and tools left out); the text
+    of pt and cls."""
+    if stage_of(example) != "sft":
+        return example["text"]
+    return "\n".join(content_of(m) for m in example["messages"] if m["role"] != "tool" and content_of(m))
+
+
 def full_text(example: dict) -> str:
-    """Every text field of the example joined by newlines (for hashing, dedup and language checks)."""
-    if stage_of(example) == "sft":
-        return "\n".join(m["content"] for m in example["messages"])
-    return example["text"]
+    """Every text of the example, one per line: contents, tool calls and results, then the tools list."""
+    if stage_of(example) != "sft":
+        return example["text"]
+    parts = []
+    for message in example["messages"]:
+        parts += [text for text in (content_of(message), calls_text(message)) if text]
+    return "\n".join(parts + ([tools_text(example)] if example.get("tools") else []))
 
 
 def last_assistant_index(messages: list[dict]) -> int:
@@ -68,11 +149,15 @@ def last_assistant_index(messages: list[dict]) -> int:
 
 
 def map_texts(example: dict, fn: Callable[[str], str]) -> dict:
-    """A copy of `example` with `fn` applied to every text (message contents or `text`); labels untouched."""
+    """A copy of `example` with `fn` applied to every text: message contents (a tool result that is JSON of an
+    object or array only in its string values, so it stays valid JSON) or `text`. A null content, tool-call
+    arguments, the tools list and labels are left untouched."""
     out = copy.deepcopy(example)
     if stage_of(out) == "sft":
         for message in out["messages"]:
-            message["content"] = fn(message["content"])
+            if isinstance(message.get("content"), str):
+                tool = message["role"] == "tool"
+                message["content"] = map_json_or_text(message["content"], fn) if tool else fn(message["content"])
     else:
         out["text"] = fn(out["text"])
     return out

@@ -7,6 +7,8 @@ ratio, label distribution (PNG), duplicates, language mix and the share of sampl
 Without a tokenizer, lengths are counted in characters (`"unit": "chars"`) and the supervised ratio and
 truncation share, which need the chat template, are left out. With one, sft examples are rendered exactly
 as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens.
+Tool data: prompt lengths include the tools list and response lengths the last turn's tool calls (canonical JSON
+text), and the language mix reads system, user and assistant contents only (`records.natural_text`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import numpy as np
 from sftlab.datawork.balance import distribution
 from sftlab.datawork.dedup import DedupOptions, dedup_examples
 from sftlab.datawork.filters import detect_language
-from sftlab.datawork.records import full_text, label_of, prompt_text, response_text, stage_of
+from sftlab.datawork.records import (label_of, natural_text, prompt_text, response_text, response_tool_calls,
+                                     stage_of, tools_text)
 
 
 def summarize(values: list[int]) -> dict:
@@ -62,8 +65,8 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
     """(stats dict, raw length lists for plots); `label_task` treats sft answers as labels."""
     count = _token_counter(tokenizer)
     stages = Counter(stage_of(example) for example in examples)
-    prompt_lengths = [count(prompt_text(example)) for example in examples if stage_of(example) != "pt"]
-    response_lengths = [count(response_text(example)) for example in examples if stage_of(example) != "cls"]
+    prompt_lengths = [count(_joined(prompt_text(e), tools_text(e))) for e in examples if stage_of(e) != "pt"]
+    response_lengths = [count(_joined(response_text(e), response_tool_calls(e))) for e in examples if stage_of(e) != "cls"]
     stats: dict = {"examples": len(examples), "stages": dict(stages), "unit": "tokens" if tokenizer is not None else "chars",
                    "prompt_length": summarize(prompt_lengths), "response_length": summarize(response_lengths)}
     if tokenizer is not None:
@@ -82,8 +85,13 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
     kinds = Counter("exact" if why.startswith("exact") else "near" for _, why in removed)
     stats["duplicates"] = {"exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "near_threshold": near_threshold,
                            "examples": [{"src": e.get("_src"), "why": why} for e, why in removed[:5]]}
-    stats["languages"] = dict(Counter(detect_language(full_text(e)) for e in examples).most_common())
+    stats["languages"] = dict(Counter(detect_language(natural_text(e)) for e in examples).most_common())
     return stats, {"prompt": prompt_lengths, "response": response_lengths}
+
+
+def _joined(text: str, tool_text: str) -> str:
+    """A prompt with its tools list, or a response with its tool calls (JSON text), one per line."""
+    return f"{text}\n{tool_text}" if text and tool_text else text or tool_text
 
 
 # Fonts tried in order for every glyph (matplotlib >= 3.6 falls back per character), so Chinese labels render

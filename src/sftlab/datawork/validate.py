@@ -15,8 +15,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sftlab.datawork.dedup import text_hash
-from sftlab.datawork.records import full_text
+from sftlab.datawork.dedup import example_hash
 from sftlab.errors import SftlabError
 
 
@@ -118,7 +117,7 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
             problems.append(Problem(where, "schema", _strip_src(str(exc), where)))
             continue
         problems += _empty_fields(example, where)
-        digest = text_hash(full_text(example))
+        digest = example_hash(example)
         if digest in seen:
             problems.append(Problem(where, "duplicate", f"same content as {seen[digest]}"))
         else:
