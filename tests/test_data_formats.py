@@ -231,3 +231,15 @@ def test_single_record_json_array_in_jsonl_and_json_in_csv(tmp_path):
         read_rows(write(tmp_path / "j.csv", '[{"text": "a"}]'))
     big = write(tmp_path / "big.csv", "text,label\n" + "x" * 200_000 + ",y\n")
     assert len(read_rows(big)[0]["text"]) == 200_000  # above the csv module's default field limit
+
+
+def test_a_tool_call_turn_with_content_null_writes_as_sharegpt(tmp_path):
+    """The OpenAI shape of a call-only assistant turn (content null), as Python callers hand it over."""
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    example = {"messages": [{"role": "user", "content": "Weather in Oslo?"},
+                            {"role": "assistant", "content": None, "tool_calls": [call]},
+                            {"role": "tool", "content": "3 C"}, {"role": "assistant", "content": "3 C."}]}
+    out = write_rows(tmp_path / "out.json", [example], "sharegpt")
+    turns = json.loads(out.read_text(encoding="utf-8"))[0]["conversations"]
+    assert [t["from"] for t in turns] == ["human", "function_call", "observation", "gpt"]
+    assert json.loads(turns[1]["value"]) == {"name": "weather", "arguments": {"city": "Oslo"}}

@@ -333,7 +333,7 @@ def _to_sharegpt(example: dict) -> dict:
         if not m.get("tool_calls"):
             turns.append({"from": names[m["role"]], "value": m["content"]})
             continue
-        if m["content"].strip():
+        if (m.get("content") or "").strip():  # an OpenAI tool-call turn may carry content null
             raise SftlabError(f"{example.get('_src', 'example')}: sharegpt's function_call turn holds no text; "
                               "an assistant turn with both text and tool_calls needs the messages format")
         calls = [c["function"] for c in m["tool_calls"]]
