@@ -36,13 +36,25 @@ def test_bad_values_name_the_key(override, message):
     assert "\n" not in str(err.value)
 
 
-def test_qlora_without_cuda_fails_at_config_time():
+def test_qlora_needs_bitsandbytes_and_on_cpu_its_cpu_backend(monkeypatch):
+    import importlib.metadata
+    import importlib.util
+
     import torch
 
+    qlora = ["strategy.kind=lora", "strategy.lora.quantize_4bit=true"]
+    assert load_config(None, qlora, base=BASE).strategy.lora.quantize_4bit  # bitsandbytes 0.50.2 (the test extra)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(SftlabError, match=r"quantize_4bit \(QLoRA\) needs bitsandbytes: `pip install bitsandbytes`$"):
+        load_config(None, qlora, base=BASE)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.45.5")
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    with pytest.raises(SftlabError, match="needs a CUDA GPU"):
-        load_config(None, ["strategy.kind=lora", "strategy.lora.quantize_4bit=true"], base=BASE)
+        pytest.skip("this machine has CUDA, where any bitsandbytes version is taken")
+    with pytest.raises(SftlabError, match=r"on a CPU needs bitsandbytes >= 0.50 \(its CPU backend\); this machine has "
+                                          r"0.45.5: `pip install -U 'bitsandbytes>=0.50'`"):
+        load_config(None, qlora, base=BASE)
 
 
 def test_yaml_file_errors(tmp_path):

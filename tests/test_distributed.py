@@ -71,9 +71,12 @@ def test_fsdp_loads_without_cuda_and_refuses_qlora():
 
     cfg = load_config(None, ["train.distributed=fsdp", "train.save_every_n_steps=2"], base=BASE)
     assert cfg.train.distributed == "fsdp"
-    qlora = SimpleNamespace(kind="lora", lora=SimpleNamespace(quantize_4bit=True))  # QLoRA itself needs CUDA first
+    qlora = SimpleNamespace(kind="lora", lora=SimpleNamespace(quantize_4bit=True))
     with pytest.raises(ValueError, match=r"train.distributed=fsdp cannot shard 4-bit \(QLoRA\) weights; use ddp"):
         check_distributed(SimpleNamespace(train=cfg.train, strategy=qlora))
+    with pytest.raises(SftlabError, match=r"train.distributed=fsdp cannot shard 4-bit \(QLoRA\) weights; use ddp"):
+        load_config(None, ["train.distributed=fsdp", "strategy.kind=lora", "strategy.lora.quantize_4bit=true"],
+                    base=BASE)  # QLoRA runs on this CPU (bitsandbytes' CPU backend); fsdp still refuses it
     check_distributed(SimpleNamespace(train=cfg.train, strategy=SimpleNamespace(kind="lora", lora=SimpleNamespace(
         quantize_4bit=False))))
 

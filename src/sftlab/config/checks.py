@@ -1,19 +1,32 @@
 """Config-time checks across fields, some of them depending on the machine (raised before any model is loaded)."""
 
 
-def require_cuda_for_qlora() -> None:
-    """QLoRA needs a CUDA GPU and bitsandbytes; fail at config time otherwise."""
+QLORA_CPU_MIN_BITSANDBYTES = "0.50"  # the CPU backend QLoRA was tested on (0.50.2)
+
+
+def require_qlora_backend() -> None:
+    """QLoRA needs bitsandbytes: any version on CUDA, 0.50 or later (its CPU backend) on a CPU. Checked from the
+    installed package's metadata, without importing it (importing bitsandbytes takes seconds)."""
+    import importlib.metadata
+    import importlib.util
+
     import torch
 
-    if not torch.cuda.is_available():
-        raise ValueError(
-            "strategy.lora.quantize_4bit (QLoRA) needs a CUDA GPU with bitsandbytes; this machine has none. "
-            "Use strategy.lora.quantize_4bit=false (plain LoRA) on CPU"
-        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("strategy.lora.quantize_4bit (QLoRA) needs bitsandbytes: `pip install bitsandbytes`")
+    if torch.cuda.is_available():
+        return
+    from packaging.version import InvalidVersion, Version
+
     try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise ValueError("strategy.lora.quantize_4bit needs `pip install bitsandbytes`") from exc
+        found = importlib.metadata.version("bitsandbytes")
+        recent = Version(found) >= Version(QLORA_CPU_MIN_BITSANDBYTES)
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
+        found, recent = "a version without package metadata", False
+    if not recent:
+        raise ValueError(f"strategy.lora.quantize_4bit (QLoRA) on a CPU needs bitsandbytes >= "
+                         f"{QLORA_CPU_MIN_BITSANDBYTES} (its CPU backend); this machine has {found}: "
+                         f"`pip install -U 'bitsandbytes>={QLORA_CPU_MIN_BITSANDBYTES}'`")
 
 
 def check_distributed(cfg) -> None:

@@ -124,7 +124,7 @@ class LoraConfig(_Strict):
     rslora: bool = Field(False, description="rank-stabilised LoRA scaling")
     dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapters, e.g. lm_head (a cls head is added automatically)")
-    quantize_4bit: bool = Field(False, description="QLoRA: load the base in 4-bit (needs CUDA + bitsandbytes)")
+    quantize_4bit: bool = Field(False, description="QLoRA: load the base NF4-quantised with bitsandbytes (double quantisation; computing in bfloat16 on CUDA and on CPUs with bf16 instructions, else float32): on CUDA, or on a CPU with bitsandbytes >= 0.50; tested on CPU only")
 
 
 class AutoConfig(_Strict):
@@ -245,9 +245,9 @@ class RunConfig(_Strict):
             raise ValueError("model.adapter: continuing an adapter on a 4-bit base (strategy.lora.quantize_4bit) "
                              "is not supported; merge it first (sftlab export --merge) and start a new adapter")
         if self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
-            from sftlab.config.checks import require_cuda_for_qlora
+            from sftlab.config.checks import require_qlora_backend
 
-            require_cuda_for_qlora()
+            require_qlora_backend()
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
         from sftlab.config.checks import check_distributed, check_fp16, check_group_by_length, check_streaming

@@ -151,7 +151,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     id2label/label2id maps; a decoder classifier gets `pad_token_id` from the tokenizer (it needs it to
     find the last real token). dtype and attention implementation come from `model.dtype` and
     `model.attn_implementation`. `quantize_4bit` (QLoRA, `strategy.lora.quantize_4bit`) loads the
-    weights NF4-quantised with bitsandbytes on the first CUDA device, computing in bfloat16.
+    weights NF4-quantised with bitsandbytes (`sftlab.models.nf4`: on the current CUDA device computing in bfloat16,
+    else on the CPU computing in bfloat16 where it has bf16 instructions and in float32 elsewhere).
     With `model.adapter`, the adapter is attached to the base: as a trainable peft `PeftModel` when
     `keep_adapter` (strategy lora trains it further), else merged into the base weights.
     """
@@ -159,6 +160,10 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
     if isinstance(raw.get("vision_config"), dict):  # a vision-language model: see sftlab.vision.load
         from sftlab.vision.load import load_vision_model
+
+        if quantize_4bit:
+            raise SftlabError("strategy.lora.quantize_4bit: vision-language models are not loaded in 4-bit (QLoRA) "
+                              "by sftlab; set strategy.lora.quantize_4bit=false")
 
         return load_vision_model(model_cfg.model_copy(update={"path": str(directory)}), stage)
     import torch
@@ -186,6 +191,10 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
         what = "sequence classifier" if stage == "cls" else "causal language model"
         raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
     settle_attention(model, model_cfg.attn_implementation)
+    if quantize_4bit:
+        from sftlab.models.nf4 import keep_training_layout
+
+        keep_training_layout(model)
     return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
 
 
@@ -208,19 +217,16 @@ def _attach_adapter(model, adapter: str, keep: bool):
 
 
 def _four_bit_kwargs() -> dict:
-    """from_pretrained arguments for an NF4 (QLoRA) base on the first GPU; SftlabError without CUDA/bitsandbytes."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    from sftlab.config.checks import require_cuda_for_qlora
+    """from_pretrained arguments for an NF4 (QLoRA) base (`sftlab.models.nf4`); SftlabError without bitsandbytes
+    (or, on a CPU, with one older than its CPU backend)."""
+    from sftlab.config.checks import require_qlora_backend
+    from sftlab.models.nf4 import four_bit_kwargs
 
     try:
-        require_cuda_for_qlora()
+        require_qlora_backend()
     except ValueError as exc:
         raise SftlabError(str(exc)) from None
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
+    return four_bit_kwargs()
 
 
 def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer) -> dict:

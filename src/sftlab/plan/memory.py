@@ -7,7 +7,10 @@
 
 The peak of a training step is modelled from four parts:
 
-- weights: every parameter, in the parameter dtype (`model.dtype`);
+- weights: every parameter, in the parameter dtype (`model.dtype`); with a 4-bit base (QLoRA,
+  `strategy.lora.quantize_4bit`) the 4-bit weights at `nf4_bytes` each and the rest in float32 (peft's
+  `prepare_model_for_kbit_training` casts them), plus one 4-bit weight dequantised to float32 at a time
+  (bitsandbytes dequantises each weight for its matmul, in forward and in backward), counted with the activations;
 - gradients: one value per *trainable* parameter, in the parameter dtype;
 - optimizer: AdamW's two moment buffers per trainable parameter (`OPTIMIZER_STATES`), in the parameter
   dtype for fp32 parameters; bf16/fp16 parameters get fp32 moments and an fp32 master copy
@@ -66,6 +69,16 @@ FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate)
 FUSED_DOWN_SAVED_LESS = 1.0  # ... nor act(gate) * up when its down projection is folded in (not LoRA-wrapped)
 OPTIMIZER_STATES = 2
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+NF4_BLOCK = 64  # values per absmax constant (bitsandbytes' 4-bit blocksize)
+NF4_NESTED_BLOCK = 256  # absmax constants per float32 scale of the double quantisation
+NF4_TABLES = (16 + 256 + 1) * 4  # per weight: the NF4 code, the 8-bit map of the absmax constants, their offset
+
+
+def nf4_bytes(values: int) -> int:
+    """Bytes of one weight of `values` values in bitsandbytes' NF4 with double quantisation: 4-bit codes two to a
+    byte, one 8-bit absmax constant per 64 values, one float32 scale per 256 constants, and the float32 tables."""
+    blocks = -(-values // NF4_BLOCK)
+    return -(-values // 2) + blocks + 4 * -(-blocks // NF4_NESTED_BLOCK) + NF4_TABLES
 
 
 @dataclass
@@ -268,9 +281,11 @@ def head_activation_bytes(shape: ModelShape, work: Workload) -> int:
 
 
 def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int, depth: int,
-                    work: Workload) -> MemoryEstimate:
-    """The four-part peak estimate for one optimizer step (see the module docstring)."""
-    weights = total_params * work.param_bytes
+                    work: Workload, four_bit: list[int] | None = None) -> MemoryEstimate:
+    """The four-part peak estimate for one optimizer step (see the module docstring); `four_bit`: the sizes (values)
+    of the weights held in 4-bit (QLoRA), whose dequantised copy, one at a time, counts with the activations."""
+    four_bit = four_bit or []
+    weights = (total_params - sum(four_bit)) * work.param_bytes + sum(nf4_bytes(values) for values in four_bit)
     gradients = trainable_params * work.param_bytes
     # fp32 parameters: the moments in their dtype; bf16/fp16 ones: fp32 moments and the fp32 master copy
     optimizer = trainable_params * (OPTIMIZER_STATES * 4 if work.param_bytes == 4 else (OPTIMIZER_STATES + 1) * 4)
@@ -286,5 +301,6 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
         activations = depth * block
     if work.attention == "matmul" and depth and not shape.attention_dropout:  # one layer's probabilities, rebuilt
         activations += MATMUL_ATTENTION_REBUILT * work.batch * shape.heads * work.seq ** 2 * work.activation_bytes
+    dequantized = 4 * max(four_bit, default=0)
     return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=optimizer,
-                          activations=int(activations + head_activation_bytes(shape, work)))
+                          activations=int(activations + head_activation_bytes(shape, work) + dequantized))

@@ -8,6 +8,11 @@ function `sftlab train` uses (`sftlab.train.setup._load_model`: stage model, gra
 `select_trainable`, auto's calibration batches), so they equal the count in the training log. Models
 whose weight files exceed `REAL_COUNT_MAX_BYTES` are instead built on the meta device (no memory);
 their auto row then shows the budget (`strategy.auto.budget`), which bounds the real count from above.
+
+With `strategy.lora.quantize_4bit` the lora row is QLoRA: its 4-bit weights are those of the loaded model (or, on
+the meta device, those transformers' rule picks: `sftlab.models.nf4.quantizable_weights`), estimated at NF4 size.
+Without it, the lora row carries `qlora`: the same row's estimate had the base been loaded in 4-bit, which the
+recommendation turns to when no strategy fits as configured (`sftlab.plan.recommend`).
 """
 
 from __future__ import annotations
@@ -81,26 +86,43 @@ def count_strategy(cfg, tokenizer, prepared, collate, real: bool) -> dict:
     else:
         model, trainable, approximate = _count_on_meta(cfg, prepared)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    return {"trainable": trainable.trainable, "total": trainable.total, "approximate": approximate,
-            "depth": backprop_depth(model, trainable.names), "shape": asdict(ModelShape.from_model(model)),
-            "param_dtype": dtype, "notes": trainable.notes}
+    counts = {"trainable": trainable.trainable, "total": trainable.total, "approximate": approximate,
+              "depth": backprop_depth(model, trainable.names), "shape": asdict(ModelShape.from_model(model)),
+              "param_dtype": dtype, "notes": trainable.notes}
+    if qlora(cfg):  # the 4-bit weights: as loaded, or as bitsandbytes would quantise them (meta device)
+        from sftlab.models.nf4 import quantizable_weights, quantized_weights
+
+        four_bit = quantized_weights(model) if real else quantizable_weights(_meta_model(cfg, prepared))
+        counts.update(four_bit=sorted(four_bit.values()), param_dtype="float32")  # the rest: float32 (peft)
+    return counts
 
 
-def _count_on_meta(cfg, prepared):
-    """Build the model without memory (meta device) and apply the strategy; auto falls back to its budget."""
+def qlora(cfg) -> bool:
+    """Whether `cfg` trains LoRA on a 4-bit base."""
+    return cfg.strategy.kind == "lora" and cfg.strategy.lora.quantize_4bit
+
+
+def _meta_model(cfg, prepared):
+    """The stage's model built from its config on the meta device (no memory), in `model.dtype`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sftlab.models.load import resolve_model_path
-    from sftlab.strategy import select_trainable
-    from sftlab.strategy.importance import budget_in_params
 
     config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
     auto = AutoModelForCausalLM
     if cfg.train.stage == "cls":
         config.num_labels, auto = len(prepared.label_names), AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+        return auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+
+
+def _count_on_meta(cfg, prepared):
+    """Build the model without memory (meta device) and apply the strategy; auto falls back to its budget."""
+    from sftlab.strategy import select_trainable
+    from sftlab.strategy.importance import budget_in_params
+
+    model = _meta_model(cfg, prepared)
     if cfg.model.fused_layers:  # as training would run it (the shape records it)
         from sftlab.models.fused import fuse_layers
 
@@ -133,7 +155,24 @@ def estimate_row(counts: dict, workload: dict, cfg) -> dict:
                     checkpointing=cfg.train.gradient_checkpointing,
                     attention=resolve_attention(cfg.model.attn_implementation))
     return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
-                           work).to_dict()
+                           work, counts.get("four_bit")).to_dict()
+
+
+def qlora_alternative(counts: dict, workload: dict, cfg, prepared, limit: float) -> dict | None:
+    """The lora row's estimate had strategy.lora.quantize_4bit been set: its weights bitsandbytes would quantise
+    in 4-bit, the rest in float32; whether that fits under `limit` bytes. None for models sftlab does not load
+    in 4-bit (vision-language models) or that have no causal-LM or classifier class to build."""
+    from sftlab.models.nf4 import quantizable_weights
+    from sftlab.vision.load import is_vision_model
+
+    if is_vision_model(cfg.model):
+        return None
+    try:
+        four_bit = sorted(quantizable_weights(_meta_model(cfg, prepared)).values())
+    except ValueError:  # transformers: no such auto class for this config
+        return None
+    estimate = estimate_row({**counts, "four_bit": four_bit, "param_dtype": "float32"}, workload, cfg)
+    return {"estimate": estimate, "fits": estimate["total"] <= limit}
 
 
 def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[str, ...] = KINDS,
@@ -162,9 +201,13 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
         counts = count_strategy(configs[kind], tokenizer, prepared, collate, real)
         num_layers = num_layers or counts["shape"]["layers"]
         estimate = estimate_row(counts, workload, configs[kind])
-        rows[kind] = {**counts, "estimate": estimate,
-                      "fits": estimate["total"] <= thresholds["memory_headroom"] * memory["bytes"],
+        limit = thresholds["memory_headroom"] * memory["bytes"]
+        rows[kind] = {**counts, "estimate": estimate, "fits": estimate["total"] <= limit,
                       "supervised_per_trainable": data["supervised"] / max(counts["trainable"], 1)}
+        alternative = None if kind != "lora" or qlora(configs[kind]) else qlora_alternative(
+            counts, workload, configs[kind], prepared, limit)
+        if alternative:
+            rows[kind]["qlora"] = alternative
     if probe_steps or check:
         _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check, run["steps"])
     total = rows["full"]["total"]

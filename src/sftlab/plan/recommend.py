@@ -9,7 +9,10 @@ The rule (thresholds in `thresholds.yaml`, overridable with `sftlab plan --thres
    among freeze / auto / lora that fits: the one with the most trainable parameters that the data can
    still support (supervised tokens per trainable parameter >= `partial_min_tokens_per_param`), else
    the one with the fewest trainable parameters.
-3. Nothing fits -> the strategy with the smallest estimated peak, with the advice to lower
+3. No partial strategy fits, but lora would with its base in 4-bit (the lora row's `qlora` estimate, when the
+   config does not already set strategy.lora.quantize_4bit) -> **lora** with `strategy.lora.quantize_4bit=true`
+   (QLoRA), named in the recommendation's `settings`.
+4. Nothing fits -> the strategy with the smallest estimated peak, with the advice to lower
    train.batch_size / train.max_length or turn on train.gradient_checkpointing.
 """
 
@@ -74,6 +77,14 @@ def recommend(rows: dict[str, dict], supervised: int, total_params: int, thresho
     if full and not full["fits"]:
         reasons.append("full fine-tuning does not fit in the available memory")
     fitting = {kind: row for kind, row in rows.items() if kind in PARTIAL and row["fits"]}
+    four_bit = rows.get("lora", {}).get("qlora")
+    if not fitting and four_bit and four_bit["fits"]:
+        from sftlab.plan.table import human_bytes
+
+        return {"kind": "lora", "settings": {"strategy.lora.quantize_4bit": True}, "reasons": reasons + [
+            f"no strategy fits as configured; with its base weights in 4-bit (strategy.lora.quantize_4bit=true, "
+            f"QLoRA; needs bitsandbytes) lora needs an estimated {human_bytes(four_bit['estimate']['total'])} "
+            f"instead of {human_bytes(rows['lora']['estimate']['total'])}, which fits"]}
     if not fitting:
         smallest = min(rows, key=lambda kind: rows[kind]["estimate"]["total"])
         return {"kind": smallest, "reasons": reasons + [

@@ -38,7 +38,8 @@ def strategy_rows(plan: dict) -> tuple[list[str], list[list[str]]]:
     for kind, row in plan["rows"].items():
         est = row["estimate"]
         count = f"{'~' if row['approximate'] else ''}{row['trainable']:,}"
-        cells = [kind, count, f"{100 * row['trainable'] / max(row['total'], 1):.2f}", human_bytes(est["weights"]),
+        name = f"{kind} (4-bit)" if row.get("four_bit") else kind  # QLoRA: the base's linear weights in 4-bit
+        cells = [name, count, f"{100 * row['trainable'] / max(row['total'], 1):.2f}", human_bytes(est["weights"]),
                  human_bytes(est["gradients"]), human_bytes(est["optimizer"]), human_bytes(est["activations"]),
                  human_bytes(est["total"]), "yes" if row["fits"] else "no"]
         probe = row.get("probe", {})
@@ -70,6 +71,7 @@ def render_plan(plan: dict) -> str:
     per = [f"{kind} {row['supervised_per_trainable']:.3g}" for kind, row in plan["rows"].items()]
     parts.append(f"supervised {data['supervised_unit']} per trainable parameter: " + ", ".join(per))
     advice = plan["recommendation"]
-    parts.append(f"recommendation: {advice['kind']}")
+    settings = " ".join(f"{key}={str(value).lower()}" for key, value in advice.get("settings", {}).items())
+    parts.append(f"recommendation: {advice['kind']}" + (f" with {settings}" if settings else ""))
     parts += [f"  - {reason}" for reason in advice["reasons"]]
     return "\n".join(parts)

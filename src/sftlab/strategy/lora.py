@@ -3,7 +3,9 @@
 `strategy.lora.target_modules` is `all-linear`, or a list of module names (`q_proj`, matching any
 module whose name ends in `.q_proj`) and globs (`*.self_attn.*_proj`, matched against the full module
 name). Every entry must match at least one adaptable module, else SftlabError. A classifier's head is
-added to `modules_to_save` so it trains in full and is saved with the adapter.
+added to `modules_to_save` so it trains in full and is saved with the adapter. On a 4-bit base
+(`strategy.lora.quantize_4bit`, QLoRA: `sftlab.models.nf4`) peft's `prepare_model_for_kbit_training` first casts
+the weights that are not 4-bit to float32.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def apply_lora(model, lora_cfg):
     to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save))
     classifier = is_classifier(model)
     heads = head_module_names(model) if classifier else []
-    if getattr(model, "is_loaded_in_4bit", False):  # QLoRA: norms to fp32, inputs require grad
+    four_bit = getattr(model, "is_loaded_in_4bit", False)
+    if four_bit:  # QLoRA: the weights that are not 4-bit to float32, inputs require grad
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
@@ -89,6 +92,8 @@ def apply_lora(model, lora_cfg):
         raise SftlabError(f"{KEY}: peft refused the adapter ({str(exc).splitlines()[0]})") from None
     details = adapter_details(peft_model, to_save)
     notes = [_note(details)]
+    if four_bit:
+        notes.append(_four_bit_note(model))
     if heads:
         notes.append(f"classification head ({', '.join(heads)}) trains in full (modules_to_save)")
     return peft_model, details, notes
@@ -112,6 +117,13 @@ def adapter_details(peft_model, modules_to_save: list[str]) -> dict:
     return {"rank": config.r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
             "rslora": config.use_rslora, "dora": config.use_dora, "target_modules": wrapped,
             "adapted_modules": len(peft_model.targeted_module_names), "modules_to_save": modules_to_save}
+
+
+def _four_bit_note(model) -> str:
+    from sftlab.models.nf4 import layer_compute_dtype, quantized_weights
+
+    return (f"QLoRA: {len(quantized_weights(model))} linear weights NF4 4-bit (bitsandbytes, double quantisation), "
+            f"computing in {layer_compute_dtype(model)}")
 
 
 def _note(details: dict) -> str:

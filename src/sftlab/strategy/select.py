@@ -17,7 +17,8 @@ from sftlab.errors import SftlabError
 
 @dataclass
 class TrainableSet:
-    """What will train: parameter names, their element count, the model total, the strategy kind.
+    """What will train: parameter names, their element count, the model total, the strategy kind (a 4-bit weight
+    counts the values it stands for: `parameter_values`).
 
     `details` carries strategy-specific facts (freeze: layers and heads; lora: the peft settings;
     auto: the importance report) and `notes` the lines worth showing the user (e.g. tied weights).
@@ -40,12 +41,19 @@ class TrainableSet:
         return "; ".join([line, *self.notes])
 
 
+def parameter_values(param) -> int:
+    """A parameter's element count; for a 4-bit (QLoRA) weight the values it stands for, not its packed bytes."""
+    state = getattr(param, "quant_state", None)
+    shape = getattr(state, "shape", None)
+    return int(shape.numel()) if shape is not None else param.numel()
+
+
 def trainable_set(model, kind: str, details: dict | None = None, notes: list[str] | None = None) -> TrainableSet:
     """Count what `requires_grad` says on `model` now; fail if nothing would train."""
     params = list(model.named_parameters())  # tied parameters appear once, under their first name
     names = [name for name, param in params if param.requires_grad]
-    trainable = sum(param.numel() for _, param in params if param.requires_grad)
-    total = sum(param.numel() for _, param in params)
+    trainable = sum(parameter_values(param) for _, param in params if param.requires_grad)
+    total = sum(parameter_values(param) for _, param in params)
     if not names:
         raise SftlabError(f"strategy.kind={kind}: the settings leave no parameter trainable")
     return TrainableSet(names=names, trainable=trainable, total=total, kind=kind,

@@ -62,10 +62,12 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
     `state_dict` replaces the model's own tensors (a sharded model's weights gathered by the accelerator).
     The chat template the run `config` (a RunConfig or its dict) trained with (`sftlab.models.chat_files`) is carried
     into the saved files: stop ids in generation_config.json, the template's Jinja as chat_template,
-    sftlab_template.json."""
+    sftlab_template.json. A QLoRA adapter also gets `sftlab_qlora.json` (how its base was quantised,
+    `sftlab.models.nf4`)."""
     from transformers.utils import logging as hf_logging
 
     from sftlab.models.chat_files import carry_chat_template, trained_template, write_template_record
+    from sftlab.models.nf4 import is_four_bit, write_record
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -74,6 +76,8 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
             model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
             tokenizer.save_pretrained(directory)
         write_template_record(directory, record)
+        if hasattr(model, "peft_config") and is_four_bit(model):
+            write_record(directory, model)
         from sftlab.vision.load import copy_processor_files
 
         copy_processor_files(model, directory)  # a vision-language model's image processor and chat template

@@ -1,0 +1,378 @@
+"""QLoRA (strategy.lora.quantize_4bit) on CPU through bitsandbytes' CPU backend: training, resume, the saved
+adapter, export --merge into the dequantised base, generation, and the 4-bit storage the planner counts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sftlab.cli import main
+from sftlab.errors import SftlabError
+from test_train_loop import tiny_run, train
+
+QLORA = {"kind": "lora", "lora": {"rank": 4, "quantize_4bit": True}}
+
+
+def four_bit_storage(model) -> dict[str, list[torch.Tensor]]:
+    """Copies of every 4-bit weight's packed codes and quantisation constants, by parameter name."""
+    from sftlab.models.nf4 import _four_bit_params
+
+    copies = {}
+    for name, param in _four_bit_params(model):
+        state = param.quant_state
+        copies[name] = [t.detach().clone() for t in (param.data, state.absmax, state.code, state.offset,
+                                                     state.state2.absmax, state.state2.code)]
+    return copies
+
+
+def load_four_bit(base_dir, **kwargs):
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.models.nf4 import four_bit_kwargs, keep_training_layout
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **four_bit_kwargs(), **kwargs)
+    keep_training_layout(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory):
+    """One QLoRA run of tiny qwen2 with an evaluation after every step, on 4-bit layers that believe the CPU has
+    AVX-512 BF16 (where bitsandbytes repacks 4-bit weights for inference at the first evaluation): the live model
+    and copies of its 4-bit storage and adapter weights as loaded."""
+    import bitsandbytes.nn.modules
+
+    import sftlab.train.setup as setup
+
+    tmp = tmp_path_factory.mktemp("qlora")
+    seen = {}
+    load_model = setup._load_model
+
+    def capture(*args, **kwargs):
+        model, trainable = load_model(*args, **kwargs)
+        seen.update(model=model, storage=four_bit_storage(model),
+                    adapter={n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return model, trainable
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bitsandbytes.nn.modules, "has_avx512bf16", lambda: True)
+        patch.setattr(setup, "_load_model", capture)
+        raw = tiny_run(tmp, "qwen2", strategy=QLORA, data={"val_ratio": 0.25},
+                       train={"max_steps": 4, "lr": 1e-2, "batch_size": 2}, eval={"every_n_steps": 1})
+        result = train(raw)
+    return {**seen, "result": result, "base": tmp / "base-qwen2-causal_lm", "tmp": tmp}
+
+
+def test_qlora_trains_the_adapter_and_leaves_the_4bit_base_bit_identical(qlora_run):
+    model, result = qlora_run["model"], qlora_run["result"]
+    assert len(result.losses) == 4 and all(loss == loss for loss in result.losses)
+    assert any(type(p).__name__ == "Params4bit" for p in model.parameters())
+    history = [json.loads(line) for line in (result.out_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(bool(row.get("eval")) for row in history) == 4  # an evaluation after every training step
+    after = dict(model.named_parameters())
+    for name, before in qlora_run["adapter"].items():
+        assert "lora_" in name and not torch.equal(after[name], before), name  # every adapter weight trained
+    storage = four_bit_storage(model)
+    assert storage.keys() == qlora_run["storage"].keys() and len(storage) == 7
+    for name, tensors in qlora_run["storage"].items():
+        assert all(torch.equal(a, b) for a, b in zip(storage[name], tensors)), name  # not repacked, not changed
+    fresh = four_bit_storage(load_four_bit(qlora_run["base"]))  # what bitsandbytes makes of the base
+    for name, tensors in fresh.items():
+        assert all(torch.equal(a, b) for a, b in zip(storage[name], tensors)), name
+
+
+def test_the_saved_model_is_an_adapter_on_its_local_base(qlora_run):
+    from peft import PeftModel
+
+    out = qlora_run["result"].out_dir
+    adapter = json.loads((out / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(qlora_run["base"])
+    assert not (out / "model" / "config.json").exists()
+    from sftlab.models.nf4 import compute_dtype_name
+
+    record = json.loads((out / "model" / "sftlab_qlora.json").read_text())
+    assert record == {"quant_type": "nf4", "double_quant": True, "blocksize": 64, "weights_dtype": "float32",
+                      "compute_dtype": compute_dtype_name()}
+    card = (out / "model" / "README.md").read_text()
+    assert f"QLoRA: 7 linear weights NF4 4-bit (bitsandbytes, double quantisation), computing in {compute_dtype_name()}" in card
+    assert json.loads((out / "best" / "sftlab_qlora.json").read_text()) == record
+    total = json.loads((out / "trainable.json").read_text())["total"]  # values, not packed bytes
+    plain = sum(t.numel() for t in load_file(qlora_run["base"] / "model.safetensors").values())
+    lora = sum(t.numel() for t in load_file(out / "model" / "adapter_model.safetensors").values())
+    assert total == plain + lora
+    peft_model = PeftModel.from_pretrained(load_four_bit(qlora_run["base"]), out / "model")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert peft_model(input_ids=ids).logits.shape == (1, 4, peft_model.config.vocab_size)
+
+
+def test_compute_dtype_is_bf16_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    import sftlab.train.precision as precision
+    from sftlab.models.nf4 import compute_dtype_name, four_bit_kwargs
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for hardware, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind, hardware=hardware: hardware and kind == "bf16")
+        kwargs = four_bit_kwargs()
+        assert kwargs["quantization_config"].bnb_4bit_compute_dtype == expected and "device_map" not in kwargs
+        assert compute_dtype_name() == str(expected).removeprefix("torch.")
+    quant = kwargs["quantization_config"]
+    assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant and quant.load_in_4bit
+
+
+def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
+    from sftlab.train import TrainingInterrupted
+
+    def stop_at_3(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    settings = dict(strategy={"kind": "lora", "lora": {"rank": 4, "dropout": 0.1, "quantize_4bit": True}},
+                    train={"max_steps": 5, "batch_size": 3, "scheduler": "cosine", "warmup_steps": 1, "lr": 1e-2,
+                           "gradient_checkpointing": True},
+                    output={"dir": str(tmp_path / "a"), "keep_checkpoints": 2, "tensorboard": False})
+    straight = train(tiny_run(tmp_path, "llama", **settings))
+    settings["output"]["dir"] = str(tmp_path / "b")
+    with pytest.raises(TrainingInterrupted):  # 7 rows / batch 3: step 3 stops in the second epoch
+        train(tiny_run(tmp_path, "llama", **settings), callbacks=[stop_at_3])
+    assert (tmp_path / "b" / "checkpoints" / "step-3" / "sftlab_qlora.json").is_file()
+    resumed = train(tiny_run(tmp_path, "llama", **settings), resume=True)
+    assert len(resumed.losses) == 5
+    assert resumed.losses == pytest.approx(straight.losses, rel=1e-6, abs=1e-7)
+    assert len(set(straight.losses)) == 5  # the adapter trains: every step's loss differs
+
+
+def _qlora_logits(base_dir, adapter_dir, ids):
+    """Logits of the QLoRA model as it trained: the 4-bit base (its other weights in float32) and the adapter."""
+    from peft import PeftModel, prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(load_four_bit(base_dir), use_gradient_checkpointing=False)
+    with torch.no_grad():
+        return PeftModel.from_pretrained(model, str(adapter_dir)).eval()(input_ids=ids).logits
+
+
+def test_export_merges_into_the_dequantised_base_by_default(qlora_run, capsys):
+    """The adapter trained against the dequantised NF4 weights: merged into them, the logits are those of the
+    QLoRA model; merged into the original full-precision base they differ by the quantisation error."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run, base, tmp = qlora_run["result"].out_dir, qlora_run["base"], qlora_run["tmp"]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    trained = _qlora_logits(base, run / "model", ids)
+    assert main(["export", str(run), "--merge", str(tmp / "deq")]) == 0
+    assert "into the dequantised NF4 base of" in capsys.readouterr().out
+    assert main(["export", str(run), "--merge", str(tmp / "orig"), "--merge-base", "original"]) == 0
+    records = {name: json.loads((tmp / name / "sftlab_export.json").read_text()) for name in ("deq", "orig")}
+    assert records["deq"]["merge_base"] == "dequantized" and records["orig"]["merge_base"] == "original"
+    assert records["deq"]["qlora"]["quant_type"] == "nf4"
+    assert records["deq"]["max_abs_logit_diff"] < 1e-4 < 1e-3 < records["orig"]["max_abs_logit_diff"]
+    with torch.no_grad():
+        merged = {name: AutoModelForCausalLM.from_pretrained(tmp / name).eval()(input_ids=ids).logits
+                  for name in ("deq", "orig")}
+        full = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "model")).eval()
+        on_full_base = full(input_ids=ids).logits
+    assert not hasattr(AutoModelForCausalLM.from_pretrained(tmp / "deq").config, "quantization_config")
+    torch.testing.assert_close(merged["deq"], trained, atol=1e-4, rtol=0)
+    torch.testing.assert_close(merged["orig"], on_full_base, atol=1e-4, rtol=0)  # base + adapter, as before
+    assert (merged["orig"] - trained).abs().max() > 1e-3
+
+
+def test_merge_base_dequantized_needs_a_qlora_adapter(tmp_path):
+    from test_export import lora_run
+
+    run, _ = lora_run(tmp_path, "llama", "causal_lm")
+    with pytest.raises(SftlabError, match="--merge-base dequantized: this adapter was not trained on a 4-bit base"):
+        from sftlab.commands.export import merge_adapter
+
+        merge_adapter(run, tmp_path / "out", merge_base="dequantized")
+    assert not (tmp_path / "out").exists()
+
+
+def test_generate_and_serve_load_a_qlora_run(qlora_run):
+    """A QLoRA run's model/ is an adapter on its full-precision base: sftlab generate and serve's loader take it."""
+    from sftlab.infer.engine import generate_all
+    from sftlab.infer.loading import load_served
+    from sftlab.infer.prompts import render_chat, stop_token_ids
+    from sftlab.infer.sampling import SamplingParams
+
+    run, tmp = qlora_run["result"].out_dir, qlora_run["tmp"]
+    served = load_served(run)
+    assert served.adapters == {"run": "run"} and served.base_dir == qlora_run["base"]
+    assert not any(type(p).__name__ == "Params4bit" for p in served.model.parameters())  # the original base
+    prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}], served.template)
+    stops = stop_token_ids(served.tokenizer, served.model)
+    text = generate_all(served, [prompt], SamplingParams(max_new_tokens=5), stops, adapter="run")[0]["text"]
+    (tmp / "in.jsonl").write_text('{"prompt": "hello"}\n', encoding="utf-8")
+    assert main(["generate", str(run), "--input", str(tmp / "in.jsonl"), "--output", str(tmp / "out.jsonl"),
+                 "--max-new-tokens", "5"]) == 0
+    assert json.loads((tmp / "out.jsonl").read_text())["output"] == text
+
+
+@pytest.mark.parametrize("arch, hidden", [("llama", 64), ("qwen2", 40), ("gemma3", 64), ("gpt2", 64)])
+def test_nf4_bytes_equal_the_4bit_storage_and_the_rule_finds_the_4bit_weights(tmp_path, arch, hidden):
+    """The planner's per-weight NF4 size is exactly what bitsandbytes stores (codes, absmax, code tables, offset),
+    and transformers' rule applied to a meta-device model names exactly the weights that were quantised."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sftlab.models.nf4 import quantizable_weights, quantized_weights, storage_bytes
+    from sftlab.models.tiny import save_tiny
+    from sftlab.plan.memory import nf4_bytes
+
+    base = save_tiny(arch, tmp_path / arch, hidden=hidden)  # qwen2 at 40 wide: 800-value k/v weights, 12.5 blocks
+    model = load_four_bit(base)
+    quantized = quantized_weights(model)
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    assert quantizable_weights(meta) == quantized and len(quantized) == 2 * (4 if arch == "gpt2" else 7)
+    assert sum(nf4_bytes(values) for values in quantized.values()) == storage_bytes(model)
+    kept = [name for name, p in model.named_parameters() if type(p).__name__ != "Params4bit"]
+    assert any("embed" in name or "wte" in name for name in kept)  # embeddings, norms and the head stay
+    head = model.get_output_embeddings()
+    assert type(head.weight).__name__ != "Params4bit"
+
+
+def _qlora_plan_config(tmp_path, dtype: str = "float32", quantize: bool = True):
+    from test_plan import tiny_config
+
+    raw = tiny_config(tmp_path, arch="qwen2", hidden=64, layers=2)
+    raw["model"]["dtype"] = dtype
+    raw["strategy"] = {"kind": "lora", "lora": {"rank": 4, "quantize_4bit": quantize}}
+    return raw
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_plan_counts_the_qlora_weights_the_training_model_holds(tmp_path, monkeypatch, dtype):
+    """The lora row of a QLoRA config: its weights estimate equals the bytes of the model sftlab trains (4-bit
+    storage + every other parameter, float32 after peft's cast), on the real and on the meta-device path."""
+    import sftlab.plan.planner as planner
+    from sftlab.config import load_config
+    from sftlab.data.pipeline import prepare_data
+    from sftlab.models.load import load_tokenizer
+    from sftlab.models.nf4 import storage_bytes
+    from sftlab.plan.recommend import load_thresholds
+    from sftlab.plan.table import render_plan
+    from sftlab.train.setup import _load_model, make_collate
+
+    cfg = load_config(None, [], base=_qlora_plan_config(tmp_path, dtype))
+    plan = planner.build_plan(cfg, None, load_thresholds(), ("full", "lora"))
+    row = plan["rows"]["lora"]
+    tokenizer = load_tokenizer(cfg.model)
+    model, trainable = _load_model(cfg, tokenizer, prepare_data(cfg, tokenizer, None), make_collate(cfg, tokenizer))
+    others = sum(p.numel() * p.element_size() for p in model.parameters() if type(p).__name__ != "Params4bit")
+    assert row["estimate"]["weights"] == storage_bytes(model) + others
+    assert row["total"] == trainable.total == plan["rows"]["full"]["total"] + trainable.trainable
+    assert "lora (4-bit)" in render_plan(plan) and "qlora" not in row
+    monkeypatch.setattr(planner, "REAL_COUNT_MAX_BYTES", 0)
+    meta = planner.build_plan(cfg, None, load_thresholds(), ("full", "lora"))
+    assert meta["rows"]["lora"]["estimate"] == row["estimate"]
+
+
+def test_qlora_is_recommended_when_nothing_fits_but_lora_on_a_4bit_base_would():
+    from sftlab.plan.recommend import load_thresholds, recommend
+
+    thresholds = load_thresholds()
+    rows = {kind: {"trainable": count, "fits": False, "estimate": {"total": 10 * count}}
+            for kind, count in {"full": 1000, "freeze": 300, "lora": 50}.items()}
+    rows["lora"]["qlora"] = {"fits": True, "estimate": {"total": 200}}
+    advice = recommend(rows, 5000, 1000, thresholds)
+    assert advice["kind"] == "lora" and advice["settings"] == {"strategy.lora.quantize_4bit": True}
+    assert "strategy.lora.quantize_4bit=true" in advice["reasons"][-1] and "200 B instead of 500 B" in advice["reasons"][-1]
+    rows["lora"]["qlora"]["fits"] = False  # not even then: the smallest peak, with the advice to shrink the batch
+    nothing = recommend(rows, 5000, 1000, thresholds)
+    assert nothing["kind"] == "lora" and "settings" not in nothing and "no strategy fits" in nothing["reasons"][-1]
+    rows["lora"]["qlora"]["fits"] = True
+    rows["freeze"]["fits"] = True  # a strategy that fits as configured comes first
+    fitting = recommend(rows, 5000, 1000, thresholds)
+    assert fitting["kind"] == "freeze" and "settings" not in fitting
+
+
+def test_the_plan_recommends_qlora_when_only_it_fits(tmp_path, monkeypatch):
+    """A plain LoRA config's lora row carries the 4-bit what-if, equal to the row of the same config with
+    quantize_4bit; with memory for that and no more, the plan recommends lora with strategy.lora.quantize_4bit."""
+    import sftlab.plan.planner as planner
+    from sftlab.config import load_config
+    from sftlab.plan.recommend import load_thresholds
+    from sftlab.plan.table import render_plan
+
+    thresholds = load_thresholds()
+    plain = load_config(None, [], base=_qlora_plan_config(tmp_path, quantize=False))
+    plan = planner.build_plan(plain, None, thresholds, ("full", "lora"))
+    four_bit = planner.build_plan(load_config(None, [], base=_qlora_plan_config(tmp_path)), None, thresholds,
+                                  ("full", "lora"))
+    what_if = plan["rows"]["lora"]["qlora"]["estimate"]
+    assert what_if == four_bit["rows"]["lora"]["estimate"]
+    assert what_if["total"] < plan["rows"]["lora"]["estimate"]["total"]
+    room = (what_if["total"] + plan["rows"]["lora"]["estimate"]["total"]) / 2 / thresholds["memory_headroom"]
+    monkeypatch.setattr(planner, "available_memory", lambda: {"device": "cpu", "bytes": room})
+    tight = planner.build_plan(plain, None, thresholds, ("full", "lora"))
+    assert not tight["rows"]["lora"]["fits"] and tight["rows"]["lora"]["qlora"]["fits"]
+    assert tight["recommendation"]["settings"] == {"strategy.lora.quantize_4bit": True}
+    assert "recommendation: lora with strategy.lora.quantize_4bit=true" in render_plan(tight)
+
+
+@pytest.mark.slow  # a probe process per architecture (about 15 s each on 2 cores)
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_check_estimate_of_qlora_within_25_percent_of_measured_peak(tmp_path, arch):
+    """As tests/test_plan.py's check, for the QLoRA row (docs/planner.md has the errors measured)."""
+    from sftlab.config import load_config
+    from sftlab.jemalloc import find_jemalloc
+    from sftlab.plan.planner import build_plan
+    from sftlab.plan.recommend import load_thresholds
+    from test_plan import tiny_config
+
+    if find_jemalloc() is None:
+        pytest.skip("no jemalloc library (apt install libjemalloc2): the estimates are calibrated on it")
+    raw = tiny_config(tmp_path, arch=arch)
+    raw["strategy"] = QLORA
+    plan = build_plan(load_config(None, [], base=raw), None, load_thresholds(), ("lora",), probe_steps=2, check=True)
+    row = plan["rows"]["lora"]
+    assert row["probe"]["allocator"] == "jemalloc" and row["probe"]["trainable"] == row["trainable"]
+    assert abs(row["probe"]["estimate_error"]) <= 0.25, (row["estimate"], row["probe"])
+
+
+def test_zero3_still_refuses_4bit_weights(monkeypatch):
+    """On CUDA with DeepSpeed (faked here: this project has no GPU), zero3 cannot shard QLoRA's 4-bit weights."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from sftlab.config.checks import check_distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: name == "deepspeed" or find_spec(name, *a))
+    train_cfg = SimpleNamespace(distributed="zero3", grad_accum=1)
+    strategy = SimpleNamespace(kind="lora", lora=SimpleNamespace(quantize_4bit=True))
+    with pytest.raises(ValueError, match=r"zero3 cannot shard 4-bit \(QLoRA\) weights; use zero2 or ddp"):
+        check_distributed(SimpleNamespace(train=train_cfg, strategy=strategy))
+    check_distributed(SimpleNamespace(train=SimpleNamespace(distributed="zero2", grad_accum=1), strategy=strategy))
+
+
+def test_the_estimate_counts_4bit_weights_at_nf4_size_and_one_dequantised_copy():
+    from sftlab.plan.memory import ModelShape, Workload, estimate_memory, nf4_bytes
+
+    assert nf4_bytes(4096 * 4096) == 8_388_608 + 262_144 + 4 * 1024 + 1092  # about 4.13 bits a value
+    assert nf4_bytes(800) == 400 + 13 + 4 + 1092  # 12.5 blocks: 13 constants, one float32 scale
+    shape = ModelShape(layers=2, hidden=64, intermediate=128, heads=4, vocab=600)
+    work = Workload(batch=2, seq=32)
+    plain = estimate_memory(shape, 100_000, 1_000, 2, work)
+    four_bit = estimate_memory(shape, 100_000, 1_000, 2, work, [8192, 4096, 4096])
+    assert four_bit.weights == (100_000 - 16_384) * 4 + nf4_bytes(8192) + 2 * nf4_bytes(4096)
+    assert four_bit.activations == plain.activations + 4 * 8192
+    assert (four_bit.gradients, four_bit.optimizer) == (plain.gradients, plain.optimizer)
+
+
+def test_vision_language_models_are_refused_in_4bit(tmp_path):
+    """sftlab loads vision-language models through its own loader, without 4-bit: QLoRA says so instead of
+    silently training plain LoRA."""
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model
+    from sftlab.models.tiny_vlm import save_tiny_vlm
+
+    directory = save_tiny_vlm("qwen2_vl", tmp_path / "vlm")
+    with pytest.raises(SftlabError, match=r"^strategy.lora.quantize_4bit: vision-language models are not loaded in "
+                                          r"4-bit \(QLoRA\) by sftlab; set strategy.lora.quantize_4bit=false$"):
+        load_model(ModelConfig(path=str(directory)), "sft", quantize_4bit=True)
