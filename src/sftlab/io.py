@@ -2,7 +2,8 @@
 
 Write to a temporary sibling, then `os.replace` it into place, so an interrupted run never leaves a
 half-written file where a finished one is expected. `read_yaml_mapping` reads a run config, a serve config,
-planner thresholds and the like, and reports a broken file in one line naming it (and the line, for bad YAML).
+planner thresholds and the like, and `read_json` the JSON records beside a model (config.json, adapter_config.json,
+sftlab's own records); both report a broken file in one line naming it (and the line).
 """
 
 from __future__ import annotations
@@ -76,6 +77,18 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed JSON file `path`; a one-line SftlabError naming it (and the line) when it is not valid JSON or not
+    UTF-8."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SftlabError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
 
 def read_yaml_mapping(path: str | Path, expected: str) -> dict:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_write_text
+from sftlab.io import atomic_write_text, read_json
 
 _TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
 _HEADLINE = ("accuracy", "macro_f1", "auc", "exact_match", "bleu", "rouge_l", "mrr", "perplexity")
@@ -50,13 +50,6 @@ def format_number(value) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-
-
 def load_run(run_dir: Path, name: str | None = None) -> RunData:
     """Read a run directory; it needs at least `metrics.jsonl` or `metrics.json`."""
     run_dir = Path(run_dir)
@@ -76,18 +69,18 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
                 raise SftlabError(f"{log}:{number}: not valid JSON ({exc.msg})") from None
             (run.eval_rows if row.get("eval") else run.train_rows).append(row)
     if final_file.is_file():
-        run.final = _read_json(final_file)
+        run.final = read_json(final_file)
     if (run_dir / "config.yaml").is_file():
         run.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
     for extra in ("data_stats", "trainable"):
         if (run_dir / f"{extra}.json").is_file():
-            run.extras[extra] = _read_json(run_dir / f"{extra}.json")
+            run.extras[extra] = read_json(run_dir / f"{extra}.json")
     if "trainable" not in run.extras and (run_dir / "model" / "README.md").is_file():
         strategy = _card_section(run_dir / "model" / "README.md", "## Strategy")
         if strategy:
             run.extras["trainable"] = {"strategy": strategy}
     for result in sorted(run_dir.glob("eval*/metrics.json")):
-        summary = _read_json(result)
+        summary = read_json(result)
         run.extras[f"sftlab eval: {result.parent.name}"] = {
             "task": summary.get("task"), "data": summary.get("data"), "metrics": summary.get("metrics", {}),
             "baselines": summary.get("baselines", {})}

@@ -22,11 +22,11 @@ stop token ids. Vision-language models are left alone: their processor's chat te
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Iterator
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_json
 
 TEMPLATE_RECORD = "sftlab_template.json"
 
@@ -109,10 +109,7 @@ def read_template_record(directory: str | Path) -> str | None:
     path = Path(directory) / TEMPLATE_RECORD
     if not path.is_file():
         return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    raw = read_json(path)
     template = raw.get("template") if isinstance(raw, dict) else None
     if not isinstance(template, str) or not template:
         raise SftlabError(f"{path}: template: expected the name of a chat template")

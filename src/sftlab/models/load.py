@@ -14,12 +14,12 @@ once with a one-line `SftlabError`; no network request is ever attempted (HF_HUB
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -90,10 +90,8 @@ def has_tokenizer_files(directory: Path) -> bool:
 def adapter_base(adapter_config: Path, missing: str = "cannot find the base model") -> str:
     """The base_model_name_or_path of a PEFT `adapter_config.json`; a one-line SftlabError when the file is not
     JSON or names no base (`missing`: the rest of that message, what to do)."""
-    try:
-        base = json.loads(Path(adapter_config).read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{adapter_config}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    raw = read_json(adapter_config)
+    base = raw.get("base_model_name_or_path") if isinstance(raw, dict) else None
     if not base:
         raise SftlabError(f"{adapter_config}: base_model_name_or_path is missing; {missing}")
     return base
@@ -109,10 +107,7 @@ def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code:
     if not config_file.is_file():
         raise SftlabError(f"{key} {str(directory)!r} has no config.json; it is not a Hugging Face model directory "
                           "(write one with save_pretrained or `sftlab model import-gguf`)")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{config_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    raw = read_json(config_file)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     model_type = raw.get("model_type")

@@ -31,7 +31,6 @@ off on every 4-bit layer it loads, so the stored 4-bit weights never change (tes
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 RECORD = "sftlab_qlora.json"
@@ -126,20 +125,20 @@ def write_record(directory: Path, model) -> None:
     state = _first_four_bit_layer(model).weight.quant_state
     record = {"quant_type": state.quant_type, "double_quant": bool(state.nested), "blocksize": state.blocksize,
               "weights_dtype": str(state.dtype).removeprefix("torch."), "compute_dtype": layer_compute_dtype(model)}
-    (Path(directory) / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    from sftlab.io import atomic_write_json
+
+    atomic_write_json(Path(directory) / RECORD, record)
 
 
 def read_record(directory: Path) -> dict | None:
     """The `sftlab_qlora.json` of an adapter directory, or None when it has none (not a QLoRA adapter)."""
     from sftlab.errors import SftlabError
+    from sftlab.io import read_json
 
     path = Path(directory) / RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    record = read_json(path)
     if not isinstance(record, dict) or record.get("quant_type") != "nf4":
         raise SftlabError(f"{path}: expected an NF4 record (quant_type nf4) as sftlab writes it")
     return record

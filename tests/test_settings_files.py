@@ -1,5 +1,6 @@
 """Every YAML settings file (run config, serve config, planner thresholds, a saved run's config for the board and
-for serve/eval/export) is read by `sftlab.io.read_yaml_mapping`: a broken file is one line naming it."""
+for serve/eval/export) is read by `sftlab.io.read_yaml_mapping`, every JSON record beside a model by
+`sftlab.io.read_json`: a broken file is one line naming it."""
 
 import pytest
 
@@ -57,3 +58,27 @@ def test_every_reader_gives_the_same_line(tmp_path):
         with pytest.raises(SftlabError) as caught:
             read()
         assert str(caught.value) == f"{run / 'config.yaml'}:2: not valid YAML (expected ',' or ']', but got '<stream end>')"
+
+
+def test_json_records_are_read_by_one_reader(tmp_path):
+    """config.json, adapter_config.json and sftlab's records beside a model: one line naming the file and line."""
+    from sftlab.io import read_json
+    from sftlab.models.chat_files import read_template_record
+    from sftlab.models.load import adapter_base, check_model_dir
+
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "adapter_config.json", "sftlab_template.json"):
+        (model / name).write_text('{"a": 1,\n "b": }\n', encoding="utf-8")
+    for read, name in ((lambda: check_model_dir(model), "config.json"),
+                       (lambda: adapter_base(model / "adapter_config.json"), "adapter_config.json"),
+                       (lambda: read_template_record(model), "sftlab_template.json")):
+        with pytest.raises(SftlabError) as caught:
+            read()
+        assert str(caught.value) == f"{model / name}:2: not valid JSON (Expecting value)"
+    (model / "adapter_config.json").write_text("[1]", encoding="utf-8")
+    with pytest.raises(SftlabError, match="base_model_name_or_path is missing"):
+        adapter_base(model / "adapter_config.json")  # not a mapping: no base named, not a traceback
+    (model / "latin.json").write_bytes('{"a": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(SftlabError, match=r"latin\.json: not UTF-8 text$"):
+        read_json(model / "latin.json")
