@@ -214,3 +214,14 @@ def test_scheduler_batches_one_adapter_at_a_time_oldest_first(tiny_dir):
         scheduler.tick()
         assert len({r.adapter for r in scheduler.running}) <= 1
     assert order == ["a", "b", "a"] and seen[:2] == ["a", "a"] and "b" in seen
+
+
+def test_an_adapter_trained_on_a_4bit_base_is_served_with_a_note(tmp_path, capsys):
+    base_dir = save_tiny("qwen2", tmp_path / "base")
+    plain, qlora = save_tiny_adapter(base_dir, tmp_path / "plain", 1), save_tiny_adapter(base_dir, tmp_path / "q", 2)
+    (tmp_path / "q" / "sftlab_qlora.json").write_text('{"quant_type": "nf4"}', encoding="utf-8")
+    load_served(plain)
+    assert "4-bit" not in capsys.readouterr().err
+    load_served(plain, adapters={"q": qlora})
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith("note: adapter q was trained on a 4-bit (NF4) base")

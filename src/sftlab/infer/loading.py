@@ -104,6 +104,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     if attach:
         from peft import PeftModel
 
+        _note_four_bit_adapters(attach)
         first_name, first_dir = attach[0]
         model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=first_name, is_trainable=False)
         for key, directory in attach[1:]:
@@ -112,3 +113,15 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
 
+
+def _note_four_bit_adapters(attach: list[tuple[str, Path]]) -> None:
+    """A stderr line for each adapter trained on a 4-bit (QLoRA) base: it is served on the full-precision base."""
+    import sys
+
+    from sftlab.models.nf4 import read_record
+
+    for name, directory in attach:
+        if read_record(directory) is not None:
+            print(f"note: adapter {name} was trained on a 4-bit (NF4) base and runs here on the full-precision base, "
+                  f"so its answers can differ slightly from the trained model's; `sftlab export RUN --merge OUT` "
+                  f"merges it into the dequantised base it trained against", file=sys.stderr)
