@@ -192,8 +192,9 @@ def test_merge_base_dequantized_needs_a_qlora_adapter(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_generate_and_serve_load_a_qlora_run(qlora_run):
-    """A QLoRA run's model/ is an adapter on its full-precision base: sftlab generate and serve's loader take it."""
+def test_generate_and_serve_load_a_qlora_run(qlora_run, capsys):
+    """A QLoRA run's model/ is an adapter: sftlab generate, serve's and eval's loaders take it, on its 4-bit base,
+    without a note."""
     from sftlab.infer.engine import generate_all
     from sftlab.infer.loading import load_served
     from sftlab.infer.prompts import render_chat, stop_token_ids
@@ -202,14 +203,107 @@ def test_generate_and_serve_load_a_qlora_run(qlora_run):
     run, tmp = qlora_run["result"].out_dir, qlora_run["tmp"]
     served = load_served(run)
     assert served.adapters == {"run": "run"} and served.base_dir == qlora_run["base"]
-    assert not any(type(p).__name__ == "Params4bit" for p in served.model.parameters())  # the original base
+    assert sum(type(p).__name__ == "Params4bit" for p in served.model.parameters()) == 7  # the 4-bit base
     prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}], served.template)
     stops = stop_token_ids(served.tokenizer, served.model)
     text = generate_all(served, [prompt], SamplingParams(max_new_tokens=5), stops, adapter="run")[0]["text"]
     (tmp / "in.jsonl").write_text('{"prompt": "hello"}\n', encoding="utf-8")
+    capsys.readouterr()
     assert main(["generate", str(run), "--input", str(tmp / "in.jsonl"), "--output", str(tmp / "out.jsonl"),
                  "--max-new-tokens", "5"]) == 0
     assert json.loads((tmp / "out.jsonl").read_text())["output"] == text
+    assert "note:" not in capsys.readouterr().err
+    from sftlab.eval.run import load_for_eval
+
+    model, _, _ = load_for_eval(run, device="cpu")  # sftlab eval's loader
+    assert model.is_loaded_in_4bit and "note:" not in capsys.readouterr().err
+
+
+def test_a_served_qlora_run_computes_as_the_model_that_trained(qlora_run):
+    """load_served puts the adapter on the base quantised as training did: its logits are those of the live model
+    at the end of training (to 1e-5; 0 measured) and of a freshly built QLoRA model; on the full-precision base
+    they differ by the quantisation error (more than 1e-3)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sftlab.infer.loading import load_served
+    from sftlab.models.nf4 import layer_compute_dtype
+
+    run, base, live = qlora_run["result"].out_dir, qlora_run["base"], qlora_run["model"]
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
+    served = load_served(run)
+    assert served.model.is_loaded_in_4bit and layer_compute_dtype(served.model) == layer_compute_dtype(live)
+    was_training = live.training
+    with torch.no_grad():
+        trained = live.eval()(input_ids=ids).logits
+        logits = served.model(input_ids=ids).logits
+        full = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(run / "model")).eval()
+        on_full_base = full(input_ids=ids).logits
+    live.train(was_training)
+    torch.testing.assert_close(logits, trained, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits, _qlora_logits(base, run / "model", ids), atol=1e-5, rtol=0)
+    assert (on_full_base - trained).abs().max() > 1e-3
+
+
+def test_extra_adapters_on_a_served_qlora_run_must_share_its_4bit_base(qlora_run, capsys):
+    """Beside a QLoRA adapter only QLoRA adapters recorded with the same quantisation; a QLoRA adapter beside a
+    full-precision served model runs on that base with a note; --dtype other than float32 is refused."""
+    import shutil
+
+    from sftlab.infer.loading import load_served
+
+    run, tmp = qlora_run["result"].out_dir, qlora_run["tmp"]
+    plain, other, same = (tmp / "extra" / name for name in ("plain", "other", "same"))
+    for directory in (plain, other, same):
+        shutil.copytree(run / "model", directory, dirs_exist_ok=True)
+    (plain / "sftlab_qlora.json").unlink()
+    record = json.loads((other / "sftlab_qlora.json").read_text())
+    record["weights_dtype"] = "bfloat16"
+    (other / "sftlab_qlora.json").write_text(json.dumps(record))
+    for key, directory in (("plain", plain), ("other", other)):
+        with pytest.raises(SftlabError, match=rf"^--adapter {key}: the served model run runs on a 4-bit \(NF4\) base, "
+                                              rf"and this adapter was not trained on it \(sftlab_qlora.json missing "
+                                              rf"or different\)$"):
+            load_served(run, adapters={key: str(directory)})
+    with pytest.raises(SftlabError, match=rf"^--dtype bfloat16: run is a QLoRA adapter, served on its base loaded in "
+                                          rf"4-bit as it trained \(computing in {record['compute_dtype']}\); "
+                                          r"leave --dtype out$"):
+        load_served(run, dtype="bfloat16")
+    served = load_served(run, adapters={"same": str(same)})
+    assert served.names == ["run", "same"] and served.model.is_loaded_in_4bit
+    capsys.readouterr()
+    on_full = load_served(plain, adapters={"qlora": str(run / "model")})
+    assert not any(type(p).__name__ == "Params4bit" for p in on_full.model.parameters())
+    assert "note: adapter qlora was trained on a 4-bit (NF4) base and runs here on the full-precision base" in \
+        capsys.readouterr().err
+
+
+def test_load_as_trained_uses_the_recorded_dtypes_and_keeps_the_training_layout(qlora_run):
+    """A base quantised from bfloat16 weights computing in float32: the weights that are not 4-bit come back in
+    float32 (as peft's prepare_model_for_kbit_training left them), every 4-bit layer computes in the recorded
+    dtype and none repacks its weights for CPU inference."""
+    from sftlab.models.nf4 import load_as_trained
+
+    record = {"quant_type": "nf4", "weights_dtype": "bfloat16", "compute_dtype": "float32"}
+    model = load_as_trained(qlora_run["base"], record)
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert len(layers) == 7 and all(m.compute_dtype == torch.float32 and not m.support_avx512bf16_for_cpu
+                                    for m in layers)
+    assert {p.dtype for p in model.parameters() if type(p).__name__ != "Params4bit"} == {torch.float32}
+    assert {p.quant_state.dtype for p in model.parameters() if type(p).__name__ == "Params4bit"} == {torch.bfloat16}
+
+
+def test_a_served_qlora_run_needs_bitsandbytes(qlora_run, monkeypatch):
+    import importlib.util
+
+    from sftlab.infer.loading import load_served
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    with pytest.raises(SftlabError, match=r"^strategy.lora.quantize_4bit \(QLoRA\) needs bitsandbytes: "
+                                          r"`pip install bitsandbytes`$"):
+        load_served(qlora_run["result"].out_dir)
 
 
 @pytest.mark.parametrize("arch, hidden", [("llama", 64), ("qwen2", 40), ("gemma3", 64), ("gpt2", 64)])

@@ -9,6 +9,9 @@ and `config.yaml`. Prompts are rendered, and answers stopped, with the template 
 (`sftlab.models.trained`): the model or adapter dir's `sftlab_template.json` (RUN/model, RUN/best, a checkpoint,
 a merged export), else the run's `config.yaml` (`data.template`), else auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
+
+A QLoRA adapter served as the model (its dir holds `sftlab_qlora.json`) runs on its base loaded in 4-bit as it
+trained (`sftlab.models.nf4.load_as_trained`); extra adapters on that base must record the same quantisation.
 """
 
 from __future__ import annotations
@@ -95,16 +98,23 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
             raise SftlabError(f"--adapter {key}={adapters[key]}: not a PEFT adapter directory (no adapter_config.json)")
         if adapter.base_dir.resolve() != source.base_dir.resolve():
             raise SftlabError(f"--adapter {key}: its base {adapter.base_dir} differs from the served base {source.base_dir}")
+    record = _four_bit_record(source, extra, dtype)
     tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
     tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
-    model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft")
+    if record is None:
+        model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft")
+    else:
+        from sftlab.models.nf4 import load_as_trained
+
+        model = load_as_trained(source.base_dir, record)
     served_adapters: dict[str, str | None] = {source.name: None}
     attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
     attach += [(key, adapter.adapter_dir) for key, adapter in extra.items()]
     if attach:
         from peft import PeftModel
 
-        _note_four_bit_adapters(attach)
+        if record is None:
+            _note_four_bit_adapters(attach)
         first_name, first_dir = attach[0]
         model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=first_name, is_trainable=False)
         for key, directory in attach[1:]:
@@ -114,8 +124,27 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
 
 
+def _four_bit_record(source: ModelSource, extra: dict[str, ModelSource], dtype: str) -> dict | None:
+    """The served adapter's `sftlab_qlora.json` (None: not a QLoRA adapter, the base loads in `dtype`); for a QLoRA
+    adapter, SftlabError on a `dtype` other than float32 or an extra adapter not trained on the same 4-bit base."""
+    from sftlab.models.nf4 import RECORD, read_record
+
+    record = read_record(source.adapter_dir) if source.adapter_dir else None
+    if record is None:
+        return None
+    if dtype != "float32":
+        raise SftlabError(f"--dtype {dtype}: {source.name} is a QLoRA adapter, served on its base loaded in 4-bit as "
+                          f"it trained (computing in {record['compute_dtype']}); leave --dtype out")
+    for key, adapter in extra.items():
+        if read_record(adapter.adapter_dir) != record:
+            raise SftlabError(f"--adapter {key}: the served model {source.name} runs on a 4-bit (NF4) base, and this "
+                              f"adapter was not trained on it ({RECORD} missing or different)")
+    return record
+
+
 def _note_four_bit_adapters(attach: list[tuple[str, Path]]) -> None:
-    """A stderr line for each adapter trained on a 4-bit (QLoRA) base: it is served on the full-precision base."""
+    """A stderr line for each adapter trained on a 4-bit (QLoRA) base attached to a full-precision base (an extra
+    `--adapter` of a served model that is not a QLoRA adapter)."""
     import sys
 
     from sftlab.models.nf4 import read_record

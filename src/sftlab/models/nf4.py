@@ -8,6 +8,7 @@ they take in memory, and the record a QLoRA adapter carries.
     storage_bytes(model)                  # bytes the 4-bit weights and their quantisation constants hold
     write_record(adapter_dir, model); read_record(adapter_dir)   # sftlab_qlora.json next to a QLoRA adapter
     dequantize(model)                     # the 4-bit layers back to nn.Linear (export's merge base)
+    load_as_trained(base_dir, record)     # a QLoRA adapter's base as it trained (generate, chat, serve, eval)
 
 The format is bitsandbytes' NF4 with double quantisation: every linear weight except those transformers keeps in
 full precision (the output head, tied weights, the last module; `quantizable_weights` asks transformers' own rule)
@@ -149,4 +150,25 @@ def dequantize(model):
     weight, in the dtype the weights were loaded in (transformers' `dequantize`)."""
     model = model.dequantize()
     model.is_loaded_in_4bit = False
+    return model
+
+
+def load_as_trained(base_dir: Path, record: dict):
+    """The base of a QLoRA adapter as training held it, for inference: quantised to NF4 from the recorded
+    `weights_dtype` (`sftlab.models.load.load_model`, which also applies `keep_training_layout`, so the 4-bit
+    layers run the kernel they trained with), the recorded compute dtype on every 4-bit layer, and the other
+    floating-point weights in float32 as peft's `prepare_model_for_kbit_training` left them."""
+    import torch
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_model
+
+    model = load_model(ModelConfig(path=str(base_dir), dtype=record["weights_dtype"]), "sft", quantize_4bit=True)
+    compute = getattr(torch, record["compute_dtype"])
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
+            module.compute_dtype = compute
+    for param in model.parameters():
+        if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
+            param.data = param.data.to(torch.float32)
     return model
