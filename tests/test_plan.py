@@ -1,5 +1,6 @@
 """sftlab plan: trainable counts match training, estimate vs measured peak (--check), recommendation rules, CLI."""
 
+import io
 import json
 from pathlib import Path
 
@@ -308,3 +309,35 @@ def test_streaming_data_is_refused_with_one_line(tmp_path):
     raw["data"].update(streaming=True, val_ratio=0.0)
     with pytest.raises(SftlabError, match="data.streaming: `sftlab plan` needs the training set in memory"):
         build_plan(load_config(None, [], base=raw), None, load_thresholds())
+
+
+def _with_its_own_code(model_dir: Path) -> None:
+    """Turn a saved tiny llama into a model with custom code (`auto_map`), which needs model.trust_remote_code."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config.update(model_type="tinycustom", architectures=["TinyForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_tiny.TinyConfig",
+                            "AutoModelForCausalLM": "modeling_tiny.TinyForCausalLM"})
+    (model_dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (model_dir / "configuration_tiny.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass TinyConfig(LlamaConfig):\n    model_type = 'tinycustom'\n")
+    (model_dir / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny import TinyConfig\n\n\n"
+        "class TinyForCausalLM(LlamaForCausalLM):\n    config_class = TinyConfig\n")
+
+
+def test_a_big_model_with_its_own_code_is_counted_on_the_meta_device(tmp_path, monkeypatch):
+    """The meta-device count builds the model with model.trust_remote_code, as training loads it (without it
+    transformers asked on the terminal whether to run the code, then failed)."""
+    import sftlab.plan.planner as planner
+
+    raw = tiny_config(tmp_path, hidden=32, layers=2)
+    _with_its_own_code(Path(raw["model"]["path"]))
+    raw["model"]["trust_remote_code"] = True
+    cfg = load_config(None, [], base=raw)
+    real = planner.build_plan(cfg, None, load_thresholds(), ("full", "lora"))
+    monkeypatch.setattr(planner, "REAL_COUNT_MAX_BYTES", 0)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a prompt would read "no" here, not wait
+    meta = planner.build_plan(cfg, None, load_thresholds(), ("full", "lora"))
+    for kind in ("full", "lora"):
+        assert meta["rows"][kind]["trainable"] == real["rows"][kind]["trainable"] > 0
+        assert meta["rows"][kind]["estimate"] == real["rows"][kind]["estimate"]

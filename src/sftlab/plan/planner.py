@@ -109,12 +109,14 @@ def _meta_model(cfg, prepared):
 
     from sftlab.models.load import resolve_model_path
 
-    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
+    remote = cfg.model.trust_remote_code  # a model with its own code: as training loads it
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True,
+                                        trust_remote_code=remote)
     auto = AutoModelForCausalLM
     if cfg.train.stage == "cls":
         config.num_labels, auto = len(prepared.label_names), AutoModelForSequenceClassification
     with torch.device("meta"):
-        return auto.from_config(config, dtype=getattr(torch, cfg.model.dtype))
+        return auto.from_config(config, dtype=getattr(torch, cfg.model.dtype), trust_remote_code=remote)
 
 
 def _count_on_meta(cfg, prepared):
