@@ -119,12 +119,13 @@ def _load_base(base: str, run_dir: Path, adapter_dir: Path, adapter_cfg: dict, t
 
 
 def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: list[str]):
-    """The QLoRA model as it trained (4-bit base from `qlora`'s weights dtype, non-4-bit weights in float32, the
-    adapter): its probe logits, and its base without the adapter."""
-    from peft import PeftModel, prepare_model_for_kbit_training
+    """The QLoRA model as it trained (`sftlab.models.nf4.as_trained`: 4-bit base from `qlora`'s weights dtype, its
+    compute dtype, non-4-bit weights in float32; the adapter): its probe logits, and its base without the adapter."""
+    from peft import PeftModel
 
-    model = prepare_model_for_kbit_training(load(dtype=qlora["weights_dtype"], quantize_4bit=True),
-                                            use_gradient_checkpointing=False)
+    from sftlab.models.nf4 import as_trained
+
+    model = as_trained(load(dtype=qlora["weights_dtype"], quantize_4bit=True), qlora)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     return _probe_logits(peft_model, tokenizer, probes), peft_model.unload()
 

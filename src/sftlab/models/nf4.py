@@ -9,6 +9,7 @@ they take in memory, and the record a QLoRA adapter carries.
     write_record(adapter_dir, model); read_record(adapter_dir)   # sftlab_qlora.json next to a QLoRA adapter
     dequantize(model)                     # the 4-bit layers back to nn.Linear (export's merge base)
     load_as_trained(base_dir, record)     # a QLoRA adapter's base as it trained (generate, chat, serve, eval)
+    as_trained(model, record)             # the same for a base already loaded in 4-bit (export, any task)
 
 The format is bitsandbytes' NF4 with double quantisation: every linear weight except those transformers keeps in
 full precision (the output head, tied weights, the last module; `quantizable_weights` asks transformers' own rule)
@@ -68,11 +69,15 @@ def _four_bit_params(model):
             yield name.removeprefix("base_model.model.").removesuffix(".weight").removesuffix(".base_layer"), param
 
 
+def _four_bit_layers(model):
+    """bitsandbytes' own `Linear4bit` modules of `model` (not peft's wrapper of the same name)."""
+    return (module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu"))
+
+
 def keep_training_layout(model) -> None:
     """Turn off bitsandbytes' CPU inference repacking on every 4-bit layer of `model` (module docstring)."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    for module in _four_bit_layers(model):
+        module.support_avx512bf16_for_cpu = False
 
 
 def quantized_weights(model) -> dict[str, int]:
@@ -110,20 +115,15 @@ def is_four_bit(model) -> bool:
     return next(_four_bit_params(model), None) is not None
 
 
-def _first_four_bit_layer(model):
-    """bitsandbytes' own `Linear4bit` (not peft's wrapper of the same name) of a 4-bit model."""
-    return next(module for module in model.modules() if hasattr(module, "support_avx512bf16_for_cpu"))
-
-
 def layer_compute_dtype(model) -> str:
     """The dtype a 4-bit model's weights are dequantised to for their matmuls, e.g. 'float32'."""
-    return str(_first_four_bit_layer(model).compute_dtype).removeprefix("torch.")
+    return str(next(_four_bit_layers(model)).compute_dtype).removeprefix("torch.")
 
 
 def write_record(directory: Path, model) -> None:
     """Write `sftlab_qlora.json` into a QLoRA adapter directory: how its base was quantised (what export needs to
     rebuild the base the adapter trained against)."""
-    state = _first_four_bit_layer(model).weight.quant_state
+    state = next(_four_bit_layers(model)).weight.quant_state
     record = {"quant_type": state.quant_type, "double_quant": bool(state.nested), "blocksize": state.blocksize,
               "weights_dtype": str(state.dtype).removeprefix("torch."), "compute_dtype": layer_compute_dtype(model)}
     from sftlab.io import atomic_write_json
@@ -156,18 +156,23 @@ def dequantize(model):
 def load_as_trained(base_dir: Path, record: dict):
     """The base of a QLoRA adapter as training held it, for inference: quantised to NF4 from the recorded
     `weights_dtype` (`sftlab.models.load.load_model`, which also applies `keep_training_layout`, so the 4-bit
-    layers run the kernel they trained with), the recorded compute dtype on every 4-bit layer, and the other
-    floating-point weights in float32 as peft's `prepare_model_for_kbit_training` left them."""
-    import torch
-
+    layers run the kernel they trained with), then `as_trained`."""
     from sftlab.config.schema import ModelConfig
     from sftlab.models.load import load_model
 
-    model = load_model(ModelConfig(path=str(base_dir), dtype=record["weights_dtype"]), "sft", quantize_4bit=True)
+    return as_trained(load_model(ModelConfig(path=str(base_dir), dtype=record["weights_dtype"]), "sft",
+                                 quantize_4bit=True), record)
+
+
+def as_trained(model, record: dict):
+    """`model`, a base loaded in 4-bit from `record`'s `weights_dtype`, with the recorded compute dtype on every 4-bit
+    layer and the other floating-point weights in float32, as peft's `prepare_model_for_kbit_training` left them
+    in training."""
+    import torch
+
     compute = getattr(torch, record["compute_dtype"])
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):  # bitsandbytes' Linear4bit
-            module.compute_dtype = compute
+    for module in _four_bit_layers(model):
+        module.compute_dtype = compute
     for param in model.parameters():
         if param.dtype in (torch.float16, torch.bfloat16) and type(param).__name__ != "Params4bit":
             param.data = param.data.to(torch.float32)
