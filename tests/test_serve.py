@@ -14,8 +14,9 @@ from sftlab.infer.loading import load_served
 from sftlab.infer.prompts import render_chat, render_text, stop_token_ids
 from sftlab.infer.sampling import SamplingParams
 from sftlab.models.tiny import save_tiny
-from sftlab.serve.config import ServeSettings, load_settings
-from sftlab.serve.server import ServerThread
+from sftlab.serve.config import load_settings
+
+from logged_server import start_logged_server
 
 KEY = "sk-test-key"
 pytestmark = pytest.mark.timeout(120)
@@ -28,10 +29,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
-    log = tmp_path_factory.mktemp("log") / "access.jsonl"
-    thread = ServerThread(served, ServeSettings(port=0, api_keys=[KEY], access_log=str(log)))
-    thread.start()
-    thread.log = log
+    thread = start_logged_server(served, tmp_path_factory, api_keys=[KEY])
     yield thread
     thread.stop()
 

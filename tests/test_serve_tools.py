@@ -18,6 +18,7 @@ from sftlab.infer.loading import load_served
 from sftlab.models.tiny import save_tiny
 from sftlab.serve.config import ServeSettings
 from sftlab.serve.server import ServerThread
+from logged_server import access_log_records, start_logged_server
 from test_tool_calls import MESSAGES, TOOL_TEMPLATE, TOOLS
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,10 +35,7 @@ def served(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(served, tmp_path_factory):
-    log = tmp_path_factory.mktemp("log") / "access.jsonl"
-    thread = ServerThread(served, ServeSettings(port=0, access_log=str(log)))
-    thread.start()
-    thread.log = log
+    thread = start_logged_server(served, tmp_path_factory)
     yield thread
     thread.stop()
 
@@ -236,12 +234,7 @@ def test_images_with_an_empty_tools_list_go_on_to_the_image_path(server):
 
 def _log_records(server, count: int, before: int) -> list[dict]:
     """The access log's records after the first `before`, waiting until `count` of them have been written."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = server.log.read_text(encoding="utf-8").splitlines() if server.log.exists() else []
-        if len(lines) >= before + count or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines[before:]]
-        time.sleep(0.02)
+    return access_log_records(server, lambda records: len(records) >= before + count)[before:]
 
 
 def _logged_lines(server) -> int:

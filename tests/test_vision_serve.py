@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import time
 
 import httpx
 import openai
@@ -17,6 +15,8 @@ from sftlab.models.tiny import save_tiny
 from sftlab.models.tiny_vlm import save_tiny_vlm
 from sftlab.serve.config import ServeSettings
 from sftlab.serve.server import ServerThread
+
+from logged_server import access_log_records, start_logged_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,10 +34,7 @@ def image_message(url: str, text: str = "What colour is this?") -> dict:
 @pytest.fixture(scope="module")
 def vlm_server(tmp_path_factory):
     served = load_served(save_tiny_vlm("qwen2_vl", tmp_path_factory.mktemp("serve") / "tiny-vlm"))
-    log = tmp_path_factory.mktemp("log") / "access.jsonl"
-    thread = ServerThread(served, ServeSettings(port=0, access_log=str(log)))
-    thread.start()
-    thread.log = log
+    thread = start_logged_server(served, tmp_path_factory)
     yield thread
     thread.stop()
 
@@ -92,10 +89,6 @@ def test_a_text_model_refuses_images(tmp_path):
 
 def _log_records(server, ids: list[str]) -> list[dict]:
     """The access log's records of these request ids, in order, once written (after each response has ended)."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = server.log.read_text(encoding="utf-8").splitlines() if server.log.exists() else []
-        records = {record["id"]: record for record in map(json.loads, lines)}
-        if all(i in records for i in ids) or time.monotonic() > deadline:
-            return [records.get(i, {"id": i, "missing": True}) for i in ids]
-        time.sleep(0.02)
+    records = {record["id"]: record
+               for record in access_log_records(server, lambda found: set(ids) <= {r["id"] for r in found})}
+    return [records.get(i, {"id": i, "missing": True}) for i in ids]
