@@ -181,10 +181,7 @@ def _from_sharegpt(row: dict, tags: dict) -> dict:
 
 def _function_call(text: str, field: str) -> list[dict]:
     """A LLaMA-Factory function_call value (JSON {"name", "arguments"}, or a list of them) as canonical tool_calls."""
-    try:
-        calls = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SftlabError(f"{field} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+    calls = tool_shapes.parse_json_field(text, field)
     calls = calls if isinstance(calls, list) else [calls]
     clean = []
     for call in calls:
@@ -199,10 +196,7 @@ def _with_tools(row: dict, example: dict) -> dict:
     """Add the row's `tools` list (or JSON text of one, as LLaMA-Factory stores it) to the example when it has one."""
     tools = row.get("tools")
     if isinstance(tools, str):
-        try:
-            tools = json.loads(tools) if tools.strip() else None
-        except json.JSONDecodeError as exc:
-            raise SftlabError(f"{row['_src']}: field 'tools' is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        tools = tool_shapes.parse_json_field(tools, f"{row['_src']}: field 'tools'") if tools.strip() else None
     tools = tool_shapes.check_tools(tools, row.get("_src", "row"))
     return {**example, "tools": tools} if tools else example
 

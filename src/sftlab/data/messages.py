@@ -102,13 +102,18 @@ def check_tool_calls(calls, at: str) -> list[dict]:
     return clean
 
 
+def parse_json_field(text: str, field: str):
+    """`text` parsed as JSON; a one-line SftlabError naming `field` ("x.jsonl:3: ...arguments") when it is not."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SftlabError(f"{field} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+
+
 def arguments(value, field: str) -> dict:
     """Call arguments as a dict: an object, or JSON text of one."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise SftlabError(f"{field} is not valid JSON ({exc.msg} at character {exc.pos})") from None
+        value = parse_json_field(value, field)
     if not isinstance(value, dict):
         raise SftlabError(f"{field} must be a JSON object of arguments, got {_kind(value)}")
     return value
