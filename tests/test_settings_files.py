@@ -82,3 +82,21 @@ def test_json_records_are_read_by_one_reader(tmp_path):
     (model / "latin.json").write_bytes('{"a": "caf\xe9"}'.encode("latin-1"))
     with pytest.raises(SftlabError, match=r"latin\.json: not UTF-8 text$"):
         read_json(model / "latin.json")
+
+
+def test_feature_specs_and_kb_templates_use_the_same_reader(tmp_path):
+    from sftlab.datawork.features import load_spec
+    from sftlab.datawork.kb import load_templates
+
+    bad = tmp_path / "f.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n", encoding="utf-8")
+    for read in (lambda: load_spec(bad), lambda: load_templates(bad, "en")):
+        with pytest.raises(SftlabError) as caught:
+            read()
+        assert str(caught.value) == f"{bad}:2: not valid YAML (expected ',' or ']', but got ':')"
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- numeric\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"list\.yaml: expected a feature spec \(a mapping: .+\), got list$"):
+        load_spec(listed)
+    with pytest.raises(SftlabError, match=r"list\.yaml: expected a mapping with a top-level 'templates' list, got list$"):
+        load_templates(listed, "en")

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 
 MISSING = "__missing__"
 
@@ -58,11 +58,9 @@ def load_spec(path: str | Path) -> FeatureSpec:
     path = Path(path)
     if not path.is_file():
         raise SftlabError(f"feature spec not found: {path}")
+    raw = read_yaml_mapping(path, "a feature spec (a mapping: numeric, categorical, label, ...)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         return FeatureSpec.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise SftlabError(f"{path}: not valid YAML ({exc})") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])

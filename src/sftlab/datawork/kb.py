@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from sftlab.errors import SftlabError
+from sftlab.io import read_yaml_mapping
 
 MIN_FACT_CHARS = 4  # shorter values (e.g. "是", "2024") are too common to call a leak
 
@@ -29,16 +30,13 @@ MIN_FACT_CHARS = 4  # shorter values (e.g. "是", "2024") are too common to call
 def load_templates(path: str | Path | None, lang: str) -> list[dict]:
     """Templates of language `lang` from `path` or the built-in file, each checked (id, questions, answer)."""
     if path is None:
-        text, source = resources.files("sftlab.resources").joinpath("kb_templates.yaml").read_text(encoding="utf-8"), "kb_templates.yaml"
+        source = "kb_templates.yaml"
+        raw = yaml.safe_load(resources.files("sftlab.resources").joinpath(source).read_text(encoding="utf-8"))
     else:
         if not Path(path).is_file():
             raise SftlabError(f"template file not found: {path}")
-        text, source = Path(path).read_text(encoding="utf-8"), str(path)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise SftlabError(f"{source}: not valid YAML ({exc})") from None
-    items = raw.get("templates") if isinstance(raw, dict) else None
+        source, raw = str(path), read_yaml_mapping(path, "a mapping with a top-level 'templates' list")
+    items = raw.get("templates")
     if not isinstance(items, list):
         raise SftlabError(f"{source}: expected a top-level 'templates' list")
     chosen = []
