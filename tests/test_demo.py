@@ -33,7 +33,7 @@ def test_auto_precision_is_bf16_only_where_the_machine_has_it(tmp_path, monkeypa
     from sftlab.config import load_config
     from sftlab.train.precision import resolve_precision
 
-    from tests.test_plan import tiny_config
+    from test_plan import tiny_config
 
     cfg = load_config(None, ["train.precision=auto"], base=tiny_config(tmp_path, hidden=32))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
@@ -45,6 +45,6 @@ def test_auto_precision_is_bf16_only_where_the_machine_has_it(tmp_path, monkeypa
     fixed = load_config(None, ["train.precision=bf16"], base=tiny_config(tmp_path, hidden=32))
     assert resolve_precision(fixed) == (fixed, None)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: False)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert resolve_precision(cfg)[1] == ("precision: auto -> fp32 (this GPU has no bf16 matmul instructions; "
                                          "train.precision: fp16 trains with fp16 autocast and loss scaling)")

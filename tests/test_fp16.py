@@ -272,10 +272,11 @@ def test_model_dtype_auto_is_float32_under_fp16_and_auto_never_picks_fp16(tmp_pa
     assert line == "model.dtype: auto -> float32 (train.precision fp16)"
     assert resolve_setting("fp16") == ("fp16", None)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *args, **kwargs: False)  # a T4 or V100
+    # a T4 or V100: torch says bf16 is supported, by emulation
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert resolve_setting("auto") == ("fp32", "precision: auto -> fp32 (this GPU has no bf16 matmul instructions; "
                                                "train.precision: fp16 trains with fp16 autocast and loss scaling)")
-    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda including_emulation=True: True)  # an A100
     assert resolve_setting("auto") == ("bf16", "precision: auto -> bf16 (this GPU runs bf16 matmuls in hardware)")
 
 

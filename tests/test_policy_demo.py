@@ -102,5 +102,5 @@ def test_the_demo_trains_in_fp32_where_the_cpu_has_no_bf16_instructions(monkeypa
     assert plan_for_this_machine(replace(FULL, precision="fp32")) == (replace(FULL, precision="fp32"), None)
     monkeypatch.setattr(precision, "cpu_runs_in_hardware", lambda kind: False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda: True)
+    monkeypatch.setattr("torch.cuda.is_bf16_supported", lambda including_emulation=True: True)
     assert plan_for_this_machine(FULL)[0].precision == "bf16"  # a GPU trains bf16 whatever the CPU

@@ -11,7 +11,8 @@ largest difference of the saved model's logits from the unmerged float32 ones.
 A QLoRA adapter (one with `sftlab_qlora.json`, `sftlab.models.nf4`) trained against the dequantised NF4 weights of
 its base, not the original ones. Its unmerged model is therefore the QLoRA model itself (the base loaded in 4-bit
 from the recorded dtype, its other weights in float32, the adapter), and by default it merges into that base's
-dequantised weights in float32, which reproduces the QLoRA model's logits; `--merge-base original` merges it into
+dequantised weights in float32, which reproduces the QLoRA model's logits (up to the bf16 rounding of its 4-bit
+matmuls where it trained with bf16 compute); `--merge-base original` merges it into
 the original full-precision base instead, which differs from what was trained by the quantisation error
 (both measured in tests/test_qlora.py; docs/train.md).
 

@@ -17,8 +17,9 @@ becomes 4-bit codes packed two to a byte, with one absmax constant per block of 
 bits in blocks of 256 (`sftlab.plan.memory.nf4_bytes` counts the bytes). Embeddings, norms, biases and the head stay
 in `model.dtype`; peft's `prepare_model_for_kbit_training` (sftlab.strategy.lora) then casts them to float32.
 
-Compute dtype (what the 4-bit weights are dequantised to for each matmul): bfloat16 on CUDA (as before) and on
-CPUs with bf16 instructions (`sftlab.train.precision.cpu_runs_in_hardware`), float32 on other CPUs, where a bf16
+Compute dtype (what the 4-bit weights are dequantised to for each matmul): bfloat16 on CUDA GPUs with bf16
+matmul units (compute capability 8 and newer), float16 on older ones (T4, V100, which only emulate bf16), and
+bfloat16 on CPUs with bf16 instructions (`sftlab.train.precision.cpu_runs_in_hardware`), float32 on other CPUs, where a bf16
 matmul runs in software (on this project's 2-core AVX-512 Xeon without BF16, a QLoRA step of a 4-layer, 512-wide
 llama took about 2.8x as long with bf16 compute as with fp32). On CUDA the model goes to the current GPU; on a CPU it
 uses bitsandbytes' CPU backend (bitsandbytes >= 0.50, checked at config time by
@@ -39,13 +40,14 @@ RECORD = "sftlab_qlora.json"
 
 
 def compute_dtype_name() -> str:
-    """'bfloat16' on CUDA and on CPUs with bf16 instructions, else 'float32' (see the module docstring)."""
+    """'bfloat16' on GPUs and CPUs with bf16 matmul units, 'float16' on other CUDA GPUs (T4, V100), 'float32' on
+    other CPUs (see the module docstring)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "bfloat16"
-    from sftlab.train.precision import cpu_runs_in_hardware
+    from sftlab.train.precision import cpu_runs_in_hardware, gpu_runs_bf16_in_hardware
 
+    if torch.cuda.is_available():
+        return "bfloat16" if gpu_runs_bf16_in_hardware() else "float16"
     return "bfloat16" if cpu_runs_in_hardware("bf16") else "float32"
 
 

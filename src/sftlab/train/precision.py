@@ -67,8 +67,17 @@ def machine_precision() -> str:
     import torch
 
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if gpu_runs_bf16_in_hardware() else "fp32"
     return "bf16" if cpu_runs_in_hardware("bf16") else "fp32"
+
+
+def gpu_runs_bf16_in_hardware() -> bool:
+    """True where the current CUDA GPU has bf16 matmul units (compute capability 8 and newer, or ROCm).
+    `torch.cuda.is_bf16_supported()` with its default `including_emulation=True` also says True on a T4 or V100,
+    which only emulate bf16."""
+    import torch
+
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def resolve_setting(setting: str) -> tuple[str, str | None]:
