@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
@@ -16,7 +15,7 @@ from sftlab.infer.sampling import SamplingParams
 from sftlab.models.tiny import save_tiny
 from sftlab.serve.config import load_settings
 
-from logged_server import start_logged_server
+from logged_server import access_log_records, start_logged_server
 
 KEY = "sk-test-key"
 pytestmark = pytest.mark.timeout(120)
@@ -161,7 +160,7 @@ def test_client_disconnect_stops_generation(server):
     while server.engine.scheduler.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not server.engine.scheduler.running
-    record = _log_records(server)[-1]
+    record = _last_record(server, lambda r: r["finish_reason"] == "cancelled")
     assert record["finish_reason"] == "cancelled" and record["completion_tokens"] < 2000
 
 
@@ -175,15 +174,15 @@ def test_client_leaving_a_non_streamed_request_stops_generation(server):
     while server.engine.scheduler.running and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not server.engine.scheduler.running
-    record = _log_records(server)[-1]
+    record = _last_record(server, lambda r: r["status"] == 499)
     assert record["status"] == 499 and record["finish_reason"] == "cancelled" and record["completion_tokens"] < 2000
 
 
 def test_access_log_has_one_json_line_per_request(server, client):
-    before = len(_log_records(server))
+    before = len(access_log_records(server, lambda records: True))
     client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, temperature=0)
     _post(server, {"model": "tiny", "messages": []})
-    records = _log_records(server)[before:]
+    records = access_log_records(server, lambda records: len(records) >= before + 2)[before:]
     assert [r["status"] for r in records] == [200, 400]
     ok = records[0]
     assert ok["id"].startswith("chatcmpl-") and ok["model"] == "tiny" and ok["prompt_tokens"] > 0
@@ -200,6 +199,6 @@ def test_settings_from_yaml_and_environment(tmp_path, monkeypatch):
         load_settings(tmp_path / "bad.yaml")
 
 
-def _log_records(server) -> list[dict]:
-    time.sleep(0.1)  # the line is written once the response has gone out
-    return [json.loads(line) for line in server.log.read_text(encoding="utf-8").splitlines()]
+def _last_record(server, matches) -> dict:
+    """The access log's last record, once it `matches` (its line is written just after the response has ended)."""
+    return access_log_records(server, lambda records: bool(records) and matches(records[-1]))[-1]
