@@ -69,5 +69,6 @@ def test_system_placement_must_agree_with_roles():
 
 
 def test_invalid_yaml_names_the_file():
-    with pytest.raises(SftlabError, match="broken.yaml: not valid YAML"):
-        parse_template_file("broken.yaml", "name: [unclosed")
+    with pytest.raises(SftlabError) as caught:
+        parse_template_file("broken.yaml", "name: x\naliases: [unclosed\n")
+    assert str(caught.value) == "broken.yaml:3: not valid YAML (expected ',' or ']', but got '<stream end>')"

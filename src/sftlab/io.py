@@ -91,6 +91,14 @@ def read_json(path: str | Path) -> Any:
         raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
 
+def yaml_error_line(name: str | Path, exc: Exception) -> str:
+    """PyYAML's multi-line error as one line: `name:LINE: not valid YAML (problem)`."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{name}{where}: not valid YAML ({problem})"
+
+
 def read_yaml_mapping(path: str | Path, expected: str) -> dict:
     """The mapping in the YAML file `path` ({} for an empty file).
 
@@ -104,10 +112,7 @@ def read_yaml_mapping(path: str | Path, expected: str) -> dict:
     except UnicodeDecodeError:
         raise SftlabError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SftlabError(f"{path}{where}: not valid YAML ({problem})") from None
+        raise SftlabError(yaml_error_line(path, exc)) from None
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):

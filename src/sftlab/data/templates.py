@@ -43,6 +43,7 @@ from sftlab.data.messages import ROLES, check_messages  # noqa: F401  (re-export
 from sftlab.data.messages import check_tools, check_tools_rendered, has_tool_data
 from sftlab.data.messages import where_of as _where
 from sftlab.errors import SftlabError
+from sftlab.io import yaml_error_line
 
 IGNORE_INDEX = -100
 MASKS = ("assistant", "last_assistant", "all")
@@ -118,7 +119,7 @@ def parse_template_file(filename: str, text: str) -> TemplateSpec:
         raw = yaml.safe_load(text)
         return TemplateSpec.model_validate(raw)
     except yaml.YAMLError as exc:
-        raise SftlabError(f"{filename}: not valid YAML ({exc})") from None
+        raise SftlabError(yaml_error_line(filename, exc)) from None
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(part) for part in err.get("loc", ())) or "(top level)"
