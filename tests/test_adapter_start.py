@@ -11,7 +11,7 @@ from sftlab.config import load_config
 from sftlab.config.schema import ModelConfig
 from sftlab.errors import SftlabError
 from sftlab.models.load import load_model
-from tests.test_train_loop import tiny_run, train
+from test_train_loop import tiny_run, train
 
 LORA = {"kind": "lora", "lora": {"rank": 4, "alpha": 8}}
 

@@ -61,7 +61,7 @@ def test_freed_memory_is_reused_until_the_defaults_are_restored():
 def test_training_keeps_freed_memory_and_cleanup_restores_the_defaults(tmp_path, monkeypatch):
     from sftlab.config import load_config
     from sftlab.train import run_training
-    from tests.test_plan import tiny_config
+    from test_plan import tiny_config
 
     seen = []
     monkeypatch.setattr(allocator, "keep_freed_memory",

@@ -40,7 +40,7 @@ def execs(monkeypatch):
 
 
 def tiny_run_config(tmp_path: Path) -> Path:
-    from tests.test_plan import tiny_config
+    from test_plan import tiny_config
 
     config = tmp_path / "run.json"  # YAML is a superset of JSON
     config.write_text(json.dumps(tiny_config(tmp_path, hidden=32, max_steps=1)), encoding="utf-8")

@@ -269,7 +269,7 @@ CLS_ROWS = [{"text": f"{'good fine' if i % 3 else 'bad awful'} item {i} " + "x "
 def test_training_runs_give_sdpa_losses(tmp_path, monkeypatch, kernel_calls, name, arch, overrides):
     """Through the loop with strategies, checkpointing, packing, bf16 (autocast over fp32 weights) and classifiers:
     the same losses as sdpa."""
-    from tests.test_plan import tiny_config
+    from test_plan import tiny_config
 
     monkeypatch.setattr(attention, "QUERY_BLOCK", 16)
     base = tiny_config(tmp_path, arch=arch, hidden=32, max_steps=3)

@@ -207,7 +207,7 @@ def test_hook_ranking_reads_eval_data(tiny, tmp_path):
 def test_lm_loss_encodes_conversations_as_training_did(tiny):
     """mask each_assistant: a conversation's loss is the sum over its per-turn samples (as training makes them);
     an example's tools reach the template (a template that lists them gives longer prompts)."""
-    from tests.test_templates import LAST_TURN_THINKS, TWO_TURNS
+    from test_templates import LAST_TURN_THINKS, TWO_TURNS
 
     model, tok = tiny
     tok = copy.deepcopy(tok)

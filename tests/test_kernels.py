@@ -150,7 +150,7 @@ def test_an_error_in_a_compiled_call_switches_to_eager_for_the_rest_of_the_run(m
 def test_a_training_run_logs_them_and_turns_them_off_at_cleanup(tmp_path, capsys):
     from sftlab.config import load_config
     from sftlab.train import run_training
-    from tests.test_plan import tiny_config
+    from test_plan import tiny_config
 
     on_at_each_step = []
     cfg = load_config(None, ["model.compiled_kernels=true", "train.precision=bf16"],

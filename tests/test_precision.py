@@ -10,7 +10,7 @@ from sftlab.plan.table import render_plan
 from sftlab.train import precision
 from sftlab.train.precision import cpu_runs_in_hardware, precision_line
 
-from tests.test_plan import tiny_config
+from test_plan import tiny_config
 
 
 def _config(tmp_path, **groups):
