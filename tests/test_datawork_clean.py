@@ -1,9 +1,11 @@
-"""sftlab data clean: normalisation, filters, exact and MinHash near-duplicate removal (Chinese included),
-leakage against evaluation sets, reports, and identical output on a second run."""
+"""sftlab data clean: normalisation, filters, exact and MinHash near-duplicate removal (Chinese included; near
+duplicates only under the same system prompt, which the near comparison leaves out of the text), leakage against
+evaluation sets, reports, and identical output on a second run."""
 
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -12,6 +14,7 @@ from sftlab.datawork.dedup import DedupOptions, dedup_examples, find_leaks
 from sftlab.datawork.filters import FilterOptions, detect_language, filter_examples, load_refusal_patterns
 from sftlab.datawork.normalize import NormalizeOptions, Normalizer
 from sftlab.datawork.records import load_examples
+from sftlab.datawork.stats import compute_stats
 from sftlab.errors import SftlabError
 
 
@@ -144,3 +147,91 @@ def test_filters_check_the_text_of_cls_examples_not_the_label():
                 {"text": "Where is my card?", "label": "card_arrival", "_src": "c:2"}]
     kept, removed = filter_examples(examples, FilterOptions(languages=["zh"]))
     assert [e["_src"] for e in kept] == ["c:1"] and removed[0][1] == "language en not in zh"
+
+
+POLICY_VOCABULARY = """customers accounts verification identity documents passports residence permits statements
+transfers international domestic limits thresholds approvals supervisors escalation complaints refunds disputes
+chargebacks merchants overdrafts interest mortgages deposits withdrawals savings currencies exchange commissions
+privacy consent retention archives recordings security passwords devices notifications authentication fraud
+suspicious sanctions screening regulators compliance audits branches agents callbacks appointments weekends
+holidays confidentiality disclosure vulnerable elderly guardians beneficiaries inheritance probate insurance
+premiums claims policies exclusions""".split()
+POLICY = " ".join(random.Random(0).choices(POLICY_VOCABULARY, k=300))  # a shared 300-word system prompt
+
+QA = [("How do I reset my online banking password?", "Use Forgot password on the login page."),
+      ("What is the daily ATM withdrawal limit?", "It is 500 euros per day."),
+      ("Can I open an account for my child?", "Yes, from the age of seven with a parent."),
+      ("Where can I find my IBAN?", "It is printed on your monthly statement."),
+      ("Why was my card declined abroad?", "Travel blocks apply; enable it in the app."),
+      ("How long does a SEPA transfer take?", "Usually one business day."),
+      ("Do you charge for paper statements?", "Two euros per statement by post."),
+      ("Can I change my registered address online?", "Yes, under Profile and then Address."),
+      ("What time does the city branch open?", "Nine in the morning on weekdays."),
+      ("How do I report a stolen card?", "Call the hotline and we block it at once."),
+      ("Is there a fee for instant payments?", "No, instant payments are free."),
+      ("Can I increase my credit limit?", "Apply in the app; we reply within a week."),
+      ("What documents do I need for a mortgage?", "Payslips, ID and the purchase contract."),
+      ("How can I close my savings account?", "Sign the closure form at any branch."),
+      ("Do you offer student accounts?", "Yes, free until the age of twenty-six."),
+      ("How do I set up a standing order?", "Choose Payments, then Standing order."),
+      ("Why is there a pending transaction?", "Merchants reserve funds until settlement."),
+      ("Can I get a replacement PIN?", "We post a new PIN letter within five days."),
+      ("What is the interest on fixed deposits?", "Three percent for a twelve month term."),
+      ("How do I dispute a card payment?", "Open the payment and tap Dispute."),
+      ("Can someone else deposit cash for me?", "Yes, with your account number."),
+      ("Is mobile check deposit available?", "Not yet; bring cheques to a branch."),
+      ("How do I add a joint account holder?", "Both of you visit a branch with ID."),
+      ("What happens if I go overdrawn?", "A fee of ten euros applies each month."),
+      ("Can I freeze my card temporarily?", "Toggle Freeze card in the app."),
+      ("How do I get a bank reference letter?", "Request it by email; it costs fifteen euros."),
+      ("Are my deposits insured?", "Up to one hundred thousand euros."),
+      ("Can I pay bills by phone?", "Yes, through telephone banking at any hour."),
+      ("How do I update my tax residency?", "Fill in the self-certification form."),
+      ("What is your SWIFT code?", "It is ACMEDEFFXXX for all branches.")]
+
+ASK = "How long does an international transfer to Germany usually take to arrive at the other bank?"
+ANSWER = "International transfers to Germany usually arrive within two business days after we approve them."
+
+
+def chat(question: str, answer: str, system: str | None = POLICY, src: str = "p:1") -> dict:
+    messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return {"messages": ([{"role": "system", "content": system}] if system else []) + messages, "_src": src}
+
+
+def test_a_long_shared_system_prompt_does_not_make_short_conversations_near_duplicates(tmp_path):
+    assert len(POLICY.split()) == 300 and len(QA) == 30
+    examples = [chat(question, answer, src=f"p:{i + 1}") for i, (question, answer) in enumerate(QA)]
+    assert dedup_examples(examples, DedupOptions()) == (examples, [])
+    assert find_leaks(examples[:15], {"test": examples[15:]}, DedupOptions()) == []
+    stats, _ = compute_stats(examples)
+    assert stats["duplicates"]["exact"] == 0 and stats["duplicates"]["near"] == 0
+    rows = [{"messages": example["messages"]} for example in examples]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert main(["data", "clean", str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl")]) == 0
+    assert json.loads((tmp_path / "out.report.json").read_text(encoding="utf-8"))["after"] == 30
+
+
+def test_near_duplicates_need_the_same_system_prompt():
+    first = chat(ASK, ANSWER)
+    one_word = chat(ASK.replace("Germany", "France"), ANSWER, src="p:2")  # same prompt: still a near duplicate
+    shouted = chat(ASK.replace("Germany", "Spain"), ANSWER, system=POLICY.upper().replace(" ", "  \n"), src="p:3")
+    kept, removed = dedup_examples([first, one_word, shouted], DedupOptions())
+    assert kept == [first] and [why.split(" (")[0] for _, why in removed] == ["near duplicate of p:1"] * 2
+    bank, insurer = "You are the assistant of Acme Bank.", "You are the assistant of Acme Insurance."
+    under_bank, under_insurer = chat(ASK, ANSWER, bank, "q:1"), chat(ASK, ANSWER, insurer, "q:2")
+    without = chat(ASK, ANSWER, None, "q:3")
+    for options in (DedupOptions(), DedupOptions(exact=False)):  # exact + near, near only
+        assert dedup_examples([under_bank, under_insurer, without], options) == ([under_bank, under_insurer, without], [])
+    copy = chat(ASK, ANSWER, bank.upper(), "q:4")  # exact duplicates compare the whole text, system prompt included
+    assert dedup_examples([under_bank, copy], DedupOptions(near_threshold=None))[1] == [(copy, "exact duplicate of q:1")]
+
+
+def test_leakage_needs_the_same_system_prompt():
+    bank, insurer = "You are the assistant of Acme Bank.", "You are the assistant of Acme Insurance."
+    test_set = [chat(ASK, ANSWER, bank, "test:1")]
+    train = [chat(ASK, ANSWER, insurer, "t:1"),                                   # other system prompt: no leak
+             chat(ASK, ANSWER, None, "t:2"),                                      # no system prompt: no leak
+             chat(ASK.replace("Germany", "France"), ANSWER, bank, "t:3"),         # near
+             chat(ASK, ANSWER, bank, "t:4")]                                      # exact
+    leaks = find_leaks(train, {"test": test_set}, DedupOptions())
+    assert [(leak["train_src"], leak["kind"]) for leak in leaks] == [("t:3", "near"), ("t:4", "exact")]

@@ -1,7 +1,9 @@
 """sftlab data commands on tool-calling data: deduplication, leakage and `build validate` see tool calls, tool
 results and the tools list (canonical JSON: key order and spacing do not matter); normalisation keeps JSON tool
 results valid and leaves tool-call arguments and the tools list alone; filters and stats handle turns that hold
-only tool calls (content "" or null); and every data command passes such data through (docs/data.md)."""
+only tool calls (content "" or null), and such a turn's label names its calls (`tool:NAME`); augmentation leaves
+the words of tool-call arguments alone in user turns; and every data command passes such data through
+(docs/data.md)."""
 
 from __future__ import annotations
 
@@ -11,16 +13,17 @@ import json
 import pytest
 
 from sftlab.cli import main
-from sftlab.datawork.augment import RuleAugmenter, augment_examples
-from sftlab.datawork.balance import balance_examples
+from sftlab.datawork.augment import RULE_METHODS, RuleAugmenter, augment_examples, protected_words
+from sftlab.datawork.balance import balance_examples, check_labelled
 from sftlab.datawork.clean import CleanOptions, clean_examples
 from sftlab.datawork.dedup import DedupOptions, dedup_examples, example_hash, find_leaks
 from sftlab.datawork.filters import FilterOptions, filter_examples, load_refusal_patterns
 from sftlab.datawork.normalize import Normalizer
-from sftlab.datawork.records import map_texts
+from sftlab.datawork.records import label_of, map_texts
 from sftlab.datawork.report import preview
 from sftlab.datawork.stats import compute_stats
 from sftlab.datawork.validate import validate_file
+from sftlab.errors import SftlabError
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
                                            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
@@ -258,15 +261,11 @@ def test_every_data_command_passes_tool_data_with_null_content(tmp_path, capsys)
     assert main(["data", "augment", str(source), str(tmp_path / "aug.jsonl"), "--methods", "swap", "--rate", "0.5"]) == 0
     augmented = [json.loads(line) for line in (tmp_path / "aug.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(augmented) == 10 and all(row["tools"] == TOOLS and row["messages"][1]["tool_calls"] for row in augmented)
-    assert main(["data", "balance", str(source), str(tmp_path / "bal.jsonl")]) == 2  # line 5 ends with a call
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("error: ") and error.endswith("in.jsonl:5: empty label (for sft, the last assistant answer "
-                                                          "is the label)")
-    _write_jsonl(tmp_path / "four.jsonl", rows[:4])
-    assert main(["data", "balance", str(tmp_path / "four.jsonl"), str(tmp_path / "bal.jsonl"),
-                 "--method", "oversample"]) == 0
-    assert all(json.loads(line)["messages"][1]["tool_calls"]
-               for line in (tmp_path / "bal.jsonl").read_text(encoding="utf-8").splitlines())
+    assert main(["data", "balance", str(source), str(tmp_path / "bal.jsonl"), "--method", "oversample"]) == 0
+    balanced = [json.loads(line) for line in (tmp_path / "bal.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(balanced) == 6 and all(row["messages"][1]["tool_calls"] for row in balanced)  # line 5 twice
+    report = json.loads((tmp_path / "bal.report.json").read_text(encoding="utf-8"))["sections"]["balance"]
+    assert report["before"] == {"rain": 2, "sunny": 2, "tool:get_weather": 1}  # line 5 ends with a call
     assert main(["data", "build", "convert", str(source), str(tmp_path / "share.jsonl"), "--to", "sharegpt"]) == 0
     turns = json.loads((tmp_path / "share.jsonl").read_text(encoding="utf-8").splitlines()[0])["conversations"]
     assert [turn["from"] for turn in turns] == ["human", "function_call", "observation", "gpt"]
@@ -281,7 +280,7 @@ def test_augment_eval_check_sees_tool_calls(tmp_path, capsys):
         assert main(["data", "augment", str(tmp_path / "in.jsonl"), str(tmp_path / f"{name}.out.jsonl"), "--methods",
                      "swap", "--rate", "0.1", "--copies", "3", "--eval", str(tmp_path / f"{name}.jsonl")]) == 0
         counts[name] = len((tmp_path / f"{name}.out.jsonl").read_text(encoding="utf-8").splitlines())
-    assert counts == {"other_call": 4, "same": 3}  # a swapped copy is a near match only of the same tool call
+    assert counts == {"other_call": 4, "same": 1}  # the swapped copies are near matches only of the same tool call
 
 
 def test_validate_sees_tool_data_in_duplicates(tmp_path, capsys):
@@ -291,3 +290,103 @@ def test_validate_sees_tool_data_in_duplicates(tmp_path, capsys):
     problems, count = validate_file(tmp_path / "v.jsonl")
     assert count == 3 and [(p.src.rsplit("/", 1)[-1], p.kind, p.message.rsplit("/", 1)[-1]) for p in problems] == [
         ("v.jsonl:3", "duplicate", "v.jsonl:1")]
+
+
+def _with_search(example: dict) -> dict:
+    """`example` whose first assistant turn also calls `search` after `get_weather`."""
+    example["messages"][1]["tool_calls"].append({"type": "function", "function": {"name": "search",
+                                                                                  "arguments": {"query": "Paris"}}})
+    return example
+
+
+def test_label_of_a_turn_with_only_tool_calls_names_its_calls():
+    assert label_of(weather(result=None, answer=None)) == "tool:get_weather"
+    two = _with_search(weather(result=None, answer=None))
+    assert label_of(two) == "tool:get_weather+tool:search"
+    two["messages"][1]["tool_calls"].reverse()
+    assert label_of(two) == "tool:search+tool:get_weather"  # in the order of the calls
+    assert label_of(weather(content=" \n", result=None, answer=None)) == "tool:get_weather"  # spaces are no text
+    assert label_of(weather(content=" Let me check. ", result=None, answer=None)) == "Let me check."  # text wins
+    assert label_of(weather(answer=" sunny ")) == "sunny"  # the last assistant turn: the answer after the result
+    silent = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}], "_src": "e:1"}
+    assert label_of(silent) == "" and label_of({"messages": [{"role": "user", "content": "hi"}]}) == ""
+    check_labelled([weather(answer="sunny"), weather(result=None, answer=None)])
+    with pytest.raises(SftlabError, match=r"^e:1: empty label \(for sft, the label is the last assistant turn's text, "
+                                          r"or the names of its tool calls\)$"):
+        check_labelled([weather(answer="sunny"), silent])
+
+
+def test_balance_and_stats_count_conversations_ending_with_a_call_under_its_name():
+    examples = [weather(answer="sunny", src=f"t:{i}") for i in range(3)] + [
+        weather({"city": "Oslo"}, result=None, answer=None, src="t:8"),
+        _with_search(weather({"city": "Rome"}, result=None, answer=None, src="t:9"))]
+    balanced, report = balance_examples(examples, "oversample", seed=0)
+    assert report["before"] == {"sunny": 3, "tool:get_weather": 1, "tool:get_weather+tool:search": 1}
+    assert report["after"] == {"sunny": 3, "tool:get_weather": 3, "tool:get_weather+tool:search": 3}
+    assert [e["_src"] for e in balanced].count("t:8") == 3 and [e["_src"] for e in balanced].count("t:9") == 3
+    _, report = balance_examples(examples, "class_weight")
+    assert report["class_weights"] == {"sunny": round(5 / 9, 6), "tool:get_weather": round(5 / 3, 6),
+                                       "tool:get_weather+tool:search": round(5 / 3, 6)}
+    stats, _ = compute_stats(examples, label_task=True)
+    assert stats["labels"] == report["before"]
+
+
+def test_stats_cli_label_task_names_the_calls(tmp_path, capsys):
+    rows = [_public(weather(answer="sunny")), _public(weather({"city": "Oslo"}, result=None, answer=None)),
+            _public(weather({"city": "Rome"}, result=None, answer=None))]
+    _write_jsonl(tmp_path / "in.jsonl", rows)
+    assert main(["data", "stats", str(tmp_path / "in.jsonl"), "--label-task"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == {"tool:get_weather": 2, "sunny": 1}
+
+
+# a synonym list that replaces every protected word of ASK when nothing protects it
+SYNONYMS = {"paris": ["London"], "3": ["three"], "rain": ["drizzle"], "wind": ["breeze"], "weather": ["forecast"],
+            "tell": ["show"], "next": ["coming"], "please": ["kindly"], "me": ["us"]}
+ASK = "Weather in Paris? Tell me for the next 3 days, rain or wind, please."
+ASK_ARGS = {"city": "paris", "days": 3, "filters": {"tags": ["Rain", "WIND"]}, "metric": True, "note": None}
+KEPT = ["Paris?", "3", "rain", "wind,"]  # the words of ASK whose words occur in ASK_ARGS (case-insensitive)
+
+
+def _kept(text: str) -> list[str]:
+    return [word for word in text.split() if word.strip("?,.").lower() in ("paris", "3", "rain", "wind")]
+
+
+def test_protected_words_are_the_words_and_numbers_of_tool_call_arguments():
+    assert protected_words(weather(ASK_ARGS)) == {"paris", "3", "rain", "wind"}  # keys, booleans, nulls left out
+    assert protected_words(weather({"city": "New York!", "ratio": 2.0, "n": [1.5]})) == {"new", "york", "2", "2.0", "1.5"}
+    assert protected_words(weather('{"city": "Paris", "days": 1}')) == {"paris", "1"}  # arguments as JSON text
+    assert protected_words(weather({"city": "北京市 朝阳区"})) >= {"北京市", "朝阳区"}
+    assert protected_words({"messages": [{"role": "user", "content": "Paris"}]}) == frozenset()
+    assert protected_words({"text": "Paris", "label": "city"}) == frozenset()
+
+
+@pytest.mark.parametrize("method", RULE_METHODS)
+def test_rule_methods_leave_the_words_of_tool_call_arguments_alone(method):
+    protected = protected_words(weather(ASK_ARGS))
+    for seed in range(5):
+        augmenter = RuleAugmenter(SYNONYMS, rate=1.0, seed=seed)
+        out = augmenter.apply(method, ASK, augmenter.rng(seed), protected)
+        assert out != ASK and _kept(out) == KEPT  # changed, with every protected word still there, in order
+        assert not {"London", "three", "drizzle", "breeze"} & set(out.replace(",", " ").split())
+        if method in ("synonym", "swap"):  # one word for one word: each protected word stays in its place
+            assert [out.split()[ASK.split().index(word)] for word in KEPT] == KEPT
+        if method == "synonym":  # without protection the same augmenter replaces them
+            assert _kept(augmenter.apply(method, ASK, augmenter.rng(seed))) == []
+
+
+def test_augment_keeps_argument_words_and_never_edits_tool_data_or_other_turns():
+    example = weather(ASK_ARGS, result='{"forecast": "weather in Paris for the next 3 days: rain, please take care"}',
+                      user=ASK, answer="Rain in Paris for the next 3 days, please take an umbrella.")
+    example["messages"].insert(0, {"role": "system", "content": "Tell me the weather, please."})
+    original = copy.deepcopy(example)
+    new = augment_examples([example], RuleAugmenter(SYNONYMS, rate=1.0, seed=0), list(RULE_METHODS), copies=3)
+    assert example == original and len(new) == 12
+    for augmented in new:
+        assert _kept(augmented["messages"][1]["content"]) == KEPT
+        assert augmented["messages"][0] == original["messages"][0]  # the system turn
+        assert augmented["messages"][2:] == original["messages"][2:]  # the call, its arguments, the result, the answer
+        assert augmented["tools"] == original["tools"]
+    zh = weather({"city": "北京"}, user="北京明天的天气怎么样？", answer="北京明天晴。")
+    synonyms = {"北京": ["首都"], "天气": ["气候"], "明天": ["次日"]}
+    (new_zh,) = augment_examples([zh], RuleAugmenter(synonyms, rate=1.0), ["synonym"])
+    assert new_zh["messages"][0]["content"] == "北京次日的气候怎么样？"

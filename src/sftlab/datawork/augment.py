@@ -5,7 +5,10 @@ swap, deletion and insertion at a configurable rate, seeded), and paraphrases by
     new = augment_examples(examples, augmenter, methods=["synonym", "swap"], copies=1)
 
 Chinese text is split into words with jieba, English on spaces. Only the prompt side is changed
-(the user turns of sft, the text of cls; pt has only text), so answers and labels stay correct. Every new
+(the user turns of sft, the text of cls; pt has only text), so answers and labels stay correct; tool calls,
+tool results and the tools list are never edited. In a conversation with tool calls, the rule methods leave
+alone every word of a user turn that also occurs in the calls' arguments (`protected_words`), so the prompt
+keeps agreeing with them ("weather in Paris" stays "Paris" when a call sends {"city": "Paris"}). Every new
 record is a copy marked `"augmented": {"method", "source"}`; originals are never replaced. Randomness is drawn
 from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
 """
@@ -20,11 +23,12 @@ from importlib import resources
 from pathlib import Path
 
 from sftlab.datawork.filters import detect_language
-from sftlab.datawork.records import src, stage_of
+from sftlab.datawork.records import call_value, src, stage_of
 from sftlab.errors import SftlabError
 
 RULE_METHODS = ("synonym", "swap", "delete", "insert")
 _HAS_HAN = re.compile(r"[\u4e00-\u9fff]")
+_EDGE_PUNCT = re.compile(r"^\W+|\W+$")
 
 
 def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]]:
@@ -60,9 +64,42 @@ def split_words(text: str) -> tuple[list[str], str]:
     return [token for token in re.split(r"(\s+)", text) if token], " "
 
 
+def word_key(token: str) -> str:
+    """A word as protection compares it: case-folded, punctuation at either end removed ('Paris?' -> 'paris')."""
+    return _EDGE_PUNCT.sub("", token.casefold())
+
+
+def protected_words(example: dict) -> frozenset[str]:
+    """The words the rule methods leave alone in an sft example's user turns: every word (`split_words`, then
+    `word_key`) of every string value, at any depth, of the arguments of its tool calls, and every number among
+    those values (21 -> '21'; 2.0 -> '2' and '2.0'). Empty for pt and cls and for conversations without tool calls.
+    Keys, booleans and nulls are not words."""
+    words: set[str] = set()
+    for message in example.get("messages") or []:
+        for call in message.get("tool_calls") or []:
+            _argument_words(call_value(call)["arguments"], words)
+    return frozenset(words - {""})
+
+
+def _argument_words(value, words: set[str]) -> None:
+    if isinstance(value, str):
+        words.update(word_key(token) for token in split_words(value)[0])
+    elif isinstance(value, dict):
+        for item in value.values():
+            _argument_words(item, words)
+    elif isinstance(value, list):
+        for item in value:
+            _argument_words(item, words)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        words.add(str(value))
+        if isinstance(value, float) and value.is_integer():
+            words.add(str(int(value)))
+
+
 class RuleAugmenter:
     """EDA-style operations on words (whitespace and line breaks stay); `rate` is the share of words touched
-    (at least one)."""
+    (at least one). Words in `protected` (`word_key` forms) are never replaced, moved or deleted, and no synonym
+    of them is inserted."""
 
     def __init__(self, synonyms: dict[str, list[str]], rate: float = 0.1, seed: int = 0):
         if not 0.0 < rate <= 1.0:
@@ -72,29 +109,31 @@ class RuleAugmenter:
     def rng(self, *key) -> random.Random:
         return random.Random(":".join(str(part) for part in (self.seed, *key)))
 
-    def apply(self, method: str, text: str, rng: random.Random) -> str:
+    def apply(self, method: str, text: str, rng: random.Random, protected: frozenset[str] = frozenset()) -> str:
+        """`text` with `method` applied; words whose `word_key` is in `protected` stay as and where they are."""
         tokens, sep = split_words(text)
         spots = [i for i, token in enumerate(tokens) if token.strip()]
         if not spots:
             return text
         n = max(1, int(round(self.rate * len(spots))))
-        tokens = getattr(self, f"_{method}")(tokens, spots, n, rng, sep)
+        free = [i for i in spots if word_key(tokens[i]) not in protected] if protected else spots
+        tokens = getattr(self, f"_{method}")(tokens, spots, free, n, rng, sep)
         return "".join(tokens)
 
-    def _synonym(self, tokens, spots, n, rng, sep):
-        usable = [i for i in spots if self._lookup(tokens[i])]
+    def _synonym(self, tokens, spots, free, n, rng, sep):
+        usable = [i for i in free if self._lookup(tokens[i])]
         for i in rng.sample(usable, min(n, len(usable))):
             tokens[i] = rng.choice(self._lookup(tokens[i]))
         return tokens
 
-    def _swap(self, tokens, spots, n, rng, sep):
-        for _ in range(n if len(spots) > 1 else 0):
-            i, j = rng.sample(spots, 2)
+    def _swap(self, tokens, spots, free, n, rng, sep):
+        for _ in range(n if len(free) > 1 else 0):
+            i, j = rng.sample(free, 2)
             tokens[i], tokens[j] = tokens[j], tokens[i]
         return tokens
 
-    def _delete(self, tokens, spots, n, rng, sep):
-        for i in rng.sample(spots, min(n, len(spots) - 1)):
+    def _delete(self, tokens, spots, free, n, rng, sep):
+        for i in rng.sample(free, min(n, len(free), len(spots) - 1)):
             tokens[i] = ""
             # drop one neighbouring run of spaces with the word, never a line break
             for j in (i + 1, i - 1):
@@ -103,8 +142,8 @@ class RuleAugmenter:
                     break
         return tokens
 
-    def _insert(self, tokens, spots, n, rng, sep):
-        candidates = [tokens[i] for i in spots if self._lookup(tokens[i])]
+    def _insert(self, tokens, spots, free, n, rng, sep):
+        candidates = [tokens[i] for i in free if self._lookup(tokens[i])]
         for _ in range(n if candidates else 0):
             word = rng.choice(self._lookup(rng.choice(candidates)))
             at = rng.choice(spots)
@@ -129,16 +168,18 @@ def _edit_prompt(example: dict, fn, last_user_only: bool = False) -> dict:
 
 
 def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: list[str], copies: int = 1) -> list[dict]:
-    """New marked copies (`copies` per example and method); copies identical to their source are skipped."""
+    """New marked copies (`copies` per example and method); copies identical to their source are skipped. The
+    words of tool-call arguments (`protected_words`) are left alone in the user turns."""
     unknown = [m for m in methods if m not in RULE_METHODS]
     if unknown:
         raise SftlabError(f"unknown augmentation method(s) {unknown}; expected {', '.join(RULE_METHODS)} or paraphrase")
     out = []
     for position, example in enumerate(examples):
+        protected = protected_words(example)
         for method in methods:
             for number in range(copies):
                 rng = augmenter.rng(position, method, number)
-                new = _edit_prompt(example, lambda text: augmenter.apply(method, text, rng))
+                new = _edit_prompt(example, lambda text: augmenter.apply(method, text, rng, protected))
                 if new != example:
                     new["augmented"] = {"method": method, "source": src(example)}
                     out.append(new)

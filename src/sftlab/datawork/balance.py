@@ -2,6 +2,9 @@
 undersampling (imbalanced-learn), class weights for the loss (scikit-learn's "balanced" weights), stratified
 train/validation split, and SMOTE on sentence embeddings for a vector-input head.
 
+Labels are `records.label_of`: the cls label, or the last assistant turn's text; a last turn with only tool
+calls is labelled by their function names (`tool:get_weather`), so such conversations form classes of their own.
+
 The training pipeline calls `balance_examples(examples, method, seed)` for `data.balance` and
 `class_weights(labels, label_names)` for `data.balance=class_weight`.
 """
@@ -137,4 +140,5 @@ def check_labelled(examples: list[dict]) -> None:
     """Fail with the first example that has no usable label."""
     for example in examples:
         if not label_of(example):
-            raise SftlabError(f"{src(example)}: empty label (for sft, the last assistant answer is the label)")
+            raise SftlabError(f"{src(example)}: empty label (for sft, the label is the last assistant turn's text, "
+                              "or the names of its tool calls)")

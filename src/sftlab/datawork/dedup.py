@@ -7,10 +7,17 @@ so Chinese without spaces works), within one set and between a training set and 
 The first occurrence is kept; every removed example names the one it duplicates and the similarity
 (Jaccard similarity of the character n-gram sets, computed exactly after the LSH proposes candidates).
 
-Tool-calling examples are compared by `records.identity`: contents and tool results are the text (hashed and
-n-grammed as above), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an
-exact or a near duplicate; so examples that differ only in tool-call arguments or in the tools they offer are
-never duplicates, while a different key order or spacing of the same JSON is no difference.
+Examples are compared by `records.identity`: contents and tool results are the text (hashed and n-grammed as
+above), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an exact or a
+near duplicate; so examples that differ only in tool-call arguments or in the tools they offer are never
+duplicates, while a different key order or spacing of the same JSON is no difference.
+
+System prompts: an exact duplicate has the same whole text, system messages included. The near-duplicate
+comparison leaves system messages out of the n-grammed text and instead puts examples into groups by their
+system prompts (`near_identity`): two examples can only be near duplicates when their system messages are the
+same after `dedup_key` (and their tool keys are equal). A long system prompt shared by many examples (a
+300-word policy) therefore does not make short, different conversations near duplicates, and the same
+conversation under two different system prompts is not one either.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sftlab.datawork.records import identity, src
+from sftlab.datawork.records import identity, src, system_text
 from sftlab.errors import SftlabError
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -65,6 +72,17 @@ def identity_hash(text: str, key: str) -> str:
     return hashlib.sha1((dedup_key(text) + "\0" + key).encode("utf-8")).hexdigest()
 
 
+def near_identity(example: dict) -> tuple[str, str]:
+    """(text, group) that near-duplicate detection compares: `records.identity`'s text without system messages,
+    and a group of its tool key and, when the example has a system prompt, the SHA-1 of the normalised system
+    messages (`records.system_text` after `dedup_key`); only examples of the same group can be near duplicates."""
+    text, key = identity(example, system=False)
+    system = dedup_key(system_text(example))
+    if not system:
+        return text, key
+    return text, key + "\0system:" + hashlib.sha1(system.encode("utf-8")).hexdigest()
+
+
 def shingles(text: str, n: int) -> set[str]:
     """Character n-grams of the normalised text (the whole text when shorter than n)."""
     key = dedup_key(text)
@@ -80,7 +98,7 @@ def jaccard(a: set[str], b: set[str]) -> float:
 
 class NearIndex:
     """A MinHash LSH index of examples' shingle sets that answers 'which indexed item is this close to'; only
-    items added with the same `group` (the tool key) can match."""
+    items added with the same `group` (`near_identity`: the tool key and the system prompt) can match."""
 
     def __init__(self, options: DedupOptions):
         from datasketch import MinHashLSH
@@ -119,17 +137,18 @@ class NearIndex:
 
 
 def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[dict], list[tuple[dict, str]]]:
-    """Drop exact and near duplicates within `examples`; returns (kept, [(removed, reason)])."""
+    """Drop exact (`example_hash`) and near (`near_identity`) duplicates within `examples`; returns
+    (kept, [(removed, reason)])."""
     seen_hash: dict[str, dict] = {}
     index = NearIndex(options) if options.near_threshold is not None else None
     kept, removed = [], []
     for example in examples:
-        text, group = identity(example)
-        digest = identity_hash(text, group)
+        digest = example_hash(example)
         if options.exact and digest in seen_hash:
             removed.append((example, f"exact duplicate of {src(seen_hash[digest])}"))
             continue
         if index is not None:
+            text, group = near_identity(example)
             grams = shingles(text, options.ngram)
             signature = index.signature(grams) if grams else None
             match = index.best_match(grams, signature, group)
@@ -145,7 +164,8 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
 
 
 def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: DedupOptions) -> list[dict]:
-    """Training examples that equal or nearly equal an example of an evaluation set.
+    """Training examples that equal or nearly equal an example of an evaluation set (exact: `example_hash`; near:
+    `near_identity`, as in `dedup_examples`).
 
     Returns one record per leaking training example: its index, src, the eval set name, the eval src,
     the kind (exact/near) and the similarity.
@@ -155,20 +175,20 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
     owners: dict[str, tuple[str, dict]] = {}
     for name, examples in eval_sets.items():
         for position, example in enumerate(examples):
-            text, group = identity(example)
-            hashes.setdefault(identity_hash(text, group), (name, example))
+            hashes.setdefault(example_hash(example), (name, example))
+            text, group = near_identity(example) if index is not None else ("", "")
             grams = shingles(text, options.ngram)
-            if index is not None and grams:
+            if grams:
                 key = f"{name}#{position}"
                 index.add(key, grams, group=group)
                 owners[key] = (name, example)
     leaks = []
     for position, example in enumerate(train):
-        text, group = identity(example)
-        hit = hashes.get(identity_hash(text, group))
+        hit = hashes.get(example_hash(example))
         if hit is not None:
             leaks.append(_leak(position, example, hit, "exact", 1.0))
         elif index is not None:
+            text, group = near_identity(example)
             match = index.best_match(shingles(text, options.ngram), group=group)
             if match is not None:
                 leaks.append(_leak(position, example, owners[match[0]], "near", match[1]))

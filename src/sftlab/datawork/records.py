@@ -6,7 +6,9 @@ with `"_src": "file:line"`. Data-work operations use these helpers so they need 
 Tool-calling sft examples (`sftlab.data.messages`) also hold assistant `tool_calls` (their content may be "" or
 null), `tool` messages (results) and a `tools` list. Which texts each helper sees:
 - `identity`: what deduplication, leakage and `build validate` compare: contents and tool results (JSON results
-  as canonical JSON) as text, and the tools list and every tool call (name, arguments) as a canonical JSON key.
+  as canonical JSON) as text, and the tools list and every tool call (name, arguments) as a canonical JSON key;
+  near-duplicate detection takes the text without system messages and compares `system_text` apart.
+- `label_of`: the last assistant turn's text, or for a turn with only tool calls their names (`tool:NAME`).
 - `natural_text`: system, user and assistant contents only (language detection: JSON is not a language).
 - `full_text`: everything, for showing an example in a report.
 - `prompt_text` / `response_text`: contents; `response_tool_calls` / `tools_text`: the rest, as JSON text.
@@ -57,10 +59,21 @@ def response_text(example: dict) -> str:
 
 
 def label_of(example: dict) -> str:
-    """The class of a labelled example: `label` (cls) or the last assistant answer (sft whose response is a label)."""
+    """The class of a labelled example: `label` (cls), or the last assistant turn of sft (an sft example whose
+    response is a label).
+
+    sft: the turn's text, stripped; when it has no text but tool calls, the calls' function names in order, each
+    as `tool:NAME`, joined by `+` (`tool:get_weather`, `tool:search+tool:get_weather`); a turn with text and calls
+    is labelled by its text. '' when there is no assistant turn or it has neither text nor calls.
+    """
     if stage_of(example) == "pt":
         raise SftlabError(f"{example.get('_src', 'example')}: a pt example has no label")
-    return response_text(example).strip()
+    text = response_text(example).strip()
+    if text or stage_of(example) != "sft":
+        return text
+    last = last_assistant_index(example["messages"])
+    calls = (example["messages"][last].get("tool_calls") or []) if last >= 0 else []
+    return "+".join(f"tool:{call['function']['name']}" for call in calls)
 
 
 def response_tool_calls(example: dict) -> str:
@@ -104,22 +117,30 @@ def result_text(content: str) -> str:
     return content if parsed is None else canonical_json(parsed)
 
 
-def identity(example: dict) -> tuple[str, str]:
+def identity(example: dict, system: bool = True) -> tuple[str, str]:
     """(text, tool key) that deduplication and leakage compare.
 
     text: message contents and tool results (JSON results as canonical JSON, so key order and spacing do not
-    matter), one per line; the text of pt and cls. tool key: canonical JSON of the tools list and of the tool
-    calls (name and arguments) of every assistant turn that has them, in order; '' when the example has neither.
-    Call ids and a result's name and tool_call_id are left out.
+    matter), one per line; the text of pt and cls. `system=False` leaves system messages out of the text (what
+    near-duplicate detection compares; see `system_text`). tool key: canonical JSON of the tools list and of the
+    tool calls (name and arguments) of every assistant turn that has them, in order; '' when the example has
+    neither. Call ids and a result's name and tool_call_id are left out.
     """
     if stage_of(example) != "sft":
         return example["text"], ""
-    messages = example["messages"]
+    messages = [m for m in example["messages"] if system or m["role"] != "system"]
     text = "\n".join(result_text(content_of(m)) if m["role"] == "tool" else content_of(m) for m in messages)
-    calls = [[call_value(call) for call in m["tool_calls"]] for m in messages if m.get("tool_calls")]
+    calls = [[call_value(call) for call in m["tool_calls"]] for m in example["messages"] if m.get("tool_calls")]
     if not calls and not example.get("tools"):
         return text, ""
     return text, canonical_json({"calls": calls, "tools": example.get("tools") or []})
+
+
+def system_text(example: dict) -> str:
+    """The contents of an sft example's system messages, in order, one per line; '' without any (and for pt, cls)."""
+    if stage_of(example) != "sft":
+        return ""
+    return "\n".join(content_of(m) for m in example["messages"] if m["role"] == "system")
 
 
 def natural_text(example: dict) -> str:

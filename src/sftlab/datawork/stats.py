@@ -9,6 +9,8 @@ truncation share, which need the chat template, are left out. With one, sft exam
 as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens.
 Tool data: prompt lengths include the tools list and response lengths the last turn's tool calls (canonical JSON
 text), and the language mix reads system, user and assistant contents only (`records.natural_text`).
+Labels (cls, or sft with `label_task`) are `records.label_of`: a last assistant turn with only tool calls counts
+under their names (`tool:get_weather`). Duplicates are counted as `dedup.dedup_examples` finds them.
 """
 
 from __future__ import annotations
