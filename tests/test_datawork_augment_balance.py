@@ -191,3 +191,9 @@ def test_rule_operations_keep_line_breaks_and_spacing():
             assert out.count("\n") == 1 and "  " not in out and out == out.strip()
     mixed = "小微企业如何用 Python 申请补贴？"
     assert RuleAugmenter({"企业": ["公司"]}, rate=1.0).apply("synonym", mixed, RuleAugmenter({}).rng(0)) == "小微公司如何用 Python 申请补贴？"
+
+
+def test_a_synonym_keeps_the_punctuation_and_capital_of_the_word_it_replaces():
+    augmenter = RuleAugmenter({"big": ["large"], "(ok)": ["fine"]}, rate=1.0)
+    text = "Big house, big? (ok)"
+    assert augmenter.apply("synonym", text, augmenter.rng(0)) == "Large house, large? fine"  # "(ok)" listed whole

@@ -29,6 +29,7 @@ from sftlab.errors import SftlabError
 RULE_METHODS = ("synonym", "swap", "delete", "insert")
 _HAS_HAN = re.compile(r"[\u4e00-\u9fff]")
 _EDGE_PUNCT = re.compile(r"^\W+|\W+$")
+_EDGES = ".,;:!?\"'()"  # punctuation a synonym lookup ignores at either end of a word, and a replacement keeps
 
 
 def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]]:
@@ -123,7 +124,7 @@ class RuleAugmenter:
     def _synonym(self, tokens, spots, free, n, rng, sep):
         usable = [i for i in free if self._lookup(tokens[i])]
         for i in rng.sample(usable, min(n, len(usable))):
-            tokens[i] = rng.choice(self._lookup(tokens[i]))
+            tokens[i] = _in_place_of(tokens[i], rng.choice(self._lookup(tokens[i])), tokens[i] in self.synonyms)
         return tokens
 
     def _swap(self, tokens, spots, free, n, rng, sep):
@@ -151,8 +152,20 @@ class RuleAugmenter:
         return tokens
 
     def _lookup(self, word: str) -> list[str]:
-        bare = word.strip(".,;:!?\"'()").lower()
+        bare = word.strip(_EDGES).lower()
         return self.synonyms.get(word) or self.synonyms.get(bare) or []
+
+
+def _in_place_of(token: str, synonym: str, whole: bool) -> str:
+    """`synonym` standing where `token` stood: the whole token when the list names it as it is, else its bare word,
+    keeping the punctuation around it and a capital first letter ('Big,' -> 'Large,')."""
+    if whole:
+        return synonym
+    core = token.strip(_EDGES)
+    start = token.index(core)
+    if core[:1].isupper() and synonym[:1].islower():
+        synonym = synonym[0].upper() + synonym[1:]
+    return token[:start] + synonym + token[start + len(core):]
 
 
 def _edit_prompt(example: dict, fn, last_user_only: bool = False) -> dict:
