@@ -197,3 +197,46 @@ def test_a_synonym_keeps_the_punctuation_and_capital_of_the_word_it_replaces():
     augmenter = RuleAugmenter({"big": ["large"], "(ok)": ["fine"]}, rate=1.0)
     text = "Big house, big? (ok)"
     assert augmenter.apply("synonym", text, augmenter.rng(0)) == "Large house, large? fine"  # "(ok)" listed whole
+
+
+def test_a_paraphrase_that_loses_a_word_of_the_tool_call_arguments_is_rejected():
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris", "days": 3}'}}
+    chat = {"messages": [{"role": "user", "content": "Weather in Paris for 3 days?"},
+                         {"role": "assistant", "content": None, "tool_calls": [call]}], "_src": "t:1"}
+    chinese = {"messages": [{"role": "user", "content": "北京明天天气"},
+                            {"role": "assistant", "content": None, "tool_calls": [
+                                {**call, "function": {"name": "weather", "arguments": {"city": "北京"}}}]}], "_src": "t:2"}
+    rewrites = iter([["What's the forecast in paris over 3 days"], ["Forecast for the French capital, 3 days?"],
+                     ["请问北京市明天的天气"], ["请问首都明天的天气"]])
+    kept, rejected = [], []
+    for example in (chat, chat, chinese, chinese):
+        kept += paraphrase_examples([example], lambda prompts: next(rewrites), rejected)
+    assert [new["messages"][0]["content"] for new in kept] == ["What's the forecast in paris over 3 days", "请问北京市明天的天气"]
+    assert [(example["_src"], why.split(" (")[0]) for example, why in rejected] == [
+        ("t:1", "the rewrite lost paris"), ("t:2", "the rewrite lost 北京")]
+
+
+def test_augment_cli_reports_the_paraphrases_it_rejects(tmp_path, monkeypatch):
+    import sftlab.datawork.generate as generate
+
+    class Rewriter:  # stands in for the local model: loses "Paris" in the first rewrite only
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, prompts):
+            return ["Weather in the French capital?", "Any news in Paris today?"]
+
+    monkeypatch.setattr(generate, "LocalGenerator", Rewriter)
+    call = {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}
+    rows = [{"messages": [{"role": "user", "content": "Weather in Paris?"}, {"role": "assistant", "content": None,
+                                                                          "tool_calls": [call]}]},
+            {"messages": [{"role": "user", "content": "News in Paris?"}, {"role": "assistant", "content": "None."}]}]
+    data, out = tmp_path / "d.jsonl", tmp_path / "aug.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert main(["data", "augment", str(data), str(out), "--methods", "paraphrase", "--model", "m"]) == 0
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row["messages"][0]["content"] for row in written] == ["Weather in Paris?", "News in Paris?",
+                                                                  "Any news in Paris today?"]
+    report = json.loads((tmp_path / "aug.report.json").read_text(encoding="utf-8"))
+    rejected = report["removed"]["paraphrase lost a word of the tool-call arguments"]
+    assert rejected["count"] == 1 and rejected["examples"][0]["src"].endswith("d.jsonl:1")

@@ -8,7 +8,8 @@ Chinese text is split into words with jieba, English on spaces. Only the prompt 
 (the user turns of sft, the text of cls; pt has only text), so answers and labels stay correct; tool calls,
 tool results and the tools list are never edited. In a conversation with tool calls, the rule methods leave
 alone every word of a user turn that also occurs in the calls' arguments (`protected_words`), so the prompt
-keeps agreeing with them ("weather in Paris" stays "Paris" when a call sends {"city": "Paris"}). Every new
+keeps agreeing with them ("weather in Paris" stays "Paris" when a call sends {"city": "Paris"}), and a paraphrase
+that loses such a word is dropped. Every new
 record is a copy marked `"augmented": {"method", "source"}`; originals are never replaced. Randomness is drawn
 from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
 """
@@ -199,19 +200,35 @@ def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: li
     return out
 
 
-def paraphrase_examples(examples: list[dict], generator) -> list[dict]:
+def paraphrase_examples(examples: list[dict], generator, rejected: list | None = None) -> list[dict]:
     """One marked copy per example whose prompt side is rewritten by a local model (`generator(prompts) -> texts`);
-    empty rewrites and rewrites equal to the original are skipped."""
+    empty rewrites and rewrites equal to the original are skipped, and so is a rewrite that loses a word of the
+    original the tool calls' arguments hold (`protected_words`), which goes to `rejected` as (example, why)."""
     originals = [_prompt_side(example) for example in examples]
     rewritten = generator([paraphrase_instruction(text) for text in originals])
     out = []
     for example, original, text in zip(examples, originals, rewritten):
         text = text.strip()
-        if text and text != original:
-            new = _edit_prompt(example, lambda _old, t=text: t, last_user_only=True)
-            new["augmented"] = {"method": "paraphrase", "source": src(example)}
-            out.append(new)
+        if not text or text == original:
+            continue
+        lost = _lost_words(original, text, protected_words(example))
+        if lost:
+            if rejected is not None:
+                rejected.append((example, f"the rewrite lost {', '.join(lost)} (tool-call arguments): {text!r}"))
+            continue
+        new = _edit_prompt(example, lambda _old, t=text: t, last_user_only=True)
+        new["augmented"] = {"method": "paraphrase", "source": src(example)}
+        out.append(new)
     return out
+
+
+def _lost_words(original: str, rewrite: str, protected: frozenset[str]) -> list[str]:
+    """The protected words of `original` that `rewrite` no longer has (a Chinese word counts as kept wherever it
+    appears in the rewrite, since jieba may split it otherwise there)."""
+    kept = {word_key(token) for token in split_words(rewrite)[0]}
+    folded = rewrite.casefold()
+    words = dict.fromkeys(word_key(token) for token in split_words(original)[0])
+    return [w for w in words if w in protected and w not in kept and not (_HAS_HAN.search(w) and w in folded)]
 
 
 def paraphrase_instruction(text: str) -> str:

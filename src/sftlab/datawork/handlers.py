@@ -184,14 +184,16 @@ def augment(args) -> int:
         synonyms.update(load_synonyms(args.synonyms, lang))
     rule_methods = [m for m in methods if m != "paraphrase"]
     new = augment_examples(examples, RuleAugmenter(synonyms, args.rate, args.seed), rule_methods, args.copies)
+    report = Report("augment", [args.input, *(args.eval or [])], before=len(examples))
     if "paraphrase" in methods:
         if not args.model:
             raise SftlabError("--methods paraphrase needs a local model: pass --model DIR")
         from sftlab.datawork.generate import LocalGenerator
 
         generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
-        new += paraphrase_examples(examples, generator)
-    report = Report("augment", [args.input, *(args.eval or [])], before=len(examples))
+        rejected: list = []
+        new += paraphrase_examples(examples, generator, rejected)
+        report.removed_all(rejected, lambda _why: "paraphrase lost a word of the tool-call arguments")
     if args.eval:
         eval_sets = {str(path): read_input(args, path) for path in args.eval}
         leaks = {leak["train_index"]: leak for leak in find_leaks(new, eval_sets, DedupOptions(near_threshold=args.near))}
