@@ -71,6 +71,25 @@ def test_existing_output_needs_overwrite_or_resume(tmp_path):
     assert (again.out_dir / "model" / "config.json").is_file()
 
 
+def test_overwrite_keeps_the_previous_run_until_the_new_one_has_set_up(tmp_path):
+    first = train(tiny_run(tmp_path, train={"max_steps": 1}))
+    before = {path.relative_to(first.out_dir): path.read_bytes() for path in first.out_dir.rglob("*") if path.is_file()}
+    assert (first.out_dir / "trainable.json").is_file() and (first.out_dir / "model" / "config.json").is_file()
+    bad = tiny_run(tmp_path, train={"max_steps": 1})
+    bad["data"]["train"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(SftlabError, match="data file not found"):
+        train(bad, overwrite=True)  # the bad data is found after --overwrite was accepted: nothing of the old run is lost
+    after = {path.relative_to(first.out_dir): path.read_bytes() for path in first.out_dir.rglob("*") if path.is_file()}
+    assert after == before
+    with pytest.raises(SftlabError, match=r"--resume: no checkpoint in .*; start --overwrite instead of --resume"):
+        train(tiny_run(tmp_path, train={"max_steps": 1}), resume=True)
+    (first.out_dir / "notes.txt").write_text("mine")
+    again = train(tiny_run(tmp_path, train={"max_steps": 2}), overwrite=True)
+    assert sorted(path.name for path in again.out_dir.iterdir()) == [
+        "config.yaml", "data_stats.json", "metrics.json", "metrics.jsonl", "model", "notes.txt", "trainable.json"]
+    assert json.loads((again.out_dir / "metrics.json").read_text())["step"] == 2
+
+
 def test_trained_weights_start_a_new_run_through_model_path(tmp_path):
     first = train(tiny_run(tmp_path, train={"max_steps": 2}))
     raw = tiny_run(tmp_path, name="second", train={"max_steps": 1})

@@ -62,11 +62,12 @@ def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict
     """Run one training job (in this process); with `seconds`, end it after the step that passes the budget."""
     from sftlab.train.loop import cleanup, log_setup, save_final, train
     from sftlab.train.runlog import RunLog
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.setup import build_session, prepare_output_dir, replacing_previous_run
 
     out_dir = Path(cfg.output.dir)
     prepare_output_dir(out_dir, resume=False, overwrite=True)
-    session, _ = build_session(cfg, out_dir, None, base_dir)
+    with replacing_previous_run(out_dir):
+        session, _ = build_session(cfg, out_dir, None, base_dir)
     log = RunLog(out_dir, session.total_steps, 0, cfg.output.tensorboard, show_bar=False)
     planned, start = session.total_steps, time.perf_counter()
 

@@ -42,7 +42,7 @@ from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
-from sftlab.train.setup import Session, build_session, prepare_output_dir, resume_lines
+from sftlab.train.setup import Session, build_session, prepare_output_dir, replacing_previous_run, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
 StepCallback = Callable[[int, float], None]
@@ -98,7 +98,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     with accelerator.main_process_first():
         checkpoint = prepare_output_dir(out_dir, resume, overwrite) if main else (
             latest_checkpoint(out_dir) if resume else None)
-    with progress_bars(show_progress):
+    with replacing_previous_run(out_dir, main), progress_bars(show_progress):
         session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None, accelerator)
     if checkpoint is not None and main:
         keep_rows_up_to(out_dir, session.step)

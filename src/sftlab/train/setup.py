@@ -28,7 +28,9 @@ from sftlab.train.loss import loss_sum
 from sftlab.train.environment import collect_environment, version_warning
 
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
-               "data_stats.json")
+               "data_stats.json", "trainable.json", "importance.png")
+# Where --overwrite keeps the previous run's entries until the new run's setup has succeeded (`settle_previous_run`).
+PREVIOUS_RUN = ".sftlab-previous-run"
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
                      "train.dist_timeout_s", "train.keep_freed_memory", "train.allocator", "model.fused_layers"}
@@ -82,22 +84,46 @@ class Session:
 
 def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """Check the output directory for a fresh run or a resume; return the checkpoint to resume from."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SftlabError(f"output.dir {out_dir} is a file; expected a directory")
+    occupied = out_dir.exists() and any(out_dir.iterdir())
     if resume:
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is None:
-            raise SftlabError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}; start the run without --resume")
+            instead = "--overwrite instead of --resume to start it again" if occupied else "the run without --resume"
+            raise SftlabError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}; start {instead}")
         return checkpoint
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SftlabError(f"output.dir {out_dir} is a file; expected a directory")
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if occupied:
         if not overwrite:
             raise SftlabError(f"output.dir {out_dir} already exists and is not empty; "
                               "pass --overwrite to start over or --resume to continue it")
+        held = out_dir / PREVIOUS_RUN
+        shutil.rmtree(held, ignore_errors=True)
+        held.mkdir()
         for name in RUN_ENTRIES:  # only what a run writes; never other files the user keeps there
-            target = out_dir / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            if (out_dir / name).exists():
+                (out_dir / name).replace(held / name)
     out_dir.mkdir(parents=True, exist_ok=True)
     return None
+
+
+@contextlib.contextmanager
+def replacing_previous_run(out_dir: Path, main: bool = True):
+    """Around a run's setup: the previous run that --overwrite set aside (`prepare_output_dir`) is deleted once the
+    setup has succeeded, and put back as it was when it fails (bad data, a model that does not load)."""
+    held = out_dir / PREVIOUS_RUN
+    try:
+        yield
+    except BaseException:
+        if main and held.is_dir():
+            for entry in held.iterdir():
+                target = out_dir / entry.name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+                entry.replace(target)
+            shutil.rmtree(held, ignore_errors=True)
+        raise
+    if main:
+        shutil.rmtree(held, ignore_errors=True)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
