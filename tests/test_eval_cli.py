@@ -150,3 +150,29 @@ def test_eval_classification_head_and_lora_adapter(lm_dir, tmp_path):
     for saved_row, row in zip(saved_rows, rows):
         assert saved_row["probs"] == pytest.approx(row["probs"], abs=1e-5)  # the adapter was applied
     assert saved["per_class"] == in_memory["per_class"]
+
+
+def test_eval_option_errors_come_before_the_model_and_outputs_never_replace_inputs(lm_dir, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """--batch-size 0 and --device gpu were tracebacks, --max-samples 0 evaluated everything, and --baselines for lm
+    or a missing --train file failed only after the whole evaluation; --out RUN --overwrite replaced the run."""
+    from sftlab.eval import run
+
+    data = write_jsonl(tmp_path / "val.jsonl", label_rows(2, 0))
+    monkeypatch.setattr(run, "load_for_eval", lambda *a, **k: pytest.fail("the model was loaded"))
+    cases = [(["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+             (["--max-samples", "0"], "error: --max-samples must be at least 1, got 0"),
+             (["--max-new-tokens", "-1"], "error: --max-new-tokens must be at least 1, got -1"),
+             (["--sample", "--temperature", "0"], "error: --sample needs --temperature > 0 and --top-p in (0, 1]"),
+             (["--device", "gpu"], "error: --device 'gpu': expected auto, cpu, cuda or cuda:N"),
+             (["--task", "lm", "--baselines"], "error: --baselines: available for the labels and ranking tasks, not lm"),
+             (["--baselines", "--train", str(tmp_path / "nope.jsonl")], f"error: data file not found: {tmp_path}/nope.jsonl"),
+             (["--out", str(lm_dir), "--overwrite"], f"error: output directory {lm_dir} is or holds the input {lm_dir}; "
+                                                     "inputs are never replaced: choose another output directory"),
+             (["--out", str(tmp_path), "--overwrite"], f"error: output directory {tmp_path} is or holds the input {data}; "
+                                                       "inputs are never replaced: choose another output directory")]
+    for extra, message in cases:
+        args = ["eval", str(lm_dir), "--data", str(data), "--task", "labels", "--out", str(tmp_path / "o"), *extra]
+        assert main(args) == 2
+        assert capsys.readouterr().err == message + "\n"
+    assert not (tmp_path / "o").exists() and data.is_file() and (lm_dir / "config.json").is_file()

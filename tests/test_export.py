@@ -63,3 +63,20 @@ def test_export_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "full")]) == 2
     assert "pass --merge OUT" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_never_replaces_its_inputs(tmp_path, capsys):
+    """`--merge RUN --overwrite` replaced the run being exported (its adapter, config, metrics) by the merged model;
+    the adapter's base and a directory holding the run were not safe either."""
+    run, _ = lora_run(tmp_path, "llama", "causal_lm")
+    (run / "metrics.json").write_text("{}")
+    capsys.readouterr()
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    for out in (run, run / "model", tmp_path / "base", tmp_path):
+        assert main(["export", str(run), "--merge", str(out), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: output directory {out} is or holds the input ") and err.count("\n") == 1
+    assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(run), "--merge", str(tmp_path / "file")]) == 2
+    assert capsys.readouterr().err == f"error: output directory {tmp_path / 'file'} is a file; expected a directory\n"

@@ -22,6 +22,8 @@ from sftlab.errors import SftlabError
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write `text` to `path` through a temporary file in the same directory."""
     path = Path(path)
+    if path.is_dir():
+        raise SftlabError(f"{path} is a directory; expected the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -46,9 +48,16 @@ def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     return atomic_write_text(path, body)
 
 
-def check_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Fail before any work if `path` exists, is not empty and `overwrite` is off."""
+def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:
+    """Fail before any work if `path` is a file; if it exists, is not empty and `overwrite` is off; or if it is (or
+    holds) one of the `inputs` (files or directories the command reads), which replacing it would destroy."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SftlabError(f"output directory {path} is a file; expected a directory")
+    for given in inputs:
+        if given is not None and path.resolve() in (Path(given).resolve(), *Path(given).resolve().parents):
+            raise SftlabError(f"output directory {path} is or holds the input {given}; inputs are never replaced: "
+                              "choose another output directory")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise SftlabError(f"output directory {path} already exists and is not empty; pass --overwrite to replace it")
     return path

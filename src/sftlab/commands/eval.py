@@ -11,7 +11,8 @@ def register(registry) -> None:
     parser.add_argument("model", metavar="MODEL_DIR", help="a saved model directory (e.g. RUN/model)")
     parser.add_argument("--data", required=True, help="evaluation file (.jsonl/.json/.csv/...)")
     parser.add_argument("--task", required=True, choices=["lm", "generation", "labels", "ranking"])
-    parser.add_argument("--out", help="output directory (default: eval-TASK beside MODEL_DIR)")
+    parser.add_argument("--out", help="output directory (default: eval-TASK in MODEL_DIR when it is a run directory, "
+                        "else beside MODEL_DIR)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--format", default="auto", help="data format of --data (as data.format)")
     parser.add_argument("--template", help="chat template (default: the one the model was trained with, else auto)")
@@ -52,6 +53,25 @@ def _int_list(text: str, flag: str) -> list[int]:
     return sorted(set(values))
 
 
+def _check_options(args) -> None:
+    """Numbers that must be positive, sampling settings and the device, before any model is loaded."""
+    from sftlab.errors import SftlabError
+
+    for flag in ("batch_size", "max_new_tokens", "max_length", "max_samples"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise SftlabError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.sample and (args.temperature <= 0 or not 0 < args.top_p <= 1):
+        raise SftlabError("--sample needs --temperature > 0 and --top-p in (0, 1]")
+    device = args.device.split(":")[0]
+    if device not in ("auto", "cpu", "cuda"):
+        raise SftlabError(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SftlabError(f"--device {args.device}: this machine has no CUDA GPU; use cpu or auto")
+
+
 def handle(args) -> int:
     from pathlib import Path
 
@@ -59,6 +79,7 @@ def handle(args) -> int:
     from sftlab.eval.tasks import EvalOptions
     from sftlab.models.trained import trained_settings
 
+    _check_options(args)
     trained = trained_settings(Path(args.model))
     opts = EvalOptions(
         template=args.template or trained.template or "auto", mask=args.mask or trained.mask or "assistant",

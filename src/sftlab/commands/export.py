@@ -149,11 +149,11 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     if dtype not in DTYPES:
         raise SftlabError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    check_output_dir(out_dir, overwrite)
     adapter_dir = find_adapter(run_dir)
     qlora = read_record(adapter_dir)
     merge_base = _merge_base(merge_base, qlora)
     base = adapter_base(adapter_dir / "adapter_config.json")
+    check_output_dir(out_dir, overwrite, inputs=(run_dir, adapter_dir, base))
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
     tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if has_tokenizer_files(adapter_dir) else base)))

@@ -104,6 +104,8 @@ def run_generate(args) -> int:
         raise SftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     if Path(args.output).resolve() == Path(args.input).resolve():
         raise SftlabError(f"--output {args.output} is the input file; inputs are never overwritten")
+    if Path(args.output).is_dir():
+        raise SftlabError(f"--output {args.output} is a directory; expected the path of the JSONL file to write")
     prompts = [prompt_of_row(row) for row in read_rows(args.input)]
     params = [sampling_from_args(args, i) for i in range(len(prompts))]
     served, template, adapter = load_from_args(args)

@@ -59,16 +59,13 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32")
 
 
 def compute_baselines(task: str, examples: list[dict], result: dict, opts: tasks.EvalOptions,
-                      train_file: str | None, fmt: str) -> dict:
-    """Majority / TF-IDF + LR for labels, most popular item for ranking (fitted on `train_file` when given)."""
+                      train: list[dict] | None) -> dict:
+    """Majority / TF-IDF + LR for labels, most popular item for ranking (fitted on `train` examples when given)."""
     from sftlab.eval import baselines
 
-    train = tasks.load_examples(train_file, task, fmt) if train_file else None
     if task == "labels":
         return baselines.label_baselines(examples, result["labels"], train)
-    if task == "ranking":
-        return baselines.popularity_baseline(examples, opts.ks, train)
-    raise SftlabError(f"--baselines: available for the labels and ranking tasks, not {task}")
+    return baselines.popularity_baseline(examples, opts.ks, train)
 
 
 def write_outputs(out: Path, summary: dict, predictions: list[dict], result: dict) -> None:
@@ -103,13 +100,16 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
     """Run one evaluation and write its results to `out`; returns the metrics.json content."""
     if task not in tasks.TASKS:
         raise SftlabError(f"--task {task!r}: expected one of {', '.join(tasks.TASKS)}")
+    if with_baselines and task not in ("labels", "ranking"):
+        raise SftlabError(f"--baselines: available for the labels and ranking tasks, not {task}")
     from sftlab.io import check_output_dir
 
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=(model_dir, data, train_file))
     from sftlab.vision.evaluate import run_vision_task, vision_eval_inputs
 
     vision = vision_eval_inputs(model_dir, data, max_samples)  # a vision-language model: image+text examples
     examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples)
+    train = tasks.load_examples(train_file, task, fmt) if with_baselines and train_file else None
     model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype)
     if head_labels is not None:
         if task != "labels":
@@ -121,7 +121,7 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
         result, predictions = run_vision_task(task, model, vision[1], examples, opts)
     else:
         result, predictions = tasks.TASKS[task](model, tokenizer, examples, opts)
-    baseline_results = compute_baselines(task, examples, result, opts, train_file, fmt) if with_baselines else {}
+    baseline_results = compute_baselines(task, examples, result, opts, train) if with_baselines else {}
     summary = {"task": task, "model": str(model_dir), "data": str(data), "options": asdict(opts),
                "metrics": result, "baselines": baseline_results}
     with atomic_dir(out, overwrite=overwrite) as tmp:
