@@ -143,6 +143,36 @@ def test_generate_cli_errors_are_one_line(tiny_dir, tmp_path, capsys):
         load_served(tmp_path)
 
 
+def test_an_output_that_is_a_directory_is_one_line_before_generating(tiny_dir, tmp_path, capsys, monkeypatch):
+    """It was IsADirectoryError from os.replace after every answer had been generated."""
+    from sftlab.commands import generate
+    from sftlab.io import atomic_write_jsonl
+
+    (tmp_path / "in.jsonl").write_text('{"prompt": "x"}\n', encoding="utf-8")
+    (tmp_path / "answers").mkdir()
+    monkeypatch.setattr(generate, "load_from_args", lambda args: pytest.fail("the model was loaded"))
+    assert main(["generate", str(tiny_dir), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"error: --output {tmp_path} is a directory; expected the path of the JSONL "
+                                       "file to write\n")
+    with pytest.raises(SftlabError, match=rf"^{tmp_path / 'answers'} is a directory; expected the path of a file"):
+        atomic_write_jsonl(tmp_path / "answers", [{"a": 1}])  # every atomic writer: one line, nothing replaced
+    assert (tmp_path / "answers").is_dir() and sorted(p.name for p in tmp_path.iterdir()) == ["answers", "in.jsonl"]
+
+
+def test_load_errors_name_the_argument_or_file_that_gave_the_path(tiny_dir, tmp_path):
+    """Every path was reported as model.path, which generate, chat, serve and eval do not have."""
+    with pytest.raises(SftlabError, match=rf"^MODEL '{tmp_path}/nope': no such directory$"):
+        load_served(tmp_path / "nope")
+    with pytest.raises(SftlabError, match=rf"^--adapter legal '{tmp_path}/nope': no such directory$"):
+        load_served(tiny_dir, adapters={"legal": str(tmp_path / "nope")})
+    moved = tmp_path / "adapter"
+    moved.mkdir()
+    (moved / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/old/box/base"}))
+    with pytest.raises(SftlabError, match=rf"^{moved}/adapter_config.json: base_model_name_or_path '/old/box/base': "
+                                          "no such directory$"):
+        load_served(moved)
+
+
 def test_chat_cli_streams_answers_with_reset(tiny_dir, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nhello\nagain\n/exit\nnever read\n"))
     assert main(["chat", str(tiny_dir), "--max-new-tokens", "5"]) == 0

@@ -81,6 +81,21 @@ def test_bad_directories(tmp_path, content, message):
         load_model(ModelConfig(path=str(tmp_path / "m")), "pt")
 
 
+def test_tokenizer_of_a_directory_that_holds_no_model_says_so(tmp_path):
+    """load_tokenizer runs first in train, plan and preview: a run directory given as model.path got transformers'
+    'Couldn't instantiate the backend tokenizer' instead of what is wrong."""
+    save_tiny("qwen2", tmp_path / "run" / "model", hidden=32, layers=1)
+    with pytest.raises(SftlabError, match=r"model.path '.*run' has no config.json; .* it looks like a run directory: "
+                                          r"use '.*run/model'$"):
+        load_tokenizer(ModelConfig(path=str(tmp_path / "run")))
+    with pytest.raises(SftlabError, match=r"^model.tokenizer '.*nope': no such directory$"):
+        load_tokenizer(ModelConfig(path=str(tmp_path / "run" / "model"), tokenizer=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SftlabError, match=r"model.path '.*empty' has no config.json; it is not a Hugging Face model "
+                                          r"directory \(write one with save_pretrained or `sftlab model import-gguf`\)$"):
+        load_tokenizer(ModelConfig(path=str(tmp_path / "empty")))
+
+
 def test_architecture_without_a_causal_lm_head(tmp_path):
     from transformers import ViTConfig
 

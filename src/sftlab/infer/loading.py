@@ -66,18 +66,19 @@ class ServedModel:
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
 
 
-def describe_source(path: str | Path, name: str | None = None) -> ModelSource:
-    """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside)."""
+def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL") -> ModelSource:
+    """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside); errors name `key`."""
     from sftlab.models.load import adapter_base, resolve_model_path
 
     given = Path(path).expanduser()
-    model_dir = run_model_dir(given) or resolve_model_path(str(path))
+    model_dir = run_model_dir(given) or resolve_model_path(str(path), key)
     template = trained_settings(model_dir).template or "auto"
     label = name or (given.name if given.is_dir() else model_dir.name)
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
         base = adapter_base(adapter_config)
-        return ModelSource(label, model_dir, resolve_model_path(base), adapter_dir=model_dir, template=template)
+        base_dir = resolve_model_path(base, f"{adapter_config}: base_model_name_or_path")
+        return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
     return ModelSource(label, model_dir, model_dir, template=template)
@@ -90,7 +91,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
 
     source = describe_source(path, name)
-    extra = {key: describe_source(value, key) for key, value in (adapters or {}).items()}
+    extra = {key: describe_source(value, key, f"--adapter {key}") for key, value in (adapters or {}).items()}
     if source.name in extra:
         raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
     for key, adapter in extra.items():

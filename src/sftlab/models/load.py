@@ -34,14 +34,14 @@ def sftlab_home() -> Path:
     return Path(os.environ.get("SFTLAB_HOME") or Path.home() / ".cache" / "sftlab").expanduser()
 
 
-def offline_message(path: str) -> str:
-    """The one-line error for a model path that is neither on disk nor embedded."""
-    return (f"model.path {path!r} not found locally; this machine is offline (no model hub): point model.path at a "
+def offline_message(path: str, key: str = "model.path") -> str:
+    """The one-line error for a model path that is neither on disk nor embedded (`key`: the setting that named it)."""
+    return (f"{key} {path!r} not found locally; this machine is offline (no model hub): point {key} at a "
             "local directory (e.g. one written by `sftlab model import-gguf` or `save_pretrained`)")
 
 
-def resolve_model_path(path: str) -> Path:
-    """Turn `model.path` into a local model directory, or raise a one-line SftlabError.
+def resolve_model_path(path: str, key: str = "model.path") -> Path:
+    """Turn `model.path` into a local model directory, or raise a one-line SftlabError naming `key`.
 
     A directory is returned as is; `gemma-3-270m` / `minilm` resolve to their cached converted
     directory (converted on first use when the wheel is installed); a `.gguf` file is imported once
@@ -57,14 +57,14 @@ def resolve_model_path(path: str) -> Path:
         return pull.ensure_embedded(text, install=False)
     if local.suffix.lower() == ".gguf":
         if not local.is_file():
-            raise SftlabError(f"model.path {text!r}: GGUF file not found")
+            raise SftlabError(f"{key} {text!r}: GGUF file not found")
         return import_gguf_cached(local)
     if local.exists():
-        raise SftlabError(f"model.path {text!r} is a file; expected a model directory, a .gguf file, "
+        raise SftlabError(f"{key} {text!r} is a file; expected a model directory, a .gguf file, "
                           f"or one of {', '.join(pull.EMBEDDED)}")
     if _HUB_ID.match(text):
-        raise SftlabError(offline_message(text))
-    raise SftlabError(f"model.path {text!r}: no such directory")
+        raise SftlabError(offline_message(text, key))
+    raise SftlabError(f"{key} {text!r}: no such directory")
 
 
 def import_gguf_cached(gguf_file: Path) -> Path:
@@ -105,8 +105,11 @@ def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code:
     """
     config_file = directory / "config.json"
     if not config_file.is_file():
+        run_model = directory / "model"
+        hint = (f"; it looks like a run directory: use {str(run_model)!r}" if (run_model / "config.json").is_file()
+                or (run_model / "adapter_config.json").is_file() else "")
         raise SftlabError(f"{key} {str(directory)!r} has no config.json; it is not a Hugging Face model directory "
-                          "(write one with save_pretrained or `sftlab model import-gguf`)")
+                          f"(write one with save_pretrained or `sftlab model import-gguf`){hint}")
     raw = read_json(config_file)
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
@@ -126,11 +129,13 @@ def load_tokenizer(model_cfg):
     from transformers import AutoTokenizer
 
     key = "model.tokenizer" if model_cfg.tokenizer else "model.path"
-    directory = resolve_model_path(model_cfg.tokenizer or model_cfg.path)
+    directory = resolve_model_path(model_cfg.tokenizer or model_cfg.path, key)
     try:
         tok = AutoTokenizer.from_pretrained(directory, local_files_only=True,
                                             trust_remote_code=model_cfg.trust_remote_code)
     except (OSError, ValueError) as exc:
+        if key == "model.path":  # not a model directory at all (a run directory, say): say that
+            check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SftlabError(f"{key} {str(directory)!r}: cannot load a tokenizer ({first})") from None
     if tok.pad_token is None and tok.eos_token is not None:
