@@ -158,3 +158,35 @@ def test_cli_server_finishes_stream_in_flight_on_sigterm(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def test_cli_port_in_use_fails_in_one_line_before_loading_and_port_0_prints_the_real_port(tmp_path, capsys,
+                                                                                          monkeypatch):
+    """A busy port was uvicorn's 'ERROR: [Errno 98] ...' with exit code 3 after the model had loaded; with --port 0
+    the command printed 'on http://127.0.0.1:0'."""
+    import socket
+
+    from sftlab.cli import main
+    from sftlab.infer import loading
+    from sftlab.serve import server
+
+    monkeypatch.delenv("SFTLAB_API_KEYS", raising=False)
+    monkeypatch.setattr(loading, "load_served", lambda *a, **k: pytest.fail("the model was loaded"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(tmp_path), "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose "
+                                       "another port (--port, or port in --config) or host\n")
+    served_on = []
+
+    class Server:
+        def run(self, sockets):
+            served_on.append(sockets[0].getsockname()[1])
+
+    monkeypatch.setattr(loading, "load_served", lambda *a, **k: type("Served", (), {"names": ["tiny"]})())
+    monkeypatch.setattr(server, "build_server", lambda served, settings: Server())
+    assert main(["serve", str(tmp_path), "--port", "0"]) == 0
+    assert served_on[0] > 0
+    assert capsys.readouterr().out == f"serving tiny on http://127.0.0.1:{served_on[0]} with no API keys (open)\n"

@@ -100,3 +100,13 @@ def test_feature_specs_and_kb_templates_use_the_same_reader(tmp_path):
         load_spec(listed)
     with pytest.raises(SftlabError, match=r"list\.yaml: expected a mapping with a top-level 'templates' list, got list$"):
         load_templates(listed, "en")
+
+
+def test_unknown_serve_setting_gets_a_suggestion(tmp_path):
+    """It said 'prot: Extra inputs are not permitted', where a run config's unknown key names the closest one."""
+    (tmp_path / "serve.yaml").write_text("prot: 8080\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"serve\.yaml: prot: unknown key; did you mean 'port'\?$"):
+        load_settings(tmp_path / "serve.yaml")
+    (tmp_path / "serve.yaml").write_text("zzz: 1\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"serve\.yaml: zzz: unknown key; known keys: host, port, model_name, "):
+        load_settings(tmp_path / "serve.yaml")

@@ -51,14 +51,19 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
 def run_serve(args) -> int:
     from sftlab.infer.loading import load_served
     from sftlab.serve.config import load_settings
-    from sftlab.serve.server import build_server
+    from sftlab.serve.server import build_server, listening_socket
 
     settings = load_settings(args.config, host=args.host, port=args.port, model_name=args.model_name, template=args.template,
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              request_timeout_s=args.request_timeout_s, access_log=args.access_log,
                              adapters=parse_adapters(args.adapter) or None)
-    served = load_served(args.model, adapters=settings.adapters, dtype=settings.dtype, name=settings.model_name)
-    auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (open)"
-    print(f"serving {', '.join(served.names)} on http://{settings.host}:{settings.port} with {auth}", flush=True)
-    build_server(served, settings).run()
+    sock = listening_socket(settings.host, settings.port)
+    try:
+        served = load_served(args.model, adapters=settings.adapters, dtype=settings.dtype, name=settings.model_name)
+        auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (open)"
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        print(f"serving {', '.join(served.names)} on http://{host}:{sock.getsockname()[1]} with {auth}", flush=True)
+        build_server(served, settings).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 
@@ -62,4 +63,9 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise SftlabError(f"{path or 'serve settings'}: {key}: {first['msg']}") from None
+        message = first["msg"]
+        if first["type"] == "extra_forbidden":  # as a run config's unknown keys: with the closest known one
+            close = difflib.get_close_matches(key, list(ServeSettings.model_fields), n=1, cutoff=0.5)
+            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else
+                                       f"; known keys: {', '.join(ServeSettings.model_fields)}")
+        raise SftlabError(f"{path or 'serve settings'}: {key}: {message}") from None

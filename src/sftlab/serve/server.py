@@ -24,6 +24,24 @@ def build_server(served, settings: ServeSettings):
     return uvicorn.Server(config)
 
 
+def listening_socket(host: str, port: int):
+    """The server's socket, bound before the model loads: a port in use fails at once in one line, and port 0 names
+    the free port it got (`sock.getsockname()`). uvicorn serves on it (`Server.run(sockets=[sock])`)."""
+    import socket
+
+    from sftlab.errors import SftlabError
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds its own
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SftlabError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port "
+                          "(--port, or port in --config) or host") from None
+    return sock
+
+
 class UvicornThread:
     """A uvicorn.Server run in a daemon thread; `start()` returns its URL once it listens (port 0 = a free port)."""
 
