@@ -36,6 +36,33 @@ def test_bad_values_name_the_key(override, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_grad_norm_must_be_positive_or_null(value):
+    # a negative clip norm flipped every gradient's sign (torch scales by max_norm / norm) and 0 zeroed them
+    with pytest.raises(SftlabError, match="train.max_grad_norm: Input should be greater than 0"):
+        load_config(None, [f"train.max_grad_norm={value}"], base=BASE)
+    assert load_config(None, ["train.max_grad_norm=null"], base=BASE).train.max_grad_norm is None
+
+
+def test_overrides_leave_the_base_dict_as_it_was():
+    base = {"model": {"path": "m"}, "data": {"train": "a.jsonl"}, "train": {"lr": 1e-3}}
+    cfg = load_config(None, ["train.lr=5e-4", "data.train=b.jsonl", "eval.every_n_steps=2"], base=base)
+    assert (cfg.train.lr, cfg.data.train, cfg.eval.every_n_steps) == (5e-4, "b.jsonl", 2)
+    assert base == {"model": {"path": "m"}, "data": {"train": "a.jsonl"}, "train": {"lr": 1e-3}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train=[a, {path: b, weight: 0}]", "data.train.1.weight: Input should be greater than 0 (got 0)"),
+    ("data.train=[{path: a, wieght: 2}]", "unknown key 'data.train.0.wieght'"),
+    ("strategy.freeze.layers=[1, x]", "strategy.freeze.layers.1: Input should be a valid integer"),
+])
+def test_errors_inside_a_union_name_the_deepest_key(override, message):
+    # data.train (str or list) reported its first union member: "data.train.str: Input should be a valid string"
+    with pytest.raises(SftlabError) as err:
+        load_config(None, [override], base=BASE)
+    assert str(err.value).startswith(f"config: {message}")
+
+
 def test_qlora_needs_bitsandbytes_and_on_cpu_its_cpu_backend(monkeypatch):
     import importlib.metadata
     import importlib.util

@@ -7,6 +7,7 @@ Unknown keys fail with a "did you mean" suggestion; wrong types name the key and
 
 from __future__ import annotations
 
+import copy
 import difflib
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from sftlab.io import read_yaml_mapping
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None, base: dict | None = None) -> RunConfig:
     """Read YAML at `path` (or start from `base`), apply `key.sub=value` overrides, validate."""
-    raw: dict[str, Any] = dict(base or {})
+    raw: dict[str, Any] = copy.deepcopy(base or {})  # overrides set nested keys: never in the caller's dict
     source = "config"
     if path is not None:
         path = Path(path)
@@ -58,12 +59,19 @@ def validate_config(raw: dict, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise SftlabError(f"{source}: {describe_error(exc.errors()[0])}") from None
+        errors = exc.errors()  # a union (data.train: str or list) fails once per member: the deepest error is the real one
+        deepest = max(errors, key=lambda err: len([part for part in err.get("loc", ()) if not _union_member(part)]))
+        raise SftlabError(f"{source}: {describe_error(deepest)}") from None
+
+
+def _union_member(part) -> bool:
+    """Whether a pydantic error location part names a union member ('str', 'list[int]', 'DatasetSpec'), not a key."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part or part[:1].isupper())
 
 
 def describe_error(err: dict) -> str:
     """Turn one pydantic error into 'key: message', with a suggestion for unknown keys."""
-    loc = [str(part) for part in err.get("loc", ())]
+    loc = [str(part) for part in err.get("loc", ()) if not _union_member(part)]
     key = ".".join(loc) or "(top level)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":

@@ -164,7 +164,7 @@ class TrainConfig(_Strict):
     grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step; the loss is normalised by the supervised tokens of all of them")
     lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms)")
-    max_grad_norm: float | None = Field(1.0, description="gradient clipping; null turns it off")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
     max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
