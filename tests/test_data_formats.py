@@ -140,6 +140,17 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
         read_rows(path)
 
 
+def test_unicode_line_separators_inside_records_are_not_line_breaks(tmp_path):
+    # JSON strings may hold U+2028, U+2029 and U+0085 as they are (json.dumps(..., ensure_ascii=False) writes them),
+    # and a text line may hold a form feed; str.splitlines broke such lines apart
+    texts = ["a\u2028b", "c\u2029d\x85e"]
+    path = write(tmp_path / "u.jsonl", "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
+    assert [(row["text"], row["_src"]) for row in read_rows(path)] == [(texts[0], f"{path}:1"), (texts[1], f"{path}:2")]
+    path = write(tmp_path / "u.txt", "page one\x0cstill line one\r\nline two\n")
+    assert [(row["text"], row["_src"]) for row in read_rows(path)] == [("page one\x0cstill line one", f"{path}:1"),
+                                                                       ("line two", f"{path}:2")]
+
+
 def test_malformed_json_document_names_line(tmp_path):
     path = write(tmp_path / "bad.json", '[\n{"text": "a"},\n{"text": }\n]')
     with pytest.raises(SftlabError, match=rf"{path}:3: malformed JSON"):

@@ -42,7 +42,7 @@ def read_rows(path: str | Path) -> list[dict]:
         elif ext == ".jsonl":  # a JSON array saved as .jsonl is read as JSON, as HF's json loader does
             rows = _read_json(path, text) if text.lstrip().startswith("[") else _read_jsonl(path, text)
         elif ext == ".txt":
-            rows = [{"text": line, "_src": f"{path}:{i}"} for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+            rows = [{"text": line, "_src": f"{path}:{i}"} for i, line in enumerate(_lines(text), 1) if line.strip()]
         else:
             rows = _read_csv(path, text, "\t" if ext == ".tsv" else ",")
     if not rows:
@@ -61,9 +61,15 @@ def _decode(path: Path) -> str:
         raise SftlabError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x}); re-save the file as UTF-8") from None
 
 
+def _lines(text: str) -> list[str]:
+    """The lines of `text`, split at \\n, \\r\\n and \\r only: str.splitlines also splits at U+2028, U+0085 and
+    form feeds, which JSON strings and texts may hold as they are (json.dumps(..., ensure_ascii=False) writes them)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
 def _read_jsonl(path: Path, text: str) -> list[dict]:
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(_lines(text), 1):
         if not line.strip():
             continue
         try:
@@ -104,7 +110,7 @@ def _read_json(path: Path, text: str) -> list[dict]:
 
 def _first_line_is_object(text: str) -> bool:
     try:
-        return isinstance(json.loads(text.splitlines()[0]), dict)
+        return isinstance(json.loads(_lines(text)[0]), dict)
     except json.JSONDecodeError:
         return False
 
