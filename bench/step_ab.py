@@ -13,7 +13,8 @@ all threads) after a warm-up step. With a loaded machine prefer 1 thread and CPU
 The compiled element-wise kernels (`model.compiled_kernels: auto`, on for W1) are prepared once, in bf16 where
 any variant is bf16 (other dtypes compile in the warm-up round). Variants in bf16: `autocast` (fp32 weights
 under bf16 autocast, the fused head loss), `bf16-weights` (model.dtype bfloat16: bf16 weights, fp32 master
-weights in AdamW), `bf16-weights-eager` (the same with the compiled kernels off), `unfused-head` (autocast, the
+weights in AdamW), `bf16-weights-eager` (the same with the compiled kernels off), `bf16-weights-compiled` (the
+same with each decoder layer `torch.compile`d), `unfused-head` (autocast, the
 checkpointed per-chunk head instead of the fused one), `compiled` (autocast, each decoder layer
 `torch.compile`d). In fp32 (no autocast): `fp32`, `fp32-selective` (train.gradient_checkpointing:
 selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`, `fp32-eager` (the
@@ -36,8 +37,8 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR / "_peers"))
 
-VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "unfused-head", "compiled", "fp32", "fp32-eager",
-            "fp32-selective", "fp32-checkpointed", "fp32-compiled")
+VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "bf16-weights-compiled", "unfused-head", "compiled",
+            "fp32", "fp32-eager", "fp32-selective", "fp32-checkpointed", "fp32-compiled")
 
 
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:
