@@ -66,6 +66,21 @@ def test_compare_end_to_end(tmp_path, capsys):
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["compare", str(config), "--strategies", "lora", "--budget", "1", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["compare", str(config), "--strategies", "lora", "--budget", "1", "--out", str(out), "--overwrite"]) == 0
+    assert [row["kind"] for row in json.loads((out / "compare.json").read_text())["rows"]] == ["lora"]
+    assert sorted(p.name for p in out.iterdir()) == ["compare.json", "compare.md", "compare.png", "lora", "notes.txt"]
+
+
+def test_an_overwritten_comparison_removes_only_the_run_directories_of_strategies_it_drops(tmp_path):
+    from sftlab.plan.compare import stale_strategy_dirs
+
+    for name in ("full", "lora", "freeze"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("{}", encoding="utf-8")
+    (tmp_path / "auto").mkdir()  # no config.yaml: not a run directory of ours
+    assert stale_strategy_dirs(tmp_path, ("lora",)) == [tmp_path / "full", tmp_path / "freeze"]
+    assert stale_strategy_dirs(tmp_path / "absent", ("lora",)) == []
 
 
 def test_time_budget_stops_after_the_step_that_spends_it(tmp_path):

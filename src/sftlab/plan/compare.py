@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -153,6 +154,7 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
 
     require_in_memory_data(cfg, "compare")
     check_output_dir(out_dir, overwrite)
+    stale = stale_strategy_dirs(out_dir, kinds)  # an earlier comparison's other strategies, removed at the end
     cfg, precision_choice = resolve_precision(cfg)  # once, so every strategy runs and reports the same
     if precision_choice:
         print(precision_choice)
@@ -167,8 +169,18 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
                      "train_loss": metrics.get("train_loss")})
     summary = {"model": cfg.model.path, "stage": cfg.train.stage, "seed": cfg.train.seed,
                "budget": {"kind": budget[0], "value": budget[1]}, "rows": rows}
+    for run_dir in stale:
+        shutil.rmtree(run_dir)
     write_report(summary, out_dir)
     return summary
+
+
+def stale_strategy_dirs(out_dir: Path, kinds: tuple[str, ...]) -> list[Path]:
+    """Run directories an earlier comparison left in `out_dir` for strategies this one does not train (`OUT/<kind>`
+    holding a config.yaml); other files and folders there are the user's."""
+    from sftlab.plan.planner import KINDS
+
+    return [out_dir / kind for kind in KINDS if kind not in kinds and (out_dir / kind / "config.yaml").is_file()]
 
 
 def _num_layers(cfg) -> int:
