@@ -53,7 +53,7 @@ def test_overrides_leave_the_base_dict_as_it_was():
 
 @pytest.mark.parametrize("override, message", [
     ("data.train=[a, {path: b, weight: 0}]", "data.train.1.weight: Input should be greater than 0 (got 0)"),
-    ("data.train=[{path: a, wieght: 2}]", "unknown key 'data.train.0.wieght'"),
+    ("data.train=[{path: a, wieght: 2}]", "unknown key 'data.train.0.wieght'; did you mean 'data.train.0.weight'?"),
     ("strategy.freeze.layers=[1, x]", "strategy.freeze.layers.1: Input should be a valid integer"),
 ])
 def test_errors_inside_a_union_name_the_deepest_key(override, message):

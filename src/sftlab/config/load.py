@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -91,15 +92,27 @@ def _suggestion(loc: list[str]) -> str:
     """Find the model the unknown key sat in and suggest the closest known field."""
     model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
+        if part.isdigit() and model is not None:  # a list item (data.train.1): the model found for the list
+            continue
         field = model.model_fields.get(part) if model else None
-        annotation = field.annotation if field else None
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        model = _model_in(field.annotation) if field else None
     if model is None:
         return ""
     close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
     if close:
         return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
     return f"; known keys here: {', '.join(model.model_fields)}"
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    """The config model an annotation holds: itself, or one inside a union or list (`str | list[str | DatasetSpec]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def dump_config(cfg: RunConfig) -> str:
