@@ -1,6 +1,7 @@
 """--resume continues the latest checkpoint exactly; a changed config or a missing checkpoint is refused."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -88,6 +89,15 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_has_set_up(tmp_path)
     assert sorted(path.name for path in again.out_dir.iterdir()) == [
         "config.yaml", "data_stats.json", "metrics.json", "metrics.jsonl", "model", "notes.txt", "trainable.json"]
     assert json.loads((again.out_dir / "metrics.json").read_text())["step"] == 2
+    fresh = tiny_run(tmp_path, name="fresh", train={"max_steps": 1})
+    fresh["data"]["train"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(SftlabError, match="data file not found"):
+        train(fresh)
+    assert not Path(fresh["output"]["dir"]).exists()  # the failed run leaves no empty directory behind
+    Path(fresh["output"]["dir"]).mkdir()  # one the user made stays
+    with pytest.raises(SftlabError, match="data file not found"):
+        train(fresh)
+    assert Path(fresh["output"]["dir"]).is_dir()
 
 
 def test_trained_weights_start_a_new_run_through_model_path(tmp_path):

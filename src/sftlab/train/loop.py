@@ -94,11 +94,11 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     cfg, precision_choice = resolve_precision(cfg)  # train.precision: auto becomes bf16 or fp32 here
     out_dir = Path(cfg.output.dir).expanduser()
     accelerator = make_accelerator(cfg)
-    main = accelerator.is_main_process
+    main, created = accelerator.is_main_process, not out_dir.exists()
     with accelerator.main_process_first():
         checkpoint = prepare_output_dir(out_dir, resume, overwrite) if main else (
             latest_checkpoint(out_dir) if resume else None)
-    with replacing_previous_run(out_dir, main), progress_bars(show_progress):
+    with replacing_previous_run(out_dir, main, created), progress_bars(show_progress):
         session, rng = build_session(cfg, out_dir, checkpoint, Path(base_dir) if base_dir else None, accelerator)
     if checkpoint is not None and main:
         keep_rows_up_to(out_dir, session.step)

@@ -108,9 +108,10 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
 
 
 @contextlib.contextmanager
-def replacing_previous_run(out_dir: Path, main: bool = True):
+def replacing_previous_run(out_dir: Path, main: bool = True, created: bool = False):
     """Around a run's setup: the previous run that --overwrite set aside (`prepare_output_dir`) is deleted once the
-    setup has succeeded, and put back as it was when it fails (bad data, a model that does not load)."""
+    setup has succeeded, and put back as it was when it fails (bad data, a model that does not load). When it
+    fails, an output directory this run `created` goes again if it holds nothing."""
     held = out_dir / PREVIOUS_RUN
     try:
         yield
@@ -121,6 +122,8 @@ def replacing_previous_run(out_dir: Path, main: bool = True):
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
                 entry.replace(target)
             shutil.rmtree(held, ignore_errors=True)
+        if main and created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
         raise
     if main:
         shutil.rmtree(held, ignore_errors=True)
