@@ -44,11 +44,11 @@ def compute_dtype_name() -> str:
     other CPUs (see the module docstring)."""
     import torch
 
-    from sftlab.train.precision import cpu_runs_in_hardware, gpu_runs_bf16_in_hardware
+    from sftlab.train.precision import machine_precision
 
-    if torch.cuda.is_available():
-        return "bfloat16" if gpu_runs_bf16_in_hardware() else "float16"
-    return "bfloat16" if cpu_runs_in_hardware("bf16") else "float32"
+    if machine_precision() == "bf16":  # the same test as train.precision: auto
+        return "bfloat16"
+    return "float16" if torch.cuda.is_available() else "float32"
 
 
 def four_bit_kwargs() -> dict:
