@@ -176,7 +176,9 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
     for name, examples in eval_sets.items():
         for position, example in enumerate(examples):
             hashes.setdefault(example_hash(example), (name, example))
-            text, group = near_identity(example) if index is not None else ("", "")
+            if index is None:
+                continue
+            text, group = near_identity(example)
             grams = shingles(text, options.ngram)
             if grams:
                 key = f"{name}#{position}"
