@@ -98,10 +98,16 @@ def _suggestion(loc: list[str]) -> str:
         model = _model_in(field.annotation) if field else None
     if model is None:
         return ""
-    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.5)
+    close = closest_field(model, loc[-1])
     if close:
-        return f"; did you mean {'.'.join(loc[:-1] + [close[0]])!r}?"
+        return f"; did you mean {'.'.join(loc[:-1] + [close])!r}?"
     return f"; known keys here: {', '.join(model.model_fields)}"
+
+
+def closest_field(model: type[BaseModel], name: str) -> str | None:
+    """The field of `model` an unknown key `name` most likely meant, or None (run configs and serve settings)."""
+    close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.5)
+    return close[0] if close else None
 
 
 def _model_in(annotation) -> type[BaseModel] | None:

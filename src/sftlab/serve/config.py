@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sftlab.config.load import closest_field
 from sftlab.errors import SftlabError
 from sftlab.io import read_yaml_mapping
 
@@ -65,7 +65,7 @@ def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:
         key = ".".join(str(part) for part in first["loc"])
         message = first["msg"]
         if first["type"] == "extra_forbidden":  # as a run config's unknown keys: with the closest known one
-            close = difflib.get_close_matches(key, list(ServeSettings.model_fields), n=1, cutoff=0.5)
-            message = "unknown key" + (f"; did you mean {close[0]!r}?" if close else
+            close = closest_field(ServeSettings, key)
+            message = "unknown key" + (f"; did you mean {close!r}?" if close else
                                        f"; known keys: {', '.join(ServeSettings.model_fields)}")
         raise SftlabError(f"{path or 'serve settings'}: {key}: {message}") from None
