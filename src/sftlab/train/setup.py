@@ -29,7 +29,7 @@ from sftlab.train.environment import collect_environment, version_warning
 
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
                "data_stats.json", "trainable.json", "importance.png")
-# Where --overwrite keeps the previous run's entries until the new run's setup has succeeded (`settle_previous_run`).
+# Where --overwrite keeps the previous run's entries until the new run's setup has succeeded (`replacing_previous_run`).
 PREVIOUS_RUN = ".sftlab-previous-run"
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
