@@ -155,16 +155,16 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     assert len(set(straight.losses)) == 5  # the adapter trains: every step's loss differs
 
 
-def _qlora_logits(base_dir, adapter_dir, ids, compute_dtype=None):
+def _qlora_logits(base_dir, adapter_dir, ids, compute_dtype: str | None = None):
     """Logits of the QLoRA model as it trained: the 4-bit base (its other weights in float32) and the adapter; the
-    4-bit matmuls in this machine's compute dtype, or in `compute_dtype`."""
+    4-bit matmuls in this machine's compute dtype, or in `compute_dtype` ('float32')."""
     from peft import PeftModel, prepare_model_for_kbit_training
 
-    from sftlab.models.nf4 import _four_bit_layers
+    from sftlab.models.nf4 import as_trained
 
     model = prepare_model_for_kbit_training(load_four_bit(base_dir), use_gradient_checkpointing=False)
-    for layer in _four_bit_layers(model) if compute_dtype else ():
-        layer.compute_dtype = compute_dtype
+    if compute_dtype:
+        as_trained(model, {"compute_dtype": compute_dtype})
     with torch.no_grad():
         return PeftModel.from_pretrained(model, str(adapter_dir)).eval()(input_ids=ids).logits
 
@@ -181,7 +181,7 @@ def test_export_merges_into_the_dequantised_base_by_default(qlora_run, capsys):
     run, base, tmp = qlora_run["result"].out_dir, qlora_run["base"], qlora_run["tmp"]
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11]])
     trained = _qlora_logits(base, run / "model", ids)
-    exact = _qlora_logits(base, run / "model", ids, compute_dtype=torch.float32)
+    exact = _qlora_logits(base, run / "model", ids, compute_dtype="float32")
     # bf16 compute (CPUs with AVX-512 BF16 or AMX) rounds every 4-bit layer's input: 1.1e-3 measured on Zen 4
     rounding = 1e-4 if compute_dtype_name() == "float32" else 5e-3
     assert main(["export", str(run), "--merge", str(tmp / "deq")]) == 0
