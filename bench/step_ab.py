@@ -14,7 +14,9 @@ The compiled element-wise kernels (`model.compiled_kernels: auto`, on for W1) ar
 any variant is bf16 (other dtypes compile in the warm-up round). Variants in bf16: `autocast` (fp32 weights
 under bf16 autocast, the fused head loss), `bf16-weights` (model.dtype bfloat16: bf16 weights, fp32 master
 weights in AdamW), `bf16-weights-eager` (the same with the compiled kernels off), `bf16-weights-compiled` (the
-same with each decoder layer `torch.compile`d), `unfused-head` (autocast, the
+same with each decoder layer `torch.compile`d), `bf16-weights-split2` and `-split4` (the same batch of 8 rows
+as 2 or 4 micro-batches whose gradients accumulate, each loss divided by the whole batch's supervised tokens, so
+the update is the same), `unfused-head` (autocast, the
 checkpointed per-chunk head instead of the fused one), `compiled` (autocast, each decoder layer
 `torch.compile`d). In fp32 (no autocast): `fp32`, `fp32-selective` (train.gradient_checkpointing:
 selective), `fp32-checkpointed` (train.gradient_checkpointing: true), `fp32-compiled`, `fp32-eager` (the
@@ -38,7 +40,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR / "_peers"))
 
 VARIANTS = ("autocast", "bf16-weights", "bf16-weights-eager", "bf16-weights-compiled", "unfused-head", "compiled",
-            "fp32", "fp32-eager", "fp32-selective", "fp32-checkpointed", "fp32-compiled")
+            "bf16-weights-split2", "bf16-weights-split4", "fp32", "fp32-eager", "fp32-selective", "fp32-checkpointed",
+            "fp32-compiled")
 
 
 def w1_batches(data: Path, work: Path, count: int, log) -> tuple[Path, list[dict]]:
@@ -81,9 +84,13 @@ def make_step(variant: str, model):
         if variant.endswith("-eager"):
             kernels._state["on"] = False
         try:
-            with precision():
-                total, count = loss_module.causal_lm_loss_sum(model, batch)
-            (total / count).backward()
+            parts = int(variant.rsplit("split", 1)[1]) if "-split" in variant else 1
+            rows, supervised = len(batch["input_ids"]) // parts, loss_module.count_supervised_tokens(batch["labels"])
+            for part in range(parts):
+                with precision():
+                    total, _ = loss_module.causal_lm_loss_sum(
+                        model, {key: value[part * rows:(part + 1) * rows] for key, value in batch.items()})
+                (total / supervised).backward()
         finally:
             loss_module._fusable, kernels._state["on"] = fusable, compiled_on
         optimizer.step()
