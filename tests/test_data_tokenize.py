@@ -174,3 +174,36 @@ def test_prepare_data_oversamples_train_only(tmp_path):
     assert len(prepared.train) == 24 and len(prepared.validation) == 2
     with pytest.raises(SftlabError, match="data.balance=oversample needs labels; stage pt"):
         prepare_data(cfg.model_copy(update={"train": TrainConfig(stage="pt", max_length=8)}), make_tokenizer("none"), tmp_path)
+
+
+def test_the_cache_key_hashes_every_data_module_that_makes_token_rows(tmp_path):
+    """A change to the templates' code, their schema or the message checks must miss the tokenisation cache."""
+    import ast
+    from pathlib import Path
+
+    from sftlab.data import tokenize
+
+    data_dir = Path(tokenize.__file__).parent
+
+    def data_imports(name: str) -> set[str]:
+        tree = ast.parse((data_dir / name).read_text(encoding="utf-8"))
+        return {f"{node.module.rsplit('.', 1)[1]}.py" for node in ast.walk(tree)
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sftlab.data.")}
+
+    makers, todo = set(), ["tokenize.py"]
+    while todo:  # tokenize.py and what it imports from sftlab.data, transitively; rows.py is the cache's format
+        name = todo.pop()
+        if name not in makers and name != "rows.py":
+            makers.add(name)
+            todo += sorted(data_imports(name))
+    assert "template_spec.py" in makers
+    assert makers <= set(tokenize.CODE_MODULES)
+    files = tokenize._code_files()
+    assert {path.name for path in files} >= set(tokenize.CODE_MODULES) | {"chatml.yaml"}
+    copies = []
+    for path in files[:4]:
+        copies.append(tmp_path / path.name)
+        copies[-1].write_bytes(path.read_bytes())
+    before = tokenize._code_version(copies)
+    copies[2].write_bytes(copies[2].read_bytes() + b"\n# changed\n")
+    assert tokenize._code_version(copies) != before

@@ -7,7 +7,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from sftlab.data.templates import TemplateSpec, builtin_template_names, load_builtin, parse_template_file
+from sftlab.data.template_spec import TemplateSpec, builtin_template_names, load_builtin, parse_template_file
 from sftlab.errors import SftlabError
 
 TEMPLATE_DIR = resources.files("sftlab").joinpath("templates")

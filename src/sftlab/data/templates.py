@@ -30,115 +30,19 @@ tool call or a tool result is refused, and so is tool data under a built-in temp
 
 from __future__ import annotations
 
-import functools
 import weakref
 from dataclasses import dataclass
-from importlib import resources
-from typing import Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sftlab.data.messages import ROLES, check_messages  # noqa: F401  (re-exported)
 from sftlab.data.messages import check_tools, check_tools_rendered, has_tool_data
 from sftlab.data.messages import where_of as _where
+from sftlab.data.template_spec import TemplateSpec, builtin_template_names, load_builtin
 from sftlab.errors import SftlabError
-from sftlab.io import yaml_error_line
 
 IGNORE_INDEX = -100
 MASKS = ("assistant", "last_assistant", "all")
 DEFAULT_TEMPLATE = "chatml"
 _PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RoleFormat(_Strict):
-    """Text around one message of a role: prefix + content + suffix."""
-
-    prefix: str = ""
-    suffix: str = ""
-
-
-class RoleFormats(_Strict):
-    """Per-role formats; `system` is absent when the system text is merged into the first user turn."""
-
-    system: RoleFormat | None = None
-    user: RoleFormat
-    assistant: RoleFormat
-
-
-class TemplateSpec(_Strict):
-    """One built-in chat template file. Strings may contain {bos_token} / {eos_token} (the tokenizer's)."""
-
-    name: str
-    aliases: list[str] = Field(default_factory=list)
-    description: str
-    bos: str = Field("", description="text once at the start of every conversation")
-    trim_content: bool = Field(False, description="strip message contents (a merged system text stays verbatim)")
-    system_placement: Literal["turn", "merge_first_user"] = "turn"
-    system_separator: str = Field("\n\n", description="merge_first_user: between the system text and the user text")
-    roles: RoleFormats
-    generation_prompt: str = Field(..., description="text that asks for an answer; a prefix of roles.assistant.prefix")
-    end_of_turn: str = Field(..., min_length=1, description="the token that closes an answer; supervised")
-    stop_tokens: list[str] = Field(default_factory=list, description="more tokens that stop generation, if the tokenizer has them")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "TemplateSpec":
-        if not self.roles.assistant.prefix.startswith(self.generation_prompt):
-            raise ValueError("generation_prompt must be a prefix of roles.assistant.prefix")
-        if not self.roles.assistant.suffix.startswith(self.end_of_turn):
-            raise ValueError("roles.assistant.suffix must start with end_of_turn")
-        if self.system_placement == "turn" and self.roles.system is None:
-            raise ValueError("system_placement 'turn' needs roles.system")
-        if self.system_placement == "merge_first_user" and self.roles.system is not None:
-            raise ValueError("system_placement 'merge_first_user' takes no roles.system")
-        return self
-
-
-# --------------------------------------------------------------------------------------- built-in files
-
-
-@functools.lru_cache(maxsize=1)
-def _builtin_specs() -> dict[str, TemplateSpec]:
-    """Every built-in template by name and alias (read once from the package's templates/*.yaml)."""
-    specs: dict[str, TemplateSpec] = {}
-    for entry in sorted(resources.files("sftlab").joinpath("templates").iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".yaml"):
-            spec = parse_template_file(entry.name, entry.read_text(encoding="utf-8"))
-            for key in [spec.name, *spec.aliases]:
-                specs[key] = spec
-    return specs
-
-
-def parse_template_file(filename: str, text: str) -> TemplateSpec:
-    """Validate one template file's YAML text; problems raise a one-line SftlabError naming the key."""
-    try:
-        raw = yaml.safe_load(text)
-        return TemplateSpec.model_validate(raw)
-    except yaml.YAMLError as exc:
-        raise SftlabError(yaml_error_line(filename, exc)) from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(part) for part in err.get("loc", ())) or "(top level)"
-        raise SftlabError(f"{filename}: {key}: {err['msg'].removeprefix('Value error, ')}") from None
-
-
-def builtin_template_names() -> list[str]:
-    """Canonical names of the built-in templates (aliases not included), sorted."""
-    return sorted({spec.name for spec in _builtin_specs().values()})
-
-
-def load_builtin(name: str) -> TemplateSpec:
-    """The built-in template called `name` (or one of its aliases)."""
-    specs = _builtin_specs()
-    if name not in specs:
-        known = ", ".join(f"{n} (alias {', '.join(specs[n].aliases)})" if specs[n].aliases else n
-                          for n in builtin_template_names())
-        raise SftlabError(f"data.template: unknown chat template {name!r}; known: auto, {known}")
-    return specs[name]
 
 
 # ----------------------------------------------------------------------------------------- messages

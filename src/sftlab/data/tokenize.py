@@ -21,7 +21,7 @@ cls `{"input_ids", "label": int}`.
 The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
 directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
 template), the settings above, and the source of this module and of the chat-template code
-(`sftlab/data/templates.py`, `sftlab/data/messages.py`, `sftlab/templates/`).
+(`sftlab/data/templates.py`, `template_spec.py`, `messages.py`, `sftlab/templates/`).
 """
 
 from __future__ import annotations
@@ -146,14 +146,23 @@ def _cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
     return digest.hexdigest()[:24]
 
 
-def _code_version() -> str:
-    """Hash of this module and the chat-template code (and its template files), so code changes miss the cache."""
+# The modules whose code decides the token ids and labels (sftlab/data/), hashed into the cache key.
+CODE_MODULES = ("tokenize.py", "templates.py", "template_spec.py", "messages.py")
+
+
+def _code_files() -> list[Path]:
+    """CODE_MODULES and the built-in chat template files (sftlab/templates/*.yaml)."""
     here = Path(__file__).parent
-    files = [Path(__file__), here / "templates.py", here / "messages.py"]
-    if (here.parent / "templates").is_dir():  # the built-in chat templates (sftlab/templates/*.yaml)
+    files = [here / name for name in CODE_MODULES]
+    if (here.parent / "templates").is_dir():
         files += sorted(p for p in (here.parent / "templates").rglob("*") if p.is_file())
+    return files
+
+
+def _code_version(files: list[Path] | None = None) -> str:
+    """Hash of the code that makes token rows (`_code_files`), so a code change misses the cache."""
     digest = hashlib.sha256()
-    for path in files:
+    for path in _code_files() if files is None else files:
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
