@@ -13,7 +13,8 @@ conversations both ways and returns None on any difference: a wrong template is 
 
 from __future__ import annotations
 
-from sftlab.data.templates import BuiltinFormat, TemplateSpec, chat_format, check_messages
+from sftlab.data.template_spec import TemplateSpec
+from sftlab.data.templates import BuiltinFormat, chat_format, check_messages
 from sftlab.errors import SftlabError
 
 # Conversations rendered both ways before a generated Jinja template is trusted.
