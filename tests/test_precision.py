@@ -127,3 +127,30 @@ def test_model_dtype_auto_follows_the_resolved_precision(tmp_path, monkeypatch, 
     assert "dtype: bfloat16" in (result.out_dir / "config.yaml").read_text()
     weights = load_file(result.out_dir / "model" / "model.safetensors")
     assert all(tensor.dtype == torch.bfloat16 for tensor in weights.values())
+
+
+def test_auto_scores_its_calibration_batches_in_the_precision_the_run_trains_in(tmp_path, monkeypatch):
+    """strategy.kind=auto's importance pass runs under bf16 autocast where the run trains in bf16 (2-3x faster on
+    CPUs with bf16 instructions), and in fp32 otherwise; it picks the same units here either way."""
+    import sftlab.train.setup as setup
+    from sftlab.strategy import importance
+
+    seen: list[bool] = []
+    real_loss_sum = setup.loss_sum
+
+    def recording_loss_sum(model, batch, stage):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_loss_sum(model, batch, stage)
+
+    monkeypatch.setattr(setup, "loss_sum", recording_loss_sum)
+    chosen = {}
+    real_apply = importance.apply_auto
+    monkeypatch.setattr(importance, "apply_auto", lambda *a: chosen.setdefault(len(chosen), real_apply(*a)))
+    for setting in ("bf16", "fp32", "fp16"):
+        seen.clear()
+        (tmp_path / setting).mkdir()
+        cfg = load_config(None, [], base={**tiny_config(tmp_path / setting, precision=setting),
+                                          "strategy": {"kind": "auto"}})
+        build_plan(cfg, None, load_thresholds(), ("auto",))
+        assert seen and all(flag == (setting == "bf16") for flag in seen), (setting, seen)
+    assert chosen[0][0]["chosen"] == chosen[1][0]["chosen"]

@@ -214,8 +214,9 @@ def _load_model(cfg, tokenizer, prepared, collate):
         fuse_layers(model)
     enable_activation_checkpointing(model, cfg.train.gradient_checkpointing)
 
-    def mean_loss(m, batch):
-        total, count = loss_sum(m, batch, cfg.train.stage)
+    def mean_loss(m, batch):  # auto's calibration: bf16 matmuls where the run trains in bf16 (fp16 has no scaler here)
+        with torch.autocast(next(m.parameters()).device.type, torch.bfloat16, enabled=cfg.train.precision == "bf16"):
+            total, count = loss_sum(m, batch, cfg.train.stage)
         return total / max(count, 1)
 
     model, trainable = select_trainable(model, cfg.strategy, _calibration(prepared, cfg, collate), mean_loss)
