@@ -23,3 +23,27 @@ def test_every_command_module_registers_and_has_help():
     text = parser.format_help()
     for command in ["train", "data", "model", "eval", "generate", "chat", "serve", "export", "plan", "compare", "report"]:
         assert command in text
+
+
+def test_library_messages_an_offline_user_cannot_act_on_are_dropped(caplog):
+    """bitsandbytes' failed hub-kernel fetch (on AVX-512 BF16 CPUs), the kernels package's offline note and the
+    FutureWarning peft triggers in transformers are not shown; other messages of the same loggers still are."""
+    import logging
+    import warnings
+
+    from sftlab.cli import quiet_libraries
+
+    quiet_libraries()
+    quiet_libraries()  # idempotent: one filter per logger
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert len(bnb.filters) == 1
+    with caplog.at_level(logging.WARNING):
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please ...", "offline")
+        logging.getLogger("kernels._internals.hf_hub").warning(
+            "Skipping publisher trust check for 'kernels-community/x' because Hugging Face Hub is in offline mode.")
+        bnb.warning("something else")
+    assert [record.getMessage() for record in caplog.records] == ["something else"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("another FutureWarning", FutureWarning)
+    assert [str(w.message) for w in caught] == ["another FutureWarning"]

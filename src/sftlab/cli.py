@@ -57,12 +57,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library messages that tell an offline user nothing they can act on: bitsandbytes (imported by peft) tries to fetch
+# a CPU kernel from the hub on CPUs with AVX-512 BF16 and warns, through the `kernels` package, that it cannot.
+_DROPPED_LOG_MESSAGES = {"kernels._internals.hf_hub": "Skipping publisher trust check for ",
+                         "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+
+
 def quiet_libraries() -> None:
-    """No hub access (this is an offline tool) and no third-party progress bars; sftlab prints its own progress."""
+    """No hub access (this is an offline tool) and no third-party progress bars; sftlab prints its own progress.
+    Drops the hub-kernel messages above and transformers' deprecation warning that peft's own code triggers."""
+    import logging
+    import warnings
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    for name, start in _DROPPED_LOG_MESSAGES.items():
+        logger = logging.getLogger(name)
+        if not any(getattr(f, "sftlab_drops", None) == start for f in logger.filters):
+            drop = logging.Filter()
+            drop.filter = lambda record, start=start: not str(record.msg).startswith(start)
+            drop.sftlab_drops = start
+            logger.addFilter(drop)
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
