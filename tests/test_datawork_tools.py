@@ -380,7 +380,9 @@ def test_augment_keeps_argument_words_and_never_edits_tool_data_or_other_turns()
     example["messages"].insert(0, {"role": "system", "content": "Tell me the weather, please."})
     original = copy.deepcopy(example)
     new = augment_examples([example], RuleAugmenter(SYNONYMS, rate=1.0, seed=0), list(RULE_METHODS), copies=3)
-    assert example == original and len(new) == 12
+    assert example == original and {e["augmented"]["method"] for e in new} == set(RULE_METHODS)
+    bodies = [json.dumps(e["messages"], sort_keys=True) for e in new]
+    assert 4 <= len(new) <= 12 and len(set(bodies)) == len(bodies)  # up to 3 copies per method, never one twice
     for augmented in new:
         assert _kept(augmented["messages"][1]["content"]) == KEPT
         assert augmented["messages"][0] == original["messages"][0]  # the system turn

@@ -54,7 +54,7 @@ def _register_build(data) -> None:
 
     p = sub.add_parser("drafts", help="draft responses with a local model into a review file (keeps earlier decisions)")
     p.add_argument("input", help="instructions file (instruction, optional input and id)")
-    p.add_argument("--review", required=True, help="review JSONL file to create or update")
+    p.add_argument("--review", required=True, help="review JSONL file (.jsonl) to create or update")
     p.add_argument("--model", required=True, help="local causal LM directory that writes the drafts")
     p.add_argument("--columns", nargs="*", metavar="CANONICAL=COLUMN", help="e.g. instruction=question")
     p.add_argument("--id-field", default="id")
@@ -98,7 +98,7 @@ def _register_clean(data) -> None:
     g.add_argument("--config", help="run config whose model's tokenizer counts tokens (when --tokenizer is not given)")
     g.add_argument("--min-tokens", type=int, help="drop responses shorter than this")
     g.add_argument("--max-tokens", type=int, help="drop responses longer than this")
-    g.add_argument("--lang", help="keep responses in these languages, e.g. zh or zh,en")
+    g.add_argument("--lang", help="keep responses in these languages (zh, ja, ko, en, ru), e.g. zh or zh,en")
     g.add_argument("--refusals", help="file of refusal/boilerplate regexes (default: built-in list)")
     g.add_argument("--no-refusals", action="store_true", help="do not filter refusals")
     g.add_argument("--keep-prompt-repeats", action="store_true", help="keep responses that repeat the prompt")
@@ -117,7 +117,8 @@ def _register_augment(data) -> None:
     _data_args(p)
     p.add_argument("--methods", default="synonym,swap", help="comma list of synonym, swap, delete, insert, paraphrase")
     p.add_argument("--rate", type=float, default=0.1, help="share of words changed per operation")
-    p.add_argument("--copies", type=int, default=1, help="augmented copies per example and rule method")
+    p.add_argument("--copies", type=int, default=1,
+                   help="augmented copies per example and rule method (at least 1; a repeated copy is skipped)")
     p.add_argument("--synonyms", help="synonym group file (default: built-in zh and en lists)")
     p.add_argument("--lang", default="auto", help="built-in synonym list: zh, en or auto (both)")
     p.add_argument("--model", help="local causal LM directory for --methods paraphrase")
@@ -134,7 +135,7 @@ def _register_balance(data) -> None:
     p.add_argument("--method", default="none", choices=["none", "oversample", "undersample", "class_weight", "smote"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--val-ratio", type=float, default=0.0, help="hold out a stratified validation split first")
-    p.add_argument("--val-out", help="where the validation split goes")
+    p.add_argument("--val-out", help="where the validation split goes (not the input or the output)")
     p.add_argument("--encoder", help="--method smote: local model directory used to embed the texts")
     p.set_defaults(func=_handler("balance"))
 
@@ -143,7 +144,7 @@ def _register_stats(data) -> None:
     p = data.add_parser("stats", help="counts, length histograms, supervised ratio, labels, duplicates, languages")
     _data_args(p, output=False)
     p.add_argument("--out", help="directory for stats.json, stats.md and PNG plots (default: JSON on stdout)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory and everything in it")
     p.add_argument("--json", action="store_true", help="also print the JSON when --out is given")
     p.add_argument("--tokenizer", help="tokenizer directory (default: lengths in characters)")
     p.add_argument("--config", help="run config: its tokenizer, train.max_length, data.template and data.mask are the defaults")
@@ -151,8 +152,8 @@ def _register_stats(data) -> None:
     p.add_argument("--template", help="chat template used to render sft examples (default: auto)")
     p.add_argument("--mask", choices=["assistant", "last_assistant", "all"], help="supervised turns (default: assistant)")
     p.add_argument("--label-task", action="store_true", help="sft answers are labels: report their distribution")
-    p.add_argument("--near", type=float, default=0.8)
-    p.add_argument("--no-near", action="store_true")
+    p.add_argument("--near", type=float, default=0.8, help="Jaccard threshold for counting near duplicates")
+    p.add_argument("--no-near", action="store_true", help="do not count near duplicates")
     p.set_defaults(func=_handler("stats"))
 
 
@@ -160,8 +161,8 @@ def _register_features(data) -> None:
     p = data.add_parser("features", help="tabular features: imputation, saved category encodings, declared derived features")
     p.add_argument("input", help="table (CSV/JSONL)")
     p.add_argument("output", help="feature table CSV")
-    p.add_argument("--spec", help="feature spec YAML (fit imputation and encodings on this input)")
-    p.add_argument("--mapping", help="saved mapping JSON (apply to new data without refitting)")
+    p.add_argument("--spec", help="feature spec YAML (fit imputation and encodings on this input); or --mapping")
+    p.add_argument("--mapping", help="saved mapping JSON (apply to new data without refitting); or --spec")
     p.add_argument("--mapping-out", help="where to save the mapping (default: OUTPUT stem + .mapping.json)")
     p.set_defaults(func=_handler("features"))
 

@@ -23,6 +23,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from sftlab.data.readers import _decode
 from sftlab.datawork.filters import detect_language
 from sftlab.datawork.records import call_value, src, stage_of
 from sftlab.errors import SftlabError
@@ -42,7 +43,7 @@ def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]
     else:
         if not Path(path).is_file():
             raise SftlabError(f"synonym file not found: {path}")
-        text = Path(path).read_text(encoding="utf-8")
+        text = _decode(Path(path))
     table: dict[str, list[str]] = {}
     for line in text.splitlines():
         line = line.strip()
@@ -182,21 +183,25 @@ def _edit_prompt(example: dict, fn, last_user_only: bool = False) -> dict:
 
 
 def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: list[str], copies: int = 1) -> list[dict]:
-    """New marked copies (`copies` per example and method); copies identical to their source are skipped. The
-    words of tool-call arguments (`protected_words`) are left alone in the user turns."""
+    """New marked copies (`copies` per example and method); a copy identical to its source, or to an earlier copy
+    of the same source (by any method), is skipped. The words of tool-call arguments (`protected_words`) are left
+    alone in the user turns."""
+    if copies < 1:
+        raise SftlabError(f"--copies {copies}: make at least 1 copy per example and method")
     unknown = [m for m in methods if m not in RULE_METHODS]
     if unknown:
         raise SftlabError(f"unknown augmentation method(s) {unknown}; expected {', '.join(RULE_METHODS)} or paraphrase")
     out = []
     for position, example in enumerate(examples):
         protected = protected_words(example)
+        made: list[dict] = [example]
         for method in methods:
             for number in range(copies):
                 rng = augmenter.rng(position, method, number)
                 new = _edit_prompt(example, lambda text: augmenter.apply(method, text, rng, protected))
-                if new != example:
-                    new["augmented"] = {"method": method, "source": src(example)}
-                    out.append(new)
+                if new not in made:
+                    made.append(new)
+                    out.append(new | {"augmented": {"method": method, "source": src(example)}})
     return out
 
 

@@ -7,8 +7,9 @@ so Chinese without spaces works), within one set and between a training set and 
 The first occurrence is kept; every removed example names the one it duplicates and the similarity
 (Jaccard similarity of the character n-gram sets, computed exactly after the LSH proposes candidates).
 
-Examples are compared by `records.identity`: contents and tool results are the text (hashed and n-grammed as
-above), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an exact or a
+Examples are compared by `records.identity`: contents and tool results are the text (hashed, and n-grammed as
+above, per message with its role, so two conversations whose joined texts happen to normalise alike are neither
+exact nor near duplicates), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an exact or a
 near duplicate; so examples that differ only in tool-call arguments or in the tools they offer are never
 duplicates, while a different key order or spacing of the same JSON is no difference.
 
@@ -27,7 +28,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from sftlab.datawork.records import identity, src, system_text
+from sftlab.datawork.records import identity, identity_parts, src, system_text
 from sftlab.errors import SftlabError
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -55,21 +56,14 @@ def dedup_key(text: str) -> str:
     return _NOT_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
 
 
-def text_hash(text: str) -> str:
-    """SHA-1 of the normalised text (exact-duplicate identity)."""
-    return hashlib.sha1(dedup_key(text).encode("utf-8")).hexdigest()
-
-
 def example_hash(example: dict) -> str:
-    """Exact-duplicate identity of an example (`records.identity`): `text_hash` of its text, or, when it has a
-    tool key, the SHA-1 of the normalised text and the key."""
-    return identity_hash(*identity(example))
-
-
-def identity_hash(text: str, key: str) -> str:
-    if not key:
-        return text_hash(text)
-    return hashlib.sha1((dedup_key(text) + "\0" + key).encode("utf-8")).hexdigest()
+    """Exact-duplicate identity of an example: the SHA-1 of each message's role and normalised text
+    (`records.identity_parts`, each part through `dedup_key` on its own, so a message boundary cannot blur:
+    user "ab" + assistant "cd" is not user "a" + assistant "bcd"), and of the tool key when there is one. pt and
+    cls examples are one part, their text."""
+    parts, key = identity_parts(example)
+    body = "\x1e".join(f"{role}\x1f{dedup_key(text)}" for role, text in parts)
+    return hashlib.sha1((body + ("\0" + key if key else "")).encode("utf-8")).hexdigest()
 
 
 def near_identity(example: dict) -> tuple[str, str]:
@@ -81,6 +75,15 @@ def near_identity(example: dict) -> tuple[str, str]:
     if not system:
         return text, key
     return text, key + "\0system:" + hashlib.sha1(system.encode("utf-8")).hexdigest()
+
+
+def near_grams(example: dict, n: int) -> tuple[set[str], str]:
+    """(n-gram set, group) that near-duplicate detection compares: the `shingles` of each message of
+    `near_identity`'s text taken on its own and tagged with the message's role (`records.identity_parts` without
+    system messages), so no n-gram crosses a message boundary, and `near_identity`'s group."""
+    parts, _ = identity_parts(example, system=False)
+    grams = {f"{role}\x1f{gram}" for role, text in parts for gram in shingles(text, n)}
+    return grams, near_identity(example)[1]
 
 
 def shingles(text: str, n: int) -> set[str]:
@@ -148,8 +151,7 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
             removed.append((example, f"exact duplicate of {src(seen_hash[digest])}"))
             continue
         if index is not None:
-            text, group = near_identity(example)
-            grams = shingles(text, options.ngram)
+            grams, group = near_grams(example, options.ngram)
             signature = index.signature(grams) if grams else None
             match = index.best_match(grams, signature, group)
             if match is not None:
@@ -178,8 +180,7 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
             hashes.setdefault(example_hash(example), (name, example))
             if index is None:
                 continue
-            text, group = near_identity(example)
-            grams = shingles(text, options.ngram)
+            grams, group = near_grams(example, options.ngram)
             if grams:
                 key = f"{name}#{position}"
                 index.add(key, grams, group=group)
@@ -190,8 +191,8 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
         if hit is not None:
             leaks.append(_leak(position, example, hit, "exact", 1.0))
         elif index is not None:
-            text, group = near_identity(example)
-            match = index.best_match(shingles(text, options.ngram), group=group)
+            grams, group = near_grams(example, options.ngram)
+            match = index.best_match(grams, group=group)
             if match is not None:
                 leaks.append(_leak(position, example, owners[match[0]], "near", match[1]))
     return leaks

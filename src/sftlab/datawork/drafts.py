@@ -51,7 +51,7 @@ def read_review(path: str | Path) -> list[dict]:
     """Records of an existing review file, checked (status, fields, unique ids); [] when it does not exist."""
     from sftlab.data.formats import read_rows
 
-    if not Path(path).exists() or not Path(path).read_text(encoding="utf-8").strip():
+    if not Path(path).exists() or (Path(path).is_file() and not Path(path).read_bytes().strip()):
         return []
     records, seen = [], {}
     for row in read_rows(path):
@@ -114,7 +114,8 @@ def export_reviewed(records: list[dict]) -> list[dict]:
             continue
         answer = str(record.get("final") or "").strip() or (str(record.get("draft") or "").strip() if record["status"] == "approved" else "")
         if not answer:
-            raise SftlabError(f"review record {record['id']!r}: approved but both 'final' and 'draft' are empty")
+            where = record.get("_src") or f"review record {record['id']!r}"
+            raise SftlabError(f"{where}: status approved but both 'final' and 'draft' are empty")
         examples.append({"messages": [{"role": "user", "content": draft_prompt(record)}, {"role": "assistant", "content": answer}],
                          "_src": record.get("_src") or f"review:{record['id']}"})
     return examples

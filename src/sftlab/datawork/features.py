@@ -67,6 +67,31 @@ def load_spec(path: str | Path) -> FeatureSpec:
         raise SftlabError(f"{path}: {key}: {first['msg']}") from None
 
 
+def load_mapping(path: str | Path) -> dict:
+    """A mapping saved by `fit_features` (`OUT.mapping.json`), checked enough that applying it cannot fail on its
+    shape: a one-line error naming the file when it is missing, not JSON, or not such a mapping."""
+    from sftlab.io import read_json
+
+    path = Path(path)
+    if not path.is_file():
+        raise SftlabError(f"mapping file not found: {path}")
+    mapping = read_json(path)
+    missing = [key for key in ("spec", "impute", "categories", "missing_counts")
+               if not isinstance(mapping, dict) or not isinstance(mapping.get(key), dict)]
+    if missing:
+        raise SftlabError(f"{path}: not a saved feature mapping (no {', '.join(missing)}); write one with --spec")
+    try:
+        spec = FeatureSpec.model_validate(mapping["spec"])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SftlabError(f"{path}: spec.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+    lacking = [c for c in spec.numeric + spec.categorical if c not in mapping["impute"]]
+    lacking += [c for c in spec.categorical + ([spec.label] if spec.label else []) if c not in mapping["categories"]]
+    if lacking:
+        raise SftlabError(f"{path}: not a saved feature mapping (no imputation value or categories for {lacking})")
+    return mapping
+
+
 def _check_columns(rows: list[dict], spec_columns: list[str]) -> None:
     present = set(rows[0]) - {"_src"}
     for column in spec_columns:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from sftlab.data.readers import _decode
+from sftlab.datawork.normalize import CODE
 from sftlab.datawork.records import prompt_text, response_text, response_tool_calls, stage_of
 from sftlab.errors import SftlabError
 
@@ -28,12 +30,15 @@ _SCRIPTS = (
     ("en", re.compile(r"[A-Za-z\u00c0-\u024f]+")),
     ("ru", re.compile(r"[\u0400-\u04ff]+")),
 )
-_CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
+
+
+LANGUAGES = ("zh", "ja", "ko", "en", "ru")  # what `detect_language` can tell apart
 
 
 @dataclass
 class FilterOptions:
-    """Thresholds of the quality filters; None switches a filter off."""
+    """Thresholds of the quality filters; None switches a filter off. Token limits must be positive (and the
+    minimum at most the maximum) and languages among `LANGUAGES`: a wrong value would remove every example."""
 
     min_tokens: int | None = None
     max_tokens: int | None = None
@@ -41,6 +46,27 @@ class FilterOptions:
     drop_prompt_repeats: bool = True
     repeat_similarity: float = 0.9
     refusal_patterns: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for name, value in (("--min-tokens", self.min_tokens), ("--max-tokens", self.max_tokens)):
+            if value is not None and value < 1:
+                raise SftlabError(f"{name} {value}: a token limit must be at least 1")
+        if self.min_tokens and self.max_tokens and self.min_tokens > self.max_tokens:
+            raise SftlabError(f"--min-tokens {self.min_tokens} is above --max-tokens {self.max_tokens}: "
+                              "every response would be removed")
+        if self.languages is not None:
+            self.languages = parse_languages(",".join(self.languages))
+
+
+def parse_languages(value: str) -> list[str]:
+    """`--lang zh,en` as ['zh', 'en'] (case-insensitive); a language the detector cannot find (or an empty entry)
+    is an error naming the option, since no response would ever be kept for it."""
+    languages = [part.strip().lower() for part in value.split(",")]
+    unknown = [part for part in languages if part not in LANGUAGES]
+    if unknown:
+        raise SftlabError(f"--lang {value}: {', '.join(repr(u) for u in unknown)} is not a language the detector tells "
+                          f"apart; use a comma list of {', '.join(LANGUAGES)}")
+    return languages
 
 
 def detect_language(text: str) -> str:
@@ -50,7 +76,7 @@ def detect_language(text: str) -> str:
     about as much as an English word). Code in Markdown backticks is ignored, so a Chinese answer that
     contains a program stays zh. Japanese mixes kana with Han, so a kana share above 20% counts as ja.
     """
-    text = _CODE.sub(" ", text)
+    text = CODE.sub(" ", text)
     counts = {code: len(pattern.findall(text)) for code, pattern in _SCRIPTS}
     letters = sum(counts.values())
     if letters == 0:
@@ -68,7 +94,7 @@ def load_refusal_patterns(path: str | Path | None = None) -> list[str]:
     else:
         if not Path(path).is_file():
             raise SftlabError(f"refusal pattern file not found: {path}")
-        text, source = Path(path).read_text(encoding="utf-8"), str(path)
+        text, source = _decode(Path(path)), str(path)
     patterns = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()

@@ -9,6 +9,17 @@ Decoding is greedy unless `temperature > 0` (then sampling seeded by `seed`), so
 
 from __future__ import annotations
 
+from sftlab.errors import SftlabError
+
+
+def check_generation_options(max_new_tokens: int, batch_size: int, temperature: float) -> None:
+    """Refuse `--max-new-tokens` or `--batch-size` below 1 and a negative `--temperature`, before a model loads."""
+    for name, value in (("--max-new-tokens", max_new_tokens), ("--batch-size", batch_size)):
+        if value < 1:
+            raise SftlabError(f"{name} {value}: must be at least 1")
+    if temperature < 0:
+        raise SftlabError(f"--temperature {temperature}: must be 0 (greedy) or more (sampling)")
+
 
 class LocalGenerator:
     """Loads a model directory once and turns lists of prompts into lists of completions."""
@@ -18,6 +29,7 @@ class LocalGenerator:
 
         from sftlab.models.load import resolve_model_path
 
+        check_generation_options(max_new_tokens, batch_size, temperature)
         path = resolve_model_path(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.tokenizer.padding_side = "left"

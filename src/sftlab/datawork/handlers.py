@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sftlab.datawork.records import load_examples, save_examples
-from sftlab.datawork.report import Report, report_stem
+from sftlab.datawork.records import check_output_format, load_examples, save_examples
+from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
 
 
@@ -25,12 +25,15 @@ def parse_columns(items: list[str] | None) -> dict[str, str] | None:
     return columns or None
 
 
-def check_distinct(output: str | Path, *inputs) -> None:
-    """Fail when the output path is one of the inputs (inputs are never changed)."""
-    target = Path(output).resolve()
-    for source in inputs:
-        if source and Path(source).resolve() == target:
-            raise SftlabError(f"{output}: output would overwrite the input file {source}; choose another path")
+def check_distinct(output: str | Path, *inputs, what: str = "output", report: bool = True) -> None:
+    """Fail when the output path (`what` names it in the message), or with `report` a report written beside it
+    (`report_stem`), is one of the inputs (inputs are never changed)."""
+    targets = [Path(output)] + (report_paths(report_stem(output)) if report else [])
+    for target in targets:
+        for source in inputs:
+            if source and Path(source).resolve() == target.resolve():
+                whose = what if target == Path(output) else f"the report {target} of {what}"
+                raise SftlabError(f"{output}: {whose} would overwrite the input file {source}; choose another path")
 
 
 def read_input(args, path=None) -> list[dict]:
@@ -74,6 +77,9 @@ def finish(report: Report, output: str | Path, examples: list[dict], fmt: str | 
 def build_validate(args) -> int:
     from sftlab.datawork.validate import validate_file
 
+    if args.report:
+        for path in report_paths(args.report):
+            check_distinct(path, args.input, what="--report", report=False)
     problems, rows = validate_file(args.input, args.format, args.stage, parse_columns(args.columns), args.id_field or None)
     for problem in problems:
         print(f"{problem.src}: {problem.kind}: {problem.message}")
@@ -89,6 +95,7 @@ def build_convert(args) -> int:
     from sftlab.datawork.convert import convert_file
 
     check_distinct(args.output, args.input)
+    check_output_format(args.output, args.to)
     count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns))
     report = Report("build convert", [args.input], before=count)
     report.section("conversion", {"from": args.format, "to": args.to})
@@ -99,9 +106,12 @@ def build_convert(args) -> int:
 
 def build_drafts(args) -> int:
     from sftlab.datawork.drafts import read_instructions, read_review, update_review, write_review
-    from sftlab.datawork.generate import LocalGenerator
+    from sftlab.datawork.generate import LocalGenerator, check_generation_options
 
-    check_distinct(args.review, args.input)
+    check_distinct(args.review, args.input, what="--review")
+    if Path(args.review).suffix.lower() not in (".jsonl", ".json"):
+        raise SftlabError(f"--review {args.review}: the review file is JSON lines; name it REVIEW.jsonl")
+    check_generation_options(args.max_new_tokens, args.batch_size, args.temperature)
     instructions = read_instructions(args.input, parse_columns(args.columns), args.id_field)
     existing = read_review(args.review)
     known = {record["id"] for record in existing}
@@ -121,6 +131,7 @@ def build_export(args) -> int:
     from sftlab.datawork.drafts import STATUSES, export_reviewed, read_review
 
     check_distinct(args.output, args.review)
+    check_output_format(args.output, args.to)
     if not Path(args.review).is_file():
         raise SftlabError(f"review file not found: {args.review}")
     records = read_review(args.review)
@@ -138,6 +149,7 @@ def build_kb(args) -> int:
     from sftlab.datawork.kb import build_pairs, load_templates
 
     check_distinct(args.output, args.input, args.templates)
+    check_output_format(args.output, args.to)
     records = read_rows(args.input)
     pairs, details = build_pairs(records, load_templates(args.templates, args.lang), args.per_record, args.seed, args.id_field)
     report = Report("build kb", [args.input], before=len(records))
@@ -156,9 +168,8 @@ def clean(args) -> int:
     from sftlab.datawork.pii import parse_kinds
 
     check_distinct(args.output, args.input, *(args.eval or []))
+    check_output_format(args.output, args.to)
     redact_pii = None if args.redact_pii is None else parse_kinds(args.redact_pii, "--redact-pii")
-    examples = read_input(args)
-    eval_sets = {str(path): read_input(args, path) for path in args.eval or []}
     normalize = None if args.no_normalize else NormalizeOptions(nfkc=not args.no_nfkc, strip_html=not args.keep_html, t2s=args.t2s)
     refusals = [] if args.no_refusals else load_refusal_patterns(args.refusals)
     filters = FilterOptions(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
@@ -167,6 +178,8 @@ def clean(args) -> int:
     dedup = DedupOptions(exact=not args.no_exact, near_threshold=None if args.no_near else args.near, ngram=args.ngram)
     options = CleanOptions(normalize=normalize, redact_pii=redact_pii, filters=filters, dedup=dedup,
                            drop_leaks=not args.keep_leaks)
+    examples = read_input(args)
+    eval_sets = {str(path): read_input(args, path) for path in args.eval or []}
     report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
     kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer, args.config), eval_sets, report)
     return finish(report, args.output, kept, args.to)
@@ -175,10 +188,18 @@ def clean(args) -> int:
 def augment(args) -> int:
     from sftlab.datawork.augment import RuleAugmenter, augment_examples, load_synonyms, paraphrase_examples
     from sftlab.datawork.dedup import DedupOptions, find_leaks
+    from sftlab.datawork.generate import check_generation_options
 
     check_distinct(args.output, args.input, *(args.eval or []))
-    examples = read_input(args)
+    check_output_format(args.output, "jsonl")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise SftlabError(f"--methods {args.methods!r}: name at least one of synonym, swap, delete, insert, paraphrase")
+    if "paraphrase" in methods:
+        if not args.model:
+            raise SftlabError("--methods paraphrase needs a local model: pass --model DIR")
+        check_generation_options(args.max_new_tokens, args.batch_size, args.temperature)
+    examples = read_input(args)
     synonyms = {}
     for lang in (["zh", "en"] if args.lang == "auto" and not args.synonyms else [args.lang]):
         synonyms.update(load_synonyms(args.synonyms, lang))
@@ -186,8 +207,6 @@ def augment(args) -> int:
     new = augment_examples(examples, RuleAugmenter(synonyms, args.rate, args.seed), rule_methods, args.copies)
     report = Report("augment", [args.input, *(args.eval or [])], before=len(examples))
     if "paraphrase" in methods:
-        if not args.model:
-            raise SftlabError("--methods paraphrase needs a local model: pass --model DIR")
         from sftlab.datawork.generate import LocalGenerator
 
         generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
@@ -212,15 +231,27 @@ def augment(args) -> int:
 def balance(args) -> int:
     from sftlab.datawork.balance import balance_examples, check_labelled, stratified_split
 
-    check_distinct(args.output, args.input, args.val_out)
+    check_distinct(args.output, args.input)
+    if args.val_ratio and not args.val_out:
+        raise SftlabError("--val-ratio needs --val-out FILE for the validation split")
+    if args.val_out:
+        check_distinct(args.val_out, args.input, args.output, *report_paths(report_stem(args.output)),
+                       what="--val-out", report=False)
+    if args.method == "smote":
+        _check_smote_args(args)
+    else:
+        check_output_format(args.output, args.to)
+    if args.val_out:
+        check_output_format(args.val_out, args.to)
     examples = read_input(args)
     check_labelled(examples)
     report = Report("balance", [args.input], before=len(examples))
     validation = []
     if args.val_ratio:
-        if not args.val_out:
-            raise SftlabError("--val-ratio needs --val-out FILE for the validation split")
-        examples, validation = stratified_split(examples, args.val_ratio, args.seed)
+        try:
+            examples, validation = stratified_split(examples, args.val_ratio, args.seed)
+        except SftlabError as exc:
+            raise SftlabError(f"--val-ratio {args.val_ratio}: {exc}") from None
         save_examples(args.val_out, validation, args.to)
     if args.method == "smote":
         return _smote(args, examples, report)
@@ -233,10 +264,6 @@ def _smote(args, examples: list[dict], report: Report) -> int:
     from sftlab.datawork.balance import distribution, embed_texts, smote_vectors
     from sftlab.datawork.records import label_of, prompt_text
 
-    if not args.encoder:
-        raise SftlabError("--method smote embeds texts with a local encoder: pass --encoder DIR")
-    if not str(args.output).endswith(".npz"):
-        raise SftlabError(f"--method smote writes vectors and labels; the output must end in .npz, got {args.output}")
     labels = [label_of(e) for e in examples]
     arrays = smote_vectors(embed_texts([prompt_text(e) for e in examples], args.encoder), labels, args.seed)
     _atomic_savez(args.output, arrays)
@@ -249,6 +276,13 @@ def _smote(args, examples: list[dict], report: Report) -> int:
     print(report.summary())
     print(f"  report {paths[1]}")
     return 0
+
+
+def _check_smote_args(args) -> None:
+    if not args.encoder:
+        raise SftlabError("--method smote embeds texts with a local encoder: pass --encoder DIR")
+    if not str(args.output).endswith(".npz"):
+        raise SftlabError(f"--method smote writes vectors and labels; the output must end in .npz, got {args.output}")
 
 
 def _atomic_savez(path: str | Path, arrays: dict) -> None:
@@ -272,7 +306,12 @@ def _atomic_savez(path: str | Path, arrays: dict) -> None:
 
 def stats(args) -> int:
     from sftlab.datawork.stats import compute_stats, write_stats
+    from sftlab.io import check_output_dir
 
+    if args.max_length is not None and args.max_length < 1:
+        raise SftlabError(f"--max-length {args.max_length}: must be at least 1")
+    if args.out:
+        check_output_dir(args.out, args.overwrite, inputs=(args.input, args.tokenizer, args.config))
     examples = read_input(args)
     tokenizer = load_tokenizer_dir(args.tokenizer, args.config)
     max_length, template, mask = args.max_length, args.template, args.mask
@@ -292,24 +331,28 @@ def stats(args) -> int:
 
 def features(args) -> int:
     from sftlab.data.formats import read_rows
-    from sftlab.datawork.features import apply_features, feature_table_csv, fit_features, load_spec
+    from sftlab.datawork.features import apply_features, feature_table_csv, fit_features, load_mapping, load_spec
     from sftlab.io import atomic_write_json, atomic_write_text
 
     check_distinct(args.output, args.input, args.mapping, args.spec)
+    if Path(args.output).suffix.lower() != ".csv":
+        raise SftlabError(f"{args.output}: the feature table is CSV; name the output OUT.csv")
+    if args.spec and args.mapping:
+        raise SftlabError("pass either --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved "
+                          "ones), not both")
+    if not args.spec and not args.mapping:
+        raise SftlabError("pass --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved ones)")
     rows = read_rows(args.input)
     if args.mapping:
-        if not Path(args.mapping).is_file():
-            raise SftlabError(f"mapping file not found: {args.mapping}")
-        mapping = json.loads(Path(args.mapping).read_text(encoding="utf-8"))
+        mapping = load_mapping(args.mapping)
         table = apply_features(rows, mapping)
-    elif args.spec:
-        table, mapping = fit_features(rows, load_spec(args.spec))
+    else:
         mapping_out = args.mapping_out or str(Path(args.output).with_suffix("")) + ".mapping.json"
-        check_distinct(mapping_out, args.input)
+        check_distinct(mapping_out, args.input, args.spec, args.output, *report_paths(report_stem(args.output)),
+                       what="--mapping-out", report=False)
+        table, mapping = fit_features(rows, load_spec(args.spec))
         atomic_write_json(mapping_out, mapping)
         print(f"wrote mapping {mapping_out} (reuse it with --mapping)")
-    else:
-        raise SftlabError("pass --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved ones)")
     atomic_write_text(args.output, feature_table_csv(table))
     report = Report("features", [args.input], before=len(rows))
     report.section("features", {key: mapping.get(key) for key in ("spec", "impute", "categories", "missing_counts", "zero_denominators")})

@@ -90,8 +90,19 @@ def _slots(template: dict) -> set[str]:
 
 
 def _value(record: dict, field: str) -> str:
+    """The field as text ('' when missing or null); a JSON list or object is an error naming the record's line,
+    since its Python form (`['a', 'b']`) would end up in the answers."""
     value = record.get(field)
+    if isinstance(value, (list, dict)):
+        kind = "list" if isinstance(value, list) else "object"
+        raise SftlabError(f"{record.get('_src', 'record')}: field {field!r} is a JSON {kind}; a field that a template "
+                          "uses must be text or a number (join the items into one text)")
     return "" if value is None else str(value).strip()
+
+
+def _text_fields(record: dict) -> list[str]:
+    """The record's own fields that hold text or numbers (lists and objects are no facts to compare)."""
+    return [key for key in record if not key.startswith("_") and not isinstance(record[key], (list, dict))]
 
 
 def applicable(template: dict, record: dict) -> bool:
@@ -118,7 +129,8 @@ def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3,
             continue
         rng = random.Random(f"{seed}:{_value(record, id_field) or _value(record, 'title') or index}")
         for template in rng.sample(usable, min(per_record, len(usable))):
-            values = _Values(record) | _pick_values(template, record, rng)
+            values = _Values(record)
+            values.update(_pick_values(template, record, rng))
             question = rng.choice(template["questions"]).format_map(values)
             answer = template["answer"].format_map(values)
             leaked = facts.foreign(f"{question}\n{answer}", index, record)
@@ -133,12 +145,20 @@ def build_pairs(records: list[dict], templates: list[dict], per_record: int = 3,
 
 
 class _Values(dict):
+    """The record's fields as template slot values, each turned into text when a template asks for it."""
+
     def __init__(self, record: dict):
-        super().__init__({key: _value(record, key) for key in record if not key.startswith("_")})
+        super().__init__()
+        self.record = record
+
+    def __missing__(self, key: str) -> str:
+        if key not in self.record:
+            raise KeyError(key)
+        return _value(self.record, key)
 
 
 def _facts(record: dict) -> set[str]:
-    return {_value(record, key) for key in record if not key.startswith("_") and len(_value(record, key)) >= MIN_FACT_CHARS}
+    return {_value(record, key) for key in _text_fields(record) if len(_value(record, key)) >= MIN_FACT_CHARS}
 
 
 class _FactIndex:
@@ -163,7 +183,7 @@ class _FactIndex:
 
     def foreign(self, text: str, own_index: int, record: dict) -> list[str]:
         """Values of other records found in `text` that the record itself does not contain."""
-        own_text = "\n".join(_value(record, key) for key in record if not key.startswith("_"))
+        own_text = "\n".join(_value(record, key) for key in _text_fields(record))
         found = set()
         for pos in range(len(text) - MIN_FACT_CHARS + 1):
             for value, offset in self.by_gram.get(text[pos : pos + MIN_FACT_CHARS], ()):

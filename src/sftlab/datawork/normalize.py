@@ -24,8 +24,19 @@ from sftlab.errors import SftlabError
 
 CJK_PUNCT = "，。！？：；（）【】「」『』、《》〈〉～—…·“”‘’"
 _CJK_PUNCT_SPLIT = re.compile(f"([{re.escape(CJK_PUNCT)}])")
-_TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|<!--.*?-->", re.DOTALL)
+# Tags of HTML elements only, with attributes in HTML syntax: `List<String>`, `vector<int>` or `a<b && c>d` are
+# not tags (a tag regex for any word would turn `if (a<b && c>d)` into `if (ad)`).
+HTML_ELEMENTS = ("a abbr address article aside audio b big blockquote body br button caption center cite code col "
+                 "dd del details div dl dt em figcaption figure font footer form h1 h2 h3 h4 h5 h6 head header hr "
+                 "html i iframe img input ins kbd label li link main mark meta nav noscript ol option p pre q s "
+                 "script section select small source span strike strong style sub summary sup svg table tbody td "
+                 "textarea tfoot th thead time title tr tt u ul video wbr").split()
+_ATTRIBUTES = r"""(?:\s+[A-Za-z_:@][-\w:.@]*(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*\s*/?>"""
+_TAG = re.compile(rf"</?(?:{'|'.join(HTML_ELEMENTS)})\b{_ATTRIBUTES}|<!--.*?-->", re.DOTALL | re.IGNORECASE)
 _BLOCK_TAG = re.compile(r"<(?:br|/p|/div|/li|/tr|/h[1-6])\s*/?>", re.IGNORECASE)
+# Markdown code: fenced blocks (to the closing fence or the end) and inline spans.
+CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]+`", re.DOTALL)
+_HOLE = re.compile("\ue000(\\d+)\ue001")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -51,18 +62,35 @@ class Normalizer:
         self._converter = _opencc_t2s() if self.options.t2s else None
 
     def __call__(self, text: str) -> str:
+        """`text` normalised; Markdown code (fenced blocks, inline spans) only gets NFKC, control characters and
+        t2s, so its tags, entities and spacing stay as written (a program's `"a  b"` or `List<String>`)."""
         opts = self.options
+        code: list[str] = []
+        if (opts.strip_html or opts.whitespace) and "`" in text and "\ue000" not in text and "\ue001" not in text:
+            text = CODE.sub(lambda m: _hole(code, m.group()), text)
         if opts.strip_html:
             text = strip_html(text)
+        text = self._characters(text)
+        if opts.whitespace:
+            text = normalize_whitespace(text)
+        return _HOLE.sub(lambda m: self._characters(code[int(m.group(1))]), text) if code else text
+
+    def _characters(self, text: str) -> str:
+        """The character-level steps: NFKC, control characters, traditional -> simplified."""
+        opts = self.options
         if opts.nfkc:
             text = nfkc(text, opts.keep_cjk_punct)
         if opts.control_chars:
             text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
         if self._converter is not None:
             text = self._converter.convert(text)
-        if opts.whitespace:
-            text = normalize_whitespace(text)
         return text
+
+
+def _hole(code: list[str], segment: str) -> str:
+    """Keep `segment` aside in `code` and return the placeholder that stands for it until it is put back."""
+    code.append(segment)
+    return f"\ue000{len(code) - 1}\ue001"
 
 
 def nfkc(text: str, keep_cjk_punct: bool = True) -> str:
@@ -74,7 +102,8 @@ def nfkc(text: str, keep_cjk_punct: bool = True) -> str:
 
 
 def strip_html(text: str) -> str:
-    """Remove HTML tags and comments (block tags become newlines) and unescape entities like &amp; and &nbsp;."""
+    """Remove tags of HTML elements (`HTML_ELEMENTS`, attributes in HTML syntax) and comments (block tags become
+    newlines) and unescape entities like &amp; and &nbsp;."""
     if "<" in text:
         text = _BLOCK_TAG.sub("\n", text)
         text = _TAG.sub("", text)

@@ -5,9 +5,10 @@ with `"_src": "file:line"`. Data-work operations use these helpers so they need 
 
 Tool-calling sft examples (`sftlab.data.messages`) also hold assistant `tool_calls` (their content may be "" or
 null), `tool` messages (results) and a `tools` list. Which texts each helper sees:
-- `identity`: what deduplication, leakage and `build validate` compare: contents and tool results (JSON results
-  as canonical JSON) as text, and the tools list and every tool call (name, arguments) as a canonical JSON key;
-  near-duplicate detection takes the text without system messages and compares `system_text` apart.
+- `identity` / `identity_parts`: what deduplication, leakage and `build validate` compare: contents and tool
+  results (JSON results as canonical JSON) as text (per message with its role for exact duplicates), and the
+  tools list and every tool call (name, arguments) as a canonical JSON key; near-duplicate detection takes the
+  text without system messages and compares `system_text` apart.
 - `label_of`: the last assistant turn's text, or for a turn with only tool calls their names (`tool:NAME`).
 - `natural_text`: system, user and assistant contents only (language detection: JSON is not a language).
 - `full_text`: everything, for showing an example in a report.
@@ -17,11 +18,14 @@ null), `tool` messages (results) and a `tools` list. Which texts each helper see
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Callable
 
 from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
 from sftlab.errors import SftlabError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def stage_of(example: dict) -> str:
@@ -126,14 +130,21 @@ def identity(example: dict, system: bool = True) -> tuple[str, str]:
     tool calls (name and arguments) of every assistant turn that has them, in order; '' when the example has
     neither. Call ids and a result's name and tool_call_id are left out.
     """
+    parts, key = identity_parts(example, system)
+    return "\n".join(text for _, text in parts), key
+
+
+def identity_parts(example: dict, system: bool = True) -> tuple[list[tuple[str, str]], str]:
+    """`identity` with the text kept apart per message: ([(role, text), ...], tool key); [("text", text)] for pt
+    and cls. The exact-duplicate hash normalises each part on its own, so message and role boundaries count."""
     if stage_of(example) != "sft":
-        return example["text"], ""
+        return [("text", example["text"])], ""
     messages = [m for m in example["messages"] if system or m["role"] != "system"]
-    text = "\n".join(result_text(content_of(m)) if m["role"] == "tool" else content_of(m) for m in messages)
+    parts = [(m["role"], result_text(content_of(m)) if m["role"] == "tool" else content_of(m)) for m in messages]
     calls = [[call_value(call) for call in m["tool_calls"]] for m in example["messages"] if m.get("tool_calls")]
     if not calls and not example.get("tools"):
-        return text, ""
-    return text, canonical_json({"calls": calls, "tools": example.get("tools") or []})
+        return parts, ""
+    return parts, canonical_json({"calls": calls, "tools": example.get("tools") or []})
 
 
 def system_text(example: dict) -> str:
@@ -192,17 +203,60 @@ def src(example: dict) -> str:
 def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None, columns: dict | None = None) -> list[dict]:
     """Read a dataset file with `sftlab.data.formats` and return canonical examples (each with `_src`).
 
-    `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls).
+    `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls). A row with an
+    `images` list (image+text data, `sftlab.vision`) is an error: canonical examples have no place for images.
     """
     from sftlab.data.formats import read_rows, to_canonical
 
-    return to_canonical(read_rows(path), fmt, stage, columns or None)
+    rows = read_rows(path)
+    for row in rows:
+        if row.get("images"):
+            raise SftlabError(f"{row['_src']}: an image+text row (an 'images' list); the data commands handle text "
+                              "only and would drop its images, so they refuse it")
+        problem = lone_surrogate(row)
+        if problem:
+            raise SftlabError(f"{row['_src']}: {problem}")
+    return to_canonical(rows, fmt, stage, columns or None)
+
+
+def lone_surrogate(value, where: str = "") -> str | None:
+    """A one-line description of the first lone UTF-16 surrogate (a JSON escape such as `\\ud83d`, half of an
+    emoji cut in two) in the strings of `value`, with the field that holds it; None when there is none. Such a
+    character cannot be written as UTF-8, so no output could hold it."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found:
+            return (f"lone UTF-16 surrogate \\u{ord(found.group()):04x} in {where or 'the text'} (half of an emoji?); "
+                    "it cannot be written as UTF-8: fix or remove it")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if key == "_src":
+            continue
+        found = lone_surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
+
+
+def check_output_format(path: str | Path, fmt: str | None) -> None:
+    """Fail before any work when `path`'s extension would not read back as what `fmt` writes: `csv` needs .csv,
+    every other format (JSON records, and the default) .jsonl or .json (`sftlab.data.readers` picks the reader by
+    extension, so JSON lines in a .parquet, .csv or .txt file could not be read again)."""
+    suffix = Path(path).suffix.lower()
+    wanted = (".csv",) if fmt == "csv" else (".jsonl", ".json")
+    if suffix not in wanted:
+        written = "CSV" if fmt == "csv" else "JSON records"
+        raise SftlabError(f"{path}: --to {fmt or 'default'} writes {written}, which sftlab reads back only from a "
+                          f"{' or '.join(wanted)} file; name the output so, or choose another --to")
 
 
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:
-    """Write canonical examples with `sftlab.data.formats.write_rows` (default: messages for sft, jsonl otherwise)."""
+    """Write canonical examples with `sftlab.data.formats.write_rows` (default: messages for sft, jsonl otherwise)
+    to a path whose extension reads back in that format (`check_output_format`)."""
     from sftlab.data.formats import write_rows
 
+    check_output_format(path, fmt)
     if fmt is None:
         fmt = "messages" if examples and stage_of(examples[0]) == "sft" else "jsonl"
     write_rows(path, examples, fmt)

@@ -96,9 +96,8 @@ class Report:
 
     def write(self, stem: str | Path) -> list[Path]:
         """Write `<stem>.json` and `<stem>.md` atomically."""
-        stem = Path(stem)
-        return [atomic_write_json(stem.with_name(stem.name + ".json"), self.data),
-                atomic_write_text(stem.with_name(stem.name + ".md"), self.markdown())]
+        json_path, md_path = report_paths(stem)
+        return [atomic_write_json(json_path, self.data), atomic_write_text(md_path, self.markdown())]
 
 
 def reason_kind(detail: str) -> str:
@@ -110,6 +109,13 @@ def reason_kind(detail: str) -> str:
 
 
 def report_stem(output: str | Path) -> Path:
-    """`out/clean.jsonl` -> `out/clean.report` (the report sits beside the data it describes)."""
+    """`out/clean.jsonl` -> `out/clean.report`, `out/train.v2.jsonl` -> `out/train.v2.report` (the report sits
+    beside the data it describes; only the last extension is replaced, so two outputs never share a report)."""
     output = Path(output)
-    return output.with_name(output.name.split(".")[0] + ".report")
+    return output.with_name(output.stem + ".report")
+
+
+def report_paths(stem: str | Path) -> list[Path]:
+    """The two files a report with this stem is written to: `<stem>.json` and `<stem>.md`."""
+    stem = Path(stem)
+    return [stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")]

@@ -4,8 +4,9 @@ duplicate examples and mixed formats, each problem reported with its file:line.
     problems = validate_file("train.jsonl", fmt="auto", stage=None, id_field="id")
 
 Unlike training, which stops at the first bad record, validation keeps going and lists every problem.
-Encoding is checked line by line on the raw bytes and JSON-lines syntax line by line, so one broken line
-does not hide the next; everything else goes through `sftlab.data.formats` one row at a time.
+Encoding is checked line by line on the raw bytes (bytes that are not UTF-8 stop the other checks, which need
+the text) and JSON-lines syntax line by line, so one broken line hides neither the next nor the problems of the
+rows around it; every row goes through `sftlab.data.formats` one at a time.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sftlab.datawork.dedup import example_hash
+from sftlab.datawork.records import lone_surrogate
 from sftlab.errors import SftlabError
 
 
@@ -40,41 +42,31 @@ def validate_file(path: str | Path, fmt: str = "auto", stage: str | None = None,
     if not path.is_file():
         raise SftlabError(f"data file not found: {path}")
     problems = _encoding_problems(path)
-    if not problems and path.suffix.lower() == ".jsonl":
-        problems = _jsonl_syntax_problems(path)
-    if problems:
-        return problems, 0
+    if any(problem.kind == "encoding-fatal" for problem in problems):
+        return [Problem(p.src, "encoding", p.message) for p in problems], 0
     try:
-        rows = read_rows(path)
+        rows, syntax = _read_rows(path)
     except SftlabError as exc:
-        return [Problem(str(path), "unreadable", str(exc))], 0
-    problems += _row_problems(rows, fmt, stage, columns)
+        return problems + [Problem(str(path), "unreadable", str(exc))], 0
+    problems += syntax + _row_problems(rows, fmt, stage, columns)
     if id_field:
         problems += _duplicate_ids(rows, id_field)
     return sorted(problems, key=_src_order), len(rows)
 
 
-def _encoding_problems(path: Path) -> list[Problem]:
-    if path.suffix.lower() == ".parquet":
-        return []
-    problems = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        if b"\x00" in raw:
-            problems.append(Problem(f"{path}:{number}", "encoding", f"binary content (NUL bytes), not a {path.suffix} text file"))
-            break
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(Problem(f"{path}:{number}", "encoding", f"not valid UTF-8 at byte {exc.start} ({raw[exc.start]:#04x}); re-save as UTF-8"))
-            continue
-        if "\ufffd" in line:
-            problems.append(Problem(f"{path}:{number}", "encoding", "contains U+FFFD replacement characters (text was decoded with the wrong encoding earlier)"))
-    return problems
+def _read_rows(path: Path) -> tuple[list[dict], list[Problem]]:
+    """The rows of `path` and the JSON-lines syntax problems: a .jsonl file (not a JSON array saved as .jsonl) is
+    read line by line, lines split as `sftlab.data.readers` splits them, so a broken line is listed and skipped
+    and the rows around it are still checked; other files through `read_rows`."""
+    from sftlab.data.readers import _lines, read_rows
 
-
-def _jsonl_syntax_problems(path: Path) -> list[Problem]:
-    problems = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    if path.suffix.lower() != ".jsonl":
+        return read_rows(path), []
+    text = path.read_text(encoding="utf-8-sig")
+    if text.lstrip().startswith("["):
+        return read_rows(path), []
+    rows, problems = [], []
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         try:
@@ -84,6 +76,28 @@ def _jsonl_syntax_problems(path: Path) -> list[Problem]:
             continue
         if not isinstance(value, dict):
             problems.append(Problem(f"{path}:{number}", "syntax", f"expected a JSON object, got {type(value).__name__}"))
+            continue
+        rows.append({**value, "_src": f"{path}:{number}"})
+    if not rows and not problems:
+        raise SftlabError(f"{path}: empty dataset (no rows)")
+    return rows, problems
+
+
+def _encoding_problems(path: Path) -> list[Problem]:
+    if path.suffix.lower() == ".parquet":
+        return []
+    problems = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if b"\x00" in raw:
+            problems.append(Problem(f"{path}:{number}", "encoding-fatal", f"binary content (NUL bytes), not a {path.suffix} text file"))
+            break
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(f"{path}:{number}", "encoding-fatal", f"not valid UTF-8 at byte {exc.start} ({raw[exc.start]:#04x}); re-save as UTF-8"))
+            continue
+        if "\ufffd" in line:
+            problems.append(Problem(f"{path}:{number}", "encoding", "contains U+FFFD replacement characters (text was decoded with the wrong encoding earlier)"))
     return problems
 
 
@@ -109,6 +123,9 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
     problems, seen = [], {}
     for row, row_fmt in zip(rows, found):
         where = row.get("_src", "?")
+        surrogate = lone_surrogate(row)
+        if surrogate:
+            problems.append(Problem(where, "encoding", surrogate))
         try:
             if row_fmt is None and majority is None:
                 to_canonical([row], "auto", stage, columns)  # raises the "cannot tell the format" error
