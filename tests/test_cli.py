@@ -47,3 +47,20 @@ def test_library_messages_an_offline_user_cannot_act_on_are_dropped(caplog):
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
         warnings.warn("another FutureWarning", FutureWarning)
     assert [str(w.message) for w in caught] == ["another FutureWarning"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`sftlab data stats FILE | head -0`: no BrokenPipeError traceback, exit status 141 as after a SIGPIPE."""
+    import json
+    import subprocess
+    import sys
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"question {i}", "output": f"answer {i}"}) + "\n"
+                            for i in range(20)), encoding="utf-8")
+    child = subprocess.Popen([sys.executable, "-m", "sftlab", "data", "stats", str(data)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # the reader is gone before sftlab writes
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141, stderr
+    assert stderr == ""

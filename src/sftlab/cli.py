@@ -96,12 +96,12 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
 def main(argv: list[str] | None = None) -> int:
     """Run one command in this process (the console script goes through `console` first)."""
     quiet_libraries()
-    parser = build_parser()
-    args = parse_command_line(parser, argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
+        parser = build_parser()
+        args = parse_command_line(parser, argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 2
         code = args.func(args)
     except SftlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,7 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `sftlab ... | head`: the reader is gone; end quietly, as a SIGPIPE would
+        _discard_stdout()
+        return 141
     return int(code or 0)
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not fail on the closed pipe again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _training_arguments(argv: list[str]) -> argparse.Namespace | None:
