@@ -22,7 +22,7 @@ def register(registry) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.lr=2e-5 strategy.kind=lora")
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in output.dir exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output.dir")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar, nor its plain lines when stderr is no terminal (metrics are still logged)")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="training processes on this machine (data parallel; gloo on CPU, NCCL on GPUs)")
     parser.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")

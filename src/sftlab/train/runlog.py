@@ -1,5 +1,9 @@
 """What a run reports while it trains: a tqdm bar, `metrics.jsonl` rows and TensorBoard scalars.
 
+Where stderr is no terminal (`sftlab train ... 2> train.log`, a CI job, a batch scheduler) tqdm draws nothing, so the
+run prints a plain line instead (`step 13/30: loss 1.6752, lr 5.67e-05, 489 tokens/s`) for the first logged step,
+then at most every `PLAIN_LINE_EVERY_S` seconds, and for the last step; `--no-progress` turns these off too.
+
 `metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, grad_norm, tokens_per_s,
 supervised_tokens, epoch; under train.precision fp16 also loss_scale, the scale the step's backward used, and
 skipped, true when its gradients overflowed and the optimizer step was skipped: such a step always gets a row) and
@@ -28,6 +32,9 @@ def keep_rows_up_to(run_dir: Path, step: int) -> None:
     atomic_write_jsonl(path, [row for row in rows if row.get("step", 0) <= step])
 
 
+PLAIN_LINE_EVERY_S = 30.0  # without a terminal, a progress line for the first written row, then at most this often
+
+
 class RunLog:
     """Progress bar + JSON lines + TensorBoard for one run, from `start_step` to `total_steps`."""
 
@@ -46,6 +53,9 @@ class RunLog:
                          disable=None if show_bar else True, file=sys.stderr)
         self._window_tokens = 0
         self._window_start = time.perf_counter()
+        self._total = total_steps
+        self._plain = show_bar and bool(self._bar.disable)  # stderr is no terminal (a log file): lines, not a bar
+        self._last_line: float | None = None
 
     def message(self, text: str) -> None:
         """A line for the user, printed above the progress bar."""
@@ -65,6 +75,11 @@ class RunLog:
         self._window_tokens, self._window_start = 0, now
         self._bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         self._write(row)
+        if self._plain and (self._last_line is None or now - self._last_line >= PLAIN_LINE_EVERY_S
+                            or row["step"] >= self._total):
+            self._last_line = now
+            print(f"step {row['step']}/{self._total}: loss {row['loss']:.4f}, lr {row['lr']:.3g}, "
+                  f"{row['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
         if self._writer is not None:
             for key in ("loss", "lr", "tokens_per_s", "grad_norm", "loss_scale"):
                 if row.get(key) is not None:
