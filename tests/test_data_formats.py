@@ -151,6 +151,37 @@ def test_unicode_line_separators_inside_records_are_not_line_breaks(tmp_path):
                                                                        ("line two", f"{path}:2")]
 
 
+def test_lone_surrogate_escape_is_an_error_naming_line_and_field(tmp_path):
+    line = '{"messages": [{"role": "user", "content": "smile \\ud83d"}, {"role": "assistant", "content": "ok"}]}'
+    path = write(tmp_path / "s.jsonl", '{"text": "fine \\ud83d\\ude00"}\n' + line + "\n")
+    message = r"lone UTF-16 surrogate \\ud83d in messages\[0\].content \(half of an emoji\?\)"
+    with pytest.raises(SftlabError, match=rf"^{path}:2: {message}"):
+        read_rows(path)
+    path = write(tmp_path / "s.json", "[\n" + line + "\n]")
+    with pytest.raises(SftlabError, match=rf"^{path}:2\[#0\]: {message}"):
+        read_rows(path)
+    assert read_rows(path, surrogates=True)[0]["messages"][0]["content"] == "smile \ud83d"
+
+
+def test_training_on_a_lone_surrogate_is_a_one_line_error(tmp_path, capsys):
+    import yaml
+
+    from sftlab.cli import main
+    from test_train_loop import SFT_ROWS, tiny_run
+
+    raw = tiny_run(tmp_path, "qwen2")
+    data = tmp_path / "train.jsonl"
+    lines = data.read_text(encoding="utf-8").splitlines()
+    lines[2] = '{"messages": [{"role": "user", "content": "smile \\ud83d"}, {"role": "assistant", "content": "ok"}]}'
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert len(lines) == len(SFT_ROWS)
+    assert main(["train", str(tmp_path / "run.yaml"), "--no-progress"]) == 2  # was a UnicodeEncodeError traceback
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error") or "Error" in line]
+    assert errors == [f"error: {data}:3: lone UTF-16 surrogate \\ud83d in messages[0].content (half of an emoji?); it " \
+                      "cannot be written as UTF-8: fix or remove it"]
+
+
 def test_malformed_json_document_names_line(tmp_path):
     path = write(tmp_path / "bad.json", '[\n{"text": "a"},\n{"text": }\n]')
     with pytest.raises(SftlabError, match=rf"{path}:3: malformed JSON"):

@@ -251,7 +251,9 @@ def test_every_data_command_passes_tool_data_with_null_content(tmp_path, capsys)
     _write_jsonl(source, rows)
     assert main(["data", "build", "validate", str(source)]) == 0
     assert "0 problem(s)" in capsys.readouterr().out
-    assert main(["data", "clean", str(source), str(tmp_path / "clean.jsonl"), "--eval", str(source),
+    twin = tmp_path / "val.jsonl"  # a copy: the input itself is refused as an --eval file
+    _write_jsonl(twin, rows)
+    assert main(["data", "clean", str(source), str(tmp_path / "clean.jsonl"), "--eval", str(twin),
                  "--keep-leaks"]) == 0
     capsys.readouterr()
     assert len((tmp_path / "clean.jsonl").read_text(encoding="utf-8").splitlines()) == 5

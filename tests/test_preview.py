@@ -68,6 +68,17 @@ def test_preview_colours_on_request_and_honours_overrides(tmp_path, tiny_dir, ca
     assert "built-in plain" in out
 
 
+def test_preview_overrides_are_optional_and_mix_with_options(tmp_path, tiny_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "preview", "--help"])
+    usage = " ".join(capsys.readouterr().out.split("\n\n")[0].split())
+    assert usage.endswith("config [key.sub=value ...]")  # optional, shown in brackets
+    config = _write_run(tmp_path, tiny_dir, _chat_rows())
+    assert main(["data", "preview", config, "data.template=plain", "-n", "1", "data.mask=all", "--color", "never"]) == 0
+    out = capsys.readouterr().out
+    assert "; mask: all; " in out and "built-in plain" in out and out.count("--- sample") == 1
+
+
 def test_preview_fails_when_the_template_supervises_every_token(tmp_path, tiny_dir, capsys):
     tok = make_tokenizer("chatml")  # a broken template that renders only the answers
     tok.chat_template = "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}<|im_end|>{% endif %}{% endfor %}"

@@ -19,9 +19,11 @@ def register(registry) -> None:
         description="Tokenize the run's data as training does and show the first samples, supervised tokens "
                     "highlighted, with supervised-token ratios; fail on a mask that supervises nothing or everything.")
     parser.add_argument("config", help="run config YAML")
-    # REMAINDER + a second parse lets options and overrides mix in any order after the config file.
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key.sub=value",
-                        help="e.g. data.template=chatml data.mask=all (options may come before or after)")
+    # Optional ("*"): overrides written after an option are collected by cli.parse_command_line, and options
+    # written among the overrides by a second parse, so options and overrides mix in any order after the config.
+    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                        help="optional run config overrides, e.g. data.template=chatml data.mask=all (options may come "
+                             "before or after)")
     _add_options(parser, argparse_defaults=True)
     parser.set_defaults(func=handle)
 

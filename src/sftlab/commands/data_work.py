@@ -24,6 +24,13 @@ def _data_args(parser, output: bool = True) -> None:
     parser.add_argument("--columns", nargs="*", metavar="CANONICAL=COLUMN", help="map file columns, e.g. label=category text=sentence")
 
 
+def _eval_args(parser, what: str) -> None:
+    parser.add_argument("--eval", nargs="*", help=f"validation/test files (not the input or the output): {what}")
+    parser.add_argument("--eval-format", help="format of the --eval files (default: --format)")
+    parser.add_argument("--eval-columns", nargs="*", metavar="CANONICAL=COLUMN",
+                        help="column mapping of the --eval files (default: --columns; given with no value: none)")
+
+
 def _to_arg(parser, default: str | None = None) -> None:
     parser.add_argument("--to", default=default, choices=["alpaca", "sharegpt", "messages", "jsonl", "csv"],
                         help="output format (default: messages for conversations, jsonl otherwise)")
@@ -107,7 +114,7 @@ def _register_clean(data) -> None:
     g.add_argument("--near", type=float, default=0.8, help="Jaccard threshold for near duplicates (MinHash LSH)")
     g.add_argument("--no-near", action="store_true", help="skip near-duplicate detection")
     g.add_argument("--ngram", type=int, default=3, help="character n-gram size for near duplicates")
-    g.add_argument("--eval", nargs="*", help="validation/test files: training examples that match them are removed (leakage)")
+    _eval_args(g, "training examples that match them are removed (leakage)")
     g.add_argument("--keep-leaks", action="store_true", help="only report leakage, remove nothing")
     p.set_defaults(func=_handler("clean"))
 
@@ -122,7 +129,7 @@ def _register_augment(data) -> None:
     p.add_argument("--synonyms", help="synonym group file (default: built-in zh and en lists)")
     p.add_argument("--lang", default="auto", help="built-in synonym list: zh, en or auto (both)")
     p.add_argument("--model", help="local causal LM directory for --methods paraphrase")
-    p.add_argument("--eval", nargs="*", help="validation/test files: augmented copies matching them are dropped")
+    _eval_args(p, "augmented copies matching them are dropped")
     p.add_argument("--near", type=float, default=0.8, help="Jaccard threshold for the --eval check")
     _generation_args(p)
     p.set_defaults(func=_handler("augment"))

@@ -65,6 +65,31 @@ def detect_format(row: dict) -> str:
 
 
 OPTIONAL_FIELDS = ("input", "system", "history", "tools")
+# The fields each format reads; the others (ids, metadata) are extra to it (`extra_fields`).
+READ_FIELDS = {"alpaca": ("instruction", "input", "output", "system", "history"),
+               "sharegpt": ("conversations", "messages", "system", "tools"), "messages": ("messages", "tools"),
+               "prompt_completion": ("prompt", "completion", "system"), "text": ("text",), "label": ("text", "label")}
+FORMAT_FIELDS = frozenset(name for names in READ_FIELDS.values() for name in names) | {"images"}
+
+
+def extra_fields(row: dict, fmt: str) -> dict:
+    """The fields of `row` (after `apply_columns`) that format `fmt` does not read, `_src` and other `_` keys
+    left out (ids, metadata); `write_rows` writes them back beside an example that holds them under `_extra`."""
+    return {key: value for key, value in row.items() if not key.startswith("_") and key not in READ_FIELDS[fmt]}
+
+
+def written_extra(example: dict, fmt: str) -> dict:
+    """The `_extra` fields of `example` that `write_rows` writes in `fmt`: none for csv, else every one that no
+    format reads (a `system`, `tools` or `text` column extra to the input's format would become part of the
+    example when read back in another format, so it is left out)."""
+    if fmt == "csv":
+        return {}
+    return {key: value for key, value in example.get("_extra", {}).items() if key not in FORMAT_FIELDS}
+
+
+def unwritten_fields(examples: list[dict], fmt: str) -> list[str]:
+    """Names of the `_extra` fields of `examples` that `write_rows` leaves out in `fmt` (see `written_extra`)."""
+    return sorted({key for ex in examples for key in ex.get("_extra", {}) if key not in written_extra(ex, fmt)})
 
 
 def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
@@ -278,14 +303,16 @@ def write_rows(path: str | Path, examples: list[dict], fmt: str) -> Path:
     """Write canonical examples atomically as alpaca / sharegpt / messages records, canonical jsonl, or csv.
 
     alpaca/sharegpt/messages go to a JSON list when `path` ends in .json, else to JSON lines.
-    `jsonl` writes the canonical dicts themselves; `csv` holds flat (pt/cls) examples only.
+    `jsonl` writes the canonical dicts themselves; `csv` holds flat (pt/cls) examples only. The fields an example
+    holds under `_extra` (`extra_fields` of its row) are written into its record before the format's own fields,
+    as `written_extra` says (csv: text and label only).
     """
     if fmt not in WRITE_FORMATS:
         raise SftlabError(f"unknown output format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}")
     path = Path(path)
     if fmt == "csv":
         return atomic_write_text(path, _csv_text(examples))
-    records = [_RECORD_WRITERS[fmt](ex) for ex in examples]
+    records = [{**written_extra(ex, fmt), **_RECORD_WRITERS[fmt](ex)} for ex in examples]
     if fmt != "jsonl" and path.suffix.lower() == ".json":
         return atomic_write_json(path, records)
     return atomic_write_jsonl(path, records)

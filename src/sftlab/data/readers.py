@@ -7,7 +7,10 @@ Hugging Face's json loader does), .jsonl, .csv/.tsv (header on line 1), .parquet
 non-empty line). `_src` is `file:line`; for a JSON list it is `file:line[#i]`, the line where item i
 (0-based) starts; for parquet `file[#i]`. Missing files, malformed JSON (file and line), a file that is
 not what its extension says, bad UTF-8 (file and line), unknown extensions and empty files raise a
-one-line `SftlabError`. `sftlab.data.formats` turns the rows into canonical examples.
+one-line `SftlabError`, and so does a JSON string holding a lone UTF-16 surrogate escape (`"\\ud83d"`, half of
+an emoji), which no UTF-8 file, cache or tokenizer can hold (`lone_surrogate`; `surrogates=True` returns such
+rows for `sftlab data build validate`, which lists them). `sftlab.data.formats` turns the rows into canonical
+examples.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +27,13 @@ from sftlab.errors import SftlabError
 READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
 # List-valued fields of a single record: an object whose only list is one of these is one record, not a wrapper.
 _RECORD_LIST_FIELDS = ("conversations", "messages", "history", "prompt", "completion")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Read every row of a data file as a dict with `_src`; never modifies the file."""
+def read_rows(path: str | Path, surrogates: bool = False) -> list[dict]:
+    """Read every row of a data file as a dict with `_src`; never modifies the file. A row of a JSON file with a
+    lone surrogate is an error naming its `file:line` and field, unless `surrogates`."""
     path = Path(path)
     ext = path.suffix.lower()
     if not path.is_file():
@@ -47,7 +54,33 @@ def read_rows(path: str | Path) -> list[dict]:
             rows = _read_csv(path, text, "\t" if ext == ".tsv" else ",")
     if not rows:
         raise SftlabError(f"{path}: empty dataset (no rows)")
+    # Only a JSON escape can make one (UTF-8 text cannot): rows are searched when the text holds a \uD800-\uDFFF escape.
+    if ext in (".json", ".jsonl") and not surrogates and _SURROGATE_ESCAPE.search(text):
+        for row in rows:
+            problem = lone_surrogate(row)
+            if problem:
+                raise SftlabError(f"{row['_src']}: {problem}")
     return rows
+
+
+def lone_surrogate(value, where: str = "") -> str | None:
+    """A one-line description of the first lone UTF-16 surrogate (a JSON escape such as `\\ud83d`, half of an
+    emoji cut in two) in the strings of `value`, with the field that holds it; None when there is none. Such a
+    character cannot be written as UTF-8, so no output could hold it."""
+    if isinstance(value, str):
+        found = _SURROGATE.search(value)
+        if found:
+            return (f"lone UTF-16 surrogate \\u{ord(found.group()):04x} in {where or 'the text'} (half of an emoji?); "
+                    "it cannot be written as UTF-8: fix or remove it")
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if key == "_src":
+            continue
+        found = lone_surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
+        if found:
+            return found
+    return None
 
 
 def _decode(path: Path) -> str:

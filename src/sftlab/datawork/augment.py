@@ -10,7 +10,8 @@ tool results and the tools list are never edited. In a conversation with tool ca
 alone every word of a user turn that also occurs in the calls' arguments (`protected_words`), so the prompt
 keeps agreeing with them ("weather in Paris" stays "Paris" when a call sends {"city": "Paris"}), and a paraphrase
 that loses such a word is dropped. Every new
-record is a copy marked `"augmented": {"method", "source"}`; originals are never replaced. Randomness is drawn
+record is a copy marked `"augmented": {"method", "source"}` (plus `source_id` when the source has an `id`, see
+`marked`); originals are never replaced. Randomness is drawn
 from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
 """
 
@@ -201,7 +202,7 @@ def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: li
                 new = _edit_prompt(example, lambda text: augmenter.apply(method, text, rng, protected))
                 if new not in made:
                     made.append(new)
-                    out.append(new | {"augmented": {"method": method, "source": src(example)}})
+                    out.append(marked(new, method, example))
     return out
 
 
@@ -221,10 +222,20 @@ def paraphrase_examples(examples: list[dict], generator, rejected: list | None =
             if rejected is not None:
                 rejected.append((example, f"the rewrite lost {', '.join(lost)} (tool-call arguments): {text!r}"))
             continue
-        new = _edit_prompt(example, lambda _old, t=text: t, last_user_only=True)
-        new["augmented"] = {"method": "paraphrase", "source": src(example)}
-        out.append(new)
+        out.append(marked(_edit_prompt(example, lambda _old, t=text: t, last_user_only=True), "paraphrase", example))
     return out
+
+
+def marked(new: dict, method: str, source: dict) -> dict:
+    """An augmented copy marked `"augmented": {"method", "source"}` (the source's file:line, and `source_id`, its
+    `id`, when it has one); it keeps the source's other extra fields (`_extra`), but not its `id`, so ids stay
+    unique."""
+    extra = dict(new.get("_extra") or {})
+    mark = {"method": method, "source": src(source)}
+    if extra.get("id") is not None:
+        mark["source_id"] = extra.pop("id")
+    out = {key: value for key, value in new.items() if key != "_extra"} | {"augmented": mark}
+    return out | ({"_extra": extra} if extra else {})
 
 
 def _lost_words(original: str, rewrite: str, protected: frozenset[str]) -> list[str]:

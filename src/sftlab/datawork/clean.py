@@ -19,7 +19,8 @@ from sftlab.datawork.pii import Redactor
 from sftlab.datawork.records import map_texts
 from sftlab.datawork.report import Report, reason_kind
 
-_FIELD_NAMES = {"contents": "contents", "tool_arguments": "tool-call arguments", "tool_results": "tool results"}
+_FIELD_NAMES = {"contents": "contents", "tool_arguments": "tool-call arguments", "tool_results": "tool results",
+                "other_fields": "other fields"}
 
 
 @dataclass

@@ -19,6 +19,13 @@ system prompts (`near_identity`): two examples can only be near duplicates when 
 same after `dedup_key` (and their tool keys are equal). A long system prompt shared by many examples (a
 300-word policy) therefore does not make short, different conversations near duplicates, and the same
 conversation under two different system prompts is not one either.
+
+Labels (cls): copies of one text (as the exact-duplicate hash compares it) with different labels are label
+conflicts, not duplicates (`label_conflicts`): the label most copies have wins, the copies with other labels are
+removed; when two or more labels tie for the most copies, every copy of the text is removed. The remaining copies
+are exact duplicates as usual. Near duplicates must have the same label: texts alike with different labels may
+be a minimal pair (a negation) and are both kept. Leakage compares texts only: a text in an evaluation set leaks
+whatever its label.
 """
 
 from __future__ import annotations
@@ -26,9 +33,10 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
-from sftlab.datawork.records import identity, identity_parts, src, system_text
+from sftlab.datawork.records import identity, identity_parts, src, stage_of, system_text
 from sftlab.errors import SftlabError
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
@@ -140,18 +148,24 @@ class NearIndex:
 
 
 def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[dict], list[tuple[dict, str]]]:
-    """Drop exact (`example_hash`) and near (`near_identity`) duplicates within `examples`; returns
-    (kept, [(removed, reason)])."""
+    """Drop cls examples whose label loses a label conflict (`label_conflicts`, always), then exact
+    (`example_hash`, unless `options.exact` is off) and near (`near_identity`; cls: of the same label) duplicates
+    within `examples`; returns (kept, [(removed, reason)])."""
+    conflicts = label_conflicts(examples)
     seen_hash: dict[str, dict] = {}
     index = NearIndex(options) if options.near_threshold is not None else None
     kept, removed = [], []
-    for example in examples:
+    for position, example in enumerate(examples):
+        if position in conflicts:
+            removed.append((example, conflicts[position]))
+            continue
         digest = example_hash(example)
         if options.exact and digest in seen_hash:
             removed.append((example, f"exact duplicate of {src(seen_hash[digest])}"))
             continue
         if index is not None:
             grams, group = near_grams(example, options.ngram)
+            group += f"\0label:{example['label']}" if stage_of(example) == "cls" else ""
             signature = index.signature(grams) if grams else None
             match = index.best_match(grams, signature, group)
             if match is not None:
@@ -163,6 +177,34 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
         seen_hash.setdefault(digest, example)
         kept.append(example)
     return kept, removed
+
+
+def label_conflicts(examples: list[dict]) -> dict[int, str]:
+    """{position: why} of the cls examples to remove because copies of their text (`example_hash`) carry other
+    labels: the label with the most copies wins and only the copies with another label are listed; when labels
+    tie for the most copies, every copy is. Each reason starts with "label conflict:"."""
+    groups: dict[str, list[int]] = {}
+    for position, example in enumerate(examples):
+        if stage_of(example) == "cls":
+            groups.setdefault(example_hash(example), []).append(position)
+    out = {}
+    for positions in groups.values():
+        counts = Counter(examples[p]["label"] for p in positions)
+        if len(counts) < 2:
+            continue
+        ranked = counts.most_common()
+        labels = ", ".join(f"{label!r} {count}x" for label, count in ranked)
+        if ranked[0][1] == ranked[1][1]:
+            for p in positions:
+                out[p] = f"label conflict: the same text has labels {labels}; a tie, so every copy is removed"
+            continue
+        winner = ranked[0][0]
+        kept_at = src(examples[next(p for p in positions if examples[p]["label"] == winner)])
+        for p in positions:
+            if examples[p]["label"] != winner:
+                out[p] = (f"label conflict: label {examples[p]['label']!r}, but the same text has labels {labels}; "
+                          f"kept the majority {winner!r} ({kept_at})")
+    return out
 
 
 def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: DedupOptions) -> list[dict]:

@@ -32,10 +32,12 @@ def record_id(row: dict, id_field: str = "id") -> str:
 def read_instructions(path: str | Path, columns: dict | None = None, id_field: str = "id") -> list[dict]:
     """Instruction rows (id, instruction, input) from any data file `sftlab.data.formats` reads."""
     from sftlab.data.formats import apply_columns, read_rows
+    from sftlab.datawork.records import option_errors
 
     out, seen = [], {}
     for row in read_rows(path):
-        row = apply_columns(row, columns)
+        with option_errors():
+            row = apply_columns(row, columns)
         instruction = row.get("instruction")
         if not isinstance(instruction, str) or not instruction.strip():
             raise SftlabError(f"{row['_src']}: missing required field 'instruction'")
@@ -107,7 +109,8 @@ def draft_prompt(item: dict) -> str:
 
 
 def export_reviewed(records: list[dict]) -> list[dict]:
-    """sft examples from approved records (final, else the draft) and edited records (final)."""
+    """sft examples from approved records (final, else the draft) and edited records (final), each with the
+    record's `id` as an extra field (`_extra`), which `records.save_examples` writes."""
     examples = []
     for record in records:
         if record["status"] not in ("approved", "edited"):
@@ -117,7 +120,7 @@ def export_reviewed(records: list[dict]) -> list[dict]:
             where = record.get("_src") or f"review record {record['id']!r}"
             raise SftlabError(f"{where}: status approved but both 'final' and 'draft' are empty")
         examples.append({"messages": [{"role": "user", "content": draft_prompt(record)}, {"role": "assistant", "content": answer}],
-                         "_src": record.get("_src") or f"review:{record['id']}"})
+                         "_src": record.get("_src") or f"review:{record['id']}", "_extra": {"id": record["id"]}})
     return examples
 
 

@@ -5,6 +5,8 @@
 
 Prompts go through the tokenizer's chat template as one user turn when it has one, else as plain text.
 Decoding is greedy unless `temperature > 0` (then sampling seeded by `seed`), so re-runs are reproducible.
+A text cut off by `max_new_tokens` in the middle of a multi-byte character (byte-level tokens) would end in
+U+FFFD replacement characters; those are stripped (`cut_text`).
 """
 
 from __future__ import annotations
@@ -58,5 +60,14 @@ class LocalGenerator:
                 generated = self.model.generate(**batch, max_new_tokens=self.max_new_tokens,
                                                 pad_token_id=self.tokenizer.pad_token_id, **sampling)
             new_tokens = generated[:, batch["input_ids"].shape[1]:]
-            outputs += [text.strip() for text in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            ends = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+            outputs += [cut_text(text, row[-1].item() not in ends) for text, row in zip(texts, new_tokens)]
         return outputs
+
+
+def cut_text(text: str, truncated: bool) -> str:
+    """A decoded completion, stripped; one that `max_new_tokens` cut off (`truncated`: its last token is not the
+    end or padding) also loses the U+FFFD characters at its end, the decoding of a character's first bytes."""
+    text = text.strip()
+    return text.rstrip("\ufffd").rstrip() if truncated else text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sftlab.datawork.records import check_output_format, load_examples, save_examples
+from sftlab.datawork.records import check_output_format, dropped_fields_note, load_examples, save_examples
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
 
@@ -40,6 +40,32 @@ def read_input(args, path=None) -> list[dict]:
     return load_examples(path or args.input, args.format, args.stage, parse_columns(args.columns))
 
 
+def check_eval_files(args) -> None:
+    """Refuse an `--eval` file that is the input or the output: every example would match itself and be removed."""
+    for path in args.eval or []:
+        for role, other in (("the input", args.input), ("the output", args.output)):
+            if Path(path).resolve() == Path(other).resolve():
+                raise SftlabError(f"--eval {path}: is {role}; an evaluation set must be another file (every example "
+                                  "would match itself and be removed)")
+
+
+def read_eval_sets(args) -> dict[str, list[dict]]:
+    """The `--eval` files, read with `--eval-format` / `--eval-columns` (default: the input's `--format` /
+    `--columns`; `--eval-columns` with no value maps no column); errors name those two options."""
+    fmt = args.eval_format or args.format
+    columns = parse_columns(args.columns if args.eval_columns is None else args.eval_columns)
+    eval_sets = {}
+    for path in args.eval or []:
+        try:
+            eval_sets[str(path)] = load_examples(path, fmt, args.stage, columns, ("--eval-format", "--eval-columns"))
+        except SftlabError as exc:
+            if args.eval_format or args.eval_columns is not None or not Path(path).is_file():
+                raise
+            raise SftlabError(f"{exc} (--eval files are read with --format and --columns unless --eval-format or "
+                              "--eval-columns is given)") from None
+    return eval_sets
+
+
 def load_tokenizer_dir(path: str | None, config: str | None = None):
     """The tokenizer of `--tokenizer DIR`, else of the run config's model (`--config run.yaml`), else None."""
     if path is None and config is not None:
@@ -64,6 +90,9 @@ def run_config(path: str):
 
 def finish(report: Report, output: str | Path, examples: list[dict], fmt: str | None, extra: list[str] = ()) -> int:
     save_examples(output, examples, fmt)
+    note = dropped_fields_note(examples, fmt)
+    if note:
+        report.note(note)
     report.finish(len(examples), [str(output), *extra])
     paths = report.write(report_stem(output))
     print(report.summary())
@@ -96,11 +125,12 @@ def build_convert(args) -> int:
 
     check_distinct(args.output, args.input)
     check_output_format(args.output, args.to)
-    count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns))
+    notes: list[str] = []
+    count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns), notes)
     report = Report("build convert", [args.input], before=count)
     report.section("conversion", {"from": args.format, "to": args.to})
     report.finish(count, [args.output]).write(report_stem(args.output))
-    print(f"wrote {count} examples to {args.output} ({args.to})")
+    print(f"wrote {count} examples to {args.output} ({args.to})", *notes, sep="\n")
     return 0
 
 
@@ -167,6 +197,7 @@ def clean(args) -> int:
     from sftlab.datawork.normalize import NormalizeOptions
     from sftlab.datawork.pii import parse_kinds
 
+    check_eval_files(args)
     check_distinct(args.output, args.input, *(args.eval or []))
     check_output_format(args.output, args.to)
     redact_pii = None if args.redact_pii is None else parse_kinds(args.redact_pii, "--redact-pii")
@@ -179,7 +210,7 @@ def clean(args) -> int:
     options = CleanOptions(normalize=normalize, redact_pii=redact_pii, filters=filters, dedup=dedup,
                            drop_leaks=not args.keep_leaks)
     examples = read_input(args)
-    eval_sets = {str(path): read_input(args, path) for path in args.eval or []}
+    eval_sets = read_eval_sets(args)
     report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
     kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer, args.config), eval_sets, report)
     return finish(report, args.output, kept, args.to)
@@ -190,6 +221,7 @@ def augment(args) -> int:
     from sftlab.datawork.dedup import DedupOptions, find_leaks
     from sftlab.datawork.generate import check_generation_options
 
+    check_eval_files(args)
     check_distinct(args.output, args.input, *(args.eval or []))
     check_output_format(args.output, "jsonl")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -214,7 +246,7 @@ def augment(args) -> int:
         new += paraphrase_examples(examples, generator, rejected)
         report.removed_all(rejected, lambda _why: "paraphrase lost a word of the tool-call arguments")
     if args.eval:
-        eval_sets = {str(path): read_input(args, path) for path in args.eval}
+        eval_sets = read_eval_sets(args)
         leaks = {leak["train_index"]: leak for leak in find_leaks(new, eval_sets, DedupOptions(near_threshold=args.near))}
         for index, leak in sorted(leaks.items()):
             report.removed("augmented copy matches an evaluation example", new[index], f"{leak['kind']} match of {leak['eval_src']}")

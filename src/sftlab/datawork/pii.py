@@ -16,7 +16,8 @@ first (NFKC) unless `--no-normalize`/`--no-nfkc` is given. docs/data.md lists wh
 In tool-calling examples, call arguments (an object, or JSON text of one) and tool results that are JSON text
 (an object or array) have their string values redacted, never keys, numbers or structure, so JSON stays valid
 and JSON text stays text (`sftlab.datawork.jsontext` walks the JSON); other tool results are redacted as plain
-text. The `tools` list, call names and ids are left alone.
+text. The `tools` list, call names and ids are left alone. The fields of the input rows kept beside an example
+(`_extra`: ids, metadata, see `records.load_examples`) have their string values redacted in the same way.
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ import ipaddress
 import re
 from typing import Callable
 
-from sftlab.datawork.jsontext import map_arguments, map_json_or_text
+from sftlab.datawork.jsontext import map_arguments, map_json_or_text, map_json_value
 from sftlab.errors import SftlabError
 
 KINDS = ("email", "id", "card", "phone", "ip")
-FIELDS = ("contents", "tool_arguments", "tool_results")  # where replacements are counted (Redactor.fields)
+FIELDS = ("contents", "tool_arguments", "tool_results")  # where replacements are counted (Redactor.fields),
+# and "other_fields" (the rows' extra fields) once one of those has a replacement
 PLACEHOLDERS = {"email": "[EMAIL]", "id": "[ID]", "card": "[CARD]", "phone": "[PHONE]", "ip": "[IP]"}
 
 _NOT_BEFORE = r"(?<![0-9A-Za-z])"  # digit kinds never start or end inside a longer run of digits or letters
@@ -155,9 +157,12 @@ class Redactor:
         return PLACEHOLDERS[kind] + found[length:]
 
     def redact_example(self, example: dict) -> dict:
-        """A redacted copy of a canonical example: message contents (or `text`), tool-call arguments and tool
-        results; the `tools` list, call names and ids, labels and other fields are unchanged."""
+        """A redacted copy of a canonical example: message contents (or `text`), tool-call arguments, tool
+        results and the string values of the row's other fields (`_extra`, at any depth); the `tools` list, call
+        names and ids and labels are unchanged."""
         out = copy.deepcopy(example)
+        if out.get("_extra"):
+            out["_extra"] = self._counted("other_fields", lambda value: map_json_value(value, self), out["_extra"])
         if "messages" not in out:
             out["text"] = self._counted("contents", self, out["text"])
             return out
@@ -175,5 +180,7 @@ class Redactor:
     def _counted(self, field: str, redact: Callable, value):
         before = sum(self.counts.values())
         value = redact(value)
-        self.fields[field] += sum(self.counts.values()) - before
+        found = sum(self.counts.values()) - before
+        if found or field in self.fields:  # other_fields is listed only when it has replacements
+            self.fields[field] = self.fields.get(field, 0) + found
         return value

@@ -1,7 +1,8 @@
 """Uniform access to canonical examples of every stage: which stage, prompt, response, label, all text.
 
 Canonical shapes (DEVELOPERS.md): sft `{"messages": [...]}`, pt `{"text"}`, cls `{"text", "label"}`, each
-with `"_src": "file:line"`. Data-work operations use these helpers so they need not branch on the stage.
+with `"_src": "file:line"`; `load_examples` adds `"_extra"`, the row's fields that its format does not read (an
+`id`, metadata), which `save_examples` writes back. Data-work operations use these helpers so they need not branch on the stage.
 
 Tool-calling sft examples (`sftlab.data.messages`) also hold assistant `tool_calls` (their content may be "" or
 null), `tool` messages (results) and a `tools` list. Which texts each helper sees:
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import copy
 import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
+from sftlab.data.readers import lone_surrogate  # noqa: F401  (re-exported: `data build validate` lists them)
 from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
 from sftlab.errors import SftlabError
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def stage_of(example: dict) -> str:
@@ -200,43 +201,53 @@ def src(example: dict) -> str:
     return str(example.get("_src", "?"))
 
 
-def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None, columns: dict | None = None) -> list[dict]:
+def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None, columns: dict | None = None,
+                  options: tuple[str, str] = ("--format", "--columns")) -> list[dict]:
     """Read a dataset file with `sftlab.data.formats` and return canonical examples (each with `_src`).
 
     `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls). A row with an
     `images` list (image+text data, `sftlab.vision`) is an error: canonical examples have no place for images.
+    The fields of a row that its format does not read (`id`, metadata) are kept under `_extra`, and
+    `save_examples` writes them back. Errors name `options` (the format and columns options) and `--stage`
+    where the trainer's messages name data.format, data.columns and train.stage (`option_errors`).
     """
-    from sftlab.data.formats import read_rows, to_canonical
+    from sftlab.data.formats import apply_columns, detect_format, extra_fields, read_rows, to_canonical
 
     rows = read_rows(path)
     for row in rows:
         if row.get("images"):
             raise SftlabError(f"{row['_src']}: an image+text row (an 'images' list); the data commands handle text "
                               "only and would drop its images, so they refuse it")
-        problem = lone_surrogate(row)
-        if problem:
-            raise SftlabError(f"{row['_src']}: {problem}")
-    return to_canonical(rows, fmt, stage, columns or None)
+    with option_errors(*options):
+        examples = to_canonical(rows, fmt, stage, columns or None)
+        mapped = [apply_columns(row, columns or None) for row in rows]
+        chosen = detect_format(mapped[0]) if fmt == "auto" else fmt
+    for example, row in zip(examples, mapped):
+        extra = extra_fields(row, chosen)
+        if extra:
+            example["_extra"] = extra
+    return examples
 
 
-def lone_surrogate(value, where: str = "") -> str | None:
-    """A one-line description of the first lone UTF-16 surrogate (a JSON escape such as `\\ud83d`, half of an
-    emoji cut in two) in the strings of `value`, with the field that holds it; None when there is none. Such a
-    character cannot be written as UTF-8, so no output could hold it."""
-    if isinstance(value, str):
-        found = _SURROGATE.search(value)
-        if found:
-            return (f"lone UTF-16 surrogate \\u{ord(found.group()):04x} in {where or 'the text'} (half of an emoji?); "
-                    "it cannot be written as UTF-8: fix or remove it")
-        return None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        if key == "_src":
-            continue
-        found = lone_surrogate(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key)
-        if found:
-            return found
-    return None
+@contextmanager
+def option_errors(format_option: str = "--format", columns_option: str = "--columns"):
+    """Re-raise a `SftlabError` of `sftlab.data.formats` with the data commands' option names in place of the run
+    config keys the trainer's messages use: data.format -> `format_option`, data.columns.label (of column
+    'category') -> `columns_option label=category`, data.columns -> `columns_option`, train.stage -> --stage."""
+    try:
+        yield
+    except SftlabError as exc:
+        raise SftlabError(option_names(str(exc), format_option, columns_option)) from None
+
+
+def option_names(message: str, format_option: str = "--format", columns_option: str = "--columns") -> str:
+    """`message` with the config keys data.format, data.columns(.KEY) and train.stage named as options."""
+    message = re.sub(r"column '([^']*)' \(data\.columns\.(\w+)\)", lambda m: f"column '{m[1]}' ({columns_option} "
+                     f"{m[2]}={m[1]})", message)
+    for key, option in ((r"data\.columns\.(\w+)", f"{columns_option} \\1=COLUMN"), (r"data\.columns", columns_option),
+                        (r"data\.format", format_option), (r"train\.stage", "--stage")):
+        message = re.sub(r"(?<![\w/.-])" + key + r"\b", option, message)
+    return message
 
 
 def check_output_format(path: str | Path, fmt: str | None) -> None:
@@ -253,11 +264,31 @@ def check_output_format(path: str | Path, fmt: str | None) -> None:
 
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:
     """Write canonical examples with `sftlab.data.formats.write_rows` (default: messages for sft, jsonl otherwise)
-    to a path whose extension reads back in that format (`check_output_format`)."""
+    to a path whose extension reads back in that format (`check_output_format`); the fields kept under `_extra`
+    go with them (`sftlab.data.formats.written_extra`, and `dropped_fields_note` for those that do not)."""
     from sftlab.data.formats import write_rows
 
     check_output_format(path, fmt)
-    if fmt is None:
-        fmt = "messages" if examples and stage_of(examples[0]) == "sft" else "jsonl"
-    write_rows(path, examples, fmt)
+    write_rows(path, examples, output_format(examples, fmt))
     return Path(path)
+
+
+def output_format(examples: list[dict], fmt: str | None) -> str:
+    """`fmt`, or the default: messages for sft, jsonl otherwise."""
+    if fmt is None:
+        return "messages" if examples and stage_of(examples[0]) == "sft" else "jsonl"
+    return fmt
+
+
+def dropped_fields_note(examples: list[dict], fmt: str | None) -> str | None:
+    """A one-line note naming the fields of the input rows (`_extra`) that `save_examples` does not write in
+    `fmt`, and why; None when every field is written."""
+    from sftlab.data.formats import unwritten_fields
+
+    fmt = output_format(examples, fmt)
+    names = unwritten_fields(examples, fmt)
+    if not names:
+        return None
+    why = ("--to csv writes text and label only" if fmt == "csv" else
+           "a field that one of the formats reads would change the example when it is read back")
+    return f"note: dropped field(s) {', '.join(names)} of the input rows: {why}"

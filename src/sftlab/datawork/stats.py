@@ -10,7 +10,8 @@ as training renders them (`sftlab.data.templates.encode_conversation`) to count 
 Tool data: prompt lengths include the tools list and response lengths the last turn's tool calls (canonical JSON
 text), and the language mix reads system, user and assistant contents only (`records.natural_text`).
 Labels (cls, or sft with `label_task`) are `records.label_of`: a last assistant turn with only tool calls counts
-under their names (`tool:get_weather`). Duplicates are counted as `dedup.dedup_examples` finds them.
+under their names (`tool:get_weather`). Duplicates, and the cls examples a label conflict removes, are counted
+as `dedup.dedup_examples` finds them.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
     if stages.get("cls") or label_task:
         stats["labels"] = distribution([label_of(e) for e in examples if stage_of(e) != "pt"])
     _, removed = dedup_examples(examples, DedupOptions(near_threshold=near_threshold))
-    kinds = Counter("exact" if why.startswith("exact") else "near" for _, why in removed)
-    stats["duplicates"] = {"exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "near_threshold": near_threshold,
+    kinds = Counter(why.split(" ", 1)[0] for _, why in removed)  # exact, near or label (conflict)
+    stats["duplicates"] = {"exact": kinds.get("exact", 0), "near": kinds.get("near", 0),
+                           "label_conflicts": kinds.get("label", 0), "near_threshold": near_threshold,
                            "examples": [{"src": e.get("_src"), "why": why} for e, why in removed[:5]]}
     stats["languages"] = dict(Counter(detect_language(natural_text(e)) for e in examples).most_common())
     return stats, {"prompt": prompt_lengths, "response": response_lengths}
@@ -180,7 +182,9 @@ def stats_markdown(stats: dict) -> str:
         lines.append(f"- supervised-token ratio: {stats['supervised_token_ratio']}")
     if "truncated" in stats:
         lines.append(f"- longer than max_length {stats['max_length']}: {stats['truncated']['count']} ({stats['truncated']['share']:.1%})")
-    lines.append(f"- duplicates: {stats['duplicates']['exact']} exact, {stats['duplicates']['near']} near")
+    lines.append(f"- duplicates: {stats['duplicates']['exact']} exact, {stats['duplicates']['near']} near"
+                 + (f"; {stats['duplicates']['label_conflicts']} examples in label conflicts"
+                    if stats["duplicates"]["label_conflicts"] else ""))
     lines.append(f"- languages: {', '.join(f'{k} {v}' for k, v in stats['languages'].items())}")
     if stats.get("labels"):
         lines.append(f"- labels: {', '.join(f'{k} {v}' for k, v in list(stats['labels'].items())[:20])}")

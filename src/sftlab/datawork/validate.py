@@ -1,5 +1,5 @@
 """Validation of a hand-written dataset file: encoding, JSON syntax, schema, empty fields, duplicate ids,
-duplicate examples and mixed formats, each problem reported with its file:line.
+duplicate examples, cls texts with conflicting labels and mixed formats, each problem reported with its file:line.
 
     problems = validate_file("train.jsonl", fmt="auto", stage=None, id_field="id")
 
@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sftlab.datawork.dedup import example_hash
-from sftlab.datawork.records import lone_surrogate
+from sftlab.datawork.records import lone_surrogate, option_names
 from sftlab.errors import SftlabError
 
 
@@ -61,10 +61,10 @@ def _read_rows(path: Path) -> tuple[list[dict], list[Problem]]:
     from sftlab.data.readers import _lines, read_rows
 
     if path.suffix.lower() != ".jsonl":
-        return read_rows(path), []
+        return read_rows(path, surrogates=True), []
     text = path.read_text(encoding="utf-8-sig")
     if text.lstrip().startswith("["):
-        return read_rows(path), []
+        return read_rows(path, surrogates=True), []
     rows, problems = [], []
     for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
@@ -131,14 +131,17 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
                 to_canonical([row], "auto", stage, columns)  # raises the "cannot tell the format" error
             example = to_canonical([row], row_fmt or majority, stage, columns)[0]
         except SftlabError as exc:
-            problems.append(Problem(where, "schema", _strip_src(str(exc), where)))
+            problems.append(Problem(where, "schema", option_names(_strip_src(str(exc), where))))
             continue
         problems += _empty_fields(example, where)
-        digest = example_hash(example)
-        if digest in seen:
-            problems.append(Problem(where, "duplicate", f"same content as {seen[digest]}"))
+        digest, label = example_hash(example), example.get("label") if "messages" not in example else None
+        if digest not in seen:
+            seen[digest] = (where, label)
+        elif seen[digest][1] != label:
+            problems.append(Problem(where, "label-conflict", f"label {label!r}, but {seen[digest][0]} has the same "
+                                                             f"text with label {seen[digest][1]!r}"))
         else:
-            seen[digest] = where
+            problems.append(Problem(where, "duplicate", f"same content as {seen[digest][0]}"))
     if fmt == "auto" and len(formats) > 1:
         problems += [Problem(row["_src"], "mixed-format", f"row is {f!r} but most rows ({formats[majority]}) are {majority!r}")
                      for row, f in zip(rows, found) if f is not None and f != majority]
