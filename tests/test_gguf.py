@@ -103,3 +103,32 @@ def test_real_gemma_pull_converts_and_generates(tmp_path, monkeypatch):
     generated = model.generate(**ids, max_new_tokens=16, do_sample=False)
     words = tok.decode(generated[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).lower().split()
     assert len(words) >= 8 and {"the", "a", "was", "there", "and", "she", "he"} & set(words)
+
+
+def test_output_holding_the_gguf_or_in_use_is_refused_before_conversion(tmp_path, monkeypatch):
+    import sftlab.models.gguf as gguf_module
+
+    models = tmp_path / "models"
+    models.mkdir()
+    save_tiny_gguf(models / "tiny.gguf")
+    before = (models / "tiny.gguf").read_bytes()
+    monkeypatch.setattr(gguf_module, "_load_dequantised", lambda *a: pytest.fail("converted before checking OUT"))
+    for out in (models, tmp_path):  # the folder of the input, and a folder above it
+        with pytest.raises(SftlabError, match=r"is or holds the input .*tiny.gguf; inputs are never replaced"):
+            import_gguf(models / "tiny.gguf", out, overwrite=True)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "notes.txt").write_text("mine")
+    with pytest.raises(SftlabError, match="already exists and is not empty; pass --overwrite"):
+        import_gguf(models / "tiny.gguf", tmp_path / "used")
+    assert (models / "tiny.gguf").read_bytes() == before and (tmp_path / "used" / "notes.txt").read_text() == "mine"
+
+
+def test_model_list_names_a_broken_cached_config_instead_of_crashing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SFTLAB_HOME", str(tmp_path))
+    for name, content in (("listed", b"[1]"), ("binary", b"\xff\xfe"), ("gguf/ok", b'{"model_type": "llama"}')):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "config.json").write_bytes(content)
+    assert main(["model", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["binary", "listed", "gguf/ok"]
+    assert "? (config.json is not a JSON object)" in lines[0] and "llama" in lines[2]

@@ -91,3 +91,20 @@ def test_real_server_on_localhost(tmp_path, world):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_event_timestamps_are_stored_as_naive_utc_and_out_of_range_is_a_422(tmp_path, world):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    write_world(engine, world)
+    client = TestClient(create_app(engine, category_frequency().score, "catfreq", clock=lambda: NOW),
+                        raise_server_exceptions=False)
+    event = {"enterprise_id": "E000001", "policy_id": "P000001", "type": "click"}
+    posted = client.post("/events", json={**event, "ts": "2025-07-01T10:00:00+08:00"})
+    assert posted.status_code == 201 and posted.json()["ts"] == "2025-07-01T02:00:00"
+    before = _events(engine)
+    early = client.post("/events", json={**event, "ts": "0001-01-01T00:00:00+08:00"})  # before year 1 in UTC
+    assert early.status_code == 422 and early.json()["detail"][0]["loc"] == ["body", "ts"]
+    assert "out of range in UTC" in early.json()["detail"][0]["msg"] and _events(engine) == before
+    broken = client.post("/events", content=b"{not json", headers={"content-type": "application/json"})
+    assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid"
+    engine.dispose()

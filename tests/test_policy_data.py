@@ -184,3 +184,44 @@ def test_report_of_one_group_neither_repeats_overall_nor_lists_empty_groups():
     assert "| fine_tuned | cold |" in table and "| fine_tuned | overall |" in table and "| active |" not in table
     lines = comparisons(results, "fine_tuned", 5)
     assert len(lines) == 1 and lines[0].startswith("- cold: fine_tuned wins against flat")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("category_limit", -1, "--category-limit must be at least 0, got -1"),
+    ("max_train", 4, "--max-train must be at least 12 (6 per answer"),
+    ("max_eval_enterprises", 0, "--max-eval-enterprises must be at least 1, got 0"),
+])
+def test_bad_sizes_are_one_line_errors_and_leave_an_earlier_build_as_it_was(built, tmp_path, option, value, message):
+    import shutil
+
+    from sftlab.errors import SftlabError
+
+    engine, data, _ = built
+    out = tmp_path / "data"
+    shutil.copytree(data, out)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    with pytest.raises(SftlabError, match="^" + message.replace("(", r"\(")):
+        build_data(engine, out, cutoff=CUTOFF, **{"max_train": 300, option: value})
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_evaluation_refuses_bad_k_and_names_a_broken_line(built, tmp_path):
+    import shutil
+
+    from sftlab.errors import SftlabError
+    from sftlab.policy.evaluate import run_evaluation
+
+    engine, data, _ = built
+    with pytest.raises(SftlabError, match=r"^--k must be at least 1, got 0$"):
+        run_evaluation(engine, data, tmp_path / "report", k=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SftlabError, match=r"^--out .*file is a file; expected a report directory$"):
+        run_evaluation(engine, data, tmp_path / "file")
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    with (broken / "eval_candidates.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"enterprise_id": "E1", \n')
+    lines = len((broken / "eval_candidates.jsonl").read_text(encoding="utf-8").splitlines())
+    with pytest.raises(SftlabError, match=rf"eval_candidates.jsonl:{lines}: not valid JSON"):
+        run_evaluation(engine, broken, tmp_path / "report")
+    assert not (tmp_path / "report").exists()

@@ -112,3 +112,91 @@ def test_export_then_import_round_trip(tmp_path):
     assert export_csv(target, tmp_path / "csv2") == counts
     for name in ("enterprises", "policies", "events"):
         assert (tmp_path / "csv" / f"{name}.csv").read_text() == (tmp_path / "csv2" / f"{name}.csv").read_text()
+
+
+@pytest.mark.parametrize("kind", database_kinds())
+def test_timestamps_are_iso_and_stored_as_naive_utc(kind, tmp_path):
+    """An offset is converted to UTC (as the API does) on every database; other spellings are rejected."""
+    _write(tmp_path, "enterprises.csv", ENTERPRISES.splitlines()[0] + "\n" + ENTERPRISES.splitlines()[1] + "\n"
+           "E5,戊公司,农业,浙江省,中型,2015,,2020/01/05\nE6,己公司,农业,浙江省,中型,2015,,20200106\n")
+    _write(tmp_path, "policies.csv", POLICIES.splitlines()[0] + "\n" + POLICIES.splitlines()[1] + "\n")
+    _write(tmp_path, "events.csv", "enterprise_id,policy_id,type,ts,position\n"
+           "E1,P1,click,2026-01-06T10:00:00+08:00,\nE1,P1,click,2026-01-06 09:30:00,\nE1,P1,click,1767690000,\n"
+           "E1,P1,click,06/01/2026 10:00,\n")
+    with temporary_database(kind, tmp_path) as url:
+        engine = open_db(url)
+        summary = {s["table"]: s for s in import_directory(engine, tmp_path, tmp_path / "rejects")}
+        with engine.connect() as conn:
+            stamps = sorted(conn.execute(select(Event.ts)).scalars())
+            registered = conn.execute(select(Enterprise.registered_on).where(Enterprise.id == "E6")).scalar()
+        engine.dispose()
+    assert [f"{t:%Y-%m-%d %H:%M}" for t in stamps] == ["2026-01-06 02:00", "2026-01-06 09:30"]
+    assert str(registered) == "2020-01-06"  # ISO 8601 basic format is ISO too
+    assert summary["events"]["rejected"] == 2 and summary["enterprises"]["rejected"] == 1
+    events = _rejects(tmp_path / "rejects" / "events.rejects.csv")
+    assert events[4] == "ts: '1767690000' is not an ISO 8601 timestamp (YYYY-MM-DDTHH:MM:SS, optional offset)"
+    assert events[5].startswith("ts: '06/01/2026 10:00' is not an ISO 8601 timestamp")
+    assert _rejects(tmp_path / "rejects" / "enterprises.rejects.csv") == {
+        3: "registered_on: '2020/01/05' is not an ISO 8601 date (YYYY-MM-DD)"}
+
+
+def test_rejected_rows_are_named_by_their_first_line(tmp_path):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    text = (POLICIES.splitlines()[0] + "\nP1,标题,科技部,科技创新,全国,,,2026-01-01,2025-06-30,\"第一行\n第二行\n第三行\"\n\n"
+            "P2,标题2,科技部,科技创新,全国,,,2026-01-01,2025-06-30,x\nP3,标题3,科技部,科技创新,全国,,,2026-01-01,2026-06-30,\n")
+    summary = import_csv(engine, "policies", _write(tmp_path, "policies.csv", text), tmp_path / "rejects")
+    assert (summary["imported"], summary["rejected"]) == (1, 2)
+    assert list(_rejects(tmp_path / "rejects" / "policies.rejects.csv")) == [2, 6]  # where each row starts
+
+
+def test_a_file_that_is_not_utf8_is_one_error_naming_the_line(tmp_path):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    path = tmp_path / "enterprises.csv"
+    path.write_bytes((ENTERPRISES.splitlines()[0] + "\n" + ENTERPRISES.splitlines()[1] + "\n").encode("gbk"))
+    with pytest.raises(SftlabError, match=r"enterprises.csv:2: not UTF-8 text \(byte 0x\w\w\); save the file as UTF-8$"):
+        import_csv(engine, "enterprises", path, tmp_path / "rejects")
+
+
+def test_a_rejects_dir_that_is_a_file_fails_before_anything_is_imported(tmp_path):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    path = _write(tmp_path, "enterprises.csv", ENTERPRISES)
+    blocker = _write(tmp_path, "rejects", "a file")
+    for call in (lambda: import_csv(engine, "enterprises", path, blocker),
+                 lambda: import_directory(engine, tmp_path, blocker / "sub")):
+        with pytest.raises(SftlabError, match=r"^--rejects-dir .*rejects is a file, not a directory$"):
+            call()
+    assert _count(engine, Enterprise) == 0 and blocker.read_text() == "a file"
+
+
+def test_importing_the_same_events_twice_records_them_once(tmp_path):
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    _write(tmp_path, "enterprises.csv", ENTERPRISES)
+    _write(tmp_path, "policies.csv", POLICIES)
+    _write(tmp_path, "events.csv", EVENTS.splitlines()[0] + "\nE1,P1,impression,2026-01-06T09:00:00,1\n"
+           "E1,P1,click,2026-01-06T09:00:30,\nE1,P1,click,2026-01-06T09:00:30,\nE1,P1,click,2026-01-06T09:05:00,\n")
+    first = import_directory(engine, tmp_path, tmp_path / "rejects")[-1]
+    assert (first["imported"], first["rejected"]) == (3, 1)
+    assert _rejects(tmp_path / "rejects" / "events.rejects.csv") == {
+        4: "row: duplicate event (click of 'P1' by 'E1' at 2026-01-06T09:00:30)"}
+    again = import_csv(engine, "events", tmp_path / "events.csv", tmp_path / "rejects")
+    assert (again["imported"], again["rejected"]) == (0, 4) and _count(engine, Event) == 3
+
+
+@pytest.mark.parametrize("kind", database_kinds())
+def test_cells_the_columns_cannot_hold_are_rejected_rows_not_a_rolled_back_file(kind, tmp_path):
+    long_industry = "制造业" * 30  # 90 characters; the column holds 64
+    _write(tmp_path, "enterprises.csv", ENTERPRISES.splitlines()[0] + "\n" + ENTERPRISES.splitlines()[1] + "\n"
+           f"E5,戊公司,{long_industry},浙江省,中型,2015,,2020-01-05\nE6,己\x00公司,农业,浙江省,中型,2015,,2020-01-06\n")
+    _write(tmp_path, "policies.csv", POLICIES.splitlines()[0] + "\n" + POLICIES.splitlines()[1] + "\n")
+    _write(tmp_path, "events.csv", "enterprise_id,policy_id,type,ts,position\nE1,P1,impression,2026-01-06T09:00:00,1\n"
+           "E1,P1,impression,2026-01-07T09:00:00,99999999999\n")
+    with temporary_database(kind, tmp_path) as url:
+        engine = open_db(url)
+        summary = {s["table"]: (s["imported"], s["rejected"]) for s in import_directory(engine, tmp_path, tmp_path / "r")}
+        assert summary == {"enterprises": (1, 2), "policies": (1, 0), "events": (1, 1)}
+        assert _count(engine, Enterprise) == 1 and _count(engine, Event) == 1
+        engine.dispose()
+    companies = _rejects(tmp_path / "r" / "enterprises.rejects.csv")
+    assert companies == {3: "industry: String should have at most 64 characters",
+                         4: "name: contains a NUL character, which PostgreSQL cannot store"}
+    assert _rejects(tmp_path / "r" / "events.rejects.csv")[3].startswith("position: Input should be less than or equal to")

@@ -114,3 +114,34 @@ def test_reasons_read_like_the_platform_wants():
     national = dict(policy, industry_scope=[], region_scope=["全国"])
     assert reason_text(quiet, enterprise, national) == "新发布的科技创新类政策，贵企业符合申报条件"
     assert reason_text(quiet, enterprise, dict(national, region_scope=["浙江省"])) == "浙江省本地政策"
+
+
+def test_bad_push_options_are_one_line_errors_before_anything_is_written(tmp_path, world, capsys):
+    from sftlab.cli import main
+
+    url = f"sqlite:///{tmp_path}/db.sqlite"
+    write_world(open_db(url), world)
+    base = ["policy", "push", "--db", url, "--baseline", "popularity", "--since", "2025-06-01", "--now", "2025-07-15"]
+    for extra, message in ((["--batch-enterprises", "0"], "error: --batch-enterprises must be at least 1, got 0"),
+                           (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+                           (["--now", "2025-05-01"], "error: --now 2025-05-01 is before --since 2025-06-01")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert main(["policy", "push", "--db", url, "--baseline", "popularity", "--since", "2099-01-01"]) == 2
+    assert capsys.readouterr().err.startswith("error: --since 2099-01-01 is in the future (now is ")
+    assert _pushes(open_db(url)) == []
+
+
+def test_an_enterprise_without_history_gets_pushes_with_a_reason(tmp_path, world):
+    from sftlab.policy.importer import import_csv
+
+    engine = open_db(f"sqlite:///{tmp_path}/db.sqlite")
+    write_world(engine, world)
+    (tmp_path / "new.csv").write_text("id,name,industry,region,size_band,founded_year,tags,registered_on\n"
+                                      "N1,新注册公司,制造业,浙江省,小型,2024,,2025-07-01\n", encoding="utf-8")
+    assert import_csv(engine, "enterprises", tmp_path / "new.csv", tmp_path / "rejects")["imported"] == 1
+    summary = push(engine, category_frequency().score, SINCE, top_k_count=3, now=NOW, enterprise_ids=["N1"])
+    with engine.connect() as conn:
+        reasons = conn.execute(select(Push.reason).where(Push.enterprise_id == "N1")).scalars().all()
+    assert summary.pushed_enterprises == 1 and len(reasons) == 3 and all(reasons)

@@ -105,3 +105,27 @@ def test_reference_titles_seed_the_summaries(tmp_path):
     world = simulate(WorldSpec(n_enterprises=5, n_policies=30, days=60, seed=1, reference_dir=str(tmp_path)))
     cited = [p["summary"] for p in world.policies if p["category"] == "知识产权"]
     assert cited and all("依据《专利代理条例》" in summary for summary in cited)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--events", "0"], "--events must be at least 1, got 0"),
+    (["--enterprises", "0"], "--enterprises must be at least 1, got 0"),
+    (["--policies", "-2"], "--policies must be at least 1, got -2"),
+    (["--days", "0"], "--days must be at least 1, got 0"),
+    (["--reference-dir", "no-such-dir"], "--reference-dir no-such-dir: no such directory, or no .jsonl files in it"),
+])
+def test_bad_world_sizes_are_one_line_errors_and_create_no_database(tmp_path, capsys, options, message):
+    from sftlab.cli import main
+
+    assert main(["policy", "simulate", "--db", f"sqlite:///{tmp_path}/sub/w.db", *options]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "sub").exists()
+
+
+def test_a_broken_reference_file_names_its_line(tmp_path):
+    from sftlab.errors import SftlabError
+    from sftlab.policy.catalog import load_reference_titles
+
+    (tmp_path / "regs.jsonl").write_text('{"title": "印花税暂行条例"}\n{"title": \n', encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"regs.jsonl:2: not valid JSON"):
+        load_reference_titles(tmp_path)

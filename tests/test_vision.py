@@ -37,7 +37,20 @@ def images(tmp_path_factory):
     for name, rgb in COLOURS.items():
         Image.new("RGB", (56, 48), rgb).save(root / f"{name}.png")
     (root / "broken.png").write_bytes(b"not a png at all")
+    (root / "huge.png").write_bytes(huge_png_header())
     return root
+
+
+def huge_png_header(side: int = 30000) -> bytes:
+    """A PNG that says it is side x side pixels (PIL refuses it on open as a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def record(text="<image>What colour is this?", answer="It is red.", images=("red.png",), src="d.json:3"):
@@ -82,6 +95,7 @@ def test_records_resolve_images_relative_to_the_file_and_from_parts(images):
     (record(images=("red.png", "blue.png")), "d.json:3: 1 <image> placeholder(s) but 2 image(s)"),
     (record(images=("gone.png",)), "d.json:3: image file not found"),
     (record(images=("broken.png",)), "d.json:3: cannot read image"),
+    (record(images=("huge.png",)), "d.json:3: cannot read image"),  # a decompression bomb: an error, not a crash
     (record(answer="<image>"), "d.json:3: messages[1] is an assistant turn with an image"),
     (record(images=("https://example.org/a.png",)), "d.json:3: image 'https://example.org/a.png' is a web URL"),
 ])

@@ -27,6 +27,18 @@ def data_url(rgb=(200, 30, 30)) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def huge_png_header(side: int = 30000) -> bytes:
+    """A PNG that says it is side x side pixels (PIL refuses it on open as a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
 def image_message(url: str, text: str = "What colour is this?") -> dict:
     return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
 
@@ -67,6 +79,8 @@ def test_image_url_parts_are_answered_by_the_vlm(vlm_server):
 @pytest.mark.parametrize("body, message", [
     ({"messages": [image_message("/etc/hostname")]}, "only data URLs"),
     ({"messages": [image_message("data:image/png;base64,AAAA")]}, "cannot read image"),
+    ({"messages": [image_message("data:image/png;base64," + base64.b64encode(huge_png_header()).decode())]},
+     "cannot read image"),  # a decompression bomb is a 400, not a 500
     ({"messages": [image_message(data_url())], "stream": True, "stop": "x"}, "stop: not supported together with stream"),
     ({"messages": [image_message(data_url())], "tools": [{"type": "function", "function": {"name": "get_weather"}}]},
      "tools: tools, tool_calls and tool messages are not supported in a request with images (messages.0.content.0"),

@@ -19,10 +19,11 @@ import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, StreamingResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from sftlab.board import forms
@@ -35,6 +36,7 @@ HERE = Path(__file__).parent
 LANGUAGES = ("en", "zh")
 COOKIE = "sftlab_board_key"
 DATA_SUFFIXES = {".jsonl", ".json", ".csv", ".tsv", ".txt", ".parquet"}
+EVAL_TASKS = ("lm", "generation", "labels", "ranking")
 
 
 @dataclass
@@ -59,6 +61,39 @@ def load_strings(lang: str) -> dict[str, str]:
 def _error(exc: Exception, status: int = 400) -> JSONResponse:
     message = str(exc)
     return JSONResponse({"error": message, "field": forms.error_field(message)}, status_code=status)
+
+
+def _request_error(exc) -> JSONResponse:
+    """FastAPI's validation error of a request (not JSON, not an object) as the board's one-line 400."""
+    first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+    where = ".".join(str(part) for part in first.get("loc", ()) if not isinstance(part, int)) or "request"
+    detail = first.get("ctx", {}).get("error") if first.get("type") == "json_invalid" else None
+    message = f"{where}: {first.get('msg', 'invalid')}" + (f" ({detail})" if detail else "")
+    return JSONResponse({"error": message, "field": "_form"}, status_code=400)
+
+
+def _number(body: dict, key: str, default, kind=int, low: float | None = None):
+    """`body[key]` as an int or float (`default` when absent or empty); a bad value is a one-line error naming key."""
+    value = body.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise SftlabError(f"{key}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if low is not None and not number >= low:  # also refuses NaN
+        raise SftlabError(f"{key}: must be at least {low:g}, got {value!r}")
+    return number
+
+
+def _eval_request(body: dict) -> tuple[str, str, int | None]:
+    """(data, task, max_samples) of an Evaluate request, each checked."""
+    data, task = str(body.get("data", "")).strip(), str(body.get("task", "lm"))
+    if not data:
+        raise SftlabError("eval data: choose the file to evaluate on")
+    if task not in EVAL_TASKS:
+        raise SftlabError(f"eval task {task!r}: choose one of {', '.join(EVAL_TASKS)}")
+    return data, task, _number(body, "max_samples", None, low=1)
 
 
 def create_app(settings: BoardSettings) -> FastAPI:
@@ -86,6 +121,10 @@ def create_app(settings: BoardSettings) -> FastAPI:
     @app.exception_handler(SftlabError)
     async def user_error(request: Request, exc: SftlabError):
         return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError):
+        return _request_error(exc)
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -173,14 +212,17 @@ def _options(workdir: Path, runs_dir: Path) -> dict:
     return {"models": list_cached(), "embedded": list(EMBEDDED), "data_files": data_files, "templates": templates,
             "formats": literal(DataConfig, "format"), "masks": literal(DataConfig, "mask"),
             "stages": literal(TrainConfig, "stage"), "strategies": literal(StrategyConfig, "kind"),
-            "precisions": literal(TrainConfig, "precision"), "eval_tasks": ["lm", "generation", "labels", "ranking"],
+            "precisions": literal(TrainConfig, "precision"), "eval_tasks": list(EVAL_TASKS),
             "eval_modes": literal(EvalConfig, "mode"), "workdir": str(workdir), "runs_dir": str(runs_dir)}
 
 
 def _form_routes(app: FastAPI, runs: RunManager, workdir: Path, settings: BoardSettings) -> None:
     def config_of(body: dict):
         name = check_run_name(str(body.get("name", "")).strip())
-        return name, forms.form_to_config(body.get("fields") or {}, runs.run_dir(name), workdir)
+        fields = body.get("fields") or {}
+        if not isinstance(fields, dict):
+            raise SftlabError(f"fields: expected an object of form fields, got {type(fields).__name__}")
+        return name, forms.form_to_config(fields, runs.run_dir(name), workdir)
 
     @app.post("/api/form/check")
     async def check(body: dict):
@@ -191,7 +233,7 @@ def _form_routes(app: FastAPI, runs: RunManager, workdir: Path, settings: BoardS
     @app.post("/api/form/preview")
     async def preview(body: dict):
         _, (_, cfg) = config_of(body)
-        return await asyncio.to_thread(_preview, cfg, runs.runs_dir, int(body.get("count", 3)))
+        return await asyncio.to_thread(_preview, cfg, runs.runs_dir, _number(body, "count", 3))
 
     @app.post("/api/form/plan")
     async def plan(body: dict):
@@ -269,8 +311,8 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
             path = runs.run_dir(name) / "config.yaml"
         if not path.is_file():
             raise SftlabError(f"run {name!r}: no config {path}")
-        return PlainTextResponse(path.read_text(encoding="utf-8"), media_type="application/yaml",
-                                 headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'})
+        return Response(path.read_bytes(), media_type="application/yaml",  # the file as it is, whatever its encoding
+                        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(name)}.yaml"})
 
     @app.post("/api/runs/{name}/stop")
     async def stop(name: str):
@@ -285,10 +327,7 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
 
     @app.post("/api/runs/{name}/eval")
     async def evaluate(name: str, body: dict):
-        data, task = str(body.get("data", "")).strip(), str(body.get("task", "lm"))
-        if not data:
-            raise SftlabError("eval data: choose the file to evaluate on")
-        max_samples = int(body["max_samples"]) if body.get("max_samples") else None
+        data, task, max_samples = _eval_request(body)
         runs.evaluate(name, forms.absolute_path(data, workdir), task, max_samples)
         return {"name": name, "status": "running"}
 
@@ -297,8 +336,10 @@ def _run_routes(app: FastAPI, runs: RunManager, pool: ChatPool, workdir: Path) -
         messages = body.get("messages") or []
         if runs.summary(name)["stage"] == "cls":
             raise SftlabError(f"run {name!r} is a classifier (train.stage=cls); chat needs a pt or sft run")
-        stream = pool.stream(runs.run_dir(check_run_name(name)), messages, int(body.get("max_tokens", 64)),
-                             float(body.get("temperature", 0.0)))
+        if not isinstance(messages, list):
+            raise SftlabError(f"messages: expected a list of chat messages, got {type(messages).__name__}")
+        stream = pool.stream(runs.run_dir(check_run_name(name)), messages, _number(body, "max_tokens", 64, low=1),
+                             _number(body, "temperature", 0.0, float, low=0))
         first = await anext(stream)  # a user error (no model, bad messages) answers 400 before streaming starts
 
         async def events():

@@ -94,12 +94,18 @@ def form_to_config(fields: dict[str, str], run_dir: Path, cwd: Path):
 
 
 def check_sources(cfg) -> None:
-    """Fail as training would on a model path that is not there (embedded names are resolved at train time)."""
+    """Fail as training would on a model path, or a data file given as a path, that is not there (embedded model
+    names are resolved at train time; bare data names may be registry or built-in datasets)."""
     from sftlab.models import pull
     from sftlab.models.load import resolve_model_path
 
     if cfg.model.path not in pull.EMBEDDED:
         resolve_model_path(cfg.model.path)
+    items = cfg.data.train if isinstance(cfg.data.train, list) else [cfg.data.train]
+    for key, item in [("data.train", item) for item in items] + [("data.validation", cfg.data.validation)]:
+        path = item if isinstance(item, str) or item is None else item.path
+        if path and Path(path).is_absolute() and not Path(path).exists():
+            raise SftlabError(f"{key}: data file not found: {path}")
 
 
 def error_field(message: str) -> str:
@@ -113,7 +119,7 @@ def error_field(message: str) -> str:
     key = match.group(1) if match else ""
     if not key:
         key = next((field for field in sorted(FIELDS, key=len, reverse=True) if field in text), "")
-    if not key and (text.startswith("data file not found") or text.startswith("data")):
+    if not key and re.match(r"data\b", text):  # data file errors, not "database ..."
         key = "data.train"
     for field in sorted(FIELDS, key=len, reverse=True):
         if key == field or key.startswith(field + "."):

@@ -26,31 +26,50 @@ class PolicyView:
         self._engine = None
 
     def engine(self):
+        """The database's engine; a SQLite file that does not exist is an error (a view never creates one)."""
         if self._engine is None:
-            from sftlab.policy.db import make_engine
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError
 
-            self._engine = make_engine(self.db_url)
+            from sftlab.policy.db import make_engine, resolve_db_url
+
+            url = resolve_db_url(self.db_url)
+            try:
+                parsed = make_url(url)
+            except ArgumentError:  # make_engine reports a bad URL in one line
+                parsed = None
+            database = parsed.database if parsed is not None and parsed.get_backend_name() == "sqlite" else None
+            if database and database != ":memory:" and not database.startswith("file:") \
+                    and not Path(database).expanduser().is_file():
+                raise SftlabError(f"database {url}: no such file; run `sftlab policy simulate` or `sftlab policy import` "
+                                  "first, or start the board with --db")
+            self._engine = make_engine(url)
         return self._engine
+
+    def _query(self, run):
+        """`run(conn)` on a connection; a database error is a one-line SftlabError naming the database."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        engine = self.engine()
+        try:
+            with engine.connect() as conn:
+                return run(conn)
+        except SQLAlchemyError as exc:
+            raise SftlabError(f"database {engine.url.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
+                              f"{' '.join(str(getattr(exc, 'orig', exc)).split())}") from None
 
     def overview(self) -> dict:
         """The database (password hidden), the evaluation results and the enterprises that have pushes."""
         from sqlalchemy import func, select
-        from sqlalchemy.exc import SQLAlchemyError
 
         from sftlab.policy.db import Enterprise, Push
 
-        engine = self.engine()
         report = read_json(self.report_dir / "metrics.json") if self.report_dir else None
-        try:
-            with engine.connect() as conn:
-                counted = conn.execute(
-                    select(Push.enterprise_id, Enterprise.name, func.count(Push.id))
-                    .join(Enterprise, Enterprise.id == Push.enterprise_id)
-                    .group_by(Push.enterprise_id, Enterprise.name).order_by(Push.enterprise_id)).all()
-        except SQLAlchemyError as exc:
-            raise SftlabError(f"database {engine.url.render_as_string(hide_password=True)}: {exc.__class__.__name__}: "
-                              f"{getattr(exc, 'orig', exc)}") from None
-        return {"db": engine.url.render_as_string(hide_password=True),
+        counted = self._query(lambda conn: conn.execute(
+            select(Push.enterprise_id, Enterprise.name, func.count(Push.id))
+            .join(Enterprise, Enterprise.id == Push.enterprise_id)
+            .group_by(Push.enterprise_id, Enterprise.name).order_by(Push.enterprise_id)).all())
+        return {"db": self.engine().url.render_as_string(hide_password=True),
                 "report_dir": str(self.report_dir) if self.report_dir else None,
                 "results": (report or {}).get("results"), "manifest": (report or {}).get("manifest"),
                 "enterprises": [{"id": eid, "name": name, "pushes": count} for eid, name, count in counted]}
@@ -61,15 +80,17 @@ class PolicyView:
 
         from sftlab.policy.db import Enterprise, Policy, Push
 
-        with self.engine().connect() as conn:
+        def read(conn):
             enterprise = conn.execute(select(Enterprise).where(Enterprise.id == enterprise_id)).mappings().first()
-            if enterprise is None:
-                raise SftlabError(f"enterprise {enterprise_id!r} is not in the database")
-            rows = conn.execute(
+            return enterprise, conn.execute(
                 select(Push.window_key, Push.rank, Push.score, Push.reason, Push.model_version, Push.status,
                        Push.created_at, Policy.id.label("policy_id"), Policy.title, Policy.category)
                 .join(Policy, Policy.id == Push.policy_id).where(Push.enterprise_id == enterprise_id)
                 .order_by(Push.window_key.desc(), Push.rank)).mappings().all()
+
+        enterprise, rows = self._query(read)
+        if enterprise is None:
+            raise SftlabError(f"enterprise {enterprise_id!r} is not in the database")
         pushes = [dict(row, created_at=str(row["created_at"])) for row in rows]
         models = {version: model_importance(version) for version in sorted({p["model_version"] for p in pushes})}
         ent = dict(enterprise)

@@ -23,14 +23,14 @@ from pathlib import Path
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, read_yaml_mapping
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[^\W_][\w.-]{0,63}$")  # letters of any script (实验1), digits, '.', '_', '-'
 BOARD_DIR = ".board"
 LOG_TAIL_LINES = 40
 
 
 def check_run_name(name: str) -> str:
-    """A run name usable as a file name: letters, digits, '.', '_' and '-'."""
-    if not NAME_PATTERN.match(name or ""):
+    """A run name usable as a file name: letters (of any script), digits, '.', '_' and '-'."""
+    if not NAME_PATTERN.fullmatch(name or ""):
         raise SftlabError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     return name
 
@@ -179,13 +179,13 @@ class RunManager:
                 job.process.kill()
 
     # --- reading runs ----------------------------------------------------------------------
-    def names(self) -> list[str]:
-        """Runs known to the board: configs `RUNS/NAME.yaml` and run dirs with a config.yaml."""
+    def names(self, usable: bool = True) -> list[str]:
+        """Runs known to the board: configs `RUNS/NAME.yaml` and run dirs with a config.yaml (with `usable=False`,
+        those whose name the board cannot use, e.g. with a space)."""
         if not self.runs_dir.is_dir():
             return []
-        found = {p.stem for p in self.runs_dir.glob("*.yaml") if NAME_PATTERN.match(p.stem)}
-        found |= {p.parent.name for p in self.runs_dir.glob("*/config.yaml") if NAME_PATTERN.match(p.parent.name)}
-        return sorted(found)
+        found = {p.stem for p in self.runs_dir.glob("*.yaml")} | {p.parent.name for p in self.runs_dir.glob("*/config.yaml")}
+        return sorted(name for name in found if bool(NAME_PATTERN.fullmatch(name)) == usable and not name.startswith("."))
 
     def status(self, name: str) -> str:
         """running | completed | stopped (resumable) | failed | new, with the loop's own stop reason when finished."""
@@ -212,7 +212,7 @@ class RunManager:
         """The runs list: one row per run; a run whose config cannot be read is listed as `unreadable`, with the
         one-line error, so one broken file does not hide the others."""
         rows = []
-        for name in self.names():
+        for name in sorted(self.names() + self.names(usable=False)):
             try:
                 rows.append(self.summary(name))
             except SftlabError as exc:

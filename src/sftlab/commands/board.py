@@ -47,11 +47,23 @@ def api_keys_for(host: str, config: str | None) -> list[str]:
     return keys
 
 
+def check_policy_report(report: str | None) -> None:
+    """--policy-report must hold the metrics.json of `sftlab policy evaluate` / `baselines` (not a typo'd path)."""
+    from pathlib import Path
+
+    from sftlab.errors import SftlabError
+
+    if report and not (Path(report).expanduser() / "metrics.json").is_file():
+        raise SftlabError(f"--policy-report {report}: no metrics.json there; give the report directory of "
+                          "`sftlab policy evaluate` or `sftlab policy baselines`")
+
+
 def handle(args) -> int:
     import uvicorn
 
     from sftlab.board.app import BoardSettings, create_app
 
+    check_policy_report(args.policy_report)
     keys = api_keys_for(args.host, args.config)
     local_names = ["127.0.0.1", "localhost", "::1", "[::1]"]  # Host header names, port not included
     app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,

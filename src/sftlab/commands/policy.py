@@ -31,7 +31,7 @@ def register(registry) -> None:
     p = add("build-data", "time split + Chinese 是/否 and next-category training files + held-out candidates", handle_build)
     p.add_argument("--out", default="runs/policy/data")
     p.add_argument("--cutoff", help="YYYY-MM-DD; default: the date before which 80%% of the policies were published")
-    p.add_argument("--max-train", type=int, default=2000, help="balanced 是/否 training examples at most")
+    p.add_argument("--max-train", type=int, default=2000, help="balanced 是/否 training examples at most (at least 12)")
     p.add_argument("--max-eval-enterprises", type=int, help="evaluate on a random subset of the enterprises")
     p.add_argument("--eval-group", choices=["all", "cold", "active"], default="all",
                    help="evaluate only cold-start (fewer than 3 clicks before the cut-off) or only active enterprises")
@@ -89,6 +89,10 @@ def _precision_arg(parser: argparse.ArgumentParser) -> None:
 
 def _score_fn(args):
     """(score_fn over candidate rows, model version string)."""
+    if args.batch_size < 1:
+        from sftlab.errors import SftlabError
+
+        raise SftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.baseline:
         from sftlab.policy import baselines
 
@@ -105,21 +109,29 @@ def handle_simulate(args) -> int:
     from sqlalchemy import func, select
 
     from sftlab.errors import SftlabError
+    from sftlab.policy.catalog import reference_files
     from sftlab.policy.db import Enterprise, open_db
     from sftlab.policy.simulate import WorldSpec, simulate, write_world
 
+    sizes = {"--days": args.days} | ({"--events": args.events} if args.events is not None else
+                                      {"--enterprises": args.enterprises, "--policies": args.policies})
+    for option, value in sizes.items():  # checked before the database is opened (or created)
+        if value < 1:
+            raise SftlabError(f"{option} must be at least 1, got {value}")
+    try:
+        start = date.fromisoformat(args.start)
+    except ValueError:
+        raise SftlabError(f"--start {args.start!r} is not a date (YYYY-MM-DD)") from None
+    if args.reference_dir:
+        reference_files(args.reference_dir)
     engine = open_db(args.db)
     with engine.connect() as conn:
         existing = conn.execute(select(func.count()).select_from(Enterprise)).scalar()
     if existing:
         raise SftlabError(f"--db {engine.url.render_as_string(hide_password=True)} already holds {existing} enterprises; "
                           "simulate into an empty database")
-    try:
-        start = date.fromisoformat(args.start)
-    except ValueError:
-        raise SftlabError(f"--start {args.start!r} is not a date (YYYY-MM-DD)") from None
     common = {"start": start, "days": args.days, "reference_dir": args.reference_dir}
-    spec = (WorldSpec.for_events(args.events, seed=args.seed, **common) if args.events else
+    spec = (WorldSpec.for_events(args.events, seed=args.seed, **common) if args.events is not None else
             WorldSpec(n_enterprises=args.enterprises, n_policies=args.policies, seed=args.seed, **common))
     counts = write_world(engine, simulate(spec))
     print("simulated: " + ", ".join(f"{n} {table}" for table, n in counts.items()))

@@ -4,8 +4,9 @@ transformers reads the GGUF (architecture, dequantised weights, tokenizer and ch
 `from_pretrained(dir, gguf_file=name)`. The loaded model carries a GGUF quantisation marker that
 `save_pretrained` refuses, so the model is rebuilt from its config without `quantization_config`, the
 dequantised state dict is loaded into it, and the result is saved (safetensors, float32) with its
-tokenizer into a temporary directory that is renamed into place. `sftlab_import.json` records where the
-weights came from, which quantisation types the file held and where the chat template came from.
+tokenizer into a temporary directory that is renamed into place. An output directory that is not empty (without
+`overwrite`), or that is or holds the GGUF file itself, is refused before anything is read. `sftlab_import.json`
+records where the weights came from, which quantisation types the file held and where the chat template came from.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_dir, atomic_write_json
+from sftlab.io import atomic_dir, atomic_write_json, check_output_dir
 
 IMPORT_RECORD = "sftlab_import.json"
 
@@ -77,6 +78,7 @@ def import_gguf(gguf_file: str | Path, out_dir: str | Path, overwrite: bool = Fa
     gguf_file = Path(gguf_file)
     if not gguf_file.is_file():
         raise SftlabError(f"GGUF file not found: {gguf_file}")
+    check_output_dir(out_dir, overwrite, inputs=(gguf_file,))  # before minutes of conversion; never over the input
     started = time.perf_counter()
     summary = gguf_summary(gguf_file)
     model, tokenizer = _load_dequantised(gguf_file)

@@ -126,16 +126,18 @@ def directory_bytes(path: Path) -> int:
 
 
 def list_cached() -> list[dict]:
-    """Every model directory under `$SFTLAB_HOME/models` (embedded and imported GGUFs): name, path, size, architecture."""
+    """Every model directory under `$SFTLAB_HOME/models` (embedded and imported GGUFs): name, path, size, architecture
+    (a directory whose config.json cannot be read is listed as such, never a crash)."""
     root = models_dir()
     rows = []
     for config_file in sorted(root.glob("*/config.json")) + sorted(root.glob("gguf/*/config.json")):
         directory = config_file.parent
         try:
             config = json.loads(config_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            config = {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            config = None
+        architecture = ("? (config.json is not a JSON object)" if not isinstance(config, dict) else
+                        ",".join(map(str, config.get("architectures") or [config.get("model_type", "?")])))
         rows.append({"name": directory.name if directory.parent == root else f"gguf/{directory.name}",
-                     "path": str(directory), "bytes": directory_bytes(directory),
-                     "architecture": ",".join(config.get("architectures") or [config.get("model_type", "?")])})
+                     "path": str(directory), "bytes": directory_bytes(directory), "architecture": architecture})
     return rows

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable, Literal
 
 from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import insert, select, text
 
-from sftlab.policy.db import Enterprise, Event, Policy
+from sftlab.policy.db import Enterprise, Event, Policy, naive_utc
 from sftlab.policy.push import CandidateBuilder, ScoreFn, top_k
 
 
@@ -33,6 +33,11 @@ class FeedbackEvent(BaseModel):
     policy_id: str = Field(min_length=1, max_length=32)
     type: Literal["impression", "click", "favorite", "apply", "dismiss"]
     ts: datetime | None = Field(None, description="when it happened; default: the server's clock")
+
+    @field_validator("ts")
+    @classmethod
+    def _stored_naive(cls, value: datetime | None) -> datetime | None:
+        return naive_utc(value) if value is not None else None  # out of range in UTC: a 422 naming ts
 
 
 class Recommendation(BaseModel):
@@ -104,18 +109,13 @@ def create_app(engine, score_fn: ScoreFn, model_version: str = "unknown", clock:
         _require(engine, Enterprise, event.enterprise_id, "enterprise")
         _require(engine, Policy, event.policy_id, "policy")
         values = {"enterprise_id": event.enterprise_id, "policy_id": event.policy_id, "type": event.type,
-                  "ts": _naive_utc(event.ts) if event.ts else clock(), "position": None}
+                  "ts": event.ts or clock(), "position": None}
         with engine.begin() as conn:
             new_id = conn.execute(insert(Event).values(**values).returning(Event.id)).scalar_one()
         snapshot.invalidate()
         return {"id": new_id, **values}
 
     return app
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    """Timestamps are stored naive; an aware one is converted to UTC first."""
-    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment
 
 
 def _require(engine, table, key: str, what: str) -> None:

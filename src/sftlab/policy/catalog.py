@@ -108,11 +108,36 @@ def load_reference_titles(directory: str | Path | None) -> dict[str, list[str]]:
     match, or no directory at all, fall back to a short built-in list, so the result is never empty.
     """
     found: dict[str, set[str]] = {category: set() for category in CATEGORIES}
-    if directory is not None:
-        for path in sorted(Path(directory).glob("*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                title = json.loads(line).get("title") or ""
-                for category, keywords in REFERENCE_KEYWORDS.items():
-                    if any(word in title for word in keywords):
-                        found[category].add(title)
+    for path, title in _reference_titles(directory) if directory is not None else ():
+        for category, keywords in REFERENCE_KEYWORDS.items():
+            if any(word in title for word in keywords):
+                found[category].add(title)
     return {category: sorted(titles) or FALLBACK_REFERENCES[category] for category, titles in found.items()}
+
+
+def reference_files(directory: str | Path) -> list[Path]:
+    """The *.jsonl files of `directory`; none (or no such directory) is a one-line SftlabError naming --reference-dir."""
+    from sftlab.errors import SftlabError
+
+    files = sorted(Path(directory).glob("*.jsonl")) if Path(directory).is_dir() else []
+    if not files:
+        raise SftlabError(f"--reference-dir {directory}: no such directory, or no .jsonl files in it")
+    return files
+
+
+def _reference_titles(directory: str | Path):
+    """(file, title) of every record of the *.jsonl files in `directory`; a directory that is missing or holds no
+    JSONL file, or a line that is not a JSON object, is a one-line SftlabError (a typo never falls back silently)."""
+    from sftlab.errors import SftlabError
+
+    for path in reference_files(directory):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SftlabError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise SftlabError(f"{path}:{number}: expected a JSON object with a title")
+            yield path, str(record.get("title") or "")

@@ -12,7 +12,7 @@ The database is any SQLAlchemy URL: `--db URL`, else `$SFTLAB_DB_URL`, else a SQ
 from __future__ import annotations
 
 import os
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import (JSON, CheckConstraint, Date, DateTime, Engine, Float, ForeignKey, Index, Integer, String,
@@ -107,6 +107,17 @@ class TrueInterest(Base):
 
 
 TABLES = {"enterprises": Enterprise, "policies": Policy, "events": Event, "pushes": Push}
+
+
+def naive_utc(moment: datetime) -> datetime:
+    """Timestamps are stored naive: an aware one is converted to UTC first (a naive one is kept as given).
+    Out of range after the conversion (e.g. year 1 with a positive offset): ValueError."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(timezone.utc).replace(tzinfo=None)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is out of range in UTC") from None
 
 
 def resolve_db_url(url: str | None = None) -> str:

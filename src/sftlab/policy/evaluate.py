@@ -192,19 +192,33 @@ def _read_jsonl(path: Path) -> list[dict]:
 
     if not path.is_file():
         raise SftlabError(f"{path} not found; run `sftlab policy build-data` first")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as exc:
+            raise SftlabError(f"{path}:{number}: not valid JSON ({exc.msg}); rebuild it with `sftlab policy build-data`") from None
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8,
                    precision: str = "fp32") -> tuple[dict, Path]:
     """Evaluate the baselines (and the fine-tuned model at `model_dir`, if given) on the held-out
     candidates written by `build-data` in `data_dir`; writes metrics.json and report.md to `out_dir`."""
-    import json
-
+    from sftlab.errors import SftlabError
+    from sftlab.io import read_json
     from sftlab.policy.baselines import standard_baselines
 
+    if k < 1:
+        raise SftlabError(f"--k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise SftlabError(f"--batch-size must be at least 1, got {batch_size}")
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise SftlabError(f"--out {out_dir} is a file; expected a report directory")
     data_dir = Path(data_dir)
-    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8")) if (data_dir / "manifest.json").is_file() else {}
+    manifest = read_json(data_dir / "manifest.json") if (data_dir / "manifest.json").is_file() else {}
     rows, train = _read_jsonl(data_dir / "eval_candidates.jsonl"), _read_jsonl(data_dir / "train_features.jsonl")
     extra, name = {}, None
     if model_dir is not None:

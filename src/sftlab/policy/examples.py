@@ -212,6 +212,19 @@ def _cap_per_answer(examples: list[dict], limit: int, seed: int) -> list[dict]:
     return kept
 
 
+MIN_TRAIN = 12  # 6 per answer: the 10% validation split then holds both answers
+
+
+def _check_sizes(max_train: int, max_eval_enterprises: int | None, category_limit: int) -> None:
+    if max_train < MIN_TRAIN:
+        raise SftlabError(f"--max-train must be at least {MIN_TRAIN} (6 per answer, so that the validation split "
+                          f"holds both answers), got {max_train}")
+    if max_eval_enterprises is not None and max_eval_enterprises < 1:
+        raise SftlabError(f"--max-eval-enterprises must be at least 1, got {max_eval_enterprises}")
+    if category_limit < 0:
+        raise SftlabError(f"--category-limit must be at least 0, got {category_limit}")
+
+
 def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_enterprises: int | None = None,
                category_limit: int = 1000, val_ratio: float = 0.1, seed: int = 0, eval_group: str = "all") -> dict:
     """Write the training and evaluation files for a time split into `out_dir`; returns the manifest.
@@ -220,6 +233,7 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
     (next category), train_features.jsonl (every training pair with features, for baselines),
     eval_candidates.jsonl (held-out candidates with prompts, features, labels) and manifest.json.
     """
+    _check_sizes(max_train, max_eval_enterprises, category_limit)
     ents, pols, events = load_frames(engine)
     cut = parse_cutoff(cutoff) if cutoff else default_cutoff(pols)
     split = TimeSplit.make(events, pols, cut)
@@ -228,12 +242,17 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
         raise SftlabError(f"--cutoff {cut:%Y-%m-%d}: the history before it needs both clicked and ignored impressions")
     balanced, balance_report = balance_examples([row.messages() for row in train], "undersample", seed)
     balanced = _cap_per_answer(balanced, max_train, seed)
-    fit, valid = stratified_split(balanced, val_ratio, seed) if val_ratio > 0 else (balanced, [])
+    try:
+        fit, valid = stratified_split(balanced, val_ratio, seed) if val_ratio > 0 else (balanced, [])
+    except SftlabError as exc:
+        raise SftlabError(f"--cutoff {cut:%Y-%m-%d}: the history before it gives only {len(balanced)} balanced 是/否 "
+                          f"examples, too few for the validation split ({exc})") from None
     evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed, eval_group)
-    out = Path(out_dir)
+    categories = category_rows(ents, pols, split, category_limit, seed)
+    out = Path(out_dir)  # everything is computed: a failure above leaves an earlier build's files as they were
     atomic_write_jsonl(out / "yesno_train.jsonl", fit)
     atomic_write_jsonl(out / "yesno_valid.jsonl", valid)
-    atomic_write_jsonl(out / "category_train.jsonl", category_rows(ents, pols, split, category_limit, seed))
+    atomic_write_jsonl(out / "category_train.jsonl", categories)
     atomic_write_jsonl(out / "train_features.jsonl", [row.to_json() for row in train])
     atomic_write_jsonl(out / "eval_candidates.jsonl", [row.to_json() for row in evaluation])
     manifest = {"cutoff": cut.isoformat(), "train_pairs": len(train), "train_positive_rate": sum(r.label for r in train) / len(train),

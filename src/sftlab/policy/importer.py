@@ -2,9 +2,12 @@
 
 One CSV per table, UTF-8 (a BOM is accepted), header row required; list columns (tags, region_scope,
 industry_scope, size_scope) separate items with "|". Every row is validated (types, dates, event
-types, references to known enterprises and policies, duplicates); a bad row goes to
-`<rejects_dir>/<table>.rejects.csv` with its line number and reason and is counted in the summary,
-never silently dropped. The valid rows of a file are inserted in one transaction: a file is
+types, references to known enterprises and policies, duplicates: of an id, of a push, of an event already
+recorded with the same enterprise, policy, type and time); a bad row goes to
+`<rejects_dir>/<table>.rejects.csv` with its (first) line number and reason and is counted in the summary,
+never silently dropped. Dates are ISO 8601 (`YYYY-MM-DD`), timestamps ISO 8601 too: one with an offset
+(`2025-01-02T10:00:00+08:00`) is stored as naive UTC, as the HTTP API stores it; other spellings
+(`2025/01/02`, Unix seconds) are rejected. The valid rows of a file are inserted in one transaction: a file is
 imported completely or not at all. Input files are only read.
 """
 
@@ -22,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
-from sftlab.policy.db import EVENT_TYPES, PUSH_STATUSES, Enterprise, Event, Policy, Push
+from sftlab.policy.db import EVENT_TYPES, PUSH_STATUSES, Enterprise, Event, Policy, Push, naive_utc
 
 IMPORT_ORDER = ("enterprises", "policies", "events", "pushes")
 LIST_SEP = "|"
@@ -34,34 +37,67 @@ def _split_list(value):
     return value
 
 
+def _iso_date(value):
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 date (YYYY-MM-DD)") from None
+    return value
+
+
+def _iso_datetime(value):
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an ISO 8601 timestamp (YYYY-MM-DDTHH:MM:SS, optional offset)") from None
+    return naive_utc(value) if isinstance(value, datetime) else value
+
+
 ListOfText = Annotated[list[str], BeforeValidator(_split_list)]
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
+
+
+INT_MAX = 2**31 - 1  # INTEGER columns (PostgreSQL's int4)
 
 
 class _Row(BaseModel):
+    """Lengths and ranges are the columns' (sftlab.policy.db), so that a row PostgreSQL would refuse is rejected
+    here, on every database, instead of rolling back the whole file."""
+
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_nul(cls, value):
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError("contains a NUL character, which PostgreSQL cannot store")
+        return value
 
 
 class EnterpriseRow(_Row):
     id: str = Field(min_length=1, max_length=32)
     name: str = Field(min_length=1, max_length=200)
-    industry: str = Field(min_length=1)
-    region: str = Field(min_length=1)
-    size_band: str = Field(min_length=1)
+    industry: str = Field(min_length=1, max_length=64)
+    region: str = Field(min_length=1, max_length=64)
+    size_band: str = Field(min_length=1, max_length=16)
     founded_year: int = Field(ge=1800, le=2100)
     tags: ListOfText = []
-    registered_on: date
+    registered_on: IsoDate
 
 
 class PolicyRow(_Row):
     id: str = Field(min_length=1, max_length=32)
     title: str = Field(min_length=1, max_length=300)
-    issuer: str = Field(min_length=1)
-    category: str = Field(min_length=1)
+    issuer: str = Field(min_length=1, max_length=100)
+    category: str = Field(min_length=1, max_length=32)
     region_scope: ListOfText = []
     industry_scope: ListOfText = []
     size_scope: ListOfText = []
-    publish_date: date
-    expiry_date: date
+    publish_date: IsoDate
+    expiry_date: IsoDate
     summary: str = ""
 
     @model_validator(mode="after")
@@ -75,8 +111,8 @@ class EventRow(_Row):
     enterprise_id: str = Field(min_length=1)
     policy_id: str = Field(min_length=1)
     type: str
-    ts: datetime
-    position: int | None = Field(None, ge=1)
+    ts: IsoDateTime
+    position: int | None = Field(None, ge=1, le=INT_MAX)
 
     @field_validator("type")
     @classmethod
@@ -95,11 +131,11 @@ class PushRow(_Row):
     enterprise_id: str = Field(min_length=1)
     policy_id: str = Field(min_length=1)
     score: float
-    rank: int = Field(ge=1)
+    rank: int = Field(ge=1, le=INT_MAX)
     reason: str = ""
-    model_version: str = Field(min_length=1)
-    window_key: str = Field(min_length=1)
-    created_at: datetime
+    model_version: str = Field(min_length=1, max_length=200)
+    window_key: str = Field(min_length=1, max_length=64)
+    created_at: IsoDateTime
     status: str = "pending"
 
     @field_validator("status")
@@ -135,27 +171,72 @@ def _check_row(table: str, row: BaseModel, seen: set, known: dict) -> str | None
             return f"enterprise_id: unknown enterprise {row.enterprise_id!r}"
         if row.policy_id not in known["policies"]:
             return f"policy_id: unknown policy {row.policy_id!r}"
-        key = (row.enterprise_id, row.policy_id) if table == "pushes" else None
-        if key is not None and (key in seen or key in known["pushed"]):
-            return f"policy_id: duplicate push of {row.policy_id!r} to {row.enterprise_id!r}"
-    if key is not None:
-        seen.add(key)
+        if table == "pushes":
+            key = (row.enterprise_id, row.policy_id)
+            if key in seen or key in known["pushed"]:
+                return f"policy_id: duplicate push of {row.policy_id!r} to {row.enterprise_id!r}"
+        else:  # an event already recorded (a file imported twice) would count twice
+            key = (row.enterprise_id, row.policy_id, row.type, row.ts)
+            if key in seen or key in known["events"]:
+                return (f"row: duplicate event ({row.type} of {row.policy_id!r} by {row.enterprise_id!r} "
+                        f"at {row.ts:%Y-%m-%dT%H:%M:%S})")
+    seen.add(key)
     return None
 
 
-def _read_csv(path: Path, table: str) -> tuple[list[str], list[tuple[int, dict]]]:
+def _known(conn, table: str, parsed: list[BaseModel]) -> dict:
+    """What the rows are checked against: known ids, pushed pairs and (for events) the recorded events in the
+    time range of the file's events."""
+    known = {"enterprises": _known_ids(conn, Enterprise), "policies": _known_ids(conn, Policy),
+             "pushed": set(conn.execute(select(Push.enterprise_id, Push.policy_id)).tuples()), "events": set()}
+    if table == "events" and parsed:
+        stamps = [row.ts for row in parsed]
+        columns = (Event.enterprise_id, Event.policy_id, Event.type, Event.ts)
+        known["events"] = set(conn.execute(select(*columns).where(Event.ts.between(min(stamps), max(stamps)))).tuples())
+    return known
+
+
+def _decode(path: Path) -> str:
+    """The file's text (UTF-8, a BOM accepted); not UTF-8 -> a one-line error naming the line."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SftlabError(f"{path}: cannot read CSV: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SftlabError(f"{path}:{line}: not UTF-8 text (byte {raw[exc.start]:#04x}); save the file as UTF-8") from None
+
+
+def _read_csv(path: Path, table: str) -> tuple[list[str], list[tuple[int, dict | None, list[str]]]]:
+    """(header, [(first line of the row, {column: cell} or None when it has the wrong number of fields, cells)])."""
+    import io
+
     model_cls = SPECS[table][0]
     required = [name for name, f in model_cls.model_fields.items() if f.is_required()]
+    reader = csv.reader(io.StringIO(_decode(path), newline=""))
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [name for name in required if name not in header]
-            if missing:
-                raise SftlabError(f"{path}:1: missing column(s) {', '.join(missing)} for table {table}")
-            return header, [(reader.line_num, dict(row)) for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise SftlabError(f"{path}: cannot read CSV: {exc}") from None
+        header = next(reader, [])
+        missing = [name for name in required if name not in header]
+        if missing:
+            raise SftlabError(f"{path}:1: missing column(s) {', '.join(missing)} for table {table}")
+        rows, previous = [], reader.line_num
+        for cells in reader:  # a quoted cell may span lines: a row is named by its first line
+            start, previous = previous + 1, reader.line_num
+            if cells:  # blank lines are skipped
+                rows.append((start, dict(zip(header, cells)) if len(cells) == len(header) else None, cells))
+    except csv.Error as exc:
+        raise SftlabError(f"{path}:{reader.line_num}: cannot read CSV: {exc}") from None
+    return header, rows
+
+
+def _check_rejects_dir(rejects_dir: Path) -> None:
+    for folder in (rejects_dir, *rejects_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SftlabError(f"--rejects-dir {rejects_dir}: {folder} is a file, not a directory")
+            return
 
 
 def import_csv(engine, table: str, path: str | Path, rejects_dir: str | Path) -> dict:
@@ -164,25 +245,27 @@ def import_csv(engine, table: str, path: str | Path, rejects_dir: str | Path) ->
         raise SftlabError(f"unknown table {table!r}; expected one of {', '.join(IMPORT_ORDER)}")
     path = Path(path)
     model_cls, orm_cls = SPECS[table]
+    _check_rejects_dir(Path(rejects_dir))  # before anything is imported
     header, rows = _read_csv(path, table)
-    with engine.connect() as conn:
-        known = {"enterprises": _known_ids(conn, Enterprise), "policies": _known_ids(conn, Policy),
-                 "pushed": set(conn.execute(select(Push.enterprise_id, Push.policy_id)).tuples())}
-    good, rejects, seen = [], [], set()
-    for line, raw in rows:
-        if None in raw or any(value is None for value in raw.values()):
-            rejects.append((line, raw, "row: wrong number of fields"))
+    valid, rejects = [], []
+    for line, raw, cells in rows:
+        if raw is None:
+            rejects.append((line, dict(zip(header, cells)), "row: wrong number of fields"))
             continue
         try:
-            parsed = model_cls.model_validate(raw)
+            valid.append((line, raw, model_cls.model_validate(raw)))
         except ValidationError as exc:
             rejects.append((line, raw, _reason(exc)))
-            continue
+    with engine.connect() as conn:
+        known = _known(conn, table, [parsed for _, _, parsed in valid])
+    good, seen = [], set()
+    for line, raw, parsed in valid:
         problem = _check_row(table, parsed, seen, known)
         if problem:
             rejects.append((line, raw, problem))
         else:
             good.append(parsed.model_dump())
+    rejects.sort(key=lambda reject: reject[0])
     try:
         with engine.begin() as conn:  # the whole file or nothing
             if good:
@@ -208,6 +291,7 @@ def _write_rejects(path: Path, header: list[str], rejects: list[tuple[int, dict,
 def import_directory(engine, directory: str | Path, rejects_dir: str | Path) -> list[dict]:
     """Import `<table>.csv` files found in `directory`, in dependency order (enterprises first)."""
     directory = Path(directory)
+    _check_rejects_dir(Path(rejects_dir))
     files = [(table, directory / f"{table}.csv") for table in IMPORT_ORDER if (directory / f"{table}.csv").is_file()]
     if not files:
         raise SftlabError(f"{directory}: no enterprises.csv, policies.csv, events.csv or pushes.csv found")

@@ -102,7 +102,13 @@ def push(engine, score_fn: ScoreFn, since: datetime, top_k_count: int = 5, model
     see the module docstring."""
     if top_k_count < 1:
         raise SftlabError(f"--top-k must be at least 1, got {top_k_count}")
+    if batch_enterprises < 1:
+        raise SftlabError(f"--batch-enterprises must be at least 1, got {batch_enterprises}")
+    if now is not None and now < since:
+        raise SftlabError(f"--now {now:%Y-%m-%d} is before --since {since:%Y-%m-%d}: the window holds no policy")
     now = now or datetime.now().replace(microsecond=0)
+    if now < since:
+        raise SftlabError(f"--since {since:%Y-%m-%d} is in the future (now is {now:%Y-%m-%d}): the window holds no policy")
     window = f"{since:%Y-%m-%d}"
     builder = CandidateBuilder(engine, now, since)
     with engine.connect() as conn:

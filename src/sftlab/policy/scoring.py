@@ -23,8 +23,12 @@ class ModelScorer:
     def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024, precision: str = "fp32"):
         from sftlab.infer.loading import load_served
 
+        from sftlab.errors import SftlabError
+
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+        if batch_size < 1:
+            raise SftlabError(f"--batch-size must be at least 1, got {batch_size}")
         self.served = load_served(model_dir)
         self.batch_size, self.max_length, self.precision = batch_size, max_length, precision
         self.version = str(model_dir)
