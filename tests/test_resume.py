@@ -157,3 +157,63 @@ def test_resume_with_fewer_steps_than_done_is_refused(tmp_path):
     with pytest.raises(SftlabError, match=r"^--resume: train.max_steps / train.epochs now give 3 steps, but the "
                                           r"checkpoint is at step 3; ask for more steps than that$"):
         train(tiny_run(tmp_path, train={"max_steps": 3}), resume=True)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+# what happened to the latest checkpoint's files -> the file the one-line error must name
+DAMAGE = {
+    "truncated optimizer state": (lambda step: _truncate(step / "optimizer.pt"), "optimizer.pt"),
+    "missing scheduler state": (lambda step: (step / "scheduler.pt").unlink(), "scheduler.pt"),
+    "garbage random states": (lambda step: (step / "rng_state.pt").write_text("garbage"), "rng_state.pt"),
+    "truncated weights": (lambda step: _truncate(step / "model.safetensors"), "model.safetensors"),
+    "missing weights": (lambda step: (step / "model.safetensors").unlink(), "model.safetensors"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_from_a_damaged_checkpoint_is_one_line_and_changes_nothing(tmp_path, damage):
+    """A checkpoint whose files were cut short or removed after it was written (a full disk, a partial copy) is
+    refused with one line naming the file and what to do; the run directory stays as it was."""
+    settings = {"train": {"max_steps": 2, "save_every_n_steps": 1}, "output": {"keep_checkpoints": 2}}
+    first = train(tiny_run(tmp_path, **settings))
+    damage_it, name = DAMAGE[damage]
+    damage_it(first.out_dir / "checkpoints" / "step-2")
+    before = {path: path.read_bytes() for path in first.out_dir.rglob("*") if path.is_file()}
+    settings["train"]["max_steps"] = 3
+    with pytest.raises(SftlabError) as error:
+        train(tiny_run(tmp_path, **settings), resume=True)
+    message = str(error.value)
+    assert "\n" not in message and name in message and "step-2" in message, message
+    assert "step-1" in message  # where to go instead: the earlier checkpoint
+    assert {path: path.read_bytes() for path in first.out_dir.rglob("*") if path.is_file()} == before
+
+
+def test_resume_on_changed_training_data_is_refused(tmp_path):
+    """The same data.train path with other contents: the checkpoint's data position (epoch, batches done) would point
+    into other rows, and the run would silently go on with a different order and data; it is refused with one line."""
+    from sftlab.train import TrainingInterrupted
+    from test_train_loop import SFT_ROWS
+
+    with pytest.raises(TrainingInterrupted):
+        train(tiny_run(tmp_path, train={"max_steps": 3}), callbacks=[_interrupt_at(1)])
+    run_dir = tmp_path / "run"
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    with pytest.raises(SftlabError, match=r"^--resume: the training data differs from the checkpoint's run "
+                                          r"\(rows \d+ -> \d+, tokens"):
+        train(tiny_run(tmp_path, rows=SFT_ROWS[:6], train={"max_steps": 3}), resume=True)
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    resumed = train(tiny_run(tmp_path, train={"max_steps": 3}), resume=True)  # the data it trained on: resumes
+    assert len(resumed.losses) == 3
+
+
+def test_resume_names_a_checkpoint_directory_without_its_sidecar(tmp_path):
+    """A step directory without sftlab_state.json (copied in part, or its sidecar deleted) is not resumed from; when
+    it is the only one, the error names it instead of saying that there is no checkpoint at all."""
+    first = train(tiny_run(tmp_path, train={"max_steps": 2, "save_every_n_steps": 2}))
+    (first.out_dir / "checkpoints" / "step-2" / "sftlab_state.json").unlink()
+    with pytest.raises(SftlabError, match=r"^--resume: no complete checkpoint in .*checkpoints: step-2 has no "
+                                          r"sftlab_state.json; start --overwrite instead of --resume"):
+        train(tiny_run(tmp_path, train={"max_steps": 3, "save_every_n_steps": 2}), resume=True)

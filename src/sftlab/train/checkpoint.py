@@ -7,8 +7,9 @@
         optimizer/          instead of optimizer.pt under train.distributed=fsdp: every rank's optimizer
                             shards (torch.distributed.checkpoint), read back with the same process count
         rng_state_ranks.pt   with several processes: every rank's RNG states, in rank order
-        sftlab_state.json   resolved config, step, data position, losses and eval history, and the
-                            environment (library versions, device: sftlab.train.environment)
+        sftlab_state.json   resolved config, step, data position, the training rows' counts (`data_fingerprint`),
+                            losses and eval history, and the environment (library versions, device:
+                            sftlab.train.environment)
 
 Every checkpoint directory is written through `sftlab.io.atomic_dir`, so a directory that exists
 is complete; `latest_checkpoint` only trusts directories that carry the sidecar.
@@ -129,6 +130,13 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def incomplete_checkpoints(run_dir: Path) -> list[Path]:
+    """Step directories without a sidecar (not written by sftlab as they are: a partial copy, a deleted sidecar)."""
+    root = Path(run_dir) / CHECKPOINTS
+    return sorted(child for child in (root.iterdir() if root.is_dir() else [])
+                  if _STEP_DIR.match(child.name) and not (child / SIDECAR).is_file())
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     found = list_checkpoints(run_dir)
@@ -150,6 +158,28 @@ def read_sidecar(directory: Path) -> dict:
         raise SftlabError(f"{path}: cannot read the checkpoint state ({exc})") from None
 
 
+def data_fingerprint(prepared) -> dict | None:
+    """What a resumed run checks of its training rows: their count, tokens and supervised tokens (None when the
+    preparation has no such statistics, as a stream)."""
+    train = (getattr(prepared, "stats", None) or {}).get("train") or {}
+    if "rows" not in train:
+        return None
+    return {key: train.get(key) for key in ("rows", "tokens", "supervised_tokens")}
+
+
+def check_resume_data(saved: dict, prepared) -> None:
+    """Refuse to resume on training rows that differ from the checkpoint's run (its data position would point into
+    other rows); a checkpoint from before sftlab recorded them is not checked."""
+    before, now = saved.get("data"), data_fingerprint(prepared)
+    if not before or not now or before == now:
+        return
+    changes = ", ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}"
+                        for key in now if before.get(key) != now.get(key))
+    raise SftlabError(f"--resume: the training data differs from the checkpoint's run ({changes}); the files of "
+                      "data.train changed since: resume with the data it trained on, or start a new run (model.path "
+                      "may point at the trained weights)")
+
+
 def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
     """Load a checkpoint's weights into `model` (built as for a fresh run); every trainable tensor must be there."""
     from safetensors.torch import load_file
@@ -161,11 +191,14 @@ def load_weights(model, directory: Path, trainable_names: list[str]) -> None:
         adapter = directory / "adapter_model.safetensors"
         if not adapter.is_file():
             raise SftlabError(f"{directory}: no adapter_model.safetensors; the checkpoint is not from a LoRA run")
-        set_peft_model_state_dict(model, load_file(adapter))
+        set_peft_model_state_dict(model, _read(adapter, load_file))
         return
+    shards = sorted(directory.glob("*.safetensors"))
+    if not shards:
+        raise damaged(directory / "model.safetensors", "missing")
     state: dict[str, torch.Tensor] = {}
-    for shard in sorted(directory.glob("*.safetensors")):
-        state.update(load_file(shard))
+    for shard in shards:
+        state.update(_read(shard, load_file))
     missing, _ = model.load_state_dict(state, strict=False)
     lost = sorted(set(missing) & set(trainable_names))
     if lost:
@@ -187,11 +220,50 @@ def load_training_state(directory: Path, optimizer, scheduler, rank: int = 0, mo
                               "the same train.distributed and process count")
         load_sharded_optimizer(model, optimizer, directory / "optimizer")
     else:
-        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+        _restore(optimizer, directory / "optimizer.pt")
+    states = {name: _read(directory / name, _torch_load) for name in ("scheduler.pt", "rng_state.pt")}
+    scheduler.load_state_dict(states["scheduler.pt"])
     if scaler is not None and (directory / SCALER).is_file():
-        scaler.load_state_dict(torch.load(directory / SCALER, weights_only=True))
+        _restore(scaler, directory / SCALER)
     ranks = directory / "rng_state_ranks.pt"
     if ranks.is_file():
-        return torch.load(ranks, weights_only=True)[rank]
-    return torch.load(directory / "rng_state.pt", weights_only=True)
+        return _read(ranks, _torch_load)[rank]
+    return states["rng_state.pt"]
+
+
+def _torch_load(path: Path):
+    return torch.load(path, weights_only=True)
+
+
+def _restore(holder, path: Path) -> None:
+    """`holder.load_state_dict` from a checkpoint file; a file that does not fit it is damaged, not a traceback."""
+    try:
+        holder.load_state_dict(_read(path, _torch_load))
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise damaged(path, f"it does not fit this run's {type(holder).__name__} ({_first_line(exc)})") from None
+
+
+def _read(path: Path, reader):
+    """`reader(path)`, with a missing or unreadable checkpoint file reported as one line (`damaged`)."""
+    if not path.is_file():
+        raise damaged(path, "missing")
+    try:
+        return reader(path)
+    except Exception as exc:  # torch.load, safetensors: zip, unpickling, header errors of a cut-short file
+        raise damaged(path, f"cannot be read ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (torch's go on with advice that does not apply here)."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return line.split(". ")[0].rstrip(".")
+
+
+def damaged(path: Path, what: str) -> SftlabError:
+    """One line for a checkpoint file that is missing or cut short (a full disk, a partial copy): which file, and
+    the earlier checkpoint to resume from once this one is moved aside."""
+    step_dir = Path(path).parent
+    earlier = [found for _, found in list_checkpoints(step_dir.parent.parent) if found != step_dir]
+    instead = (f"move {step_dir} aside to resume from {earlier[-1]}, or start again with --overwrite" if earlier
+               else "start again with --overwrite")
+    return SftlabError(f"--resume: {path}: {what}; the checkpoint is damaged: {instead}")

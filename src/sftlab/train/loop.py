@@ -33,8 +33,8 @@ from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import (capture_rng, latest_checkpoint, prune_checkpoints, restore_rng, save_best,
-                                     save_checkpoint, save_model_dir)
+from sftlab.train.checkpoint import (capture_rng, data_fingerprint, latest_checkpoint, prune_checkpoints, restore_rng,
+                                     save_best, save_checkpoint, save_model_dir)
 from sftlab.train.distributed import (call_unsharded, combine_eval_sums, gather_objects,
                                       gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
                                       reduce_sum, sharded)
@@ -320,6 +320,7 @@ def sidecar(session: Session) -> dict:
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
             "bad_evals": session.bad_evals, "skipped_steps": session.skipped_steps,
             "trainable": session.trainable.trainable, "processes": session.accelerator.num_processes,
+            "data": data_fingerprint(session.prepared),
             "config": session.cfg.model_dump(mode="json"), "environment": session.environment}
 
 

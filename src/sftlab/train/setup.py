@@ -23,7 +23,8 @@ from sftlab.config import dump_config
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_text
 from sftlab.train import batches as plan
-from sftlab.train.checkpoint import CHECKPOINTS, latest_checkpoint, load_training_state, load_weights, read_sidecar
+from sftlab.train.checkpoint import (CHECKPOINTS, SIDECAR, check_resume_data, incomplete_checkpoints,
+                                     latest_checkpoint, load_training_state, load_weights, read_sidecar)
 from sftlab.train.loss import loss_sum
 from sftlab.train.environment import collect_environment, version_warning
 
@@ -91,7 +92,10 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is None:
             instead = "--overwrite instead of --resume to start it again" if occupied else "the run without --resume"
-            raise SftlabError(f"--resume: no checkpoint in {out_dir / CHECKPOINTS}; start {instead}")
+            partial = [f"{path.name} has no {SIDECAR}" for path in incomplete_checkpoints(out_dir)]
+            which = f"no complete checkpoint in {out_dir / CHECKPOINTS}: {', '.join(partial)}" if partial else \
+                f"no checkpoint in {out_dir / CHECKPOINTS}"
+            raise SftlabError(f"--resume: {which}; start {instead}")
         return checkpoint
     if occupied:
         if not overwrite:
@@ -315,6 +319,8 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
         keep_freed_memory()  # undone by sftlab.train.loop.cleanup
     tokenizer = load_tokenizer(cfg.model)
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
+    if saved:
+        check_resume_data(saved, prepared)
     if not cfg.data.streaming and len(prepared.train) == 0:
         raise SftlabError("data.train: no training examples left after preparation")
     if cfg.eval.every_n_steps and not prepared.validation:
