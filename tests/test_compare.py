@@ -92,3 +92,102 @@ def test_time_budget_stops_after_the_step_that_spends_it(tmp_path):
     result = train_with_budget(cfg, 0.001, config.parent)
     assert result["steps"] == 1 and result["stopped"] == "time_budget"
     assert (tmp_path / "timed" / "model").is_dir() and "eval_loss" in result["metrics"]
+
+
+def _earlier_comparison(out):
+    """What an earlier `sftlab compare` left in `out`: a lora run directory with its log, and the report."""
+    (out / "lora").mkdir(parents=True)
+    (out / "lora" / "config.yaml").write_text("{}", encoding="utf-8")
+    (out / "lora" / "train.log").write_text("the earlier lora run's log", encoding="utf-8")
+    (out / "compare.json").write_text("{}", encoding="utf-8")
+    return {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+
+
+def test_a_strategy_that_cannot_be_set_up_fails_before_any_strategy_trains(tmp_path):
+    """A LoRA target, freeze glob or auto budget that matches nothing is found before full trains for the budget,
+    and the earlier comparison in OUT stays as it was (before: full trained into OUT/full, then lora failed)."""
+    from sftlab.config import load_config
+    from sftlab.plan.compare import compare, parse_budget
+    from sftlab.plan.recommend import load_thresholds
+
+    config = write_config(tmp_path)
+    out = tmp_path / "cmp"
+    before = _earlier_comparison(out)
+    for override, key in [("strategy.lora.target_modules=[nope]", "strategy.lora.target_modules"),
+                          ("strategy.freeze.modules=[nothing*]", "strategy.freeze.modules"),
+                          ("strategy.auto.budget=1e12", "strategy.auto.budget"),
+                          ("strategy.auto.budget=3", "strategy.auto.budget: 3 parameters is less than the smallest")]:
+        cfg = load_config(config, [override])
+        with pytest.raises(SftlabError, match=re.escape(key)):
+            compare(cfg, ("full", "freeze", "lora", "auto"), parse_budget("1"), out, config.parent, load_thresholds(),
+                    overwrite=True)
+        assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_strategy_whose_setup_fails_keeps_the_earlier_runs_log(tmp_path):
+    """A run that fails while it sets up puts the earlier run back (as `sftlab train --overwrite` does); its
+    train.log is not replaced by the failed attempt's."""
+    from sftlab.config import load_config
+    from sftlab.plan.compare import compare, parse_budget
+    from sftlab.plan.recommend import load_thresholds
+
+    config = write_config(tmp_path)
+    out = tmp_path / "cmp"
+    before = _earlier_comparison(out)
+    cfg = load_config(config, ["eval.metric=bogus_metric"])  # refused when the session is built, in the worker
+    with pytest.raises(SftlabError, match="compare strategy lora: .*bogus_metric"):
+        compare(cfg, ("lora",), parse_budget("1"), out, config.parent, load_thresholds(), overwrite=True)
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
+def test_a_model_with_its_own_code_is_read_with_model_trust_remote_code(tmp_path, monkeypatch):
+    """compare reads the block count (and checks the strategies) of a model with custom code as training loads it,
+    with model.trust_remote_code (before: transformers asked on the terminal whether to run the code, then failed)."""
+    import io
+
+    from sftlab.config import load_config
+    from sftlab.plan.compare import _num_layers, check_strategies, run_config
+    from sftlab.plan.recommend import load_thresholds
+    from test_plan import _with_its_own_code
+
+    config = write_config(tmp_path)
+    _with_its_own_code(tmp_path / "base")
+    cfg = load_config(config, ["model.trust_remote_code=true"])
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # a prompt would read "no" here, not wait
+    assert _num_layers(cfg) == 2
+    check_strategies([run_config(cfg, kind, ("steps", 1), tmp_path / "cmp", load_thresholds(), 2)
+                      for kind in ("full", "freeze", "lora")])
+    bad = load_config(config, ["model.trust_remote_code=true", "strategy.lora.target_modules=[nope]"])
+    with pytest.raises(SftlabError, match="strategy.lora.target_modules"):
+        check_strategies([run_config(bad, "lora", ("steps", 1), tmp_path / "cmp", load_thresholds(), 2)])
+
+
+def test_compare_help_says_what_overwrite_replaces(capsys):
+    """--overwrite does not replace the whole directory (before, --help said so): the user's files there stay
+    (test_an_overwritten_comparison_removes_only_the_run_directories_of_strategies_it_drops)."""
+    from sftlab.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "replace an earlier comparison in the output directory" in text and "other files there stay" in text
+
+
+def test_the_report_files_are_all_written_or_none(tmp_path, monkeypatch):
+    """compare.json, .md and .png describe one comparison: when the plot cannot be drawn, the earlier comparison's
+    three files stay (before, compare.json was already the new one)."""
+    from sftlab.plan import report
+
+    summary = {"model": "m", "stage": "sft", "seed": 0, "budget": {"kind": "steps", "value": 1},
+               "rows": [{"kind": "lora", "trainable": 1, "total": 2, "peak_bytes": 3, "train_seconds": 1.0, "steps": 1,
+                         "stopped": "completed", "final_val_loss": None, "eval": {}, "train_loss": 1.0}]}
+    report.write_report(summary, tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+
+    def broken(summary):
+        raise RuntimeError("no backend")
+
+    monkeypatch.setattr(report, "plot_png", broken)
+    with pytest.raises(RuntimeError):
+        report.write_report({**summary, "seed": 1}, tmp_path)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before

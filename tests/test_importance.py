@@ -109,3 +109,21 @@ def test_auto_reports_tied_embedding():
     model, trainable = select_trainable(model, cfg, calibration(model, 1), lm_loss)
     assert "model.embed_tokens" in trainable.details["chosen"]
     assert any("model.embed_tokens.weight is tied to lm_head.weight" in note for note in trainable.notes)
+
+
+@pytest.mark.parametrize("granularity", ["linear", "layer"])
+def test_a_budget_below_the_smallest_unit_fails_before_scoring_with_advice_that_applies(granularity):
+    """The budget is checked against the unit sizes before any calibration batch runs (scoring a real model takes
+    minutes); the advice names granularity=linear only where another granularity is set."""
+    model = planted_llama()
+    calls = []
+
+    def counting_loss(model, batch):
+        calls.append(1)
+        return lm_loss(model, batch)
+
+    cfg = {"kind": "auto", "auto": {"budget": 3, "granularity": granularity}}
+    with pytest.raises(SftlabError, match=f"less than the smallest {granularity} unit") as error:
+        select_trainable(model, cfg, calibration(model), counting_loss)
+    assert ("granularity=linear" in str(error.value)) == (granularity != "linear")
+    assert calls == []

@@ -45,7 +45,7 @@ def test_estimate_parts_follow_the_physics():
     assert full.activations < matmul.activations < eager.activations  # matmul rebuilds one layer's probabilities
     bf16 = estimate_memory(shape, 1_000_000, 1_000_000, 4, Workload(batch=4, seq=128, param_dtype="bfloat16"))
     assert bf16.weights == 2_000_000 and bf16.optimizer == 12_000_000  # fp32 moments + fp32 master copies
-    assert full.total == full.weights + full.optimizer + max(full.activations, 2 * full.gradients)
+    assert full.total == full.weights + full.optimizer + max(full.activations, full.gradients)
 
 
 def test_the_head_is_counted_one_fused_chunk_at_a_time():
@@ -226,6 +226,41 @@ def test_recommendation_rules():
     assert "no strategy fits" in advice and "train.gradient_checkpointing=selective" in advice
 
 
+def test_full_alone_that_fits_is_not_reported_as_nothing_fits():
+    """`--strategies full` (or partial rows that do not fit) on little data: full fits, so the advice must not say
+    that nothing fits; with keep_general_knowledge, which never recommends full, there is no recommendation."""
+    thresholds = load_thresholds()
+    only_full = {"full": rows()["full"]}
+    advice = recommend(only_full, 10, 1000, thresholds)
+    assert advice["kind"] == "full"
+    assert not any("no strategy fits" in reason for reason in advice["reasons"])
+    assert "freeze, auto, lora: not planned" in advice["reasons"][-1] and "--strategies" in advice["reasons"][-1]
+    tight = {**rows(), "freeze": {**rows()["freeze"], "fits": False}, "lora": {**rows()["lora"], "fits": False},
+             "auto": {**rows()["auto"], "fits": False}}
+    advice = recommend(tight, 10, 1000, thresholds)
+    assert advice["kind"] == "full" and "freeze, auto, lora: do not fit" in advice["reasons"][-1]
+    keep = recommend(only_full, 10, 1000, {**thresholds, "keep_general_knowledge": True})
+    assert keep["kind"] is None and "keep_general_knowledge" in keep["reasons"][-1]
+
+
+def test_a_recommended_default_freeze_row_names_the_layers_it_planned(tmp_path):
+    """The freeze row trains the last blocks when strategy.freeze selects nothing; recommending it must say so, since
+    `sftlab train strategy.kind=freeze` on that config trains nothing and is refused."""
+    from sftlab.plan.planner import build_plan
+    from sftlab.strategy import select_trainable
+    from sftlab.models.tiny import make_tiny_model
+
+    cfg = load_config(None, [], base=tiny_config(tmp_path, hidden=32, layers=2))
+    keep = {**load_thresholds(), "keep_general_knowledge": True}  # full ruled out: freeze is the only candidate
+    advice = build_plan(cfg, None, keep, ("full", "freeze"))["recommendation"]
+    assert advice["kind"] == "freeze" and advice["settings"] == {"strategy.freeze.layers": "last:1"}
+    with pytest.raises(SftlabError, match=r"^strategy.freeze selects nothing to train \(layers: none, no modules\)"):
+        select_trainable(make_tiny_model("llama", hidden=32, layers=2), {"kind": "freeze"})
+    configured = load_config(None, ["strategy.freeze.modules=[lm_head]"],
+                             base=tiny_config(tmp_path, hidden=32, layers=2))
+    assert "settings" not in build_plan(configured, None, keep, ("full", "freeze"))["recommendation"]
+
+
 def test_thresholds_file_overrides_and_rejects_unknown_keys(tmp_path):
     good = tmp_path / "t.yaml"
     good.write_text("full_min_tokens_per_param: 0.01\n", encoding="utf-8")
@@ -238,6 +273,26 @@ def test_thresholds_file_overrides_and_rejects_unknown_keys(tmp_path):
     bad.write_text("keep_general_knowledge: 3\n", encoding="utf-8")
     with pytest.raises(SftlabError, match="true/false"):
         load_thresholds(bad)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("memory_headroom: -1", "memory_headroom must be above 0 and at most 1"),
+    ("memory_headroom: .nan", "memory_headroom must be above 0 and at most 1"),
+    ("memory_headroom: 0", "memory_headroom must be above 0 and at most 1"),
+    ("freeze_last_fraction: 2", "freeze_last_fraction must be above 0 and at most 1"),
+    ("partial_min_tokens_per_param: -3", "partial_min_tokens_per_param must be 0 or more"),
+    ("full_min_tokens_per_param: .inf", "full_min_tokens_per_param must be 0 or more"),
+])
+def test_thresholds_out_of_range_are_refused_naming_the_key(tmp_path, text, words):
+    """Before: a negative or NaN headroom made every strategy 'not fit', and freeze_last_fraction 2 failed later on
+    strategy.freeze.layers 'last:4', a key the user had not set."""
+    path = tmp_path / "t.yaml"
+    path.write_text(text + "\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match=f"^{path}: {words}"):
+        load_thresholds(path)
+    for value in ("memory_headroom: 1", "freeze_last_fraction: 1", "partial_min_tokens_per_param: 0"):
+        path.write_text(value + "\n", encoding="utf-8")
+        load_thresholds(path)  # the bounds themselves are allowed
 
 
 def test_plan_cli_prints_table_and_writes_json(tmp_path, capsys):
@@ -261,6 +316,24 @@ def test_plan_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert "--nproc 0: must be at least 1" in capsys.readouterr().err
 
 
+def test_plan_json_never_overwrites_its_inputs(tmp_path, capsys):
+    """`--json` naming the run config or the thresholds file (a slip of the keyboard) is refused before anything runs;
+    before, the plan replaced the config with its JSON."""
+    import yaml
+
+    from sftlab.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tmp_path, hidden=32, layers=1)), encoding="utf-8")
+    thresholds = tmp_path / "t.yaml"
+    thresholds.write_text("memory_headroom: 0.5\n", encoding="utf-8")
+    before = config.read_bytes(), thresholds.read_bytes()
+    for target in (config, thresholds, tmp_path / "." / "run.yaml"):
+        assert main(["plan", str(config), "--thresholds", str(thresholds), "--json", str(target)]) == 2
+        assert "--json" in capsys.readouterr().err
+    assert (config.read_bytes(), thresholds.read_bytes()) == before
+
+
 def test_big_models_are_counted_on_the_meta_device(tmp_path, monkeypatch):
     import sftlab.plan.planner as planner
 
@@ -275,6 +348,31 @@ def test_big_models_are_counted_on_the_meta_device(tmp_path, monkeypatch):
     auto = meta["rows"]["auto"]
     assert auto["approximate"] and auto["trainable"] == round(cfg.strategy.auto.budget * auto["total"])
     assert auto["trainable"] >= real["rows"]["auto"]["trainable"]  # the budget bounds the real choice
+
+
+def test_memory_available_on_cpu_is_the_containers_limit_when_lower(tmp_path, monkeypatch):
+    """In a container (docker --memory, a Kubernetes limit) the process is killed at its cgroup's limit, not at the
+    machine's RAM: the plan must count against the lower of the two (before, a plan there said 'fits')."""
+    import os
+
+    import sftlab.plan.planner as planner
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = tmp_path / "memory.max"
+    monkeypatch.setattr(planner, "CGROUP_LIMIT_FILES", (str(tmp_path / "absent"), str(limit)))
+    limit.write_text(f"{2**30}\n", encoding="ascii")
+    assert planner.available_memory() == {"device": "cpu", "bytes": 2**30, "limit": f"cgroup memory limit ({limit})"}
+    for unlimited in ("max\n", f"{ram * 4}\n"):  # no limit, or one above the RAM
+        limit.write_text(unlimited, encoding="ascii")
+        assert planner.available_memory() == {"device": "cpu", "bytes": ram}
+    from sftlab.plan.table import render_plan  # the header names the limit
+    plan = {"model": "m", "stage": "sft", "workload": {"batch": 1, "seq": 8, "supervised": 4},
+            "memory": {"device": "cpu", "bytes": 2**30, "limit": "cgroup memory limit (x)"},
+            "data": {"examples": 1, "validation_examples": 0, "tokens": 8, "supervised": 4, "supervised_unit": "tokens",
+                     "supervised_per_parameter": 0.1},
+            "rows": {}, "recommendation": {"kind": None, "reasons": []}}
+    assert "memory available: 1.0 GiB (cpu; cgroup memory limit (x))" in render_plan(plan)
 
 
 def test_backprop_depth_stops_at_the_lowest_trainable_block():

@@ -107,7 +107,7 @@ def test_freeze_tied_lm_head_is_reported():
     ({"layers": [5]}, "out of range"),
     ({"layers": "last:9"}, "between 1 and"),
     ({"layers": "middle:1"}, "expected 'last:N'"),
-    ({"layers": "none"}, "no parameter trainable"),
+    ({"layers": "none"}, r"strategy.freeze selects nothing to train .*set strategy.freeze.layers"),
 ])
 def test_freeze_bad_input(cfg, message):
     model, _ = tiny("llama")
@@ -167,3 +167,17 @@ def test_lora_glob_that_also_matches_containers_adapts_only_linear_modules():
     adapted = {name.split(".lora_")[0] for name in trainable.names if ".lora_" in name}
     assert adapted and all(".layers.1." in name for name in adapted)
     assert any(name.endswith("mlp.down_proj") for name in adapted) and any(name.endswith("q_proj") for name in adapted)
+
+
+def test_lora_module_both_targeted_and_saved_in_full_is_refused_naming_both_keys():
+    """q_proj in target_modules and in modules_to_save: peft silently trained it in full without an adapter (or, when
+    it was the only target, failed with a message about exclude_modules); now one line names both keys."""
+    model, _ = tiny("llama")
+    for targets in (["q_proj", "v_proj"], ["q_proj"], ["*.self_attn.*"]):
+        cfg = {"kind": "lora", "lora": {"target_modules": targets, "modules_to_save": ["q_proj"]}}
+        with pytest.raises(SftlabError, match=r"^strategy.lora.modules_to_save: 'q_proj' is also in "
+                                              r"strategy.lora.target_modules"):
+            select_trainable(model, cfg)
+    # all-linear names no module: an explicit modules_to_save entry trains that module in full instead
+    model, trainable = select_trainable(model, {"kind": "lora", "lora": {"modules_to_save": ["q_proj"]}})
+    assert "q_proj" not in trainable.details["target_modules"]

@@ -16,7 +16,9 @@ def register(registry) -> None:
     parser.add_argument("--budget", required=True, help="per strategy: optimizer steps (20steps) or time (60s, 5m)")
     parser.add_argument("--out", help="output directory (default: output.dir + '-compare')")
     parser.add_argument("--thresholds", help="thresholds YAML (its freeze_last_fraction sets the default freeze row)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier comparison in the output directory: its strategies' run directories "
+                             "and compare.*; other files there stay")
     parser.set_defaults(func=handle)
 
 

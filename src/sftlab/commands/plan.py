@@ -54,6 +54,9 @@ def handle(args) -> int:
     if args.nproc < 1:
         raise SftlabError(f"--nproc {args.nproc}: must be at least 1")
     kinds = parse_strategies(args.strategies)
+    inputs = [Path(path).resolve() for path in (args.config, args.thresholds) if path]
+    if args.json_out and Path(args.json_out).resolve() in inputs:
+        raise SftlabError(f"--json {args.json_out}: that is an input of the plan; write the JSON to another file")
     thresholds = load_thresholds(args.thresholds)
     cfg = load_config(args.config, args.overrides)
     plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.steps if args.probe else None,

@@ -13,7 +13,9 @@ CUDA, minus that baseline, over the whole run (setup, training, evaluation, savi
 sets `train.max_steps`; a time budget lets the configured schedule run and ends the run after the
 first optimizer step that finishes past the budget (the model is then saved and evaluated as at a
 normal end). The final validation loss and task metrics are the run's `metrics.json` (`eval_*`);
-trainable counts are the run's own (its log line is kept in `OUT/<strategy>/train.log`).
+trainable counts are the run's own (its log line is kept in `OUT/<strategy>/train.log`). Before any strategy
+trains, `check_strategies` applies each to the model built on the meta device, so a strategy setting that cannot
+work fails at once, with OUT as it was.
 """
 
 from __future__ import annotations
@@ -130,19 +132,48 @@ def run_strategy(cfg, seconds: float | None, base_dir: Path | None) -> dict:
     env = probe_environment(cfg.train.allocator, os.environ)  # on jemalloc where sftlab train would be
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
+    out_dir = Path(cfg.output.dir)
+    earlier = _run_identity(out_dir)
     done = subprocess.run([sys.executable, "-m", "sftlab.plan.compare"], input=json.dumps(request), text=True,
                           capture_output=True, env=env)
-    out_dir = Path(cfg.output.dir)
-    if out_dir.is_dir():
+    results = [json.loads(line[len(_MARK):]) for line in done.stdout.splitlines() if line.startswith(_MARK)]
+    put_back = bool(results) and "error" in results[0] and earlier is not None and _run_identity(out_dir) == earlier
+    if out_dir.is_dir() and not put_back:  # a run that failed while setting up put the earlier run back: keep its log
         atomic_write_text(out_dir / "train.log", done.stderr)
-    for line in done.stdout.splitlines():
-        if line.startswith(_MARK):
-            result = json.loads(line[len(_MARK):])
-            if "error" in result:
-                raise SftlabError(f"compare strategy {cfg.strategy.kind}: {result['error']}")
-            return result
+    for result in results:
+        if "error" in result:
+            raise SftlabError(f"compare strategy {cfg.strategy.kind}: {result['error']}")
+        return result
     tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
     raise SftlabError(f"compare strategy {cfg.strategy.kind}: the training process failed ({tail})")
+
+
+def _run_identity(out_dir: Path) -> tuple[int, int] | None:
+    """Which run a directory holds: its config.yaml's inode and modification time (a new run writes a new one)."""
+    try:
+        stat = (out_dir / "config.yaml").stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def check_strategies(configs: list) -> None:
+    """Apply each strategy to its model built on the meta device (no memory), before any strategy trains: a freeze
+    glob or layer, LoRA target or auto budget that cannot work fails now, not after the strategies before it have
+    trained (and replaced their run directories). Models not built from their config alone are left to the run."""
+    from types import SimpleNamespace
+
+    from sftlab.plan.planner import _count_on_meta, _meta_model
+
+    for cfg in configs:
+        if cfg.model.adapter:  # lora trains model.adapter's own adapter; the others, the merged model
+            continue
+        labels = SimpleNamespace(label_names=cfg.data.labels or ["a", "b"])  # a classifier's head: any size will do
+        try:
+            _meta_model(cfg, labels)
+        except Exception:  # noqa: BLE001 (a vision-language or custom model: its run checks the strategy)
+            return
+        _count_on_meta(cfg, labels)
 
 
 def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Path, base_dir: Path | None,
@@ -159,10 +190,11 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
     if precision_choice:
         print(precision_choice)
     num_layers = _num_layers(cfg)
+    configs = [run_config(cfg, kind, budget, out_dir, thresholds, num_layers) for kind in kinds]
+    check_strategies(configs)
     rows = []
-    for kind in kinds:
-        result = run_strategy(run_config(cfg, kind, budget, out_dir, thresholds, num_layers),
-                              budget[1] if budget[0] == "seconds" else None, base_dir)
+    for run_cfg in configs:
+        result = run_strategy(run_cfg, budget[1] if budget[0] == "seconds" else None, base_dir)
         metrics = result.pop("metrics")
         rows.append({**result, "final_val_loss": metrics.get("eval_loss"),
                      "eval": {k[5:]: v for k, v in metrics.items() if k.startswith("eval_") and k != "eval_loss"},
@@ -189,7 +221,8 @@ def _num_layers(cfg) -> int:
 
     from sftlab.models.load import resolve_model_path
 
-    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True)
+    config = AutoConfig.from_pretrained(resolve_model_path(cfg.model.path), local_files_only=True,
+                                        trust_remote_code=cfg.model.trust_remote_code)  # as training loads it
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(getattr(config, name, None), int):

@@ -20,10 +20,11 @@ The peak of a training step is modelled from four parts:
   embeddings train, none when only the head trains), plus the output head's logits.
 
 Weights and optimizer states live through the whole step. Activations peak when backward starts,
-before most gradients exist; gradients peak at the optimizer step, after the activations are freed,
-together with the one temporary of the same size that the multi-tensor AdamW step allocates. So
+before most gradients exist; gradients peak at the optimizer step, after the activations are freed (the fused
+AdamW step that `sftlab.train.optim.build_optimizer` runs on CPU and CUDA updates in place, with no temporary of
+the gradients' size). So
 
-    peak = weights + optimizer + max(activations, 2 x gradients)
+    peak = weights + optimizer + max(activations, gradients)
 
 Per block and per token, autograd keeps `HIDDEN_SAVED` tensors of the hidden width and
 `INTERMEDIATE_SAVED` tensors of the MLP width (inputs of the norms and projections, q/k/v, the
@@ -174,7 +175,7 @@ class Workload:
 
 @dataclass
 class MemoryEstimate:
-    """Estimated bytes by part; `total` is the peak: weights + optimizer + max(activations, 2 x gradients)."""
+    """Estimated bytes by part; `total` is the peak: weights + optimizer + max(activations, gradients)."""
 
     weights: int
     gradients: int
@@ -183,7 +184,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.optimizer + max(self.activations, 2 * self.gradients)
+        return self.weights + self.optimizer + max(self.activations, self.gradients)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "total": self.total}

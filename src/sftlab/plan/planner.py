@@ -122,7 +122,7 @@ def _meta_model(cfg, prepared):
 def _count_on_meta(cfg, prepared):
     """Build the model without memory (meta device) and apply the strategy; auto falls back to its budget."""
     from sftlab.strategy import select_trainable
-    from sftlab.strategy.importance import budget_in_params
+    from sftlab.strategy.importance import budget_in_params, check_budget_fits_a_unit, group_units
 
     model = _meta_model(cfg, prepared)
     if cfg.model.fused_layers:  # as training would run it (the shape records it)
@@ -134,18 +134,36 @@ def _count_on_meta(cfg, prepared):
         return model, trainable, False
     model, trainable = select_trainable(model, cfg.strategy.model_copy(update={"kind": "full"}))
     trainable.trainable = budget_in_params(cfg.strategy.auto.budget, trainable.total)
+    sizes = {name: param.numel() for name, param in model.named_parameters()}
+    units = group_units(model, cfg.strategy.auto.granularity)  # a budget below every unit would choose nothing
+    check_budget_fits_a_unit(trainable.trainable, min(sum(sizes[name] for name in names) for names in units.values()),
+                             cfg.strategy.auto.granularity)
     trainable.kind = "auto"
     return model, trainable, True
 
 
+# The memory limit of this process's cgroup (v2, then v1): a container's (docker --memory, Kubernetes limits)
+CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def available_memory() -> dict:
-    """Memory a single training process can use: the smallest GPU's on CUDA, else the machine's RAM."""
+    """Memory a single training process can use: the smallest GPU's on CUDA, else the machine's RAM, or the
+    container's memory limit (cgroup) where that is lower (`limit` then says so)."""
     import torch
 
     if torch.cuda.is_available():
         sizes = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
         return {"device": f"cuda x{len(sizes)}", "bytes": min(sizes)}
-    return {"device": "cpu", "bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in CGROUP_LIMIT_FILES:
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < ram:
+            return {"device": "cpu", "bytes": int(text), "limit": f"cgroup memory limit ({path})"}
+        break  # the first file that exists is this system's cgroup version ("max": no limit)
+    return {"device": "cpu", "bytes": ram}
 
 
 def estimate_row(counts: dict, workload: dict, cfg) -> dict:
@@ -216,6 +234,9 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     rows = {kind: rows[kind] for kind in kinds}
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
     advice = recommend(rows, data["supervised"], total, thresholds, cfg.train.stage)
+    if advice["kind"] == "freeze" and configs["freeze"].strategy.freeze != cfg.strategy.freeze:  # the default row
+        advice["settings"] = {**advice.get("settings", {}),
+                              "strategy.freeze.layers": configs["freeze"].strategy.freeze.layers}
     cpu = memory["device"] == "cpu"
     caveat = cpu_estimate_caveat(cfg.train.allocator) if cpu else None
     return {"model": cfg.model.path, "stage": cfg.train.stage, "workload": workload, "memory": memory,

@@ -12,7 +12,9 @@ The rule (thresholds in `thresholds.yaml`, overridable with `sftlab plan --thres
 3. No partial strategy fits, but lora would with its base in 4-bit (the lora row's `qlora` estimate, when the
    config does not already set strategy.lora.quantize_4bit) -> **lora** with `strategy.lora.quantize_4bit=true`
    (QLoRA), named in the recommendation's `settings`.
-4. Nothing fits -> the strategy with the smallest estimated peak, with the advice to lower
+4. No partial strategy fits or none was planned, but full fits -> **full** (with `keep_general_knowledge`: no
+   recommendation, kind None).
+5. Nothing fits -> the strategy with the smallest estimated peak, with the advice to lower
    train.batch_size / train.max_length or turn on train.gradient_checkpointing.
 """
 
@@ -45,7 +47,21 @@ def load_thresholds(path: str | Path | None = None) -> dict:
         if expected is bool and not isinstance(value, bool) or expected is not bool and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
             raise SftlabError(f"{path}: {key} must be {'true/false' if expected is bool else 'a number'}, got {value!r}")
+        _check_range(path, key, value)
     return {**defaults, **given}
+
+
+SHARES = ("memory_headroom", "freeze_last_fraction")  # shares of the memory or of the blocks: (0, 1]
+
+
+def _check_range(path: Path, key: str, value) -> None:
+    """Shares must lie in (0, 1], the minimum ratios be finite and 0 or more (NaN is neither)."""
+    if isinstance(value, bool):
+        return
+    if key in SHARES and not 0 < value <= 1:
+        raise SftlabError(f"{path}: {key} must be above 0 and at most 1 (a share), got {value!r}")
+    if key not in SHARES and not 0 <= value < float("inf"):
+        raise SftlabError(f"{path}: {key} must be 0 or more (a finite number), got {value!r}")
 
 
 def data_thresholds(thresholds: dict, stage: str) -> tuple[float, float, str]:
@@ -85,6 +101,8 @@ def recommend(rows: dict[str, dict], supervised: int, total_params: int, thresho
             f"no strategy fits as configured; with its base weights in 4-bit (strategy.lora.quantize_4bit=true, "
             f"QLoRA; needs bitsandbytes) lora needs an estimated {human_bytes(four_bit['estimate']['total'])} "
             f"instead of {human_bytes(rows['lora']['estimate']['total'])}, which fits"]}
+    if not fitting and full and full["fits"]:
+        return _only_full_fits(rows, reasons, thresholds)
     if not fitting:
         smallest = min(rows, key=lambda kind: rows[kind]["estimate"]["total"])
         return {"kind": smallest, "reasons": reasons + [
@@ -101,3 +119,19 @@ def recommend(rows: dict[str, dict], supervised: int, total_params: int, thresho
         reasons.append(f"{kind} trains the fewest parameters ({fitting[kind]['trainable']:,}) of the strategies that "
                        f"fit; the data is below {minimum:g} {unit} per trainable parameter for all of them")
     return {"kind": kind, "reasons": reasons}
+
+
+def _only_full_fits(rows: dict, reasons: list[str], thresholds: dict) -> dict:
+    """Full fits but no partial strategy does, or none was planned: full, unless keep_general_knowledge rules it out
+    (then no recommendation, kind None)."""
+    absent = [kind for kind in PARTIAL if kind not in rows]
+    present = [kind for kind in PARTIAL if kind in rows]
+    why = "; ".join(part for part in (f"{', '.join(absent)}: not planned" if absent else "",
+                                      f"{', '.join(present)}: do not fit" if present else "") if part)
+    if thresholds["keep_general_knowledge"]:
+        return {"kind": None, "reasons": reasons + [
+            f"keep_general_knowledge rules out full, the only planned strategy that fits ({why}); plan the partial "
+            "strategies (--strategies full,freeze,lora,auto) or lower the memory they need"]}
+    return {"kind": "full", "reasons": reasons + [
+        f"full fine-tuning fits and is the only planned strategy that does ({why}); with little data a partial "
+        "strategy may keep more of the model's general knowledge: plan them with --strategies"]}

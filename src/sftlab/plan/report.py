@@ -72,14 +72,15 @@ def plot_png(summary: dict) -> bytes:
 
 
 def write_report(summary: dict, out_dir: Path) -> None:
-    """Write compare.json, compare.md and compare.png into `out_dir`, each atomically."""
+    """Write compare.json, compare.md and compare.png into `out_dir`, each atomically, once all three are made."""
     import os
     import tempfile
 
+    text, image = markdown(summary), plot_png(summary)  # before any file: a failure leaves the earlier three
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "compare.json", summary)
-    atomic_write_text(out_dir / "compare.md", markdown(summary))
+    atomic_write_text(out_dir / "compare.md", text)
     fd, tmp = tempfile.mkstemp(prefix=".compare.png.", suffix=".tmp", dir=out_dir)
     with os.fdopen(fd, "wb") as handle:
-        handle.write(plot_png(summary))
+        handle.write(image)
     os.replace(tmp, out_dir / "compare.png")

@@ -63,7 +63,8 @@ def render_plan(plan: dict) -> str:
         parts.append("labels: " + ", ".join(f"{k} {v}" for k, v in data["label_distribution"].items()))
     run = plan.get("run")  # absent from plans made before the run length was part of them
     parts += [steps_line(run)] if run else []
-    parts.append(f"memory available: {human_bytes(memory['bytes'])} ({memory['device']}); estimates for the "
+    where = "; ".join(part for part in (memory["device"], memory.get("limit")) if part)
+    parts.append(f"memory available: {human_bytes(memory['bytes'])} ({where}); estimates for the "
                  f"worst micro-batch: {work['batch']} rows x {work['seq']} tokens, {work['supervised']} supervised")
     parts += [plan[key] for key in ("caveat", "precision_warning") if plan.get(key)]
     headers, lines = strategy_rows(plan)
@@ -72,6 +73,6 @@ def render_plan(plan: dict) -> str:
     parts.append(f"supervised {data['supervised_unit']} per trainable parameter: " + ", ".join(per))
     advice = plan["recommendation"]
     settings = " ".join(f"{key}={str(value).lower()}" for key, value in advice.get("settings", {}).items())
-    parts.append(f"recommendation: {advice['kind']}" + (f" with {settings}" if settings else ""))
+    parts.append(f"recommendation: {advice['kind'] or 'none'}" + (f" with {settings}" if settings else ""))
     parts += [f"  - {reason}" for reason in advice["reasons"]]
     return "\n".join(parts)

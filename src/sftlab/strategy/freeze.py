@@ -60,6 +60,9 @@ def apply_freeze(model, freeze_cfg) -> tuple[dict, list[str]]:
         selected |= {name for name in names if name.split(".", 1)[0] in heads}
         details["head"] = heads
         notes.append(f"classification head ({', '.join(heads)}) always trainable under freeze")
+    if not selected:
+        raise SftlabError(f"strategy.freeze selects nothing to train (layers: {freeze_cfg.layers}, no modules); set "
+                          "strategy.freeze.layers (e.g. last:2) or strategy.freeze.modules")
     for param in model.parameters():
         param.requires_grad_(False)
     for name in selected:

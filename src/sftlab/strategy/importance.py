@@ -103,6 +103,14 @@ def choose_units(scored: list[dict], budget: int) -> int:
     return taken
 
 
+def check_budget_fits_a_unit(budget: int, smallest: int, granularity: str) -> None:
+    """A budget below the smallest unit would choose nothing: say so, with advice that applies."""
+    if budget < smallest:
+        other = "" if granularity == "linear" else " or use granularity=linear"
+        raise SftlabError(f"strategy.auto.budget: {budget:,} parameters is less than the smallest "
+                          f"{granularity} unit ({smallest:,}); raise the budget{other}")
+
+
 def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, list[str]]:
     """Score units on calibration batches and make the best ones (within budget) the only trainable ones."""
     if calibration_batches is None or loss_fn is None:
@@ -112,19 +120,14 @@ def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, lis
     total = sum(p.numel() for p in params.values())
     budget = budget_in_params(auto_cfg.budget, total)
     units = group_units(model, auto_cfg.granularity)
+    sizes = {unit: sum(params[name].numel() for name in names) for unit, names in units.items()}
+    check_budget_fits_a_unit(budget, min(sizes.values()), auto_cfg.granularity)  # before the (slow) scoring
     sums, used = accumulate_scores(model, calibration_batches, loss_fn, auto_cfg.score, auto_cfg.batches)
     if used == 0:
         raise SftlabError("strategy.kind=auto: the calibration data gave no batch")
-    scored = []
-    for unit, names in units.items():
-        size = sum(params[name].numel() for name in names)
-        scored.append({"name": unit, "score": sum(sums[name] for name in names) / (used * size),
-                       "size": size, "chosen": False})
+    scored = [{"name": unit, "score": sum(sums[name] for name in names) / (used * sizes[unit]),
+               "size": sizes[unit], "chosen": False} for unit, names in units.items()]
     taken = choose_units(scored, budget)
-    if taken == 0:
-        smallest = min(unit["size"] for unit in scored)
-        raise SftlabError(f"strategy.auto.budget: {budget:,} parameters is less than the smallest "
-                          f"{auto_cfg.granularity} unit ({smallest:,}); raise the budget or use granularity=linear")
     chosen = {unit["name"] for unit in scored if unit["chosen"]}
     for unit, names in units.items():
         for name in names:

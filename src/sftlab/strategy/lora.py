@@ -2,10 +2,11 @@
 
 `strategy.lora.target_modules` is `all-linear`, or a list of module names (`q_proj`, matching any
 module whose name ends in `.q_proj`) and globs (`*.self_attn.*_proj`, matched against the full module
-name). Every entry must match at least one adaptable module, else SftlabError. A classifier's head is
-added to `modules_to_save` so it trains in full and is saved with the adapter. On a 4-bit base
-(`strategy.lora.quantize_4bit`, QLoRA: `sftlab.models.nf4`) peft's `prepare_model_for_kbit_training` first casts
-the weights that are not 4-bit to float32.
+name). Every entry must match at least one adaptable module, else SftlabError; so must every
+`modules_to_save` entry, which may not name a module a listed target adapts (it trains in full or gets an
+adapter). A classifier's head is added to `modules_to_save` so it trains in full and is saved with the adapter.
+On a 4-bit base (`strategy.lora.quantize_4bit`, QLoRA: `sftlab.models.nf4`) peft's
+`prepare_model_for_kbit_training` first casts the weights that are not 4-bit to float32.
 """
 
 from __future__ import annotations
@@ -54,12 +55,18 @@ def resolve_targets(model, targets) -> str | list[str]:
     return "|".join(re.escape(name) for name in dict.fromkeys(matched))
 
 
-def resolve_modules_to_save(model, requested: list[str]) -> list[str]:
-    """User `modules_to_save` (each must name a module) plus a classifier's head."""
+def resolve_modules_to_save(model, requested: list[str], targets: str = "all-linear") -> list[str]:
+    """User `modules_to_save` (each must name a module, and none one that `targets`, what `resolve_targets` made of
+    `strategy.lora.target_modules`, gives an adapter) plus a classifier's head."""
     names = [name for name, _ in model.named_modules()]
+    adapted = set() if targets == "all-linear" else {name for name in names if re.fullmatch(targets, name)}
     for wanted in requested:
-        if not any(name == wanted or name.endswith("." + wanted) for name in names):
+        hits = {name for name in names if name == wanted or name.endswith("." + wanted)}
+        if not hits:
             raise SftlabError(f"strategy.lora.modules_to_save: {wanted!r} matches no module")
+        if hits & adapted:
+            raise SftlabError(f"strategy.lora.modules_to_save: {wanted!r} is also in {KEY} "
+                              f"({sorted(hits & adapted)[0]}); a module gets an adapter or trains in full, not both")
     extra = head_module_names(model) if is_classifier(model) else []
     return list(dict.fromkeys([*requested, *extra]))
 
@@ -74,7 +81,7 @@ def apply_lora(model, lora_cfg):
         return continue_adapter(model)
 
     targets = resolve_targets(model, lora_cfg.target_modules)
-    to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save))
+    to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save), targets)
     classifier = is_classifier(model)
     heads = head_module_names(model) if classifier else []
     four_bit = getattr(model, "is_loaded_in_4bit", False)
