@@ -190,3 +190,28 @@ def test_cli_port_in_use_fails_in_one_line_before_loading_and_port_0_prints_the_
     assert main(["serve", str(tmp_path), "--port", "0"]) == 0
     assert served_on[0] > 0
     assert capsys.readouterr().out == f"serving tiny on http://127.0.0.1:{served_on[0]} with no API keys (open)\n"
+
+
+def test_dtype_reaches_the_loaded_weights_and_auto_follows_the_machine(tmp_path, monkeypatch):
+    """`sftlab serve --dtype` (and the settings' dtype) is the served weights' dtype; auto is bfloat16 where the
+    machine runs bf16 matmuls in hardware, else float32, as train.precision: auto decides."""
+    import torch
+
+    from sftlab.cli import main
+    from sftlab.infer import loading
+    from sftlab.serve import server
+    from sftlab.train import precision
+
+    model_dir = save_tiny("qwen2", tmp_path / "tiny")
+    for machine, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        monkeypatch.setattr(precision, "machine_precision", lambda machine=machine: machine)
+        assert next(load_served(model_dir, dtype="auto").model.parameters()).dtype == expected
+    monkeypatch.setattr(precision, "machine_precision", lambda: pytest.fail("only auto asks the machine"))
+    assert next(load_served(model_dir, dtype="bfloat16").model.parameters()).dtype == torch.bfloat16
+    asked = []
+    monkeypatch.setattr(loading, "load_served", lambda *a, **k: asked.append(k["dtype"]) or
+                        type("Served", (), {"names": ["tiny"]})())
+    monkeypatch.setattr(server, "build_server", lambda served, settings: type("S", (), {"run": lambda s, sockets: 0})())
+    assert main(["serve", str(model_dir), "--port", "0", "--dtype", "auto"]) == 0
+    assert main(["serve", str(model_dir), "--port", "0"]) == 0
+    assert asked == ["auto", "float32"]

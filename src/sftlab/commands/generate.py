@@ -30,7 +30,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model dir, PEFT adapter dir, or run dir (with model/ inside)")
     parser.add_argument("--adapter", help="a PEFT adapter dir to apply on top of MODEL")
     parser.add_argument("--template", help="chat template (default: the run's data.template, else auto)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
+                        help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
+                             "hardware (AMX, AVX-512 BF16, a GPU), else float32")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

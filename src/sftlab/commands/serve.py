@@ -23,6 +23,9 @@ def register(registry) -> None:
     parser.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
     parser.add_argument("--model-name", help="served name of MODEL (default: its directory name)")
     parser.add_argument("--template", help="chat template (default: the run's data.template, else auto)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
+                             "hardware (AMX, AVX-512 BF16, a GPU), else float32")
     parser.add_argument("--max-batch", type=int, help="rows decoded together (default 16)")
     parser.add_argument("--max-queue", type=int, help="waiting requests before answering 429 (default 64)")
     parser.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout in seconds (default 120)")
@@ -54,6 +57,7 @@ def run_serve(args) -> int:
     from sftlab.serve.server import build_server, listening_socket
 
     settings = load_settings(args.config, host=args.host, port=args.port, model_name=args.model_name, template=args.template,
+                             dtype=args.dtype,
                              max_batch=args.max_batch, max_queue=args.max_queue,
                              request_timeout_s=args.request_timeout_s, access_log=args.access_log,
                              adapters=parse_adapters(args.adapter) or None)

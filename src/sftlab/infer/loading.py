@@ -86,10 +86,12 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
 
 def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype: str = "float32",
                 name: str | None = None) -> ServedModel:
-    """Load the model at `path` and attach every adapter in `adapters` (served name -> dir) to its base."""
+    """Load the model at `path` in `dtype` (or `serving_dtype`'s choice for auto) and attach every adapter in
+    `adapters` (served name -> dir) to its base."""
     from sftlab.config.schema import ModelConfig
     from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
 
+    dtype = serving_dtype(dtype)
     source = describe_source(path, name)
     extra = {key: describe_source(value, key, f"--adapter {key}") for key, value in (adapters or {}).items()}
     if source.name in extra:
@@ -123,6 +125,16 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
         served_adapters.update({key: key for key, _ in attach})
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
+
+
+def serving_dtype(dtype: str) -> str:
+    """The weights' dtype for `dtype`: `auto` is bfloat16 where this machine runs bf16 matmuls in hardware (a GPU
+    with bf16, a CPU with AMX or AVX-512 BF16: `sftlab.train.precision.machine_precision`), else float32."""
+    if dtype != "auto":
+        return dtype
+    from sftlab.train.precision import machine_precision
+
+    return "bfloat16" if machine_precision() == "bf16" else "float32"
 
 
 def _four_bit_record(source: ModelSource, extra: dict[str, ModelSource], dtype: str) -> dict | None:

@@ -32,7 +32,8 @@ class ServeSettings(BaseModel):
     adapters: dict[str, str] = Field(default_factory=dict, description="served name -> PEFT adapter dir")
     api_keys: list[str] = Field(default_factory=list)
     template: str | None = Field(None, description="chat template (default: the run's data.template, else auto)")
-    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16)$")
+    dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
+                       description="weights dtype; auto: bfloat16 where the machine has bf16 matmuls in hardware")
     max_batch: int = Field(16, ge=1)
     max_queue: int = Field(64, ge=1)
     batch_window_ms: float = Field(5.0, ge=0, description="wait this long for company before starting an idle batch")
