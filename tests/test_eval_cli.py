@@ -176,3 +176,19 @@ def test_eval_option_errors_come_before_the_model_and_outputs_never_replace_inpu
         assert main(args) == 2
         assert capsys.readouterr().err == message + "\n"
     assert not (tmp_path / "o").exists() and data.is_file() and (lm_dir / "config.json").is_file()
+
+
+def test_eval_dtype_auto_loads_bfloat16_only_where_the_machine_has_bf16_matmuls(tmp_path, monkeypatch):
+    """`sftlab eval --dtype auto`, for a causal LM and a classifier: the weights' dtype follows the machine."""
+    import torch
+
+    from sftlab.eval.run import load_for_eval
+    from sftlab.train import precision
+
+    causal = save_tiny("qwen2", tmp_path / "qwen2", hidden=32, layers=1)
+    classifier = save_tiny("bert", tmp_path / "bert", task="cls", num_labels=2, hidden=32, layers=1)
+    for machine, expected in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        monkeypatch.setattr(precision, "machine_precision", lambda machine=machine: machine)
+        for model_dir in (causal, classifier):
+            model, _, _ = load_for_eval(model_dir, "cpu", "auto")
+            assert next(model.parameters()).dtype == expected, (model_dir, machine)

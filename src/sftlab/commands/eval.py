@@ -37,7 +37,9 @@ def register(registry) -> None:
     parser.add_argument("--baselines", action="store_true", help="also score majority / TF-IDF+LR / most-popular")
     parser.add_argument("--train", help="fit the baselines on this file instead of the evaluation split")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
+                        help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
+                             "hardware (AMX, AVX-512 BF16, a GPU), else float32")
     parser.set_defaults(func=handle)
 
 

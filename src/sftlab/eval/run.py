@@ -36,9 +36,10 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32")
     import torch
 
     from sftlab.config.schema import ModelConfig
-    from sftlab.infer.loading import describe_source, load_served
+    from sftlab.infer.loading import describe_source, load_served, serving_dtype
     from sftlab.models.load import check_model_dir, load_model, load_tokenizer
 
+    dtype = serving_dtype(dtype)  # auto: bfloat16 where the machine has bf16 matmuls, else float32
     source = describe_source(model_dir)
     raw = check_model_dir(source.model_dir) if source.adapter_dir is None else {}
     head_labels = None
