@@ -255,3 +255,19 @@ def test_an_adapter_trained_on_a_4bit_base_is_served_with_a_note(tmp_path, capsy
     load_served(plain, adapters={"q": qlora})
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith("note: adapter q was trained on a 4-bit (NF4) base")
+
+
+def test_generate_all_decodes_with_the_served_tokenizer_and_the_engine_with_its_own_copy(tiny_dir, monkeypatch):
+    """Copying Gemma 3's tokenizer takes about 2 s: `generate_all` (one thread) does not; the serving Engine, whose
+    callers tokenize in other threads, does."""
+    from sftlab.infer import engine
+
+    served = load_served(tiny_dir)
+    prompt = served.tokenizer("hello")["input_ids"]
+    monkeypatch.setattr(engine.copy, "deepcopy", lambda value: pytest.fail("copied the tokenizer"))
+    done = generate_all(served, [prompt], SamplingParams(max_new_tokens=3), set())
+    assert done[0]["type"] == "done"
+    copies = []
+    monkeypatch.setattr(engine.copy, "deepcopy", lambda value: copies.append(value) or value)
+    engine.Engine(served, set())
+    assert copies == [served.tokenizer]

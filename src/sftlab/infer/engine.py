@@ -54,14 +54,15 @@ class Request:
 class Scheduler:
     """Waiting requests plus the running batch; to be driven from one thread (Engine's own, fed through an inbox)."""
 
-    def __init__(self, served, stop_ids: set[int], max_batch: int = 16):
+    def __init__(self, served, stop_ids: set[int], max_batch: int = 16, own_decoder: bool = True):
         self.served = served
         self.max_batch = max_batch
         self.batch = DecodeBatch(served.model, served.tokenizer.pad_token_id, stop_ids, served.max_context,
                                  activate=served.activate)
         self.waiting: collections.deque[Request] = collections.deque()
         self.running: list[Request] = []
-        self.decoder = copy.deepcopy(served.tokenizer)  # its own copy: callers may tokenize in other threads
+        # Its own copy when callers may tokenize in other threads (the Engine's thread; 2 s for Gemma's tokenizer).
+        self.decoder = copy.deepcopy(served.tokenizer) if own_decoder else served.tokenizer
 
     @property
     def idle(self) -> bool:
@@ -169,7 +170,7 @@ def generate_all(served, prompts: list[list[int]], params: SamplingParams | list
                  max_batch: int = 16, adapter: str | None = None) -> list[dict]:
     """Generate an answer for every prompt (continuous batching, at most `max_batch` rows); returns done events."""
     results: list[dict | None] = [None] * len(prompts)
-    scheduler = Scheduler(served, stop_ids, max_batch)
+    scheduler = Scheduler(served, stop_ids, max_batch, own_decoder=False)  # one thread: the tokenizer is ours
     per_prompt = params if isinstance(params, list) else [params] * len(prompts)
 
     def collector(index: int) -> Callable[[dict], None]:
