@@ -95,3 +95,21 @@ def test_report_errors(tmp_path, capsys):
     assert main(["report", str(runs[0])]) == 2
     errors = capsys.readouterr().err
     assert "--out" in errors and "not a run directory" in errors and "metrics.jsonl:2" in errors
+
+
+def test_runs_of_different_stages_get_a_loss_plot_each(tmp_path):
+    """A classifier's loss and a language model's are different quantities: `sftlab report` of an sft and a cls run
+    draws one loss plot per stage; runs of one stage (or of unknown stage) share one."""
+    runs = [make_run(tmp_path, "chat", 1.0), make_run(tmp_path, "intents", 2.0), make_run(tmp_path, "old", 3.0)]
+    for run, stage in zip(runs, ("sft", "cls")):
+        (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("train:\n", f"train:\n  stage: {stage}\n"))
+    write_report(runs[:2], tmp_path / "mixed")
+    plots = sorted(path.name for path in (tmp_path / "mixed" / "plots").glob("loss*.png"))
+    assert plots == ["loss_cls.png", "loss_sft.png"]
+    html = (tmp_path / "mixed" / "report.html").read_text(encoding="utf-8")
+    assert "training and validation loss, sft runs" in html and "training and validation loss, cls runs" in html
+    write_report([runs[0], runs[2]], tmp_path / "with-unknown")
+    assert sorted(p.name for p in (tmp_path / "with-unknown" / "plots").glob("loss*.png")) == ["loss_sft.png",
+                                                                                              "loss_unknown.png"]
+    write_report(runs[1:2], tmp_path / "one")
+    assert sorted(p.name for p in (tmp_path / "one" / "plots").glob("loss*.png")) == ["loss.png"]

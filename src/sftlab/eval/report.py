@@ -161,9 +161,21 @@ def plot_curves(runs: list[RunData], key: str, title: str, rows: str, path: Path
     return _legend_and_save(fig, ax, path) if drawn else _discard(fig)
 
 
-def plot_loss(runs: list[RunData], path: Path) -> bytes | None:
+def run_stage(run: RunData) -> str | None:
+    """The run's `train.stage` (pt, sft, cls) from its config.yaml; None when it cannot be read."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(run.config_text) if run.config_text else None
+    except yaml.YAMLError:
+        return None
+    train = raw.get("train") if isinstance(raw, dict) else None
+    return str(train["stage"]) if isinstance(train, dict) and train.get("stage") else None
+
+
+def plot_loss(runs: list[RunData], path: Path, title: str = "loss") -> bytes | None:
     """Training loss (solid) and validation loss (dashed, markers) of every run."""
-    fig, ax = _figure("loss", ylabel="loss")
+    fig, ax = _figure(title, ylabel="loss")
     drawn = False
     for run in runs:
         train = [(r["step"], r["loss"]) for r in run.train_rows if isinstance(r.get("loss"), (int, float))]
@@ -246,11 +258,24 @@ def _image(title: str, data: bytes, file_name: str) -> str:
             f'<br><small>plots/{html.escape(file_name)}</small></div>')
 
 
-def _plots(runs: list[RunData], plot_dir: Path) -> list[str]:
+def _loss_images(runs: list[RunData], plot_dir: Path) -> list[str]:
+    """One loss plot, or one per stage when the runs' stages differ: a classifier's cross-entropy over its labels
+    and a language model's over its vocabulary are different quantities, so they never share axes."""
+    by_stage: dict[str, list[RunData]] = {}
+    for run in runs:
+        by_stage.setdefault(run_stage(run) or "unknown", []).append(run)
+    groups = [("", "", runs)] if len(by_stage) == 1 else [
+        (f"_{stage}", f", {stage} runs", group) for stage, group in by_stage.items()]
     images = []
-    data = plot_loss(runs, plot_dir / "loss.png")
-    if data:
-        images.append(_image("training and validation loss", data, "loss.png"))
+    for suffix, which, group in groups:
+        data = plot_loss(group, plot_dir / f"loss{suffix}.png", f"loss{which}")
+        if data:
+            images.append(_image(f"training and validation loss{which}", data, f"loss{suffix}.png"))
+    return images
+
+
+def _plots(runs: list[RunData], plot_dir: Path) -> list[str]:
+    images = _loss_images(runs, plot_dir)
     for key, title in _TRAIN_CURVES:
         data = plot_curves(runs, key, title, "train_rows", plot_dir / f"{key}.png")
         if data:
