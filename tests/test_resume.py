@@ -217,3 +217,16 @@ def test_resume_names_a_checkpoint_directory_without_its_sidecar(tmp_path):
     with pytest.raises(SftlabError, match=r"^--resume: no complete checkpoint in .*checkpoints: step-2 has no "
                                           r"sftlab_state.json; start --overwrite instead of --resume"):
         train(tiny_run(tmp_path, train={"max_steps": 3, "save_every_n_steps": 2}), resume=True)
+
+
+def test_resume_says_which_newer_step_directory_it_skipped(tmp_path, capsys):
+    """The newest step directory lacks its sidecar (cut short): the run resumes from the newest complete one and the
+    log says which directory it passed over, not only where it resumed."""
+    keep = {"keep_checkpoints": 2}
+    first = train(tiny_run(tmp_path, train={"max_steps": 2, "save_every_n_steps": 1}, output=keep))
+    (first.out_dir / "checkpoints" / "step-2" / "sftlab_state.json").unlink()
+    capsys.readouterr()
+    train(tiny_run(tmp_path, train={"max_steps": 3, "save_every_n_steps": 1}, output=keep), resume=True)
+    err = capsys.readouterr().err
+    assert "resuming from " in err and "step-1 (step 1 of 3;" in err
+    assert "note: skipped step-2: no sftlab_state.json (a checkpoint cut short or copied in part)" in err

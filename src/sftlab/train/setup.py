@@ -375,8 +375,18 @@ def resume_lines(session: Session) -> list[str]:
     resized = (f"; the run was {session.resized_from} steps, and the learning-rate schedule now runs to step "
                f"{session.total_steps}" if session.resized_from else "")
     warning = version_warning(session.checkpoint_environment, session.environment.get("packages"))
+    newer = [path.name for path in incomplete_checkpoints(session.out_dir)
+             if _step_number(path) > _step_number(session.resumed_from)]
+    skipped = (f"note: skipped {', '.join(newer)}: no {SIDECAR} (a checkpoint cut short or copied in part)"
+               if newer else None)
     return [f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps}{resized})",
-            *([warning] if warning else [])]
+            *([skipped] if skipped else []), *([warning] if warning else [])]
+
+
+def _step_number(path) -> int:
+    """N of a `step-N` checkpoint directory (-1 for any other name)."""
+    name = Path(path).name
+    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
 
 
 def _resize(session: Session, before: int) -> None:
