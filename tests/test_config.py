@@ -113,3 +113,28 @@ def test_docs_reference_matches_the_schema():
     doc = Path(__file__).resolve().parent.parent / "docs" / "train.md"
     text = doc.read_text(encoding="utf-8")
     assert embed(text) == text, "docs/train.md is stale: run python -m sftlab.config.reference docs/train.md"
+
+
+@pytest.mark.parametrize("layers", ['"[1"', "last:0", "first:x", "middle:2", "last", "[]", "3", "{first: 3}"])
+def test_a_malformed_freeze_layer_spec_is_refused_when_the_config_is_loaded(tmp_path, capsys, layers):
+    """`layers: "[1"` passed config loading, `sftlab plan` and the board's Check, and failed only when training began."""
+    from sftlab.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  path: m\ndata:\n  train: a.jsonl\nstrategy:\n  kind: freeze\n  freeze:\n"
+                      f"    layers: {layers}\n", encoding="utf-8")
+    with pytest.raises(SftlabError) as err:
+        load_config(config)
+    message = str(err.value)
+    assert message.startswith(f"{config}: strategy.freeze.layers: ") and "\n" not in message
+    expected = ("empty list; use 'none' to train no block" if layers == "[]" else
+                "expected 'last:N' or 'first:N' (N at least 1), a non-empty list of indices, 'all' or 'none'")
+    assert message.endswith(expected), message
+    assert main(["plan", str(config)]) == 2  # the planner loads the config first: refused before any model is read
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize("layers, value", [("last:2", "last:2"), ("first:3", "first:3"), ("[0, -1]", [0, -1]),
+                                           ("all", "all"), ("none", "none")])
+def test_well_formed_freeze_layer_specs_load_as_given(layers, value):
+    assert load_config(None, [f"strategy.freeze.layers={layers}"], base=BASE).strategy.freeze.layers == value

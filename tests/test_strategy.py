@@ -181,3 +181,17 @@ def test_lora_module_both_targeted_and_saved_in_full_is_refused_naming_both_keys
     # all-linear names no module: an explicit modules_to_save entry trains that module in full instead
     model, trainable = select_trainable(model, {"kind": "lora", "lora": {"modules_to_save": ["q_proj"]}})
     assert "q_proj" not in trainable.details["target_modules"]
+
+
+@pytest.mark.parametrize("spec", ["[1", "last:0", "middle:1", "first:", [], True])
+def test_config_loading_and_freeze_share_one_layer_grammar(spec):
+    """The config refuses at load exactly what freeze refuses at training (one parser, one message)."""
+    from sftlab.config import load_config
+    from sftlab.strategy.freeze import resolve_layer_indices
+
+    with pytest.raises(SftlabError) as at_training:
+        resolve_layer_indices(spec, 4)
+    with pytest.raises(SftlabError) as at_load:
+        load_config(None, [], base={"model": {"path": "m"}, "data": {"train": "a.jsonl"},
+                                    "strategy": {"freeze": {"layers": spec}}})
+    assert str(at_load.value) == f"config: {at_training.value}"

@@ -112,6 +112,19 @@ class FreezeConfig(_Strict):
     layers: Literal["none", "all"] | str | list[int] = Field("none", description="'last:N', 'first:N', a list of indices, 'all' or 'none'")
     modules: list[str] = Field(default_factory=list, description="globs on parameter names, e.g. lm_head, *.self_attn.*, *.bias, *norm*")
 
+    @field_validator("layers", mode="wrap")
+    @classmethod
+    def _layer_spec(cls, value, handler):
+        """The spec's syntax, with the grammar freeze uses (`sftlab.strategy.freeze.parse_layer_spec`); whether it
+        fits the model (N, indices) is checked when the model is loaded."""
+        from sftlab.strategy.freeze import parse_layer_spec
+
+        if not isinstance(value, (str, list, tuple)):  # 3, a mapping: the union alone would say "expected 'none' or 'all'"
+            parse_layer_spec(value)
+        value = handler(value)
+        parse_layer_spec(value)  # ValueError -> "strategy.freeze.layers: ..."
+        return value
+
 
 class LoraConfig(_Strict):
     """LoRA adapter settings (peft)."""

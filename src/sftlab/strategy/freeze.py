@@ -2,8 +2,10 @@
 
 `strategy.freeze.layers` picks blocks ('last:N', 'first:N', a list of indices, 'all', 'none') from the
 model's own block list; `strategy.freeze.modules` adds parameters by glob (`lm_head`, `*.self_attn.*`,
-`*.bias`, `*norm*`). A classifier's new head always trains. Anything that matches nothing is an error
-before training starts, and tied weights that would train together are reported.
+`*.bias`, `*norm*`). A classifier's new head always trains. A malformed layer spec is refused when the config is
+loaded (`parse_layer_spec`, the grammar the config's validator uses too); an N or index the model does not have, or
+anything that matches nothing, is an error before training starts, and tied weights that would train together are
+reported.
 """
 
 from __future__ import annotations
@@ -12,29 +14,46 @@ from sftlab.errors import SftlabError
 from sftlab.strategy.structure import find_layer_list, head_module_names, is_classifier, match_globs, tie_notes
 
 
+LAYER_SPECS = "'last:N' or 'first:N' (N at least 1), a non-empty list of indices, 'all' or 'none'"
+
+
+def parse_layer_spec(spec) -> tuple[str, int | list[int] | None]:
+    """The syntax of a `strategy.freeze.layers` value, without the model: ('none' | 'all', None), ('last' | 'first',
+    N) or ('list', indices); ValueError naming what was expected. Config loading and `resolve_layer_indices` share it,
+    so there is one grammar; whether N or an index fits the model is only known when the model is loaded."""
+    if spec in ("none", "all"):
+        return spec, None
+    if isinstance(spec, str):
+        where, _, number = spec.partition(":")
+        if where not in ("last", "first") or not number.strip().isdecimal() or int(number) < 1:
+            raise ValueError(f"{spec!r}: expected {LAYER_SPECS}")
+        return where, int(number)
+    if isinstance(spec, (list, tuple)) and all(isinstance(index, int) and not isinstance(index, bool) for index in spec):
+        if not spec:
+            raise ValueError("empty list; use 'none' to train no block")
+        return "list", list(spec)
+    raise ValueError(f"{spec!r}: expected {LAYER_SPECS}")
+
+
 def resolve_layer_indices(spec, count: int) -> list[int]:
     """Turn a `strategy.freeze.layers` value into sorted block indices in [0, count)."""
     key = "strategy.freeze.layers"
-    if spec == "none":
+    try:
+        kind, value = parse_layer_spec(spec)
+    except ValueError as exc:
+        raise SftlabError(f"{key}: {exc}") from None
+    if kind == "none":
         return []
-    if spec == "all":
+    if kind == "all":
         return list(range(count))
-    if isinstance(spec, str):
-        where, _, number = spec.partition(":")
-        if where not in ("last", "first") or not number.strip().isdigit():
-            raise SftlabError(f"{key} {spec!r}: expected 'last:N', 'first:N', a list of indices, 'all' or 'none'")
-        n = int(number)
-        if not 1 <= n <= count:
+    if kind in ("last", "first"):
+        if value > count:
             raise SftlabError(f"{key} {spec!r}: N must be between 1 and the model's {count} layers")
-        return list(range(count - n, count)) if where == "last" else list(range(n))
-    indices = []
-    for index in spec:
+        return list(range(count - value, count)) if kind == "last" else list(range(value))
+    for index in value:
         if not -count <= index < count:
             raise SftlabError(f"{key}: layer index {index} is out of range; the model has {count} layers (0-{count - 1})")
-        indices.append(index % count)
-    if not indices:
-        raise SftlabError(f"{key}: empty list; use 'none' to train no block")
-    return sorted(set(indices))
+    return sorted({index % count for index in value})
 
 
 def apply_freeze(model, freeze_cfg) -> tuple[dict, list[str]]:
