@@ -108,3 +108,26 @@ def test_event_timestamps_are_stored_as_naive_utc_and_out_of_range_is_a_422(tmp_
     broken = client.post("/events", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 422 and broken.json()["detail"][0]["type"] == "json_invalid"
     engine.dispose()
+
+
+@pytest.mark.parametrize("kind", database_kinds())
+def test_an_enterprise_registered_after_now_gets_no_recommendations_as_push_skips_it(kind, tmp_path, world):
+    """The API recommended policies to enterprises registered after `now`, while `sftlab policy push` skipped them."""
+    from sftlab.policy.importer import import_csv
+    from sftlab.policy.push import push
+
+    (tmp_path / "new.csv").write_text("id,name,industry,region,size_band,founded_year,tags,registered_on\n"
+                                      "N0,已注册公司,制造业,浙江省,小型,2024,,2025-07-01\n"
+                                      "N1,未来公司,制造业,浙江省,小型,2024,,2025-07-16\n", encoding="utf-8")
+    with temporary_database(kind, tmp_path) as url:
+        engine = open_db(url)
+        write_world(engine, world)
+        assert import_csv(engine, "enterprises", tmp_path / "new.csv", tmp_path / "rejects")["imported"] == 2
+        client = TestClient(create_app(engine, category_frequency().score, "catfreq", clock=lambda: NOW))
+        items = {eid: client.get(f"/enterprises/{eid}/recommendations", params={"k": 3}).json()["items"]
+                 for eid in ("N0", "N1")}
+        summary = push(engine, category_frequency().score, datetime(2025, 1, 1), top_k_count=3, now=NOW,
+                       enterprise_ids=["N0", "N1"])
+        engine.dispose()
+    assert len(items["N0"]) == 3 and summary.pushed_enterprises == 1  # the same profile, registered by now
+    assert items["N1"] == [] and summary.enterprises == 1  # registered the day after now: neither pushes nor recommends

@@ -200,3 +200,32 @@ def test_cells_the_columns_cannot_hold_are_rejected_rows_not_a_rolled_back_file(
     assert companies == {3: "industry: String should have at most 64 characters",
                          4: "name: contains a NUL character, which PostgreSQL cannot store"}
     assert _rejects(tmp_path / "r" / "events.rejects.csv")[3].startswith("position: Input should be less than or equal to")
+
+
+def test_each_input_file_has_its_own_rejects_file_and_a_clean_import_removes_its_stale_one(tmp_path, capsys):
+    """Every import wrote <table>.rejects.csv: February's import overwrote January's rejects, and an import
+    without rejects left an old, unrelated rejects file in place."""
+    from sftlab.cli import main
+
+    db, rejects = f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "rejects"
+    _write(tmp_path, "enterprises.csv", ENTERPRISES)
+    _write(tmp_path, "policies.csv", POLICIES)
+    header = EVENTS.splitlines()[0] + "\n"
+    jan = _write(tmp_path, "events_jan.csv", header + "E1,P1,click,2026-01-06T09:00:30,\nE1,P1,like,2026-01-06T09:01:00,\n")
+    feb = _write(tmp_path, "events_feb.csv", header + "E1,P1,click,2026-02-06T09:00:30,\nE9,P1,click,2026-02-06T09:01:00,\n")
+    import_csv(open_db(db), "enterprises", tmp_path / "enterprises.csv", rejects)
+    import_csv(open_db(db), "policies", tmp_path / "policies.csv", rejects)
+    for source in (jan, feb):
+        assert main(["policy", "import", "--db", db, str(source), "--table", "events", "--rejects-dir", str(rejects)]) == 0
+    out = capsys.readouterr().out
+    assert f"(reasons in {rejects / 'events_jan.rejects.csv'})" in out and "events_feb.rejects.csv" in out
+    assert _rejects(rejects / "events_jan.rejects.csv") == {3: "type: type must be one of impression, click, favorite, "
+                                                                "apply, dismiss"}
+    assert _rejects(rejects / "events_feb.rejects.csv") == {3: "enterprise_id: unknown enterprise 'E9'"}
+    assert not (rejects / "events.rejects.csv").exists()
+    fixed = header + "E1,P1,favorite,2026-02-06T09:02:00,\n"  # February again, corrected: nothing rejected
+    feb.write_text(fixed, encoding="utf-8")
+    summary = import_csv(open_db(db), "events", feb, rejects)
+    assert (summary["imported"], summary["rejected"], summary["rejects_file"]) == (1, 0, None)
+    assert not (rejects / "events_feb.rejects.csv").exists()  # not left to be read as this import's
+    assert (rejects / "events_jan.rejects.csv").is_file() and feb.read_text(encoding="utf-8") == fixed

@@ -145,3 +145,27 @@ def test_an_enterprise_without_history_gets_pushes_with_a_reason(tmp_path, world
     with engine.connect() as conn:
         reasons = conn.execute(select(Push.reason).where(Push.enterprise_id == "N1")).scalars().all()
     assert summary.pushed_enterprises == 1 and len(reasons) == 3 and all(reasons)
+
+
+def test_model_errors_name_the_model_option_of_push_api_and_evaluate(tmp_path, world, capsys, monkeypatch):
+    """They named `MODEL '...'` (the positional argument of generate, chat and serve), which these commands lack."""
+    import uvicorn
+
+    from sftlab.cli import main
+    from sftlab.policy.examples import build_data
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the API started serving"))
+    url, missing = f"sqlite:///{tmp_path}/db.sqlite", tmp_path / "no-run"
+    engine = open_db(url)
+    write_world(engine, world)
+    build_data(engine, tmp_path / "data", cutoff="2025-06-01", max_train=40)
+    commands = {"push": ["--since", "2025-06-01", "--now", "2025-07-15"], "api": ["--now", "2025-07-15"],
+                "evaluate": ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "report")]}
+    for command, options in commands.items():
+        for model, message in ((str(missing), f"--model '{missing}': no such directory"),
+                               ("org/name", "--model 'org/name' not found locally; this machine is offline (no model "
+                                            "hub): point --model at a local directory")):
+            assert main(["policy", command, "--db", url, "--model", model, *options]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {message}") and err.count("\n") == 1, (command, err)
+    assert _pushes(open_db(url)) == [] and not (tmp_path / "report").exists()

@@ -26,7 +26,9 @@ def register(registry) -> None:
     p = add("import", "import CSV files (enterprises, policies, events, pushes) with a rejects file", handle_import)
     p.add_argument("path", help="a directory with <table>.csv files, or one CSV file (see --table)")
     p.add_argument("--table", choices=["enterprises", "policies", "events", "pushes"], help="table of a single file (default: its name)")
-    p.add_argument("--rejects-dir", default="policy_rejects", help="where <table>.rejects.csv files are written")
+    p.add_argument("--rejects-dir", default="policy_rejects",
+                   help="where each input file's rejected rows go: events_jan.csv -> events_jan.rejects.csv "
+                        "(an import of it without rejected rows removes that file)")
 
     p = add("build-data", "time split + Chinese 是/否 and next-category training files + held-out candidates", handle_build)
     p.add_argument("--out", default="runs/policy/data")

@@ -85,14 +85,15 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
 
 
 def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype: str = "float32",
-                name: str | None = None) -> ServedModel:
+                name: str | None = None, key: str = "MODEL") -> ServedModel:
     """Load the model at `path` in `dtype` (or `serving_dtype`'s choice for auto) and attach every adapter in
-    `adapters` (served name -> dir) to its base."""
+    `adapters` (served name -> dir) to its base; errors about `path` name `key`, the argument or option that gave
+    it (`MODEL` for the commands whose model is positional, `--model` for the policy commands)."""
     from sftlab.config.schema import ModelConfig
     from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
 
     dtype = serving_dtype(dtype)
-    source = describe_source(path, name)
+    source = describe_source(path, name, key)
     extra = {key: describe_source(value, key, f"--adapter {key}") for key, value in (adapters or {}).items()}
     if source.name in extra:
         raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")

@@ -7,7 +7,8 @@
 Bad requests get clear 4xx answers: 422 with FastAPI's field-level messages for malformed input
 (k out of 1-50, unknown event type, bad timestamp), 404 for an unknown enterprise or policy.
 Timestamps are stored naive: an aware `ts` is converted to UTC.
-Recommendations use the same candidates and scorer as `push` (without excluding earlier pushes);
+Recommendations use the same candidates and scorer as `push` (without excluding earlier pushes): an enterprise
+registered after now gets no items, as push skips it (`sftlab.policy.push.registered_by`);
 the candidate snapshot is rebuilt after every recorded event and at most `refresh_seconds` old.
 """
 

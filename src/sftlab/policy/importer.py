@@ -3,12 +3,13 @@
 One CSV per table, UTF-8 (a BOM is accepted), header row required; list columns (tags, region_scope,
 industry_scope, size_scope) separate items with "|". Every row is validated (types, dates, event
 types, references to known enterprises and policies, duplicates: of an id, of a push, of an event already
-recorded with the same enterprise, policy, type and time); a bad row goes to
-`<rejects_dir>/<table>.rejects.csv` with its (first) line number and reason and is counted in the summary,
-never silently dropped. Dates are ISO 8601 (`YYYY-MM-DD`), timestamps ISO 8601 too: one with an offset
-(`2025-01-02T10:00:00+08:00`) is stored as naive UTC, as the HTTP API stores it; other spellings
-(`2025/01/02`, Unix seconds) are rejected. The valid rows of a file are inserted in one transaction: a file is
-imported completely or not at all. Input files are only read.
+recorded with the same enterprise, policy, type and time); a bad row goes to `<rejects_dir>/<input
+name>.rejects.csv` (`events_jan.csv` -> `events_jan.rejects.csv`) with its (first) line number and reason and is
+counted in the summary, never silently dropped. The rejects file belongs to the import of that input: an import
+without rejected rows removes the one an earlier import of the same file name left. Dates are ISO 8601
+(`YYYY-MM-DD`), timestamps ISO 8601 too: one with an offset (`2025-01-02T10:00:00+08:00`) is stored as naive UTC,
+as the HTTP API stores it; other spellings (`2025/01/02`, Unix seconds) are rejected. The valid rows of a file are
+inserted in one transaction: a file is imported completely or not at all. Input files are only read.
 """
 
 from __future__ import annotations
@@ -272,9 +273,20 @@ def import_csv(engine, table: str, path: str | Path, rejects_dir: str | Path) ->
                 conn.execute(insert(orm_cls), good)
     except DBAPIError as exc:
         raise SftlabError(f"{path}: import into {table} rolled back, nothing imported: {exc.orig}") from None
-    rejects_file = _write_rejects(Path(rejects_dir) / f"{table}.rejects.csv", header, rejects) if rejects else None
+    rejects_file = rejects_path(path, rejects_dir)
+    if rejects:
+        _write_rejects(rejects_file, header, rejects)
+    else:  # an earlier import's rejects would read as this one's
+        if rejects_file.is_file():
+            rejects_file.unlink()
+        rejects_file = None
     return {"table": table, "file": str(path), "rows": len(rows), "imported": len(good), "rejected": len(rejects),
             "rejects_file": str(rejects_file) if rejects_file else None}
+
+
+def rejects_path(path: str | Path, rejects_dir: str | Path) -> Path:
+    """Where the rejected rows of the input file `path` go: `<rejects_dir>/<its name without extension>.rejects.csv`."""
+    return Path(rejects_dir) / f"{Path(path).stem}.rejects.csv"
 
 
 def _write_rejects(path: Path, header: list[str], rejects: list[tuple[int, dict, str]]) -> Path:

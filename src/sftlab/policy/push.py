@@ -1,6 +1,8 @@
 """Pushing: score each enterprise's new candidate policies and write its top K to `pushes`.
 
-Candidates of an enterprise at time `now`: policies published between `since` and `now`, not expired,
+Only enterprises registered by `now` have candidates (`CandidateBuilder.registered`: push skips the others and
+the HTTP API recommends them nothing). Candidates of an enterprise at time `now`: policies published between
+`since` and `now`, not expired,
 eligible (region, industry, size), not already pushed to it (in any window), not dismissed and not
 already acted on by it. Scoring goes through one `score_fn(rows) -> scores` call per batch of
 enterprises (rows carry the 是/否 prompt and the hand-made features, so a fine-tuned model or a
@@ -42,6 +44,7 @@ class CandidateBuilder:
         if since is not None:
             live &= published >= pd.Timestamp(since)
         self.live = self.pols[live] if len(self.pols) else self.pols
+        self.registered = registered_by(self.ents, now)
         self.index = BehaviourIndex(self.history, self.pols)
         self.popularity = Popularity(self.history, self.ents, now)
         with engine.connect() as conn:
@@ -51,7 +54,10 @@ class CandidateBuilder:
 
     def rows(self, enterprise_id: str, exclude_pushed: bool = True) -> list[dict]:
         """Scorable candidate rows of one enterprise (see the module docstring for what is excluded;
-        `exclude_pushed=False` keeps policies pushed before, for on-demand recommendations)."""
+        `exclude_pushed=False` keeps policies pushed before, for on-demand recommendations); none for an
+        enterprise not registered by `now`."""
+        if enterprise_id not in self.registered:
+            return []
         enterprise = self.ents.loc[enterprise_id]
         ent = enterprise.to_dict()
         summary = self.index.summary(enterprise_id, self.now, inclusive=True)
@@ -66,6 +72,13 @@ class CandidateBuilder:
                         "features": pair_features(summary, enterprise, policy, self.popularity),
                         "reason": reason_text(summary, ent, pol), "title": pol["title"], "category": pol["category"]})
         return out
+
+
+def registered_by(ents: pd.DataFrame, now: datetime) -> set[str]:
+    """Ids of the enterprises registered on or before `now` (the others do not exist yet at `now`)."""
+    if not len(ents):
+        return set()
+    return set(ents.index[(pd.to_datetime(ents["registered_on"]) <= pd.Timestamp(now)).to_numpy()])
 
 
 def top_k(rows: list[dict], scores: Sequence[float], k: int) -> list[tuple[dict, float]]:
@@ -113,11 +126,9 @@ def push(engine, score_fn: ScoreFn, since: datetime, top_k_count: int = 5, model
     builder = CandidateBuilder(engine, now, since)
     with engine.connect() as conn:
         done = set(conn.execute(select(Push.enterprise_id).where(Push.window_key == window).distinct()).scalars())
-    registered = pd.to_datetime(builder.ents["registered_on"]) <= pd.Timestamp(now)
-    if enterprise_ids is not None:
-        registered &= builder.ents.index.isin(list(enterprise_ids))
-    todo = sorted(eid for eid in builder.ents.index[registered.to_numpy()] if eid not in done)
-    summary = PushSummary(window, enterprises=int(registered.sum()), skipped_done=int(registered.sum()) - len(todo))
+    registered = builder.registered if enterprise_ids is None else builder.registered & set(enterprise_ids)
+    todo = sorted(eid for eid in registered if eid not in done)
+    summary = PushSummary(window, enterprises=len(registered), skipped_done=len(registered) - len(todo))
     for start in range(0, len(todo), batch_enterprises):
         batch = [(eid, builder.rows(eid)) for eid in todo[start:start + batch_enterprises]]
         flat = [row for _, rows in batch for row in rows]

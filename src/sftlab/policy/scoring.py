@@ -20,7 +20,8 @@ from sftlab.policy.examples import NO, YES
 class ModelScorer:
     """A loaded model that scores 是/否 prompts; build once, call many times (push and API reuse it)."""
 
-    def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024, precision: str = "fp32"):
+    def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024, precision: str = "fp32",
+                 key: str = "--model"):
         from sftlab.infer.loading import load_served
 
         from sftlab.errors import SftlabError
@@ -29,7 +30,7 @@ class ModelScorer:
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         if batch_size < 1:
             raise SftlabError(f"--batch-size must be at least 1, got {batch_size}")
-        self.served = load_served(model_dir)
+        self.served = load_served(model_dir, key=key)  # errors name the option that gave model_dir
         self.batch_size, self.max_length, self.precision = batch_size, max_length, precision
         self.version = str(model_dir)
 
