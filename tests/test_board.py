@@ -69,6 +69,8 @@ def test_planner_table_and_recommendation_before_launch(client):
     ({"train.lr": "-1"}, "train.lr"),
     ({"train.stage": "dpo"}, "train.stage"),
     ({"strategy.lora.rank": "0"}, "strategy.lora.rank"),
+    ({"strategy.kind": "freeze", "strategy.freeze.layers": "[1"}, "strategy.freeze.layers"),  # passed Check before
+    ({"strategy.kind": "freeze", "strategy.freeze.layers": "last:0"}, "strategy.freeze.layers"),
     ({"extra": "train.lrr=3"}, "extra"),
     ({"extra": "data.split=stratified\ntrain.stage=pt"}, "extra"),
 ])
@@ -89,6 +91,37 @@ def test_missing_model_data_and_bad_name_point_at_their_fields(client):
     answer = client.post("/api/form/preview", json={"name": "x", "fields": {**FIELDS, "data.train": "no.jsonl"}}).json()
     assert answer["field"] == "data.train" and answer["error"].startswith("data file not found:")
     assert client.post("/api/form/check", json={"name": "a b", "fields": FIELDS}).json()["field"] == "name"
+
+
+def test_check_and_launch_with_a_gguf_model_check_the_file_and_leave_converting_to_training(client, workspace,
+                                                                                              monkeypatch):
+    """Check converted the GGUF inside the request (`resolve_model_path`): minutes for a real model."""
+    from sftlab.models import load
+    from sftlab.models.tiny import save_tiny_gguf
+
+    monkeypatch.setenv("SFTLAB_HOME", str(workspace / "home"))
+    converted, launched = [], []
+    monkeypatch.setattr(load, "import_gguf_cached", lambda path: converted.append(path) or workspace / "base")
+    monkeypatch.setattr(RunManager, "launch", lambda self, name, resume=False: launched.append(name))
+    save_tiny_gguf(workspace / "tiny.gguf")
+    gguf = {**FIELDS, "model.path": "tiny.gguf"}
+    answer = client.post("/api/form/check", json={"name": "g", "fields": gguf})
+    assert answer.status_code == 200 and yaml.safe_load(answer.json()["yaml"])["model"]["path"] == str(workspace / "tiny.gguf")
+    assert answer.json()["notes"] == [
+        f"model.path '{workspace / 'tiny.gguf'}' is a GGUF file: it is not converted now; the run converts it when "
+        f"training starts (minutes for a large model), once, into {workspace / 'home' / 'models' / 'gguf'}, where "
+        "later runs find it"]
+    assert client.post("/api/runs", json={"name": "g", "fields": gguf}).status_code == 200 and launched == ["g"]
+    assert converted == [] and not (workspace / "home").exists()
+    assert client.post("/api/form/check", json={"name": "x", "fields": FIELDS}).json()["notes"] == []
+    (workspace / "fake.gguf").write_bytes(b"PK\x03\x04 not a gguf")
+    for name, message in (("fake.gguf", "not a GGUF file (it does not start with the bytes 'GGUF')"),
+                          ("gone.gguf", "GGUF file not found")):
+        for path in ("/api/form/check", "/api/runs"):
+            answer = client.post(path, json={"name": "x", "fields": {**FIELDS, "model.path": name}})
+            assert answer.status_code == 400 and answer.json() == {
+                "error": f"model.path '{workspace / name}': {message}", "field": "model.path"}
+    assert converted == [] and launched == ["g"] and not (workspace / "runs" / "x.yaml").exists()
 
 
 def test_preview_highlights_supervised_tokens(client):

@@ -227,8 +227,8 @@ def _form_routes(app: FastAPI, runs: RunManager, workdir: Path, settings: BoardS
     @app.post("/api/form/check")
     async def check(body: dict):
         name, (text, cfg) = config_of(body)
-        await asyncio.to_thread(forms.check_sources, cfg)
-        return {"yaml": text, "config_file": str(runs.config_path(name))}
+        notes = await asyncio.to_thread(forms.check_sources, cfg)
+        return {"yaml": text, "config_file": str(runs.config_path(name)), "notes": notes}
 
     @app.post("/api/form/preview")
     async def preview(body: dict):

@@ -5,7 +5,8 @@
 
 The YAML holds only what the form set (plus `output.dir`), so `sftlab train RUNS/NAME.yaml` trains the
 same run. Errors come from `sftlab.config.validate_config`, `resolve_model_path` and the data pipeline,
-so the board shows the CLI's own one-line messages, next to the field they name.
+so the board shows the CLI's own one-line messages, next to the field they name. A `.gguf` model is checked, not
+converted, by Check and Launch (`check_gguf`): training converts it.
 """
 
 from __future__ import annotations
@@ -93,19 +94,49 @@ def form_to_config(fields: dict[str, str], run_dir: Path, cwd: Path):
     return text, cfg
 
 
-def check_sources(cfg) -> None:
+def check_sources(cfg) -> list[str]:
     """Fail as training would on a model path, or a data file given as a path, that is not there (embedded model
-    names are resolved at train time; bare data names may be registry or built-in datasets)."""
+    names are resolved at train time; bare data names may be registry or built-in datasets). A `.gguf` model file is
+    only checked (it exists and starts with the GGUF magic bytes), never converted here: converting a real model takes
+    minutes, and training converts it when the run starts. Returns notes for the user (what happens at launch)."""
     from sftlab.models import pull
     from sftlab.models.load import resolve_model_path
 
-    if cfg.model.path not in pull.EMBEDDED:
-        resolve_model_path(cfg.model.path)
+    notes = []
+    path = cfg.model.path
+    local = Path(path).expanduser()
+    if local.suffix.lower() == ".gguf" and not local.is_dir():
+        notes.append(check_gguf(path))
+    elif path not in pull.EMBEDDED:
+        resolve_model_path(path)
     items = cfg.data.train if isinstance(cfg.data.train, list) else [cfg.data.train]
     for key, item in [("data.train", item) for item in items] + [("data.validation", cfg.data.validation)]:
         path = item if isinstance(item, str) or item is None else item.path
         if path and Path(path).is_absolute() and not Path(path).exists():
             raise SftlabError(f"{key}: data file not found: {path}")
+    return notes
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def check_gguf(path: str, key: str = "model.path") -> str:
+    """SftlabError unless `path` is a readable file starting with the GGUF magic bytes; else the note saying that
+    `sftlab train` converts it when the run starts (`sftlab.models.load.resolve_model_path`: once, then cached)."""
+    from sftlab.models.load import sftlab_home
+
+    local = Path(path).expanduser()
+    if not local.is_file():
+        raise SftlabError(f"{key} {path!r}: GGUF file not found")
+    try:
+        with local.open("rb") as handle:
+            magic = handle.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        raise SftlabError(f"{key} {path!r}: cannot read the GGUF file: {exc.strerror or exc}") from None
+    if magic != GGUF_MAGIC:
+        raise SftlabError(f"{key} {path!r}: not a GGUF file (it does not start with the bytes 'GGUF')")
+    return (f"{key} {path!r} is a GGUF file: it is not converted now; the run converts it when training starts "
+            f"(minutes for a large model), once, into {sftlab_home() / 'models' / 'gguf'}, where later runs find it")
 
 
 def error_field(message: str) -> str:

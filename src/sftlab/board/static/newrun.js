@@ -44,6 +44,9 @@ function showYaml(result) {
   document.getElementById("yaml-box").hidden = false;
   document.getElementById("yaml-text").textContent = result.yaml;
   document.getElementById("yaml-command").textContent = `sftlab train ${result.config_file}`;
+  const notes = document.getElementById("yaml-notes");
+  notes.textContent = (result.notes || []).join("\n");
+  notes.hidden = !notes.textContent;
   const link = document.getElementById("yaml-download");
   link.href = URL.createObjectURL(new Blob([result.yaml], {type: "application/yaml"}));
   link.download = result.config_file.split("/").pop();
