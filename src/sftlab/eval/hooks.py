@@ -120,5 +120,6 @@ def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
     values = {k: v for k, v in M.scalar_metrics(result).items() if k not in _NOT_LOGGED}
     if cfg.eval.metric not in values and task_for_metric(cfg.eval.metric) is not None:
         raise SftlabError(f"eval.metric {cfg.eval.metric!r} was not computed by the {task} task "
-                          f"(it reported {', '.join(sorted(values))}); a two-label task is needed for auc")
+                          f"(it reported {', '.join(sorted(values))}); auc and average_precision need two labels, "
+                          "both among the references, and probabilities (not eval.label_method: generate)")
     return values

@@ -3,7 +3,9 @@
 All values are floats in [0, 1] except `loss`/`perplexity` and counts. BLEU is sacrebleu's corpus
 BLEU-4 divided by 100; ROUGE-1/2/L are rouge-score's mean F-measures. Label metrics come from
 scikit-learn; an unparseable prediction (`None`) counts as wrong, is counted in `unparseable`, and
-appears as its own column of the confusion matrix (it is never a false positive of a real class).
+appears as its own column of the confusion matrix (it is never a false positive of a real class); macro
+averages cover the labels that occur. Ranking metrics are expectations over the orders of tied candidates.
+The definitions are in docs/eval.md.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import re
 from typing import Sequence
 
 UNPARSEABLE = "(unparseable)"
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_CHAR_TOKENS = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+", re.UNICODE)
+# CJK ideographs (BMP blocks and the supplementary ideographic plane): one token each, never part of a word,
+# so "GPT模型" is ["gpt", "模", "型"] as in sacrebleu's `zh` tokenizer.
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_CJK = re.compile(f"[{_HAN}]")
+_CHAR_TOKENS = re.compile(f"[{_HAN}]|[^\\W_{_HAN}]+", re.UNICODE)
 
 
 def scalar_metrics(result: dict) -> dict[str, float]:
@@ -27,9 +32,14 @@ def label_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], labels: S
                   probs: Sequence[Sequence[float]] | None = None, positive: str | None = None) -> dict:
     """Accuracy, per-class and macro/micro/weighted precision/recall/F1, confusion matrix, binary AUC/PR.
 
-    `y_pred` entries are label names or None (unparseable). `probs[i][j]` is the probability of
-    `labels[j]` for example i (likelihood or classifier scores); with two labels it adds ROC AUC,
-    average precision, the PR curve and the F1-maximising threshold for `positive` (default labels[1]).
+    `y_pred` entries are label names or None (unparseable). scikit-learn's conventions with `zero_division=0`:
+    an unparseable prediction is a false negative of its reference and nobody's false positive (so micro
+    recall equals accuracy and micro precision leaves unparseable answers out); a label never predicted has
+    precision 0, a label absent from the references recall 0. Macro averages over the labels that occur in
+    `y_true` or `y_pred`; micro and weighted over all of `labels` (a label that occurs nowhere adds nothing).
+    `probs[i][j]` is the probability of `labels[j]` for example i (likelihood or classifier scores); with two
+    labels it adds ROC AUC, average precision, the PR curve and the F1-maximising threshold for `positive`
+    (default labels[1]).
     """
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -37,8 +47,12 @@ def label_metrics(y_true: Sequence[str], y_pred: Sequence[str | None], labels: S
     predicted = [UNPARSEABLE if p is None else p for p in y_pred]
     result: dict = {"n": len(y_true), "accuracy": float(accuracy_score(y_true, predicted)),
                     "unparseable": sum(p is None for p in y_pred)}
-    for average in ("macro", "micro", "weighted"):
-        p, r, f, _ = precision_recall_fscore_support(y_true, predicted, labels=labels, average=average, zero_division=0)
+    # Macro averages over the labels that occur (as reference or prediction), scikit-learn's default label set: a
+    # label of the set that occurs nowhere has no defined precision or recall and does not count as a 0.
+    occurring = set(y_true) | set(predicted)
+    averaged = {"macro": [name for name in labels if name in occurring] or labels, "micro": labels, "weighted": labels}
+    for average, names in averaged.items():
+        p, r, f, _ = precision_recall_fscore_support(y_true, predicted, labels=names, average=average, zero_division=0)
         result.update({f"{average}_precision": float(p), f"{average}_recall": float(r), f"{average}_f1": float(f)})
     p, r, f, s = precision_recall_fscore_support(y_true, predicted, labels=labels, average=None, zero_division=0)
     result["per_class"] = {name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
@@ -77,12 +91,46 @@ def binary_curve_metrics(y_true: Sequence[str], probs: Sequence[Sequence[float]]
     }
 
 
-def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[int]]], ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """HitRate@K, Precision@K, Recall@K, NDCG@K (scikit-learn) and MRR over queries of (scores, relevance).
+def _tie_groups(scores: Sequence[float], relevance: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(first rank, size, relevant count) of each group of equal scores, highest scores first (ranks from 0)."""
+    groups: dict[float, list[int]] = {}
+    for score, rel in zip(scores, relevance):
+        groups.setdefault(score, []).append(rel)
+    out, start = [], 0
+    for score in sorted(groups, reverse=True):
+        out.append((start, len(groups[score]), sum(groups[score])))
+        start += len(groups[score])
+    return out
 
-    Candidates are ranked by score, highest first; equal scores keep their input order for
-    Hit/Precision/Recall/MRR, and NDCG averages over ties (scikit-learn's definition). Queries without
-    any relevant candidate are skipped and counted in `queries_without_relevant`.
+
+def _expected_at_k(groups: list[tuple[int, int, int]], k: int) -> tuple[float, float]:
+    """(expected relevant count in the top k, probability of at least one) over random orders of tied candidates."""
+    found, miss = 0.0, 1.0
+    for start, size, relevant in groups:
+        slots = min(k, start + size) - start
+        if slots <= 0:
+            break
+        found += relevant * slots / size
+        miss *= math.comb(size - relevant, slots) / math.comb(size, slots)  # none of the group's relevant made it
+    return found, 1.0 - miss
+
+
+def _expected_reciprocal_rank(groups: list[tuple[int, int, int]]) -> float:
+    """E[1 / rank of the first relevant candidate] over random orders of tied candidates."""
+    for start, size, relevant in groups:
+        if relevant:
+            orders = math.comb(size, relevant)
+            return sum(math.comb(size - j, relevant - 1) / orders / (start + j) for j in range(1, size - relevant + 2))
+    return 0.0
+
+
+def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[int]]], ks: Sequence[int] = (1, 5, 10)) -> dict:
+    """HitRate@K, Precision@K, Recall@K, NDCG@K (scikit-learn) and MRR over queries of (scores, relevance 0/1).
+
+    Candidates are ranked by score, highest first. Equal scores are averaged over every order of the tied
+    candidates (the expected value under random tie-breaking; scikit-learn's NDCG does the same), so input
+    order never matters. Precision@K divides by K even when a query has fewer than K candidates. Queries
+    without any relevant candidate are skipped and counted in `queries_without_relevant`.
     """
     import numpy as np
     from sklearn.metrics import ndcg_score
@@ -91,23 +139,22 @@ def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[int]]], ks
     result: dict = {"queries": len(usable), "queries_without_relevant": len(queries) - len(usable)}
     if not usable:
         return result
-    reciprocal = []
     sums = {f"{name}@{k}": 0.0 for k in ks for name in ("hit_rate", "precision", "recall", "ndcg")}
+    reciprocal = 0.0
     for scores, relevance in usable:
-        order = sorted(range(len(scores)), key=lambda i: -scores[i])
-        ranked = [relevance[i] for i in order]
-        reciprocal.append(1.0 / (ranked.index(1) + 1) if 1 in ranked else 0.0)
+        groups = _tie_groups(scores, relevance)
+        reciprocal += _expected_reciprocal_rank(groups)
         for k in ks:
-            found = sum(ranked[:k])
-            sums[f"hit_rate@{k}"] += float(found > 0)
+            found, hit = _expected_at_k(groups, k)
+            sums[f"hit_rate@{k}"] += hit
             sums[f"precision@{k}"] += found / k
             sums[f"recall@{k}"] += found / sum(relevance)
             if len(scores) > 1:
                 sums[f"ndcg@{k}"] += float(ndcg_score(np.array([relevance]), np.array([scores]), k=k))
             else:
-                sums[f"ndcg@{k}"] += float(relevance[0] > 0)
+                sums[f"ndcg@{k}"] += 1.0  # the one candidate is relevant
     result.update({key: value / len(usable) for key, value in sums.items()})
-    result["mrr"] = sum(reciprocal) / len(usable)
+    result["mrr"] = reciprocal / len(usable)
     return result
 
 

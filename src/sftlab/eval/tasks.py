@@ -84,13 +84,16 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 
 
 def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
-    """Loss and perplexity over supervised tokens (the training mask for chats, every token for text)."""
+    """Loss and perplexity per supervised token (the training mask for chats; for text every token after the
+    first, the end-of-sequence token appended as training does), summed over all examples before dividing."""
     rows, owners = [], []  # owners[i]: the example row i belongs to (each_assistant: several rows per example)
     for index, example in enumerate(examples):
         if "messages" in example:
             encoded = scoring.encode_for_loss(tokenizer, example, opts.template, opts.mask)
         elif "text" in example:
-            ids = tokenizer(str(example["text"]))["input_ids"]
+            ids = tokenizer(str(example["text"]), add_special_tokens=True)["input_ids"]
+            if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+                ids = ids + [tokenizer.eos_token_id]  # training supervises the end of each document too (data/tokenize.py)
             encoded = [(ids, list(ids))]
         else:
             raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
