@@ -204,3 +204,16 @@ def test_tfidf_baseline_on_the_evaluation_split_does_not_see_the_label_it_predic
     in_sample = baselines._tfidf_pipeline().fit(texts, targets)
     assert accuracy_score(targets, in_sample.predict(texts)) > 0.95  # construction: leakage would show
     assert result["accuracy"] < 0.75 and "cross-validation" in result["fit_on"]
+
+
+def test_training_validation_and_sftlab_eval_give_the_same_perplexity_for_any_loss():
+    """Both cap exp(loss) at the same place (they capped at exp(50) and exp(700) before)."""
+    import math
+
+    from sftlab.eval.metrics import lm_metrics
+    from sftlab.train.validate import metrics_from_sums
+
+    for loss in (0.5, 49.0, 60.0, 800.0):
+        trained = metrics_from_sums({"total": loss * 4, "count": 4}, "sft")
+        evaluated = lm_metrics(loss * 4, 4)
+        assert trained["perplexity"] == evaluated["perplexity"] == math.exp(min(loss, 700.0))

@@ -214,9 +214,15 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str], se
     return result
 
 
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(700) so that a diverged loss stays a finite JSON number (training's validation and
+    `sftlab eval` both report it so)."""
+    return math.exp(min(loss, 700.0))
+
+
 def lm_metrics(total_nll: float, total_tokens: int) -> dict:
     """Mean loss per supervised token and its perplexity."""
     if total_tokens == 0:
         return {"tokens": 0}
     loss = total_nll / total_tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": int(total_tokens)}
+    return {"loss": loss, "perplexity": perplexity(loss), "tokens": int(total_tokens)}

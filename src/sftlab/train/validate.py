@@ -8,7 +8,6 @@ several processes each rank sums its share and the sums are combined before aver
 from __future__ import annotations
 
 import importlib
-import math
 from typing import Callable, Iterable
 
 import torch
@@ -60,7 +59,9 @@ def metrics_from_sums(sums: dict, stage: str) -> dict:
         labels, predictions = sums["labels"], sums["predictions"]
         return {"loss": loss, "accuracy": float(accuracy_score(labels, predictions)),
                 "macro_f1": float(f1_score(labels, predictions, average="macro", zero_division=0))}
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    from sftlab.eval.metrics import perplexity
+
+    return {"loss": loss, "perplexity": perplexity(loss)}
 
 
 def task_metrics(model, tokenizer, prepared, cfg) -> dict:
