@@ -100,6 +100,10 @@ def allocator_line(setting: str | None = None) -> str:
         return f"allocator: system malloc ({os.environ[MARKER]} could not be preloaded)"
     if setting == "jemalloc":
         return "allocator: system malloc (train.allocator=jemalloc takes effect when the sftlab command starts the run)"
+    library = find_jemalloc() if setting == "auto" else None
+    if library:  # started in-process (run_training from Python): `sftlab train` would have moved onto jemalloc
+        return (f"allocator: system malloc (started from Python; `sftlab train` runs on jemalloc, faster and lighter: "
+                f"start Python with LD_PRELOAD={library} MALLOC_CONF={MALLOC_CONF} for the same)")
     return "allocator: system malloc"
 
 
