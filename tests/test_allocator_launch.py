@@ -115,8 +115,8 @@ def test_allocator_line_says_why_it_is_not_jemalloc(monkeypatch):
     assert jemalloc.allocator_line("auto") == jemalloc.allocator_line() == "allocator: system malloc"
     monkeypatch.setattr(jemalloc, "find_jemalloc", lambda: FOUND)  # in-process training where jemalloc is there
     assert jemalloc.allocator_line("auto") == (
-        f"allocator: system malloc (started from Python; `sftlab train` runs on jemalloc, faster and lighter: start "
-        f"Python with LD_PRELOAD={FOUND} MALLOC_CONF={jemalloc.MALLOC_CONF} for the same)")
+        f"allocator: system malloc (not started by `sftlab train`, which runs on jemalloc, faster and lighter: start "
+        f"the process with LD_PRELOAD={FOUND} MALLOC_CONF={jemalloc.MALLOC_CONF} for the same)")
     assert jemalloc.allocator_line("system") == jemalloc.allocator_line() == "allocator: system malloc"
     monkeypatch.setenv(jemalloc.MARKER, FOUND)  # re-executed, but the loader did not map the library
     assert jemalloc.allocator_line("auto") == f"allocator: system malloc ({FOUND} could not be preloaded)"

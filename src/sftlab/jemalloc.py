@@ -101,9 +101,9 @@ def allocator_line(setting: str | None = None) -> str:
     if setting == "jemalloc":
         return "allocator: system malloc (train.allocator=jemalloc takes effect when the sftlab command starts the run)"
     library = find_jemalloc() if setting == "auto" else None
-    if library:  # started in-process (run_training from Python): `sftlab train` would have moved onto jemalloc
-        return (f"allocator: system malloc (started from Python; `sftlab train` runs on jemalloc, faster and lighter: "
-                f"start Python with LD_PRELOAD={library} MALLOC_CONF={MALLOC_CONF} for the same)")
+    if library:  # run_training from Python, sftlab compare, plan --probe: `sftlab train` would be on jemalloc
+        return (f"allocator: system malloc (not started by `sftlab train`, which runs on jemalloc, faster and lighter: "
+                f"start the process with LD_PRELOAD={library} MALLOC_CONF={MALLOC_CONF} for the same)")
     return "allocator: system malloc"
 
 
