@@ -18,7 +18,7 @@ def test_without_a_terminal_a_line_for_the_first_step_then_at_most_every_interva
     log = runlog.RunLog(tmp_path, total_steps=5, start_step=0, tensorboard=False)
     monkeypatch.setattr(runlog, "PLAIN_LINE_EVERY_S", 3600.0)
     for row in _rows(5):
-        log.count_tokens(100)
+        log.count_tokens(100, 0.5)
         log.step(row, write=True)
     monkeypatch.setattr(runlog, "PLAIN_LINE_EVERY_S", 0.0)
     log.close()

@@ -19,6 +19,7 @@ over ranks, evaluation sums are combined, and only the main process writes logs,
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -145,11 +146,12 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     try:
         with stop_on_sigint(flag):
             while session.step < session.total_steps:
+                started = time.perf_counter()
                 rows, group, next_position = next(steps)
                 loss, stats = optimizer_step(session, group, rows)
                 session.step, session.position = session.step + 1, next_position
                 session.losses.append(loss)
-                log.count_tokens(stats["tokens"])
+                log.count_tokens(stats["tokens"], time.perf_counter() - started)  # tokens/s: training time only
                 log_step(session, log, loss, stats)
                 stop = maybe_evaluate(session, log)
                 boundary_rng = capture_rng()

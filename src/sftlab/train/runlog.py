@@ -3,6 +3,8 @@
 Where stderr is no terminal (`sftlab train ... 2> train.log`, a CI job, a batch scheduler) tqdm draws nothing, so the
 run prints a plain line instead (`step 13/30: loss 1.6752, lr 5.67e-05, 489 tokens/s`) for the first logged step,
 then at most every `PLAIN_LINE_EVERY_S` seconds, and for the last step; `--no-progress` turns these off too.
+tokens/s is the tokens of the optimizer steps since the last written row over the seconds those steps took: set-up,
+evaluations, checkpoints and step callbacks in between do not count.
 
 `metrics.jsonl` holds one JSON object per logged optimizer step (step, loss, lr, grad_norm, tokens_per_s,
 supervised_tokens, epoch; under train.precision fp16 also loss_scale, the scale the step's backward used, and
@@ -52,7 +54,7 @@ class RunLog:
         self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                          disable=None if show_bar else True, file=sys.stderr)
         self._window_tokens = 0
-        self._window_start = time.perf_counter()
+        self._window_seconds = 0.0
         self._total = total_steps
         self._plain = show_bar and bool(self._bar.disable)  # stderr is no terminal (a log file): lines, not a bar
         self._last_line: float | None = None
@@ -61,9 +63,10 @@ class RunLog:
         """A line for the user, printed above the progress bar."""
         self._bar.write(text, file=sys.stderr)
 
-    def count_tokens(self, tokens: int) -> None:
-        """Add the tokens processed by one optimizer step to the throughput window."""
+    def count_tokens(self, tokens: int, seconds: float) -> None:
+        """Add one optimizer step's tokens and the seconds it took to the throughput window."""
         self._window_tokens += tokens
+        self._window_seconds += seconds
 
     def step(self, row: dict, write: bool) -> None:
         """Advance the bar; when `write`, also log `row` plus tokens/s since the last written row."""
@@ -71,8 +74,8 @@ class RunLog:
         if not write:
             return
         now = time.perf_counter()
-        row = dict(row, tokens_per_s=round(self._window_tokens / max(now - self._window_start, 1e-9), 1))
-        self._window_tokens, self._window_start = 0, now
+        row = dict(row, tokens_per_s=round(self._window_tokens / max(self._window_seconds, 1e-9), 1))
+        self._window_tokens, self._window_seconds = 0, 0.0
         self._bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.0f}")
         self._write(row)
         if self._plain and (self._last_line is None or now - self._last_line >= PLAIN_LINE_EVERY_S
@@ -112,7 +115,7 @@ class SilentLog:
     def message(self, text: str) -> None:
         """Dropped: only the main process talks to the user."""
 
-    def count_tokens(self, tokens: int) -> None:
+    def count_tokens(self, tokens: int, seconds: float) -> None:
         """Dropped: the main process counts every rank's tokens (they are summed per step)."""
 
     def step(self, row: dict, write: bool) -> None:
