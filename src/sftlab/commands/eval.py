@@ -15,6 +15,9 @@ def register(registry) -> None:
                         "else beside MODEL_DIR)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     parser.add_argument("--format", default="auto", help="data format of --data (as data.format)")
+    parser.add_argument("--columns", nargs="*", metavar="CANONICAL=COLUMN",
+                        help="map columns of --data and --train to canonical fields, e.g. label=category (as "
+                             "data.columns; default: the run's data.columns; given with no value: none)")
     parser.add_argument("--template", help="chat template (default: the one the model was trained with, else auto)")
     parser.add_argument("--mask", choices=["assistant", "last_assistant", "each_assistant", "all"],
                         help="lm task: supervised tokens (default: the training run's data.mask)")
@@ -31,8 +34,10 @@ def register(registry) -> None:
     parser.add_argument("--segmenter", choices=["char", "jieba"], default="char",
                         help="Chinese segmentation for BLEU/ROUGE (characters or jieba words)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-length", type=int, help="longer inputs are cut from the left (prompts) or truncated "
-                        "(classification head) (default: the run's train.max_length, else 1024)")
+    parser.add_argument("--max-length", type=int,
+                        help="longer inputs are cut from the left (prompts), scored in windows (texts of the lm "
+                             "task) or truncated (classification head) (default: the run's train.max_length, "
+                             "else 1024)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N examples")
     parser.add_argument("--baselines", action="store_true", help="also score majority / TF-IDF+LR / most-popular")
     parser.add_argument("--train", help="fit the baselines on this file instead of the evaluation split")
@@ -77,12 +82,14 @@ def _check_options(args) -> None:
 def handle(args) -> int:
     from pathlib import Path
 
+    from sftlab.datawork.handlers import parse_columns
     from sftlab.eval import run
     from sftlab.eval.tasks import EvalOptions
     from sftlab.models.trained import trained_settings
 
     _check_options(args)
     trained = trained_settings(Path(args.model))
+    columns = trained.columns if args.columns is None else parse_columns(args.columns)
     opts = EvalOptions(
         template=args.template or trained.template or "auto", mask=args.mask or trained.mask or "assistant",
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
@@ -93,6 +100,6 @@ def handle(args) -> int:
     out = args.out or run.default_out(args.model, args.task)
     summary = run.evaluate(args.model, args.data, args.task, opts, out, overwrite=args.overwrite,
                            with_baselines=args.baselines, train_file=args.train, fmt=args.format,
-                           max_samples=args.max_samples, device=args.device, dtype=args.dtype)
+                           max_samples=args.max_samples, device=args.device, dtype=args.dtype, columns=columns)
     run.print_summary(summary, out)
     return 0

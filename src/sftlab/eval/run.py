@@ -97,20 +97,25 @@ def summary_table(result: dict, baselines: dict) -> str:
 
 def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out: str, overwrite: bool = False,
              with_baselines: bool = False, train_file: str | None = None, fmt: str = "auto",
-             max_samples: int | None = None, device: str = "auto", dtype: str = "float32") -> dict:
-    """Run one evaluation and write its results to `out`; returns the metrics.json content."""
+             max_samples: int | None = None, device: str = "auto", dtype: str = "float32",
+             columns: dict[str, str] | None = None) -> dict:
+    """Run one evaluation and write its results to `out`; returns the metrics.json content.
+
+    `columns` maps canonical fields to columns of `data` and `train_file` (data.columns; `--columns` in errors)."""
     if task not in tasks.TASKS:
         raise SftlabError(f"--task {task!r}: expected one of {', '.join(tasks.TASKS)}")
     if with_baselines and task not in ("labels", "ranking"):
         raise SftlabError(f"--baselines: available for the labels and ranking tasks, not {task}")
+    from sftlab.datawork.records import option_errors
     from sftlab.io import check_output_dir
 
     check_output_dir(out, overwrite, inputs=(model_dir, data, train_file))
     from sftlab.vision.evaluate import run_vision_task, vision_eval_inputs
 
     vision = vision_eval_inputs(model_dir, data, max_samples)  # a vision-language model: image+text examples
-    examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples)
-    train = tasks.load_examples(train_file, task, fmt) if with_baselines and train_file else None
+    with option_errors("--format", "--columns"):
+        examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples, columns)
+        train = tasks.load_examples(train_file, task, fmt, columns=columns) if with_baselines and train_file else None
     model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype)
     if head_labels is not None:
         if task != "labels":

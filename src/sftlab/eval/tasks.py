@@ -42,7 +42,7 @@ class EvalOptions:
     positive: str | None = None
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     segmenter: str = "char"
-    max_length: int = 1024  # longer inputs are cut from the left (prompts) or truncated (classification head)
+    max_length: int = 1024  # longer inputs: cut from the left (prompts), windows (lm texts), truncated (cls head)
 
 
 def split_prompt(example: dict) -> tuple[list[dict], str]:
@@ -85,7 +85,8 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 
 def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
     """Loss and perplexity per supervised token (the training mask for chats; for text every token after the
-    first, the end-of-sequence token appended as training does), summed over all examples before dividing."""
+    first, the end-of-sequence token appended as training does, in `text_windows` when longer than max_length),
+    summed over all examples before dividing."""
     rows, owners = [], []  # owners[i]: the example row i belongs to (each_assistant: several rows per example)
     for index, example in enumerate(examples):
         if "messages" in example:
@@ -94,7 +95,7 @@ def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[d
             ids = tokenizer(str(example["text"]), add_special_tokens=True)["input_ids"]
             if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
                 ids = ids + [tokenizer.eos_token_id]  # training supervises the end of each document too (data/tokenize.py)
-            encoded = [(ids, list(ids))]
+            encoded = text_windows(ids, opts.max_length)
         else:
             raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
         rows += encoded
@@ -105,6 +106,19 @@ def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[d
         sums[owner][1] += count
     predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]
     return M.lm_metrics(-sum(s for s, _ in sums), sum(c for _, c in sums)), predictions
+
+
+def text_windows(ids: list[int], max_length: int | None) -> list[tuple[list[int], list[int]]]:
+    """(ids, labels) rows that score every token of a text after the first exactly once: the whole text when it
+    fits in `max_length`, else windows of `max_length` tokens, each starting with the previous window's last token
+    as unscored context (a long document is scored whole, not only its last `max_length` tokens)."""
+    if not max_length or max_length < 2 or len(ids) <= max_length:
+        return [(ids, list(ids))]
+    rows = [(ids[:max_length], list(ids[:max_length]))]
+    for start in range(max_length - 1, len(ids) - 1, max_length - 1):
+        window = ids[start:start + max_length]
+        rows.append((window, [scoring.IGNORE] + window[1:]))
+    return rows
 
 
 def run_generation(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
@@ -220,8 +234,10 @@ def run_ranking(model, tokenizer, queries: list[dict], opts: EvalOptions) -> tup
 TASKS = {"lm": run_lm, "generation": run_generation, "labels": run_labels, "ranking": run_ranking}
 
 
-def load_examples(path: str, task: str, fmt: str = "auto", max_samples: int | None = None) -> list[dict]:
-    """Read an evaluation file: canonical examples (`sftlab.data.formats`) or, for ranking, raw query rows."""
+def load_examples(path: str, task: str, fmt: str = "auto", max_samples: int | None = None,
+                  columns: dict[str, str] | None = None) -> list[dict]:
+    """Read an evaluation file: canonical examples (`sftlab.data.formats`, file columns renamed by `columns` as
+    data.columns does) or, for ranking, raw query rows."""
     from sftlab.data.formats import read_rows, to_canonical
 
     rows = read_rows(path)
@@ -230,4 +246,4 @@ def load_examples(path: str, task: str, fmt: str = "auto", max_samples: int | No
     if task == "ranking":
         check_ranking_rows(rows)
         return rows
-    return to_canonical(rows, fmt)
+    return to_canonical(rows, fmt, columns=columns)

@@ -12,6 +12,7 @@ run directory, which stands for its `model/` (a directory with `model/` inside a
   config's `data.template` under `chat_files.trained_template`'s stage rule (sft: the template, default auto; pt:
   a named built-in only; cls: none). Else None.
 - mask, max_length: the run config's `data.mask` and `train.max_length`; else None.
+- columns: the run config's `data.columns` (canonical field -> file column) when it maps any; else None.
 
 The run config is the first `config.yaml` that exists of: MODEL/config.yaml, MODEL/../config.yaml (RUN/model,
 RUN/best; a run directory's own), and MODEL/../../config.yaml only when MODEL's parent is named `checkpoints`
@@ -42,6 +43,7 @@ class TrainedSettings:
     mask: str | None = None
     max_length: int | None = None
     config_file: Path | None = None  # the run config.yaml read, if any
+    columns: dict | None = None  # data.columns of the run config, when it maps any column
 
 
 def run_model_dir(directory: str | Path) -> Path | None:
@@ -75,7 +77,17 @@ def trained_settings(directory: str | Path) -> TrainedSettings:
     return TrainedSettings(template=recorded or trained_template(raw),
                            mask=_typed(data, "data", "mask", str, config_file),
                            max_length=_typed(train, "train", "max_length", int, config_file),
-                           config_file=config_file)
+                           config_file=config_file, columns=_columns(data, config_file))
+
+
+def _columns(data: dict, path: Path) -> dict | None:
+    """`data.columns` as {canonical: column} of strings, None when it maps nothing."""
+    value = data.get("columns")
+    if not value:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SftlabError(f"{path}: data.columns: expected a mapping of field names to column names, got {value!r}")
+    return dict(value)
 
 
 def _read_run_config(path: Path) -> dict:
