@@ -143,8 +143,24 @@ def to_canonical(
             if found != chosen:
                 raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} "
                                   f"({rows[0]['_src']}); mixed formats")
-        examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
+        try:
+            examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
+        except SftlabError as exc:
+            raise SftlabError(f"{exc}{_format_hint(row, fmt)}") from None
     return examples
+
+
+def _format_hint(row: dict, fmt: str) -> str:
+    """When an explicit data.format fails on a row whose keys say it is another format: a hint naming both."""
+    if fmt == "auto":
+        return ""
+    try:
+        found = detect_format(row)
+    except SftlabError:
+        return ""
+    if found == fmt:
+        return ""
+    return f" (data.format is {fmt!r}, but the row looks like {found!r}: set data.format to {found} or auto)"
 
 
 def _field(row: dict, key: str, required: bool = True, kind: type = str) -> Any:

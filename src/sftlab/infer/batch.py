@@ -51,7 +51,10 @@ class DecodeBatch:
         self.mask: torch.Tensor | None = None
         self.device = next(model.parameters()).device
         forward = getattr(model, "get_base_model", lambda: model)().forward
-        self._keep_last_logits = "logits_to_keep" in inspect.signature(forward).parameters
+        parameters = inspect.signature(forward).parameters
+        self._keep_last_logits = "logits_to_keep" in parameters
+        # transformers 5.x renamed forward's `past_key_values` to `cache` and warns on the old name
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def adapter(self) -> str | None:
@@ -119,9 +122,10 @@ class DecodeBatch:
 
     def _forward(self, ids, mask, positions, cache, adapter) -> torch.Tensor:
         extra = {"logits_to_keep": 1} if self._keep_last_logits else {}
+        extra[self._cache_keyword] = cache
         with self.activate(adapter):
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                             position_ids=positions.to(self.device), past_key_values=cache, use_cache=True, **extra)
+                             position_ids=positions.to(self.device), use_cache=True, **extra)
         return out.logits[:, -1, :].float().cpu()
 
     def _choose(self, rows: list[Row], logits: torch.Tensor) -> None:

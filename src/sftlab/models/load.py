@@ -64,7 +64,17 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
                           f"or one of {', '.join(pull.EMBEDDED)}")
     if _HUB_ID.match(text):
         raise SftlabError(offline_message(text, key))
-    raise SftlabError(f"{key} {text!r}: no such directory")
+    raise SftlabError(f"{key} {text!r}: no such directory{_embedded_hint(text)}")
+
+
+def _embedded_hint(text: str) -> str:
+    """'; did you mean 'gemma-3-270m'? ...' for a near miss of an embedded default's name, else nothing."""
+    import difflib
+
+    from sftlab.models import pull
+
+    close = difflib.get_close_matches(text.lower(), list(pull.EMBEDDED), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}? (an embedded default: sftlab model pull {close[0]})" if close else ""
 
 
 def import_gguf_cached(gguf_file: Path) -> Path:

@@ -110,8 +110,10 @@ def _peak_meter(cfg, base_dir: Path | None):
 
 def worker() -> int:
     """`python -m sftlab.plan.compare`: train the JSON request's config, print one marked JSON result line."""
+    from sftlab.cli import quiet_libraries
     from sftlab.config import validate_config
 
+    quiet_libraries()  # as in `sftlab train`: train.log gets none of the library noise its log would not
     request = json.loads(sys.stdin.read())
     try:
         cfg = validate_config(request["config"], "compare request")
