@@ -127,5 +127,5 @@ def test_a_broken_reference_file_names_its_line(tmp_path):
     from sftlab.policy.catalog import load_reference_titles
 
     (tmp_path / "regs.jsonl").write_text('{"title": "印花税暂行条例"}\n{"title": \n', encoding="utf-8")
-    with pytest.raises(SftlabError, match=r"regs.jsonl:2: not valid JSON"):
+    with pytest.raises(SftlabError, match=r"regs.jsonl:2: malformed JSON line"):
         load_reference_titles(tmp_path)

@@ -8,7 +8,6 @@ summaries cite real regulations ("依据《企业所得税法实施条例》等�
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 CATEGORIES = ["税收优惠", "资金补贴", "人才引进", "融资支持", "外贸出口", "绿色低碳", "数字化转型", "就业扶持", "知识产权", "科技创新"]
@@ -126,18 +125,11 @@ def reference_files(directory: str | Path) -> list[Path]:
 
 
 def _reference_titles(directory: str | Path):
-    """(file, title) of every record of the *.jsonl files in `directory`; a directory that is missing or holds no
-    JSONL file, or a line that is not a JSON object, is a one-line SftlabError (a typo never falls back silently)."""
-    from sftlab.errors import SftlabError
+    """(file, title) of every record of the *.jsonl files in `directory`, read by `sftlab.data.readers` (a missing
+    directory, a file with no records, a broken line or bytes that are not UTF-8: a one-line SftlabError naming
+    the file and line; a typo never falls back silently)."""
+    from sftlab.data.readers import read_rows
 
     for path in reference_files(directory):
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SftlabError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict):
-                raise SftlabError(f"{path}:{number}: expected a JSON object with a title")
+        for record in read_rows(path):
             yield path, str(record.get("title") or "")
