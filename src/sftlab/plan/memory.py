@@ -69,6 +69,10 @@ FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNor
 FUSED_MLP_SAVED_LESS = 1.0  # ... the gated MLP not act(gate)
 FUSED_DOWN_SAVED_LESS = 1.0  # ... nor act(gate) * up when its down projection is folded in (not LoRA-wrapped)
 OPTIMIZER_STATES = 2
+# bf16/fp16 autocast over 4-byte weights: the residual stream, the norms' inputs and the element-wise outputs a block
+# keeps stay float32 while its matmul outputs are 16-bit (bytes per kept value, on average), and every matmul weight
+# the forward uses is cast to 16 bits, a copy that lives while the block activations do (`autocast_weight_copies`).
+AUTOCAST_FP32_ACTIVATION_BYTES = 3.0
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # values per absmax constant (bitsandbytes' 4-bit blocksize)
 NF4_NESTED_BLOCK = 256  # absmax constants per float32 scale of the double quantisation
@@ -171,6 +175,16 @@ class Workload:
     @property
     def activation_bytes(self) -> int:
         return 2 if self.precision in ("bf16", "fp16") else self.param_bytes  # autocast's 16-bit activations
+
+    @property
+    def autocast_over_fp32(self) -> bool:
+        """16-bit autocast over 4-byte weights (`train.precision` bf16/fp16 with `model.dtype` float32)."""
+        return self.precision in ("bf16", "fp16") and self.param_bytes == 4
+
+    @property
+    def block_activation_bytes(self) -> float:
+        """Bytes per value a block keeps for backward (`AUTOCAST_FP32_ACTIVATION_BYTES` under autocast over fp32)."""
+        return AUTOCAST_FP32_ACTIVATION_BYTES if self.autocast_over_fp32 else self.activation_bytes
 
 
 @dataclass
@@ -281,6 +295,17 @@ def head_activation_bytes(shape: ModelShape, work: Workload) -> int:
     return int(kept)
 
 
+def autocast_weight_copies(shape: ModelShape, depth: int, work: Workload) -> int:
+    """Under 16-bit autocast over 4-byte weights, the 16-bit copies of the matmul weights the forward casts and the
+    backward needs: each of the `depth` blocks' projections (q, k, v, o at the hidden width, the MLP's three) and
+    the output head; 0 otherwise."""
+    if not work.autocast_over_fp32:
+        return 0
+    block = 4 * shape.hidden * shape.hidden + 3 * shape.hidden * shape.intermediate
+    head = 0 if shape.classifier else shape.vocab * shape.hidden
+    return 2 * (depth * block + head)
+
+
 def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int, depth: int,
                     work: Workload, four_bit: list[int] | None = None) -> MemoryEstimate:
     """The four-part peak estimate for one optimizer step (see the module docstring); `four_bit`: the sizes (values)
@@ -290,7 +315,8 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     gradients = trainable_params * work.param_bytes
     # fp32 parameters: the moments in their dtype; bf16/fp16 ones: fp32 moments and the fp32 master copy
     optimizer = trainable_params * (OPTIMIZER_STATES * 4 if work.param_bytes == 4 else (OPTIMIZER_STATES + 1) * 4)
-    block = block_activation_elements(shape, work) * work.activation_bytes + matmul_attention_kept_bytes(shape, work)
+    block = (block_activation_elements(shape, work) * work.block_activation_bytes
+             + matmul_attention_kept_bytes(shape, work))
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
         kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
                                         + SELECTIVE_INTERMEDIATE_SAVED * shape.intermediate)
@@ -303,5 +329,6 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     if work.attention == "matmul" and depth and not shape.attention_dropout:  # one layer's probabilities, rebuilt
         activations += MATMUL_ATTENTION_REBUILT * work.batch * shape.heads * work.seq ** 2 * work.activation_bytes
     dequantized = 4 * max(four_bit, default=0)
+    activations += head_activation_bytes(shape, work) + dequantized + autocast_weight_copies(shape, depth, work)
     return MemoryEstimate(weights=int(weights), gradients=int(gradients), optimizer=optimizer,
-                          activations=int(activations + head_activation_bytes(shape, work) + dequantized))
+                          activations=int(activations))
