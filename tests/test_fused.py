@@ -169,7 +169,9 @@ def test_loaded_models_stay_fused_through_train_and_eval(tmp_path):
 def test_unlisted_models_are_left_alone():
     model = make_tiny_model("gpt2", make_tokenizer())
     assert fuse_layers(model) == {"rmsnorm": 0, "gated_mlp": 0}
-    assert fused_summary(model).startswith("fused layers: none")
+    assert fused_summary(model) == ("fused layers: none (the model has no RMSNorm or gated MLP of a class sftlab "
+                                    "fuses; LayerNorm models such as BERT and GPT-2 run as transformers writes them)")
+    assert fused_summary(model, enabled=False) == "fused layers: none (model.fused_layers is off)"
 
 
 def test_lowest_trainable_norm_skips_its_input_gradient_and_trains_the_same(monkeypatch):

@@ -176,10 +176,14 @@ def first_fused_modules(model: nn.Module) -> list[nn.Module]:
     return list(found.values())
 
 
-def fused_summary(model: nn.Module) -> str:
-    """One log line: how many RMSNorm and gated-MLP modules of `model` run fused."""
+def fused_summary(model: nn.Module, enabled: bool = True) -> str:
+    """One log line: how many RMSNorm and gated-MLP modules of `model` run fused, or why none does (`enabled`:
+    the run's model.fused_layers)."""
     counts = fused_counts(model)
+    if not enabled:
+        return "fused layers: none (model.fused_layers is off)"
     if not any(counts.values()):
-        return "fused layers: none (model.fused_layers is off, or no module of the model is of a listed class)"
+        return ("fused layers: none (the model has no RMSNorm or gated MLP of a class sftlab fuses; LayerNorm models "
+                "such as BERT and GPT-2 run as transformers writes them)")
     return (f"fused layers: {counts['rmsnorm']} RMSNorm, {counts['gated_mlp']} gated MLP (model.fused_layers); "
             f"{kernels.status_line()}")

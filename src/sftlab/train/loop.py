@@ -72,7 +72,7 @@ def log_setup(log, session: Session, precision_choice: str | None = None) -> Non
     cfg = session.cfg
     log.message(allocator_line(cfg.train.allocator))
     log.message(session.trainable.summary())
-    log.message(fused_summary(session.model))
+    log.message(fused_summary(session.model, cfg.model.fused_layers))
     log.message(attention_line(session.model, cfg.model.attn_implementation))
     drops = drop_lines(getattr(session.prepared, "stats", None) or {}, cfg.train.max_length, cfg.data.truncation)
     for line in (precision_choice, precision_line(cfg, session.accelerator.device), *drops):
