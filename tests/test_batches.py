@@ -46,7 +46,8 @@ def test_group_by_length_with_packing_is_refused(tmp_path):
 
 def test_training_visits_the_grouped_batches(tmp_path):
     from sftlab.train.loop import cleanup, step_groups
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import build_session
 
     cfg = load_config(None, [], base=tiny_run(tmp_path, data={"group_by_length": True}, train={"batch_size": 2}))
     prepare_output_dir(Path(cfg.output.dir), resume=False, overwrite=False)

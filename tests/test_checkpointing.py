@@ -84,7 +84,8 @@ def test_lora_on_the_upper_layer_with_checkpointing_leaves_the_lower_layer_out_o
 
     from sftlab.models.tiny import save_tiny
     from sftlab.train.loop import cleanup, optimizer_step
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import build_session
     from test_train_loop import tiny_run
 
     raw = tiny_run(tmp_path, arch="qwen2", train={"gradient_checkpointing": "selective"},

@@ -200,7 +200,8 @@ def test_a_bf16_model_trains_through_master_weights_in_the_loop(tmp_path):
 
     from sftlab.config import load_config
     from sftlab.train.loop import cleanup, optimizer_step
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import build_session
     from test_train_loop import tiny_run
 
     cfg = load_config(None, [], base=tiny_run(tmp_path, model={"dtype": "bfloat16"}, train={"precision": "bf16"}))

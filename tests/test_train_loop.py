@@ -140,7 +140,8 @@ def test_real_signal_stops_at_the_next_step_boundary(tmp_path, capsys, signame):
 @pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
 def test_precision_sets_the_compute_dtype_not_the_weights(tmp_path, precision, expected):
     from sftlab.train.loop import cleanup, optimizer_step
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import build_session
 
     checkpointing = True if precision == "bf16" else "selective"  # one case of each reaches the model
     cfg = load_config(None, [], base=tiny_run(tmp_path, train={"precision": precision,

@@ -65,7 +65,8 @@ def train_with_budget(cfg, seconds: float | None, base_dir: Path | None) -> dict
     """Run one training job (in this process); with `seconds`, end it after the step that passes the budget."""
     from sftlab.train.loop import cleanup, log_setup, save_final, train
     from sftlab.train.runlog import RunLog
-    from sftlab.train.setup import build_session, prepare_output_dir, replacing_previous_run
+    from sftlab.train.rundir import prepare_output_dir, replacing_previous_run
+    from sftlab.train.setup import build_session
 
     out_dir = Path(cfg.output.dir)
     prepare_output_dir(out_dir, resume=False, overwrite=True)

@@ -119,22 +119,23 @@ def save_best(run_dir: Path, model, tokenizer, state: dict, state_dict: dict | N
     return Path(run_dir) / "best"
 
 
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete step checkpoints (those with a sidecar), oldest first."""
+def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Every `step-N` directory under the run's checkpoints, complete or not, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
-    found = []
-    for child in root.iterdir() if root.is_dir() else []:
-        match = _STEP_DIR.match(child.name)
-        if match and (child / SIDECAR).is_file():
-            found.append((int(match.group(1)), child))
+    found = [(int(match.group(1)), child) for child in (root.iterdir() if root.is_dir() else [])
+             if (match := _STEP_DIR.match(child.name))]
     return sorted(found)
 
 
-def incomplete_checkpoints(run_dir: Path) -> list[Path]:
-    """Step directories without a sidecar (not written by sftlab as they are: a partial copy, a deleted sidecar)."""
-    root = Path(run_dir) / CHECKPOINTS
-    return sorted(child for child in (root.iterdir() if root.is_dir() else [])
-                  if _STEP_DIR.match(child.name) and not (child / SIDECAR).is_file())
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints (those with a sidecar), oldest first."""
+    return [(step, path) for step, path in _step_dirs(run_dir) if (path / SIDECAR).is_file()]
+
+
+def incomplete_checkpoints(run_dir: Path, after: int = -1) -> list[Path]:
+    """Step directories after step `after` without a sidecar (not written by sftlab as they are: a partial copy, a
+    deleted sidecar), oldest first."""
+    return [path for step, path in _step_dirs(run_dir) if step > after and not (path / SIDECAR).is_file()]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

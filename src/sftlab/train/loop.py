@@ -43,7 +43,8 @@ from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
-from sftlab.train.setup import Session, build_session, prepare_output_dir, replacing_previous_run, resume_lines
+from sftlab.train.rundir import prepare_output_dir, replacing_previous_run
+from sftlab.train.setup import Session, build_session, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
 StepCallback = Callable[[int, float], None]

@@ -1,4 +1,5 @@
-"""Everything a run needs before its first step: output dir, data, model, strategy, optimizer, resume state.
+"""Everything a run needs before its first step: data, model, strategy, optimizer, resume state (the output
+directory: `sftlab.train.rundir`).
 
 `build_session` loads the tokenizer, prepares the data, loads the model for the stage, applies the
 strategy, and builds the accelerator, AdamW, the LR schedule, the autocast context of every forward pass and,
@@ -12,7 +13,6 @@ main process writes files, and a resume must use the same number of processes.
 from __future__ import annotations
 
 import contextlib
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +23,11 @@ from sftlab.config import dump_config
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_text
 from sftlab.train import batches as plan
-from sftlab.train.checkpoint import (CHECKPOINTS, SIDECAR, check_resume_data, incomplete_checkpoints,
-                                     latest_checkpoint, load_training_state, load_weights, read_sidecar)
+from sftlab.train.checkpoint import (SIDECAR, check_resume_data, incomplete_checkpoints, load_training_state,
+                                     load_weights, read_sidecar)
 from sftlab.train.loss import loss_sum
 from sftlab.train.environment import collect_environment, version_warning
 
-RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
-               "data_stats.json", "trainable.json", "importance.png")
-# Where --overwrite keeps the previous run's entries until the new run's setup has succeeded (`replacing_previous_run`).
-PREVIOUS_RUN = ".sftlab-previous-run"
 # Settings a resumed run may change; everything else under model/data/strategy/train must match.
 RESUMABLE_CHANGES = {"train.log_every_n_steps", "train.save_every_n_steps", "data.num_workers", "data.cache_dir",
                      "train.dist_timeout_s", "train.keep_freed_memory", "train.allocator", "model.fused_layers"}
@@ -81,56 +77,6 @@ class Session:
     autocast: Callable = contextlib.nullcontext  # `with session.autocast():` around forward passes (scaling.py)
     scaler: Any = None  # torch.amp.GradScaler under train.precision fp16
     skipped_steps: int = 0  # fp16 steps whose gradients overflowed (the optimizer step was skipped)
-
-
-def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Check the output directory for a fresh run or a resume; return the checkpoint to resume from."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SftlabError(f"output.dir {out_dir} is a file; expected a directory")
-    occupied = out_dir.exists() and any(out_dir.iterdir())
-    if resume:
-        checkpoint = latest_checkpoint(out_dir)
-        if checkpoint is None:
-            instead = "--overwrite instead of --resume to start it again" if occupied else "the run without --resume"
-            partial = [f"{path.name} has no {SIDECAR}" for path in incomplete_checkpoints(out_dir)]
-            which = f"no complete checkpoint in {out_dir / CHECKPOINTS}: {', '.join(partial)}" if partial else \
-                f"no checkpoint in {out_dir / CHECKPOINTS}"
-            raise SftlabError(f"--resume: {which}; start {instead}")
-        return checkpoint
-    if occupied:
-        if not overwrite:
-            raise SftlabError(f"output.dir {out_dir} already exists and is not empty; "
-                              "pass --overwrite to start over or --resume to continue it")
-        held = out_dir / PREVIOUS_RUN
-        shutil.rmtree(held, ignore_errors=True)
-        held.mkdir()
-        for name in RUN_ENTRIES:  # only what a run writes; never other files the user keeps there
-            if (out_dir / name).exists():
-                (out_dir / name).replace(held / name)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return None
-
-
-@contextlib.contextmanager
-def replacing_previous_run(out_dir: Path, main: bool = True, created: bool = False):
-    """Around a run's setup: the previous run that --overwrite set aside (`prepare_output_dir`) is deleted once the
-    setup has succeeded, and put back as it was when it fails (bad data, a model that does not load). When it
-    fails, an output directory this run `created` goes again if it holds nothing."""
-    held = out_dir / PREVIOUS_RUN
-    try:
-        yield
-    except BaseException:
-        if main and held.is_dir():
-            for entry in held.iterdir():
-                target = out_dir / entry.name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-                entry.replace(target)
-            shutil.rmtree(held, ignore_errors=True)
-        if main and created and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()
-        raise
-    if main:
-        shutil.rmtree(held, ignore_errors=True)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -289,6 +235,17 @@ def _check_resume_processes(saved: dict, accelerator) -> None:
                           f"resume with --nproc {before} (the global batch and data order depend on it)")
 
 
+def _check_prepared(cfg, prepared, saved: dict | None) -> None:
+    """The prepared data can train this run: rows left, a validation split when evaluations are asked for, and
+    for a resume the rows the checkpoint's run trained on (`check_resume_data`)."""
+    if saved:
+        check_resume_data(saved, prepared)
+    if not cfg.data.streaming and len(prepared.train) == 0:
+        raise SftlabError("data.train: no training examples left after preparation")
+    if cfg.eval.every_n_steps and not prepared.validation:
+        raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
+
+
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
                   accelerator=None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
@@ -319,12 +276,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
         keep_freed_memory()  # undone by sftlab.train.loop.cleanup
     tokenizer = load_tokenizer(cfg.model)
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
-    if saved:
-        check_resume_data(saved, prepared)
-    if not cfg.data.streaming and len(prepared.train) == 0:
-        raise SftlabError("data.train: no training examples left after preparation")
-    if cfg.eval.every_n_steps and not prepared.validation:
-        raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
+    _check_prepared(cfg, prepared, saved)
     collate = make_collate(cfg, tokenizer)
     model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
@@ -375,18 +327,12 @@ def resume_lines(session: Session) -> list[str]:
     resized = (f"; the run was {session.resized_from} steps, and the learning-rate schedule now runs to step "
                f"{session.total_steps}" if session.resized_from else "")
     warning = version_warning(session.checkpoint_environment, session.environment.get("packages"))
-    newer = [path.name for path in incomplete_checkpoints(session.out_dir)
-             if _step_number(path) > _step_number(session.resumed_from)]
+    newer = [path.name for path in incomplete_checkpoints(session.out_dir, after=session.step)]
     skipped = (f"note: skipped {', '.join(newer)}: no {SIDECAR} (a checkpoint cut short or copied in part)"
                if newer else None)
     return [f"resuming from {session.resumed_from} (step {session.step} of {session.total_steps}{resized})",
             *([skipped] if skipped else []), *([warning] if warning else [])]
 
-
-def _step_number(path) -> int:
-    """N of a `step-N` checkpoint directory (-1 for any other name)."""
-    name = Path(path).name
-    return int(name[5:]) if name.startswith("step-") and name[5:].isdigit() else -1
 
 
 def _resize(session: Session, before: int) -> None:
