@@ -107,3 +107,30 @@ def test_default_precisions_skip_emulated_bf16():
     assert bench.default_precisions(quick=False, bf16_native=True) == "fp32,bf16"
     assert bench.default_precisions(quick=True, bf16_native=False) == "fp32"
     assert bench.default_precisions(quick=False, bf16_native=False) == "fp32"
+
+
+def test_sftlab_runner_trains_a_tiny_workload_end_to_end(tmp_path):
+    """The runner's imports and its result file: a refactor of sftlab's training modules once broke the benchmark's
+    sftlab rows (an ImportError), which only a real run of the runner shows."""
+    import json
+    import math
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    records = [{**r, "output": f"{r['output']} {i}"} for i in range(8) for r in RECORDS]  # 48 distinct records
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(records), encoding="utf-8")
+    tokenizer = workloads.train_tokenizer(records, vocab_size=300)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, intermediate_size=64, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "work" / "model")
+    tokenizer.save_pretrained(tmp_path / "work" / "model")
+    spec = workloads.build("w1", data, tmp_path / "work", quick=True, log=lambda *_: None)
+    result = bench.run_setting("sftlab-packed", "fp32", {**spec, "sftlab_allocator": "system"}, timeout=300,
+                               log=lambda *_: None)
+    assert "error" not in result, result.get("error")
+    assert result["optimizer_steps"] >= 1 and result["tokens"] > 0 and result["train_seconds"] > 0
+    assert math.isfinite(result["eval_loss"]) and result["peak_rss_bytes"] > 0

@@ -58,7 +58,8 @@ def main() -> None:
     from sftlab.models.fused import fused_summary
     from sftlab.train.loop import cleanup, train
     from sftlab.train.runlog import RunLog
-    from sftlab.train.setup import build_session, prepare_output_dir
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import build_session
 
     print(allocator_line(cfg.train.allocator), file=sys.stderr, flush=True)
     out_dir = Path(cfg.output.dir)
