@@ -51,6 +51,20 @@ def test_pt_document_mode_truncates_and_counts(chatml):
                                     TrainConfig(stage="pt", max_length=12))
     assert [len(r) for r in rows["input_ids"]] == [len(chatml("short")["input_ids"]) + 1, 12]
     assert stats.truncated == 1 and stats.rows == 2
+    long_ids = chatml("hello world " * 20)["input_ids"] + [chatml.eos_token_id]
+    assert stats.truncated_tokens == len(long_ids) - 12 > 0  # the tokens cut from the document's end
+    _, cached = tokenize_examples(docs("short", "hello world " * 20), chatml, DataConfig(train="x", pt_mode="document"),
+                                  TrainConfig(stage="pt", max_length=12))
+    assert cached.cache_hit and cached.truncated_tokens == stats.truncated_tokens
+
+
+def test_cls_truncation_counts_the_tokens_cut():
+    bert = make_tokenizer("none")
+    long_text = "good " * 20
+    examples = [{"text": "good", "label": "pos", "_src": "c:1"}, {"text": long_text, "label": "pos", "_src": "c:2"}]
+    rows, stats = tokenize_examples(examples, bert, DataConfig(train="x"), TrainConfig(stage="cls", max_length=8))
+    assert (stats.truncated, len(rows["input_ids"][1])) == (1, 8)
+    assert stats.truncated_tokens == len(bert(long_text)["input_ids"]) - 8 > 0
 
 
 def test_cls_labels_index_into_label_set_and_unknown_label_fails():

@@ -167,6 +167,30 @@ def test_long_prompts_are_cut_from_the_left(tiny):
     assert len(ids) > 32
 
 
+def test_over_long_chats_are_scored_on_the_tokens_training_keeps(tmp_path, monkeypatch):
+    """eval kept the last max_length tokens without the BOS token that data.truncation left keeps."""
+    from sftlab.config.schema import DataConfig, TrainConfig
+    from sftlab.data.tokenize import tokenize_examples
+
+    monkeypatch.setenv("SFTLAB_CACHE", str(tmp_path / "cache"))
+    tok = make_tokenizer("llama3")
+    model = make_tiny_model("llama", tok, seed=2, hidden=32, layers=1)
+    chat = {"messages": [{"role": "user", "content": "word " * 60}, {"role": "assistant", "content": "yes indeed"}]}
+    rows, stats = tokenize_examples([chat], tok, DataConfig(train="x", template="llama3", truncation="left"),
+                                    TrainConfig(stage="sft", max_length=32))
+    trained = (list(rows[0]["input_ids"]), list(rows[0]["labels"]))
+    assert stats.cut_left == 1 and len(trained[0]) == 32 and trained[0][0] == tok.bos_token_id
+    expected = scoring.supervised_logprobs(model, [trained])[0]
+    metrics, predictions = tasks.run_lm(model, tok, [chat], tasks.EvalOptions(template="llama3", max_length=32))
+    assert (-predictions[0]["nll"], predictions[0]["tokens"]) == (pytest.approx(expected[0], abs=1e-5), expected[1])
+
+    seen = []  # generation prompts are cut the same way: BOS, then the prompt's last tokens
+    monkeypatch.setattr(model, "generate", lambda input_ids, **kw: seen.append(input_ids[0].tolist()) or input_ids)
+    scoring.generate_texts(model, tok, [chat["messages"][:1]], "llama3", max_length=32)
+    prompt = scoring.prompt_ids(tok, chat["messages"][:1], "llama3")
+    assert len(prompt) > 32 and seen == [prompt[:1] + prompt[-31:]] and prompt[0] == tok.bos_token_id
+
+
 def test_hook_label_set_includes_labels_seen_only_in_training(tiny, tmp_path):
     model, tok = tiny
     val = [{"messages": p + [{"role": "assistant", "content": label}]} for p, label in zip(PROMPTS, ["yes", "no", "yes"])]

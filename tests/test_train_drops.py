@@ -49,4 +49,18 @@ def test_drop_lines_join_every_kind_of_change_in_one_line_per_split():
         "left with no supervised token (they add nothing to the loss); data_stats.json counts them"]
     assert drop_lines({"train": {"examples": 8, "truncated": 3}}, 16, "drop") == [
         "data: truncated 3 of 8 train samples to train.max_length=16; data_stats.json counts them"]
+    assert drop_lines({"train": {"examples": 8, "truncated": 3, "truncated_tokens": 1204}}, 512, "drop") == [
+        "data: truncated 3 of 8 train samples to train.max_length=512 (1,204 tokens cut); data_stats.json counts them"]
     assert drop_lines({"stage": "pt", "streaming": {"files": []}}, 16, "drop") == []
+
+
+def test_truncated_documents_are_logged_with_the_tokens_cut(tmp_path, capsys):
+    """pt with data.pt_mode: document said how many documents were truncated, not how many tokens that cut."""
+    rows = [{"text": "short text"}, {"text": "tell me more " * 60}, {"text": "and more again " * 40}]
+    result = train(tiny_run(tmp_path, rows=rows, data={"pt_mode": "document"},
+                            train={"stage": "pt", "max_steps": 1, "max_length": 32}))
+    stats = json.loads((result.out_dir / "data_stats.json").read_text())["train"]
+    assert stats["truncated"] == 2 and stats["truncated_tokens"] > 2 * 32
+    assert _data_lines(capsys.readouterr().err) == [
+        f"data: truncated 2 of 3 train samples to train.max_length=32 ({stats['truncated_tokens']:,} tokens cut); "
+        "data_stats.json counts them"]

@@ -35,7 +35,8 @@ def register(registry) -> None:
                         help="Chinese segmentation for BLEU/ROUGE (characters or jieba words)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int,
-                        help="longer inputs are cut from the left (prompts), scored in windows (texts of the lm "
+                        help="longer inputs are cut from the left as training's data.truncation left cuts them, "
+                             "a leading BOS kept (chats, prompts), scored in windows (texts of the lm "
                              "task) or truncated (classification head) (default: the run's train.max_length, "
                              "else 1024)")
     parser.add_argument("--max-samples", type=int, help="evaluate only the first N examples")

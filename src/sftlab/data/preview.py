@@ -141,7 +141,8 @@ def summary_line(split: str, stats: dict) -> str:
         line += ", labels " + ", ".join(f"{name}={n}" for name, n in stats["label_counts"].items())
     else:
         line += f", {supervised} supervised ({supervised / tokens if tokens else 0:.1%})"
-    changes = {k: stats.get(k, 0) for k in ("dropped_too_long", "dropped_answer_too_long", "cut_left", "truncated")}
+    changes = {k: stats.get(k, 0) for k in ("dropped_too_long", "dropped_answer_too_long", "cut_left", "truncated",
+                                            "truncated_tokens")}
     shown = ", ".join(f"{k}={v}" for k, v in changes.items() if v)
     return line + (f"; {shown}" if shown else "")
 
@@ -160,13 +161,17 @@ def drop_lines(stats: dict, max_length: int, truncation: str) -> list[str]:
 
 
 def drop_line(split: str, stats: dict, max_length: int, truncation: str) -> str | None:
-    """'data: dropped 12 of 400 train samples longer than train.max_length=512 (data.truncation: drop); ...'."""
+    """'data: dropped 12 of 400 train samples longer than train.max_length=512 (data.truncation: drop); ...'.
+
+    Truncated samples (pt documents, cls texts) are counted with the tokens cut from their ends:
+    'truncated 3 of 40 train samples to train.max_length=512 (1,204 tokens cut)'."""
     limit, policy = f"train.max_length={max_length}", f"(data.truncation: {truncation})"
+    cut_tokens = f" ({stats['truncated_tokens']:,} tokens cut)" if stats.get("truncated_tokens") else ""
     changes = [("dropped", "dropped_too_long", f"longer than {limit} {policy}"),
                ("dropped", "dropped_answer_too_long", f"whose last answer alone is longer than {limit} {policy}"),
                ("dropped", "dropped_image_span", f"that could only be cut to {limit} inside an image {policy}"),
                ("cut", "cut_left", f"from the left to {limit} {policy}"),
-               ("truncated", "truncated", f"to {limit}"),
+               ("truncated", "truncated", f"to {limit}{cut_tokens}"),
                ("dropped", "dropped_no_supervised", "left with no supervised token (they add nothing to the loss)")]
     parts = [(verb, stats[key], reason) for verb, key, reason in changes if stats.get(key)]
     if not parts:

@@ -14,9 +14,10 @@ cls `{"input_ids", "label": int}`.
   it, that turn supervised), and the counts are of those samples.
 - pt: `concat` tokenizes each document (tokenizer's special tokens, EOS appended), joins them and cuts
   `max_length` blocks; the shorter tail block is kept and its size reported. `document` keeps one
-  document per row, truncated to max_length (counted).
-- cls: text with the tokenizer's special tokens (truncated to max_length, counted), label -> index in the
-  label set (`data.labels`, else the labels seen in train sorted, numerically when all are integers).
+  document per row, truncated to max_length (the documents and the tokens cut from their ends counted).
+- cls: text with the tokenizer's special tokens (truncated to max_length, the texts and tokens cut counted),
+  label -> index in the label set (`data.labels`, else the labels seen in train sorted, numerically when all
+  are integers).
 
 The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
 directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
@@ -56,6 +57,7 @@ class TokenizeStats:
     dropped_no_supervised: int = 0
     cut_left: int = 0
     truncated: int = 0
+    truncated_tokens: int = 0  # tokens cut from the ends of the truncated samples (pt documents, cls texts)
     tail_tokens: int = 0
     label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     cache_hit: bool = False
@@ -183,6 +185,7 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     status = columns["status"]
     for name in ("dropped_too_long", "dropped_answer_too_long", "dropped_no_supervised", "cut_left", "truncated"):
         setattr(stats, name, status.count(name))
+    stats.truncated_tokens = sum(row.get("cut", 0) for row in encoded)
     keep = [i for i, s in enumerate(status) if not s.startswith("dropped")]
     input_ids = [columns["input_ids"][i] for i in keep]
     targets = [columns[key][i] for i in keep]
@@ -262,20 +265,22 @@ def _encode_pt_document(example: dict, tokenizer, settings: dict) -> dict:
     ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
     if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
         ids = ids + [tokenizer.eos_token_id]
-    status = "ok"
     if settings["pt_mode"] == "document" and len(ids) > settings["max_length"]:
-        ids, status = ids[: settings["max_length"]], "truncated"
-    return {"input_ids": ids, "labels": list(ids), "status": status}
+        cut = len(ids) - settings["max_length"]
+        ids = ids[: settings["max_length"]]
+        return {"input_ids": ids, "labels": list(ids), "status": "truncated", "cut": cut}
+    return {"input_ids": ids, "labels": list(ids), "status": "ok"}
 
 
 def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
     max_length = settings["max_length"]
     ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
-    status = "ok"
+    row = {"label": settings["label_names"].index(example["label"]), "status": "ok"}
     if len(ids) > max_length:
+        full = len(ids)
         ids = tokenizer(example["text"], add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
-        status = "truncated"
-    return {"input_ids": ids, "label": settings["label_names"].index(example["label"]), "status": status}
+        row.update(status="truncated", cut=full - len(ids))
+    return {"input_ids": ids, **row}
 
 
 def _encode_sft(example: dict, tokenizer, settings: dict) -> dict | list[dict]:

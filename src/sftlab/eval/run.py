@@ -106,7 +106,7 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
         raise SftlabError(f"--task {task!r}: expected one of {', '.join(tasks.TASKS)}")
     if with_baselines and task not in ("labels", "ranking"):
         raise SftlabError(f"--baselines: available for the labels and ranking tasks, not {task}")
-    from sftlab.datawork.records import option_errors
+    from sftlab.data.option_names import option_errors
     from sftlab.io import check_output_dir
 
     check_output_dir(out, overwrite, inputs=(model_dir, data, train_file))

@@ -6,7 +6,9 @@
 Prompts are lists of chat messages rendered with the training template. A continuation's score is
 the summed log-probability of the tokens the training mask supervises for that assistant answer
 (the answer and its end-of-turn token). All (prompt, continuation) pairs are scored in right-padded
-batches sorted by length; generation runs in left-padded batches.
+batches sorted by length; generation runs in left-padded batches. Rows and prompts longer than `max_length`
+are cut as training's `data.truncation: left` cuts them (`cut_left`): a leading BOS token kept, then the last
+tokens.
 """
 
 from __future__ import annotations
@@ -48,19 +50,36 @@ def prompt_ids(tokenizer, messages: Messages, template: str = "auto") -> list[in
     return list(render_prompt(tokenizer, messages, template))
 
 
+def cut_left(ids: list[int], labels: list[int], max_length: int | None,
+             bos_id: int | None) -> tuple[list[int], list[int]]:
+    """(ids, labels) cut to `max_length` tokens with training's function (`sftlab.data.tokenize.fit_length` under
+    data.truncation left): a leading BOS token (`bos_id`) kept, then the last tokens, so the answer stays whole.
+
+    A row whose answer alone is longer, which training drops, is cut the same way (its answer's last tokens are
+    scored); rows that fit are returned unchanged. Below 2 tokens (which training refuses) no BOS is kept."""
+    if not max_length or len(ids) <= max_length:
+        return ids, labels
+    if max_length < 2:
+        return ids[-max_length:], labels[-max_length:]
+    from sftlab.data.tokenize import fit_length
+
+    ids, labels, _ = fit_length(list(ids), list(labels), max_length, "left", all_supervised=True, bos_id=bos_id)
+    return ids, labels
+
+
 def _device(model):
     return next(model.parameters()).device
 
 
 def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8,
-                        max_length: int | None = None) -> list[tuple[float, int]]:
+                        max_length: int | None = None, bos_id: int | None = None) -> list[tuple[float, int]]:
     """For each (ids, labels) row: (sum of log p(label token | prefix) over supervised positions, count).
 
     Labels are unshifted (labels[i] is the token at position i, -100 = not supervised), as in training.
-    Rows longer than `max_length` keep their last `max_length` tokens (the prompt is cut from the left).
+    Rows longer than `max_length` are cut from the left as training cuts them (`cut_left`: the leading BOS token
+    `bos_id` kept, then the last tokens).
     """
-    if max_length:
-        rows = [(ids[-max_length:], labels[-max_length:]) for ids, labels in rows]
+    rows = [cut_left(ids, labels, max_length, bos_id) for ids, labels in rows]
     import torch
     from sftlab.train.loss import row_logprobs
 
@@ -94,7 +113,8 @@ def score_continuations(model, tokenizer, prompts: Sequence[Messages], candidate
                         template: str = "auto", batch_size: int = 8, max_length: int | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass."""
     rows = [encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates) for text in options]
-    flat = [logprob for logprob, _ in supervised_logprobs(model, rows, batch_size, max_length)]
+    scored = supervised_logprobs(model, rows, batch_size, max_length, tokenizer.bos_token_id)
+    flat = [logprob for logprob, _ in scored]
     out, position = [], 0
     for options in candidates:
         out.append(flat[position: position + len(options)])
@@ -117,13 +137,14 @@ def generate_texts(model, tokenizer, prompts: Sequence[Messages], template: str 
                    batch_size: int = 8, max_length: int | None = None) -> list[str]:
     """Batched greedy (or seeded sampled) completions of each prompt, decoded without special tokens.
 
-    Prompts longer than `max_length` keep their last `max_length` tokens."""
+    Prompts longer than `max_length` are cut from the left as training cuts them (`cut_left`)."""
     import copy
 
     import torch
 
     device = _device(model)
-    encoded = [prompt_ids(tokenizer, messages, template)[-max_length if max_length else 0:] for messages in prompts]
+    encoded = [cut_left(ids, ids, max_length, tokenizer.bos_token_id)[0]
+               for ids in (prompt_ids(tokenizer, messages, template) for messages in prompts)]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = copy.deepcopy(model.generation_config)
     config.update(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,

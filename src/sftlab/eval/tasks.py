@@ -42,7 +42,8 @@ class EvalOptions:
     positive: str | None = None
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     segmenter: str = "char"
-    max_length: int = 1024  # longer inputs: cut from the left (prompts), windows (lm texts), truncated (cls head)
+    # longer inputs: cut from the left as training cuts (chats, prompts), windows (lm texts), truncated (cls head)
+    max_length: int = 1024
 
 
 def split_prompt(example: dict) -> tuple[list[dict], str]:
@@ -101,7 +102,8 @@ def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[d
         rows += encoded
         owners += [index] * len(encoded)
     sums = [[0.0, 0] for _ in examples]
-    for owner, (logprob, count) in zip(owners, scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length)):
+    scored = scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length, tokenizer.bos_token_id)
+    for owner, (logprob, count) in zip(owners, scored):
         sums[owner][0] += logprob
         sums[owner][1] += count
     predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]

@@ -9,6 +9,11 @@
 see `sftlab.models.gguf`). Anything that looks like a hub id (`org/name`) and is not on disk fails at
 once with a one-line `SftlabError`; no network request is ever attempted (HF_HUB_OFFLINE=1 and
 `local_files_only=True`).
+
+A classification head that the checkpoint lacks (cls on a base model) is initialised by transformers, whose
+multi-line LOAD REPORT about it is held back: the model's `sftlab_head_line` says in one line which head weights
+are new, and `sftlab train` logs it. Any other missing, mismatched or unused weight lets the report through as
+transformers writes it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 from sftlab.errors import SftlabError
@@ -195,7 +201,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     else:
         raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
     try:
-        model = auto.from_pretrained(directory, **kwargs)
+        model = (_from_pretrained_classifier(auto, directory, kwargs) if stage == "cls"
+                 else auto.from_pretrained(directory, **kwargs))
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0]
         what = "sequence classifier" if stage == "cls" else "causal language model"
@@ -206,6 +213,70 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
 
         keep_training_layout(model)
     return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
+
+
+def _from_pretrained_classifier(auto, directory: Path, kwargs: dict):
+    """`auto.from_pretrained` for a classifier, with transformers' LOAD REPORT held back when the only weights it
+    names are a newly initialised head (the model's `sftlab_head_line` says so instead) and let through otherwise."""
+    with _held_load_report() as held:
+        model, info = auto.from_pretrained(directory, output_loading_info=True, **kwargs)
+    line = new_head_line(model, info)
+    if line is None:
+        _release(held)
+    else:
+        model.sftlab_head_line = line
+    return model
+
+
+@contextmanager
+def _held_load_report():
+    """Hold the LOAD REPORT records transformers logs while loading (a list; released at once on an error)."""
+    from transformers import modeling_utils
+
+    held: list = []
+
+    def hold(record) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            held.append(record)
+            return False
+        return True
+
+    modeling_utils.logger.addFilter(hold)
+    try:
+        yield held
+    except BaseException:
+        modeling_utils.logger.removeFilter(hold)
+        _release(held)
+        raise
+    finally:
+        modeling_utils.logger.removeFilter(hold)
+
+
+def _release(held: list) -> None:
+    """Log held LOAD REPORT records as transformers would have."""
+    from transformers import modeling_utils
+
+    for record in held:
+        modeling_utils.logger.handle(record)
+
+
+def new_head_line(model, info: dict) -> str | None:
+    """The run-log line for a classifier whose only missing weights are its head (the parameters outside the
+    base model), none mismatched and none of the base unused: 'classification head: classifier.bias,
+    classifier.weight newly initialised (model.path has no classification head)', naming the checkpoint's weights
+    left unused outside the base (a causal LM's lm_head). None when nothing is missing or anything else is wrong."""
+    base = model.base_model
+    missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
+    if base is model or not missing or info.get("mismatched_keys") or info.get("error_msgs"):
+        return None
+    # a key of the base model starts with its prefix (`bert.`, `model.`), or with one of its modules when the
+    # checkpoint was saved without the prefix (a BertModel's `encoder.`)
+    inside = {model.base_model_prefix, *(name for name, _ in base.named_children())}
+    if any(name.split(".")[0] in inside for name in missing + unused):
+        return None
+    shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
+    return (f"classification head: {', '.join(missing)} newly initialised (model.path has no classification head"
+            + (f"; its {shown} not used)" if unused else ")"))
 
 
 def _attach_adapter(model, adapter: str, keep: bool):

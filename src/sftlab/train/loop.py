@@ -69,9 +69,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def log_setup(log, session: Session, precision_choice: str | None = None) -> None:
-    """The run log's first lines: allocator, trainable count, fused layers, kernels, attention, precision, drops."""
+    """The run log's first lines: allocator, a new classification head, trainable count, fused layers, kernels,
+    attention, precision, drops."""
     cfg = session.cfg
     log.message(allocator_line(cfg.train.allocator))
+    head_line = getattr(session.model, "sftlab_head_line", None)  # cls on a base model (sftlab.models.load)
+    if head_line and not session.resumed_from:  # a resumed run's head comes from its checkpoint
+        log.message(head_line)
     log.message(session.trainable.summary())
     log.message(fused_summary(session.model, cfg.model.fused_layers))
     log.message(attention_line(session.model, cfg.model.attn_implementation))
