@@ -247,13 +247,17 @@ def test_stats_max_length_below_one_is_refused(tmp_path, chat, capsys, value):
 
 
 @pytest.mark.parametrize("command", [["clean"], ["build", "convert"], ["augment"]])
-def test_image_text_rows_are_refused_rather_than_stripped_of_their_images(tmp_path, capsys, command):
+def test_image_text_rows_keep_their_images_rather_than_being_stripped_of_them(tmp_path, command):
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tmp_path / "cat.png")
     data = tmp_path / "img.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "<image>What is this?"},
                                              {"role": "assistant", "content": "A cat."}], "images": ["cat.png"]}) + "\n",
                     encoding="utf-8")
-    assert main(["data", *command, str(data), str(tmp_path / "o.jsonl")]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {data}:1: an image+text row") and not (tmp_path / "o.jsonl").exists()
+    assert main(["data", *command, str(data), str(tmp_path / "o.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert rows and all(row["images"] == ["cat.png"] for row in rows)  # more in tests/test_data_images.py
 
 
 def test_stats_overwrite_replaces_the_whole_directory(tmp_path, chat, capsys):

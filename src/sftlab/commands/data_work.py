@@ -32,8 +32,10 @@ def _eval_args(parser, what: str) -> None:
 
 
 def _to_arg(parser, default: str | None = None) -> None:
-    parser.add_argument("--to", default=default, choices=["alpaca", "sharegpt", "messages", "jsonl", "csv"],
-                        help="output format (default: messages for conversations, jsonl otherwise)")
+    parser.add_argument("--to", default=default, choices=["alpaca", "sharegpt", "messages", "openai", "jsonl", "csv"],
+                        help="output format (default: messages for conversations, jsonl otherwise); image+text data: "
+                             "messages or sharegpt (<image> placeholders and an images list), openai (image_url "
+                             "content parts) or jsonl")
 
 
 def _generation_args(parser) -> None:
@@ -54,7 +56,7 @@ def _register_build(data) -> None:
     p.add_argument("--report", help="also write REPORT.json and REPORT.md")
     p.set_defaults(func=_handler("build_validate"))
 
-    p = sub.add_parser("convert", help="convert between alpaca, sharegpt, messages, jsonl and csv")
+    p = sub.add_parser("convert", help="convert between alpaca, sharegpt, messages, openai, jsonl and csv")
     _data_args(p)
     _to_arg(p, "messages")
     p.set_defaults(func=_handler("build_convert"))

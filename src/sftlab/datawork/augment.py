@@ -9,7 +9,9 @@ Chinese text is split into words with jieba, English on spaces. Only the prompt 
 tool results and the tools list are never edited. In a conversation with tool calls, the rule methods leave
 alone every word of a user turn that also occurs in the calls' arguments (`protected_words`), so the prompt
 keeps agreeing with them ("weather in Paris" stays "Paris" when a call sends {"city": "Paris"}), and a paraphrase
-that loses such a word is dropped. Every new
+that loses such a word is dropped. In an image+text example every `<image>` placeholder stays as and where it
+is: while a turn is edited each stands as one protected token (`images.MARK`), never replaced, moved or deleted,
+and a paraphrase with other placeholders than its original is dropped. Every new
 record is a copy marked `"augmented": {"method", "source"}` (plus `source_id` when the source has an `id`, see
 `marked`); originals are never replaced. Randomness is drawn
 from a generator seeded by (seed, example position, method, copy), so a re-run gives the same output.
@@ -18,6 +20,7 @@ from a generator seeded by (seed, example position, method, copy), so a re-run g
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import random
 import re
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from sftlab.data.readers import _decode
 from sftlab.datawork.filters import detect_language
+from sftlab.datawork.images import MARK, PLACEHOLDER, has_images, keep_placeholders
 from sftlab.datawork.records import call_value, src, stage_of
 from sftlab.errors import SftlabError
 
@@ -59,13 +63,14 @@ def load_synonyms(path: str | Path | None, language: str) -> dict[str, list[str]
 
 def split_words(text: str) -> tuple[list[str], str]:
     """Tokens of `text` that join back to it exactly (words and the whitespace between them), and the separator
-    an inserted word needs ('' for text with Chinese, split by jieba; ' ' otherwise, split on whitespace)."""
+    an inserted word needs ('' for text with Chinese, split by jieba; ' ' otherwise, split on whitespace). A
+    placeholder mark (`images.MARK`) is a token of its own (jieba splits it off too)."""
     if _HAS_HAN.search(text):
         import jieba
 
         jieba.setLogLevel(logging.WARNING)
         return jieba.lcut(text), ""
-    return [token for token in re.split(r"(\s+)", text) if token], " "
+    return [token for token in re.split(f"(\\s+|{MARK})", text) if token], " "
 
 
 def word_key(token: str) -> str:
@@ -102,8 +107,8 @@ def _argument_words(value, words: set[str]) -> None:
 
 class RuleAugmenter:
     """EDA-style operations on words (whitespace and line breaks stay); `rate` is the share of words touched
-    (at least one). Words in `protected` (`word_key` forms) are never replaced, moved or deleted, and no synonym
-    of them is inserted."""
+    (at least one). Words in `protected` (`word_key` forms) and image placeholder marks are never replaced, moved
+    or deleted, and no synonym of them is inserted."""
 
     def __init__(self, synonyms: dict[str, list[str]], rate: float = 0.1, seed: int = 0):
         if not 0.0 < rate <= 1.0:
@@ -116,7 +121,7 @@ class RuleAugmenter:
     def apply(self, method: str, text: str, rng: random.Random, protected: frozenset[str] = frozenset()) -> str:
         """`text` with `method` applied; words whose `word_key` is in `protected` stay as and where they are."""
         tokens, sep = split_words(text)
-        spots = [i for i, token in enumerate(tokens) if token.strip()]
+        spots = [i for i, token in enumerate(tokens) if token.strip() and MARK not in token]  # words, not images
         if not spots:
             return text
         n = max(1, int(round(self.rate * len(spots))))
@@ -172,8 +177,11 @@ def _in_place_of(token: str, synonym: str, whole: bool) -> str:
 
 
 def _edit_prompt(example: dict, fn, last_user_only: bool = False) -> dict:
-    """A copy with `fn` applied to the user turns (or only the last one) of sft, or to the text otherwise."""
+    """A copy with `fn` applied to the user turns (or only the last one) of sft, or to the text otherwise; in an
+    image+text example each `<image>` stays as and where it is (`images.keep_placeholders`)."""
     out = copy.deepcopy(example)
+    if has_images(out):
+        fn = functools.partial(keep_placeholders, fn=fn)
     if stage_of(out) == "sft":
         users = [m for m in out["messages"] if m["role"] == "user"]
         for message in users[-1:] if last_user_only else users:
@@ -209,7 +217,8 @@ def augment_examples(examples: list[dict], augmenter: RuleAugmenter, methods: li
 def paraphrase_examples(examples: list[dict], generator, rejected: list | None = None) -> list[dict]:
     """One marked copy per example whose prompt side is rewritten by a local model (`generator(prompts) -> texts`);
     empty rewrites and rewrites equal to the original are skipped, and so is a rewrite that loses a word of the
-    original the tool calls' arguments hold (`protected_words`), which goes to `rejected` as (example, why)."""
+    original the tool calls' arguments hold (`protected_words`), or that has other `<image>` placeholders than
+    the original (an image+text example), which goes to `rejected` as (example, why)."""
     originals = [_prompt_side(example) for example in examples]
     rewritten = generator([paraphrase_instruction(text) for text in originals])
     out = []
@@ -217,12 +226,18 @@ def paraphrase_examples(examples: list[dict], generator, rejected: list | None =
         text = text.strip()
         if not text or text == original:
             continue
+        if has_images(example) and text.count(PLACEHOLDER) != original.count(PLACEHOLDER):
+            if rejected is not None:
+                rejected.append((example, f"the rewrite has {text.count(PLACEHOLDER)} {PLACEHOLDER} placeholder(s), "
+                                          f"the original {original.count(PLACEHOLDER)}: {text!r}"))
+            continue
         lost = _lost_words(original, text, protected_words(example))
         if lost:
             if rejected is not None:
                 rejected.append((example, f"the rewrite lost {', '.join(lost)} (tool-call arguments): {text!r}"))
             continue
-        out.append(marked(_edit_prompt(example, lambda _old, t=text: t, last_user_only=True), "paraphrase", example))
+        new = text.replace(PLACEHOLDER, MARK) if has_images(example) else text  # as `_edit_prompt` hands it over
+        out.append(marked(_edit_prompt(example, lambda _old, t=new: t, last_user_only=True), "paraphrase", example))
     return out
 
 
@@ -238,6 +253,13 @@ def marked(new: dict, method: str, source: dict) -> dict:
     return out | ({"_extra": extra} if extra else {})
 
 
+def rejection_kind(why: str) -> str:
+    """The report's reason for a paraphrase that `paraphrase_examples` rejected with `why`."""
+    if why.startswith("the rewrite has"):
+        return "paraphrase changed the <image> placeholders"
+    return "paraphrase lost a word of the tool-call arguments"
+
+
 def _lost_words(original: str, rewrite: str, protected: frozenset[str]) -> list[str]:
     """The protected words of `original` that `rewrite` no longer has (a Chinese word counts as kept wherever it
     appears in the rewrite, since jieba may split it otherwise there)."""
@@ -248,10 +270,14 @@ def _lost_words(original: str, rewrite: str, protected: frozenset[str]) -> list[
 
 
 def paraphrase_instruction(text: str) -> str:
-    """The instruction given to the paraphrasing model, in the text's language."""
+    """The instruction given to the paraphrasing model, in the text's language (asking it to keep `<image>`
+    placeholders when the text has any)."""
     if detect_language(text) == "zh":
-        return f"请用不同的措辞改写下面这句话，保持意思不变，只输出改写后的句子：\n{text}"
-    return f"Rewrite the following text with different wording and the same meaning. Output only the rewrite:\n{text}"
+        keep = f"保留每个 {PLACEHOLDER} 不变，" if PLACEHOLDER in text else ""
+        return f"请用不同的措辞改写下面这句话，保持意思不变，{keep}只输出改写后的句子：\n{text}"
+    keep = f" Keep every {PLACEHOLDER} exactly as it is." if PLACEHOLDER in text else ""
+    return (f"Rewrite the following text with different wording and the same meaning.{keep} Output only the "
+            f"rewrite:\n{text}")
 
 
 def _prompt_side(example: dict) -> str:

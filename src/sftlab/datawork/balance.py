@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -134,6 +135,23 @@ def smote_vectors(vectors: np.ndarray, labels: list[str], seed: int = 0, k_neigh
     synthetic = np.zeros(len(y_res), dtype=bool)
     synthetic[len(y):] = True
     return {"X": X_res.astype(np.float32), "y": y_res.astype(np.int64), "label_names": np.array(names), "synthetic": synthetic}
+
+
+def save_npz(path: str | Path, arrays: dict) -> None:
+    """np.savez into a temporary sibling, then rename it into place (the output appears whole or not at all)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_labelled(examples: list[dict]) -> None:

@@ -4,8 +4,11 @@ reason and every redaction with its kind.
 
     kept, report = clean_examples(examples, CleanOptions(...), tokenizer=None, eval_sets={"test": test})
 
-Order: normalisation -> PII redaction -> filters -> in-set deduplication -> leakage against evaluation sets.
-Evaluation sets are normalised and redacted the same way before comparison, and are never changed or written.
+Order: image checks -> normalisation -> PII redaction -> filters -> in-set deduplication -> leakage against
+evaluation sets. Evaluation sets are normalised and redacted the same way before comparison, and are never changed
+or written. Image+text examples whose images training could not open (missing, not decodable, a decompression bomb,
+a web URL; `images.image_problems`) are removed first, each under its problem's kind; text edits keep every
+`<image>` placeholder (`records.map_texts`), and duplicates must have the same images (`records.identity`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sftlab.datawork.dedup import DedupOptions, dedup_examples, find_leaks
 from sftlab.datawork.filters import FilterOptions, filter_examples
+from sftlab.datawork.images import has_images, image_problems
 from sftlab.datawork.normalize import NormalizeOptions, Normalizer
 from sftlab.datawork.pii import Redactor
 from sftlab.datawork.records import map_texts
@@ -40,6 +44,8 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
     """Cleaned copies of `examples` (inputs untouched) and the report of what happened."""
     report = report or Report("clean", inputs=[], before=len(examples))
     report.data["before"] = len(examples)
+    if any(has_images(example) for example in examples):
+        examples = _drop_bad_images(examples, report)
     current = examples
     if options.normalize is not None:
         normalizer = Normalizer(options.normalize)
@@ -60,6 +66,24 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
         current = _remove_leaks(current, eval_sets, options, report)
     report.data["after"] = len(current)
     return current, report
+
+
+def _drop_bad_images(examples: list[dict], report: Report) -> list[dict]:
+    """The examples whose images all open; each other one is removed under the kind of its first image problem
+    ("image not found", "image unreadable", "image not a local file"), the detail naming the image."""
+    kept, images = [], 0
+    for example in examples:
+        images += len(example.get("images") or [])
+        problems = image_problems(example)
+        if not problems:
+            kept.append(example)
+            continue
+        kind, detail = problems[0]
+        more = f" (and {len(problems) - 1} more image problem(s))" if len(problems) > 1 else ""
+        report.removed(kind, example, detail + more)
+    report.section("images", {"rows_with_images": sum(1 for e in examples if e.get("images")), "images": images,
+                              "removed_examples": len(examples) - len(kept)})
+    return kept
 
 
 def _redact(examples: list[dict], eval_sets: dict[str, list[dict]] | None, kinds: list[str],

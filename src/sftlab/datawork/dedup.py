@@ -11,7 +11,9 @@ Examples are compared by `records.identity`: contents and tool results are the t
 above, per message with its role, so two conversations whose joined texts happen to normalise alike are neither
 exact nor near duplicates), and the tools list and tool calls form a key that must be equal, as canonical JSON, for an exact or a
 near duplicate; so examples that differ only in tool-call arguments or in the tools they offer are never
-duplicates, while a different key order or spacing of the same JSON is no difference.
+duplicates, while a different key order or spacing of the same JSON is no difference. Image+text examples add
+their images' contents to that key (`images.image_key`: SHA-256 of each image's bytes, in order), so exact and near
+duplicates must show the same images, whatever their paths.
 
 System prompts: an exact duplicate has the same whole text, system messages included. The near-duplicate
 comparison leaves system messages out of the n-grammed text and instead puts examples into groups by their

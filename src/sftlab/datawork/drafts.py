@@ -32,7 +32,7 @@ def record_id(row: dict, id_field: str = "id") -> str:
 def read_instructions(path: str | Path, columns: dict | None = None, id_field: str = "id") -> list[dict]:
     """Instruction rows (id, instruction, input) from any data file `sftlab.data.formats` reads."""
     from sftlab.data.formats import apply_columns, read_rows
-    from sftlab.datawork.records import option_errors
+    from sftlab.data.option_names import option_errors
 
     out, seen = [], {}
     for row in read_rows(path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sftlab.datawork.images import refuse_images
 from sftlab.datawork.records import check_output_format, dropped_fields_note, load_examples, save_examples
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
@@ -217,7 +218,8 @@ def clean(args) -> int:
 
 
 def augment(args) -> int:
-    from sftlab.datawork.augment import RuleAugmenter, augment_examples, load_synonyms, paraphrase_examples
+    from sftlab.datawork.augment import (RuleAugmenter, augment_examples, load_synonyms, paraphrase_examples,
+                                         rejection_kind)
     from sftlab.datawork.dedup import DedupOptions, find_leaks
     from sftlab.datawork.generate import check_generation_options
 
@@ -244,7 +246,7 @@ def augment(args) -> int:
         generator = LocalGenerator(args.model, args.max_new_tokens, args.batch_size, args.temperature, args.seed)
         rejected: list = []
         new += paraphrase_examples(examples, generator, rejected)
-        report.removed_all(rejected, lambda _why: "paraphrase lost a word of the tool-call arguments")
+        report.removed_all(rejected, rejection_kind)
     if args.eval:
         eval_sets = read_eval_sets(args)
         leaks = {leak["train_index"]: leak for leak in find_leaks(new, eval_sets, DedupOptions(near_threshold=args.near))}
@@ -276,6 +278,9 @@ def balance(args) -> int:
     if args.val_out:
         check_output_format(args.val_out, args.to)
     examples = read_input(args)
+    if args.method == "smote":
+        refuse_images(examples, "--method smote embeds the texts only and would leave the images out of the "
+                                "vectors; use oversample, undersample or class_weight")
     check_labelled(examples)
     report = Report("balance", [args.input], before=len(examples))
     validation = []
@@ -293,12 +298,12 @@ def balance(args) -> int:
 
 
 def _smote(args, examples: list[dict], report: Report) -> int:
-    from sftlab.datawork.balance import distribution, embed_texts, smote_vectors
+    from sftlab.datawork.balance import distribution, embed_texts, save_npz, smote_vectors
     from sftlab.datawork.records import label_of, prompt_text
 
     labels = [label_of(e) for e in examples]
     arrays = smote_vectors(embed_texts([prompt_text(e) for e in examples], args.encoder), labels, args.seed)
-    _atomic_savez(args.output, arrays)
+    save_npz(args.output, arrays)
     names = arrays["label_names"].tolist()
     after = distribution([names[i] for i in arrays["y"].tolist()])
     report.section("balance", {"method": "smote", "seed": args.seed, "before": distribution(labels), "after": after,
@@ -317,25 +322,6 @@ def _check_smote_args(args) -> None:
         raise SftlabError(f"--method smote writes vectors and labels; the output must end in .npz, got {args.output}")
 
 
-def _atomic_savez(path: str | Path, arrays: dict) -> None:
-    """np.savez into a temporary sibling, then rename it into place."""
-    import os
-    import tempfile
-
-    import numpy as np
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def stats(args) -> int:
     from sftlab.datawork.stats import compute_stats, write_stats
     from sftlab.io import check_output_dir
@@ -345,6 +331,10 @@ def stats(args) -> int:
     if args.out:
         check_output_dir(args.out, args.overwrite, inputs=(args.input, args.tokenizer, args.config))
     examples = read_input(args)
+    if args.tokenizer or args.config:
+        refuse_images(examples, "--tokenizer/--config count tokens with a text chat template, while a "
+                                "vision-language model's processor adds image tokens; run data stats without them "
+                                "(lengths in characters), and see `sftlab data preview RUN.yaml` for tokens")
     tokenizer = load_tokenizer_dir(args.tokenizer, args.config)
     max_length, template, mask = args.max_length, args.template, args.mask
     if args.config:
@@ -375,6 +365,8 @@ def features(args) -> int:
     if not args.spec and not args.mapping:
         raise SftlabError("pass --spec FILE (learn imputation and encodings) or --mapping FILE (reuse saved ones)")
     rows = read_rows(args.input)
+    refuse_images(rows, "data features builds a feature table from tabular behaviour data, and has no use for "
+                        "conversations or images")
     if args.mapping:
         mapping = load_mapping(args.mapping)
         table = apply_features(rows, mapping)

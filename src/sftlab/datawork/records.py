@@ -14,17 +14,23 @@ null), `tool` messages (results) and a `tools` list. Which texts each helper see
 - `natural_text`: system, user and assistant contents only (language detection: JSON is not a language).
 - `full_text`: everything, for showing an example in a report.
 - `prompt_text` / `response_text`: contents; `response_tool_calls` / `tools_text`: the rest, as JSON text.
+
+Image+text examples (`sftlab.datawork.images`) also hold "images" (the entries as the file gives them) and
+`_images_dir`; their contents hold `<image>` placeholders. `identity` adds the images' contents (`image_key`) to the
+key, `map_texts` keeps every placeholder where it is (`keep_placeholders`), `natural_text` leaves them out.
 """
 
 from __future__ import annotations
 
 import copy
-import re
-from contextlib import contextmanager
+import functools
 from pathlib import Path
 from typing import Callable
 
+from sftlab.data.option_names import option_errors
 from sftlab.data.readers import lone_surrogate  # noqa: F401  (re-exported: `data build validate` lists them)
+from sftlab.datawork.images import (first_with_images, has_images, image_key, is_image_row, keep_placeholders,
+                                    read_image_examples, strip_placeholders)
 from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
 from sftlab.errors import SftlabError
 
@@ -128,8 +134,9 @@ def identity(example: dict, system: bool = True) -> tuple[str, str]:
     text: message contents and tool results (JSON results as canonical JSON, so key order and spacing do not
     matter), one per line; the text of pt and cls. `system=False` leaves system messages out of the text (what
     near-duplicate detection compares; see `system_text`). tool key: canonical JSON of the tools list and of the
-    tool calls (name and arguments) of every assistant turn that has them, in order; '' when the example has
-    neither. Call ids and a result's name and tool_call_id are left out.
+    tool calls (name and arguments) of every assistant turn that has them, in order, and of the images' contents
+    (`images.image_key`, in order); '' when the example has none of these. Call ids and a result's name and
+    tool_call_id are left out.
     """
     parts, key = identity_parts(example, system)
     return "\n".join(text for _, text in parts), key
@@ -143,9 +150,11 @@ def identity_parts(example: dict, system: bool = True) -> tuple[list[tuple[str, 
     messages = [m for m in example["messages"] if system or m["role"] != "system"]
     parts = [(m["role"], result_text(content_of(m)) if m["role"] == "tool" else content_of(m)) for m in messages]
     calls = [[call_value(call) for call in m["tool_calls"]] for m in example["messages"] if m.get("tool_calls")]
-    if not calls and not example.get("tools"):
+    images = image_key(example)
+    if not calls and not example.get("tools") and not images:
         return parts, ""
-    return parts, canonical_json({"calls": calls, "tools": example.get("tools") or []})
+    return parts, canonical_json({"calls": calls, "tools": example.get("tools") or []}
+                                 | ({"images": images} if images else {}))
 
 
 def system_text(example: dict) -> str:
@@ -156,11 +165,12 @@ def system_text(example: dict) -> str:
 
 
 def natural_text(example: dict) -> str:
-    """System, user and assistant contents joined by newlines (tool results, calls and tools left out); the text
-    of pt and cls."""
+    """System, user and assistant contents joined by newlines (tool results, calls, tools and `<image>`
+    placeholders left out); the text of pt and cls."""
     if stage_of(example) != "sft":
         return example["text"]
-    return "\n".join(content_of(m) for m in example["messages"] if m["role"] != "tool" and content_of(m))
+    text = "\n".join(content_of(m) for m in example["messages"] if m["role"] != "tool" and content_of(m))
+    return strip_placeholders(text) if has_images(example) else text
 
 
 def full_text(example: dict) -> str:
@@ -184,8 +194,11 @@ def last_assistant_index(messages: list[dict]) -> int:
 def map_texts(example: dict, fn: Callable[[str], str]) -> dict:
     """A copy of `example` with `fn` applied to every text: message contents (a tool result that is JSON of an
     object or array only in its string values, so it stays valid JSON) or `text`. A null content, tool-call
-    arguments, the tools list and labels are left untouched."""
+    arguments, the tools list and labels are left untouched. In an image+text example every `<image>`
+    placeholder stays as and where it is (`images.keep_placeholders`)."""
     out = copy.deepcopy(example)
+    if has_images(out):
+        fn = functools.partial(keep_placeholders, fn=fn)
     if stage_of(out) == "sft":
         for message in out["messages"]:
             if isinstance(message.get("content"), str):
@@ -205,19 +218,18 @@ def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None,
                   options: tuple[str, str] = ("--format", "--columns")) -> list[dict]:
     """Read a dataset file with `sftlab.data.formats` and return canonical examples (each with `_src`).
 
-    `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls). A row with an
-    `images` list (image+text data, `sftlab.vision`) is an error: canonical examples have no place for images.
-    The fields of a row that its format does not read (`id`, metadata) are kept under `_extra`, and
-    `save_examples` writes them back. Errors name `options` (the format and columns options) and `--stage`
-    where the trainer's messages name data.format, data.columns and train.stage (`option_errors`).
+    `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls). A file with an
+    image+text row (`images.is_image_row`) is read as `sftlab train` reads it for vision-language models, every
+    row with its "images" (`images.read_image_examples`). The fields of a row that its format does not read (`id`,
+    metadata) are kept under `_extra`, and `save_examples` writes them back. Errors name `options` (the format and
+    columns options) and `--stage` where the trainer's messages name data.format, data.columns and train.stage
+    (`option_errors`).
     """
     from sftlab.data.formats import apply_columns, detect_format, extra_fields, read_rows, to_canonical
 
     rows = read_rows(path)
-    for row in rows:
-        if row.get("images"):
-            raise SftlabError(f"{row['_src']}: an image+text row (an 'images' list); the data commands handle text "
-                              "only and would drop its images, so they refuse it")
+    if any(is_image_row(row) for row in rows):
+        return read_image_examples(rows, path, fmt, stage, columns, options)
     with option_errors(*options):
         examples = to_canonical(rows, fmt, stage, columns or None)
         mapped = [apply_columns(row, columns or None) for row in rows]
@@ -227,27 +239,6 @@ def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None,
         if extra:
             example["_extra"] = extra
     return examples
-
-
-@contextmanager
-def option_errors(format_option: str = "--format", columns_option: str = "--columns"):
-    """Re-raise a `SftlabError` of `sftlab.data.formats` with the data commands' option names in place of the run
-    config keys the trainer's messages use: data.format -> `format_option`, data.columns.label (of column
-    'category') -> `columns_option label=category`, data.columns -> `columns_option`, train.stage -> --stage."""
-    try:
-        yield
-    except SftlabError as exc:
-        raise SftlabError(option_names(str(exc), format_option, columns_option)) from None
-
-
-def option_names(message: str, format_option: str = "--format", columns_option: str = "--columns") -> str:
-    """`message` with the config keys data.format, data.columns(.KEY) and train.stage named as options."""
-    message = re.sub(r"column '([^']*)' \(data\.columns\.(\w+)\)", lambda m: f"column '{m[1]}' ({columns_option} "
-                     f"{m[2]}={m[1]})", message)
-    for key, option in ((r"data\.columns\.(\w+)", f"{columns_option} \\1=COLUMN"), (r"data\.columns", columns_option),
-                        (r"data\.format", format_option), (r"train\.stage", "--stage")):
-        message = re.sub(r"(?<![\w/.-])" + key + r"\b", option, message)
-    return message
 
 
 def check_output_format(path: str | Path, fmt: str | None) -> None:
@@ -265,18 +256,28 @@ def check_output_format(path: str | Path, fmt: str | None) -> None:
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:
     """Write canonical examples with `sftlab.data.formats.write_rows` (default: messages for sft, jsonl otherwise)
     to a path whose extension reads back in that format (`check_output_format`); the fields kept under `_extra`
-    go with them (`sftlab.data.formats.written_extra`, and `dropped_fields_note` for those that do not)."""
+    go with them (`sftlab.data.formats.written_extra`, and `dropped_fields_note` for those that do not).
+    Examples with images go through `sftlab.datawork.imagewrite` (their image entries rewritten to resolve from
+    `path`'s directory)."""
     from sftlab.data.formats import write_rows
 
     check_output_format(path, fmt)
-    write_rows(path, examples, output_format(examples, fmt))
+    if first_with_images(examples) is not None:
+        from sftlab.datawork.imagewrite import write_image_examples
+
+        write_image_examples(path, examples, output_format(examples, fmt))
+    else:
+        write_rows(path, examples, output_format(examples, fmt))
     return Path(path)
 
 
 def output_format(examples: list[dict], fmt: str | None) -> str:
-    """`fmt`, or the default: messages for sft, jsonl otherwise."""
+    """`fmt`, or the default: messages for sft, jsonl otherwise. `openai` (content parts for image turns) is
+    `messages` for examples without images, whose turns are text."""
     if fmt is None:
         return "messages" if examples and stage_of(examples[0]) == "sft" else "jsonl"
+    if fmt == "openai" and first_with_images(examples) is None:
+        return "messages"
     return fmt
 
 

@@ -9,7 +9,10 @@ truncation share, which need the chat template, are left out. With one, sft exam
 as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens.
 Tool data: prompt lengths include the tools list and response lengths the last turn's tool calls (canonical JSON
 text), and the language mix reads system, user and assistant contents only (`records.natural_text`).
-Labels (cls, or sft with `label_task`) are `records.label_of`: a last assistant turn with only tool calls counts
+Image+text data (`datawork.images`): an `images` section counts rows with images, images, images per row, distinct
+images (by content) and image files that are missing; `<image>` placeholders count as text in character lengths and
+not in the language mix; duplicates must have the same images. Labels (cls, or sft with `label_task`) are
+`records.label_of`: a last assistant turn with only tool calls counts
 under their names (`tool:get_weather`). Duplicates, and the cls examples a label conflict removes, are counted
 as `dedup.dedup_examples` finds them.
 """
@@ -25,6 +28,7 @@ import numpy as np
 from sftlab.datawork.balance import distribution
 from sftlab.datawork.dedup import DedupOptions, dedup_examples
 from sftlab.datawork.filters import detect_language
+from sftlab.datawork.images import has_images, image_key
 from sftlab.datawork.records import (label_of, natural_text, prompt_text, response_text, response_tool_calls,
                                      stage_of, tools_text)
 
@@ -90,7 +94,19 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
                            "label_conflicts": kinds.get("label", 0), "near_threshold": near_threshold,
                            "examples": [{"src": e.get("_src"), "why": why} for e, why in removed[:5]]}
     stats["languages"] = dict(Counter(detect_language(natural_text(e)) for e in examples).most_common())
+    if any(has_images(example) for example in examples):
+        stats["images"] = image_stats(examples)
     return stats, {"prompt": prompt_lengths, "response": response_lengths}
+
+
+def image_stats(examples: list[dict]) -> dict:
+    """Rows with images, images, rows per number of images, distinct images (by content, `images.image_key`) and
+    image references whose file is missing."""
+    counts = [len(example.get("images") or []) for example in examples]
+    keys = [key for example in examples for key in image_key(example)]
+    return {"rows_with_images": sum(1 for n in counts if n), "images": sum(counts),
+            "rows_by_image_count": {str(n): rows for n, rows in sorted(Counter(counts).items())},
+            "distinct_images": len(set(keys)), "missing_files": sum(1 for key in keys if key.startswith("missing:"))}
 
 
 def _joined(text: str, tool_text: str) -> str:
@@ -186,6 +202,11 @@ def stats_markdown(stats: dict) -> str:
                  + (f"; {stats['duplicates']['label_conflicts']} examples in label conflicts"
                     if stats["duplicates"]["label_conflicts"] else ""))
     lines.append(f"- languages: {', '.join(f'{k} {v}' for k, v in stats['languages'].items())}")
+    if "images" in stats:
+        s = stats["images"]
+        per_row = ", ".join(f"{n} image(s): {rows}" for n, rows in s["rows_by_image_count"].items())
+        lines.append(f"- images: {s['images']} in {s['rows_with_images']} rows (rows with {per_row}); "
+                     f"{s['distinct_images']} distinct; {s['missing_files']} missing")
     if stats.get("labels"):
         lines.append(f"- labels: {', '.join(f'{k} {v}' for k, v in list(stats['labels'].items())[:20])}")
     for plot in stats.get("plots", []):

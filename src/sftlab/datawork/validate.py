@@ -4,6 +4,10 @@ duplicate examples, cls texts with conflicting labels and mixed formats, each pr
     problems = validate_file("train.jsonl", fmt="auto", stage=None, id_field="id")
 
 Unlike training, which stops at the first bad record, validation keeps going and lists every problem.
+A file with image+text rows (`datawork.images`) is checked as `sftlab train` reads it for vision-language models:
+each row's shape and `<image>` placeholders against its images, and every image that training could not open
+(missing, not decodable, a decompression bomb, a web URL) as a problem of kind `image`; duplicates must have the
+same images.
 Encoding is checked line by line on the raw bytes (bytes that are not UTF-8 stop the other checks, which need
 the text) and JSON-lines syntax line by line, so one broken line hides neither the next nor the problems of the
 rows around it; every row goes through `sftlab.data.formats` one at a time.
@@ -16,8 +20,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sftlab.data.option_names import option_names
 from sftlab.datawork.dedup import example_hash
-from sftlab.datawork.records import lone_surrogate, option_names
+from sftlab.datawork.images import check_image_options, image_example, image_problems, images_dir, is_image_row
+from sftlab.datawork.records import lone_surrogate
 from sftlab.errors import SftlabError
 
 
@@ -48,7 +54,10 @@ def validate_file(path: str | Path, fmt: str = "auto", stage: str | None = None,
         rows, syntax = _read_rows(path)
     except SftlabError as exc:
         return problems + [Problem(str(path), "unreadable", str(exc))], 0
-    problems += syntax + _row_problems(rows, fmt, stage, columns)
+    if any(is_image_row(row) for row in rows):
+        problems += syntax + _image_row_problems(rows, path, fmt, stage, columns)
+    else:
+        problems += syntax + _row_problems(rows, fmt, stage, columns)
     if id_field:
         problems += _duplicate_ids(rows, id_field)
     return sorted(problems, key=_src_order), len(rows)
@@ -133,19 +142,45 @@ def _row_problems(rows: list[dict], fmt: str, stage: str | None, columns: dict |
         except SftlabError as exc:
             problems.append(Problem(where, "schema", option_names(_strip_src(str(exc), where))))
             continue
-        problems += _empty_fields(example, where)
-        digest, label = example_hash(example), example.get("label") if "messages" not in example else None
-        if digest not in seen:
-            seen[digest] = (where, label)
-        elif seen[digest][1] != label:
-            problems.append(Problem(where, "label-conflict", f"label {label!r}, but {seen[digest][0]} has the same "
-                                                             f"text with label {seen[digest][1]!r}"))
-        else:
-            problems.append(Problem(where, "duplicate", f"same content as {seen[digest][0]}"))
+        problems += _empty_fields(example, where) + _duplicate(example, where, seen)
     if fmt == "auto" and len(formats) > 1:
         problems += [Problem(row["_src"], "mixed-format", f"row is {f!r} but most rows ({formats[majority]}) are {majority!r}")
                      for row, f in zip(rows, found) if f is not None and f != majority]
     return problems
+
+
+def _image_row_problems(rows: list[dict], path: Path, fmt: str, stage: str | None,
+                        columns: dict | None) -> list[Problem]:
+    """Image+text rows read one at a time as the trainer reads them (the sharegpt and messages layouts may mix,
+    as they may there), with a problem for every image that training could not open."""
+    check_image_options(rows, fmt, stage, columns)
+    base, problems, seen = images_dir(path), [], {}
+    for row in rows:
+        where = row.get("_src", "?")
+        surrogate = lone_surrogate(row)
+        if surrogate:
+            problems.append(Problem(where, "encoding", surrogate))
+        try:
+            example = image_example(row, base)
+        except SftlabError as exc:
+            problems.append(Problem(where, "schema", _strip_src(str(exc), where)))
+            continue
+        problems += [Problem(where, "image", detail) for _, detail in image_problems(example)]
+        problems += _empty_fields(example, where) + _duplicate(example, where, seen)
+    return problems
+
+
+def _duplicate(example: dict, where: str, seen: dict) -> list[Problem]:
+    """A duplicate (or, for cls, label-conflict) problem when an earlier row had the same content (`example_hash`);
+    `seen` maps each content hash to its first row and label."""
+    digest, label = example_hash(example), example.get("label") if "messages" not in example else None
+    if digest not in seen:
+        seen[digest] = (where, label)
+        return []
+    if seen[digest][1] != label:
+        return [Problem(where, "label-conflict", f"label {label!r}, but {seen[digest][0]} has the same text with "
+                                                 f"label {seen[digest][1]!r}")]
+    return [Problem(where, "duplicate", f"same content as {seen[digest][0]}")]
 
 
 def _empty_fields(example: dict, where: str) -> list[Problem]:

@@ -36,22 +36,35 @@ from sftlab.errors import SftlabError
 IMAGE_PLACEHOLDER = "<image>"
 
 
-def resolve_image(value, base_dir: Path, src: str) -> str:
-    """An image reference as an absolute path (or a data URL), after checking it exists and decodes."""
+def image_reference(value, src: str) -> str:
+    """An image entry as the string it names: the entry itself, or the `url` / `path` of a {"url": ...} object."""
     if isinstance(value, dict):  # {"url": ...} or {"path": ...}
         value = value.get("url") or value.get("path")
     if not isinstance(value, str) or not value.strip():
         raise SftlabError(f"{src}: an image must be a path or a data URL, got {value!r}")
-    value = value.strip()
+    return value.strip()
+
+
+def locate_image(value, base_dir: Path, src: str) -> str:
+    """Where an image reference points, without opening it: a data URL as it is, else the path (`file://` URLs
+    and `~` expanded, a relative path joined to `base_dir`); an http(s) URL is a SftlabError naming `src`."""
+    value = image_reference(value, src)
     if value.startswith("data:"):
-        open_image(value, src)
         return value
     scheme = urlparse(value).scheme
     if scheme in ("http", "https"):
         raise SftlabError(f"{src}: image {value!r} is a web URL; this machine is offline, give a local file path")
     path = Path(unquote(urlparse(value).path)) if scheme == "file" else Path(value).expanduser()
-    if not path.is_absolute():
-        path = base_dir / path
+    return str(path if path.is_absolute() else base_dir / path)
+
+
+def resolve_image(value, base_dir: Path, src: str) -> str:
+    """An image reference as an absolute path (or a data URL), after checking it exists and decodes."""
+    located = locate_image(value, base_dir, src)
+    if located.startswith("data:"):
+        open_image(located, src)
+        return located
+    path = Path(located)
     if not path.is_file():
         raise SftlabError(f"{src}: image file not found: {path}")
     open_image(str(path.resolve()), src)
@@ -108,8 +121,11 @@ def _turns(row: dict, tags: dict) -> tuple[str, list]:
                       f"the row has {keys}")
 
 
-def to_multimodal(row: dict, base_dir: Path, tags: dict | None = None) -> dict:
-    """One record -> {"messages": [{"role", "content": str with <image>}], "images": [absolute refs], "_src"}."""
+def to_multimodal(row: dict, base_dir: Path, tags: dict | None = None, resolve: bool = True) -> dict:
+    """One record -> {"messages": [{"role", "content": str with <image>}], "images": [absolute refs], "_src"}.
+
+    `resolve=False` checks the record's shape (roles, placeholders against images) but neither locates nor
+    opens its images: "images" holds the entries as the record gives them (`sftlab.datawork` checks them)."""
     tags = tags or {}
     src = row.get("_src", "row")
     key, turns = _turns(row, tags)
@@ -147,6 +163,8 @@ def to_multimodal(row: dict, base_dir: Path, tags: dict | None = None) -> dict:
         raise SftlabError(f"{src}: {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(references)} image(s); "
                           f"every image needs exactly one {IMAGE_PLACEHOLDER} in the text")
     _check_roles(messages, src)
+    if not resolve:
+        return {"messages": messages, "images": list(references), "_src": src}
     images = [resolve_image(reference, base_dir, src) for reference in references]
     return {"messages": messages, "images": images, "_src": src}
 
