@@ -1,5 +1,6 @@
-"""`sftlab.data.option_names`: the formats' config-key names as command-line options, for `sftlab eval` and the
-data commands (they lived in `sftlab.datawork.records`, which `sftlab eval` had to import for them)."""
+"""`sftlab.data.option_names`: the formats' config-key names as command-line options, and the `--columns` parser,
+for `sftlab eval` and the data commands (they lived in `sftlab.datawork.records` and `sftlab.datawork.handlers`,
+which `sftlab eval` had to import for them)."""
 
 import json
 import subprocess
@@ -7,7 +8,7 @@ import sys
 
 import pytest
 
-from sftlab.data.option_names import option_errors, option_names
+from sftlab.data.option_names import option_errors, option_names, parse_columns
 from sftlab.errors import SftlabError
 from sftlab.models.tiny import save_tiny
 
@@ -49,3 +50,34 @@ def test_eval_names_its_options_without_importing_datawork(tmp_path):
     error, modules = out.strip().splitlines()
     assert "column 'intent' (--columns label=intent) not found" in error and "data.columns" not in error
     assert modules == "[]"
+
+
+def test_parse_columns_reads_canonical_equals_column():
+    from sftlab.datawork import handlers
+
+    assert parse_columns(["label=category", " text = sentence "]) == {"label": "category", "text": "sentence"}
+    assert parse_columns(None) is None and parse_columns([]) is None
+    with pytest.raises(SftlabError, match=r"^--columns 'label' must look like canonical=column \(e.g. "
+                                          r"label=category\)$"):
+        parse_columns(["label"])
+    assert handlers.parse_columns is parse_columns  # the data commands read the same parser
+
+
+def test_eval_command_reads_columns_without_importing_datawork(tmp_path):
+    """`sftlab eval --columns` borrowed parse_columns from sftlab.datawork.handlers; it now reads it beside the
+    formats' option names."""
+    model = save_tiny("qwen2", tmp_path / "qwen2", hidden=32, layers=1)
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps({"text": "hi", "category": "a"}) + "\n", encoding="utf-8")
+    script = (
+        "import sys\n"
+        "from sftlab.cli import main\n"
+        f"args = ['eval', {str(model)!r}, '--data', {str(data)!r}, '--task', 'labels',\n"
+        f"        '--out', {str(tmp_path / 'o')!r}]\n"
+        "print(main(args + ['--columns', 'label']), main(args + ['--columns', 'label=intent']))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('sftlab.datawork')))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    codes, modules = done.stdout.strip().splitlines()[-2:]
+    assert codes == "2 2" and modules == "[]"
+    assert "--columns 'label' must look like canonical=column" in done.stderr
+    assert "column 'intent' (--columns label=intent) not found" in done.stderr

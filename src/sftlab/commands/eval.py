@@ -83,7 +83,7 @@ def _check_options(args) -> None:
 def handle(args) -> int:
     from pathlib import Path
 
-    from sftlab.datawork.handlers import parse_columns
+    from sftlab.data.option_names import parse_columns
     from sftlab.eval import run
     from sftlab.eval.tasks import EvalOptions
     from sftlab.models.trained import trained_settings

@@ -1,4 +1,5 @@
-"""The command-line names of the config keys that `sftlab.data.formats` names in its error messages.
+"""The command-line names of the config keys that `sftlab.data.formats` names in its error messages, and the
+`--columns canonical=column` options read into a data.columns mapping.
 
 The formats' messages name the run config's keys (data.format, data.columns, data.columns.KEY, train.stage),
 which is right for `sftlab train`; commands that take those settings as options (`sftlab eval`, the
@@ -6,6 +7,8 @@ which is right for `sftlab train`; commands that take those settings as options 
 
     with option_errors("--format", "--columns"):
         examples = to_canonical(rows, fmt, stage, columns)
+
+    parse_columns(["label=category"])    # {"label": "category"}: `sftlab eval --columns`, the data commands' options
 """
 
 from __future__ import annotations
@@ -35,3 +38,14 @@ def option_names(message: str, format_option: str = "--format", columns_option: 
                         (r"data\.format", format_option), (r"train\.stage", "--stage")):
         message = re.sub(r"(?<![\w/.-])" + key + r"\b", option, message)
     return message
+
+
+def parse_columns(items: list[str] | None) -> dict[str, str] | None:
+    """['label=category', 'text=sentence'] -> {'label': 'category', 'text': 'sentence'}; None for no items."""
+    columns = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SftlabError(f"--columns {item!r} must look like canonical=column (e.g. label=category)")
+        columns[key.strip()] = value.strip()
+    return columns or None

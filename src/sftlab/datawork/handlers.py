@@ -9,21 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sftlab.data.option_names import parse_columns
 from sftlab.datawork.images import refuse_images
 from sftlab.datawork.records import check_output_format, dropped_fields_note, load_examples, save_examples
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
-
-
-def parse_columns(items: list[str] | None) -> dict[str, str] | None:
-    """['label=category', 'text=sentence'] -> {'label': 'category', 'text': 'sentence'}."""
-    columns = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise SftlabError(f"--columns {item!r} must look like canonical=column (e.g. label=category)")
-        columns[key.strip()] = value.strip()
-    return columns or None
 
 
 def check_distinct(output: str | Path, *inputs, what: str = "output", report: bool = True) -> None:

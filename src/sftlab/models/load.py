@@ -10,10 +10,11 @@ see `sftlab.models.gguf`). Anything that looks like a hub id (`org/name`) and is
 once with a one-line `SftlabError`; no network request is ever attempted (HF_HUB_OFFLINE=1 and
 `local_files_only=True`).
 
-A classification head that the checkpoint lacks (cls on a base model) is initialised by transformers, whose
-multi-line LOAD REPORT about it is held back: the model's `sftlab_head_line` says in one line which head weights
-are new, and `sftlab train` logs it. Any other missing, mismatched or unused weight lets the report through as
-transformers writes it.
+For cls, `sftlab.models.head` fits the checkpoint's classification head to the data's labels: a head the
+checkpoint lacks is initialised, one saved for the same labels in another order has its rows reordered, one saved
+for other labels (another count or other names) is re-initialised; the model's `sftlab_head_line` says so in one
+line (`sftlab train` logs it) in place of transformers' LOAD REPORT, which still comes through for missing or unused
+base-model weights (a base-model weight of another shape is a one-line SftlabError).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from contextlib import contextmanager
 from pathlib import Path
 
 from sftlab.errors import SftlabError
@@ -164,7 +164,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
 
     For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
-    id2label/label2id maps; a decoder classifier gets `pad_token_id` from the tokenizer (it needs it to
+    id2label/label2id maps (unnamed: LABEL_0, LABEL_1, ...), to which a head saved in `model.path` is fitted
+    (`sftlab.models.head`); a decoder classifier gets `pad_token_id` from the tokenizer (it needs it to
     find the last real token). dtype and attention implementation come from `model.dtype` and
     `model.attn_implementation`. `quantize_4bit` (QLoRA, `strategy.lora.quantize_4bit`) loads the
     weights NF4-quantised with bitsandbytes (`sftlab.models.nf4`: on the current CUDA device computing in bfloat16,
@@ -186,6 +187,7 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sftlab.models.attention import attention_to_load, settle_attention
+    from sftlab.models.head import load_classifier
 
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
                   dtype=getattr(torch, _DTYPES[model_cfg.dtype]),
@@ -201,7 +203,7 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     else:
         raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
     try:
-        model = (_from_pretrained_classifier(auto, directory, kwargs) if stage == "cls"
+        model = (load_classifier(auto, directory, raw, kwargs) if stage == "cls"
                  else auto.from_pretrained(directory, **kwargs))
     except ValueError as exc:
         first = str(exc).strip().splitlines()[0]
@@ -215,70 +217,6 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
 
 
-def _from_pretrained_classifier(auto, directory: Path, kwargs: dict):
-    """`auto.from_pretrained` for a classifier, with transformers' LOAD REPORT held back when the only weights it
-    names are a newly initialised head (the model's `sftlab_head_line` says so instead) and let through otherwise."""
-    with _held_load_report() as held:
-        model, info = auto.from_pretrained(directory, output_loading_info=True, **kwargs)
-    line = new_head_line(model, info)
-    if line is None:
-        _release(held)
-    else:
-        model.sftlab_head_line = line
-    return model
-
-
-@contextmanager
-def _held_load_report():
-    """Hold the LOAD REPORT records transformers logs while loading (a list; released at once on an error)."""
-    from transformers import modeling_utils
-
-    held: list = []
-
-    def hold(record) -> bool:
-        if "LOAD REPORT" in str(record.msg):
-            held.append(record)
-            return False
-        return True
-
-    modeling_utils.logger.addFilter(hold)
-    try:
-        yield held
-    except BaseException:
-        modeling_utils.logger.removeFilter(hold)
-        _release(held)
-        raise
-    finally:
-        modeling_utils.logger.removeFilter(hold)
-
-
-def _release(held: list) -> None:
-    """Log held LOAD REPORT records as transformers would have."""
-    from transformers import modeling_utils
-
-    for record in held:
-        modeling_utils.logger.handle(record)
-
-
-def new_head_line(model, info: dict) -> str | None:
-    """The run-log line for a classifier whose only missing weights are its head (the parameters outside the
-    base model), none mismatched and none of the base unused: 'classification head: classifier.bias,
-    classifier.weight newly initialised (model.path has no classification head)', naming the checkpoint's weights
-    left unused outside the base (a causal LM's lm_head). None when nothing is missing or anything else is wrong."""
-    base = model.base_model
-    missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
-    if base is model or not missing or info.get("mismatched_keys") or info.get("error_msgs"):
-        return None
-    # a key of the base model starts with its prefix (`bert.`, `model.`), or with one of its modules when the
-    # checkpoint was saved without the prefix (a BertModel's `encoder.`)
-    inside = {model.base_model_prefix, *(name for name, _ in base.named_children())}
-    if any(name.split(".")[0] in inside for name in missing + unused):
-        return None
-    shown = ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "")
-    return (f"classification head: {', '.join(missing)} newly initialised (model.path has no classification head"
-            + (f"; its {shown} not used)" if unused else ")"))
-
-
 def _attach_adapter(model, adapter: str, keep: bool):
     """`model` with the PEFT adapter in `adapter`: trainable (`keep`) or merged into its weights."""
     from peft import PeftModel
@@ -289,7 +227,8 @@ def _attach_adapter(model, adapter: str, keep: bool):
     try:
         peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=keep)
     except (OSError, ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]  # torch heads its size mismatches with a title
+        first = next((line.strip() for line in lines if line.strip().startswith("size mismatch")), lines[0])
         raise SftlabError(f"model.adapter {adapter!r}: cannot attach it to model.path ({first})") from None
     if not keep:
         return peft_model.merge_and_unload()
@@ -311,7 +250,7 @@ def _four_bit_kwargs() -> dict:
 
 
 def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer) -> dict:
-    """num_labels, id2label/label2id and (for decoders) pad_token_id for a classification head."""
+    """id2label/label2id (which set the number of labels) and (for decoders) pad_token_id for a classification head."""
     if label_names is not None:
         if num_labels is not None and num_labels != len(label_names):
             raise SftlabError(f"data.labels: {len(label_names)} names given but num_labels={num_labels}")
@@ -319,8 +258,8 @@ def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer)
     if not num_labels or num_labels < 2:
         raise SftlabError("data.labels: a classifier needs at least 2 labels")
     names = list(label_names) if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
-    kwargs = dict(num_labels=num_labels, id2label=dict(enumerate(names)),
-                  label2id={name: i for i, name in enumerate(names)})
+    # no num_labels: beside a checkpoint's own id2label of another length, transformers warns that they disagree
+    kwargs = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
     if raw.get("pad_token_id") is None and not raw.get("is_encoder_decoder"):
         tokenizer = tokenizer or load_tokenizer(model_cfg)
         if tokenizer.pad_token_id is None:

@@ -69,11 +69,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def log_setup(log, session: Session, precision_choice: str | None = None) -> None:
-    """The run log's first lines: allocator, a new classification head, trainable count, fused layers, kernels,
-    attention, precision, drops."""
+    """The run log's first lines: allocator, a classification head made or fitted for the data's labels, trainable
+    count, fused layers, kernels, attention, precision, drops."""
     cfg = session.cfg
     log.message(allocator_line(cfg.train.allocator))
-    head_line = getattr(session.model, "sftlab_head_line", None)  # cls on a base model (sftlab.models.load)
+    head_line = getattr(session.model, "sftlab_head_line", None)  # cls: the head made or fitted (sftlab.models.head)
     if head_line and not session.resumed_from:  # a resumed run's head comes from its checkpoint
         log.message(head_line)
     log.message(session.trainable.summary())
