@@ -193,9 +193,9 @@ class TrainConfig(_Strict):
         "and recorded as such in the run's config.yaml")
     gradient_checkpointing: bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
-        "memory, one extra forward) or selective (keep matmul and attention outputs, recompute the element-wise rest: "
-        "on the W1 benchmark in fp32 a fifth less peak memory at about the same speed; in bf16, where the recomputed "
-        "element-wise work weighs more, 14% less memory and 20% slower, about as slow as true; docs/speed-work.md)")
+        "memory, one extra forward) or selective (keep the linear layers' matmul outputs, recompute the rest, attention "
+        "included: on the W1 benchmark in bf16 11% less peak memory than false for 9-19% more step time, where true "
+        "saves 27% for 13-24% more; docs/speed-work.md)")
     keep_freed_memory: bool = Field(
         True, description="keep memory freed during training in the process for the next step (glibc malloc "
         "thresholds raised; restored after the run) instead of faulting fresh pages in for every large tensor: "
