@@ -2,7 +2,8 @@
 
 With `--nproc N` (or `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` on each of M machines) the
 command starts N worker processes per machine through torchrun, each running this same command
-(see docs/distributed.md); a worker that fails stops the others and the command exits 2.
+(see docs/distributed.md); a worker that fails stops the others and the command exits 2. Launch options and
+output.dir states the workers would refuse fail before they start (`sftlab.train.launch_checks`, `_check_output_dir`).
 The console script has by then started the command on jemalloc where train.allocator asks for it
 (`sftlab.cli.console`, `sftlab.jemalloc`); the workers inherit its LD_PRELOAD and MALLOC_CONF.
 """
@@ -39,23 +40,47 @@ def _worker_command(args) -> list[str]:
     return ["-m", "sftlab", "train", args.config, *args.overrides, *flags]
 
 
+def _check_output_dir(args, cfg, processes: int) -> None:
+    """On node 0, before any worker starts: what the workers' setup would refuse about output.dir, as one line
+    (an occupied directory without --overwrite or --resume, --resume without a checkpoint or with another
+    process count than the checkpoint's). Nothing is created or moved here."""
+    from types import SimpleNamespace
+
+    from sftlab.train.checkpoint import read_sidecar
+    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.setup import _check_resume_processes
+
+    out_dir = Path(cfg.output.dir).expanduser()
+    if args.resume:  # read-only when resuming: the checkpoint, or the error
+        checkpoint = prepare_output_dir(out_dir, resume=True, overwrite=False)
+        _check_resume_processes(read_sidecar(checkpoint), SimpleNamespace(num_processes=processes))
+    elif out_dir.exists() and (not out_dir.is_dir() or (not args.overwrite and any(out_dir.iterdir()))):
+        prepare_output_dir(out_dir, resume=False, overwrite=False)  # raises before it would change anything
+
+
 def _launch(args, cfg) -> int:
     """Start the workers and wait for them; a failed worker becomes one error line (exit 2)."""
     from sftlab.train.checkpoint import latest_checkpoint
     from sftlab.train.distributed import launch
+    from sftlab.train.launch_checks import check_launch
 
+    nproc = 1 if args.nproc is None else args.nproc
+    check_launch(nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
+    if args.node_rank == 0:
+        _check_output_dir(args, cfg, nproc * args.nnodes)
     try:
-        launch(_worker_command(args), args.nproc or 1, nnodes=args.nnodes, node_rank=args.node_rank,
+        launch(_worker_command(args), nproc, nnodes=args.nnodes, node_rank=args.node_rank,
                rdzv_endpoint=args.rdzv_endpoint)
     except KeyboardInterrupt:
         checkpoint = latest_checkpoint(Path(cfg.output.dir).expanduser())
-        launch_options = ["--nproc", str(args.nproc or 1)] + (["--nnodes", str(args.nnodes)] if args.nnodes > 1 else [])
+        launch_options = ["--nproc", str(nproc)] + (["--nnodes", str(args.nnodes)] if args.nnodes > 1 else [])
         command = shlex.join(["sftlab", "train", args.config, *args.overrides, *launch_options, "--resume"])
         where = f"latest checkpoint: {checkpoint}" if checkpoint else "no checkpoint was written"
         print(f"interrupted; {where}; resume with: {command}", file=sys.stderr)
         return 130
     if args.node_rank == 0:
-        print(f"trained with {(args.nproc or 1) * args.nnodes} processes; model in {Path(cfg.output.dir) / 'model'}")
+        processes = nproc * args.nnodes
+        print(f"trained with {processes} process{'es' if processes > 1 else ''}; model in {Path(cfg.output.dir) / 'model'}")
     return 0
 
 

@@ -67,7 +67,14 @@ class TokenStream:
         stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
         stream.set_epoch(epoch)
         column = "text" if self.builder == "text" else self.text_column
-        return (str(record[column] or "") for record in stream)
+        return (self._text(record, column) for record in stream)
+
+    def _text(self, record: dict, column: str) -> str:
+        """A record's text; a record without the column (csv and json streams list no columns up front) fails."""
+        if column not in record:
+            raise SftlabError(f"data.train {self.files[0]}: no column {column!r} (columns: {', '.join(record)}); "
+                              "set data.columns.text")
+        return str(record[column] or "")
 
     def encode(self, text: str) -> list[int]:
         """A document's token ids with the tokenizer's special tokens and a final EOS (as the in-memory pt path)."""
@@ -166,6 +173,8 @@ def prepare_streaming(cfg, tokenizer, base_dir: Path | None = None):
     from sftlab.data.tokenize import tokenize_examples
 
     data_cfg = cfg.data
+    if data_cfg.balance in ("oversample", "undersample"):  # as the in-memory pt path refuses it
+        raise SftlabError(f"data.balance={data_cfg.balance} needs labels; stage pt has none")
     files, builder = stream_files(data_cfg, base_dir)
     stream = TokenStream(files, builder, data_cfg.columns.get("text", "text"), tokenizer, cfg.train.max_length,
                          data_cfg.pt_mode, data_cfg.shuffle_buffer, data_cfg.max_samples)

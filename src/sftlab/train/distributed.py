@@ -310,11 +310,14 @@ def launch(program: list[str], nproc: int, **options) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    if nproc < 1:
-        raise SftlabError(f"--nproc must be at least 1, got {nproc}")
+    from sftlab.train.launch_checks import check_launch, quiet_torchrun
+
+    check_launch(nproc, options.get("nnodes", 1), options.get("node_rank", 0), options.get("rdzv_endpoint"))
+    arguments = parse_args(launch_arguments(program, nproc, **options))
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, stated so it does not warn
     try:
-        run(parse_args(launch_arguments(program, nproc, **options)))
+        with quiet_torchrun():
+            run(arguments)
     except SignalException as stop:  # Ctrl-C (or SIGTERM) reached the launcher; workers got SIGTERM to stop
         raise KeyboardInterrupt(str(stop)) from None
     except ChildFailedError as failed:
