@@ -56,9 +56,9 @@ def test_export_errors(tmp_path, capsys):
     from sftlab.commands.export import merge_adapter
 
     save_tiny("llama", tmp_path / "full" / "model")
-    with pytest.raises(SftlabError, match="saved a full model"):
-        merge_adapter(tmp_path / "full", tmp_path / "out")
-    with pytest.raises(SftlabError, match="no adapter_config.json"):
+    with pytest.raises(SftlabError, match="holds a full model, with no adapter to merge"):
+        merge_adapter(tmp_path / "full", tmp_path / "out", merge_base="original")
+    with pytest.raises(SftlabError, match="not a run directory or model directory"):
         merge_adapter(tmp_path, tmp_path / "out")
     assert main(["export", str(tmp_path / "full")]) == 2
     assert "pass --merge OUT" in capsys.readouterr().err

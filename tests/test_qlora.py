@@ -224,11 +224,12 @@ def test_generate_and_serve_load_a_qlora_run(qlora_run, capsys):
 
     run, tmp = qlora_run["result"].out_dir, qlora_run["tmp"]
     served = load_served(run)
-    assert served.adapters == {"run": "run"} and served.base_dir == qlora_run["base"]
+    assert served.names == ["run"] and served.adapters["run"] is not None and served.base_dir == qlora_run["base"]
     assert sum(type(p).__name__ == "Params4bit" for p in served.model.parameters()) == 7  # the 4-bit base
     prompt = render_chat(served.tokenizer, [{"role": "user", "content": "hello"}], served.template)
     stops = stop_token_ids(served.tokenizer, served.model)
-    text = generate_all(served, [prompt], SamplingParams(max_new_tokens=5), stops, adapter="run")[0]["text"]
+    adapter = served.adapters["run"]
+    text = generate_all(served, [prompt], SamplingParams(max_new_tokens=5), stops, adapter=adapter)[0]["text"]
     (tmp / "in.jsonl").write_text('{"prompt": "hello"}\n', encoding="utf-8")
     capsys.readouterr()
     assert main(["generate", str(run), "--input", str(tmp / "in.jsonl"), "--output", str(tmp / "out.jsonl"),

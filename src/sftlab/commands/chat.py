@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from sftlab.commands.generate import add_model_arguments, add_sampling_arguments, load_from_args, sampling_from_args
+from sftlab.errors import SftlabError
 
 
 def register(registry) -> None:
@@ -45,20 +46,29 @@ def run_chat(args) -> int:
         if not text.strip():
             continue
         messages.append({"role": "user", "content": text})
-        answer = stream_answer(served, messages, template, sampling_from_args(args, turn), stops, adapter)
+        try:
+            answer = stream_answer(served, messages, template, sampling_from_args(args, turn), stops, adapter)
+        except ConversationTooLong as exc:  # the session goes on: this turn is dropped, /reset starts over
+            messages.pop()
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            continue
         messages.append({"role": "assistant", "content": answer})
         turn += 1
 
 
+class ConversationTooLong(SftlabError):
+    """The conversation with the new turn does not fit the model's context."""
+
+
 def stream_answer(served, messages, template, params, stops, adapter) -> str:
     """Generate one answer, printing text pieces to stdout as they come; returns the whole answer."""
-    from sftlab.errors import SftlabError
     from sftlab.infer.engine import Request, Scheduler
     from sftlab.infer.prompts import render_chat
 
     prompt = render_chat(served.tokenizer, messages, template)
     if len(prompt) >= served.max_context:
-        raise SftlabError(f"the conversation has {len(prompt)} tokens, the model's context is {served.max_context}; /reset it")
+        raise ConversationTooLong(f"the conversation has {len(prompt)} tokens, the model's context is "
+                                  f"{served.max_context}; this turn was dropped: send a shorter one, or /reset")
     final: dict = {}
 
     def emit(event: dict) -> None:

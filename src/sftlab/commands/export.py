@@ -1,5 +1,5 @@
 """`sftlab export RUN_DIR --merge OUT [--dtype float32|bfloat16|float16] [--merge-base dequantized|original]`: fold a
-LoRA adapter into its base model.
+LoRA adapter into its base model (a run that saved a full model is copied to OUT in `--dtype`, `copy_full_model`).
 
 The base named in the adapter's `adapter_config.json` is loaded in float32 (locally, like every model),
 the adapter attached, and logits on a few probe texts computed before and after `merge_and_unload()`;
@@ -36,15 +36,26 @@ DEFAULT_PROBES = [
 ]
 
 
-def find_adapter(run_dir: Path) -> Path:
-    """The adapter directory of a run (`RUN/model`) or the directory itself when it is an adapter."""
+def find_adapter(run_dir: Path) -> Path | None:
+    """The adapter directory of a run (`RUN/model`) or the directory itself when it is an adapter; None when it holds a
+    full model instead (a full, freeze or auto run). One-line errors for anything else, e.g. an unfinished run."""
+    from sftlab.infer.loading import check_adapter_weights
+
+    if not run_dir.is_dir():
+        raise SftlabError(f"{run_dir}: no such directory")
     for candidate in (run_dir / "model", run_dir):
         if (candidate / "adapter_config.json").is_file():
+            check_adapter_weights(candidate)
             return candidate
     if (run_dir / "model" / "config.json").is_file() or (run_dir / "config.json").is_file():
-        raise SftlabError(f"{run_dir}: this run saved a full model (no LoRA adapter); it needs no merge, "
-                          "use its model/ directory as is")
-    raise SftlabError(f"{run_dir}: no adapter_config.json in it or in its model/ directory")
+        return None
+    checkpoints = sorted((path for path in (run_dir / "checkpoints").glob("step-*") if path.name[5:].isdigit()),
+                         key=lambda path: int(path.name[5:]))
+    if checkpoints:
+        raise SftlabError(f"{run_dir}: the run has no model/ (it has not finished); export its latest checkpoint "
+                          f"({checkpoints[-1]}) or finish the run with `sftlab train CONFIG --resume`")
+    raise SftlabError(f"{run_dir}: not a run directory or model directory (no model/, adapter_config.json or "
+                      "config.json in it)")
 
 
 def _classifier_labels(run_dir: Path, adapter_dir: Path) -> list[str] | int:
@@ -142,7 +153,7 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
 
     from sftlab.config.schema import ModelConfig
     from sftlab.io import check_output_dir
-    from sftlab.models.load import adapter_base, has_tokenizer_files, load_tokenizer
+    from sftlab.models.load import adapter_base, has_tokenizer_files, load_tokenizer, resolve_model_path
     from sftlab.models.nf4 import dequantize, read_record
     from sftlab.models.trained import trained_settings
 
@@ -150,9 +161,14 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
         raise SftlabError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     adapter_dir = find_adapter(run_dir)
+    if adapter_dir is None:
+        if merge_base is not None:
+            raise SftlabError(f"--merge-base {merge_base}: {run_dir} holds a full model, with no adapter to merge")
+        return copy_full_model(run_dir, out_dir, probes, overwrite, dtype)
     qlora = read_record(adapter_dir)
     merge_base = _merge_base(merge_base, qlora)
-    base = adapter_base(adapter_dir / "adapter_config.json")
+    config_file = adapter_dir / "adapter_config.json"
+    base = resolve_model_path(adapter_base(config_file), f"{config_file}: base_model_name_or_path")
     check_output_dir(out_dir, overwrite, inputs=(run_dir, adapter_dir, base))
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
@@ -179,12 +195,51 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     return record
 
 
+def copy_full_model(run_dir: Path, out_dir: Path, probes: list[str] | None, overwrite: bool, dtype: str) -> dict:
+    """A full model (a full, freeze or auto run's model/) saved to `out_dir` in `dtype` with its tokenizer, chat
+    template and records, as a merged export is: there is nothing to merge, so the logit difference is that of the
+    cast (0 in float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.io import check_output_dir, read_json
+    from sftlab.models.load import load_tokenizer
+    from sftlab.models.trained import run_model_dir, trained_settings
+
+    model_dir = run_model_dir(run_dir) or run_dir
+    config = read_json(model_dir / "config.json")
+    if "vision_config" in config:
+        raise SftlabError(f"{model_dir}: a full vision-language model; it needs no merge, use it as is")
+    check_output_dir(out_dir, overwrite, inputs=(run_dir, model_dir))
+    cls = any(str(name).endswith("ForSequenceClassification") for name in config.get("architectures") or [])
+    auto = AutoModelForSequenceClassification if cls else AutoModelForCausalLM
+    model = auto.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    tokenizer = load_tokenizer(ModelConfig(path=str(model_dir)))
+    probes = probes or DEFAULT_PROBES
+    record = {"base": None, "source": str(model_dir.resolve()), "adapter": None,
+              "task_type": "SEQ_CLS" if cls else "CAUSAL_LM", "dtype": dtype, "merge_base": None, "qlora": None,
+              "probes": len(probes), "max_abs_logit_diff": 0.0}
+    if dtype != "float32":
+        before = _probe_logits(model, tokenizer, probes)
+        model = model.to(getattr(torch, dtype))
+        record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(model, tokenizer, probes))
+    template = None if cls else trained_settings(model_dir).template
+    _save_merged(model, tokenizer, out_dir, record, template, overwrite)
+    return record
+
+
 def _export(args) -> int:
     if not args.merge:
         raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
     record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype,
                            merge_base=args.merge_base)
     cast = record.get("max_abs_logit_diff_after_cast")
+    if record["adapter"] is None:
+        print(f"copied the full model {record['source']} -> {args.merge} (no adapter to merge)"
+              + (f"; saved in {record['dtype']}: max |saved - float32| logit difference on {record['probes']} probe "
+                 f"inputs {cast:.3g}" if cast is not None else ""))
+        return 0
     into = "the dequantised NF4 base of " if record["merge_base"] == "dequantized" else ""
     print(f"merged {record['adapter']} into {into}{record['base']} -> {args.merge}; max |merged - unmerged| logit "
           f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}"
@@ -194,7 +249,7 @@ def _export(args) -> int:
 
 def register(registry) -> None:
     """Add `sftlab export`."""
-    parser = registry.top.add_parser("export", help="merge a LoRA run's adapter into a full model")
+    parser = registry.top.add_parser("export", help="merge a LoRA run's adapter into a full model (a full model run: copy it)")
     parser.add_argument("run_dir", help="a run directory (with model/) or an adapter directory")
     parser.add_argument("--merge", metavar="OUT", help="write the merged model here")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",

@@ -44,12 +44,14 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def sampling_from_args(args, index: int = 0):
-    from sftlab.infer.sampling import SamplingParams
+    from sftlab.infer.sampling import SEED_MAX, SEED_MIN, SamplingParams
 
     if args.max_new_tokens < 1:
         raise SftlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise SftlabError("--temperature must be >= 0 and --top-p in (0, 1]")
+    if not SEED_MIN <= args.seed + index <= SEED_MAX:
+        raise SftlabError(f"--seed {args.seed}: row and turn seeds (--seed + i) must lie in {SEED_MIN}..{SEED_MAX}")
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed + index, stop=tuple(args.stop))
 
@@ -61,7 +63,7 @@ def load_from_args(args):
     adapters = {"adapter": args.adapter} if args.adapter else None
     served = load_served(args.model, adapters=adapters, dtype=args.dtype)
     template = args.template or served.template
-    return served, template, ("adapter" if args.adapter else served.adapters[served.default_name])
+    return served, template, served.adapters["adapter" if args.adapter else served.default_name]
 
 
 def prompt_of_row(row: dict) -> dict:

@@ -78,10 +78,41 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
     if adapter_config.is_file():
         base = adapter_base(adapter_config)
         base_dir = resolve_model_path(base, f"{adapter_config}: base_model_name_or_path")
+        check_adapter_weights(model_dir)
         return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
     return ModelSource(label, model_dir, model_dir, template=template)
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def check_adapter_weights(adapter_dir: Path) -> Path:
+    """The adapter's weights file; a one-line SftlabError when there is none or a safetensors file is cut short (an
+    adapter copied or saved incompletely), before PEFT would fail with a traceback."""
+    import json
+    import struct
+
+    found = [adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()]
+    if not found:
+        raise SftlabError(f"{adapter_dir}: adapter_config.json but no {ADAPTER_WEIGHTS[0]}; the adapter was not saved "
+                          "completely (an interrupted run or copy?)")
+    weights = found[0]
+    if weights.suffix != ".safetensors":
+        return weights
+    size = weights.stat().st_size
+    try:
+        with weights.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length)) if 8 + length <= size else None
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, TypeError, KeyError, AttributeError):
+        header, end = None, 0
+    if header is None or 8 + length + end != size:
+        raise SftlabError(f"{weights}: not a complete safetensors file ({size} bytes); the adapter was not saved "
+                          "completely (an interrupted run or copy?)")
+    return weights
 
 
 def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype: str = "float32",
@@ -119,11 +150,15 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
 
         if record is None:
             _note_four_bit_adapters(attach)
+        # PEFT's own names are ours, not the served ones: a served name is a directory name, and PEFT refuses names
+        # with a dot (`exp1.v2`) or equal to a module attribute (`train`, `half`) as module keys
+        internal = {key: f"sftlab_adapter_{index}" for index, (key, _) in enumerate(attach)}
         first_name, first_dir = attach[0]
-        model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=first_name, is_trainable=False)
+        model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=internal[first_name],
+                                          is_trainable=False)
         for key, directory in attach[1:]:
-            model.load_adapter(str(directory), adapter_name=key, is_trainable=False)
-        served_adapters.update({key: key for key, _ in attach})
+            model.load_adapter(str(directory), adapter_name=internal[key], is_trainable=False)
+        served_adapters.update(internal)
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+
+
 @dataclass
 class SamplingParams:
     """How one request decodes. temperature 0 means greedy."""

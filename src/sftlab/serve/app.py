@@ -152,10 +152,13 @@ class _Generation:
             raise APIError(400, f"max_tokens: must be between 1 and {limit}, got {max_tokens}", param="max_tokens",
                            code="invalid_value")
         room = context - len(prompt)
+        where = "messages" if isinstance(body, schemas.ChatCompletionRequest) else "prompt"
+        if room < 1:
+            raise APIError(400, f"{where}: the prompt has {len(prompt)} tokens, which leaves no room for an answer in "
+                           f"the model's context of {context} tokens", param=where, code="context_length_exceeded")
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
-        if room < 1 or len(prompt) + max_tokens > context:
-            where = "messages" if isinstance(body, schemas.ChatCompletionRequest) else "prompt"
+        if len(prompt) + max_tokens > context:
             raise APIError(400, f"{where}: the prompt has {len(prompt)} tokens and max_tokens is {max_tokens}, "
                            f"more than the model's context of {context} tokens", param=where,
                            code="context_length_exceeded")

@@ -1,7 +1,8 @@
 """Request bodies of the OpenAI-compatible endpoints (the subset sftlab implements) and response builders.
 
 Unknown OpenAI parameters are ignored; those sftlab cannot honour (n > 1, logprobs, tool_choice "required" or a
-named function) are refused with 400 naming the parameter, so a client never silently gets something other than
+named function, penalties, logit_bias, response_format, and for completions echo, best_of and suffix; each unless
+left at its no-op value) are refused with 400 naming the parameter, so a client never silently gets something other than
 it asked for. Tool fields (`tools`, `tool_calls`, `tool` messages) are checked in `sftlab.serve.tools`.
 """
 
@@ -11,6 +12,8 @@ import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from sftlab.infer.sampling import SEED_MAX, SEED_MIN
 
 
 class TextPart(BaseModel):
@@ -48,6 +51,20 @@ class ChatMessage(BaseModel):
             part.text for part in self.content if part.type == "text")
 
 
+_NO_OP = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},),
+          "response_format": ({"type": "text"},), "echo": (False,), "best_of": (1,), "suffix": ("",)}
+
+
+def _no_op(value, name: str):
+    """`value` when it asks for nothing (None, or the field's no-op value: 0, {}, false, ...), else ValueError."""
+    numbers = (int, float)
+    for ok in (None, *_NO_OP[name]):
+        same_kind = type(value) is type(ok) or (type(value) in numbers and type(ok) in numbers)  # bool is not 0
+        if same_kind and value == ok:
+            return value
+    raise ValueError(f"{name} is not supported; leave it out")
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -60,11 +77,22 @@ class _Sampling(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     logprobs: bool | int | None = None
+    # OpenAI fields that would change the answer and that sftlab does not implement: refused unless left at their
+    # no-op value, rather than silently ignored
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    logit_bias: Any = None
+    response_format: Any = None
+
+    @field_validator("presence_penalty", "frequency_penalty", "logit_bias", "response_format")
+    @classmethod
+    def _not_implemented(cls, value, info):
+        return _no_op(value, info.field_name)
 
     @field_validator("stop")
     @classmethod
@@ -96,7 +124,14 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
     max_tokens: int | None = 16
-    echo: bool = False
+    echo: Any = None
+    best_of: Any = None
+    suffix: Any = None
+
+    @field_validator("echo", "best_of", "suffix")
+    @classmethod
+    def _not_implemented_here(cls, value, info):
+        return _no_op(value, info.field_name)
 
     @field_validator("prompt")
     @classmethod
