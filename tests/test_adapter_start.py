@@ -88,3 +88,16 @@ def test_adapter_errors_name_the_file(tmp_path, first_run):
         load_model(ModelConfig(path=str(tmp_path / "base-llama-causal_lm"), adapter=str(empty)), "sft")
     with pytest.raises(SftlabError, match="continuing an adapter on a 4-bit base"):
         load_config(None, [f"model.path={first_run}", "strategy.lora.quantize_4bit=true"], base=raw)
+
+
+def test_an_adapter_trained_from_a_relative_model_path_records_its_base_absolutely(tmp_path, monkeypatch):
+    """A LoRA run given `model.path: tiny-llama` (relative) wrote that string as the adapter's base, so its model/
+    loaded only from the directory the run started in."""
+    raw = tiny_run(tmp_path, name="relative", strategy=LORA)
+    base = Path(raw["model"]["path"])
+    monkeypatch.chdir(base.parent)
+    result = train({**raw, "model": {**raw["model"], "path": base.name}})
+    recorded = json.loads((result.out_dir / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(recorded).is_absolute() and Path(recorded) == base.absolute()
+    monkeypatch.chdir(tmp_path.parent)
+    load_model(ModelConfig(path=str(result.out_dir / "model")), "sft")  # loads from another directory

@@ -49,14 +49,15 @@ def offline_message(path: str, key: str = "model.path") -> str:
 def resolve_model_path(path: str, key: str = "model.path") -> Path:
     """Turn `model.path` into a local model directory, or raise a one-line SftlabError naming `key`.
 
-    A directory is returned as is; `gemma-3-270m` / `minilm` resolve to their cached converted
+    A directory is returned as an absolute path (PEFT records it as the adapter's base_model_name_or_path, which
+    must load from any working directory); `gemma-3-270m` / `minilm` resolve to their cached converted
     directory (converted on first use when the wheel is installed); a `.gguf` file is imported once
     into `$SFTLAB_HOME/models/gguf/`. Nothing is downloaded.
     """
     text = str(path)
     local = Path(text).expanduser()
     if local.is_dir():
-        return local
+        return local.absolute()
     from sftlab.models import pull
 
     if text in pull.EMBEDDED:
