@@ -22,7 +22,7 @@ from sftlab.errors import SftlabError
 
 GROUPS = {
     "data": "build, validate, clean, augment, balance, inspect and preview datasets",
-    "model": "import, pull and list models",
+    "model": "import, pull and list models; write tiny random test models",
     "policy": "the policy-push application",
 }
 
@@ -87,8 +87,10 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
     """Parse `argv`; dotted overrides may come after options (`sftlab train run.yaml --resume train.lr=1e-4`)."""
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        takes_overrides = hasattr(args, "overrides")
+        bad = [item for item in extra if not takes_overrides or item.startswith("-") or "=" not in item]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides or []) + extra
     return args
 

@@ -2,7 +2,8 @@
 
     cfg = load_config("run.yaml", ["train.lr=2e-5", "strategy.kind=lora"])
 
-Unknown keys fail with a "did you mean" suggestion; wrong types name the key and the expected type.
+Unknown keys fail with a "did you mean" suggestion; wrong types name the key and the expected type; a key given
+twice in the YAML file is an error naming both lines (YAML would keep the last one silently).
 """
 
 from __future__ import annotations
@@ -28,20 +29,48 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
     if path is not None:
         path = Path(path)
         source = str(path)
+        if path.is_dir():
+            raise SftlabError(f"{path}: a directory, not a run config file")
         if not path.is_file():
             raise SftlabError(f"config file not found: {path}")
         raw.update(read_yaml_mapping(path, "a mapping of groups (model, data, ...)"))
+        reject_duplicate_keys(path)
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw, source)
 
 
+def reject_duplicate_keys(path: Path) -> None:
+    """Raise a one-line SftlabError for the first key a mapping of the (valid) YAML file at `path` repeats."""
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    stack, seen = [(root, "")], set()
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen:  # an alias of a node already walked
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{prefix}{index}.") for index, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first_line:
+                raise SftlabError(f"{path}:{line}: duplicate key {prefix + key.value!r} (first given on line "
+                                  f"{first_line[key.value]}); give each key once")
+            first_line[key.value] = line
+            stack.append((value, f"{prefix}{key.value}."))
+
+
 def apply_override(raw: dict, item: str) -> None:
     """Set `a.b.c=value` in the nested dict `raw`; the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in item:
-        raise SftlabError(f"override {item!r} must look like key.sub=value")
-    key, _, text = item.partition("=")
+    key, equals, text = item.partition("=")
     parts = key.strip().split(".")
+    if not equals or not all(part.strip() for part in parts):
+        raise SftlabError(f"override {item!r} must look like key.sub=value")
     node = raw
     for part in parts[:-1]:
         child = node.get(part)
@@ -82,6 +111,8 @@ def describe_error(err: dict) -> str:
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{key}: got {err.get('input')!r}, expected one of {expected}"
+    if kind in {"model_type", "dict_type"}:  # a group or mapping given as a scalar or list (`model: x`)
+        return f"{key}: expected a mapping of keys, got {err.get('input')!r}"
     message = err.get("msg", "invalid value").removeprefix("Value error, ")
     if "input" in err and kind not in {"value_error", "assertion_error"}:
         return f"{key}: {message} (got {err['input']!r})"

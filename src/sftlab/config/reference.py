@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from sftlab.config.load import _model_in
 from sftlab.config.schema import RunConfig
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
@@ -41,6 +42,9 @@ def _rows(model: type[BaseModel], prefix: str) -> list[str]:
         default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
         text = (field.description or "").replace("|", "\\|")
         rows.append(f"| `{prefix}{name}` | {_type_name(annotation)} | `{default}` | {text} |")
+        item_model = _model_in(annotation)  # list items that are mappings of their own (data.train's DatasetSpec)
+        if item_model is not None:
+            rows += _rows(item_model, f"{prefix}{name}[].")
     return rows
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -64,10 +64,10 @@ class ModelConfig(_Strict):
 class DatasetSpec(_Strict):
     """One dataset in a mixture: a file or a registry name, with an optional sampling weight."""
 
-    path: str
+    path: str = Field(..., description="file, directory or registry name of this dataset (a list item of data.train)")
     format: str | None = Field(None, description="overrides data.format for this dataset")
-    weight: float = Field(1.0, gt=0)
-    columns: dict[str, str] | None = None
+    weight: float = Field(1.0, gt=0, description="sampling weight of this dataset in the mixture")
+    columns: dict[str, str] | None = Field(None, description="overrides data.columns for this dataset")
 
 
 class DataConfig(_Strict):
