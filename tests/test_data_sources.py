@@ -135,3 +135,16 @@ def test_registry_file_name_may_be_a_directory(tmp_path):
     assert sorted(ex["messages"][0]["content"] for ex in train) == ["a", "b"]
     with pytest.raises(SftlabError, match="registry entry 'bad': formatting 'kto' is not supported"):
         load_examples(DataConfig(train="bad", registry=str(tmp_path / "dataset_info.json")), "sft")
+
+
+def test_a_data_path_with_a_tilde_is_the_users_home_not_a_folder_beside_the_config(tmp_path, monkeypatch, registry_dir):
+    """`data.train: ~/x.jsonl` was read as `<config dir>/~/x.jsonl` while model.path and output.dir expanded `~`."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    write_json(home / "mine.json", [{"instruction": "hi", "input": "", "output": "yo"}])
+    write_json(home / "registry.json", {"plain": {"file_name": str(registry_dir / "plain.json")}})
+    train, _ = load_examples(DataConfig(train="~/mine.json"), "sft", base_dir=tmp_path / "configs")
+    assert [m["content"] for m in train[0]["messages"]] == ["hi", "yo"]
+    train, _ = load_examples(DataConfig(train="plain", registry="~/registry.json"), "sft", base_dir=tmp_path / "configs")
+    assert len(train) == 1

@@ -125,7 +125,7 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
     spec = item if isinstance(item, DatasetSpec) else DatasetSpec(path=item)
     if registry is not None and spec.path in registry:
         return _registry_rows(spec.path, registry[spec.path], registry_dir, stage)
-    path = Path(spec.path)
+    path = Path(spec.path).expanduser()  # `~/x.jsonl` is the user's home, as in model.path and output.dir
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
     builtin = builtin_datasets()
@@ -185,7 +185,7 @@ def config_registry(data_cfg: DataConfig, base: Path | None) -> tuple[dict | Non
     """The registry named by data.registry (relative to `base`) and its directory, or (None, None)."""
     if not data_cfg.registry:
         return None, None
-    registry_path = Path(data_cfg.registry)
+    registry_path = Path(data_cfg.registry).expanduser()
     if base is not None and not registry_path.is_absolute():
         registry_path = base / registry_path
     return load_registry(registry_path), registry_path.parent
