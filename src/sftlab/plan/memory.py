@@ -62,7 +62,8 @@ INTERMEDIATE_SAVED = 4.0
 ATTENTION_SAVED = 3.0
 MATMUL_ATTENTION_REBUILT = 1.0  # matmul attention: its backward holds about one layer's probabilities (a block's and their gradients)
 DROPOUT_SAVED = 1.25
-LOGIT_COPIES = 3.0
+LOGIT_COPIES = 3.0  # the fused head loss holds 1 chunk (without soft-capping): on Gemma 3 270M 256 MiB too many in bf16,
+# 512 in fp32, which stand in for jemalloc's slack in the resident peaks --check measures (docs/planner.md, 2026-12-07)
 SELECTIVE_HIDDEN_SAVED = 8.0  # train.gradient_checkpointing: selective (block input, q/k/v/o, attention, down)
 SELECTIVE_INTERMEDIATE_SAVED = 2.0  # (the gate and up projections)
 FUSED_NORMS_SAVED_LESS = 2.0  # model.fused_layers: each of a block's two RMSNorms keeps its input only
@@ -72,6 +73,10 @@ OPTIMIZER_STATES = 2
 # bf16/fp16 autocast over 4-byte weights: the residual stream, the norms' inputs and the element-wise outputs a block
 # keeps stay float32 while its matmul outputs are 16-bit (bytes per kept value, on average), and every matmul weight
 # the forward uses is cast to 16 bits, a copy that lives while the block activations do (`autocast_weight_copies`).
+# Checkpointed blocks keep their input, that float32 stream (`Workload.residual_bytes`): measured on Gemma 3 270M
+# (8 x 256 tokens) with checkpointing true / selective, the estimates were -15.5% / -15.0% (full) and -0.6% / -0.2%
+# (last 4 blocks) of the --check peaks with the inputs at 2 bytes, full's as without checkpointing (-15.2%): jemalloc's
+# slack, not these terms; 4 bytes adds 45 / 10 MiB (docs/planner.md).
 AUTOCAST_FP32_ACTIVATION_BYTES = 3.0
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # values per absmax constant (bitsandbytes' 4-bit blocksize)
@@ -180,6 +185,12 @@ class Workload:
     def autocast_over_fp32(self) -> bool:
         """16-bit autocast over 4-byte weights (`train.precision` bf16/fp16 with `model.dtype` float32)."""
         return self.precision in ("bf16", "fp16") and self.param_bytes == 4
+
+    @property
+    def residual_bytes(self) -> int:
+        """Bytes per value of a block's input, the residual stream: float32 under autocast over 4-byte weights (a
+        block adds its 16-bit matmul outputs to a float32 stream), else the activation dtype's."""
+        return self.param_bytes if self.autocast_over_fp32 else self.activation_bytes
 
     @property
     def block_activation_bytes(self) -> float:
@@ -317,12 +328,13 @@ def estimate_memory(shape: ModelShape, total_params: int, trainable_params: int,
     optimizer = trainable_params * (OPTIMIZER_STATES * 4 if work.param_bytes == 4 else (OPTIMIZER_STATES + 1) * 4)
     block = (block_activation_elements(shape, work) * work.block_activation_bytes
              + matmul_attention_kept_bytes(shape, work))
+    tokens = work.batch * work.seq
     if work.checkpointing == "selective" and depth:  # matmul/attention outputs kept; one block rebuilt at a time
-        kept = work.batch * work.seq * (SELECTIVE_HIDDEN_SAVED * shape.hidden
-                                        + SELECTIVE_INTERMEDIATE_SAVED * shape.intermediate)
-        activations = depth * kept * work.activation_bytes + block
+        kept = tokens * ((SELECTIVE_HIDDEN_SAVED - 1) * shape.hidden + SELECTIVE_INTERMEDIATE_SAVED
+                         * shape.intermediate) * work.activation_bytes + tokens * shape.hidden * work.residual_bytes
+        activations = depth * kept + block
     elif work.checkpointing and depth:
-        saved_inputs = depth * work.batch * work.seq * shape.hidden * work.activation_bytes
+        saved_inputs = depth * tokens * shape.hidden * work.residual_bytes
         activations = saved_inputs + block
     else:
         activations = depth * block

@@ -3,6 +3,14 @@
 Loss is averaged over all supervised tokens (pt/sft) or examples (cls) of the validation split; with
 several processes each rank sums its share and the sums are combined before averaging. When
 `sftlab.eval.hooks.task_metrics(model, tokenizer, prepared, cfg)` exists, its metrics are merged in.
+
+The output head runs on chunks of `eval_head_rows` supervised positions, whose float32 logits take about
+`sftlab.train.loss.FUSED_CHUNK_BYTES` (at least `MIN_FUSED_ROWS` rows), as training's fused head loss sizes its
+chunks. Until 2026-12-07 evaluation used the loss's default of 1,024 positions: for Gemma 3 270M's 262,144-token
+head that made 0.5 GiB of bf16 logits, a 1 GiB float32 copy and a 1 GiB log-softmax at once, and its first
+evaluation raised a pt run's peak (bf16 autocast, 8 rows of 256 tokens, jemalloc) by 1.0-2.0 GiB over its
+steps'; with 256-row chunks these are 0.125 + 0.25 + 0.25 GiB, and the evaluations raised it by 0.001 GiB
+(`tests/test_eval_memory.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +20,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from sftlab.train.loss import loss_sum
+from sftlab.train import loss as train_loss
+from sftlab.train.loss import FUSED_CHUNK_BYTES, causal_lm_loss_sum, head_chunk_rows, unwrap_peft
 
 
 def evaluate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable,
@@ -48,6 +57,23 @@ def accumulate_batches(model, batches: Iterable[dict], stage: str, autocast: Cal
                 sums["count"] += n
     model.train(was_training)
     return sums
+
+
+def loss_sum(model, batch: dict, stage: str) -> tuple[torch.Tensor, int]:
+    """A validation batch's summed loss and count: `sftlab.train.loss.loss_sum`, with a causal LM's head in chunks of
+    `eval_head_rows` positions (without gradients the loss's default is `HEAD_CHUNK`, 1,024)."""
+    if stage == "cls":
+        return train_loss.loss_sum(model, batch, stage)
+    return causal_lm_loss_sum(model, batch, chunk=eval_head_rows(model))
+
+
+def eval_head_rows(model) -> int | None:
+    """Supervised positions per chunk of the output head in evaluation: float32 logits of about
+    `FUSED_CHUNK_BYTES` (at least `MIN_FUSED_ROWS` rows: 256 for a 262k vocabulary), or None (the loss's default)
+    for a model without an output embedding matrix."""
+    get_head = getattr(unwrap_peft(model), "get_output_embeddings", None)
+    weight = getattr(get_head() if callable(get_head) else None, "weight", None)
+    return head_chunk_rows(weight.shape[0], 4, FUSED_CHUNK_BYTES) if weight is not None and weight.dim() == 2 else None
 
 
 def metrics_from_sums(sums: dict, stage: str) -> dict:
