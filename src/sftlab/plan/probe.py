@@ -87,15 +87,13 @@ def purge_jemalloc() -> bool:
 
     sftlab runs jemalloc with decay off (`sftlab.jemalloc.MALLOC_CONF`), so it never returns freed pages by
     itself: without this, the warm-up's pages would stay resident and the measured step would reuse them."""
-    import ctypes
-
     from sftlab.jemalloc import loaded_jemalloc
+    from sftlab.heap_slack import jemalloc_mallctl, purge_unused_pages
 
-    if not loaded_jemalloc():
+    mallctl = jemalloc_mallctl() if loaded_jemalloc() else None  # the preloaded library's, through the global symbols
+    if mallctl is None:
         return False
-    mallctl = ctypes.CDLL(None).mallctl  # the preloaded library's, found through the global symbols
-    for name in (b"thread.tcache.flush", b"arena.4096.purge"):  # 4096: MALLCTL_ARENAS_ALL
-        mallctl(name, None, None, None, ctypes.c_size_t(0))
+    purge_unused_pages(mallctl)
     return True
 
 

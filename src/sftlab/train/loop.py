@@ -43,6 +43,7 @@ from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
+from sftlab.heap_slack import SlackGuard
 from sftlab.train.rundir import prepare_output_dir, replacing_previous_run
 from sftlab.train.setup import Session, build_session, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
@@ -148,12 +149,15 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     cfg, flag = session.cfg, {}
     steps = step_groups(session)
     boundary_rng = capture_rng()
+    heap = SlackGuard()  # jemalloc's unused pages returned when they pile up (sftlab.heap_slack)
     try:
         with stop_on_sigint(flag):
             while session.step < session.total_steps:
                 started = time.perf_counter()
                 rows, group, next_position = next(steps)
                 loss, stats = optimizer_step(session, group, rows)
+                if heap.after_step() and heap.purges == 1:
+                    log.message(f"allocator: {heap.line()}")
                 session.step, session.position = session.step + 1, next_position
                 session.losses.append(loss)
                 log.count_tokens(stats["tokens"], time.perf_counter() - started)  # tokens/s: training time only
