@@ -73,3 +73,16 @@ def test_chunks_follow_the_fused_head_losss_budget():
     vocab = small_vocab.get_output_embeddings().weight.shape[0]
     rows = eval_head_rows(small_vocab)
     assert rows % loss_module.ROW_ALIGN == 0 and rows * vocab * 4 <= loss_module.FUSED_CHUNK_BYTES
+
+
+def test_scoring_rows_makes_the_heads_logits_one_chunk_at_a_time():
+    """`row_logprobs` (sftlab eval's scoring, task metrics) also ran 1,024 positions at a time by default."""
+    model, batch = _model_and_batch()
+    with torch.no_grad():
+        expected, counts = loss_module.row_logprobs(model, batch, chunk=10**6)  # every position at once
+        hook = _LargestTensor()
+        with hook:
+            sums, _ = loss_module.row_logprobs(model, batch)
+    assert hook.most <= loss_module.MIN_FUSED_ROWS * VOCAB * 4
+    torch.testing.assert_close(sums, expected, rtol=1e-5, atol=1e-4)
+    assert int(counts.sum()) == batch["labels"][:, 1:].numel()

@@ -31,11 +31,17 @@ def test_option_errors_renames_only_sftlab_errors():
             raise ValueError("data.format")
 
 
-def test_eval_names_its_options_without_importing_datawork(tmp_path):
-    """`sftlab eval` borrowed option_errors from sftlab.datawork.records; it now reads it beside the formats."""
+def _model_and_data(tmp_path):
+    """A one-layer tiny qwen2 and a labels file whose label column is `category`."""
     model = save_tiny("qwen2", tmp_path / "qwen2", hidden=32, layers=1)
     data = tmp_path / "val.jsonl"
     data.write_text(json.dumps({"text": "hi", "category": "a"}) + "\n", encoding="utf-8")
+    return model, data
+
+
+def test_eval_names_its_options_without_importing_datawork(tmp_path):
+    """`sftlab eval` borrowed option_errors from sftlab.datawork.records; it now reads it beside the formats."""
+    model, data = _model_and_data(tmp_path)
     script = (
         "import sys\n"
         "from sftlab.errors import SftlabError\n"
@@ -66,9 +72,7 @@ def test_parse_columns_reads_canonical_equals_column():
 def test_eval_command_reads_columns_without_importing_datawork(tmp_path):
     """`sftlab eval --columns` borrowed parse_columns from sftlab.datawork.handlers; it now reads it beside the
     formats' option names."""
-    model = save_tiny("qwen2", tmp_path / "qwen2", hidden=32, layers=1)
-    data = tmp_path / "val.jsonl"
-    data.write_text(json.dumps({"text": "hi", "category": "a"}) + "\n", encoding="utf-8")
+    model, data = _model_and_data(tmp_path)
     script = (
         "import sys\n"
         "from sftlab.cli import main\n"

@@ -222,12 +222,17 @@ def causal_lm_loss_sum(model: torch.nn.Module, batch: dict, chunk: int | None = 
 
 
 @torch.no_grad()
-def row_logprobs(model: torch.nn.Module, batch: dict, chunk: int = HEAD_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def row_logprobs(model: torch.nn.Module, batch: dict, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row: the summed log-probability of its supervised tokens, and how many there were.
 
     Like `causal_lm_loss_sum`, the output head runs only at supervised positions, so scoring a short
-    answer after a long prompt never builds [prompt x vocabulary] logits."""
+    answer after a long prompt never builds [prompt x vocabulary] logits. `chunk` positions at a time: by default
+    float32 logits of about `FUSED_CHUNK_BYTES` (`head_chunk_rows`; 256 rows for a 262k vocabulary, where 1,024
+    made 3 GiB of logits and copies at once), `HEAD_CHUNK` for a head without a weight matrix."""
     _, backbone, head, softcap = _backbone_and_head(model)
+    weight = getattr(head, "weight", None)
+    if chunk is None:
+        chunk = head_chunk_rows(weight.shape[0], 4) if weight is not None and weight.dim() == 2 else HEAD_CHUNK
     targets = batch["labels"][:, 1:]
     supervised = targets != IGNORE_INDEX
     extra = {key: batch[key] for key in _BACKBONE_INPUTS if batch.get(key) is not None}
