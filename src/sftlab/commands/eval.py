@@ -23,7 +23,9 @@ def register(registry) -> None:
                         help="lm task: supervised tokens (default: the training run's data.mask)")
     parser.add_argument("--labels", help="comma-separated label set (default: labels seen in --data)")
     parser.add_argument("--label-method", choices=["likelihood", "generate", "head"], default="likelihood",
-                        help="generative models: score each label's likelihood (default) or generate and parse")
+                        help="generative models: score each label's likelihood (default) or generate and parse; "
+                             "head: the model's classification head, which a cls model always uses (an error for a "
+                             "model without one)")
     parser.add_argument("--positive", help="positive label for AUC / PR curve (two labels) or ranking pairs (default yes)")
     parser.add_argument("--k", default="1,5,10", help="ranking cut-offs, comma-separated (default 1,5,10)")
     parser.add_argument("--max-new-tokens", type=int, default=64)

@@ -39,7 +39,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (row i uses seed + i)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (generate: row i uses seed + i; chat: turn i)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 

