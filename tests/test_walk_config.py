@@ -113,3 +113,16 @@ def test_an_examples_header_runs_that_very_file(path):
             break
         header.append(line)
     assert re.search(rf"sftlab train {re.escape(path.relative_to(ROOT).as_posix())}(\s|$)", "\n".join(header)), path
+
+
+def test_every_yaml_file_sftlab_reads_refuses_a_duplicate_key(tmp_path):
+    """Serve settings, planner thresholds, feature specs and the board's configs go through `read_yaml_mapping`,
+    which let the last of two equal keys win silently while run configs refused it."""
+    from sftlab.io import read_yaml_mapping
+
+    settings = tmp_path / "serve.yaml"
+    settings.write_text("port: 8000\nhost: 127.0.0.1\nport: 9000\n", encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"serve.yaml:3: duplicate key 'port' \(first given on line 1\)"):
+        read_yaml_mapping(settings, "a mapping of serve settings")
+    settings.write_text("base: &b {port: 1}\nother:\n  <<: *b\n  host: x\n", encoding="utf-8")
+    assert read_yaml_mapping(settings, "a mapping")["other"] == {"port": 1, "host": "x"}  # merge keys still work

@@ -111,13 +111,15 @@ def yaml_error_line(name: str | Path, exc: Exception) -> str:
 def read_yaml_mapping(path: str | Path, expected: str) -> dict:
     """The mapping in the YAML file `path` ({} for an empty file).
 
-    A file that is not UTF-8, not valid YAML or not a mapping is a one-line SftlabError naming it (and the line
-    of a YAML error); `expected` says what the file should hold ("a mapping of serve settings")."""
+    A file that is not UTF-8, not valid YAML or not a mapping, or one that gives a key twice in a mapping (YAML
+    would keep the last silently), is a one-line SftlabError naming it (and the line of a YAML error or of the
+    repeated key); `expected` says what the file should hold ("a mapping of serve settings")."""
     import yaml
 
     path = Path(path)
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text)
     except UnicodeDecodeError:
         raise SftlabError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
@@ -126,4 +128,33 @@ def read_yaml_mapping(path: str | Path, expected: str) -> dict:
         return {}
     if not isinstance(loaded, dict):
         raise SftlabError(f"{path}: expected {expected}, got {type(loaded).__name__}")
+    reject_duplicate_keys(path, text)
     return loaded
+
+
+def reject_duplicate_keys(path: Path, text: str) -> None:
+    """Raise a one-line SftlabError for the first key a mapping of the (valid) YAML `text` of `path` repeats."""
+    import yaml
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    stack, seen = [(root, "")], set()
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen:  # an alias of a node already walked
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{prefix}{index}.") for index, item in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            continue
+        first_line: dict[str, int] = {}
+        for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first_line:
+                raise SftlabError(f"{path}:{line}: duplicate key {prefix + key.value!r} (first given on line "
+                                  f"{first_line[key.value]}); give each key once")
+            first_line[key.value] = line
+            stack.append((value, f"{prefix}{key.value}."))
+

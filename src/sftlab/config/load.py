@@ -3,7 +3,8 @@
     cfg = load_config("run.yaml", ["train.lr=2e-5", "strategy.kind=lora"])
 
 Unknown keys fail with a "did you mean" suggestion; wrong types name the key and the expected type; a key given
-twice in the YAML file is an error naming both lines (YAML would keep the last one silently).
+twice in the YAML file is an error naming both lines (`sftlab.io.read_yaml_mapping`; YAML would keep the last one
+silently).
 """
 
 from __future__ import annotations
@@ -34,35 +35,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, bas
         if not path.is_file():
             raise SftlabError(f"config file not found: {path}")
         raw.update(read_yaml_mapping(path, "a mapping of groups (model, data, ...)"))
-        reject_duplicate_keys(path)
     for item in overrides or []:
         apply_override(raw, item)
     return validate_config(raw, source)
-
-
-def reject_duplicate_keys(path: Path) -> None:
-    """Raise a one-line SftlabError for the first key a mapping of the (valid) YAML file at `path` repeats."""
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    stack, seen = [(root, "")], set()
-    while stack:
-        node, prefix = stack.pop()
-        if id(node) in seen:  # an alias of a node already walked
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.SequenceNode):
-            stack += [(item, f"{prefix}{index}.") for index, item in enumerate(node.value)]
-        if not isinstance(node, yaml.MappingNode):
-            continue
-        first_line: dict[str, int] = {}
-        for key, value in node.value:
-            if key.tag == "tag:yaml.org,2002:merge" or not isinstance(key, yaml.ScalarNode):
-                continue
-            line = key.start_mark.line + 1
-            if key.value in first_line:
-                raise SftlabError(f"{path}:{line}: duplicate key {prefix + key.value!r} (first given on line "
-                                  f"{first_line[key.value]}); give each key once")
-            first_line[key.value] = line
-            stack.append((value, f"{prefix}{key.value}."))
 
 
 def apply_override(raw: dict, item: str) -> None:
