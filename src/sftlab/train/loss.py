@@ -69,6 +69,13 @@ def head_chunk_rows(vocab: int, dtype_bytes: int, budget: int | None = None) -> 
     return rows // ROW_ALIGN * ROW_ALIGN if rows >= ROW_ALIGN else rows
 
 
+def float32_chunk_rows(head) -> int | None:
+    """Rows per chunk of `head`'s float32 logits without gradients (evaluation, scoring): about `FUSED_CHUNK_BYTES`,
+    at least `MIN_FUSED_ROWS` (`head_chunk_rows`); None for a head without a weight matrix."""
+    weight = getattr(head, "weight", None)
+    return head_chunk_rows(weight.shape[0], 4) if weight is not None and weight.dim() == 2 else None
+
+
 def _round_up(count: int, multiple: int) -> int:
     return -(-count // multiple) * multiple
 
@@ -230,9 +237,7 @@ def row_logprobs(model: torch.nn.Module, batch: dict, chunk: int | None = None) 
     float32 logits of about `FUSED_CHUNK_BYTES` (`head_chunk_rows`; 256 rows for a 262k vocabulary, where 1,024
     made 3 GiB of logits and copies at once), `HEAD_CHUNK` for a head without a weight matrix."""
     _, backbone, head, softcap = _backbone_and_head(model)
-    weight = getattr(head, "weight", None)
-    if chunk is None:
-        chunk = head_chunk_rows(weight.shape[0], 4) if weight is not None and weight.dim() == 2 else HEAD_CHUNK
+    chunk = chunk or float32_chunk_rows(head) or HEAD_CHUNK
     targets = batch["labels"][:, 1:]
     supervised = targets != IGNORE_INDEX
     extra = {key: batch[key] for key in _BACKBONE_INPUTS if batch.get(key) is not None}

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 
 from sftlab.train import loss as train_loss
-from sftlab.train.loss import FUSED_CHUNK_BYTES, causal_lm_loss_sum, head_chunk_rows, unwrap_peft
+from sftlab.train.loss import causal_lm_loss_sum, float32_chunk_rows, unwrap_peft
 
 
 def evaluate_batches(model, batches: Iterable[dict], stage: str, autocast: Callable,
@@ -72,8 +72,7 @@ def eval_head_rows(model) -> int | None:
     `FUSED_CHUNK_BYTES` (at least `MIN_FUSED_ROWS` rows: 256 for a 262k vocabulary), or None (the loss's default)
     for a model without an output embedding matrix."""
     get_head = getattr(unwrap_peft(model), "get_output_embeddings", None)
-    weight = getattr(get_head() if callable(get_head) else None, "weight", None)
-    return head_chunk_rows(weight.shape[0], 4, FUSED_CHUNK_BYTES) if weight is not None and weight.dim() == 2 else None
+    return float32_chunk_rows(get_head() if callable(get_head) else None)
 
 
 def metrics_from_sums(sums: dict, stage: str) -> dict:
