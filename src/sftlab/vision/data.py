@@ -75,9 +75,6 @@ def open_image(reference: str, src: str = "image"):
     """Decode an image (absolute path or data URL) to an RGB PIL image; unreadable -> SftlabError naming `src`."""
     from PIL import Image, UnidentifiedImageError
 
-    # PIL's guard against decompression bombs (an image far larger than any model input) is an Exception,
-    # not an OSError: caught here so that such a file is a one-line error, never a traceback.
-
     try:
         if reference.startswith("data:"):
             header, _, payload = reference.partition(",")
@@ -89,6 +86,8 @@ def open_image(reference: str, src: str = "image"):
         with Image.open(source) as image:
             image.load()
             return image.convert("RGB")
+    # PIL's guard against decompression bombs (an image far larger than any model input) is an Exception, not an
+    # OSError: caught here so that such a file is a one-line error, never a traceback
     except (UnidentifiedImageError, OSError, binascii.Error, ValueError, Image.DecompressionBombError) as exc:
         shown = reference if len(reference) < 80 else reference[:60] + "..."
         raise SftlabError(f"{src}: cannot read image {shown!r} ({type(exc).__name__}: {str(exc)[:80]})") from None
