@@ -66,6 +66,27 @@ def test_infinite_and_nan_numbers_are_refused_naming_the_key(override, value):
 
 
 @pytest.mark.parametrize("override, message", [
+    ("train.batch_size=true", "train.batch_size: Input should be a valid integer (got True)"),
+    ("train.batch_size='8'", "train.batch_size: Input should be a valid integer (got '8')"),
+    ("train.max_steps=10.0", "train.max_steps: Input should be a valid integer (got 10.0)"),
+    ("eval.k=[1, true]", "eval.k.1: Input should be a valid integer (got True)"),
+    ("data.packing=1", "data.packing: Input should be a valid boolean (got 1)"),
+    ("train.epochs=true", "train.epochs: expected a number, got True"),
+    ("train.lr=false", "train.lr: expected a number, got False"),
+])
+def test_booleans_strings_and_floats_are_not_read_as_integers_or_booleans(override, message):
+    # pydantic's lax mode took `true` as 1 (or 1.0), '8' as 8, 10.0 as 10 and 1 as true
+    with pytest.raises(SftlabError) as err:
+        load_config(None, [override], base=BASE)
+    assert str(err.value) == f"config: {message}"
+
+
+def test_a_float_key_still_takes_pyyamls_dotless_exponent_string():
+    cfg = load_config(None, ["train.lr=1e-4", "train.epochs=2"], base=BASE)  # PyYAML reads 1e-4 as a string
+    assert cfg.train.lr == 1e-4 and cfg.train.epochs == 2.0
+
+
+@pytest.mark.parametrize("override, message", [
     ("model=m", "model: expected a mapping of keys, got 'm'"),
     ("data.columns=[a, b]", "data.columns: expected a mapping of keys, got ['a', 'b']"),
 ])

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sftlab.config.types import Bool, Float, Int  # integers, booleans and numbers only: no `true` read as 1
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
@@ -33,18 +35,18 @@ class ModelConfig(_Strict):
                                 "the other kinds train the base with the adapter merged in. A model.path that is such "
                                 "a directory becomes model.adapter, with model.path its base (adapter_config.json's "
                                 "base_model_name_or_path) and model.tokenizer the adapter's tokenizer when it has one")
-    trust_remote_code: bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
+    trust_remote_code: Bool = Field(False, description="run model code shipped in the model directory (only for directories you trust)")
     attn_implementation: Literal["auto", "sdpa", "eager", "matmul"] = Field(
         "auto", description="attention kernel passed to transformers; matmul: sftlab's for training on the CPU "
         "(faster than sdpa; keeps a layer's attention probabilities for backward up to 64 MiB and recomputes "
         "larger ones there, a block of queries at a time; other calls, such as on a GPU or in generation, run sdpa); auto: matmul for models that dispatch "
         "through transformers' attention interface, transformers' default for the rest")
-    fused_layers: bool = Field(
+    fused_layers: Bool = Field(
         True, description="in training, run RMSNorm and gated-MLP modules (Llama, Mistral, Qwen2/3, Phi-3, Gemma) "
         "through autograd functions that keep only their inputs for backward and recompute the element-wise rest: "
         "the same results (up to float rounding) with about a third less activation memory on those models "
         "(sftlab.models.fused)")
-    compiled_kernels: bool | Literal["auto"] = Field(
+    compiled_kernels: Bool | Literal["auto"] = Field(
         "auto", description="in CPU training with model.fused_layers, run the fused RMSNorm (forward and backward) "
         "and the gated MLP's backward as kernels compiled by torch.compile at setup (a C++ compiler is needed; "
         "W1 on 2 cores: 12-18 s the first time on a machine, about 3 s from the compile cache in $SFTLAB_HOME/inductor), "
@@ -66,7 +68,7 @@ class DatasetSpec(_Strict):
 
     path: str = Field(..., description="file, directory or registry name of this dataset (a list item of data.train)")
     format: str | None = Field(None, description="overrides data.format for this dataset")
-    weight: float = Field(1.0, gt=0, description="sampling weight of this dataset in the mixture")
+    weight: Float = Field(1.0, gt=0, description="sampling weight of this dataset in the mixture")
     columns: dict[str, str] | None = Field(None, description="overrides data.columns for this dataset")
 
 
@@ -79,9 +81,9 @@ class DataConfig(_Strict):
         "auto", description="record format; auto detects it from the first record of each file")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical field -> column name in the file")
     registry: str | None = Field(None, description="path to a dataset_info.json-style registry")
-    val_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when data.validation is unset")
+    val_ratio: Float = Field(0.0, ge=0.0, lt=1.0, description="hold out this share of train when data.validation is unset")
     split: Literal["random", "stratified"] = Field("random", description="how data.val_ratio holds out validation: random, or stratified by label")
-    max_samples: int | None = Field(None, gt=0, description="keep at most this many training examples (after mixing)")
+    max_samples: Int | None = Field(None, gt=0, description="keep at most this many training examples (after mixing)")
     template: str = Field("auto", description="'auto' (tokenizer's own chat template, else chatml) or a built-in name")
     mask: Literal["assistant", "last_assistant", "each_assistant", "all"] = Field(
         "assistant", description="sft loss on every assistant turn, the last one only, or all tokens; "
@@ -90,8 +92,8 @@ class DataConfig(_Strict):
         "assistant refuses as not prefix-stable; it costs more tokens")
     truncation: Literal["drop", "left"] = Field(
         "drop", description="over-long samples: drop them, or cut the prompt from the left keeping the answer (counted either way)")
-    packing: bool = Field(False, description="pack several samples per row; attention never crosses samples")
-    group_by_length: bool = Field(False, description="without packing: micro-batches of similar lengths (less padding): "
+    packing: Bool = Field(False, description="pack several samples per row; attention never crosses samples")
+    group_by_length: Bool = Field(False, description="without packing: micro-batches of similar lengths (less padding): "
                                   "rows shuffled, then sorted by length within windows of 50 micro-batches; the longest "
                                   "batch first (W1 benchmark: 1.98x the tokens/s of plain padded batches)")
     pt_mode: Literal["concat", "document"] = Field("concat", description="pt: concatenate with EOS into blocks, or one document per row")
@@ -99,17 +101,17 @@ class DataConfig(_Strict):
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="class balance of labelled training data (validation is never resampled)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
-    num_workers: int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
-    seed: int = Field(0, description="seed of mixing, splitting and resampling")
-    streaming: bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "
+    num_workers: Int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
+    seed: Int = Field(0, description="seed of mixing, splitting and resampling")
+    streaming: Bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "
                             "needs train.max_steps")
-    shuffle_buffer: int = Field(10000, ge=1, description="data.streaming: documents held in the shuffle buffer")
+    shuffle_buffer: Int = Field(10000, ge=1, description="data.streaming: documents held in the shuffle buffer")
 
 
 class FreezeConfig(_Strict):
     """Which layers and modules train under strategy.kind=freeze."""
 
-    layers: Literal["none", "all"] | str | list[int] = Field("none", description="'last:N', 'first:N', a list of indices, 'all' or 'none'")
+    layers: Literal["none", "all"] | str | list[Int] = Field("none", description="'last:N', 'first:N', a list of indices, 'all' or 'none'")
     modules: list[str] = Field(default_factory=list, description="globs on parameter names, e.g. lm_head, *.self_attn.*, *.bias, *norm*")
 
     @field_validator("layers", mode="wrap")
@@ -129,26 +131,26 @@ class FreezeConfig(_Strict):
 class LoraConfig(_Strict):
     """LoRA adapter settings (peft)."""
 
-    rank: int = Field(8, gt=0, description="LoRA rank r")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling alpha (update scaled by alpha/r, or alpha/sqrt(r) with rslora)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    rank: Int = Field(8, gt=0, description="LoRA rank r")
+    alpha: Float = Field(16.0, gt=0, description="LoRA scaling alpha (update scaled by alpha/r, or alpha/sqrt(r) with rslora)")
+    dropout: Float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="module names or globs that get adapters, or all-linear")
-    rslora: bool = Field(False, description="rank-stabilised LoRA scaling")
-    dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    rslora: Bool = Field(False, description="rank-stabilised LoRA scaling")
+    dora: Bool = Field(False, description="weight-decomposed LoRA (DoRA)")
     modules_to_save: list[str] = Field(default_factory=list, description="modules trained in full beside the adapters, e.g. lm_head (a cls head is added automatically)")
-    quantize_4bit: bool = Field(False, description="QLoRA: load the base NF4-quantised with bitsandbytes (double quantisation; computing in bfloat16 on CUDA and on CPUs with bf16 instructions, else float32): on CUDA, or on a CPU with bitsandbytes >= 0.50; tested on CPU only")
+    quantize_4bit: Bool = Field(False, description="QLoRA: load the base NF4-quantised with bitsandbytes (double quantisation; computing in bfloat16 on CUDA and on CPUs with bf16 instructions, else float32): on CUDA, or on a CPU with bitsandbytes >= 0.50; tested on CPU only")
 
 
 class AutoConfig(_Strict):
     """Importance-based selection of the units to train (strategy.kind=auto)."""
 
-    budget: float = Field(0.05, gt=0, description="fraction of all parameters (0-1], or an absolute count if > 1")
+    budget: Float = Field(0.05, gt=0, description="fraction of all parameters (0-1], or an absolute count if > 1")
     score: Literal["fisher", "grad_weight"] = Field(
         "fisher", description="importance: mean squared gradient (Fisher) or |gradient x weight|, per parameter")
     granularity: Literal["linear", "block", "layer"] = Field(
         "linear", description="unit that is chosen or not: each linear/norm/embedding module, attention/MLP block, or whole layer")
-    batches: int = Field(8, gt=0, description="calibration batches used for scoring")
+    batches: Int = Field(8, gt=0, description="calibration batches used for scoring")
 
     @field_validator("budget")
     @classmethod
@@ -171,16 +173,16 @@ class TrainConfig(_Strict):
     """The optimisation: stage, steps, batch, learning rate, precision."""
 
     stage: Literal["pt", "sft", "cls"] = Field("sft", description="pt: next-token on raw text; sft: chat with loss on answers; cls: classification head")
-    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides train.epochs when set")
-    epochs: float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
-    batch_size: int = Field(8, gt=0, description="samples (or packed rows) per micro-batch")
-    grad_accum: int = Field(1, gt=0, description="micro-batches per optimizer step; the loss is normalised by the supervised tokens of all of them")
-    lr: float = Field(1e-4, gt=0, description="peak learning rate of AdamW")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms)")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
+    max_steps: Int | None = Field(None, gt=0, description="optimizer steps; overrides train.epochs when set")
+    epochs: Float = Field(1.0, gt=0, description="passes over the training data (fractions allowed)")
+    batch_size: Int = Field(8, gt=0, description="samples (or packed rows) per micro-batch")
+    grad_accum: Int = Field(1, gt=0, description="micro-batches per optimizer step; the loss is normalised by the supervised tokens of all of them")
+    lr: Float = Field(1e-4, gt=0, description="peak learning rate of AdamW")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms)")
+    max_grad_norm: Float | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
-    warmup_steps: int = Field(0, ge=0, description="linear warmup steps")
-    max_length: int = Field(512, gt=1, description="tokens per sample (or per packed row)")
+    warmup_steps: Int = Field(0, ge=0, description="linear warmup steps")
+    max_length: Int = Field(512, gt=1, description="tokens per sample (or per packed row)")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="bf16 = autocast on CPU or GPU; on a CPU without AMX or AVX-512 BF16 its matmuls run in "
         "software (5x slower than fp32 on AVX-512 CPUs without BF16, 100x on AVX2) and the run log and sftlab plan warn; "
@@ -191,12 +193,12 @@ class TrainConfig(_Strict):
         "(the run log warns); auto = bf16 where the "
         "machine has it (a GPU with bf16, a CPU with AMX or AVX-512 BF16), else fp32 (never fp16), resolved when the run starts "
         "and recorded as such in the run's config.yaml")
-    gradient_checkpointing: bool | Literal["selective"] = Field(
+    gradient_checkpointing: Bool | Literal["selective"] = Field(
         False, description="recompute activations in backward to save memory: true (each layer's forward, the least "
         "memory, one extra forward) or selective (keep the linear layers' matmul outputs, recompute the rest, attention "
         "included: on the W1 benchmark in bf16 11% less peak memory than false for 9-19% more step time, where true "
         "saves 27% for 13-24% more; docs/speed-work.md)")
-    keep_freed_memory: bool = Field(
+    keep_freed_memory: Bool = Field(
         True, description="keep memory freed during training in the process for the next step (glibc malloc "
         "thresholds raised; restored after the run) instead of faulting fresh pages in for every large tensor: "
         "W1 bf16 steps 1.8-1.9 s instead of 1.9-2.4 s, same peak memory (docs/speed-work.md); no effect without glibc")
@@ -205,31 +207,31 @@ class TrainConfig(_Strict):
         "(sftlab train, and the demos, then re-run themselves with it preloaded), else the system malloc; jemalloc = required; "
         "system = never preload. On CPU, jemalloc trained at the same speed with less peak memory "
         "(docs/speed-work.md); the run log names the allocator in use")
-    seed: int = Field(0, description="seed of initialisation, data order and dropout")
-    log_every_n_steps: int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
-    save_every_n_steps: int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C and SIGTERM always write one)")
+    seed: Int = Field(0, description="seed of initialisation, data order and dropout")
+    log_every_n_steps: Int = Field(1, gt=0, description="write a metrics.jsonl row every N optimizer steps")
+    save_every_n_steps: Int | None = Field(None, gt=0, description="write checkpoints/step-N every N steps (Ctrl-C and SIGTERM always write one)")
     distributed: Literal["ddp", "fsdp", "zero2", "zero3"] = Field(
         "ddp", description="several processes (sftlab train --nproc N): ddp (data parallel) or fsdp (FSDP2 full shard), "
         "CPU or GPU; zero2/zero3 (DeepSpeed) need CUDA; ignored by a single process (docs/distributed.md)")
-    dist_timeout_s: int = Field(600, gt=0, description="seconds a process waits for the others before the run stops")
+    dist_timeout_s: Int = Field(600, gt=0, description="seconds a process waits for the others before the run stops")
 
 
 class EvalConfig(_Strict):
     """Validation during training, early stopping and best-checkpoint selection."""
 
-    every_n_steps: int | None = Field(None, gt=0, description="validate every N optimizer steps (and always at the end)")
-    batch_size: int = Field(8, gt=0, description="validation batch size")
+    every_n_steps: Int | None = Field(None, gt=0, description="validate every N optimizer steps (and always at the end)")
+    batch_size: Int = Field(8, gt=0, description="validation batch size")
     metric: str = Field("loss", description="metric that picks the best checkpoint, e.g. loss, accuracy, macro_f1")
     mode: Literal["min", "max"] = Field("min", description="whether eval.metric is better lower (loss) or higher (F1)")
-    patience: int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
-    max_samples: int | None = Field(None, gt=0, description="validate on at most this many samples")
+    patience: Int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
+    max_samples: Int | None = Field(None, gt=0, description="validate on at most this many samples")
     task: Literal["auto", "lm", "generation", "labels", "ranking"] = Field(
         "auto", description="task metrics computed at each evaluation; auto = implied by eval.metric (loss, perplexity "
         "and lm: only the loop's own)")
     label_method: Literal["likelihood", "generate"] = Field(
         "likelihood", description="generative label tasks: score each label's likelihood, or generate and parse")
-    max_new_tokens: int = Field(64, gt=0, description="generation length for eval.task=generation / label_method=generate")
-    k: list[int] = Field(default_factory=lambda: [1, 5, 10], description="cut-offs K for ranking metrics (HitRate@K, NDCG@K, ...)")
+    max_new_tokens: Int = Field(64, gt=0, description="generation length for eval.task=generation / label_method=generate")
+    k: list[Int] = Field(default_factory=lambda: [1, 5, 10], description="cut-offs K for ranking metrics (HitRate@K, NDCG@K, ...)")
     data: str | None = Field(None, description="file evaluated by task metrics instead of the validation split "
                              "(ranking rows need one); relative to the working directory")
 
@@ -238,8 +240,8 @@ class OutputConfig(_Strict):
     """Where the run writes its model, checkpoints, logs and report."""
 
     dir: str = Field("runs/latest", description="run directory: model/, best/, checkpoints/, config.yaml, metrics")
-    tensorboard: bool = Field(True, description="also write TensorBoard events")
-    keep_checkpoints: int = Field(1, ge=1, description="recent step checkpoints kept besides the best")
+    tensorboard: Bool = Field(True, description="also write TensorBoard events")
+    keep_checkpoints: Int = Field(1, ge=1, description="recent step checkpoints kept besides the best")
 
 
 class RunConfig(_Strict):

@@ -148,8 +148,9 @@ class _Generation:
     def _params(self, body, prompt: list[int], max_tokens: int | None) -> SamplingParams:
         context = self.served.max_context
         limit = self.settings.max_tokens_limit
+        name = "max_completion_tokens" if getattr(body, "max_completion_tokens", None) is not None else "max_tokens"
         if max_tokens is not None and not 1 <= max_tokens <= limit:
-            raise APIError(400, f"max_tokens: must be between 1 and {limit}, got {max_tokens}", param="max_tokens",
+            raise APIError(400, f"{name}: must be between 1 and {limit}, got {max_tokens}", param=name,
                            code="invalid_value")
         room = context - len(prompt)
         where = "messages" if isinstance(body, schemas.ChatCompletionRequest) else "prompt"
@@ -159,7 +160,7 @@ class _Generation:
         if max_tokens is None:
             max_tokens = min(self.settings.default_max_tokens, room)
         if len(prompt) + max_tokens > context:
-            raise APIError(400, f"{where}: the prompt has {len(prompt)} tokens and max_tokens is {max_tokens}, "
+            raise APIError(400, f"{where}: the prompt has {len(prompt)} tokens and {name} is {max_tokens}, "
                            f"more than the model's context of {context} tokens", param=where,
                            code="context_length_exceeded")
         return SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sftlab.config.load import closest_field
+from sftlab.config.types import Float, Int
 from sftlab.errors import SftlabError
 from sftlab.io import read_yaml_mapping
 
@@ -27,22 +28,22 @@ class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    port: Int = Field(8000, ge=0, le=65535)
     model_name: str | None = Field(None, description="served name of MODEL (default: its directory name)")
     adapters: dict[str, str] = Field(default_factory=dict, description="served name -> PEFT adapter dir")
     api_keys: list[str] = Field(default_factory=list)
     template: str | None = Field(None, description="chat template (default: the run's data.template, else auto)")
     dtype: str = Field("float32", pattern="^(float32|bfloat16|float16|auto)$",
                        description="weights dtype; auto: bfloat16 where the machine has bf16 matmuls in hardware")
-    max_batch: int = Field(16, ge=1)
-    max_queue: int = Field(64, ge=1)
-    batch_window_ms: float = Field(5.0, ge=0, description="wait this long for company before starting an idle batch")
-    request_timeout_s: float = Field(120.0, gt=0)
-    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
-    default_max_tokens: int = Field(256, ge=1)
-    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429")
+    max_batch: Int = Field(16, ge=1)
+    max_queue: Int = Field(64, ge=1)
+    batch_window_ms: Float = Field(5.0, ge=0, description="wait this long for company before starting an idle batch")
+    request_timeout_s: Float = Field(120.0, gt=0)
+    max_tokens_limit: Int = Field(2048, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: Int = Field(256, ge=1)
+    retry_after_s: Int = Field(1, ge=1, description="Retry-After seconds sent with 429")
     access_log: str | None = Field(None, description="file for the JSON access log (default: stderr)")
-    shutdown_timeout_s: float = Field(60.0, gt=0, description="how long shutdown waits for requests in flight")
+    shutdown_timeout_s: Float = Field(60.0, gt=0, description="how long shutdown waits for requests in flight")
 
 
 def load_settings(path: str | Path | None = None, **overrides) -> ServeSettings:

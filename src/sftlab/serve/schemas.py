@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sftlab.config.types import Bool, Float, Int
 from sftlab.infer.sampling import SEED_MAX, SEED_MIN
 
 
@@ -66,22 +67,22 @@ def _no_op(value, name: str):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class _Sampling(BaseModel):
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
     model: str
-    max_tokens: int | None = None
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: Int | None = None
+    temperature: Float = Field(1.0, ge=0.0, le=2.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    stream: bool = False
+    stream: Bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
-    n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    logprobs: bool | int | None = None
+    seed: Int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)
+    n: Int = Field(1, ge=1, le=1, description="only one choice per request")
+    logprobs: Bool | Int | None = None
     # OpenAI fields that would change the answer and that sftlab does not implement: refused unless left at their
     # no-op value, rather than silently ignored
     presence_penalty: Any = None
@@ -116,14 +117,14 @@ class _Sampling(BaseModel):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int | None = None
     tools: Any = None
     tool_choice: Any = None
 
 
 class CompletionRequest(_Sampling):
     prompt: str | list[str]
-    max_tokens: int | None = 16
+    max_tokens: Int | None = 16
     echo: Any = None
     best_of: Any = None
     suffix: Any = None
