@@ -5,10 +5,12 @@
 A run directory is what training writes: `metrics.jsonl` (step rows with loss, lr, tokens_per_s; eval
 rows with `"eval": true`), `metrics.json` (final metrics), `config.yaml` (resolved config) and, when
 present, `data_stats.json` and `trainable.json` (else the Strategy lines of `model/README.md`); `sftlab
-eval` results in `eval*/` below the run (metrics.json and its PNGs) are shown too. The report has loss curves (training and validation), learning rate, tokens/s,
-every other validation metric over time, final metrics, trainable parameters, data statistics and the
-resolved config. PNGs are written to `plots/` and embedded in the HTML as data URIs (no internet
-assets). Numbers are shown with 6 significant digits (`format_number`).
+eval` results in `eval*/` below the run (metrics.json, per-label table and its PNGs) are shown too. Reading
+and checking them is `sftlab.eval.report_data`. The report has loss curves (training and validation), learning
+rate, tokens/s, the chosen validation metrics over time, final metrics, trainable parameters, data statistics
+and the resolved config. PNGs are drawn into a temporary directory that replaces `plots/` whole, then
+report.html is written atomically; the PNGs are also embedded in the HTML as data URIs (no internet assets).
+Numbers are shown with 6 significant digits (`format_number`).
 """
 
 from __future__ import annotations
@@ -19,28 +21,15 @@ import io
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_write_text, read_json
+from sftlab.eval.report_data import RunData, final_is_current, load_run
+from sftlab.io import atomic_dir, atomic_write_text
 
 _TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
+_OWN_TABLES = ("per_class", "confusion")  # shown as their own table / the confusion-matrix PNG, not flattened
 _HEADLINE = ("accuracy", "macro_f1", "auc", "exact_match", "bleu", "rouge_l", "mrr", "perplexity")
-
-
-@dataclass
-class RunData:
-    """Everything a report shows about one run."""
-
-    name: str
-    path: Path
-    train_rows: list[dict] = field(default_factory=list)
-    eval_rows: list[dict] = field(default_factory=list)
-    final: dict = field(default_factory=dict)
-    config_text: str = ""
-    extras: dict[str, dict] = field(default_factory=dict)  # data_stats, trainable, eval results
-    eval_images: list[Path] = field(default_factory=list)  # PNGs of `sftlab eval` results in the run
 
 
 def format_number(value) -> str:
@@ -48,58 +37,6 @@ def format_number(value) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
     return str(value) if isinstance(value, int) else f"{value:.6g}"
-
-
-def load_run(run_dir: Path, name: str | None = None) -> RunData:
-    """Read a run directory; it needs at least `metrics.jsonl` or `metrics.json`."""
-    run_dir = Path(run_dir)
-    log, final_file = run_dir / "metrics.jsonl", run_dir / "metrics.json"
-    if not run_dir.is_dir():
-        raise SftlabError(f"run directory not found: {run_dir}")
-    if not log.is_file() and not final_file.is_file():
-        raise SftlabError(f"{run_dir}: not a run directory (no metrics.jsonl or metrics.json)")
-    run = RunData(name=name or run_dir.resolve().name, path=run_dir)
-    if log.is_file():
-        for number, line in enumerate(log.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SftlabError(f"{log}:{number}: not valid JSON ({exc.msg})") from None
-            (run.eval_rows if row.get("eval") else run.train_rows).append(row)
-    if final_file.is_file():
-        run.final = read_json(final_file)
-    if (run_dir / "config.yaml").is_file():
-        run.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8")
-    for extra in ("data_stats", "trainable"):
-        if (run_dir / f"{extra}.json").is_file():
-            run.extras[extra] = read_json(run_dir / f"{extra}.json")
-    if "trainable" not in run.extras and (run_dir / "model" / "README.md").is_file():
-        strategy = _card_section(run_dir / "model" / "README.md", "## Strategy")
-        if strategy:
-            run.extras["trainable"] = {"strategy": strategy}
-    for result in sorted(run_dir.glob("eval*/metrics.json")):
-        summary = read_json(result)
-        run.extras[f"sftlab eval: {result.parent.name}"] = {
-            "task": summary.get("task"), "data": summary.get("data"), "metrics": summary.get("metrics", {}),
-            "baselines": summary.get("baselines", {})}
-        run.eval_images += sorted(result.parent.glob("*.png"))
-    return run
-
-
-def _card_section(card: Path, heading: str) -> str:
-    """The bullet lines under `heading` in a model card (the trainable-parameter summary lives there)."""
-    lines = card.read_text(encoding="utf-8").splitlines()
-    if heading not in lines:
-        return ""
-    body = []
-    for line in lines[lines.index(heading) + 1:]:
-        if line.startswith("#"):
-            break
-        if line.strip():
-            body.append(line.strip().lstrip("- "))
-    return "; ".join(body)
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -265,7 +202,7 @@ def _loss_images(runs: list[RunData], plot_dir: Path) -> list[str]:
     for run in runs:
         by_stage.setdefault(run_stage(run) or "unknown", []).append(run)
     groups = [("", "", runs)] if len(by_stage) == 1 else [
-        (f"_{stage}", f", {stage} runs", group) for stage, group in by_stage.items()]
+        (f"_{_file_safe(stage)}", f", {stage} runs", group) for stage, group in by_stage.items()]
     images = []
     for suffix, which, group in groups:
         data = plot_loss(group, plot_dir / f"loss{suffix}.png", f"loss{which}")
@@ -281,11 +218,27 @@ def _plots(runs: list[RunData], plot_dir: Path) -> list[str]:
         if data:
             images.append(_image(title, data, f"{key}.png"))
     for key in chosen_eval_metrics(runs):
-        safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in key)
+        safe = _file_safe(key)
         data = plot_curves(runs, key, f"validation {key}", "eval_rows", plot_dir / f"eval_{safe}.png")
         if data:
             images.append(_image(f"validation {key}", data, f"eval_{safe}.png"))
     return images
+
+
+def _file_safe(text: str) -> str:
+    """`text` usable in a PNG's file name: letters, digits, '_' and '-' kept, anything else '_'."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in text)
+
+
+def run_state(run: RunData) -> str:
+    """How the run ended (`stopped` of metrics.json), or that it has not finished and where it can resume from."""
+    current = final_is_current(run.final, run.train_rows)
+    if run.final and current:
+        return f"stopped: {run.final['stopped']}" if run.final.get("stopped", "completed") != "completed" else "completed"
+    steps = [int(p.name[5:]) for p in (run.path / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
+    where = f"; latest checkpoint step-{max(steps)}" if steps else ""
+    final = "no metrics.json" if current else f"its metrics.json is of an earlier end, at step {run.final['step']}"
+    return f"not finished (in progress, stopped or failed: {final}{where})"
 
 
 def chosen_eval_metrics(runs: list[RunData], limit: int = 6) -> list[str]:
@@ -319,6 +272,26 @@ def _details(runs: list[RunData]) -> list[str]:
         table = metrics_table(columns, section=f"{section}/")
         if table:
             parts.append(f"<h2>{html.escape(section.replace('_', ' '))}</h2>{table}")
+        parts += _per_class_tables(runs, section.removeprefix("sftlab eval: "))
+    return parts
+
+
+def _per_class_tables(runs: list[RunData], eval_dir: str) -> list[str]:
+    """Per-label precision, recall, F1 and support of the `sftlab eval` result in `eval_dir` of each run."""
+    parts = []
+    for run in runs:
+        per_class = run.per_class.get(eval_dir)
+        if not per_class:
+            continue
+        keys = [key for key in ("precision", "recall", "f1", "support")
+                if any(isinstance(v, dict) and key in v for v in per_class.values())]
+        where = f"per_class/{run.name}/{eval_dir}"
+        body = "".join(f"<tr><th>{html.escape(str(label))}</th>" + "".join(
+            _cell(where, f"{label}.{key}", values.get(key) if isinstance(values, dict) else None) for key in keys)
+            + "</tr>" for label, values in per_class.items())
+        head = "".join(f"<th>{key}</th>" for key in keys)
+        parts.append(f"<h3>{html.escape(run.name)}: {html.escape(eval_dir)}, per label</h3>"
+                     f"<table><tr><th>label</th>{head}</tr>{body}</table>")
     return parts
 
 
@@ -337,6 +310,8 @@ def _flatten(values: dict, prefix: str = "", depth: int = 0) -> dict:
     out = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
+        if key in _OWN_TABLES and depth > 0:  # a label result's per-label values and confusion matrix
+            continue
         if isinstance(value, dict) and depth < 2:
             out.update(_flatten(value, f"{name}.", depth + 1))
         else:
@@ -350,7 +325,7 @@ def render_html(runs: list[RunData], plot_dir: Path) -> str:
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1><ul>",
              *[f"<li><b>{html.escape(r.name)}</b>: {html.escape(str(r.path))} ({len(r.train_rows)} logged steps, "
-               f"{len(r.eval_rows)} evaluations)</li>" for r in runs], "</ul>",
+               f"{len(r.eval_rows)} evaluations; {html.escape(run_state(r))})</li>" for r in runs], "</ul>",
              "<h2>final metrics</h2>", metrics_table([(run.name, run.final) for run in runs], section="final/")
              or "<p>no metrics.json</p>",
              "<h2>curves</h2><div class='row'>", *_plots(runs, plot_dir), "</div>", *_details(runs),
@@ -362,13 +337,44 @@ def render_html(runs: list[RunData], plot_dir: Path) -> str:
 
 
 def _unique_names(run_dirs: list[Path]) -> list[str]:
-    names = [Path(d).resolve().name for d in run_dirs]
-    return [f"{Path(d).resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]
+    """Each run's directory name, with as many parent names as it takes to tell runs apart; a run given twice is an
+    error (its curves would be drawn on top of each other under one label)."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    for index, path in enumerate(paths):
+        if path in paths[:index]:
+            raise SftlabError(f"{run_dirs[index]}: the same run directory is given twice "
+                              f"(as {run_dirs[paths.index(path)]} too); give each run once")
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(path.parts[-size:]).lstrip("/") for path, size in zip(paths, depth)]
+        clashes = [i for i, name in enumerate(names) if names.count(name) > 1 and depth[i] < len(paths[i].parts)]
+        if not clashes:
+            return names
+        for i in clashes:
+            depth[i] += 1
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse, before any work, an output directory that is (or lies under) a file, or whose report.html or plots
+    path is taken by something of the wrong kind."""
+    out_dir = Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            raise SftlabError(f"output directory {out_dir}: {path} is a file; expected a directory")
+    if (out_dir / "report.html").is_dir():
+        raise SftlabError(f"{out_dir / 'report.html'} is a directory; the report is written to that path")
+    if (out_dir / "plots").exists() and not (out_dir / "plots").is_dir():
+        raise SftlabError(f"{out_dir / 'plots'} is a file; the report writes its PNGs into that directory")
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> Path:
-    """Write `out_dir/report.html` and `out_dir/plots/*.png` for one run or several side by side."""
+    """Write `out_dir/report.html` and `out_dir/plots/*.png` for one run or several side by side.
+
+    Every input is read and checked first, then the output path; the PNGs are drawn into a temporary directory that then replaces
+    `plots/` whole (so no PNG of an earlier report stays behind), and report.html is written last, atomically."""
     runs = [load_run(Path(d), name) for d, name in zip(run_dirs, _unique_names(run_dirs))]
     out_dir = Path(out_dir)
-    page = render_html(runs, out_dir / "plots")
+    check_out_dir(out_dir)
+    with atomic_dir(out_dir / "plots", overwrite=True) as plot_dir:
+        page = render_html(runs, plot_dir)
     return atomic_write_text(out_dir / "report.html", page)
