@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,24 @@ def load_strings(lang: str) -> dict[str, str]:
     return json.loads((HERE / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
 
 
+def _finite(value):
+    """`value` with NaN and infinite floats (a metrics file may hold them; JSON has no such numbers) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+class FiniteJSONResponse(JSONResponse):
+    """The API's responses: strict JSON, a NaN or infinite metric sent as null rather than failing the request."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(_finite(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+
+
 def _error(exc: Exception, status: int = 400) -> JSONResponse:
     message = str(exc)
     return JSONResponse({"error": message, "field": forms.error_field(message)}, status_code=status)
@@ -99,6 +118,8 @@ def _eval_request(body: dict) -> tuple[str, str, int | None]:
 def create_app(settings: BoardSettings) -> FastAPI:
     """The board app; training jobs it started get SIGINT (a checkpoint) when it shuts down."""
     runs = RunManager(settings.runs_dir)
+    if runs.runs_dir.exists() and not runs.runs_dir.is_dir():
+        raise SftlabError(f"--runs-dir {settings.runs_dir}: a file, not a directory; give the directory of the runs")
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(settings.workdir).resolve()
     pool = ChatPool()
@@ -110,7 +131,8 @@ def create_app(settings: BoardSettings) -> FastAPI:
         await asyncio.to_thread(pool.close)
         await asyncio.to_thread(runs.shutdown)
 
-    app = FastAPI(title="sftlab board", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="sftlab board", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  default_response_class=FiniteJSONResponse)
     app.state.runs, app.state.pool = runs, pool
     _install_auth(app, settings.api_keys)
     if settings.allowed_hosts:
@@ -362,6 +384,6 @@ def _compare_row(runs: RunManager, name: str) -> dict:
     row.update(final=read_json(run / "metrics.json"), rows=read_rows(run / "metrics.jsonl"), trainable=None)
     card = run / "model" / "README.md"
     if card.is_file():
-        lines = card.read_text(encoding="utf-8").splitlines()
+        lines = card.read_text(encoding="utf-8", errors="replace").splitlines()
         row["trainable"] = next((line.removeprefix("- ") for line in lines if line.startswith("- trainable")), None)
     return row

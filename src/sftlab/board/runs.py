@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.eval.report_data import final_is_current, read_metrics_rows, read_object
 from sftlab.io import atomic_write_json, read_yaml_mapping
 
 NAME_PATTERN = re.compile(r"^[^\W_][\w.-]{0,63}$")  # letters of any script (实验1), digits, '.', '_', '-'
@@ -47,23 +48,14 @@ class Job:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """The JSON lines of `path` written so far (a half-written last line is skipped)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    """The rows of `metrics.jsonl` written so far (a cut-short last line, being written, is skipped); a broken file
+    (not UTF-8, a line that is not a JSON object with a whole-number step) is a one-line SftlabError naming it."""
+    return read_metrics_rows(path)
 
 
 def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    """The JSON object in `path`, None when there is no such file; a broken one is a one-line SftlabError."""
+    return read_object(path) if path.is_file() else None
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -75,14 +67,27 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(cleaned[-lines:])
 
 
+def _number(value, kind=float):
+    """`value` as a positive `kind`, else None (a config or row the board shows but does not trust)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
 def estimate_total_steps(cfg: dict, train_rows: list[dict]) -> int | None:
     """`train.max_steps`, else the step count implied by `train.epochs` and the epoch reached per step."""
     train = cfg.get("train") or {}
-    if train.get("max_steps"):
-        return int(train["max_steps"])
+    max_steps = _number(train.get("max_steps"), int)
+    if max_steps:
+        return max_steps
     last = train_rows[-1] if train_rows else None
-    if last and last.get("epoch"):
-        return max(int(last["step"]), math.ceil(float(train.get("epochs", 1.0)) * last["step"] / last["epoch"]))
+    epoch, epochs = _number(last.get("epoch")) if last else None, _number(train.get("epochs", 1.0))
+    if epoch and epochs:
+        return max(int(last["step"]), math.ceil(epochs * last["step"] / epoch))
     return None
 
 
@@ -134,11 +139,18 @@ class RunManager:
         metrics = self.run_dir(key.split(":")[0]) / "metrics.jsonl"
         while job.process.poll() is None:
             if job.kind == "train":
-                steps = [row["step"] for row in read_rows(metrics) if not row.get("eval") and "step" in row]
+                try:
+                    steps = [row["step"] for row in read_rows(metrics) if not row.get("eval")]
+                except SftlabError:  # a broken metrics.jsonl: the run's page says so; keep watching for the exit
+                    steps = []
                 if steps and (not job.progress or steps[-1] > job.progress[-1][1]):
                     job.progress.append((time.monotonic(), steps[-1]))
             time.sleep(0.5)
-        if job.kind == "train":
+        self._record_exit(key, job)
+
+    def _record_exit(self, key: str, job: Job) -> None:
+        """Write a finished training job's exit code (130: stopped with a checkpoint) to RUNS/.board/NAME.exit.json."""
+        if job.kind == "train" and job.process.poll() is not None:
             atomic_write_json(self._board_file(key, ".exit.json"), {"code": job.process.returncode, "time": time.time()})
 
     def launch(self, name: str, resume: bool = False) -> Job:
@@ -172,11 +184,13 @@ class RunManager:
             if job.process.poll() is None:
                 job.process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + timeout_s
-        for job in list(self.jobs.values()):
+        for key, job in list(self.jobs.items()):
             try:
                 job.process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 job.process.kill()
+                job.process.wait()
+            self._record_exit(key, job)  # now: the watching thread may not get to it before the board exits
 
     # --- reading runs ----------------------------------------------------------------------
     def names(self, usable: bool = True) -> list[str]:
@@ -194,6 +208,8 @@ class RunManager:
         run = self.run_dir(name)
         exit_record = read_json(self._board_file(name, ".exit.json"))
         final = read_json(run / "metrics.json")
+        if final and not final_is_current(final, [r for r in read_rows(run / "metrics.jsonl") if not r.get("eval")]):
+            final = None  # the previous end's metrics of a run resumed to train further, elsewhere
         if exit_record and exit_record.get("code") not in (0, 130):
             return "failed"
         if final and not (exit_record and exit_record.get("code") == 130):
@@ -203,9 +219,15 @@ class RunManager:
         return "new"
 
     def load_config_dict(self, name: str) -> dict:
+        """The run's config (the board's RUNS/NAME.yaml, else its resolved config.yaml), each group a mapping."""
         for path in (self.config_path(name), self.run_dir(name) / "config.yaml"):
             if path.is_file():
-                return read_yaml_mapping(path, "a run config (a mapping of groups: model, data, ...)")
+                cfg = read_yaml_mapping(path, "a run config (a mapping of groups: model, data, ...)")
+                for group, value in cfg.items():
+                    if value is not None and not isinstance(value, dict):
+                        raise SftlabError(f"{path}: {group}: expected a mapping of settings "
+                                          f"(e.g. {group}.key: value), got {type(value).__name__}")
+                return cfg
         raise SftlabError(f"run {name!r} not found in {self.runs_dir}")
 
     def summaries(self) -> list[dict]:
@@ -220,6 +242,15 @@ class RunManager:
                              "model": "", "step": 0, "total_steps": None, "loss": None, "eval_loss": None})
         return rows
 
+    def _resolved_config(self, name: str, cfg: dict) -> dict:
+        """The run dir's config.yaml (what its latest `sftlab train` ran, command-line overrides such as `--resume
+        train.max_steps=N` included) when it can be read, else `cfg`."""
+        resolved = self.run_dir(name) / "config.yaml"
+        try:
+            return read_yaml_mapping(resolved, "a run config") if resolved.is_file() else cfg
+        except SftlabError:
+            return cfg
+
     def summary(self, name: str) -> dict:
         """One row of the runs list."""
         cfg = self.load_config_dict(name)
@@ -228,9 +259,9 @@ class RunManager:
         evals = [row for row in rows if row.get("eval")]
         return {"name": name, "status": self.status(name), "stage": (cfg.get("train") or {}).get("stage", "sft"),
                 "strategy": (cfg.get("strategy") or {}).get("kind", "full"),
-                "model": (cfg.get("model") or {}).get("path", ""),
+                "model": str((cfg.get("model") or {}).get("path") or ""),
                 "step": train_rows[-1]["step"] if train_rows else 0,
-                "total_steps": estimate_total_steps(cfg, train_rows),
+                "total_steps": estimate_total_steps(self._resolved_config(name, cfg), train_rows),
                 "loss": train_rows[-1].get("loss") if train_rows else None,
                 "eval_loss": evals[-1].get("loss") if evals else None}
 
@@ -269,7 +300,12 @@ class RunManager:
         """The latest evaluation job's state and every finished `eval-TASK/metrics.json` of the run."""
         key = f"{name}:eval"
         job = self.jobs.get(key)
-        results = {p.parent.name.removeprefix("eval-"): read_json(p) for p in sorted(self.run_dir(name).glob("eval-*/metrics.json"))}
+        results = {}
+        for path in sorted(self.run_dir(name).glob("eval-*/metrics.json")):
+            try:
+                results[path.parent.name.removeprefix("eval-")] = read_json(path)
+            except SftlabError as exc:  # one broken result does not hide the run's page or its other results
+                results[path.parent.name.removeprefix("eval-")] = {"error": str(exc)}
         state = None
         if job is not None:
             code = job.process.poll()
@@ -282,7 +318,7 @@ def card_section(card: Path, heading: str) -> str:
     if not card.is_file():
         return ""
     lines, inside = [], False
-    for line in card.read_text(encoding="utf-8").splitlines():
+    for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("## "):
             inside = line.strip() == heading
             continue

@@ -2,7 +2,8 @@
 
 Serves the bundled interface (no internet assets). On a loopback address (127.0.0.1, ::1, localhost) it
 is open to this machine (requests must name a local Host, against DNS rebinding); on any other address it requires the API keys `sftlab serve` uses (`--config` serve settings'
-`api_keys` plus SFTLAB_API_KEYS) and refuses to start without one.
+`api_keys` plus SFTLAB_API_KEYS) and refuses to start without one. The port is bound before anything is printed,
+so a port in use is one `error:` line; `--port 0` picks a free port and the printed address names it.
 """
 
 from __future__ import annotations
@@ -62,14 +63,27 @@ def handle(args) -> int:
     import uvicorn
 
     from sftlab.board.app import BoardSettings, create_app
+    from sftlab.errors import SftlabError
+    from sftlab.serve.server import listening_socket
 
+    if not 0 <= args.port <= 65535:
+        raise SftlabError(f"--port {args.port}: expected a port number from 0 to 65535")
     check_policy_report(args.policy_report)
     keys = api_keys_for(args.host, args.config)
     local_names = ["127.0.0.1", "localhost", "::1", "[::1]"]  # Host header names, port not included
     app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,
                                    policy_report=args.policy_report,
                                    allowed_hosts=local_names if is_loopback(args.host) else None))
-    auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
-    print(f"sftlab board on http://{args.host}:{args.port} (runs in {args.runs_dir}; {auth})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    try:  # bound first: a port in use is one line, before the banner says otherwise
+        sock = listening_socket(args.host, args.port)
+    except SftlabError as exc:  # serve's hint names its own --config port; the board has only --port / --host
+        raise SftlabError(f"{str(exc).split(';')[0]}; choose another --port or --host") from None
+    try:
+        auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"sftlab board on http://{host}:{sock.getsockname()[1]} (runs in {args.runs_dir}; {auth})", flush=True)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0

@@ -17,7 +17,7 @@ function drawChart(canvas, series, options = {}) {
   const pad = {left: 58, right: 12, top: 10, bottom: 42};
   ctx.clearRect(0, 0, width, height);
   ctx.font = "11px sans-serif";
-  const all = series.flatMap(s => s.points).filter(p => isFinite(p[1]));
+  const all = series.flatMap(s => s.points).filter(p => Number.isFinite(p[1]));
   canvas.dataset.points = String(all.length);
   if (!all.length) { ctx.fillStyle = "#888"; ctx.fillText("-", width / 2, height / 2); return; }
   let [x0, x1] = [Math.min(...all.map(p => p[0])), Math.max(...all.map(p => p[0]))];
@@ -42,7 +42,7 @@ function drawChart(canvas, series, options = {}) {
   }
   series.forEach((s, index) => {
     const colour = s.colour || CHART_COLOURS[index % CHART_COLOURS.length];
-    const points = s.points.filter(p => isFinite(p[1]));
+    const points = s.points.filter(p => Number.isFinite(p[1]));
     ctx.strokeStyle = colour; ctx.fillStyle = colour; ctx.lineWidth = 2;
     ctx.beginPath();
     points.forEach((p, i) => (i ? ctx.lineTo(sx(p[0]), sy(p[1])) : ctx.moveTo(sx(p[0]), sy(p[1]))));

@@ -66,7 +66,8 @@ async function refreshRun() {
 
 function evalEntries(result) {
   // The model's metrics, then each baseline's as "baseline/metric" (sftlab eval's metrics.json layout).
-  const rows = Object.entries(result.metrics || {}).filter(([, v]) => typeof v !== "object");
+  const rows = result.error ? [["error", result.error]] : [];  // a result file that could not be read
+  rows.push(...Object.entries(result.metrics || {}).filter(([, v]) => typeof v !== "object"));
   for (const [name, metrics] of Object.entries(result.baselines || {})) {
     for (const [key, value] of Object.entries(metrics || {})) if (typeof value !== "object") rows.push([`${name}/${key}`, value]);
   }
