@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from sftlab.errors import SftlabError
 from sftlab.train import runlog
+from sftlab.train.runlog import keep_rows_up_to
 
 
 def _rows(count: int):
@@ -42,3 +46,18 @@ def test_every_written_row_gets_a_line_once_the_interval_has_passed_and_no_progr
     quiet.close()
     assert capsys.readouterr().err == ""
     assert json.loads((tmp_path / "b" / runlog.METRICS_FILE).read_text().splitlines()[-1])["step"] == 4
+
+
+def test_resume_drops_a_last_line_cut_short_and_names_a_broken_one(tmp_path):
+    # a run killed while writing a row left '{"step": 3, "lo' without a newline: resume crashed on it with a
+    # JSONDecodeError traceback
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 2, "eval": true, "loss": 1.7}\n'
+                    '{"step": 3, "lo', encoding="utf-8")
+    keep_rows_up_to(tmp_path, 2)
+    assert [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] == [
+        {"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}, {"step": 2, "eval": True, "loss": 1.7}]
+    path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3}\n', encoding="utf-8")
+    with pytest.raises(SftlabError, match=r"metrics\.jsonl:2: not valid JSON"):
+        keep_rows_up_to(tmp_path, 3)
+    assert path.read_text(encoding="utf-8").startswith('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n')  # left as it was

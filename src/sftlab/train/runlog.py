@@ -10,7 +10,9 @@ evaluations, checkpoints and step callbacks in between do not count.
 supervised_tokens, epoch; under train.precision fp16 also loss_scale, the scale the step's backward used, and
 skipped, true when its gradients overflowed and the optimizer step was skipped: such a step always gets a row) and
 one per evaluation (`"eval": true` plus the validation metrics).
-On resume the rows written after the checkpoint's step are dropped so the file reads as one run.
+On resume the rows written after the checkpoint's step are dropped so the file reads as one run; a last line cut short
+(a run killed mid-write) is dropped with them, and any other broken line is a one-line error naming it
+(`read_metrics_rows`, which `sftlab report` and the board use too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_jsonl
 
 METRICS_FILE = "metrics.jsonl"
@@ -30,8 +33,46 @@ def keep_rows_up_to(run_dir: Path, step: int) -> None:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    atomic_write_jsonl(path, [row for row in rows if row.get("step", 0) <= step])
+    atomic_write_jsonl(path, [row for row in read_metrics_rows(path) if row["step"] <= step])
+
+
+def _row(path: Path, number: int, line: str, last: bool) -> dict | None:
+    """One parsed metrics row (None for a cut-short last line); a one-line SftlabError for a bad one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        if last:
+            return None
+        raise SftlabError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise SftlabError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        got = "no field 'step'" if "step" not in row else f"field 'step' is {json.dumps(step)}"
+        raise SftlabError(f"{path}:{number}: {got}; expected a whole-number step (0 or more) in every row")
+    return row
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """The rows of a `metrics.jsonl` in file order ([] when it does not exist). A last line without its newline (the
+    run is writing it, or was killed mid-write) is skipped; any other line that is not a JSON object with a
+    whole-number `step`, or text that is not UTF-8, is a one-line SftlabError naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SftlabError(f"{path}: not UTF-8 text") from None
+    lines = text.splitlines()
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = _row(path, number, line, last=number == len(lines) and not text.endswith("\n"))
+        if row is not None:
+            rows.append(row)
+    return rows
 
 
 PLAIN_LINE_EVERY_S = 30.0  # without a terminal, a progress line for the first written row, then at most this often
