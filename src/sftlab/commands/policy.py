@@ -113,6 +113,7 @@ def handle_simulate(args) -> int:
     from sftlab.errors import SftlabError
     from sftlab.policy.catalog import reference_files
     from sftlab.policy.db import Enterprise, open_db
+    from sftlab.policy.importer import check_directory_option
     from sftlab.policy.simulate import WorldSpec, simulate, write_world
 
     sizes = {"--days": args.days} | ({"--events": args.events} if args.events is not None else
@@ -120,6 +121,10 @@ def handle_simulate(args) -> int:
     for option, value in sizes.items():  # checked before the database is opened (or created)
         if value < 1:
             raise SftlabError(f"{option} must be at least 1, got {value}")
+    if args.seed < 0:
+        raise SftlabError(f"--seed must be at least 0, got {args.seed}")
+    if args.csv_dir:
+        check_directory_option(args.csv_dir, "--csv-dir")
     try:
         start = date.fromisoformat(args.start)
     except ValueError:
@@ -149,16 +154,23 @@ def handle_import(args) -> int:
     from pathlib import Path
 
     from sftlab.errors import SftlabError
-    from sftlab.policy.db import open_db
+    from sftlab.policy.db import TABLES, open_db
     from sftlab.policy.importer import import_csv, import_directory
 
-    engine, path = open_db(args.db), Path(args.path)
+    path = Path(args.path)
+    if not path.exists():
+        raise SftlabError(f"{path}: no such file or directory")
+    if path.is_dir() and args.table:
+        raise SftlabError(f"--table {args.table}: {path} is a directory, whose files are named after their tables; "
+                          "give --table with one CSV file")
+    table = args.table or path.stem
+    if path.is_file() and table not in TABLES:
+        raise SftlabError(f"{path}: its name does not say its table; pass --table enterprises|policies|events|pushes")
+    engine = open_db(args.db)
     if path.is_dir():
         summaries = import_directory(engine, path, args.rejects_dir)
-    elif path.is_file():
-        summaries = [import_csv(engine, args.table or path.stem, path, args.rejects_dir)]
     else:
-        raise SftlabError(f"{path}: no such file or directory")
+        summaries = [import_csv(engine, table, path, args.rejects_dir)]
     for s in summaries:
         where = f" (reasons in {s['rejects_file']})" if s["rejects_file"] else ""
         print(f"{s['table']}: {s['rows']} rows, {s['imported']} imported, {s['rejected']} rejected{where}")
@@ -209,16 +221,27 @@ def handle_push(args) -> int:
 def handle_api(args) -> int:
     import uvicorn
 
+    from sftlab.errors import SftlabError
     from sftlab.policy.api import create_app
     from sftlab.policy.db import open_db
     from sftlab.policy.features import parse_cutoff
+    from sftlab.serve.server import listening_socket
 
-    score_fn, version = _score_fn(args)
+    if not 0 <= args.port <= 65535:
+        raise SftlabError(f"--port must be between 0 and 65535, got {args.port}")
     clock = None
     if args.now:
         fixed = parse_cutoff(args.now, "--now")
         clock = lambda: fixed  # noqa: E731
-    uvicorn.run(create_app(open_db(args.db), score_fn, version, clock), host=args.host, port=args.port)
+    engine = open_db(args.db)
+    sock = listening_socket(args.host, args.port, "--port")  # a port in use fails here, before the model loads
+    try:
+        score_fn, version = _score_fn(args)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"policy API on http://{host}:{sock.getsockname()[1]}", flush=True)
+        uvicorn.Server(uvicorn.Config(create_app(engine, score_fn, version, clock))).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 

@@ -132,12 +132,30 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+CONNECT_TIMEOUT_S = 10
+
+
+def _connect_args(url: str) -> dict:
+    """PostgreSQL through psycopg or psycopg2 gets a connect timeout (unless the URL sets `connect_timeout`): a port
+    where something else listens (e.g. Redis) would otherwise leave every command waiting for ever."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return {}  # create_engine reports it
+    libpq = parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2")
+    if libpq and "connect_timeout" not in parsed.query:
+        return {"connect_timeout": CONNECT_TIMEOUT_S}
+    return {}
+
+
 def make_engine(url: str | None = None) -> Engine:
     """An engine for `url` (see `resolve_db_url`); SQLite gets foreign keys on, WAL journaling and its
     file's directory created."""
     resolved = resolve_db_url(url)
     try:
-        engine = create_engine(resolved, future=True)
+        engine = create_engine(resolved, future=True, connect_args=_connect_args(resolved))
     except (ArgumentError, ImportError) as exc:  # bad URL or missing driver
         raise SftlabError(f"--db {resolved!r}: {exc}") from exc
     if engine.dialect.name == "sqlite":

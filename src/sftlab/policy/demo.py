@@ -74,6 +74,33 @@ def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Pa
     })
 
 
+def plan_for_model(plan: DemoPlan, model_path: str) -> DemoPlan:
+    """`plan` (sized for Gemma 3 270M) fitted to another model: `max_length` 1024, as the tiny configs of
+    examples/policy use (another tokenizer may spend several times Gemma's tokens on the Chinese prompts), and at
+    most as many trainable blocks as the model has (a local dir's config.json says how many)."""
+    if chat_template_for(model_path) == "gemma":
+        return plan
+    layers, wanted = _layer_count(model_path), plan.train_layers.removeprefix("last:")
+    fitted = replace(plan, max_length=max(plan.max_length, 1024))
+    if layers and wanted.isdigit() and int(wanted) > layers:
+        fitted = replace(fitted, train_layers=f"last:{layers}")
+    return fitted
+
+
+def _layer_count(model_path: str) -> int | None:
+    """num_hidden_layers of a local model dir (or of its text model), else None."""
+    from sftlab.io import read_json
+
+    config = Path(str(model_path)).expanduser() / "config.json"
+    if not config.is_file():
+        return None
+    settings = read_json(config)
+    if not isinstance(settings, dict):
+        return None
+    count = settings.get("num_hidden_layers") or (settings.get("text_config") or {}).get("num_hidden_layers")
+    return count if isinstance(count, int) and count > 0 else None
+
+
 def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
     """`plan` with precision `auto` made bf16 or fp32 for this machine (`sftlab.train.precision`: bf16 matmuls
     without hardware are 5-100x slower), and the line saying so; other plans unchanged, with None."""
@@ -85,7 +112,8 @@ def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
 
 def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None = None,
              log: Callable[[str], None] = print) -> dict:
-    """Run the whole application; returns {"results", "report", "run_dir", "pushes", "seconds"}."""
+    """Run the whole application; returns {"results", "report", "run_dir", "pushes", "seconds"}. Without `plan`, the
+    quick or full plan fitted to the model (`plan_for_model`)."""
     from sftlab.policy.db import open_db
     from sftlab.policy.evaluate import format_table, run_evaluation
     from sftlab.policy.examples import build_data
@@ -94,7 +122,7 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     from sftlab.policy.simulate import simulate, write_world
     from sftlab.train.loop import run_training
 
-    plan, precision_note = plan_for_this_machine(plan or (QUICK if quick else FULL))
+    plan, precision_note = plan_for_this_machine(plan or plan_for_model(QUICK if quick else FULL, model_path))
     if precision_note:
         log(precision_note)
     started = time.monotonic()

@@ -185,22 +185,61 @@ def write_report(out_dir, results: dict[str, dict], manifest: dict, model: str |
     return atomic_write_text(out / "report.md", "\n".join(parts))
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+# what evaluation reads of each line: the candidates (eval_candidates.jsonl) and the training pairs (train_features.jsonl)
+CANDIDATE_FIELDS = {"enterprise_id": str, "policy_id": str, "label": int, "cold": bool, "prompt": str, "features": list}
+TRAIN_FIELDS = {"label": int, "features": list}
+
+
+def _read_jsonl(path: Path, fields: dict[str, type]) -> list[dict]:
+    """The JSON objects of a build-data file, each checked for `fields` (name -> type); a file that is missing, not
+    UTF-8, or has a line that is not such an object is a one-line SftlabError naming `path:line`."""
     import json
 
     from sftlab.errors import SftlabError
 
     if not path.is_file():
         raise SftlabError(f"{path} not found; run `sftlab policy build-data` first")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise SftlabError(f"{path}:{line}: not UTF-8 text; rebuild it with `sftlab policy build-data`") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            row = json.loads(line) if line.strip() else None
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SftlabError(f"{path}:{number}: not valid JSON ({exc.msg}); rebuild it with `sftlab policy build-data`") from None
-        if row is not None:
-            rows.append(row)
+        problem = _row_problem(row, fields)
+        if problem:
+            raise SftlabError(f"{path}:{number}: {problem}; rebuild it with `sftlab policy build-data`")
+        rows.append(row)
     return rows
+
+
+def _row_problem(row, fields: dict[str, type]) -> str | None:
+    """Why `row` is not a usable line (a JSON object with `fields` of their types, a 0/1 label and one number per
+    feature of FEATURE_NAMES), or None."""
+    from sftlab.policy.features import FEATURE_NAMES
+
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    for name, kind in fields.items():
+        if name not in row:
+            return f"missing field {name!r}"
+        value = row[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"field {name!r}: expected {kind.__name__}, got {type(value).__name__}"
+    if row["label"] not in (0, 1):
+        return f"field 'label': expected 0 or 1, got {row['label']!r}"
+    features = row["features"]
+    if len(features) != len(FEATURE_NAMES) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      for v in features):
+        return f"field 'features': expected {len(FEATURE_NAMES)} numbers ({', '.join(FEATURE_NAMES)})"
+    return None
 
 
 def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8,
@@ -219,7 +258,13 @@ def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_
         raise SftlabError(f"--out {out_dir} is a file; expected a report directory")
     data_dir = Path(data_dir)
     manifest = read_json(data_dir / "manifest.json") if (data_dir / "manifest.json").is_file() else {}
-    rows, train = _read_jsonl(data_dir / "eval_candidates.jsonl"), _read_jsonl(data_dir / "train_features.jsonl")
+    if not isinstance(manifest, dict):
+        raise SftlabError(f"{data_dir / 'manifest.json'}: expected a JSON object; rebuild it with `sftlab policy build-data`")
+    rows = _read_jsonl(data_dir / "eval_candidates.jsonl", CANDIDATE_FIELDS)
+    if not rows:
+        raise SftlabError(f"{data_dir / 'eval_candidates.jsonl'}: no held-out candidates to evaluate; build the data with "
+                          "an earlier --cutoff (`sftlab policy build-data`)")
+    train = _read_jsonl(data_dir / "train_features.jsonl", TRAIN_FIELDS)
     extra, name = {}, None
     if model_dir is not None:
         from sftlab.policy.scoring import score_candidates

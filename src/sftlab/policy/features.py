@@ -174,4 +174,14 @@ def pair_features(summary: dict, enterprise: pd.Series, policy: pd.Series, popul
             float(summary["actions_total"] < 3), popularity.rate(category), popularity.industry(enterprise["industry"], category),
             float(enterprise["industry"] in (policy["industry_scope"] or [])),
             float(catalog.NATIONAL in (policy["region_scope"] or [catalog.NATIONAL])), float(bool(policy["size_scope"])),
-            float(catalog.SIZE_BANDS.index(enterprise["size_band"]))]
+            _size_ordinal(enterprise)]
+
+
+def _size_ordinal(enterprise: pd.Series) -> float:
+    """The position of the enterprise's size band in catalog.SIZE_BANDS (a band the import refuses, written to the
+    database some other way, is a one-line error naming the enterprise)."""
+    band = enterprise["size_band"]
+    if band not in catalog.SIZE_BANDS:
+        raise SftlabError(f"enterprise {enterprise['id']!r}: size_band {band!r} is not one of {', '.join(catalog.SIZE_BANDS)}; "
+                          "correct it in the database (`sftlab policy import` refuses such rows)")
+    return float(catalog.SIZE_BANDS.index(band))

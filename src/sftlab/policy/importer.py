@@ -1,7 +1,8 @@
 """CSV import (validated, with a rejects file) and CSV export of the four application tables.
 
-One CSV per table, UTF-8 (a BOM is accepted), header row required; list columns (tags, region_scope,
-industry_scope, size_scope) separate items with "|". Every row is validated (types, dates, event
+One CSV per table, UTF-8 (a BOM is accepted), header row required, naming only the table's columns, each once (a
+misspelt optional column would otherwise be dropped silently); list columns (tags, region_scope, industry_scope,
+size_scope) separate items with "|". Every row is validated (types, dates, size bands (catalog.SIZE_BANDS), event
 types, references to known enterprises and policies, duplicates: of an id, of a push, of an event already
 recorded with the same enterprise, policy, type and time); a bad row goes to `<rejects_dir>/<input
 name>.rejects.csv` (`events_jan.csv` -> `events_jan.rejects.csv`) with its (first) line number and reason and is
@@ -26,6 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
+from sftlab.policy import catalog
 from sftlab.policy.db import EVENT_TYPES, PUSH_STATUSES, Enterprise, Event, Policy, Push, naive_utc
 
 IMPORT_ORDER = ("enterprises", "policies", "events", "pushes")
@@ -64,6 +66,13 @@ IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime)]
 INT_MAX = 2**31 - 1  # INTEGER columns (PostgreSQL's int4)
 
 
+def _size_band(value: str) -> str:
+    """A size band the features and eligibility know (catalog.SIZE_BANDS), else ValueError."""
+    if value not in catalog.SIZE_BANDS:
+        raise ValueError(f"{value!r} is not a size band; expected one of {', '.join(catalog.SIZE_BANDS)}")
+    return value
+
+
 class _Row(BaseModel):
     """Lengths and ranges are the columns' (sftlab.policy.db), so that a row PostgreSQL would refuse is rejected
     here, on every database, instead of rolling back the whole file."""
@@ -88,6 +97,11 @@ class EnterpriseRow(_Row):
     tags: ListOfText = []
     registered_on: IsoDate
 
+    @field_validator("size_band")
+    @classmethod
+    def _known_size(cls, value: str) -> str:
+        return _size_band(value)
+
 
 class PolicyRow(_Row):
     id: str = Field(min_length=1, max_length=32)
@@ -100,6 +114,11 @@ class PolicyRow(_Row):
     publish_date: IsoDate
     expiry_date: IsoDate
     summary: str = ""
+
+    @field_validator("size_scope")
+    @classmethod
+    def _known_sizes(cls, value: list[str]) -> list[str]:
+        return [_size_band(item) for item in value]
 
     @model_validator(mode="after")
     def _dates(self):
@@ -219,9 +238,7 @@ def _read_csv(path: Path, table: str) -> tuple[list[str], list[tuple[int, dict |
     reader = csv.reader(io.StringIO(_decode(path), newline=""))
     try:
         header = next(reader, [])
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise SftlabError(f"{path}:1: missing column(s) {', '.join(missing)} for table {table}")
+        _check_header(path, table, header, list(model_cls.model_fields), required)
         rows, previous = [], reader.line_num
         for cells in reader:  # a quoted cell may span lines: a row is named by its first line
             start, previous = previous + 1, reader.line_num
@@ -232,11 +249,32 @@ def _read_csv(path: Path, table: str) -> tuple[list[str], list[tuple[int, dict |
     return header, rows
 
 
-def _check_rejects_dir(rejects_dir: Path) -> None:
-    for folder in (rejects_dir, *rejects_dir.parents):
+def _check_header(path: Path, table: str, header: list[str], columns: list[str], required: list[str]) -> None:
+    """A header naming a column twice, or one the table does not have (a misspelt optional column would be dropped
+    silently), or lacking a required column, is a one-line error naming line 1."""
+    import difflib
+
+    if not header:
+        raise SftlabError(f"{path}:1: empty file; expected a header row with the columns of table {table}")
+    for position, name in enumerate(header):
+        if name in header[:position]:
+            raise SftlabError(f"{path}:1: column {name!r} is given twice")
+        if name not in columns:
+            close = difflib.get_close_matches(name, columns, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; expected columns: {', '.join(columns)}"
+            raise SftlabError(f"{path}:1: unknown column {name!r} for table {table}{hint}")
+    missing = [name for name in required if name not in header]
+    if missing:
+        raise SftlabError(f"{path}:1: missing column(s) {', '.join(missing)} for table {table}")
+
+
+def check_directory_option(directory: str | Path, option: str = "--rejects-dir") -> None:
+    """Refuse, before any work, a directory to write into that is a file or lies under one."""
+    directory = Path(directory)
+    for folder in (directory, *directory.parents):
         if folder.exists():
             if not folder.is_dir():
-                raise SftlabError(f"--rejects-dir {rejects_dir}: {folder} is a file, not a directory")
+                raise SftlabError(f"{option} {directory}: {folder} is a file, not a directory")
             return
 
 
@@ -246,7 +284,7 @@ def import_csv(engine, table: str, path: str | Path, rejects_dir: str | Path) ->
         raise SftlabError(f"unknown table {table!r}; expected one of {', '.join(IMPORT_ORDER)}")
     path = Path(path)
     model_cls, orm_cls = SPECS[table]
-    _check_rejects_dir(Path(rejects_dir))  # before anything is imported
+    check_directory_option(rejects_dir)  # before anything is imported
     header, rows = _read_csv(path, table)
     valid, rejects = [], []
     for line, raw, cells in rows:
@@ -303,7 +341,7 @@ def _write_rejects(path: Path, header: list[str], rejects: list[tuple[int, dict,
 def import_directory(engine, directory: str | Path, rejects_dir: str | Path) -> list[dict]:
     """Import `<table>.csv` files found in `directory`, in dependency order (enterprises first)."""
     directory = Path(directory)
-    _check_rejects_dir(Path(rejects_dir))
+    check_directory_option(rejects_dir)
     files = [(table, directory / f"{table}.csv") for table in IMPORT_ORDER if (directory / f"{table}.csv").is_file()]
     if not files:
         raise SftlabError(f"{directory}: no enterprises.csv, policies.csv, events.csv or pushes.csv found")

@@ -124,6 +124,10 @@ def push(engine, score_fn: ScoreFn, since: datetime, top_k_count: int = 5, model
         raise SftlabError(f"--since {since:%Y-%m-%d} is in the future (now is {now:%Y-%m-%d}): the window holds no policy")
     window = f"{since:%Y-%m-%d}"
     builder = CandidateBuilder(engine, now, since)
+    for table, frame in (("enterprises", builder.ents), ("policies", builder.pols)):
+        if frame.empty:  # e.g. --db left out, so the default SQLite file was created empty
+            raise SftlabError(f"database {engine.url.render_as_string(hide_password=True)} has no {table}; give --db, or run "
+                              "`sftlab policy simulate` or `sftlab policy import` first")
     with engine.connect() as conn:
         done = set(conn.execute(select(Push.enterprise_id).where(Push.window_key == window).distinct()).scalars())
     registered = builder.registered if enterprise_ids is None else builder.registered & set(enterprise_ids)
