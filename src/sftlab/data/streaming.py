@@ -12,6 +12,12 @@ document is tokenized like the in-memory pt path (`sftlab.data.tokenize`: specia
 `train.max_length` blocks (a shorter tail block at the end of an epoch is kept unless it has one token),
 `document` keeps one truncated document per row. Every label is supervised.
 
+The documents are those the in-memory reader would read: blank .txt lines are skipped, and an empty or blank file,
+bytes that are not UTF-8, a malformed JSON line and a record whose text is missing, null, not a string or blank fail
+with the in-memory path's one-line error naming the `file:line` (`sftlab.data.stream_checks`). The stream is read
+up to its first row while the run is set up, so a corpus that fails there leaves no output behind; a bad record
+further on stops the run when a step reaches it.
+
 A `StreamPosition` (epoch, document, offset, seed) says where the next block starts: `offset` tokens into
 the token stream that begins at document `document` of the epoch's shuffled order. A checkpoint stores it;
 resuming reads the shuffled order again, skips `document` documents without tokenizing them and drops
@@ -27,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from sftlab.data.stream_checks import empty_file, find_problem, quiet_reader_logs, text_problem
 from sftlab.errors import SftlabError
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
@@ -55,9 +62,30 @@ class TokenStream:
         self.shuffle_buffer, self.max_samples = shuffle_buffer, max_samples
 
     def documents(self, epoch: int, seed: int) -> Iterator[str]:
-        """The epoch's document texts in shuffled order."""
+        """The epoch's document texts in shuffled order: blank .txt lines are skipped, as the in-memory reader skips
+        them, and a record whose text is missing, not a string or blank fails naming its `file:line`
+        (`sftlab.data.stream_checks`), as does a file `datasets` cannot read (bytes that are not UTF-8, bad JSON)."""
+        column = "text" if self.builder == "text" else self.text_column
+        records = iter(self._read(lambda: self._open(epoch, seed)))
+        while True:
+            record = self._read(lambda: next(records, None))
+            if record is None:
+                return
+            if column not in record:
+                raise SftlabError(f"data.train {self.files[0]}: no column {column!r} (columns: {', '.join(record)}); "
+                                  "set data.columns.text")
+            text = record[column]
+            if self.builder == "text" and isinstance(text, str) and not text.strip():
+                continue
+            problem = text_problem(text, column)
+            if problem:  # the first bad record in file order, with its file:line (this one's is not known)
+                raise SftlabError(self._problem() or f"data.train {self.files[0]}: a document has a {problem}")
+            yield text
+
+    def _open(self, epoch: int, seed: int):
         from datasets import load_dataset
 
+        quiet_reader_logs()
         stream = load_dataset(self.builder, data_files=self.files, split="train", streaming=True)
         if self.builder != "text" and self.text_column not in (stream.column_names or [self.text_column]):
             raise SftlabError(f"data.train {self.files[0]}: no column {self.text_column!r} "
@@ -66,15 +94,28 @@ class TokenStream:
             stream = stream.take(self.max_samples)
         stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
         stream.set_epoch(epoch)
-        column = "text" if self.builder == "text" else self.text_column
-        return (self._text(record, column) for record in stream)
+        return stream
 
-    def _text(self, record: dict, column: str) -> str:
-        """A record's text; a record without the column (csv and json streams list no columns up front) fails."""
-        if column not in record:
-            raise SftlabError(f"data.train {self.files[0]}: no column {column!r} (columns: {', '.join(record)}); "
-                              "set data.columns.text")
-        return str(record[column] or "")
+    def _read(self, call):
+        """`call()`, with a failure of `datasets` or pyarrow reading the files turned into the one-line error of the
+        first problem `find_problem` finds in them (re-raised as it is when it finds none)."""
+        try:
+            return call()
+        except SftlabError:
+            raise
+        except Exception:  # noqa: BLE001 - UnicodeDecodeError, ArrowInvalid, ...: name the file and line if we can
+            problem = self._problem()
+            if problem is None:
+                raise
+            raise SftlabError(problem) from None
+
+    def _problem(self) -> str | None:
+        return find_problem(self.files, self.builder, self.text_column)
+
+    def check_start(self, seed: int) -> None:
+        """Read the stream up to its first row, as the first step will (a shuffle buffer of documents), so that an
+        empty or unreadable corpus fails while the run is set up, not at its first step."""
+        next(self.rows(StreamPosition(seed=seed)))
 
     def encode(self, text: str) -> list[int]:
         """A document's token ids with the tokenizer's special tokens and a final EOS (as the in-memory pt path)."""
@@ -158,6 +199,8 @@ def stream_files(data_cfg, base_dir: Path | None) -> tuple[list[str], str]:
         path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
         if not path.is_file():
             raise SftlabError(f"data.train {item}: no such file (data.streaming reads local files)")
+        if problem := empty_file(path):
+            raise SftlabError(problem)
         files.append(str(path))
     suffixes = {Path(f).suffix.lower() for f in files}
     if len(suffixes) != 1 or next(iter(suffixes)) not in BUILDERS:
@@ -178,6 +221,7 @@ def prepare_streaming(cfg, tokenizer, base_dir: Path | None = None):
     files, builder = stream_files(data_cfg, base_dir)
     stream = TokenStream(files, builder, data_cfg.columns.get("text", "text"), tokenizer, cfg.train.max_length,
                          data_cfg.pt_mode, data_cfg.shuffle_buffer, data_cfg.max_samples)
+    stream.check_start(cfg.train.seed)
     stats: dict = {"stage": "pt", "streaming": {"files": files, "shuffle_buffer": data_cfg.shuffle_buffer}}
     validation, val_examples = None, []
     if data_cfg.validation:
