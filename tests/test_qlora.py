@@ -357,3 +357,16 @@ def test_vision_language_models_are_refused_in_4bit(tmp_path):
     with pytest.raises(SftlabError, match=r"^strategy.lora.quantize_4bit: vision-language models are not loaded in "
                                           r"4-bit \(QLoRA\) by sftlab; set strategy.lora.quantize_4bit=false$"):
         load_model(ModelConfig(path=str(directory)), "sft", quantize_4bit=True)
+
+
+def test_the_compiled_kernels_turn_on_over_4bit_weights(tmp_path, capsys):
+    # the warm-up made its input in the dtype of the module's first parameter: the MLP's packed uint8 4-bit weight,
+    # so QLoRA runs logged "compiled kernels: off (RuntimeError: only Tensors of floating point dtype ...)"
+    from sftlab.models import kernels
+
+    on_at_each_step = []
+    raw = tiny_run(tmp_path, "qwen2", strategy=QLORA, model={"compiled_kernels": True},
+                   train={"max_steps": 2, "batch_size": 2})
+    train(raw, callbacks=[lambda step, loss: on_at_each_step.append(kernels._state["on"])])
+    assert "compiled kernels: RMSNorm and gated MLP, ready in " in capsys.readouterr().err
+    assert on_at_each_step == [True, True]

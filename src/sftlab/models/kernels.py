@@ -175,7 +175,7 @@ def _warm_up(modules, precision_context) -> None:
     for module in modules:
         params = [p for p in module.parameters() if p.requires_grad]
         before = [p.grad for p in params]
-        weight = next(module.parameters())
+        weight = next(p for p in module.parameters() if p.is_floating_point())  # not a 4-bit (QLoRA) uint8 weight
         width = module.gate_proj.in_features if hasattr(module, "gate_proj") else module.weight.shape[-1]
         x = torch.randn(2, 8, width, generator=torch.Generator().manual_seed(0))  # leaves the global RNG alone
         x = x.to(weight.dtype).to(weight.device).requires_grad_()
