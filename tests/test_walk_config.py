@@ -147,3 +147,12 @@ def test_every_yaml_file_sftlab_reads_refuses_a_duplicate_key(tmp_path):
         read_yaml_mapping(settings, "a mapping of serve settings")
     settings.write_text("base: &b {port: 1}\nother:\n  <<: *b\n  host: x\n", encoding="utf-8")
     assert read_yaml_mapping(settings, "a mapping")["other"] == {"port": 1, "host": "x"}  # merge keys still work
+
+
+@pytest.mark.parametrize("kind", ["full", "freeze", "auto"])
+def test_4bit_weights_with_a_strategy_other_than_lora_is_refused(kind):
+    # the flag was silently ignored: the run trained in full precision
+    with pytest.raises(SftlabError) as err:
+        load_config(None, [f"strategy.kind={kind}", "strategy.lora.quantize_4bit=true"], base=BASE)
+    assert str(err.value) == (f"config: strategy.lora.quantize_4bit: 4-bit base weights (QLoRA) are for strategy.kind "
+                              f"lora, not {kind}; set strategy.kind=lora or strategy.lora.quantize_4bit=false")

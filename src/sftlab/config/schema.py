@@ -259,6 +259,9 @@ class RunConfig(_Strict):
         if self.model.adapter and self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
             raise ValueError("model.adapter: continuing an adapter on a 4-bit base (strategy.lora.quantize_4bit) "
                              "is not supported; merge it first (sftlab export --merge) and start a new adapter")
+        if self.strategy.lora.quantize_4bit and self.strategy.kind != "lora":  # else the flag did nothing, silently
+            raise ValueError(f"strategy.lora.quantize_4bit: 4-bit base weights (QLoRA) are for strategy.kind lora, "
+                             f"not {self.strategy.kind}; set strategy.kind=lora or strategy.lora.quantize_4bit=false")
         if self.strategy.kind == "lora" and self.strategy.lora.quantize_4bit:
             from sftlab.config.checks import require_qlora_backend
 
