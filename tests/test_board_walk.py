@@ -2,6 +2,7 @@
 results; and `sftlab board` itself with a port in use, a bad port, or a runs directory that is a file."""
 
 import json
+import time
 import socket
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def test_board_command_refuses_a_port_in_use_a_bad_port_and_a_runs_dir_that_is_a
         assert main(["board", "--port", str(port), "--runs-dir", "runs"]) == 2
     out, err = capsys.readouterr()
     assert "sftlab board on" not in out  # no banner for a board that never listened
-    assert err.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another --port or --host"
+    assert err.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use); choose another port (--port) or host"
     assert main(["board", "--port", "99999"]) == 2
     assert capsys.readouterr().err.strip() == "error: --port 99999: expected a port number from 0 to 65535"
     (tmp_path / "afile").write_text("x")
@@ -129,13 +130,17 @@ def test_shutdown_records_the_exit_code_of_the_training_jobs_it_stopped(tmp_path
     from sftlab.board.runs import RunManager
 
     fake = tmp_path / "fake-python"  # stands in for `python -m sftlab train`: exits 130 on SIGINT, as training does
-    fake.write_text("#!/bin/sh\ntrap 'exit 130' INT\nwhile true; do sleep 0.05; done\n")
+    ready = tmp_path / "ready"  # SIGINT before the trap is set would kill the shell (code -2): wait for it
+    fake.write_text(f"#!/bin/sh\ntrap 'exit 130' INT\ntouch {ready}\nwhile true; do sleep 0.05; done\n")
     fake.chmod(0o755)
     runs = tmp_path / "runs"
     runs.mkdir()
     (runs / "r.yaml").write_text(yaml.safe_dump(CONFIG))
     manager = RunManager(runs, python=str(fake))
     manager.launch("r")
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
     manager.shutdown(timeout_s=10)
     assert json.loads((runs / ".board" / "r.exit.json").read_text())["code"] == 130
     assert manager.status("r") == "new"  # no checkpoint in this fake run, but not "failed"

@@ -74,10 +74,7 @@ def handle(args) -> int:
     app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,
                                    policy_report=args.policy_report,
                                    allowed_hosts=local_names if is_loopback(args.host) else None))
-    try:  # bound first: a port in use is one line, before the banner says otherwise
-        sock = listening_socket(args.host, args.port)
-    except SftlabError as exc:  # serve's hint names its own --config port; the board has only --port / --host
-        raise SftlabError(f"{str(exc).split(';')[0]}; choose another --port or --host") from None
+    sock = listening_socket(args.host, args.port, "--port")  # bound first: a port in use is one line, before the banner
     try:
         auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
         host = f"[{args.host}]" if ":" in args.host else args.host

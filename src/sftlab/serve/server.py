@@ -24,9 +24,10 @@ def build_server(served, settings: ServeSettings):
     return uvicorn.Server(config)
 
 
-def listening_socket(host: str, port: int):
-    """The server's socket, bound before the model loads: a port in use fails at once in one line, and port 0 names
-    the free port it got (`sock.getsockname()`). uvicorn serves on it (`Server.run(sockets=[sock])`)."""
+def listening_socket(host: str, port: int, options: str = "--port, or port in --config"):
+    """The server's socket, bound before the model loads: a port in use fails at once in one line naming the command's
+    `options` for another port, and port 0 names the free port it got (`sock.getsockname()`). uvicorn serves on it
+    (`Server.run(sockets=[sock])`)."""
     import socket
 
     from sftlab.errors import SftlabError
@@ -38,7 +39,7 @@ def listening_socket(host: str, port: int):
     except OSError as exc:
         sock.close()
         raise SftlabError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another port "
-                          "(--port, or port in --config) or host") from None
+                          f"({options}) or host") from None
     return sock
 
 
