@@ -139,19 +139,10 @@ def smote_vectors(vectors: np.ndarray, labels: list[str], seed: int = 0, k_neigh
 
 def save_npz(path: str | Path, arrays: dict) -> None:
     """np.savez into a temporary sibling, then rename it into place (the output appears whole or not at all)."""
-    import os
-    import tempfile
+    from sftlab.io import atomic_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        np.savez(handle, **arrays)
 
 
 def check_labelled(examples: list[dict]) -> None:

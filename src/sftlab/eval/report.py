@@ -19,13 +19,11 @@ import base64
 import html
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.eval.report_data import RunData, final_is_current, load_run
-from sftlab.io import atomic_dir, atomic_write_text
+from sftlab.io import atomic_dir, atomic_write_bytes, atomic_write_text
 
 _TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
 _OWN_TABLES = ("per_class", "confusion")  # shown as their own table / the confusion-matrix PNG, not flattened
@@ -65,11 +63,7 @@ def save_png(fig, path: Path, tight: bool = False) -> bytes:
     fig.savefig(buffer, format="png", bbox_inches="tight" if tight else None)
     plt.close(fig)
     data = buffer.getvalue()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return data
 
 

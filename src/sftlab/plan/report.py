@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from sftlab.io import atomic_write_json, atomic_write_text
+from sftlab.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sftlab.plan.table import human_bytes
 
 
@@ -73,14 +73,8 @@ def plot_png(summary: dict) -> bytes:
 
 def write_report(summary: dict, out_dir: Path) -> None:
     """Write compare.json, compare.md and compare.png into `out_dir`, each atomically, once all three are made."""
-    import os
-    import tempfile
-
     text, image = markdown(summary), plot_png(summary)  # before any file: a failure leaves the earlier three
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "compare.json", summary)
     atomic_write_text(out_dir / "compare.md", text)
-    fd, tmp = tempfile.mkstemp(prefix=".compare.png.", suffix=".tmp", dir=out_dir)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(image)
-    os.replace(tmp, out_dir / "compare.png")
+    atomic_write_bytes(out_dir / "compare.png", image)

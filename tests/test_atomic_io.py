@@ -1,0 +1,40 @@
+"""sftlab.io's atomic writes: outputs appear whole or not at all, with the permissions a plain open would give."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from sftlab.io import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_written_files_and_directories_follow_the_umask_not_mkstemps_0600(tmp_path, umask_022):
+    # mkstemp makes 0600 files and mkdtemp 0700 directories: every output was unreadable by the rest of its group
+    assert _mode(atomic_write_text(tmp_path / "a.txt", "x")) == 0o644
+    assert _mode(atomic_write_bytes(tmp_path / "b.png", b"x")) == 0o644
+    with atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "inside.txt").write_text("x")
+    assert _mode(tmp_path / "out") == 0o755 and (tmp_path / "out" / "inside.txt").read_text() == "x"
+    os.umask(0o077)
+    assert _mode(atomic_write_text(tmp_path / "private.txt", "x")) == 0o600
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = atomic_write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(RuntimeError), atomic_file(target) as handle:
+        handle.write("new, half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
