@@ -134,6 +134,14 @@ def test_missing_file(tmp_path):
         read_rows(tmp_path / "nope.jsonl")
 
 
+def test_an_unterminated_string_reads_once_at(tmp_path):
+    # json's message "Unterminated string starting at" came out as "... starting at at column 10"
+    path = write(tmp_path / "cut.jsonl", '{"text": "ok"}\n{"text": "cut\n')
+    with pytest.raises(SftlabError) as err:
+        read_rows(path)
+    assert str(err.value) == f"{path}:2: malformed JSON line (Unterminated string starting at column 10)"
+
+
 def test_malformed_json_line_names_file_and_line(tmp_path):
     path = write(tmp_path / "bad.jsonl", '{"text": "ok"}\n\n{"text": oops}\n')
     with pytest.raises(SftlabError, match=rf"{path}:3: malformed JSON line"):

@@ -83,6 +83,12 @@ def lone_surrogate(value, where: str = "") -> str | None:
     return None
 
 
+def json_problem(exc: json.JSONDecodeError) -> str:
+    """What is wrong and where in the line: "Expecting ',' delimiter at column 8" (json's own message for an
+    unterminated string already ends in "starting at", which would read "at at column")."""
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
@@ -108,7 +114,7 @@ def _read_jsonl(path: Path, text: str) -> list[dict]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise SftlabError(f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
+            raise SftlabError(f"{path}:{number}: malformed JSON line ({json_problem(exc)})") from None
         if not isinstance(obj, dict):
             raise SftlabError(f"{path}:{number}: expected one JSON object per line, got {type(obj).__name__}")
         rows.append({**obj, "_src": f"{path}:{number}"})
@@ -129,7 +135,7 @@ def _read_json(path: Path, text: str) -> list[dict]:
     except json.JSONDecodeError as exc:
         if stripped[0] == "{" and _first_line_is_object(stripped):
             return _read_jsonl(path, text)  # JSON lines saved as .json, as HF's json loader allows
-        raise SftlabError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+        raise SftlabError(f"{path}:{exc.lineno}: malformed JSON ({json_problem(exc)})") from None
     items, start = _json_items(path, data, text)
     rows = []
     for index, (item, offset) in enumerate(zip(items, _item_offsets(text, start, len(items)))):

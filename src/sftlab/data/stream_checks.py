@@ -21,6 +21,8 @@ import json
 import logging
 from pathlib import Path
 
+from sftlab.data.readers import json_problem
+
 _CHUNK = 1 << 16
 _READER_LOGGERS = ("json.json", "csv.csv", "text.text", "parquet.parquet")
 
@@ -106,7 +108,7 @@ def _jsonl_problem(path: str, column: str) -> str | None:
             try:
                 record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                return f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})"
+                return f"{path}:{number}: malformed JSON line ({json_problem(exc)})"
             if not isinstance(record, dict):
                 return f"{path}:{number}: expected one JSON object per line, got {type(record).__name__}"
             if problem := text_problem(record.get(column), column):
