@@ -235,6 +235,25 @@ def test_registry_entries_and_file_urls(tmp_path, images):
         load_vision_examples(cfg.model_copy(update={"format": "alpaca"}), tmp_path)
 
 
+def test_a_directory_of_data_files_reads_each_as_for_text(tmp_path, images):
+    # docs/train.md: "a file or a directory of data files"; for image+text data a directory was "data file not found"
+    from sftlab.config.schema import DataConfig
+    from sftlab.vision.data import load_vision_examples
+
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    for index, colour in enumerate(COLOURS):
+        row = {"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": colour}],
+               "images": [str(images / f"{colour}.png")]}
+        (folder / f"part-{index}.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (folder / "notes.md").write_text("not data", encoding="utf-8")
+    train, _ = load_vision_examples(DataConfig(train="captions"), tmp_path)
+    assert sorted(example["images"][0] for example in train) == sorted(str(images / f"{c}.png") for c in COLOURS)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SftlabError, match=r"^data: 'empty': directory .*empty holds no data files"):
+        load_vision_examples(DataConfig(train="empty"), tmp_path)
+
+
 def test_system_field_and_tiny_vlm_command(tmp_path, images):
     from sftlab.cli import main
 

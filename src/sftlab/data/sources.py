@@ -84,10 +84,11 @@ def registry_source(name: str, entry: dict, registry_dir: Path) -> tuple[list[Pa
             if key in lf_columns:
                 columns[key] = lf_columns[key]
     tags = {key: value for key, value in (entry.get("tags") or {}).items() if key in _TAG_KEYS}
-    return _entry_files(where, registry_dir / entry.get("file_name", "")), formatting, columns, tags
+    return data_files_in(where, registry_dir / entry.get("file_name", "")), formatting, columns, tags
 
 
-def _entry_files(where: str, target: Path) -> list[Path]:
+def data_files_in(where: str, target: Path) -> list[Path]:
+    """`target` itself, or the data files directly in the directory `target` (sorted); `where` starts the error."""
     if target.is_dir():
         files = sorted(p for p in target.iterdir() if p.is_file() and p.suffix.lower() in READ_EXTENSIONS)
         if not files:
@@ -141,7 +142,7 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
         close = difflib.get_close_matches(spec.path, list(registry), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise SftlabError(f"data: {spec.path!r} is neither a file ({path}) nor an entry of the registry{hint}")
-    files = _entry_files(f"data: {spec.path!r}", path) if path.is_dir() else [path]
+    files = data_files_in(f"data: {spec.path!r}", path) if path.is_dir() else [path]
     fmt = spec.format or data_cfg.format
     columns = spec.columns if spec.columns is not None else data_cfg.columns
     return [ex for file in files for ex in to_canonical(read_rows(file), fmt, stage, columns)]

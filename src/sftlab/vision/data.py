@@ -197,15 +197,18 @@ def _registry_tags(name: str, entry: dict) -> tuple[str, dict]:
 
 def _resolve(item, data_cfg, base: Path | None, registry: dict | None, registry_dir: Path | None) -> list[dict]:
     path_text = item if isinstance(item, str) else item.path
+    from sftlab.data.sources import data_files_in
+
     if registry is not None and path_text in registry:
         file_name, tags = _registry_tags(path_text, registry[path_text])
-        return read_vision_file(registry_dir / file_name, tags)
+        files = data_files_in(f"registry entry {path_text!r}", registry_dir / file_name)
+        return [example for file in files for example in read_vision_file(file, tags)]
     path = Path(path_text).expanduser()
     if base is not None and not path.is_absolute():
         path = base / path
-    if not path.is_file():
+    if not path.exists():
         raise SftlabError(f"data file not found: {path}")
-    return read_vision_file(path)
+    return [example for file in data_files_in(f"data: {path_text!r}", path) for example in read_vision_file(file)]
 
 
 def load_vision_examples(data_cfg, base_dir: str | Path | None = None) -> tuple[list[dict], list[dict]]:
