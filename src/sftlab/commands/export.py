@@ -132,14 +132,20 @@ def _load_base(base: str, run_dir: Path, adapter_dir: Path, adapter_cfg: dict, t
 
 def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: list[str]):
     """The QLoRA model as it trained (`sftlab.models.nf4.as_trained`: 4-bit base from `qlora`'s weights dtype, its
-    compute dtype, non-4-bit weights in float32; the adapter): its probe logits, and its base without the adapter."""
+    compute dtype, non-4-bit weights in float32; the adapter): its probe logits; the same with float32 compute where
+    it trained in another (None otherwise), which tells the merge's own error from the compute dtype's rounding;
+    and its base without the adapter."""
     from peft import PeftModel
 
     from sftlab.models.nf4 import as_trained
 
     model = as_trained(load(dtype=qlora["weights_dtype"], quantize_4bit=True), qlora)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
-    return _probe_logits(peft_model, tokenizer, probes), peft_model.unload()
+    trained = _probe_logits(peft_model, tokenizer, probes)
+    exact = None
+    if qlora["compute_dtype"] != "float32":
+        exact = _probe_logits(as_trained(peft_model, {**qlora, "compute_dtype": "float32"}), tokenizer, probes)
+    return trained, exact, peft_model.unload()
 
 
 def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | None = None,
@@ -175,8 +181,9 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if has_tokenizer_files(adapter_dir) else base)))
     load = functools.partial(_load_base, base, run_dir, adapter_dir, adapter_cfg, tokenizer)
     probes = probes or DEFAULT_PROBES
+    exact = None
     if qlora:  # compared with the model that trained: the 4-bit base and the adapter
-        before, four_bit_base = _qlora_reference(load, adapter_dir, qlora, tokenizer, probes)
+        before, exact, four_bit_base = _qlora_reference(load, adapter_dir, qlora, tokenizer, probes)
         model = dequantize(four_bit_base).float() if merge_base == "dequantized" else load()
     else:
         model = load()
@@ -188,6 +195,8 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
               "dtype": dtype, "merge_base": merge_base, "qlora": qlora, "probes": len(probes),
               "max_abs_logit_diff": max_diff}
+    if exact is not None:  # against the QLoRA model computing in float32: the merge's own error
+        record["max_abs_logit_diff_float32_compute"] = _max_diff(exact, _probe_logits(merged, tokenizer, probes))
     if dtype != "float32":
         merged = merged.to(getattr(torch, dtype))
         record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
@@ -241,8 +250,12 @@ def _export(args) -> int:
                  f"inputs {cast:.3g}" if cast is not None else ""))
         return 0
     into = "the dequantised NF4 base of " if record["merge_base"] == "dequantized" else ""
+    exact = record.get("max_abs_logit_diff_float32_compute")
+    compute = (record.get("qlora") or {}).get("compute_dtype")
     print(f"merged {record['adapter']} into {into}{record['base']} -> {args.merge}; max |merged - unmerged| logit "
           f"difference on {record['probes']} probe inputs: {record['max_abs_logit_diff']:.3g}"
+          + (f" ({exact:.3g} against the QLoRA model computing in float32: the rest is its {compute} rounding)"
+             if exact is not None else "")
           + (f" (saved in {record['dtype']}: {cast:.3g})" if cast is not None else ""))
     return 0
 
