@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sftlab.config.load import validate_config
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.data.pipeline import prepare_data
 from sftlab.data.tokenize import IGNORE_INDEX, cache_root, fit_length, label_set, tokenize_examples
 from sftlab.errors import SftlabError
+from sftlab.train.loss import count_supervised_tokens
 from sftlab.models.tiny import make_tokenizer
 
 
@@ -44,6 +46,11 @@ def test_pt_concat_cuts_blocks_across_documents(chatml):
     assert [t for row in rows["input_ids"] for t in row] == stream  # every token kept, in order, EOS between documents
     assert all(len(row) == 16 for row in rows["input_ids"][:-1]) and rows["input_ids"] == rows["labels"]
     assert stats.tail_tokens == len(stream) % 16 and stats.rows == -(-len(stream) // 16) and stats.tokens == len(stream)
+    # the loss predicts every token but each row's first: data_stats counted those too (one per row more than
+    # training's supervised tokens)
+    labels = torch.nn.utils.rnn.pad_sequence([torch.tensor(row) for row in rows["labels"]], batch_first=True,
+                                             padding_value=IGNORE_INDEX)
+    assert stats.supervised_tokens == count_supervised_tokens(labels) == len(stream) - stats.rows
 
 
 def test_pt_document_mode_truncates_and_counts(chatml):

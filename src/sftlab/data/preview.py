@@ -85,7 +85,8 @@ def check_supervision(stage: str, mask: str, stats: dict, split: str = "train") 
         raise SftlabError(f"data ({split}): {stats['dropped_no_supervised']} of {stats['examples']} samples have no "
                           "supervised token, so nothing would be learned from them (check data.mask, data.truncation "
                           "and train.max_length)")
-    if stage == "sft" and mask != "all" and stats.get("tokens") and stats.get("supervised_tokens") == stats["tokens"]:
+    every = stats.get("tokens", 0) - stats.get("rows", 0)  # a row's first token is never predicted, never counted
+    if stage == "sft" and mask != "all" and stats.get("tokens") and stats.get("supervised_tokens") == every:
         raise SftlabError(f"data.mask={mask}: every token of every sample is supervised, so prompts would be trained "
                           "as answers; the chat template or mask is misconfigured (see data.template)")
 

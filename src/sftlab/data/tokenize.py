@@ -202,7 +202,8 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
             stats.label_counts[names[index]] += 1
         stats.supervised_tokens = 0
     else:
-        stats.supervised_tokens = sum(sum(1 for t in row if t != IGNORE_INDEX) for row in targets)
+        # counted as the loss counts them: a row's first token is never predicted
+        stats.supervised_tokens = sum(sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in targets)
     return {"input_ids": input_ids, key: targets}, stats
 
 
