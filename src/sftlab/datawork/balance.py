@@ -94,15 +94,13 @@ def stratified_split(examples: list[dict], val_ratio: float, seed: int = 0) -> t
 def embed_texts(texts: list[str], model_dir: str, batch_size: int = 16, max_length: int = 256) -> np.ndarray:
     """Mean-pooled last hidden states of a local encoder/decoder model directory, float32 [n, hidden]."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from sftlab.models.load import resolve_model_path
+    from sftlab.datawork.generate import load_local_model
 
-    model_dir = resolve_model_path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    tokenizer, model = load_local_model(model_dir, "--encoder", AutoModel)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
     chunks = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):

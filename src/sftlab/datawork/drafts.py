@@ -3,8 +3,9 @@ JSONL review file, and only approved or edited records are exported for training
 
 Review file: one JSON object per line with `id`, `status` (draft | approved | rejected | edited),
 `instruction`, `input`, `draft` (the model's text) and `final` (the text to train on; required for edited,
-defaults to the draft for approved). Re-running `update_review` keeps every record already in the review
-file (decisions and existing drafts untouched) and drafts only instructions with a new id.
+defaults to the draft for approved); reviewers may add fields of their own (a note), which are kept. Re-running
+`update_review` keeps every record already in the review file (decisions, existing drafts and added fields
+untouched) and drafts only instructions with a new id.
 
     records, summary = update_review(instructions, existing, generator)
     examples = export_reviewed(records)
@@ -69,7 +70,9 @@ def read_review(path: str | Path) -> list[dict]:
         if key in seen:
             raise SftlabError(f"{where}: id {key!r} already used at {seen[key]}")
         seen[key] = where
-        records.append({field: row.get(field) if row.get(field) is not None else "" for field in REVIEW_FIELDS} | {"id": key, "_src": where})
+        extra = {field: value for field, value in row.items() if field not in REVIEW_FIELDS and field != "_src"}
+        records.append({field: row.get(field) if row.get(field) is not None else "" for field in REVIEW_FIELDS}
+                       | {"id": key, "_src": where, "_fields": extra})
     return records
 
 
@@ -97,10 +100,12 @@ def update_review(instructions: list[dict], existing: list[dict], generator, bat
 
 
 def write_review(path: str | Path, records: list[dict]) -> Path:
-    """Write the review file atomically, one record per line with exactly REVIEW_FIELDS."""
+    """Write the review file atomically, one record per line: REVIEW_FIELDS, then the fields reviewers added to a
+    record (a note, a reviewer's name; kept by `read_review` under `_fields`), as they were."""
     from sftlab.io import atomic_write_jsonl
 
-    return atomic_write_jsonl(path, [{field: record.get(field, "") for field in REVIEW_FIELDS} for record in records])
+    return atomic_write_jsonl(path, [{field: record.get(field, "") for field in REVIEW_FIELDS} | record.get("_fields", {})
+                                     for record in records])
 
 
 def draft_prompt(item: dict) -> str:

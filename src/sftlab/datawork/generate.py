@@ -23,21 +23,38 @@ def check_generation_options(max_new_tokens: int, batch_size: int, temperature: 
         raise SftlabError(f"--temperature {temperature}: must be 0 (greedy) or more (sampling)")
 
 
+def load_local_model(model_dir: str, option: str, model_class):
+    """(tokenizer, model in eval mode) of a local model directory given as `option` (`--model`, `--encoder`); a
+    path that is missing, a file, or a directory without a loadable tokenizer and model is a one-line error naming
+    `option` (`sftlab.models.load.resolve_model_path` resolves the embedded names and .gguf files)."""
+    from transformers import AutoTokenizer
+
+    from sftlab.models.load import resolve_model_path
+
+    path = resolve_model_path(model_dir, key=option)
+    if not (path / "config.json").is_file():
+        raise SftlabError(f"{option} {model_dir}: no config.json in this directory; expected a model directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = model_class.from_pretrained(path, local_files_only=True).eval()
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        lines = str(exc).strip().splitlines()
+        raise SftlabError(f"{option} {model_dir}: not a model directory that loads "
+                          f"({lines[0].rstrip(': ') if lines else type(exc).__name__})") from None
+    return tokenizer, model
+
+
 class LocalGenerator:
     """Loads a model directory once and turns lists of prompts into lists of completions."""
 
     def __init__(self, model_dir: str, max_new_tokens: int = 256, batch_size: int = 8, temperature: float = 0.0, seed: int = 0):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from sftlab.models.load import resolve_model_path
+        from transformers import AutoModelForCausalLM
 
         check_generation_options(max_new_tokens, batch_size, temperature)
-        path = resolve_model_path(model_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer, self.model = load_local_model(model_dir, "--model", AutoModelForCausalLM)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True).eval()
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
         self.temperature, self.seed = temperature, seed
 

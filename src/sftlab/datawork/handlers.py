@@ -11,14 +11,17 @@ from pathlib import Path
 
 from sftlab.data.option_names import parse_columns
 from sftlab.datawork.images import refuse_images
-from sftlab.datawork.records import check_output_format, dropped_fields_note, load_examples, save_examples
+from sftlab.datawork.records import (check_output_format, check_output_parent, dropped_fields_note, load_examples,
+                                     save_examples)
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
 
 
 def check_distinct(output: str | Path, *inputs, what: str = "output", report: bool = True) -> None:
     """Fail when the output path (`what` names it in the message), or with `report` a report written beside it
-    (`report_stem`), is one of the inputs (inputs are never changed)."""
+    (`report_stem`), is one of the inputs (inputs are never changed), or would be written inside a file
+    (`records.check_output_parent`)."""
+    check_output_parent(output)
     targets = [Path(output)] + (report_paths(report_stem(output)) if report else [])
     for target in targets:
         for source in inputs:
@@ -130,6 +133,7 @@ def build_drafts(args) -> int:
     from sftlab.datawork.generate import LocalGenerator, check_generation_options
 
     check_distinct(args.review, args.input, what="--review")
+    check_output_parent(args.review)
     if Path(args.review).suffix.lower() not in (".jsonl", ".json"):
         raise SftlabError(f"--review {args.review}: the review file is JSON lines; name it REVIEW.jsonl")
     check_generation_options(args.max_new_tokens, args.batch_size, args.temperature)
@@ -258,9 +262,14 @@ def balance(args) -> int:
     check_distinct(args.output, args.input)
     if args.val_ratio and not args.val_out:
         raise SftlabError("--val-ratio needs --val-out FILE for the validation split")
+    if args.val_out and not args.val_ratio:
+        raise SftlabError(f"--val-out {args.val_out}: needs --val-ratio R (the share of each label to hold out)")
     if args.val_out:
-        check_distinct(args.val_out, args.input, args.output, *report_paths(report_stem(args.output)),
-                       what="--val-out", report=False)
+        check_distinct(args.val_out, args.input, what="--val-out", report=False)
+        for target in (args.output, *report_paths(report_stem(args.output))):
+            if Path(args.val_out).resolve() == Path(target).resolve():
+                raise SftlabError(f"--val-out {args.val_out}: is also written as {target} (OUT or its report); "
+                                  "choose another path")
     if args.method == "smote":
         _check_smote_args(args)
     else:
@@ -279,26 +288,29 @@ def balance(args) -> int:
             examples, validation = stratified_split(examples, args.val_ratio, args.seed)
         except SftlabError as exc:
             raise SftlabError(f"--val-ratio {args.val_ratio}: {exc}") from None
-        save_examples(args.val_out, validation, args.to)
     if args.method == "smote":
-        return _smote(args, examples, report)
+        return _smote(args, examples, report, validation)
     balanced, details = balance_examples(examples, args.method, args.seed)
     report.section("balance", details | {"validation_examples": len(validation)})
+    if args.val_ratio:  # written once balancing has succeeded, so a failure leaves no lone validation file
+        save_examples(args.val_out, validation, args.to)
     return finish(report, args.output, balanced, args.to, [args.val_out] if validation else [])
 
 
-def _smote(args, examples: list[dict], report: Report) -> int:
+def _smote(args, examples: list[dict], report: Report, validation: list[dict]) -> int:
     from sftlab.datawork.balance import distribution, embed_texts, save_npz, smote_vectors
     from sftlab.datawork.records import label_of, prompt_text
 
     labels = [label_of(e) for e in examples]
     arrays = smote_vectors(embed_texts([prompt_text(e) for e in examples], args.encoder), labels, args.seed)
     save_npz(args.output, arrays)
+    if args.val_ratio:  # written once the vectors are, so a failure leaves no lone validation file
+        save_examples(args.val_out, validation, args.to)
     names = arrays["label_names"].tolist()
     after = distribution([names[i] for i in arrays["y"].tolist()])
     report.section("balance", {"method": "smote", "seed": args.seed, "before": distribution(labels), "after": after,
                                "synthetic_vectors": int(arrays["synthetic"].sum()), "dim": int(arrays["X"].shape[1])})
-    report.finish(len(arrays["y"]), [args.output])
+    report.finish(len(arrays["y"]), [args.output] + ([args.val_out] if args.val_ratio else []))
     paths = report.write(report_stem(args.output))
     print(report.summary())
     print(f"  report {paths[1]}")
@@ -320,6 +332,7 @@ def stats(args) -> int:
         raise SftlabError(f"--max-length {args.max_length}: must be at least 1")
     if args.out:
         check_output_dir(args.out, args.overwrite, inputs=(args.input, args.tokenizer, args.config))
+        check_output_parent(args.out)
     examples = read_input(args)
     if args.tokenizer or args.config:
         refuse_images(examples, "--tokenizer/--config count tokens with a text chat template, while a "

@@ -4,6 +4,9 @@ optional traditional -> simplified Chinese (OpenCC).
     norm = Normalizer(NormalizeOptions(t2s=True))
     norm("<p>ＡＢＣ　１２３&amp;</p>")   # -> "ABC 123&"
 
+Normalisation is idempotent (`norm(norm(t)) == norm(t)`): a pass that uncovers HTML (`&lt;p&gt;` unescaped, `＜ｐ＞`
+under NFKC) is followed by another, until nothing changes.
+
 NFKC maps full-width Latin letters, digits and the ideographic space to their half-width forms. With
 `keep_cjk_punct` (the default) the full-width Chinese punctuation marks (，。！？：；（）etc.) are kept as they are,
 because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style.
@@ -40,6 +43,7 @@ _HOLE = re.compile("\ue000(\\d+)\ue001")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_MAX_PASSES = 8
 
 
 @dataclass
@@ -62,8 +66,19 @@ class Normalizer:
         self._converter = _opencc_t2s() if self.options.t2s else None
 
     def __call__(self, text: str) -> str:
-        """`text` normalised; Markdown code (fenced blocks, inline spans) only gets NFKC, control characters and
-        t2s, so its tags, entities and spacing stay as written (a program's `"a  b"` or `List<String>`)."""
+        """`text` normalised, idempotently: the steps repeat until the text stops changing, so what one pass
+        uncovers (a tag escaped as `&lt;p&gt;` or written full-width `＜ｐ＞`, an entity escaped twice) is removed
+        too, and normalising a normalised text changes nothing (at most `_MAX_PASSES` passes)."""
+        for _ in range(_MAX_PASSES):
+            once = self._once(text)
+            if once == text:
+                break
+            text = once
+        return text
+
+    def _once(self, text: str) -> str:
+        """One pass; Markdown code (fenced blocks, inline spans) only gets NFKC, control characters and t2s, so its
+        tags, entities and spacing stay as written (a program's `"a  b"` or `List<String>`)."""
         opts = self.options
         code: list[str] = []
         if (opts.strip_html or opts.whitespace) and "`" in text and "\ue000" not in text and "\ue001" not in text:

@@ -245,12 +245,23 @@ def check_output_format(path: str | Path, fmt: str | None) -> None:
     """Fail before any work when `path`'s extension would not read back as what `fmt` writes: `csv` needs .csv,
     every other format (JSON records, and the default) .jsonl or .json (`sftlab.data.readers` picks the reader by
     extension, so JSON lines in a .parquet, .csv or .txt file could not be read again)."""
+    check_output_parent(path)
     suffix = Path(path).suffix.lower()
     wanted = (".csv",) if fmt == "csv" else (".jsonl", ".json")
     if suffix not in wanted:
         written = "CSV" if fmt == "csv" else "JSON records"
         raise SftlabError(f"{path}: --to {fmt or 'default'} writes {written}, which sftlab reads back only from a "
                           f"{' or '.join(wanted)} file; name the output so, or choose another --to")
+
+
+def check_output_parent(path: str | Path) -> None:
+    """Fail before any work when a directory that `path` would be written in is an existing file (`out.jsonl/x.jsonl`):
+    the directories are created on writing, and a file in their place is an error naming it, not a traceback."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SftlabError(f"{path}: cannot write there, {parent} is a file, not a directory")
+            return
 
 
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:
