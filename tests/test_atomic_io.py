@@ -38,3 +38,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         handle.write("new, half")
         raise RuntimeError("interrupted")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_file_where_a_directory_should_be_created_is_one_line_naming_it(tmp_path):
+    # mkdir(parents=True) raised FileExistsError / NotADirectoryError tracebacks for every caller
+    from sftlab.errors import SftlabError
+    from sftlab.train.rundir import prepare_output_dir
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for write in (lambda: atomic_write_text(blocker / "sub" / "a.txt", "x"),
+                  lambda: atomic_dir(blocker / "out").__enter__()):
+        with pytest.raises(SftlabError, match=rf"cannot write there, {blocker} is a file, not a directory$"):
+            write()
+    with pytest.raises(SftlabError, match=rf"^output.dir {blocker}/run: cannot write there, {blocker} is a file"):
+        prepare_output_dir(blocker / "run", resume=False, overwrite=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]

@@ -30,6 +30,16 @@ def _umask() -> int:
     return mask
 
 
+def check_output_parent(path: str | Path) -> None:
+    """Fail before any work when a directory that `path` would be written in is an existing file (`out.jsonl/x.jsonl`):
+    the directories are created on writing, and a file in their place is an error naming it, not a traceback."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SftlabError(f"{path}: cannot write there, {parent} is a file, not a directory")
+            return
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """An open temporary sibling of `path` (text modes in UTF-8) that replaces `path` when the block ends without an
@@ -38,6 +48,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     path = Path(path)
     if path.is_dir():
         raise SftlabError(f"{path} is a directory; expected the path of a file to write")
+    check_output_parent(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -82,6 +93,7 @@ def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> P
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise SftlabError(f"output directory {path} is a file; expected a directory")
+    check_output_parent(path)
     for given in inputs:
         if given is not None and path.resolve() in (Path(given).resolve(), *Path(given).resolve().parents):
             raise SftlabError(f"output directory {path} is or holds the input {given}; inputs are never replaced: "

@@ -33,6 +33,7 @@ from sftlab.datawork.images import (first_with_images, has_images, image_key, is
                                     read_image_examples, strip_placeholders)
 from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
 from sftlab.errors import SftlabError
+from sftlab.io import check_output_parent  # noqa: F401  (re-exported: the data commands check their outputs first)
 
 
 def stage_of(example: dict) -> str:
@@ -252,16 +253,6 @@ def check_output_format(path: str | Path, fmt: str | None) -> None:
         written = "CSV" if fmt == "csv" else "JSON records"
         raise SftlabError(f"{path}: --to {fmt or 'default'} writes {written}, which sftlab reads back only from a "
                           f"{' or '.join(wanted)} file; name the output so, or choose another --to")
-
-
-def check_output_parent(path: str | Path) -> None:
-    """Fail before any work when a directory that `path` would be written in is an existing file (`out.jsonl/x.jsonl`):
-    the directories are created on writing, and a file in their place is an error naming it, not a traceback."""
-    for parent in Path(path).parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise SftlabError(f"{path}: cannot write there, {parent} is a file, not a directory")
-            return
 
 
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.io import check_output_parent
 from sftlab.train.checkpoint import CHECKPOINTS, SIDECAR, incomplete_checkpoints, latest_checkpoint
 
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
@@ -25,6 +26,10 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
     """Check the output directory for a fresh run or a resume; return the checkpoint to resume from."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SftlabError(f"output.dir {out_dir} is a file; expected a directory")
+    try:
+        check_output_parent(out_dir)
+    except SftlabError as exc:
+        raise SftlabError(f"output.dir {exc}") from None
     occupied = out_dir.exists() and any(out_dir.iterdir())
     if resume:
         checkpoint = latest_checkpoint(out_dir)
