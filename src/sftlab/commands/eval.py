@@ -76,6 +76,13 @@ def _check_options(args) -> None:
     device = args.device.split(":")[0]
     if device not in ("auto", "cpu", "cuda"):
         raise SftlabError(f"--device {args.device!r}: expected auto, cpu, cuda or cuda:N")
+    if args.train and not args.baselines:
+        raise SftlabError("--train: the file the baselines are fitted on; it needs --baselines")
+    if args.labels:
+        names = [part.strip() for part in args.labels.split(",") if part.strip()]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise SftlabError(f"--labels {args.labels!r}: {', '.join(map(repr, repeated))} given more than once")
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from sftlab.errors import SftlabError
 from sftlab.eval import metrics as M
-from sftlab.eval.tasks import split_prompt
+from sftlab.eval.tasks import check_targets, split_prompt
 
 
 def example_text(example: dict) -> str:
@@ -75,8 +76,20 @@ def tfidf_baseline(eval_texts: list[str], eval_targets: list[str], labels: list[
     return result
 
 
+def check_train_labels(train_examples: list[dict] | None, labels: list[str]) -> None:
+    """Fail, naming the line, on a training-file label outside the evaluated label set (the baselines would
+    otherwise be fitted on labels they can never predict, and the majority class would not be the file's)."""
+    if train_examples:
+        targets = [split_prompt(e)[1] for e in train_examples]
+        try:
+            check_targets(train_examples, targets, labels)
+        except SftlabError as exc:
+            raise SftlabError(f"--train {exc}; pass every label with --labels") from None
+
+
 def label_baselines(examples: list[dict], labels: list[str], train_examples: list[dict] | None = None) -> dict:
     """Majority class and TF-IDF + LR on label examples (`{"messages"}` or `{"text","label"}`)."""
+    check_train_labels(train_examples, labels)
     eval_texts = [example_text(e) for e in examples]
     eval_targets = [split_prompt(e)[1] for e in examples]
     train_texts = [example_text(e) for e in train_examples] if train_examples else None

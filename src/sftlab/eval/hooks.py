@@ -119,7 +119,9 @@ def task_metrics(model, tokenizer, prepared, cfg) -> dict[str, float]:
         result, _ = tasks.TASKS[task](model, tokenizer, examples, opts)
     values = {k: v for k, v in M.scalar_metrics(result).items() if k not in _NOT_LOGGED}
     if cfg.eval.metric not in values and task_for_metric(cfg.eval.metric) is not None:
+        why = {"ranking": f"no query of the {len(examples)} evaluated has a relevant candidate",
+               "labels": "auc and average_precision need two labels, both among the references, and probabilities "
+                         "(not eval.label_method: generate)"}.get(task, "")
         raise SftlabError(f"eval.metric {cfg.eval.metric!r} was not computed by the {task} task "
-                          f"(it reported {', '.join(sorted(values))}); auc and average_precision need two labels, "
-                          "both among the references, and probabilities (not eval.label_method: generate)")
+                          f"(it reported {', '.join(sorted(values)) or 'nothing'}); {why}".rstrip("; "))
     return values

@@ -120,9 +120,16 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
     if head_labels is not None:
         if task != "labels":
             raise SftlabError(f"{model_dir} is a classification model; only --task labels applies")
+        if opts.labels and sorted(opts.labels) != sorted(head_labels):
+            raise SftlabError(f"--labels {','.join(opts.labels)}: {model_dir} classifies with its head, whose labels "
+                              f"are {','.join(head_labels)}")
         opts.label_method, opts.labels = "head", head_labels
     elif opts.label_method == "head":
         raise SftlabError(f"--label-method head: {model_dir} has no classification head")
+    if task == "labels" and train is not None and not vision:  # before the evaluation, not after it
+        from sftlab.eval.baselines import check_train_labels
+
+        check_train_labels(train, tasks.resolve_labels(examples, opts))
     if vision:
         result, predictions = run_vision_task(task, model, vision[1], examples, opts)
     else:

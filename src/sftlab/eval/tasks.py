@@ -63,13 +63,23 @@ def resolve_labels(examples: list[dict], opts: EvalOptions) -> list[str]:
     """The label set: `opts.labels` or the sorted targets seen; every target must belong to it."""
     targets = [split_prompt(e)[1] for e in examples]
     labels = list(opts.labels) if opts.labels else sorted(set(targets))
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise SftlabError(f"labels: {', '.join(map(repr, repeated))} given more than once in {labels}")
+    check_targets(examples, targets, labels)
+    if len(labels) < 2:
+        where = examples[0].get("_src", "the data").rsplit(":", 1)[0] if examples else "the data"
+        raise SftlabError(f"labels: need at least 2 labels, got {labels}" + ("" if opts.labels else
+                          f" (the only label in {where}); pass the whole label set with --labels"))
+    return labels
+
+
+def check_targets(examples: list[dict], targets: list[str], labels: list[str], what: str = "label") -> None:
+    """Fail, naming the example's line, on the first target outside `labels`."""
     known = set(labels)
     for example, target in zip(examples, targets):
         if target not in known:
-            raise SftlabError(f"{example.get('_src', 'example')}: label {target!r} is not in the label set {labels}")
-    if len(labels) < 2:
-        raise SftlabError(f"labels: need at least 2 labels, got {labels}")
-    return labels
+            raise SftlabError(f"{example.get('_src', 'example')}: {what} {target!r} is not in the label set {labels}")
 
 
 def parse_label(text: str, labels: list[str]) -> str | None:
@@ -158,6 +168,8 @@ def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tup
     labels = resolve_labels(examples, opts)
     if opts.positive is not None and opts.positive not in labels:
         raise SftlabError(f"--positive {opts.positive!r} is not one of the labels {labels}")
+    if opts.positive is not None and len(labels) != 2:
+        raise SftlabError(f"--positive {opts.positive!r}: only for two labels (AUC, PR curve); the label set is {labels}")
     predicted, probs, texts = predict_labels(model, tokenizer, examples, labels, opts)
     gold = [split_prompt(e)[1] for e in examples]
     result = M.label_metrics(gold, predicted, labels, probs, opts.positive)
@@ -204,18 +216,30 @@ def _ranking_scores(model, tokenizer, queries: list[dict], opts: EvalOptions) ->
 
 
 def check_ranking_rows(queries: list[dict]) -> None:
-    """Fail on a ranking row without candidates or with a candidate lacking text/messages or `relevant`."""
+    """Fail, naming the row and candidate, on a ranking row without candidates, a candidate without a text
+    (string) or messages, a `relevant` other than 0/1, or messages that are not a list of chat messages."""
+    from sftlab.data.messages import check_messages
+
     for query in queries:
         where = query.get("_src", "row")
         if not isinstance(query.get("candidates"), list) or not query["candidates"]:
             raise SftlabError(f"{where}: a ranking row needs a non-empty 'candidates' list")
-        for cand in query["candidates"]:
+        if "messages" in query:
+            check_messages(query["messages"], f"{where}: messages", need_assistant=False)
+        for i, cand in enumerate(query["candidates"]):
+            at = f"{where}: candidates[{i}]"
             if not isinstance(cand, dict) or ("text" not in cand and "messages" not in cand):
-                raise SftlabError(f"{where}: every candidate needs 'text' or 'messages'")
-            if "text" in cand and not query.get("messages"):
-                raise SftlabError(f"{where}: candidates with 'text' need the query's 'messages' (the prompt)")
-            if cand.get("relevant") not in (0, 1, True, False):
-                raise SftlabError(f"{where}: candidate 'relevant' must be 0 or 1")
+                raise SftlabError(f"{at}: every candidate needs 'text' or 'messages'")
+            if "messages" in cand:
+                check_messages(cand["messages"], f"{at}.messages", need_assistant=False)
+            elif not isinstance(cand["text"], str):
+                raise SftlabError(f"{at}: 'text' must be a string, got {cand['text']!r}")
+            elif not query.get("messages"):
+                raise SftlabError(f"{at}: candidates with 'text' need the query's 'messages' (the prompt)")
+            if "relevant" not in cand:
+                raise SftlabError(f"{at}: 'relevant' (0 or 1) is missing")
+            if cand["relevant"] not in (0, 1, True, False):
+                raise SftlabError(f"{at}: 'relevant' must be 0 or 1, got {cand['relevant']!r}")
 
 
 def run_ranking(model, tokenizer, queries: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
