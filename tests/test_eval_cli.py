@@ -91,7 +91,8 @@ def test_eval_errors_are_one_line(lm_dir, tmp_path, capsys):
 
 
 def test_best_checkpoint_follows_macro_f1_not_loss(lm_dir, tmp_path):
-    """F1 reaches its maximum at an earlier evaluation than the lowest loss; best/ is the F1 one."""
+    """F1 reaches its maximum at an earlier evaluation than the lowest loss; best/ is the F1 one, with eval.mode left
+    at its default (auto: max for F1; the default was min, which kept the worst F1 checkpoint)."""
     from sftlab.config import load_config
     from sftlab.train import run_training
 
@@ -100,7 +101,7 @@ def test_best_checkpoint_follows_macro_f1_not_loss(lm_dir, tmp_path):
     raw = {"model": {"path": str(lm_dir)},
            "data": {"train": str(train), "validation": str(val), "cache_dir": str(tmp_path / "cache")},
            "train": {"stage": "sft", "max_steps": 36, "batch_size": 4, "lr": 2e-2, "max_length": 64},
-           "eval": {"every_n_steps": 3, "metric": "macro_f1", "mode": "max"},
+           "eval": {"every_n_steps": 3, "metric": "macro_f1"},
            "output": {"dir": str(tmp_path / "run"), "tensorboard": False}}
     result = run_training(load_config(None, [], base=raw), show_progress=False)
     evals = [row for row in map(json.loads, (result.out_dir / "metrics.jsonl").read_text().splitlines()) if row.get("eval")]

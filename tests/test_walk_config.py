@@ -156,3 +156,19 @@ def test_4bit_weights_with_a_strategy_other_than_lora_is_refused(kind):
         load_config(None, [f"strategy.kind={kind}", "strategy.lora.quantize_4bit=true"], base=BASE)
     assert str(err.value) == (f"config: strategy.lora.quantize_4bit: 4-bit base weights (QLoRA) are for strategy.kind "
                               f"lora, not {kind}; set strategy.kind=lora or strategy.lora.quantize_4bit=false")
+
+
+@pytest.mark.parametrize("metric, mode", [("macro_f1", "max"), ("ndcg@5", "max"), ("loss", "min"),
+                                          ("perplexity", "min"), ("unparseable", "min"), ("accuracy", "max")])
+def test_eval_mode_follows_the_metric_by_default(metric, mode):
+    # the default was min for every metric: with eval.metric macro_f1, best/ kept the worst checkpoint
+    cfg = load_config(None, [f"eval.metric={metric}"], base=BASE)
+    assert cfg.eval.mode == "auto" and cfg.eval.resolved_mode == mode
+
+
+def test_an_eval_mode_that_contradicts_the_metric_is_refused():
+    with pytest.raises(SftlabError) as err:
+        load_config(None, ["eval.metric=macro_f1", "eval.mode=min"], base=BASE)
+    assert str(err.value) == ("config: eval.mode=min: eval.metric macro_f1 is better higher; leave eval.mode out "
+                              "(auto) or set it to max")
+    assert load_config(None, ["eval.metric=macro_f1", "eval.mode=max"], base=BASE).eval.resolved_mode == "max"

@@ -216,13 +216,19 @@ class TrainConfig(_Strict):
     dist_timeout_s: Int = Field(600, gt=0, description="seconds a process waits for the others before the run stops")
 
 
+LOWER_IS_BETTER = {"loss", "eval_loss", "val_loss", "perplexity", "unparseable"}
+
+
 class EvalConfig(_Strict):
     """Validation during training, early stopping and best-checkpoint selection."""
 
     every_n_steps: Int | None = Field(None, gt=0, description="validate every N optimizer steps (and always at the end)")
     batch_size: Int = Field(8, gt=0, description="validation batch size")
     metric: str = Field("loss", description="metric that picks the best checkpoint, e.g. loss, accuracy, macro_f1")
-    mode: Literal["min", "max"] = Field("min", description="whether eval.metric is better lower (loss) or higher (F1)")
+    mode: Literal["auto", "min", "max"] = Field(
+        "auto", description="whether eval.metric is better lower or higher; auto: lower for loss, perplexity and "
+        "unparseable, higher for every other metric (F1, accuracy, NDCG, ...); a min or max that contradicts a "
+        "metric is refused")
     patience: Int | None = Field(None, gt=0, description="stop after this many evaluations without improvement")
     max_samples: Int | None = Field(None, gt=0, description="validate on at most this many samples")
     task: Literal["auto", "lm", "generation", "labels", "ranking"] = Field(
@@ -234,6 +240,12 @@ class EvalConfig(_Strict):
     k: list[Int] = Field(default_factory=lambda: [1, 5, 10], description="cut-offs K for ranking metrics (HitRate@K, NDCG@K, ...)")
     data: str | None = Field(None, description="file evaluated by task metrics instead of the validation split "
                              "(ranking rows need one); relative to the working directory")
+
+    @property
+    def resolved_mode(self) -> str:
+        """'min' for the metrics that are better lower (loss, perplexity, the share of unparseable answers), else
+        'max' (a min default kept the worst F1 checkpoint as best/ and stopped runs as F1 improved)."""
+        return "min" if self.metric in LOWER_IS_BETTER else "max"
 
 
 class OutputConfig(_Strict):
@@ -266,6 +278,10 @@ class RunConfig(_Strict):
             from sftlab.config.checks import require_qlora_backend
 
             require_qlora_backend()
+        if self.eval.mode not in ("auto", self.eval.resolved_mode):  # best/ and patience would follow the worst
+            better = "lower" if self.eval.resolved_mode == "min" else "higher"
+            raise ValueError(f"eval.mode={self.eval.mode}: eval.metric {self.eval.metric} is better {better}; leave "
+                             f"eval.mode out (auto) or set it to {self.eval.resolved_mode}")
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
         from sftlab.config.checks import check_distributed, check_fp16, check_group_by_length, check_streaming

@@ -305,7 +305,7 @@ def maybe_evaluate(session: Session, log: RunLog) -> bool:
         raise SftlabError(f"eval.metric {cfg.eval.metric!r} is not among the validation metrics: "
                           f"{', '.join(sorted(metrics))}")
     value = metrics[cfg.eval.metric]
-    if improved(value, session.best.get("value"), cfg.eval.mode):
+    if improved(value, session.best.get("value"), cfg.eval.resolved_mode):
         session.best = {"metric": cfg.eval.metric, "value": value, "step": session.step}
         session.bad_evals = 0
         state_dict = _gathered_state_dict(session)
