@@ -56,7 +56,7 @@ def test_probe_run_time_is_the_runs_steps_times_the_median_step(tmp_path, monkey
     from sftlab.cli import main
 
     measured = {"full": [1400.0, 9000.0, 1500.0], "lora": [0.5, 0.2, 0.3]}  # medians 1500 and 0.3; means differ
-    monkeypatch.setattr(probe, "run_probe", lambda configs, steps, base_dir: [
+    monkeypatch.setattr(probe, "run_probe", lambda configs, steps, base_dir, **kwargs: [
         {"step_seconds": measured[cfg.strategy.kind], "peak_bytes": 2**20, "device": "cpu", "trainable": 1,
          "allocator": "jemalloc"} for cfg in configs])
     raw = tiny_config(tmp_path, hidden=32, layers=1, max_steps=None, epochs=2)  # 9 rows of 4: 3 steps per epoch

@@ -23,7 +23,7 @@ def register(registry) -> None:
 
 
 def handle(args) -> int:
-    from sftlab.commands.plan import parse_strategies
+    from sftlab.commands.plan import parse_strategies, say
     from sftlab.config import load_config
     from sftlab.plan.compare import compare, parse_budget
     from sftlab.plan.recommend import load_thresholds
@@ -35,7 +35,8 @@ def handle(args) -> int:
     thresholds = load_thresholds(args.thresholds)
     cfg = load_config(args.config, args.overrides)
     out = Path(args.out or f"{cfg.output.dir.rstrip('/')}-compare")
-    summary = compare(cfg, kinds, budget, out, Path(args.config).parent, thresholds, overwrite=args.overwrite)
+    summary = compare(cfg, kinds, budget, out, Path(args.config).parent, thresholds, overwrite=args.overwrite,
+                      progress=say)
     print(format_table(*comparison_table(summary)))
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}")
     return 0

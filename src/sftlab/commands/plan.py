@@ -3,6 +3,7 @@ run's steps (and, probed, its time), advice."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 
@@ -41,6 +42,26 @@ def parse_strategies(text: str, option: str = "--strategies") -> tuple[str, ...]
     return kinds
 
 
+def say(line: str) -> None:
+    """A progress line on stderr (stdout carries only the plan): the slow phases announce themselves as they start."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def check_json_path(path: str, inputs: list[Path]) -> None:
+    """Refuse a `--json` path that cannot be written (or is an input) before the plan's minutes of work, not after."""
+    from sftlab.errors import SftlabError
+    from sftlab.io import check_output_parent
+
+    if Path(path).resolve() in inputs:
+        raise SftlabError(f"--json {path}: that is an input of the plan; write the JSON to another file")
+    if Path(path).is_dir():
+        raise SftlabError(f"--json {path}: is a directory; expected the path of a file to write")
+    try:
+        check_output_parent(path)
+    except SftlabError as exc:
+        raise SftlabError(f"--json {exc}") from None
+
+
 def handle(args) -> int:
     from sftlab.config import load_config
     from sftlab.errors import SftlabError
@@ -55,12 +76,12 @@ def handle(args) -> int:
         raise SftlabError(f"--nproc {args.nproc}: must be at least 1")
     kinds = parse_strategies(args.strategies)
     inputs = [Path(path).resolve() for path in (args.config, args.thresholds) if path]
-    if args.json_out and Path(args.json_out).resolve() in inputs:
-        raise SftlabError(f"--json {args.json_out}: that is an input of the plan; write the JSON to another file")
+    if args.json_out:
+        check_json_path(args.json_out, inputs)
     thresholds = load_thresholds(args.thresholds)
     cfg = load_config(args.config, args.overrides)
     plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.steps if args.probe else None,
-                      check=args.check, processes=args.nproc)
+                      check=args.check, processes=args.nproc, progress=say)
     print(render_plan(plan))
     if args.json_out:
         atomic_write_json(args.json_out, plan)

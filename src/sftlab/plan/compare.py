@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
@@ -180,8 +181,9 @@ def check_strategies(configs: list) -> None:
 
 
 def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Path, base_dir: Path | None,
-            thresholds: dict, overwrite: bool = False) -> dict:
-    """Train each strategy, then write compare.json, compare.md and compare.png in `out_dir`."""
+            thresholds: dict, overwrite: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+    """Train each strategy, then write compare.json, compare.md and compare.png in `out_dir`; `progress(line)` hears
+    of each strategy's run as it starts and ends."""
     from sftlab.io import check_output_dir
     from sftlab.plan.planner import require_in_memory_data
     from sftlab.plan.report import write_report
@@ -196,8 +198,13 @@ def compare(cfg, kinds: tuple[str, ...], budget: tuple[str, float], out_dir: Pat
     configs = [run_config(cfg, kind, budget, out_dir, thresholds, num_layers) for kind in kinds]
     check_strategies(configs)
     rows = []
-    for run_cfg in configs:
+    for index, run_cfg in enumerate(configs, 1):
+        if progress:
+            progress(f"compare: training {run_cfg.strategy.kind} ({index}/{len(configs)}) in {run_cfg.output.dir}")
         result = run_strategy(run_cfg, budget[1] if budget[0] == "seconds" else None, base_dir)
+        if progress:
+            steps = f"{result['steps']} step{'s' if result['steps'] != 1 else ''}"
+            progress(f"compare: {result['kind']}: {steps} in {result['train_seconds']:.1f} s ({result['stopped']})")
         metrics = result.pop("metrics")
         rows.append({**result, "final_val_loss": metrics.get("eval_loss"),
                      "eval": {k[5:]: v for k, v in metrics.items() if k.startswith("eval_") and k != "eval_loss"},

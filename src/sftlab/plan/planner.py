@@ -21,6 +21,7 @@ import math
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from sftlab.errors import SftlabError
 from sftlab.jemalloc import resolve_allocator
@@ -95,6 +96,19 @@ def count_strategy(cfg, tokenizer, prepared, collate, real: bool) -> dict:
         four_bit = quantized_weights(model) if real else quantizable_weights(_meta_model(cfg, prepared))
         counts.update(four_bit=sorted(four_bit.values()), param_dtype="float32")  # the rest: float32 (peft)
     return counts
+
+
+def _counted(cfg, tokenizer, prepared, collate, real: bool, progress, position: str) -> dict:
+    """`count_strategy`, announced to `progress` first (with auto's scoring batches as they are scored)."""
+    from sftlab.strategy.importance import scoring_progress
+
+    if progress is None:
+        return count_strategy(cfg, tokenizer, prepared, collate, real)
+    kind = cfg.strategy.kind
+    scoring = f", then scoring up to {cfg.strategy.auto.batches} calibration batches" if kind == "auto" and real else ""
+    progress(f"plan: {kind} ({position}): building its model{scoring}")
+    with scoring_progress(lambda line: progress(f"plan: {line}")):
+        return count_strategy(cfg, tokenizer, prepared, collate, real)
 
 
 def qlora(cfg) -> bool:
@@ -196,9 +210,11 @@ def qlora_alternative(counts: dict, workload: dict, cfg, prepared, limit: float)
 
 
 def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[str, ...] = KINDS,
-               probe_steps: int | None = None, check: bool = False, processes: int = 1) -> dict:
+               probe_steps: int | None = None, check: bool = False, processes: int = 1,
+               progress: Callable[[str], None] | None = None) -> dict:
     """Everything `sftlab plan` prints: data summary, run length, per-strategy rows, memory available,
-    recommendation; with a probe, each strategy's run time (`processes`: the run's training processes)."""
+    recommendation; with a probe, each strategy's run time (`processes`: the run's training processes).
+    `progress(line)` hears of each slow phase as it starts (each strategy's model, auto's scoring batches, the probe)."""
     from sftlab.data.pipeline import prepare_data
     from sftlab.models.load import load_tokenizer
     from sftlab.plan.probe import worst_case_workload
@@ -216,9 +232,10 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
     data = data_summary(prepared, cfg.train.stage)
     run = run_length(cfg, prepared, processes)
     rows, configs, num_layers = {}, {}, None
-    for kind in ("full", *[k for k in kinds if k != "full"]):  # full first: it tells the block count
+    order = ("full", *[k for k in kinds if k != "full"])  # full first: it tells the block count
+    for index, kind in enumerate(order, 1):
         configs[kind] = strategy_config(cfg, kind, thresholds, num_layers)
-        counts = count_strategy(configs[kind], tokenizer, prepared, collate, real)
+        counts = _counted(configs[kind], tokenizer, prepared, collate, real, progress, f"{index}/{len(order)}")
         num_layers = num_layers or counts["shape"]["layers"]
         estimate = estimate_row(counts, workload, configs[kind])
         limit = thresholds["memory_headroom"] * memory["bytes"]
@@ -229,7 +246,7 @@ def build_plan(cfg, base_dir: str | Path | None, thresholds: dict, kinds: tuple[
         if alternative:
             rows[kind]["qlora"] = alternative
     if probe_steps or check:
-        _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check, run["steps"])
+        _add_probe(rows, configs, kinds, probe_steps or 3, base_dir, check, run["steps"], progress)
     total = rows["full"]["total"]
     rows = {kind: rows[kind] for kind in kinds}
     data["supervised_per_parameter"] = data["supervised"] / max(total, 1)
@@ -259,7 +276,8 @@ def cpu_estimate_caveat(allocator: str) -> str:
             "(docs/planner.md; --check measures this run)")
 
 
-def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool, run_steps: int) -> None:
+def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bool, run_steps: int,
+               progress: Callable[[str], None] | None = None) -> None:
     """Measured step time (median), the run time it implies over `run_steps` steps, and peak memory per strategy;
     with `check`, the estimate's relative error."""
     from statistics import median
@@ -267,7 +285,7 @@ def _add_probe(rows: dict, configs: dict, kinds, steps: int, base_dir, check: bo
     from sftlab.plan.probe import run_probe
     from sftlab.plan.runtime import run_seconds
 
-    for kind, result in zip(kinds, run_probe([configs[kind] for kind in kinds], steps, base_dir)):
+    for kind, result in zip(kinds, run_probe([configs[kind] for kind in kinds], steps, base_dir, progress=progress)):
         row = rows[kind]
         step_seconds = median(result["step_seconds"])
         row["probe"] = {"step_seconds": step_seconds, "run_seconds": run_seconds(run_steps, step_seconds),

@@ -28,39 +28,75 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 from sftlab.errors import SftlabError
 
 _MARK = "SFTLAB_PROBE "
+_PROGRESS = "SFTLAB_PROBE_PROGRESS "
 
 
 def run_probe(configs: list, steps: int = 3, base_dir: str | Path | None = None,
-              timeout: float | None = None) -> list[dict]:
+              timeout: float | None = None, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Measure `steps` optimizer steps of each RunConfig in one fresh Python process; return their results.
 
     Each configuration gets its own warm-up, baseline and peak, so the runs do not count each other's memory.
+    `progress(line)` hears, while the process runs, which strategy it probes, auto's scoring batches, and each result.
     """
     request = {"configs": [cfg.model_dump(mode="json") for cfg in configs], "steps": steps,
-               "base_dir": str(base_dir) if base_dir is not None else None}
+               "base_dir": str(base_dir) if base_dir is not None else None, "progress": progress is not None}
     env = probe_environment(configs[0].train.allocator, os.environ)
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([src, env["PYTHONPATH"]]) if env.get("PYTHONPATH") else src
     kinds = ",".join(cfg.strategy.kind for cfg in configs)
-    try:
-        done = subprocess.run([sys.executable, "-m", "sftlab.plan.probe"], input=json.dumps(request), text=True,
-                              capture_output=True, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SftlabError(f"--probe ({kinds}) took longer than {timeout:g} s") from None
-    results = [json.loads(line[len(_MARK):]) for line in done.stdout.splitlines() if line.startswith(_MARK)]
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as errors:
+        process = subprocess.Popen([sys.executable, "-m", "sftlab.plan.probe"], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+        expired = threading.Event()
+        timer = threading.Timer(timeout, lambda: (expired.set(), process.kill())) if timeout else None
+        try:
+            if timer:
+                timer.start()
+            results = _read_results(process, json.dumps(request), progress)
+            process.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if process.poll() is None:  # interrupted here: the probe process does not outlive the plan
+                process.kill()
+                process.wait()
+        if expired.is_set() and len(results) != len(configs):
+            raise SftlabError(f"--probe ({kinds}) took longer than {timeout:g} s")
+        errors.seek(0)
+        tail = (errors.read().strip().splitlines() or ["no output"])[-1]
     for result in results:
         if "error" in result:
             raise SftlabError(f"--probe strategy.kind={result['kind']}: {result['error']}")
     if len(results) != len(configs):
-        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SftlabError(f"--probe ({kinds}): the probe process failed ({tail})")
+    return results
+
+
+def _read_results(process, request: str, progress: Callable[[str], None] | None) -> list[dict]:
+    """Send the request, then read the probe process's lines as they come: results, and progress for `progress`."""
+    from statistics import median
+
+    with contextlib.suppress(BrokenPipeError):  # a process that died at once: its stderr says why
+        process.stdin.write(request)
+        process.stdin.close()
+    results = []
+    for line in process.stdout:
+        if line.startswith(_PROGRESS) and progress:
+            progress(line[len(_PROGRESS):].rstrip("\n"))
+        elif line.startswith(_MARK):
+            results.append(json.loads(line[len(_MARK):]))
+            result = results[-1]
+            if progress and "error" not in result:
+                progress(f"plan: probed {result['kind']}: {median(result['step_seconds']):.3g} s/step")
     return results
 
 
@@ -211,17 +247,30 @@ def measure(cfg, steps: int, base_dir: Path | None) -> dict:
     return result
 
 
+def _say(line: str) -> None:
+    """A progress line for the parent (`run_probe` relays it)."""
+    print(_PROGRESS + line.replace("\n", " "), flush=True)
+
+
 def main() -> int:
     """Entry point of `python -m sftlab.plan.probe`: a JSON request on stdin, one marked JSON line per config."""
     from sftlab.config import validate_config
+    from sftlab.strategy.importance import scoring_progress
 
     request = json.loads(sys.stdin.read())
     base_dir = Path(request["base_dir"]) if request.get("base_dir") else None
-    for raw in request["configs"]:
+    say = _say if request.get("progress") else None
+    for index, raw in enumerate(request["configs"], 1):
+        kind = raw.get("strategy", {}).get("kind")
+        if say:
+            steps = int(request["steps"])
+            say(f"plan: probing {kind} ({index}/{len(request['configs'])}): a warm-up step, then "
+                f"{steps} measured step{'s' if steps != 1 else ''}")
         try:
-            result = measure(validate_config(raw, "probe request"), int(request["steps"]), base_dir)
+            with scoring_progress(say and (lambda line: say(f"plan: probe {line}"))):
+                result = measure(validate_config(raw, "probe request"), int(request["steps"]), base_dir)
         except SftlabError as exc:
-            result = {"kind": raw.get("strategy", {}).get("kind"), "error": str(exc)}
+            result = {"kind": kind, "error": str(exc)}
         print(_MARK + json.dumps(result), flush=True)
     return 0
 
