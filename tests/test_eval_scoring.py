@@ -97,7 +97,7 @@ def test_ranking_scores_text_candidates_in_one_pass(tiny):
 
 def _cfg(tmp_path, metric, **eval_extra):
     return load_config(None, base={"model": {"path": str(tmp_path)}, "data": {"train": "x.jsonl", "template": "auto"},
-                                   "eval": {"metric": metric, "mode": "max", **eval_extra}})
+                                   "eval": {"metric": metric, **eval_extra}})
 
 
 def test_hook_returns_task_metrics_for_the_configured_metric(tiny, tmp_path):

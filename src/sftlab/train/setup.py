@@ -13,6 +13,7 @@ main process writes files, and a resume must use the same number of processes.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -246,6 +247,10 @@ def _check_prepared(cfg, prepared, saved: dict | None) -> None:
         raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
 
 
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
                   accelerator=None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
@@ -254,6 +259,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from accelerate.utils import set_seed  # transformers.set_seed imports its trainer_utils, and peft with it (11 MiB)
 
     from sftlab.models.load import load_tokenizer
+    from sftlab.strategy.importance import scoring_progress
     from sftlab.train.allocator import keep_freed_memory
     from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
@@ -278,7 +284,9 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
     _check_prepared(cfg, prepared, saved)
     collate = make_collate(cfg, tokenizer)
-    model, trainable = _load_model(cfg, tokenizer, prepared, collate)
+    report = _stderr_line if accelerator.is_main_process else None  # auto's scoring takes minutes on larger models
+    with scoring_progress(report):
+        model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
     autocast = autocast_factory(cfg, accelerator)
