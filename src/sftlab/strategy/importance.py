@@ -41,6 +41,11 @@ def scoring_progress(report: Callable[[str], None] | None):
         _REPORT.reset(token)
 
 
+def scoring_reporter() -> Callable[[str], None] | None:
+    """The `report` of the innermost `scoring_progress` block (None outside one)."""
+    return _REPORT.get()
+
+
 def _planned_batches(batches, limit: int) -> str:
     """'8' when the calibration batches are a sized collection (the batches scoring will use), else 'up to 8'."""
     return str(min(len(batches), limit)) if hasattr(batches, "__len__") else f"up to {limit}"

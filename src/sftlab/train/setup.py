@@ -259,7 +259,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from accelerate.utils import set_seed  # transformers.set_seed imports its trainer_utils, and peft with it (11 MiB)
 
     from sftlab.models.load import load_tokenizer
-    from sftlab.strategy.importance import scoring_progress
+    from sftlab.strategy.importance import scoring_progress, scoring_reporter
     from sftlab.train.allocator import keep_freed_memory
     from sftlab.train.distributed import check_processes, make_accelerator
     from sftlab.train.optim import build_scheduler
@@ -285,7 +285,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     _check_prepared(cfg, prepared, saved)
     collate = make_collate(cfg, tokenizer)
     report = _stderr_line if accelerator.is_main_process else None  # auto's scoring takes minutes on larger models
-    with scoring_progress(report):
+    with scoring_progress(scoring_reporter() or report):  # a caller's own (plan's probe) goes first
         model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
         load_weights(model, checkpoint, trainable.names)
