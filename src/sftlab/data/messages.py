@@ -177,10 +177,18 @@ def check_tools_rendered(text: str, messages: list[dict], tools: list | None, wh
     """Refuse a chat template that silently dropped the tools list or a tool result (it does not handle tools)."""
     missing = [f"tool {t['function']['name']!r}" for t in tools or [] if t["function"]["name"] not in text]
     missing += [f"the tool result in message {i}" for i, m in enumerate(messages)
-                if m["role"] == "tool" and m["content"].strip() and m["content"] not in text]
+                if m["role"] == "tool" and m["content"].strip() and not _result_rendered(m["content"], text)]
     if missing:
         raise SftlabError(f"{where}: the tokenizer's chat template did not render {missing[0]}, so it does not "
                           "handle tools; use a model whose own chat template renders tools and tool calls")
+
+
+def _result_rendered(content: str, text: str) -> bool:
+    """Whether a tool result's text is in the rendering: as it is, trimmed, or as a JSON string (Llama 3.1-3.3
+    and Llama 4 write a result with `tojson`, so `{"temp": 21}` appears as `"{\\"temp\\": 21}"`)."""
+    forms = {content, content.strip()}
+    forms |= {json.dumps(form, ensure_ascii=ascii)[1:-1] for form in set(forms) for ascii in (False, True)}
+    return any(form and form in text for form in forms)
 
 
 def _kind(value) -> str:

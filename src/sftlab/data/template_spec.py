@@ -9,6 +9,7 @@ Rendering with a spec is `sftlab.data.templates`' job.
 
 from __future__ import annotations
 
+import difflib
 import functools
 from importlib import resources
 from typing import Literal
@@ -103,5 +104,7 @@ def load_builtin(name: str) -> TemplateSpec:
     if name not in specs:
         known = ", ".join(f"{n} (alias {', '.join(specs[n].aliases)})" if specs[n].aliases else n
                           for n in builtin_template_names())
-        raise SftlabError(f"data.template: unknown chat template {name!r}; known: auto, {known}")
+        close = difflib.get_close_matches(str(name).lower(), ["auto", *specs], n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SftlabError(f"data.template: unknown chat template {name!r}; {hint}known: auto, {known}")
     return specs[name]

@@ -9,7 +9,10 @@
 qwen, llama3, gemma, mistral, plain), validated by `TemplateSpec`.
 
 What is supervised (labels are the token ids there, -100 elsewhere; same length as ids, unshifted):
-- mask "assistant": every assistant turn; "last_assistant": only the last one; "all": every token.
+- mask "assistant": every assistant turn; "last_assistant": only the last one; "all": every token (no answer
+  spans are located, so "all" also takes templates that are not prefix-stable; with tool calls the per-turn
+  checks below still run). "each_assistant" is one sample per assistant turn: encode each of
+  `sftlab.data.messages.mask_samples(messages, "each_assistant")`.
 - In an assistant turn, the supervised text is what the model must write after the generation prompt:
   the answer and the end-of-turn token that closes it (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, EOS).
   Text after the end-of-turn token (the newline ChatML and Gemma put there) is not supervised:
@@ -50,9 +53,15 @@ _PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "H
 
 def _selected_turns(messages: list[dict], mask: str) -> set[int]:
     """Indices of the assistant turns the mask supervises."""
+    if mask == "each_assistant":  # a known mask, but one conversation becomes several samples
+        raise SftlabError("data.mask: each_assistant makes one sample per assistant turn, so it cannot encode a "
+                          "conversation as one sequence; encode each sample of "
+                          "sftlab.data.messages.mask_samples(messages, 'each_assistant'), as training does")
     if mask not in MASKS:
-        raise SftlabError(f"data.mask: unknown mask {mask!r}; expected one of {', '.join(MASKS)}")
+        raise SftlabError(f"data.mask: unknown mask {mask!r}; expected one of {', '.join(MASKS)}, each_assistant")
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if mask == "all" and not any(messages[i].get("tool_calls") for i in turns):
+        return set()  # every token is supervised: no answer spans to locate (nor prefix renderings to need)
     return set(turns[-1:]) if mask == "last_assistant" else set(turns)
 
 
