@@ -78,3 +78,33 @@ def test_stats_cli_takes_tokenizer_and_max_length_from_a_run_config(tmp_path, ca
     assert main(["data", "stats", str(data), "--config", str(config)]) == 0
     stats = json.loads(capsys.readouterr().out)
     assert stats["unit"] == "tokens" and stats["max_length"] == 20 and stats["truncated"] == {"count": 1, "share": 0.5}
+
+
+def test_stats_under_each_assistant_counts_one_sequence_per_assistant_turn(tmp_path, capsys):
+    # a run config with data.mask each_assistant made `data stats` fail ("unknown mask"); training makes one sample
+    # per assistant turn, each supervising that turn
+    from sftlab.data.messages import mask_samples
+    from sftlab.data.templates import encode_conversation
+    from sftlab.models.tiny import make_tokenizer
+
+    tok = make_tokenizer("chatml")
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"},
+             {"role": "user", "content": "and then?"}, {"role": "assistant", "content": "then this"}]
+    examples = [{"messages": turns, "_src": "s:1"}]
+    stats, _ = compute_stats(examples, tok, mask="each_assistant")
+    encoded = [encode_conversation(tok, sample, mask=mask) for sample, mask in mask_samples(turns, "each_assistant")]
+    assert len(encoded) == 2 and stats["sequence_length"]["count"] == 2
+    assert stats["sequence_length"]["max"] == max(len(ids) for ids, _ in encoded)
+    supervised = sum(sum(1 for x in labels if x != -100) for _, labels in encoded)
+    assert stats["supervised_token_ratio"] == round(supervised / sum(len(ids) for ids, _ in encoded), 4)
+    tok.save_pretrained(tmp_path / "tok")
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"messages": turns}])
+    capsys.readouterr()
+    assert main(["data", "stats", str(data), "--tokenizer", str(tmp_path / "tok"), "--mask", "each_assistant"]) == 0
+    assert json.loads(capsys.readouterr().out)["sequence_length"]["count"] == 2
+
+
+def test_an_unknown_template_is_named_as_the_commands_option(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "chat.jsonl", [sft("hi", "hello")])
+    assert main(["data", "stats", str(data), "--template", "chatlm"]) == 2
+    assert capsys.readouterr().err.startswith("error: --template: unknown chat template 'chatlm'; did you mean 'chatml'?")

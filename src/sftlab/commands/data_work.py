@@ -159,7 +159,8 @@ def _register_stats(data) -> None:
     p.add_argument("--config", help="run config: its tokenizer, train.max_length, data.template and data.mask are the defaults")
     p.add_argument("--max-length", type=int, help="report the share of samples longer than this")
     p.add_argument("--template", help="chat template used to render sft examples (default: auto)")
-    p.add_argument("--mask", choices=["assistant", "last_assistant", "all"], help="supervised turns (default: assistant)")
+    p.add_argument("--mask", choices=["assistant", "last_assistant", "each_assistant", "all"],
+                   help="supervised turns (default: assistant); each_assistant counts one sequence per assistant turn")
     p.add_argument("--label-task", action="store_true", help="sft answers are labels: report their distribution")
     p.add_argument("--near", type=float, default=0.8, help="Jaccard threshold for counting near duplicates")
     p.add_argument("--no-near", action="store_true", help="do not count near duplicates")

@@ -338,6 +338,13 @@ def stats(args) -> int:
         refuse_images(examples, "--tokenizer/--config count tokens with a text chat template, while a "
                                 "vision-language model's processor adds image tokens; run data stats without them "
                                 "(lengths in characters), and see `sftlab data preview RUN.yaml` for tokens")
+    if args.template and args.template != "auto":  # named as this command's option, before any work
+        from sftlab.data.template_spec import load_builtin
+
+        try:
+            load_builtin(args.template)
+        except SftlabError as exc:
+            raise SftlabError(str(exc).replace("data.template:", "--template:", 1)) from None
     tokenizer = load_tokenizer_dir(args.tokenizer, args.config)
     max_length, template, mask = args.max_length, args.template, args.mask
     if args.config:

@@ -49,17 +49,20 @@ def _token_counter(tokenizer):
 
 
 def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int]:
-    """Full training-sequence length of each example and the number of supervised tokens in all of them."""
+    """Full training-sequence length of each example (of each sample an example makes under mask each_assistant)
+    and the number of supervised tokens in all of them."""
+    from sftlab.data.messages import mask_samples
     from sftlab.data.templates import encode_conversation
 
     lengths, supervised = [], 0
     for example in examples:
         kind = stage_of(example)
-        if kind == "sft":
-            ids, labels = encode_conversation(tokenizer, example["messages"], template=template, mask=mask, src=example.get("_src"),
-                                               tools=example.get("tools"))
-            lengths.append(len(ids))
-            supervised += sum(1 for label in labels if label != -100)
+        if kind == "sft":  # mask each_assistant: one training sequence per assistant turn, as training makes them
+            for sample, sample_mask in mask_samples(example["messages"], mask):
+                ids, labels = encode_conversation(tokenizer, sample, template=template, mask=sample_mask,
+                                                  src=example.get("_src"), tools=example.get("tools"))
+                lengths.append(len(ids))
+                supervised += sum(1 for label in labels if label != -100)
         else:
             n = len(tokenizer(example["text"], add_special_tokens=True)["input_ids"])
             lengths.append(n)
