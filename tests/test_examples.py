@@ -42,3 +42,17 @@ def test_tiny_example_runs_as_its_header_says(name, tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["train", str(EXAMPLES / name), "train.max_steps=2", "eval.every_n_steps=1", f"output.dir={out}"]) == 0
     assert (out / "model" / "README.md").is_file() and (out / "metrics.json").is_file()
+
+
+SETUP = [path for path in CONFIGS
+         if any(argv[:2] in (["model", "tiny"], ["model", "tiny-vlm"]) for argv in _commands(path)[:-1])]
+
+
+def test_header_setup_commands_run_one_after_another_in_one_directory(tmp_path, monkeypatch):
+    """A reader tries the examples in turn from the same directory; several share a test model (runs/tiny-qwen2),
+    so each header's set-up must also succeed where an earlier example already wrote it."""
+    monkeypatch.chdir(tmp_path)
+    assert len(SETUP) >= 2
+    for path in SETUP + SETUP[:1]:
+        for argv in _commands(path)[:-1]:
+            assert main(argv) == 0, f"{path.relative_to(EXAMPLES)}: `sftlab {shlex.join(argv)}` failed on the second go"

@@ -8,7 +8,8 @@ def register(registry) -> None:
         "eval", help="evaluate a saved model: lm loss, generation, label or ranking metrics (+ baselines)",
         description="Writes metrics.json, predictions.jsonl and (labels) confusion-matrix / PR-curve PNGs, "
                     "and prints a short table. See docs/eval.md for the data shapes.")
-    parser.add_argument("model", metavar="MODEL_DIR", help="a saved model directory (e.g. RUN/model)")
+    parser.add_argument("model", metavar="MODEL_DIR", help="a run directory (its model/ is evaluated) or a saved model "
+                        "directory (e.g. RUN/model)")
     parser.add_argument("--data", required=True, help="evaluation file (.jsonl/.json/.csv/...)")
     parser.add_argument("--task", required=True, choices=["lm", "generation", "labels", "ranking"])
     parser.add_argument("--out", help="output directory (default: eval-TASK in MODEL_DIR when it is a run directory, "

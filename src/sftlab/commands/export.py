@@ -263,7 +263,7 @@ def _export(args) -> int:
 def register(registry) -> None:
     """Add `sftlab export`."""
     parser = registry.top.add_parser(
-        "export", help="merge a LoRA run's adapter into a full model (a full model run: copy it)",
+        "export", help="merge a LoRA run's adapter into a full model (a full, freeze or auto run: copy its model)",
         description="Write a standalone model directory from a run: a LoRA (or QLoRA) adapter merged into its base and "
                     "checked against the unmerged model's logits, or a full, freeze or auto run's model copied, in "
                     "--dtype, with the tokenizer and chat template (docs/train.md).")
