@@ -15,7 +15,25 @@ def test_unknown_option_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "run.yaml", "--bogus"])
     assert exit_info.value.code == 2
-    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: sftlab train: unrecognized argument --bogus; see sftlab train --help\n"
+
+
+@pytest.mark.parametrize("argv, line", [
+    # argparse printed its usage and "sftlab: error: argument COMMAND: invalid choice: 'trian' (choose from ...)"
+    (["trian", "x.yaml"], "error: sftlab: unknown command 'trian'; did you mean 'train'?"),
+    (["model", "pul"], "error: sftlab model: unknown command 'pul'; did you mean 'pull'?"),
+    (["train", "x.yaml", "--overwirte"], "error: sftlab train: unrecognized argument --overwirte; did you mean "
+                                          "'--overwrite'?"),
+    (["data", "stats", "f.jsonl", "--maks", "all"], "error: sftlab data stats: unrecognized argument --maks "
+                                                     "(followed by all); did you mean '--mask'?"),
+    (["eval", "runs/x", "--task", "label"], "error: sftlab eval: unknown --task 'label'; did you mean 'labels'?"),
+    (["zzz"], "error: sftlab: unknown command 'zzz'; choose from data, model, policy, board, chat, compare, demo, "
+              "eval, export, generate, plan, report, serve, train"),
+])
+def test_a_misspelt_command_option_or_choice_is_one_line_with_a_suggestion(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and capsys.readouterr().err == line + "\n"
 
 
 def test_every_command_module_registers_and_has_help():

@@ -107,7 +107,7 @@ def test_list_and_mapping_values_on_the_command_line():
 def test_unrecognized_arguments_name_only_the_bad_ones(capsys):
     with pytest.raises(SystemExit):
         main(["train", "run.yaml", "--resume", "train.lr=1e-4", "foo"])
-    assert capsys.readouterr().err.strip().endswith("error: unrecognized arguments: foo")
+    assert capsys.readouterr().err == "error: sftlab train: unrecognized argument foo; see sftlab train --help\n"
 
 
 def test_top_level_help_lists_the_tiny_models_under_model(capsys):

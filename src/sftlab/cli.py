@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import io
 import os
 import pkgutil
+import re
 import sys
 
 from sftlab.errors import SftlabError
@@ -25,6 +27,37 @@ GROUPS = {
     "model": "import, pull and list models; write tiny random test models",
     "policy": "the policy-push application",
 }
+
+
+_INVALID_CHOICE = re.compile(r"^argument (?P<arg>[^:]+): invalid choice: '(?P<given>[^']*)' \(choose from (?P<choices>.*)\)$")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`error: sftlab train: ...`, exit 2) and a suggestion for a misspelt command,
+    choice or option, as every other bad input gets; subparsers are made of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {self._explain(message)}\n")
+
+    def _explain(self, message: str) -> str:
+        invalid = _INVALID_CHOICE.match(message)
+        if invalid:
+            choices = re.findall(r"'([^']*)'", invalid["choices"])
+            what = "command" if invalid["arg"] in ("COMMAND", "SUBCOMMAND") else invalid["arg"]
+            hint = _did_you_mean(invalid["given"], choices) or f"; choose from {', '.join(choices)}"
+            return f"unknown {what} {invalid['given']!r}{hint}"
+        if message.startswith("unrecognized arguments: "):
+            bad = message.removeprefix("unrecognized arguments: ").split()
+            options = [option for action in self._actions for option in action.option_strings]
+            rest = f" (followed by {' '.join(bad[1:])})" if bad[1:] else ""
+            hint = _did_you_mean(bad[0].split("=")[0], options) or f"; see {self.prog} --help"
+            return f"unrecognized argument {bad[0]}{rest}{hint}"
+        return f"{message}; see {self.prog} --help"
+
+
+def _did_you_mean(given: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(given, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 class CommandRegistry:
@@ -44,7 +77,7 @@ class CommandRegistry:
 
 def build_parser() -> argparse.ArgumentParser:
     """Create the parser with every command module's subcommands registered."""
-    parser = argparse.ArgumentParser(prog="sftlab", description="Supervised fine-tuning on your own machines.")
+    parser = OneLineParser(prog="sftlab", description="Supervised fine-tuning on your own machines.")
     registry = CommandRegistry(parser)
     for name in GROUPS:
         registry.group(name)
@@ -90,9 +123,20 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) 
         takes_overrides = hasattr(args, "overrides")
         bad = [item for item in extra if not takes_overrides or item.startswith("-") or "=" not in item]
         if bad:
-            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(bad)}")
         args.overrides = list(args.overrides or []) + extra
     return args
+
+
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command `args` ran (`sftlab data stats` -> the stats parser), else `parser`."""
+    for dest in ("command", f"{getattr(args, 'command', None)}_command"):
+        subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, dest, None)
+        if subparsers is None or name not in subparsers.choices:
+            break
+        parser = subparsers.choices[name]
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
