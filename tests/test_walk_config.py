@@ -172,3 +172,20 @@ def test_an_eval_mode_that_contradicts_the_metric_is_refused():
     assert str(err.value) == ("config: eval.mode=min: eval.metric macro_f1 is better higher; leave eval.mode out "
                               "(auto) or set it to max")
     assert load_config(None, ["eval.metric=macro_f1", "eval.mode=max"], base=BASE).eval.resolved_mode == "max"
+
+
+def test_integer_labels_in_data_labels_are_read_as_their_text():
+    # labels in the data may be integers (turned into text); in data.labels they were refused
+    assert load_config(None, ["data.labels=[2, 0, 1]"], base=BASE).data.labels == ["2", "0", "1"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ('["0", "1", "1", "2"]', "data.labels: '1' is listed twice (items 1 and 2); each label once"),
+    ('[a, "  "]', "data.labels: item 1 is empty; a label needs a name"),
+    ("[a, true]", "data.labels.1: Input should be a valid string (got True)"),
+])
+def test_a_repeated_or_empty_label_in_data_labels_is_refused(labels, message):
+    # a repeated label made a head row that never trained; an empty one an extra class
+    with pytest.raises(SftlabError) as err:
+        load_config(None, [f"data.labels={labels}"], base=BASE)
+    assert str(err.value) == f"config: {message}"

@@ -130,7 +130,10 @@ def test_streaming_refuses_label_balancing_as_in_memory_pt_does(tmp_path, balanc
     from sftlab.data.streaming import prepare_streaming
 
     (tmp_path / "c.txt").write_text("one two\n", encoding="utf-8")
-    cfg = load_config(None, ["data.streaming=true", "train.stage=pt", "train.max_steps=2", f"data.balance={balance}"],
-                      base={"model": {"path": "m"}, "data": {"train": "c.txt"}})
-    with pytest.raises(SftlabError, match=f"data.balance={balance} needs labels; stage pt has none"):
-        prepare_streaming(cfg, None, tmp_path)
+    overrides = ["data.streaming=true", "train.stage=pt", "train.max_steps=2"]
+    with pytest.raises(SftlabError, match=f"^config: data.balance={balance} needs labels; stage pt has none"):
+        load_config(None, [*overrides, f"data.balance={balance}"], base={"model": {"path": "m"}, "data": {"train": "c.txt"}})
+    cfg = load_config(None, overrides, base={"model": {"path": "m"}, "data": {"train": "c.txt"}})
+    unchecked = cfg.model_copy(update={"data": cfg.data.model_copy(update={"balance": balance})})
+    with pytest.raises(SftlabError, match=f"^data.balance={balance} needs labels; stage pt has none"):
+        prepare_streaming(unchecked, None, tmp_path)

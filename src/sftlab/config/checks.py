@@ -123,3 +123,14 @@ def split_adapter_path(model_cfg):
     if model_cfg.tokenizer is None and has_tokenizer:
         model_cfg.tokenizer = str(directory)
     return model_cfg
+
+
+def check_balance_stage(balance: str, stage: str) -> None:
+    """Fail (ValueError, for config validation) when `data.balance` cannot act on `stage`'s data or loss."""
+    if balance in ("oversample", "undersample") and stage == "pt":
+        raise ValueError(f"data.balance={balance} needs labels; stage pt has none")
+    if balance == "class_weight" and stage != "cls":
+        other = ("; use data.balance=oversample or undersample, which resample sft examples by their last answer"
+                 if stage == "sft" else "")
+        raise ValueError(f"data.balance=class_weight weights the loss of a classification head (train.stage cls); "
+                         f"stage {stage}'s token loss would ignore it{other}")

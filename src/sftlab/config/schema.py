@@ -97,9 +97,25 @@ class DataConfig(_Strict):
                                   "rows shuffled, then sorted by length within windows of 50 micro-batches; the longest "
                                   "batch first (W1 benchmark: 1.98x the tokens/s of plain padded batches)")
     pt_mode: Literal["concat", "document"] = Field("concat", description="pt: concatenate with EOS into blocks, or one document per row")
-    labels: list[str] | None = Field(None, description="cls/label tasks: the label set (default: sorted labels seen in train)")
+    labels: list[str] | None = Field(None, description="cls/label tasks: the label set (default: sorted labels seen in "
+                                     "train); integers are read as their text, as labels in the data are")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_set(cls, value):
+        if not isinstance(value, list):
+            return value
+        names = [str(item) if isinstance(item, int) and not isinstance(item, bool) else item for item in value]
+        for index, name in enumerate(names):
+            if isinstance(name, str) and not name.strip():
+                raise ValueError(f"item {index} is empty; a label needs a name")
+            if isinstance(name, str) and name in names[:index]:
+                raise ValueError(f"{name!r} is listed twice (items {names.index(name)} and {index}); each label once")
+        return names
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
-        "none", description="class balance of labelled training data (validation is never resampled)")
+        "none", description="class balance of labelled training data (validation is never resampled): oversample "
+        "or undersample (cls labels, or sft examples by their last answer; undersample refuses a data.labels class "
+        "with no training example), or class_weight (stage cls only: the head's loss, weights in data_stats.json)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
     num_workers: Int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
     seed: Int = Field(0, description="seed of mixing, splitting and resampling")
@@ -284,7 +300,10 @@ class RunConfig(_Strict):
                              f"eval.mode out (auto) or set it to {self.eval.resolved_mode}")
         if self.data.split == "stratified" and self.train.stage == "pt":
             raise ValueError("data.split=stratified needs labels; stage pt has none")
-        from sftlab.config.checks import check_distributed, check_fp16, check_group_by_length, check_streaming
+        from sftlab.config.checks import (check_balance_stage, check_distributed, check_fp16, check_group_by_length,
+                                          check_streaming)
+
+        check_balance_stage(self.data.balance, self.train.stage)
 
         check_fp16(self)
         check_distributed(self)

@@ -7,7 +7,8 @@
 Used by the training loop and `sftlab data preview`. Relative paths in `data.*` (files, registry,
 cache_dir) are resolved against `base_dir` (the config file's directory) when it is given.
 `data.balance=oversample|undersample` resamples the training examples only (validation keeps the true
-distribution) with `sftlab.datawork.balance`; `class_weight` is applied by the loss. With `data.packing`
+distribution) with `sftlab.datawork.balance`; `class_weight` is applied by the loss (cls only; its weights are
+recorded in the stats). `sftlab.data.balance` refuses a method the stage cannot use. With `data.packing`
 (pt/sft) both splits are packed, since the training loop collates them the same way.
 """
 
@@ -22,7 +23,6 @@ from sftlab.config.schema import RunConfig
 from sftlab.data.collate import pack_rows
 from sftlab.data.sources import load_examples
 from sftlab.data.tokenize import label_set, tokenize_examples
-from sftlab.errors import SftlabError
 
 
 @dataclasses.dataclass
@@ -40,7 +40,10 @@ class PreparedData:
 def prepare_data(cfg: RunConfig, tokenizer, base_dir: str | Path | None = None) -> PreparedData:
     """Load, split, balance, tokenize (cached) and, with data.packing, pack the run's data."""
     stage, data_cfg = cfg.train.stage, cfg.data
+    from sftlab.data.balance import check_balance_stage
     from sftlab.vision.load import is_vision_model
+
+    check_balance_stage(data_cfg.balance, stage)
 
     if stage == "sft" and is_vision_model(cfg.model):  # image+text data, encoded by the model's processor
         from sftlab.vision.pipeline import prepare_vision_data
@@ -48,11 +51,14 @@ def prepare_data(cfg: RunConfig, tokenizer, base_dir: str | Path | None = None) 
         return prepare_vision_data(cfg, base_dir)
     if data_cfg.cache_dir and base_dir is not None and not Path(data_cfg.cache_dir).expanduser().is_absolute():
         data_cfg = data_cfg.model_copy(update={"cache_dir": str(Path(base_dir) / data_cfg.cache_dir)})
-    if data_cfg.balance in ("oversample", "undersample") and stage == "pt":
-        raise SftlabError(f"data.balance={data_cfg.balance} needs labels; stage pt has none")
     train_examples, val_examples = load_examples(data_cfg, stage, base_dir)
     label_names = label_set(train_examples, data_cfg) if stage == "cls" else None
     stats: dict[str, Any] = {"stage": stage, "examples": {"train": len(train_examples), "validation": len(val_examples)}}
+    if data_cfg.balance == "undersample" and label_names is not None:
+        from sftlab.data.balance import check_undersample_labels
+
+        check_undersample_labels([ex["label"] for ex in train_examples], label_names,
+                                 [ex["label"] for ex in val_examples])
     if data_cfg.balance in ("oversample", "undersample"):
         from sftlab.datawork.balance import balance_examples
 
@@ -64,6 +70,10 @@ def prepare_data(cfg: RunConfig, tokenizer, base_dir: str | Path | None = None) 
         }
     train, train_stats = tokenize_examples(train_examples, tokenizer, data_cfg, cfg.train, label_names)
     stats["train"] = train_stats.to_dict()
+    if data_cfg.balance == "class_weight":  # after tokenisation, which names a row whose label is outside the set
+        from sftlab.data.balance import class_weight_report
+
+        stats["balance"] = class_weight_report([ex["label"] for ex in train_examples], label_names, data_cfg.seed)
     validation = None
     if val_examples:
         validation, val_stats = tokenize_examples(val_examples, tokenizer, data_cfg, cfg.train, label_names)

@@ -216,8 +216,9 @@ def prepare_streaming(cfg, tokenizer, base_dir: Path | None = None):
     from sftlab.data.tokenize import tokenize_examples
 
     data_cfg = cfg.data
-    if data_cfg.balance in ("oversample", "undersample"):  # as the in-memory pt path refuses it
-        raise SftlabError(f"data.balance={data_cfg.balance} needs labels; stage pt has none")
+    from sftlab.data.balance import check_balance_stage
+
+    check_balance_stage(data_cfg.balance, "pt")  # as the in-memory pt path refuses it
     files, builder = stream_files(data_cfg, base_dir)
     stream = TokenStream(files, builder, data_cfg.columns.get("text", "text"), tokenizer, cfg.train.max_length,
                          data_cfg.pt_mode, data_cfg.shuffle_buffer, data_cfg.max_samples)
