@@ -67,6 +67,10 @@ def test_decoder_classifier_gets_labels_and_pad_from_tokenizer(tmp_path):
     assert model(input_ids=ids).logits.shape == (1, 3)
     with pytest.raises(SftlabError, match="at least 2 labels"):
         load_model(cfg, "cls", num_labels=1)
+    with pytest.raises(SftlabError) as err:  # it blamed data.labels, which the user may not have set
+        load_model(cfg, "cls", label_names=["pos"])
+    assert str(err.value) == ("a classifier needs at least 2 labels (the label set is only 'pos'); give examples of "
+                              "another label, or name the whole label set in data.labels")
 
 
 @pytest.mark.parametrize("content, message", [

@@ -257,7 +257,9 @@ def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer)
             raise SftlabError(f"data.labels: {len(label_names)} names given but num_labels={num_labels}")
         num_labels = len(label_names)
     if not num_labels or num_labels < 2:
-        raise SftlabError("data.labels: a classifier needs at least 2 labels")
+        only = f" (the label set is only {label_names[0]!r})" if label_names else ""
+        raise SftlabError(f"a classifier needs at least 2 labels{only}; give examples of another label, or name the "
+                          "whole label set in data.labels")
     names = list(label_names) if label_names is not None else [f"LABEL_{i}" for i in range(num_labels)]
     # no num_labels: beside a checkpoint's own id2label of another length, transformers warns that they disagree
     kwargs = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
