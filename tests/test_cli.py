@@ -82,3 +82,12 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     stderr = child.stderr.read().decode()
     assert child.wait(timeout=120) == 141, stderr
     assert stderr == ""
+
+
+def test_a_missing_config_names_only_what_is_required(capsys):
+    # argparse listed the optional overrides too: "the following arguments are required: config, key.sub=value"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: sftlab train: the following arguments are required: config; "
+                                       "see sftlab train --help\n")

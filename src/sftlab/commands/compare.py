@@ -11,7 +11,7 @@ def register(registry) -> None:
         description="Train each strategy with the same data, seed and budget, evaluate on the validation split, and "
                     "write compare.json, compare.md and compare.png.")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.lr=2e-5")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="e.g. train.lr=2e-5")
     parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
     parser.add_argument("--budget", required=True, help="per strategy: optimizer steps (20steps) or time (60s, 5m)")
     parser.add_argument("--out", help="output directory (default: output.dir + '-compare')")

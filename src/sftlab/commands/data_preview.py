@@ -21,7 +21,7 @@ def register(registry) -> None:
     parser.add_argument("config", help="run config YAML")
     # Optional ("*"): overrides written after an option are collected by cli.parse_command_line, and options
     # written among the overrides by a second parse, so options and overrides mix in any order after the config.
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value",
                         help="optional run config overrides, e.g. data.template=chatml data.mask=all (options may come "
                              "before or after)")
     _add_options(parser, argparse_defaults=True)
@@ -41,7 +41,7 @@ def _add_options(parser: argparse.ArgumentParser, argparse_defaults: bool) -> No
 def _split_trailing_options(args) -> None:
     """Move options written after the config file out of `args.overrides` into `args`."""
     trailing = argparse.ArgumentParser(prog="sftlab data preview CONFIG", add_help=True)
-    trailing.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    trailing.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value")
     _add_options(trailing, argparse_defaults=False)
     parsed = trailing.parse_intermixed_args(args.overrides)
     for key, value in vars(parsed).items():

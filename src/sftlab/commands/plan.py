@@ -14,7 +14,7 @@ def register(registry) -> None:
                     "strategy, whether it fits, the run's optimizer steps, measured step times and run time "
                     "(--probe) and a recommendation.")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.batch_size=4")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="e.g. train.batch_size=4")
     parser.add_argument("--strategies", default="full,freeze,lora,auto", help="comma-separated (default: all four)")
     parser.add_argument("--probe", action="store_true",
                         help="run a few real optimizer steps per strategy to measure time and peak memory")

@@ -20,7 +20,7 @@ def register(registry) -> None:
     parser = registry.top.add_parser("train", help="fine-tune a model (pt, sft or cls) from a run config",
                                      description="Train from a YAML run config; dotted overrides change single keys.")
     parser.add_argument("config", help="run config YAML")
-    parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="e.g. train.lr=2e-5 strategy.kind=lora")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="e.g. train.lr=2e-5 strategy.kind=lora")
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in output.dir exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output.dir")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, nor its plain lines when stderr is no terminal (metrics are still logged)")
