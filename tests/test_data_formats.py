@@ -235,8 +235,20 @@ def test_missing_required_field_names_record(tmp_path):
     with pytest.raises(SftlabError, match=rf"{path}:2: missing required field 'output'"):
         canonical(path, "alpaca")
     labels = write(tmp_path / "l.csv", "text,label\nhi,x\nho,\n")
-    with pytest.raises(SftlabError, match=rf"{labels}:3: missing required field 'label'"):
+    with pytest.raises(SftlabError, match=rf"{labels}:3: field 'label' is empty"):
         canonical(labels, "label")
+    blank = write(tmp_path / "b.jsonl", '{"text": "hi", "label": "x"}\n{"text": "ho", "label": "   "}\n')
+    with pytest.raises(SftlabError, match=rf"{blank}:2: field 'label' is empty"):  # was a class named "   "
+        canonical(blank, "label")
+    none = write(tmp_path / "n.jsonl", '{"text": "hi", "label": "x"}\n{"text": "ho"}\n')
+    with pytest.raises(SftlabError, match=rf"{none}:2: missing required field 'label'"):
+        canonical(none, "label")
+
+
+def test_a_message_without_a_role_says_so(tmp_path):
+    path = write(tmp_path / "m.jsonl", '{"messages": [{"content": "hi"}, {"role": "assistant", "content": "ho"}]}\n')
+    with pytest.raises(SftlabError, match=rf"{path}:1: messages\[0\] has no 'role'; expected one of"):
+        canonical(path, "messages")
 
 
 def test_wrong_type_unknown_role_mixed_formats_and_stage_mismatch(tmp_path):

@@ -209,7 +209,7 @@ def _from_sharegpt(row: dict, tags: dict) -> dict:
             raise SftlabError(f"{row['_src']}: {key}[{i}] must be an object with {role_tag!r} and {content_tag!r}")
         tag, content = turn.get(role_tag), turn.get(content_tag)
         if tag not in roles:
-            raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {tag!r}; expected one of {sorted(roles)}")
+            raise SftlabError(f"{row['_src']}: {key}[{i}] {tool_shapes.role_problem(tag, role_tag)}; expected one of {sorted(roles)}")
         if not isinstance(content, str):
             raise SftlabError(f"{row['_src']}: {key}[{i}].{content_tag} must be a string, got {type(content).__name__}")
         if roles[tag] == "function_call":
@@ -254,7 +254,7 @@ def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
             raise SftlabError(f"{row['_src']}: {key}[{i}] must be an object with 'role' and 'content'")
         role, content = item.get("role"), item.get("content")
         if role not in ROLES:
-            raise SftlabError(f"{row['_src']}: {key}[{i}] has unknown role {role!r}; expected one of {list(ROLES)}")
+            raise SftlabError(f"{row['_src']}: {key}[{i}] {tool_shapes.role_problem(role)}; expected one of {list(ROLES)}")
         if tool_shapes.has_tool_calls(item, role) and content is None:
             content = ""
         if isinstance(content, list):  # OpenAI content parts: keep text parts only when all are text
@@ -299,8 +299,8 @@ def _from_text(row: dict, tags: dict) -> dict:
 
 def _from_label(row: dict, tags: dict) -> dict:
     label = row.get("label")
-    if label is None or label == "":
-        raise SftlabError(f"{row.get('_src', 'row')}: missing required field 'label'")
+    if label is None or isinstance(label, str) and not label.strip():  # a blank label would become a class
+        raise SftlabError(f"{row.get('_src', 'row')}: " + ("missing required field 'label'" if label is None else "field 'label' is empty"))
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise SftlabError(f"{row['_src']}: field 'label' must be a string or integer, got {type(label).__name__}")
     return {"text": _from_text(row, tags)["text"], "label": str(label)}

@@ -38,7 +38,7 @@ def check_messages(messages, src: str | None = None, need_assistant: bool = True
         role = message.get("role") if isinstance(message, dict) else None
         content = message.get("content") if isinstance(message, dict) else None
         if role not in ROLES:
-            raise SftlabError(f"{where}: message {i} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+            raise SftlabError(f"{where}: message {i} {role_problem(role)}; expected one of {', '.join(ROLES)}")
         calls = has_tool_calls(message, role)
         if calls and content is None:
             content = ""
@@ -193,3 +193,8 @@ def _result_rendered(content: str, text: str) -> bool:
 
 def _kind(value) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def role_problem(role, field: str = "role") -> str:
+    """What is wrong with a message's role: "has no 'role'" when it is missing, else "has unknown role 'x'"."""
+    return f"has no {field!r}" if role is None else f"has unknown role {role!r}"
