@@ -39,3 +39,17 @@ def test_sftlab_train_reports_autos_scoring_batches(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("auto: scored")]
     assert [line.split(" (")[0] for line in lines] == ["auto: scored calibration batch 1/2",
                                                        "auto: scored calibration batch 2/2"]
+
+
+def test_fewer_calibration_batches_than_asked_are_reported(tmp_path, capsys):
+    # scoring used what the data had without a word
+    from test_train_loop import tiny_run, train
+
+    raw = tiny_run(tmp_path, "llama", strategy={"kind": "auto", "auto": {"budget": 0.3, "batches": 50}},
+                   train={"max_steps": 1, "batch_size": 2})
+    train(raw)
+    err = capsys.readouterr().err
+    scored = sum(line.startswith("auto: scored calibration batch") for line in err.splitlines())
+    assert 0 < scored < 50
+    assert (f"auto: the training data gave {scored} calibration batches, fewer than strategy.auto.batches=50; the "
+            "scores rest on those") in err

@@ -115,6 +115,9 @@ def accumulate_scores(model, batches: Iterable[dict], loss_fn: Callable, score: 
             used += 1
             if report:
                 report(f"auto: scored calibration batch {used}/{planned} ({time.perf_counter() - started:.1f} s)")
+        if report and 0 < used < limit:
+            report(f"auto: the training data gave {used} calibration batch{'es' if used != 1 else ''}, fewer than "
+                   f"strategy.auto.batches={limit}; the scores rest on those")
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
