@@ -129,14 +129,20 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of `path`; a one-line SftlabError naming it when it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SftlabError(f"{path}: not UTF-8 text") from None
+
+
 def read_json(path: str | Path) -> Any:
     """The parsed JSON file `path`; a one-line SftlabError naming it (and the line) when it is not valid JSON or not
     UTF-8."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise SftlabError(f"{path}: not UTF-8 text") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as exc:
         raise SftlabError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
 
@@ -158,11 +164,9 @@ def read_yaml_mapping(path: str | Path, expected: str) -> dict:
     import yaml
 
     path = Path(path)
+    text = read_text(path)
     try:
-        text = path.read_text(encoding="utf-8")
         loaded = yaml.safe_load(text)
-    except UnicodeDecodeError:
-        raise SftlabError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         raise SftlabError(yaml_error_line(path, exc)) from None
     if loaded is None:

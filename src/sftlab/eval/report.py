@@ -23,7 +23,7 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.eval.report_data import RunData, final_is_current, load_run
-from sftlab.io import atomic_dir, atomic_write_bytes, atomic_write_text
+from sftlab.io import atomic_dir, atomic_write_bytes, atomic_write_text, check_output_dir
 
 _TRAIN_CURVES = (("lr", "learning rate"), ("tokens_per_s", "tokens/s"))
 _OWN_TABLES = ("per_class", "confusion")  # shown as their own table / the confusion-matrix PNG, not flattened
@@ -349,16 +349,11 @@ def _unique_names(run_dirs: list[Path]) -> list[str]:
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Refuse, before any work, an output directory that is (or lies under) a file, or whose report.html or plots
-    path is taken by something of the wrong kind."""
-    out_dir = Path(out_dir)
-    for path in (out_dir, *out_dir.parents):
-        if path.exists() and not path.is_dir():
-            raise SftlabError(f"output directory {out_dir}: {path} is a file; expected a directory")
-    if (out_dir / "report.html").is_dir():
-        raise SftlabError(f"{out_dir / 'report.html'} is a directory; the report is written to that path")
-    if (out_dir / "plots").exists() and not (out_dir / "plots").is_dir():
-        raise SftlabError(f"{out_dir / 'plots'} is a file; the report writes its PNGs into that directory")
+    """Refuse, before any work, an output directory that is (or lies under) a file, or whose report.html path is a
+    directory (a `plots` path that is a file is refused by `atomic_dir`, before any PNG is drawn)."""
+    check_output_dir(out_dir, overwrite=True)
+    if (Path(out_dir) / "report.html").is_dir():
+        raise SftlabError(f"{Path(out_dir) / 'report.html'} is a directory; the report is written to that path")
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> Path:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.io import read_json
+from sftlab.io import read_json, read_text
 from sftlab.train.runlog import read_metrics_rows  # noqa: F401  (the reader lives beside the writer)
 
 
@@ -33,14 +33,6 @@ class RunData:
     extras: dict[str, dict] = field(default_factory=dict)  # data_stats, trainable, eval results
     eval_images: list[Path] = field(default_factory=list)  # PNGs of `sftlab eval` results in the run
     per_class: dict[str, dict] = field(default_factory=dict)  # eval dir name -> {label: {precision, recall, ...}}
-
-
-def read_text(path: Path) -> str:
-    """The UTF-8 text of `path`; a one-line SftlabError when it is not UTF-8."""
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SftlabError(f"{path}: not UTF-8 text") from None
 
 
 def read_object(path: Path) -> dict:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_write_jsonl
+from sftlab.io import atomic_write_jsonl, read_text
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -60,10 +60,7 @@ def read_metrics_rows(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SftlabError(f"{path}: not UTF-8 text") from None
+    text = read_text(path)
     lines = text.splitlines()
     rows = []
     for number, line in enumerate(lines, 1):
