@@ -53,7 +53,7 @@ def read_rows(path: str | Path, surrogates: bool = False) -> list[dict]:
         else:
             rows = _read_csv(path, text, "\t" if ext == ".tsv" else ",")
     if not rows:
-        raise SftlabError(f"{path}: empty dataset (no rows)")
+        raise SftlabError(empty_dataset(path))
     # Only a JSON escape can make one (UTF-8 text cannot): rows are searched when the text holds a \uD800-\uDFFF escape.
     if ext in (".json", ".jsonl") and not surrogates and _SURROGATE_ESCAPE.search(text):
         for row in rows:
@@ -89,6 +89,16 @@ def json_problem(exc: json.JSONDecodeError) -> str:
     return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
 
 
+def empty_dataset(path) -> str:
+    """The error for a data file without rows (the in-memory reader's and the stream's)."""
+    return f"{path}: empty dataset (no rows)"
+
+
+def not_utf8(path, line: int, byte: int) -> str:
+    """The error for a data file's first byte that is not UTF-8 (the in-memory reader's and the stream's)."""
+    return f"{path}:{line}: not valid UTF-8 (byte {byte:#04x}); re-save the file as UTF-8"
+
+
 def _decode(path: Path) -> str:
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
@@ -96,8 +106,7 @@ def _decode(path: Path) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise SftlabError(f"{path}:{line}: not valid UTF-8 (byte {data[exc.start]:#04x}); re-save the file as UTF-8") from None
+        raise SftlabError(not_utf8(path, data[: exc.start].count(b"\n") + 1, data[exc.start])) from None
 
 
 def _lines(text: str) -> list[str]:

@@ -21,7 +21,7 @@ import json
 import logging
 from pathlib import Path
 
-from sftlab.data.readers import json_problem
+from sftlab.data.readers import empty_dataset, json_problem, not_utf8
 
 _CHUNK = 1 << 16
 _READER_LOGGERS = ("json.json", "csv.csv", "text.text", "parquet.parquet")
@@ -50,7 +50,7 @@ def empty_file(path: str | Path) -> str | None:
         while chunk := handle.read(_CHUNK):
             if chunk.strip():
                 return None
-    return f"{path}: empty dataset (no rows)"
+    return empty_dataset(path)
 
 
 def text_problem(value, column: str) -> str | None:
@@ -87,7 +87,7 @@ def _utf8_problem(path: str) -> str | None:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                return f"{path}:{number}: not valid UTF-8 (byte {line[exc.start]:#04x}); re-save the file as UTF-8"
+                return not_utf8(path, number, line[exc.start])
     return None
 
 
