@@ -64,7 +64,7 @@ def handle(args) -> int:
 
     from sftlab.board.app import BoardSettings, create_app
     from sftlab.errors import SftlabError
-    from sftlab.serve.server import listening_socket
+    from sftlab.serve.server import listening_socket, socket_url
 
     if not 0 <= args.port <= 65535:
         raise SftlabError(f"--port {args.port}: expected a port number from 0 to 65535")
@@ -77,8 +77,7 @@ def handle(args) -> int:
     sock = listening_socket(args.host, args.port, "--port")  # bound first: a port in use is one line, before the banner
     try:
         auth = f"{len(keys)} API key(s)" if keys else "no API keys (loopback only)"
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"sftlab board on http://{host}:{sock.getsockname()[1]} (runs in {args.runs_dir}; {auth})", flush=True)
+        print(f"sftlab board on {socket_url(args.host, sock)} (runs in {args.runs_dir}; {auth})", flush=True)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     finally:

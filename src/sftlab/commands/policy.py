@@ -225,7 +225,7 @@ def handle_api(args) -> int:
     from sftlab.policy.api import create_app
     from sftlab.policy.db import open_db
     from sftlab.policy.features import parse_cutoff
-    from sftlab.serve.server import listening_socket
+    from sftlab.serve.server import listening_socket, socket_url
 
     if not 0 <= args.port <= 65535:
         raise SftlabError(f"--port must be between 0 and 65535, got {args.port}")
@@ -237,8 +237,7 @@ def handle_api(args) -> int:
     sock = listening_socket(args.host, args.port, "--port")  # a port in use fails here, before the model loads
     try:
         score_fn, version = _score_fn(args)
-        host = f"[{args.host}]" if ":" in args.host else args.host
-        print(f"policy API on http://{host}:{sock.getsockname()[1]}", flush=True)
+        print(f"policy API on {socket_url(args.host, sock)}", flush=True)
         uvicorn.Server(uvicorn.Config(create_app(engine, score_fn, version, clock))).run(sockets=[sock])
     finally:
         sock.close()

@@ -54,7 +54,7 @@ def parse_adapters(items: list[str]) -> dict[str, str]:
 def run_serve(args) -> int:
     from sftlab.infer.loading import load_served
     from sftlab.serve.config import load_settings
-    from sftlab.serve.server import build_server, listening_socket
+    from sftlab.serve.server import build_server, listening_socket, socket_url
 
     settings = load_settings(args.config, host=args.host, port=args.port, model_name=args.model_name, template=args.template,
                              dtype=args.dtype,
@@ -65,8 +65,7 @@ def run_serve(args) -> int:
     try:
         served = load_served(args.model, adapters=settings.adapters, dtype=settings.dtype, name=settings.model_name)
         auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (open)"
-        host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        print(f"serving {', '.join(served.names)} on http://{host}:{sock.getsockname()[1]} with {auth}", flush=True)
+        print(f"serving {', '.join(served.names)} on {socket_url(settings.host, sock)} with {auth}", flush=True)
         build_server(served, settings).run(sockets=[sock])
     finally:
         sock.close()

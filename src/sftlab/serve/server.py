@@ -43,6 +43,12 @@ def listening_socket(host: str, port: int, options: str = "--port, or port in --
     return sock
 
 
+def socket_url(host: str, sock) -> str:
+    """The http:// address a `listening_socket` serves on: an IPv6 host in brackets, the port it got (port 0: a free
+    one)."""
+    return f"http://{f'[{host}]' if ':' in host else host}:{sock.getsockname()[1]}"
+
+
 class UvicornThread:
     """A uvicorn.Server run in a daemon thread; `start()` returns its URL once it listens (port 0 = a free port)."""
 
