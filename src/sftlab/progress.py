@@ -1,8 +1,10 @@
 """Whether sftlab draws progress bars here: `sftlab train --no-progress` (`run_training(show_progress=False)`)
-turns off every bar of the run, the tokenising bar of data preparation as well as the training bar."""
+turns off every bar of the run, the tokenising bar of data preparation as well as the training bar; and `say`, the
+one-line progress notes of slow phases (auto's scoring, the planner's strategies), on stderr."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -22,3 +24,8 @@ def progress_bars(shown: bool):
         yield
     finally:
         _SHOWN.reset(token)
+
+
+def say(line: str) -> None:
+    """A progress line on stderr (stdout carries only a command's result), flushed at once."""
+    print(line, file=sys.stderr, flush=True)

@@ -23,12 +23,13 @@ def register(registry) -> None:
 
 
 def handle(args) -> int:
-    from sftlab.commands.plan import parse_strategies, say
+    from sftlab.commands.plan import parse_strategies
     from sftlab.config import load_config
     from sftlab.plan.compare import compare, parse_budget
     from sftlab.plan.recommend import load_thresholds
     from sftlab.plan.report import comparison_table
     from sftlab.plan.table import format_table
+    from sftlab.progress import say
 
     kinds = parse_strategies(args.strategies)
     budget = parse_budget(args.budget)

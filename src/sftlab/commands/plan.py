@@ -3,7 +3,6 @@ run's steps (and, probed, its time), advice."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
@@ -42,11 +41,6 @@ def parse_strategies(text: str, option: str = "--strategies") -> tuple[str, ...]
     return kinds
 
 
-def say(line: str) -> None:
-    """A progress line on stderr (stdout carries only the plan): the slow phases announce themselves as they start."""
-    print(line, file=sys.stderr, flush=True)
-
-
 def check_json_path(path: str, inputs: list[Path]) -> None:
     """Refuse a `--json` path that cannot be written (or is an input) before the plan's minutes of work, not after."""
     from sftlab.errors import SftlabError
@@ -69,6 +63,7 @@ def handle(args) -> int:
     from sftlab.plan.planner import build_plan
     from sftlab.plan.recommend import load_thresholds
     from sftlab.plan.table import render_plan
+    from sftlab.progress import say
 
     if args.steps < 1:
         raise SftlabError(f"--steps {args.steps}: must be at least 1")

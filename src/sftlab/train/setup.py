@@ -13,7 +13,6 @@ main process writes files, and a resume must use the same number of processes.
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -247,10 +246,6 @@ def _check_prepared(cfg, prepared, saved: dict | None) -> None:
         raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
 
 
-def _stderr_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
                   accelerator=None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
@@ -259,6 +254,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from accelerate.utils import set_seed  # transformers.set_seed imports its trainer_utils, and peft with it (11 MiB)
 
     from sftlab.models.load import load_tokenizer
+    from sftlab.progress import say
     from sftlab.strategy.importance import scoring_progress, scoring_reporter
     from sftlab.train.allocator import keep_freed_memory
     from sftlab.train.distributed import check_processes, make_accelerator
@@ -284,7 +280,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     prepared = _prepare(cfg, tokenizer, base_dir, accelerator)
     _check_prepared(cfg, prepared, saved)
     collate = make_collate(cfg, tokenizer)
-    report = _stderr_line if accelerator.is_main_process else None  # auto's scoring takes minutes on larger models
+    report = say if accelerator.is_main_process else None  # auto's scoring takes minutes on larger models
     with scoring_progress(scoring_reporter() or report):  # a caller's own (plan's probe) goes first
         model, trainable = _load_model(cfg, tokenizer, prepared, collate)
     if saved:
