@@ -40,6 +40,7 @@ def find_adapter(run_dir: Path) -> Path | None:
     """The adapter directory of a run (`RUN/model`) or the directory itself when it is an adapter; None when it holds a
     full model instead (a full, freeze or auto run). One-line errors for anything else, e.g. an unfinished run."""
     from sftlab.infer.loading import check_adapter_weights
+    from sftlab.train.checkpoint import step_dirs
 
     if not run_dir.is_dir():
         raise SftlabError(f"{run_dir}: no such directory")
@@ -49,11 +50,10 @@ def find_adapter(run_dir: Path) -> Path | None:
             return candidate
     if (run_dir / "model" / "config.json").is_file() or (run_dir / "config.json").is_file():
         return None
-    checkpoints = sorted((path for path in (run_dir / "checkpoints").glob("step-*") if path.name[5:].isdigit()),
-                         key=lambda path: int(path.name[5:]))
+    checkpoints = step_dirs(run_dir)
     if checkpoints:
         raise SftlabError(f"{run_dir}: the run has no model/ (it has not finished); export its latest checkpoint "
-                          f"({checkpoints[-1]}) or finish the run with `sftlab train CONFIG --resume`")
+                          f"({checkpoints[-1][1]}) or finish the run with `sftlab train CONFIG --resume`")
     raise SftlabError(f"{run_dir}: not a run directory or model directory (no model/, adapter_config.json or "
                       "config.json in it)")
 

@@ -119,7 +119,7 @@ def save_best(run_dir: Path, model, tokenizer, state: dict, state_dict: dict | N
     return Path(run_dir) / "best"
 
 
-def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """Every `step-N` directory under the run's checkpoints, complete or not, oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     found = [(int(match.group(1)), child) for child in (root.iterdir() if root.is_dir() else [])
@@ -129,13 +129,13 @@ def _step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete step checkpoints (those with a sidecar), oldest first."""
-    return [(step, path) for step, path in _step_dirs(run_dir) if (path / SIDECAR).is_file()]
+    return [(step, path) for step, path in step_dirs(run_dir) if (path / SIDECAR).is_file()]
 
 
 def incomplete_checkpoints(run_dir: Path, after: int = -1) -> list[Path]:
     """Step directories after step `after` without a sidecar (not written by sftlab as they are: a partial copy, a
     deleted sidecar), oldest first."""
-    return [path for step, path in _step_dirs(run_dir) if step > after and not (path / SIDECAR).is_file()]
+    return [path for step, path in step_dirs(run_dir) if step > after and not (path / SIDECAR).is_file()]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
