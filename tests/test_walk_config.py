@@ -24,6 +24,13 @@ def _error(tmp_path, text: str) -> str:
     return str(err.value).removeprefix(f"{config}")
 
 
+def _override_error(overrides: list[str]) -> str:
+    """The one-line error of loading BASE with `overrides`."""
+    with pytest.raises(SftlabError) as err:
+        load_config(None, overrides, base=BASE)
+    return str(err.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ("model: {path: m}\ndata: {train: a}\ntrain:\n  lr: 0.1\n  lr: 0.2\n",
      ":5: duplicate key 'train.lr' (first given on line 4); give each key once"),
@@ -76,9 +83,7 @@ def test_infinite_and_nan_numbers_are_refused_naming_the_key(override, value):
 ])
 def test_booleans_strings_and_floats_are_not_read_as_integers_or_booleans(override, message):
     # pydantic's lax mode took `true` as 1 (or 1.0), '8' as 8, 10.0 as 10 and 1 as true
-    with pytest.raises(SftlabError) as err:
-        load_config(None, [override], base=BASE)
-    assert str(err.value) == f"config: {message}"
+    assert _override_error([override]) == f"config: {message}"
 
 
 def test_a_float_key_still_takes_pyyamls_dotless_exponent_string():
@@ -92,9 +97,7 @@ def test_a_float_key_still_takes_pyyamls_dotless_exponent_string():
 ])
 def test_a_group_or_mapping_given_as_a_scalar_names_what_was_expected(override, message):
     # was "Input should be a valid dictionary or instance of ModelConfig"
-    with pytest.raises(SftlabError) as err:
-        load_config(None, [override], base=BASE)
-    assert str(err.value) == f"config: {message}"
+    assert _override_error([override]) == f"config: {message}"
 
 
 def test_list_and_mapping_values_on_the_command_line():
@@ -152,10 +155,9 @@ def test_every_yaml_file_sftlab_reads_refuses_a_duplicate_key(tmp_path):
 @pytest.mark.parametrize("kind", ["full", "freeze", "auto"])
 def test_4bit_weights_with_a_strategy_other_than_lora_is_refused(kind):
     # the flag was silently ignored: the run trained in full precision
-    with pytest.raises(SftlabError) as err:
-        load_config(None, [f"strategy.kind={kind}", "strategy.lora.quantize_4bit=true"], base=BASE)
-    assert str(err.value) == (f"config: strategy.lora.quantize_4bit: 4-bit base weights (QLoRA) are for strategy.kind "
-                              f"lora, not {kind}; set strategy.kind=lora or strategy.lora.quantize_4bit=false")
+    assert _override_error([f"strategy.kind={kind}", "strategy.lora.quantize_4bit=true"]) == (
+        f"config: strategy.lora.quantize_4bit: 4-bit base weights (QLoRA) are for strategy.kind lora, not {kind}; "
+        "set strategy.kind=lora or strategy.lora.quantize_4bit=false")
 
 
 @pytest.mark.parametrize("metric, mode", [("macro_f1", "max"), ("ndcg@5", "max"), ("loss", "min"),
@@ -167,10 +169,8 @@ def test_eval_mode_follows_the_metric_by_default(metric, mode):
 
 
 def test_an_eval_mode_that_contradicts_the_metric_is_refused():
-    with pytest.raises(SftlabError) as err:
-        load_config(None, ["eval.metric=macro_f1", "eval.mode=min"], base=BASE)
-    assert str(err.value) == ("config: eval.mode=min: eval.metric macro_f1 is better higher; leave eval.mode out "
-                              "(auto) or set it to max")
+    assert _override_error(["eval.metric=macro_f1", "eval.mode=min"]) == (
+        "config: eval.mode=min: eval.metric macro_f1 is better higher; leave eval.mode out (auto) or set it to max")
     assert load_config(None, ["eval.metric=macro_f1", "eval.mode=max"], base=BASE).eval.resolved_mode == "max"
 
 
@@ -186,6 +186,4 @@ def test_integer_labels_in_data_labels_are_read_as_their_text():
 ])
 def test_a_repeated_or_empty_label_in_data_labels_is_refused(labels, message):
     # a repeated label made a head row that never trained; an empty one an extra class
-    with pytest.raises(SftlabError) as err:
-        load_config(None, [f"data.labels={labels}"], base=BASE)
-    assert str(err.value) == f"config: {message}"
+    assert _override_error([f"data.labels={labels}"]) == f"config: {message}"
