@@ -46,6 +46,7 @@ def test_names_and_aliases_are_unique_across_files():
     (("end_of_turn",), "", "end_of_turn"),                           # must not be empty
     (("generation_prompt",), "<|im_start|>bot\n", "generation_prompt must be a prefix"),
     (("end_of_turn",), "<|endoftext|>", "must start with end_of_turn"),
+    (("bos",), "{bos_tokn}", "unknown placeholder {bos_tokn}; known: {bos_token}, {eos_token}, {tokenizer_bos}"),
 ])
 def test_malformed_files_are_refused_with_the_key(path, value, message):
     raw = _raw("chatml.yaml")

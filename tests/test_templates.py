@@ -130,13 +130,13 @@ def test_auto_fallback_without_chatml_tokens_says_what_to_set(tokenizers):
 
 
 def test_plain_template_text_and_mask(tokenizers):
-    tok = tokenizers["none"]  # BERT-like: no chat tokens, EOS is [SEP]
+    tok = tokenizers["none"]  # BERT-like: no chat tokens, EOS is [SEP]; plain text starts with [CLS] (its BOS)
     ids, labels = encode_conversation(tok, CONVERSATIONS["multi"], "plain")
-    assert tok.decode(ids) == ("You are terse.\n\nUser: One?\nAssistant: 1[SEP]\nUser: Two?\nAssistant: 2[SEP]\n"
+    assert tok.decode(ids) == ("[CLS]You are terse.\n\nUser: One?\nAssistant: 1[SEP]\nUser: Two?\nAssistant: 2[SEP]\n"
                                "User: Three?\nAssistant: 3 then.[SEP]\n")
     assert _supervised_runs(tok, ids, labels) == [" 1[SEP]", " 2[SEP]", " 3 then.[SEP]"]
     assert tok.decode(render_prompt(tok, CONVERSATIONS["single"][:1], "plain")) == \
-        "User: What is the capital of France?\nAssistant:"
+        "[CLS]User: What is the capital of France?\nAssistant:"
     assert stop_token_ids(tok, "plain") == [tok.convert_tokens_to_ids("[SEP]")]
 
 

@@ -45,7 +45,7 @@ def _turn(spec: TemplateSpec, role: str, fill, merged: bool) -> str:
 
 
 def builtin_jinja(spec: TemplateSpec, fill) -> str:
-    """Jinja source rendering `spec`; `fill(text)` substitutes the tokenizer's {bos_token}/{eos_token}."""
+    """Jinja source rendering `spec`; `fill(text)` substitutes the placeholders ({bos_token}, ...)."""
     merge = spec.system_placement == "merge_first_user"
     out = ["{{ " + _literal(fill(spec.bos)) + " }}" if spec.bos else ""]
     if merge:
@@ -93,14 +93,7 @@ def faithful_jinja(tokenizer, template: str) -> str | None:
         return None
     if not isinstance(fmt, BuiltinFormat):
         return None
-    values = {"{bos_token}": tokenizer.bos_token or "", "{eos_token}": tokenizer.eos_token or ""}
-
-    def fill(text: str) -> str:  # as BuiltinFormat fills the template's strings
-        for key, value in values.items():
-            text = text.replace(key, value)
-        return text
-
-    jinja = builtin_jinja(fmt.spec, fill)
+    jinja = builtin_jinja(fmt.spec, fmt.fill)  # as training fills the strings
     try:
         return jinja if _renders_alike(tokenizer, fmt, jinja) else None
     except Exception:  # a Jinja syntax or render error: not faithful

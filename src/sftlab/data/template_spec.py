@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from importlib import resources
 from typing import Literal
 
@@ -19,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sftlab.errors import SftlabError
 from sftlab.io import yaml_error_line
+
+
+PLACEHOLDERS = ("{bos_token}", "{eos_token}", "{tokenizer_bos}")
 
 
 class _Strict(BaseModel):
@@ -41,7 +45,11 @@ class RoleFormats(_Strict):
 
 
 class TemplateSpec(_Strict):
-    """One built-in chat template file. Strings may contain {bos_token} / {eos_token} (the tokenizer's)."""
+    """One built-in chat template file.
+
+    Strings may contain {bos_token} / {eos_token} (the tokenizer's) and {tokenizer_bos}: the BOS token where the
+    tokenizer puts one before plain text (as pt documents start), nothing where it does not.
+    """
 
     name: str
     aliases: list[str] = Field(default_factory=list)
@@ -54,6 +62,13 @@ class TemplateSpec(_Strict):
     generation_prompt: str = Field(..., description="text that asks for an answer; a prefix of roles.assistant.prefix")
     end_of_turn: str = Field(..., min_length=1, description="the token that closes an answer; supervised")
     stop_tokens: list[str] = Field(default_factory=list, description="more tokens that stop generation, if the tokenizer has them")
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> "TemplateSpec":
+        unknown = sorted(set(re.findall(r"\{[A-Za-z_]+\}", self.model_dump_json())) - set(PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"unknown placeholder {unknown[0]}; known: {', '.join(PLACEHOLDERS)}")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "TemplateSpec":

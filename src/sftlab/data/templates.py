@@ -81,10 +81,11 @@ class BuiltinFormat:
 
     def __init__(self, spec: TemplateSpec, tokenizer, fallback: bool = False):
         self.spec = spec
-        self._values = {"{bos_token}": tokenizer.bos_token or "", "{eos_token}": tokenizer.eos_token}
+        self._values = {"{bos_token}": tokenizer.bos_token or "", "{eos_token}": tokenizer.eos_token,
+                        "{tokenizer_bos}": tokenizer.bos_token if adds_bos(tokenizer) else ""}
         if tokenizer.eos_token is None and "{eos_token}" in spec.model_dump_json():
             raise SftlabError(f"data.template {spec.name}: the tokenizer has no EOS token to end answers with")
-        self.end_of_turn = self._fill(spec.end_of_turn)
+        self.end_of_turn = self.fill(spec.end_of_turn)
         if len(_plain_ids(tokenizer, self.end_of_turn)) != 1:
             if fallback:
                 raise SftlabError(f"data.template auto: the tokenizer has no chat template and no {self.end_of_turn} "
@@ -93,10 +94,10 @@ class BuiltinFormat:
             raise SftlabError(f"data.template {spec.name}: the tokenizer has no single token for the end-of-turn "
                               f"marker {self.end_of_turn!r}, so generation could not stop; pick a template that "
                               "matches the tokenizer (or auto)")
-        stops = [self.end_of_turn, *(self._fill(t) for t in spec.stop_tokens)]
+        stops = [self.end_of_turn, *(self.fill(t) for t in spec.stop_tokens)]
         self.stop_ids = _dedupe(ids[0] for ids in (_plain_ids(tokenizer, t) for t in stops if t) if len(ids) == 1)
 
-    def _fill(self, text: str) -> str:
+    def fill(self, text: str) -> str:
         for key, value in self._values.items():
             text = text.replace(key, value or "")
         return text
@@ -110,13 +111,13 @@ class BuiltinFormat:
             raise SftlabError(f"{_where(src)}: this conversation has tools, tool calls or tool results, but the built-in "
                               f"chat template {self.spec.name} has no tool format; use a tokenizer whose own chat "
                               "template renders tools, with data.template: auto")
-        spec, parts, spans = self.spec, [self._fill(self.spec.bos)], []
+        spec, parts, spans = self.spec, [self.fill(self.spec.bos)], []
         length = len(parts[0])
         for i, message, merged in self._turns(messages, src):
             role = getattr(spec.roles, message["role"])
-            head, content, suffix = self._fill(role.prefix) + merged, self._content(message), self._fill(role.suffix)
+            head, content, suffix = self.fill(role.prefix) + merged, self._content(message), self.fill(role.suffix)
             if message["role"] == "assistant" and i in selected:  # from after the generation prompt to end of turn
-                start = length + len(self._fill(spec.generation_prompt))
+                start = length + len(self.fill(spec.generation_prompt))
                 spans.append((start, length + len(head) + len(content) + len(self.end_of_turn)))
             piece = head + content + suffix
             parts.append(piece)
@@ -138,7 +139,7 @@ class BuiltinFormat:
             yield i, messages[i], merged if i == start else ""
 
     def prompt_text(self, messages: list[dict], src: str | None, tools: list | None = None) -> str:
-        return self.render(messages, set(), src, tools).text + self._fill(self.spec.generation_prompt)
+        return self.render(messages, set(), src, tools).text + self.fill(self.spec.generation_prompt)
 
 
 # ------------------------------------------------------------------------------- tokenizer's own format
@@ -226,7 +227,8 @@ _FORMATS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary(
 def chat_format(tokenizer, template: str = "auto") -> BuiltinFormat | TokenizerFormat:
     """The format `template` names for `tokenizer` (cached per tokenizer, chat template and name)."""
     own = getattr(tokenizer, "chat_template", None)
-    key = (template, own if isinstance(own, str) else repr(own), tokenizer.bos_token, tokenizer.eos_token)
+    key = (template, own if isinstance(own, str) else repr(own), tokenizer.bos_token, tokenizer.eos_token,
+           getattr(tokenizer, "add_bos_token", None))
     try:
         cache = _FORMATS.setdefault(tokenizer, {})
     except TypeError:
@@ -304,6 +306,14 @@ def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
     if end <= start:
         return any(a <= start < b for a, b in spans)
     return any(start < b and end > a for a, b in spans)
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer starts plain text with its BOS token (Llama, Gemma: yes; Qwen, GPT-2: no)."""
+    if tokenizer.bos_token_id is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
 def _plain_ids(tokenizer, text: str) -> list[int]:
