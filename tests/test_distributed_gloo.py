@@ -38,6 +38,7 @@ WORKER = textwrap.dedent('''
 
     from sftlab.train import TrainingInterrupted, run_training
     from sftlab.train.distributed import lost_contact_message
+    from sftlab.worker_errors import LostContact, record
 
     rank = int(os.environ["RANK"])
     cfg = load_config(config, [])
@@ -61,7 +62,8 @@ WORKER = textwrap.dedent('''
         message = lost_contact_message(exc, cfg.train.dist_timeout_s)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        if not record(LostContact(message)):  # as `sftlab train` does: the launcher prints one line
+            print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 ''')
 ROWS = [{"messages": [{"role": "user", "content": f"question {i}"},
@@ -156,10 +158,23 @@ def test_hung_rank_makes_the_others_stop_within_the_timeout(tmp_path):
     done = _worker(tmp_path, _config(tmp_path, "hung", dist_timeout_s=15), "hang", 2)
     ended = time.time()
     assert done.returncode == 2
-    assert "another training process stopped answering or died (train.dist_timeout_s=15)" in done.stderr
-    assert "error: training process rank 0 exited with code 2" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]  # rank 0's report only: no launcher line, no second copy
+    assert errors[0].startswith("error: rank 0: another training process stopped answering or died "
+                                "(train.dist_timeout_s=15)")
     hang_started = float((tmp_path / "hung" / "hang_started").read_text())
     assert 15 <= ended - hang_started < 15 + 45
+
+
+def test_a_bad_data_line_is_one_error_line_from_the_launcher(tmp_path):
+    config = _config(tmp_path, "bad")
+    with (tmp_path / "train.jsonl").open("a", encoding="utf-8") as rows:
+        rows.write('{"messages": [oops\n')
+    done = _cli(str(config), "--nproc", "2")
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"error: {tmp_path / 'train.jsonl'}:{len(ROWS) + 1}: malformed JSON line " \
+                                  "(Expecting value at column 15)"
+    assert not (tmp_path / "bad").exists()
 
 
 def test_ctrl_c_of_the_launcher_checkpoints_every_rank_at_the_same_step(tmp_path):

@@ -150,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         code = args.func(args)
     except SftlabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from sftlab.worker_errors import record
+
+        if not record(exc):  # a worker of `sftlab train --nproc` leaves the one line to its launcher
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

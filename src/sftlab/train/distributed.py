@@ -302,7 +302,8 @@ def launch(program: list[str], nproc: int, **options) -> None:
     """Run `program` in `nproc` processes per node through torchrun; a failed rank raises SftlabError.
 
     torchrun watches its workers: when one exits with an error or is killed, it stops the others and
-    reports the first failure here. A rank that hangs makes the others fail after `train.dist_timeout_s`.
+    reports the failures here, as one line (`sftlab.worker_errors`: the workers' own error first). A rank
+    that hangs makes the others fail after `train.dist_timeout_s`.
     Ctrl-C makes torchrun send SIGTERM to the workers (which stop at the next step boundary and checkpoint)
     and kill them 30 s later; it is raised here as KeyboardInterrupt.
     """
@@ -310,21 +311,22 @@ def launch(program: list[str], nproc: int, **options) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from sftlab import worker_errors
     from sftlab.train.launch_checks import check_launch, quiet_torchrun
 
     check_launch(nproc, options.get("nnodes", 1), options.get("node_rank", 0), options.get("rdzv_endpoint"))
     arguments = parse_args(launch_arguments(program, nproc, **options))
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, stated so it does not warn
-    try:
-        with quiet_torchrun():
-            run(arguments)
-    except SignalException as stop:  # Ctrl-C (or SIGTERM) reached the launcher; workers got SIGTERM to stop
-        raise KeyboardInterrupt(str(stop)) from None
-    except ChildFailedError as failed:
-        rank, failure = failed.get_first_failure()
-        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
-        raise SftlabError(f"training process rank {rank} {how}; the other processes were stopped "
-                          f"({len(failed.failures)} failed in all)") from None
+    with worker_errors.collecting() as errors:
+        try:
+            with quiet_torchrun():
+                run(arguments)
+        except SignalException as stop:  # Ctrl-C (or SIGTERM) reached the launcher; workers got SIGTERM to stop
+            raise KeyboardInterrupt(str(stop)) from None
+        except ChildFailedError as failed:
+            rank, first = failed.get_first_failure()
+            signal = first.signal_name() if first.exitcode < 0 else None
+            raise SftlabError(worker_errors.summary(errors, (rank, first.exitcode, signal), len(failed.failures))) from None
 
 
 def lost_contact_message(exc: BaseException, timeout_s: int) -> str | None:
