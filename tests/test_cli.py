@@ -67,6 +67,18 @@ def test_library_messages_an_offline_user_cannot_act_on_are_dropped(caplog):
     assert [str(w.message) for w in caught] == ["another FutureWarning"]
 
 
+def test_transformers_token_length_warning_is_dropped(capfd):
+    """sftlab checks lengths itself (data.max_length, serve's context): the tokenizer's warning is noise."""
+    from sftlab.cli import quiet_libraries
+    from sftlab.models.tiny import make_tokenizer
+
+    tokenizer = make_tokenizer("chatml")
+    tokenizer.model_max_length = 8
+    quiet_libraries()
+    assert len(tokenizer("hello world " * 20)["input_ids"]) > 8
+    assert "Token indices sequence length" not in capfd.readouterr().err
+
+
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     """`sftlab data stats FILE | head -0`: no BrokenPipeError traceback, exit status 141 as after a SIGPIPE."""
     import json

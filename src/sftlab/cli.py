@@ -93,12 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
 # Library messages that tell an offline user nothing they can act on: bitsandbytes (imported by peft) tries to fetch
 # a CPU kernel from the hub on CPUs with AVX-512 BF16 and warns, through the `kernels` package, that it cannot.
 _DROPPED_LOG_MESSAGES = {"kernels._internals.hf_hub": "Skipping publisher trust check for ",
-                         "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community"}
+                         "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community",
+                         # sftlab cuts or refuses over-long inputs itself (data.max_length, serve's context check)
+                         "transformers.tokenization_utils_base": "Token indices sequence length is longer than"}
 
 
 def quiet_libraries() -> None:
     """No hub access (this is an offline tool) and no third-party progress bars; sftlab prints its own progress.
-    Drops the hub-kernel messages above and transformers' deprecation warning that peft's own code triggers."""
+    Drops the messages above (hub kernels, transformers' token-length warning) and transformers' deprecation warning
+    that peft's own code triggers."""
     import logging
     import warnings
 
