@@ -184,6 +184,17 @@ def test_bad_conversations_raise_one_line_errors_naming_the_record(tokenizers, m
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("mask", ["assistant", "last_assistant"])
+def test_a_turn_after_the_last_answer_is_refused_unless_everything_is_trained(tokenizers, mask):
+    messages = [*CONVERSATIONS["single"], {"role": "user", "content": "and Spain?"}]
+    with pytest.raises(SftlabError) as info:
+        encode_conversation(tokenizers["chatml"], messages, "chatml", mask=mask, src="train.jsonl:7")
+    assert str(info.value) == ("train.jsonl:7: the conversation ends with a user turn after its last answer, which "
+                               "nothing would learn from; remove it or add the answer (or set data.mask: all)")
+    ids, labels = encode_conversation(tokenizers["chatml"], messages, "chatml", mask="all")
+    assert labels[-3:] == ids[-3:]
+
+
 def test_unknown_template_lists_the_known_ones(tokenizers):
     with pytest.raises(SftlabError, match=r"unknown chat template 'vicuna'; known: auto, chatml \(alias qwen\), gemma"):
         encode_conversation(tokenizers["chatml"], CONVERSATIONS["single"], "vicuna")

@@ -89,7 +89,8 @@ class DataConfig(_Strict):
         "assistant", description="sft loss on every assistant turn, the last one only, or all tokens; "
         "each_assistant: every assistant turn, each in a sample of its own (the conversation up to it), for chat "
         "templates that render earlier turns otherwise than the last (Qwen3's gives only the last one a reasoning block), which "
-        "assistant refuses as not prefix-stable; it costs more tokens")
+        "assistant refuses as not prefix-stable; it costs more tokens. A turn after a conversation's last answer is an "
+        "error under assistant and last_assistant (nothing would learn from it), in no sample under each_assistant")
     truncation: Literal["drop", "left"] = Field(
         "drop", description="over-long samples: drop them, or cut the prompt from the left keeping the answer (counted either way)")
     packing: Bool = Field(False, description="pack several samples per row; attention never crosses samples")

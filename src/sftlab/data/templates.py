@@ -251,6 +251,9 @@ def encode_conversation(tokenizer, messages, template: str = "auto", mask: str =
     example's list of function definitions (passed to the tokenizer's chat template).
     """
     clean, tools = check_messages(messages, src), check_tools(tools, src)
+    if mask != "all" and clean[-1]["role"] != "assistant":
+        raise SftlabError(f"{_where(src)}: the conversation ends with a {clean[-1]['role']} turn after its last answer, "
+                          "which nothing would learn from; remove it or add the answer (or set data.mask: all)")
     fmt = chat_format(tokenizer, template)
     selected = _selected_turns(clean, mask)
     rendered = fmt.render(clean, selected, src, tools)
