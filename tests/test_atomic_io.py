@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +55,12 @@ def test_a_file_where_a_directory_should_be_created_is_one_line_naming_it(tmp_pa
     with pytest.raises(SftlabError, match=rf"^output.dir {blocker}/run: cannot write there, {blocker} is a file"):
         prepare_output_dir(blocker / "run", resume=False, overwrite=False)
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no directory can be made")
+def test_an_output_dir_that_cannot_be_made_is_one_line():
+    from sftlab.errors import SftlabError
+    from sftlab.train.rundir import prepare_output_dir
+
+    with pytest.raises(SftlabError, match=r"^output.dir /proc/sftlab-run/x: cannot create it \(No such file or directory\)$"):
+        prepare_output_dir(Path("/proc/sftlab-run/x"), resume=False, overwrite=False)

@@ -1,4 +1,5 @@
-"""`sftlab train run.yaml [key.sub=value ...] [--resume] [--overwrite] [--nproc N]`: run one training job.
+"""`sftlab train run.yaml [key.sub=value ...] [--resume] [--overwrite] [--nproc N] [--dry-run [--json]]`: run one
+training job, or with --dry-run set it up to its first optimizer step and report it (`sftlab.train.dry_run`).
 
 With `--nproc N` (or `--nnodes M --node-rank R --rdzv-endpoint HOST:PORT` on each of M machines) the
 command starts N worker processes per machine through torchrun, each running this same command
@@ -6,6 +7,8 @@ command starts N worker processes per machine through torchrun, each running thi
 output.dir states the workers would refuse fail before they start (`sftlab.train.launch_checks`, `_check_output_dir`).
 The console script has by then started the command on jemalloc where train.allocator asks for it
 (`sftlab.cli.console`, `sftlab.jemalloc`); the workers inherit its LD_PRELOAD and MALLOC_CONF.
+A dry run of `--nproc N` runs in this one process after the launch options' checks: no worker starts, and the
+report counts the steps for N processes (x --nnodes).
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ def register(registry) -> None:
     parser.add_argument("overrides", nargs="*", default=[], metavar="key.sub=value", help="e.g. train.lr=2e-5 strategy.kind=lora")
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint in output.dir exactly")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output.dir")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="set the run up to its first optimizer step (config, output.dir checks, data, model, "
+                             "strategy), report it and stop; nothing is written under output.dir")
+    parser.add_argument("--json", action="store_true", help="with --dry-run: the report as one JSON object on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar, nor its plain lines when stderr is no terminal (metrics are still logged)")
     parser.add_argument("--nproc", type=int, default=None, metavar="N",
                         help="training processes on this machine (data parallel; gloo on CPU, NCCL on GPUs)")
@@ -44,8 +51,6 @@ def _check_output_dir(args, cfg, processes: int) -> None:
     """On node 0, before any worker starts: what the workers' setup would refuse about output.dir, as one line
     (an occupied directory without --overwrite or --resume, --resume without a checkpoint or with another
     process count than the checkpoint's). Nothing is created or moved here."""
-    from types import SimpleNamespace
-
     from sftlab.train.checkpoint import read_sidecar
     from sftlab.train.rundir import prepare_output_dir
     from sftlab.train.setup import _check_resume_processes
@@ -53,7 +58,7 @@ def _check_output_dir(args, cfg, processes: int) -> None:
     out_dir = Path(cfg.output.dir).expanduser()
     if args.resume:  # read-only when resuming: the checkpoint, or the error
         checkpoint = prepare_output_dir(out_dir, resume=True, overwrite=False)
-        _check_resume_processes(read_sidecar(checkpoint), SimpleNamespace(num_processes=processes))
+        _check_resume_processes(read_sidecar(checkpoint), processes)
     elif out_dir.exists() and (not out_dir.is_dir() or (not args.overwrite and any(out_dir.iterdir()))):
         prepare_output_dir(out_dir, resume=False, overwrite=False)  # raises before it would change anything
 
@@ -84,6 +89,25 @@ def _launch(args, cfg) -> int:
     return 0
 
 
+def _dry_run(args, cfg, in_worker: bool) -> int:
+    """`--dry-run`: the set-up of a run, reported on stdout (text, or JSON with --json); exit 0."""
+    import json
+
+    from sftlab.train.dry_run import dry_run, report_lines
+    from sftlab.train.launch_checks import check_launch
+
+    processes = None
+    if (args.nproc is not None or args.nnodes > 1) and not in_worker:  # a launch: checked, then stood in for
+        nproc = 1 if args.nproc is None else args.nproc
+        check_launch(nproc, args.nnodes, args.node_rank, args.rdzv_endpoint)
+        processes = nproc * args.nnodes
+    report = dry_run(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=Path(args.config).parent,
+                     show_progress=not args.no_progress, processes=processes)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(report, default=str) if args.json else "\n".join(report_lines(report)))
+    return 0
+
+
 def handle(args) -> int:
     from sftlab.config import load_config
     from sftlab.errors import SftlabError
@@ -92,9 +116,13 @@ def handle(args) -> int:
 
     if args.resume and args.overwrite:
         raise SftlabError("--resume and --overwrite exclude each other: resume continues output.dir, overwrite replaces it")
+    if args.json and not args.dry_run:
+        raise SftlabError("--json goes with --dry-run (a run's results are in output.dir: metrics.json, metrics.jsonl)")
     cfg = load_config(args.config, args.overrides)
     resolve_allocator(cfg.train.allocator)  # jemalloc required but not found: fail before anything starts
     in_worker = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.dry_run:
+        return _dry_run(args, cfg, in_worker)
     if (args.nproc is not None or args.nnodes > 1) and not in_worker:
         return _launch(args, cfg)
     try:
@@ -114,7 +142,9 @@ def handle(args) -> int:
         message = lost_contact_message(exc, cfg.train.dist_timeout_s)
         if message is None:
             raise
-        raise SftlabError(message) from None
+        from sftlab.worker_errors import LostContact
+
+        raise LostContact(message) from None
     if int(os.environ.get("RANK", "0")) == 0:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items() if isinstance(v, float))
         print(f"trained {result.metrics['step']} steps ({result.stopped}); {shown}; model in {result.out_dir / 'model'}")

@@ -50,7 +50,10 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
         for name in RUN_ENTRIES:  # only what a run writes; never other files the user keeps there
             if (out_dir / name).exists():
                 (out_dir / name).replace(held / name)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # e.g. a read-only or virtual file system (/proc), no permission
+        raise SftlabError(f"output.dir {out_dir}: cannot create it ({exc.strerror or exc})") from None
     return None
 
 

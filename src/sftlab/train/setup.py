@@ -7,7 +7,8 @@ under train.precision fp16, the gradient scaler (`sftlab.train.scaling`). On res
 saved run used the same model/data/strategy/schedule settings and restores weights, optimizer,
 scheduler, gradient scaler and the data position from the latest checkpoint. With several processes
 (`sftlab.train.distributed`) the main process tokenizes first and the others read its cache, only the
-main process writes files, and a resume must use the same number of processes.
+main process writes files, and a resume must use the same number of processes. `build_session(..., write=False)`
+(`sftlab train --dry-run`, `sftlab.train.dry_run`) sets a run up without writing anything under its directory.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Session:
     autocast: Callable = contextlib.nullcontext  # `with session.autocast():` around forward passes (scaling.py)
     scaler: Any = None  # torch.amp.GradScaler under train.precision fp16
     skipped_steps: int = 0  # fp16 steps whose gradients overflowed (the optimizer step was skipped)
+    writes: bool = True  # False for a dry run (`build_session(write=False)`): nothing is written under out_dir
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -227,9 +229,9 @@ def _prepare(cfg, tokenizer, base_dir: Path | None, accelerator):
         return prepare_data(cfg, tokenizer, base_dir)
 
 
-def _check_resume_processes(saved: dict, accelerator) -> None:
+def _check_resume_processes(saved: dict, now: int) -> None:
     """A checkpoint continues only with the process count that wrote it (its data position counts global batches)."""
-    before, now = saved.get("processes", 1), accelerator.num_processes
+    before = saved.get("processes", 1)
     if before != now:
         raise SftlabError(f"--resume: the checkpoint was written by {before} process(es) and this run has {now}; "
                           f"resume with --nproc {before} (the global batch and data order depend on it)")
@@ -247,10 +249,13 @@ def _check_prepared(cfg, prepared, saved: dict | None) -> None:
 
 
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
-                  accelerator=None) -> tuple[Session, dict | None]:
+                  accelerator=None, write: bool = True, processes: int | None = None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
 
-    `accelerator` defaults to a new one for this process (`sftlab.train.distributed.make_accelerator`)."""
+    `accelerator` defaults to a new one for this process (`sftlab.train.distributed.make_accelerator`). With
+    `write=False` nothing is written under `out_dir` (a fresh run's config.yaml and data_stats.json, a resized
+    resume's config.yaml). `processes` (default: the accelerator's) is the run's process count where this one
+    process stands in for a launch of several (a dry run of `--nproc N`): the resume check and the step count use it."""
     from accelerate.utils import set_seed  # transformers.set_seed imports its trainer_utils, and peft with it (11 MiB)
 
     from sftlab.models.load import load_tokenizer
@@ -271,8 +276,9 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     task_for_config(cfg)  # an unknown eval.metric fails now, not at the first evaluation
     accelerator = accelerator or make_accelerator(cfg)
     check_processes(cfg, accelerator)
+    processes = processes or accelerator.num_processes
     if saved:
-        _check_resume_processes(saved, accelerator)
+        _check_resume_processes(saved, processes)
     set_seed(cfg.train.seed)
     if cfg.train.keep_freed_memory:
         keep_freed_memory()  # undone by sftlab.train.loop.cleanup
@@ -292,7 +298,7 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
         prepare_kernels(model, cfg.model.compiled_kernels, accelerator.device, autocast)
     objective, optimizer = _prepare_for_processes(accelerator, model, cfg, prepared)
     total = (cfg.train.max_steps if cfg.data.streaming else
-             plan.total_steps(len(prepared.train), cfg.train.batch_size * accelerator.num_processes,
+             plan.total_steps(len(prepared.train), cfg.train.batch_size * processes,
                               cfg.train.grad_accum, cfg.train.epochs, cfg.train.max_steps))
     scheduler = build_scheduler(optimizer.optimizer, cfg.train.scheduler, cfg.train.warmup_steps, total)
     session = Session(cfg=cfg, out_dir=out_dir, accelerator=accelerator, model=model, objective=objective,
@@ -300,9 +306,9 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
                       trainable=trainable, collate=collate, total_steps=total,
                       position=_start_position(cfg), environment=collect_environment(accelerator.device,
                                                                                      cfg.train.allocator),
-                      autocast=autocast, scaler=make_scaler(cfg, accelerator.device))
+                      autocast=autocast, scaler=make_scaler(cfg, accelerator.device), writes=write)
     if not saved:
-        if accelerator.is_main_process:
+        if write and accelerator.is_main_process:
             atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
             atomic_write_json(out_dir / "data_stats.json", getattr(prepared, "stats", {}) or {})
         return session, None
@@ -350,5 +356,5 @@ def _resize(session: Session, before: int) -> None:
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
     session.resized_from = before
-    if session.accelerator.is_main_process:
+    if session.writes and session.accelerator.is_main_process:
         atomic_write_text(session.out_dir / "config.yaml", dump_config(session.cfg))
