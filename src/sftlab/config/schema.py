@@ -115,8 +115,9 @@ class DataConfig(_Strict):
         return names
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="class balance of labelled training data (validation is never resampled): oversample "
-        "or undersample (cls labels, or sft examples by their last answer; undersample refuses a data.labels class "
-        "with no training example), or class_weight (stage cls only: the head's loss, weights in data_stats.json)")
+        "or undersample the token rows that tokenisation kept (cls labels, or sft samples by their last answer; both "
+        "refuse a data.labels class with no training sample), or class_weight (stage cls only: the head's loss, "
+        "weights in data_stats.json)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
     num_workers: Int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
     seed: Int = Field(0, description="seed of mixing, splitting and resampling")

@@ -4,10 +4,12 @@
     examples = to_canonical(rows, "auto", stage="sft")    # [{"messages": [...], "_src": ...}, ...]
     write_rows("out.json", examples, "alpaca")            # atomic
 
-Reading lives in `sftlab.data.readers` (re-exported here): every row carries `"_src": "file:line"`.
+Reading and `data.columns` mapping live in `sftlab.data.readers` (re-exported here): every row carries
+`"_src": "file:line"`.
 
 Canonical shapes (see DEVELOPERS.md): sft `{"messages": [{"role", "content"}]}`, pt `{"text"}`,
-cls `{"text", "label"}` (label as str). Tool-calling sft examples add assistant `tool_calls`, `tool` messages
+cls `{"text", "label"}` (label as str without surrounding spaces, so `a` and ` a` of `text, a` in a CSV are one
+class; an integer, or a float with an integer value as a numeric column with gaps holds it, as its digits). Tool-calling sft examples add assistant `tool_calls`, `tool` messages
 and an example-level `tools` list (shapes in `sftlab.data.messages`); the messages format reads them as
 OpenAI writes them, sharegpt as LLaMA-Factory does (`function_call` / `observation` turns, a `tools` column
 holding JSON text). Every problem with a record raises a one-line `SftlabError`
@@ -23,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from sftlab.data import messages as tool_shapes
-from sftlab.data.readers import READ_EXTENSIONS, read_rows  # noqa: F401  (re-exported)
+from sftlab.data.readers import OPTIONAL_FIELDS, READ_EXTENSIONS, apply_columns, read_rows  # noqa: F401  (re-exported)
+from sftlab.data.readers import column_key as _key, column_name as _name
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
@@ -47,6 +50,9 @@ def detect_format(row: dict) -> str:
     if isinstance(messages, list):
         first = next((m for m in messages if isinstance(m, dict)), {})
         return "sharegpt" if "from" in first or "value" in first else "messages"
+    if messages is not None:  # a conversation read as text (a CSV cell), or another value
+        raise SftlabError(f"{row.get('_src', 'row')}: {_name(row, 'messages')} must be a list of turns, got "
+                          f"{type(messages).__name__}" + (_TEXT_LIST if isinstance(messages, str) else ""))
     if "conversations" in row:
         return "sharegpt"
     if "instruction" in row and "output" in row:
@@ -64,7 +70,6 @@ def detect_format(row: dict) -> str:
     )
 
 
-OPTIONAL_FIELDS = ("input", "system", "history", "tools")
 # The fields each format reads; the others (ids, metadata) are extra to it (`extra_fields`).
 READ_FIELDS = {"alpaca": ("instruction", "input", "output", "system", "history"),
                "sharegpt": ("conversations", "messages", "system", "tools"), "messages": ("messages", "tools"),
@@ -90,26 +95,6 @@ def written_extra(example: dict, fmt: str) -> dict:
 def unwritten_fields(examples: list[dict], fmt: str) -> list[str]:
     """Names of the `_extra` fields of `examples` that `write_rows` leaves out in `fmt` (see `written_extra`)."""
     return sorted({key for ex in examples for key in ex.get("_extra", {}) if key not in written_extra(ex, fmt)})
-
-
-def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
-    """Rename file columns to canonical names: `columns` maps canonical name -> column in the file.
-
-    A mapped column that a row lacks is an error, except for the optional fields input, system, history, tools.
-    """
-    if not columns:
-        return row
-    out = dict(row)
-    for canonical, column in columns.items():
-        if column == canonical:
-            continue
-        if column not in row:
-            if canonical in OPTIONAL_FIELDS:
-                continue
-            keys = [key for key in row if not key.startswith("_")]
-            raise SftlabError(f"{row.get('_src', 'row')}: column {column!r} (data.columns.{canonical}) not found; the row has {keys}")
-        out[canonical] = out.pop(column)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- conversion
@@ -167,11 +152,17 @@ def _field(row: dict, key: str, required: bool = True, kind: type = str) -> Any:
     value = row.get(key)
     if value is None:
         if required:
-            raise SftlabError(f"{row.get('_src', 'row')}: missing required field {key!r}")
+            raise SftlabError(f"{row.get('_src', 'row')}: " + (f"{_name(row, key)} has no value" if key in row.get(
+                "_columns", {}) else f"missing required field {key!r}"))
         return None
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise SftlabError(f"{row.get('_src', 'row')}: field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+        raise SftlabError(f"{row.get('_src', 'row')}: {_name(row, key)} must be {kind.__name__}, got {type(value).__name__}"
+                          + (_TEXT_LIST if kind is list and isinstance(value, str) else ""))
     return value
+
+
+# A list field read as text: what CSV, TSV and .txt cells hold.
+_TEXT_LIST = " (a CSV/TSV cell holds text, not a list: write list fields in a .jsonl, .json or .parquet file)"
 
 
 def _from_alpaca(row: dict, tags: dict) -> dict:
@@ -183,15 +174,15 @@ def _from_alpaca(row: dict, tags: dict) -> dict:
         messages.append({"role": "system", "content": system})
     for turn, pair in enumerate(_field(row, "history", required=False, kind=list) or []):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
-            raise SftlabError(f"{row['_src']}: history[{turn}] must be a [user, assistant] pair of strings")
+            raise SftlabError(f"{row['_src']}: {_key(row, 'history')}[{turn}] must be a [user, assistant] pair of strings")
         messages += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": _field(row, "output")}]
     return {"messages": _check_conversation(row, messages)}
 
 
 def _from_sharegpt(row: dict, tags: dict) -> dict:
-    key = "conversations" if "conversations" in row else "messages"
-    turns = _field(row, key, kind=list)
+    field = "conversations" if "conversations" in row else "messages"
+    turns, key = _field(row, field, kind=list), _key(row, field)
     role_tag = tags.get("role_tag") or DEFAULT_TAGS["role_tag"]
     content_tag = tags.get("content_tag") or DEFAULT_TAGS["content_tag"]
     if turns and isinstance(turns[0], dict) and role_tag not in turns[0] and "role" in turns[0] and not tags:
@@ -237,7 +228,7 @@ def _with_tools(row: dict, example: dict) -> dict:
     """Add the row's `tools` list (or JSON text of one, as LLaMA-Factory stores it) to the example when it has one."""
     tools = row.get("tools")
     if isinstance(tools, str):
-        tools = tool_shapes.parse_json_field(tools, f"{row['_src']}: field 'tools'") if tools.strip() else None
+        tools = tool_shapes.parse_json_field(tools, f"{row['_src']}: {_name(row, 'tools')}") if tools.strip() else None
     tools = tool_shapes.check_tools(tools, row.get("_src", "row"))
     return {**example, "tools": tools} if tools else example
 
@@ -247,8 +238,8 @@ def _from_messages(row: dict, tags: dict) -> dict:
     return _with_tools(row, {"messages": _check_conversation(row, messages)})
 
 
-def _openai_messages(row: dict, key: str, items: list) -> list[dict]:
-    messages = []
+def _openai_messages(row: dict, field: str, items: list) -> list[dict]:
+    messages, key = [], _key(row, field)
     for i, item in enumerate(items):
         if not isinstance(item, dict):
             raise SftlabError(f"{row['_src']}: {key}[{i}] must be an object with 'role' and 'content'")
@@ -293,17 +284,21 @@ def _check_conversation(row: dict, messages: list[dict]) -> list[dict]:
 def _from_text(row: dict, tags: dict) -> dict:
     text = _field(row, "text")
     if not text.strip():
-        raise SftlabError(f"{row['_src']}: field 'text' is empty")
+        raise SftlabError(f"{row['_src']}: {_name(row, 'text')} is empty")
     return {"text": text}
 
 
 def _from_label(row: dict, tags: dict) -> dict:
     label = row.get("label")
-    if label is None or isinstance(label, str) and not label.strip():  # a blank label would become a class
-        raise SftlabError(f"{row.get('_src', 'row')}: " + ("missing required field 'label'" if label is None else "field 'label' is empty"))
+    if label is None:
+        _field(row, "label")  # the missing-value error
+    if isinstance(label, str) and not label.strip():  # a blank label would become a class
+        raise SftlabError(f"{row.get('_src', 'row')}: {_name(row, 'label')} is empty")
+    if isinstance(label, float) and label.is_integer():  # 3.0: an integer column with gaps, as pandas writes it
+        label = int(label)
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise SftlabError(f"{row['_src']}: field 'label' must be a string or integer, got {type(label).__name__}")
-    return {"text": _from_text(row, tags)["text"], "label": str(label)}
+        raise SftlabError(f"{row['_src']}: {_name(row, 'label')} must be a string or integer, got {type(label).__name__}")
+    return {"text": _from_text(row, tags)["text"], "label": str(label).strip()}
 
 
 _CONVERTERS = {

@@ -109,16 +109,19 @@ def load_preview(cfg, tokenizer, base_dir=None, count: int = 3, split: str = "tr
     rows = prepared.train if split == "train" else prepared.validation
     if rows is None:
         raise SftlabError("data.validation: this run has no validation data (set data.validation or data.val_ratio)")
+    # The file:line of each row's example (a dropped sample has no row; each_assistant gives a conversation one row
+    # per answer); pt concat blocks mix documents and have none.
+    srcs = prepared.train_srcs if split == "train" else prepared.val_srcs
     examples = prepared.train_examples if split == "train" else prepared.val_examples
-    # Rows line up with examples unless tokenisation dropped some or pt concatenated them into blocks.
-    aligned = len(rows) == len(examples) and not (cfg.train.stage == "pt" and cfg.data.pt_mode == "concat")
+    if not srcs and len(rows) == len(examples) and not (cfg.train.stage == "pt" and cfg.data.pt_mode == "concat"):
+        srcs = [str(example.get("_src", "")) for example in examples]  # image+text data: one row per example
     views = []
     for index, row in enumerate(rows.select(range(min(count, len(rows))))):
         views.append(RowView(
             input_ids=list(row["input_ids"]),
             labels=list(row["labels"]) if "labels" in row else None,
             label_name=prepared.label_names[row["label"]] if "label" in row and prepared.label_names else None,
-            src=str(examples[index].get("_src", "")) if aligned else "",
+            src=srcs[index] if index < len(srcs) else "",
         ))
     template = describe_template(tokenizer, cfg.data.template) if cfg.train.stage == "sft" else ""
     return Preview(views=views, stats=prepared.stats[split], template=template)

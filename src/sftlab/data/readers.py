@@ -3,14 +3,16 @@
     rows = read_rows("train.jsonl")    # [{"instruction": ..., "_src": "train.jsonl:3"}, ...]
 
 .json (a list of objects, or an object holding one list; JSON lines saved as .json are accepted too, as
-Hugging Face's json loader does), .jsonl, .csv/.tsv (header on line 1), .parquet, .txt (one text per
+Hugging Face's json loader does), .jsonl, .csv/.tsv (header on line 1, its names stripped of surrounding spaces,
+each name once), .parquet, .txt (one text per
 non-empty line). `_src` is `file:line`; for a JSON list it is `file:line[#i]`, the line where item i
 (0-based) starts; for parquet `file[#i]`. Missing files, malformed JSON (file and line), a file that is
 not what its extension says, bad UTF-8 (file and line), unknown extensions and empty files raise a
 one-line `SftlabError`, and so does a JSON string holding a lone UTF-16 surrogate escape (`"\\ud83d"`, half of
 an emoji), which no UTF-8 file, cache or tokenizer can hold (`lone_surrogate`; `surrogates=True` returns such
-rows for `sftlab data build validate`, which lists them). `sftlab.data.formats` turns the rows into canonical
-examples.
+rows for `sftlab data build validate`, which lists them). `apply_columns` renames a row's columns to the
+canonical names (`data.columns`), remembering them so errors name the user's column (`column_name`).
+`sftlab.data.formats` turns the rows into canonical examples.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import Any
 from sftlab.errors import SftlabError
 
 READ_EXTENSIONS = (".json", ".jsonl", ".csv", ".tsv", ".parquet", ".txt")
+# Canonical fields a data.columns mapping may name although a row lacks the column.
+OPTIONAL_FIELDS = ("input", "system", "history", "tools")
 # List-valued fields of a single record: an object whose only list is one of these is one record, not a wrapper.
 _RECORD_LIST_FIELDS = ("conversations", "messages", "history", "prompt", "completion")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -218,6 +222,7 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
         header = next(reader, None)
         if not header:
             return []
+        header = _header(path, header)
         rows, start = [], reader.line_num + 1
         for record in reader:
             if record and len(record) != len(header):
@@ -230,6 +235,17 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
     return rows
 
 
+def _header(path: Path, names: list[str]) -> list[str]:
+    """The header's column names without surrounding spaces (`text, label` names `label`, not ` label`); a name
+    given twice is an error, since one column's values would silently replace the other's."""
+    names = [name.strip() for name in names]
+    for index, name in enumerate(names):
+        if name and name in names[:index]:
+            raise SftlabError(f"{path}:1: the header names column {name!r} twice (columns {names.index(name) + 1} and "
+                              f"{index + 1}); rename one")
+    return names
+
+
 def _read_parquet(path: Path) -> list[dict]:
     import pyarrow
     import pyarrow.parquet as pq
@@ -239,3 +255,39 @@ def _read_parquet(path: Path) -> list[dict]:
     except (pyarrow.ArrowInvalid, OSError) as exc:
         raise SftlabError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
     return [{**row, "_src": f"{path}[#{i}]"} for i, row in enumerate(table.to_pylist())]
+
+
+def apply_columns(row: dict, columns: dict[str, str] | None) -> dict:
+    """Rename file columns to canonical names: `columns` maps canonical name -> column in the file.
+
+    A mapped column that a row lacks is an error, except for the optional fields input, system, history, tools.
+    Every value is read from the row as it was, so mappings may swap names (`{text: label, label: text}`). The
+    mapping is kept under `_columns` (canonical -> column), so the errors about a value name the user's column:
+    "column 'intent' (data.columns.label) is empty".
+    """
+    if not columns:
+        return row
+    mapped = {canonical: column for canonical, column in columns.items() if column != canonical}
+    out = {key: value for key, value in row.items() if key not in mapped.values()}
+    for canonical, column in mapped.items():
+        if column not in row:
+            if canonical in OPTIONAL_FIELDS:
+                continue
+            keys = [key for key in row if not key.startswith("_")]
+            raise SftlabError(f"{row.get('_src', 'row')}: column {column!r} (data.columns.{canonical}) not found; the row has {keys}")
+        out[canonical] = row[column]
+    if mapped:
+        out["_columns"] = {**row.get("_columns", {}), **mapped}
+    return out
+
+
+def column_name(row: dict, key: str) -> str:
+    """How an error names field `key` of `row`: "field 'label'", or the user's column when data.columns mapped it,
+    "column 'intent' (data.columns.label)"."""
+    column = row.get("_columns", {}).get(key)
+    return f"column {column!r} (data.columns.{key})" if column else f"field {key!r}"
+
+
+def column_key(row: dict, key: str) -> str:
+    """`key` as the file names it (its data.columns column), to start paths such as `conv[2].content`."""
+    return row.get("_columns", {}).get(key, key)

@@ -1,6 +1,7 @@
 """Canonical examples -> token rows, with length policies, honest counts and an on-disk cache.
 
     rows, stats = tokenize_examples(examples, tokenizer, cfg.data, cfg.train, label_names=None)
+    done = tokenize(examples, tokenizer, cfg.data, cfg.train)   # .rows, .stats, .origins (the example of each row)
 
 Token rows (DEVELOPERS.md): lm `{"input_ids", "labels"}` (labels unshifted, -100 where unsupervised),
 cls `{"input_ids", "label": int}`.
@@ -19,6 +20,11 @@ cls `{"input_ids", "label": int}`.
   label -> index in the label set (`data.labels`, else the labels seen in train sorted, numerically when all
   are integers).
 
+`tokenize` also gives each row's origin: the index of its example and, for sft, the number of messages of its
+sample (each_assistant: the conversation up to the supervised turn), so rows can be traced back to `file:line`
+and resampled by label (`sftlab.data.pipeline`); `retotal` recounts the statistics of a resampled set of rows.
+pt concat blocks have no origin.
+
 The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
 directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
 template), the settings above, and the source of this module and of the chat-template code
@@ -34,6 +40,8 @@ import os
 import multiprocessing
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.data.rows import TokenRows
@@ -72,7 +80,7 @@ def label_set(examples: list[dict], data_cfg: DataConfig) -> list[str]:
     if data_cfg.labels:
         return list(data_cfg.labels)
     seen = {ex["label"] for ex in examples}
-    if all(label.lstrip("-").isdigit() for label in seen):
+    if all(label.lstrip("-").isdecimal() for label in seen):  # isdigit would pass "²", which int() refuses
         return sorted(seen, key=int)
     return sorted(seen)
 
@@ -86,28 +94,64 @@ def cache_root(data_cfg: DataConfig) -> Path:
     return Path.home() / ".cache" / "sftlab" / "tokenized"
 
 
+@dataclasses.dataclass
+class Tokenized:
+    """Token rows, their statistics, and per row its origin: (example index, messages in its sample; -1 for cls/pt)."""
+
+    rows: TokenRows
+    stats: TokenizeStats
+    origins: list[tuple[int, int]]
+
+
 def tokenize_examples(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: TrainConfig,
                       label_names: list[str] | None = None) -> tuple[TokenRows, TokenizeStats]:
     """Token rows (`sftlab.data.rows.TokenRows`) and `TokenizeStats` for canonical `examples`, through the cache."""
+    done = tokenize(examples, tokenizer, data_cfg, train_cfg, label_names)
+    return done.rows, done.stats
+
+
+def tokenize(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: TrainConfig,
+             label_names: list[str] | None = None) -> Tokenized:
+    """`tokenize_examples` with the origin of every row (`Tokenized`), through the cache."""
     stage = train_cfg.stage
     if stage == "cls":
         label_names = label_names or label_set(examples, data_cfg)
         _check_labels(examples, label_names)
     settings = _settings(data_cfg, train_cfg, label_names)
     folder = cache_root(data_cfg) / _cache_key(examples, tokenizer, settings)
-    if (folder / "stats.json").is_file():
+    if (folder / "stats.json").is_file() and (folder / "origins.npy").is_file():
         stats = TokenizeStats(**json.loads((folder / "stats.json").read_text(encoding="utf-8")))
         stats.cache_hit, stats.cache_path = True, str(folder)
-        return TokenRows.load(folder / "rows"), stats
-    rows, stats = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
+        return Tokenized(TokenRows.load(folder / "rows"), stats, _load_origins(folder / "origins.npy"))
+    rows, stats, origins = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
     stats.cache_path = str(folder)
     if stats.rows == 0:
         raise SftlabError(f"data: no example is left after tokenisation ({_drop_summary(stats)}); "
                           "check train.max_length / data.truncation")
     with atomic_dir(folder, overwrite=True) as tmp:
         TokenRows.from_dict(rows).save(tmp / "rows")
+        np.save(tmp / "origins.npy", np.asarray(origins, dtype=np.int64).reshape(-1, 2))
         atomic_write_json(tmp / "stats.json", stats.to_dict())
-    return TokenRows.load(folder / "rows"), stats
+    return Tokenized(TokenRows.load(folder / "rows"), stats, origins)
+
+
+def _load_origins(path: Path) -> list[tuple[int, int]]:
+    return [(int(index), int(end)) for index, end in np.load(path).tolist()]
+
+
+def retotal(stats: TokenizeStats, rows: TokenRows, label_names: list[str] | None = None) -> TokenizeStats:
+    """`stats` with the totals (rows, tokens, supervised tokens, cls label counts) of `rows`, a resampled selection
+    of the rows `stats` counted; what tokenisation dropped or cut stays as counted."""
+    lengths = rows.lengths()
+    new = dataclasses.replace(stats, rows=len(rows), tokens=int(sum(lengths)), label_counts={})
+    if "label" in rows.column_names:
+        names = label_names or []
+        new.label_counts = {name: 0 for name in names}
+        for index in rows["label"]:
+            new.label_counts[names[index]] += 1
+    else:
+        new.supervised_tokens = sum(sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in rows["labels"])
+    return new
 
 
 def _drop_summary(stats: TokenizeStats) -> str:
@@ -173,12 +217,16 @@ def _code_version(files: list[Path] | None = None) -> str:
 # ----------------------------------------------------------------------------------------------- tokenising
 
 
-def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int) -> tuple[dict[str, list], TokenizeStats]:
+def _tokenize(examples: list[dict], tokenizer, settings: dict,
+              num_workers: int) -> tuple[dict[str, list], TokenizeStats, list[tuple[int, int]]]:
     stage = settings["stage"]
     public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
     mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
-    encoded = [row for rows in _encode_all(mapper, public, tokenizer, settings, num_workers)
-               for row in (rows if isinstance(rows, list) else [rows])]  # each_assistant: a list per conversation
+    encoded, origins = [], []
+    for index, rows in enumerate(_encode_all(mapper, public, tokenizer, settings, num_workers)):
+        for row in rows if isinstance(rows, list) else [rows]:  # each_assistant: a list per conversation
+            encoded.append(row)
+            origins.append((index, row.get("end", -1)))
     key = "label" if stage == "cls" else "labels"
     columns = {name: [row[name] for row in encoded] for name in ("input_ids", key, "status")}
     stats = TokenizeStats(examples=len(encoded))
@@ -189,10 +237,11 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     keep = [i for i, s in enumerate(status) if not s.startswith("dropped")]
     input_ids = [columns["input_ids"][i] for i in keep]
     targets = [columns[key][i] for i in keep]
+    origins = [origins[i] for i in keep]
     if stage == "pt" and settings["pt_mode"] == "concat":
         stats.truncated = 0  # concat cuts blocks; nothing is truncated
         input_ids, stats.tail_tokens = _concat_blocks(input_ids, settings["max_length"])
-        targets = [list(ids) for ids in input_ids]
+        targets, origins = [list(ids) for ids in input_ids], []
     stats.rows = len(input_ids)
     stats.tokens = sum(len(ids) for ids in input_ids)
     if stage == "cls":
@@ -204,7 +253,7 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict, num_workers: int)
     else:
         # counted as the loss counts them: a row's first token is never predicted
         stats.supervised_tokens = sum(sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in targets)
-    return {"input_ids": input_ids, key: targets}, stats
+    return {"input_ids": input_ids, key: targets}, stats, origins
 
 
 _WORK: tuple = ()  # (mapper, examples, tokenizer, settings) for forked tokenising workers
@@ -305,7 +354,7 @@ def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: di
     if status == "ok" or status == "cut_left":
         if all(label == IGNORE_INDEX for label in labels):
             status = "dropped_no_supervised"
-    return {"input_ids": ids, "labels": labels, "status": status}
+    return {"input_ids": ids, "labels": labels, "status": status, "end": len(messages)}
 
 
 def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, all_supervised: bool = False,

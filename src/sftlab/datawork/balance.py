@@ -5,8 +5,10 @@ train/validation split, and SMOTE on sentence embeddings for a vector-input head
 Labels are `records.label_of`: the cls label, or the last assistant turn's text; a last turn with only tool
 calls is labelled by their function names (`tool:get_weather`), so such conversations form classes of their own.
 
-The training pipeline calls `balance_examples(examples, method, seed)` for `data.balance` and
-`class_weights(labels, label_names)` for `data.balance=class_weight`.
+The training pipeline calls `resample_indices(labels, method, seed)` on its token rows for `data.balance`
+oversample/undersample (after tokenisation has dropped what does not fit) and `class_weights(labels,
+label_names)` for `data.balance=class_weight`; `balance_examples(examples, method, seed)` resamples examples
+(`sftlab data balance`).
 """
 
 from __future__ import annotations
@@ -58,20 +60,35 @@ def balance_examples(examples: list[dict], method: str, seed: int = 0) -> tuple[
         raise SftlabError(f"unknown balance method {method!r}; expected one of {', '.join(METHODS)}")
     labels = [label_of(example) for example in examples]
     report = {"method": method, "seed": seed, "before": distribution(labels)}
-    if method in ("oversample", "undersample") and len(set(labels)) > 1:
-        from imblearn.under_sampling import RandomUnderSampler
-        from imblearn.over_sampling import RandomOverSampler
-
-        sampler_cls = RandomOverSampler if method == "oversample" else RandomUnderSampler
-        index = np.arange(len(examples)).reshape(-1, 1)
-        picked, _ = sampler_cls(random_state=seed).fit_resample(index, np.array(labels))
-        examples = [copy.deepcopy(examples[i]) for i in picked.ravel().tolist()]
-        labels = [label_of(example) for example in examples]
+    if method in ("oversample", "undersample"):
+        picked = resample_indices(labels, method, seed)
+        examples = [copy.deepcopy(examples[i]) for i in picked]
+        labels = [labels[i] for i in picked]
     if method == "class_weight":
         names = sorted(set(labels))
         report["class_weights"] = dict(zip(names, class_weights(labels, names)))
     report["after"] = distribution(labels)
     return examples, report
+
+
+def resample_indices(labels: list[str], method: str, seed: int = 0) -> list[int]:
+    """Indices into `labels` after random over- or undersampling (imbalanced-learn, seeded): oversample keeps every
+    index and adds copies of random minority ones until each label has the majority's count; undersample keeps a
+    random subset of each label down to the minority's count. One label (or none): every index, unchanged.
+
+    The training pipeline resamples token rows with it (`sftlab.data.pipeline`), after tokenisation has dropped
+    the samples that do not fit, so the counts it balances are the counts that train."""
+    if method not in ("oversample", "undersample"):
+        raise SftlabError(f"resampling method must be oversample or undersample, got {method!r}")
+    if len(set(labels)) < 2:
+        return list(range(len(labels)))
+    from imblearn.under_sampling import RandomUnderSampler
+    from imblearn.over_sampling import RandomOverSampler
+
+    sampler_cls = RandomOverSampler if method == "oversample" else RandomUnderSampler
+    index = np.arange(len(labels)).reshape(-1, 1)
+    picked, _ = sampler_cls(random_state=seed).fit_resample(index, np.array(labels))
+    return picked.ravel().tolist()
 
 
 def stratified_split(examples: list[dict], val_ratio: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
