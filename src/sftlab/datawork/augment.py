@@ -24,6 +24,7 @@ import functools
 import logging
 import random
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 
@@ -73,6 +74,15 @@ def split_words(text: str) -> tuple[list[str], str]:
     return [token for token in re.split(f"(\\s+|{MARK})", text) if token], " "
 
 
+def is_word(token: str) -> bool:
+    """Whether a `split_words` token is a word the rule methods may touch: not whitespace, not an image mark, and
+    not punctuation alone. jieba splits Chinese punctuation (，。：、) into tokens of their own, which would
+    otherwise be swapped to the start of a sentence, deleted, or counted towards `rate`; English punctuation stays
+    on its word ('Big,') and moves with it."""
+    core = token.strip()
+    return bool(core) and MARK not in core and not all(unicodedata.category(c).startswith("P") for c in core)
+
+
 def word_key(token: str) -> str:
     """A word as protection compares it: case-folded, punctuation at either end removed ('Paris?' -> 'paris')."""
     return _EDGE_PUNCT.sub("", token.casefold())
@@ -106,7 +116,8 @@ def _argument_words(value, words: set[str]) -> None:
 
 
 class RuleAugmenter:
-    """EDA-style operations on words (whitespace and line breaks stay); `rate` is the share of words touched
+    """EDA-style operations on words (`is_word`: whitespace, line breaks and punctuation standing alone, such as
+    Chinese ，。 between jieba's words, stay as and where they are); `rate` is the share of words touched
     (at least one). Words in `protected` (`word_key` forms) and image placeholder marks are never replaced, moved
     or deleted, and no synonym of them is inserted."""
 
@@ -121,7 +132,7 @@ class RuleAugmenter:
     def apply(self, method: str, text: str, rng: random.Random, protected: frozenset[str] = frozenset()) -> str:
         """`text` with `method` applied; words whose `word_key` is in `protected` stay as and where they are."""
         tokens, sep = split_words(text)
-        spots = [i for i, token in enumerate(tokens) if token.strip() and MARK not in token]  # words, not images
+        spots = [i for i, token in enumerate(tokens) if is_word(token)]
         if not spots:
             return text
         n = max(1, int(round(self.rate * len(spots))))

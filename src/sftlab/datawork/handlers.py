@@ -325,7 +325,7 @@ def _check_smote_args(args) -> None:
 
 
 def stats(args) -> int:
-    from sftlab.datawork.stats import compute_stats, write_stats
+    from sftlab.datawork.stats import compute_stats, stats_notes, write_stats
     from sftlab.io import check_output_dir
 
     if args.max_length is not None and args.max_length < 1:
@@ -356,6 +356,7 @@ def stats(args) -> int:
     if args.out:
         files = write_stats(result, lengths, args.out, args.overwrite)
         print(f"wrote {', '.join(files)} to {args.out}")
+        print("".join(f"  {note}\n" for note in stats_notes(result, files)), end="")
     if args.json or not args.out:
         print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0

@@ -6,7 +6,10 @@ ratio, label distribution (PNG), duplicates, language mix and the share of sampl
 
 Without a tokenizer, lengths are counted in characters (`"unit": "chars"`) and the supervised ratio and
 truncation share, which need the chat template, are left out. With one, sft examples are rendered exactly
-as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens.
+as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens, and the
+tokenizer's unknown token (`[UNK]`) is counted in those sequences (`unknown_tokens`: text the tokenizer cannot
+represent, such as Chinese through an English-only vocabulary; `stats_notes` turns it into a printed note, and
+so it does for Chinese labels that labels.png draws as boxes where no CJK font is installed).
 Tool data: prompt lengths include the tools list and response lengths the last turn's tool calls (canonical JSON
 text), and the language mix reads system, user and assistant contents only (`records.natural_text`).
 Image+text data (`datawork.images`): an `images` section counts rows with images, images, images per row, distinct
@@ -48,13 +51,13 @@ def _token_counter(tokenizer):
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
 
 
-def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int]:
-    """Full training-sequence length of each example (of each sample an example makes under mask each_assistant)
-    and the number of supervised tokens in all of them."""
+def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int, dict]:
+    """Full training-sequence length of each example (of each sample an example makes under mask each_assistant),
+    the number of supervised tokens in all of them, and `_Unknown`'s count of the tokenizer's unknown token."""
     from sftlab.data.messages import mask_samples
     from sftlab.data.templates import encode_conversation
 
-    lengths, supervised = [], 0
+    lengths, supervised, unknown = [], 0, _Unknown(getattr(tokenizer, "unk_token_id", None))
     for example in examples:
         kind = stage_of(example)
         if kind == "sft":  # mask each_assistant: one training sequence per assistant turn, as training makes them
@@ -63,11 +66,34 @@ def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], i
                                                   src=example.get("_src"), tools=example.get("tools"))
                 lengths.append(len(ids))
                 supervised += sum(1 for label in labels if label != -100)
+                unknown.add(ids, example)
         else:
-            n = len(tokenizer(example["text"], add_special_tokens=True)["input_ids"])
-            lengths.append(n)
-            supervised += n if kind == "pt" else 0
-    return lengths, supervised
+            ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
+            lengths.append(len(ids))
+            supervised += len(ids) if kind == "pt" else 0
+            unknown.add(ids, example)
+    return lengths, supervised, unknown.summary(sum(lengths))
+
+
+class _Unknown:
+    """Counts the tokenizer's unknown token (`[UNK]`, `<unk>`) in training sequences: text the tokenizer cannot
+    represent (Chinese through an English-only WordPiece vocabulary) trains on that one token instead."""
+
+    def __init__(self, unk_id):
+        self.unk_id, self.count, self.examples, self.first = unk_id, 0, 0, None
+
+    def add(self, ids, example) -> None:
+        n = sum(1 for i in ids if i == self.unk_id) if self.unk_id is not None else 0
+        if n:
+            self.count += n
+            self.examples += 1
+            self.first = self.first or example.get("_src")
+
+    def summary(self, total: int) -> dict:
+        if self.unk_id is None:
+            return {}
+        return {"count": self.count, "share": round(self.count / total, 4) if total else 0.0,
+                "examples": self.examples, "first": self.first}
 
 
 def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None = None, template: str = "auto",
@@ -80,9 +106,11 @@ def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None =
     stats: dict = {"examples": len(examples), "stages": dict(stages), "unit": "tokens" if tokenizer is not None else "chars",
                    "prompt_length": summarize(prompt_lengths), "response_length": summarize(response_lengths)}
     if tokenizer is not None:
-        lengths, supervised = _sequence_lengths(examples, tokenizer, template, mask)
+        lengths, supervised, unknown = _sequence_lengths(examples, tokenizer, template, mask)
         total = sum(lengths)
         stats["sequence_length"] = summarize(lengths)
+        if unknown:
+            stats["unknown_tokens"] = unknown
         if stages.get("cls", 0) < len(examples):
             stats["supervised_token_ratio"] = round(supervised / total, 4) if total else 0.0
         if max_length:
@@ -120,6 +148,47 @@ def _joined(text: str, tool_text: str) -> str:
 # Fonts tried in order for every glyph (matplotlib >= 3.6 falls back per character), so Chinese labels render
 # where a CJK font is installed; without one they show as boxes.
 FONTS = ["DejaVu Sans", "Noto Sans CJK SC", "Noto Sans SC", "WenQuanYi Zen Hei", "Source Han Sans SC", "SimHei", "Microsoft YaHei"]
+
+
+def missing_glyphs(labels) -> str:
+    """The characters of `labels` that none of the installed `FONTS` can draw (in first-seen order), which the
+    label plot shows as boxes: Chinese labels on a machine without a CJK font. '' when every one can be drawn."""
+    from matplotlib import font_manager, ft2font
+
+    covered: set[int] = set()
+    for name in FONTS:
+        try:
+            path = font_manager.findfont(font_manager.FontProperties(family=name), fallback_to_default=False)
+        except ValueError:
+            continue
+        covered.update(ft2font.FT2Font(path).get_charmap())
+    chars = dict.fromkeys(c for label in labels for c in str(label) if not c.isspace())
+    return "".join(c for c in chars if ord(c) not in covered)
+
+
+def stats_notes(stats: dict, plots: list[str] = ()) -> list[str]:
+    """One-line notes on what `stats` shows that a user should act on: training sequences holding the tokenizer's
+    unknown token, and (when `plots` has labels.png) label characters the plot draws as boxes."""
+    notes = []
+    unknown = stats.get("unknown_tokens") or {}
+    if unknown.get("count"):
+        notes.append(f"note: {unknown['count']} unknown tokens ({unknown['share']:.1%} of all tokens) in "
+                     f"{unknown['examples']} examples, first {unknown['first']}: the tokenizer cannot represent "
+                     "that text, and training would learn its unknown token instead")
+    if "labels.png" in plots and glyph_note(stats):
+        notes.append(glyph_note(stats))
+    return notes
+
+
+def glyph_note(stats: dict) -> str:
+    """A one-line note when labels.png will show some label characters as boxes (no installed font has them),
+    naming the fonts that would draw them; '' otherwise."""
+    missing = missing_glyphs(stats.get("labels") or {})
+    if not missing:
+        return ""
+    shown = missing if len(missing) <= 10 else missing[:10] + "..."
+    return (f"note: labels.png shows {len(missing)} label character(s) as boxes ({shown}): no installed font has "
+            f"them; install one of {', '.join(FONTS[1:])} (stats.json and stats.md are unaffected)")
 
 
 def _pyplot():
@@ -169,7 +238,8 @@ def _bars(counts: dict[str, int], path: Path) -> None:
 
 
 def write_stats(stats: dict, lengths: dict, out_dir: str | Path, overwrite: bool = False) -> list[str]:
-    """Write stats.json, stats.md and the PNG plots into `out_dir` in one atomic step; returns file names."""
+    """Write stats.json, stats.md and the PNG plots into `out_dir` in one atomic step; returns file names. stats.md
+    ends with `glyph_note` when labels.png cannot draw some label characters."""
     from sftlab.io import atomic_dir
 
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -180,12 +250,14 @@ def write_stats(stats: dict, lengths: dict, out_dir: str | Path, overwrite: bool
         if lengths["response"]:
             _histogram(lengths["response"], "response length", stats["unit"], tmp / "response_lengths.png")
             files.append("response_lengths.png")
+        note = ""
         if stats.get("labels"):
             _bars(stats["labels"], tmp / "labels.png")
             files.append("labels.png")
+            note = glyph_note(stats)
         stats = {**stats, "plots": [f for f in files if f.endswith(".png")]}
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        (tmp / "stats.md").write_text(stats_markdown(stats), encoding="utf-8")
+        (tmp / "stats.md").write_text(stats_markdown(stats) + (f"\n{note}\n" if note else ""), encoding="utf-8")
     return files
 
 
@@ -199,6 +271,9 @@ def stats_markdown(stats: dict) -> str:
             lines.append(f"- {key.replace('_', ' ')} ({unit}): mean {s['mean']}, p50 {s['p50']}, p90 {s['p90']}, max {s['max']}")
     if "supervised_token_ratio" in stats:
         lines.append(f"- supervised-token ratio: {stats['supervised_token_ratio']}")
+    if stats.get("unknown_tokens", {}).get("count"):
+        u = stats["unknown_tokens"]
+        lines.append(f"- unknown tokens: {u['count']} ({u['share']:.1%}) in {u['examples']} examples, first {u['first']}")
     if "truncated" in stats:
         lines.append(f"- longer than max_length {stats['max_length']}: {stats['truncated']['count']} ({stats['truncated']['share']:.1%})")
     lines.append(f"- duplicates: {stats['duplicates']['exact']} exact, {stats['duplicates']['near']} near"
