@@ -100,6 +100,25 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_has_set_up(tmp_path)
     assert Path(fresh["output"]["dir"]).is_dir()
 
 
+def test_a_previous_run_left_aside_by_a_killed_overwrite_is_not_hidden(tmp_path):
+    """An --overwrite killed during its setup leaves the old run in .sftlab-previous-run/: a resume or a fresh run
+    says so instead of "no checkpoint"; --overwrite discards it."""
+    from sftlab.train.rundir import PREVIOUS_RUN
+
+    first = train(tiny_run(tmp_path, train={"max_steps": 1}))
+    held = first.out_dir / PREVIOUS_RUN
+    held.mkdir()
+    for name in ("model", "metrics.json"):
+        (first.out_dir / name).replace(held / name)
+    for resume in (True, False):
+        with pytest.raises(SftlabError, match=rf"{PREVIOUS_RUN}/ holds the entries of a run that an interrupted "
+                                              "--overwrite set aside; move them back"):
+            train(tiny_run(tmp_path, train={"max_steps": 1}), resume=resume)
+    assert sorted(p.name for p in held.iterdir()) == ["metrics.json", "model"]
+    train(tiny_run(tmp_path, train={"max_steps": 1}), overwrite=True)
+    assert not held.exists()
+
+
 def test_trained_weights_start_a_new_run_through_model_path(tmp_path):
     first = train(tiny_run(tmp_path, train={"max_steps": 2}))
     raw = tiny_run(tmp_path, name="second", train={"max_steps": 1})

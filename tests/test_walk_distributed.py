@@ -64,7 +64,8 @@ def test_a_rendezvous_port_in_use_is_refused_instead_of_waited_on():
 def _checkpoint(tmp_path, processes: int) -> None:
     step = tmp_path / "out" / "checkpoints" / "step-3"
     step.mkdir(parents=True)
-    (step / "sftlab_state.json").write_text(json.dumps({"step": 3, "processes": processes}))
+    (step / "sftlab_state.json").write_text(json.dumps({"step": 3, "processes": processes, "position": {}, "losses": [],
+                                                           "eval_history": [], "best": {}, "bad_evals": 0, "config": {}}))
 
 
 def test_resume_with_another_process_count_is_refused_before_the_workers_start(tmp_path, no_launch, capsys):

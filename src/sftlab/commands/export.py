@@ -16,6 +16,11 @@ matmuls where it trained with bf16 compute); `--merge-base original` merges it i
 the original full-precision base instead, which differs from what was trained by the quantisation error
 (both measured in tests/test_qlora.py; docs/train.md).
 
+A classification adapter's base gets the adapter's label names in its head (`id2label`, so the merged config.json
+names them; `sftlab.models.trained.trained_labels`: the adapter's `sftlab_labels.json`, else its run's
+data_stats.json), also recorded as `labels` in sftlab_export.json; with neither, only the head size is known and the
+labels are LABEL_0, LABEL_1, ...
+
 A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template the adapter was trained with
 (`sftlab.models.trained`: the adapter directory's `sftlab_template.json`, else the run's config.yaml) sets the stop
 ids in generation_config.json and the tokenizer's chat_template, and OUT gets its own `sftlab_template.json`.
@@ -58,21 +63,22 @@ def find_adapter(run_dir: Path) -> Path | None:
                       "config.json in it)")
 
 
-def _classifier_labels(run_dir: Path, adapter_dir: Path) -> list[str] | int:
-    """Label names from the run's data_stats.json, else the head size read from the adapter weights."""
-    stats = run_dir / "data_stats.json"
-    if stats.is_file():
-        names = json.loads(stats.read_text(encoding="utf-8")).get("label_names")
-        if names:
-            return [str(name) for name in names]
+def _classifier_labels(adapter_dir: Path) -> list[str] | int:
+    """Label names of a classification adapter (`sftlab.models.trained.trained_labels`: its `sftlab_labels.json`, else
+    its run's data_stats.json), else the head size read from the adapter weights (the labels then unnamed)."""
     from safetensors import safe_open
 
+    from sftlab.models.trained import trained_labels
+
+    names = trained_labels(adapter_dir)
+    if names:
+        return names
     with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as handle:
         for key in handle.keys():
             if key.endswith(("score.weight", "classifier.weight")):
                 return int(handle.get_slice(key).get_shape()[0])
-    raise SftlabError(f"{adapter_dir}: a classification adapter without data_stats.json or a saved head; "
-                      "cannot tell the number of labels")
+    raise SftlabError(f"{adapter_dir}: a classification adapter without sftlab_labels.json, its run's data_stats.json "
+                      "or a saved head; cannot tell the number of labels")
 
 
 def _probe_logits(model, tokenizer, probes: list[str]):
@@ -115,7 +121,7 @@ def _merge_base(requested: str | None, qlora: dict | None) -> str:
     return requested
 
 
-def _load_base(base: str, run_dir: Path, adapter_dir: Path, adapter_cfg: dict, tokenizer, dtype: str = "float32",
+def _load_base(base: str, adapter_dir: Path, adapter_cfg: dict, tokenizer, dtype: str = "float32",
                quantize_4bit: bool = False):
     """The adapter's base model for its task (a classifier with the run's labels, else a causal LM)."""
     from sftlab.config.schema import ModelConfig
@@ -123,7 +129,7 @@ def _load_base(base: str, run_dir: Path, adapter_dir: Path, adapter_cfg: dict, t
 
     base_cfg = ModelConfig(path=str(base), dtype=dtype)
     if adapter_cfg.get("task_type") == "SEQ_CLS":
-        labels = _classifier_labels(run_dir, adapter_dir)
+        labels = _classifier_labels(adapter_dir)
         named = isinstance(labels, list)
         return load_model(base_cfg, "cls", num_labels=None if named else labels,
                           label_names=labels if named else None, tokenizer=tokenizer, quantize_4bit=quantize_4bit)
@@ -179,7 +185,7 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
     tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if has_tokenizer_files(adapter_dir) else base)))
-    load = functools.partial(_load_base, base, run_dir, adapter_dir, adapter_cfg, tokenizer)
+    load = functools.partial(_load_base, base, adapter_dir, adapter_cfg, tokenizer)
     probes = probes or DEFAULT_PROBES
     exact = None
     if qlora:  # compared with the model that trained: the 4-bit base and the adapter
@@ -195,6 +201,9 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
               "dtype": dtype, "merge_base": merge_base, "qlora": qlora, "probes": len(probes),
               "max_abs_logit_diff": max_diff}
+    if adapter_cfg.get("task_type") == "SEQ_CLS":  # the head's rows, by name (unnamed: LABEL_0, LABEL_1, ...)
+        id2label = merged.config.id2label
+        record["labels"] = [str(id2label[key]) for key in sorted(id2label, key=int)]
     if exact is not None:  # against the QLoRA model computing in float32: the merge's own error
         record["max_abs_logit_diff_float32_compute"] = _max_diff(exact, _probe_logits(merged, tokenizer, probes))
     if dtype != "float32":

@@ -28,7 +28,8 @@ _SHOWN_FIRST = ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "
 
 
 def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32"):
-    """(model, tokenizer, head_labels) for a model dir, a PEFT adapter dir or a run dir (its `model/`).
+    """(model, tokenizer, head_labels) for a model dir, a PEFT adapter dir (a classification LoRA adapter with its
+    head and recorded labels) or a run dir (its `model/`).
 
     head_labels lists the class names of a sequence-classification model, else None. Causal LMs and
     adapters load through `sftlab.infer.loading` (the adapter's local base; nothing is downloaded).
@@ -51,6 +52,10 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32")
         id2label = AutoConfig.from_pretrained(source.model_dir, local_files_only=True).id2label  # 2 labels by default
         head_labels = [id2label[key] for key in sorted(id2label, key=int)]
         model = load_model(model_cfg, "cls", label_names=head_labels, tokenizer=tokenizer)
+    elif source.task_type == "SEQ_CLS":  # a classification LoRA adapter: its base with the head it trained
+        from sftlab.infer.loading import load_classifier_adapter
+
+        model, tokenizer, head_labels = load_classifier_adapter(model_dir, dtype)
     else:
         served = load_served(model_dir, dtype=dtype)
         model, tokenizer = served.model, served.tokenizer

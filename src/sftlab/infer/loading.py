@@ -10,6 +10,10 @@ and `config.yaml`. Prompts are rendered, and answers stopped, with the template 
 a merged export), else the run's `config.yaml` (`data.template`), else auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
 
+A classification LoRA adapter (adapter_config.json's task_type SEQ_CLS) generates no text: `load_served` refuses it in
+one line naming its labels, and `load_classifier_adapter` loads it on its base's classification head with the label
+names it trained with (`sftlab.models.trained.trained_labels`), for label evaluation.
+
 A QLoRA adapter served as the model (its dir holds `sftlab_qlora.json`) runs on its base loaded in 4-bit as it
 trained (`sftlab.models.nf4.load_as_trained`); extra adapters on that base must record the same quantisation.
 """
@@ -33,6 +37,7 @@ class ModelSource:
     base_dir: Path
     adapter_dir: Path | None = None
     template: str = "auto"
+    task_type: str | None = None  # an adapter's adapter_config.json task_type (SEQ_CLS: a classifier)
 
 
 @dataclass
@@ -68,6 +73,7 @@ class ServedModel:
 
 def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL") -> ModelSource:
     """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside); errors name `key`."""
+    from sftlab.io import read_json
     from sftlab.models.load import adapter_base, resolve_model_path
 
     given = Path(path).expanduser()
@@ -79,7 +85,10 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
         base = adapter_base(adapter_config)
         base_dir = resolve_model_path(base, f"{adapter_config}: base_model_name_or_path")
         check_adapter_weights(model_dir)
-        return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template)
+        raw = read_json(adapter_config)
+        task = raw.get("task_type") if isinstance(raw, dict) else None
+        return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template,
+                           task_type=task if isinstance(task, str) else None)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
     return ModelSource(label, model_dir, model_dir, template=template)
@@ -133,6 +142,8 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
             raise SftlabError(f"--adapter {key}={adapters[key]}: not a PEFT adapter directory (no adapter_config.json)")
         if adapter.base_dir.resolve() != source.base_dir.resolve():
             raise SftlabError(f"--adapter {key}: its base {adapter.base_dir} differs from the served base {source.base_dir}")
+    for served in (source, *extra.values()):
+        _refuse_classifier(served)
     record = _four_bit_record(source, extra, dtype)
     tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
     tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
@@ -161,6 +172,44 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
         served_adapters.update(internal)
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
+
+
+def _refuse_classifier(source: ModelSource) -> None:
+    """A one-line SftlabError for a classification adapter, which has a head over labels and no text to generate."""
+    if source.task_type != "SEQ_CLS":
+        return
+    from sftlab.models.trained import trained_labels
+
+    labels = trained_labels(source.adapter_dir)
+    named = f"labels {', '.join(labels)}" if labels else "labels not recorded"
+    raise SftlabError(f"{source.adapter_dir}: a classification LoRA adapter ({named}), not a text generator; "
+                      f"`sftlab export RUN --merge OUT` writes it as a classifier with these labels")
+
+
+def load_classifier_adapter(path: str | Path, dtype: str = "float32"):
+    """(model, tokenizer, labels) for a classification LoRA adapter (a run dir, RUN/model, RUN/best or a checkpoint):
+    its base loaded with a head over the labels it trained with, in head-row order, and the adapter attached. A
+    one-line SftlabError when the labels are not recorded (an adapter saved without sftlab_labels.json, away from
+    its run's data_stats.json)."""
+    from peft import PeftModel
+
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
+    from sftlab.models.trained import trained_labels
+
+    source = describe_source(path)
+    if source.task_type != "SEQ_CLS":
+        raise SftlabError(f"{path}: not a classification LoRA adapter (adapter_config.json task_type SEQ_CLS)")
+    labels = trained_labels(source.adapter_dir)
+    if not labels:
+        raise SftlabError(f"{source.adapter_dir}: a classification adapter whose label names are not recorded (no "
+                          "sftlab_labels.json, and no data_stats.json of its run beside it)")
+    tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
+    tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
+    base = load_model(ModelConfig(path=str(source.base_dir), dtype=serving_dtype(dtype)), "cls",
+                      label_names=labels, tokenizer=tokenizer)
+    model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
+    return model, tokenizer, labels
 
 
 def serving_dtype(dtype: str) -> str:

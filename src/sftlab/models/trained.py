@@ -19,8 +19,14 @@ RUN/best; a run directory's own), and MODEL/../../config.yaml only when MODEL's 
 (RUN/checkpoints/step-N). Nothing further up is read: a config.yaml two levels above any other directory belongs
 to something else. A path that is not a directory (a hub name such as `gemma-3-270m`) has no settings.
 
-A malformed `sftlab_template.json` or `config.yaml` (not JSON / YAML, not a mapping, a setting of the wrong type)
-is a one-line SftlabError naming the file; nothing is skipped silently.
+Label names of a classification model (`trained_labels`): a full model's config.json has them (`id2label`), but a
+LoRA adapter has only adapter_config.json, so sftlab writes them beside it as `sftlab_labels.json` (`{"labels":
+[...]}`, in head-row order; `write_labels_record`, called for `model/`, `best/` and every checkpoint). An adapter
+saved before that record existed takes them from its run's `data_stats.json` (`label_names`), found as the run config
+is; else they are unknown (None).
+
+A malformed `sftlab_template.json`, `sftlab_labels.json` or `config.yaml` (not JSON / YAML, not a mapping, a setting
+of the wrong type) is a one-line SftlabError naming the file; nothing is skipped silently.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from sftlab.io import read_yaml_mapping
 from sftlab.models.chat_files import read_template_record, trained_template
 
 RUN_CONFIG = "config.yaml"
+LABELS_RECORD = "sftlab_labels.json"
+RUN_DATA_STATS = "data_stats.json"
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,49 @@ def run_model_dir(directory: str | Path) -> Path | None:
     return None
 
 
-def run_config_file(model_dir: Path) -> Path | None:
-    """The nearest run config.yaml of `model_dir` (see the module docstring), or None."""
-    candidates = [model_dir / RUN_CONFIG, model_dir.parent / RUN_CONFIG]
+def run_config_file(model_dir: Path, name: str = RUN_CONFIG) -> Path | None:
+    """The nearest run config.yaml (or other run file `name`) of `model_dir` (see the module docstring), or None."""
+    candidates = [model_dir / name, model_dir.parent / name]
     if model_dir.parent.name == "checkpoints":
-        candidates.append(model_dir.parent.parent / RUN_CONFIG)
+        candidates.append(model_dir.parent.parent / name)
     return next((path for path in candidates if path.is_file()), None)
+
+
+def write_labels_record(directory: str | Path, model) -> list[str] | None:
+    """Write `directory/sftlab_labels.json` for a PEFT sequence-classification adapter (its base config's `id2label`,
+    in head-row order) and return the labels; nothing for any other model (a full model's config.json has them)."""
+    from sftlab.io import atomic_write_json
+
+    peft = getattr(model, "peft_config", None)
+    task = getattr(next(iter(peft.values())), "task_type", None) if peft else None
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if str(getattr(task, "value", task)) != "SEQ_CLS" or not id2label:
+        return None
+    labels = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    atomic_write_json(Path(directory) / LABELS_RECORD, {"labels": labels})
+    return labels
+
+
+def trained_labels(directory: str | Path) -> list[str] | None:
+    """The label names, in head-row order, of the classification adapter in `directory` (a run directory stands for
+    its model/): its `sftlab_labels.json`, else its run's `data_stats.json`; None when neither names them."""
+    from sftlab.io import read_json
+
+    directory = Path(directory).expanduser()
+    model_dir = run_model_dir(directory) or directory
+    record = model_dir / LABELS_RECORD
+    if record.is_file():
+        raw = read_json(record)
+        labels = raw.get("labels") if isinstance(raw, dict) else None
+        if not isinstance(labels, list) or not labels or not all(isinstance(name, str) for name in labels):
+            raise SftlabError(f"{record}: labels: expected a list of label names, got {labels!r}")
+        return labels
+    stats = run_config_file(model_dir, RUN_DATA_STATS) if model_dir.is_dir() else None
+    raw = read_json(stats) if stats else None
+    names = raw.get("label_names") if isinstance(raw, dict) else None
+    if names is not None and not (isinstance(names, list) and names):
+        raise SftlabError(f"{stats}: label_names: expected a list of label names, got {names!r}")
+    return [str(name) for name in names] if names else None
 
 
 def trained_settings(directory: str | Path) -> TrainedSettings:

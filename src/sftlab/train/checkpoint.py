@@ -2,6 +2,7 @@
 
     OUT/checkpoints/step-N/
         model.safetensors + config.json (or adapter_model.safetensors for peft) + tokenizer files
+        sftlab_labels.json  a classification adapter's label names (a full model has them in config.json)
         optimizer.pt  scheduler.pt  rng_state.pt (python, numpy, torch, cuda)
         scaler.pt           under train.precision fp16: the gradient scaler (loss scale, growth tracker)
         optimizer/          instead of optimizer.pt under train.distributed=fsdp: every rank's optimizer
@@ -64,11 +65,12 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
     The chat template the run `config` (a RunConfig or its dict) trained with (`sftlab.models.chat_files`) is carried
     into the saved files: stop ids in generation_config.json, the template's Jinja as chat_template,
     sftlab_template.json. A QLoRA adapter also gets `sftlab_qlora.json` (how its base was quantised,
-    `sftlab.models.nf4`)."""
+    `sftlab.models.nf4`). A classification adapter gets `sftlab_labels.json`, its label names (`sftlab.models.trained`)."""
     from transformers.utils import logging as hf_logging
 
     from sftlab.models.chat_files import carry_chat_template, trained_template, write_template_record
     from sftlab.models.nf4 import is_four_bit, write_record
+    from sftlab.models.trained import write_labels_record
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
@@ -77,6 +79,7 @@ def save_model_dir(model, tokenizer, directory: Path, state_dict: dict | None = 
             model.save_pretrained(directory, **({"state_dict": state_dict} if state_dict is not None else {}))
             tokenizer.save_pretrained(directory)
         write_template_record(directory, record)
+        write_labels_record(directory, model)
         if hasattr(model, "peft_config") and is_four_bit(model):
             write_record(directory, model)
         from sftlab.vision.load import copy_processor_files
@@ -144,19 +147,65 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+# What `sftlab.io.atomic_dir` / `atomic_file` leave of a run's entries when the process is killed while writing them:
+# the temporary sibling (`.step-3.k2j4x9qa.tmp`) and, killed between its two renames, the previous entry (`.best.old`).
+_LEFTOVER = re.compile(r"^\.(step-\d+|best|model|metrics\.jsonl?|config\.yaml|data_stats\.json|trainable\.json)"
+                       r"\.(?:[^.]+\.tmp|old)$")
+
+
+def clear_interrupted_writes(run_dir: Path) -> list[str]:
+    """Remove what a killed run left half-written in `run_dir` and its checkpoints/ (`_LEFTOVER`), so partial
+    checkpoints do not pile up on disk; an entry whose `.old` copy is all that is left (killed between the two renames
+    that replace it) is put back from it. Returns a line for each entry put back. Call it only while no run writes
+    there."""
+    restored = []
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        for child in sorted(folder.iterdir()) if folder.is_dir() else []:
+            match = _LEFTOVER.match(child.name)
+            if not match:
+                continue
+            final = folder / match.group(1)
+            if child.name.endswith(".old") and not final.exists():
+                child.replace(final)
+                restored.append(f"put back {final} from {child.name} (a run was killed while replacing it)")
+            elif child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+    return restored
+
+
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Delete all but the `keep` newest step checkpoints (`best/` lives elsewhere and is never pruned)."""
     for _, path in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+# What a step checkpoint's sidecar must hold for a run to continue from it, and the JSON type of each.
+SIDECAR_FIELDS = {"step": int, "position": dict, "losses": list, "eval_history": list, "best": dict,
+                  "bad_evals": int, "config": dict}
+
+
 def read_sidecar(directory: Path) -> dict:
-    """The `sftlab_state.json` of a checkpoint."""
+    """The `sftlab_state.json` of a step checkpoint; a one-line SftlabError (`damaged`) naming it when it is not JSON or
+    lacks a field the resume needs (`SIDECAR_FIELDS`)."""
     path = Path(directory) / SIDECAR
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SftlabError(f"{path}: cannot read the checkpoint state ({exc})") from None
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged(path, f"cannot read the checkpoint state ({_first_line(exc)})") from None
+    if not isinstance(state, dict):
+        raise damaged(path, f"expected a JSON object, got {type(state).__name__}")
+    for key, kind in SIDECAR_FIELDS.items():
+        value = state.get(key)
+        if key not in state:
+            raise damaged(path, f"no field {key!r}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise damaged(path, f"field {key!r} is {json.dumps(value)[:40]}, expected a JSON {_JSON_NAMES[kind]}")
+    return state
+
+
+_JSON_NAMES = {int: "whole number", dict: "object", list: "array"}
 
 
 def data_fingerprint(prepared) -> dict | None:

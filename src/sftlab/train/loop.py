@@ -34,17 +34,17 @@ from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import (capture_rng, data_fingerprint, latest_checkpoint, prune_checkpoints, restore_rng,
-                                     save_best, save_checkpoint, save_model_dir)
-from sftlab.train.distributed import (call_unsharded, combine_eval_sums, gather_objects,
-                                      gathered_state_dict, no_sync_unless_last, optimizer_writer, rank_share,
-                                      reduce_sum, sharded)
+from sftlab.train.checkpoint import (capture_rng, clear_interrupted_writes, latest_checkpoint, restore_rng, save_best,
+                                     save_model_dir)
+from sftlab.train.distributed import call_unsharded, combine_eval_sums, no_sync_unless_last, rank_share, reduce_sum
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
 from sftlab.heap_slack import SlackGuard
 from sftlab.train.rundir import prepare_output_dir, replacing_previous_run
+from sftlab.train.saving import (best_metric_line, checkpoint_on_interrupt, gathered, interrupted_message,
+                                 maybe_checkpoint, sidecar, unwrapped, update_counted, update_started)
 from sftlab.train.setup import Session, build_session, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
@@ -62,10 +62,11 @@ class RunResult:
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C during training, after the checkpoint at `step` was written to `checkpoint`."""
+    """Ctrl-C during training, after the checkpoint at `step` was written to `checkpoint` (None: stopped at once inside
+    an optimizer update, which is not saved; `message` says so and names the latest checkpoint)."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"interrupted at step {step}; checkpoint saved in {checkpoint}")
+    def __init__(self, step: int, checkpoint: Path | None, message: str | None = None):
+        super().__init__(message or f"interrupted at step {step}; checkpoint saved in {checkpoint}")
         self.step, self.checkpoint = step, checkpoint
 
 
@@ -103,6 +104,7 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
     accelerator = make_accelerator(cfg)
     main, created = accelerator.is_main_process, not out_dir.exists()
     with accelerator.main_process_first():
+        restored = clear_interrupted_writes(out_dir) if main and (resume or overwrite) else []  # a killed run's
         checkpoint = prepare_output_dir(out_dir, resume, overwrite) if main else (
             latest_checkpoint(out_dir) if resume else None)
     with replacing_previous_run(out_dir, main, created), progress_bars(show_progress):
@@ -119,9 +121,14 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
             per_epoch = math.ceil(len(session.prepared.train) / cfg.train.batch_size) \
                 if hasattr(session.prepared.train, "__len__") else None  # micro-batches, as calibration counts
             write_trainable_report(session.trainable, out_dir, per_epoch)
+        for line in restored:
+            log.message(line)
         if session.resumed_from:
             for line in resume_lines(session):
                 log.message(line)
+            if line := best_metric_line(session):  # best/ was picked by another metric: the next evaluation replaces it
+                log.message(line)
+                session.best, session.bad_evals = {}, 0
             restore_rng(rng)
         stopped = train(session, log, callbacks or [])
         metrics = save_final(session, log, stopped)
@@ -146,7 +153,7 @@ def cleanup(session: Session) -> None:
 
 def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
     """Run optimizer steps until the total, early stopping or an interrupt; return why it stopped."""
-    cfg, flag = session.cfg, {}
+    cfg, flag, written = session.cfg, {}, None
     steps = step_groups(session)
     boundary_rng = capture_rng()
     heap = SlackGuard()  # jemalloc's unused pages returned when they pile up (sftlab.heap_slack)
@@ -160,11 +167,12 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
                     log.message(f"allocator: {heap.line()}")
                 session.step, session.position = session.step + 1, next_position
                 session.losses.append(loss)
+                update_counted(session)  # a second Ctrl-C from here on leaves a state that can be saved
                 log.count_tokens(stats["tokens"], time.perf_counter() - started)  # tokens/s: training time only
                 log_step(session, log, loss, stats)
                 stop = maybe_evaluate(session, log)
                 boundary_rng = capture_rng()
-                maybe_checkpoint(session, boundary_rng)
+                written = (session.step, path) if (path := maybe_checkpoint(session, boundary_rng)) else written
                 for callback in callbacks:
                     callback(session.step, loss)
                 if any_rank(session, flag.get("stop", False)):  # every rank stops at the same step
@@ -174,9 +182,8 @@ def train(session: Session, log: RunLog, callbacks: list[StepCallback]) -> str:
                                 f"{cfg.eval.patience} evaluations")
                     return "early_stopping"
     except KeyboardInterrupt:
-        session.optimizer.zero_grad(set_to_none=True)
-        path = write_checkpoint(session, boundary_rng)
-        raise TrainingInterrupted(session.step, path) from None
+        path = checkpoint_on_interrupt(session, boundary_rng, written)
+        raise TrainingInterrupted(session.step, path, interrupted_message(session, path)) from None
     return "completed"
 
 
@@ -230,6 +237,7 @@ def optimizer_step(session: Session, group: list[list[int]], rows=None) -> tuple
                 scaled = scaled * processes if carries else part * 0.0
             accelerator.backward(scaled if session.scaler is None else session.scaler.scale(scaled))
         loss_total += value if carries else 0.0
+    update_started(session)  # until the loop counts the step, a stop at once cannot be saved (sftlab.train.saving)
     update = apply_update(session)  # clip, step (fp16: or skip an overflow), schedule, zero_grad
     tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else sum(len(r["input_ids"]) for r in part)
                  for b, part, (_, carries) in zip(batches, parts, shares) if carries)  # packed: no filler
@@ -306,60 +314,16 @@ def maybe_evaluate(session: Session, log: RunLog) -> bool:
                           f"{', '.join(sorted(metrics))}")
     value = metrics[cfg.eval.metric]
     if improved(value, session.best.get("value"), cfg.eval.resolved_mode):
-        session.best = {"metric": cfg.eval.metric, "value": value, "step": session.step}
+        session.best = {"metric": cfg.eval.metric, "mode": cfg.eval.resolved_mode, "value": value,
+                        "step": session.step}
         session.bad_evals = 0
-        state_dict = _gathered_state_dict(session)
+        state_dict = gathered(session)
         if session.accelerator.is_main_process:
-            save_best(session.out_dir, _unwrapped(session), session.tokenizer, {**sidecar(session), "metrics": metrics},
+            save_best(session.out_dir, unwrapped(session), session.tokenizer, {**sidecar(session), "metrics": metrics},
                       state_dict)
     else:
         session.bad_evals += 1
     return bool(cfg.eval.patience) and session.bad_evals >= cfg.eval.patience
-
-
-def _unwrapped(session: Session):
-    return session.accelerator.unwrap_model(session.objective).model
-
-
-def _gathered_state_dict(session: Session) -> dict | None:
-    return gathered_state_dict(session.cfg, session.accelerator, session.objective, _unwrapped(session))
-
-
-def sidecar(session: Session) -> dict:
-    """The JSON state that, with the weights and optimizer files, lets a run continue exactly."""
-    return {"step": session.step, "total_steps": session.total_steps, "position": session.position.to_dict(),
-            "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
-            "bad_evals": session.bad_evals, "skipped_steps": session.skipped_steps,
-            "trainable": session.trainable.trainable, "processes": session.accelerator.num_processes,
-            "data": data_fingerprint(session.prepared),
-            "config": session.cfg.model_dump(mode="json"), "environment": session.environment}
-
-
-def write_checkpoint(session: Session, rng: dict) -> Path:
-    """Save checkpoints/step-N (main process; every rank's RNG) and prune old ones to output.keep_checkpoints."""
-    accelerator, write_optimizer = session.accelerator, optimizer_writer(session)  # fsdp: sharded optimizer
-    if sharded(session.cfg, accelerator) and write_optimizer is None:  # ZeRO: refused at start; reached by Ctrl-C
-        raise SftlabError(f"stopped at step {session.step}; train.distributed={session.cfg.train.distributed} "
-                          "writes no resumable checkpoint yet, so this run cannot be resumed")
-    path = session.out_dir / "checkpoints" / f"step-{session.step}"
-    rank_rngs = gather_objects(accelerator, rng) if accelerator.num_processes > 1 else None
-    state_dict = _gathered_state_dict(session)
-    if accelerator.is_main_process:
-        path = save_checkpoint(session.out_dir, session.step, _unwrapped(session), session.tokenizer,
-                               session.optimizer, session.scheduler, rng, sidecar(session), state_dict, rank_rngs,
-                               write_optimizer, session.scaler)
-        prune_checkpoints(session.out_dir, session.cfg.output.keep_checkpoints)
-    elif write_optimizer is not None:
-        write_optimizer(None)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def maybe_checkpoint(session: Session, rng: dict) -> None:
-    """Checkpoint every train.save_every_n_steps steps."""
-    every = session.cfg.train.save_every_n_steps
-    if every and session.step % every == 0:
-        write_checkpoint(session, rng)
 
 
 def save_final(session: Session, log: RunLog, stopped: str) -> dict:
@@ -379,7 +343,7 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
         metrics.update({f"eval_{key}": value for key, value in final.items()})
     if session.best:
         metrics.update({"best_step": session.best["step"], f"best_{session.best['metric']}": session.best["value"]})
-    model, state_dict = _unwrapped(session), _gathered_state_dict(session)
+    model, state_dict = unwrapped(session), gathered(session)
     if session.accelerator.is_main_process:
         with atomic_dir(session.out_dir / "model", overwrite=True) as tmp:
             save_model_dir(model, session.tokenizer, tmp, state_dict, config=session.cfg)

@@ -31,6 +31,10 @@ def prepare_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> Path | N
     except SftlabError as exc:
         raise SftlabError(f"output.dir {exc}") from None
     occupied = out_dir.exists() and any(out_dir.iterdir())
+    if (out_dir / PREVIOUS_RUN).is_dir() and not overwrite:  # an --overwrite killed before its setup ended
+        raise SftlabError(f"output.dir {out_dir}: {PREVIOUS_RUN}/ holds the entries of a run that an interrupted "
+                          "--overwrite set aside; move them back into output.dir to keep that run, or pass "
+                          "--overwrite to discard them")
     if resume:
         checkpoint = latest_checkpoint(out_dir)
         if checkpoint is None:

@@ -79,6 +79,7 @@ class Session:
     scaler: Any = None  # torch.amp.GradScaler under train.precision fp16
     skipped_steps: int = 0  # fp16 steps whose gradients overflowed (the optimizer step was skipped)
     writes: bool = True  # False for a dry run (`build_session(write=False)`): nothing is written under out_dir
+    in_update: bool = False  # an optimizer update started and its step is not yet counted (sftlab.train.saving)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
