@@ -228,3 +228,31 @@ def test_the_cache_key_hashes_every_data_module_that_makes_token_rows(tmp_path):
     before = tokenize._code_version(copies)
     copies[2].write_bytes(copies[2].read_bytes() + b"\n# changed\n")
     assert tokenize._code_version(copies) != before
+
+
+def _word_level_tokenizer():
+    """An English-only word vocabulary with [UNK], as a WordPiece BERT meets Chinese text."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[PAD]": 1, "[SEP]": 2, "good": 3, "day": 4}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", eos_token="[SEP]")
+
+
+@pytest.mark.parametrize("pt_mode", ["concat", "document"])
+def test_unknown_tokens_are_counted_and_logged_with_the_first_record(pt_mode):
+    from sftlab.data.preview import drop_lines
+
+    tokenizer = _word_level_tokenizer()
+    examples = docs("good day", "good 今天 天气", "day 很好")
+    data_cfg = DataConfig(train="x", pt_mode=pt_mode)
+    rows, stats = tokenize_examples(examples, tokenizer, data_cfg, TrainConfig(stage="pt", max_length=64))
+    assert stats.unknown_tokens == 3 and stats.unknown_first == "d.jsonl:2"
+    assert sum(row.count(0) for row in rows["input_ids"]) == 3
+    line = f"data: 3 unknown tokens (30.0% of 10) in the train rows, first d.jsonl:2; the tokenizer cannot " \
+           "represent that text, which trains as its unknown token"
+    assert drop_lines({"train": stats.to_dict()}, 64, "drop") == [line]
+    _, known = tokenize_examples(docs("good day"), tokenizer, data_cfg, TrainConfig(stage="pt", max_length=64))
+    assert known.unknown_tokens == 0 and drop_lines({"train": known.to_dict()}, 64, "drop") == []

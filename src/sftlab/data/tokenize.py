@@ -66,6 +66,8 @@ class TokenizeStats:
     cut_left: int = 0
     truncated: int = 0
     truncated_tokens: int = 0  # tokens cut from the ends of the truncated samples (pt documents, cls texts)
+    unknown_tokens: int = 0  # the tokenizer's unknown token ([UNK], <unk>) in the kept rows: text it cannot represent
+    unknown_first: str = ""  # file:line of the first example holding one
     tail_tokens: int = 0
     label_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     cache_hit: bool = False
@@ -238,6 +240,8 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
     input_ids = [columns["input_ids"][i] for i in keep]
     targets = [columns[key][i] for i in keep]
     origins = [origins[i] for i in keep]
+    srcs = [public[index]["_src"] for index, _ in origins]
+    _count_unknown(stats, getattr(tokenizer, "unk_token_id", None), input_ids, srcs)
     if stage == "pt" and settings["pt_mode"] == "concat":
         stats.truncated = 0  # concat cuts blocks; nothing is truncated
         input_ids, stats.tail_tokens = _concat_blocks(input_ids, settings["max_length"])
@@ -254,6 +258,17 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
         # counted as the loss counts them: a row's first token is never predicted
         stats.supervised_tokens = sum(sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in targets)
     return {"input_ids": input_ids, key: targets}, stats, origins
+
+
+def _count_unknown(stats: TokenizeStats, unk_id: int | None, rows: list[list[int]], srcs: list[str]) -> None:
+    """Count the unknown token in `rows` (text the tokenizer cannot represent trains as that one token)."""
+    if unk_id is None:
+        return
+    for ids, src in zip(rows, srcs):
+        count = sum(1 for token in ids if token == unk_id)
+        if count:
+            stats.unknown_tokens += count
+            stats.unknown_first = stats.unknown_first or src
 
 
 _WORK: tuple = ()  # (mapper, examples, tokenizer, settings) for forked tokenising workers
