@@ -184,6 +184,12 @@ def test_bleu_is_corpus_bleu4_with_brevity_penalty_by_hand():
     assert generation_metrics(["a b c d e"], ["a b c x e"])["bleu"] == approx((4 / 5 * 2 / 4 * 1 / 3 * 1 / 4) ** 0.25)
 
 
+def test_bleu_of_an_exact_match_is_one_not_above():
+    # sacrebleu's 100.00000000000004 for a perfect match divided by 100 was a BLEU above 1
+    for text in ("我爱北京天安门", "the cat sat on the mat today"):
+        assert generation_metrics([text], [text])["bleu"] == 1.0
+
+
 def test_generation_case_and_empty_conventions():
     result = generation_metrics(["The Cat sat down"], ["the cat sat down"])
     assert result["exact_match"] == 0 and result["bleu"] < 1  # case-sensitive

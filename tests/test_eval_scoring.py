@@ -110,6 +110,7 @@ def test_hook_returns_task_metrics_for_the_configured_metric(tiny, tmp_path):
     assert values["macro_f1"] == pytest.approx(expected["macro_f1"]) and "accuracy" in values
     assert hooks.task_metrics(model, tok, prepared, _cfg(tmp_path, "loss")) == {}
     assert hooks.task_for_metric("ndcg@5") == "ranking" and hooks.task_for_metric("rouge_l") == "generation"
+    assert hooks.task_for_metric("map") == "ranking"
 
 
 def test_hook_rejects_unknown_metric_and_ranking_without_rows(tiny, tmp_path):

@@ -41,8 +41,9 @@ def ranking_row(**candidate) -> dict:
 
 @pytest.mark.parametrize("row, expected", [
     (ranking_row(text=None, relevant=0), "candidates[1]: 'text' must be a string, got None"),
-    (ranking_row(text="beta"), "candidates[1]: 'relevant' (0 or 1) is missing"),
-    (ranking_row(text="beta", relevant=2), "candidates[1]: 'relevant' must be 0 or 1, got 2"),
+    (ranking_row(text="beta"), "candidates[1]: 'relevant' (a grade: 0 not relevant, 1, 2, ... more relevant) is missing"),
+    (ranking_row(text="beta", relevant=-1),
+     "candidates[1]: 'relevant' must be an integer >= 0 (0 not relevant, 1, 2, ... more relevant), got -1"),
     ({**ranking_row(text="beta", relevant=0), "messages": "pick one"}, "messages: expected a non-empty list"),
     (ranking_row(messages=[{"role": "bot", "content": "x"}], relevant=0),
      "candidates[1].messages: message 0 has unknown role 'bot'"),

@@ -22,7 +22,7 @@ from sftlab.eval import tasks
 
 _LABEL_METRICS = re.compile(r"^(accuracy|(macro|micro|weighted)_(f1|precision|recall)|auc|average_precision|unparseable)$")
 _GENERATION_METRICS = {"exact_match", "bleu", "rouge1", "rouge2", "rouge_l"}
-_RANKING_METRICS = re.compile(r"^((hit_rate|precision|recall|ndcg)@(\d+)|mrr)$")
+_RANKING_METRICS = re.compile(r"^((hit_rate|precision|recall|ndcg)@(\d+)|mrr|map)$")
 _LOOP_METRICS = {"loss", "eval_loss", "val_loss", "perplexity"}
 # Counts and curve details that are not metrics to select on; left out of the logged validation row.
 _NOT_LOGGED = {"n", "tokens", "queries", "queries_without_relevant", "threshold", "threshold_precision",
@@ -40,7 +40,7 @@ def task_for_metric(metric: str) -> str | None:
     if _RANKING_METRICS.match(metric):
         return "ranking"
     raise SftlabError(f"eval.metric {metric!r} is not a metric sftlab reports; use loss, accuracy, macro_f1, micro_f1, "
-                      "weighted_f1, auc, exact_match, bleu, rouge1, rouge2, rouge_l, perplexity, mrr, ndcg@K, "
+                      "weighted_f1, auc, exact_match, bleu, rouge1, rouge2, rouge_l, perplexity, mrr, map, ndcg@K, "
                       "hit_rate@K, precision@K or recall@K")
 
 

@@ -4,13 +4,15 @@ All values are floats in [0, 1] except `loss`/`perplexity` and counts. BLEU is s
 BLEU-4 divided by 100; ROUGE-1/2/L are rouge-score's mean F-measures. Label metrics come from
 scikit-learn; an unparseable prediction (`None`) counts as wrong, is counted in `unparseable`, and
 appears as its own column of the confusion matrix (it is never a false positive of a real class); macro
-averages cover the labels that occur. Ranking metrics are expectations over the orders of tied candidates.
+averages cover the labels that occur. Ranking metrics take relevance grades (integers >= 0; above 0 is relevant,
+NDCG's gain is the grade) and are expectations over the orders of tied candidates.
 The definitions are in docs/eval.md.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Sequence
 
@@ -91,70 +93,113 @@ def binary_curve_metrics(y_true: Sequence[str], probs: Sequence[Sequence[float]]
     }
 
 
-def _tie_groups(scores: Sequence[float], relevance: Sequence[int]) -> list[tuple[int, int, int]]:
-    """(first rank, size, relevant count) of each group of equal scores, highest scores first (ranks from 0)."""
+def relevance_grade(value) -> int:
+    """`value` as a relevance grade, an integer >= 0 (bools and integral floats such as 2.0 pass); ValueError naming the
+    value otherwise (negative, fractional, not finite, or not a number)."""
+    if isinstance(value, numbers.Integral):
+        grade = int(value)
+    elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        grade = int(value)
+    else:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    if grade < 0:
+        raise ValueError(f"expected an integer >= 0, got {value!r}")
+    return grade
+
+
+def _tie_groups(scores: Sequence[float], relevance: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """(first rank, size, relevant count, summed grades) of each group of equal scores, highest scores first (ranks
+    from 0); a candidate is relevant when its grade is above 0."""
     groups: dict[float, list[int]] = {}
     for score, rel in zip(scores, relevance):
         groups.setdefault(score, []).append(rel)
     out, start = [], 0
     for score in sorted(groups, reverse=True):
-        out.append((start, len(groups[score]), sum(groups[score])))
-        start += len(groups[score])
+        grades = groups[score]
+        out.append((start, len(grades), sum(g > 0 for g in grades), sum(grades)))
+        start += len(grades)
     return out
 
 
-def _expected_at_k(groups: list[tuple[int, int, int]], k: int) -> tuple[float, float]:
-    """(expected relevant count in the top k, probability of at least one) over random orders of tied candidates."""
-    found, miss = 0.0, 1.0
-    for start, size, relevant in groups:
+def _expected_at_k(groups: list[tuple[int, int, int, int]], k: int) -> tuple[float, float, float]:
+    """(expected relevant count in the top k, probability of at least one, expected DCG@k with linear gain) over
+    random orders of tied candidates: a group straddling rank k contributes its mean per slot it fills."""
+    found, miss, dcg = 0.0, 1.0, 0.0
+    for start, size, relevant, gain in groups:
         slots = min(k, start + size) - start
         if slots <= 0:
             break
         found += relevant * slots / size
         miss *= math.comb(size - relevant, slots) / math.comb(size, slots)  # none of the group's relevant made it
-    return found, 1.0 - miss
+        dcg += gain / size * sum(1.0 / math.log2(rank + 2) for rank in range(start, start + slots))
+    return found, 1.0 - miss, dcg
 
 
-def _expected_reciprocal_rank(groups: list[tuple[int, int, int]]) -> float:
+def _ideal_dcg(relevance: Sequence[int], k: int) -> float:
+    """DCG@k of the best order (grades sorted, highest first) with linear gain."""
+    return sum(grade / math.log2(rank + 2) for rank, grade in enumerate(sorted(relevance, reverse=True)[:k]))
+
+
+def _expected_reciprocal_rank(groups: list[tuple[int, int, int, int]]) -> float:
     """E[1 / rank of the first relevant candidate] over random orders of tied candidates."""
-    for start, size, relevant in groups:
+    for start, size, relevant, _ in groups:
         if relevant:
             orders = math.comb(size, relevant)
             return sum(math.comb(size - j, relevant - 1) / orders / (start + j) for j in range(1, size - relevant + 2))
     return 0.0
 
 
+def _expected_average_precision(groups: list[tuple[int, int, int, int]]) -> float:
+    """E[average precision] over random orders of tied candidates: the mean over relevant candidates of the precision
+    at each one's rank. A relevant candidate of a group (first rank s, size n, m relevant, P relevant ranked before
+    it) is at rank s + j with probability 1/n, with (j - 1)(m - 1)/(n - 1) of the group's other relevant ahead of it
+    on average; the precision there is linear in that count, so its expectation is exact."""
+    total, before, found = 0.0, 0, 0.0
+    for start, size, relevant, _ in groups:
+        if relevant:
+            share = (relevant - 1) / (size - 1) if size > 1 else 0.0
+            found += relevant / size * sum((before + 1 + (j - 1) * share) / (start + j) for j in range(1, size + 1))
+            before += relevant
+        total += relevant
+    return found / total if total else 0.0
+
+
 def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[int]]], ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """HitRate@K, Precision@K, Recall@K, NDCG@K (scikit-learn) and MRR over queries of (scores, relevance 0/1).
+    """HitRate@K, Precision@K, Recall@K, NDCG@K, MRR and MAP over queries of (scores, relevance grades).
 
-    Candidates are ranked by score, highest first. Equal scores are averaged over every order of the tied
-    candidates (the expected value under random tie-breaking; scikit-learn's NDCG does the same), so input
-    order never matters. Precision@K divides by K even when a query has fewer than K candidates. Queries
-    without any relevant candidate are skipped and counted in `queries_without_relevant`.
+    Grades are integers >= 0 (0/1 for binary labels; 0/1/2/3 for, say, none < click < save < apply); a grade above 0
+    is relevant for hit rate, precision, recall, MRR and MAP, and NDCG uses the grade itself as the gain (linear gain,
+    as scikit-learn's `ndcg_score`: its value for the same query). Candidates are ranked by score, highest first.
+    Equal scores are averaged over every order of the tied candidates (the expected value under random
+    tie-breaking; scikit-learn's NDCG does the same), so input order never matters. Precision@K divides by K even
+    when a query has fewer than K candidates. MAP is the mean over queries of the average precision of the whole
+    ranking (the precision at each relevant candidate's rank, averaged over the query's relevant candidates).
+    Queries without any relevant candidate are skipped and counted in `queries_without_relevant`. A grade that is
+    negative or not an integer, or a NaN score, is a ValueError.
     """
-    import numpy as np
-    from sklearn.metrics import ndcg_score
-
-    usable = [(list(map(float, s)), list(map(int, r))) for s, r in queries if any(r)]
+    checked = [(list(map(float, s)), [relevance_grade(r) for r in rels]) for s, rels in queries]
+    if any(math.isnan(score) for scores, _ in checked for score in scores):
+        raise ValueError("a ranking score is NaN: candidates cannot be ordered")  # scikit-learn refused them too
+    usable = [(s, r) for s, r in checked if any(r)]
     result: dict = {"queries": len(usable), "queries_without_relevant": len(queries) - len(usable)}
     if not usable:
         return result
     sums = {f"{name}@{k}": 0.0 for k in ks for name in ("hit_rate", "precision", "recall", "ndcg")}
-    reciprocal = 0.0
+    reciprocal = average_precision = 0.0
     for scores, relevance in usable:
         groups = _tie_groups(scores, relevance)
         reciprocal += _expected_reciprocal_rank(groups)
+        average_precision += _expected_average_precision(groups)
+        relevant = sum(g > 0 for g in relevance)
         for k in ks:
-            found, hit = _expected_at_k(groups, k)
+            found, hit, dcg = _expected_at_k(groups, k)
             sums[f"hit_rate@{k}"] += hit
             sums[f"precision@{k}"] += found / k
-            sums[f"recall@{k}"] += found / sum(relevance)
-            if len(scores) > 1:
-                sums[f"ndcg@{k}"] += float(ndcg_score(np.array([relevance]), np.array([scores]), k=k))
-            else:
-                sums[f"ndcg@{k}"] += 1.0  # the one candidate is relevant
+            sums[f"recall@{k}"] += found / relevant
+            sums[f"ndcg@{k}"] += dcg / _ideal_dcg(relevance, k)  # 1 for a query of one (relevant) candidate
     result.update({key: value / len(usable) for key, value in sums.items()})
     result["mrr"] = reciprocal / len(usable)
+    result["map"] = average_precision / len(usable)
     return result
 
 
@@ -209,7 +254,7 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str], se
         for key in totals:
             totals[key] += scores[key].fmeasure
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
-    result = {"n": len(references), "exact_match": exact / len(references), "bleu": bleu.score / 100.0}
+    result = {"n": len(references), "exact_match": exact / len(references), "bleu": min(1.0, bleu.score / 100.0)}
     result.update({("rouge_l" if key == "rougeL" else key): value / len(references) for key, value in totals.items()})
     return result
 

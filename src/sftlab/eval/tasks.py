@@ -9,7 +9,7 @@ Example shapes:
 - generation: `{"messages": [..., {"role": "assistant", "content": reference}]}`.
 - labels: `{"messages": [..., {"role": "assistant", "content": label}]}` or `{"text": ..., "label": ...}`.
 - ranking: one row per query, `{"query": id, "messages": [prompt...], "candidates": [{"id": ..., "text": ...,
-  "relevant": 0|1}, ...]}`. A candidate with `"text"` is scored by the likelihood of that text as the
+  "relevant": 0|1|2|...}, ...]}` (a relevance grade: above 0 is relevant, NDCG's gain is the grade). A candidate with `"text"` is scored by the likelihood of that text as the
   assistant answer to the query's messages; a candidate with its own `"messages"` (a prompt that shows
   query and candidate together) is scored by the probability of the positive label (`--positive`,
   default `yes`) among `--labels` (default `yes,no`).
@@ -217,7 +217,8 @@ def _ranking_scores(model, tokenizer, queries: list[dict], opts: EvalOptions) ->
 
 def check_ranking_rows(queries: list[dict]) -> None:
     """Fail, naming the row and candidate, on a ranking row without candidates, a candidate without a text
-    (string) or messages, a `relevant` other than 0/1, or messages that are not a list of chat messages."""
+    (string) or messages, a `relevant` that is not a grade (an integer >= 0; 2.0 passes, 1.5, -1 and "1" do not),
+    or messages that are not a list of chat messages."""
     from sftlab.data.messages import check_messages
 
     for query in queries:
@@ -237,22 +238,25 @@ def check_ranking_rows(queries: list[dict]) -> None:
             elif not query.get("messages"):
                 raise SftlabError(f"{at}: candidates with 'text' need the query's 'messages' (the prompt)")
             if "relevant" not in cand:
-                raise SftlabError(f"{at}: 'relevant' (0 or 1) is missing")
-            if cand["relevant"] not in (0, 1, True, False):
-                raise SftlabError(f"{at}: 'relevant' must be 0 or 1, got {cand['relevant']!r}")
+                raise SftlabError(f"{at}: 'relevant' (a grade: 0 not relevant, 1, 2, ... more relevant) is missing")
+            try:
+                M.relevance_grade(cand["relevant"])
+            except ValueError:
+                raise SftlabError(f"{at}: 'relevant' must be an integer >= 0 (0 not relevant, 1, 2, ... more "
+                                  f"relevant), got {cand['relevant']!r}") from None
 
 
 def run_ranking(model, tokenizer, queries: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
     """Score every candidate of every query in one batched pass and compute ranking metrics."""
     check_ranking_rows(queries)
     scores = _ranking_scores(model, tokenizer, queries, opts)
-    relevance = [[int(c["relevant"]) for c in q["candidates"]] for q in queries]
+    relevance = [[M.relevance_grade(c["relevant"]) for c in q["candidates"]] for q in queries]
     result = M.ranking_metrics(list(zip(scores, relevance)), opts.ks)
     rows = []
     for query, row_scores in zip(queries, scores):
         ranked = sorted(zip(query["candidates"], row_scores), key=lambda pair: -pair[1])
         rows.append({"_src": query.get("_src"), "query": query.get("query"),
-                     "ranking": [{"id": c.get("id"), "score": s, "relevant": int(c["relevant"])}
+                     "ranking": [{"id": c.get("id"), "score": s, "relevant": M.relevance_grade(c["relevant"])}
                                  for c, s in ranked]})
     return result, rows
 

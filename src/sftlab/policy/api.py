@@ -5,8 +5,11 @@
     POST /events                                   record feedback: {"enterprise_id", "policy_id", "type", "ts"?}
 
 Bad requests get clear 4xx answers: 422 with FastAPI's field-level messages for malformed input
-(k out of 1-50, unknown event type, bad timestamp), 404 for an unknown enterprise or policy.
-Timestamps are stored naive: an aware `ts` is converted to UTC.
+(k out of 1-50, unknown event type, bad timestamp), 404 for an unknown enterprise or policy, and 422 naming `ts` for
+an event dated before the policy's publish date or the enterprise's registration (`timeline.date_problem`; without
+`ts`, the server's clock is the event's time). `ts` is ISO 8601, read as the CSV importer reads it
+(`timeline.iso_timestamp`: Unix seconds are refused, as in the importer). Timestamps are stored naive: an aware `ts`
+is converted to UTC.
 Recommendations use the same candidates and scorer as `push` (without excluding earlier pushes): an enterprise
 registered after now gets no items, as push skips it (`sftlab.policy.push.registered_by`);
 the candidate snapshot is rebuilt after every recorded event and at most `refresh_seconds` old.
@@ -16,14 +19,15 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime
-from typing import Callable, Literal
+from datetime import date, datetime
+from typing import Annotated, Callable, Literal
 
 from fastapi import FastAPI, HTTPException, Query
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator
 from sqlalchemy import insert, select, text
 
 from sftlab.policy.db import Enterprise, Event, Policy, naive_utc
+from sftlab.policy.timeline import date_problem, iso_timestamp
 from sftlab.policy.push import CandidateBuilder, ScoreFn, top_k
 
 
@@ -33,12 +37,15 @@ class FeedbackEvent(BaseModel):
     enterprise_id: str = Field(min_length=1, max_length=32)
     policy_id: str = Field(min_length=1, max_length=32)
     type: Literal["impression", "click", "favorite", "apply", "dismiss"]
-    ts: datetime | None = Field(None, description="when it happened; default: the server's clock")
+    ts: Annotated[datetime | None, BeforeValidator(lambda v: None if v is None else iso_timestamp(v))] = Field(
+        None, description="when it happened, ISO 8601 (an offset is converted to UTC); default: the server's clock")
 
     @field_validator("ts")
     @classmethod
-    def _stored_naive(cls, value: datetime | None) -> datetime | None:
-        return naive_utc(value) if value is not None else None  # out of range in UTC: a 422 naming ts
+    def _in_range(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            naive_utc(value)  # out of range in UTC: a 422 naming ts
+        return value  # as written: its date is checked against the policy's and the enterprise's (record_event)
 
 
 class Recommendation(BaseModel):
@@ -107,10 +114,14 @@ def create_app(engine, score_fn: ScoreFn, model_version: str = "unknown", clock:
 
     @app.post("/events", status_code=201)
     def record_event(event: FeedbackEvent) -> dict:
-        _require(engine, Enterprise, event.enterprise_id, "enterprise")
-        _require(engine, Policy, event.policy_id, "policy")
+        registered = _require(engine, Enterprise, event.enterprise_id, "enterprise", Enterprise.registered_on)
+        published = _require(engine, Policy, event.policy_id, "policy", Policy.publish_date)
+        moment = event.ts or clock()
+        problem = date_problem(moment.date(), event.policy_id, published, event.enterprise_id, registered)
+        if problem:
+            raise HTTPException(422, [{"type": "value_error", "loc": ["body", "ts"], "msg": problem, "input": str(moment)}])
         values = {"enterprise_id": event.enterprise_id, "policy_id": event.policy_id, "type": event.type,
-                  "ts": event.ts or clock(), "position": None}
+                  "ts": naive_utc(moment), "position": None}
         with engine.begin() as conn:
             new_id = conn.execute(insert(Event).values(**values).returning(Event.id)).scalar_one()
         snapshot.invalidate()
@@ -119,7 +130,10 @@ def create_app(engine, score_fn: ScoreFn, model_version: str = "unknown", clock:
     return app
 
 
-def _require(engine, table, key: str, what: str) -> None:
+def _require(engine, table, key: str, what: str, column=None) -> date | None:
+    """`column` of the row `key` of `table` (None without a column); 404 when there is no such row."""
     with engine.connect() as conn:
-        if conn.execute(select(table.id).where(table.id == key)).first() is None:
-            raise HTTPException(404, f"{what} {key!r} not found")
+        row = conn.execute(select(table.id, *([column] if column is not None else [])).where(table.id == key)).first()
+    if row is None:
+        raise HTTPException(404, f"{what} {key!r} not found")
+    return row[1] if column is not None else None

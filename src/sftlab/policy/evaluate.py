@@ -6,7 +6,8 @@ eligible new policies (`sftlab.eval.metrics.ranking_metrics`); each for all ente
 ones (fewer than 3 clicks before the cut-off) and active ones. For the fine-tuned model, a paired
 bootstrap over enterprises gives a 95% interval of its NDCG@K difference to each baseline. `write_report`
 writes metrics.json and a Markdown report that states where the fine-tuned model wins and loses against
-each baseline; `run_evaluation` also writes every candidate's scores (scores.jsonl).
+each baseline; `run_evaluation` also writes every candidate's scores (scores.jsonl). The files of one run replace
+an earlier run's together (`sftlab.policy.fileset`): a failure while writing them leaves the old set as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from sftlab.policy.fileset import file_set
 
 GROUPS = ("overall", "cold", "active")
 MIN_RANKED = 30  # fewer ranked enterprises than this: a comparison is flagged as within noise
@@ -172,8 +174,13 @@ def comparisons(results: dict[str, dict], model: str, k: int = 5) -> list[str]:
 
 
 def write_report(out_dir, results: dict[str, dict], manifest: dict, model: str | None = None, k: int = 5) -> Path:
-    """Write metrics.json and report.md into `out_dir`; returns the report path."""
-    out = Path(out_dir)
+    """Write metrics.json and report.md into `out_dir`, together (`sftlab.policy.fileset`); returns the report path."""
+    with file_set(out_dir, last=("report.md",)) as stage:
+        _write_report_files(stage, results, manifest, model, k)
+    return Path(out_dir) / "report.md"
+
+
+def _write_report_files(out: Path, results: dict[str, dict], manifest: dict, model: str | None, k: int) -> Path:
     atomic_write_json(out / "metrics.json", {"manifest": manifest, "results": results})
     parts = ["# Policy push: held-out evaluation", "",
              f"Cut-off {manifest.get('cutoff')}: training uses events before it; candidates are the eligible policies "
@@ -276,6 +283,8 @@ def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_
     results = evaluate_scorers(rows, standard_baselines(train, engine), share, ks=sorted({k, 1, 10}), extra_scores=extra,
                                bootstrap_for=name, bootstrap_k=k, all_scores=scored)
     keys = ("enterprise_id", "policy_id", "label", "cold")
-    atomic_write_jsonl(Path(out_dir) / "scores.jsonl",
-                       [{key: row[key] for key in keys} | {n: float(s[i]) for n, s in scored.items()} for i, row in enumerate(rows)])
-    return results, write_report(out_dir, results, manifest, model=name, k=k)
+    with file_set(out_dir, last=("report.md",)) as stage:  # the three files replace an earlier report's together
+        atomic_write_jsonl(stage / "scores.jsonl", [{key: row[key] for key in keys} | {n: float(s[i]) for n, s in scored.items()}
+                                                    for i, row in enumerate(rows)])
+        _write_report_files(stage, results, manifest, name, k)
+    return results, Path(out_dir) / "report.md"

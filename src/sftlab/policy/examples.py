@@ -16,7 +16,6 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 
@@ -24,6 +23,7 @@ from sftlab.datawork.balance import balance_examples, stratified_split
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_jsonl
 from sftlab.policy import catalog
+from sftlab.policy.fileset import file_set
 from sftlab.policy.features import (FEATURE_NAMES, BehaviourIndex, Popularity, TimeSplit, default_cutoff, eligibility_mask,
                                     load_frames, pair_features, parse_cutoff)
 
@@ -249,16 +249,17 @@ def build_data(engine, out_dir, cutoff=None, max_train: int = 2000, max_eval_ent
                           f"examples, too few for the validation split ({exc})") from None
     evaluation = evaluation_rows(ents, pols, split, max_eval_enterprises, seed, eval_group)
     categories = category_rows(ents, pols, split, category_limit, seed)
-    out = Path(out_dir)  # everything is computed: a failure above leaves an earlier build's files as they were
-    atomic_write_jsonl(out / "yesno_train.jsonl", fit)
-    atomic_write_jsonl(out / "yesno_valid.jsonl", valid)
-    atomic_write_jsonl(out / "category_train.jsonl", categories)
-    atomic_write_jsonl(out / "train_features.jsonl", [row.to_json() for row in train])
-    atomic_write_jsonl(out / "eval_candidates.jsonl", [row.to_json() for row in evaluation])
     manifest = {"cutoff": cut.isoformat(), "train_pairs": len(train), "train_positive_rate": sum(r.label for r in train) / len(train),
                 "yesno_train": len(fit), "yesno_valid": len(valid), "balance": balance_report,
                 "eval_candidates": len(evaluation), "eval_positives": sum(r.label for r in evaluation),
                 "eval_enterprises": len({r.enterprise_id for r in evaluation}), "eval_group": eval_group,
                 "feature_names": FEATURE_NAMES}
-    atomic_write_json(out / "manifest.json", manifest)
+    # the six files replace an earlier build's together: a failure while writing them leaves all of its files
+    with file_set(out_dir, last=("manifest.json",)) as stage:
+        atomic_write_jsonl(stage / "yesno_train.jsonl", fit)
+        atomic_write_jsonl(stage / "yesno_valid.jsonl", valid)
+        atomic_write_jsonl(stage / "category_train.jsonl", categories)
+        atomic_write_jsonl(stage / "train_features.jsonl", [row.to_json() for row in train])
+        atomic_write_jsonl(stage / "eval_candidates.jsonl", [row.to_json() for row in evaluation])
+        atomic_write_json(stage / "manifest.json", manifest)
     return manifest

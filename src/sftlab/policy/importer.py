@@ -3,13 +3,15 @@
 One CSV per table, UTF-8 (a BOM is accepted), header row required, naming only the table's columns, each once (a
 misspelt optional column would otherwise be dropped silently); list columns (tags, region_scope, industry_scope,
 size_scope) separate items with "|". Every row is validated (types, dates, size bands (catalog.SIZE_BANDS), event
-types, references to known enterprises and policies, duplicates: of an id, of a push, of an event already
+types, references to known enterprises and policies, events dated before their policy's publish date or their
+enterprise's registration (`timeline.date_problem`), duplicates: of an id, of a push, of an event already
 recorded with the same enterprise, policy, type and time); a bad row goes to `<rejects_dir>/<input
 name>.rejects.csv` (`events_jan.csv` -> `events_jan.rejects.csv`) with its (first) line number and reason and is
 counted in the summary, never silently dropped. The rejects file belongs to the import of that input: an import
 without rejected rows removes the one an earlier import of the same file name left. Dates are ISO 8601
 (`YYYY-MM-DD`), timestamps ISO 8601 too: one with an offset (`2025-01-02T10:00:00+08:00`) is stored as naive UTC,
-as the HTTP API stores it; other spellings (`2025/01/02`, Unix seconds) are rejected. The valid rows of a file are
+as the HTTP API stores it; other spellings (`2025/01/02`, Unix seconds) are rejected, here and in the API (one
+reader, `timeline.iso_timestamp`). The valid rows of a file are
 inserted in one transaction: a file is imported completely or not at all. Input files are only read.
 """
 
@@ -27,7 +29,7 @@ from sqlalchemy.exc import DBAPIError
 
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_text
-from sftlab.policy import catalog
+from sftlab.policy import catalog, timeline
 from sftlab.policy.db import EVENT_TYPES, PUSH_STATUSES, Enterprise, Event, Policy, Push, naive_utc
 
 IMPORT_ORDER = ("enterprises", "policies", "events", "pushes")
@@ -50,12 +52,8 @@ def _iso_date(value):
 
 
 def _iso_datetime(value):
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"{value!r} is not an ISO 8601 timestamp (YYYY-MM-DDTHH:MM:SS, optional offset)") from None
-    return naive_utc(value) if isinstance(value, datetime) else value
+    """The API's reading of a timestamp (`timeline.iso_timestamp`), stored as naive UTC."""
+    return naive_utc(timeline.iso_timestamp(value))
 
 
 ListOfText = Annotated[list[str], BeforeValidator(_split_list)]
@@ -176,12 +174,15 @@ def _reason(exc: ValidationError) -> str:
     return f"{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
-def _known_ids(conn, table) -> set[str]:
-    return set(conn.execute(select(table.id)).scalars())
+def _known_ids(conn, table) -> dict:
+    """id -> the date an event cannot precede: an enterprise's registration, a policy's publish date."""
+    since = table.registered_on if table is Enterprise else table.publish_date
+    return dict(conn.execute(select(table.id, since)).all())
 
 
-def _check_row(table: str, row: BaseModel, seen: set, known: dict) -> str | None:
-    """The reason a validated row cannot be inserted (duplicate, unknown reference), or None."""
+def _check_row(table: str, row: BaseModel, seen: set, known: dict, raw: dict) -> str | None:
+    """The reason a validated row cannot be inserted (duplicate, unknown reference, an event dated before its policy's
+    publish date or its enterprise's registration: `timeline.date_problem`), or None."""
     if table in ("enterprises", "policies"):
         key = row.id
         if key in known[table] or key in seen:
@@ -196,6 +197,11 @@ def _check_row(table: str, row: BaseModel, seen: set, known: dict) -> str | None
             if key in seen or key in known["pushed"]:
                 return f"policy_id: duplicate push of {row.policy_id!r} to {row.enterprise_id!r}"
         else:  # an event already recorded (a file imported twice) would count twice
+            day = timeline.iso_timestamp(raw["ts"]).date()  # the date as written (valid: the row passed)
+            problem = timeline.date_problem(day, row.policy_id, known["policies"][row.policy_id], row.enterprise_id,
+                                            known["enterprises"][row.enterprise_id])
+            if problem:
+                return problem
             key = (row.enterprise_id, row.policy_id, row.type, row.ts)
             if key in seen or key in known["events"]:
                 return (f"row: duplicate event ({row.type} of {row.policy_id!r} by {row.enterprise_id!r} "
@@ -205,8 +211,8 @@ def _check_row(table: str, row: BaseModel, seen: set, known: dict) -> str | None
 
 
 def _known(conn, table: str, parsed: list[BaseModel]) -> dict:
-    """What the rows are checked against: known ids, pushed pairs and (for events) the recorded events in the
-    time range of the file's events."""
+    """What the rows are checked against: known ids (enterprise id -> registration date, policy id -> publish date),
+    pushed pairs and (for events) the recorded events in the time range of the file's events."""
     known = {"enterprises": _known_ids(conn, Enterprise), "policies": _known_ids(conn, Policy),
              "pushed": set(conn.execute(select(Push.enterprise_id, Push.policy_id)).tuples()), "events": set()}
     if table == "events" and parsed:
@@ -299,7 +305,7 @@ def import_csv(engine, table: str, path: str | Path, rejects_dir: str | Path) ->
         known = _known(conn, table, [parsed for _, _, parsed in valid])
     good, seen = [], set()
     for line, raw, parsed in valid:
-        problem = _check_row(table, parsed, seen, known)
+        problem = _check_row(table, parsed, seen, known, raw)
         if problem:
             rejects.append((line, raw, problem))
         else:
