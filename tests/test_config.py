@@ -26,6 +26,8 @@ def test_public_key_names_exist():
     ("trian.lr=1", "unknown key 'trian'; did you mean 'train'?"),
     ("train.lr=abc", "train.lr: Input should be a valid number"),
     ("strategy.kind=foo", "strategy.kind: got 'foo', expected one of 'full', 'freeze', 'lora' or 'auto'"),
+    ("strategy.kind=lorra", "strategy.kind: got 'lorra', expected one of 'full', 'freeze', 'lora' or 'auto'; "
+                            "did you mean 'lora'?"),
     ("strategy.auto.budget=0", "strategy.auto.budget: Input should be greater than 0"),
     ("train.batch_size=2.5", "train.batch_size: Input should be a valid integer"),
 ])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,10 @@ def describe_error(err: dict) -> str:
         return f"missing required key {key!r}"
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{key}: got {err.get('input')!r}, expected one of {expected}"
+        choices = re.findall(r"'([^']*)'", expected)
+        close = difflib.get_close_matches(str(err.get("input")), choices, n=1, cutoff=0.8)  # typos, not other tools
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{key}: got {err.get('input')!r}, expected one of {expected}{hint}"
     if kind in {"model_type", "dict_type"}:  # a group or mapping given as a scalar or list (`model: x`)
         return f"{key}: expected a mapping of keys, got {err.get('input')!r}"
     message = err.get("msg", "invalid value").removeprefix("Value error, ")

@@ -196,10 +196,10 @@ class TrainConfig(_Strict):
     batch_size: Int = Field(8, gt=0, description="samples (or packed rows) per micro-batch")
     grad_accum: Int = Field(1, gt=0, description="micro-batches per optimizer step; the loss is normalised by the supervised tokens of all of them")
     lr: Float = Field(1e-4, gt=0, description="peak learning rate of AdamW")
-    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms)")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay (betas 0.9, 0.999, eps 1e-8); not applied to one-dimensional parameters (biases, norms)")
     max_grad_norm: Float | None = Field(1.0, gt=0, description="gradient clipping; null turns it off")
-    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup")
-    warmup_steps: Int = Field(0, ge=0, description="linear warmup steps")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="learning-rate schedule after warmup (transformers' linear, cosine and constant_with_warmup)")
+    warmup_steps: Int = Field(0, ge=0, description="linear warmup steps (kept when longer than the run, as transformers does; the run log notes it)")
     max_length: Int = Field(512, gt=1, description="tokens per sample (or per packed row)")
     precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
         "fp32", description="bf16 = autocast on CPU or GPU; on a CPU without AMX or AVX-512 BF16 its matmuls run in "

@@ -48,10 +48,12 @@ def steps_per_epoch(num_rows: int, batch_size: int, grad_accum: int) -> int:
 
 
 def total_steps(num_rows: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None) -> int:
-    """`max_steps` when set, else `epochs` passes (fractions round up to a whole step)."""
+    """`max_steps` when set, else `epochs` passes (fractions round up to a whole step). The product is rounded to 6
+    decimals first, so that a float artifact does not add a step (1.1 x 50 is 55.00000000000001 in floats: 55 steps,
+    where transformers' Trainer, which takes the ceiling as is, runs 56)."""
     if max_steps is not None:
         return max_steps
-    return max(1, math.ceil(epochs * steps_per_epoch(num_rows, batch_size, grad_accum)))
+    return max(1, math.ceil(round(epochs * steps_per_epoch(num_rows, batch_size, grad_accum), 6)))
 
 
 def iterate_steps(num_rows: int, batch_size: int, grad_accum: int, start: DataPosition,

@@ -38,6 +38,7 @@ from sftlab.train.checkpoint import (capture_rng, clear_interrupted_writes, late
                                      save_model_dir)
 from sftlab.train.distributed import call_unsharded, combine_eval_sums, no_sync_unless_last, rank_share, reduce_sum
 from sftlab.train.interrupts import stop_on_sigint
+from sftlab.train.optim import warmup_note
 from sftlab.train.precision import precision_line, resolve_precision
 from sftlab.train.runlog import RunLog, SilentLog, keep_rows_up_to
 from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noqa: F401 (sftlab.train exports it)
@@ -82,7 +83,8 @@ def log_setup(log, session: Session, precision_choice: str | None = None) -> Non
     log.message(fused_summary(session.model, cfg.model.fused_layers))
     log.message(attention_line(session.model, cfg.model.attn_implementation))
     drops = drop_lines(getattr(session.prepared, "stats", None) or {}, cfg.train.max_length, cfg.data.truncation)
-    for line in (precision_choice, precision_line(cfg, session.accelerator.device), *drops):
+    warmup = warmup_note(cfg.train.warmup_steps, session.total_steps, cfg.train.lr)
+    for line in (precision_choice, precision_line(cfg, session.accelerator.device), warmup, *drops):
         if line:
             log.message(line)
 
@@ -306,7 +308,12 @@ def maybe_evaluate(session: Session, log: RunLog) -> bool:
     cfg = session.cfg
     if not cfg.eval.every_n_steps or session.step % cfg.eval.every_n_steps:
         return False
-    metrics = evaluate(session)
+    return record_evaluation(session, log, evaluate(session))
+
+
+def record_evaluation(session: Session, log: RunLog, metrics: dict) -> bool:
+    """Log an evaluation at this step, keep best/ when it improved on eval.metric; True when patience has run out."""
+    cfg = session.cfg
     log.evaluation(session.step, metrics)
     session.eval_history.append({"step": session.step, **metrics})
     if cfg.eval.metric not in metrics:
@@ -330,6 +337,7 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
     """Write model/ (weights, tokenizer, model card), metrics.json (main process); return the final metrics."""
     from sftlab.train.card import model_card
 
+    cfg = session.cfg
     metrics: dict = {"step": session.step, "train_loss": session.losses[-1] if session.losses else None,
                      "stopped": stopped}
     if session.scaler is not None:  # fp16: steps whose gradients overflowed and were skipped
@@ -337,7 +345,10 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
     if session.prepared.validation:
         last = session.eval_history[-1] if session.eval_history else None
         final = {k: v for k, v in last.items() if k != "step"} if last and last["step"] == session.step else None
-        if final is None:
+        if final is None and cfg.eval.every_n_steps:  # the evaluation at the end can be the best one too
+            final = evaluate(session)
+            record_evaluation(session, log, final)
+        elif final is None:
             final = evaluate(session)
             log.evaluation(session.step, final)
         metrics.update({f"eval_{key}": value for key, value in final.items()})

@@ -149,7 +149,7 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
 def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> float:
     """The learning rate at optimizer step `step` as a fraction of train.lr: linear warmup from 0, then
     linear decay to 0, half a cosine to 0, or constant (transformers' `linear`, `cosine` and
-    `constant_with_warmup` schedules, which tests/test_train_loop.py checks these against)."""
+    `constant_with_warmup` schedules, which tests/test_walk_optim.py checks these against)."""
     if step < warmup_steps:
         return step / max(1, warmup_steps)
     if kind == "constant":
@@ -163,8 +163,20 @@ def lr_factor(kind: str, step: int, warmup_steps: int, total_steps: int) -> floa
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int):
     """A per-optimizer-step LR schedule (`lr_factor`): linear or cosine decay to 0, or constant, after linear
     warmup. Written here rather than taken from `transformers.get_scheduler`, whose module imports the
-    Trainer's utilities and peft (11 MiB in every training process)."""
+    Trainer's utilities and peft (11 MiB in every training process). Warmup as long as the run or longer is
+    kept as given, as transformers keeps it (no longer cut to the run's length): the rate rises by
+    train.lr / warmup_steps a step and never reaches train.lr (`warmup_note` says so)."""
     if kind not in ("linear", "cosine", "constant"):
         raise SftlabError(f"train.scheduler {kind!r}: expected linear, cosine or constant")
-    warmup = min(warmup_steps, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(kind, step, warmup, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(kind, step, warmup_steps, total_steps))
+
+
+def warmup_note(warmup_steps: int, total_steps: int, lr: float) -> str | None:
+    """A run-log line when train.warmup_steps leaves no optimizer step at train.lr (warmup_steps >= the run's
+    steps: the last step, at index total_steps - 1, is still warming up), else None."""
+    if warmup_steps < total_steps:
+        return None
+    last = lr * lr_factor("constant", total_steps - 1, warmup_steps, total_steps)
+    return (f"note: train.warmup_steps {warmup_steps} is not less than the run's {total_steps} optimizer steps: the "
+            f"learning rate never reaches train.lr {lr:g} (the last step runs at {last:.3g}, as transformers' "
+            f"schedules would); set train.warmup_steps below {total_steps} to reach it")

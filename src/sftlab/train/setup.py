@@ -249,6 +249,24 @@ def _check_prepared(cfg, prepared, saved: dict | None) -> None:
         raise SftlabError("eval.every_n_steps is set but there is no validation split; set data.validation or data.val_ratio")
 
 
+def _check_start(cfg, checkpoint: Path | None, accelerator, processes: int | None) -> tuple[dict | None, int]:
+    """What fails before anything loads: a resume's changed settings or process count, an unknown eval.metric (not
+    at the first evaluation), a process setup train.distributed cannot use. Returns the checkpoint's sidecar (None
+    for a fresh run) and the run's process count."""
+    from sftlab.eval.hooks import task_for_config
+    from sftlab.train.distributed import check_processes
+
+    saved = read_sidecar(checkpoint) if checkpoint else None
+    if saved:
+        check_resume_config(saved["config"], cfg)
+    task_for_config(cfg)
+    check_processes(cfg, accelerator)
+    processes = processes or accelerator.num_processes
+    if saved:
+        _check_resume_processes(saved, processes)
+    return saved, processes
+
+
 def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | None,
                   accelerator=None, write: bool = True, processes: int | None = None) -> tuple[Session, dict | None]:
     """Set up a run (fresh, or from `checkpoint`); return the session and the RNG state to restore, if any.
@@ -263,23 +281,14 @@ def build_session(cfg, out_dir: Path, checkpoint: Path | None, base_dir: Path | 
     from sftlab.progress import say
     from sftlab.strategy.importance import scoring_progress, scoring_reporter
     from sftlab.train.allocator import keep_freed_memory
-    from sftlab.train.distributed import check_processes, make_accelerator
+    from sftlab.train.distributed import make_accelerator
     from sftlab.train.optim import build_scheduler
     from sftlab.train.precision import resolve_precision
     from sftlab.train.scaling import autocast_factory, make_scaler
 
-    from sftlab.eval.hooks import task_for_config
-
     cfg, _ = resolve_precision(cfg)  # train.precision: auto, for callers that did not resolve it (run_training does)
-    saved = read_sidecar(checkpoint) if checkpoint else None
-    if saved:
-        check_resume_config(saved["config"], cfg)
-    task_for_config(cfg)  # an unknown eval.metric fails now, not at the first evaluation
     accelerator = accelerator or make_accelerator(cfg)
-    check_processes(cfg, accelerator)
-    processes = processes or accelerator.num_processes
-    if saved:
-        _check_resume_processes(saved, processes)
+    saved, processes = _check_start(cfg, checkpoint, accelerator, processes)
     set_seed(cfg.train.seed)
     if cfg.train.keep_freed_memory:
         keep_freed_memory()  # undone by sftlab.train.loop.cleanup
