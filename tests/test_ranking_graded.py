@@ -43,11 +43,12 @@ def _brute_force(scores: list[float], grades: list[int], k: int) -> dict:
     return {key: value / len(orders) for key, value in totals.items()}
 
 
-def _random_query(rng: random.Random, max_n: int = 6, levels: int = 3) -> tuple[list[float], list[int]]:
+def _random_query(rng: random.Random, max_n: int = 6, levels: int = 3, top: int = 3) -> tuple[list[float], list[int]]:
+    """Scores with many ties and grades 0..top (top 1: binary relevance), at least one relevant."""
     n = rng.randint(1, max_n)
-    grades = [rng.choice([0, 0, 1, 2, 3]) for _ in range(n)]
+    grades = [rng.choice([0, 0, *range(1, top + 1)]) for _ in range(n)]
     if not any(grades):
-        grades[rng.randrange(n)] = rng.randint(1, 3)
+        grades[rng.randrange(n)] = rng.randint(1, top)
     scores = [float(rng.randint(0, levels - 1)) for _ in range(n)]  # few distinct values: many ties
     return scores, grades
 
@@ -55,7 +56,7 @@ def _random_query(rng: random.Random, max_n: int = 6, levels: int = 3) -> tuple[
 @pytest.mark.parametrize("seed", range(40))
 def test_every_metric_is_the_brute_force_expectation_over_tie_orders(seed):
     rng = random.Random(7000 + seed)
-    scores, grades = _random_query(rng)
+    scores, grades = _random_query(rng, top=1 if seed % 2 else 3)  # binary relevance in half the cases
     for k in (1, 2, 3, 8):  # 8: more than the candidates
         result = ranking_metrics([(scores, grades)], ks=[k])
         expected = _brute_force(scores, grades, k)
