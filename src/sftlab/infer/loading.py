@@ -100,27 +100,16 @@ ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 def check_adapter_weights(adapter_dir: Path) -> Path:
     """The adapter's weights file; a one-line SftlabError when there is none or a safetensors file is cut short (an
     adapter copied or saved incompletely), before PEFT would fail with a traceback."""
-    import json
-    import struct
+    from sftlab.models.weights import safetensors_complete
 
     found = [adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()]
     if not found:
         raise SftlabError(f"{adapter_dir}: adapter_config.json but no {ADAPTER_WEIGHTS[0]}; the adapter was not saved "
                           "completely (an interrupted run or copy?)")
     weights = found[0]
-    if weights.suffix != ".safetensors":
-        return weights
-    size = weights.stat().st_size
-    try:
-        with weights.open("rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            header = json.loads(handle.read(length)) if 8 + length <= size else None
-        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, TypeError, KeyError, AttributeError):
-        header, end = None, 0
-    if header is None or 8 + length + end != size:
-        raise SftlabError(f"{weights}: not a complete safetensors file ({size} bytes); the adapter was not saved "
-                          "completely (an interrupted run or copy?)")
+    if weights.suffix == ".safetensors" and not safetensors_complete(weights):
+        raise SftlabError(f"{weights}: not a complete safetensors file ({weights.stat().st_size} bytes); the adapter "
+                          "was not saved completely (an interrupted run or copy?)")
     return weights
 
 
@@ -148,7 +137,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
     tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
     if record is None:
-        model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft")
+        model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft", tokenizer=tokenizer)
     else:
         from sftlab.models.nf4 import load_as_trained
 

@@ -21,7 +21,7 @@ labels are those integers). The head's label layer (its weights with one row per
 
 transformers' multi-line LOAD REPORT is held back when the head is all it is about. Base-model weights that are
 missing or unused let it through as transformers writes it; a base-model weight whose shape differs from the
-model's is a one-line SftlabError naming model.path.
+model's is a one-line SftlabError naming model.path (`load_checked` checks any other model, a causal LM, so).
 """
 
 from __future__ import annotations
@@ -38,22 +38,35 @@ HEAD_HAS = "model.path's head has"
 def load_classifier(auto, directory: Path, raw: dict, kwargs: dict):
     """`auto.from_pretrained(directory, **kwargs)` with the head settled for `kwargs["id2label"]` (module docstring)."""
     names = [str(kwargs["id2label"][i]) for i in range(len(kwargs["id2label"]))]
-    with _held_load_report() as held:
+    with held_load_report() as held:
         model, info = auto.from_pretrained(directory, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
     in_base = _base_test(model)
     missing, unused = sorted(info.get("missing_keys") or ()), sorted(info.get("unexpected_keys") or ())
     mismatched = sorted(info.get("mismatched_keys") or ())  # (name, checkpoint shape, model shape)
     wrong = [entry for entry in mismatched if in_base(entry[0])]
     if wrong:
-        raise SftlabError(_mismatch_message(directory, wrong))
+        raise SftlabError(mismatch_message(directory, wrong))
     if info.get("error_msgs") or any(in_base(name) for name in missing + unused):
-        _release(held)
+        release(held)
         return model
     line = _settle_head(model, raw, names, missing, mismatched)
     if line is None:
-        _release(held)  # at most a report of unused weights outside the base model
+        release(held)  # at most a report of unused weights outside the base model
     else:
         model.sftlab_head_line = line + _unused_note(unused) + ")"
+    return model
+
+
+def load_checked(auto, directory: Path, kwargs: dict):
+    """`auto.from_pretrained(directory, **kwargs)`, a weight whose shape differs from the config's a one-line
+    SftlabError (not transformers' LOAD REPORT and traceback); any other load report is logged as transformers
+    would."""
+    with held_load_report() as held:
+        model, info = auto.from_pretrained(directory, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    if mismatched:
+        raise SftlabError(mismatch_message(directory, mismatched))
+    release(held)
     return model
 
 
@@ -165,7 +178,7 @@ def _unused_note(unused: list[str]) -> str:
     return "; its " + ", ".join(unused[:4]) + (f" and {len(unused) - 4} more" if len(unused) > 4 else "") + " not used"
 
 
-def _mismatch_message(directory: Path, wrong: list) -> str:
+def mismatch_message(directory: Path, wrong: list) -> str:
     name, saved, wanted = wrong[0]
     more = f" (and {len(wrong) - 1} more weights)" if len(wrong) > 1 else ""
     return (f"model.path {str(directory)!r}: weight {name} has shape {list(saved)} in the checkpoint but "
@@ -173,7 +186,7 @@ def _mismatch_message(directory: Path, wrong: list) -> str:
 
 
 @contextmanager
-def _held_load_report():
+def held_load_report():
     """Hold the LOAD REPORT records transformers logs while loading (a list; released at once on an error)."""
     from transformers import modeling_utils
 
@@ -190,13 +203,13 @@ def _held_load_report():
         yield held
     except BaseException:
         modeling_utils.logger.removeFilter(hold)
-        _release(held)
+        release(held)
         raise
     finally:
         modeling_utils.logger.removeFilter(hold)
 
 
-def _release(held: list) -> None:
+def release(held: list) -> None:
     """Log held LOAD REPORT records as transformers would have."""
     from transformers import modeling_utils
 

@@ -14,7 +14,14 @@ For cls, `sftlab.models.head` fits the checkpoint's classification head to the d
 checkpoint lacks is initialised, one saved for the same labels in another order has its rows reordered, one saved
 for other labels (another count or other names) is re-initialised; the model's `sftlab_head_line` says so in one
 line (`sftlab train` logs it) in place of transformers' LOAD REPORT, which still comes through for missing or unused
-base-model weights (a base-model weight of another shape is a one-line SftlabError).
+base-model weights (a base-model weight of another shape is a one-line SftlabError, for every stage).
+
+Weights: model.safetensors, shards with their index, or pytorch_model.bin (read with weights_only=True: a .bin holding
+more than tensors is refused, never unpickled). No weights, a missing shard, a cut-short file, a config.json without a
+known model_type, custom code (`auto_map`) without `model.trust_remote_code`, and no tokenizer files (transformers
+would build an empty tokenizer) are one-line SftlabErrors; so is a token id beyond the embedding rows
+(`sftlab.models.weights.guard_vocabulary`: a tokenizer grown without resizing the model), at load or at the
+first input holding one.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.io import read_json
+from sftlab.models.weights import check_weights, guard_vocabulary, load_errors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -69,8 +77,9 @@ def resolve_model_path(path: str, key: str = "model.path") -> Path:
     if local.exists():
         raise SftlabError(f"{key} {text!r} is a file; expected a model directory, a .gguf file, "
                           f"or one of {', '.join(pull.EMBEDDED)}")
-    if _HUB_ID.match(text):
-        raise SftlabError(offline_message(text, key))
+    if _HUB_ID.match(text):  # a hub id, or a relative path that is not there: both are said
+        where = "" if local.is_absolute() else f"; as a path it is taken from the working directory {os.getcwd()}"
+        raise SftlabError(offline_message(text, key) + where)
     raise SftlabError(f"{key} {text!r}: no such directory{_embedded_hint(text)}")
 
 
@@ -96,7 +105,8 @@ def import_gguf_cached(gguf_file: Path) -> Path:
     return import_gguf(gguf_file, out, overwrite=True)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
 
 
 def has_tokenizer_files(directory: Path) -> bool:
@@ -128,13 +138,21 @@ def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code:
         raise SftlabError(f"{key} {str(directory)!r} has no config.json; it is not a Hugging Face model directory "
                           f"(write one with save_pretrained or `sftlab model import-gguf`){hint}")
     raw = read_json(config_file)
+    if not isinstance(raw, dict):
+        raise SftlabError(f"{config_file}: expected a JSON object (a model config), got {type(raw).__name__}")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     model_type = raw.get("model_type")
-    if model_type not in CONFIG_MAPPING_NAMES and not (trust_remote_code and raw.get("auto_map")):
-        raise SftlabError(f"{config_file}: model_type {model_type!r} is not an architecture this transformers "
-                          "version knows; upgrade transformers or convert the model")
-    return raw
+    if model_type in CONFIG_MAPPING_NAMES or (trust_remote_code and raw.get("auto_map")):
+        return raw
+    if not model_type:
+        raise SftlabError(f"{config_file}: no model_type; it is not a config.json written by save_pretrained")
+    if raw.get("auto_map"):
+        raise SftlabError(f"{config_file}: model_type {model_type!r} is custom code shipped in {str(directory)!r} "
+                          "(auto_map), which sftlab runs only where a run config sets model.trust_remote_code=true "
+                          "(only for a directory you trust)")
+    raise SftlabError(f"{config_file}: model_type {model_type!r} is not an architecture this transformers "
+                      "version knows; upgrade transformers or convert the model")
 
 
 def load_tokenizer(model_cfg):
@@ -147,6 +165,13 @@ def load_tokenizer(model_cfg):
 
     key = "model.tokenizer" if model_cfg.tokenizer else "model.path"
     directory = resolve_model_path(model_cfg.tokenizer or model_cfg.path, key)
+    if key == "model.path" and (directory / "config.json").is_file():  # before transformers reads it and warns
+        check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
+    if not has_tokenizer_files(directory):
+        if key == "model.path" and not (directory / "config.json").is_file():
+            check_model_dir(directory)  # not a model directory at all (a run directory, say): say that
+        raise SftlabError(f"{key} {str(directory)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}); "
+                          "copy the tokenizer saved with the model into it, or set model.tokenizer to its directory")
     try:
         tok = AutoTokenizer.from_pretrained(directory, local_files_only=True,
                                             trust_remote_code=model_cfg.trust_remote_code)
@@ -155,6 +180,9 @@ def load_tokenizer(model_cfg):
             check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SftlabError(f"{key} {str(directory)!r}: cannot load a tokenizer ({first})") from None
+    if not tok("a b", add_special_tokens=False)["input_ids"]:  # a tokenizer built from a config alone: no vocabulary
+        raise SftlabError(f"{key} {str(directory)!r}: the tokenizer it holds is empty (it encodes text to no "
+                          "tokens); copy the tokenizer saved with the model into it")
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok
@@ -179,6 +207,8 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     if isinstance(raw.get("vision_config"), dict):  # a vision-language model: see sftlab.vision.load
         from sftlab.vision.load import load_vision_model
 
+        check_weights(directory)
+
         if quantize_4bit:
             raise SftlabError("strategy.lora.quantize_4bit: vision-language models are not loaded in 4-bit (QLoRA) "
                               "by sftlab; set strategy.lora.quantize_4bit=false")
@@ -188,7 +218,7 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sftlab.models.attention import attention_to_load, settle_attention
-    from sftlab.models.head import load_classifier
+    from sftlab.models.head import load_checked, load_classifier
 
     kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
                   dtype=getattr(torch, _DTYPES[model_cfg.dtype]),
@@ -203,13 +233,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
         auto = AutoModelForCausalLM
     else:
         raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
-    try:
+    with load_errors(directory, "sequence classifier" if stage == "cls" else "causal language model"):
         model = (load_classifier(auto, directory, raw, kwargs) if stage == "cls"
-                 else auto.from_pretrained(directory, **kwargs))
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        what = "sequence classifier" if stage == "cls" else "causal language model"
-        raise SftlabError(f"model.path {str(directory)!r}: cannot load as a {what} ({first})") from None
+                 else load_checked(auto, directory, kwargs))
+    if tokenizer is not None:
+        guard_vocabulary(model, tokenizer, model_cfg)
     settle_attention(model, model_cfg.attn_implementation)
     if quantize_4bit:
         from sftlab.models.nf4 import keep_training_layout
