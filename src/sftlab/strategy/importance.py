@@ -9,7 +9,9 @@
    `layer` = each whole transformer block plus embeddings and heads.
 3. Score a unit by its accumulated value per batch and per parameter, so large and small units compare.
 4. Walk units from the highest score down, taking each one that still fits in the budget (a fraction of
-   all parameters, or an absolute count when > 1), then make exactly those trainable.
+   all parameters, or an absolute count when > 1), then make exactly those trainable. A classifier's head (new
+   weights) is taken first whatever its score, as under freeze, and counts against the budget; when it alone is
+   larger than the budget nothing else trains (the trainable line says so).
 
 `details` records every unit's score, size and chosen flag, the budget and the seconds taken.
 
@@ -26,7 +28,7 @@ from contextvars import ContextVar
 from typing import Callable, Iterable
 
 from sftlab.errors import SftlabError
-from sftlab.strategy.structure import find_layer_list, tie_notes
+from sftlab.strategy.structure import find_layer_list, head_module_names, is_classifier, tie_notes
 
 _REPORT: ContextVar[Callable[[str], None] | None] = ContextVar("sftlab_auto_scoring_progress", default=None)
 
@@ -126,14 +128,33 @@ def accumulate_scores(model, batches: Iterable[dict], loss_fn: Callable, score: 
     return sums, used
 
 
-def choose_units(scored: list[dict], budget: int) -> int:
-    """Mark units `chosen`, best score first, skipping those that no longer fit; return the count taken."""
+def choose_units(scored: list[dict], budget: int, always: set[str] = frozenset()) -> int:
+    """Mark units `chosen`: those in `always` (a classifier's head), then the best scores first, skipping those that
+    no longer fit; return the count taken."""
     taken = 0
-    for unit in sorted(scored, key=lambda u: (-u["score"], u["name"])):
-        if taken + unit["size"] <= budget:
+    for unit in sorted(scored, key=lambda u: (u["name"] not in always, -u["score"], u["name"])):
+        if unit["name"] in always or taken + unit["size"] <= budget:
             unit["chosen"] = True
             taken += unit["size"]
     return taken
+
+
+def head_units(model, units: dict[str, list[str]]) -> set[str]:
+    """The units of a classifier's head (new weights that always train, as under freeze); none for other models."""
+    if not is_classifier(model):
+        return set()
+    heads = head_module_names(model)
+    return {unit for unit, names in units.items() if names[0].split(".", 1)[0] in heads}
+
+
+def head_note(scored: list[dict], heads: set[str], budget: int) -> list[str]:
+    """The trainable line's word on a classifier's head: it trains whatever its score, inside the budget or not."""
+    if not heads:
+        return []
+    size = sum(u["size"] for u in scored if u["name"] in heads)
+    where = f"{size:,} of the budget's {budget:,} parameters" if size <= budget else \
+        f"{size:,} parameters, more than the budget's {budget:,}: nothing else trains"
+    return [f"auto: classification head ({', '.join(sorted(heads))}) always trainable ({where})"]
 
 
 def check_budget_fits_a_unit(budget: int, smallest: int, granularity: str) -> None:
@@ -154,13 +175,15 @@ def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, lis
     budget = budget_in_params(auto_cfg.budget, total)
     units = group_units(model, auto_cfg.granularity)
     sizes = {unit: sum(params[name].numel() for name in names) for unit, names in units.items()}
-    check_budget_fits_a_unit(budget, min(sizes.values()), auto_cfg.granularity)  # before the (slow) scoring
+    heads = head_units(model, units)
+    if not heads:  # a classifier's head always trains, so its budget never chooses nothing
+        check_budget_fits_a_unit(budget, min(sizes.values()), auto_cfg.granularity)  # before the (slow) scoring
     sums, used = accumulate_scores(model, calibration_batches, loss_fn, auto_cfg.score, auto_cfg.batches)
     if used == 0:
         raise SftlabError("strategy.kind=auto: the calibration data gave no batch")
     scored = [{"name": unit, "score": sum(sums[name] for name in names) / (used * sizes[unit]),
                "size": sizes[unit], "chosen": False} for unit, names in units.items()]
-    taken = choose_units(scored, budget)
+    taken = choose_units(scored, budget, heads)
     chosen = {unit["name"] for unit in scored if unit["chosen"]}
     for unit, names in units.items():
         for name in names:
@@ -168,10 +191,11 @@ def apply_auto(model, auto_cfg, calibration_batches, loss_fn) -> tuple[dict, lis
     scored.sort(key=lambda u: -u["score"])
     details = {"score": auto_cfg.score, "granularity": auto_cfg.granularity, "batches": used,
                "budget": auto_cfg.budget, "budget_params": budget, "chosen_params": taken,
-               "chosen": [u["name"] for u in scored if u["chosen"]], "units": scored,
+               "chosen": [u["name"] for u in scored if u["chosen"]], "head": sorted(heads), "units": scored,
                "seconds": round(time.perf_counter() - started, 3)}
     top = ", ".join(details["chosen"][:3]) + (", ..." if len(chosen) > 3 else "")
     notes = [f"auto: {len(chosen)} of {len(scored)} {auto_cfg.granularity} units by {auto_cfg.score} ({top})"]
+    notes += head_note(scored, heads, budget)
     notes += tie_notes(model, {name for unit in chosen for name in units[unit]})
     notes += under_budget_note(scored, taken, budget, auto_cfg.granularity)
     return details, notes

@@ -4,7 +4,8 @@
 module whose name ends in `.q_proj`) and globs (`*.self_attn.*_proj`, matched against the full module
 name). Every entry must match at least one adaptable module, else SftlabError; so must every
 `modules_to_save` entry, which may not name a module a listed target adapts (it trains in full or gets an
-adapter). A classifier's head is added to `modules_to_save` so it trains in full and is saved with the adapter.
+adapter). A classifier's head is added to `modules_to_save` so it trains in full and is saved with the adapter; a
+target that names only the head is refused, and a glob's matches inside the head are left to it.
 On a 4-bit base (`strategy.lora.quantize_4bit`, QLoRA: `sftlab.models.nf4`) peft's
 `prepare_model_for_kbit_training` first casts the weights that are not 4-bit to float32.
 """
@@ -15,7 +16,7 @@ import fnmatch
 import re
 
 from sftlab.errors import SftlabError
-from sftlab.strategy.structure import GLOB_CHARS, head_module_names, is_classifier
+from sftlab.strategy.structure import GLOB_CHARS, head_module_names, is_classifier, tied_groups
 
 KEY = "strategy.lora.target_modules"
 
@@ -43,6 +44,7 @@ def resolve_targets(model, targets) -> str | list[str]:
     if isinstance(targets, str):
         targets = [targets]
     candidates = adaptable_modules(model)
+    heads = head_module_names(model) if is_classifier(model) else []
     matched: list[str] = []
     for target in targets:
         pattern = target_regex(target)
@@ -50,9 +52,26 @@ def resolve_targets(model, targets) -> str | list[str]:
         if not hits:
             suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
             raise SftlabError(f"{KEY}: {target!r} matches no linear module; this model has: {', '.join(suffixes)}")
-        matched += hits
+        inside = [name for name in hits if name.split(".", 1)[0] not in heads]  # the head trains in full instead
+        if not inside:
+            raise SftlabError(f"{KEY}: {target!r} is the classification head ({', '.join(heads)}), which trains in "
+                              "full beside the adapters (modules_to_save); name modules of the base model")
+        refuse_tied(model, target, inside)
+        matched += inside
     # peft gets exactly the linear modules the globs matched (a glob may also match containers, which peft refuses)
     return "|".join(re.escape(name) for name in dict.fromkeys(matched))
+
+
+def refuse_tied(model, target: str, modules: list[str]) -> None:
+    """An adapter on a weight tied to another (GPT-2's and Gemma's lm_head and input embedding) trains fine, but merging
+    it adds its update to the one shared tensor, so both ends change and the merged model is not the adapter's
+    (logits 0.6-9.7 apart on the tiny models): refused, pointing at modules_to_save, which trains an untied copy."""
+    tied = {name: [other for other in group if other != name] for group in tied_groups(model) for name in group}
+    for module in modules:
+        if others := tied.get(f"{module}.weight"):
+            raise SftlabError(f"{KEY}: {target!r} adapts {module}, whose weight is tied to {', '.join(others)}: merging "
+                              "the adapter would change both; train it in full with strategy.lora.modules_to_save "
+                              f"(an untied copy) or target other modules")
 
 
 def resolve_modules_to_save(model, requested: list[str], targets: str = "all-linear") -> list[str]:
@@ -71,6 +90,21 @@ def resolve_modules_to_save(model, requested: list[str], targets: str = "all-lin
     return list(dict.fromkeys([*requested, *extra]))
 
 
+def saved_notes(model, requested: list[str]) -> list[str]:
+    """The trainable line's words on `modules_to_save` entries (not a classifier's head, noted apart): they train in
+    full, and one tied to another weight trains an untied copy, so that other weight stays as it was."""
+    if not requested:
+        return []
+    notes = [f"{', '.join(requested)} train{'s' if len(requested) == 1 else ''} in full (modules_to_save)"]
+    tied = {name: [other for other in group if other != name] for group in tied_groups(model) for name in group}
+    for name, _ in model.named_modules():
+        if any(name == wanted or name.endswith("." + wanted) for wanted in requested) and f"{name}.weight" in tied:
+            others = ", ".join(tied[f"{name}.weight"])
+            notes.append(f"{name}.weight is tied to {others}: modules_to_save trains an untied copy of it, so {others} "
+                         "stays as it was (a merged export keeps them apart)")
+    return notes
+
+
 def apply_lora(model, lora_cfg):
     """Return (peft model, details, notes) with only the adapter (and modules_to_save) trainable.
 
@@ -82,6 +116,7 @@ def apply_lora(model, lora_cfg):
 
     targets = resolve_targets(model, lora_cfg.target_modules)
     to_save = resolve_modules_to_save(model, list(lora_cfg.modules_to_save), targets)
+    saved = saved_notes(model, list(lora_cfg.modules_to_save))  # before peft wraps (and so unties) them
     classifier = is_classifier(model)
     heads = head_module_names(model) if classifier else []
     four_bit = getattr(model, "is_loaded_in_4bit", False)
@@ -98,7 +133,7 @@ def apply_lora(model, lora_cfg):
     except ValueError as exc:
         raise SftlabError(f"{KEY}: peft refused the adapter ({str(exc).splitlines()[0]})") from None
     details = adapter_details(peft_model, to_save)
-    notes = [_note(details)]
+    notes = [_note(details), *saved]
     if four_bit:
         notes.append(_four_bit_note(model))
     if heads:

@@ -1,8 +1,11 @@
 """What a run trained: `trainable.json` always, and for strategy.kind=auto the importance report.
 
     write_trainable_report(trainable, out_dir, batches_per_epoch)
-        OUT/trainable.json     kind, trainable / total parameters, and (auto) every unit's score, size, chosen flag,
-                               the budget, the scoring time and how many batches it used against one epoch
+        OUT/trainable.json     kind, trainable / total parameters, the notes of the trainable log line (tied
+                               weights, the head), the trainable parameters' names (tied ones once, under the name
+                               `model.named_parameters()` gives first), the settings (freeze: layers, globs, head; lora:
+                               rank, alpha, targets), and (auto) every unit's score, size, chosen flag, the budget, the
+                               scoring time and how many batches it used against one epoch
         OUT/importance.png     (auto) bar chart of the highest-scoring units, chosen ones highlighted
     importance_table(details)  the Markdown table the model card shows
 """
@@ -19,13 +22,16 @@ SHOWN_UNITS = 30
 def write_trainable_report(trainable, out_dir: Path, batches_per_epoch: int | None = None) -> list[Path]:
     """Write trainable.json (and importance.png for auto); returns the paths written."""
     report = {"kind": trainable.kind, "trainable": trainable.trainable, "total": trainable.total,
-              "percent": round(100.0 * trainable.trainable / max(trainable.total, 1), 4)}
+              "percent": round(100.0 * trainable.trainable / max(trainable.total, 1), 4),
+              "notes": list(trainable.notes), "names": list(trainable.names)}
     details = dict(trainable.details or {})
     written = []
     if "units" in details:
         details["batches_per_epoch"] = batches_per_epoch
         report["importance"] = details
         written.append(plot_importance(details, Path(out_dir) / "importance.png"))
+    elif details:
+        report["settings"] = details  # freeze: the layers, globs and head; lora: rank, alpha, targets
     written.insert(0, atomic_write_json(Path(out_dir) / "trainable.json", report))
     return written
 

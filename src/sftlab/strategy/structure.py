@@ -83,15 +83,66 @@ def glob_matches(pattern: str, name: str) -> bool:
 
 
 def match_globs(patterns: list[str], names: list[str], key: str) -> set[str]:
-    """Names matched by any pattern; a pattern that matches nothing raises SftlabError naming `key`."""
+    """Names matched by any pattern; a pattern that matches nothing raises SftlabError naming `key`, with a hint."""
     matched: set[str] = set()
     for pattern in patterns:
         hits = {name for name in names if glob_matches(pattern, name)}
         if not hits:
-            examples = ", ".join(names[:4])
-            raise SftlabError(f"{key}: {pattern!r} matches no parameter (names look like {examples}, ...)")
+            raise SftlabError(f"{key}: {pattern!r} matches no parameter{name_hint(pattern, names)}")
         matched |= hits
     return matched
+
+
+# What a user may call a kind of module (a word in the glob) -> parts of the names families give it: `*norm*` on GPT-2
+# (ln_1, ln_2, ln_f) or `attention` on Llama (self_attn) is answered with the names this model uses.
+ROLES = {"attention": (("att", "q_proj", "k_proj", "v_proj", "query", "key", "value"), ("attn", "attention")), "MLP": (("mlp", "ffn", "feed"), ("mlp", "feed_forward", "ffn",
+         "intermediate")), "norm": (("norm", "ln"), ("norm", "ln_")), "embedding": (("embed", "wte", "wpe"), ("embed",
+         "wte", "wpe")), "head": (("head", "classifier", "score"), ("lm_head", "score", "classifier"))}
+
+
+def name_parts(names: list[str]) -> list[str]:
+    """The distinct dotted parts of parameter names, in order, without block indices."""
+    return list(dict.fromkeys(part for name in names for part in name.split(".") if not part.isdigit()))
+
+
+def block_list_name(names: list[str]) -> str | None:
+    """The prefix of the first numbered part of the names (`model.layers`, `transformer.h`), if any."""
+    for name in names:
+        parts = name.split(".")
+        for index, part in enumerate(parts[1:], 1):
+            if part.isdigit():
+                return ".".join(parts[:index])
+    return None
+
+
+def role_hint(words: list[str], parts: list[str]) -> str:
+    """'; this model's norm modules are named ln_1, ...' when a word of the glob names a kind of module (ROLES)."""
+    for role, (asked, named) in ROLES.items():
+        if any(a in word for word in words for a in asked):
+            own = [part for part in parts if any(n in part.lower() for n in named)
+                   and not (role == "attention" and "norm" in part.lower())]
+            return f"; this model's {role} modules are named {', '.join(own)}" if own else f"; this model has no {role}"
+    return "; this model has no bias parameters" if "bias" in words else ""
+
+
+def name_hint(pattern: str, names: list[str]) -> str:
+    """'; ...' for an error about a glob that matches nothing: the block list, the closest name part to a typo, the
+    names this model gives the kind of module the glob seems to mean, or a looser close part; then every name part."""
+    import difflib
+
+    parts = name_parts(names)
+    have = {part.lower() for part in parts}
+    words = [w for w in (w.strip("*?[]").lower() for w in pattern.split(".")) if w and not w.isdigit() and w not in have]
+
+    def close(cutoff: float) -> str:
+        found = [c for w in words for c in difflib.get_close_matches(w, parts, 1, cutoff)]
+        return f"; did you mean {found[0]!r}?" if found else ""
+
+    blocks = block_list_name(names)
+    hint = f"; this model's blocks are named {blocks}.0, {blocks}.1, ..." if blocks and any(
+        w.startswith(("layer", "block")) for w in words) else ""
+    hint = hint or close(0.8) or role_hint(words, parts) or close(0.6)
+    return f"{hint} (parameter names are made of: {', '.join(parts[:30])}{', ...' if len(parts) > 30 else ''})"
 
 
 def tied_groups(model) -> list[list[str]]:
