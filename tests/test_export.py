@@ -80,3 +80,23 @@ def test_export_never_replaces_its_inputs(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["export", str(run), "--merge", str(tmp_path / "file")]) == 2
     assert capsys.readouterr().err == f"error: output directory {tmp_path / 'file'} is a file; expected a directory\n"
+
+
+@pytest.mark.parametrize("record, warned", [
+    ({"adapter": "a", "max_abs_logit_diff": 3e-7}, False),
+    ({"adapter": "a", "max_abs_logit_diff": 0.6}, True),                      # a merge that changed the model
+    ({"adapter": None, "max_abs_logit_diff": 0.0}, False),                     # a full model copied: nothing merged
+    ({"adapter": "a", "qlora": {"quant_type": "nf4"}, "merge_base": "original", "max_abs_logit_diff": 0.9}, False),
+    ({"adapter": "a", "qlora": {"quant_type": "nf4"}, "merge_base": "dequantized", "max_abs_logit_diff": 0.9,
+      "max_abs_logit_diff_float32_compute": 5e-5}, False),                     # bf16 rounding of the QLoRA model
+    ({"adapter": "a", "qlora": {"quant_type": "nf4"}, "merge_base": "dequantized", "max_abs_logit_diff": 0.9,
+      "max_abs_logit_diff_float32_compute": 0.2}, True),
+])
+def test_a_merge_that_changes_the_logits_is_warned(record, warned):
+    from sftlab.commands.export import merge_warning
+
+    warning = merge_warning({**record, "out": "merged"})
+    assert (warning is not None) is warned
+    if warned:
+        assert warning.startswith("warning: the merged model's logits differ from the adapter's by ")
+        assert warning.endswith("check the adapter before using merged")

@@ -29,6 +29,7 @@ ids in generation_config.json and the tokenizer's chat_template, and OUT gets it
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from sftlab.errors import SftlabError
@@ -247,6 +248,22 @@ def copy_full_model(run_dir: Path, out_dir: Path, probes: list[str] | None, over
     return record
 
 
+MERGE_TOLERANCE = 1e-3  # float32 merges reproduce the adapter's logits to about 1e-6 on the probes
+
+
+def merge_warning(record: dict) -> str | None:
+    """A warning when a float32 merge's logits differ from the adapter's by more than `MERGE_TOLERANCE` (a QLoRA
+    merge into the dequantised base is judged against the QLoRA model computing in float32; one into the original
+    base differs by the quantisation error by design)."""
+    if record["adapter"] is None or (record.get("qlora") and record.get("merge_base") != "dequantized"):
+        return None
+    diff = record.get("max_abs_logit_diff_float32_compute", record["max_abs_logit_diff"])
+    if diff <= MERGE_TOLERANCE:
+        return None
+    return (f"warning: the merged model's logits differ from the adapter's by {diff:.3g} on the probes (a float32 "
+            f"merge stays within {MERGE_TOLERANCE:g}); check the adapter before using {record.get('out', 'OUT')}")
+
+
 def _export(args) -> int:
     if not args.merge:
         raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
@@ -266,6 +283,9 @@ def _export(args) -> int:
           + (f" ({exact:.3g} against the QLoRA model computing in float32: the rest is its {compute} rounding)"
              if exact is not None else "")
           + (f" (saved in {record['dtype']}: {cast:.3g})" if cast is not None else ""))
+    warning = merge_warning({**record, "out": str(args.merge)})
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
