@@ -45,6 +45,7 @@ import numpy as np
 
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.data.rows import TokenRows
+from sftlab.data.unknown_tokens import UnknownTokens
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 
@@ -195,7 +196,7 @@ def _cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
 
 
 # The modules whose code decides the token ids and labels (sftlab/data/), hashed into the cache key.
-CODE_MODULES = ("tokenize.py", "templates.py", "template_spec.py", "messages.py")
+CODE_MODULES = ("tokenize.py", "templates.py", "template_spec.py", "messages.py", "unknown_tokens.py")
 
 
 def _code_files() -> list[Path]:
@@ -240,8 +241,10 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
     input_ids = [columns["input_ids"][i] for i in keep]
     targets = [columns[key][i] for i in keep]
     origins = [origins[i] for i in keep]
-    srcs = [public[index]["_src"] for index, _ in origins]
-    _count_unknown(stats, getattr(tokenizer, "unk_token_id", None), input_ids, srcs)
+    unknown = UnknownTokens(getattr(tokenizer, "unk_token_id", None))
+    for ids, (index, _) in zip(input_ids, origins):
+        unknown.add(ids, public[index]["_src"])
+    stats.unknown_tokens, stats.unknown_first = unknown.count, unknown.first or ""
     if stage == "pt" and settings["pt_mode"] == "concat":
         stats.truncated = 0  # concat cuts blocks; nothing is truncated
         input_ids, stats.tail_tokens = _concat_blocks(input_ids, settings["max_length"])
@@ -258,17 +261,6 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
         # counted as the loss counts them: a row's first token is never predicted
         stats.supervised_tokens = sum(sum(1 for t in row[1:] if t != IGNORE_INDEX) for row in targets)
     return {"input_ids": input_ids, key: targets}, stats, origins
-
-
-def _count_unknown(stats: TokenizeStats, unk_id: int | None, rows: list[list[int]], srcs: list[str]) -> None:
-    """Count the unknown token in `rows` (text the tokenizer cannot represent trains as that one token)."""
-    if unk_id is None:
-        return
-    for ids, src in zip(rows, srcs):
-        count = sum(1 for token in ids if token == unk_id)
-        if count:
-            stats.unknown_tokens += count
-            stats.unknown_first = stats.unknown_first or src
 
 
 _WORK: tuple = ()  # (mapper, examples, tokenizer, settings) for forked tokenising workers

@@ -53,11 +53,13 @@ def _token_counter(tokenizer):
 
 def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int, dict]:
     """Full training-sequence length of each example (of each sample an example makes under mask each_assistant),
-    the number of supervised tokens in all of them, and `_Unknown`'s count of the tokenizer's unknown token."""
+    the number of supervised tokens in all of them, and `UnknownTokens`' count of the tokenizer's unknown token."""
     from sftlab.data.messages import mask_samples
     from sftlab.data.templates import encode_conversation
 
-    lengths, supervised, unknown = [], 0, _Unknown(getattr(tokenizer, "unk_token_id", None))
+    from sftlab.data.unknown_tokens import UnknownTokens
+
+    lengths, supervised, unknown = [], 0, UnknownTokens(getattr(tokenizer, "unk_token_id", None))
     for example in examples:
         kind = stage_of(example)
         if kind == "sft":  # mask each_assistant: one training sequence per assistant turn, as training makes them
@@ -66,34 +68,13 @@ def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], i
                                                   src=example.get("_src"), tools=example.get("tools"))
                 lengths.append(len(ids))
                 supervised += sum(1 for label in labels if label != -100)
-                unknown.add(ids, example)
+                unknown.add(ids, example.get("_src"))
         else:
             ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
             lengths.append(len(ids))
             supervised += len(ids) if kind == "pt" else 0
-            unknown.add(ids, example)
+            unknown.add(ids, example.get("_src"))
     return lengths, supervised, unknown.summary(sum(lengths))
-
-
-class _Unknown:
-    """Counts the tokenizer's unknown token (`[UNK]`, `<unk>`) in training sequences: text the tokenizer cannot
-    represent (Chinese through an English-only WordPiece vocabulary) trains on that one token instead."""
-
-    def __init__(self, unk_id):
-        self.unk_id, self.count, self.examples, self.first = unk_id, 0, 0, None
-
-    def add(self, ids, example) -> None:
-        n = sum(1 for i in ids if i == self.unk_id) if self.unk_id is not None else 0
-        if n:
-            self.count += n
-            self.examples += 1
-            self.first = self.first or example.get("_src")
-
-    def summary(self, total: int) -> dict:
-        if self.unk_id is None:
-            return {}
-        return {"count": self.count, "share": round(self.count / total, 4) if total else 0.0,
-                "examples": self.examples, "first": self.first}
 
 
 def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None = None, template: str = "auto",
