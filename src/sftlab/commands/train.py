@@ -49,18 +49,16 @@ def _worker_command(args) -> list[str]:
 
 def _check_output_dir(args, cfg, processes: int) -> None:
     """On node 0, before any worker starts: what the workers' setup would refuse about output.dir, as one line
-    (an occupied directory without --overwrite or --resume, --resume without a checkpoint or with another
-    process count than the checkpoint's). Nothing is created or moved here."""
+    (an occupied directory without --overwrite or --resume, one that cannot be written, --resume without a
+    checkpoint or with another process count than the checkpoint's), as a dry run checks it. Nothing is created or
+    moved here."""
     from sftlab.train.checkpoint import read_sidecar
-    from sftlab.train.rundir import prepare_output_dir
+    from sftlab.train.dry_run import check_output_dir
     from sftlab.train.setup import _check_resume_processes
 
-    out_dir = Path(cfg.output.dir).expanduser()
-    if args.resume:  # read-only when resuming: the checkpoint, or the error
-        checkpoint = prepare_output_dir(out_dir, resume=True, overwrite=False)
+    checkpoint, _ = check_output_dir(Path(cfg.output.dir).expanduser(), args.resume, args.overwrite)
+    if checkpoint is not None:
         _check_resume_processes(read_sidecar(checkpoint), processes)
-    elif out_dir.exists() and (not out_dir.is_dir() or (not args.overwrite and any(out_dir.iterdir()))):
-        prepare_output_dir(out_dir, resume=False, overwrite=False)  # raises before it would change anything
 
 
 def _launch(args, cfg) -> int:
