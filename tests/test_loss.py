@@ -83,6 +83,10 @@ def test_classification_loss_is_summed_and_weighted():
     torch.testing.assert_close(total / n, mean)
     weighted, _ = classification_loss_sum(model, batch, class_weights=torch.tensor([2.0, 1.0, 1.0]))
     assert float(weighted.detach()) > float(total.detach())
+    from sftlab.train import validate
+
+    unweighted, _ = validate.loss_sum(model, batch, "cls")  # validation loss: no class weights, whatever data.balance
+    torch.testing.assert_close(unweighted, total)
 
 
 def test_class_weights_are_balanced_over_the_training_labels():

@@ -116,7 +116,7 @@ class DataConfig(_Strict):
     balance: Literal["none", "oversample", "undersample", "class_weight"] = Field(
         "none", description="class balance of labelled training data (validation is never resampled): oversample "
         "or undersample the token rows that tokenisation kept (cls labels, or sft samples by their last answer; both "
-        "refuse a data.labels class with no training sample), or class_weight (stage cls only: the head's loss, "
+        "refuse a data.labels class with no training sample), or class_weight (stage cls only: the head's training loss; validation loss stays unweighted; "
         "weights in data_stats.json)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
     num_workers: Int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
