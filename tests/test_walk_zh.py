@@ -133,3 +133,25 @@ def test_stats_notes_label_characters_the_plot_cannot_draw(tmp_path, capsys):
     assert "\ue123" in missing
     assert f"labels.png shows {len(missing)} label character(s) as boxes" in out
     assert "as boxes" in (tmp_path / "st" / "stats.md").read_text(encoding="utf-8")
+
+
+def test_spaces_between_chinese_characters_go_only_when_asked():
+    from sftlab.datawork.normalize import NormalizeOptions, Normalizer
+
+    text = "中 国 人 民 银 行 ， 使用 Python 3 模型\n第一条　为了"
+    assert Normalizer()(text) == "中 国 人 民 银 行 ， 使用 Python 3 模型\n第一条 为了"  # off by default
+    joined = Normalizer(NormalizeOptions(cjk_spaces=True))
+    assert joined(text) == "中国人民银行，使用 Python 3 模型\n第一条为了"
+    assert joined(joined(text)) == joined(text)
+
+
+def test_data_clean_cjk_spaces_option(tmp_path):
+    import json
+
+    from sftlab.cli import main
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"text": "中 国 人 民 银 行", "label": "a"}, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert main(["data", "clean", str(source), str(tmp_path / "out.jsonl"), "--cjk-spaces"]) == 0
+    row = json.loads((tmp_path / "out.jsonl").read_text(encoding="utf-8"))
+    assert row["text"] == "中国人民银行"

@@ -97,6 +97,7 @@ def _register_clean(data) -> None:
     g.add_argument("--no-nfkc", action="store_true", help="skip Unicode NFKC / full-width -> half-width")
     g.add_argument("--keep-html", action="store_true", help="leave HTML tags and entities")
     g.add_argument("--t2s", action="store_true", help="traditional -> simplified Chinese (OpenCC)")
+    g.add_argument("--cjk-spaces", action="store_true", help="remove spaces between Chinese characters (中 国 -> 中国)")
     g = p.add_argument_group("PII redaction")
     g.add_argument("--redact-pii", nargs="?", const="all", metavar="KINDS", type=_pii_kinds,
                    help="replace e-mails, phones, CN resident IDs, card numbers and IPv4 addresses with [EMAIL] "

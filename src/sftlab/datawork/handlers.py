@@ -196,7 +196,8 @@ def clean(args) -> int:
     check_distinct(args.output, args.input, *(args.eval or []))
     check_output_format(args.output, args.to)
     redact_pii = None if args.redact_pii is None else parse_kinds(args.redact_pii, "--redact-pii")
-    normalize = None if args.no_normalize else NormalizeOptions(nfkc=not args.no_nfkc, strip_html=not args.keep_html, t2s=args.t2s)
+    normalize = None if args.no_normalize else NormalizeOptions(
+        nfkc=not args.no_nfkc, strip_html=not args.keep_html, t2s=args.t2s, cjk_spaces=args.cjk_spaces)
     refusals = [] if args.no_refusals else load_refusal_patterns(args.refusals)
     filters = FilterOptions(min_tokens=args.min_tokens, max_tokens=args.max_tokens,
                             languages=args.lang.split(",") if args.lang else None,

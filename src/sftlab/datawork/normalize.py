@@ -1,5 +1,5 @@
 """Text normalisation: Unicode NFKC, full-width/half-width, whitespace, control characters, HTML remnants,
-optional traditional -> simplified Chinese (OpenCC).
+optional traditional -> simplified Chinese (OpenCC), optional removal of spaces between Chinese characters.
 
     norm = Normalizer(NormalizeOptions(t2s=True))
     norm("<p>ＡＢＣ　１２３&amp;</p>")   # -> "ABC 123&"
@@ -10,6 +10,10 @@ under NFKC) is followed by another, until nothing changes.
 NFKC maps full-width Latin letters, digits and the ideographic space to their half-width forms. With
 `keep_cjk_punct` (the default) the full-width Chinese punctuation marks (，。！？：；（）etc.) are kept as they are,
 because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style.
+
+With `cjk_spaces` (off by default: a space between Chinese characters is sometimes meant, as in `第一条　为了` or
+between lines of a poem), spaces between two Chinese characters or punctuation marks go (`中 国 人 民` -> `中国人民`);
+spaces next to Latin letters or digits stay (`使用 Python 3`).
 
 A Normalizer works on one text; `sftlab.datawork.records.map_texts(example, normalizer)` applies it to a whole
 example, to a JSON tool result string value by string value (so `&quot;` cannot break the JSON), and never to
@@ -43,6 +47,8 @@ _HOLE = re.compile("\ue000(\\d+)\ue001")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060\ufeff]")
 _SPACES = re.compile(r"[ \t\u00a0\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK_GAP = re.compile(f"(?<=[{_HAN}{re.escape(CJK_PUNCT)}])[ \t\u00a0\u3000]+(?=[{_HAN}{re.escape(CJK_PUNCT)}])")
 _MAX_PASSES = 8
 
 
@@ -56,6 +62,7 @@ class NormalizeOptions:
     control_chars: bool = True
     whitespace: bool = True
     t2s: bool = False
+    cjk_spaces: bool = False  # remove spaces between two Chinese characters or marks (`中 国` -> `中国`)
 
 
 class Normalizer:
@@ -88,6 +95,8 @@ class Normalizer:
         text = self._characters(text)
         if opts.whitespace:
             text = normalize_whitespace(text)
+        if opts.cjk_spaces:
+            text = _CJK_GAP.sub("", text)
         return _HOLE.sub(lambda m: self._characters(code[int(m.group(1))]), text) if code else text
 
     def _characters(self, text: str) -> str:
