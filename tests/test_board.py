@@ -168,6 +168,10 @@ def test_run_states_summary_and_total_steps(tmp_path):
     assert RunManager._eta(job, {"total_steps": 17}) == 20.0  # 2 s per step seen, 10 steps to go
     rows = [{"step": 3, "epoch": 0.75}]
     assert estimate_total_steps({"train": {"epochs": 2}}, rows) == 8 and estimate_total_steps({"train": {}}, []) is None
+    # 3 steps an epoch, logged as 0.3333: 2 epochs are 6 steps, not 7; 1.5 epochs of 3 steps round up to 5
+    assert estimate_total_steps({"train": {"epochs": 2}}, [{"step": 1, "epoch": 0.3333}]) == 6
+    assert estimate_total_steps({"train": {"epochs": 2}}, [{"step": 2, "epoch": 0.6667}]) == 6
+    assert estimate_total_steps({"train": {"epochs": 1.5}}, [{"step": 1, "epoch": 0.3333}]) == 5
 
 
 def test_a_run_with_an_unreadable_config_is_listed_not_fatal(tmp_path):

@@ -87,7 +87,12 @@ def estimate_total_steps(cfg: dict, train_rows: list[dict]) -> int | None:
     last = train_rows[-1] if train_rows else None
     epoch, epochs = _number(last.get("epoch")) if last else None, _number(train.get("epochs", 1.0))
     if epoch and epochs:
-        return max(int(last["step"]), math.ceil(epochs * last["step"] / epoch))
+        step = int(last["step"])
+        estimate = epochs * step / epoch
+        # the logged epoch is rounded to 4 decimals: 1/3 of an epoch per step is 0.3333, and 2 * 1 / 0.3333 is 6.0006
+        slack = epochs * step * 5e-5 / (epoch * max(epoch - 5e-5, 1e-9))
+        nearest = round(estimate)
+        return max(step, nearest if abs(estimate - nearest) <= slack else math.ceil(estimate))
     return None
 
 
