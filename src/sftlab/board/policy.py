@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sftlab.board.runs import card_section, read_json
+from sftlab.board.runs import read_json
+from sftlab.eval.report_data import card_section
 from sftlab.errors import SftlabError
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.eval.report_data import final_is_current, read_metrics_rows, read_object
+from sftlab.eval.report_data import card_section, final_is_current, read_metrics_rows, read_object
 from sftlab.io import atomic_write_json, read_yaml_mapping
 
 NAME_PATTERN = re.compile(r"^[^\W_][\w.-]{0,63}$")  # letters of any script (实验1), digits, '.', '_', '-'
@@ -316,17 +316,3 @@ class RunManager:
             code = job.process.poll()
             state = "running" if code is None else ("completed" if code == 0 else "failed")
         return {"job": state, "log": tail(self._board_file(name, ".eval.log"), 12), "results": results}
-
-
-def card_section(card: Path, heading: str) -> str:
-    """The text of one `## ...` section of a model card ('' when there is none)."""
-    if not card.is_file():
-        return ""
-    lines, inside = [], False
-    for line in card.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("## "):
-            inside = line.strip() == heading
-            continue
-        if inside:
-            lines.append(line)
-    return "\n".join(lines).strip()

@@ -51,17 +51,22 @@ def final_is_current(final: dict, train_rows: list[dict]) -> bool:
 
 
 def card_section(card: Path, heading: str) -> str:
-    """The bullet lines under `heading` in a model card, joined with '; ' (the trainable-parameter summary)."""
-    lines = Path(card).read_text(encoding="utf-8", errors="replace").splitlines()
-    if heading not in lines:
+    """The text of one `## ...` section of a model card ('' when the card or the section is missing)."""
+    if not Path(card).is_file():
         return ""
-    body = []
-    for line in lines[lines.index(heading) + 1:]:
-        if line.startswith("#"):
-            break
-        if line.strip():
-            body.append(line.strip().lstrip("- "))
-    return "; ".join(body)
+    lines, inside = [], False
+    for line in Path(card).read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == heading
+            continue
+        if inside:
+            lines.append(line)
+    return "\n".join(lines).strip()
+
+
+def card_bullets(card: Path, heading: str) -> str:
+    """The bullet lines of one model-card section, joined with '; ' (the report's trainable-parameter summary)."""
+    return "; ".join(line.strip().lstrip("- ") for line in card_section(card, heading).splitlines() if line.strip())
 
 
 def _eval_results(run: RunData, run_dir: Path) -> None:
@@ -98,7 +103,7 @@ def load_run(run_dir: Path, name: str | None = None) -> RunData:
         if (run_dir / f"{extra}.json").is_file():
             run.extras[extra] = read_object(run_dir / f"{extra}.json")
     if "trainable" not in run.extras and (run_dir / "model" / "README.md").is_file():
-        strategy = card_section(run_dir / "model" / "README.md", "## Strategy")
+        strategy = card_bullets(run_dir / "model" / "README.md", "## Strategy")
         if strategy:
             run.extras["trainable"] = {"strategy": strategy}
     _eval_results(run, run_dir)
