@@ -222,7 +222,7 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
         header = next(reader, None)
         if not header:
             return []
-        header = _header(path, header)
+        header = header_names(path, header)
         rows, start = [], reader.line_num + 1
         for record in reader:
             if record and len(record) != len(header):
@@ -235,7 +235,7 @@ def _read_csv(path: Path, text: str, delimiter: str) -> list[dict]:
     return rows
 
 
-def _header(path: Path, names: list[str]) -> list[str]:
+def header_names(path: Path, names: list[str]) -> list[str]:
     """The header's column names without surrounding spaces (`text, label` names `label`, not ` label`); a name
     given twice is an error, since one column's values would silently replace the other's."""
     names = [name.strip() for name in names]

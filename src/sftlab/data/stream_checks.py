@@ -3,6 +3,7 @@
     empty_file(path)                       # "f.jsonl: empty dataset (no rows)" for an empty or blank file, else None
     quiet_reader_logs()                    # no "Failed to load JSON ..." log line from datasets before the error
     text_problem(value, column)            # "missing required field 'text'" / "field 'text' is empty" / ... or None
+    csv_header_problem(path)               # "f.csv:1: the header names column 'text' twice (...)" or None
     find_problem(files, builder, column)   # the first problem of the files, in file order: "f.jsonl:7: ..." or None
 
 A `datasets` stream cannot say which file and line a record came from (files and records come through a shuffle
@@ -12,6 +13,8 @@ which reads the files again in order, a line at a time (constant memory), and re
 `file:line`, in the words of `sftlab.data.readers` and `sftlab.data.formats`: bytes that are not UTF-8, a line
 that is not a JSON object, a record whose text column is missing, null, not a string or blank. `.txt` lines are
 documents and blank ones are skipped (as the in-memory reader skips them), so only their bytes can be at fault.
+A .csv header's names count without their surrounding spaces, and a name given twice is refused before the file
+is streamed (`csv_header_problem`, the in-memory reader's `_header` and its words).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import json
 import logging
 from pathlib import Path
 
-from sftlab.data.readers import empty_dataset, json_problem, not_utf8
+from sftlab.data.readers import empty_dataset, header_names, json_problem, not_utf8
+from sftlab.errors import SftlabError
 
 _CHUNK = 1 << 16
 _READER_LOGGERS = ("json.json", "csv.csv", "text.text", "parquet.parquet")
@@ -62,6 +66,21 @@ def text_problem(value, column: str) -> str | None:
         return f"field {column!r} must be str, got {type(value).__name__}"
     if not value.strip():
         return f"field {column!r} is empty"
+    return None
+
+
+def csv_header_problem(path: str | Path) -> str | None:
+    """The in-memory reader's error for a CSV header that names a column twice once spaces around names are
+    stripped (`text, text` or `text,text`), else None. Reads only the header; bytes that are not UTF-8 and malformed
+    CSV are left to `find_problem`."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            header = next(csv.reader(handle), None) or []
+        header_names(Path(path), header)
+    except SftlabError as exc:
+        return str(exc)
+    except (UnicodeDecodeError, csv.Error):
+        return None
     return None
 
 
@@ -119,7 +138,6 @@ def _jsonl_problem(path: str, column: str) -> str | None:
 def _json_problem(path: str, column: str) -> str | None:
     """A JSON document (a list of records): read whole, as `datasets` reads it too."""
     from sftlab.data.readers import read_rows
-    from sftlab.errors import SftlabError
 
     try:
         rows = read_rows(path)
@@ -133,7 +151,7 @@ def _csv_problem(path: str, column: str) -> str | None:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
         try:
-            header = next(reader, None) or []
+            header = header_names(Path(path), next(reader, None) or [])
             start = reader.line_num + 1
             for record in reader:
                 if any(field.strip() for field in record):
@@ -143,6 +161,8 @@ def _csv_problem(path: str, column: str) -> str | None:
                 start = reader.line_num + 1
         except csv.Error as exc:
             return f"{path}:{reader.line_num}: malformed CSV ({exc})"
+        except SftlabError as exc:  # a name given twice (`header_names`)
+            return str(exc)
     return None
 
 

@@ -5,12 +5,21 @@
 
 Documents come from `datasets.load_dataset(<json|text|csv|parquet>, data_files=..., streaming=True)`, one
 file type per run, the text in column `data.columns.text` (default "text"; .txt files: one document per
-line); `data.max_samples` keeps the first documents of the files. Epoch `e` reads them through
+line; a .csv header's names count without their surrounding spaces and its text cells are read as written, "123"
+and "NA" included, as the in-memory reader reads them); `data.max_samples` keeps the first documents of the files.
+Epoch `e` reads them through
 `IterableDataset.shuffle(seed=train.seed, buffer_size=data.shuffle_buffer)` with `set_epoch(e)`. Each
 document is tokenized like the in-memory pt path (`sftlab.data.tokenize`: special tokens, EOS appended):
 `concat` joins them and cuts
 `train.max_length` blocks (a shorter tail block at the end of an epoch is kept unless it has one token),
 `document` keeps one truncated document per row. Every label is supervised.
+
+In `document` mode each position also carries `StreamCounts`: the documents turned into trained rows so far and
+those cut to `train.max_length`, with the tokens cut (a document trained in two epochs counts twice). The
+counts of the position after a step are those of the rows trained up to it; a checkpoint stores them beside the
+position (`stream_counts` in its sidecar) and a resumed run goes on from them, so its totals equal an
+uninterrupted run's. The run reports them at its end (`StreamCounts.metrics` in metrics.json, `StreamCounts.line`
+in the run log), as the in-memory path reports the documents it truncated in data_stats.json.
 
 The documents are those the in-memory reader would read: blank .txt lines are skipped, and an empty or blank file,
 bytes that are not UTF-8, a malformed JSON line and a record whose text is missing, null, not a string or blank fail
@@ -29,27 +38,62 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from sftlab.data.stream_checks import empty_file, find_problem, quiet_reader_logs, text_problem
+from sftlab.data.stream_checks import csv_header_problem, empty_file, find_problem, quiet_reader_logs, text_problem
 from sftlab.errors import SftlabError
 
 BUILDERS = {".jsonl": "json", ".json": "json", ".txt": "text", ".csv": "csv", ".parquet": "parquet"}
 
 
+@dataclass(frozen=True)
+class StreamCounts:
+    """`document` mode: documents turned into trained rows so far, those cut to train.max_length, the tokens cut."""
+
+    documents: int = 0
+    truncated: int = 0
+    truncated_tokens: int = 0
+
+    def add(self, cut: int) -> "StreamCounts":
+        """These counts and one more trained document, `cut` tokens cut from its end."""
+        return StreamCounts(self.documents + 1, self.truncated + (cut > 0), self.truncated_tokens + cut)
+
+    def to_dict(self) -> dict:
+        return {"documents": self.documents, "truncated": self.truncated, "truncated_tokens": self.truncated_tokens}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "StreamCounts":
+        return cls(**{key: int(saved.get(key, 0)) for key in ("documents", "truncated", "truncated_tokens")})
+
+    def metrics(self) -> dict:
+        """metrics.json's entries: streamed_documents, truncated, truncated_tokens."""
+        return {"streamed_documents": self.documents, "truncated": self.truncated,
+                "truncated_tokens": self.truncated_tokens}
+
+    def line(self, max_length: int) -> str | None:
+        """The run log's 'data: truncated 3 of 40 streamed train documents to train.max_length=512 (1,204 tokens
+        cut); ...', None when none was cut."""
+        if not self.truncated:
+            return None
+        return (f"data: truncated {self.truncated:,} of {self.documents:,} streamed train documents to "
+                f"train.max_length={max_length} ({self.truncated_tokens:,} tokens cut); metrics.json counts them")
+
+
 @dataclass
 class StreamPosition:
-    """Where the next row starts: epoch, documents fully before it in that epoch's order, tokens into the rest."""
+    """Where the next row starts: epoch, documents fully before it in that epoch's order, tokens into the rest;
+    with the counts of the rows before it (stored beside the position, not in it: `to_dict` locates the row)."""
 
     epoch: int = 0
     document: int = 0
     offset: int = 0
     seed: int = 0
+    counts: StreamCounts = field(default_factory=StreamCounts, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"epoch": self.epoch, "document": self.document, "offset": self.offset, "seed": self.seed}
 
 
 class TokenStream:
@@ -71,6 +115,10 @@ class TokenStream:
             record = self._read(lambda: next(records, None))
             if record is None:
                 return
+            if self.builder == "csv":  # header names without their spaces, as the in-memory reader's (`header_names`)
+                record = {name.strip(): value for name, value in record.items()}
+                if all(isinstance(value, str) and not value.strip() for value in record.values()):
+                    continue  # a row of blank fields: the in-memory reader skips it too
             if column not in record:
                 raise SftlabError(f"data.train {self.files[0]}: no column {column!r} (columns: {', '.join(record)}); "
                                   "set data.columns.text")
@@ -86,10 +134,12 @@ class TokenStream:
         from datasets import load_dataset
 
         quiet_reader_logs()
-        stream = load_dataset(self.builder, data_files=self.files, split="train", streaming=True)
-        if self.builder != "text" and self.text_column not in (stream.column_names or [self.text_column]):
+        options = csv_options(self.files, self.text_column) if self.builder == "csv" else {}
+        stream = load_dataset(self.builder, data_files=self.files, split="train", streaming=True, **options)
+        names = [name.strip() for name in stream.column_names or [self.text_column]]
+        if self.builder != "text" and self.text_column not in names:
             raise SftlabError(f"data.train {self.files[0]}: no column {self.text_column!r} "
-                              f"(columns: {', '.join(stream.column_names)}); set data.columns.text")
+                              f"(columns: {', '.join(names)}); set data.columns.text")
         if self.max_samples is not None:  # the first documents of the files, the same ones every epoch
             stream = stream.take(self.max_samples)
         stream = stream.shuffle(seed=seed, buffer_size=self.shuffle_buffer)
@@ -118,32 +168,40 @@ class TokenStream:
         next(self.rows(StreamPosition(seed=seed)))
 
     def encode(self, text: str) -> list[int]:
-        """A document's token ids with the tokenizer's special tokens and a final EOS (as the in-memory pt path)."""
+        """A document's token ids with the tokenizer's special tokens and a final EOS (as the in-memory pt path),
+        cut to max_length in `document` mode."""
+        ids = self._ids(text)
+        return ids[:self.max_length] if self.pt_mode == "document" else ids
+
+    def _ids(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
         eos = self.tokenizer.eos_token_id
         if eos is not None and (not ids or ids[-1] != eos):
             ids = ids + [eos]
-        return ids[:self.max_length] if self.pt_mode == "document" else ids
+        return ids
 
     def rows(self, start: StreamPosition) -> Iterator[tuple[dict, StreamPosition]]:
-        """Endless token rows from `start`, each with the position after it."""
-        epoch, document, offset = start.epoch, start.document, start.offset
+        """Endless token rows from `start`, each with the position after it (and the counts up to it)."""
+        epoch, document, offset, counts = start.epoch, start.document, start.offset, start.counts
         while True:
             produced = False
-            for row, position in self._epoch_rows(epoch, document, offset, start.seed):
-                produced = True
+            for row, position in self._epoch_rows(epoch, document, offset, start.seed, counts):
+                produced, counts = True, position.counts
                 yield row, position
             if not produced and document == 0 and offset == 0:
                 raise SftlabError(f"data.train {self.files[0]}: the stream has no document with tokens to train on")
             epoch, document, offset = epoch + 1, 0, 0
 
-    def _epoch_rows(self, epoch: int, document: int, offset: int, seed: int) -> Iterator[tuple[dict, StreamPosition]]:
+    def _epoch_rows(self, epoch: int, document: int, offset: int, seed: int,
+                    counts: StreamCounts) -> Iterator[tuple[dict, StreamPosition]]:
         texts = itertools.islice(self.documents(epoch, seed), document, None)  # skipped documents are not tokenized
         if self.pt_mode == "document":
             for index, text in enumerate(texts, start=document + 1):
-                ids = self.encode(text)
-                if len(ids) > 1:
-                    yield _row(ids), StreamPosition(epoch, index, 0, seed)
+                full = self._ids(text)
+                ids = full[:self.max_length]
+                if len(ids) > 1:  # a trained row: counted
+                    counts = counts.add(len(full) - len(ids))
+                    yield _row(ids), StreamPosition(epoch, index, 0, seed, counts)
             return
         buffer: list[int] = []
         pending: deque[list[int]] = deque()  # [document index, its token count, tokens emitted] of buffered documents
@@ -187,6 +245,19 @@ def _consume(pending: deque, count: int, next_document: int, epoch: int, seed: i
     return StreamPosition(epoch, index, emitted, seed)
 
 
+def csv_options(files: list[str], text_column: str) -> dict:
+    """pandas options (through `datasets`' csv builder) that read the text column as the in-memory reader reads it:
+    as written, a string ("123" stays a string, "NA" or an empty cell is not a missing value). The column's name
+    may have spaces around it in a file's header."""
+    import csv
+
+    names = set()
+    for path in files:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            names.update(name for name in next(csv.reader(handle), None) or [] if name.strip() == text_column)
+    return {"converters": {name: str for name in names}, "keep_default_na": False, "na_filter": False}
+
+
 def stream_files(data_cfg, base_dir: Path | None) -> tuple[list[str], str]:
     """data.train as existing files of one type, and the `datasets` builder that reads them."""
     items = data_cfg.train if isinstance(data_cfg.train, list) else [data_cfg.train]
@@ -199,7 +270,7 @@ def stream_files(data_cfg, base_dir: Path | None) -> tuple[list[str], str]:
         path = path if path.is_absolute() or base_dir is None else Path(base_dir) / path
         if not path.is_file():
             raise SftlabError(f"data.train {item}: no such file (data.streaming reads local files)")
-        if problem := empty_file(path):
+        if problem := empty_file(path) or (csv_header_problem(path) if path.suffix.lower() == ".csv" else None):
             raise SftlabError(problem)
         files.append(str(path))
     suffixes = {Path(f).suffix.lower() for f in files}

@@ -45,7 +45,8 @@ from sftlab.train.scaling import TrainingDiverged, apply_update, diverged  # noq
 from sftlab.heap_slack import SlackGuard
 from sftlab.train.rundir import prepare_output_dir, replacing_previous_run
 from sftlab.train.saving import (best_metric_line, checkpoint_on_interrupt, gathered, interrupted_message,
-                                 maybe_checkpoint, sidecar, unwrapped, update_counted, update_started)
+                                 maybe_checkpoint, restore_stream_counts, sidecar, stream_count_metrics, unwrapped,
+                                 update_counted, update_started)
 from sftlab.train.setup import Session, build_session, resume_lines
 from sftlab.train.validate import evaluate_batches, improved, task_metrics
 
@@ -131,6 +132,8 @@ def run_training(cfg, resume: bool = False, overwrite: bool = False, base_dir: s
             if line := best_metric_line(session):  # best/ was picked by another metric: the next evaluation replaces it
                 log.message(line)
                 session.best, session.bad_evals = {}, 0
+            if line := restore_stream_counts(session):  # a stream's truncation counts so far (sftlab.train.saving)
+                log.message(line)
             restore_rng(rng)
         stopped = train(session, log, callbacks or [])
         metrics = save_final(session, log, stopped)
@@ -342,6 +345,10 @@ def save_final(session: Session, log: RunLog, stopped: str) -> dict:
                      "stopped": stopped}
     if session.scaler is not None:  # fp16: steps whose gradients overflowed and were skipped
         metrics["skipped_steps"] = session.skipped_steps
+    counts, line = stream_count_metrics(session)  # streamed documents trained and truncated
+    metrics.update(counts)
+    if line:
+        log.message(line)
     if session.prepared.validation:
         last = session.eval_history[-1] if session.eval_history else None
         final = {k: v for k, v in last.items() if k != "step"} if last and last["step"] == session.step else None

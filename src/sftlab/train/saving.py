@@ -6,6 +6,10 @@ An update in flight cannot be saved: `Session.in_update` marks a session from th
 loop has counted its step, so a second Ctrl-C that stops the run at once inside that window writes no checkpoint (its
 weights would be one update ahead of the step, data position and random states it records); the latest complete
 checkpoint stays the one to resume from.
+
+A streamed `document`-mode run's counts of trained and truncated documents (`sftlab.data.streaming.StreamCounts`)
+are stored beside the data position (`stream_counts`); `restore_stream_counts` puts them back on resume, and
+`stream_count_metrics` gives metrics.json's entries and the run log's line at the end.
 """
 
 from __future__ import annotations
@@ -42,8 +46,38 @@ def sidecar(session) -> dict:
             "losses": session.losses, "eval_history": session.eval_history, "best": session.best,
             "bad_evals": session.bad_evals, "skipped_steps": session.skipped_steps,
             "trainable": session.trainable.trainable, "processes": session.accelerator.num_processes,
-            "data": data_fingerprint(session.prepared),
+            "data": data_fingerprint(session.prepared), **_stream_counts(session),
             "config": session.cfg.model_dump(mode="json"), "environment": session.environment}
+
+
+def _stream_counts(session) -> dict:
+    counts = getattr(session.position, "counts", None)  # a stream's position (sftlab.data.streaming)
+    return {"stream_counts": counts.to_dict()} if counts is not None else {}
+
+
+def restore_stream_counts(session) -> str | None:
+    """A resumed stream's counts from its checkpoint's sidecar, put on `session.position`; a note when the
+    checkpoint has none (written before they were counted: the totals then start at its step)."""
+    from sftlab.data.streaming import StreamCounts
+    from sftlab.train.checkpoint import read_sidecar
+
+    if session.resumed_from is None or not session.cfg.data.streaming:
+        return None
+    saved = read_sidecar(session.resumed_from).get("stream_counts")
+    if not isinstance(saved, dict):
+        return (f"note: {session.resumed_from.name} has no stream_counts; the truncated-document counts at the end "
+                f"cover the steps after {session.step} only" if session.cfg.data.pt_mode == "document" else None)
+    session.position.counts = StreamCounts.from_dict(saved)
+    return None
+
+
+def stream_count_metrics(session) -> tuple[dict, str | None]:
+    """A streamed `document`-mode run's metrics.json entries (streamed_documents, truncated, truncated_tokens) and
+    run-log line (None when nothing was cut); nothing for other runs."""
+    counts = getattr(session.position, "counts", None)
+    if counts is None or session.cfg.data.pt_mode != "document":
+        return {}, None
+    return counts.metrics(), counts.line(session.cfg.train.max_length)
 
 
 def write_checkpoint(session, rng: dict) -> Path:
