@@ -49,6 +49,9 @@ def register(registry) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
                         help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
                              "hardware (AMX, AVX-512 BF16, a GPU), else float32")
+    from sftlab.commands.generate import add_trust_argument
+
+    add_trust_argument(parser)
     parser.set_defaults(func=handle)
 
 
@@ -111,6 +114,7 @@ def handle(args) -> int:
     out = args.out or run.default_out(args.model, args.task)
     summary = run.evaluate(args.model, args.data, args.task, opts, out, overwrite=args.overwrite,
                            with_baselines=args.baselines, train_file=args.train, fmt=args.format,
-                           max_samples=args.max_samples, device=args.device, dtype=args.dtype, columns=columns)
+                           max_samples=args.max_samples, device=args.device, dtype=args.dtype, columns=columns,
+                           trust_remote_code=args.trust_remote_code)
     run.print_summary(summary, out)
     return 0

@@ -24,6 +24,9 @@ labels are LABEL_0, LABEL_1, ...
 A causal LM's chat template goes with it (`sftlab.models.chat_files`): the template the adapter was trained with
 (`sftlab.models.trained`: the adapter directory's `sftlab_template.json`, else the run's config.yaml) sets the stop
 ids in generation_config.json and the tokenizer's chat_template, and OUT gets its own `sftlab_template.json`.
+
+A model with its own code (config.json's `auto_map`) is loaded only with `--trust-remote-code` (a one-line error naming
+it otherwise); transformers copies that code into OUT with the model, so OUT loads as the original did.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from sftlab.errors import SftlabError
 
 DTYPES = ("float32", "bfloat16", "float16")
+KEY, TRUST_KEY = "RUN_DIR", "--trust-remote-code"  # what load errors name: the command's argument and flag
 DEFAULT_PROBES = [
     "The quick brown fox jumps over the lazy dog.",
     "What is the capital of France?",
@@ -122,19 +126,21 @@ def _merge_base(requested: str | None, qlora: dict | None) -> str:
     return requested
 
 
-def _load_base(base: str, adapter_dir: Path, adapter_cfg: dict, tokenizer, dtype: str = "float32",
-               quantize_4bit: bool = False):
-    """The adapter's base model for its task (a classifier with the run's labels, else a causal LM)."""
+def _load_base(base: str, base_key: str, trust_remote_code: bool, adapter_dir: Path, adapter_cfg: dict, tokenizer,
+               dtype: str = "float32", quantize_4bit: bool = False):
+    """The adapter's base model for its task (a classifier with the run's labels, else a causal LM); errors about it
+    name `base_key`, its code runs only with `trust_remote_code`."""
     from sftlab.config.schema import ModelConfig
     from sftlab.models.load import load_model
 
-    base_cfg = ModelConfig(path=str(base), dtype=dtype)
+    base_cfg = ModelConfig(path=str(base), dtype=dtype, trust_remote_code=trust_remote_code)
+    names = dict(quantize_4bit=quantize_4bit, key=base_key, trust_key=TRUST_KEY)
     if adapter_cfg.get("task_type") == "SEQ_CLS":
         labels = _classifier_labels(adapter_dir)
         named = isinstance(labels, list)
         return load_model(base_cfg, "cls", num_labels=None if named else labels,
-                          label_names=labels if named else None, tokenizer=tokenizer, quantize_4bit=quantize_4bit)
-    return load_model(base_cfg, "sft", quantize_4bit=quantize_4bit)
+                          label_names=labels if named else None, tokenizer=tokenizer, **names)
+    return load_model(base_cfg, "sft", **names)
 
 
 def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: list[str]):
@@ -156,12 +162,13 @@ def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: li
 
 
 def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | None = None,
-                  overwrite: bool = False, dtype: str = "float32", merge_base: str | None = None) -> dict:
+                  overwrite: bool = False, dtype: str = "float32", merge_base: str | None = None,
+                  trust_remote_code: bool = False) -> dict:
     """Merge the run's LoRA adapter into a float32 copy of its base (a QLoRA adapter: of its dequantised NF4 base,
-    unless `merge_base` is 'original'), cast it to `dtype`, save it to `out_dir`, return the record."""
+    unless `merge_base` is 'original'), cast it to `dtype`, save it to `out_dir`, return the record. Code shipped
+    with the model runs only with `trust_remote_code`."""
     import functools
 
-    import torch
     from peft import PeftModel
 
     from sftlab.config.schema import ModelConfig
@@ -177,16 +184,19 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     if adapter_dir is None:
         if merge_base is not None:
             raise SftlabError(f"--merge-base {merge_base}: {run_dir} holds a full model, with no adapter to merge")
-        return copy_full_model(run_dir, out_dir, probes, overwrite, dtype)
+        return copy_full_model(run_dir, out_dir, probes, overwrite, dtype, trust_remote_code)
     qlora = read_record(adapter_dir)
     merge_base = _merge_base(merge_base, qlora)
     config_file = adapter_dir / "adapter_config.json"
-    base = resolve_model_path(adapter_base(config_file), f"{config_file}: base_model_name_or_path")
+    base_key = f"{config_file}: base_model_name_or_path"
+    base = resolve_model_path(adapter_base(config_file), base_key)
     check_output_dir(out_dir, overwrite, inputs=(run_dir, adapter_dir, base))
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     template = None if adapter_cfg.get("task_type") == "SEQ_CLS" else trained_settings(adapter_dir).template
-    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if has_tokenizer_files(adapter_dir) else base)))
-    load = functools.partial(_load_base, base, adapter_dir, adapter_cfg, tokenizer)
+    own = has_tokenizer_files(adapter_dir)
+    tokenizer = load_tokenizer(ModelConfig(path=str(adapter_dir if own else base), trust_remote_code=trust_remote_code),
+                               KEY if own else base_key, TRUST_KEY)
+    load = functools.partial(_load_base, base, base_key, trust_remote_code, adapter_dir, adapter_cfg, tokenizer)
     probes = probes or DEFAULT_PROBES
     exact = None
     if qlora:  # compared with the model that trained: the 4-bit base and the adapter
@@ -198,43 +208,53 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
     if not qlora:
         before = _probe_logits(peft_model, tokenizer, probes)
     merged = peft_model.merge_and_unload()
-    max_diff = _max_diff(before, _probe_logits(merged, tokenizer, probes))
     record = {"base": str(base), "adapter": str(adapter_dir.resolve()), "task_type": adapter_cfg.get("task_type"),
-              "dtype": dtype, "merge_base": merge_base, "qlora": qlora, "probes": len(probes),
-              "max_abs_logit_diff": max_diff}
-    if adapter_cfg.get("task_type") == "SEQ_CLS":  # the head's rows, by name (unnamed: LABEL_0, LABEL_1, ...)
-        id2label = merged.config.id2label
-        record["labels"] = [str(id2label[key]) for key in sorted(id2label, key=int)]
-    if exact is not None:  # against the QLoRA model computing in float32: the merge's own error
-        record["max_abs_logit_diff_float32_compute"] = _max_diff(exact, _probe_logits(merged, tokenizer, probes))
-    if dtype != "float32":
-        merged = merged.to(getattr(torch, dtype))
-        record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
+              "dtype": dtype, "merge_base": merge_base, "qlora": qlora, "probes": len(probes)}
+    merged = _measure_merge(merged, tokenizer, probes, before, exact, record)
     _save_merged(merged, tokenizer, out_dir, record, template, overwrite)
     return record
 
 
-def copy_full_model(run_dir: Path, out_dir: Path, probes: list[str] | None, overwrite: bool, dtype: str) -> dict:
+def _measure_merge(merged, tokenizer, probes: list[str], before, exact, record: dict):
+    """Fill `record` with the merged model's logit differences (from the adapter's `before`, from the QLoRA model
+    computing in float32 `exact`, after the cast to record["dtype"]) and its labels; return the model, cast."""
+    import torch
+
+    record["max_abs_logit_diff"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
+    if record["task_type"] == "SEQ_CLS":  # the head's rows, by name (unnamed: LABEL_0, LABEL_1, ...)
+        id2label = merged.config.id2label
+        record["labels"] = [str(id2label[key]) for key in sorted(id2label, key=int)]
+    if exact is not None:  # against the QLoRA model computing in float32: the merge's own error
+        record["max_abs_logit_diff_float32_compute"] = _max_diff(exact, _probe_logits(merged, tokenizer, probes))
+    if record["dtype"] != "float32":
+        merged = merged.to(getattr(torch, record["dtype"]))
+        record["max_abs_logit_diff_after_cast"] = _max_diff(before, _probe_logits(merged, tokenizer, probes))
+    return merged
+
+
+def copy_full_model(run_dir: Path, out_dir: Path, probes: list[str] | None, overwrite: bool, dtype: str,
+                    trust_remote_code: bool = False) -> dict:
     """A full model (a full, freeze or auto run's model/) saved to `out_dir` in `dtype` with its tokenizer, chat
     template and records, as a merged export is: there is nothing to merge, so the logit difference is that of the
-    cast (0 in float32)."""
+    cast (0 in float32). Code shipped with the model runs only with `trust_remote_code`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from sftlab.config.schema import ModelConfig
-    from sftlab.io import check_output_dir, read_json
-    from sftlab.models.load import load_tokenizer
+    from sftlab.io import check_output_dir
+    from sftlab.models.load import check_model_dir, load_tokenizer
     from sftlab.models.trained import run_model_dir, trained_settings
 
     model_dir = run_model_dir(run_dir) or run_dir
-    config = read_json(model_dir / "config.json")
+    config = check_model_dir(model_dir, KEY, trust_remote_code, TRUST_KEY)
     if "vision_config" in config:
         raise SftlabError(f"{model_dir}: a full vision-language model; it needs no merge, use it as is")
     check_output_dir(out_dir, overwrite, inputs=(run_dir, model_dir))
     cls = any(str(name).endswith("ForSequenceClassification") for name in config.get("architectures") or [])
     auto = AutoModelForSequenceClassification if cls else AutoModelForCausalLM
-    model = auto.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    tokenizer = load_tokenizer(ModelConfig(path=str(model_dir)))
+    tokenizer = load_tokenizer(ModelConfig(path=str(model_dir), trust_remote_code=trust_remote_code), KEY, TRUST_KEY)
+    model = auto.from_pretrained(str(model_dir), dtype=torch.float32, local_files_only=True,
+                                 trust_remote_code=trust_remote_code).eval()
     probes = probes or DEFAULT_PROBES
     record = {"base": None, "source": str(model_dir.resolve()), "adapter": None,
               "task_type": "SEQ_CLS" if cls else "CAUSAL_LM", "dtype": dtype, "merge_base": None, "qlora": None,
@@ -268,7 +288,7 @@ def _export(args) -> int:
     if not args.merge:
         raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
     record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype,
-                           merge_base=args.merge_base)
+                           merge_base=args.merge_base, trust_remote_code=args.trust_remote_code)
     cast = record.get("max_abs_logit_diff_after_cast")
     if record["adapter"] is None:
         print(f"copied the full model {record['source']} -> {args.merge} (no adapter to merge)"
@@ -296,7 +316,9 @@ def register(registry) -> None:
         description="Write a standalone model directory from a run: a LoRA (or QLoRA) adapter merged into its base and "
                     "checked against the unmerged model's logits, or a full, freeze or auto run's model copied, in "
                     "--dtype, with the tokenizer and chat template (docs/train.md).")
-    parser.add_argument("run_dir", help="a run directory (with model/) or an adapter directory")
+    from sftlab.commands.generate import add_trust_argument
+
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (with model/) or an adapter directory")
     parser.add_argument("--merge", metavar="OUT", help="write the merged model here")
     parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="dtype of the saved merged weights (default float32; the merge itself is done in float32)")
@@ -306,4 +328,5 @@ def register(registry) -> None:
                              "their original base")
     parser.add_argument("--probe", action="append", help="probe text for the merged-vs-unmerged check (repeatable)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_trust_argument(parser)
     parser.set_defaults(func=_export)

@@ -26,13 +26,21 @@ def register(registry) -> None:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """MODEL positional plus --adapter/--template/--dtype, shared by generate and chat."""
+    """MODEL positional plus --adapter/--template/--dtype/--trust-remote-code, shared by generate and chat."""
     parser.add_argument("model", metavar="MODEL", help="model dir, PEFT adapter dir, or run dir (with model/ inside)")
     parser.add_argument("--adapter", help="a PEFT adapter dir to apply on top of MODEL")
     parser.add_argument("--template", help="chat template (default: the run's data.template, else auto)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
                         help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
                              "hardware (AMX, AVX-512 BF16, a GPU), else float32")
+    add_trust_argument(parser)
+
+
+def add_trust_argument(parser: argparse.ArgumentParser) -> None:
+    """--trust-remote-code, shared by the commands that load a saved model (generate, chat, eval, serve, export)."""
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run Python code shipped in the model directory (config.json's auto_map: ChatGLM, "
+                             "Baichuan, InternLM, ...); only for a directory you trust (default: refuse it)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +69,7 @@ def load_from_args(args):
     from sftlab.infer.loading import load_served
 
     adapters = {"adapter": args.adapter} if args.adapter else None
-    served = load_served(args.model, adapters=adapters, dtype=args.dtype)
+    served = load_served(args.model, adapters=adapters, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     template = args.template or served.template
     return served, template, served.adapters["adapter" if args.adapter else served.default_name]
 

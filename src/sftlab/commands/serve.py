@@ -30,6 +30,9 @@ def register(registry) -> None:
     parser.add_argument("--max-queue", type=int, help="waiting requests before answering 429 (default 64)")
     parser.add_argument("--timeout", type=float, dest="request_timeout_s", help="per-request timeout in seconds (default 120)")
     parser.add_argument("--access-log", help="append the JSON access log to this file (default: stderr)")
+    from sftlab.commands.generate import add_trust_argument
+
+    add_trust_argument(parser)
     parser.set_defaults(func=run_serve)
 
 
@@ -63,7 +66,8 @@ def run_serve(args) -> int:
                              adapters=parse_adapters(args.adapter) or None)
     sock = listening_socket(settings.host, settings.port)
     try:
-        served = load_served(args.model, adapters=settings.adapters, dtype=settings.dtype, name=settings.model_name)
+        served = load_served(args.model, adapters=settings.adapters, dtype=settings.dtype, name=settings.model_name,
+                             trust_remote_code=args.trust_remote_code)
         auth = f"{len(settings.api_keys)} API key(s)" if settings.api_keys else "no API keys (open)"
         print(f"serving {', '.join(served.names)} on {socket_url(settings.host, sock)} with {auth}", flush=True)
         build_server(served, settings).run(sockets=[sock])

@@ -10,7 +10,8 @@ MODEL_DIR may be a model directory, a PEFT adapter directory (its local base is 
 (`sftlab.models.trained`: the template from MODEL_DIR's `sftlab_template.json`, else the run's `config.yaml`;
 mask and maximum length from that `config.yaml`), else `auto`, `assistant` and 1024 tokens. A model saved with a
 classification head evaluates labels with that head; a causal LM scores each label's likelihood unless
-`label_method="generate"`.
+`label_method="generate"`. A model with its own code (`auto_map`) loads only with `trust_remote_code`
+(`--trust-remote-code`); errors about the model directory name MODEL_DIR.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ _SHOWN_FIRST = ("n", "accuracy", "macro_f1", "micro_f1", "weighted_f1", "auc", "
                 "exact_match", "bleu", "rouge1", "rouge2", "rouge_l", "loss", "perplexity", "mrr")
 
 
-def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32"):
+KEY, TRUST_KEY = "MODEL_DIR", "--trust-remote-code"  # what load errors name: sftlab eval's argument and flag
+
+
+def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32", trust_remote_code: bool = False):
     """(model, tokenizer, head_labels) for a model dir, a PEFT adapter dir (a classification LoRA adapter with its
-    head and recorded labels) or a run dir (its `model/`).
+    head and recorded labels) or a run dir (its `model/`); code shipped with the model runs only with
+    `trust_remote_code`.
 
     head_labels lists the class names of a sequence-classification model, else None. Causal LMs and
     adapters load through `sftlab.infer.loading` (the adapter's local base; nothing is downloaded).
@@ -41,23 +46,26 @@ def load_for_eval(model_dir: Path, device: str = "auto", dtype: str = "float32")
     from sftlab.models.load import check_model_dir, load_model, load_tokenizer
 
     dtype = serving_dtype(dtype)  # auto: bfloat16 where the machine has bf16 matmuls, else float32
-    source = describe_source(model_dir)
-    raw = check_model_dir(source.model_dir) if source.adapter_dir is None else {}
+    trust = dict(trust_remote_code=trust_remote_code, trust_key=TRUST_KEY)
+    source = describe_source(model_dir, key=KEY)
+    raw = check_model_dir(source.model_dir, KEY, **trust) if source.adapter_dir is None else {}
     head_labels = None
     if any(str(arch).endswith("ForSequenceClassification") for arch in raw.get("architectures") or []):
-        model_cfg = ModelConfig(path=str(source.model_dir), dtype=dtype)
-        tokenizer = load_tokenizer(model_cfg)
+        model_cfg = ModelConfig(path=str(source.model_dir), dtype=dtype, trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(model_cfg, KEY, TRUST_KEY)
         from transformers import AutoConfig
 
-        id2label = AutoConfig.from_pretrained(source.model_dir, local_files_only=True).id2label  # 2 labels by default
+        id2label = AutoConfig.from_pretrained(source.model_dir, local_files_only=True,
+                                              trust_remote_code=trust_remote_code).id2label  # 2 labels by default
         head_labels = [id2label[key] for key in sorted(id2label, key=int)]
-        model = load_model(model_cfg, "cls", label_names=head_labels, tokenizer=tokenizer)
+        model = load_model(model_cfg, "cls", label_names=head_labels, tokenizer=tokenizer, key=KEY,
+                           trust_key=TRUST_KEY)
     elif source.task_type == "SEQ_CLS":  # a classification LoRA adapter: its base with the head it trained
         from sftlab.infer.loading import load_classifier_adapter
 
-        model, tokenizer, head_labels = load_classifier_adapter(model_dir, dtype)
+        model, tokenizer, head_labels = load_classifier_adapter(model_dir, dtype, KEY, **trust)
     else:
-        served = load_served(model_dir, dtype=dtype)
+        served = load_served(model_dir, dtype=dtype, key=KEY, **trust)
         model, tokenizer = served.model, served.tokenizer
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -103,10 +111,11 @@ def summary_table(result: dict, baselines: dict) -> str:
 def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out: str, overwrite: bool = False,
              with_baselines: bool = False, train_file: str | None = None, fmt: str = "auto",
              max_samples: int | None = None, device: str = "auto", dtype: str = "float32",
-             columns: dict[str, str] | None = None) -> dict:
+             columns: dict[str, str] | None = None, trust_remote_code: bool = False) -> dict:
     """Run one evaluation and write its results to `out`; returns the metrics.json content.
 
-    `columns` maps canonical fields to columns of `data` and `train_file` (data.columns; `--columns` in errors)."""
+    `columns` maps canonical fields to columns of `data` and `train_file` (data.columns; `--columns` in errors);
+    `trust_remote_code` lets code shipped with the model run (`--trust-remote-code`)."""
     if task not in tasks.TASKS:
         raise SftlabError(f"--task {task!r}: expected one of {', '.join(tasks.TASKS)}")
     if with_baselines and task not in ("labels", "ranking"):
@@ -121,7 +130,7 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
     with option_errors("--format", "--columns"):
         examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples, columns)
         train = tasks.load_examples(train_file, task, fmt, columns=columns) if with_baselines and train_file else None
-    model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype)
+    model, tokenizer, head_labels = load_for_eval(Path(model_dir), device, dtype, trust_remote_code)
     if head_labels is not None:
         if task != "labels":
             raise SftlabError(f"{model_dir} is a classification model; only --task labels applies")

@@ -10,6 +10,11 @@ and `config.yaml`. Prompts are rendered, and answers stopped, with the template 
 a merged export), else the run's `config.yaml` (`data.template`), else auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
 
+A model with its own code (config.json's or tokenizer_config.json's `auto_map`: ChatGLM, Baichuan, InternLM, ...)
+loads only with `trust_remote_code=True` (the commands' `--trust-remote-code`, never on by default); without it, a
+one-line error names that flag. Errors about a model or tokenizer directory name the argument that gave it (`key`:
+`MODEL`, `--model`), or for an adapter's base its adapter_config.json's base_model_name_or_path.
+
 A classification LoRA adapter (adapter_config.json's task_type SEQ_CLS) generates no text: `load_served` refuses it in
 one line naming its labels, and `load_classifier_adapter` loads it on its base's classification head with the label
 names it trained with (`sftlab.models.trained.trained_labels`), for label evaluation.
@@ -38,6 +43,7 @@ class ModelSource:
     adapter_dir: Path | None = None
     template: str = "auto"
     task_type: str | None = None  # an adapter's adapter_config.json task_type (SEQ_CLS: a classifier)
+    base_key: str = "MODEL"  # what errors about base_dir name: the argument, or the adapter's base_model_name_or_path
 
 
 @dataclass
@@ -83,15 +89,16 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
     adapter_config = model_dir / "adapter_config.json"
     if adapter_config.is_file():
         base = adapter_base(adapter_config)
-        base_dir = resolve_model_path(base, f"{adapter_config}: base_model_name_or_path")
+        base_key = f"{adapter_config}: base_model_name_or_path"
+        base_dir = resolve_model_path(base, base_key)
         check_adapter_weights(model_dir)
         raw = read_json(adapter_config)
         task = raw.get("task_type") if isinstance(raw, dict) else None
         return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template,
-                           task_type=task if isinstance(task, str) else None)
+                           task_type=task if isinstance(task, str) else None, base_key=base_key)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
-    return ModelSource(label, model_dir, model_dir, template=template)
+    return ModelSource(label, model_dir, model_dir, template=template, base_key=key)
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -114,37 +121,38 @@ def check_adapter_weights(adapter_dir: Path) -> Path:
 
 
 def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype: str = "float32",
-                name: str | None = None, key: str = "MODEL") -> ServedModel:
+                name: str | None = None, key: str = "MODEL", trust_remote_code: bool = False,
+                trust_key: str = "--trust-remote-code") -> ServedModel:
     """Load the model at `path` in `dtype` (or `serving_dtype`'s choice for auto) and attach every adapter in
     `adapters` (served name -> dir) to its base; errors about `path` name `key`, the argument or option that gave
-    it (`MODEL` for the commands whose model is positional, `--model` for the policy commands)."""
-    from sftlab.config.schema import ModelConfig
-    from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
-
+    it (`MODEL` for the commands whose model is positional, `--model` for the policy commands). Code shipped with
+    the model runs only with `trust_remote_code`; without it, the error names `trust_key` (the command's flag)."""
     dtype = serving_dtype(dtype)
     source = describe_source(path, name, key)
-    extra = {key: describe_source(value, key, f"--adapter {key}") for key, value in (adapters or {}).items()}
+    extra = {label: describe_source(value, label, f"--adapter {label}") for label, value in (adapters or {}).items()}
     if source.name in extra:
         raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
-    for key, adapter in extra.items():
+    for label, adapter in extra.items():
         if adapter.adapter_dir is None:
-            raise SftlabError(f"--adapter {key}={adapters[key]}: not a PEFT adapter directory (no adapter_config.json)")
+            raise SftlabError(f"--adapter {label}={adapters[label]}: not a PEFT adapter directory "
+                              "(no adapter_config.json)")
         if adapter.base_dir.resolve() != source.base_dir.resolve():
-            raise SftlabError(f"--adapter {key}: its base {adapter.base_dir} differs from the served base {source.base_dir}")
+            raise SftlabError(f"--adapter {label}: its base {adapter.base_dir} differs from the served base "
+                              f"{source.base_dir}")
     for served in (source, *extra.values()):
         _refuse_classifier(served)
     record = _four_bit_record(source, extra, dtype)
-    tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
-    tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
+    load = _Loader(source, key, trust_remote_code, trust_key)
+    tokenizer = load.tokenizer()
     if record is None:
-        model = load_model(ModelConfig(path=str(source.base_dir), dtype=dtype), "sft", tokenizer=tokenizer)
+        model = load.model(dtype, "sft", tokenizer=tokenizer)
     else:
         from sftlab.models.nf4 import load_as_trained
 
         model = load_as_trained(source.base_dir, record)
     served_adapters: dict[str, str | None] = {source.name: None}
     attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
-    attach += [(key, adapter.adapter_dir) for key, adapter in extra.items()]
+    attach += [(label, adapter.adapter_dir) for label, adapter in extra.items()]
     if attach:
         from peft import PeftModel
 
@@ -152,15 +160,41 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
             _note_four_bit_adapters(attach)
         # PEFT's own names are ours, not the served ones: a served name is a directory name, and PEFT refuses names
         # with a dot (`exp1.v2`) or equal to a module attribute (`train`, `half`) as module keys
-        internal = {key: f"sftlab_adapter_{index}" for index, (key, _) in enumerate(attach)}
+        internal = {label: f"sftlab_adapter_{index}" for index, (label, _) in enumerate(attach)}
         first_name, first_dir = attach[0]
         model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=internal[first_name],
                                           is_trainable=False)
-        for key, directory in attach[1:]:
-            model.load_adapter(str(directory), adapter_name=internal[key], is_trainable=False)
+        for label, directory in attach[1:]:
+            model.load_adapter(str(directory), adapter_name=internal[label], is_trainable=False)
         served_adapters.update(internal)
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
+
+
+@dataclass
+class _Loader:
+    """Loads a source's tokenizer (the adapter's own, else its base's) and base model, with errors naming `key` (the
+    argument that gave the source) or the adapter's base_model_name_or_path, and custom code run only with `trust`."""
+
+    source: ModelSource
+    key: str
+    trust: bool
+    trust_key: str
+
+    def tokenizer(self):
+        from sftlab.config.schema import ModelConfig
+        from sftlab.models.load import has_tokenizer_files, load_tokenizer
+
+        own = has_tokenizer_files(self.source.model_dir)
+        directory, key = (self.source.model_dir, self.key) if own else (self.source.base_dir, self.source.base_key)
+        return load_tokenizer(ModelConfig(path=str(directory), trust_remote_code=self.trust), key, self.trust_key)
+
+    def model(self, dtype: str, stage: str, **kwargs):
+        from sftlab.config.schema import ModelConfig
+        from sftlab.models.load import load_model
+
+        cfg = ModelConfig(path=str(self.source.base_dir), dtype=dtype, trust_remote_code=self.trust)
+        return load_model(cfg, stage, key=self.source.base_key, trust_key=self.trust_key, **kwargs)
 
 
 def _refuse_classifier(source: ModelSource) -> None:
@@ -175,28 +209,26 @@ def _refuse_classifier(source: ModelSource) -> None:
                       f"`sftlab export RUN --merge OUT` writes it as a classifier with these labels")
 
 
-def load_classifier_adapter(path: str | Path, dtype: str = "float32"):
+def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str = "MODEL",
+                            trust_remote_code: bool = False, trust_key: str = "--trust-remote-code"):
     """(model, tokenizer, labels) for a classification LoRA adapter (a run dir, RUN/model, RUN/best or a checkpoint):
     its base loaded with a head over the labels it trained with, in head-row order, and the adapter attached. A
     one-line SftlabError when the labels are not recorded (an adapter saved without sftlab_labels.json, away from
-    its run's data_stats.json)."""
+    its run's data_stats.json). `key`, `trust_remote_code` and `trust_key` as for `load_served`."""
     from peft import PeftModel
 
-    from sftlab.config.schema import ModelConfig
-    from sftlab.models.load import has_tokenizer_files, load_model, load_tokenizer
     from sftlab.models.trained import trained_labels
 
-    source = describe_source(path)
+    source = describe_source(path, key=key)
     if source.task_type != "SEQ_CLS":
         raise SftlabError(f"{path}: not a classification LoRA adapter (adapter_config.json task_type SEQ_CLS)")
     labels = trained_labels(source.adapter_dir)
     if not labels:
         raise SftlabError(f"{source.adapter_dir}: a classification adapter whose label names are not recorded (no "
                           "sftlab_labels.json, and no data_stats.json of its run beside it)")
-    tokenizer_dir = source.model_dir if has_tokenizer_files(source.model_dir) else source.base_dir
-    tokenizer = load_tokenizer(ModelConfig(path=str(tokenizer_dir)))
-    base = load_model(ModelConfig(path=str(source.base_dir), dtype=serving_dtype(dtype)), "cls",
-                      label_names=labels, tokenizer=tokenizer)
+    load = _Loader(source, key, trust_remote_code, trust_key)
+    tokenizer = load.tokenizer()
+    base = load.model(serving_dtype(dtype), "cls", label_names=labels, tokenizer=tokenizer)
     model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
     return model, tokenizer, labels
 

@@ -18,14 +18,19 @@ base-model weights (a base-model weight of another shape is a one-line SftlabErr
 
 Weights: model.safetensors, shards with their index, or pytorch_model.bin (read with weights_only=True: a .bin holding
 more than tensors is refused, never unpickled). No weights, a missing shard, a cut-short file, a config.json without a
-known model_type, custom code (`auto_map`) without `model.trust_remote_code`, and no tokenizer files (transformers
-would build an empty tokenizer) are one-line SftlabErrors; so is a token id beyond the embedding rows
+known model_type, custom code (`auto_map` in config.json or tokenizer_config.json) without `model.trust_remote_code`
+(the deployment commands' `--trust-remote-code`: `trust_key` names the setting or flag), and no tokenizer files
+(transformers would build an empty tokenizer) are one-line SftlabErrors; so is a token id beyond the embedding rows
 (`sftlab.models.weights.guard_vocabulary`: a tokenizer grown without resizing the model), at load or at the
 first input holding one.
+
+Errors about the model directory name `model.path` (the tokenizer's: `model.tokenizer`); the commands that load a
+saved model pass `key=` (`MODEL`, `--model`, or an adapter_config.json's base_model_name_or_path) to name theirs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -124,11 +129,23 @@ def adapter_base(adapter_config: Path, missing: str = "cannot find the base mode
     return base
 
 
-def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code: bool = False) -> dict:
+TRUST_KEY = "model.trust_remote_code"  # the run config's setting; the deployment commands pass their flag
+
+
+def remote_code_refusal(what: str, directory: Path, trust_key: str = TRUST_KEY) -> str:
+    """The one-line error for custom code (`what`: which code) that runs only with `trust_key` (the run config's
+    model.trust_remote_code, or a command's --trust-remote-code)."""
+    how = (f"where a run config sets {trust_key}=true" if trust_key == TRUST_KEY else f"with {trust_key}")
+    return (f"{what} is custom code shipped in {str(directory)!r} (auto_map), which sftlab runs only {how} "
+            "(only for a directory you trust)")
+
+
+def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code: bool = False,
+                    trust_key: str = TRUST_KEY) -> dict:
     """Read `config.json` of a model directory; fail clearly when missing or of an unknown architecture.
 
     With `trust_remote_code`, a model type transformers lacks is accepted when the config maps it to
-    code shipped in the directory (`auto_map`).
+    code shipped in the directory (`auto_map`); without it, the error names `trust_key`.
     """
     config_file = directory / "config.json"
     if not config_file.is_file():
@@ -148,36 +165,41 @@ def check_model_dir(directory: Path, key: str = "model.path", trust_remote_code:
     if not model_type:
         raise SftlabError(f"{config_file}: no model_type; it is not a config.json written by save_pretrained")
     if raw.get("auto_map"):
-        raise SftlabError(f"{config_file}: model_type {model_type!r} is custom code shipped in {str(directory)!r} "
-                          "(auto_map), which sftlab runs only where a run config sets model.trust_remote_code=true "
-                          "(only for a directory you trust)")
+        raise SftlabError(f"{config_file}: " + remote_code_refusal(f"model_type {model_type!r}", directory, trust_key))
     raise SftlabError(f"{config_file}: model_type {model_type!r} is not an architecture this transformers "
                       "version knows; upgrade transformers or convert the model")
 
 
-def load_tokenizer(model_cfg):
-    """Load the tokenizer of `model.tokenizer` (else `model.path`) from disk.
+def load_tokenizer(model_cfg, key: str | None = None, trust_key: str = TRUST_KEY):
+    """Load the tokenizer of `model.tokenizer` (else `model.path`) from disk; errors name `key` (default: that
+    setting) and, for custom code without `model_cfg.trust_remote_code`, `trust_key`.
 
     When the tokenizer has no pad token but has an EOS token, EOS is used for padding (the collator
     masks padded positions out of the loss, so this never teaches the model to stop early).
     """
     from transformers import AutoTokenizer
 
-    key = "model.tokenizer" if model_cfg.tokenizer else "model.path"
+    own = model_cfg.tokenizer is None  # the tokenizer of the model directory itself
+    key = key or ("model.path" if own else "model.tokenizer")
+    trust = model_cfg.trust_remote_code
     directory = resolve_model_path(model_cfg.tokenizer or model_cfg.path, key)
-    if key == "model.path" and (directory / "config.json").is_file():  # before transformers reads it and warns
-        check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
+    if own and (directory / "config.json").is_file():  # before transformers reads it and warns
+        check_model_dir(directory, key, trust, trust_key)
     if not has_tokenizer_files(directory):
-        if key == "model.path" and not (directory / "config.json").is_file():
-            check_model_dir(directory)  # not a model directory at all (a run directory, say): say that
+        if own and not (directory / "config.json").is_file():
+            check_model_dir(directory, key)  # not a model directory at all (a run directory, say): say that
+        where = ", or set model.tokenizer to its directory" if key == "model.path" else ""
         raise SftlabError(f"{key} {str(directory)!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}); "
-                          "copy the tokenizer saved with the model into it, or set model.tokenizer to its directory")
+                          f"copy the tokenizer saved with the model into it{where}")
+    custom = None if trust else _custom_tokenizer(directory)
+    if custom:  # transformers would quietly use another tokenizer class
+        raise SftlabError(f"{directory / 'tokenizer_config.json'}: "
+                          + remote_code_refusal(custom, directory, trust_key))
     try:
-        tok = AutoTokenizer.from_pretrained(directory, local_files_only=True,
-                                            trust_remote_code=model_cfg.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=trust)
     except (OSError, ValueError) as exc:
-        if key == "model.path":  # not a model directory at all (a run directory, say): say that
-            check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
+        if own:  # not a model directory at all (a run directory, say): say that
+            check_model_dir(directory, key, trust, trust_key)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SftlabError(f"{key} {str(directory)!r}: cannot load a tokenizer ({first})") from None
     if not tok("a b", add_special_tokens=False)["input_ids"]:  # a tokenizer built from a config alone: no vocabulary
@@ -188,8 +210,25 @@ def load_tokenizer(model_cfg):
     return tok
 
 
+def _custom_tokenizer(directory: Path) -> str | None:
+    """"tokenizer_class 'X'" when the tokenizer_config.json in `directory` maps AutoTokenizer to code shipped beside it
+    (`auto_map`) for a tokenizer class transformers lacks (ChatGLMTokenizer, say), which transformers would replace,
+    without a word, by the tokenizer of the config's model_type; else None."""
+    config = directory / "tokenizer_config.json"
+    raw = read_json(config) if config.is_file() else None
+    if not isinstance(raw, dict) or not isinstance(raw.get("auto_map"), dict) or "AutoTokenizer" not in raw["auto_map"]:
+        return None
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    name = raw.get("tokenizer_class")
+    if isinstance(name, str) and tokenizer_class_from_name(name) is not None:
+        return None
+    return f"tokenizer_class {name!r}" if isinstance(name, str) else "its tokenizer"
+
+
 def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names: list[str] | None = None,
-               tokenizer=None, quantize_4bit: bool = False, keep_adapter: bool = False):
+               tokenizer=None, quantize_4bit: bool = False, keep_adapter: bool = False, key: str = "model.path",
+               trust_key: str = TRUST_KEY):
     """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
 
     For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
@@ -201,14 +240,14 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     else on the CPU computing in bfloat16 where it has bf16 instructions and in float32 elsewhere).
     With `model.adapter`, the adapter is attached to the base: as a trainable peft `PeftModel` when
     `keep_adapter` (strategy lora trains it further), else merged into the base weights.
+    Errors about the directory name `key`, custom code without `model.trust_remote_code` names `trust_key`.
     """
-    directory = resolve_model_path(model_cfg.path)  # fails at once, before the heavy imports
-    raw = check_model_dir(directory, trust_remote_code=model_cfg.trust_remote_code)
+    directory = resolve_model_path(model_cfg.path, key)  # fails at once, before the heavy imports
+    raw = check_model_dir(directory, key, model_cfg.trust_remote_code, trust_key)
     if isinstance(raw.get("vision_config"), dict):  # a vision-language model: see sftlab.vision.load
         from sftlab.vision.load import load_vision_model
 
-        check_weights(directory)
-
+        check_weights(directory, key)
         if quantize_4bit:
             raise SftlabError("strategy.lora.quantize_4bit: vision-language models are not loaded in 4-bit (QLoRA) "
                               "by sftlab; set strategy.lora.quantize_4bit=false")
@@ -227,13 +266,14 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs())
     if stage == "cls":
-        kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer))
+        kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer, key))
         auto = AutoModelForSequenceClassification
     elif stage in ("pt", "sft"):
         auto = AutoModelForCausalLM
     else:
         raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
-    with load_errors(directory, "sequence classifier" if stage == "cls" else "causal language model"):
+    what = "sequence classifier" if stage == "cls" else "causal language model"
+    with _named(directory, key), load_errors(directory, what):
         model = (load_classifier(auto, directory, raw, kwargs) if stage == "cls"
                  else load_checked(auto, directory, kwargs))
     if tokenizer is not None:
@@ -244,6 +284,18 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
 
         keep_training_layout(model)
     return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
+
+
+@contextlib.contextmanager
+def _named(directory: Path, key: str):
+    """Errors of `sftlab.models.weights.load_errors` and `sftlab.models.head` (which name model.path) naming `key`."""
+    said = f"model.path {str(directory)!r}"
+    try:
+        yield
+    except SftlabError as exc:
+        if key == "model.path" or not str(exc).startswith(said):
+            raise
+        raise SftlabError(key + str(exc)[len("model.path"):]) from None
 
 
 def _attach_adapter(model, adapter: str, keep: bool):
@@ -278,7 +330,7 @@ def _four_bit_kwargs() -> dict:
     return four_bit_kwargs()
 
 
-def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer) -> dict:
+def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer, key: str = "model.path") -> dict:
     """id2label/label2id (which set the number of labels) and (for decoders) pad_token_id for a classification head."""
     if label_names is not None:
         if num_labels is not None and num_labels != len(label_names):
@@ -292,9 +344,9 @@ def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer)
     # no num_labels: beside a checkpoint's own id2label of another length, transformers warns that they disagree
     kwargs = dict(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
     if raw.get("pad_token_id") is None and not raw.get("is_encoder_decoder"):
-        tokenizer = tokenizer or load_tokenizer(model_cfg)
+        tokenizer = tokenizer or load_tokenizer(model_cfg, None if model_cfg.tokenizer else key)
         if tokenizer.pad_token_id is None:
-            raise SftlabError(f"model.path {model_cfg.path!r}: the tokenizer has neither a pad nor an EOS token; "
+            raise SftlabError(f"{key} {model_cfg.path!r}: the tokenizer has neither a pad nor an EOS token; "
                               "a decoder classifier needs one to find the last token")
         kwargs["pad_token_id"] = tokenizer.pad_token_id
     return kwargs
