@@ -17,6 +17,7 @@ from sftlab.errors import SftlabError
 from sftlab.infer.loading import load_served
 from sftlab.models.load import load_model, load_tokenizer
 from sftlab.models.tiny import save_tiny
+from test_walk_model_load import make_custom_code_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
@@ -26,12 +27,6 @@ def _refusal(directory, flag="with --trust-remote-code", what="model_type 'walkc
             f"{flag} (only for a directory you trust)")
 
 
-def _edit_config(directory, **changes):
-    config = json.loads((directory / "config.json").read_text())
-    config.update(changes)
-    (directory / "config.json").write_text(json.dumps(config))
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A tiny qwen2, the same weights as a model of its own code (`walkcustom`), and a LoRA adapter on the latter."""
@@ -39,13 +34,7 @@ def models(tmp_path_factory):
     qwen = save_tiny("qwen2", root / "qwen2", hidden=32, layers=1)
     custom = root / "custom"
     shutil.copytree(qwen, custom)
-    _edit_config(custom, model_type="walkcustom", auto_map={"AutoConfig": "configuration_walk.WalkConfig",
-                                                            "AutoModelForCausalLM": "modeling_walk.WalkModel"})
-    (custom / "configuration_walk.py").write_text(
-        "from transformers import Qwen2Config\n\n\nclass WalkConfig(Qwen2Config):\n    model_type = 'walkcustom'\n")
-    (custom / "modeling_walk.py").write_text(
-        "from transformers import Qwen2ForCausalLM\n\nfrom .configuration_walk import WalkConfig\n\n\n"
-        "class WalkModel(Qwen2ForCausalLM):\n    config_class = WalkConfig\n")
+    make_custom_code_model(custom)
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)

@@ -172,15 +172,20 @@ def test_config_problems_name_config_json(tmp_path, qwen, capsys):
     assert "You are using a model of type" not in capsys.readouterr().err
 
 
-def test_custom_code_runs_only_with_trust_remote_code(tmp_path, qwen):
-    custom = _copy(qwen, tmp_path / "custom")
-    _edit_config(custom, model_type="walkcustom", auto_map={"AutoConfig": "configuration_walk.WalkConfig",
-                                                            "AutoModelForCausalLM": "modeling_walk.WalkModel"})
-    (custom / "configuration_walk.py").write_text(
+def make_custom_code_model(directory):
+    """`directory` (a tiny qwen2's copy) turned into a model of its own code, `walkcustom` (config.json auto_map)."""
+    _edit_config(directory, model_type="walkcustom", auto_map={"AutoConfig": "configuration_walk.WalkConfig",
+                                                               "AutoModelForCausalLM": "modeling_walk.WalkModel"})
+    (directory / "configuration_walk.py").write_text(
         "from transformers import Qwen2Config\n\n\nclass WalkConfig(Qwen2Config):\n    model_type = 'walkcustom'\n")
-    (custom / "modeling_walk.py").write_text(
+    (directory / "modeling_walk.py").write_text(
         "from transformers import Qwen2ForCausalLM\n\nfrom .configuration_walk import WalkConfig\n\n\n"
         "class WalkModel(Qwen2ForCausalLM):\n    config_class = WalkConfig\n")
+    return directory
+
+
+def test_custom_code_runs_only_with_trust_remote_code(tmp_path, qwen):
+    custom = make_custom_code_model(_copy(qwen, tmp_path / "custom"))
     for load in (load_tokenizer, lambda cfg: load_model(cfg, "sft")):
         with pytest.raises(SftlabError, match=r"model_type 'walkcustom' is custom code shipped in '.*custom' "
                                               r"\(auto_map\), which sftlab runs only where a run config sets "
