@@ -11,15 +11,14 @@ from sftlab.data.readers import read_rows
 from sftlab.data.streaming import StreamCounts, StreamPosition, TokenStream, stream_files
 from sftlab.errors import SftlabError
 from sftlab.models.tiny import make_tokenizer
+from test_streaming import corpus as streamed_corpus
 from test_train_loop import tiny_run, train
 
 DOCS = [" ".join(f"w{i}x{j}" for j in range(i % 9 + 1)) for i in range(23)]  # some longer than 16 tokens, some not
 
 
 def corpus(tmp_path: Path) -> Path:
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in DOCS), encoding="utf-8")
-    return path
+    return streamed_corpus(tmp_path, DOCS)
 
 
 def test_one_epoch_counts_equal_the_in_memory_truncation_counts(tmp_path):

@@ -14,9 +14,10 @@ from test_train_loop import tiny_run, train
 DOCS = [" ".join(f"w{i}x{j}" for j in range(i % 7 + 1)) for i in range(23)]
 
 
-def corpus(tmp_path: Path) -> Path:
+def corpus(tmp_path: Path, docs: list[str] = DOCS) -> Path:
+    """`docs` as a JSON-lines corpus of {"text"} records in `tmp_path`."""
     path = tmp_path / "corpus.jsonl"
-    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in DOCS), encoding="utf-8")
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in docs), encoding="utf-8")
     return path
 
 
