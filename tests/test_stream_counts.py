@@ -111,15 +111,27 @@ def test_concat_runs_report_no_truncation(tmp_path):
     assert not {"streamed_documents", "truncated", "truncated_tokens"} & set(metrics)
 
 
-def csv_texts(path: Path) -> list[str]:
-    stream_files(DataConfig(train=str(path)), None)
-    return list(TokenStream([str(path)], "csv", "text", make_tokenizer(), 16, "document", 1).documents(0, 0))
+def csv_texts(*paths: Path) -> list[str]:
+    files = [str(path) for path in paths]
+    stream_files(DataConfig(train=files if len(files) > 1 else files[0]), None)
+    return list(TokenStream(files, "csv", "text", make_tokenizer(), 16, "document", 1).documents(0, 0))
 
 
 def test_csv_header_names_count_without_their_spaces(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("id, text ,label\n1,first doc,a\n2, second doc,b\n", encoding="utf-8")
     assert csv_texts(path) == [row["text"] for row in read_rows(path)] == ["first doc", " second doc"]
+
+
+@pytest.mark.parametrize("second", [" text , id \n", " id , text\n", "text,source,id\n", "text\n"])
+def test_csv_files_whose_headers_differ_are_read_as_in_memory(tmp_path, second):
+    first, other = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("text,id\nfirst doc,1\nsecond doc,2\n", encoding="utf-8")
+    names = [name.strip() for name in second.split(",")]
+    rows = [{"text": "third doc", "id": "3", "source": "x"}, {"text": "fourth doc", "id": "4", "source": "y"}]
+    other.write_text(second + "".join(",".join(row[name] for name in names) + "\n" for row in rows), encoding="utf-8")
+    in_memory = [row["text"] for path in (first, other) for row in read_rows(path)]  # the stream shuffles files
+    assert sorted(csv_texts(first, other)) == sorted(in_memory) == ["first doc", "fourth doc", "second doc", "third doc"]
 
 
 @pytest.mark.parametrize("header", ["text,text", "text, text", "id,text ,text"])
