@@ -176,11 +176,13 @@ def unknown_line(split: str, stats: dict) -> str | None:
             "the tokenizer cannot represent that text, which trains as its unknown token")
 
 
-def drop_line(split: str, stats: dict, max_length: int, truncation: str) -> str | None:
+def drop_line(split: str, stats: dict, max_length: int, truncation: str, noun: str = "samples",
+              ledger: str = "data_stats.json") -> str | None:
     """'data: dropped 12 of 400 train samples longer than train.max_length=512 (data.truncation: drop); ...'.
 
     Truncated samples (pt documents, cls texts) are counted with the tokens cut from their ends:
-    'truncated 3 of 40 train samples to train.max_length=512 (1,204 tokens cut)'."""
+    'truncated 3 of 40 train samples to train.max_length=512 (1,204 tokens cut)'. A streamed corpus's documents
+    (`StreamCounts.line`) pass their own noun and the file that counts them."""
     limit, policy = f"train.max_length={max_length}", f"(data.truncation: {truncation})"
     cut_tokens = f" ({stats['truncated_tokens']:,} tokens cut)" if stats.get("truncated_tokens") else ""
     changes = [("dropped", "dropped_too_long", f"longer than {limit} {policy}"),
@@ -193,6 +195,7 @@ def drop_line(split: str, stats: dict, max_length: int, truncation: str) -> str 
     if not parts:
         return None
     (verb, count, reason), rest = parts[0], parts[1:]
-    text = f"{verb} {count} of {stats.get('examples', '?')} {split} samples {reason}"
-    text += "".join(f", {verb} {count} {reason}" for verb, count, reason in rest)
-    return f"data: {text}; data_stats.json counts them"
+    examples = stats.get("examples")
+    text = f"{verb} {count:,} of {'?' if examples is None else f'{examples:,}'} {split} {noun} {reason}"
+    text += "".join(f", {verb} {count:,} {reason}" for verb, count, reason in rest)
+    return f"data: {text}; {ledger} counts them"

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from sftlab.data.preview import drop_line
 from sftlab.data.stream_checks import csv_header_problem, empty_file, find_problem, quiet_reader_logs, text_problem
 from sftlab.errors import SftlabError
 
@@ -74,11 +75,9 @@ class StreamCounts:
 
     def line(self, max_length: int) -> str | None:
         """The run log's 'data: truncated 3 of 40 streamed train documents to train.max_length=512 (1,204 tokens
-        cut); ...', None when none was cut."""
-        if not self.truncated:
-            return None
-        return (f"data: truncated {self.truncated:,} of {self.documents:,} streamed train documents to "
-                f"train.max_length={max_length} ({self.truncated_tokens:,} tokens cut); metrics.json counts them")
+        cut); metrics.json counts them', None when none was cut (`sftlab.data.preview.drop_line`'s wording)."""
+        stats = {"examples": self.documents, "truncated": self.truncated, "truncated_tokens": self.truncated_tokens}
+        return drop_line("streamed train", stats, max_length, "", noun="documents", ledger="metrics.json")
 
 
 @dataclass
