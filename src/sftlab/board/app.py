@@ -51,6 +51,7 @@ class BoardSettings:
     policy_report: str | None = None
     plan_timeout_s: float = 300.0
     allowed_hosts: list[str] | None = None  # Host headers accepted (DNS-rebinding guard); None = any
+    trust_remote_code: bool = False  # chat and evaluate run code shipped with a run's model (`--trust-remote-code`)
 
 
 def load_strings(lang: str) -> dict[str, str]:
@@ -117,12 +118,12 @@ def _eval_request(body: dict) -> tuple[str, str, int | None]:
 
 def create_app(settings: BoardSettings) -> FastAPI:
     """The board app; training jobs it started get SIGINT (a checkpoint) when it shuts down."""
-    runs = RunManager(settings.runs_dir)
+    runs = RunManager(settings.runs_dir, trust_remote_code=settings.trust_remote_code)
     if runs.runs_dir.exists() and not runs.runs_dir.is_dir():
         raise SftlabError(f"--runs-dir {settings.runs_dir}: a file, not a directory; give the directory of the runs")
     runs.runs_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(settings.workdir).resolve()
-    pool = ChatPool()
+    pool = ChatPool(trust_remote_code=settings.trust_remote_code)
     policy = PolicyView(settings.policy_db, settings.policy_report)
 
     @asynccontextmanager

@@ -6,7 +6,8 @@
 
 Models load on first use with `sftlab.infer.loading.load_served` (which reuses the run's `data.template`)
 and generate on a `sftlab.infer.engine.Engine`, exactly as `sftlab serve` does. Only the most recently
-used `max_loaded` models stay in memory.
+used `max_loaded` models stay in memory. A model with its own code (config.json's `auto_map`) loads only with
+`trust_remote_code` (`sftlab board --trust-remote-code`); without it the chat answers the one-line refusal naming that.
 """
 
 from __future__ import annotations
@@ -19,16 +20,18 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 
+TRUST_KEY = "`sftlab board --trust-remote-code`"  # what the refusal of custom code names
+
 
 class LoadedModel:
     """A served model with its running engine and the stop ids of its template."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, trust_remote_code: bool = False):
         from sftlab.infer.engine import Engine
         from sftlab.infer.loading import load_served
         from sftlab.infer.prompts import stop_token_ids
 
-        self.served = load_served(run_dir)
+        self.served = load_served(run_dir, trust_remote_code=trust_remote_code, trust_key=TRUST_KEY)
         self.template = self.served.template
         self.engine = Engine(self.served, stop_token_ids(self.served.tokenizer, self.served.model, self.template),
                              max_batch=4, max_queue=16).start()
@@ -40,8 +43,9 @@ class LoadedModel:
 class ChatPool:
     """Loaded models by run dir, least recently used dropped first."""
 
-    def __init__(self, max_loaded: int = 2):
+    def __init__(self, max_loaded: int = 2, trust_remote_code: bool = False):
         self.max_loaded = max_loaded
+        self.trust_remote_code = trust_remote_code
         self._models: OrderedDict[Path, LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -53,7 +57,7 @@ class ChatPool:
                 return self._models[key]
             if not (key / "model").is_dir():
                 raise SftlabError(f"{key.name}: the run has no model/ yet; chat once training has finished")
-            loaded = LoadedModel(key)
+            loaded = LoadedModel(key, self.trust_remote_code)
             self._models[key] = loaded
             while len(self._models) > self.max_loaded:
                 self._models.popitem(last=False)[1].close()

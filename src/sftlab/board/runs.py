@@ -99,9 +99,10 @@ def estimate_total_steps(cfg: dict, train_rows: list[dict]) -> int | None:
 class RunManager:
     """Starts and watches the board's jobs; every method is safe to call from request handlers."""
 
-    def __init__(self, runs_dir: str | Path, python: str = sys.executable):
+    def __init__(self, runs_dir: str | Path, python: str = sys.executable, trust_remote_code: bool = False):
         self.runs_dir = Path(runs_dir).expanduser().resolve()
         self.python = python
+        self.trust_remote_code = trust_remote_code  # evaluate passes --trust-remote-code on
         self.jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
@@ -181,6 +182,7 @@ class RunManager:
             raise SftlabError(f"run {name!r} has no model yet; evaluate once it has finished")
         args = ["eval", str(model), "--data", data, "--task", task, "--out", str(self.run_dir(name) / f"eval-{task}"),
                 "--overwrite"] + (["--max-samples", str(max_samples)] if max_samples else [])
+        args += ["--trust-remote-code"] if self.trust_remote_code else []
         return self.start_job(f"{name}:eval", "eval", args, ".eval.log")
 
     def shutdown(self, timeout_s: float = 60.0) -> None:

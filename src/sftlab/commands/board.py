@@ -4,12 +4,16 @@ Serves the bundled interface (no internet assets). On a loopback address (127.0.
 is open to this machine (requests must name a local Host, against DNS rebinding); on any other address it requires the API keys `sftlab serve` uses (`--config` serve settings'
 `api_keys` plus SFTLAB_API_KEYS) and refuses to start without one. The port is bound before anything is printed,
 so a port in use is one `error:` line; `--port 0` picks a free port and the printed address names it.
+`--trust-remote-code` lets the chat and evaluate of a run whose model ships its own code (config.json's `auto_map`)
+run that code; without it they answer a one-line refusal.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+
+from sftlab.commands.generate import add_trust_argument
 
 
 def register(registry) -> None:
@@ -21,6 +25,7 @@ def register(registry) -> None:
     parser.add_argument("--config", help="serve settings YAML whose api_keys protect the board off loopback")
     parser.add_argument("--db", help="policy application database URL (default: $SFTLAB_DB_URL, else sqlite:///sftlab_policy.db)")
     parser.add_argument("--policy-report", help="directory with the metrics.json of `sftlab policy evaluate`")
+    add_trust_argument(parser)
     parser.set_defaults(func=handle)
 
 
@@ -72,7 +77,7 @@ def handle(args) -> int:
     keys = api_keys_for(args.host, args.config)
     local_names = ["127.0.0.1", "localhost", "::1", "[::1]"]  # Host header names, port not included
     app = create_app(BoardSettings(runs_dir=args.runs_dir, api_keys=keys, policy_db=args.db,
-                                   policy_report=args.policy_report,
+                                   policy_report=args.policy_report, trust_remote_code=args.trust_remote_code,
                                    allowed_hosts=local_names if is_loopback(args.host) else None))
     sock = listening_socket(args.host, args.port, "--port")  # bound first: a port in use is one line, before the banner
     try:

@@ -1,12 +1,15 @@
 """`sftlab policy simulate|import|build-data|baselines|evaluate|push|api|demo`: the policy-push application.
 
 Every subcommand takes `--db URL` (any SQLAlchemy URL; default $SFTLAB_DB_URL, else the SQLite file
-sftlab_policy.db). Heavy imports happen inside the handlers.
+sftlab_policy.db). Heavy imports happen inside the handlers. The commands that load a model (evaluate, push, api,
+demo) run code shipped with it (config.json's `auto_map`) only with `--trust-remote-code`.
 """
 
 from __future__ import annotations
 
 import argparse
+
+from sftlab.commands.generate import add_trust_argument
 
 
 def register(registry) -> None:
@@ -50,6 +53,7 @@ def register(registry) -> None:
         if name == "evaluate":
             p.add_argument("--model", required=True, help="run dir (or model/adapter dir) trained on yesno_train.jsonl")
             _precision_arg(p)
+            add_trust_argument(p)
 
     p = add("push", "write each enterprise's top-K new policies to the pushes table (idempotent, resumable)", handle_push)
     _scorer_args(p)
@@ -68,6 +72,7 @@ def register(registry) -> None:
     p.add_argument("--workdir", default="runs/policy-demo")
     p.add_argument("--model", default="gemma-3-270m", help="model.path to fine-tune (embedded default, or a local dir)")
     p.add_argument("--full", action="store_true", help="a larger world and longer training than the quick default")
+    add_trust_argument(p)
 
 
 def _with_db(parser: argparse.ArgumentParser, func) -> argparse.ArgumentParser:
@@ -82,6 +87,7 @@ def _scorer_args(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--baseline", choices=["popularity", "category_frequency"], help="rank with a baseline instead")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass")
     _precision_arg(parser)
+    add_trust_argument(parser)
 
 
 def _precision_arg(parser: argparse.ArgumentParser) -> None:
@@ -101,7 +107,8 @@ def _score_fn(args):
         return getattr(baselines, args.baseline)().score, f"baseline:{args.baseline}"
     from sftlab.policy.scoring import ModelScorer
 
-    scorer = ModelScorer(args.model, batch_size=args.batch_size, precision=args.precision)
+    scorer = ModelScorer(args.model, batch_size=args.batch_size, precision=args.precision,
+                         trust_remote_code=args.trust_remote_code)
     return (lambda rows: scorer([row["prompt"] for row in rows])), scorer.version
 
 
@@ -197,7 +204,7 @@ def handle_evaluate(args) -> int:
     model = getattr(args, "model", None)
     out = args.out or (Path(model) / "policy_eval" if model else Path(args.data) / "baselines")
     results, report = run_evaluation(open_db(args.db), args.data, out, model, args.k, args.batch_size,
-                                     getattr(args, "precision", "fp32"))
+                                     getattr(args, "precision", "fp32"), getattr(args, "trust_remote_code", False))
     print(format_table(results, args.k))
     print(f"report: {report}")
     return 0
@@ -247,5 +254,5 @@ def handle_api(args) -> int:
 def handle_demo(args) -> int:
     from sftlab.policy.demo import run_demo
 
-    run_demo(args.workdir, args.model, quick=not args.full)
+    run_demo(args.workdir, args.model, quick=not args.full, trust_remote_code=args.trust_remote_code)
     return 0

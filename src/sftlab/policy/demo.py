@@ -55,13 +55,13 @@ def chat_template_for(model_path: str) -> str:
     return "gemma" if "gemma" in Path(str(model_path)).name.lower() else "auto"
 
 
-def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Path):
+def training_config(plan: DemoPlan, model_path: str, data_dir: Path, run_dir: Path, trust_remote_code: bool = False):
     """The RunConfig of the demo's fine-tuning: sft on 是/否 answers, strategy freeze (last blocks train),
-    validation on at most `plan.max_validation` examples."""
+    validation on at most `plan.max_validation` examples; `trust_remote_code` lets code shipped with the model run."""
     from sftlab.config.schema import RunConfig
 
     return RunConfig.model_validate({
-        "model": {"path": model_path},
+        "model": {"path": model_path, "trust_remote_code": trust_remote_code},
         "data": {"train": str(data_dir / "yesno_train.jsonl"), "validation": str(data_dir / "yesno_valid.jsonl"),
                  "format": "messages", "mask": "assistant", "template": chat_template_for(model_path), "cache_dir": str(run_dir.parent / "cache")},
         "strategy": {"kind": "freeze", "freeze": {"layers": plan.train_layers}},
@@ -110,10 +110,21 @@ def plan_for_this_machine(plan: DemoPlan) -> tuple[DemoPlan, str | None]:
     return replace(plan, precision=precision), line
 
 
+def check_model(model_path: str, trust_remote_code: bool) -> None:
+    """Fail before any work when `--model` cannot load: errors name --model, and custom code without
+    `trust_remote_code` names --trust-remote-code (not the run config's model.trust_remote_code, which the demo
+    writes itself)."""
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.load import load_tokenizer
+
+    load_tokenizer(ModelConfig(path=model_path, trust_remote_code=trust_remote_code), "--model", "--trust-remote-code")
+
+
 def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None = None,
-             log: Callable[[str], None] = print) -> dict:
+             log: Callable[[str], None] = print, trust_remote_code: bool = False) -> dict:
     """Run the whole application; returns {"results", "report", "run_dir", "pushes", "seconds"}. Without `plan`, the
-    quick or full plan fitted to the model (`plan_for_model`)."""
+    quick or full plan fitted to the model (`plan_for_model`). Code shipped with the model (config.json's
+    `auto_map`) runs only with `trust_remote_code` (`sftlab policy demo --trust-remote-code`)."""
     from sftlab.policy.db import open_db
     from sftlab.policy.evaluate import format_table, run_evaluation
     from sftlab.policy.examples import build_data
@@ -122,6 +133,7 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     from sftlab.policy.simulate import simulate, write_world
     from sftlab.train.loop import run_training
 
+    check_model(model_path, trust_remote_code)
     plan, precision_note = plan_for_this_machine(plan or plan_for_model(QUICK if quick else FULL, model_path))
     if precision_note:
         log(precision_note)
@@ -139,12 +151,14 @@ def run_demo(workdir, model_path: str, quick: bool = True, plan: DemoPlan | None
     manifest = build_data(engine, work / "data", None, plan.max_train, plan.max_eval_enterprises, category_limit=200)
     log(f"{clock()} [2/5] cut-off {manifest['cutoff'][:10]}: {manifest['yesno_train']} training examples, "
         f"{manifest['eval_candidates']} held-out candidates")
-    result = run_training(training_config(plan, model_path, work / "data", work / "run"), overwrite=True, show_progress=False)
+    config = training_config(plan, model_path, work / "data", work / "run", trust_remote_code)
+    result = run_training(config, overwrite=True, show_progress=False)
     log(f"{clock()} [3/5] fine-tuned {plan.train_steps} steps (freeze {plan.train_layers}): "
         f"final loss {result.losses[-1]:.3f}")
-    results, report = run_evaluation(engine, work / "data", work / "report", result.out_dir, k=5, precision=plan.precision)
+    results, report = run_evaluation(engine, work / "data", work / "report", result.out_dir, k=5,
+                                     precision=plan.precision, trust_remote_code=trust_remote_code)
     log(f"{clock()} [4/5] evaluated against the baselines")
-    scorer = ModelScorer(result.out_dir, precision=plan.precision)
+    scorer = ModelScorer(result.out_dir, precision=plan.precision, trust_remote_code=trust_remote_code)
     now = datetime.combine(plan.world.start + timedelta(days=plan.world.days), datetime.min.time())
     enterprises = [f"E{i + 1:06d}" for i in range(min(plan.push_enterprises, plan.world.n_enterprises))]
     summary = push(engine, lambda rows: scorer([r["prompt"] for r in rows]), now - timedelta(days=14), plan.top_k,

@@ -250,9 +250,10 @@ def _row_problem(row, fields: dict[str, type]) -> str | None:
 
 
 def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_size: int = 8,
-                   precision: str = "fp32") -> tuple[dict, Path]:
+                   precision: str = "fp32", trust_remote_code: bool = False) -> tuple[dict, Path]:
     """Evaluate the baselines (and the fine-tuned model at `model_dir`, if given) on the held-out
-    candidates written by `build-data` in `data_dir`; writes metrics.json and report.md to `out_dir`."""
+    candidates written by `build-data` in `data_dir`; writes metrics.json and report.md to `out_dir`. Code shipped
+    with the model runs only with `trust_remote_code`."""
     from sftlab.errors import SftlabError
     from sftlab.io import read_json
     from sftlab.policy.baselines import standard_baselines
@@ -277,7 +278,8 @@ def run_evaluation(engine, data_dir, out_dir, model_dir=None, k: int = 5, batch_
         from sftlab.policy.scoring import score_candidates
 
         name = "fine_tuned"
-        extra[name] = (score_candidates(model_dir, [row["prompt"] for row in rows], batch_size, precision), 0.5)
+        prompts = [row["prompt"] for row in rows]
+        extra[name] = (score_candidates(model_dir, prompts, batch_size, precision, trust_remote_code), 0.5)
     share = manifest.get("train_positive_rate") or (sum(int(r["label"]) for r in train) / max(1, len(train)))
     scored: dict = {}
     results = evaluate_scorers(rows, standard_baselines(train, engine), share, ks=sorted({k, 1, 10}), extra_scores=extra,

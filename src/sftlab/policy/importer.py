@@ -3,10 +3,11 @@
 One CSV per table, UTF-8 (a BOM is accepted), header row required, naming only the table's columns, each once (a
 misspelt optional column would otherwise be dropped silently); list columns (tags, region_scope, industry_scope,
 size_scope) separate items with "|". Every row is validated (types, dates, size bands (catalog.SIZE_BANDS), event
-types, references to known enterprises and policies, events dated before their policy's publish date or their
-enterprise's registration (`timeline.date_problem`), duplicates: of an id, of a push, of an event already
-recorded with the same enterprise, policy, type and time); a bad row goes to `<rejects_dir>/<input
-name>.rejects.csv` (`events_jan.csv` -> `events_jan.rejects.csv`) with its (first) line number and reason and is
+types, references to known enterprises and policies, events and pushes dated (`ts`, `created_at`) before their
+policy's publish date or their enterprise's registration (`timeline.date_problem`), duplicates: of an id, of a push,
+of an event already recorded with the same enterprise, policy, type and time); a bad row goes to `<rejects_dir>/<input
+name>.rejects.csv` (`events_jan.csv` -> `events_jan.rejects.csv`) with its (first) line number and reason (columns
+`line` and `reason`; `reject_line` and `reject_reason` for pushes, whose own `reason` column follows) and is
 counted in the summary, never silently dropped. The rejects file belongs to the import of that input: an import
 without rejected rows removes the one an earlier import of the same file name left. Dates are ISO 8601
 (`YYYY-MM-DD`), timestamps ISO 8601 too: one with an offset (`2025-01-02T10:00:00+08:00`) is stored as naive UTC,
@@ -175,14 +176,14 @@ def _reason(exc: ValidationError) -> str:
 
 
 def _known_ids(conn, table) -> dict:
-    """id -> the date an event cannot precede: an enterprise's registration, a policy's publish date."""
+    """id -> the date an event or push cannot precede: an enterprise's registration, a policy's publish date."""
     since = table.registered_on if table is Enterprise else table.publish_date
     return dict(conn.execute(select(table.id, since)).all())
 
 
 def _check_row(table: str, row: BaseModel, seen: set, known: dict, raw: dict) -> str | None:
-    """The reason a validated row cannot be inserted (duplicate, unknown reference, an event dated before its policy's
-    publish date or its enterprise's registration: `timeline.date_problem`), or None."""
+    """The reason a validated row cannot be inserted (duplicate, unknown reference, an event or push dated before its
+    policy's publish date or its enterprise's registration: `timeline.date_problem`), or None."""
     if table in ("enterprises", "policies"):
         key = row.id
         if key in known[table] or key in seen:
@@ -192,16 +193,17 @@ def _check_row(table: str, row: BaseModel, seen: set, known: dict, raw: dict) ->
             return f"enterprise_id: unknown enterprise {row.enterprise_id!r}"
         if row.policy_id not in known["policies"]:
             return f"policy_id: unknown policy {row.policy_id!r}"
+        column = "created_at" if table == "pushes" else "ts"
+        day = timeline.iso_timestamp(raw[column]).date()  # the date as written (valid: the row passed)
+        problem = timeline.date_problem(day, row.policy_id, known["policies"][row.policy_id], row.enterprise_id,
+                                        known["enterprises"][row.enterprise_id], column)
+        if problem:
+            return problem
         if table == "pushes":
             key = (row.enterprise_id, row.policy_id)
             if key in seen or key in known["pushed"]:
                 return f"policy_id: duplicate push of {row.policy_id!r} to {row.enterprise_id!r}"
         else:  # an event already recorded (a file imported twice) would count twice
-            day = timeline.iso_timestamp(raw["ts"]).date()  # the date as written (valid: the row passed)
-            problem = timeline.date_problem(day, row.policy_id, known["policies"][row.policy_id], row.enterprise_id,
-                                            known["enterprises"][row.enterprise_id])
-            if problem:
-                return problem
             key = (row.enterprise_id, row.policy_id, row.type, row.ts)
             if key in seen or key in known["events"]:
                 return (f"row: duplicate event ({row.type} of {row.policy_id!r} by {row.enterprise_id!r} "
@@ -338,7 +340,9 @@ def _write_rejects(path: Path, header: list[str], rejects: list[tuple[int, dict,
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["line", "reason", *header])
+    # the input's own columns keep their names: pushes have a `reason` of their own, so theirs is reject_reason
+    ours = ["reject_line", "reject_reason"] if {"line", "reason"} & set(header) else ["line", "reason"]
+    writer.writerow([*ours, *header])
     for line, raw, reason in rejects:
         writer.writerow([line, reason, *[raw.get(name) or "" for name in header]])
     return atomic_write_text(path, buffer.getvalue())

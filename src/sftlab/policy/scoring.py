@@ -6,8 +6,9 @@ prompt as a user turn followed by the assistant generation prompt exactly as tra
 and reads the next-token distribution: score = p(是) / (p(是) + p(否)) over the first token of each
 answer. Prompts are scored in left-padded batches (explicit position ids, logits of the last
 position only), in fp32 or, with `precision="bf16"`, under bf16 autocast (about twice as fast on
-CPUs with AMX; the ranking barely moves). When the two answers share their first token under a tokenizer, it falls back to
-the full answer likelihood (`sftlab.eval.scoring.score_continuations`).
+CPUs with AMX; the ranking barely moves). A model with its own code (config.json's `auto_map`) loads only with
+`trust_remote_code` (the policy commands' `--trust-remote-code`). When the two answers share their first token
+under a tokenizer, it falls back to the full answer likelihood (`sftlab.eval.scoring.score_continuations`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class ModelScorer:
     """A loaded model that scores 是/否 prompts; build once, call many times (push and API reuse it)."""
 
     def __init__(self, model_dir, batch_size: int = 8, max_length: int = 1024, precision: str = "fp32",
-                 key: str = "--model"):
+                 key: str = "--model", trust_remote_code: bool = False):
         from sftlab.infer.loading import load_served
 
         from sftlab.errors import SftlabError
@@ -30,7 +31,8 @@ class ModelScorer:
             raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
         if batch_size < 1:
             raise SftlabError(f"--batch-size must be at least 1, got {batch_size}")
-        self.served = load_served(model_dir, key=key)  # errors name the option that gave model_dir
+        # errors name the option that gave model_dir; code shipped with the model runs only with --trust-remote-code
+        self.served = load_served(model_dir, key=key, trust_remote_code=trust_remote_code)
         self.batch_size, self.max_length, self.precision = batch_size, max_length, precision
         self.version = str(model_dir)
 
@@ -94,6 +96,8 @@ class ModelScorer:
         return [softmax(pair)[0] for pair in pairs]
 
 
-def score_candidates(model_dir, prompts: Sequence[str], batch_size: int = 8, precision: str = "fp32") -> list[float]:
+def score_candidates(model_dir, prompts: Sequence[str], batch_size: int = 8, precision: str = "fp32",
+                     trust_remote_code: bool = False) -> list[float]:
     """P(是) vs P(否) for each prompt under the model at `model_dir` (run dir, model dir or adapter dir)."""
-    return ModelScorer(model_dir, batch_size=batch_size, precision=precision)(prompts)
+    scorer = ModelScorer(model_dir, batch_size=batch_size, precision=precision, trust_remote_code=trust_remote_code)
+    return scorer(prompts)
