@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sftlab.errors import SftlabError
 from sftlab.policy import evaluate, examples, fileset
 from sftlab.policy.api import create_app
-from sftlab.policy.db import Event, open_db
+from sftlab.policy.db import Event, Push, open_db
 from sftlab.policy.evaluate import run_evaluation
 from sftlab.policy.examples import build_data
 from sftlab.policy.importer import import_csv
@@ -95,6 +95,28 @@ def test_events_before_the_publish_date_or_the_registration_are_rejected_rows_in
     expected = {line: reason for line, (_, _, reason) in enumerate(DATED, 2) if reason}
     assert (summary["imported"], summary["rejected"]) == (len(DATED) - len(expected), len(expected))
     assert _rejects(tmp_path / "rejects" / "events.rejects.csv") == expected
+
+
+def test_pushes_created_before_the_publish_date_or_the_registration_are_rejected_rows_in_import(tmp_path):
+    """An imported push's created_at was not checked: a push of a policy not yet published was imported."""
+    engine = _database(tmp_path, "db")
+    header = "enterprise_id,policy_id,score,rank,reason,model_version,window_key,created_at,status\n"
+    rows = "".join(f"{ent},P1,0.5,1,,m,w,{ts},pending\n" for ent, ts, _ in DATED)
+    (tmp_path / "pushes.csv").write_text(header + rows, encoding="utf-8")
+    summary = import_csv(engine, "pushes", tmp_path / "pushes.csv", tmp_path / "rejects")
+    duplicate = "policy_id: duplicate push of 'P1' to 'E1'"  # one push per (enterprise, policy): line 3 is kept
+    expected = {line: reason.replace("ts:", "created_at:", 1) for line, (_, _, reason) in enumerate(DATED, 2) if reason}
+    expected |= {4: duplicate, 5: duplicate, 6: duplicate}
+    with (tmp_path / "rejects" / "pushes.rejects.csv").open(encoding="utf-8", newline="") as handle:
+        table = list(csv.reader(handle))  # the push's own `reason` column is kept beside the rejection's
+    assert table[0] == ["reject_line", "reject_reason", *header.strip().split(",")]
+    assert {int(row[0]): row[1] for row in table[1:]} == expected and all(row[6] == "" for row in table[1:])
+    assert expected[2] == "created_at: 2025-06-30 is before policy 'P1' was published (2025-07-01)"
+    assert expected[8] == "created_at: 2025-07-09 is before enterprise 'E2' registered (2025-07-10)"
+    assert (summary["imported"], summary["rejected"]) == (2, 6)
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(Push.enterprise_id, Push.created_at)).tuples()) == [
+            ("E1", datetime(2025, 7, 1)), ("E2", datetime(2025, 7, 10, 10))]
 
 
 def test_events_before_the_publish_date_or_the_registration_are_a_422_in_the_api(tmp_path):
