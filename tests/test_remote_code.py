@@ -180,6 +180,10 @@ def test_directory_errors_name_the_commands_argument(models, tmp_path, capsys):
     assert main(["eval", str(bare), "--data", str(tmp_path / "data.jsonl"), "--task", "lm", "--out",
                  str(tmp_path / "e")]) == 2
     assert capsys.readouterr().err == f"error: MODEL_DIR {told}"
+    missing = tmp_path / "missing"  # found by the vision check, the first to look at MODEL_DIR
+    assert main(["eval", str(missing), "--data", str(tmp_path / "data.jsonl"), "--task", "lm", "--out",
+                 str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err == f"error: MODEL_DIR '{missing}': no such directory\n"
     assert main(["export", str(bare), "--merge", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err == f"error: RUN_DIR {told}"
     weightless = shutil.copytree(models["qwen"], tmp_path / "weightless", ignore=shutil.ignore_patterns("*.safetensors"))

@@ -126,7 +126,7 @@ def evaluate(model_dir: str, data: str, task: str, opts: tasks.EvalOptions, out:
     check_output_dir(out, overwrite, inputs=(model_dir, data, train_file))
     from sftlab.vision.evaluate import run_vision_task, vision_eval_inputs
 
-    vision = vision_eval_inputs(model_dir, data, max_samples)  # a vision-language model: image+text examples
+    vision = vision_eval_inputs(model_dir, data, max_samples, KEY)  # a vision-language model: image+text examples
     with option_errors("--format", "--columns"):
         examples = vision[0] if vision else tasks.load_examples(data, task, fmt, max_samples, columns)
         train = tasks.load_examples(train_file, task, fmt, columns=columns) if with_baselines and train_file else None

@@ -103,11 +103,12 @@ def run_vision_task(task: str, model, processor, examples: list[dict], opts) -> 
     return result, rows
 
 
-def vision_eval_inputs(model_dir: str, data: str, max_samples: int | None = None) -> tuple[list[dict], object] | None:
+def vision_eval_inputs(model_dir: str, data: str, max_samples: int | None = None,
+                       key: str = "MODEL_DIR") -> tuple[list[dict], object] | None:
     """For `sftlab eval` on a vision-language model: (image+text examples of `data`, processor), else None.
 
-    MODEL_DIR may be a model, adapter or run directory; the processor comes from the model (or adapter base)
-    directory, which a training run fills with the processor's files."""
+    MODEL_DIR may be a model, adapter or run directory (errors about it name `key`); the processor comes from the
+    model (or adapter base) directory, which a training run fills with the processor's files."""
     from pathlib import Path
 
     from sftlab.config.schema import ModelConfig
@@ -115,7 +116,7 @@ def vision_eval_inputs(model_dir: str, data: str, max_samples: int | None = None
     from sftlab.vision.data import read_vision_file
     from sftlab.vision.load import is_vision_model_dir, load_processor
 
-    source = describe_source(model_dir)
+    source = describe_source(model_dir, key=key)
     if not is_vision_model_dir(source.base_dir):
         return None
     directory = source.model_dir if (source.model_dir / "processor_config.json").is_file() else source.base_dir
