@@ -19,8 +19,9 @@ A classification LoRA adapter (adapter_config.json's task_type SEQ_CLS) generate
 one line naming its labels, and `load_classifier_adapter` loads it on its base's classification head with the label
 names it trained with (`sftlab.models.trained.trained_labels`), for label evaluation.
 
-A QLoRA adapter served as the model (its dir holds `sftlab_qlora.json`) runs on its base loaded in 4-bit as it
-trained (`sftlab.models.nf4.load_as_trained`); extra adapters on that base must record the same quantisation.
+A QLoRA adapter served as the model (its dir holds `sftlab_qlora.json`), or evaluated as a classifier, runs on its
+base loaded in 4-bit as it trained (`sftlab.models.nf4.load_as_trained`, with `trust_remote_code` passed on); extra
+adapters on that base must record the same quantisation.
 """
 
 from __future__ import annotations
@@ -149,7 +150,8 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     else:
         from sftlab.models.nf4 import load_as_trained
 
-        model = load_as_trained(source.base_dir, record)
+        model = load_as_trained(source.base_dir, record, trust_remote_code=trust_remote_code,
+                                key=source.base_key, trust_key=trust_key)
     served_adapters: dict[str, str | None] = {source.name: None}
     attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
     attach += [(label, adapter.adapter_dir) for label, adapter in extra.items()]
@@ -198,7 +200,11 @@ class _Loader:
 
 
 def _refuse_classifier(source: ModelSource) -> None:
-    """A one-line SftlabError for a classification adapter, which has a head over labels and no text to generate."""
+    """A one-line SftlabError for a classifier (a classification adapter, or a full model saved as one: a cls run's
+    model/, its export), which has a head over labels and no text to generate (loaded as a causal LM, a decoder
+    classifier got a random lm_head and generated noise)."""
+    if source.adapter_dir is None:
+        _refuse_full_classifier(source.model_dir)
     if source.task_type != "SEQ_CLS":
         return
     from sftlab.models.trained import trained_labels
@@ -207,6 +213,21 @@ def _refuse_classifier(source: ModelSource) -> None:
     named = f"labels {', '.join(labels)}" if labels else "labels not recorded"
     raise SftlabError(f"{source.adapter_dir}: a classification LoRA adapter ({named}), not a text generator; "
                       f"`sftlab export RUN --merge OUT` writes it as a classifier with these labels")
+
+
+def _refuse_full_classifier(model_dir: Path) -> None:
+    """SftlabError naming the class and labels when `model_dir`'s config.json is a sequence classifier's."""
+    from sftlab.io import read_json
+
+    raw = read_json(model_dir / "config.json")
+    raw = raw if isinstance(raw, dict) else {}
+    classes = [str(name) for name in raw.get("architectures") or [] if str(name).endswith("ForSequenceClassification")]
+    if classes:
+        labels = raw.get("id2label") if isinstance(raw.get("id2label"), dict) else {}
+        named = ", ".join(str(labels[key]) for key in sorted(labels, key=lambda key: int(key)))
+        named = f", labels {named}" if named else ""  # transformers leaves default labels (LABEL_0, ...) out
+        raise SftlabError(f"{model_dir}/config.json: a classifier ({classes[0]}{named}), not a text "
+                          "generator; `sftlab eval MODEL --task labels` scores it")
 
 
 def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str = "MODEL",
@@ -228,7 +249,14 @@ def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str =
                           "sftlab_labels.json, and no data_stats.json of its run beside it)")
     load = _Loader(source, key, trust_remote_code, trust_key)
     tokenizer = load.tokenizer()
-    base = load.model(serving_dtype(dtype), "cls", label_names=labels, tokenizer=tokenizer)
+    record = _four_bit_record(source, {}, serving_dtype(dtype))
+    if record is None:
+        base = load.model(serving_dtype(dtype), "cls", label_names=labels, tokenizer=tokenizer)
+    else:  # a QLoRA classifier: on its 4-bit base as it trained, as `load_served` serves a QLoRA adapter
+        from sftlab.models.nf4 import load_as_trained
+
+        base = load_as_trained(source.base_dir, record, "cls", trust_remote_code, label_names=labels,
+                               tokenizer=tokenizer, key=source.base_key, trust_key=trust_key)
     model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
     return model, tokenizer, labels
 

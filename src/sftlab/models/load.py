@@ -268,6 +268,10 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     if stage == "cls":
         kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer, key))
         auto = AutoModelForSequenceClassification
+        if quantize_4bit:
+            from sftlab.models.nf4 import keep_classifier_head
+
+            keep_classifier_head(kwargs, auto, directory, model_cfg.trust_remote_code)
     elif stage in ("pt", "sft"):
         auto = AutoModelForCausalLM
     else:

@@ -5,6 +5,7 @@ they take in memory, and the record a QLoRA adapter carries.
     keep_training_layout(model)           # no CPU inference repacking of the 4-bit weights (see below)
     quantized_weights(model)              # {module: elements} of a loaded 4-bit model's quantised weights
     quantizable_weights(meta_model)       # the same, predicted for an unquantised model (the planner's what-if)
+    keep_classifier_head(kwargs, auto, directory, trust)   # a classifier's head stays out of the 4-bit weights
     storage_bytes(model)                  # bytes the 4-bit weights and their quantisation constants hold
     write_record(adapter_dir, model); read_record(adapter_dir)   # sftlab_qlora.json next to a QLoRA adapter
     dequantize(model)                     # the 4-bit layers back to nn.Linear (export's merge base)
@@ -13,7 +14,7 @@ they take in memory, and the record a QLoRA adapter carries.
 
 The format is bitsandbytes' NF4 with double quantisation: every linear weight except those transformers keeps in
 full precision (the output head, tied weights, the last module; `quantizable_weights` asks transformers' own rule)
-becomes 4-bit codes packed two to a byte, with one absmax constant per block of 64 values, itself quantised to 8
+and a classifier's head (`kept_in_full`) becomes 4-bit codes packed two to a byte, with one absmax constant per block of 64 values, itself quantised to 8
 bits in blocks of 256 (`sftlab.plan.memory.nf4_bytes` counts the bytes). Embeddings, norms, biases and the head stay
 in `model.dtype`; peft's `prepare_model_for_kbit_training` (sftlab.strategy.lora) then casts them to float32.
 
@@ -89,15 +90,40 @@ def quantized_weights(model) -> dict[str, int]:
 
 def quantizable_weights(model) -> dict[str, int]:
     """{module name: values} of the weights bitsandbytes would quantise when `model` (built from its config, not yet
-    wrapped by sftlab or peft; the meta device will do) is loaded in 4-bit: transformers' own rule."""
+    wrapped by sftlab or peft; the meta device will do) is loaded in 4-bit by sftlab: transformers' own rule, and
+    a classifier's head kept in full (`kept_in_full`)."""
     from torch import nn
     from transformers.pytorch_utils import Conv1D
-    from transformers.quantizers.base import HfQuantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
 
-    skip = HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None))
+    skip = kept_in_full(model)
     return {name: int(module.weight.numel()) for name, module in model.named_modules()
             if (type(module) is nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)}
+
+
+def kept_in_full(model) -> list[str]:
+    """The module names a 4-bit load of `model` (built from its config; the meta device will do) leaves unquantised:
+    transformers' own rule, plus a classifier's head, which trains in full (its modules_to_save). transformers keeps
+    only "the last module", found by its last parameter's name less `.weight`, so a head with a bias (BERT's
+    `classifier`) came out 4-bit, and re-initialising it for the data's labels failed on its packed codes."""
+    from transformers.quantizers.base import HfQuantizer
+
+    from sftlab.strategy.structure import head_module_names, is_classifier
+
+    skip = HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None))
+    return sorted({*skip, *(head_module_names(model) if is_classifier(model) else [])})
+
+
+def keep_classifier_head(kwargs: dict, auto, directory: Path, trust_remote_code: bool) -> None:
+    """Set the `quantization_config` in from_pretrained `kwargs` (`four_bit_kwargs`) to keep the head of the
+    classifier `auto` builds from `directory` unquantised (`kept_in_full`)."""
+    import torch
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
+    kwargs["quantization_config"].llm_int8_skip_modules = kept_in_full(model)
 
 
 def storage_bytes(model) -> int:
@@ -155,15 +181,18 @@ def dequantize(model):
     return model
 
 
-def load_as_trained(base_dir: Path, record: dict):
+def load_as_trained(base_dir: Path, record: dict, stage: str = "sft", trust_remote_code: bool = False,
+                    **load_kwargs):
     """The base of a QLoRA adapter as training held it, for inference: quantised to NF4 from the recorded
     `weights_dtype` (`sftlab.models.load.load_model`, which also applies `keep_training_layout`, so the 4-bit
-    layers run the kernel they trained with), then `as_trained`."""
+    layers run the kernel they trained with), then `as_trained`. `stage` 'cls' loads it as a classifier
+    (`load_kwargs`: label_names, tokenizer, key, trust_key, as for `load_model`); code shipped with a base of its
+    own code (config.json's auto_map) runs only with `trust_remote_code`, as in training."""
     from sftlab.config.schema import ModelConfig
     from sftlab.models.load import load_model
 
-    return as_trained(load_model(ModelConfig(path=str(base_dir), dtype=record["weights_dtype"]), "sft",
-                                 quantize_4bit=True), record)
+    cfg = ModelConfig(path=str(base_dir), dtype=record["weights_dtype"], trust_remote_code=trust_remote_code)
+    return as_trained(load_model(cfg, stage, quantize_4bit=True, **load_kwargs), record)
 
 
 def as_trained(model, record: dict):
