@@ -461,3 +461,17 @@ def test_autocast_over_fp32_weights_counts_float32_block_values_and_the_16_bit_w
     extra_block = 3 * block_activation_elements(shape, autocast) * (AUTOCAST_FP32_ACTIVATION_BYTES - 2)
     difference = with_autocast.activations - plain_bf16.activations
     assert abs(difference - extra_block - autocast_weight_copies(shape, 3, autocast)) <= 1  # int() rounding
+
+
+def test_the_memory_estimate_holds_peft_s_copy_of_a_modules_to_save_module(tmp_path):
+    """The trainable set's total counts a modules_to_save module once; peft holds it twice, and so does the estimate."""
+    from sftlab.plan.planner import build_plan
+
+    raw = tiny_config(tmp_path, hidden=32, layers=2)
+    rows = {}
+    for name, saved in (("plain", []), ("saved", ["lm_head"])):
+        cfg = load_config(None, [f"strategy.lora.modules_to_save={json.dumps(saved)}"], base=raw)
+        rows[name] = build_plan(cfg, None, load_thresholds(), ("lora",))["rows"]["lora"]
+    head = 32 * rows["plain"]["shape"]["vocab"]
+    assert rows["saved"]["total"] == rows["plain"]["total"] and rows["saved"]["copies"] == head
+    assert rows["saved"]["estimate"]["weights"] - rows["plain"]["estimate"]["weights"] == head * 4  # float32

@@ -87,7 +87,8 @@ def count_strategy(cfg, tokenizer, prepared, collate, real: bool) -> dict:
     else:
         model, trainable, approximate = _count_on_meta(cfg, prepared)
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    counts = {"trainable": trainable.trainable, "total": trainable.total, "approximate": approximate,
+    counts = {"trainable": trainable.trainable, "total": trainable.total, "copies": trainable.copies,
+              "approximate": approximate,
               "depth": backprop_depth(model, trainable.names), "shape": asdict(ModelShape.from_model(model)),
               "param_dtype": dtype, "notes": trainable.notes}
     if qlora(cfg):  # the 4-bit weights: as loaded, or as bitsandbytes would quantise them (meta device)
@@ -188,7 +189,8 @@ def estimate_row(counts: dict, workload: dict, cfg) -> dict:
                     param_dtype=counts["param_dtype"], precision=cfg.train.precision,
                     checkpointing=cfg.train.gradient_checkpointing,
                     attention=resolve_attention(cfg.model.attn_implementation))
-    return estimate_memory(ModelShape(**counts["shape"]), counts["total"], counts["trainable"], counts["depth"],
+    held = counts["total"] + counts.get("copies", 0)  # with peft's trained copies of modules_to_save modules
+    return estimate_memory(ModelShape(**counts["shape"]), held, counts["trainable"], counts["depth"],
                            work, counts.get("four_bit")).to_dict()
 
 

@@ -17,8 +17,9 @@ from sftlab.errors import SftlabError
 
 @dataclass
 class TrainableSet:
-    """What will train: parameter names, their element count, the model total, the strategy kind (a 4-bit weight
-    counts the values it stands for: `parameter_values`).
+    """What will train: parameter names, their element count, the model total (a `modules_to_save` module once, not
+    with peft's trained copy: `saved_copies`), the strategy kind (a 4-bit weight counts the values it stands for:
+    `parameter_values`).
 
     `details` carries strategy-specific facts (freeze: layers and heads; lora: the peft settings;
     auto: the importance report) and `notes` the lines worth showing the user (e.g. tied weights).
@@ -30,6 +31,7 @@ class TrainableSet:
     kind: str
     details: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    copies: int = 0  # values in peft's trained copies of modules_to_save modules: held in memory beside the total
 
     @property
     def fraction(self) -> float:
@@ -48,16 +50,29 @@ def parameter_values(param) -> int:
     return int(shape.numel()) if shape is not None else param.numel()
 
 
+def saved_copies(model) -> set[int]:
+    """ids of the trained copies peft makes of `modules_to_save` modules (a classifier's head, an lm_head): the copy
+    stands in for its module, so the model's total counts one of the two, as without modules_to_save."""
+    copies: set[int] = set()
+    for module in model.modules():
+        if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):  # peft's ModulesToSaveWrapper
+            copies |= {id(param) for param in module.modules_to_save.parameters()}
+    return copies
+
+
 def trainable_set(model, kind: str, details: dict | None = None, notes: list[str] | None = None) -> TrainableSet:
-    """Count what `requires_grad` says on `model` now; fail if nothing would train."""
+    """Count what `requires_grad` says on `model` now; fail if nothing would train. The total is the model's own
+    parameters (with a LoRA adapter's), each `modules_to_save` module once though peft holds it twice."""
     params = list(model.named_parameters())  # tied parameters appear once, under their first name
     names = [name for name, param in params if param.requires_grad]
     trainable = sum(parameter_values(param) for _, param in params if param.requires_grad)
-    total = sum(parameter_values(param) for _, param in params)
+    copies = saved_copies(model)
+    total = sum(parameter_values(param) for _, param in params if id(param) not in copies)
     if not names:
         raise SftlabError(f"strategy.kind={kind}: the settings leave no parameter trainable")
+    held = sum(parameter_values(param) for _, param in params if id(param) in copies)
     return TrainableSet(names=names, trainable=trainable, total=total, kind=kind,
-                        details=details or {}, notes=notes or [])
+                        details=details or {}, notes=notes or [], copies=held)
 
 
 def select_trainable(model, strategy_cfg, calibration_batches: Iterable[dict] | None = None,

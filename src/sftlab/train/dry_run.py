@@ -81,6 +81,7 @@ def memory_estimate(session) -> dict | None:
     from sftlab.plan.recommend import load_thresholds
 
     counts = {"trainable": trainable.trainable, "total": trainable.total,  # as `count_strategy` gives them
+              "copies": trainable.copies,
               "depth": backprop_depth(model, trainable.names), "shape": asdict(ModelShape.from_model(model)),
               "param_dtype": str(next(model.parameters()).dtype).removeprefix("torch.")}
     if qlora(cfg):
