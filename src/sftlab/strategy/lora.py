@@ -2,7 +2,8 @@
 
 `strategy.lora.target_modules` is `all-linear`, or a list of module names (`q_proj`, matching any
 module whose name ends in `.q_proj`) and globs (`*.self_attn.*_proj`, matched against the full module
-name). Every entry must match at least one adaptable module, else SftlabError; so must every
+name). Every entry must match at least one adaptable module, else SftlabError (with a hint: the name in its right
+case, what this model calls another family's module, or a near spelling: `target_hint`); so must every
 `modules_to_save` entry, which may not name a module a listed target adapts (it trains in full or gets an
 adapter). A classifier's head is added to `modules_to_save` so it trains in full and is saved with the adapter; a
 target that names only the head is refused, and a glob's matches inside the head are left to it.
@@ -16,7 +17,8 @@ import fnmatch
 import re
 
 from sftlab.errors import SftlabError
-from sftlab.strategy.structure import GLOB_CHARS, head_module_names, is_classifier, tied_groups
+from sftlab.strategy.structure import (FAMILY_NAMES, GLOB_CHARS, close_hint, head_module_names, is_classifier,
+                                      role_parts, tied_groups)
 
 KEY = "strategy.lora.target_modules"
 
@@ -51,7 +53,8 @@ def resolve_targets(model, targets) -> str | list[str]:
         hits = [name for name in candidates if re.fullmatch(pattern, name)]
         if not hits:
             suffixes = sorted({name.rsplit(".", 1)[-1] for name in candidates})
-            raise SftlabError(f"{KEY}: {target!r} matches no linear module; this model has: {', '.join(suffixes)}")
+            raise SftlabError(f"{KEY}: {target!r} matches no linear module; this model has: {', '.join(suffixes)}"
+                              f"{target_hint(target, candidates)}")
         inside = [name for name in hits if name.split(".", 1)[0] not in heads]  # the head trains in full instead
         if not inside:
             raise SftlabError(f"{KEY}: {target!r} is the classification head ({', '.join(heads)}), which trains in "
@@ -60,6 +63,29 @@ def resolve_targets(model, targets) -> str | list[str]:
         matched += inside
     # peft gets exactly the linear modules the globs matched (a glob may also match containers, which peft refuses)
     return "|".join(re.escape(name) for name in dict.fromkeys(matched))
+
+
+def target_hint(target: str, candidates: list[str]) -> str:
+    """'; did you mean ...?' for a target that matches nothing: the module it names in another case (peft matches
+    case-sensitively), else what this model calls the kind of module another family's name means (`q_proj` on GPT-2:
+    its attention's c_attn, c_proj), else a name one typo away."""
+    hits = [name for name in candidates if re.fullmatch(target_regex(target), name, re.IGNORECASE)]
+    if hits:
+        if GLOB_CHARS & set(target):
+            return f"; module names are case-sensitive, and only ignoring case does it match {hits[0]}"
+        named = ".".join(hits[0].split(".")[-target.count(".") - 1:])
+        return f"; did you mean {named!r}? (module names are case-sensitive)"
+    words = [w for w in (w.strip("*?[]").lower() for w in target.split(".")) if w and not w.isdigit()]
+    suffixes = list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in candidates))
+    for word in words:
+        if word in FAMILY_NAMES:
+            role = FAMILY_NAMES[word]
+            own = [suffix for suffix in suffixes if any(
+                part in role_parts(role, name.split(".")) for name in candidates if name.endswith("." + suffix)
+                for part in name.split(".")[:-1])]
+            return f"; this model has no {word}: " + (f"the linear modules in its {role} are {', '.join(own)}" if own
+                                                      else f"nor any {role} module")
+    return close_hint(words, suffixes, 0.8)
 
 
 def refuse_tied(model, target: str, modules: list[str]) -> None:

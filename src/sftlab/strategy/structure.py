@@ -98,6 +98,15 @@ def match_globs(patterns: list[str], names: list[str], key: str) -> set[str]:
 ROLES = {"attention": (("att", "q_proj", "k_proj", "v_proj", "query", "key", "value"), ("attn", "attention")), "MLP": (("mlp", "ffn", "feed"), ("mlp", "feed_forward", "ffn",
          "intermediate")), "norm": (("norm", "ln"), ("norm", "ln_")), "embedding": (("embed", "wte", "wpe"), ("embed",
          "wte", "wpe")), "head": (("head", "classifier", "score"), ("lm_head", "score", "classifier"))}
+# Module names of other model families -> their kind (ROLES): `q_proj` on GPT-2, which has one fused c_attn, is another
+# family's name, not a typo of GPT-2's c_proj (an output projection), so it is answered by kind, never by spelling.
+FAMILY_NAMES = {**dict.fromkeys(("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "query", "key", "value",
+                                 "query_key_value", "wqkv", "out_proj", "self_attn"), "attention"),
+                **dict.fromkeys(("gate_proj", "up_proj", "down_proj", "c_fc", "fc1", "fc2", "w1", "w2", "w3",
+                                 "dense_h_to_4h", "dense_4h_to_h", "gate_up_proj"), "MLP"),
+                **dict.fromkeys(("input_layernorm", "post_attention_layernorm", "ln_1", "ln_2", "ln_f", "layernorm",
+                                 "layer_norm"), "norm"),
+                **dict.fromkeys(("embed_tokens", "wte", "wpe", "word_embeddings"), "embedding")}
 
 
 def name_parts(names: list[str]) -> list[str]:
@@ -115,33 +124,51 @@ def block_list_name(names: list[str]) -> str | None:
     return None
 
 
+def role_of(word: str) -> str | None:
+    """The kind of module (a ROLES key) a lower-case word names: another family's module name, or a word like attn."""
+    return FAMILY_NAMES.get(word) or next((role for role, (asked, _) in ROLES.items() if any(a in word for a in asked)),
+                                          None)
+
+
+def role_parts(role: str, parts: list[str]) -> list[str]:
+    """The name parts this model gives the kind of module `role`."""
+    named = ROLES[role][1]
+    return [part for part in parts if any(n in part.lower() for n in named)
+            and not (role == "attention" and "norm" in part.lower())]
+
+
 def role_hint(words: list[str], parts: list[str]) -> str:
-    """'; this model's norm modules are named ln_1, ...' when a word of the glob names a kind of module (ROLES)."""
-    for role, (asked, named) in ROLES.items():
-        if any(a in word for word in words for a in asked):
-            own = [part for part in parts if any(n in part.lower() for n in named)
-                   and not (role == "attention" and "norm" in part.lower())]
+    """'; this model's norm modules are named ln_1, ...' when a word of the glob names a kind of module (ROLES), or
+    '; this model has no q_proj: its attention modules are named attn, c_attn' for another family's module name."""
+    for word in words:
+        if role := role_of(word):
+            own = role_parts(role, parts)
+            if word in FAMILY_NAMES:
+                return f"; this model has no {word}: " + (f"its {role} modules are named {', '.join(own)}" if own
+                                                          else f"nor any {role} module")
             return f"; this model's {role} modules are named {', '.join(own)}" if own else f"; this model has no {role}"
     return "; this model has no bias parameters" if "bias" in words else ""
+
+
+def close_hint(words: list[str], parts: list[str], cutoff: float) -> str:
+    """"; did you mean 'q_proj'?" for a word one typo away from a name part; another family's module name (FAMILY_NAMES:
+    `q_proj` is not a misspelt `c_proj`) is left to `role_hint`."""
+    import difflib
+
+    found = [c for w in words if w not in FAMILY_NAMES for c in difflib.get_close_matches(w, parts, 1, cutoff)]
+    return f"; did you mean {found[0]!r}?" if found else ""
 
 
 def name_hint(pattern: str, names: list[str]) -> str:
     """'; ...' for an error about a glob that matches nothing: the block list, the closest name part to a typo, the
     names this model gives the kind of module the glob seems to mean, or a looser close part; then every name part."""
-    import difflib
-
     parts = name_parts(names)
     have = {part.lower() for part in parts}
     words = [w for w in (w.strip("*?[]").lower() for w in pattern.split(".")) if w and not w.isdigit() and w not in have]
-
-    def close(cutoff: float) -> str:
-        found = [c for w in words for c in difflib.get_close_matches(w, parts, 1, cutoff)]
-        return f"; did you mean {found[0]!r}?" if found else ""
-
     blocks = block_list_name(names)
     hint = f"; this model's blocks are named {blocks}.0, {blocks}.1, ..." if blocks and any(
         w.startswith(("layer", "block")) for w in words) else ""
-    hint = hint or close(0.8) or role_hint(words, parts) or close(0.6)
+    hint = hint or close_hint(words, parts, 0.8) or role_hint(words, parts) or close_hint(words, parts, 0.6)
     return f"{hint} (parameter names are made of: {', '.join(parts[:30])}{', ...' if len(parts) > 30 else ''})"
 
 
