@@ -1,0 +1,144 @@
+"""Near-duplicate detection at scale (`sftlab.datawork.nearsets`, `dedup.NearIndex`): the compact n-gram codes
+give exactly the Jaccard of the role-tagged n-gram string sets, the index keeps 8-byte codes rather than Python
+strings, and the MinHash work per example is numpy work (no per-example permutation draw, no per-n-gram Python
+hash call). Checked structurally (what is stored, what is called), never by timing."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from sftlab.datawork import dedup
+from sftlab.datawork.dedup import DedupOptions, NearIndex, dedup_examples, dedup_key, jaccard, near_grams, shingles
+from sftlab.datawork.nearsets import Grams, gram_codes, similarity
+
+ALPHABET = "abcde é中文字𠀀𠀁Z ,.!"  # Latin, accented, Han, supplementary-plane Han, punctuation that dedup_key drops
+
+
+def _tagged(parts: list[tuple[str, str]], n: int) -> set[str]:
+    """The role-tagged n-gram string set that near-duplicate detection compared before the codes."""
+    return {f"{role}\x1f{gram}" for role, text in parts for gram in shingles(text, n)}
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_code_similarity_equals_the_jaccard_of_the_tagged_string_sets(n):
+    rng = random.Random(n)
+
+    def parts():
+        return [(rng.choice(["user", "assistant", "tool"]), "".join(rng.choice(ALPHABET)
+                 for _ in range(rng.randint(0, 14)))) for _ in range(rng.randint(1, 3))]
+
+    for _ in range(1500):
+        a, b = parts(), parts()
+        grams_a = Grams.of([(role, dedup_key(text)) for role, text in a], n)
+        grams_b = Grams.of([(role, dedup_key(text)) for role, text in b], n)
+        assert grams_a.size == len(_tagged(a, n))
+        assert similarity(grams_a, grams_b) == pytest.approx(jaccard(_tagged(a, n), _tagged(b, n)), abs=1e-12)
+
+
+def test_short_texts_and_whole_text_grams_never_share_a_code_with_longer_grams():
+    # a text of n characters or fewer is one gram (as `shingles` takes it); "ab" must not equal any 3-gram
+    texts = ("ab", "a", "b", "xab", "abx", "𠀀b", "b𠀀", "xab𠀀")
+    codes = [set(gram_codes(text, 3).tolist()) for text in texts]
+    assert [len(c) for c in codes] == [1, 1, 1, 1, 1, 1, 1, 2]
+    assert len(set().union(*codes[:-1])) == 7  # no two of the one-gram texts alike
+    assert codes[-1] == codes[3] | {next(iter(gram_codes("ab𠀀", 3).tolist()))}
+    assert list(gram_codes("", 3)) == []
+
+
+def _examples(count: int) -> list[dict]:
+    rng = random.Random(0)
+    words = "alpha beta gamma delta 数据 模型 训练 epsilon zeta eta theta".split()
+    return [{"messages": [{"role": "user", "content": " ".join(rng.choice(words) for _ in range(12))},
+                          {"role": "assistant", "content": " ".join(rng.choice(words) for _ in range(30))}],
+             "_src": f"d.jsonl:{i + 1}"} for i in range(count)]
+
+
+def test_the_index_keeps_compact_codes_not_python_string_sets():
+    examples = _examples(50)
+    index = NearIndex(DedupOptions())
+    for position, example in enumerate(examples):
+        grams, group = near_grams(example, 3)
+        index.add(str(position), grams, group=group)
+    for grams in index.sets.values():
+        assert isinstance(grams, Grams)
+        assert all(isinstance(codes, np.ndarray) and codes.dtype == np.uint64 for codes in grams.parts.values())
+        assert sum(codes.nbytes for codes in grams.parts.values()) == 8 * grams.size
+
+
+def test_minhash_permutations_are_drawn_once_and_no_ngram_is_hashed_in_python(monkeypatch):
+    from datasketch import MinHash, minhash
+
+    draws, hashed = [], []
+    original = MinHash._init_permutations
+    monkeypatch.setattr(MinHash, "_init_permutations", lambda self, n: draws.append(n) or original(self, n))
+    monkeypatch.setattr(minhash, "sha1_hash32", lambda data: hashed.append(data) or 0)
+    kept, removed = dedup_examples(_examples(300), DedupOptions(near_threshold=0.8))
+    assert len(kept) + len(removed) == 300
+    assert len(draws) == 1  # the template MinHash; each example's signature is a copy of it
+    assert hashed == []
+
+
+def test_dedup_results_are_unchanged_by_the_codes():
+    """The same kept/removed lists and reasons as comparing the string sets would give (reference computed here
+    with `jaccard` over `shingles`, pairwise, on a small set)."""
+    examples = _examples(120)
+    examples += [dict(e, _src=f"copy.jsonl:{i}") for i, e in enumerate(examples[:10])]
+    kept, removed = dedup_examples(examples, DedupOptions(near_threshold=0.8, exact=False))
+    sets = [_tagged([(m["role"], m["content"]) for m in e["messages"]], 3) for e in examples]
+    expected_kept: list[int] = []
+    for i in range(len(examples)):
+        if not any(jaccard(sets[i], sets[j]) >= 0.8 for j in expected_kept):
+            expected_kept.append(i)
+    assert [e["_src"] for e in kept] == [examples[i]["_src"] for i in expected_kept]
+    assert all("near duplicate of" in why for _, why in removed)
+
+
+def test_examples_without_images_do_not_resolve_image_paths(monkeypatch):
+    from sftlab.datawork import images
+
+    monkeypatch.setattr(images, "locate_image", lambda *a: pytest.fail("an example without images was resolved"))
+    assert images.locations({"messages": [], "_src": "d.jsonl:1"}) == []
+    dedup_examples(_examples(5), DedupOptions())
+    assert dedup.example_hash(_examples(1)[0])
+
+
+def test_lsh_candidates_are_screened_by_their_minhash_values_before_the_exact_jaccard(monkeypatch):
+    """False candidates grow with the index (a share of all pairs), so checking each with the exact Jaccard was
+    quadratic; only candidates whose MinHash values mostly agree reach `similarity`."""
+    rng = random.Random(1)
+    words = [f"w{i}" for i in range(60)]
+    examples = [{"text": " ".join(rng.choice(words) for _ in range(40)), "_src": f"d.jsonl:{i + 1}"}
+                for i in range(400)]
+    examples += [dict(e, _src=f"copy.jsonl:{i + 1}") for i, e in enumerate(examples[:20])]
+    proposed, checked = [], []
+    query, exact = NearIndex.candidates, dedup.similarity
+    monkeypatch.setattr(dedup.NearIndex, "candidates",
+                        lambda self, sig: proposed.append(len(self.lsh.query(sig))) or query(self, sig))
+    monkeypatch.setattr(dedup, "similarity", lambda a, b: checked.append(1) or exact(a, b))
+    kept, removed = dedup_examples(examples, DedupOptions(near_threshold=0.8, exact=False))
+    assert len(removed) == 20  # every copy found
+    assert sum(proposed) > 10 * len(checked)  # most LSH candidates never reach the exact check
+    assert len(checked) <= 2 * len(removed)
+
+
+def test_deduplication_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
+    import io
+    import sys
+
+    from sftlab.progress import progress_bars
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    bar = dedup._progress([1, 2], "deduplicating")
+    assert not bar.disable
+    assert list(bar) == [1, 2] and "deduplicating" in sys.stderr.getvalue()
+    with progress_bars(False):  # sftlab train --no-progress
+        assert dedup._progress([1], "deduplicating").disable
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe
+    assert dedup._progress([1], "deduplicating").disable
