@@ -115,9 +115,13 @@ def repeats_prompt(prompt: str, response: str, similarity: float) -> bool:
         return False
     if r == p or (len(r) >= 8 and r in p):
         return True
+    # ratio() is at most 2 * min(len) / (len + len) (`real_quick_ratio`), checked before the matcher is built:
+    # building it indexes every character of the response, and most responses are much longer than their prompts
+    if 2 * min(len(p), len(r)) / (len(p) + len(r)) < similarity:
+        return False
     matcher = difflib.SequenceMatcher(None, p, r, autojunk=False)
-    # the quick ratios are upper bounds of ratio(); checking them first skips the slow comparison
-    return matcher.real_quick_ratio() >= similarity and matcher.quick_ratio() >= similarity and matcher.ratio() >= similarity
+    # the quick ratio is an upper bound of ratio(); checking it first skips the slow comparison
+    return matcher.quick_ratio() >= similarity and matcher.ratio() >= similarity
 
 
 class ExampleFilter:

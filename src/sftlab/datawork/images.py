@@ -111,6 +111,8 @@ def _refuse_tool_data(row: dict, src: str) -> None:
 
 def locations(example: dict) -> list[str | None]:
     """Where each image of `example` is (a path or a data URL); None for a web URL (never opened)."""
+    if not example.get("images"):
+        return []
     base, src = Path(example.get("_images_dir", ".")), example.get("_src", "example")
     out: list[str | None] = []
     for entry in example.get("images") or []:
