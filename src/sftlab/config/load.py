@@ -2,22 +2,26 @@
 
     cfg = load_config("run.yaml", ["train.lr=2e-5", "strategy.kind=lora"])
 
-Unknown keys fail with a "did you mean" suggestion; wrong types name the key and the expected type; a key given
-twice in the YAML file is an error naming both lines (`sftlab.io.read_yaml_mapping`; YAML would keep the last one
-silently).
+Unknown keys fail with a "did you mean" suggestion: the sftlab key for a name LLaMA-Factory or TRL use
+(resources/peer_names.yaml; such a key is reported before any other problem, so that another tool's config is
+answered by its names), the keys of that name in other groups, or the closest spelling; wrong types name the
+key and the expected type; a key given twice in the YAML file is an error naming both lines
+(`sftlab.io.read_yaml_mapping`; YAML would keep the last one silently).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import re
 import typing
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sftlab.config.schema import RunConfig
 from sftlab.errors import SftlabError
@@ -67,7 +71,17 @@ def validate_config(raw: dict, source: str = "config") -> RunConfig:
     except ValidationError as exc:
         errors = exc.errors()  # a union (data.train: str or list) fails once per member: the deepest error is the real one
         deepest = max(errors, key=lambda err: len([part for part in err.get("loc", ()) if not _union_member(part)]))
+        peers = [err for err in errors if err.get("type") == "extra_forbidden" and _peer_key(err)]
+        if peers:  # another tool's config (no model group, say): its names first, not "missing required key 'model'"
+            more = f"; {len(peers) - 1} more LLaMA-Factory/TRL name(s) in it" if len(peers) > 1 else ""
+            raise SftlabError(f"{source}: {describe_error(peers[0])}{more}") from None
         raise SftlabError(f"{source}: {describe_error(deepest)}") from None
+
+
+def _peer_key(err: dict) -> str | None:
+    """The last key of an unknown-key error's location when it is another tool's name (resources/peer_names.yaml)."""
+    loc = [str(part) for part in err.get("loc", ()) if not _union_member(part)]
+    return loc[-1] if loc and loc[-1] in peer_names() else None
 
 
 def _union_member(part) -> bool:
@@ -81,7 +95,7 @@ def describe_error(err: dict) -> str:
     key = ".".join(loc) or "(top level)"
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        return f"unknown key {key!r}" + _suggestion(loc)
+        return f"unknown key {key!r}" + _suggestion(loc, err.get("input"))
     if kind == "missing":
         return f"missing required key {key!r}"
     if kind == "literal_error":
@@ -98,8 +112,53 @@ def describe_error(err: dict) -> str:
     return f"{key}: {message}" if loc else message
 
 
-def _suggestion(loc: list[str]) -> str:
-    """Find the model the unknown key sat in and suggest the closest known field."""
+class PeerName(BaseModel):
+    """One entry of resources/peer_names.yaml: another tool's config name -> the sftlab key for it."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: str
+    tools: list[Literal["LLaMA-Factory", "TRL"]]
+    note: str | None = None
+
+
+@functools.cache
+def peer_names() -> dict[str, PeerName]:
+    """LLaMA-Factory and TRL config names with their sftlab keys (resources/peer_names.yaml)."""
+    text = resources.files("sftlab").joinpath("resources", "peer_names.yaml").read_text(encoding="utf-8")
+    return {name: PeerName.model_validate(entry) for name, entry in yaml.safe_load(text).items()}
+
+
+def _peer_suggestion(name: str) -> str:
+    """'; did you mean 'train.max_length'? (sftlab's name for LLaMA-Factory's cutoff_len; docs/migrating.md)' for
+    another tool's name `name`, else ''."""
+    peer = peer_names().get(name)
+    if peer is None:
+        return ""
+    tools = " and ".join(f"{tool}'s" for tool in peer.tools)
+    note = f"; {peer.note}" if peer.note else ""
+    return f"; did you mean {peer.key!r}? (sftlab's name for {tools} {name}{note}; docs/migrating.md)"
+
+
+def _keys_named(name: str, model: type[BaseModel] = RunConfig, prefix: str = "") -> list[str]:
+    """The dotted keys of the run config's groups (and their sub-groups, strategy.lora...) that end in `name`:
+    ['train.lr'] for `lr`, ['strategy.lora.rank'] for `rank`."""
+    found = []
+    for field_name, field in model.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            found += [f"{prefix}{field_name}.{name}"] * (name in sub.model_fields)
+            found += _keys_named(name, sub, f"{prefix}{field_name}.")
+    return found
+
+
+def _suggestion(loc: list[str], value: Any = None) -> str:
+    """Suggest what an unknown key meant: the sftlab key for another tool's name, the keys of that name in other
+    groups, else the closest known field of the model it sat in (a group only for a mapping `value`: `do_train: true`
+    is no misspelt `train` group)."""
+    if peer := _peer_suggestion(loc[-1]):
+        return peer
+    if elsewhere := _keys_named(loc[-1]):
+        return f"; did you mean {' or '.join(map(repr, elsewhere))}?"
     model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
         if part.isdigit() and model is not None:  # a list item (data.train.1): the model found for the list
@@ -109,7 +168,7 @@ def _suggestion(loc: list[str]) -> str:
     if model is None:
         return ""
     close = closest_field(model, loc[-1])
-    if close:
+    if close and (model is not RunConfig or isinstance(value, dict)):
         return f"; did you mean {'.'.join(loc[:-1] + [close])!r}?"
     return f"; known keys here: {', '.join(model.model_fields)}"
 
