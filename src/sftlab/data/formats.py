@@ -119,7 +119,8 @@ def to_canonical(
     if STAGE_OF_FORMAT[chosen] != stage:
         raise SftlabError(
             f"{rows[0].get('_src', 'row')}: format {chosen!r} gives {STAGE_OF_FORMAT[chosen]} examples, but train.stage is "
-            f"{stage!r} (sft needs conversations, pt needs text, cls needs text+label); check data.format / data.columns"
+            f"{stage!r} (sft needs conversations, pt needs text, cls needs text+label); set train.stage "
+            f"{STAGE_OF_FORMAT[chosen]} for this data, or check data.format / data.columns"
         )
     examples = []
     for row in rows:

@@ -2,11 +2,13 @@
 
     train, val = load_examples(cfg.data, stage="sft", base_dir=Path("configs"))
 
-A registry is a LLaMA-Factory `dataset_info.json`: name -> {file_name, formatting (alpaca|sharegpt),
-columns {prompt, query, response, history, system, messages, tools (sharegpt)}, tags {role_tag, content_tag,
-user_tag, assistant_tag, system_tag, observation_tag, function_tag}}. `file_name` is relative to the
-registry's directory and may be a directory of data files. Entries that need the network or other stages
-(hf_hub_url, ranking, kto, images...) fail with an error naming the entry.
+A registry is a LLaMA-Factory `dataset_info.json` (data.registry names the file or the directory holding it):
+name -> {file_name, formatting (alpaca|sharegpt), columns {prompt, query, response, history, system, messages,
+tools (sharegpt)}, tags {role_tag, content_tag, user_tag, assistant_tag, system_tag, observation_tag, function_tag}}.
+`file_name` is relative to the registry's directory and may be a directory of data files. An alpaca entry whose
+columns name only `prompt` (LLaMA-Factory's pretraining layout: wiki_demo, c4_demo) is text for stage pt. Entries
+that need the network or other stages (hf_hub_url; ranking, chosen/rejected or kto_tag: preference data; images,
+videos, audios) fail with an error naming the entry.
 
 Mixing: every dataset in `data.train` contributes round(weight * size) examples (weight 1 = the whole
 set once, 0.5 = a seeded random half, 2.5 = two full copies plus a seeded random half); the mixture is
@@ -33,13 +35,13 @@ _LF_ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "ou
 _LF_SHAREGPT_COLUMNS = {"messages": "conversations", "system": "system", "tools": "tools"}
 _TAG_KEYS = ("role_tag", "content_tag", "user_tag", "assistant_tag", "system_tag", "observation_tag", "function_tag")
 _REMOTE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-_MEDIA_COLUMNS = ("images", "videos", "audios", "tools", "chosen", "rejected", "kto_tag")
+_MEDIA_COLUMNS = ("images", "videos", "audios")
 _ENTRY_KEYS = {"file_name", "formatting", "columns", "tags", "ranking", "split", "num_samples", "file_sha1", "load_from"}
 
 
 def load_registry(path: str | Path) -> dict[str, dict]:
-    """Read a dataset_info.json-style registry (name -> entry)."""
-    path = Path(path)
+    """Read a dataset_info.json-style registry (name -> entry): the file, or a directory holding dataset_info.json."""
+    path = registry_file(path)
     if not path.is_file():
         raise SftlabError(f"data.registry: file not found: {path}")
     try:
@@ -51,8 +53,16 @@ def load_registry(path: str | Path) -> dict[str, dict]:
     return registry
 
 
-def registry_source(name: str, entry: dict, registry_dir: Path) -> tuple[list[Path], str, dict[str, str], dict[str, str]]:
-    """Translate one registry entry to (files, format, columns, tags), refusing what sftlab cannot load."""
+def registry_file(path: str | Path) -> Path:
+    """`path`, or the dataset_info.json in it when `path` is a directory (LLaMA-Factory's dataset_dir)."""
+    path = Path(path)
+    return path / "dataset_info.json" if path.is_dir() and (path / "dataset_info.json").is_file() else path
+
+
+def registry_source(name: str, entry: dict, registry_dir: Path,
+                    stage: str = "sft") -> tuple[list[Path], str, dict[str, str], dict[str, str]]:
+    """Translate one registry entry to (files, format, columns, tags) for `stage`, refusing what sftlab cannot load
+    (an alpaca entry whose columns name only `prompt` is pretraining text, as in LLaMA-Factory: stage pt only)."""
     where = f"registry entry {name!r}"
     remote = [key for key in _REMOTE_KEYS if key in entry]
     if remote and "file_name" not in entry:
@@ -68,13 +78,24 @@ def registry_source(name: str, entry: dict, registry_dir: Path) -> tuple[list[Pa
     if formatting not in ("alpaca", "sharegpt"):
         raise SftlabError(f"{where}: formatting {formatting!r} is not supported (alpaca or sharegpt)")
     lf_columns = entry.get("columns") or {}
-    media = [key for key in _MEDIA_COLUMNS if key in lf_columns and (key, formatting) != ("tools", "sharegpt")]
+    if preference := [key for key in ("chosen", "rejected", "kto_tag") if key in lf_columns]:
+        kind = "a KTO" if preference[0] == "kto_tag" else "a preference (chosen/rejected)"
+        raise SftlabError(f"{where} is {kind} dataset (column {preference[0]!r}); sftlab trains pt/sft/cls only")
+    if "tools" in lf_columns and formatting != "sharegpt":
+        raise SftlabError(f"{where}: column 'tools' is read with formatting sharegpt only")
+    media = [key for key in _MEDIA_COLUMNS if key in lf_columns]
     if media:
-        raise SftlabError(f"{where}: column {media[0]!r} is not supported (text-only pt/sft/cls)")
+        vision = "; image+text data trains a vision-language model.path (docs/vision.md)" if media[0] == "images" else ""
+        raise SftlabError(f"{where}: column {media[0]!r} is not supported by a text model{vision}")
     known = _LF_ALPACA_COLUMNS if formatting == "alpaca" else _LF_SHAREGPT_COLUMNS
     bad = sorted(set(lf_columns) - set(known))
     if bad:
         raise SftlabError(f"{where}: unknown {formatting} column {bad[0]!r} (expected {', '.join(known)})")
+    if formatting == "alpaca" and set(lf_columns) == {"prompt"}:  # LLaMA-Factory's pretraining layout (wiki_demo)
+        if stage != "pt":
+            raise SftlabError(f"{where} is pretraining text (its columns name only prompt, {lf_columns['prompt']!r}); "
+                              f"set train.stage pt to train on it")
+        return data_files_in(where, registry_dir / entry.get("file_name", "")), "text", {"text": lf_columns["prompt"]}, {}
     if formatting == "alpaca":
         defaults = {"prompt": "instruction", "query": "input", "response": "output"}
         columns = {_LF_ALPACA_COLUMNS[key]: col for key, col in {**defaults, **lf_columns}.items()}
@@ -100,7 +121,7 @@ def data_files_in(where: str, target: Path) -> list[Path]:
 
 
 def _registry_rows(name: str, entry: dict, registry_dir: Path, stage: str) -> list[dict]:
-    files, formatting, columns, tags = registry_source(name, entry, registry_dir)
+    files, formatting, columns, tags = registry_source(name, entry, registry_dir, stage)
     examples = []
     for file in files:
         rows = read_rows(file)
@@ -141,6 +162,9 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
             raise SftlabError(f"data file not found: {path}" + ("" if path.suffix else " (for a registry name set data.registry)"))
         close = difflib.get_close_matches(spec.path, list(registry), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        names = [name.strip() for name in spec.path.split(",")]
+        if len(names) > 1 and all(name in registry for name in names):  # LLaMA-Factory's `dataset: a,b`
+            hint = f"; several datasets are a YAML list: [{', '.join(names)}]"
         raise SftlabError(f"data: {spec.path!r} is neither a file ({path}) nor an entry of the registry{hint}")
     files = data_files_in(f"data: {spec.path!r}", path) if path.is_dir() else [path]
     fmt = spec.format or data_cfg.format
@@ -189,6 +213,7 @@ def config_registry(data_cfg: DataConfig, base: Path | None) -> tuple[dict | Non
     registry_path = Path(data_cfg.registry).expanduser()
     if base is not None and not registry_path.is_absolute():
         registry_path = base / registry_path
+    registry_path = registry_file(registry_path)
     return load_registry(registry_path), registry_path.parent
 
 
