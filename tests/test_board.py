@@ -145,8 +145,10 @@ def _fake_run(runs: Path, name: str, steps: int, exit_code: int | None, final: b
         (runs / name / "metrics.json").write_text(json.dumps({"step": steps, "train_loss": 1.0, "stopped": "completed"}))
         (runs / name / "model").mkdir()
         (runs / name / "model" / "README.md").write_text("## Strategy\n\n- kind: full\n- trainable 10 / 10 (100%)\n\n## Training\n")
-    if checkpoint:
+    if checkpoint:  # complete (with its sidecar), or "partial": a step directory being written
         (runs / name / "checkpoints" / f"step-{steps}").mkdir(parents=True)
+        if checkpoint != "partial":
+            (runs / name / "checkpoints" / f"step-{steps}" / "sftlab_state.json").write_text("{}")
     if exit_code is not None:
         (runs / ".board").mkdir(exist_ok=True)
         (runs / ".board" / f"{name}.exit.json").write_text(json.dumps({"code": exit_code}))
@@ -158,9 +160,11 @@ def test_run_states_summary_and_total_steps(tmp_path):
     _fake_run(runs, "halted", 2, 130, final=False, checkpoint=True)
     _fake_run(runs, "broken", 1, 1, final=False, checkpoint=False)
     _fake_run(runs, "fresh", 0, None, final=False, checkpoint=False)
+    _fake_run(runs, "killed", 1, 130, final=False, checkpoint="partial")  # stopped while writing its first checkpoint
     manager = RunManager(runs)
     assert {n: manager.status(n) for n in manager.names()} == {
-        "broken": "failed", "done": "completed", "fresh": "new", "halted": "stopped"}
+        "broken": "failed", "done": "completed", "fresh": "new", "halted": "stopped", "killed": "new"}
+    assert not manager.detail("killed")["resumable"]
     detail = manager.detail("halted")
     assert detail["resumable"] and detail["step"] == 2 and detail["eval_loss"] == 1.5  # half-written line skipped
     assert not manager.detail("done")["resumable"] and "trainable 10 / 10" in manager.detail("done")["card"]

@@ -155,6 +155,7 @@ def test_a_run_resumed_elsewhere_to_train_further_shows_stopped_with_its_new_tot
                           "config.yaml": yaml.safe_dump(CONFIG | {"train": {"max_steps": 8}})})
     (runs / "longer.yaml").write_text(yaml.safe_dump(CONFIG))
     (runs / "longer" / "checkpoints" / "step-4").mkdir(parents=True)
+    (runs / "longer" / "checkpoints" / "step-4" / "sftlab_state.json").write_text("{}")
     with TestClient(create_app(BoardSettings(runs_dir=runs, workdir=tmp_path))) as client:
         [row] = client.get("/api/runs").json()
     assert (row["status"], row["step"], row["total_steps"]) == ("stopped", 5, 8)

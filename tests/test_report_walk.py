@@ -46,11 +46,13 @@ def test_a_run_in_progress_cut_short_last_line_is_skipped_but_not_a_broken_middl
     run = make_run(tmp_path, "live", 1.0)
     (run / "metrics.json").unlink()
     (run / "checkpoints" / "step-4").mkdir(parents=True)
+    (run / "checkpoints" / "step-4" / "sftlab_state.json").write_text("{}")
+    (run / "checkpoints" / "step-6").mkdir()  # being written (no sidecar yet): --resume would not start from it
     rows = (run / "metrics.jsonl").read_text()
     (run / "metrics.jsonl").write_text(rows + '{"step": 7, "lo')  # training is writing this row right now
     assert main(["report", str(run)]) == 0
     page = (run / "report.html").read_text(encoding="utf-8")
-    assert "(6 logged steps, 3 evaluations; not finished" in page and "latest checkpoint step-4" in page
+    assert "(6 logged steps, 3 evaluations; not finished" in page and "latest checkpoint step-4)" in page
     (run / "metrics.jsonl").write_text('{"step": 1, "lo\n' + rows)  # not the last line: a broken file
     assert main(["report", str(run)]) == 2
     assert _one_error_line(capsys).startswith(f"error: {run}/metrics.jsonl:1: not valid JSON")

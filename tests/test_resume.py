@@ -133,7 +133,7 @@ def test_resume_with_more_steps_extends_the_run(tmp_path, capsys):
     one: the learning rate after resuming follows the schedule for the new length."""
     from sftlab.config import load_config
     from sftlab.train import TrainingInterrupted
-    from sftlab.train.checkpoint import latest_checkpoint
+    from sftlab.checkpoints import latest_checkpoint
     from sftlab.train.loop import cleanup
     from sftlab.train.optim import lr_factor
     from sftlab.train.setup import build_session

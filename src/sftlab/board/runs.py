@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftlab.checkpoints import list_checkpoints
 from sftlab.errors import SftlabError
 from sftlab.eval.report_data import card_section, final_is_current, read_metrics_rows, read_object
 from sftlab.io import atomic_write_json, read_yaml_mapping
@@ -221,7 +222,7 @@ class RunManager:
             return "failed"
         if final and not (exit_record and exit_record.get("code") == 130):
             return "completed" if final.get("stopped", "completed") == "completed" else str(final["stopped"])
-        if any((run / "checkpoints").glob("step-*")):
+        if bool(list_checkpoints(run)):
             return "stopped"
         return "new"
 
@@ -281,7 +282,7 @@ class RunManager:
         info.update(
             rows=rows, metrics=read_json(run / "metrics.json"), eta_s=self._eta(job, info),
             config_yaml=self._config_text(name),
-            resumable=not job and any((run / "checkpoints").glob("step-*")) and info["status"] != "completed",
+            resumable=not job and bool(list_checkpoints(run)) and info["status"] != "completed",
             has_model=(run / "model").is_dir(), log=tail(self._board_file(name, ".log")),
             card=card_section(run / "model" / "README.md", "## Strategy"), evals=self._evals(name))
         last = next((row for row in reversed(rows) if not row.get("eval")), {})

@@ -63,7 +63,7 @@ def _check_output_dir(args, cfg, processes: int) -> None:
 
 def _launch(args, cfg) -> int:
     """Start the workers and wait for them; a failed worker becomes one error line (exit 2)."""
-    from sftlab.train.checkpoint import latest_checkpoint
+    from sftlab.checkpoints import latest_checkpoint
     from sftlab.train.distributed import launch
     from sftlab.train.launch_checks import check_launch
 

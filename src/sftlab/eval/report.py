@@ -229,7 +229,9 @@ def run_state(run: RunData) -> str:
     current = final_is_current(run.final, run.train_rows)
     if run.final and current:
         return f"stopped: {run.final['stopped']}" if run.final.get("stopped", "completed") != "completed" else "completed"
-    steps = [int(p.name[5:]) for p in (run.path / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
+    from sftlab.checkpoints import list_checkpoints  # complete ones: what --resume would start from
+
+    steps = [step for step, _ in list_checkpoints(run.path)]
     where = f"; latest checkpoint step-{max(steps)}" if steps else ""
     final = "no metrics.json" if current else f"its metrics.json is of an earlier end, at step {run.final['step']}"
     return f"not finished (in progress, stopped or failed: {final}{where})"

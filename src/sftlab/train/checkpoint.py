@@ -13,7 +13,7 @@
                             sftlab.train.environment)
 
 Every checkpoint directory is written through `sftlab.io.atomic_dir`, so a directory that exists
-is complete; `latest_checkpoint` only trusts directories that carry the sidecar.
+is complete; `sftlab.checkpoints.latest_checkpoint` only trusts directories that carry the sidecar.
 """
 
 from __future__ import annotations
@@ -28,13 +28,11 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sftlab.checkpoints import CHECKPOINTS, SIDECAR, list_checkpoints
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 
-SIDECAR = "sftlab_state.json"
-CHECKPOINTS = "checkpoints"
 SCALER = "scaler.pt"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def capture_rng() -> dict:
@@ -120,31 +118,6 @@ def save_best(run_dir: Path, model, tokenizer, state: dict, state_dict: dict | N
         save_model_dir(model, tokenizer, tmp, state_dict, config=state.get("config"))
         atomic_write_json(tmp / SIDECAR, state)
     return Path(run_dir) / "best"
-
-
-def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    """Every `step-N` directory under the run's checkpoints, complete or not, oldest first."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = [(int(match.group(1)), child) for child in (root.iterdir() if root.is_dir() else [])
-             if (match := _STEP_DIR.match(child.name))]
-    return sorted(found)
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete step checkpoints (those with a sidecar), oldest first."""
-    return [(step, path) for step, path in step_dirs(run_dir) if (path / SIDECAR).is_file()]
-
-
-def incomplete_checkpoints(run_dir: Path, after: int = -1) -> list[Path]:
-    """Step directories after step `after` without a sidecar (not written by sftlab as they are: a partial copy, a
-    deleted sidecar), oldest first."""
-    return [path for step, path in step_dirs(run_dir) if step > after and not (path / SIDECAR).is_file()]
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
 
 
 # What `sftlab.io.atomic_dir` / `atomic_file` leave of a run's entries when the process is killed while writing them:

@@ -34,8 +34,8 @@ from sftlab.models.fused import fused_summary
 from sftlab.progress import progress_bars
 from sftlab.train.allocator import restore_default_thresholds
 from sftlab.train.batches import iterate_steps
-from sftlab.train.checkpoint import (capture_rng, clear_interrupted_writes, latest_checkpoint, restore_rng, save_best,
-                                     save_model_dir)
+from sftlab.checkpoints import latest_checkpoint
+from sftlab.train.checkpoint import capture_rng, clear_interrupted_writes, restore_rng, save_best, save_model_dir
 from sftlab.train.distributed import call_unsharded, combine_eval_sums, no_sync_unless_last, rank_share, reduce_sum
 from sftlab.train.interrupts import stop_on_sigint
 from sftlab.train.optim import warmup_note

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.io import check_output_parent
-from sftlab.train.checkpoint import CHECKPOINTS, SIDECAR, incomplete_checkpoints, latest_checkpoint
+from sftlab.checkpoints import CHECKPOINTS, SIDECAR, incomplete_checkpoints, latest_checkpoint
 
 RUN_ENTRIES = (CHECKPOINTS, "best", "model", "tensorboard", "metrics.jsonl", "metrics.json", "config.yaml",
                "data_stats.json", "trainable.json", "importance.png")

@@ -17,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sftlab.errors import SftlabError
-from sftlab.train.checkpoint import data_fingerprint, latest_checkpoint, prune_checkpoints, save_checkpoint
+from sftlab.checkpoints import latest_checkpoint
+from sftlab.train.checkpoint import data_fingerprint, prune_checkpoints, save_checkpoint
 from sftlab.train.distributed import gather_objects, gathered_state_dict, optimizer_writer, sharded
 
 def update_started(session) -> None:

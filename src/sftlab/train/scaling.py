@@ -34,7 +34,7 @@ class TrainingDiverged(SftlabError):
 
 def diverged(session, what: str, advice: str | None = None) -> None:
     """Stop the run at a non-finite loss/gradient, naming the step and the last good checkpoint."""
-    from sftlab.train.checkpoint import latest_checkpoint
+    from sftlab.checkpoints import latest_checkpoint
 
     session.optimizer.zero_grad(set_to_none=True)
     good = latest_checkpoint(session.out_dir)

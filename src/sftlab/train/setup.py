@@ -24,8 +24,8 @@ from sftlab.config import dump_config
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_write_json, atomic_write_text
 from sftlab.train import batches as plan
-from sftlab.train.checkpoint import (SIDECAR, check_resume_data, incomplete_checkpoints, load_training_state,
-                                     load_weights, read_sidecar)
+from sftlab.checkpoints import SIDECAR, incomplete_checkpoints
+from sftlab.train.checkpoint import check_resume_data, load_training_state, load_weights, read_sidecar
 from sftlab.train.loss import loss_sum
 from sftlab.train.environment import collect_environment, version_warning
 
