@@ -106,8 +106,8 @@ def test_eval_serve_and_training_take_a_plain_adapter(peer, tmp_path):
     assert json.loads((tmp_path / "run" / "model" / "adapter_config.json").read_text())["r"] == 4
 
 
-def test_an_adapter_trained_with_added_tokens_does_not_load_yet(peer, tmp_path):
-    """docs/migrating.md says so; when the base is resized to the adapter's tokenizer, change this test and the doc."""
+def test_an_adapter_trained_with_added_tokens_loads_on_its_resized_base(peer, tmp_path):
+    """docs/migrating.md says so; tests/test_foreign_adapters.py checks its logits, export and training."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -121,5 +121,5 @@ def test_an_adapter_trained_with_added_tokens_does_not_load_yet(peer, tmp_path):
                                                task_type="CAUSAL_LM"))
     adapter.save_pretrained(tmp_path / "resized")
     tokenizer.save_pretrained(tmp_path / "resized")
-    with pytest.raises(Exception, match="size mismatch"):
-        load_served(tmp_path / "resized")
+    served = load_served(tmp_path / "resized")
+    assert served.model.get_input_embeddings().num_embeddings == len(tokenizer)

@@ -50,7 +50,7 @@ def find_adapter(run_dir: Path) -> Path | None:
     """The adapter directory of a run (`RUN/model`) or the directory itself when it is an adapter; None when it holds a
     full model instead (a full, freeze or auto run). One-line errors for anything else, e.g. an unfinished run."""
     from sftlab.infer.loading import check_adapter_weights
-    from sftlab.train.checkpoint import step_dirs
+    from sftlab.checkpoints import step_dirs
 
     if not run_dir.is_dir():
         raise SftlabError(f"{run_dir}: no such directory")
@@ -134,13 +134,13 @@ def _load_base(base: str, base_key: str, trust_remote_code: bool, adapter_dir: P
     from sftlab.models.load import load_model
 
     base_cfg = ModelConfig(path=str(base), dtype=dtype, trust_remote_code=trust_remote_code)
-    names = dict(quantize_4bit=quantize_4bit, key=base_key, trust_key=TRUST_KEY)
+    names = dict(quantize_4bit=quantize_4bit, key=base_key, trust_key=TRUST_KEY, adapters=[adapter_dir])
     if adapter_cfg.get("task_type") == "SEQ_CLS":
         labels = _classifier_labels(adapter_dir)
         named = isinstance(labels, list)
         return load_model(base_cfg, "cls", num_labels=None if named else labels,
                           label_names=labels if named else None, tokenizer=tokenizer, **names)
-    return load_model(base_cfg, "sft", **names)
+    return load_model(base_cfg, "sft", tokenizer=tokenizer, **names)
 
 
 def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: list[str]):
@@ -286,7 +286,7 @@ def merge_warning(record: dict) -> str | None:
 
 def _export(args) -> int:
     if not args.merge:
-        raise SftlabError("sftlab export: pass --merge OUT (the only export so far)")
+        raise SftlabError("sftlab export needs --merge OUT: the directory it writes the merged model to")
     record = merge_adapter(args.run_dir, args.merge, probes=args.probe, overwrite=args.overwrite, dtype=args.dtype,
                            merge_base=args.merge_base, trust_remote_code=args.trust_remote_code)
     cast = record.get("max_abs_logit_diff_after_cast")

@@ -8,7 +8,10 @@ A run dir holds `model/` (a full model, or an adapter whose adapter_config.json 
 and `config.yaml`. Prompts are rendered, and answers stopped, with the template the model was trained with
 (`sftlab.models.trained`): the model or adapter dir's `sftlab_template.json` (RUN/model, RUN/best, a checkpoint,
 a merged export), else the run's `config.yaml` (`data.template`), else auto.
-Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`.
+Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`. An extra adapter whose
+recorded base is not on this machine (a hub id) runs on the served base; one whose recorded local base differs is
+refused. An adapter trained with added tokens gets its base's token embeddings resized to its own
+(`sftlab.models.adapter_vocab`).
 
 A model with its own code (config.json's or tokenizer_config.json's `auto_map`: ChatGLM, Baichuan, InternLM, ...)
 loads only with `trust_remote_code=True` (the commands' `--trust-remote-code`, never on by default); without it, a
@@ -78,8 +81,11 @@ class ServedModel:
         return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", 2048))
 
 
-def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL") -> ModelSource:
-    """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside); errors name `key`."""
+def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL",
+                    served_base: Path | None = None) -> ModelSource:
+    """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside); errors name `key`. An
+    adapter whose recorded base is not on this machine (a hub id such as `Qwen/Qwen2.5-0.5B`) takes `served_base`,
+    the base the user gave it (`--adapter` of a served MODEL), where there is one."""
     from sftlab.io import read_json
     from sftlab.models.load import adapter_base, resolve_model_path
 
@@ -91,7 +97,12 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
     if adapter_config.is_file():
         base = adapter_base(adapter_config)
         base_key = f"{adapter_config}: base_model_name_or_path"
-        base_dir = resolve_model_path(base, base_key)
+        try:
+            base_dir = resolve_model_path(base, base_key)
+        except SftlabError:
+            if served_base is None:
+                raise
+            base_dir = served_base
         check_adapter_weights(model_dir)
         raw = read_json(adapter_config)
         task = raw.get("task_type") if isinstance(raw, dict) else None
@@ -130,7 +141,8 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     the model runs only with `trust_remote_code`; without it, the error names `trust_key` (the command's flag)."""
     dtype = serving_dtype(dtype)
     source = describe_source(path, name, key)
-    extra = {label: describe_source(value, label, f"--adapter {label}") for label, value in (adapters or {}).items()}
+    extra = {label: describe_source(value, label, f"--adapter {label}", served_base=source.base_dir)
+             for label, value in (adapters or {}).items()}
     if source.name in extra:
         raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
     for label, adapter in extra.items():
@@ -145,16 +157,17 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     record = _four_bit_record(source, extra, dtype)
     load = _Loader(source, key, trust_remote_code, trust_key)
     tokenizer = load.tokenizer()
+    served_adapters: dict[str, str | None] = {source.name: None}
+    attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
+    attach += [(label, adapter.adapter_dir) for label, adapter in extra.items()]
+    fit = [directory for _, directory in attach]  # the base's embeddings resized to an adapter's added tokens
     if record is None:
-        model = load.model(dtype, "sft", tokenizer=tokenizer)
+        model = load.model(dtype, "sft", tokenizer=tokenizer, adapters=fit)
     else:
         from sftlab.models.nf4 import load_as_trained
 
         model = load_as_trained(source.base_dir, record, trust_remote_code=trust_remote_code,
-                                key=source.base_key, trust_key=trust_key)
-    served_adapters: dict[str, str | None] = {source.name: None}
-    attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
-    attach += [(label, adapter.adapter_dir) for label, adapter in extra.items()]
+                                key=source.base_key, trust_key=trust_key, tokenizer=tokenizer, adapters=fit)
     if attach:
         from peft import PeftModel
 
@@ -251,12 +264,14 @@ def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str =
     tokenizer = load.tokenizer()
     record = _four_bit_record(source, {}, serving_dtype(dtype))
     if record is None:
-        base = load.model(serving_dtype(dtype), "cls", label_names=labels, tokenizer=tokenizer)
+        base = load.model(serving_dtype(dtype), "cls", label_names=labels, tokenizer=tokenizer,
+                          adapters=[source.adapter_dir])
     else:  # a QLoRA classifier: on its 4-bit base as it trained, as `load_served` serves a QLoRA adapter
         from sftlab.models.nf4 import load_as_trained
 
         base = load_as_trained(source.base_dir, record, "cls", trust_remote_code, label_names=labels,
-                               tokenizer=tokenizer, key=source.base_key, trust_key=trust_key)
+                               tokenizer=tokenizer, key=source.base_key, trust_key=trust_key,
+                               adapters=[source.adapter_dir])
     model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
     return model, tokenizer, labels
 

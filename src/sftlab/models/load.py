@@ -228,7 +228,7 @@ def _custom_tokenizer(directory: Path) -> str | None:
 
 def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names: list[str] | None = None,
                tokenizer=None, quantize_4bit: bool = False, keep_adapter: bool = False, key: str = "model.path",
-               trust_key: str = TRUST_KEY):
+               trust_key: str = TRUST_KEY, adapters=()):
     """Load weights for `stage`: a causal LM for pt/sft, a sequence classifier for cls.
 
     For cls, `num_labels` (or `len(label_names)`) sets the head size and `label_names` the
@@ -239,7 +239,9 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     weights NF4-quantised with bitsandbytes (`sftlab.models.nf4`: on the current CUDA device computing in bfloat16,
     else on the CPU computing in bfloat16 where it has bf16 instructions and in float32 elsewhere).
     With `model.adapter`, the adapter is attached to the base: as a trainable peft `PeftModel` when
-    `keep_adapter` (strategy lora trains it further), else merged into the base weights.
+    `keep_adapter` (strategy lora trains it further), else merged into the base weights. The token embeddings are
+    first resized to those `model.adapter` and the adapter directories `adapters` (attached by the caller) saved,
+    where an adapter trained with added tokens saved them larger (`sftlab.models.adapter_vocab.fit_vocabulary`).
     Errors about the directory name `key`, custom code without `model.trust_remote_code` names `trust_key`.
     """
     directory = resolve_model_path(model_cfg.path, key)  # fails at once, before the heavy imports
@@ -280,6 +282,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
     with _named(directory, key), load_errors(directory, what):
         model = (load_classifier(auto, directory, raw, kwargs) if stage == "cls"
                  else load_checked(auto, directory, kwargs))
+    fit = [*adapters, *([model_cfg.adapter] if model_cfg.adapter else [])]
+    if fit:
+        from sftlab.models.adapter_vocab import fit_vocabulary
+
+        fit_vocabulary(model, fit, tokenizer)
     if tokenizer is not None:
         guard_vocabulary(model, tokenizer, model_cfg)
     settle_attention(model, model_cfg.attn_implementation)
