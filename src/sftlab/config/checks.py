@@ -115,6 +115,12 @@ def split_adapter_path(model_cfg):
         base = adapter_base(adapter_config, f"set model.path to the base model and model.adapter to {str(directory)!r}")
     except SftlabError as exc:
         raise ValueError(str(exc)) from None
+    from sftlab.models.pull import EMBEDDED
+
+    if not Path(base).expanduser().exists() and base not in EMBEDDED:
+        raise ValueError(f"model.path {str(directory)!r} is an adapter whose base {base!r} (its adapter_config.json's "
+                         f"base_model_name_or_path) is not on this machine (offline: no model hub); set "
+                         f"model.path=<local base directory> model.adapter={directory}")
     if (Path(base).expanduser() / "adapter_config.json").is_file():
         raise ValueError(f"{adapter_config}: its base {base!r} is itself an adapter; merge that one first "
                          "(sftlab export --merge)")

@@ -98,6 +98,8 @@ def describe_error(err: dict) -> str:
         return f"unknown key {key!r}" + _suggestion(loc, err.get("input"))
     if kind == "missing":
         return f"missing required key {key!r}"
+    if kind == "list_type" and isinstance(err.get("input"), str):  # LLaMA-Factory's `all`, a comma string `a,b`
+        return _list_hint(key, loc, err["input"])
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         choices = re.findall(r"'([^']*)'", expected)
@@ -110,6 +112,15 @@ def describe_error(err: dict) -> str:
     if "input" in err and kind not in {"value_error", "assertion_error"}:
         return f"{key}: {message} (got {err['input']!r})"
     return f"{key}: {message}" if loc else message
+
+
+def _list_hint(key: str, loc: list[str], text: str) -> str:
+    """'key: got 'q_proj,v_proj'; write a YAML list ([q_proj, v_proj])' for a string where a list is expected."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    modules = loc[-1:] == ["target_modules"]
+    example = ", ".join(items) if len(items) > 1 or not modules else "q_proj, v_proj"
+    what = "all-linear or a YAML list of module names" if modules else "a YAML list"
+    return f"{key}: got {text!r}; write {what} ([{example}])"
 
 
 class PeerName(BaseModel):
