@@ -193,3 +193,17 @@ def test_eval_dtype_auto_loads_bfloat16_only_where_the_machine_has_bf16_matmuls(
         for model_dir in (causal, classifier):
             model, _, _ = load_for_eval(model_dir, "cpu", "auto")
             assert next(model.parameters()).dtype == expected, (model_dir, machine)
+
+
+def test_eval_reads_a_built_in_dataset_by_name_as_data_train_does(lm_dir, tmp_path, monkeypatch):
+    from sftlab.data.sources import builtin_file
+
+    monkeypatch.chdir(tmp_path)  # no file of that name here
+    out = tmp_path / "labels"
+    assert main(["eval", str(lm_dir), "--data", "banking_intents_test", "--task", "labels", "--max-samples", "4",
+                 "--out", str(out)]) == 0
+    path, fmt = builtin_file("banking_intents_test")
+    shipped = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:4]]
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in predictions] == [row["label"] for row in shipped] and fmt == "label"
+    assert builtin_file("no_such_dataset") is None

@@ -141,6 +141,12 @@ def builtin_datasets() -> dict[str, dict]:
     return yaml.safe_load((_RESOURCES / "datasets.yaml").read_text(encoding="utf-8"))
 
 
+def builtin_file(name: str) -> tuple[Path, str] | None:
+    """(file, data.format) of the built-in dataset `name` (resources/datasets.yaml), None for any other name."""
+    entry = builtin_datasets().get(name)
+    return (_RESOURCES / entry["file"], entry["format"]) if entry else None
+
+
 def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, base_dir: Path | None,
                     registry: dict[str, dict] | None, registry_dir: Path | None) -> list[dict]:
     """Canonical examples of one `data.train` / `data.validation` item: a registry name, a file, or a built-in name."""
@@ -151,9 +157,8 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
     if base_dir is not None and not path.is_absolute():
         path = Path(base_dir) / path
     builtin = builtin_datasets()
-    if not path.exists() and spec.path in builtin:
-        entry = builtin[spec.path]
-        return to_canonical(read_rows(_RESOURCES / entry["file"]), spec.format or entry["format"], stage, spec.columns or {})
+    if not path.exists() and (shipped := builtin_file(spec.path)):
+        return to_canonical(read_rows(shipped[0]), spec.format or shipped[1], stage, spec.columns or {})
     if not path.exists():
         if registry is None:
             close = difflib.get_close_matches(spec.path, list(builtin), n=1)

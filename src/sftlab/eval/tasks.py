@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sftlab.errors import SftlabError
 from sftlab.eval import metrics as M
@@ -267,9 +268,14 @@ TASKS = {"lm": run_lm, "generation": run_generation, "labels": run_labels, "rank
 def load_examples(path: str, task: str, fmt: str = "auto", max_samples: int | None = None,
                   columns: dict[str, str] | None = None) -> list[dict]:
     """Read an evaluation file: canonical examples (`sftlab.data.formats`, file columns renamed by `columns` as
-    data.columns does) or, for ranking, raw query rows."""
+    data.columns does) or, for ranking, raw query rows. A built-in dataset's name (`sftlab.data.sources`) reads
+    its file, as in data.train, where no file of that name exists."""
     from sftlab.data.formats import read_rows, to_canonical
+    from sftlab.data.sources import builtin_file
 
+    shipped = None if Path(path).expanduser().exists() else builtin_file(str(path))
+    if shipped:
+        path, fmt = shipped[0], shipped[1] if fmt == "auto" else fmt
     rows = read_rows(path)
     if max_samples:
         rows = rows[:max_samples]
