@@ -10,7 +10,8 @@ import torch
 from sftlab.config.load import validate_config
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.data.pipeline import prepare_data
-from sftlab.data.tokenize import IGNORE_INDEX, cache_root, fit_length, label_set, tokenize_examples
+from sftlab.data.token_cache import cache_root
+from sftlab.data.tokenize import IGNORE_INDEX, fit_length, label_set, tokenize_examples
 from sftlab.errors import SftlabError
 from sftlab.train.loss import count_supervised_tokens
 from sftlab.models.tiny import make_tokenizer
@@ -202,9 +203,9 @@ def test_the_cache_key_hashes_every_data_module_that_makes_token_rows(tmp_path):
     import ast
     from pathlib import Path
 
-    from sftlab.data import tokenize
+    from sftlab.data import token_cache
 
-    data_dir = Path(tokenize.__file__).parent
+    data_dir = Path(token_cache.__file__).parent
 
     def data_imports(name: str) -> set[str]:
         tree = ast.parse((data_dir / name).read_text(encoding="utf-8"))
@@ -218,16 +219,16 @@ def test_the_cache_key_hashes_every_data_module_that_makes_token_rows(tmp_path):
             makers.add(name)
             todo += sorted(data_imports(name))
     assert "template_spec.py" in makers
-    assert makers <= set(tokenize.CODE_MODULES)
-    files = tokenize._code_files()
-    assert {path.name for path in files} >= set(tokenize.CODE_MODULES) | {"chatml.yaml"}
+    assert makers <= set(token_cache.CODE_MODULES)
+    files = token_cache.code_files()
+    assert {path.name for path in files} >= set(token_cache.CODE_MODULES) | {"chatml.yaml"}
     copies = []
     for path in files[:4]:
         copies.append(tmp_path / path.name)
         copies[-1].write_bytes(path.read_bytes())
-    before = tokenize._code_version(copies)
+    before = token_cache.code_version(copies)
     copies[2].write_bytes(copies[2].read_bytes() + b"\n# changed\n")
-    assert tokenize._code_version(copies) != before
+    assert token_cache.code_version(copies) != before
 
 
 def _word_level_tokenizer():

@@ -119,6 +119,10 @@ class DataConfig(_Strict):
         "refuse a data.labels class with no training sample), or class_weight (stage cls only: the head's training loss; validation loss stays unweighted; "
         "weights in data_stats.json)")
     cache_dir: str | None = Field(None, description="tokenisation cache (default ~/.cache/sftlab/tokenized)")
+    cache_max_gb: Float | None = Field(20.0, ge=0, description="after writing a tokenisation cache entry, remove the "
+                                       "least recently used token-row entries until the cache's entries total at most "
+                                       "this many GB (10^9 bytes); never this run's entries nor one used in the last 10 "
+                                       "minutes; 0 keeps only those; null never removes anything")
     num_workers: Int = Field(1, ge=1, description="processes for tokenisation (forked workers; 1 tokenises in the training process)")
     seed: Int = Field(0, description="seed of mixing, splitting and resampling")
     streaming: Bool = Field(False, description="pt: read data.train as a stream (corpora larger than memory); "

@@ -25,18 +25,14 @@ sample (each_assistant: the conversation up to the supervised turn), so rows can
 and resampled by label (`sftlab.data.pipeline`); `retotal` recounts the statistics of a resampled set of rows.
 pt concat blocks have no origin.
 
-The cache lives in `data.cache_dir`, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`, one
-directory per key: a hash of the examples' content, the tokenizer (its full serialisation and chat
-template), the settings above, and the source of this module and of the chat-template code
-(`sftlab/data/templates.py`, `template_spec.py`, `messages.py`, `sftlab/templates/`).
+Rows go through the on-disk cache of `sftlab.data.token_cache` (the entry named by the examples, the tokenizer,
+the settings above and this code; pruned to `data.cache_max_gb`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import multiprocessing
 from pathlib import Path
 from typing import Any
@@ -45,12 +41,12 @@ import numpy as np
 
 from sftlab.config.schema import DataConfig, TrainConfig
 from sftlab.data.rows import TokenRows
+from sftlab.data.token_cache import cache_key, cache_root, mark_used, prune_cache
 from sftlab.data.unknown_tokens import UnknownTokens
 from sftlab.errors import SftlabError
 from sftlab.io import atomic_dir, atomic_write_json
 
 IGNORE_INDEX = -100
-CACHE_FORMAT = 2  # 2: sftlab.data.rows .npy files (1 was a datasets folder)
 
 
 @dataclasses.dataclass
@@ -88,15 +84,6 @@ def label_set(examples: list[dict], data_cfg: DataConfig) -> list[str]:
     return sorted(seen)
 
 
-def cache_root(data_cfg: DataConfig) -> Path:
-    """Directory holding the tokenisation cache (see module docstring)."""
-    if data_cfg.cache_dir:
-        return Path(data_cfg.cache_dir).expanduser().absolute()
-    if os.environ.get("SFTLAB_CACHE"):
-        return Path(os.environ["SFTLAB_CACHE"]).expanduser().absolute() / "tokenized"
-    return Path.home() / ".cache" / "sftlab" / "tokenized"
-
-
 @dataclasses.dataclass
 class Tokenized:
     """Token rows, their statistics, and per row its origin: (example index, messages in its sample; -1 for cls/pt)."""
@@ -121,11 +108,16 @@ def tokenize(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: T
         label_names = label_names or label_set(examples, data_cfg)
         _check_labels(examples, label_names)
     settings = _settings(data_cfg, train_cfg, label_names)
-    folder = cache_root(data_cfg) / _cache_key(examples, tokenizer, settings)
+    folder = cache_root(data_cfg) / cache_key(examples, tokenizer, settings)
     if (folder / "stats.json").is_file() and (folder / "origins.npy").is_file():
-        stats = TokenizeStats(**json.loads((folder / "stats.json").read_text(encoding="utf-8")))
-        stats.cache_hit, stats.cache_path = True, str(folder)
-        return Tokenized(TokenRows.load(folder / "rows"), stats, _load_origins(folder / "origins.npy"))
+        mark_used(folder)
+        try:
+            stats = TokenizeStats(**json.loads((folder / "stats.json").read_text(encoding="utf-8")))
+            stats.cache_hit, stats.cache_path = True, str(folder)
+            return Tokenized(TokenRows.load(folder / "rows"), stats, _load_origins(folder / "origins.npy"))
+        except (OSError, SftlabError):
+            if folder.is_dir():  # a broken entry; one that another run's pruning just removed is tokenised anew
+                raise
     rows, stats, origins = _tokenize(examples, tokenizer, settings, data_cfg.num_workers)
     stats.cache_path = str(folder)
     if stats.rows == 0:
@@ -135,6 +127,8 @@ def tokenize(examples: list[dict], tokenizer, data_cfg: DataConfig, train_cfg: T
         TokenRows.from_dict(rows).save(tmp / "rows")
         np.save(tmp / "origins.npy", np.asarray(origins, dtype=np.int64).reshape(-1, 2))
         atomic_write_json(tmp / "stats.json", stats.to_dict())
+    mark_used(folder)
+    prune_cache(folder.parent, data_cfg.cache_max_gb)
     return Tokenized(TokenRows.load(folder / "rows"), stats, origins)
 
 
@@ -179,42 +173,6 @@ def _settings(data_cfg: DataConfig, train_cfg: TrainConfig, label_names: list[st
     else:
         settings["label_names"] = list(label_names or [])
     return settings
-
-
-def _cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
-    digest = hashlib.sha256()
-    for ex in examples:
-        public = {k: v for k, v in ex.items() if not k.startswith("_")}
-        digest.update(json.dumps(public, ensure_ascii=False, sort_keys=True).encode("utf-8") + b"\n")
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    specials = {k: str(v) for k, v in tokenizer.special_tokens_map.items()}
-    digest.update(json.dumps([type(tokenizer).__name__, vocab, getattr(tokenizer, "chat_template", None), specials,
-                              getattr(tokenizer, "add_bos_token", None), settings, CACHE_FORMAT, _code_version()],
-                             sort_keys=True, default=str).encode("utf-8"))
-    return digest.hexdigest()[:24]
-
-
-# The modules whose code decides the token ids and labels (sftlab/data/), hashed into the cache key.
-CODE_MODULES = ("tokenize.py", "templates.py", "template_spec.py", "messages.py", "unknown_tokens.py")
-
-
-def _code_files() -> list[Path]:
-    """CODE_MODULES and the built-in chat template files (sftlab/templates/*.yaml)."""
-    here = Path(__file__).parent
-    files = [here / name for name in CODE_MODULES]
-    if (here.parent / "templates").is_dir():
-        files += sorted(p for p in (here.parent / "templates").rglob("*") if p.is_file())
-    return files
-
-
-def _code_version(files: list[Path] | None = None) -> str:
-    """Hash of the code that makes token rows (`_code_files`), so a code change misses the cache."""
-    digest = hashlib.sha256()
-    for path in _code_files() if files is None else files:
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- tokenising

@@ -11,7 +11,7 @@ encoded before training starts (placeholders vs images, readable images, image t
 never cut inside an image.
 `data.packing` and `data.balance` resampling are refused for image rows.
 
-Rows are cached like text rows (`sftlab.data.tokenize.cache_root`: `data.cache_dir`, relative to the config's
+Rows are cached like text rows, and pruned with them (`sftlab.data.token_cache`: `data.cache_dir`, relative to the config's
 directory, else `$SFTLAB_CACHE/tokenized`, else `~/.cache/sftlab/tokenized`), one directory per key: the examples,
 each image file's size and modification time, the tokenizer, chat template and image processor settings, the
 length settings and the source of the vision modules. Every image is still opened once by the record checks.
@@ -81,17 +81,20 @@ def cached_vision_rows(examples: list[dict], processor, cfg, data_cfg) -> tuple[
     """`tokenize_vision_examples` through the on-disk cache (see module docstring); stats say whether it hit."""
     from datasets import load_from_disk
 
-    from sftlab.data.tokenize import cache_root
+    from sftlab.data.token_cache import cache_root, mark_used, prune_cache
     from sftlab.io import atomic_dir, atomic_write_json
 
     folder = cache_root(data_cfg) / f"vision-{_cache_key(examples, processor, cfg)}"
     if (folder / "stats.json").is_file():
+        mark_used(folder)
         stats = json.loads((folder / "stats.json").read_text(encoding="utf-8"))
         return load_from_disk(str(folder / "rows")), {**stats, "cache_hit": True, "cache_path": str(folder)}
     rows, stats = tokenize_vision_examples(examples, processor, cfg)
     with atomic_dir(folder, overwrite=True) as tmp:
         rows.save_to_disk(str(tmp / "rows"))
         atomic_write_json(tmp / "stats.json", stats)
+    mark_used(folder)
+    prune_cache(folder.parent, data_cfg.cache_max_gb)
     return load_from_disk(str(folder / "rows")), {**stats, "cache_hit": False, "cache_path": str(folder)}
 
 
