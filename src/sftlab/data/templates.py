@@ -33,8 +33,11 @@ tool call or a tool result is refused, and so is tool data under a built-in temp
 
 from __future__ import annotations
 
+import itertools
 import weakref
 from dataclasses import dataclass
+
+import numpy as np
 
 from sftlab.data.messages import ROLES, check_messages  # noqa: F401  (re-exported)
 from sftlab.data.messages import check_tools, check_tools_rendered, has_tool_data
@@ -279,9 +282,10 @@ def encode_rendered(tokenizer, rendered: Rendered, src: str | None = None) -> tu
     if getattr(tokenizer, "is_fast", False):
         enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        labels = [tid if _overlaps(start, end, rendered.spans) else IGNORE_INDEX
-                  for tid, (start, end) in zip(ids, enc["offset_mapping"])]
-        return ids, labels
+        pairs = enc["offset_mapping"]
+        offsets = np.fromiter(itertools.chain.from_iterable(pairs), dtype=np.int64, count=2 * len(pairs)).reshape(-1, 2)
+        supervised = supervised_tokens(offsets, rendered.spans)
+        return ids, np.where(supervised, ids, IGNORE_INDEX).tolist()
     ids, labels = [], []
     for start, end, supervised in _pieces(rendered):
         piece = _plain_ids(tokenizer, rendered.text[start:end])
@@ -305,10 +309,28 @@ def _pieces(rendered: Rendered):
         yield at, len(rendered.text), False
 
 
-def _overlaps(start: int, end: int, spans: list[tuple[int, int]]) -> bool:
-    if end <= start:
-        return any(a <= start < b for a, b in spans)
-    return any(start < b and end > a for a, b in spans)
+def supervised_tokens(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Per token (character offsets [start, end), shape (n, 2)): whether it overlaps one of the `spans`; a zero-width
+    token (end <= start) when its start lies in one. For all tokens at once: the spans (in any order, overlapping or
+    not) become their union, sorted disjoint intervals, and a binary search finds the first that ends after a token's
+    start; an empty span (a, a) marks the tokens that hold its point a strictly inside."""
+    start, end = offsets[:, 0], offsets[:, 1]
+    points = np.sort([a for a, b in spans if a == b]).astype(np.int64)
+    union: list[list[int]] = []
+    for a, b in sorted((a, b) for a, b in spans if a < b):
+        if union and a <= union[-1][1]:
+            union[-1][1] = max(union[-1][1], b)
+        else:
+            union.append([a, b])
+    lo, hi = np.asarray(union, dtype=np.int64).reshape(-1, 2).T
+    first = np.searchsorted(hi, start, side="right")  # the first interval ending after the start
+    lo_next = np.append(lo, np.iinfo(np.int64).max)[first]
+    wide = end > start
+    hit = np.where(wide, lo_next < end, lo_next <= start)
+    if len(points):
+        inside = np.append(points, np.iinfo(np.int64).max)[np.searchsorted(points, start, side="right")]
+        hit |= wide & (inside < end)
+    return hit
 
 
 def adds_bos(tokenizer) -> bool:
