@@ -55,6 +55,11 @@ def register(registry) -> None:
             _precision_arg(p)
             add_trust_argument(p)
 
+    _register_serving(add)
+
+
+def _register_serving(add) -> None:
+    """push, api and demo: the subcommands that put a fine-tuned model to work."""
     p = add("push", "write each enterprise's top-K new policies to the pushes table (idempotent, resumable)", handle_push)
     _scorer_args(p)
     p.add_argument("--since", required=True, help="YYYY-MM-DD: consider policies published since this day (the window)")

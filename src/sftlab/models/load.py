@@ -255,29 +255,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
                               "by sftlab; set strategy.lora.quantize_4bit=false")
 
         return load_vision_model(model_cfg.model_copy(update={"path": str(directory)}), stage)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from sftlab.models.attention import attention_to_load, settle_attention
+    from sftlab.models.attention import settle_attention
     from sftlab.models.head import load_checked, load_classifier
 
-    kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
-                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]),
-                  attn_implementation=attention_to_load(model_cfg.attn_implementation),
-                  use_kernels=False)  # hub kernels are downloaded code; kernelize() also resets module forwards
-    if quantize_4bit:
-        kwargs.update(_four_bit_kwargs())
-    if stage == "cls":
-        kwargs.update(_classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer, key))
-        auto = AutoModelForSequenceClassification
-        if quantize_4bit:
-            from sftlab.models.nf4 import keep_classifier_head
-
-            keep_classifier_head(kwargs, auto, directory, model_cfg.trust_remote_code)
-    elif stage in ("pt", "sft"):
-        auto = AutoModelForCausalLM
-    else:
-        raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
+    auto, kwargs = _auto_and_kwargs(model_cfg, stage, directory, raw, quantize_4bit,
+                                    lambda: _classifier_kwargs(model_cfg, raw, num_labels, label_names, tokenizer, key))
     what = "sequence classifier" if stage == "cls" else "causal language model"
     with _named(directory, key), load_errors(directory, what):
         model = (load_classifier(auto, directory, raw, kwargs) if stage == "cls"
@@ -295,6 +277,32 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
 
         keep_training_layout(model)
     return _attach_adapter(model, model_cfg.adapter, keep_adapter) if model_cfg.adapter else model
+
+
+def _auto_and_kwargs(model_cfg, stage: str, directory: Path, raw: dict, quantize_4bit: bool, classifier_kwargs):
+    """(the transformers Auto class for `stage`, its from_pretrained kwargs): dtype, attention, 4-bit settings, and
+    for cls `classifier_kwargs()` (head size and labels) with the head kept out of the 4-bit weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from sftlab.models.attention import attention_to_load
+
+    kwargs = dict(local_files_only=True, trust_remote_code=model_cfg.trust_remote_code,
+                  dtype=getattr(torch, _DTYPES[model_cfg.dtype]),
+                  attn_implementation=attention_to_load(model_cfg.attn_implementation),
+                  use_kernels=False)  # hub kernels are downloaded code; kernelize() also resets module forwards
+    if quantize_4bit:
+        kwargs.update(_four_bit_kwargs())
+    if stage in ("pt", "sft"):
+        return AutoModelForCausalLM, kwargs
+    if stage != "cls":
+        raise SftlabError(f"train.stage {stage!r}: expected pt, sft or cls")
+    kwargs.update(classifier_kwargs())
+    if quantize_4bit:
+        from sftlab.models.nf4 import keep_classifier_head
+
+        keep_classifier_head(kwargs, AutoModelForSequenceClassification, directory, model_cfg.trust_remote_code)
+    return AutoModelForSequenceClassification, kwargs
 
 
 @contextlib.contextmanager
