@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 
 from sftlab.errors import SftlabError
+from sftlab.models.adapter_vocab import quiet_saved_copies
 
 DTYPES = ("float32", "bfloat16", "float16")
 KEY, TRUST_KEY = "RUN_DIR", "--trust-remote-code"  # what load errors name: the command's argument and flag
@@ -153,7 +154,8 @@ def _qlora_reference(load, adapter_dir: Path, qlora: dict, tokenizer, probes: li
     from sftlab.models.nf4 import as_trained
 
     model = as_trained(load(dtype=qlora["weights_dtype"], quantize_4bit=True), qlora)
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with quiet_saved_copies():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     trained = _probe_logits(peft_model, tokenizer, probes)
     exact = None
     if qlora["compute_dtype"] != "float32":
@@ -204,7 +206,8 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path, probes: list[str] | 
         model = dequantize(four_bit_base).float() if merge_base == "dequantized" else load()
     else:
         model = load()
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
+    with quiet_saved_copies():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir)).eval()
     if not qlora:
         before = _probe_logits(peft_model, tokenizer, probes)
     merged = peft_model.merge_and_unload()

@@ -171,16 +171,19 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     if attach:
         from peft import PeftModel
 
+        from sftlab.models.adapter_vocab import quiet_saved_copies
+
         if record is None:
             _note_four_bit_adapters(attach)
         # PEFT's own names are ours, not the served ones: a served name is a directory name, and PEFT refuses names
         # with a dot (`exp1.v2`) or equal to a module attribute (`train`, `half`) as module keys
         internal = {label: f"sftlab_adapter_{index}" for index, (label, _) in enumerate(attach)}
         first_name, first_dir = attach[0]
-        model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=internal[first_name],
-                                          is_trainable=False)
-        for label, directory in attach[1:]:
-            model.load_adapter(str(directory), adapter_name=internal[label], is_trainable=False)
+        with quiet_saved_copies():
+            model = PeftModel.from_pretrained(model, str(first_dir), adapter_name=internal[first_name],
+                                              is_trainable=False)
+            for label, directory in attach[1:]:
+                model.load_adapter(str(directory), adapter_name=internal[label], is_trainable=False)
         served_adapters.update(internal)
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
@@ -272,7 +275,10 @@ def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str =
         base = load_as_trained(source.base_dir, record, "cls", trust_remote_code, label_names=labels,
                                tokenizer=tokenizer, key=source.base_key, trust_key=trust_key,
                                adapters=[source.adapter_dir])
-    model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
+    from sftlab.models.adapter_vocab import quiet_saved_copies
+
+    with quiet_saved_copies():
+        model = PeftModel.from_pretrained(base, str(source.adapter_dir), is_trainable=False).eval()
     return model, tokenizer, labels
 
 

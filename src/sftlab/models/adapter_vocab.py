@@ -4,10 +4,20 @@ An adapter trained with added tokens (TRL's `setup_chat_format`, LLaMA-Factory's
 `resize_vocab`) was trained on a base whose token embeddings were resized to its tokenizer, and saved its
 `embed_tokens` / `lm_head` (modules_to_save, or PEFT's `save_embedding_layers`) at that larger size. Attached to the
 base as it is on disk, PEFT fails with "size mismatch". `fit_vocabulary` resizes the loaded base's token embeddings
-to the adapter's saved row count first (the new rows are then overwritten by the adapter's; TRL's
-`resize_token_embeddings(len(tokenizer))` can also shrink a base padded beyond its tokenizer, Qwen2.5's, say), so `sftlab generate`,
-`eval`, `serve`, `export --merge` and training on top of the adapter (`model.adapter`) load it;
-`sftlab.models.load.load_model` calls it for the adapters given to it.
+to the adapter's saved row count first (the new rows are then overwritten by the adapter's), so `sftlab generate`,
+`chat`, `eval` (a SEQ_CLS adapter too), `serve`, `export --merge` and training on top of the adapter
+(`model.adapter`) load it, from adapter_model.safetensors or .bin; `sftlab.models.load.load_model` calls it for the
+adapters given to it.
+
+Fewer rows than the base is a shrink, and is done too: TRL's `setup_chat_format` and LLaMA-Factory call
+`resize_token_embeddings(len(tokenizer))` (TRL optionally rounded up by `resize_to_multiple_of`), which shrinks a base
+padded beyond its tokenizer (Qwen2.5's, say), so the model the adapter trained on had exactly the rows it saved; the
+base's spare rows were never reachable from its tokenizer. A classifier whose pad token is an added one gets it as
+its pad_token_id (`settle_added_pad`): setup_chat_format sets the model's to the tokenizer's.
+
+PEFT saves a resized embedding's trained copy twice and warns on load that the second key
+(`...modules_to_save.weight`) is unexpected; it is the same tensor, so the loads wrap PEFT in `quiet_saved_copies`,
+which silences that warning alone.
 
 Refused in one line (SftlabError naming the adapter): adapters on one base that saved different sizes, and a
 tokenizer that does not fit the saved rows: one with more tokens than the rows, or, where the rows outnumber the
@@ -17,6 +27,8 @@ added tokens would be missing).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 from sftlab.errors import SftlabError
@@ -99,3 +111,26 @@ def _check_tokenizer(tokens: int, rows: int, base_rows: int, directory: Path) ->
         raise SftlabError(f"{directory}: the adapter was trained with added tokens ({rows} token embeddings, its base "
                           f"has {base_rows}) but the tokenizer has only {tokens} tokens; save the tokenizer it was "
                           "trained with into the adapter directory")
+
+
+def settle_added_pad(model, tokenizer, base_rows: int) -> None:
+    """A classifier's pad token, by which it finds each row's last token, set to `tokenizer`'s where that is one of
+    the added tokens (an id at or beyond the base's `base_rows`): TRL's `setup_chat_format` sets the model's
+    pad_token_id to the tokenizer's, so the adapter trained with it, not with the base config's."""
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is not None and pad >= base_rows:
+        model.config.pad_token_id = pad
+
+
+# PEFT saves a resized embedding's trained copy twice (as `NAME.weight` and, from the save_embedding_layers sweep, as
+# `NAME.modules_to_save.weight`, the same tensor) and warns on load that the second is unexpected: nothing is lost
+_COPIES_ONLY = r"Found unexpected adapter keys: \[('[^']*\.modules_to_save\.weight'(, )?)+\] while loading"
+
+
+@contextlib.contextmanager
+def quiet_saved_copies():
+    """Within it, PEFT's "Found unexpected adapter keys" warning is silenced where every key it names is such a
+    duplicate `modules_to_save.weight`; any other unexpected or missing key still warns."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_COPIES_ONLY, category=UserWarning)
+        yield

@@ -266,9 +266,11 @@ def load_model(model_cfg, stage: str, num_labels: int | None = None, label_names
                  else load_checked(auto, directory, kwargs))
     fit = [*adapters, *([model_cfg.adapter] if model_cfg.adapter else [])]
     if fit:
-        from sftlab.models.adapter_vocab import fit_vocabulary
+        from sftlab.models.adapter_vocab import fit_vocabulary, settle_added_pad
 
-        fit_vocabulary(model, fit, tokenizer)
+        base_rows = model.get_input_embeddings().num_embeddings
+        if fit_vocabulary(model, fit, tokenizer) and stage == "cls":
+            settle_added_pad(model, tokenizer, base_rows)
     if tokenizer is not None:
         guard_vocabulary(model, tokenizer, model_cfg)
     settle_attention(model, model_cfg.attn_implementation)
@@ -321,11 +323,14 @@ def _attach_adapter(model, adapter: str, keep: bool):
     """`model` with the PEFT adapter in `adapter`: trainable (`keep`) or merged into its weights."""
     from peft import PeftModel
 
+    from sftlab.models.adapter_vocab import quiet_saved_copies
+
     directory = Path(adapter).expanduser()
     if not (directory / "adapter_config.json").is_file():
         raise SftlabError(f"model.adapter {adapter!r}: not a PEFT adapter directory (no adapter_config.json)")
     try:
-        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=keep)
+        with quiet_saved_copies():
+            peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=keep)
     except (OSError, ValueError, RuntimeError) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]  # torch heads its size mismatches with a title
         first = next((line.strip() for line in lines if line.strip().startswith("size mismatch")), lines[0])
@@ -367,5 +372,6 @@ def _classifier_kwargs(model_cfg, raw: dict, num_labels, label_names, tokenizer,
         if tokenizer.pad_token_id is None:
             raise SftlabError(f"{key} {model_cfg.path!r}: the tokenizer has neither a pad nor an EOS token; "
                               "a decoder classifier needs one to find the last token")
-        kwargs["pad_token_id"] = tokenizer.pad_token_id
+        if tokenizer.pad_token_id < int(raw.get("vocab_size") or tokenizer.pad_token_id + 1):
+            kwargs["pad_token_id"] = tokenizer.pad_token_id  # an added pad token: set once the rows are there
     return kwargs
