@@ -119,13 +119,13 @@ def test_fit_length_edge_cases():
 def test_sample_without_supervised_tokens_is_dropped_and_counted(llama3, monkeypatch):
     import sftlab.data.templates as templates
 
-    real = templates.encode_conversation
+    real = templates.render_conversation
 
-    def encode(tokenizer, messages, **kwargs):  # a template that supervises nothing for the "silent" answer
-        ids, labels = real(tokenizer, messages, **kwargs)
-        return ids, ([IGNORE_INDEX] * len(ids) if messages[-1]["content"] == "silent" else labels)
+    def render(tokenizer, messages, *args, **kwargs):  # a template that supervises nothing for the "silent" answer
+        rendered = real(tokenizer, messages, *args, **kwargs)
+        return templates.Rendered(rendered.text, []) if messages[-1]["content"] == "silent" else rendered
 
-    monkeypatch.setattr(templates, "encode_conversation", encode)
+    monkeypatch.setattr(templates, "render_conversation", render)
     examples = [chat("q", "ok", "c:1"), chat("q", "silent", "c:2")]
     cfg = DataConfig(train="x", template="llama3")
     rows, stats = tokenize_examples(examples, llama3, cfg, TrainConfig(stage="sft", max_length=64))

@@ -6,7 +6,8 @@
 Token rows (DEVELOPERS.md): lm `{"input_ids", "labels"}` (labels unshifted, -100 where unsupervised),
 cls `{"input_ids", "label": int}`.
 
-- sft: `sftlab.data.templates.encode_conversation` renders and masks each conversation. Longer than
+- sft: each conversation is rendered and masked as `sftlab.data.templates.encode_conversation` does it, a chunk of
+  them at a time (`render_conversation`, then `encode_rendered_batch`: one tokenizer call per chunk). Longer than
   `train.max_length`: `data.truncation=drop` drops it; `left` cuts tokens from the left (keeping a leading
   BOS) so the last answer stays whole, and drops the sample when the answer alone does not fit (with
   `data.mask=all` every token is supervised, so `left` simply keeps the last max_length tokens). A sample
@@ -182,7 +183,7 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
               num_workers: int) -> tuple[dict[str, list], TokenizeStats, list[tuple[int, int]]]:
     stage = settings["stage"]
     public = [{k: v for k, v in ex.items() if not k.startswith("_")} | {"_src": ex.get("_src", "")} for ex in examples]
-    mapper = {"sft": _encode_sft, "pt": _encode_pt_document, "cls": _encode_cls}[stage]
+    mapper = {"sft": _encode_sft_batch, "pt": _each(_encode_pt_document), "cls": _each(_encode_cls)}[stage]
     encoded, origins = [], []
     for index, rows in enumerate(_encode_all(mapper, public, tokenizer, settings, num_workers)):
         for row in rows if isinstance(rows, list) else [rows]:  # each_assistant: a list per conversation
@@ -222,15 +223,23 @@ def _tokenize(examples: list[dict], tokenizer, settings: dict,
 
 
 _WORK: tuple = ()  # (mapper, examples, tokenizer, settings) for forked tokenising workers
+_CHUNK = 256  # examples per batch mapper call: the fast tokenizer encodes their texts in one call
+
+
+def _each(mapper):
+    """A batch mapper (a list of examples -> their rows) from a one-example mapper."""
+    return lambda examples, tokenizer, settings: [mapper(ex, tokenizer, settings) for ex in examples]
 
 
 def _encode_range(bounds: tuple[int, int]) -> list[dict]:
     mapper, examples, tokenizer, settings = _WORK
-    return [mapper(examples[i], tokenizer, settings) for i in range(*bounds)]
+    return [row for at in range(bounds[0], bounds[1], _CHUNK)
+            for row in mapper(examples[at:min(at + _CHUNK, bounds[1])], tokenizer, settings)]
 
 
 def _encode_all(mapper, examples: list[dict], tokenizer, settings: dict, num_workers: int) -> list[dict]:
-    """`mapper` over every example, in order, with a progress bar; with num_workers > 1 in that many forked processes."""
+    """Batch `mapper` over every example, in order, with a progress bar; with num_workers > 1 in that many forked
+    processes."""
     from tqdm.auto import tqdm
 
     from sftlab.progress import bars_shown
@@ -298,28 +307,38 @@ def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
     return {"input_ids": ids, **row}
 
 
-def _encode_sft(example: dict, tokenizer, settings: dict) -> dict | list[dict]:
-    """One token row; with mask each_assistant a list, one row per assistant turn (the conversation up to it)."""
+def _encode_sft_batch(examples: list[dict], tokenizer, settings: dict) -> list[dict | list[dict]]:
+    """Per example one token row; with mask each_assistant a list, one row per assistant turn (the conversation up
+    to it). Every sample is rendered first, then all their texts are tokenized in one call."""
     from sftlab.data.messages import mask_samples
+    from sftlab.data.templates import encode_rendered_batch, render_conversation
 
-    messages, tools = [dict(m) for m in example["messages"]], example.get("tools")
-    rows = [_encode_turns(sample, example["_src"] or None, tokenizer, settings, mask, tools)
-            for sample, mask in mask_samples(messages, settings["mask"])]
-    return rows if settings["mask"] == "each_assistant" else rows[0]
+    rendered, ends, srcs, counts = [], [], [], []
+    for example in examples:
+        messages, tools, src = [dict(m) for m in example["messages"]], example.get("tools"), example["_src"] or None
+        samples = mask_samples(messages, settings["mask"])
+        counts.append(len(samples))
+        for sample, mask in samples:
+            rendered.append(render_conversation(tokenizer, sample, template=settings["template"], mask=mask, src=src,
+                                                tools=tools))
+            ends.append(len(sample))
+            srcs.append(src)
+    encoded = iter(encode_rendered_batch(tokenizer, rendered, srcs))
+    rows = [_fit_row(*next(encoded), end, tokenizer, settings) for end in ends]
+    out, at = [], 0
+    for count in counts:
+        out.append(rows[at:at + count] if settings["mask"] == "each_assistant" else rows[at])
+        at += count
+    return out
 
 
-def _encode_turns(messages: list[dict], src: str | None, tokenizer, settings: dict, mask: str,
-                  tools: list | None = None) -> dict:
-    from sftlab.data.templates import encode_conversation
-
-    ids, labels = encode_conversation(tokenizer, messages, template=settings["template"], mask=mask, src=src,
-                                      tools=tools)
-    ids, labels, status = fit_length(list(ids), list(labels), settings["max_length"], settings["truncation"],
+def _fit_row(ids: list[int], labels: list[int], end: int, tokenizer, settings: dict) -> dict:
+    ids, labels, status = fit_length(ids, labels, settings["max_length"], settings["truncation"],
                                      settings["mask"] == "all", tokenizer.bos_token_id)
     if status == "ok" or status == "cut_left":
         if all(label == IGNORE_INDEX for label in labels):
             status = "dropped_no_supervised"
-    return {"input_ids": ids, "labels": labels, "status": status, "end": len(messages)}
+    return {"input_ids": ids, "labels": labels, "status": status, "end": end}
 
 
 def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, all_supervised: bool = False,
@@ -331,12 +350,12 @@ def fit_length(ids: list[int], labels: list[int], max_length: int, policy: str, 
         return ids, labels, "dropped_too_long"
     head = 1 if bos_id is not None and ids and ids[0] == bos_id else 0
     if not all_supervised:
-        supervised = [i for i, label in enumerate(labels) if label != IGNORE_INDEX]
-        if not supervised:
+        marks = np.asarray(labels) != IGNORE_INDEX
+        supervised = np.flatnonzero(marks)
+        if not len(supervised):
             return ids, labels, "dropped_no_supervised"
-        start = supervised[-1]
-        while start > 0 and labels[start - 1] != IGNORE_INDEX:
-            start -= 1
+        gaps = np.flatnonzero(~marks[:supervised[-1]])  # the last answer starts after the last gap before its end
+        start = int(gaps[-1]) + 1 if len(gaps) else 0
         if len(ids) - start + head > max_length:
             return ids, labels, "dropped_answer_too_long"
     keep = max_length - head

@@ -6,7 +6,8 @@ ratio, label distribution (PNG), duplicates, language mix and the share of sampl
 
 Without a tokenizer, lengths are counted in characters (`"unit": "chars"`) and the supervised ratio and
 truncation share, which need the chat template, are left out. With one, sft examples are rendered exactly
-as training renders them (`sftlab.data.templates.encode_conversation`) to count supervised tokens, and the
+as training renders and tokenizes them (`sftlab.data.templates.render_conversation`, `encode_rendered_batch`:
+many texts per tokenizer call, with a progress bar on a terminal) to count supervised tokens, and the
 tokenizer's unknown token (`[UNK]`) is counted in those sequences (`unknown_tokens`: text the tokenizer cannot
 represent, such as Chinese through an English-only vocabulary; `stats_notes` turns it into a printed note, and
 so it does for Chinese labels that labels.png draws as boxes where no CJK font is installed).
@@ -45,45 +46,77 @@ def summarize(values: list[int]) -> dict:
             **{f"p{q}": int(np.percentile(arr, q, method="lower")) for q in (50, 90, 99)}, "max": int(arr.max())}
 
 
-def _token_counter(tokenizer):
+_CHUNK = 256  # texts per tokenizer call: the fast tokenizer encodes them together
+
+
+def _token_counts(tokenizer, texts: list[str]) -> list[int]:
+    """Length of each text: characters without a tokenizer, else its tokens without special tokens (0 when empty)."""
     if tokenizer is None:
-        return len
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else 0
+        return [len(text) for text in texts]
+    counts = []
+    for at in range(0, len(texts), _CHUNK):
+        chunk = texts[at:at + _CHUNK]
+        ids = tokenizer(chunk, add_special_tokens=False)["input_ids"] if chunk else []
+        counts += [len(row) if text else 0 for text, row in zip(chunk, ids)]
+    return counts
+
+
+def _encoded(examples: list[dict], tokenizer, template: str, mask: str):
+    """(ids, labels or None, src) of each training sequence of `examples`, in order, as training makes them: the
+    sft samples rendered, then tokenized in one call (`sftlab.data.templates.encode_rendered_batch`)."""
+    from sftlab.data.messages import mask_samples
+    from sftlab.data.templates import encode_rendered_batch, render_conversation
+
+    rendered, srcs, texts, order = [], [], [], []
+    for example in examples:
+        if stage_of(example) == "sft":  # mask each_assistant: one training sequence per assistant turn
+            for sample, sample_mask in mask_samples(example["messages"], mask):
+                rendered.append(render_conversation(tokenizer, sample, template=template, mask=sample_mask,
+                                                    src=example.get("_src"), tools=example.get("tools")))
+                srcs.append(example.get("_src"))
+                order.append((True, example))
+        else:
+            texts.append(example["text"])
+            order.append((False, example))
+    sft = iter(encode_rendered_batch(tokenizer, rendered, srcs))
+    plain = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
+    for is_sft, example in order:
+        ids, labels = next(sft) if is_sft else (next(plain), None)
+        yield ids, labels, example
 
 
 def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int, dict]:
     """Full training-sequence length of each example (of each sample an example makes under mask each_assistant),
-    the number of supervised tokens in all of them, and `UnknownTokens`' count of the tokenizer's unknown token."""
-    from sftlab.data.messages import mask_samples
-    from sftlab.data.templates import encode_conversation
-
+    the number of supervised tokens in all of them, and `UnknownTokens`' count of the tokenizer's unknown token;
+    with a progress bar on a terminal."""
     from sftlab.data.unknown_tokens import UnknownTokens
+    from sftlab.datawork.dedup import _progress
 
     lengths, supervised, unknown = [], 0, UnknownTokens(getattr(tokenizer, "unk_token_id", None))
-    for example in examples:
-        kind = stage_of(example)
-        if kind == "sft":  # mask each_assistant: one training sequence per assistant turn, as training makes them
-            for sample, sample_mask in mask_samples(example["messages"], mask):
-                ids, labels = encode_conversation(tokenizer, sample, template=template, mask=sample_mask,
-                                                  src=example.get("_src"), tools=example.get("tools"))
+    bar = _progress(examples, "token lengths")
+    try:
+        for at in range(0, len(examples), _CHUNK):
+            for ids, labels, example in _encoded(examples[at:at + _CHUNK], tokenizer, template, mask):
                 lengths.append(len(ids))
-                supervised += sum(1 for label in labels if label != -100)
+                if labels is not None:
+                    supervised += sum(1 for label in labels if label != -100)
+                elif stage_of(example) == "pt":
+                    supervised += len(ids)
                 unknown.add(ids, example.get("_src"))
-        else:
-            ids = tokenizer(example["text"], add_special_tokens=True)["input_ids"]
-            lengths.append(len(ids))
-            supervised += len(ids) if kind == "pt" else 0
-            unknown.add(ids, example.get("_src"))
+            bar.update(min(_CHUNK, len(examples) - at))
+    finally:
+        bar.close()
     return lengths, supervised, unknown.summary(sum(lengths))
 
 
 def compute_stats(examples: list[dict], tokenizer=None, max_length: int | None = None, template: str = "auto",
                   mask: str = "assistant", label_task: bool = False, near_threshold: float | None = 0.8) -> tuple[dict, dict]:
     """(stats dict, raw length lists for plots); `label_task` treats sft answers as labels."""
-    count = _token_counter(tokenizer)
     stages = Counter(stage_of(example) for example in examples)
-    prompt_lengths = [count(_joined(prompt_text(e), tools_text(e))) for e in examples if stage_of(e) != "pt"]
-    response_lengths = [count(_joined(response_text(e), response_tool_calls(e))) for e in examples if stage_of(e) != "cls"]
+    prompt_lengths = _token_counts(tokenizer, [_joined(prompt_text(e), tools_text(e)) for e in examples
+                                               if stage_of(e) != "pt"])
+    response_lengths = _token_counts(tokenizer, [_joined(response_text(e), response_tool_calls(e)) for e in examples
+                                                 if stage_of(e) != "cls"])
     stats: dict = {"examples": len(examples), "stages": dict(stages), "unit": "tokens" if tokenizer is not None else "chars",
                    "prompt_length": summarize(prompt_lengths), "response_length": summarize(response_lengths)}
     if tokenizer is not None:
