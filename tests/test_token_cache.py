@@ -146,3 +146,26 @@ def test_cache_max_gb_is_checked():
     assert DataConfig(train="x", cache_max_gb=None).cache_max_gb is None
     with pytest.raises(ValidationError, match="cache_max_gb"):
         DataConfig(train="x", cache_max_gb=-1)
+
+
+def test_leftover_temporary_folders_older_than_a_day_are_removed_younger_ones_kept(tmp_path, capsys):
+    root = tmp_path / "cache"
+    root.mkdir()
+    day = tc.LEFTOVER_S
+    killed = entry(root, f".{key(1)}.k1ll3d.tmp", 5000, day + HOUR)  # sftlab.io.atomic_dir's folder of a killed writer
+    pruned = entry(root, f".vision-{key(2)}.pruned-123.tmp", 5000, 2 * day)  # pruning's trash, killed mid-rmtree
+    trash = entry(root, f".{key(3)}.old", 5000, 2 * day)  # atomic_dir's replaced entry
+    writing = entry(root, f".{key(4)}.wr1t3.tmp", 5000, day - HOUR)  # a writer may still be at work
+    foreign = entry(root, ".notes.tmp", 5000, 2 * day)  # not named by a cache key
+    outside = entry(tmp_path, key(9), 1000, 2 * day)
+    linked = root / f".{key(5)}.l1nk.tmp"
+    linked.symlink_to(outside, target_is_directory=True)
+    os.utime(linked, (time.time() - 2 * day,) * 2, follow_symlinks=False)
+    kept = entry(root, key(6), 1000, 2 * day)
+    assert prune_cache(root, None) == (0, 0) and killed.exists()  # data.cache_max_gb null: nothing is removed
+    assert prune_cache(root, 1) == (0, 0)  # the entries fit: only the leftovers go
+    assert not killed.exists() and not pruned.exists() and not trash.exists()
+    assert writing.exists() and foreign.exists() and linked.is_symlink() and kept.exists()
+    assert (outside / "stats.json").is_file()
+    assert "removed 3 temporary folders that interrupted runs left" in capsys.readouterr().err
+    assert tc.remove_leftovers(root) == 0

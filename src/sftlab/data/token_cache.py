@@ -8,8 +8,9 @@ directory per key: a hash of the examples' content, the tokenizer (its full seri
 settings, and the source of the code that makes token rows (`code_files`). Image+text rows (`sftlab.vision.pipeline`)
 are entries named `vision-KEY`. Writing an entry prunes the cache: least recently used entries first (a folder's
 modification time, set when it is written or read), never one this process used nor one used in the last 10
-minutes by another run, never anything but a complete entry (temporary folders of writers, symlinks and other files
-are left alone).
+minutes by another run, never anything but a complete entry (symlinks and other files are left alone). The
+temporary folders a killed writer left (`.KEY.*.tmp` of `sftlab.io.atomic_dir` and of pruning, `.KEY.old`) are
+removed when more than a day old (LEFTOVER_S, their modification time); a younger one may be a writer's at work.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def code_version(files: list[Path] | None = None) -> str:
 
 RECENT_S = 600  # an entry used this recently (seconds) is never removed: another run may be about to read it
 _ENTRY_NAME = re.compile(r"(vision-)?[0-9a-f]{24}")  # `cache_key`, `vision-` + one; writers' temporary folders start "."
+LEFTOVER_S = 86400  # a writer's temporary folder older than this (seconds) was left by a killed writer
+_LEFTOVER_NAME = re.compile(r"\.(vision-)?[0-9a-f]{24}\.(.+\.tmp|old)")  # `sftlab.io.atomic_dir`, pruning's trash
 _USED: set[str] = set()  # the entries this process has used (written or read): it never removes them
 
 
@@ -114,9 +117,11 @@ def cache_entries(root: Path) -> list[tuple[float, int, str]]:
 
 def prune_cache(root: Path, max_gb: float | None) -> tuple[int, int]:
     """Remove the least recently used entries of `root` until they total at most `max_gb` GB (`data.cache_max_gb`;
-    None: never), sparing this process's entries and those used in the last RECENT_S seconds; (removed, bytes)."""
+    None: never), sparing this process's entries and those used in the last RECENT_S seconds; (removed, bytes).
+    Writers' temporary folders older than LEFTOVER_S go first (`remove_leftovers`)."""
     if max_gb is None:
         return 0, 0
+    remove_leftovers(root)
     entries = cache_entries(root)
     total, removed, freed = sum(size for _, size, _ in entries), 0, 0
     for _, size, path in entries:
@@ -135,3 +140,19 @@ def prune_cache(root: Path, max_gb: float | None) -> tuple[int, int]:
         say(f"data: cache: removed {removed} old entries ({freed / 1e9:.1f} GB) to stay under "
             f"data.cache_max_gb={max_gb:g}")
     return removed, freed
+
+
+def remove_leftovers(root: Path) -> int:
+    """Remove the temporary folders of writers (named `.KEY.*.tmp`, `.KEY.old`; not symlinks) in `root` whose
+    modification time is more than LEFTOVER_S ago: a killed writer left them. The number removed."""
+    removed = 0
+    with contextlib.suppress(OSError), os.scandir(root) as items:
+        for item in items:
+            with contextlib.suppress(OSError):  # removed meanwhile by another run
+                if (_LEFTOVER_NAME.fullmatch(item.name) and item.is_dir(follow_symlinks=False)
+                        and time.time() - item.stat(follow_symlinks=False).st_mtime > LEFTOVER_S):
+                    shutil.rmtree(item.path)
+                    removed += 1
+    if removed:
+        say(f"data: cache: removed {removed} temporary folders that interrupted runs left in {root}")
+    return removed
