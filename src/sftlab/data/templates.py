@@ -195,7 +195,7 @@ class TokenizerFormat:
                 raise SftlabError(f"{_where(src)}: the conversation starts with an assistant turn; "
                                   "the tokenizer's chat template needs a prompt before it")
             prompt = self._render(messages[:i], src, generation=True, tools=tools)
-            upto = self._render(messages[: i + 1], src, tools=tools)
+            upto = full if i + 1 == len(messages) else self._render(messages[: i + 1], src, tools=tools)
             if not upto.startswith(prompt) or not full.startswith(upto):
                 raise SftlabError(f"{_where(src)}: the tokenizer's chat template is not prefix-stable at message {i} "
                                   "(it renders earlier turns otherwise than the last), so answer tokens cannot be "
