@@ -128,17 +128,20 @@ def test_deduplication_shows_a_progress_bar_on_a_terminal_only(monkeypatch):
     import io
     import sys
 
-    from sftlab.progress import progress_bars
+    from sftlab.progress import example_bar, progress_bars
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     monkeypatch.setattr(sys, "stderr", Terminal())
-    bar = dedup._progress([1, 2], "deduplicating")
+    bar = example_bar([1, 2], "deduplicating")
     assert not bar.disable
     assert list(bar) == [1, 2] and "deduplicating" in sys.stderr.getvalue()
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    dedup_examples(_examples(20), DedupOptions(near_threshold=0.8))
+    assert "deduplicating" in sys.stderr.getvalue() and "20/20" in sys.stderr.getvalue()
     with progress_bars(False):  # sftlab train --no-progress
-        assert dedup._progress([1], "deduplicating").disable
+        assert example_bar([1], "deduplicating").disable
     monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe
-    assert dedup._progress([1], "deduplicating").disable
+    assert example_bar([1], "deduplicating").disable

@@ -1,6 +1,7 @@
 """Whether sftlab draws progress bars here: `sftlab train --no-progress` (`run_training(show_progress=False)`)
 turns off every bar of the run, the tokenising bar of data preparation as well as the training bar; and `say`, the
-one-line progress notes of slow phases (auto's scoring, the planner's strategies), on stderr."""
+one-line progress notes of slow phases (auto's scoring, the planner's strategies), on stderr; `example_bar`, the bar
+of a slow pass over many examples (deduplication, data stats' token lengths)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,11 @@ def progress_bars(shown: bool):
 def say(line: str) -> None:
     """A progress line on stderr (stdout carries only a command's result), flushed at once."""
     print(line, file=sys.stderr, flush=True)
+
+
+def example_bar(examples, what: str):
+    """`examples` with a progress bar on stderr when it is a terminal and `bars_shown()`: near-duplicate detection or
+    tokenizing a few hundred thousand examples takes minutes."""
+    from tqdm.auto import tqdm
+
+    return tqdm(examples, desc=what, unit="examples", dynamic_ncols=True, disable=None if bars_shown() else True)

@@ -43,6 +43,7 @@ import numpy as np
 from sftlab.datawork.nearsets import Grams, minhash_values, similarity
 from sftlab.datawork.records import identity, identity_parts, src, stage_of, system_text
 from sftlab.errors import SftlabError
+from sftlab.progress import example_bar
 
 _NOT_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
@@ -201,7 +202,7 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
     seen_hash: dict[str, dict] = {}
     index = NearIndex(options) if options.near_threshold is not None else None
     kept, removed = [], []
-    for position, example in enumerate(_progress(examples, "deduplicating")):
+    for position, example in enumerate(example_bar(examples, "deduplicating")):
         if position in conflicts:
             removed.append((example, conflicts[position]))
             continue
@@ -223,16 +224,6 @@ def dedup_examples(examples: list[dict], options: DedupOptions) -> tuple[list[di
         seen_hash.setdefault(digest, example)
         kept.append(example)
     return kept, removed
-
-
-def _progress(examples: list[dict], what: str):
-    """`examples` with a progress bar on stderr when it is a terminal (`sftlab.progress.bars_shown`): near-duplicate
-    detection of a few hundred thousand examples takes minutes."""
-    from tqdm.auto import tqdm
-
-    from sftlab.progress import bars_shown
-
-    return tqdm(examples, desc=what, unit="examples", dynamic_ncols=True, disable=None if bars_shown() else True)
 
 
 def label_conflicts(examples: list[dict]) -> dict[int, str]:
@@ -284,7 +275,7 @@ def find_leaks(train: list[dict], eval_sets: dict[str, list[dict]], options: Ded
                 index.add(key, grams, group=group)
                 owners[key] = (name, example)
     leaks = []
-    for position, example in enumerate(_progress(train, "checking leakage")):
+    for position, example in enumerate(example_bar(train, "checking leakage")):
         hit = hashes.get(example_hash(example))
         if hit is not None:
             leaks.append(_leak(position, example, hit, "exact", 1.0))

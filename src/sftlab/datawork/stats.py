@@ -90,10 +90,10 @@ def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], i
     the number of supervised tokens in all of them, and `UnknownTokens`' count of the tokenizer's unknown token;
     with a progress bar on a terminal."""
     from sftlab.data.unknown_tokens import UnknownTokens
-    from sftlab.datawork.dedup import _progress
+    from sftlab.progress import example_bar
 
     lengths, supervised, unknown = [], 0, UnknownTokens(getattr(tokenizer, "unk_token_id", None))
-    bar = _progress(examples, "token lengths")
+    bar = example_bar(examples, "token lengths")
     try:
         for at in range(0, len(examples), _CHUNK):
             for ids, labels, example in _encoded(examples[at:at + _CHUNK], tokenizer, template, mask):
