@@ -309,25 +309,36 @@ def _encode_cls(example: dict, tokenizer, settings: dict) -> dict:
 
 def _encode_sft_batch(examples: list[dict], tokenizer, settings: dict) -> list[dict | list[dict]]:
     """Per example one token row; with mask each_assistant a list, one row per assistant turn (the conversation up
-    to it). Every sample is rendered first, then all their texts are tokenized in one call."""
+    to it)."""
+    out = []
+    for samples in encode_samples(examples, tokenizer, settings["template"], settings["mask"]):
+        rows = [_fit_row(ids, labels, end, tokenizer, settings) for ids, labels, end in samples]
+        out.append(rows if settings["mask"] == "each_assistant" else rows[0])
+    return out
+
+
+def encode_samples(examples: list[dict], tokenizer, template: str, mask: str) -> list[list[tuple[list, list, int]]]:
+    """Per sft example, (ids, labels, messages in the sample) of each sample `mask` makes of it (one; each_assistant:
+    one per assistant turn, `sftlab.data.messages.mask_samples`), before any length policy. Every sample is rendered
+    first (`render_conversation`), then all their texts are tokenized in one call (`encode_rendered_batch`); `sftlab
+    data stats` counts with it too."""
     from sftlab.data.messages import mask_samples
     from sftlab.data.templates import encode_rendered_batch, render_conversation
 
     rendered, ends, srcs, counts = [], [], [], []
     for example in examples:
-        messages, tools, src = [dict(m) for m in example["messages"]], example.get("tools"), example["_src"] or None
-        samples = mask_samples(messages, settings["mask"])
+        messages, tools, src = [dict(m) for m in example["messages"]], example.get("tools"), example.get("_src") or None
+        samples = mask_samples(messages, mask)
         counts.append(len(samples))
-        for sample, mask in samples:
-            rendered.append(render_conversation(tokenizer, sample, template=settings["template"], mask=mask, src=src,
+        for sample, sample_mask in samples:
+            rendered.append(render_conversation(tokenizer, sample, template=template, mask=sample_mask, src=src,
                                                 tools=tools))
             ends.append(len(sample))
             srcs.append(src)
-    encoded = iter(encode_rendered_batch(tokenizer, rendered, srcs))
-    rows = [_fit_row(*next(encoded), end, tokenizer, settings) for end in ends]
+    encoded = [(ids, labels, end) for (ids, labels), end in zip(encode_rendered_batch(tokenizer, rendered, srcs), ends)]
     out, at = [], 0
     for count in counts:
-        out.append(rows[at:at + count] if settings["mask"] == "each_assistant" else rows[at])
+        out.append(encoded[at:at + count])
         at += count
     return out
 

@@ -62,27 +62,19 @@ def _token_counts(tokenizer, texts: list[str]) -> list[int]:
 
 
 def _encoded(examples: list[dict], tokenizer, template: str, mask: str):
-    """(ids, labels or None, src) of each training sequence of `examples`, in order, as training makes them: the
-    sft samples rendered, then tokenized in one call (`sftlab.data.templates.encode_rendered_batch`)."""
-    from sftlab.data.messages import mask_samples
-    from sftlab.data.templates import encode_rendered_batch, render_conversation
+    """(ids, labels or None, example) of each training sequence of `examples`, in order, as training makes them
+    (`sftlab.data.tokenize.encode_samples` for sft; pt and cls text with the tokenizer's special tokens)."""
+    from sftlab.data.tokenize import encode_samples
 
-    rendered, srcs, texts, order = [], [], [], []
-    for example in examples:
-        if stage_of(example) == "sft":  # mask each_assistant: one training sequence per assistant turn
-            for sample, sample_mask in mask_samples(example["messages"], mask):
-                rendered.append(render_conversation(tokenizer, sample, template=template, mask=sample_mask,
-                                                    src=example.get("_src"), tools=example.get("tools")))
-                srcs.append(example.get("_src"))
-                order.append((True, example))
-        else:
-            texts.append(example["text"])
-            order.append((False, example))
-    sft = iter(encode_rendered_batch(tokenizer, rendered, srcs))
+    sft = iter(encode_samples([e for e in examples if stage_of(e) == "sft"], tokenizer, template, mask))
+    texts = [example["text"] for example in examples if stage_of(example) != "sft"]
     plain = iter(tokenizer(texts, add_special_tokens=True)["input_ids"] if texts else [])
-    for is_sft, example in order:
-        ids, labels = next(sft) if is_sft else (next(plain), None)
-        yield ids, labels, example
+    for example in examples:
+        if stage_of(example) != "sft":
+            yield next(plain), None, example
+            continue
+        for ids, labels, _ in next(sft):  # mask each_assistant: one training sequence per assistant turn
+            yield ids, labels, example
 
 
 def _sequence_lengths(examples, tokenizer, template, mask) -> tuple[list[int], int, dict]:
