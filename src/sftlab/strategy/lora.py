@@ -18,7 +18,7 @@ import re
 
 from sftlab.errors import SftlabError
 from sftlab.strategy.structure import (FAMILY_NAMES, GLOB_CHARS, close_hint, head_module_names, is_classifier,
-                                      role_parts, tied_groups)
+                                      role_parts, tied_partners)
 
 KEY = "strategy.lora.target_modules"
 
@@ -92,7 +92,7 @@ def refuse_tied(model, target: str, modules: list[str]) -> None:
     """An adapter on a weight tied to another (GPT-2's and Gemma's lm_head and input embedding) trains fine, but merging
     it adds its update to the one shared tensor, so both ends change and the merged model is not the adapter's
     (logits 0.6-9.7 apart on the tiny models): refused, pointing at modules_to_save, which trains an untied copy."""
-    tied = {name: [other for other in group if other != name] for group in tied_groups(model) for name in group}
+    tied = tied_partners(model)
     for module in modules:
         if others := tied.get(f"{module}.weight"):
             raise SftlabError(f"{KEY}: {target!r} adapts {module}, whose weight is tied to {', '.join(others)}: merging "
@@ -122,7 +122,7 @@ def saved_notes(model, requested: list[str]) -> list[str]:
     if not requested:
         return []
     notes = [f"{', '.join(requested)} train{'s' if len(requested) == 1 else ''} in full (modules_to_save)"]
-    tied = {name: [other for other in group if other != name] for group in tied_groups(model) for name in group}
+    tied = tied_partners(model)
     for name, _ in model.named_modules():
         if any(name == wanted or name.endswith("." + wanted) for wanted in requested) and f"{name}.weight" in tied:
             others = ", ".join(tied[f"{name}.weight"])

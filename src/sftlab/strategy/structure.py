@@ -180,6 +180,11 @@ def tied_groups(model) -> list[list[str]]:
     return [names for names in by_tensor.values() if len(names) > 1]
 
 
+def tied_partners(model) -> dict[str, list[str]]:
+    """Each tied parameter name -> the other names of its tensor (`tied_groups`)."""
+    return {name: [other for other in group if other != name] for group in tied_groups(model) for name in group}
+
+
 def tie_notes(model, selected: set[str]) -> list[str]:
     """Say so when a selected parameter is tied to one that was not asked for (training one trains both)."""
     notes = []
