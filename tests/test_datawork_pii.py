@@ -75,6 +75,24 @@ def test_checksums_and_known_limits():
     assert redact("电话１３８１２３４５６７８") == "电话１３８１２３４５６７８"  # full-width digits: only after NFKC
 
 
+@pytest.mark.parametrize("text", [
+    "客服热线400-800-8888，400 820 8888，4008208888，800-820-8888，800.820.8888",  # China 400/800 hotlines
+    "境外拨打 +86 400 820 8888、+86-800-820-8888 或 0086 400 820 8888",
+    "Toll-free (800) 555-0199, 1-888-555-0199, +1 877 555 0199, 866.555.0199",    # North American toll-free
+    "Also 833-555-0199, 844 555 0199 and +1-855-555-0199",
+    "银行客服95588，95555；投诉96110；政务服务热线12345，纳税服务热线12366",       # short service numbers
+])
+def test_business_hotlines_are_not_personal_data(text):
+    assert redact(text) == text
+
+
+def test_personal_numbers_beside_hotlines_are_still_redacted():
+    assert redact("热线400-820-8888，经办人手机138 1234 5678") == "热线400-820-8888，经办人手机[PHONE]"
+    assert redact("Call 1-800-555-0199 or my cell 415-555-2671") == "Call 1-800-555-0199 or my cell [PHONE]"
+    assert redact("+86 10 8765 4321, +1-400-820-8888, (401) 820-8888") == "[PHONE], [PHONE], [PHONE]"
+    assert redact("+8613812345678") == "[PHONE]"   # a Luhn-valid run after '+' is a phone number, not a card
+
+
 def test_kind_selection_and_bad_kind():
     text = f"a@b.com 13812345678 {VALID_ID} 4111111111111111 10.0.0.1"
     assert redact(text, "email,ip") == f"[EMAIL] 13812345678 {VALID_ID} 4111111111111111 [IP]"

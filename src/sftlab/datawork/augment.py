@@ -37,6 +37,7 @@ from sftlab.errors import SftlabError
 RULE_METHODS = ("synonym", "swap", "delete", "insert")
 _HAS_HAN = re.compile(r"[\u4e00-\u9fff]")
 _EDGE_PUNCT = re.compile(r"^\W+|\W+$")
+_POSSESSIVE = re.compile(r"(?<=\w)['\u2019]s$")  # "paris's", "paris’s" (a right single quotation mark)
 _EDGES = ".,;:!?\"'()"  # punctuation a synonym lookup ignores at either end of a word, and a replacement keeps
 
 
@@ -84,8 +85,9 @@ def is_word(token: str) -> bool:
 
 
 def word_key(token: str) -> str:
-    """A word as protection compares it: case-folded, punctuation at either end removed ('Paris?' -> 'paris')."""
-    return _EDGE_PUNCT.sub("", token.casefold())
+    """A word as protection compares it: case-folded, punctuation at either end and then a possessive 's removed
+    ('Paris?' -> 'paris', "(Paris's)" -> 'paris'). Other inflections (plurals, verb forms) are not undone."""
+    return _EDGE_PUNCT.sub("", _POSSESSIVE.sub("", _EDGE_PUNCT.sub("", token.casefold())))
 
 
 def protected_words(example: dict) -> frozenset[str]:

@@ -9,7 +9,9 @@ under NFKC) is followed by another, until nothing changes.
 
 NFKC maps full-width Latin letters, digits and the ideographic space to their half-width forms. With
 `keep_cjk_punct` (the default) the full-width Chinese punctuation marks (，。！？：；（）etc.) are kept as they are,
-because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style.
+because NFKC would otherwise turn them into ASCII punctuation, which changes Chinese text style. A full-width
+comma between digits is kept too (`共１，０００人` -> `共1，000人`): a thousands separator typed full-width cannot be
+told from a list of numbers (`100，200，300`), and reading a list as one number would change the text's meaning.
 
 With `cjk_spaces` (off by default: a space between Chinese characters is sometimes meant, as in `第一条　为了` or
 between lines of a poem), spaces between two Chinese characters or punctuation marks go (`中 国 人 民` -> `中国人民`);

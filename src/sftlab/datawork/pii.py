@@ -10,8 +10,10 @@ resident ID numbers, bank/credit card numbers and IPv4 addresses with typed plac
 Detection is regular expressions plus validation: ID numbers need a real birth date and a correct ISO 7064
 MOD 11-2 check character, card numbers a correct Luhn digit, IPv4 addresses must parse with `ipaddress`.
 Kinds run in the fixed order of `KINDS`, so text taken by an earlier kind (an 18-digit ID that is also
-Luhn-valid) gets that kind's placeholder. Digits are ASCII digits; `data clean` normalises full-width digits
-first (NFKC) unless `--no-normalize`/`--no-nfkc` is given. docs/data.md lists what is and is not detected.
+Luhn-valid) gets that kind's placeholder. Business hotlines (400/800 service numbers, North American toll-free
+numbers) are public, not personal, and stay (`is_service_number`). Digits are ASCII digits; `data clean`
+normalises full-width digits first (NFKC) unless `--no-normalize`/`--no-nfkc` is given. docs/data.md lists what
+is and is not detected.
 
 In tool-calling examples, call arguments (an object, or JSON text of one) and tool results that are JSON text
 (an object or array) have their string values redacted, never keys, numbers or structure, so JSON stays valid
@@ -41,7 +43,8 @@ _NOT_AFTER = r"(?![0-9A-Za-z])"
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@"
                     r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![A-Za-z0-9-])")
 _CN_ID = re.compile(_NOT_BEFORE + r"[1-9][0-9]{5}(?:19|20)[0-9]{9}[0-9Xx]" + _NOT_AFTER)
-_CARD = re.compile(_NOT_BEFORE + r"(?:[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,3})?"  # 4-4-4[-4][-1..3]
+_CARD = re.compile(r"(?<![0-9A-Za-z+])(?:"  # never right after "+": +8613812345678 is a phone number
+                   r"[0-9]{4}(?:[ -][0-9]{4}){2,3}(?:[ -][0-9]{1,3})?"  # 4-4-4[-4][-1..3]
                    r"|[0-9]{4}[ -][0-9]{6}[ -][0-9]{4,5}"                               # 4-6-5 (Amex, Diners)
                    r"|[0-9]{13,19})" + _NOT_AFTER)
 _PHONES = (
@@ -103,15 +106,35 @@ def _card_valid(text: str) -> bool:
     return 13 <= len(digits) <= 19 and luhn_valid(digits)
 
 
+# public business numbers, not personal data: mainland-China 400/800 service hotlines (400-820-8888) and North
+# American toll-free numbers (1-800-555-0199); both are 10 digits after the country code (86 or 1) if any
+_CN_HOTLINE_PREFIXES = ("400", "800")
+_NANP_TOLL_FREE = ("800", "833", "844", "855", "866", "877", "888")
+
+
+def is_service_number(text: str) -> bool:
+    """True for a business hotline: 400/800 + 7 digits, optionally after +86/0086, or a North American
+    toll-free number (800, 833, 844, 855, 866, 877, 888 + 7 digits), optionally after 1/+1."""
+    digits = re.sub(r"[^0-9]", "", text)
+    if len(digits) == 12 and digits.startswith("86") or len(digits) == 14 and digits.startswith("0086"):
+        return digits[-10:-7] in _CN_HOTLINE_PREFIXES
+    if len(digits) == 11 and digits.startswith("1"):
+        return digits[1:4] in _NANP_TOLL_FREE
+    return len(digits) == 10 and digits[:3] in _CN_HOTLINE_PREFIXES + _NANP_TOLL_FREE
+
+
 def _phone_length(text: str) -> int:
     """Characters of `text` that form the phone number: trailing digit groups beyond 15 digits (a number
-    followed by a space and more digits) are left out; 0 when fewer than 8 digits remain."""
+    followed by a space and more digits) are left out; 0 when fewer than 8 digits remain or the number is a
+    business hotline (`is_service_number`)."""
     while sum(char.isdigit() for char in text) > 15:
         cut = max(text.rfind(" "), text.rfind("-"), text.rfind("."))
         if cut <= 0:
             return 0
         text = text[:cut]
-    return len(text) if sum(char.isdigit() for char in text) >= 8 else 0
+    if sum(char.isdigit() for char in text) < 8 or is_service_number(text):
+        return 0
+    return len(text)
 
 
 def _ipv4_length(text: str) -> int:
