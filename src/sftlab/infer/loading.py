@@ -9,9 +9,10 @@ and `config.yaml`. Prompts are rendered, and answers stopped, with the template 
 (`sftlab.models.trained`): the model or adapter dir's `sftlab_template.json` (RUN/model, RUN/best, a checkpoint,
 a merged export), else the run's `config.yaml` (`data.template`), else auto.
 Nothing is downloaded: bases are resolved with `sftlab.models.load.resolve_model_path`. An extra adapter whose
-recorded base is not on this machine (a hub id) runs on the served base; one whose recorded local base differs is
-refused. An adapter trained with added tokens gets its base's token embeddings resized to its own
-(`sftlab.models.adapter_vocab`).
+recorded base is not on this machine (nothing at that path: a hub id, another machine's directory) runs on the served
+base, with a `note:` line on stderr; one whose recorded local base differs is refused. An adapter trained with added
+tokens gets its base's token embeddings resized to its own (`sftlab.models.adapter_vocab`); where that is an extra
+adapter holding its tokenizer, that tokenizer and the adapter's template serve.
 
 A model with its own code (config.json's or tokenizer_config.json's `auto_map`: ChatGLM, Baichuan, InternLM, ...)
 loads only with `trust_remote_code=True` (the commands' `--trust-remote-code`, never on by default); without it, a
@@ -48,6 +49,7 @@ class ModelSource:
     template: str = "auto"
     task_type: str | None = None  # an adapter's adapter_config.json task_type (SEQ_CLS: a classifier)
     base_key: str = "MODEL"  # what errors about base_dir name: the argument, or the adapter's base_model_name_or_path
+    recorded_base: str | None = None  # the adapter's base_model_name_or_path where it is not here: base_dir replaces it
 
 
 @dataclass
@@ -84,8 +86,10 @@ class ServedModel:
 def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL",
                     served_base: Path | None = None) -> ModelSource:
     """Classify `path` as a model dir, an adapter dir or a run dir (with model/ inside); errors name `key`. An
-    adapter whose recorded base is not on this machine (a hub id such as `Qwen/Qwen2.5-0.5B`) takes `served_base`,
-    the base the user gave it (`--adapter` of a served MODEL), where there is one."""
+    adapter whose recorded base is not on this machine (nothing at that path: a hub id such as `Qwen/Qwen2.5-0.5B`,
+    another machine's `/home/alice/models/qwen`) takes `served_base`, the base the user gave it (`--adapter` of a
+    served MODEL), and keeps the recorded one in `recorded_base`; without `served_base`, or where the recorded path
+    exists but is no model directory, the error names its adapter_config.json's base_model_name_or_path."""
     from sftlab.io import read_json
     from sftlab.models.load import adapter_base, resolve_model_path
 
@@ -97,17 +101,19 @@ def describe_source(path: str | Path, name: str | None = None, key: str = "MODEL
     if adapter_config.is_file():
         base = adapter_base(adapter_config)
         base_key = f"{adapter_config}: base_model_name_or_path"
+        recorded = None
         try:
             base_dir = resolve_model_path(base, base_key)
         except SftlabError:
-            if served_base is None:
+            if served_base is None or Path(base).expanduser().exists():  # there, but not a model directory
                 raise
-            base_dir = served_base
+            base_dir, recorded = served_base, base
         check_adapter_weights(model_dir)
         raw = read_json(adapter_config)
         task = raw.get("task_type") if isinstance(raw, dict) else None
         return ModelSource(label, model_dir, base_dir, adapter_dir=model_dir, template=template,
-                           task_type=task if isinstance(task, str) else None, base_key=base_key)
+                           task_type=task if isinstance(task, str) else None, base_key=base_key,
+                           recorded_base=recorded)
     if not (model_dir / "config.json").is_file():
         raise SftlabError(f"{path}: not a model directory (no config.json or adapter_config.json), nor a run dir with model/")
     return ModelSource(label, model_dir, model_dir, template=template, base_key=key)
@@ -155,19 +161,25 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     for served in (source, *extra.values()):
         _refuse_classifier(served)
     record = _four_bit_record(source, extra, dtype)
+    _note_substituted_bases(extra, key)
     load = _Loader(source, key, trust_remote_code, trust_key)
     tokenizer = load.tokenizer()
     served_adapters: dict[str, str | None] = {source.name: None}
     attach = [(source.name, source.adapter_dir)] if source.adapter_dir else []
     attach += [(label, adapter.adapter_dir) for label, adapter in extra.items()]
     fit = [directory for _, directory in attach]  # the base's embeddings resized to an adapter's added tokens
+    checked = None if extra else tokenizer  # with --adapters, checked once the vocabulary's adapter is known
     if record is None:
-        model = load.model(dtype, "sft", tokenizer=tokenizer, adapters=fit)
+        model = load.model(dtype, "sft", tokenizer=checked, adapters=fit)
     else:
         from sftlab.models.nf4 import load_as_trained
 
         model = load_as_trained(source.base_dir, record, trust_remote_code=trust_remote_code,
-                                key=source.base_key, trust_key=trust_key, tokenizer=tokenizer, adapters=fit)
+                                key=source.base_key, trust_key=trust_key, tokenizer=checked, adapters=fit)
+    template = source.template
+    if extra:
+        tokenizer, template = _vocabulary_tokenizer(model, tokenizer, template, extra, trust_remote_code, trust_key,
+                                                    source.base_dir)
     if attach:
         from peft import PeftModel
 
@@ -186,7 +198,29 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
                 model.load_adapter(str(directory), adapter_name=internal[label], is_trainable=False)
         served_adapters.update(internal)
     model.eval()
-    return ServedModel(model, tokenizer, source.name, served_adapters, source.template, source.base_dir)
+    return ServedModel(model, tokenizer, source.name, served_adapters, template, source.base_dir)
+
+
+def _vocabulary_tokenizer(model, tokenizer, template: str, extra: dict[str, ModelSource], trust: bool,
+                          trust_key: str, base_dir: Path):
+    """(tokenizer, template) for a base with `--adapter`s: where an extra adapter's added tokens resized the base
+    (`sftlab.models.adapter_vocab.fit_vocabulary`) and its directory holds the tokenizer it trained with, that
+    tokenizer and the adapter's template (its own chat template under auto) serve every name, since the added ids
+    mean nothing to the base's tokenizer; else `tokenizer` and `template`. Checked against the resized rows."""
+    from sftlab.config.schema import ModelConfig
+    from sftlab.models.adapter_vocab import check_fitted_tokenizer, vocabulary_adapter
+    from sftlab.models.load import has_tokenizer_files, load_tokenizer
+    from sftlab.models.weights import guard_vocabulary
+
+    directory = vocabulary_adapter(model)
+    for label, adapter in extra.items():
+        if directory is not None and adapter.adapter_dir == directory and has_tokenizer_files(directory):
+            own = ModelConfig(path=str(base_dir), tokenizer=str(directory), trust_remote_code=trust)
+            tokenizer = load_tokenizer(own, f"--adapter {label}", trust_key)  # not path=: its base may be elsewhere
+            template = adapter.template
+    check_fitted_tokenizer(model, tokenizer)
+    guard_vocabulary(model, tokenizer, ModelConfig(path=str(base_dir)))  # as load_model guards it
+    return tokenizer, template
 
 
 @dataclass
@@ -262,7 +296,8 @@ def load_classifier_adapter(path: str | Path, dtype: str = "float32", key: str =
     labels = trained_labels(source.adapter_dir)
     if not labels:
         raise SftlabError(f"{source.adapter_dir}: a classification adapter whose label names are not recorded (no "
-                          "sftlab_labels.json, and no data_stats.json of its run beside it)")
+                          "sftlab_labels.json, and no data_stats.json of its run beside it); write them, in its head's "
+                          'row order, into its sftlab_labels.json as {"labels": [...]}')
     load = _Loader(source, key, trust_remote_code, trust_key)
     tokenizer = load.tokenizer()
     record = _four_bit_record(source, {}, serving_dtype(dtype))
@@ -308,6 +343,18 @@ def _four_bit_record(source: ModelSource, extra: dict[str, ModelSource], dtype: 
             raise SftlabError(f"--adapter {key}: the served model {source.name} runs on a 4-bit (NF4) base, and this "
                               f"adapter was not trained on it ({RECORD} missing or different)")
     return record
+
+
+def _note_substituted_bases(extra: dict[str, ModelSource], key: str) -> None:
+    """A stderr line for each extra adapter whose recorded base is not on this machine and which runs on the served
+    base in its place (`describe_source`): nothing checks that the two are the same model."""
+    import sys
+
+    for label, adapter in extra.items():
+        if adapter.recorded_base is not None:
+            print(f"note: --adapter {label}: its base {adapter.recorded_base!r} (adapter_config.json "
+                  f"base_model_name_or_path) is not on this machine; it runs on {key}'s base {adapter.base_dir}",
+                  file=sys.stderr)
 
 
 def _note_four_bit_adapters(attach: list[tuple[str, Path]]) -> None:

@@ -47,23 +47,31 @@ def _output_embeddings(model):
     return getter() if getter else None
 
 
+def saved_shapes(adapter_dir: Path) -> dict[str, list[int]]:
+    """The shape of every tensor an adapter directory saved, by key, from adapter_model.safetensors (its header alone)
+    or adapter_model.bin (loaded on the meta device, tensors only); SftlabError when it has neither."""
+    from sftlab.infer.loading import check_adapter_weights
+
+    weights = check_adapter_weights(Path(adapter_dir))
+    if weights.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as handle:
+            return {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    import torch
+
+    state = torch.load(weights, map_location="meta", weights_only=True)
+    return {key: list(value.shape) for key, value in state.items()}
+
+
 def saved_embedding_rows(adapter_dir: Path, names: list[str]) -> int | None:
     """The row count of the token embeddings `adapter_dir` saved for the modules `names` (its modules_to_save
     copies, or full embedding layers); None when it saved none. SftlabError when they disagree."""
-    from safetensors import safe_open
-
     from sftlab.infer.loading import check_adapter_weights
 
     weights = check_adapter_weights(Path(adapter_dir))
     prefixes = tuple(f"base_model.model.{name}." for name in names)
-    if weights.suffix == ".safetensors":
-        with safe_open(str(weights), "pt") as handle:
-            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys() if key.startswith(prefixes)}
-    else:
-        import torch
-
-        state = torch.load(weights, map_location="meta", weights_only=True)
-        shapes = {key: list(value.shape) for key, value in state.items() if key.startswith(prefixes)}
+    shapes = {key: shape for key, shape in saved_shapes(Path(adapter_dir)).items() if key.startswith(prefixes)}
     rows = {int(shape[0]) for key, shape in shapes.items()
             if len(shape) == 2 and key.endswith(".weight") and not any(part in key for part in _LORA_PARTS)}
     if len(rows) > 1:
@@ -99,7 +107,23 @@ def fit_vocabulary(model, adapter_dirs, tokenizer=None) -> int | None:
     if tokenizer is not None:
         _check_tokenizer(len(tokenizer), rows, base_rows, directory)
     model.resize_token_embeddings(rows, mean_resizing=False)  # every new row is the adapter's own
+    model.sftlab_vocabulary = (directory, base_rows)  # for check_fitted_tokenizer
     return rows
+
+
+def vocabulary_adapter(model) -> Path | None:
+    """The adapter directory `fit_vocabulary` resized `model`'s token embeddings to; None when it resized nothing."""
+    fitted = getattr(model, "sftlab_vocabulary", None)
+    return fitted[0] if fitted else None
+
+
+def check_fitted_tokenizer(model, tokenizer) -> None:
+    """`fit_vocabulary`'s tokenizer check, for a model it resized without one (the tokenizer chosen afterwards, by
+    which adapter the vocabulary came from: `sftlab.infer.loading.load_served`)."""
+    fitted = getattr(model, "sftlab_vocabulary", None)
+    if fitted:
+        directory, base_rows = fitted
+        _check_tokenizer(len(tokenizer), model.get_input_embeddings().num_embeddings, base_rows, directory)
 
 
 def _check_tokenizer(tokens: int, rows: int, base_rows: int, directory: Path) -> None:
