@@ -72,17 +72,15 @@ def find_adapter(run_dir: Path) -> Path | None:
 def _classifier_labels(adapter_dir: Path) -> list[str] | int:
     """Label names of a classification adapter (`sftlab.models.trained.trained_labels`: its `sftlab_labels.json`, else
     its run's data_stats.json), else the head size read from the adapter weights (the labels then unnamed)."""
-    from safetensors import safe_open
-
+    from sftlab.models.adapter_vocab import saved_shapes
     from sftlab.models.trained import trained_labels
 
     names = trained_labels(adapter_dir)
     if names:
         return names
-    with safe_open(str(adapter_dir / "adapter_model.safetensors"), "pt") as handle:
-        for key in handle.keys():
-            if key.endswith(("score.weight", "classifier.weight")):
-                return int(handle.get_slice(key).get_shape()[0])
+    for key, shape in saved_shapes(adapter_dir).items():  # .safetensors or .bin
+        if key.endswith(("score.weight", "classifier.weight")):
+            return int(shape[0])
     raise SftlabError(f"{adapter_dir}: a classification adapter without sftlab_labels.json, its run's data_stats.json "
                       "or a saved head; cannot tell the number of labels")
 
