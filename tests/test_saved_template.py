@@ -19,7 +19,8 @@ from test_train_loop import tiny_run, train
 
 # (built-in template, tokenizer family): every pairing whose tokenizer has the template's tokens
 PAIRS = [("chatml", "chatml"), ("llama3", "llama3"), ("gemma", "gemma"), ("mistral", "mistral"),
-         ("mistral", "llama3"), ("plain", "chatml"), ("plain", "gemma"), ("plain", "none")]
+         ("mistral", "llama3"), ("plain", "chatml"), ("plain", "gemma"), ("plain", "none"),
+         ("raw", "chatml"), ("raw", "gemma"), ("raw", "none")]
 
 
 @pytest.mark.parametrize("template, family", PAIRS)

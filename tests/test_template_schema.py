@@ -18,9 +18,9 @@ def _raw(name: str) -> dict:
     return yaml.safe_load(TEMPLATE_DIR.joinpath(name).read_text(encoding="utf-8"))
 
 
-def test_the_five_builtin_templates_ship_as_files():
-    assert FILES == ["chatml.yaml", "gemma.yaml", "llama3.yaml", "mistral.yaml", "plain.yaml"]
-    assert builtin_template_names() == ["chatml", "gemma", "llama3", "mistral", "plain"]
+def test_the_six_builtin_templates_ship_as_files():
+    assert FILES == ["chatml.yaml", "gemma.yaml", "llama3.yaml", "mistral.yaml", "plain.yaml", "raw.yaml"]
+    assert builtin_template_names() == ["chatml", "gemma", "llama3", "mistral", "plain", "raw"]
 
 
 @pytest.mark.parametrize("filename", FILES)

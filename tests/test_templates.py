@@ -140,6 +140,26 @@ def test_plain_template_text_and_mask(tokenizers):
     assert stop_token_ids(tok, "plain") == [tok.convert_tokens_to_ids("[SEP]")]
 
 
+@pytest.mark.parametrize("family", ["chatml", "gemma", "none"])
+def test_raw_template_is_trl_prompt_plus_completion_plus_eos(tokenizers, family):
+    """TRL's standard prompt/completion rows: tokenizer(prompt + completion) (its own BOS, if any) + EOS, with
+    the completion and the EOS supervised; the generation prompt is the prompt text alone."""
+    from sftlab.data.formats import to_canonical
+
+    tok = tokenizers[family]
+    row = {"prompt": "The capital of France is", "completion": " Paris."}
+    messages = to_canonical([row], "prompt_completion")[0]["messages"]
+    ids, labels = encode_conversation(tok, messages, "raw")
+    plain = tok("The capital of France is Paris.")["input_ids"]
+    if plain[-1] != tok.eos_token_id:  # a BERT-like tokenizer closes plain text with its EOS ([SEP]) already
+        plain = plain + [tok.eos_token_id]
+    assert ids == plain
+    assert _supervised_runs(tok, ids, labels) == [" Paris." + tok.eos_token]
+    prompt = render_prompt(tok, messages[:1], "raw")
+    assert ids[:len(prompt)] == prompt and tok.decode(prompt).endswith("The capital of France is")
+    assert stop_token_ids(tok, "raw") == [tok.eos_token_id]
+
+
 def test_answer_starting_with_newlines_keeps_parity_and_supervises_the_whole_answer(tokenizers):
     tok = tokenizers["chatml"]  # "assistant\n" + "\n\nx": the newlines may merge across the prompt boundary
     messages = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\n\nIndented answer"}]

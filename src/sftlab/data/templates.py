@@ -6,7 +6,8 @@
 
 `template` is "auto" (the tokenizer's own jinja `chat_template` when it has one, else the built-in
 `chatml`) or the name of a built-in template: a YAML data file in `sftlab/templates/` (chatml alias
-qwen, llama3, gemma, mistral, plain), validated by `TemplateSpec`.
+qwen, llama3, gemma, mistral, plain, raw: the texts joined as they are, as TRL trains string prompt/completion
+rows), validated by `TemplateSpec`.
 
 What is supervised (labels are the token ids there, -100 elsewhere; same length as ids, unshifted):
 - mask "assistant": every assistant turn; "last_assistant": only the last one; "all": every token (no answer
