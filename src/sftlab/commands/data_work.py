@@ -92,6 +92,9 @@ def _register_clean(data) -> None:
     p = data.add_parser("clean", help="normalise, redact PII, filter, deduplicate (exact + MinHash), remove leaks into eval sets")
     _data_args(p)
     _to_arg(p)
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="leave out rows that do not convert (a missing field, a tool result without a call, a row of "
+                        "another format, a lone surrogate) and list them in the report, instead of stopping at the first")
     g = p.add_argument_group("normalisation")
     g.add_argument("--no-normalize", action="store_true", help="skip all normalisation")
     g.add_argument("--no-nfkc", action="store_true", help="skip Unicode NFKC / full-width -> half-width")

@@ -102,12 +102,15 @@ def unwritten_fields(examples: list[dict], fmt: str) -> list[str]:
 
 def to_canonical(
     rows: list[dict], fmt: str = "auto", stage: str | None = None, columns: dict[str, str] | None = None,
-    tags: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None, skipped: list[tuple[str, str]] | None = None,
 ) -> list[dict]:
     """Convert raw rows to canonical examples for `stage` (default: the stage the format implies).
 
     `fmt="auto"` detects the format from the first row and rejects rows of another format.
     `tags` are LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, system_tag).
+    With `skipped` (a list), a row that does not convert (or is of another format) is left out and appended to it
+    as (its `_src`, the error) instead of failing (`sftlab data clean --drop-invalid`); a format that does not
+    give `stage` still fails, since that is the file's problem, not a row's.
     """
     if not rows:
         raise SftlabError("empty dataset (no rows)")
@@ -124,15 +127,20 @@ def to_canonical(
         )
     examples = []
     for row in rows:
-        if fmt == "auto" and row is not rows[0]:
-            found = detect_format(row)
-            if found != chosen:
-                raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} "
-                                  f"({rows[0]['_src']}); mixed formats")
         try:
-            examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
+            if fmt == "auto" and row is not rows[0]:
+                found = detect_format(row)
+                if found != chosen:
+                    raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} "
+                                      f"({rows[0]['_src']}); mixed formats")
+            try:
+                examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
+            except SftlabError as exc:
+                raise SftlabError(f"{exc}{_format_hint(row, fmt)}") from None
         except SftlabError as exc:
-            raise SftlabError(f"{exc}{_format_hint(row, fmt)}") from None
+            if skipped is None:
+                raise
+            skipped.append((str(row.get("_src", "row")), str(exc)))
     return examples
 
 

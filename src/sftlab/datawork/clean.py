@@ -43,7 +43,8 @@ def clean_examples(examples: list[dict], options: CleanOptions, tokenizer=None,
                    eval_sets: dict[str, list[dict]] | None = None, report: Report | None = None) -> tuple[list[dict], Report]:
     """Cleaned copies of `examples` (inputs untouched) and the report of what happened."""
     report = report or Report("clean", inputs=[], before=len(examples))
-    report.data["before"] = len(examples)
+    if report.data["before"] is None:
+        report.data["before"] = len(examples)
     if any(has_images(example) for example in examples):
         examples = _drop_bad_images(examples, report)
     current = examples

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sftlab.data.option_names import parse_columns
 from sftlab.datawork.images import refuse_images
-from sftlab.datawork.records import (check_output_format, check_output_parent, dropped_fields_note, load_examples,
-                                     save_examples)
+from sftlab.datawork.records import (check_output_format, check_output_parent, dropped_fields_note, load_cleanable,
+                                     load_examples, save_examples)
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
 
@@ -205,9 +205,11 @@ def clean(args) -> int:
     dedup = DedupOptions(exact=not args.no_exact, near_threshold=None if args.no_near else args.near, ngram=args.ngram)
     options = CleanOptions(normalize=normalize, redact_pii=redact_pii, filters=filters, dedup=dedup,
                            drop_leaks=not args.keep_leaks)
-    examples = read_input(args)
+    invalid: list[tuple[str, str]] | None = [] if args.drop_invalid else None
+    examples = load_cleanable(args.input, args.format, args.stage, parse_columns(args.columns), invalid)
     eval_sets = read_eval_sets(args)
-    report = Report("clean", [args.input, *(args.eval or [])], before=len(examples))
+    report = Report("clean", [args.input, *(args.eval or [])], before=len(examples) + len(invalid or []))
+    report.invalid_rows(invalid or [])
     kept, report = clean_examples(examples, options, load_tokenizer_dir(args.tokenizer, args.config), eval_sets, report)
     return finish(report, args.output, kept, args.to)
 

@@ -27,8 +27,8 @@ import functools
 from pathlib import Path
 from typing import Callable
 
-from sftlab.data.option_names import option_errors
-from sftlab.data.readers import lone_surrogate  # noqa: F401  (re-exported: `data build validate` lists them)
+from sftlab.data.option_names import option_errors, option_names
+from sftlab.data.readers import lone_surrogate  # also re-exported: `data build validate` lists them
 from sftlab.datawork.images import (first_with_images, has_images, image_key, is_image_row, keep_placeholders,
                                     read_image_examples, strip_placeholders)
 from sftlab.datawork.jsontext import canonical_json, map_json_or_text, parse_json_text
@@ -216,7 +216,8 @@ def src(example: dict) -> str:
 
 
 def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None, columns: dict | None = None,
-                  options: tuple[str, str] = ("--format", "--columns")) -> list[dict]:
+                  options: tuple[str, str] = ("--format", "--columns"),
+                  invalid: list[tuple[str, str]] | None = None) -> list[dict]:
     """Read a dataset file with `sftlab.data.formats` and return canonical examples (each with `_src`).
 
     `stage` None takes the stage the format implies (alpaca -> sft, text -> pt, label -> cls). A file with an
@@ -225,16 +226,72 @@ def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None,
     metadata) are kept under `_extra`, and `save_examples` writes them back. Errors name `options` (the format and
     columns options) and `--stage` where the trainer's messages name data.format, data.columns and train.stage
     (`option_errors`).
-    """
-    from sftlab.data.formats import apply_columns, detect_format, extra_fields, read_rows, to_canonical
 
-    rows = read_rows(path)
+    With `invalid` (a list), rows that do not convert or hold a lone surrogate are left out and appended to it as
+    (`file:line`, the error) (`sftlab data clean --drop-invalid`); image+text rows still fail on the first one.
+    """
+    from sftlab.data.formats import read_rows
+
+    rows = read_rows(path, surrogates=invalid is not None)
     if any(is_image_row(row) for row in rows):
+        if invalid is not None:
+            rows = read_rows(path)  # lone surrogates fail here, as everything else on image+text rows
         return read_image_examples(rows, path, fmt, stage, columns, options)
+    if invalid is not None:
+        return _convertible(rows, fmt, stage, columns, options, invalid)
+    return _canonical(rows, fmt, stage, columns, options)
+
+
+def load_cleanable(path: str | Path, fmt: str, stage: str | None, columns: dict | None,
+                   invalid: list[tuple[str, str]] | None) -> list[dict]:
+    """`data clean`'s examples: with `invalid` (`--drop-invalid`) as `load_examples` leaves rows out, and a file
+    where no row converts is an error; without it, the first row that does not convert is one, with a hint at the
+    option (a file's or an option's problem gets none)."""
+    if invalid is not None:
+        examples = load_examples(path, fmt, stage, columns, invalid=invalid)
+        if not examples:
+            raise SftlabError(f"{path}: none of its {len(invalid)} rows converts (first: {invalid[0][1]})")
+        return examples
+    try:
+        return load_examples(path, fmt, stage, columns)
+    except SftlabError as exc:
+        rows: list[tuple[str, str]] = []
+        try:
+            load_examples(path, fmt, stage, columns, invalid=rows)
+        except SftlabError:
+            raise exc from None
+        if not rows:
+            raise
+        raise SftlabError(f"{exc} (--drop-invalid leaves out such rows, listed in the report)") from None
+
+
+def _convertible(rows: list[dict], fmt: str, stage: str | None, columns: dict | None, options: tuple[str, str],
+                 invalid: list[tuple[str, str]]) -> list[dict]:
+    """`load_examples` with `invalid`: the examples of the rows that convert, the others appended to `invalid` in
+    file order."""
+    broken = [(row["_src"], f"{row['_src']}: {problem}") for row in rows if (problem := lone_surrogate(row))]
+    gone = {where for where, _ in broken}
+    left = [row for row in rows if row["_src"] not in gone]
+    skipped: list[tuple[str, str]] = []
+    examples = _canonical(left, fmt, stage, columns, options, skipped) if left else []
+    position = {row["_src"]: index for index, row in enumerate(rows)}
+    invalid += sorted(broken + [(where, option_names(problem, *options)) for where, problem in skipped],
+                      key=lambda item: position.get(item[0], len(rows)))
+    return examples
+
+
+def _canonical(rows: list[dict], fmt: str, stage: str | None, columns: dict | None, options: tuple[str, str],
+               skipped: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Canonical examples of `rows`, each with the fields its format does not read under `_extra`."""
+    from sftlab.data.formats import apply_columns, detect_format, extra_fields, to_canonical
+
     with option_errors(*options):
-        examples = to_canonical(rows, fmt, stage, columns or None)
+        examples = to_canonical(rows, fmt, stage, columns or None, skipped=skipped)
         mapped = [apply_columns(row, columns or None) for row in rows]
         chosen = detect_format(mapped[0]) if fmt == "auto" else fmt
+    if len(examples) < len(mapped):
+        converted = {example["_src"] for example in examples}
+        mapped = [row for row in mapped if row["_src"] in converted]
     for example, row in zip(examples, mapped):
         extra = extra_fields(row, chosen)
         if extra:

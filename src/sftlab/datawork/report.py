@@ -49,6 +49,14 @@ class Report:
         for example, detail in pairs:
             self.removed(kind_of(detail) if kind_of else reason_kind(detail), example, detail)
 
+    def invalid_rows(self, rows: list[tuple[str, str]]) -> None:
+        """Record rows left out because they do not convert, as (`file:line`, error): counted under 'invalid row'
+        (a few shown) and every one listed in the 'invalid rows' section."""
+        for where, problem in rows:
+            self.removed("invalid row", {"_src": where, "text": problem.removeprefix(f"{where}: ")}, "does not convert")
+        if rows:
+            self.section("invalid rows", [{"src": where, "error": problem} for where, problem in rows])
+
     def note(self, line: str) -> None:
         """A line for the console summary (put the numbers in a section too: notes are not written)."""
         self.notes.append(line)
