@@ -150,7 +150,7 @@ def test_an_output_that_is_a_directory_is_one_line_before_generating(tiny_dir, t
 
     (tmp_path / "in.jsonl").write_text('{"prompt": "x"}\n', encoding="utf-8")
     (tmp_path / "answers").mkdir()
-    monkeypatch.setattr(generate, "load_from_args", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(generate, "load_model", lambda *args, **kwargs: pytest.fail("the model was loaded"))
     assert main(["generate", str(tiny_dir), "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (f"error: --output {tmp_path} is a directory; expected the path of the JSONL "
                                        "file to write\n")

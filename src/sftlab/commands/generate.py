@@ -10,8 +10,12 @@ one-at-a-time answers. The output JSONL is written atomically.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
+from pathlib import Path
 
 from sftlab.errors import SftlabError
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
 def register(registry) -> None:
@@ -30,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="model dir, PEFT adapter dir, or run dir (with model/ inside)")
     parser.add_argument("--adapter", help="a PEFT adapter dir to apply on top of MODEL")
     parser.add_argument("--template", help="chat template (default: the run's data.template, else auto)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16", "auto"], default="float32",
+    parser.add_argument("--dtype", choices=DTYPES, default="float32",
                         help="weights dtype (default float32); auto: bfloat16 where the machine has bf16 matmuls in "
                              "hardware (AMX, AVX-512 BF16, a GPU), else float32")
     add_trust_argument(parser)
@@ -51,27 +55,45 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def sampling_from_args(args, index: int = 0):
+def check_choice(value, option: str, choices: Sequence[str]) -> None:
+    """A Python caller's value for an option the CLI restricts to `choices` (None: not given)."""
+    if value is not None and value not in choices:
+        raise SftlabError(f"{option} {value!r}: expected one of {', '.join(choices)}")
+
+
+def sampling_params(max_new_tokens: int, temperature: float, top_p: float, seed: int, stop: Sequence[str] = (),
+                    index: int = 0):
+    """The SamplingParams of row or turn `index` (seed + index), checked as the options are."""
     from sftlab.infer.sampling import SEED_MAX, SEED_MIN, SamplingParams
 
-    if args.max_new_tokens < 1:
-        raise SftlabError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
-    if args.temperature < 0 or not 0 < args.top_p <= 1:
+    if max_new_tokens < 1:
+        raise SftlabError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
         raise SftlabError("--temperature must be >= 0 and --top-p in (0, 1]")
-    if not SEED_MIN <= args.seed + index <= SEED_MAX:
-        raise SftlabError(f"--seed {args.seed}: row and turn seeds (--seed + i) must lie in {SEED_MIN}..{SEED_MAX}")
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                          seed=args.seed + index, stop=tuple(args.stop))
+    if not SEED_MIN <= seed + index <= SEED_MAX:
+        raise SftlabError(f"--seed {seed}: row and turn seeds (--seed + i) must lie in {SEED_MIN}..{SEED_MAX}")
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + index,
+                          stop=tuple(stop))
+
+
+def sampling_from_args(args, index: int = 0):
+    return sampling_params(args.max_new_tokens, args.temperature, args.top_p, args.seed, args.stop, index)
+
+
+def load_model(model: str, adapter: str | None = None, template: str | None = None, dtype: str = "float32",
+               trust_remote_code: bool = False):
+    """Load MODEL (+ an adapter) and return (served model, template name, adapter name to use)."""
+    from sftlab.infer.loading import load_served
+
+    check_choice(dtype, "--dtype", DTYPES)
+    adapters = {"adapter": str(adapter)} if adapter else None
+    served = load_served(model, adapters=adapters, dtype=dtype, trust_remote_code=trust_remote_code)
+    return served, template or served.template, served.adapters["adapter" if adapter else served.default_name]
 
 
 def load_from_args(args):
     """Load MODEL (+ --adapter) and return (served model, template name, adapter name to use)."""
-    from sftlab.infer.loading import load_served
-
-    adapters = {"adapter": args.adapter} if args.adapter else None
-    served = load_served(args.model, adapters=adapters, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
-    template = args.template or served.template
-    return served, template, served.adapters["adapter" if args.adapter else served.default_name]
+    return load_model(args.model, args.adapter, args.template, args.dtype, args.trust_remote_code)
 
 
 def prompt_of_row(row: dict) -> dict:
@@ -104,35 +126,68 @@ def encode_prompts(prompts: list[dict], tokenizer, template: str) -> list[list[i
             else render_text(tokenizer, p["text"]) for p in prompts]
 
 
-def run_generate(args) -> int:
-    from sftlab.data.formats import read_rows
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise SftlabError(f"--batch-size must be at least 1, got {batch_size}")
+
+
+def _prompt_row(row, index: int) -> dict:
+    """A Python caller's prompt as an input row: a string is a user message; a row without `_src` is `prompts[i]`."""
+    if isinstance(row, str):
+        return {"_src": f"prompts[{index}]", "prompt": row}
+    if not isinstance(row, dict):
+        raise SftlabError(f"prompts[{index}]: expected a string or a row (a dict), got {type(row).__name__}")
+    return {"_src": f"prompts[{index}]", **row}
+
+
+def generate(model: str | Path, prompts: Sequence[str | dict], *, adapter: str | Path | None = None,
+             template: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
+             max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+             stop: str | Sequence[str] = (), batch_size: int = 16) -> list[dict]:
+    """`sftlab generate MODEL` in this process, on a list instead of files: one answer per prompt, a string (a user
+    message) or a row as --input takes it; returns the rows --output would hold (`output`, `finish_reason`,
+    `completion_tokens`, the prompt and its `reference`). Keywords are the options of that name (`stop`: one stop
+    string or a list)."""
+    from sftlab.cli import quiet_libraries
     from sftlab.infer.engine import generate_all
     from sftlab.infer.prompts import stop_token_ids
-    from sftlab.io import atomic_write_jsonl
 
-    from pathlib import Path
-
-    if args.batch_size < 1:
-        raise SftlabError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if Path(args.output).resolve() == Path(args.input).resolve():
-        raise SftlabError(f"--output {args.output} is the input file; inputs are never overwritten")
-    if Path(args.output).is_dir():
-        raise SftlabError(f"--output {args.output} is a directory; expected the path of the JSONL file to write")
-    prompts = [prompt_of_row(row) for row in read_rows(args.input)]
-    params = [sampling_from_args(args, i) for i in range(len(prompts))]
-    served, template, adapter = load_from_args(args)
+    quiet_libraries()
+    _check_batch_size(batch_size)
+    if isinstance(prompts, str):
+        raise SftlabError("prompts: expected a list of prompts, got one string (write [prompt])")
+    prompts = [prompt_of_row(_prompt_row(row, index)) for index, row in enumerate(prompts)]
+    stop = [stop] if isinstance(stop, str) else stop
+    params = [sampling_params(max_new_tokens, temperature, top_p, seed, stop, i) for i in range(len(prompts))]
+    served, template, adapter = load_model(str(model), adapter, template, dtype, trust_remote_code)
     prompt_ids = encode_prompts(prompts, served.tokenizer, template)
     for prompt, ids in zip(prompts, prompt_ids):
         if len(ids) >= served.max_context:
             raise SftlabError(f"{prompt['src']}: prompt has {len(ids)} tokens; the model's context is {served.max_context}")
     stops = stop_token_ids(served.tokenizer, served.model, template)
-    results = generate_all(served, prompt_ids, params, stops, max_batch=args.batch_size, adapter=adapter)
-    rows = []
+    results = generate_all(served, prompt_ids, params, stops, max_batch=batch_size, adapter=adapter)
+    answers = []
     for prompt, result in zip(prompts, results):
         if result["type"] == "error":
             raise SftlabError(f"{prompt['src']}: {result['message']}")
-        rows.append({**prompt, "output": result["text"], "finish_reason": result["finish_reason"],
-                     "completion_tokens": result["completion_tokens"]})
+        answers.append({**prompt, "output": result["text"], "finish_reason": result["finish_reason"],
+                        "completion_tokens": result["completion_tokens"]})
+    return answers
+
+
+def run_generate(args) -> int:
+    from sftlab.data.formats import read_rows
+    from sftlab.io import atomic_write_jsonl
+
+    _check_batch_size(args.batch_size)
+    if Path(args.output).resolve() == Path(args.input).resolve():
+        raise SftlabError(f"--output {args.output} is the input file; inputs are never overwritten")
+    if Path(args.output).is_dir():
+        raise SftlabError(f"--output {args.output} is a directory; expected the path of the JSONL file to write")
+    rows = generate(args.model, read_rows(args.input), adapter=args.adapter, template=args.template, dtype=args.dtype,
+                    trust_remote_code=args.trust_remote_code, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop,
+                    batch_size=args.batch_size)
     atomic_write_jsonl(args.output, rows)
     print(f"wrote {len(rows)} answers to {args.output}")
     return 0

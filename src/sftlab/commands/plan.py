@@ -3,6 +3,7 @@ run's steps (and, probed, its time), advice."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -56,28 +57,49 @@ def check_json_path(path: str, inputs: list[Path]) -> None:
         raise SftlabError(f"--json {exc}") from None
 
 
-def handle(args) -> int:
-    from sftlab.config import load_config
+def _check_counts(steps: int, nproc: int) -> None:
     from sftlab.errors import SftlabError
-    from sftlab.io import atomic_write_json
+
+    if steps < 1:
+        raise SftlabError(f"--steps {steps}: must be at least 1")
+    if nproc < 1:
+        raise SftlabError(f"--nproc {nproc}: must be at least 1")
+
+
+def plan(config, overrides: Sequence[str] = (), *, strategies: str | Sequence[str] = "full,freeze,lora,auto",
+         probe: bool = False, steps: int = 3, nproc: int = 1, check: bool = False,
+         thresholds: str | Path | None = None, base_dir: str | Path | None = None, show_progress: bool = True) -> dict:
+    """`sftlab plan CONFIG [OVERRIDES] [options]` in this process: returns the plan `sftlab plan --json` writes
+    (`sftlab.plan.planner.build_plan`). `config` (a YAML path or a RunConfig) and `base_dir` as in
+    `sftlab.commands.train.run_config`; the other keywords are the options of that name (`strategies` also takes a
+    list); `show_progress`: the slow phases' progress lines on stderr."""
+    from sftlab.cli import quiet_libraries
+    from sftlab.commands.train import run_config
     from sftlab.plan.planner import build_plan
     from sftlab.plan.recommend import load_thresholds
-    from sftlab.plan.table import render_plan
     from sftlab.progress import say
 
-    if args.steps < 1:
-        raise SftlabError(f"--steps {args.steps}: must be at least 1")
-    if args.nproc < 1:
-        raise SftlabError(f"--nproc {args.nproc}: must be at least 1")
-    kinds = parse_strategies(args.strategies)
+    quiet_libraries()
+    _check_counts(steps, nproc)
+    kinds = parse_strategies(strategies if isinstance(strategies, str) else ",".join(strategies))
+    loaded = load_thresholds(thresholds)
+    cfg, base_dir = run_config(config, overrides, base_dir)
+    return build_plan(cfg, base_dir, loaded, kinds, probe_steps=steps if probe else None, check=check,
+                      processes=nproc, progress=say if show_progress else None)
+
+
+def handle(args) -> int:
+    from sftlab.io import atomic_write_json
+    from sftlab.plan.table import render_plan
+
+    _check_counts(args.steps, args.nproc)
+    parse_strategies(args.strategies)
     inputs = [Path(path).resolve() for path in (args.config, args.thresholds) if path]
     if args.json_out:
         check_json_path(args.json_out, inputs)
-    thresholds = load_thresholds(args.thresholds)
-    cfg = load_config(args.config, args.overrides)
-    plan = build_plan(cfg, Path(args.config).parent, thresholds, kinds, probe_steps=args.steps if args.probe else None,
-                      check=args.check, processes=args.nproc, progress=say)
-    print(render_plan(plan))
+    result = plan(args.config, args.overrides, strategies=args.strategies, probe=args.probe, steps=args.steps,
+                  nproc=args.nproc, check=args.check, thresholds=args.thresholds)
+    print(render_plan(result))
     if args.json_out:
-        atomic_write_json(args.json_out, plan)
+        atomic_write_json(args.json_out, result)
     return 0

@@ -8,7 +8,8 @@ output.dir states the workers would refuse fail before they start (`sftlab.train
 The console script has by then started the command on jemalloc where train.allocator asks for it
 (`sftlab.cli.console`, `sftlab.jemalloc`); the workers inherit its LD_PRELOAD and MALLOC_CONF.
 A dry run of `--nproc N` runs in this one process after the launch options' checks: no worker starts, and the
-report counts the steps for N processes (x --nnodes).
+report counts the steps for N processes (x --nnodes). `train(...)` is the command in one process for Python callers
+(`sftlab.api`); `handle` and it share `load_run`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sftlab.config.schema import RunConfig
+    from sftlab.train import RunResult
 
 
 def register(registry) -> None:
@@ -106,25 +113,74 @@ def _dry_run(args, cfg, in_worker: bool) -> int:
     return 0
 
 
-def handle(args) -> int:
-    from sftlab.config import load_config
+def _check_resume_flags(resume: bool, overwrite: bool) -> None:
     from sftlab.errors import SftlabError
+
+    if resume and overwrite:
+        raise SftlabError("--resume and --overwrite exclude each other: resume continues output.dir, overwrite replaces it")
+
+
+def run_config(config, overrides: Sequence[str] = (),
+               base_dir: str | Path | None = None) -> tuple[RunConfig, Path | None]:
+    """`(cfg, base_dir)`: the run config (a YAML path, or a RunConfig; either with `key.sub=value` overrides) and the
+    directory its relative data paths are resolved against: `base_dir`, else a config file's own directory, else
+    (a RunConfig) None, the working directory."""
+    from sftlab.config import load_config
+    from sftlab.config.schema import RunConfig
+    from sftlab.errors import SftlabError
+
+    if isinstance(overrides, str):
+        raise SftlabError(f"overrides: expected a list of key.sub=value strings, got one string (write [{overrides!r}])")
+    if isinstance(config, RunConfig):
+        cfg = load_config(None, list(overrides), base=config.model_dump(mode="json")) if overrides else config
+    else:
+        cfg = load_config(config, list(overrides))
+        base_dir = Path(config).parent if base_dir is None else base_dir
+    return cfg, None if base_dir is None else Path(base_dir)
+
+
+def load_run(config, overrides: Sequence[str] = (), *, resume: bool = False, overwrite: bool = False,
+             base_dir: str | Path | None = None) -> tuple[RunConfig, Path | None]:
+    """`run_config` with the checks `sftlab train` makes before anything starts: --resume with --overwrite, and
+    train.allocator: jemalloc with no jemalloc library."""
     from sftlab.jemalloc import resolve_allocator
+
+    _check_resume_flags(resume, overwrite)
+    cfg, base_dir = run_config(config, overrides, base_dir)
+    resolve_allocator(cfg.train.allocator)  # jemalloc required but not found: fail before anything starts
+    return cfg, base_dir
+
+
+def train(config, overrides: Sequence[str] = (), *, resume: bool = False, overwrite: bool = False,
+          base_dir: str | Path | None = None, show_progress: bool = True, callbacks: list | None = None) -> RunResult:
+    """`sftlab train CONFIG [OVERRIDES] [--resume] [--overwrite] [--no-progress]` in this process; returns the
+    `RunResult` (out_dir, metrics, losses, stopped). `config` and `base_dir` as in `run_config`; `callbacks` as in
+    `run_training`. Ctrl-C raises `TrainingInterrupted` after saving a checkpoint. On the system malloc: the CLI's
+    move onto jemalloc needs a new process (the run log's allocator line says how to start one)."""
+    from sftlab.cli import quiet_libraries
+    from sftlab.train import run_training
+
+    quiet_libraries()
+    cfg, base_dir = load_run(config, overrides, resume=resume, overwrite=overwrite, base_dir=base_dir)
+    return run_training(cfg, resume=resume, overwrite=overwrite, base_dir=base_dir, callbacks=callbacks,
+                        show_progress=show_progress)
+
+
+def handle(args) -> int:
+    from sftlab.errors import SftlabError
     from sftlab.train import TrainingInterrupted, run_training
 
-    if args.resume and args.overwrite:
-        raise SftlabError("--resume and --overwrite exclude each other: resume continues output.dir, overwrite replaces it")
+    _check_resume_flags(args.resume, args.overwrite)
     if args.json and not args.dry_run:
         raise SftlabError("--json goes with --dry-run (a run's results are in output.dir: metrics.json, metrics.jsonl)")
-    cfg = load_config(args.config, args.overrides)
-    resolve_allocator(cfg.train.allocator)  # jemalloc required but not found: fail before anything starts
+    cfg, base_dir = load_run(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
     in_worker = "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.dry_run:
         return _dry_run(args, cfg, in_worker)
     if (args.nproc is not None or args.nnodes > 1) and not in_worker:
         return _launch(args, cfg)
     try:
-        result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=Path(args.config).parent,
+        result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, base_dir=base_dir,
                               show_progress=not args.no_progress)
     except TrainingInterrupted as stop:
         if in_worker:  # the launcher (sftlab train --nproc) prints the exact command
