@@ -97,3 +97,19 @@ def test_to_canonical_collects_rows_that_do_not_convert_when_asked():
     examples = to_canonical(rows, skipped=skipped)
     assert [example["_src"] for example in examples] == ["f:1"]
     assert [where for where, _ in skipped] == ["f:2", "f:3"] and "mixed formats" in skipped[1][1]
+
+
+def test_training_data_with_rows_that_do_not_convert_points_at_the_option(tmp_path):
+    from sftlab.config.schema import DataConfig
+    from sftlab.data.sources import resolve_dataset
+
+    data = _write(tmp_path / "in.jsonl", ROWS[:4] + ROWS[5:])
+    with pytest.raises(SftlabError) as caught:
+        resolve_dataset(str(data), DataConfig(train=str(data)), "sft", None, None, None)
+    message = str(caught.value)
+    assert message.startswith(f"{data}:2: ") and "\n" not in message
+    assert message.endswith("(2 of 5 rows do not convert; `sftlab data clean FILE OUT --drop-invalid` writes a copy "
+                            "without them)")
+    with pytest.raises(SftlabError) as caught:  # a file's problem (alpaca rows for cls) gets no such note
+        resolve_dataset(str(data), DataConfig(train=str(data)), "cls", None, None, None)
+    assert "train.stage" in str(caught.value) and "--drop-invalid" not in str(caught.value)

@@ -128,7 +128,7 @@ def _registry_rows(name: str, entry: dict, registry_dir: Path, stage: str) -> li
         # Like LLaMA-Factory, only the declared columns are read: system/history must be named in `columns`.
         wanted = set(columns.values()) | {"_src"}
         rows = [{key: value for key, value in row.items() if key in wanted} for row in rows]
-        examples += to_canonical(rows, formatting, stage, columns, tags)
+        examples += canonical_or_hint(rows, formatting, stage, columns, tags)
     if entry.get("num_samples"):
         examples = _resample(examples, int(entry["num_samples"]), random.Random(f"{name}:{entry['num_samples']}"))
     return examples
@@ -174,7 +174,25 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
     files = data_files_in(f"data: {spec.path!r}", path) if path.is_dir() else [path]
     fmt = spec.format or data_cfg.format
     columns = spec.columns if spec.columns is not None else data_cfg.columns
-    return [ex for file in files for ex in to_canonical(read_rows(file), fmt, stage, columns)]
+    return [ex for file in files for ex in canonical_or_hint(read_rows(file), fmt, stage, columns)]
+
+
+def canonical_or_hint(rows: list[dict], fmt: str, stage: str, columns: dict | None, tags: dict | None = None) -> list[dict]:
+    """`to_canonical`, whose error for a row that does not convert also says how many rows of the file do not and
+    that `sftlab data clean --drop-invalid` writes a copy without them (a file's problem, such as a format that does
+    not give `stage`, gets no such note)."""
+    try:
+        return to_canonical(rows, fmt, stage, columns, tags)
+    except SftlabError as exc:
+        skipped: list[tuple[str, str]] = []
+        try:
+            to_canonical(rows, fmt, stage, columns, tags, skipped=skipped)
+        except SftlabError:
+            raise exc from None
+        if not skipped:
+            raise
+        raise SftlabError(f"{exc} ({len(skipped)} of {len(rows)} rows do not convert; `sftlab data clean FILE OUT "
+                          "--drop-invalid` writes a copy without them)") from None
 
 
 def mix_datasets(parts: list[tuple[list[dict], float]], seed: int) -> list[dict]:
