@@ -1,7 +1,8 @@
 """Near-duplicate detection at scale (`sftlab.datawork.nearsets`, `dedup.NearIndex`): the compact n-gram codes
-give exactly the Jaccard of the role-tagged n-gram string sets, the index keeps 8-byte codes rather than Python
-strings, and the MinHash work per example is numpy work (no per-example permutation draw, no per-n-gram Python
-hash call). Checked structurally (what is stored, what is called), never by timing."""
+give exactly the Jaccard of the role-tagged n-gram string sets, the index keeps one text string per item (the
+codes it checks are made again from it) rather than Python string sets or codes, and the MinHash work per example
+is numpy work (no per-example permutation draw, no per-n-gram Python hash call). Checked structurally (what is
+stored, what is called), never by timing. The banded index itself: tests/test_dedup_bands.py."""
 
 from __future__ import annotations
 
@@ -56,29 +57,42 @@ def _examples(count: int) -> list[dict]:
              "_src": f"d.jsonl:{i + 1}"} for i in range(count)]
 
 
-def test_the_index_keeps_compact_codes_not_python_string_sets():
+def test_the_index_keeps_one_text_string_per_item_not_its_ngram_codes():
+    """Per item the index holds its uint32 signature, one string of its normalised texts and shared role and
+    group objects; the codes it checks are made again from that string and equal the codes it was given."""
     examples = _examples(50)
     index = NearIndex(DedupOptions())
     for position, example in enumerate(examples):
         grams, group = near_grams(example, 3)
         index.add(str(position), grams, group=group)
-    for grams in index.sets.values():
-        assert isinstance(grams, Grams)
-        assert all(isinstance(codes, np.ndarray) and codes.dtype == np.uint64 for codes in grams.parts.values())
-        assert sum(codes.nbytes for codes in grams.parts.values()) == 8 * grams.size
+        again = index.grams(position)
+        assert again.size == grams.size and again.parts.keys() == grams.parts.keys()
+        assert all((again.parts[role] == codes).all() for role, codes in grams.parts.items())
+    assert index.values.dtype == np.uint32 and index.values.shape[1] == 128
+    assert all(isinstance(text, str) for text in index.texts)
+    assert len({id(roles) for roles in index.roles}) == 1 and len({id(group) for group in index.groups}) == 1
+    assert not any(isinstance(value, Grams) for value in vars(index).values())
 
 
-def test_minhash_permutations_are_drawn_once_and_no_ngram_is_hashed_in_python(monkeypatch):
-    from datasketch import MinHash, minhash
+def test_texts_with_the_separator_are_kept_as_a_tuple():
+    index = NearIndex(DedupOptions())
+    grams = Grams.of([("user", "ab\0cd"), ("assistant", "efgh")], 3)
+    index.add("0", grams)
+    assert index.texts == [("ab\0cd", "efgh")]
+    assert index.grams(0).size == grams.size and index.best_match(grams) == ("0", 1.0)
 
-    draws, hashed = [], []
-    original = MinHash._init_permutations
-    monkeypatch.setattr(MinHash, "_init_permutations", lambda self, n: draws.append(n) or original(self, n))
-    monkeypatch.setattr(minhash, "sha1_hash32", lambda data: hashed.append(data) or 0)
+
+def test_minhash_signatures_are_numpy_work(monkeypatch):
+    """No per-example permutation draw and no per-n-gram Python hash call: one `MinHasher` draws its
+    permutations once (numpy's RandomState) and each signature is a few numpy operations."""
+    draws = []
+    original = np.random.RandomState
+    monkeypatch.setattr(np.random, "RandomState", lambda *a: draws.append(a) or original(*a))
     kept, removed = dedup_examples(_examples(300), DedupOptions(near_threshold=0.8))
     assert len(kept) + len(removed) == 300
-    assert len(draws) == 1  # the template MinHash; each example's signature is a copy of it
-    assert hashed == []
+    assert len(draws) == 1
+    index = NearIndex(DedupOptions())
+    assert isinstance(index.signature(near_grams(_examples(1)[0], 3)[0]), np.ndarray)
 
 
 def test_dedup_results_are_unchanged_by_the_codes():
@@ -114,9 +128,9 @@ def test_lsh_candidates_are_screened_by_their_minhash_values_before_the_exact_ja
                 for i in range(400)]
     examples += [dict(e, _src=f"copy.jsonl:{i + 1}") for i, e in enumerate(examples[:20])]
     proposed, checked = [], []
-    query, exact = NearIndex.candidates, dedup.similarity
-    monkeypatch.setattr(dedup.NearIndex, "candidates",
-                        lambda self, sig: proposed.append(len(self.lsh.query(sig))) or query(self, sig))
+    query, exact = NearIndex.candidate_slots, dedup.similarity
+    monkeypatch.setattr(dedup.NearIndex, "candidate_slots",
+                        lambda self, sig: proposed.append(len(self.table.query(sig))) or query(self, sig))
     monkeypatch.setattr(dedup, "similarity", lambda a, b: checked.append(1) or exact(a, b))
     kept, removed = dedup_examples(examples, DedupOptions(near_threshold=0.8, exact=False))
     assert len(removed) == 20  # every copy found

@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sftlab.datawork.nearsets import Grams, minhash_values, similarity
+from sftlab.datawork.bands import BandTable
+from sftlab.datawork.nearsets import Grams, MinHasher, similarity
 from sftlab.datawork.records import identity, identity_parts, src, stage_of, system_text
 from sftlab.errors import SftlabError
 from sftlab.progress import example_bar
@@ -128,58 +129,81 @@ def lsh_params(threshold: float, num_perm: int, miss: float = 1e-4) -> tuple[int
 
 class NearIndex:
     """A MinHash LSH index of examples' n-grams (`nearsets.Grams`) that answers 'which indexed item is this close
-    to'; only items added with the same `group` (`near_identity`: the tool key and the system prompt) can match."""
+    to'; only items added with the same `group` (`near_identity`: the tool key and the system prompt) can match.
+
+    Per indexed item it holds its signature (`values`: `num_perm` uint32 in one growing array), its band keys
+    (`bands.BandTable`, 12 bytes a band), its key, its group, and its normalised texts (`Grams.texts`: one string,
+    about a byte per character, and a shared tuple of roles) rather than its n-gram codes (8 bytes an n-gram):
+    the codes of the few candidates that reach the exact Jaccard are made again from the texts."""
 
     def __init__(self, options: DedupOptions):
-        from datasketch import MinHash, MinHashLSH
-
         self.options = options
         # Candidates are verified with the exact Jaccard, so the bands are chosen to miss almost no true pairs.
-        self.lsh = MinHashLSH(num_perm=options.num_perm, params=lsh_params(options.near_threshold, options.num_perm))
-        # One MinHash is copied for every example, so its permutations are drawn once; the values it takes are
-        # already hashes (`nearsets.minhash_values`), computed with numpy rather than one Python call per n-gram.
-        self.template = MinHash(num_perm=options.num_perm, seed=options.seed, hashfunc=int)
-        self.sets: dict[str, Grams] = {}
-        self.groups: dict[str, str] = {}
-        self.slots: dict[str, int] = {}
-        self.values = np.empty((1024, options.num_perm), dtype=self.template.hashvalues.dtype)
+        self.bands, self.rows = lsh_params(options.near_threshold, options.num_perm)
+        self.table = BandTable(self.bands, self.rows)
+        self.hasher = MinHasher(options.num_perm, options.seed)
+        self.keys: list[str] = []
+        self.groups: list[str] = []
+        self.roles: list[tuple[str, ...]] = []
+        self.texts: list[str | tuple[str, ...]] = []
+        self.shared: dict = {}  # one object for equal groups and for equal role tuples
+        self.values = np.empty((1024, options.num_perm), dtype=np.uint32)
         self.agree = agreement_floor(options.near_threshold, options.num_perm)
 
-    def signature(self, grams: Grams):
-        signature = self.template.copy()
-        signature.update_batch(minhash_values(grams))
-        return signature
+    def signature(self, grams: Grams) -> np.ndarray:
+        """The MinHash signature (`nearsets.MinHasher`, uint32) of `grams`."""
+        return self.hasher.signature(grams)
 
     def add(self, key: str, grams: Grams, signature=None, group: str = "") -> None:
         signature = signature if signature is not None else self.signature(grams)
-        self.lsh.insert(key, signature)
-        self.sets[key] = grams
-        self.groups[key] = group
-        if len(self.slots) == len(self.values):
-            self.values = np.concatenate([self.values, np.empty_like(self.values)])
-        self.values[len(self.slots)] = signature.hashvalues
-        self.slots[key] = len(self.slots)
+        slot = len(self.keys)
+        if slot == len(self.values):
+            grown = np.empty((2 * slot, self.values.shape[1]), dtype=self.values.dtype)
+            grown[:slot] = self.values
+            self.values = grown
+        self.values[slot] = signature
+        self.table.add(slot, signature)
+        self.keys.append(key)
+        self.groups.append(self.shared.setdefault(group, group))
+        roles = tuple(role for role, _ in grams.texts)
+        self.roles.append(self.shared.setdefault(roles, roles))
+        texts = tuple(text for _, text in grams.texts)
+        joined = "\0".join(texts)  # one string; `dedup_key` leaves no \0 in a text, else the tuple is kept
+        self.texts.append(joined if joined.count("\0") == len(texts) - 1 else texts)
 
-    def candidates(self, signature) -> list[str]:
-        """The LSH's candidates whose MinHash values agree in at least `agreement_floor` places (one numpy
-        comparison for all of them): false candidates grow with the number of indexed examples (about 7 in
-        10,000 pairs of English alpaca rows share a band at --near 0.8), and checking each exactly was quadratic."""
-        keys = list(self.lsh.query(signature))
-        if not keys:
-            return keys
-        agree = (self.values[[self.slots[key] for key in keys]] == signature.hashvalues).sum(axis=1)
-        return [key for key, count in zip(keys, agree.tolist()) if count >= self.agree]
+    def grams(self, slot: int) -> Grams:
+        """The n-grams of the item in `slot`, made again from its texts."""
+        texts = self.texts[slot]
+        return Grams.of(list(zip(self.roles[slot], texts.split("\0") if isinstance(texts, str) else texts)),
+                        self.options.ngram)
+
+    def candidate_slots(self, signature: np.ndarray) -> np.ndarray:
+        """The slots of the indexed items that equal `signature` in all values of some band (the LSH's candidates)
+        and agree with it in at least `agreement_floor` places (one numpy comparison for all of them): false
+        candidates grow with the number of indexed examples (about 7 in 10,000 pairs of English alpaca rows share
+        a band at --near 0.8), and checking each exactly was quadratic."""
+        slots = self.table.query(signature)
+        if not len(slots):
+            return slots
+        equal = self.values[slots] == signature
+        banded = equal[:, : self.bands * self.rows].reshape(len(slots), self.bands, self.rows).all(axis=2)
+        return slots[banded.any(axis=1) & (equal.sum(axis=1) >= self.agree)]
+
+    def candidates(self, signature: np.ndarray) -> list[str]:
+        """The keys of `candidate_slots`."""
+        return [self.keys[slot] for slot in self.candidate_slots(signature).tolist()]
 
     def best_match(self, grams: Grams, signature=None, group: str = "") -> tuple[str, float] | None:
-        """The most similar indexed key of the same group with exact Jaccard >= threshold, or None."""
+        """The most similar indexed key of the same group with exact Jaccard >= threshold, or None (of equal
+        scores, the first key in sorted order)."""
         if not grams:
             return None
         signature = signature if signature is not None else self.signature(grams)
         best = None
-        for key in sorted(self.candidates(signature)):
-            if self.groups[key] != group:
+        for key, slot in sorted((self.keys[slot], slot) for slot in self.candidate_slots(signature).tolist()):
+            if self.groups[slot] != group:
                 continue
-            score = similarity(grams, self.sets[key])
+            score = similarity(grams, self.grams(slot))
             if score >= self.options.near_threshold and (best is None or score > best[1]):
                 best = (key, score)
         return best

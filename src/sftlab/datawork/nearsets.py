@@ -1,9 +1,11 @@
 """Compact n-gram sets for near-duplicate detection (`dedup`): each example's role-tagged character n-grams as
-sorted numpy arrays of integer codes, their exact Jaccard similarity, and the 32-bit values its MinHash takes.
+sorted numpy arrays of integer codes, their exact Jaccard similarity, the 32-bit values its MinHash takes, and
+the MinHash signature itself (`MinHasher`, numpy, equal to datasketch's `MinHash`).
 
     grams = Grams.of([("user", "abcd"), ("assistant", "efgh")], n=3)
     similarity(grams, other)          # |a & b| / |a | b| over (role, n-gram) pairs
-    minhash_values(grams)             # what `MinHash.update_batch` hashes, one value per (role, n-gram)
+    minhash_values(grams)             # one 32-bit value per (role, n-gram)
+    MinHasher(128, seed=1).signature(grams)   # 128 uint32 minima
 
 A set of n-gram strings costs about 80 bytes per n-gram in Python (a string object and a set slot, ~20 KB per
 example of a few hundred characters, so ~20 GB for a million examples); a code costs 8 bytes, and the codes of
@@ -11,6 +13,8 @@ one text are computed with numpy rather than one Python object per n-gram. For n
 code points, 21 bits each, so two different n-grams never share a code and the similarity is exactly the Jaccard
 of the n-gram sets (`dedup.jaccard` of `dedup.shingles`, per role); above 3 it is a 64-bit polynomial hash of
 the code points, where two different n-grams share a code with a probability of about 2^-64 per pair.
+A `Grams` also keeps the (role, text) pairs it was made of (`texts`): an index keeps those (about a byte per
+character) rather than the codes and makes the codes again for the few candidates it checks exactly.
 """
 
 from __future__ import annotations
@@ -45,10 +49,13 @@ def gram_codes(key: str, n: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Grams:
-    """An example's n-grams per role (`parts`: role -> sorted distinct codes) and how many in all (`size`)."""
+    """An example's n-grams per role (`parts`: role -> sorted distinct codes), how many in all (`size`), and what
+    they were made of (`texts`: the (role, normalised text) pairs), so that `Grams.of(grams.texts, n)` makes them
+    again."""
 
     parts: dict[str, np.ndarray]
     size: int
+    texts: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, texts: list[tuple[str, str]], n: int) -> "Grams":
@@ -60,7 +67,7 @@ class Grams:
                 by_role.setdefault(role, []).append(codes)
         parts = {role: arrays[0] if len(arrays) == 1 else np.unique(np.concatenate(arrays))
                  for role, arrays in by_role.items()}
-        return cls(parts, sum(len(codes) for codes in parts.values()))
+        return cls(parts, sum(len(codes) for codes in parts.values()), tuple(texts))
 
     def __bool__(self) -> bool:
         return self.size > 0
@@ -90,10 +97,44 @@ def _role_salt(role: str) -> np.uint64:
     return np.uint64(int.from_bytes(hashlib.sha1(role.encode("utf-8")).digest()[:8], "little"))
 
 
-def minhash_values(grams: Grams) -> list[int]:
-    """One 32-bit value per (role, n-gram), for a MinHash whose hash function is the identity (`int`): the
-    MinHash only proposes candidates, which `similarity` then checks, so a rare shared value costs nothing."""
-    out: list[int] = []
-    for role, codes in grams.parts.items():
-        out += (_mix(codes ^ _role_salt(role)) >> np.uint64(32)).tolist()
-    return out
+def minhash_values(grams: Grams) -> np.ndarray:
+    """One 32-bit value per (role, n-gram), in the order of `grams.parts`, for a MinHash whose hash function is
+    the identity: the MinHash only proposes candidates, which `similarity` then checks, so a rare shared value
+    costs nothing."""
+    if not grams.parts:
+        return np.empty(0, dtype=np.uint32)
+    return np.concatenate([(_mix(codes ^ _role_salt(role)) >> np.uint64(32)).astype(np.uint32)
+                           for role, codes in grams.parts.items()])
+
+
+class MinHasher:
+    """MinHash signatures of `Grams`: for each of `num_perm` affine permutations h -> a*h + b (mod 2^32, `a` odd)
+    of MurmurHash3's 32-bit finaliser of each `minhash_values` value, the minimum. The permutations are drawn as
+    datasketch (2.x) draws them for `MinHash(num_perm, seed)`, so a signature equals the `hashvalues` of
+    `MinHash(num_perm=num_perm, seed=seed, hashfunc=int)` after `update_batch(minhash_values(grams))`."""
+
+    def __init__(self, num_perm: int, seed: int):
+        generator = np.random.RandomState(seed)
+        self.a = generator.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        self.b = generator.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+
+    def signature(self, grams: Grams, chunk: int = 4096) -> np.ndarray:
+        """The `num_perm` minima (uint32); all 2^32 - 1 for empty grams. Values are taken `chunk` at a time, so a long
+        document needs chunk x num_perm x 4 bytes (2 MB) at once rather than that per n-gram of it."""
+        minima = np.full(len(self.a), 0xFFFFFFFF, dtype=np.uint32)
+        values = _fmix32(minhash_values(grams))
+        for start in range(0, len(values), chunk):
+            with np.errstate(over="ignore"):
+                hashed = values[start : start + chunk, None] * self.a + self.b
+            np.minimum(minima, hashed.min(axis=0), out=minima)
+        return minima
+
+
+def _fmix32(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser (uint32 in, uint32 out)."""
+    with np.errstate(over="ignore"):
+        values = values ^ (values >> np.uint32(16))
+        values = values * np.uint32(0x85EBCA6B)
+        values = values ^ (values >> np.uint32(13))
+        values = values * np.uint32(0xC2B2AE35)
+        return values ^ (values >> np.uint32(16))
