@@ -113,3 +113,10 @@ def test_training_data_with_rows_that_do_not_convert_points_at_the_option(tmp_pa
     with pytest.raises(SftlabError) as caught:  # a file's problem (alpaca rows for cls) gets no such note
         resolve_dataset(str(data), DataConfig(train=str(data)), "cls", None, None, None)
     assert "train.stage" in str(caught.value) and "--drop-invalid" not in str(caught.value)
+
+
+def test_a_malformed_json_line_still_stops_with_the_option(tmp_path, capsys):
+    data = _write(tmp_path / "in.jsonl", [ROWS[0], '{"instruction": "broken", ', ROWS[2]])
+    assert main(["data", "clean", str(data), str(tmp_path / "out.jsonl"), "--drop-invalid"]) == 2
+    err = capsys.readouterr().err
+    assert f"{data}:2" in err and "\n" not in err.strip() and not (tmp_path / "out.jsonl").exists()
