@@ -120,3 +120,15 @@ def test_a_malformed_json_line_still_stops_with_the_option(tmp_path, capsys):
     assert main(["data", "clean", str(data), str(tmp_path / "out.jsonl"), "--drop-invalid"]) == 2
     err = capsys.readouterr().err
     assert f"{data}:2" in err and "\n" not in err.strip() and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_format_given_on_a_data_train_item_is_named_so_in_its_errors(tmp_path):
+    from sftlab.config.schema import DataConfig, DatasetSpec
+    from sftlab.data.sources import resolve_dataset
+
+    data = _write(tmp_path / "in.jsonl", ['{"text": "a document"}'])
+    spec = DatasetSpec(path=str(data), format="alpaca")
+    with pytest.raises(SftlabError) as caught:
+        resolve_dataset(spec, DataConfig(train=[spec]), "sft", None, None, None)
+    message = str(caught.value)
+    assert f"the format of data.train item {str(data)!r} is 'alpaca'" in message and "data.format" not in message

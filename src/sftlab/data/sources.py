@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import json
 import random
+import re
 from pathlib import Path
 
 from sftlab.config.schema import DataConfig, DatasetSpec
@@ -174,7 +175,13 @@ def resolve_dataset(item: str | DatasetSpec, data_cfg: DataConfig, stage: str, b
     files = data_files_in(f"data: {spec.path!r}", path) if path.is_dir() else [path]
     fmt = spec.format or data_cfg.format
     columns = spec.columns if spec.columns is not None else data_cfg.columns
-    return [ex for file in files for ex in canonical_or_hint(read_rows(file), fmt, stage, columns)]
+    try:
+        return [ex for file in files for ex in canonical_or_hint(read_rows(file), fmt, stage, columns)]
+    except SftlabError as exc:
+        if not spec.format:
+            raise
+        # the format came from the data.train item, not from data.format
+        raise SftlabError(re.sub(r"\bdata\.format\b", f"the format of data.train item {spec.path!r}", str(exc))) from None
 
 
 def canonical_or_hint(rows: list[dict], fmt: str, stage: str, columns: dict | None, tags: dict | None = None) -> list[dict]:
