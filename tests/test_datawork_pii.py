@@ -93,6 +93,13 @@ def test_personal_numbers_beside_hotlines_are_still_redacted():
     assert redact("+8613812345678") == "[PHONE]"   # a Luhn-valid run after '+' is a phone number, not a card
 
 
+@pytest.mark.parametrize("mobile", ["18881234567", "18001234567", "188 8123 4567", "185-5123-4567", "18331234567",
+                                    "0086 18661234567"])
+def test_china_mobiles_that_start_like_a_toll_free_code_are_personal(mobile):
+    """1 + 800/833/.../888 + 7 digits is a North American toll-free number, but 1[3-9]... is a mainland mobile."""
+    assert redact(f"手机{mobile}。") == "手机[PHONE]。"
+
+
 def test_kind_selection_and_bad_kind():
     text = f"a@b.com 13812345678 {VALID_ID} 4111111111111111 10.0.0.1"
     assert redact(text, "email,ip") == f"[EMAIL] 13812345678 {VALID_ID} 4111111111111111 [IP]"

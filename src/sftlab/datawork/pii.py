@@ -152,7 +152,9 @@ _DETECTORS: dict[str, list[tuple[re.Pattern, Callable[[str], int]]]] = {
     "email": [(_EMAIL, len)],
     "id": [(_CN_ID, _whole(cn_id_valid))],
     "card": [(_CARD, _whole(_card_valid))],
-    "phone": [(pattern, _phone_length) for pattern in _PHONES],
+    # a mainland-China mobile (_PHONES[1]) is personal whatever follows its 1: 1800..., 1888... are mobiles,
+    # not North American toll-free numbers, so the hotline test is not applied to it
+    "phone": [(_PHONES[0], _phone_length), (_PHONES[1], len), (_PHONES[2], _phone_length)],
     "ip": [(_IPV4, _ipv4_length)],
 }
 
