@@ -46,16 +46,28 @@ def test_the_option_keeps_the_good_rows_and_lists_every_bad_one_in_file_order(tm
     assert report["removed"]["invalid row"]["count"] == 3
     listed = report["sections"]["invalid rows"]
     assert [item["src"] for item in listed] == [f"{data}:2", f"{data}:4", f"{data}:5"]
-    assert "cannot tell the data format" in listed[0]["error"] and "--format" in listed[0]["error"]
+    assert listed[0]["error"].endswith("missing required field 'output'")  # the file's format's own error
     assert "mixed formats" in listed[1]["error"] and "surrogate" in listed[2]["error"]
     assert "invalid row" in capsys.readouterr().out
 
 
 def test_error_messages_of_dropped_rows_name_the_commands_options(tmp_path):
-    data = _write(tmp_path / "in.jsonl", ['{"instruction": "q", "output": "a"}', '{"question": "?"}'])
-    assert main(["data", "clean", str(data), str(tmp_path / "out.jsonl"), "--drop-invalid"]) == 0
+    data = _write(tmp_path / "in.jsonl", ['{"instruction": "q", "output": "a"}', '{"text": "?"}'])
+    assert main(["data", "clean", str(data), str(tmp_path / "out.jsonl"), "--drop-invalid", "--format", "alpaca"]) == 0
     listed = json.loads((tmp_path / "out.report.json").read_text(encoding="utf-8"))["sections"]["invalid rows"]
-    assert len(listed) == 1 and "--format" in listed[0]["error"] and "data.format" not in listed[0]["error"]
+    assert len(listed) == 1 and "--format is 'alpaca'" in listed[0]["error"] and "data.format" not in listed[0]["error"]
+
+
+def test_the_format_most_rows_have_decides_not_the_first_rows(tmp_path):
+    """A pt row first, then alpaca rows, then one whose keys tell no format: as `data build validate` sees it."""
+    data = _write(tmp_path / "in.jsonl", ['{"text": "t"}', ROWS[0], ROWS[2], '{"instruction": "q0"}'])
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "clean", str(data), str(out), "--drop-invalid"]) == 0
+    assert [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()] == ["a", "c"]
+    listed = json.loads((tmp_path / "out.report.json").read_text(encoding="utf-8"))["sections"]["invalid rows"]
+    assert [item["error"].removeprefix(f"{data}:") for item in listed] == [
+        "1: row looks like 'text' but most rows of the file are 'alpaca'; mixed formats",
+        "4: missing required field 'output'"]
 
 
 def test_a_tool_result_without_a_call_is_dropped_as_llama_factory_data_has_one(tmp_path):
@@ -108,8 +120,8 @@ def test_training_data_with_rows_that_do_not_convert_points_at_the_option(tmp_pa
         resolve_dataset(str(data), DataConfig(train=str(data)), "sft", None, None, None)
     message = str(caught.value)
     assert message.startswith(f"{data}:2: ") and "\n" not in message
-    assert message.endswith("(2 of 5 rows do not convert; `sftlab data clean FILE OUT --drop-invalid` writes a copy "
-                            "without them)")
+    assert message.endswith("(2 of 5 rows do not convert; `sftlab data build convert FILE OUT --drop-invalid` "
+                            "writes a copy without them and changes nothing else)")
     with pytest.raises(SftlabError) as caught:  # a file's problem (alpaca rows for cls) gets no such note
         resolve_dataset(str(data), DataConfig(train=str(data)), "cls", None, None, None)
     assert "train.stage" in str(caught.value) and "--drop-invalid" not in str(caught.value)
@@ -132,3 +144,19 @@ def test_a_format_given_on_a_data_train_item_is_named_so_in_its_errors(tmp_path)
         resolve_dataset(spec, DataConfig(train=[spec]), "sft", None, None, None)
     message = str(caught.value)
     assert f"the format of data.train item {str(data)!r} is 'alpaca'" in message and "data.format" not in message
+
+
+def test_convert_drops_invalid_rows_and_changes_nothing_else(tmp_path):
+    """What the training hint names: the invalid rows go, every other row is written as it was read (clean would
+    also normalise, filter and deduplicate)."""
+    duplicate = '{"id": "d", "instruction": "First question", "output": "First answer"}'
+    data = _write(tmp_path / "in.jsonl", ROWS + [duplicate, '{"instruction": "<b>html</b>", "output": "I\'m sorry"}'])
+    out = tmp_path / "out.jsonl"
+    assert main(["data", "build", "convert", str(data), str(out), "--to", "alpaca", "--drop-invalid"]) == 0
+    kept = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [row.get("id") for row in kept] == ["a", "c", "f", "d", None]
+    assert kept[-1]["instruction"] == "<b>html</b>" and kept[-1]["output"] == "I'm sorry"
+    report = json.loads((tmp_path / "out.report.json").read_text(encoding="utf-8"))
+    assert report["before"] == 8 and report["after"] == 5
+    assert [item["src"] for item in report["sections"]["invalid rows"]] == [f"{data}:2", f"{data}:4", f"{data}:5"]
+    assert main(["data", "build", "convert", str(data), str(tmp_path / "strict.jsonl")]) == 2

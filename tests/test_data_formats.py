@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sftlab.data.formats import detect_format, read_rows, to_canonical, write_rows
+from sftlab.data.formats import detect_format, read_rows, to_canonical
+from sftlab.data.writers import write_rows
 from sftlab.errors import SftlabError
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sftlab.data.formats import read_rows, to_canonical, write_rows
+from sftlab.data.formats import read_rows, to_canonical
+from sftlab.data.writers import write_rows
 from sftlab.data.sources import _registry_rows
 from sftlab.data.templates import encode_conversation, render_prompt
 from sftlab.errors import SftlabError

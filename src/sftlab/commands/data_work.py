@@ -59,6 +59,7 @@ def _register_build(data) -> None:
     p = sub.add_parser("convert", help="convert between alpaca, sharegpt, messages, openai, jsonl and csv")
     _data_args(p)
     _to_arg(p, "messages")
+    _drop_invalid_arg(p)
     p.set_defaults(func=_handler("build_convert"))
 
     p = sub.add_parser("drafts", help="draft responses with a local model into a review file (keeps earlier decisions)")
@@ -88,13 +89,17 @@ def _register_build(data) -> None:
     p.set_defaults(func=_handler("build_kb"))
 
 
+def _drop_invalid_arg(p) -> None:
+    p.add_argument("--drop-invalid", action="store_true",
+                   help="leave out rows that do not convert (a missing field, a tool result without a call, a row of "
+                        "another format, a lone surrogate) and list them in the report, instead of stopping at the first")
+
+
 def _register_clean(data) -> None:
     p = data.add_parser("clean", help="normalise, redact PII, filter, deduplicate (exact + MinHash), remove leaks into eval sets")
     _data_args(p)
     _to_arg(p)
-    p.add_argument("--drop-invalid", action="store_true",
-                   help="leave out rows that do not convert (a missing field, a tool result without a call, a row of "
-                        "another format, a lone surrogate) and list them in the report, instead of stopping at the first")
+    _drop_invalid_arg(p)
     g = p.add_argument_group("normalisation")
     g.add_argument("--no-normalize", action="store_true", help="skip all normalisation")
     g.add_argument("--no-nfkc", action="store_true", help="skip Unicode NFKC / full-width -> half-width")

@@ -1,8 +1,7 @@
-"""Data files -> rows -> canonical examples, and canonical examples back to files.
+"""Data files -> rows -> canonical examples (`sftlab.data.writers.write_rows` writes them back to files).
 
     rows = read_rows("train.jsonl")                       # list of dicts, each with "_src": "train.jsonl:3"
     examples = to_canonical(rows, "auto", stage="sft")    # [{"messages": [...], "_src": ...}, ...]
-    write_rows("out.json", examples, "alpaca")            # atomic
 
 Reading and `data.columns` mapping live in `sftlab.data.readers` (re-exported here): every row carries
 `"_src": "file:line"`.
@@ -18,17 +17,13 @@ that starts with the record's `_src` (file:line).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from pathlib import Path
+from collections import Counter
 from typing import Any
 
 from sftlab.data import messages as tool_shapes
 from sftlab.data.readers import OPTIONAL_FIELDS, READ_EXTENSIONS, apply_columns, read_rows  # noqa: F401  (re-exported)
 from sftlab.data.readers import column_key as _key, column_name as _name
 from sftlab.errors import SftlabError
-from sftlab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 FORMATS = ("alpaca", "sharegpt", "messages", "prompt_completion", "text", "label")
 WRITE_FORMATS = ("alpaca", "sharegpt", "messages", "jsonl", "csv")
@@ -108,32 +103,35 @@ def to_canonical(
 
     `fmt="auto"` detects the format from the first row and rejects rows of another format.
     `tags` are LLaMA-Factory sharegpt tags (role_tag, content_tag, user_tag, assistant_tag, system_tag).
-    With `skipped` (a list), a row that does not convert (or is of another format) is left out and appended to it
-    as (its `_src`, the error) instead of failing (`sftlab data clean --drop-invalid`); a format that does not
-    give `stage` still fails, since that is the file's problem, not a row's.
+    With `skipped` (a list), a row that does not convert (a column of `columns` missing, another format) is left
+    out and appended to it as (its `_src`, the error) instead of failing (`sftlab data clean --drop-invalid`), and
+    `fmt="auto"` takes the format most rows have (`data build validate`'s majority), not the first row's; a format
+    that does not give `stage` still fails, since that is the file's problem, not a row's.
     """
     if not rows:
         raise SftlabError("empty dataset (no rows)")
     if fmt != "auto" and fmt not in FORMATS:
         raise SftlabError(f"data.format: unknown data format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
-    rows = [apply_columns(row, columns) for row in rows]
-    chosen = detect_format(rows[0]) if fmt == "auto" else fmt
+    rows = [apply_columns(row, columns) for row in rows] if skipped is None else _mapped(rows, columns, skipped)
+    if not rows:
+        return []
+    chosen = fmt if fmt != "auto" else detect_format(rows[0]) if skipped is None else _majority_format(rows)
+    first = rows[0] if skipped is None else next((row for row in rows if _detected(row) == chosen), rows[0])
     stage = stage or STAGE_OF_FORMAT[chosen]
     if STAGE_OF_FORMAT[chosen] != stage:
         raise SftlabError(
-            f"{rows[0].get('_src', 'row')}: format {chosen!r} gives {STAGE_OF_FORMAT[chosen]} examples, but train.stage is "
+            f"{first.get('_src', 'row')}: format {chosen!r} gives {STAGE_OF_FORMAT[chosen]} examples, but train.stage is "
             f"{stage!r} (sft needs conversations, pt needs text, cls needs text+label); set train.stage "
             f"{STAGE_OF_FORMAT[chosen]} for this data, or check data.format / data.columns"
         )
+    basis = f"the file started as {chosen!r} ({first['_src']})" if skipped is None else \
+        f"most rows of the file are {chosen!r}"
     examples = []
     for row in rows:
         try:
-            if fmt == "auto" and row is not rows[0]:
-                found = detect_format(row)
-                if found != chosen:
-                    raise SftlabError(f"{row['_src']}: row looks like {found!r} but the file started as {chosen!r} "
-                                      f"({rows[0]['_src']}); mixed formats")
-            try:
+            if fmt == "auto" and row is not first and (found := _detected(row)) not in (None, chosen):
+                raise SftlabError(f"{row['_src']}: row looks like {found!r} but {basis}; mixed formats")
+            try:  # a row whose format cannot be told gets the chosen format's own error (a missing field)
                 examples.append({**_CONVERTERS[chosen](row, tags or {}), "_src": row.get("_src", "row")})
             except SftlabError as exc:
                 raise SftlabError(f"{exc}{_format_hint(row, fmt)}") from None
@@ -142,6 +140,35 @@ def to_canonical(
                 raise
             skipped.append((str(row.get("_src", "row")), str(exc)))
     return examples
+
+
+def _detected(row: dict) -> str | None:
+    """`detect_format(row)`, None where the keys do not tell."""
+    try:
+        return detect_format(row)
+    except SftlabError:
+        return None
+
+
+def _majority_format(rows: list[dict]) -> str:
+    """The format most rows are detected as (a tie: the one of the earliest such row); where no row's keys tell,
+    the first row's error."""
+    found = [name for row in rows if (name := _detected(row))]
+    if not found:
+        detect_format(rows[0])  # raises: the keys of no row tell the format
+    counts = Counter(found)
+    return next(name for name in found if counts[name] == max(counts.values()))
+
+
+def _mapped(rows: list[dict], columns: dict[str, str] | None, skipped: list[tuple[str, str]]) -> list[dict]:
+    """`apply_columns` on each row; a row that lacks a mapped column is appended to `skipped` instead."""
+    mapped = []
+    for row in rows:
+        try:
+            mapped.append(apply_columns(row, columns))
+        except SftlabError as exc:
+            skipped.append((str(row.get("_src", "row")), str(exc)))
+    return mapped
 
 
 def _format_hint(row: dict, fmt: str) -> str:
@@ -314,91 +341,3 @@ _CONVERTERS = {
     "alpaca": _from_alpaca, "sharegpt": _from_sharegpt, "messages": _from_messages,
     "prompt_completion": _from_prompt_completion, "text": _from_text, "label": _from_label,
 }
-
-
-# ----------------------------------------------------------------------------------------------- writing
-
-
-def write_rows(path: str | Path, examples: list[dict], fmt: str) -> Path:
-    """Write canonical examples atomically as alpaca / sharegpt / messages records, canonical jsonl, or csv.
-
-    alpaca/sharegpt/messages go to a JSON list when `path` ends in .json, else to JSON lines.
-    `jsonl` writes the canonical dicts themselves; `csv` holds flat (pt/cls) examples only. The fields an example
-    holds under `_extra` (`extra_fields` of its row) are written into its record before the format's own fields,
-    as `written_extra` says (csv: text and label only).
-    """
-    if fmt not in WRITE_FORMATS:
-        raise SftlabError(f"unknown output format {fmt!r}; expected one of {', '.join(WRITE_FORMATS)}")
-    path = Path(path)
-    if fmt == "csv":
-        return atomic_write_text(path, _csv_text(examples))
-    records = [{**written_extra(ex, fmt), **_RECORD_WRITERS[fmt](ex)} for ex in examples]
-    if fmt != "jsonl" and path.suffix.lower() == ".json":
-        return atomic_write_json(path, records)
-    return atomic_write_jsonl(path, records)
-
-
-def _public(example: dict) -> dict:
-    return {key: value for key, value in example.items() if not key.startswith("_")}
-
-
-def _conversation(example: dict, fmt: str) -> list[dict]:
-    if "messages" not in example:
-        raise SftlabError(f"{example.get('_src', 'example')}: {fmt} output needs a conversation; "
-                          f"this example has {sorted(_public(example))}")
-    return example["messages"]
-
-
-def _to_alpaca(example: dict) -> dict:
-    messages = list(_conversation(example, "alpaca"))
-    if tool_shapes.has_tool_data(messages, example.get("tools")):
-        raise SftlabError(f"{example.get('_src', 'example')}: alpaca has no place for tools or tool calls; "
-                          "write this data as messages or sharegpt")
-    record: dict[str, Any] = {}
-    if messages and messages[0]["role"] == "system":
-        record["system"] = messages.pop(0)["content"]
-    roles = [m["role"] for m in messages]
-    if len(roles) % 2 or roles != ["user", "assistant"] * (len(roles) // 2):
-        raise SftlabError(f"{example.get('_src', 'example')}: alpaca needs alternating user/assistant turns ending with the assistant")
-    pairs = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages), 2)]
-    record = {"instruction": pairs[-1][0], "input": "", "output": pairs[-1][1], **record}
-    if len(pairs) > 1:
-        record["history"] = pairs[:-1]
-    return record
-
-
-def _to_sharegpt(example: dict) -> dict:
-    names = {"user": "human", "assistant": "gpt", "system": "system", "tool": "observation"}
-    turns = []
-    for m in _conversation(example, "sharegpt"):
-        if not m.get("tool_calls"):
-            turns.append({"from": names[m["role"]], "value": m["content"]})
-            continue
-        if (m.get("content") or "").strip():  # an OpenAI tool-call turn may carry content null
-            raise SftlabError(f"{example.get('_src', 'example')}: sharegpt's function_call turn holds no text; "
-                              "an assistant turn with both text and tool_calls needs the messages format")
-        calls = [c["function"] for c in m["tool_calls"]]
-        turns.append({"from": "function_call", "value": json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)})
-    tools = example.get("tools")
-    return {"conversations": turns, **({"tools": json.dumps(tools, ensure_ascii=False)} if tools else {})}
-
-
-def _to_messages(example: dict) -> dict:
-    tools = example.get("tools")
-    return {"messages": [dict(m) for m in _conversation(example, "messages")], **({"tools": tools} if tools else {})}
-
-
-_RECORD_WRITERS = {"alpaca": _to_alpaca, "sharegpt": _to_sharegpt, "messages": _to_messages, "jsonl": _public}
-
-
-def _csv_text(examples: list[dict]) -> str:
-    fields = ["text", "label"] if any("label" in ex for ex in examples) else ["text"]
-    buffer = io.StringIO(newline="")
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for example in examples:
-        if "text" not in example or "messages" in example:
-            raise SftlabError(f"{example.get('_src', 'example')}: csv holds text/label examples; "
-                              "write conversations as alpaca, sharegpt or messages")
-        writer.writerow({key: example.get(key, "") for key in fields})
-    return buffer.getvalue()

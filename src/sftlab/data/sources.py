@@ -198,8 +198,8 @@ def canonical_or_hint(rows: list[dict], fmt: str, stage: str, columns: dict | No
             raise exc from None
         if not skipped:
             raise
-        raise SftlabError(f"{exc} ({len(skipped)} of {len(rows)} rows do not convert; `sftlab data clean FILE OUT "
-                          "--drop-invalid` writes a copy without them)") from None
+        raise SftlabError(f"{exc} ({len(skipped)} of {len(rows)} rows do not convert; `sftlab data build convert FILE "
+                          "OUT --drop-invalid` writes a copy without them and changes nothing else)") from None
 
 
 def mix_datasets(parts: list[tuple[list[dict], float]], seed: int) -> list[dict]:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sftlab.data.option_names import parse_columns
 from sftlab.datawork.images import refuse_images
-from sftlab.datawork.records import (check_output_format, check_output_parent, dropped_fields_note, load_cleanable,
-                                     load_examples, save_examples)
+from sftlab.datawork.records import (check_output_format, check_output_parent, dropped_fields_note, load_examples,
+                                     load_valid_examples, save_examples)
 from sftlab.datawork.report import Report, report_paths, report_stem
 from sftlab.errors import SftlabError
 
@@ -120,8 +120,11 @@ def build_convert(args) -> int:
     check_distinct(args.output, args.input)
     check_output_format(args.output, args.to)
     notes: list[str] = []
-    count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns), notes)
-    report = Report("build convert", [args.input], before=count)
+    invalid: list[tuple[str, str]] | None = [] if args.drop_invalid else None
+    count = convert_file(args.input, args.output, args.to, args.format, args.stage, parse_columns(args.columns), notes,
+                         invalid)
+    report = Report("build convert", [args.input], before=count + len(invalid or []))
+    report.invalid_rows(invalid or [])
     report.section("conversion", {"from": args.format, "to": args.to})
     report.finish(count, [args.output]).write(report_stem(args.output))
     print(f"wrote {count} examples to {args.output} ({args.to})", *notes, sep="\n")
@@ -206,7 +209,7 @@ def clean(args) -> int:
     options = CleanOptions(normalize=normalize, redact_pii=redact_pii, filters=filters, dedup=dedup,
                            drop_leaks=not args.keep_leaks)
     invalid: list[tuple[str, str]] | None = [] if args.drop_invalid else None
-    examples = load_cleanable(args.input, args.format, args.stage, parse_columns(args.columns), invalid)
+    examples = load_valid_examples(args.input, args.format, args.stage, parse_columns(args.columns), invalid)
     eval_sets = read_eval_sets(args)
     report = Report("clean", [args.input, *(args.eval or [])], before=len(examples) + len(invalid or []))
     report.invalid_rows(invalid or [])

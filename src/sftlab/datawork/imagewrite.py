@@ -53,7 +53,7 @@ def written_images(example: dict, out_dir: str | Path) -> list[str]:
 def write_image_examples(path: str | Path, examples: list[dict], fmt: str) -> Path:
     """Write image+text examples (and any text rows beside them) in layout `fmt` (`LAYOUTS`), atomically: a JSON
     list for a .json path, else JSON lines. The fields kept under `_extra` go first in each record, as
-    `sftlab.data.formats.write_rows` writes them; alpaca and csv have no place for images and are refused."""
+    `sftlab.data.writers.write_rows` writes them; alpaca and csv have no place for images and are refused."""
     from sftlab.data.formats import written_extra
 
     if fmt not in LAYOUTS:

@@ -242,9 +242,10 @@ def load_examples(path: str | Path, fmt: str = "auto", stage: str | None = None,
     return _canonical(rows, fmt, stage, columns, options)
 
 
-def load_cleanable(path: str | Path, fmt: str, stage: str | None, columns: dict | None,
+def load_valid_examples(path: str | Path, fmt: str, stage: str | None, columns: dict | None,
                    invalid: list[tuple[str, str]] | None) -> list[dict]:
-    """`data clean`'s examples: with `invalid` (`--drop-invalid`) as `load_examples` leaves rows out, and a file
+    """`data clean`'s and `data build convert`'s examples: with `invalid` (`--drop-invalid`) as `load_examples` leaves
+    rows out, and a file
     where no row converts is an error; without it, the first row that does not convert is one, with a hint at the
     option (a file's or an option's problem gets none)."""
     if invalid is not None:
@@ -287,11 +288,9 @@ def _canonical(rows: list[dict], fmt: str, stage: str | None, columns: dict | No
 
     with option_errors(*options):
         examples = to_canonical(rows, fmt, stage, columns or None, skipped=skipped)
-        mapped = [apply_columns(row, columns or None) for row in rows]
-        chosen = detect_format(mapped[0]) if fmt == "auto" else fmt
-    if len(examples) < len(mapped):
-        converted = {example["_src"] for example in examples}
-        mapped = [row for row in mapped if row["_src"] in converted]
+        converted = {example["_src"] for example in examples}  # all rows, but with `skipped` those that convert
+        mapped = [apply_columns(row, columns or None) for row in rows if row["_src"] in converted]
+        chosen = detect_format(mapped[0]) if fmt == "auto" and mapped else fmt
     for example, row in zip(examples, mapped):
         extra = extra_fields(row, chosen)
         if extra:
@@ -313,12 +312,12 @@ def check_output_format(path: str | Path, fmt: str | None) -> None:
 
 
 def save_examples(path: str | Path, examples: list[dict], fmt: str | None = None) -> Path:
-    """Write canonical examples with `sftlab.data.formats.write_rows` (default: messages for sft, jsonl otherwise)
+    """Write canonical examples with `sftlab.data.writers.write_rows` (default: messages for sft, jsonl otherwise)
     to a path whose extension reads back in that format (`check_output_format`); the fields kept under `_extra`
     go with them (`sftlab.data.formats.written_extra`, and `dropped_fields_note` for those that do not).
     Examples with images go through `sftlab.datawork.imagewrite` (their image entries rewritten to resolve from
     `path`'s directory)."""
-    from sftlab.data.formats import write_rows
+    from sftlab.data.writers import write_rows
 
     check_output_format(path, fmt)
     if first_with_images(examples) is not None:
