@@ -4,8 +4,10 @@ values the CLI's argparse limits are checked for Python callers too; configs giv
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,7 +108,9 @@ def test_a_run_config_trains_with_base_dir_and_fails_in_one_line_without(config,
     cfg = api.load_config(config)
     with pytest.raises(api.SftlabError, match=r"train\.jsonl"):  # relative to the working directory: not there
         api.train(cfg, show_progress=False)
+    random.seed(12345)
     result = api.train(cfg, base_dir=config.parent, show_progress=False)
+    assert random.random() == random.Random(cfg.train.seed).random()  # left seeded by the run (docs/python-api.md)
     assert result.stopped == "completed" and result.metrics["step"] == 1 and (result.out_dir / "model").is_dir()
 
 
@@ -140,3 +144,13 @@ def test_one_stop_string_is_one_stop_string(lm_dir, monkeypatch):
         {"type": "done", "text": "", "finish_reason": "stop", "completion_tokens": 0}] * len(ids))
     assert api.generate(lm_dir, ["hi", "ho"], stop="</s>", seed=5)[1]["src"] == "prompts[1]"
     assert [(p.stop, p.seed) for p in seen[0]] == [(("</s>",), 5), (("</s>",), 6)]
+
+
+def test_loading_a_config_sets_hf_hub_offline_where_unset():
+    """docs/python-api.md: importing the API does not set it; loading a config does."""
+    code = ("import os, sftlab.api as a; assert 'HF_HUB_OFFLINE' not in os.environ; "
+            "a.load_config('examples/sft_tiny.yaml'); print(os.environ['HF_HUB_OFFLINE'])")
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "1", done.stderr
