@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from sftlab.errors import SftlabError
 
@@ -81,10 +81,13 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> Path:
-    """Write one JSON object per line, atomically."""
-    body = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
-    return atomic_write_text(path, body)
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
+    """Write one JSON object per line, atomically: each line as `rows` gives it (a generator is never held whole),
+    into a temporary file renamed once all are written."""
+    with atomic_file(path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    return Path(path)
 
 
 def check_output_dir(path: str | Path, overwrite: bool, inputs: tuple = ()) -> Path:

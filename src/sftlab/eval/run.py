@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Iterable
 
 from sftlab.errors import SftlabError
 from sftlab.eval import metrics as M
@@ -82,8 +83,9 @@ def compute_baselines(task: str, examples: list[dict], result: dict, opts: tasks
     return baselines.popularity_baseline(examples, opts.ks, train)
 
 
-def write_outputs(out: Path, summary: dict, predictions: list[dict], result: dict) -> None:
-    """metrics.json, predictions.jsonl and the label plots into `out`."""
+def write_outputs(out: Path, summary: dict, predictions: Iterable[dict], result: dict) -> None:
+    """metrics.json, predictions.jsonl and the label plots into `out` (a directory `atomic_dir` renames when all
+    is written); predictions are written one line at a time as the iterable makes them, never joined in memory."""
     from sftlab.eval.report import plot_confusion, plot_pr_curve
 
     atomic_write_json(out / "metrics.json", summary)

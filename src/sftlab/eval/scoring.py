@@ -6,14 +6,16 @@
 Prompts are lists of chat messages rendered with the training template. A continuation's score is
 the summed log-probability of the tokens the training mask supervises for that assistant answer
 (the answer and its end-of-turn token). All (prompt, continuation) pairs are scored in right-padded
-batches sorted by length; generation runs in left-padded batches. Rows and prompts longer than `max_length`
+batches sorted by length, encoded `CHUNK_ROWS` at a time (`score_rows`), so memory does not grow with the file;
+generation runs in left-padded batches sorted by length, and a classification head's texts are batched by token
+length too. Each pass draws a progress bar on a terminal (`progress`). Rows and prompts longer than `max_length`
 are cut as training's `data.truncation: left` cuts them (`cut_left`): a leading BOS token kept, then the last
 tokens.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 Messages = list[dict]
 IGNORE = -100
@@ -71,20 +73,41 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8,
-                        max_length: int | None = None, bos_id: int | None = None) -> list[tuple[float, int]]:
-    """For each (ids, labels) row: (sum of log p(label token | prefix) over supervised positions, count).
+CHUNK_ROWS = 4096  # rows encoded, sorted by length and scored together: bounded memory however long the file
+BAR_DELAY_S = 1.0  # a pass shorter than this draws no bar (a policy API request, a small validation set)
 
-    Labels are unshifted (labels[i] is the token at position i, -100 = not supervised), as in training.
-    Rows longer than `max_length` are cut from the left as training cuts them (`cut_left`: the leading BOS token
-    `bos_id` kept, then the last tokens).
-    """
-    rows = [cut_left(ids, labels, max_length, bos_id) for ids, labels in rows]
+
+def progress(total: int, what: str):
+    """A progress bar of `total` `what` on stderr when it is a terminal and `sftlab.progress.bars_shown()` (off
+    under `sftlab train --no-progress`), drawn once the pass has run `BAR_DELAY_S` and cleared when done, so it
+    leaves no line behind."""
+    from tqdm.auto import tqdm
+
+    from sftlab.progress import bars_shown
+
+    return tqdm(total=total, desc=what, unit=what.split()[-1], dynamic_ncols=True, leave=False, delay=BAR_DELAY_S,
+                disable=None if bars_shown() else True)
+
+
+def score_rows(model, rows: Iterable[tuple[list[int], list[int]]], batch_size: int = 8, max_length: int | None = None,
+               bos_id: int | None = None, bar=None) -> Iterator[tuple[float, int]]:
+    """`supervised_logprobs` over an iterable, lazily: rows are taken `CHUNK_ROWS` at a time, each chunk sorted by
+    length into batches (little padding) and yielded back in input order, so only one chunk is ever encoded."""
+    import itertools
+
+    rows = iter(rows)
+    while True:
+        chunk = [cut_left(ids, labels, max_length, bos_id) for ids, labels in itertools.islice(rows, CHUNK_ROWS)]
+        if not chunk:
+            return
+        yield from _score_chunk(model, chunk, batch_size, bar)
+
+
+def _score_chunk(model, rows: list[tuple[list[int], list[int]]], batch_size: int, bar) -> list[tuple[float, int]]:
     import torch
     from sftlab.train.loss import row_logprobs
 
     device = _device(model)
-    pad = 0
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     was_training = model.training
@@ -93,7 +116,7 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             width = max(len(rows[i][0]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
             labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, index in enumerate(batch):
@@ -105,16 +128,32 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
                                                 "labels": labels.to(device)})
             for row, index in enumerate(batch):
                 results[index] = (float(sums[row]), int(counts[row]))
+            if bar is not None:
+                bar.update(len(batch))
     model.train(was_training)
     return results
 
 
+def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batch_size: int = 8,
+                        max_length: int | None = None, bos_id: int | None = None) -> list[tuple[float, int]]:
+    """For each (ids, labels) row: (sum of log p(label token | prefix) over supervised positions, count).
+
+    Labels are unshifted (labels[i] is the token at position i, -100 = not supervised), as in training.
+    Rows longer than `max_length` are cut from the left as training cuts them (`cut_left`: the leading BOS token
+    `bos_id` kept, then the last tokens). Batches are rows of similar length (`score_rows`).
+    """
+    with progress(len(rows), "scoring rows") as bar:
+        return list(score_rows(model, rows, batch_size, max_length, bos_id, bar))
+
+
 def score_continuations(model, tokenizer, prompts: Sequence[Messages], candidates: Sequence[Sequence[str]],
                         template: str = "auto", batch_size: int = 8, max_length: int | None = None) -> list[list[float]]:
-    """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass."""
-    rows = [encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates) for text in options]
-    scored = supervised_logprobs(model, rows, batch_size, max_length, tokenizer.bos_token_id)
-    flat = [logprob for logprob, _ in scored]
+    """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass (encoded
+    `CHUNK_ROWS` pairs at a time, so a large file never holds every pair's token ids)."""
+    pairs = (encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates)
+             for text in options)
+    with progress(sum(len(options) for options in candidates), "scoring pairs") as bar:
+        flat = [logprob for logprob, _ in score_rows(model, pairs, batch_size, max_length, tokenizer.bos_token_id, bar)]
     out, position = [], 0
     for options in candidates:
         out.append(flat[position: position + len(options)])
@@ -157,7 +196,7 @@ def generate_texts(model, tokenizer, prompts: Sequence[Messages], template: str 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), progress(len(order), "generating prompts") as bar:
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             width = max(len(encoded[i]) for i in batch)
@@ -169,23 +208,32 @@ def generate_texts(model, tokenizer, prompts: Sequence[Messages], template: str 
             out = model.generate(input_ids=ids.to(device), attention_mask=attention.to(device), generation_config=config)
             for row, index in enumerate(batch):
                 texts[index] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
+            bar.update(len(batch))
     model.train(was_training)
     return texts
 
 
 def classify_with_head(model, tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 512) -> list[list[float]]:
-    """Softmax class probabilities of a sequence-classification model for each text."""
+    """Softmax class probabilities of a sequence-classification model for each text, in the order of `texts`.
+
+    Texts are batched by token length (each batch padded only to its longest text), then put back in order."""
     import torch
 
     device = _device(model)
-    probs: list[list[float]] = []
+    lengths = [len(ids) for start in range(0, len(texts), CHUNK_ROWS)
+               for ids in tokenizer(list(texts[start:start + CHUNK_ROWS]), truncation=True, max_length=max_length)["input_ids"]]
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    probs: list[list[float]] = [[]] * len(texts)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
+    with torch.no_grad(), progress(len(texts), "classifying texts") as bar:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
             logits = model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}).logits
-            probs.extend(torch.softmax(logits.float(), dim=-1).tolist())
+            for index, row in zip(rows, torch.softmax(logits.float(), dim=-1).tolist()):
+                probs[index] = row
+            bar.update(len(rows))
     model.train(was_training)
     return probs

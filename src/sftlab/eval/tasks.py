@@ -18,6 +18,7 @@ Example shapes:
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,27 +99,39 @@ def parse_label(text: str, labels: list[str]) -> str | None:
 def run_lm(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
     """Loss and perplexity per supervised token (the training mask for chats; for text every token after the
     first, the end-of-sequence token appended as training does, in `text_windows` when longer than max_length),
-    summed over all examples before dividing."""
-    rows, owners = [], []  # owners[i]: the example row i belongs to (each_assistant: several rows per example)
-    for index, example in enumerate(examples):
-        if "messages" in example:
-            encoded = scoring.encode_for_loss(tokenizer, example, opts.template, opts.mask)
-        elif "text" in example:
-            ids = tokenizer(str(example["text"]), add_special_tokens=True)["input_ids"]
-            if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
-                ids = ids + [tokenizer.eos_token_id]  # training supervises the end of each document too (data/tokenize.py)
-            encoded = text_windows(ids, opts.max_length)
-        else:
-            raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
-        rows += encoded
-        owners += [index] * len(encoded)
-    sums = [[0.0, 0] for _ in examples]
-    scored = scoring.supervised_logprobs(model, rows, opts.batch_size, opts.max_length, tokenizer.bos_token_id)
-    for owner, (logprob, count) in zip(owners, scored):
-        sums[owner][0] += logprob
-        sums[owner][1] += count
-    predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count} for e, (logprob, count) in zip(examples, sums)]
-    return M.lm_metrics(-sum(s for s, _ in sums), sum(c for _, c in sums)), predictions
+    summed over all examples before dividing. Examples are encoded as they are scored (`scoring.score_rows`)."""
+    owners: list[int] = []  # owners[i]: the example row i belongs to (each_assistant: several rows per example)
+
+    def rows():
+        for index, example in enumerate(examples):
+            encoded = _lm_rows(tokenizer, example, opts)
+            owners.extend([index] * len(encoded))
+            yield from encoded
+
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
+    with scoring.progress(len(examples), "scoring examples") as bar:
+        for row, (logprob, count) in enumerate(scoring.score_rows(model, rows(), opts.batch_size, opts.max_length,
+                                                                  tokenizer.bos_token_id)):
+            owner = owners[row]
+            sums[owner] += logprob
+            counts[owner] += count
+            bar.update(owner - bar.n)  # the examples before this row's are done
+        bar.update(len(examples) - bar.n)
+    predictions = [{"_src": e.get("_src"), "nll": -logprob, "tokens": count}
+                   for e, logprob, count in zip(examples, sums, counts)]
+    return M.lm_metrics(-sum(sums), sum(counts)), predictions
+
+
+def _lm_rows(tokenizer, example: dict, opts: EvalOptions) -> list[tuple[list[int], list[int]]]:
+    """The (ids, labels) rows one lm example is scored as."""
+    if "messages" in example:
+        return scoring.encode_for_loss(tokenizer, example, opts.template, opts.mask)
+    if "text" in example:
+        ids = tokenizer(str(example["text"]), add_special_tokens=True)["input_ids"]
+        if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+            ids = ids + [tokenizer.eos_token_id]  # training supervises the end of each document too (data/tokenize.py)
+        return text_windows(ids, opts.max_length)
+    raise SftlabError(f"{example.get('_src', 'example')}: lm evaluation needs 'messages' or 'text'")
 
 
 def text_windows(ids: list[int], max_length: int | None) -> list[tuple[list[int], list[int]]]:
@@ -164,8 +177,9 @@ def predict_labels(model, tokenizer, examples: list[dict], labels: list[str], op
     return [labels[max(range(len(row)), key=row.__getitem__)] for row in scores], probs, None
 
 
-def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, list[dict]]:
-    """Classify each example (head, likelihood or parsed generation) and compute label metrics."""
+def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tuple[dict, Sequence[dict]]:
+    """Classify each example (head, likelihood or parsed generation) and compute label metrics; the prediction
+    rows are a `LabelRows`, each made when it is read."""
     labels = resolve_labels(examples, opts)
     if opts.positive is not None and opts.positive not in labels:
         raise SftlabError(f"--positive {opts.positive!r} is not one of the labels {labels}")
@@ -176,15 +190,29 @@ def run_labels(model, tokenizer, examples: list[dict], opts: EvalOptions) -> tup
     result = M.label_metrics(gold, predicted, labels, probs, opts.positive)
     result["labels"] = labels
     result["method"] = opts.label_method
-    rows = []
-    for i, example in enumerate(examples):
-        row = {"_src": example.get("_src"), "reference": gold[i], "prediction": predicted[i]}
+    return result, LabelRows(examples, gold, predicted, labels, probs, texts)
+
+
+class LabelRows(Sequence):
+    """The predictions.jsonl rows of a label task as a read-only sequence whose rows are made when read (as they are
+    written), so a large file's evaluation does not hold a dict per example on top of its predictions."""
+
+    def __init__(self, examples, gold, predicted, labels, probs, texts):
+        self._parts = (examples, gold, predicted, labels, probs, texts)
+
+    def __len__(self) -> int:
+        return len(self._parts[0])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        examples, gold, predicted, labels, probs, texts = self._parts
+        row = {"_src": examples[index].get("_src"), "reference": gold[index], "prediction": predicted[index]}
         if probs is not None:
-            row["probs"] = dict(zip(labels, probs[i]))
+            row["probs"] = dict(zip(labels, probs[index]))
         if texts is not None:
-            row["generated"] = texts[i]
-        rows.append(row)
-    return result, rows
+            row["generated"] = texts[index]
+        return row
 
 
 def _ranking_scores(model, tokenizer, queries: list[dict], opts: EvalOptions) -> list[list[float]]:
