@@ -133,3 +133,18 @@ def test_a_pass_shorter_than_the_delay_draws_no_bar(lm, monkeypatch):
     model, tok = lm
     scoring.score_continuations(model, tok, PROMPTS, [LABELS] * len(PROMPTS), batch_size=4)
     assert sys.stderr.getvalue() == ""
+
+
+def test_equal_pairs_are_scored_once_and_tie_whatever_the_batch(lm, monkeypatch):
+    """Which batch a pair lands in changed the float rounding of its score, so two equal candidates did not tie."""
+    model, tok = lm
+    seen = []
+    real = scoring.encode_answer
+    monkeypatch.setattr(scoring, "encode_answer", lambda *args: seen.append(args[2]) or real(*args))
+    prompts = [PROMPTS[0], [dict(m) for m in PROMPTS[0]], PROMPTS[1]]  # the second equals the first
+    candidates = [["yes", "no", "yes"], ["no", "maybe"], ["yes"]]
+    scores = scoring.score_continuations(model, tok, prompts, candidates, batch_size=1)
+    assert sorted(seen) == sorted(["yes", "no", "maybe", "yes"])  # 4 distinct pairs of 6
+    assert scores[0][0] == scores[0][2] and scores[1][0] == scores[0][1]
+    again = scoring.score_continuations(model, tok, prompts, candidates, batch_size=4)
+    assert [x for row in again for x in row] == pytest.approx([x for row in scores for x in row], abs=1e-4)

@@ -149,16 +149,39 @@ def supervised_logprobs(model, rows: Sequence[tuple[list[int], list[int]]], batc
 def score_continuations(model, tokenizer, prompts: Sequence[Messages], candidates: Sequence[Sequence[str]],
                         template: str = "auto", batch_size: int = 8, max_length: int | None = None) -> list[list[float]]:
     """Summed log-probability of each candidate answer after its prompt, all pairs in one batched pass (encoded
-    `CHUNK_ROWS` pairs at a time, so a large file never holds every pair's token ids)."""
-    pairs = (encode_answer(tokenizer, prompts[p], text, template) for p, options in enumerate(candidates)
-             for text in options)
-    with progress(sum(len(options) for options in candidates), "scoring pairs") as bar:
-        flat = [logprob for logprob, _ in score_rows(model, pairs, batch_size, max_length, tokenizer.bos_token_id, bar)]
+    `CHUNK_ROWS` pairs at a time, so a large file never holds every pair's token ids). A (prompt, answer) pair that
+    occurs more than once is scored once (`unique_pairs`), so equal pairs get equal scores: which batch a pair lands
+    in (its padding width) changes the float rounding of its score, and equal candidates must tie in rankings."""
+    keys, where = unique_pairs(prompts, candidates)
+    pairs = (encode_answer(tokenizer, prompts[p], text, template) for p, text in keys)
+    with progress(len(keys), "scoring pairs") as bar:
+        scored = [logprob for logprob, _ in score_rows(model, pairs, batch_size, max_length, tokenizer.bos_token_id, bar)]
+    flat = [scored[index] for index in where]
     out, position = [], 0
     for options in candidates:
         out.append(flat[position: position + len(options)])
         position += len(options)
     return out
+
+
+def unique_pairs(prompts: Sequence[Messages], candidates: Sequence[Sequence[str]]) -> tuple[list[tuple[int, str]], list[int]]:
+    """(the distinct (prompt index, answer) pairs, each by its first prompt index; for every pair in order, the
+    index of its distinct pair). Prompts compare by content (a SHA-1 of their JSON, not the text itself, so
+    memory stays small)."""
+    import hashlib
+    import json
+
+    first: dict[tuple[bytes, str], int] = {}
+    keys: list[tuple[int, str]] = []
+    where: list[int] = []
+    for p, options in enumerate(candidates):
+        digest = hashlib.sha1(json.dumps(prompts[p], sort_keys=True, ensure_ascii=False, default=str).encode()).digest()
+        for text in options:
+            index = first.setdefault((digest, text), len(keys))
+            if index == len(keys):
+                keys.append((p, text))
+            where.append(index)
+    return keys, where
 
 
 def softmax(values: Sequence[float]) -> list[float]:
