@@ -43,6 +43,30 @@ def test_binary_auc_pr_curve_and_threshold():
     assert len(result["pr_curve"]["precision"]) == len(result["pr_curve"]["recall"])
 
 
+def test_a_long_pr_curve_is_thinned_keeping_its_ends_and_the_chosen_threshold(monkeypatch):
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve
+
+    from sftlab.eval import metrics
+
+    rng = np.random.default_rng(0)
+    truth = ["p" if t else "n" for t in rng.random(5000) < 0.3]
+    scores = rng.random(5000)
+    result = label_metrics(truth, truth, ["n", "p"], [[1 - s, s] for s in scores])
+    curve = result["pr_curve"]
+    assert len(curve["thresholds"]) <= metrics.PR_CURVE_POINTS and len(curve["precision"]) == len(curve["thresholds"]) + 1
+    precision, recall, thresholds = precision_recall_curve([t == "p" for t in truth], scores)
+    assert curve["thresholds"][0] == thresholds[0] and curve["thresholds"][-1] == thresholds[-1]
+    assert (curve["precision"][-1], curve["recall"][-1]) == (precision[-1], recall[-1])
+    assert result["threshold"] in curve["thresholds"]
+    at = curve["thresholds"].index(result["threshold"])
+    assert (curve["precision"][at], curve["recall"][at]) == approx((result["threshold_precision"],
+                                                                   result["threshold_recall"]))
+    monkeypatch.setattr(metrics, "PR_CURVE_POINTS", 10 ** 6)  # a short curve is kept whole
+    whole = label_metrics(truth, truth, ["n", "p"], [[1 - s, s] for s in scores])["pr_curve"]
+    assert whole["thresholds"] == thresholds.tolist() and whole["precision"] == precision.tolist()
+
+
 def test_binary_positive_label_can_be_chosen():
     result = label_metrics(["n", "p", "n", "p"], ["n", "n", "p", "p"], ["n", "p"],
                            [[1 - s, s] for s in (0.1, 0.4, 0.5, 0.8)], positive="n")

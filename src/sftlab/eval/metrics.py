@@ -89,8 +89,25 @@ def binary_curve_metrics(y_true: Sequence[str], probs: Sequence[Sequence[float]]
         "threshold_precision": float(precision[best]),
         "threshold_recall": float(recall[best]),
         "threshold_f1": float(f1[best]),
-        "pr_curve": {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": thresholds.tolist()},
+        "pr_curve": _thinned_curve(precision, recall, thresholds, best),
     }
+
+
+PR_CURVE_POINTS = 1000  # metrics.json's PR curve: at most this many points (100,000 rows gave 5.8 MiB of JSON)
+
+
+def _thinned_curve(precision, recall, thresholds, best: int) -> dict:
+    """The PR curve with at most `PR_CURVE_POINTS` points, evenly spaced along scikit-learn's (its first and last
+    point and the best-F1 threshold's point kept); `thresholds` has one value fewer than the other two, as there."""
+    import numpy as np
+
+    keep = np.unique(np.concatenate([np.linspace(0, len(thresholds) - 1, PR_CURVE_POINTS - 2).round().astype(int),
+                                     [best]]))
+    if len(keep) >= len(thresholds):
+        keep = np.arange(len(thresholds))
+    points = np.append(keep, len(precision) - 1)  # scikit-learn's last point: precision 1, recall 0, no threshold
+    return {"precision": precision[points].tolist(), "recall": recall[points].tolist(),
+            "thresholds": thresholds[keep].tolist()}
 
 
 def relevance_grade(value) -> int:
