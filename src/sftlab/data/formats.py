@@ -124,7 +124,7 @@ def to_canonical(
             f"{stage!r} (sft needs conversations, pt needs text, cls needs text+label); set train.stage "
             f"{STAGE_OF_FORMAT[chosen]} for this data, or check data.format / data.columns"
         )
-    basis = f"the file started as {chosen!r} ({first['_src']})" if skipped is None else \
+    basis = f"the file started as {chosen!r} ({first.get('_src', 'row')})" if skipped is None else \
         f"most rows of the file are {chosen!r}"
     examples = []
     for row in rows:
