@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from sftlab import progress
 from sftlab.eval import run, scoring, tasks
 from sftlab.models.tiny import make_tiny_model, make_tokenizer
 
@@ -93,7 +94,7 @@ class _Terminal(io.StringIO):
 @pytest.mark.parametrize("what", ["pairs", "lm", "head", "generation"])
 def test_slow_passes_draw_a_progress_bar_on_a_terminal(lm, classifier, monkeypatch, what):
     monkeypatch.setattr(sys, "stderr", _Terminal())
-    monkeypatch.setattr(scoring, "BAR_DELAY_S", 0)  # these passes are fast; a real one draws after a second
+    monkeypatch.setattr(progress, "BAR_DELAY_S", 0)  # these passes are fast; a real one draws after a second
     model, tok = classifier if what == "head" else lm
     if what == "pairs":
         scoring.score_continuations(model, tok, PROMPTS, [LABELS] * len(PROMPTS), batch_size=4)
@@ -129,7 +130,7 @@ def test_label_predictions_are_made_as_they_are_read_and_written(classifier, tmp
 def test_a_pass_shorter_than_the_delay_draws_no_bar(lm, monkeypatch):
     """A policy API request or a small validation set: no bar flashing on the console."""
     monkeypatch.setattr(sys, "stderr", _Terminal())
-    monkeypatch.setattr(scoring, "BAR_DELAY_S", 3600)
+    monkeypatch.setattr(progress, "BAR_DELAY_S", 3600)
     model, tok = lm
     scoring.score_continuations(model, tok, PROMPTS, [LABELS] * len(PROMPTS), batch_size=4)
     assert sys.stderr.getvalue() == ""

@@ -4,7 +4,10 @@ Input rows are canonical examples or anything `sftlab.data.formats` reads (their
 turn, if any, becomes `reference`), `{"prompt": ...}` rows, `{"messages": [...]}` rows, or
 `{"text": ...}` rows (plain continuation, no chat template). Prompts are rendered with the training
 template; rows are decoded with continuous batching and left padding, so greedy answers equal
-one-at-a-time answers. The output JSONL is written atomically.
+one-at-a-time answers. Answers are written in input order as they finish to OUT.partial (one line
+each, flushed), which becomes OUT when all are done; after an error or Ctrl-C it stays, and
+`--resume` continues it (same options, same first rows of --input) with the answers an
+uninterrupted run gives. A bar on a terminal counts the answers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def register(registry) -> None:
     parser.add_argument("--output", required=True, help="where to write one JSON line per input row")
     add_sampling_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="rows decoded together (default 16)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue OUT.partial, the answers an interrupted run kept (it must have had the same "
+                             "options; --batch-size may differ)")
     parser.set_defaults(func=run_generate)
 
 
@@ -140,6 +146,23 @@ def _prompt_row(row, index: int) -> dict:
     return {"_src": f"prompts[{index}]", **row}
 
 
+def _encode_checked(prompts: list[dict], served, template: str) -> list[list[int]]:
+    """The prompts' token ids; one that leaves no room in the model's context is an error naming its row."""
+    prompt_ids = encode_prompts(prompts, served.tokenizer, template)
+    for prompt, ids in zip(prompts, prompt_ids):
+        if len(ids) >= served.max_context:
+            raise SftlabError(f"{prompt['src']}: prompt has {len(ids)} tokens; the model's context is {served.max_context}")
+    return prompt_ids
+
+
+def answer_row(prompt: dict, event: dict) -> dict:
+    """The output row of one prompt from its engine event; an error event is an error naming the prompt."""
+    if event["type"] == "error":
+        raise SftlabError(f"{prompt['src']}: {event['message']}")
+    return {**prompt, "output": event["text"], "finish_reason": event["finish_reason"],
+            "completion_tokens": event["completion_tokens"]}
+
+
 def generate(model: str | Path, prompts: Sequence[str | dict], *, adapter: str | Path | None = None,
              template: str | None = None, dtype: str = "float32", trust_remote_code: bool = False,
              max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
@@ -160,34 +183,43 @@ def generate(model: str | Path, prompts: Sequence[str | dict], *, adapter: str |
     stop = [stop] if isinstance(stop, str) else stop
     params = [sampling_params(max_new_tokens, temperature, top_p, seed, stop, i) for i in range(len(prompts))]
     served, template, adapter = load_model(str(model), adapter, template, dtype, trust_remote_code)
-    prompt_ids = encode_prompts(prompts, served.tokenizer, template)
-    for prompt, ids in zip(prompts, prompt_ids):
-        if len(ids) >= served.max_context:
-            raise SftlabError(f"{prompt['src']}: prompt has {len(ids)} tokens; the model's context is {served.max_context}")
+    prompt_ids = _encode_checked(prompts, served, template)
     stops = stop_token_ids(served.tokenizer, served.model, template)
     results = generate_all(served, prompt_ids, params, stops, max_batch=batch_size, adapter=adapter)
-    answers = []
-    for prompt, result in zip(prompts, results):
-        if result["type"] == "error":
-            raise SftlabError(f"{prompt['src']}: {result['message']}")
-        answers.append({**prompt, "output": result["text"], "finish_reason": result["finish_reason"],
-                        "completion_tokens": result["completion_tokens"]})
-    return answers
+    return [answer_row(prompt, result) for prompt, result in zip(prompts, results)]
+
+
+def _answers_after(args, prompts: list[dict], params: list, done: int):
+    """Load the model, then the answer rows of prompts[done:] in input order, each as soon as it and the rows before
+    it are finished; row i keeps its seed (--seed + i), so a resumed run gives the answers an uninterrupted one does."""
+    from sftlab.infer.engine import answers_in_order
+    from sftlab.infer.prompts import stop_token_ids
+
+    served, template, adapter = load_from_args(args)
+    prompt_ids = _encode_checked(prompts[done:], served, template)
+    stops = stop_token_ids(served.tokenizer, served.model, template)
+    events = answers_in_order(served, prompt_ids, params[done:], stops, args.batch_size, adapter)
+    return (answer_row(prompts[done + index], event) for index, event in events)
 
 
 def run_generate(args) -> int:
+    from sftlab.commands.generate_partial import PartialAnswers, settings_of
     from sftlab.data.formats import read_rows
-    from sftlab.io import atomic_write_jsonl
 
     _check_batch_size(args.batch_size)
-    if Path(args.output).resolve() == Path(args.input).resolve():
+    partial = PartialAnswers(args.output, settings_of(args))
+    given = Path(args.input).resolve()
+    if Path(args.output).resolve() == given:
         raise SftlabError(f"--output {args.output} is the input file; inputs are never overwritten")
+    if given in (partial.path.resolve(), partial.record.resolve()):
+        raise SftlabError(f"--input {args.input} is where --output's partial answers go; inputs are never overwritten")
     if Path(args.output).is_dir():
         raise SftlabError(f"--output {args.output} is a directory; expected the path of the JSONL file to write")
-    rows = generate(args.model, read_rows(args.input), adapter=args.adapter, template=args.template, dtype=args.dtype,
-                    trust_remote_code=args.trust_remote_code, max_new_tokens=args.max_new_tokens,
-                    temperature=args.temperature, top_p=args.top_p, seed=args.seed, stop=args.stop,
-                    batch_size=args.batch_size)
-    atomic_write_jsonl(args.output, rows)
-    print(f"wrote {len(rows)} answers to {args.output}")
+    prompts = [prompt_of_row(row) for row in read_rows(args.input)]
+    params = [sampling_from_args(args, i) for i in range(len(prompts))]
+    done = partial.check(prompts, args.resume)
+    if done < len(prompts):
+        partial.write(_answers_after(args, prompts, params, done), len(prompts))
+    partial.finish()
+    print(f"wrote {len(prompts)} answers to {args.output}")
     return 0

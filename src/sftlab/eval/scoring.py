@@ -74,19 +74,13 @@ def _device(model):
 
 
 CHUNK_ROWS = 4096  # rows encoded, sorted by length and scored together: bounded memory however long the file
-BAR_DELAY_S = 1.0  # a pass shorter than this draws no bar (a policy API request, a small validation set)
 
 
 def progress(total: int, what: str):
-    """A progress bar of `total` `what` on stderr when it is a terminal and `sftlab.progress.bars_shown()` (off
-    under `sftlab train --no-progress`), drawn once the pass has run `BAR_DELAY_S` and cleared when done, so it
-    leaves no line behind."""
-    from tqdm.auto import tqdm
+    """`sftlab.progress.count_bar` of `total` `what` ("scoring pairs": unit "pairs")."""
+    from sftlab.progress import count_bar
 
-    from sftlab.progress import bars_shown
-
-    return tqdm(total=total, desc=what, unit=what.split()[-1], dynamic_ncols=True, leave=False, delay=BAR_DELAY_S,
-                disable=None if bars_shown() else True)
+    return count_bar(total, what, what.split()[-1])
 
 
 def score_rows(model, rows: Iterable[tuple[list[int], list[int]]], batch_size: int = 8, max_length: int | None = None,

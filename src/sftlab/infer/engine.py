@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from sftlab.infer.batch import DecodeBatch, Row
 from sftlab.infer.sampling import SamplingParams
@@ -169,21 +169,32 @@ class Scheduler:
 def generate_all(served, prompts: list[list[int]], params: SamplingParams | list[SamplingParams], stop_ids: set[int],
                  max_batch: int = 16, adapter: str | None = None) -> list[dict]:
     """Generate an answer for every prompt (continuous batching, at most `max_batch` rows); returns done events."""
-    results: list[dict | None] = [None] * len(prompts)
+    return [event for _, event in answers_in_order(served, prompts, params, stop_ids, max_batch, adapter)]
+
+
+def answers_in_order(served, prompts: list[list[int]], params: SamplingParams | list[SamplingParams],
+                     stop_ids: set[int], max_batch: int = 16, adapter: str | None = None) -> Iterator[tuple[int, dict]]:
+    """`generate_all` as it goes: yields (index, done or error event) in input order, each as soon as its row and every
+    row before it have finished, so a caller can write answers while later rows still decode. Rows that finish early
+    wait in memory for the ones before them (they joined the batch in input order, so few do)."""
+    finished: dict[int, dict] = {}
     scheduler = Scheduler(served, stop_ids, max_batch, own_decoder=False)  # one thread: the tokenizer is ours
     per_prompt = params if isinstance(params, list) else [params] * len(prompts)
 
     def collector(index: int) -> Callable[[dict], None]:
         def emit(event: dict) -> None:
             if event["type"] in ("done", "error"):
-                results[index] = event
+                finished[index] = event
         return emit
 
     for index, (prompt, setting) in enumerate(zip(prompts, per_prompt)):
         scheduler.add(Request(prompt, setting, collector(index), adapter=adapter, stream=False))
+    ready = 0
     while not scheduler.idle:
         scheduler.tick()
-    return results
+        while ready in finished:
+            yield ready, finished.pop(ready)
+            ready += 1
 
 
 class Engine:
