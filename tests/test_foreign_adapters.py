@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,15 +93,20 @@ def test_a_tokenizer_that_does_not_fit_its_saved_embeddings_is_refused_in_one_li
         load_served(bare)
 
 
-def test_training_on_top_of_it_resizes_its_base(resized, tmp_path):
-    root, _ = resized
+def train_on_adapter(adapter: Path, tmp_path: Path) -> None:
+    """One LoRA step of `sftlab train` with `model.path` the adapter directory, into tmp_path/run."""
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
                     + "\n", encoding="utf-8")
     config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{path: {root / 'adapter'}}}\ndata: {{train: {data}}}\nstrategy: {{kind: lora}}\n"
+    config.write_text(f"model: {{path: {adapter}}}\ndata: {{train: {data}}}\nstrategy: {{kind: lora}}\n"
                       f"train: {{max_steps: 1, batch_size: 1}}\noutput: {{dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
     assert main(["train", str(config)]) == 0
+
+
+def test_training_on_top_of_it_resizes_its_base(resized, tmp_path):
+    root, _ = resized
+    train_on_adapter(root / "adapter", tmp_path)
     from sftlab.infer.loading import load_served
 
     served = load_served(tmp_path / "run")

@@ -14,7 +14,7 @@ import torch
 from sftlab.cli import main
 from sftlab.errors import SftlabError
 from sftlab.models.tiny import save_tiny
-from test_foreign_adapters import CLS_TEXTS, TEXT, _chat_events, _logits, _randomise
+from test_foreign_adapters import CLS_TEXTS, TEXT, _chat_events, _logits, _randomise, train_on_adapter
 
 ADDED = {"additional_special_tokens": ["<|turn|>", "<|/turn|>"]}
 TEMPLATE = ("{% for m in messages %}<|turn|>{{ m['role'] }}\n{{ m['content'] }}<|/turn|>\n"
@@ -190,13 +190,7 @@ def test_an_adapter_padded_to_a_multiple_of_64_rows_generates_evaluates_and_expo
 
 def test_training_on_top_of_a_padded_adapter_keeps_its_rows(padded, tmp_path):
     root, reference = padded
-    data = tmp_path / "train.jsonl"
-    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})
-                    + "\n", encoding="utf-8")
-    config = tmp_path / "run.yaml"
-    config.write_text(f"model: {{path: {root / 'adapter'}}}\ndata: {{train: {data}}}\nstrategy: {{kind: lora}}\n"
-                      f"train: {{max_steps: 1, batch_size: 1}}\noutput: {{dir: {tmp_path / 'run'}}}\n", encoding="utf-8")
-    assert main(["train", str(config)]) == 0
+    train_on_adapter(root / "adapter", tmp_path)
     from sftlab.infer.loading import load_served
 
     assert load_served(tmp_path / "run").model.get_input_embeddings().num_embeddings == reference.shape[-1]

@@ -17,17 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from sftlab.datawork.nearsets import mix64
+
 _MULTIPLIERS = np.random.RandomState(0x5EED).randint(0, 1 << 62, 512, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-
-def _mix(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser (a bijection of uint64)."""
-    with np.errstate(over="ignore"):
-        values = values ^ (values >> np.uint64(33))
-        values = values * np.uint64(0xFF51AFD7ED558CCD)
-        values = values ^ (values >> np.uint64(33))
-        values = values * np.uint64(0xC4CEB9FE1A85EC53)
-        return values ^ (values >> np.uint64(33))
 
 
 class BandTable:
@@ -38,7 +30,7 @@ class BandTable:
         self.bands, self.rows, self.pending_rows = bands, rows, pending_rows
         # One odd multiplier per value of the band and a salt per band, so equal values in two bands differ in key.
         self.multipliers = np.resize(_MULTIPLIERS, rows)
-        self.band_salts = _mix(np.arange(1, bands + 1, dtype=np.uint64))
+        self.band_salts = mix64(np.arange(1, bands + 1, dtype=np.uint64))
         # Two sorted runs of (key, slot): `young` takes the pending keys, `main` takes `young` when it has grown
         # to an eighth of `main`, so most keys are moved a few times rather than once per merge.
         self.runs = [_Run(), _Run()]
@@ -47,10 +39,10 @@ class BandTable:
 
     def band_keys(self, signature: np.ndarray) -> np.ndarray:
         """The `bands` 64-bit keys of a signature: each band's values (as uint64) times fixed odd multipliers,
-        summed with the band's salt (mod 2^64), through `_mix`."""
+        summed with the band's salt (mod 2^64), through `nearsets.mix64`."""
         values = signature[: self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64)
         with np.errstate(over="ignore"):
-            return _mix((values * self.multipliers).sum(axis=1, dtype=np.uint64) + self.band_salts)
+            return mix64((values * self.multipliers).sum(axis=1, dtype=np.uint64) + self.band_salts)
 
     def add(self, slot: int, signature: np.ndarray) -> None:
         for key in self.band_keys(signature).tolist():

@@ -82,8 +82,9 @@ def similarity(a: Grams, b: Grams) -> float:
     return common / (a.size + b.size - common)
 
 
-def _mix(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 64-bit finaliser: spreads structured codes over all 64 bits (a bijection)."""
+def mix64(values: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: spreads structured codes over all 64 bits (a bijection of uint64; also the
+    band keys' mixer, `bands`)."""
     with np.errstate(over="ignore"):
         values = values ^ (values >> np.uint64(33))
         values = values * np.uint64(0xFF51AFD7ED558CCD)
@@ -103,7 +104,7 @@ def minhash_values(grams: Grams) -> np.ndarray:
     costs nothing."""
     if not grams.parts:
         return np.empty(0, dtype=np.uint32)
-    return np.concatenate([(_mix(codes ^ _role_salt(role)) >> np.uint64(32)).astype(np.uint32)
+    return np.concatenate([(mix64(codes ^ _role_salt(role)) >> np.uint64(32)).astype(np.uint32)
                            for role, codes in grams.parts.items()])
 
 
