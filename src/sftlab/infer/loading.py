@@ -147,17 +147,7 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
     the model runs only with `trust_remote_code`; without it, the error names `trust_key` (the command's flag)."""
     dtype = serving_dtype(dtype)
     source = describe_source(path, name, key)
-    extra = {label: describe_source(value, label, f"--adapter {label}", served_base=source.base_dir)
-             for label, value in (adapters or {}).items()}
-    if source.name in extra:
-        raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
-    for label, adapter in extra.items():
-        if adapter.adapter_dir is None:
-            raise SftlabError(f"--adapter {label}={adapters[label]}: not a PEFT adapter directory "
-                              "(no adapter_config.json)")
-        if adapter.base_dir.resolve() != source.base_dir.resolve():
-            raise SftlabError(f"--adapter {label}: its base {adapter.base_dir} differs from the served base "
-                              f"{source.base_dir}")
+    extra = _extra_adapters(source, adapters or {})
     for served in (source, *extra.values()):
         _refuse_classifier(served)
     record = _four_bit_record(source, extra, dtype)
@@ -199,6 +189,23 @@ def load_served(path: str | Path, adapters: dict[str, str] | None = None, dtype:
         served_adapters.update(internal)
     model.eval()
     return ServedModel(model, tokenizer, source.name, served_adapters, template, source.base_dir)
+
+
+def _extra_adapters(source: ModelSource, adapters: dict[str, str]) -> dict[str, ModelSource]:
+    """The `--adapter` sources of a served model: each a PEFT adapter directory on the served base, under a name
+    the served model does not use."""
+    extra = {label: describe_source(value, label, f"--adapter {label}", served_base=source.base_dir)
+             for label, value in adapters.items()}
+    if source.name in extra:
+        raise SftlabError(f"--adapter {source.name}: the name is already used by the served model")
+    for label, adapter in extra.items():
+        if adapter.adapter_dir is None:
+            raise SftlabError(f"--adapter {label}={adapters[label]}: not a PEFT adapter directory "
+                              "(no adapter_config.json)")
+        if adapter.base_dir.resolve() != source.base_dir.resolve():
+            raise SftlabError(f"--adapter {label}: its base {adapter.base_dir} differs from the served base "
+                              f"{source.base_dir}")
+    return extra
 
 
 def _vocabulary_tokenizer(model, tokenizer, template: str, extra: dict[str, ModelSource], trust: bool,
