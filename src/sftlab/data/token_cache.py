@@ -55,7 +55,7 @@ def cache_key(examples: list[dict], tokenizer, settings: dict) -> str:
 
 # The modules whose code decides the token ids and labels (sftlab/data/), hashed into the cache key.
 CODE_MODULES = ("tokenize.py", "token_cache.py", "templates.py", "template_spec.py", "messages.py",
-                "unknown_tokens.py")
+                "unknown_tokens.py", "render_fast.py")
 
 
 def code_files() -> list[Path]:
