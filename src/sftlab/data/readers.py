@@ -151,8 +151,10 @@ def _read_json(path: Path, text: str) -> list[dict]:
         raise SftlabError(f"{path}:{exc.lineno}: malformed JSON ({json_problem(exc)})") from None
     items, start = _json_items(path, data, text)
     rows = []
+    line, counted = 1, 0  # line of `counted`: offsets only grow, so each stretch of text is counted once
     for index, (item, offset) in enumerate(zip(items, _item_offsets(text, start, len(items)))):
-        line = text.count("\n", 0, offset) + 1
+        line += text.count("\n", counted, offset)
+        counted = offset
         src = f"{path}:{line}[#{index}]"
         if not isinstance(item, dict):
             raise SftlabError(f"{src}: expected a JSON object, got {type(item).__name__}")
